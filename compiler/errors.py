@@ -1,0 +1,79 @@
+"""Typed exceptions. Every message names the file, node or artifact at fault and what to do.
+
+The CLI prints `error: <message>` and exits non-zero for any `CompilePkgError`; anything
+else escaping a backend is wrapped into one of these at the node or runner boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "BuildError",
+    "CompilePkgError",
+    "ConfigError",
+    "ContractError",
+    "InputModelError",
+    "IntegrityError",
+    "NoCompatibleArtifact",
+    "PackageError",
+    "PassError",
+]
+
+
+class CompilePkgError(Exception):
+    """Base of every error compile-pkg raises on purpose."""
+
+    exit_code = 1
+
+
+class InputModelError(CompilePkgError):
+    """The source model cannot be read, checked or exported."""
+
+    exit_code = 2
+
+
+class ConfigError(CompilePkgError):
+    """The config file or a --set override is invalid."""
+
+    exit_code = 2
+
+
+class ContractError(CompilePkgError):
+    """Inputs given at run time do not match the package's interface contract."""
+
+    exit_code = 2
+
+
+class PassError(CompilePkgError):
+    """A graph pass failed on this model."""
+
+
+class BuildError(CompilePkgError):
+    """A backend failed to compile an artifact."""
+
+
+class BackendUnavailable(CompilePkgError):
+    """A backend (library or hardware) is missing on this host."""
+
+    def __init__(self, backend: str, reason: str, install: str = "") -> None:
+        self.backend = backend
+        self.reason = reason
+        self.install = install
+        hint = f"; to get it: {install}" if install else ""
+        super().__init__(f"{backend} unavailable: {reason}{hint}")
+
+
+class PackageError(CompilePkgError):
+    """A package directory or archive is malformed."""
+
+    exit_code = 3
+
+
+class IntegrityError(PackageError):
+    """An artifact file is missing or its sha256 does not match the manifest."""
+
+
+class NoCompatibleArtifact(CompilePkgError):
+    """No artifact in the package can be loaded on this host."""
+
+    exit_code = 4

@@ -1,0 +1,187 @@
+"""Probe the host (CPU architecture and ISA, NVIDIA GPUs, importable runtimes) and match
+an artifact's hardware requirements against it.
+
+The probe never imports a heavy runtime: it asks `importlib` whether the module exists and
+reads its version from package metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["GpuInfo", "HostInfo", "Requirements", "probe_host", "RUNTIME_MODULES"]
+
+# runtime name -> (import name, distribution names to read the version from)
+RUNTIME_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "onnxruntime": ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+    "openvino": ("openvino", ("openvino",)),
+    "tvm": ("tvm", ("apache-tvm",)),
+    "tensorrt": ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
+}
+
+# CPU flags worth recording: the ones kernels dispatch on.
+_INTERESTING_FLAGS = {
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+    # aarch64 (/proc/cpuinfo "Features")
+    "asimd", "asimddp", "fphp", "asimdhp", "sve", "sve2", "i8mm", "bf16", "sme",
+}
+
+
+class GpuInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    compute_capability: str  # "9.0"
+    driver: str = ""
+    memory_mib: int = 0
+
+
+class HostInfo(BaseModel):
+    """What a measurement was taken on, and what the loader matches requirements against."""
+
+    model_config = ConfigDict(extra="forbid")
+    arch: str  # x86_64 | aarch64
+    cpu_model: str
+    cpu_count: int
+    isa: list[str]
+    os: str
+    hostname: str = ""
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    runtimes: dict[str, str] = Field(default_factory=dict)
+    emulated: str = ""  # e.g. "qemu-aarch64 (cpu neoverse-n1)" when measured under emulation
+
+    def describe(self) -> str:
+        gpu = f", GPU {self.gpus[0].name} (sm {self.gpus[0].compute_capability})" if self.gpus else ""
+        emu = f", emulated: {self.emulated}" if self.emulated else ""
+        return f"{self.arch} {self.cpu_model} x{self.cpu_count}{gpu}{emu}"
+
+
+def normalize_arch(machine: str) -> str:
+    m = machine.lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def _cpuinfo() -> tuple[str, list[str]]:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model") and model in ("unknown", "", platform.machine()):
+                    model = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model, sorted(flags & _INTERESTING_FLAGS)
+
+
+def _nvidia_gpus() -> list[GpuInfo]:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,compute_cap,driver_version,memory.total",
+             "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 2:
+            mem = int(float(parts[3])) if len(parts) > 3 and parts[3].replace(".", "").isdigit() else 0
+            gpus.append(GpuInfo(name=parts[0], compute_capability=parts[1],
+                                driver=parts[2] if len(parts) > 2 else "", memory_mib=mem))
+    return gpus
+
+
+def runtime_version(name: str) -> str | None:
+    """Version of an importable runtime, or None when it cannot be imported here."""
+    module, dists = RUNTIME_MODULES[name]
+    if importlib.util.find_spec(module) is None:
+        return None
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def probe_host() -> HostInfo:
+    model, isa = _cpuinfo()
+    runtimes = {n: v for n in RUNTIME_MODULES if (v := runtime_version(n)) is not None}
+    return HostInfo(
+        arch=normalize_arch(platform.machine()),
+        cpu_model=model,
+        cpu_count=os.cpu_count() or 1,
+        isa=isa,
+        os=f"{platform.system()} {platform.release()}",
+        hostname=platform.node(),
+        gpus=_nvidia_gpus(),
+        runtimes=runtimes,
+    )
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in v.replace("+", ".").replace("-", ".").split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+class Requirements(BaseModel):
+    """What an artifact needs of the host that runs it."""
+
+    model_config = ConfigDict(extra="forbid")
+    arch: str  # x86_64 | aarch64
+    isa: list[str] = Field(default_factory=list, description="CPU features the code needs")
+    gpu: bool = False
+    gpu_compute_capabilities: list[str] = Field(
+        default_factory=list, description="compute capabilities the artifact has code for, e.g. 9.0"
+    )
+    runtime: str  # onnxruntime | openvino | tvm | tensorrt
+    min_runtime_version: str = ""
+
+    def mismatches(self, host: HostInfo) -> list[str]:
+        """Why this artifact cannot run on `host`; empty when it can."""
+        why = []
+        if host.arch != self.arch:
+            why.append(f"needs {self.arch}, host is {host.arch}")
+        missing = sorted(set(self.isa) - set(host.isa))
+        if missing:
+            why.append(f"needs CPU features {missing} the host lacks")
+        if self.gpu:
+            if not host.gpus:
+                why.append("needs an NVIDIA GPU, host has none")
+            elif self.gpu_compute_capabilities and not any(
+                g.compute_capability in self.gpu_compute_capabilities for g in host.gpus
+            ):
+                have = [g.compute_capability for g in host.gpus]
+                why.append(
+                    f"has code for compute capability {self.gpu_compute_capabilities}, host GPU is {have}"
+                )
+        have_rt = host.runtimes.get(self.runtime)
+        if have_rt is None:
+            why.append(f"runtime '{self.runtime}' is not importable on this host")
+        elif self.min_runtime_version and have_rt != "unknown" and _version_tuple(
+            have_rt
+        ) < _version_tuple(self.min_runtime_version):
+            why.append(f"needs {self.runtime} >= {self.min_runtime_version}, host has {have_rt}")
+        return why

@@ -1,0 +1,161 @@
+"""Pass infrastructure: a pass is a small object with a typed config and a declared contract.
+
+A pass turns one ONNX model into another. The base class checks the contract around the
+subclass's `_run`: the output is a valid model whose graph inputs and outputs keep the names,
+dtypes and ranks of the input model (a pass may never silently rename the interface), and it
+records nodes and size before/after and the time taken. Passes stay free of caching and
+logging; the DAG runner does that around them.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict
+
+from compiler.contract import Contract
+from compiler.errors import PassError
+
+__all__ = ["Pass", "PassConfig", "PassContext", "PassResult", "model_size_bytes", "op_histogram"]
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config; `name` is the discriminator in config files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+
+
+C = TypeVar("C", bound=PassConfig)
+
+
+@dataclass
+class PassContext:
+    """What a pass may read besides the model.
+
+    `target` is the target the branch builds for ("cpu", "arm", "gpu"), or None in the shared
+    prefix. `calibration` returns sample feeds for calibration (user data when given, else
+    generated from the contract); `calibration_source` says which ("user" or "generated").
+    `reference` runs the normalized fp32 model on ONNX Runtime for given feeds, so
+    accuracy-aware passes can gate on the same reference the package reports against.
+    """
+
+    contract: Contract
+    workdir: Path
+    target: str | None = None
+    target_isa: tuple[str, ...] = ()
+    calibration: Callable[[], list[dict[str, np.ndarray]]] = lambda: []
+    calibration_source: str = "generated"
+    reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    tolerances: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PassResult:
+    model: onnx.ModelProto
+    record: dict[str, Any] = field(default_factory=dict)  # what the pass did, JSON-able
+    skipped: str = ""  # non-empty: the pass changed nothing, and why
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    hist: dict[str, int] = {}
+    for node in _all_nodes(model.graph):
+        hist[node.op_type] = hist.get(node.op_type, 0) + 1
+    return dict(sorted(hist.items()))
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            for g in attr.graphs:
+                yield from _all_nodes(g)
+
+
+def model_size_bytes(model: onnx.ModelProto) -> int:
+    return model.ByteSize()
+
+
+def _interface(model: onnx.ModelProto) -> dict[str, tuple[str, int, int]]:
+    inits = {i.name for i in model.graph.initializer}
+    sig = {}
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for vi in values:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            rank = len(tt.shape.dim) if tt.HasField("shape") else -1
+            sig[vi.name] = (kind, tt.elem_type, rank)
+    return sig
+
+
+class Pass(ABC, Generic[C]):
+    """Subclasses set `name`, `version` and `config_cls`, and implement `_run`.
+
+    Bump `version` whenever the pass's output for the same input and config can change:
+    it enters the cache key.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    config_cls: ClassVar[type[PassConfig]]
+
+    def __init__(self, config: C) -> None:
+        if not isinstance(config, self.config_cls):
+            raise TypeError(f"{type(self).__name__} takes {self.config_cls.__name__}")
+        self.config = config
+
+    def libraries(self) -> dict[str, str]:
+        """Versions of the libraries whose behaviour shapes this pass's output (cache key)."""
+        return {"onnx": onnx.__version__}
+
+    @abstractmethod
+    def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult: ...
+
+    def __call__(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        before_ops, before_size = op_histogram(model), model_size_bytes(model)
+        before_sig = _interface(model)
+        start = time.perf_counter()
+        try:
+            result = self._run(model, ctx)
+        except PassError:
+            raise
+        except Exception as exc:  # a library deep inside failed: say which pass and why
+            raise PassError(f"pass '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
+        elapsed = time.perf_counter() - start
+        after_sig = _interface(result.model)
+        if after_sig != before_sig:
+            raise PassError(
+                f"pass '{self.name}' changed the model interface: before {before_sig}, "
+                f"after {after_sig}; passes must keep input/output names, dtypes and ranks"
+            )
+        try:
+            onnx.checker.check_model(result.model, full_check=False)
+        except (onnx.checker.ValidationError, ValueError) as exc:
+            # models > 2 GB cannot be checked in memory; anything else is a broken pass
+            if "2GB" not in str(exc) and "2 GB" not in str(exc):
+                raise PassError(f"pass '{self.name}' produced an invalid model: {exc}") from exc
+        after_ops = op_histogram(result.model)
+        result.record = {
+            "pass": self.name,
+            "version": self.version,
+            "nodes_before": sum(before_ops.values()),
+            "nodes_after": sum(after_ops.values()),
+            "bytes_before": before_size,
+            "bytes_after": model_size_bytes(result.model),
+            "ops_before": before_ops,
+            "ops_after": after_ops,
+            "seconds": round(elapsed, 4),
+            "skipped": result.skipped,
+            **result.record,
+        }
+        return result

@@ -1,0 +1,149 @@
+"""Backend interface: how to compile an artifact for a target and how to run it.
+
+A backend is a class with a typed options model (the `compile:` block of a variant in the
+config, discriminated by `backend`), a `build` that writes artifact files into a folder, and
+a `runner` that loads those files for serving or measurement. Backends import their heavy
+library lazily, inside methods, so `import targets` works on a host that has none of them.
+
+Runners follow Polygraphy's shape: a context manager whose public `run` checks feeds
+against the contract and whose `_run` does the work.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from compiler.contract import Contract
+from compiler.host import Requirements
+
+__all__ = [
+    "Availability",
+    "Backend",
+    "BackendOptions",
+    "BuildRequest",
+    "BuildResult",
+    "Runner",
+]
+
+
+class Availability(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ok: bool
+    reason: str = ""
+    install: str = ""  # how to get it, for a skipped artifact's record
+
+
+class BackendOptions(BaseModel):
+    """Base of every backend's options; `backend` is the discriminator in config files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    backend: str
+
+
+@dataclass
+class BuildRequest:
+    target: str  # cpu | arm | gpu
+    variant: str  # fp32 | int8 | ... (the variant's key in the config)
+    precision: str  # fp32 | fp16 | bf16 | int8: what the artifact computes in
+    options: BackendOptions
+    contract: Contract
+    workdir: Path  # scratch space, deleted after the build
+    calibration: Callable[[], list[dict[str, np.ndarray]]] = lambda: []
+    calibration_source: str = "generated"
+
+
+@dataclass
+class BuildResult:
+    """What `Backend.build` made. `files` are relative to the output folder.
+
+    `runtime` holds everything the runner needs to load the artifact (JSON-able: entry
+    file, session options, inference precision, function names, input order...). It is
+    stored in the manifest and handed back to `Backend.runner`.
+    """
+
+    files: list[str]
+    runtime: dict[str, Any]
+    requirements: Requirements
+    precision: str
+    notes: list[str] = field(default_factory=list)
+    # True when running this artifact with the same runtime on a host of another arch
+    # is a meaningful cross-check (portable formats: ONNX, OpenVINO IR); False for
+    # native code (TVM shared libraries, TensorRT engines).
+    portable: bool = False
+    status: str = "built"  # built | deferred (built later on the serving host)
+
+
+class Runner(ABC):
+    """Loads one artifact; `run` validates feeds against the contract, `_run` runs them."""
+
+    def __init__(self, contract: Contract) -> None:
+        self.contract = contract
+
+    def __enter__(self) -> Runner:
+        self.load()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abstractmethod
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        checked = self.contract.validate_feeds(feeds)
+        return self._run(checked)
+
+    def describe(self) -> dict[str, Any]:
+        """Threads, device and precision actually in use, for latency records."""
+        return {}
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    version: ClassVar[str]  # of this adapter; enters the cache key
+    targets: ClassVar[frozenset[str]]
+    options_cls: ClassVar[type[BackendOptions]]
+
+    @classmethod
+    @abstractmethod
+    def availability(cls, target: str) -> Availability:
+        """Can this host build artifacts of this backend for `target`?"""
+
+    @classmethod
+    @abstractmethod
+    def runtime_availability(cls) -> Availability:
+        """Can this host run artifacts of this backend (for serving and verification)?"""
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str]:
+        return {}
+
+    @abstractmethod
+    def build(self, model_path: Path, request: BuildRequest, out_dir: Path) -> BuildResult:
+        """Compile `model_path` (ONNX, possibly with external data beside it) into `out_dir`."""
+
+    @classmethod
+    @abstractmethod
+    def runner(
+        cls,
+        artifact_dir: Path,
+        runtime: dict[str, Any],
+        contract: Contract,
+        *,
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> Runner:
+        """A runner for an artifact built by this backend (not yet loaded)."""
