@@ -108,6 +108,13 @@ class Pass(ABC, Generic[C]):
     name: ClassVar[str]
     version: ClassVar[str]
     config_cls: ClassVar[type[PassConfig]]
+    # The DAG reads these to build cache keys and node identity:
+    # target_dependent: output depends on ctx.target/target_isa (the node is not shared
+    #   across targets); uses_calibration: output depends on ctx.calibration() data;
+    #   uses_reference: output depends on ctx.reference (the normalized model).
+    target_dependent: ClassVar[bool] = False
+    uses_calibration: ClassVar[bool] = False
+    uses_reference: ClassVar[bool] = False
 
     def __init__(self, config: C) -> None:
         if not isinstance(config, self.config_cls):

@@ -116,6 +116,8 @@ class Backend(ABC):
     version: ClassVar[str]  # of this adapter; enters the cache key
     targets: ClassVar[frozenset[str]]
     options_cls: ClassVar[type[BackendOptions]]
+    # True when build() reads request.calibration() (e.g. NNCF int8): enters the cache key.
+    uses_calibration: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
