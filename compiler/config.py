@@ -117,6 +117,15 @@ class NormalizeConfig(_Strict):
     min_opset: int = Field(default=13, ge=7, description="older models are upgraded to this")
 
 
+class SelectionConfig(_Strict):
+    """How serving orders artifacts: an explicit order of artifact ids first (if given),
+    then by measured latency on a matching host. A quantized artifact must beat the best
+    float artifact of its target by `quantized_min_speedup` or it is ranked below it."""
+
+    order: list[str] = Field(default_factory=list)
+    quantized_min_speedup: float = Field(default=1.1, ge=1.0)
+
+
 class BuildConfig(_Strict):
     schema_version: Literal[1] = 1
     package: PackageMeta = Field(default_factory=PackageMeta)
@@ -126,6 +135,7 @@ class BuildConfig(_Strict):
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
     parity: ParityConfig = Field(default_factory=ParityConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
     include_reference_model: bool = True
 
     @field_validator("targets", mode="after")

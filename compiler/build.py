@@ -1,0 +1,82 @@
+"""The main job: source -> normalized model -> DAG run -> package on disk."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from compiler.cache import Cache, default_cache_dir
+from compiler.config import BuildConfig
+from compiler.dag import BuildInputs, NodeResult, build_graph, cleanup_scratch, run_graph
+from compiler.errors import CompilePkgError, InputModelError
+from compiler.manifest import Manifest
+from compiler.normalize import Source, export_torch, save_model, source_digest
+from compiler.package import assemble, finish_package, write_atomically
+from compiler.verify import now_utc
+
+__all__ = ["BuildOutcome", "build_package", "prepare_source"]
+
+
+@dataclass
+class BuildOutcome:
+    manifest: Manifest
+    results: dict[str, NodeResult]
+    package: Path
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{n}: {r.reason}" for n, r in self.results.items() if r.status == "failed"]
+
+
+def prepare_source(source: Source, config: BuildConfig, workdir: Path) -> tuple[Path, str, str, str]:
+    """(onnx path, digest, display name, kind). Torch modules are exported to ONNX first."""
+    if source.onnx_path is not None:
+        path = source.onnx_path
+        if not path.is_file():
+            raise InputModelError(f"{path}: no such file; give an .onnx model or package.module:factory")
+        return path, source_digest(path), path.name, "onnx"
+    assert source.torch_factory is not None
+    dims_opt = {k: v.opt for k, v in config.dims.items()}
+    model = export_torch(source.torch_factory, source.input_specs, dims_opt)
+    path = save_model(model, workdir / "torch-export")
+    return path, source_digest(path), source.torch_factory, "torch"
+
+
+def build_package(
+    source: Source,
+    config: BuildConfig,
+    targets: tuple[str, ...],
+    out: Path,
+    *,
+    cache_dir: Path | None = None,
+    use_cache: bool = True,
+    sample_data: Path | None = None,
+    calibration_data: Path | None = None,
+    on_event: Callable[[str, NodeResult | None], None] = lambda nid, r: None,
+) -> BuildOutcome:
+    started = now_utc()
+    with tempfile.TemporaryDirectory(prefix="compile-pkg-") as tmp:
+        tmpdir = Path(tmp)
+        src_path, digest, name, kind = prepare_source(source, config, tmpdir)
+        cache = Cache(cache_dir or default_cache_dir()) if use_cache else Cache(tmpdir / "cache")
+        g = build_graph(config, targets)
+        inputs = BuildInputs(src_path, digest, config, targets, sample_data, calibration_data)
+        try:
+            results = run_graph(g, inputs, cache, on_event)
+        finally:
+            cleanup_scratch(cache)
+        for head in ("normalize", "data", "reference"):
+            if results[head].status == "failed":
+                raise CompilePkgError(f"{head} failed: {results[head].reason}")
+
+        def fill(staging: Path) -> Manifest:
+            m = assemble(staging, g=g, results=results, config=config, source_name=name,
+                         source_kind=kind, source_digest=digest,
+                         source_path=source.onnx_path or Path(name), started_at=started)
+            finish_package(staging, m)
+            return m
+
+        manifest = write_atomically(out.parent, out, fill)
+    return BuildOutcome(manifest=manifest, results=results, package=out)

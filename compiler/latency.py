@@ -1,0 +1,50 @@
+"""Latency measured next to the reference in the same process, interleaved (A B A B ...),
+so that a contended host slows both alike and the ratio holds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["measure_interleaved", "summarize"]
+
+
+def summarize(samples_s: list[float], batch: int) -> dict[str, Any]:
+    ms = np.asarray(samples_s) * 1e3
+    mean = float(ms.mean())
+    return {
+        "runs": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": mean,
+        "std_ms": float(ms.std()),
+        "min_ms": float(ms.min()),
+        "throughput_per_s": batch * 1e3 / mean if mean > 0 else 0.0,
+        "samples_ms": [round(float(x), 4) for x in ms],
+    }
+
+
+def measure_interleaved(
+    fns: dict[str, Callable[[], Any]], *, warmup: int, runs: int, max_seconds: float, batch: int
+) -> dict[str, dict[str, Any]]:
+    """Time each zero-argument callable `runs` times, round-robin, after `warmup` rounds.
+
+    Stops early (keeping at least 3 rounds) when `max_seconds` has passed.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    for i in range(runs):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        if i >= 2 and time.perf_counter() - start > max_seconds:
+            break
+    return {k: summarize(v, batch) for k, v in times.items()}

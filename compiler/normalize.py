@@ -1,0 +1,214 @@
+"""Normalize a source model into one canonical ONNX model.
+
+Sources: an ONNX file (external-data files beside it are read too) or a PyTorch module given
+as `package.module:factory` with an input spec, exported through `torch.onnx.export`.
+Normalizing checks the model, upgrades opsets older than the configured floor, names
+unnamed dynamic dims, runs shape inference, and saves it deterministically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from compiler.contract import name_unnamed_dims
+from compiler.errors import InputModelError
+
+__all__ = [
+    "InputSpec",
+    "Source",
+    "dir_digest",
+    "export_torch",
+    "load_onnx",
+    "normalize_model",
+    "parse_input_spec",
+    "save_model",
+    "source_digest",
+]
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+_TWO_GB = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the user pointed at: an ONNX path, or a torch factory plus input specs."""
+
+    onnx_path: Path | None = None
+    torch_factory: str | None = None
+    input_specs: tuple[InputSpec, ...] = ()
+
+    def describe(self) -> str:
+        return str(self.onnx_path) if self.onnx_path else f"torch:{self.torch_factory}"
+
+
+_SPEC_RE = re.compile(r"^(?P<name>[^:]+):(?P<dtype>[a-z0-9]+):\[(?P<shape>[^\]]*)\]$")
+
+
+def parse_input_spec(text: str) -> InputSpec:
+    """`x:float32:[batch,3,224,224]` -> InputSpec; symbolic dims are names."""
+    m = _SPEC_RE.match(text.strip())
+    if not m:
+        raise InputModelError(
+            f"input spec {text!r}: expected NAME:DTYPE:[d0,d1,...], e.g. x:float32:[batch,3,224,224]"
+        )
+    dims: list[int | str] = []
+    for d in m["shape"].split(","):
+        d = d.strip()
+        if d:
+            dims.append(int(d) if d.isdigit() else d)
+    return InputSpec(m["name"], m["dtype"], tuple(dims))
+
+
+def _external_files(path: Path) -> list[Path]:
+    model = onnx.load(path, load_external_data=False)
+    files: set[Path] = set()
+    for t in onnx.external_data_helper._get_all_tensors(model):
+        if onnx.external_data_helper.uses_external_data(t):
+            info = onnx.external_data_helper.ExternalDataInfo(t)
+            files.add(path.parent / info.location)
+    return sorted(files)
+
+
+def source_digest(path: Path) -> str:
+    """sha256 over the ONNX file and every external-data file it references."""
+    h = hashlib.sha256()
+    try:
+        files = [path, *_external_files(path)]
+    except Exception as exc:
+        raise InputModelError(f"{path}: not a readable ONNX model ({exc})") from exc
+    for f in files:
+        if not f.is_file():
+            raise InputModelError(
+                f"{path}: external data file {f.name} is missing; keep it beside the model"
+            )
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise InputModelError(f"{path}: no such file; give the path of an .onnx model")
+    try:
+        return onnx.load(path, load_external_data=True)
+    except FileNotFoundError as exc:
+        raise InputModelError(
+            f"{path}: external data file missing ({exc.filename}); keep data files beside the model"
+        ) from exc
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise InputModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+
+
+def export_torch(factory: str, specs: tuple[InputSpec, ...], dims_opt: dict[str, int]) -> onnx.ModelProto:
+    """Import `package.module:factory`, call it, export with torch.onnx.export."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise InputModelError(
+            "a PyTorch source needs torch: pip install 'compile-pkg[torch]' torch==2.13.0"
+        ) from exc
+    mod_name, _, attr = factory.partition(":")
+    if not attr:
+        raise InputModelError(f"torch source {factory!r}: expected package.module:factory")
+    try:
+        fn = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InputModelError(f"torch source {factory!r}: cannot import ({exc})") from exc
+    module = fn()
+    if not isinstance(module, torch.nn.Module):
+        raise InputModelError(f"torch source {factory!r}: factory returned {type(module).__name__}, not nn.Module")
+    if not specs:
+        raise InputModelError(f"torch source {factory!r}: give --input-spec NAME:DTYPE:[dims] for each input")
+    module.eval()
+    args, dynamic_axes = [], {}
+    for s in specs:
+        shape = [d if isinstance(d, int) else dims_opt.get(d, 1) for d in s.shape]
+        args.append(torch.zeros(shape, dtype=getattr(torch, s.dtype)))
+        sym = {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
+        if sym:
+            dynamic_axes[s.name] = sym
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "export.onnx"
+        try:
+            torch.onnx.export(
+                module, tuple(args), str(out), input_names=[s.name for s in specs],
+                dynamic_axes=dynamic_axes or None, opset_version=17, dynamo=False,
+            )
+        except Exception as exc:
+            raise InputModelError(f"torch.onnx.export failed for {factory}: {exc}") from exc
+        return onnx.load(out, load_external_data=True)
+
+
+def normalize_model(model: onnx.ModelProto, where: str, min_opset: int = 13) -> tuple[onnx.ModelProto, dict]:
+    """Check, upgrade and shape-infer; returns the model and a record of what changed."""
+    record: dict = {"named_dims": {}}
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputModelError(f"{where}: fails onnx.checker: {first}") from exc
+    except ValueError:
+        pass  # > 2 GB: checked on the file by the caller's save + reload when needed
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    record["opset_source"] = opset
+    if opset < min_opset:
+        try:
+            model = onnx.version_converter.convert_version(model, min_opset)
+        except Exception as exc:
+            raise InputModelError(
+                f"{where}: opset {opset} could not be upgraded to {min_opset} ({exc}); "
+                f"re-export at opset >= {min_opset} or set normalize.min_opset"
+            ) from exc
+        record["opset_upgraded_to"] = min_opset
+    record["named_dims"] = name_unnamed_dims(model)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as exc:
+        raise InputModelError(f"{where}: shape inference failed: {exc}") from exc
+    return model, record
+
+
+def save_model(model: onnx.ModelProto, out_dir: Path) -> Path:
+    """Save deterministically; external data (one file) only when the model exceeds 2 GB."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / MODEL_FILE
+    if model.ByteSize() > _TWO_GB:
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=DATA_FILE, size_threshold=1024)
+    else:
+        path.write_bytes(model.SerializeToString(deterministic=True))
+    return path
+
+
+def dir_digest(path: Path) -> str:
+    """sha256 over every file under `path` (relative names and contents), in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
