@@ -11,16 +11,24 @@ from typing import Annotated
 from pydantic import Field
 
 from passes.base import Pass, PassConfig, PassContext, PassResult
+from passes.fp16 import Fp16Config, Fp16Pass
 from passes.fuse import FuseConfig, FusePass
+from passes.quantize import QuantizeConfig, QuantizePass
+from passes.simplify import SimplifyConfig, SimplifyPass
 
 __all__ = ["PASSES", "AnyPassConfig", "Pass", "PassConfig", "PassContext", "PassResult", "make_pass"]
 
 PASSES: dict[str, type[Pass]] = {
+    SimplifyPass.name: SimplifyPass,
     FusePass.name: FusePass,
+    QuantizePass.name: QuantizePass,
+    Fp16Pass.name: Fp16Pass,
 }
 
-# A discriminated union on `name`; with a single member pydantic still validates `name`.
-AnyPassConfig = Annotated[FuseConfig, Field(discriminator="name")]
+# A discriminated union on `name`: a config file's `name: quantize` picks QuantizeConfig.
+AnyPassConfig = Annotated[
+    SimplifyConfig | FuseConfig | QuantizeConfig | Fp16Config, Field(discriminator="name")
+]
 
 
 def make_pass(config: PassConfig) -> Pass:

@@ -1,33 +1,72 @@
-"""fuse: ONNX Runtime's offline graph optimization, at levels that stay portable.
+"""fuse: ONNX Runtime's offline graph optimization, plus its transformer fusions.
 
 `basic` (constant folding, redundant node removal, Conv+BN/Add/Mul fusions) and `extended`
 (GELU, LayerNorm, attention-style fusions into com.microsoft ops) are hardware-independent.
 `all` (layout optimizations, NCHWc) bakes the build host's CPU into the graph and is refused
 here: a model another backend or host will read must not carry it.
+
+For BERT-like graphs, ONNX Runtime's Python transformer optimizer
+(`onnxruntime.transformers.optimizer`) finds more than the C++ optimizer does: Attention,
+SkipLayerNormalization, BiasGelu, EmbedLayerNormalization. `transformer: auto` runs it when
+the graph has attention, decomposed LayerNorm or Erf (GELU) patterns (passes/graph_facts.py).
+com.microsoft ops run only on ONNX Runtime: put `fuse` in ONNX Runtime variants only.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import onnx
+from pydantic import Field
 
 from passes.base import Pass, PassConfig, PassContext, PassResult
+from passes.graph_facts import graph_facts
+from passes.ort_tools import quiet
 
 __all__ = ["FuseConfig", "FusePass"]
+
+
+# ONNX Runtime's fusions emit LayerNormalization in the default domain, an op of opset 17.
+_LAYER_NORM_OPSET = 17
+_LAYER_NORM_FUSIONS = ("LayerNormFusionL1", "LayerNormFusionL2", "SimplifiedLayerNormFusion")
 
 
 class FuseConfig(PassConfig):
     name: Literal["fuse"] = "fuse"
     level: Literal["basic", "extended"] = "basic"
     disabled_optimizers: tuple[str, ...] = ()
+    transformer: Literal["auto", "on", "off"] = "auto"
+    transformer_model_type: Literal["bert", "vit", "gpt2"] = "bert"
+    num_heads: int = Field(default=0, ge=0, description="0: detect from the graph")
+    hidden_size: int = Field(default=0, ge=0, description="0: detect from the graph")
+
+
+def _ort_optimize(
+    model: onnx.ModelProto, level: str, disabled: list[str], workdir: Path
+) -> onnx.ModelProto:
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, src)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        }[level]
+        opts.optimized_model_filepath = str(dst)
+        opts.log_severity_level = 3
+        ort.InferenceSession(
+            str(src), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+        )
+        return onnx.load(dst)
 
 
 class FusePass(Pass[FuseConfig]):
     name = "fuse"
-    version = "1"
+    version = "2"
     config_cls = FuseConfig
 
     def libraries(self) -> dict[str, str]:
@@ -36,22 +75,72 @@ class FusePass(Pass[FuseConfig]):
         return {"onnx": onnx.__version__, "onnxruntime": ort.__version__}
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        import onnxruntime as ort
-
-        level = {
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        }[self.config.level]
-        with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
-            src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-            onnx.save(model, src)
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = level
-            opts.optimized_model_filepath = str(dst)
-            opts.log_severity_level = 3
-            ort.InferenceSession(
-                str(src), opts, providers=["CPUExecutionProvider"],
-                disabled_optimizers=list(self.config.disabled_optimizers),
+        cfg = self.config
+        disabled = list(cfg.disabled_optimizers)
+        facts = graph_facts(model)
+        want = cfg.transformer == "on" or (cfg.transformer == "auto" and facts.transformer_like())
+        record: dict[str, Any] = {"level": cfg.level, "graph": facts.describe()}
+        opset = _default_opset(model)
+        layer_norm = opset >= _LAYER_NORM_OPSET
+        if not layer_norm:
+            disabled += [o for o in _LAYER_NORM_FUSIONS if o not in disabled]
+            record["layer_norm_fusion"] = (
+                f"off: LayerNormalization needs opset >= {_LAYER_NORM_OPSET}, the model has "
+                f"{opset}; normalize to opset {_LAYER_NORM_OPSET} to get it"
             )
-            out = onnx.load(dst)
-        return PassResult(model=out, record={"level": self.config.level})
+        if not want:
+            record["transformer"] = f"off ({cfg.transformer}: no attention/LayerNorm/GELU)"
+            out = _ort_optimize(model, cfg.level, disabled, ctx.workdir)
+            return PassResult(model=out, record=record)
+        # ONNX Runtime's own recipe: basic first (folding), then the Python fusions.
+        out = _ort_optimize(model, "basic", disabled, ctx.workdir)
+        out, record["transformer"] = self._transformer_fusions(out, layer_norm)
+        if cfg.level == "extended":
+            out = _ort_optimize(out, "extended", disabled, ctx.workdir)
+        return PassResult(model=out, record=record)
+
+    def _transformer_fusions(
+        self, model: onnx.ModelProto, layer_norm: bool
+    ) -> tuple[onnx.ModelProto, Any]:
+        from onnxruntime.transformers.fusion_options import FusionOptions
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        cfg = self.config
+        options = FusionOptions(cfg.transformer_model_type)
+        options.enable_layer_norm = options.enable_skip_layer_norm = layer_norm
+        options.enable_bias_skip_layer_norm = options.enable_embed_layer_norm = layer_norm
+        candidate = onnx.ModelProto()
+        candidate.CopyFrom(model)
+        try:
+            with quiet("", "onnxruntime.transformers"):
+                optimizer = optimize_model(
+                    candidate,
+                    model_type=cfg.transformer_model_type,
+                    num_heads=cfg.num_heads,
+                    hidden_size=cfg.hidden_size,
+                    optimization_options=options,
+                    opt_level=0,
+                    use_gpu=False,
+                )
+                fused = {k: v for k, v in optimizer.get_fused_operator_statistics().items() if v}
+        except Exception as exc:  # the fusion scripts assert on shapes they do not expect
+            reason = " ".join(str(exc).split())[:300]
+            return model, {"skipped": f"transformer fusions failed, kept the graph: "
+                                      f"{type(exc).__name__}: {reason}"}
+        if _interface(optimizer.model) != _interface(model):
+            # e.g. EmbedLayerNormalization wants int32 ids: never change the caller's contract
+            return model, {"skipped": "transformer fusions changed the model interface; kept the graph"}
+        return optimizer.model, {"model_type": cfg.transformer_model_type, "fused": fused}
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _interface(model: onnx.ModelProto) -> list[tuple[str, int, int]]:
+    inits = {t.name for t in model.graph.initializer}
+    return [
+        (vi.name, vi.type.tensor_type.elem_type, len(vi.type.tensor_type.shape.dim))
+        for vi in [*model.graph.input, *model.graph.output]
+        if vi.name not in inits
+    ]

@@ -1,0 +1,148 @@
+"""Accuracy-aware int8: keep the layers that cost the most accuracy in float, until the
+quantized model passes the int8 parity gate or the budget is spent.
+
+The approach follows NNCF's `quantize_with_accuracy_control`: quantize everything, measure;
+if the gate fails, rank layers by sensitivity and give layers back to float in ranked order,
+re-measuring after each. Two choices differ from NNCF, for reasons:
+
+- Sensitivity is measured in isolation: the model with *only* that layer quantized, against
+  the float reference (1 - cosine over the ranking samples). NNCF reverts one quantizer
+  group at a time from the fully quantized model; with ONNX Runtime's QDQ format a tensor's
+  quantization is shared by its producer and consumers, so reverting one node alone often
+  changes nothing and the ranking degenerates to ties. In isolation, both ends of an
+  outlier-ridden tensor rank high.
+- The gate is the package's own parity gate (compiler.parity, per-precision tolerances),
+  measured against the same reference the package reports against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict, Field
+
+from passes.ort_tools import run_model
+
+__all__ = ["AccuracyAwareConfig", "Gate", "keep_sensitive_layers_in_float"]
+
+Feeds = Sequence[dict[str, np.ndarray]]
+Outputs = list[dict[str, np.ndarray]]
+# quantize(exclude=[...], only=[...] or None) -> quantized model
+Quantize = Callable[[list[str], list[str] | None], onnx.ModelProto]
+
+
+class AccuracyAwareConfig(BaseModel):
+    """`accuracy_aware:` block of the quantize pass."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = False
+    max_float_layers: int = Field(default=8, ge=1, description="budget: layers kept in float")
+    ranking_samples: int = Field(default=8, ge=1, description="samples for sensitivity ranking")
+    candidate_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+    min_cosine: float | None = Field(
+        default=None, ge=-1, le=1, description="None: the build's int8 parity tolerance"
+    )
+    min_top1: float | None = Field(
+        default=None, ge=0, le=1, description="None: the build's int8 parity tolerance"
+    )
+
+
+class Gate:
+    """The int8 parity gate: compiler.parity's metrics and verdicts over a set of samples."""
+
+    def __init__(self, tolerance: Any, feeds: Feeds, references: Outputs) -> None:
+        self.tolerance = tolerance
+        self.feeds = list(feeds)
+        self.references = references
+
+    def check(self, model: onnx.ModelProto) -> tuple[bool, dict[str, Any]]:
+        from compiler.parity import compare_outputs
+
+        outputs = run_model(model, self.feeds)
+        ok, per_output = compare_outputs(outputs, self.references, lambda _name: self.tolerance)
+        return ok, {name: _summary(m) for name, m in per_output.items()}
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    keep = ("cosine", "top1_agreement", "max_abs_err", "failures")
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items() if k in keep}
+
+
+def _error(outputs: Outputs, references: Outputs) -> float:
+    """Mean over outputs of 1 - cosine: the ranking metric (not the gate)."""
+    from compiler.parity import output_metrics
+
+    errs = []
+    for name in references[0]:
+        m = output_metrics([o[name] for o in outputs], [r[name] for r in references])
+        errs.append(1.0 - m.get("cosine", 0.0))
+    return float(np.mean(errs))
+
+
+def candidate_layers(model: onnx.ModelProto, op_types: Sequence[str], exclude: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, op_type) of the float model's nodes the loop may keep in float."""
+    wanted, skip = set(op_types), set(exclude)
+    return [
+        (n.name, n.op_type)
+        for n in model.graph.node
+        if n.op_type in wanted and n.name and n.name not in skip
+    ]
+
+
+def rank_layers(
+    candidates: list[tuple[str, str]], quantize: Quantize, feeds: Feeds, references: Outputs
+) -> list[tuple[str, str, float]]:
+    """Candidates by isolated sensitivity, most costly first (ties by name, deterministic)."""
+    scored = []
+    for name, op_type in candidates:
+        alone = quantize([], [name])
+        scored.append((name, op_type, _error(run_model(alone, feeds), references)))
+    return sorted(scored, key=lambda s: (-s[2], s[0]))
+
+
+def keep_sensitive_layers_in_float(
+    float_model: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    quantize: Quantize,
+    gate: Gate,
+    base_exclude: list[str],
+    cfg: AccuracyAwareConfig,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Return the first model in the loop that passes the gate, else the last one tried."""
+    ok, metrics = gate.check(quantized)
+    record: dict[str, Any] = {"gate_before": {"passed": ok, "outputs": metrics}}
+    if ok:
+        record["kept_in_float"] = []
+        return quantized, record
+    candidates = candidate_layers(float_model, cfg.candidate_op_types, base_exclude)
+    rank_feeds = gate.feeds[: cfg.ranking_samples]
+    ranked = rank_layers(candidates, quantize, rank_feeds, gate.references[: len(rank_feeds)])
+    record["ranking"] = [
+        {"layer": n, "op_type": t, "isolated_error": round(e, 8)} for n, t, e in ranked[:20]
+    ]
+    kept: list[dict[str, Any]] = []
+    model, before = quantized, metrics
+    for name, op_type, err in ranked[: cfg.max_float_layers]:
+        model = quantize([*base_exclude, *(k["layer"] for k in kept), name], None)
+        ok, after = gate.check(model)
+        kept.append({
+            "layer": name,
+            "op_type": op_type,
+            "why": f"isolated int8 error {err:.3g} (1 - cosine), rank {len(kept) + 1}",
+            "gate_before": before,
+            "gate_after": after,
+        })
+        before = after
+        if ok:
+            break
+    record["kept_in_float"] = kept
+    record["gate_after"] = {"passed": ok, "outputs": before}
+    if not ok:
+        record["budget_spent"] = (
+            f"still failing after keeping {len(kept)} layers in float "
+            f"(max_float_layers={cfg.max_float_layers}); raise it or drop the int8 variant"
+        )
+    return model, record

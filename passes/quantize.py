@@ -1,0 +1,285 @@
+"""quantize: int8 with ONNX Runtime's quantizer, static QDQ or dynamic, types per target.
+
+Static QDQ (calibrated activation ranges, per-channel weights) suits CNNs; dynamic int8
+(weights int8, activation ranges computed per batch at run time) suits transformer and
+recurrent graphs, whose activation ranges vary a lot between inputs. `mode: auto` picks
+dynamic for graphs with LSTM/GRU/RNN, or with attention (MatMul -> Softmax -> MatMul) and
+at least as many MatMul/Gemm as Conv nodes; static otherwise (passes/graph_facts.py).
+
+`activation_type: auto` follows ONNX Runtime's CPU guidance: u8 activations with s8 weights
+on x86-64 (the u8 x s8 VPMADDUBSW/VNNI kernels), s8/s8 on arm, symmetric s8/s8 on gpu
+(TensorRT reads only symmetric int8 QDQ).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import onnx
+from pydantic import Field
+
+from compiler.errors import PassError
+from passes.accuracy import AccuracyAwareConfig, Gate, keep_sensitive_layers_in_float
+from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
+from passes.graph_facts import graph_facts
+from passes.ort_tools import quiet, run_model
+
+__all__ = ["QuantizeConfig", "QuantizePass"]
+
+IntType = Literal["u8", "s8"]
+
+# target -> (activations, weights, symmetric activations); None: the shared prefix.
+AUTO_TYPES: dict[str | None, tuple[IntType, IntType, bool]] = {
+    "cpu": ("u8", "s8", False),
+    "arm": ("s8", "s8", False),
+    "gpu": ("s8", "s8", True),
+    None: ("u8", "s8", False),
+}
+# Dynamic int8 of Conv (ConvInteger) is slower than fp32 on ONNX Runtime CPU: leave it out.
+DYNAMIC_OP_TYPES = ("MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
+_QUANT_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+    "ConvInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention", "QGemm",
+})
+GENERATED_DATA_WARNING = (
+    "calibration used GENERATED data (random feeds from the contract), not real inputs: "
+    "activation ranges, and any accuracy figure measured on them, are not meaningful; "
+    "give real samples (calibration data in the config) before trusting this int8 artifact"
+)
+
+
+class QuantizeConfig(PassConfig):
+    name: Literal["quantize"] = "quantize"
+    mode: Literal["auto", "static", "dynamic"] = "auto"
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(default=99.999, gt=90, le=100)
+    calibration_samples: int = Field(default=32, ge=1, le=10_000)
+    activation_type: Literal["auto", "u8", "s8"] = "auto"
+    weight_type: Literal["auto", "u8", "s8"] = "auto"
+    per_channel: bool = True
+    reduce_range: bool = False
+    op_types: tuple[str, ...] = Field(default=(), description="empty: ONNX Runtime's defaults")
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    accuracy_aware: AccuracyAwareConfig = Field(default_factory=AccuracyAwareConfig)
+
+
+def _qtype(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}[name]
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self.pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= len(self.feeds):
+            return None
+        self.pos += 1
+        return self.feeds[self.pos - 1]
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def _named(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy whose unnamed nodes get stable names, so exclusions can address every node."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {n.name for n in out.graph.node if n.name}
+    named = 0
+    for i, node in enumerate(out.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name, named = name, named + 1
+            taken.add(name)
+    return out, named
+
+
+class QuantizePass(Pass[QuantizeConfig]):
+    name = "quantize"
+    version = "1"
+    config_cls = QuantizeConfig
+    target_dependent: ClassVar[bool] = True
+    uses_calibration: ClassVar[bool] = True
+    uses_reference: ClassVar[bool] = True
+
+    def libraries(self) -> dict[str, str]:
+        import onnxruntime as ort
+
+        return {"onnx": onnx.__version__, "onnxruntime": ort.__version__}
+
+    def _types(self, target: str | None) -> tuple[IntType, IntType, bool]:
+        act, weight, symmetric = AUTO_TYPES.get(target, AUTO_TYPES[None])
+        cfg = self.config
+        if cfg.activation_type != "auto":
+            act = cfg.activation_type
+        if cfg.weight_type != "auto":
+            weight = cfg.weight_type
+        return act, weight, symmetric
+
+    def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        cfg = self.config
+        model, renamed = _named(model)
+        facts = graph_facts(model)
+        mode = cfg.mode
+        if mode == "auto":
+            mode = "dynamic" if facts.prefers_dynamic_int8() else "static"
+        unknown = sorted(set(cfg.exclude_nodes) - {n.name for n in model.graph.node})
+        if unknown:
+            raise PassError(
+                f"quantize: exclude_nodes {unknown} are not nodes of the model; "
+                "names are the node names in the input graph (see the build log's ops)"
+            )
+        exclude = sorted(
+            {*cfg.exclude_nodes, *(n.name for n in model.graph.node if n.op_type in cfg.exclude_op_types)}
+        )
+        act, weight, symmetric = self._types(ctx.target)
+        record: dict[str, Any] = {
+            "mode": mode,
+            "mode_rule": f"{cfg.mode}: {facts.describe()}",
+            "activation_type": act if mode == "static" else "dynamic u8",
+            "weight_type": weight,
+            "per_channel": cfg.per_channel,
+            "excluded_nodes": exclude,
+            "warnings": [],
+        }
+        if renamed:
+            record["named_unnamed_nodes"] = renamed
+        with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
+            if mode == "static":
+                feeds = self._calibration(ctx, record)
+                quantize = self._static_quantizer(model, feeds, act, weight, symmetric, Path(tmp))
+            else:
+                feeds = ctx.calibration()[: cfg.calibration_samples]
+                quantize = self._dynamic_quantizer(model, weight, Path(tmp))
+            out = quantize(exclude, None)
+            self._check_quantized(out)
+            if cfg.accuracy_aware.enabled:
+                if not feeds:
+                    raise PassError("quantize: accuracy_aware needs sample data; none was given")
+                gate = Gate(self._tolerance(ctx), feeds, self._references(model, feeds, ctx))
+                out, record["accuracy_aware"] = keep_sensitive_layers_in_float(
+                    model, out, quantize, gate, exclude, cfg.accuracy_aware
+                )
+        record["quantized_ops"] = {
+            k: v for k, v in op_histogram(out).items() if k in _QUANT_OPS
+        }
+        if ctx.calibration_source == "generated" and (mode == "static" or cfg.accuracy_aware.enabled):
+            record["warnings"].append(GENERATED_DATA_WARNING)
+        return PassResult(model=out, record=record)
+
+    def _calibration(self, ctx: PassContext, record: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        feeds = ctx.calibration()[: self.config.calibration_samples]
+        if not feeds:
+            raise PassError(
+                "quantize (static): no calibration samples; give calibration data in the "
+                "config, or use mode: dynamic"
+            )
+        record["calibration"] = {
+            "method": self.config.calibration_method,
+            "samples": len(feeds),
+            "source": ctx.calibration_source,
+        }
+        return feeds
+
+    def _static_quantizer(
+        self, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
+        act: IntType, weight: IntType, symmetric: bool, tmp: Path,
+    ) -> Any:
+        """A function (exclude, only) -> quantized model; calibrates once, then reuses ranges."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+        cfg = self.config
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[cfg.calibration_method]
+        extra: dict[str, Any] = {"CalibPercentile": cfg.percentile}
+        if symmetric:
+            extra.update(ActivationSymmetric=True, WeightSymmetric=True)
+        cache = tmp / "calibration.json"
+        calls = [0]
+
+        def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
+            calls[0] += 1
+            dst = tmp / f"q{calls[0]}.onnx"
+            with quiet():
+                quantize_static(
+                    model, dst, _Reader(feeds) if not cache.exists() else None,
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(cfg.op_types) or None,
+                    per_channel=cfg.per_channel,
+                    reduce_range=cfg.reduce_range,
+                    activation_type=_qtype(act),
+                    weight_type=_qtype(weight),
+                    nodes_to_quantize=only,
+                    nodes_to_exclude=exclude,
+                    calibrate_method=method,
+                    extra_options=extra,
+                    calibration_cache_path=cache,
+                )
+            return onnx.load(dst)
+
+        return quantize
+
+    def _dynamic_quantizer(self, model: onnx.ModelProto, weight: IntType, tmp: Path) -> Any:
+        from onnxruntime.quantization import quantize_dynamic
+
+        cfg = self.config
+        calls = [0]
+
+        def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
+            calls[0] += 1
+            dst = tmp / f"d{calls[0]}.onnx"
+            with quiet():
+                quantize_dynamic(
+                    model, dst,
+                    op_types_to_quantize=list(cfg.op_types or DYNAMIC_OP_TYPES),
+                    per_channel=cfg.per_channel,
+                    reduce_range=cfg.reduce_range,
+                    weight_type=_qtype(weight),
+                    nodes_to_quantize=only,
+                    nodes_to_exclude=exclude,
+                )
+            return onnx.load(dst)
+
+        return quantize
+
+    def _check_quantized(self, out: onnx.ModelProto) -> None:
+        if not any(op in _QUANT_OPS for op in op_histogram(out)):
+            raise PassError(
+                "quantize: no node was quantized (no ops of the quantizable types, or all "
+                "excluded); set op_types, fewer exclusions, or drop the int8 variant"
+            )
+
+    def _tolerance(self, ctx: PassContext) -> Any:
+        from compiler.config import DEFAULT_TOLERANCES, Tolerance
+
+        given = ctx.tolerances.get("int8", DEFAULT_TOLERANCES["int8"])
+        tol = given if isinstance(given, Tolerance) else Tolerance.model_validate(given)
+        aa = self.config.accuracy_aware
+        overrides = {
+            k: v for k, v in (("min_cosine", aa.min_cosine), ("min_top1", aa.min_top1)) if v is not None
+        }
+        return tol.model_copy(update=overrides)
+
+    @staticmethod
+    def _references(
+        model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ctx: PassContext
+    ) -> list[dict[str, np.ndarray]]:
+        """The package's reference when the DAG gives one, else this pass's float input."""
+        if ctx.reference is not None:
+            return [ctx.reference(f) for f in feeds]
+        return run_model(model, feeds)
