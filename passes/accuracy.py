@@ -82,7 +82,9 @@ def _error(outputs: Outputs, references: Outputs) -> float:
     return float(np.mean(errs))
 
 
-def candidate_layers(model: onnx.ModelProto, op_types: Sequence[str], exclude: Sequence[str]) -> list[tuple[str, str]]:
+def candidate_layers(
+    model: onnx.ModelProto, op_types: Sequence[str], exclude: Sequence[str]
+) -> list[tuple[str, str]]:
     """(name, op_type) of the float model's nodes the loop may keep in float."""
     wanted, skip = set(op_types), set(exclude)
     return [
@@ -128,13 +130,15 @@ def keep_sensitive_layers_in_float(
     for name, op_type, err in ranked[: cfg.max_float_layers]:
         model = quantize([*base_exclude, *(k["layer"] for k in kept), name], None)
         ok, after = gate.check(model)
-        kept.append({
-            "layer": name,
-            "op_type": op_type,
-            "why": f"isolated int8 error {err:.3g} (1 - cosine), rank {len(kept) + 1}",
-            "gate_before": before,
-            "gate_after": after,
-        })
+        kept.append(
+            {
+                "layer": name,
+                "op_type": op_type,
+                "why": f"isolated int8 error {err:.3g} (1 - cosine), rank {len(kept) + 1}",
+                "gate_before": before,
+                "gate_after": after,
+            }
+        )
         before = after
         if ok:
             break

@@ -30,8 +30,20 @@ from passes.ort_tools import quiet, session
 __all__ = ["FRAGILE_OPS", "Fp16Config", "Fp16Pass"]
 
 FRAGILE_OPS = (
-    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "Pow", "Exp", "Log", "Resize", "Range", "CumSum",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "Pow",
+    "Exp",
+    "Log",
+    "Resize",
+    "Range",
+    "CumSum",
 )
 _FP16_MAX = 65504.0
 _FP16_MIN_POSITIVE = 5.96e-08
@@ -61,7 +73,11 @@ def _out_of_range(model: onnx.ModelProto) -> dict[str, int]:
     them to the fp16 range."""
     too_big = too_small = 0
     constants = [
-        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+        a.t
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
     ]
     for init in [*model.graph.initializer, *constants]:
         if init.data_type != onnx.TensorProto.FLOAT:

@@ -125,11 +125,15 @@ class FusePass(Pass[FuseConfig]):
                 fused = {k: v for k, v in optimizer.get_fused_operator_statistics().items() if v}
         except Exception as exc:  # the fusion scripts assert on shapes they do not expect
             reason = " ".join(str(exc).split())[:300]
-            return model, {"skipped": f"transformer fusions failed, kept the graph: "
-                                      f"{type(exc).__name__}: {reason}"}
+            return model, {
+                "skipped": f"transformer fusions failed, kept the graph: "
+                f"{type(exc).__name__}: {reason}"
+            }
         if _interface(optimizer.model) != _interface(model):
             # e.g. EmbedLayerNormalization wants int32 ids: never change the caller's contract
-            return model, {"skipped": "transformer fusions changed the model interface; kept the graph"}
+            return model, {
+                "skipped": "transformer fusions changed the model interface; kept the graph"
+            }
         return optimizer.model, {"model_type": cfg.transformer_model_type, "fused": fused}
 
 

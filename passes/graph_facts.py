@@ -116,7 +116,9 @@ def _feeds_forward(
     return False
 
 
-def _decomposed_layernorms(graph: onnx.GraphProto, consumers: dict[str, list[onnx.NodeProto]]) -> int:
+def _decomposed_layernorms(
+    graph: onnx.GraphProto, consumers: dict[str, list[onnx.NodeProto]]
+) -> int:
     """ReduceMean(x) feeding Sub(x, mean) whose result reaches a second ReduceMean."""
     count = 0
     for node in graph.node:

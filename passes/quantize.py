@@ -40,10 +40,19 @@ AUTO_TYPES: dict[str | None, tuple[IntType, IntType, bool]] = {
 }
 # Dynamic int8 of Conv (ConvInteger) is slower than fp32 on ONNX Runtime CPU: leave it out.
 DYNAMIC_OP_TYPES = ("MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
-_QUANT_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-    "ConvInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention", "QGemm",
-})
+_QUANT_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeMatMul",
+        "DynamicQuantizeLSTM",
+        "QAttention",
+        "QGemm",
+    }
+)
 GENERATED_DATA_WARNING = (
     "calibration used GENERATED data (random feeds from the contract), not real inputs: "
     "activation ranges, and any accuracy figure measured on them, are not meaningful; "
@@ -142,7 +151,10 @@ class QuantizePass(Pass[QuantizeConfig]):
                 "names are the node names in the input graph (see the build log's ops)"
             )
         exclude = sorted(
-            {*cfg.exclude_nodes, *(n.name for n in model.graph.node if n.op_type in cfg.exclude_op_types)}
+            {
+                *cfg.exclude_nodes,
+                *(n.name for n in model.graph.node if n.op_type in cfg.exclude_op_types),
+            }
         )
         act, weight, symmetric = self._types(ctx.target)
         record: dict[str, Any] = {
@@ -172,10 +184,10 @@ class QuantizePass(Pass[QuantizeConfig]):
                 out, record["accuracy_aware"] = keep_sensitive_layers_in_float(
                     model, out, quantize, gate, exclude, cfg.accuracy_aware
                 )
-        record["quantized_ops"] = {
-            k: v for k, v in op_histogram(out).items() if k in _QUANT_OPS
-        }
-        if ctx.calibration_source == "generated" and (mode == "static" or cfg.accuracy_aware.enabled):
+        record["quantized_ops"] = {k: v for k, v in op_histogram(out).items() if k in _QUANT_OPS}
+        if ctx.calibration_source == "generated" and (
+            mode == "static" or cfg.accuracy_aware.enabled
+        ):
             record["warnings"].append(GENERATED_DATA_WARNING)
         return PassResult(model=out, record=record)
 
@@ -194,8 +206,13 @@ class QuantizePass(Pass[QuantizeConfig]):
         return feeds
 
     def _static_quantizer(
-        self, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
-        act: IntType, weight: IntType, symmetric: bool, tmp: Path,
+        self,
+        model: onnx.ModelProto,
+        feeds: list[dict[str, np.ndarray]],
+        act: IntType,
+        weight: IntType,
+        symmetric: bool,
+        tmp: Path,
     ) -> Any:
         """A function (exclude, only) -> quantized model; calibrates once, then reuses ranges."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
@@ -217,7 +234,9 @@ class QuantizePass(Pass[QuantizeConfig]):
             dst = tmp / f"q{calls[0]}.onnx"
             with quiet():
                 quantize_static(
-                    model, dst, _Reader(feeds) if not cache.exists() else None,
+                    model,
+                    dst,
+                    _Reader(feeds) if not cache.exists() else None,
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(cfg.op_types) or None,
                     per_channel=cfg.per_channel,
@@ -245,7 +264,8 @@ class QuantizePass(Pass[QuantizeConfig]):
             dst = tmp / f"d{calls[0]}.onnx"
             with quiet():
                 quantize_dynamic(
-                    model, dst,
+                    model,
+                    dst,
                     op_types_to_quantize=list(cfg.op_types or DYNAMIC_OP_TYPES),
                     per_channel=cfg.per_channel,
                     reduce_range=cfg.reduce_range,
@@ -271,7 +291,9 @@ class QuantizePass(Pass[QuantizeConfig]):
         tol = given if isinstance(given, Tolerance) else Tolerance.model_validate(given)
         aa = self.config.accuracy_aware
         overrides = {
-            k: v for k, v in (("min_cosine", aa.min_cosine), ("min_top1", aa.min_top1)) if v is not None
+            k: v
+            for k, v in (("min_cosine", aa.min_cosine), ("min_top1", aa.min_top1))
+            if v is not None
         }
         return tol.model_copy(update=overrides)
 

@@ -38,11 +38,7 @@ class SimplifyConfig(PassConfig):
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[str]:
-    return [
-        t.name
-        for t in model.graph.initializer
-        if t.data_location == onnx.TensorProto.EXTERNAL
-    ]
+    return [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def _test_shapes(model: onnx.ModelProto, ctx: PassContext) -> dict[str, list[int]]:
