@@ -12,6 +12,7 @@ from pydantic import Field
 
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
 from targets.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeOptions
+from targets.tensorrt import TensorRTBackend, TensorRTOptions
 
 __all__ = [
     "BACKENDS",
@@ -31,9 +32,12 @@ TARGETS: dict[str, str] = {"cpu": "x86_64", "arm": "aarch64", "gpu": "x86_64"}
 
 BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
+    TensorRTBackend.name: TensorRTBackend,
 }
 
-BackendOptionsUnion = Annotated[OnnxRuntimeOptions, Field(discriminator="backend")]
+BackendOptionsUnion = Annotated[
+    OnnxRuntimeOptions | TensorRTOptions, Field(discriminator="backend")
+]
 
 
 def get_backend(name: str) -> type[Backend]:
