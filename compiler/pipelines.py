@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from compiler.config import VariantConfig
 from passes.fuse import FuseConfig
+from passes.quantize import QuantizeConfig
 from targets.onnxruntime import OnnxRuntimeOptions
+from targets.tensorrt import TensorRTOptions
 
 __all__ = ["PIPELINES"]
 
@@ -29,7 +31,15 @@ def default_arm() -> dict[str, VariantConfig]:
 
 
 def default_gpu() -> dict[str, VariantConfig]:
-    return {}
+    # TensorRT: an engine where the build host has TensorRT and a GPU, else a deferred
+    # build spec the serving host completes. int8 is explicit (symmetric QDQ) quantization.
+    return {
+        "trt-fp32": VariantConfig(compile=TensorRTOptions(), precision="fp32"),
+        "trt-fp16": VariantConfig(compile=TensorRTOptions(), precision="fp16"),
+        "trt-int8": VariantConfig(
+            passes=[QuantizeConfig(mode="static")], compile=TensorRTOptions(), precision="int8"
+        ),
+    }
 
 
 PIPELINES: dict[str, dict[str, Callable[[], dict[str, VariantConfig]]]] = {
