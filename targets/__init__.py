@@ -12,6 +12,7 @@ from pydantic import Field
 
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
 from targets.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeOptions
+from targets.openvino import OpenVinoBackend, OpenVinoOptions
 from targets.tensorrt import TensorRTBackend, TensorRTOptions
 
 __all__ = [
@@ -32,11 +33,12 @@ TARGETS: dict[str, str] = {"cpu": "x86_64", "arm": "aarch64", "gpu": "x86_64"}
 
 BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
+    OpenVinoBackend.name: OpenVinoBackend,
     TensorRTBackend.name: TensorRTBackend,
 }
 
 BackendOptionsUnion = Annotated[
-    OnnxRuntimeOptions | TensorRTOptions, Field(discriminator="backend")
+    OnnxRuntimeOptions | OpenVinoOptions | TensorRTOptions, Field(discriminator="backend")
 ]
 
 
