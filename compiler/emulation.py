@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import signal
 import subprocess
 import tempfile
@@ -307,6 +308,8 @@ def _run_worker(
             text=True,
             timeout=timeout_s,
             check=False,
+            cwd=work,
+            preexec_fn=_no_core_dumps,  # a crashing runtime must not write a multi-GB qemu core
         )
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
@@ -320,6 +323,10 @@ def _run_worker(
             f"{_tail(proc.stderr)}; rebuild it with scripts/setup_emulation.sh --force"
         )
     return proc.returncode, proc.stderr
+
+
+def _no_core_dumps() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _read_header(work: Path) -> dict[str, Any]:

@@ -100,8 +100,10 @@ def load(
     host = host or probe_host()
     candidates, excluded = rank(manifest, host, order=order, allow_unverified=allow_unverified)
     decisions = [(c.id, f"excluded: {c.reason}") for c in excluded]
+    pending = None  # a TensorRT runner whose engine builds in the background (deferred artifact)
     for c in candidates:
         a = manifest.artifact(c.id)
+        runner = None
         try:
             check_files(package, a)
             runner = get_backend(a.backend).runner(
@@ -110,10 +112,16 @@ def load(
             )
             runner.load()
         except Exception as exc:  # any failure to load: record it and fall back
+            if pending is None and getattr(runner, "build_job", None) is not None:
+                pending = runner
             verdict = f"failed to load: {' '.join(str(exc).split())[:300]}"
             log.warning("%s %s; trying the next artifact", c.id, verdict)
             decisions.append((c.id, verdict))
             continue
+        if pending is not None:  # serve this one until the engine is ready, then switch
+            from targets.tensorrt import SwitchingRunner
+
+            runner = SwitchingRunner(runner, pending)
         decisions.append((c.id, f"picked: {c.reason}"))
         tried = [d for d in decisions if d[1].startswith("failed")]
         why = c.reason + (f" (after {len(tried)} fallback(s))" if tried else "")

@@ -146,13 +146,19 @@ def export_torch(factory: str, specs: tuple[InputSpec, ...], dims_opt: dict[str,
             dynamic_axes[s.name] = sym
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export.onnx"
-        try:
-            torch.onnx.export(
-                module, tuple(args), str(out), input_names=[s.name for s in specs],
-                dynamic_axes=dynamic_axes or None, opset_version=17, dynamo=False,
-            )
-        except Exception as exc:
-            raise InputModelError(f"torch.onnx.export failed for {factory}: {exc}") from exc
+        kwargs = {"input_names": [s.name for s in specs], "dynamic_axes": dynamic_axes or None}
+        try:  # the torch.export-based exporter first; the TorchScript one for what it cannot take
+            torch.onnx.export(module, tuple(args), str(out), opset_version=18, dynamo=True,
+                              verbose=False, **kwargs)
+        except Exception as first:
+            try:
+                torch.onnx.export(module, tuple(args), str(out), opset_version=17, dynamo=False,
+                                  **kwargs)
+            except Exception as exc:
+                raise InputModelError(
+                    f"torch.onnx.export failed for {factory}: {' '.join(str(exc).split())[:400]} "
+                    f"(torch.export-based exporter: {' '.join(str(first).split())[:200]})"
+                ) from exc
         return onnx.load(out, load_external_data=True)
 
 

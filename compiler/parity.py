@@ -71,8 +71,8 @@ def judge(m: dict[str, Any], tol: Tolerance) -> list[str]:
     why = []
     if not m["finite"]:
         why.append("non-finite values (NaN/Inf) in the output")
-    bound = tol.atol + tol.rtol * m["ref_max_abs"]
-    if m["max_abs_err"] > bound:
+    bound = None if tol.atol is None else tol.atol + tol.rtol * m["ref_max_abs"]
+    if bound is not None and m["max_abs_err"] > bound:
         why.append(f"max abs err {m['max_abs_err']:.3g} > {bound:.3g}")
     if m["cosine"] < tol.min_cosine:
         why.append(f"cosine {m['cosine']:.6f} < {tol.min_cosine}")

@@ -13,6 +13,7 @@ from compiler.config import VariantConfig
 from passes.fuse import FuseConfig
 from passes.quantize import QuantizeConfig
 from targets.onnxruntime import OnnxRuntimeOptions
+from targets.openvino import OpenVinoOptions
 from targets.tensorrt import TensorRTOptions
 
 __all__ = ["PIPELINES"]
@@ -22,12 +23,27 @@ def _ort() -> VariantConfig:
     return VariantConfig(passes=[FuseConfig(level="basic")], compile=OnnxRuntimeOptions())
 
 
+def _ov() -> OpenVinoOptions:
+    # No fuse pass: OpenVINO fuses on its own and cannot read ONNX Runtime's com.microsoft ops.
+    # int8 is NNCF on the converted model; QDQ input is the alternative (docs/openvino.md).
+    return OpenVinoOptions()
+
+
 def default_cpu() -> dict[str, VariantConfig]:
-    return {"ort-fp32": _ort()}
+    return {
+        "ort-fp32": _ort(),
+        "ov-f32": VariantConfig(compile=_ov(), precision="fp32"),
+        "ov-bf16": VariantConfig(compile=_ov(), precision="bf16"),
+        "ov-int8": VariantConfig(compile=_ov(), precision="int8"),
+    }
 
 
 def default_arm() -> dict[str, VariantConfig]:
-    return {"ort-fp32": _ort()}
+    return {
+        "ort-fp32": _ort(),
+        "ov-f32": VariantConfig(compile=_ov(), precision="fp32"),
+        "ov-int8": VariantConfig(compile=_ov(), precision="int8"),
+    }
 
 
 def default_gpu() -> dict[str, VariantConfig]:

@@ -1,0 +1,27 @@
+"""Shared helpers for compiler tests: build a package through the public API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compiler.build import BuildOutcome, build_package
+from compiler.config import resolve_config
+from compiler.normalize import Source
+
+
+def build(model: Path, out: Path, cache: Path | None, targets: tuple[str, ...] = ("cpu", "arm"),
+          raw: dict | None = None, overrides: list[str] | None = None, **kw: object) -> BuildOutcome:
+    cfg = resolve_config({"latency": {"runs": 5, "warmup": 1}, **(raw or {})}, list(targets), overrides or [])
+    return build_package(Source(onnx_path=model), cfg, targets, out, cache_dir=cache,
+                         use_cache=cache is not None, **kw)  # type: ignore[arg-type]
+
+
+def statuses(outcome: BuildOutcome) -> dict[str, str]:
+    return {n: r.status for n, r in outcome.results.items()}
+
+
+def build_source(factory: str, specs: list[str], out: Path, cfg, targets=("cpu",)) -> BuildOutcome:  # type: ignore[no-untyped-def]
+    from compiler.normalize import parse_input_spec
+
+    src = Source(torch_factory=factory, input_specs=tuple(parse_input_spec(s) for s in specs))
+    return build_package(src, cfg, targets, out, use_cache=False)

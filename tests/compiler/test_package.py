@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from compiler.errors import PackageError
+from compiler.manifest import SCHEMA_PATH, Manifest, json_schema, migrate, read_manifest
+from compiler.package import pack
+from tests.compiler.helpers import build
+
+
+def _artifact_bytes(pkg: Path) -> dict[str, bytes]:
+    return {p.relative_to(pkg).as_posix(): p.read_bytes()
+            for p in sorted((pkg / "artifacts").rglob("*")) if p.is_file()}
+
+
+def test_two_builds_without_cache_are_byte_identical(cnn_path: Path, tmp_path: Path) -> None:
+    a = build(cnn_path, tmp_path / "a", None)
+    b = build(cnn_path, tmp_path / "b", None)
+    assert _artifact_bytes(tmp_path / "a") == _artifact_bytes(tmp_path / "b")
+    for name in ("inputs.npz", "outputs.npz", "model.onnx"):
+        assert (tmp_path / "a/reference" / name).read_bytes() == (tmp_path / "b/reference" / name).read_bytes()
+    assert a.manifest.core_sha256 == b.manifest.core_sha256
+    assert a.manifest.build["started_at"]  # run-to-run fields exist, outside the core
+
+
+def test_manifest_validates_against_the_shipped_schema(mlp_path: Path, tmp_path: Path) -> None:
+    build(mlp_path, tmp_path / "p", None)
+    doc = json.loads((tmp_path / "p/manifest.json").read_text())
+    jsonschema.validate(doc, json.loads(SCHEMA_PATH.read_text()))
+    assert doc["schema_version"] == 1
+    files = {f["path"] for a in doc["artifacts"] for f in a["files"]}
+    assert files == {"artifacts/cpu.ort-fp32/model.onnx", "artifacts/arm.ort-fp32/model.onnx"}
+    assert not any(str(tmp_path) in json.dumps(doc[k]) for k in ("source", "artifacts", "provenance"))
+
+
+def test_shipped_schema_is_current() -> None:
+    """Golden file: regenerate with `python -m compiler.manifest` after changing the models."""
+    assert json.loads(SCHEMA_PATH.read_text()) == json.loads(json.dumps(json_schema(), sort_keys=True))
+
+
+def test_v0_manifest_migrates(mlp_path: Path, tmp_path: Path) -> None:
+    build(mlp_path, tmp_path / "p", None)
+    doc = json.loads((tmp_path / "p/manifest.json").read_text())
+    v0 = {k: v for k, v in doc.items() if k not in ("schema_version", "measurements")}
+    for a in v0["artifacts"]:
+        a["parity"] = {"status": "passed"}
+    m = Manifest.model_validate(migrate(v0))
+    assert m.schema_version == 1
+    assert m.measurements["cpu/ort-fp32"]["parity"] == [{"status": "passed"}]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(PackageError, match="newer than this compile-pkg reads"):
+        read_manifest(tmp_path)
+
+
+def test_pack_is_reproducible(mlp_path: Path, tmp_path: Path) -> None:
+    build(mlp_path, tmp_path / "p", None)
+    first = pack(tmp_path / "p", tmp_path / "one.tar.gz").read_bytes()
+    os.utime(tmp_path / "p/manifest.json", (1, 1))
+    second = pack(tmp_path / "p", tmp_path / "two.tar.gz").read_bytes()
+    assert first == second
+
+
+def _valid_or_absent(pkg: Path) -> str:
+    if not pkg.exists():
+        return "absent"
+    m = read_manifest(pkg)  # raises if half-written
+    for a in m.artifacts:
+        for f in a.files:
+            assert (pkg / f.path).is_file()
+    return m.core_sha256
+
+
+def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    cmd = [sys.executable, "-m", "compiler.cli", str(cnn_path), "--targets", "cpu,arm", "-o", str(out),
+           "--no-cache", "--set", "latency.runs=200", "--set", "latency.warmup=20"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    seen = set()
+    for delay in (0.5, 1.5, 3.0):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen.add(_valid_or_absent(out))
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".pkg.")]
+        # a killed writer may leave its staging folder behind, never a half-written `pkg`
+        assert all(".tmp-" in n or ".old-" in n for n in leftovers)
+    subprocess.run(cmd[:-4], env=env, check=True, capture_output=True)
+    assert _valid_or_absent(out) != "absent"
