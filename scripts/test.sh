@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): set up everything, then run every test this host can run.
+# Tests that need hardware this host lacks (an NVIDIA GPU, TensorRT) skip with their reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+if [ -x scripts/setup_emulation.sh ]; then scripts/setup_emulation.sh; fi
+exec python3 -m pytest -q -ra --durations=20 "$@"
