@@ -71,6 +71,9 @@ class OpenVinoOptions(BackendOptions):
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
     num_threads: int = Field(default=0, ge=0, description="0: OpenVINO's default")
     num_streams: int = Field(default=0, ge=0, description="0: the performance hint decides")
+    # OpenVINO pins its threads to cores by default on Linux; on a host shared with other
+    # processes that made p50 8-13x worse (docs/openvino.md). Pin only on a dedicated host.
+    cpu_pinning: bool = False
     min_runtime_version: str = ""  # "": the year.minor of the OpenVINO that built the IR
 
 
@@ -148,6 +151,7 @@ class OpenVinoBackend(Backend):
                 "performance_hint": opts.performance_hint,
                 "num_threads": opts.num_threads,
                 "num_streams": opts.num_streams,
+                "cpu_pinning": opts.cpu_pinning,
             },
             requirements=_requirements(request.target, request.precision, opts),
             precision=request.precision,
@@ -439,6 +443,7 @@ class OpenVinoRunner(Runner):
         cfg: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": self.runtime["inference_precision"],
             "PERFORMANCE_HINT": self.runtime.get("performance_hint", "LATENCY"),
+            "ENABLE_CPU_PINNING": bool(self.runtime.get("cpu_pinning", False)),
         }
         if self.threads:
             cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
@@ -487,6 +492,7 @@ class OpenVinoRunner(Runner):
             "threads": int(c.get_property("INFERENCE_NUM_THREADS")),
             "streams": int(c.get_property("NUM_STREAMS")),
             "performance_hint": str(c.get_property("PERFORMANCE_HINT")),
+            "cpu_pinning": bool(c.get_property("ENABLE_CPU_PINNING")),
             "int8_method": self.runtime.get("int8_method", ""),
             "loaded_from_cache": bool(c.get_property("LOADED_FROM_CACHE")),
         }

