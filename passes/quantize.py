@@ -30,6 +30,7 @@ from passes.ort_tools import quiet, run_model
 __all__ = ["QuantizeConfig", "QuantizePass"]
 
 IntType = Literal["u8", "s8"]
+_PER_CHANNEL_OPSET = 13
 
 # target -> (activations, weights, symmetric activations); None: the shared prefix.
 AUTO_TYPES: dict[str | None, tuple[IntType, IntType, bool]] = {
@@ -99,20 +100,58 @@ class _Reader:
         return len(self.feeds)
 
 
-def _named(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """A copy whose unnamed nodes get stable names, so exclusions can address every node."""
+def _prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy fit for ONNX Runtime's quantizer: unnamed nodes get stable names (so exclusions
+    can address every node), and Constant-node tensors become initializers (the quantizer
+    quantizes weights only when they are initializers; as Constants they would be treated as
+    activations, per-tensor)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    taken = {n.name for n in out.graph.node if n.name}
+    graph = out.graph
+    taken = {n.name for n in graph.node if n.name}
     named = 0
-    for i, node in enumerate(out.graph.node):
+    for i, node in enumerate(graph.node):
         if not node.name:
             name = f"{node.op_type}_{i}"
             while name in taken:
                 name += "_"
             node.name, named = name, named + 1
             taken.add(name)
-    return out, named
+    keep, moved = [], 0
+    for node in graph.node:
+        value = [
+            a for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR
+        ]
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return out, {"named_unnamed_nodes": named, "constants_to_initializers": moved}
+
+
+def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """Per-channel QDQ needs DequantizeLinear's `axis` (opset 13); upgrade older models."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= _PER_CHANNEL_OPSET:
+        return model, ""
+    from onnx import version_converter
+
+    try:
+        upgraded = version_converter.convert_version(model, _PER_CHANNEL_OPSET)
+    except Exception as exc:  # the converter raises bare RuntimeErrors per op
+        raise PassError(
+            f"quantize: per-channel int8 needs opset >= {_PER_CHANNEL_OPSET}, the model has "
+            f"{opset} and cannot be upgraded ({exc}); set normalize.min_opset: "
+            f"{_PER_CHANNEL_OPSET} or per_channel: false"
+        ) from exc
+    return upgraded, f"upgraded opset {opset} -> {_PER_CHANNEL_OPSET} for per-channel weights"
 
 
 class QuantizePass(Pass[QuantizeConfig]):
@@ -139,7 +178,10 @@ class QuantizePass(Pass[QuantizeConfig]):
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         cfg = self.config
-        model, renamed = _named(model)
+        model, prepared = _prepare(model)
+        upgraded = ""
+        if cfg.per_channel:
+            model, upgraded = _upgrade_for_per_channel(model)
         facts = graph_facts(model)
         mode = cfg.mode
         if mode == "auto":
@@ -166,8 +208,9 @@ class QuantizePass(Pass[QuantizeConfig]):
             "excluded_nodes": exclude,
             "warnings": [],
         }
-        if renamed:
-            record["named_unnamed_nodes"] = renamed
+        record.update({k: v for k, v in prepared.items() if v})
+        if upgraded:
+            record["opset"] = upgraded
         with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
             if mode == "static":
                 feeds = self._calibration(ctx, record)
@@ -198,6 +241,14 @@ class QuantizePass(Pass[QuantizeConfig]):
                 "quantize (static): no calibration samples; give calibration data in the "
                 "config, or use mode: dynamic"
             )
+        method = self.config.calibration_method
+        shapes = sorted({str({k: np.shape(v) for k, v in f.items()}) for f in feeds})
+        if method != "minmax" and len(shapes) > 1:
+            raise PassError(
+                f"quantize: {method} calibration needs samples of one shape (ONNX Runtime's "
+                f"histogram collector stacks them), got {len(shapes)} shapes, e.g. {shapes[:2]}; "
+                "use calibration_method: minmax or give same-size samples"
+            )
         record["calibration"] = {
             "method": self.config.calibration_method,
             "samples": len(feeds),
@@ -227,6 +278,10 @@ class QuantizePass(Pass[QuantizeConfig]):
         if symmetric:
             extra.update(ActivationSymmetric=True, WeightSymmetric=True)
         cache = tmp / "calibration.json"
+        # A path, not the ModelProto: given a proto, quantize_static saves it with
+        # save_as_external_data=True, which rewrites the caller's proto in place.
+        src = tmp / "float.onnx"
+        onnx.save(model, src)
         calls = [0]
 
         def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
@@ -234,7 +289,7 @@ class QuantizePass(Pass[QuantizeConfig]):
             dst = tmp / f"q{calls[0]}.onnx"
             with quiet():
                 quantize_static(
-                    model,
+                    src,
                     dst,
                     _Reader(feeds) if not cache.exists() else None,
                     quant_format=QuantFormat.QDQ,
@@ -257,6 +312,8 @@ class QuantizePass(Pass[QuantizeConfig]):
         from onnxruntime.quantization import quantize_dynamic
 
         cfg = self.config
+        src = tmp / "float.onnx"
+        onnx.save(model, src)
         calls = [0]
 
         def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
@@ -264,7 +321,7 @@ class QuantizePass(Pass[QuantizeConfig]):
             dst = tmp / f"d{calls[0]}.onnx"
             with quiet():
                 quantize_dynamic(
-                    model,
+                    src,
                     dst,
                     op_types_to_quantize=list(cfg.op_types or DYNAMIC_OP_TYPES),
                     per_channel=cfg.per_channel,

@@ -1,0 +1,242 @@
+"""Tiny models and data for pass tests, built in code with onnx.helper.
+
+Each builder makes the smallest graph that shows one pass's job: foldable shape chains and
+Constant-node weights (simplify), Conv+BatchNorm and a decomposed LayerNorm with attention
+(fuse), a CNN with smooth images (quantize), an activation with one huge channel that plain
+int8 cannot hold (accuracy-aware).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler.contract import extract_contract
+from passes.base import PassContext
+
+__all__ = [
+    "attention_block",
+    "context",
+    "outlier_mlp",
+    "parity",
+    "run",
+    "small_cnn",
+    "smooth_images",
+]
+
+_F = TensorProto.FLOAT
+
+
+def _model(
+    nodes: list[onnx.NodeProto], inputs: list, outputs: list, inits: list, opset: int = 17
+) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "test", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _conv_weight(rng: np.random.Generator, cout: int, cin: int) -> np.ndarray:
+    return (rng.normal(0, 1, (cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(np.float32)
+
+
+def small_cnn(
+    seed: int = 0, constant_weights: bool = False, batch: str | int = "N"
+) -> onnx.ModelProto:
+    """x[N,3,16,16] -> Conv-BN-Relu -> Conv-Relu -> GAP -> Flatten -> Gemm -> Softmax [N,4].
+
+    Also an Identity and a Shape->Gather->Concat->Reshape chain that simplify folds. With
+    `constant_weights` the conv weights are Constant nodes (as in ppocr_rec.onnx); with a
+    fixed `batch` the whole shape chain is constant.
+    """
+    rng = np.random.default_rng(seed)
+    w1, w2 = _conv_weight(rng, 8, 3), _conv_weight(rng, 8, 8)
+    tensors = {
+        "w1": w1,
+        "b1": rng.normal(0, 0.1, 8).astype(np.float32),
+        "w2": w2,
+        "b2": rng.normal(0, 0.1, 8).astype(np.float32),
+        "bn_scale": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+        "bn_bias": rng.normal(0, 0.1, 8).astype(np.float32),
+        "bn_mean": rng.normal(0, 0.1, 8).astype(np.float32),
+        "bn_var": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+        "fc_w": (rng.normal(0, 1, (4, 8)) / np.sqrt(8)).astype(np.float32),
+        "fc_b": rng.normal(0, 0.1, 4).astype(np.float32),
+        "zero": np.array([0], dtype=np.int64),
+        "minus_one": np.array([-1], dtype=np.int64),
+    }
+    as_constants = {"w1", "w2"} if constant_weights else set()
+    nodes = [
+        helper.make_node(
+            "Constant", [], [k], name=f"const_{k}", value=numpy_helper.from_array(v, k)
+        )
+        for k, v in tensors.items()
+        if k in as_constants
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in tensors.items() if k not in as_constants]
+    nodes += [
+        helper.make_node("Identity", ["x"], ["x_id"], name="identity"),
+        helper.make_node("Conv", ["x_id", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "BatchNormalization",
+            ["c1", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
+            ["bn1"],
+            name="bn1",
+        ),
+        helper.make_node("Relu", ["bn1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Shape", ["gap"], ["gap_shape"], name="shape"),
+        helper.make_node("Gather", ["gap_shape", "zero"], ["n"], name="gather", axis=0),
+        helper.make_node("Concat", ["n", "minus_one"], ["flat_shape"], name="concat", axis=0),
+        helper.make_node("Reshape", ["gap", "flat_shape"], ["flat"], name="reshape"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", _F, [batch, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", _F, [batch, 4])],
+        inits,
+    )
+
+
+def smooth_images(count: int, seed: int = 0, size: int = 16) -> list[dict[str, np.ndarray]]:
+    """Real-looking images: low-frequency blobs and gradients, not uniform noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    feeds = []
+    for _ in range(count):
+        img = np.zeros((3, size, size), np.float32)
+        for c in range(3):
+            for _ in range(3):
+                fy, fx, ph = rng.uniform(0.3, 2.0), rng.uniform(0.3, 2.0), rng.uniform(0, 6.3)
+                img[c] += rng.uniform(0.2, 1.0) * np.sin(2 * np.pi * (fy * yy + fx * xx) + ph)
+            cy, cx = rng.uniform(0, 1, 2)
+            img[c] += 1.5 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.05)
+        feeds.append({"x": img[None].astype(np.float32)})
+    return feeds
+
+
+def outlier_mlp(seed: int = 0, outlier: float = 2000.0) -> onnx.ModelProto:
+    """x[N,16] -> MatMul -> Tanh -> MatMul -> y[N,10] (class scores).
+
+    One hidden channel is `outlier` times larger than the rest before Tanh: one int8 scale
+    for that tensor leaves the other channels a step or two, so plain int8 fails the gate;
+    keeping the first MatMul in float fixes it.
+    """
+    rng = np.random.default_rng(seed)
+    w1 = (rng.normal(0, 1, (16, 32)) / 4).astype(np.float32)
+    w1[:, 7] *= outlier
+    w2 = (rng.normal(0, 1, (32, 10)) / np.sqrt(32)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Tanh", ["h"], ["t"], name="tanh"),
+        helper.make_node("MatMul", ["t", "w2"], ["y"], name="mm2"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", _F, ["N", 16])],
+        [helper.make_tensor_value_info("y", _F, ["N", 10])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+
+
+def attention_block(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    """x[N,8,16] -> decomposed LayerNorm -> single-head self-attention -> residual [N,8,16]."""
+    rng = np.random.default_rng(seed)
+    d = 16
+
+    def w(name: str, shape: tuple[int, ...], scale: float = 0.25) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.normal(0, 1, shape) * scale).astype(np.float32), name)
+
+    inits = [
+        w("wq", (d, d)),
+        w("wk", (d, d)),
+        w("wv", (d, d)),
+        w("wo", (d, d)),
+        numpy_helper.from_array(np.ones(d, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(d, np.float32), "beta"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+        numpy_helper.from_array(np.array(4.0, np.float32), "sqrt_d"),
+    ]
+    axes = {"axes": [-1]} if opset < 18 else {}
+    mean_in = ["x"] if opset < 18 else ["x", "last_axis"]
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array([-1], np.int64), "last_axis"))
+    var_in = ["sq"] if opset < 18 else ["sq", "last_axis"]
+    nodes = [
+        helper.make_node("ReduceMean", mean_in, ["mean"], name="ln_mean", **axes),
+        helper.make_node("Sub", ["x", "mean"], ["xc"], name="ln_sub"),
+        helper.make_node("Pow", ["xc", "two"], ["sq"], name="ln_pow"),
+        helper.make_node("ReduceMean", var_in, ["var"], name="ln_var", **axes),
+        helper.make_node("Add", ["var", "eps"], ["var_eps"], name="ln_add_eps"),
+        helper.make_node("Sqrt", ["var_eps"], ["std"], name="ln_sqrt"),
+        helper.make_node("Div", ["xc", "std"], ["xn"], name="ln_div"),
+        helper.make_node("Mul", ["xn", "gamma"], ["xg"], name="ln_mul"),
+        helper.make_node("Add", ["xg", "beta"], ["ln"], name="ln_add"),
+        helper.make_node("MatMul", ["ln", "wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["ln", "wk"], ["k"], name="k"),
+        helper.make_node("MatMul", ["ln", "wv"], ["v"], name="v"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+        helper.make_node("Div", ["scores", "sqrt_d"], ["scaled"], name="scale"),
+        helper.make_node("Softmax", ["scaled"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["ctx"], name="pv"),
+        helper.make_node("MatMul", ["ctx", "wo"], ["proj"], name="o"),
+        helper.make_node("Add", ["proj", "x"], ["y"], name="residual"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", _F, ["N", 8, d])],
+        [helper.make_tensor_value_info("y", _F, ["N", 8, d])],
+        inits,
+        opset=opset,
+    )
+
+
+def context(
+    model: onnx.ModelProto,
+    tmp: Path,
+    feeds: list[dict[str, np.ndarray]] | None = None,
+    *,
+    target: str | None = "cpu",
+    source: str = "user",
+    **kw: Any,
+) -> PassContext:
+    """A PassContext as the DAG builds it, with `feeds` as calibration data."""
+    data = list(feeds or [])
+    return PassContext(
+        contract=extract_contract(model),
+        workdir=tmp,
+        target=target,
+        calibration=lambda: data,
+        calibration_source=source,
+        **kw,
+    )
+
+
+def run(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Outputs on ONNX Runtime CPU with its default (all) optimizations, as serving runs it."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return [dict(zip(names, sess.run(names, f), strict=True)) for f in feeds]
+
+
+def parity(
+    a: onnx.ModelProto, b: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
+) -> dict[str, dict[str, float]]:
+    """compiler.parity metrics of b's outputs against a's, per output."""
+    from compiler.parity import output_metrics
+
+    ra, rb = run(a, feeds), run(b, feeds)
+    return {k: output_metrics([o[k] for o in rb], [o[k] for o in ra]) for k in ra[0]}

@@ -1,0 +1,76 @@
+"""fp16: weights and compute in float16, fp32 at the interface, fragile ops kept in fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from pydantic import ValidationError
+
+from compiler.config import DEFAULT_TOLERANCES
+from passes.base import op_histogram
+from passes.fp16 import Fp16Config, Fp16Pass
+from tests.passes.builders import attention_block, context, parity, small_cnn, smooth_images
+
+FP16 = DEFAULT_TOLERANCES["fp16"]
+
+
+def _fp16(model: onnx.ModelProto, tmp: Path, **kw: object):  # -> PassResult
+    return Fp16Pass(Fp16Config(**kw))(model, context(model, tmp))
+
+
+def _node_input_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of each node's first input, by node name (after shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+    types |= {t.name: t.data_type for t in model.graph.initializer}
+    return {n.name: types.get(n.input[0], 0) for n in model.graph.node if n.input}
+
+
+def test_cnn_runs_in_fp16_with_fp32_interface(tmp_path: Path) -> None:
+    model = small_cnn()
+    result = _fp16(model, tmp_path)
+    out = result.model
+    assert out.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert out.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    conv_w = {n.input[1] for n in out.graph.node if n.op_type == "Conv"}
+    inits = {t.name: t.data_type for t in out.graph.initializer}
+    assert {inits[w] for w in conv_w} == {onnx.TensorProto.FLOAT16}
+    assert op_histogram(out)["Cast"] >= 2  # into fp16 after the input, back before the output
+    assert result.record["casts_added"] >= 2
+    weight_bytes = {t.name: len(t.raw_data) for t in out.graph.initializer}
+    assert weight_bytes["w2"] == 8 * 8 * 3 * 3 * 2  # half of fp32
+    m = parity(model, out, smooth_images(8, seed=4))["y"]
+    assert m["max_abs_err"] <= FP16.atol + FP16.rtol * m["ref_max_abs"]
+    assert m["cosine"] >= FP16.min_cosine
+
+
+def test_fragile_ops_stay_fp32(tmp_path: Path) -> None:
+    model = attention_block()
+    out = _fp16(model, tmp_path).model
+    types = _node_input_types(out)
+    assert types["ln_mean"] == onnx.TensorProto.FLOAT  # reduction
+    assert types["ln_pow"] == onnx.TensorProto.FLOAT
+    assert types["softmax"] == onnx.TensorProto.FLOAT
+    assert types["q"] == onnx.TensorProto.FLOAT16  # MatMul runs in fp16
+
+
+def test_softmax_in_fp16_when_asked(tmp_path: Path) -> None:
+    out = _fp16(attention_block(), tmp_path, keep_softmax_fp32=False).model
+    assert _node_input_types(out)["softmax"] == onnx.TensorProto.FLOAT16
+
+
+def test_bf16_is_refused_with_the_alternative() -> None:
+    with pytest.raises(ValidationError, match="ask the backend for bf16"):
+        Fp16Config(precision="bf16")
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    model = attention_block()
+    a = _fp16(model, tmp_path).model.SerializeToString(deterministic=True)
+    b = _fp16(model, tmp_path).model.SerializeToString(deterministic=True)
+    assert a == b

@@ -1,0 +1,72 @@
+"""fuse: ORT offline optimization at portable levels, transformer fusions chosen by the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from passes.base import op_histogram
+from passes.fuse import FuseConfig, FusePass
+from passes.graph_facts import graph_facts
+from tests.passes.builders import attention_block, context, parity, small_cnn, smooth_images
+
+FP32_ATOL = 1e-4  # fused kernels reorder fp32 arithmetic
+
+
+def _tokens(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0, 1, (2, 8, 16)).astype(np.float32)} for _ in range(count)]
+
+
+def test_basic_folds_batchnorm_into_conv(tmp_path: Path) -> None:
+    model = small_cnn()
+    result = FusePass(FuseConfig(level="basic"))(model, context(model, tmp_path))
+    ops = op_histogram(result.model)
+    assert "BatchNormalization" not in ops and "Identity" not in ops
+    assert result.record["transformer"].startswith("off")
+    assert parity(model, result.model, smooth_images(4))["y"]["max_abs_err"] <= FP32_ATOL
+
+
+def test_all_level_is_refused() -> None:
+    with pytest.raises(ValidationError, match="'basic' or 'extended'"):
+        FuseConfig(level="all")
+
+
+def test_transformer_auto_fuses_layernorm_on_attention_graphs(tmp_path: Path) -> None:
+    model = attention_block()
+    facts = graph_facts(model)
+    assert facts.has_attention and facts.decomposed_layernorm == 1
+    result = FusePass(FuseConfig(level="extended"))(model, context(model, tmp_path))
+    before, after = op_histogram(model), op_histogram(result.model)
+    assert before["ReduceMean"] == 2 and "ReduceMean" not in after
+    assert after.get("LayerNormalization", 0) == 1
+    assert isinstance(result.record["transformer"], dict)
+    assert result.record["transformer"]["model_type"] == "bert"
+    m = parity(model, result.model, _tokens(4))["y"]
+    assert m["max_abs_err"] <= FP32_ATOL
+
+
+def test_layernorm_fusion_off_below_opset_17(tmp_path: Path) -> None:
+    """LayerNormalization is an opset-17 op: on older models the pass says so and leaves it."""
+    model = attention_block(opset=13)
+    result = FusePass(FuseConfig(level="extended"))(model, context(model, tmp_path))
+    assert "LayerNormalization" not in op_histogram(result.model)
+    assert "opset >= 17" in result.record["layer_norm_fusion"]
+    assert parity(model, result.model, _tokens(2))["y"]["max_abs_err"] <= FP32_ATOL
+
+
+def test_transformer_off_skips_python_fusions(tmp_path: Path) -> None:
+    model = attention_block()
+    result = FusePass(FuseConfig(transformer="off"))(model, context(model, tmp_path))
+    assert result.record["transformer"].startswith("off")
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    model = attention_block()
+    cfg = FuseConfig(level="extended")
+    a = FusePass(cfg)(model, context(model, tmp_path)).model
+    b = FusePass(cfg)(model, context(model, tmp_path)).model
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)

@@ -1,0 +1,139 @@
+"""quantize: int8 QDQ on a small CNN with smooth images, types per target, dynamic for
+attention graphs, exclusions, calibration warnings, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.config import DEFAULT_TOLERANCES
+from compiler.errors import PassError
+from passes.base import op_histogram
+from passes.quantize import GENERATED_DATA_WARNING, QuantizeConfig, QuantizePass
+from tests.passes.builders import attention_block, context, parity, small_cnn, smooth_images
+
+INT8 = DEFAULT_TOLERANCES["int8"]  # the package's own int8 gate: cosine >= 0.98, top-1 >= 0.9
+
+
+def _quantize(
+    model: onnx.ModelProto,
+    tmp: Path,
+    feeds: list | None = None,
+    target: str | None = "cpu",
+    **kw: object,
+):  # -> PassResult
+    feeds = smooth_images(16) if feeds is None else feeds
+    return QuantizePass(QuantizeConfig(**kw))(model, context(model, tmp, feeds, target=target))
+
+
+def _zero_point_types(model: onnx.ModelProto) -> set[int]:
+    inits = {t.name: t for t in model.graph.initializer}
+    return {
+        inits[n.input[2]].data_type
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits
+    }
+
+
+def test_static_qdq_on_cnn_within_int8_tolerance(tmp_path: Path) -> None:
+    model = small_cnn()
+    result = _quantize(model, tmp_path)
+    ops = op_histogram(result.model)
+    assert result.record["mode"] == "static"
+    assert ops["QuantizeLinear"] >= 3 and ops["DequantizeLinear"] >= 5  # acts + conv/gemm weights
+    assert result.record["calibration"] == {"method": "minmax", "samples": 16, "source": "user"}
+    assert result.record["warnings"] == []
+    m = parity(model, result.model, smooth_images(32, seed=7))["y"]  # held-out images
+    assert m["cosine"] >= INT8.min_cosine and m["top1_agreement"] >= INT8.min_top1
+
+
+@pytest.mark.parametrize(
+    ("target", "act"), [("cpu", onnx.TensorProto.UINT8), ("arm", onnx.TensorProto.INT8)]
+)
+def test_activation_type_follows_target(tmp_path: Path, target: str, act: int) -> None:
+    result = _quantize(small_cnn(), tmp_path, target=target)
+    assert _zero_point_types(result.model) == {act}
+    assert result.record["weight_type"] == "s8"
+
+
+def test_per_channel_weights(tmp_path: Path) -> None:
+    result = _quantize(small_cnn(), tmp_path)
+    inits = {t.name: t for t in result.model.graph.initializer}
+    conv_w_dq = [
+        n
+        for n in result.model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.output[0] in {c.input[1] for c in result.model.graph.node if c.op_type == "Conv"}
+    ]
+    assert conv_w_dq and all(list(inits[n.input[1]].dims) == [8] for n in conv_w_dq)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_methods(tmp_path: Path, method: str) -> None:
+    model = small_cnn()
+    result = _quantize(model, tmp_path, calibration_method=method)
+    assert result.record["calibration"]["method"] == method
+    m = parity(model, result.model, smooth_images(16, seed=7))["y"]
+    assert m["cosine"] >= INT8.min_cosine
+
+
+def test_auto_picks_dynamic_for_attention(tmp_path: Path) -> None:
+    model = attention_block()
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.normal(0, 1, (2, 8, 16)).astype(np.float32)} for _ in range(4)]
+    result = _quantize(model, tmp_path, feeds)
+    ops = op_histogram(result.model)
+    assert result.record["mode"] == "dynamic"
+    assert ops.get("DynamicQuantizeLinear", 0) >= 1 and "QuantizeLinear" not in ops
+    m = parity(model, result.model, feeds)["y"]
+    assert m["cosine"] >= INT8.min_cosine
+
+
+def test_exclusions_by_name_and_op_type(tmp_path: Path) -> None:
+    result = _quantize(small_cnn(), tmp_path, exclude_nodes=("conv1",), exclude_op_types=("Gemm",))
+    assert result.record["excluded_nodes"] == ["conv1", "fc"]
+    nodes = {n.name: n for n in result.model.graph.node}
+    weight_of = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
+    assert nodes["conv1"].input[1] not in weight_of  # float weight
+    assert nodes["fc"].input[1] not in weight_of
+    assert nodes["conv2"].input[1] in weight_of
+
+
+def test_unknown_excluded_node_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PassError, match=r"exclude_nodes \['conv9'\] are not nodes of the model"):
+        _quantize(small_cnn(), tmp_path, exclude_nodes=("conv9",))
+
+
+def test_generated_calibration_warns_loudly(tmp_path: Path) -> None:
+    model = small_cnn()
+    result = QuantizePass(QuantizeConfig())(
+        model, context(model, tmp_path, smooth_images(4), source="generated")
+    )
+    assert result.record["warnings"] == [GENERATED_DATA_WARNING]
+    assert "not meaningful" in GENERATED_DATA_WARNING
+
+
+def test_static_without_calibration_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PassError, match="no calibration samples"):
+        _quantize(small_cnn(), tmp_path, feeds=[], mode="static")
+
+
+def test_histogram_calibration_needs_one_shape(tmp_path: Path) -> None:
+    feeds = smooth_images(2) + [{"x": smooth_images(1)[0]["x"].repeat(2, axis=0)}]
+    with pytest.raises(PassError, match="samples of one shape"):
+        _quantize(small_cnn(), tmp_path, feeds, calibration_method="entropy")
+
+
+def test_nothing_to_quantize_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PassError, match="no node was quantized"):
+        _quantize(small_cnn(), tmp_path, op_types=("LSTM",))
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    model = small_cnn()
+    a = _quantize(model, tmp_path).model.SerializeToString(deterministic=True)
+    b = _quantize(model, tmp_path).model.SerializeToString(deterministic=True)
+    assert a == b

@@ -1,0 +1,109 @@
+"""simplify: folds what is constant, keeps Constant-node weights working, never crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from pydantic import ValidationError
+
+from passes.base import op_histogram
+from passes.simplify import SimplifyConfig, SimplifyPass
+from tests.passes.builders import context, parity, small_cnn, smooth_images
+
+FP32_ATOL = 1e-5  # folding BN into Conv reorders fp32 arithmetic, nothing more
+
+
+def _simplify(model: onnx.ModelProto, tmp: Path, **kw: object) -> tuple[onnx.ModelProto, dict]:
+    result = SimplifyPass(SimplifyConfig(**kw))(model, context(model, tmp, smooth_images(2)))
+    return result.model, result.record
+
+
+def test_folds_identity_and_batchnorm_keeps_dynamic_shape_chain(tmp_path: Path) -> None:
+    model = small_cnn()
+    out, record = _simplify(model, tmp_path)
+    ops = op_histogram(out)
+    assert record["skipped"] == "" and record["check_passed"] is True
+    assert "Identity" not in ops and "BatchNormalization" not in ops, ops
+    assert ops["Conv"] == 2 and ops["Gemm"] == 1
+    assert ops["Shape"] == 1, "the batch dim is symbolic: Shape must stay"
+    m = parity(model, out, smooth_images(4, seed=3))["y"]
+    assert m["max_abs_err"] <= FP32_ATOL
+
+
+def test_folds_static_shape_chain(tmp_path: Path) -> None:
+    model = small_cnn(batch=1)
+    out, _ = _simplify(model, tmp_path)
+    ops = op_histogram(out)
+    for gone in ("Shape", "Gather", "Concat"):
+        assert gone not in ops, f"{gone} should be folded: {ops}"
+    assert parity(model, out, smooth_images(4, seed=3))["y"]["max_abs_err"] <= FP32_ATOL
+
+
+def test_constant_node_weights_survive(tmp_path: Path) -> None:
+    model = small_cnn(constant_weights=True)
+    assert op_histogram(model)["Constant"] == 2
+    out, record = _simplify(model, tmp_path)
+    weights = {t.name: t for t in out.graph.initializer} | {
+        n.output[0]: n for n in out.graph.node if n.op_type == "Constant"
+    }
+    conv_weights = [n.input[1] for n in out.graph.node if n.op_type == "Conv"]
+    assert len(conv_weights) == 2 and all(w in weights for w in conv_weights)
+    assert parity(model, out, smooth_images(4, seed=3))["y"]["max_abs_err"] <= FP32_ATOL
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    model = small_cnn()
+    a, _ = _simplify(model, tmp_path)
+    b, _ = _simplify(model, tmp_path)
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def test_external_data_is_skipped_with_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the checker resolves external data from the working dir
+    model = small_cnn()
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=0)
+    lazy = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    result = SimplifyPass(SimplifyConfig())(lazy, context(model, tmp_path, smooth_images(1)))
+    assert "external data" in result.skipped
+    assert result.model is lazy
+
+
+def test_models_over_the_protobuf_limit_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real limit is 2 GiB; lower it to this model's size to take the same branch."""
+    from passes import simplify
+
+    model = small_cnn()
+    monkeypatch.setattr(simplify, "_PROTO_LIMIT", model.ByteSize() - 1)
+    result = SimplifyPass(SimplifyConfig())(model, context(model, tmp_path, smooth_images(1)))
+    assert "GiB" in result.skipped and result.model is model
+
+
+def test_onnxsim_failure_is_skipped_not_raised(tmp_path: Path) -> None:
+    """A custom-domain op neither onnxsim nor ONNX Runtime knows: keep the model, say why."""
+    node = helper.make_node("Mystery", ["x"], ["y"], domain="com.example", name="mystery")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
+    feeds = [{"x": np.ones((1, 4), np.float32)}]
+    result = SimplifyPass(SimplifyConfig())(model, context(model, tmp_path, feeds))
+    assert result.skipped.startswith("onnxsim")
+    assert op_histogram(result.model) == {"Mystery": 1}
+
+
+def test_check_n_must_be_positive() -> None:
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        SimplifyConfig(check_n=0)
