@@ -14,6 +14,7 @@ from targets.base import Availability, Backend, BackendOptions, BuildRequest, Bu
 from targets.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeOptions
 from targets.openvino import OpenVinoBackend, OpenVinoOptions
 from targets.tensorrt import TensorRTBackend, TensorRTOptions
+from targets.tvm import TvmBackend, TvmOptions
 
 __all__ = [
     "BACKENDS",
@@ -35,10 +36,12 @@ BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
     OpenVinoBackend.name: OpenVinoBackend,
     TensorRTBackend.name: TensorRTBackend,
+    TvmBackend.name: TvmBackend,
 }
 
 BackendOptionsUnion = Annotated[
-    OnnxRuntimeOptions | OpenVinoOptions | TensorRTOptions, Field(discriminator="backend")
+    OnnxRuntimeOptions | OpenVinoOptions | TensorRTOptions | TvmOptions,
+    Field(discriminator="backend"),
 ]
 
 

@@ -1,0 +1,401 @@
+"""One TVM build, run in a child process: `python -m targets.tvm._worker REQUEST RESULT`.
+
+A child process keeps TVM's global state (the libcuda.so.1 stand-in, the overridden CUDA
+compile callback, LLVM's thread pool) and its occasional crashes away from the pipeline.
+The request and result are JSON files; the result carries either the build's runtime
+record or a one-line error that the parent raises as a `BuildError`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compiler.errors import BuildError
+from targets.tvm.cuda import cuda_source_markers, ensure_libcuda, fatbin_entries, have_real_driver
+from targets.tvm.preflight import unsupported_ops
+
+__all__ = ["build", "main"]
+
+LIBRARY = "model.so"
+_ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
+
+
+def _llvm(triple: str, mcpu: str, mattr: list[str]) -> dict[str, Any]:
+    target: dict[str, Any] = {"kind": "llvm", "mtriple": triple, "mcpu": mcpu}
+    if mattr:
+        target["mattr"] = list(mattr)
+    return target
+
+
+def _cpu_target(opts: dict[str, Any]) -> dict[str, Any]:
+    return _llvm("x86_64-linux-gnu", opts["mcpu"] or "x86-64", opts["mattr"])
+
+
+def _arm_target(opts: dict[str, Any]) -> dict[str, Any]:
+    return _llvm("aarch64-linux-gnu", opts["mcpu"] or "generic", ["+neon", *opts["mattr"]])
+
+
+def _gpu_target(opts: dict[str, Any]) -> dict[str, Any]:
+    lowest = min(opts["cuda_archs"], key=lambda a: int(a.removeprefix("sm_")))
+    return {
+        "kind": "cuda",
+        "arch": lowest,  # codegen for the oldest listed arch; nvcc emits SASS for each
+        "max_shared_memory_per_block": 49152,
+        "max_threads_per_block": 1024,
+        "thread_warp_size": 32,
+        "host": _llvm("x86_64-linux-gnu", "x86-64", []),
+    }
+
+
+# target name -> (TVM target as data, CPU arch of the shared library, linker)
+TARGETS: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str, str | None]] = {
+    "cpu": (_cpu_target, "x86_64", None),
+    "arm": (_arm_target, "aarch64", "aarch64-linux-gnu-gcc"),
+    "gpu": (_gpu_target, "x86_64", None),
+}
+
+
+# LLVM feature name -> /proc/cpuinfo flag (the names compiler.host records).
+_LLVM_TO_CPUINFO = {
+    "sse4.2": "sse4_2",
+    "avx": "avx",
+    "avx2": "avx2",
+    "fma": "fma",
+    "f16c": "f16c",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512vl": "avx512vl",
+    "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16",
+    "avxvnni": "avx_vnni",
+    "amx-tile": "amx_tile",
+    "amx-int8": "amx_int8",
+    "amx-bf16": "amx_bf16",
+    "neon": "asimd",
+    "dotprod": "asimddp",
+    "fullfp16": "asimdhp",
+    "sve": "sve",
+    "sve2": "sve2",
+    "i8mm": "i8mm",
+    "bf16": "bf16",
+}
+
+
+def _required_isa(target: Any) -> list[str]:
+    """CPU features the generated host code may use, as /proc/cpuinfo names."""
+    from tvm.target import codegen
+
+    host = target.host if target.kind.name != "llvm" else target
+    if host is None:
+        return []
+    features = set(codegen.llvm_get_cpu_features(host))
+    return sorted({flag for f, flag in _LLVM_TO_CPUINFO.items() if f in features})
+
+
+def _short(exc: BaseException, limit: int = 600) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    # TVM errors end with the useful line; keep the tail.
+    msg = " | ".join(lines[-3:]) if lines else type(exc).__name__
+    return msg if len(msg) <= limit else "..." + msg[-limit:]
+
+
+def _load_cuda_runtime(cache_dir: Path) -> None:
+    """Make libtvm_runtime_cuda.so loadable before `import tvm` (see targets/tvm/cuda.py)."""
+    if have_real_driver():
+        return
+    spec = importlib.util.find_spec("tvm")
+    assert spec is not None and spec.submodule_search_locations
+    lib_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    stand_in = ensure_libcuda(cache_dir, lib_dir / "libtvm_runtime_cuda.so")
+    ctypes.CDLL(str(stand_in), mode=ctypes.RTLD_GLOBAL)
+
+
+def _register_fatbin_compiler(archs: list[str]) -> None:
+    """Compile generated CUDA ahead of time with nvcc into one fatbin with SASS per arch."""
+    import tvm_ffi
+    from tvm.support import nvcc
+
+    gencode: list[str] = []
+    for arch in archs:
+        num = arch.removeprefix("sm_")
+        gencode += ["-gencode", f"arch=compute_{num},code=sm_{num}"]
+
+    def _compile(code: str) -> bytearray:
+        return nvcc.compile_cuda(code, target_format="fatbin", arch=gencode, compiler="nvcc")
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", _compile, override=True)
+
+
+def _shape_dict(req: dict[str, Any], dynamic: bool) -> tuple[dict[str, list[Any]], dict[str, int]]:
+    import tvm
+
+    dims = req["dims"]
+    symbols: dict[str, Any] = {}
+    upper: dict[str, int] = {}
+    shapes: dict[str, list[Any]] = {}
+    for spec in req["inputs"]:
+        shape: list[Any] = []
+        for d in spec["shape"]:
+            if isinstance(d, int):
+                shape.append(d)
+            elif dynamic:
+                shape.append(symbols.setdefault(d, tvm.tirx.Var(d, "int64")))
+                upper[d] = dims[d]["max"]
+            else:
+                shape.append(dims[d]["opt"])
+        shapes[spec["name"]] = shape
+    return shapes, upper
+
+
+def _clip_to_min_max(mod: Any) -> Any:
+    """Rewrite R.clip(x, lo, hi) into maximum/minimum with constants.
+
+    ToMixedPrecision in TVM 0.27 fails on ops with scalar (PrimValue) arguments, and the
+    ONNX frontend imports Clip/Relu6/HardSigmoid that way.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    clip = tvm.ir.Op.get("relax.clip")
+
+    @mutator
+    class _Rewrite(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if not isinstance(call, relax.Call) or call.op != clip:
+                return call
+            x, lo, hi = call.args
+            dtype = x.ty.dtype
+            lo_c = relax.const(float(getattr(lo.value, "value", lo.value)), dtype)
+            hi_c = relax.const(float(getattr(hi.value, "value", hi.value)), dtype)
+            return self.builder_.normalize(relax.op.minimum(relax.op.maximum(x, lo_c), hi_c))
+
+    rewrite = _Rewrite(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewrite.builder_.update_func(gv, rewrite.visit_expr(func))
+    return rewrite.builder_.get()
+
+
+def _to_fp16(mod: Any) -> Any:
+    from tvm import relax
+
+    try:
+        return relax.transform.ToMixedPrecision(out_dtype="float16")(_clip_to_min_max(mod))
+    except Exception as exc:
+        raise BuildError(f"tvm fp16 conversion (ToMixedPrecision) failed: {_short(exc)}") from exc
+
+
+def _import(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shapes, upper = _shape_dict(req, dynamic)
+    dtypes = {s["name"]: s["dtype"] for s in req["inputs"]}
+    try:
+        mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    except Exception as exc:
+        raise BuildError(f"tvm ONNX import failed: {_short(exc)}") from exc
+    if upper:
+        mod["main"] = mod["main"].with_attr("tir_var_upper_bound", upper)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    if req["precision"] == "fp16":
+        mod = _to_fp16(mod)
+    elif req["precision"] != "fp32":
+        raise BuildError(
+            f"tvm builds fp32 and fp16 artifacts, not {req['precision']}; "
+            "use onnxruntime or openvino for int8"
+        )
+    return mod
+
+
+def _compile(mod: Any, target: Any, tuning_dir: Path | None) -> Any:
+    import tvm
+    from tvm import relax
+
+    with target:
+        if tuning_dir is None:
+            return tvm.compile(mod, target=target)
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = relax.get_pipeline("zero")(mod)
+        mod = relax.transform.MetaScheduleApplyDatabase(str(tuning_dir))(mod)
+        return tvm.compile(mod, target=target)
+
+
+def _tensor_specs(ty: Any, names: list[str]) -> list[dict[str, Any]]:
+    types = list(ty.fields) if hasattr(ty, "fields") else [ty]
+    out = []
+    for name, t in zip(names, types, strict=False):
+        shape = [int(v.value) if hasattr(v, "value") else str(v) for v in t.shape.values]
+        out.append({"name": name, "dtype": str(t.dtype), "shape": shape})
+    return out
+
+
+def _export(ex: Any, path: Path, linker: str | None) -> None:
+    from tvm.support import cc
+
+    try:
+        if linker is None:
+            ex.export_library(str(path))
+        else:
+            ex.export_library(str(path), fcompile=cc.cross_compiler(linker))
+    except Exception as exc:
+        raise BuildError(
+            f"tvm export_library ({linker or 'host compiler'}) failed: {_short(exc)}"
+        ) from exc
+
+
+def _check_library(path: Path, arch: str, target: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Check the shared library is what it claims: ELF machine, and for CUDA a fatbin per arch."""
+    data = path.read_bytes()
+    machine = int.from_bytes(data[18:20], "little")
+    if data[:4] != b"\x7fELF" or machine != _ELF_MACHINE[arch]:
+        raise BuildError(
+            f"{path.name}: expected an ELF shared library for {arch}, got machine {machine}"
+        )
+    if target != "gpu":
+        return {}
+    if markers := cuda_source_markers(data):
+        raise BuildError(
+            f"{path.name} holds CUDA source ({markers[0]!r}), not device code: the CUDA runtime "
+            "could not be loaded at build time, so TVM skipped nvcc"
+        )
+    entries = fatbin_entries(data)
+    have = sorted({f"sm_{e.sm}" for e in entries if e.kind == "elf"})
+    missing = sorted(set(opts["cuda_archs"]) - set(have))
+    if missing:
+        raise BuildError(f"{path.name}: fatbin lacks SASS for {missing} (has {have})")
+    return {"fatbin": [{"kind": e.kind, "sm": e.sm, "bytes": e.size} for e in entries]}
+
+
+def _check_preflight(model: Any) -> None:
+    bad = unsupported_ops(model)
+    if bad:
+        listed = ", ".join(f"{op} (node '{node}')" for op, node in sorted(bad.items()))
+        raise BuildError(
+            f"unsupported ops: {listed}; TVM's ONNX frontend cannot import them. "
+            "Use the onnxruntime or openvino artifact for this model"
+        )
+
+
+def build(req: dict[str, Any]) -> dict[str, Any]:
+    """Import, compile, export and check one artifact; return files, runtime and notes."""
+    import onnx
+
+    opts, target_name = req["options"], req["target"]
+    cache_dir = Path(req["cache_dir"])
+    if target_name == "gpu":
+        _load_cuda_runtime(cache_dir)
+    model = onnx.load(req["model"])
+    _check_preflight(model)
+
+    import tvm
+
+    from targets.tvm import tuning
+
+    if target_name == "gpu":
+        if "tvm_runtime_cuda" not in tvm.base._LOADED_LIBS:
+            raise BuildError(
+                "libtvm_runtime_cuda.so did not load, so TVM cannot emit device code; "
+                "check `ldd tvm/lib/libtvm_runtime_cuda.so` (it needs libcudart.so.13)"
+            )
+        _register_fatbin_compiler(opts["cuda_archs"])
+    make_target, arch, linker = TARGETS[target_name]
+    target_json = make_target(opts)
+    target = tvm.target.Target(target_json)
+    notes: list[str] = []
+    has_symbols = any(isinstance(d, str) for s in req["inputs"] for d in s["shape"])
+    modes = {"auto": [True, False], "dynamic": [True], "static": [False]}[opts["shapes"]]
+    tuning_dir = None
+    if opts["tuning_trials"] > 0:
+        if target_name == "cpu":
+            target_json["num-cores"] = os.cpu_count() or 1  # MetaSchedule needs it
+            target = tvm.target.Target(target_json)
+        tuning_dir, note = tuning.tuning_database(req, target_json, cache_dir)
+        notes.append(note)
+        modes = [False]
+    if not has_symbols:
+        modes = [False]
+    t0 = time.perf_counter()
+    ex = mod = None
+    for i, dynamic in enumerate(modes):
+        try:
+            mod = _import(model, req, dynamic)
+            ex = _compile(mod, target, tuning_dir if tuning_dir and tuning_dir.exists() else None)
+            break
+        except BuildError:
+            raise
+        except Exception as exc:
+            if i + 1 == len(modes):
+                what = "dynamic" if dynamic else "static"
+                raise BuildError(f"tvm compile ({what} shapes) failed: {_short(exc)}") from exc
+            notes.append(f"dynamic shapes failed to compile ({_short(exc, 200)}); built static")
+    assert ex is not None and mod is not None
+    compile_s = time.perf_counter() - t0
+    out = Path(req["out_dir"]) / LIBRARY
+    _export(ex, out, linker)
+    checks = _check_library(out, arch, target_name, opts)
+    main = mod["main"]
+    inputs = _tensor_specs_params(main.params, [s["name"] for s in req["inputs"]])
+    outputs = _tensor_specs(main.ret_ty, [s["name"] for s in req["outputs"]])
+    dynamic_built = any(isinstance(d, str) for s in inputs for d in s["shape"])
+    runtime = {
+        "library": LIBRARY,
+        "entry": "main",
+        "device": "cuda" if target_name == "gpu" else "cpu",
+        "inputs": inputs,
+        "outputs": outputs,
+        "shapes": "dynamic" if dynamic_built else "static",
+        "target": target_json,
+        "tvm_version": tvm.__version__,
+        **({"cuda_archs": list(opts["cuda_archs"])} if target_name == "gpu" else {}),
+    }
+    return {
+        "isa": _required_isa(target),
+        "files": [LIBRARY],
+        "runtime": runtime,
+        "notes": notes,
+        "timing": {
+            "compile_s": round(compile_s, 2),
+            "export_s": round(time.perf_counter() - t0 - compile_s, 2),
+        },
+        "checks": checks,
+    }
+
+
+def _tensor_specs_params(params: Any, names: list[str]) -> list[dict[str, Any]]:
+    specs = []
+    for name, p in zip(names, params, strict=False):
+        specs.extend(_tensor_specs(p.ty, [name]))
+    return specs
+
+
+def main(argv: list[str]) -> int:
+    request, result = Path(argv[0]), Path(argv[1])
+    req = json.loads(request.read_text())
+    try:
+        payload: dict[str, Any] = {"ok": True, **build(req)}
+    except BuildError as exc:
+        payload = {"ok": False, "error": str(exc)}
+    except Exception as exc:  # anything else from TVM: keep the message, log the trace
+        traceback.print_exc()
+        payload = {"ok": False, "error": f"tvm build failed: {type(exc).__name__}: {_short(exc)}"}
+    tmp = result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, sort_keys=True, indent=1))
+    os.replace(tmp, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,341 @@
+"""Apache TVM (Relax) backend: native shared libraries for `cpu`, `arm` and `gpu`.
+
+`cpu` is LLVM x86-64 code (generic by default, or tuned for a named `mcpu`), `arm` is LLVM
+aarch64 code with NEON cross-linked by aarch64-linux-gnu-gcc, `gpu` is CUDA compiled ahead
+of time by nvcc into one fatbin with SASS per listed arch. The build runs in a child
+process (targets/tvm/_worker.py); serving only needs TVM's runtime library.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from compiler.contract import Contract
+from compiler.errors import BackendUnavailable, BuildError, ConfigError, ContractError
+from compiler.host import Requirements
+from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
+
+__all__ = ["TvmBackend", "TvmOptions", "TvmRunner", "default_cache_dir"]
+
+_INSTALL = "pip install 'apache-tvm>=0.27,<0.28' 'apache-tvm-ffi<0.1.15'"
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_ARCH = {"cpu": "x86_64", "arm": "aarch64", "gpu": "x86_64"}
+# What each target needs on the build host besides tvm: (executable, how to get it).
+_TOOLS: dict[str, list[tuple[str, str]]] = {
+    "cpu": [],
+    "arm": [("aarch64-linux-gnu-gcc", "apt-get install gcc-aarch64-linux-gnu")],
+    "gpu": [("nvcc", "install the CUDA toolkit (nvcc on PATH)")],
+}
+
+
+class TvmOptions(BackendOptions):
+    """The `compile:` block of a tvm variant."""
+
+    backend: Literal["tvm"] = "tvm"
+    # auto: symbolic dims stay dynamic (bounded by their max); static at opt shapes if that fails
+    shapes: Literal["auto", "dynamic", "static"] = "auto"
+    mcpu: str = Field("", description="LLVM CPU name; '' = generic x86-64 / generic aarch64")
+    mattr: tuple[str, ...] = Field((), description="extra LLVM features, e.g. +avx2 or +dotprod")
+    cuda_archs: tuple[str, ...] = ("sm_80", "sm_86", "sm_89", "sm_90")
+    tuning_trials: int = Field(0, ge=0, description="MetaSchedule trials (cpu only); 0 = off")
+    tuning_seconds: float = Field(900.0, ge=0, description="wall-clock cap on tuning; 0 = none")
+    build_timeout_s: int = Field(3600, gt=0)
+    min_runtime_version: str = "0.27"
+
+    @field_validator("mcpu")
+    @classmethod
+    def _no_native(cls, v: str) -> str:
+        if v in ("native", "host"):
+            raise ValueError(
+                f"mcpu '{v}' is not supported (TVM ignores it); name the CPU, e.g. the build "
+                "host's: python -c 'import tvm; print(tvm.target.codegen.llvm_get_system_cpu())'"
+            )
+        return v
+
+    @field_validator("cuda_archs")
+    @classmethod
+    def _archs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("cuda_archs is empty; list at least one, e.g. [sm_80]")
+        for arch in v:
+            if not re.fullmatch(r"sm_(\d+)", arch) or int(arch[3:]) < 75:
+                raise ValueError(f"cuda arch '{arch}': expected sm_NN with NN >= 75 (nvcc 13)")
+        return tuple(sorted(set(v), key=lambda a: int(a[3:])))
+
+
+def default_cache_dir() -> Path:
+    """Where tuning databases and the libcuda.so.1 stand-in live (never inside artifacts)."""
+    root = os.environ.get("COMPILE_PKG_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "compile-pkg"
+    return base / "tvm"
+
+
+@functools.lru_cache(maxsize=1)
+def _tool_versions() -> dict[str, str]:
+    out = {}
+    for tool, flag in (("nvcc", "--version"), ("aarch64-linux-gnu-gcc", "-dumpfullversion")):
+        exe = shutil.which(tool)
+        if exe:
+            text = subprocess.run([exe, flag], capture_output=True, text=True).stdout.strip()
+            out[tool] = text.splitlines()[-1] if text else "unknown"
+    return out
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def _digest(model_path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in model_path.parent.iterdir() if p.is_file()):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class TvmBackend(Backend):
+    name = "tvm"
+    version = "1"
+    targets = frozenset({"cpu", "arm", "gpu"})
+    options_cls = TvmOptions
+
+    @classmethod
+    def availability(cls, target: str) -> Availability:
+        if target not in cls.targets:
+            return Availability(ok=False, reason=f"no tvm artifact for target '{target}'")
+        if importlib.util.find_spec("tvm") is None:
+            return Availability(ok=False, reason="apache-tvm is not installed", install=_INSTALL)
+        for tool, install in _TOOLS[target]:
+            if shutil.which(tool) is None:
+                return Availability(ok=False, reason=f"{tool} not found on PATH", install=install)
+        if target == "gpu":
+            spec = importlib.util.find_spec("tvm")
+            assert spec is not None and spec.submodule_search_locations
+            lib = Path(list(spec.submodule_search_locations)[0]) / "lib" / "libtvm_runtime_cuda.so"
+            if not lib.is_file():
+                return Availability(
+                    ok=False,
+                    reason=f"this tvm has no CUDA runtime ({lib} missing)",
+                    install=_INSTALL,
+                )
+        return Availability(ok=True)
+
+    @classmethod
+    def runtime_availability(cls) -> Availability:
+        if importlib.util.find_spec("tvm") is None:
+            return Availability(ok=False, reason="apache-tvm is not installed", install=_INSTALL)
+        return Availability(ok=True)
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str]:
+        return {
+            "apache-tvm": _dist_version("apache-tvm"),
+            "apache-tvm-ffi": _dist_version("apache-tvm-ffi"),
+            **_tool_versions(),
+        }
+
+    def build(self, model_path: Path, request: BuildRequest, out_dir: Path) -> BuildResult:
+        opts = request.options
+        assert isinstance(opts, TvmOptions)
+        contract = request.contract
+        req = {
+            "model": str(model_path),
+            "model_digest": _digest(model_path),
+            "target": request.target,
+            "precision": request.precision,
+            "options": opts.model_dump(mode="json"),
+            "inputs": [s.model_dump() for s in contract.inputs],
+            "outputs": [s.model_dump() for s in contract.outputs],
+            "dims": {k: v.model_dump() for k, v in contract.dims.items()},
+            "out_dir": str(out_dir),
+            "cache_dir": str(default_cache_dir()),
+        }
+        for name in {d for s in contract.inputs for d in s.shape if isinstance(d, str)}:
+            if name not in contract.dims:
+                raise ConfigError(
+                    f"tvm build of {model_path.name}: symbolic dim '{name}' has no range; "
+                    f"give it one in the config (dims: {{{name}: {{min: .., opt: .., max: ..}}}})"
+                )
+        payload = _run_worker(req, request.workdir, opts.build_timeout_s, model_path.name)
+        return BuildResult(
+            files=payload["files"],
+            runtime=payload["runtime"],
+            requirements=Requirements(
+                arch=_ARCH[request.target],
+                isa=payload["isa"],
+                gpu=request.target == "gpu",
+                gpu_compute_capabilities=[f"{a[3:-1]}.{a[-1]}" for a in opts.cuda_archs]
+                if request.target == "gpu"
+                else [],
+                runtime="tvm",
+                min_runtime_version=opts.min_runtime_version,
+            ),
+            precision=request.precision,
+            notes=payload["notes"],
+            portable=False,
+        )
+
+    @classmethod
+    def runner(
+        cls,
+        artifact_dir: Path,
+        runtime: dict[str, Any],
+        contract: Contract,
+        *,
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> TvmRunner:
+        return TvmRunner(artifact_dir, runtime, contract, threads)
+
+
+def _run_worker(
+    req: dict[str, Any], workdir: Path, timeout: int, model_name: str
+) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    request, result = workdir / "tvm_request.json", workdir / "tvm_result.json"
+    request.write_text(json.dumps(req, sort_keys=True, indent=1))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    env.pop("TVM_USE_RUNTIME_LIB", None)
+    cmd = [sys.executable, "-m", "targets.tvm._worker", str(request), str(result)]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise BuildError(
+            f"tvm build of {model_name} for {req['target']} ran past {timeout} s; "
+            "raise compile.build_timeout_s or build this target on a faster host"
+        ) from None
+    if not result.is_file():
+        tail = " | ".join(proc.stderr.strip().splitlines()[-4:])
+        raise BuildError(
+            f"tvm build of {model_name} for {req['target']} crashed (exit {proc.returncode}): {tail}"
+        )
+    payload: dict[str, Any] = json.loads(result.read_text())
+    if not payload["ok"]:
+        raise BuildError(f"{model_name} -> tvm {req['target']}: {payload['error']}")
+    return payload
+
+
+def _ensure_cuda_runtime(tvm: Any) -> None:
+    """Load TVM's CUDA runtime library; in runtime-only mode TVM does not load it itself."""
+    import ctypes
+
+    if tvm.get_global_func("device_api.cuda", allow_missing=True) is not None:
+        return
+    lib_dir = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        ctypes.CDLL(str(lib_dir / "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_LOCAL)
+    except OSError as exc:
+        raise BackendUnavailable(
+            "tvm",
+            f"cannot load {lib_dir / 'libtvm_runtime_cuda.so'}: {exc}",
+            "needs an NVIDIA driver (libcuda.so.1) and libcudart.so.13 beside libtvm_runtime.so",
+        ) from exc
+
+
+class TvmRunner(Runner):
+    """Runs a TVM shared library with the Relax VM; needs only TVM's runtime library."""
+
+    def __init__(
+        self, artifact_dir: Path, runtime: dict[str, Any], contract: Contract, threads: int | None
+    ) -> None:
+        super().__init__(contract)
+        self.library = artifact_dir / runtime["library"]
+        self.runtime = runtime
+        self.threads = threads
+        self._vm: Any = None
+        self._fn: Any = None
+        self._dev: Any = None
+
+    def load(self) -> None:
+        try:
+            import tvm
+            from tvm.runtime.vm import VirtualMachine
+        except ImportError as exc:
+            raise BackendUnavailable("tvm", f"cannot import tvm: {exc}", _INSTALL) from exc
+        if self.runtime["device"] == "cuda":
+            _ensure_cuda_runtime(tvm)
+            self._dev = tvm.cuda(0)
+            if not self._dev.exist:
+                raise BackendUnavailable(
+                    "tvm", "no CUDA device visible to TVM", "run on a GPU host"
+                )
+        else:
+            self._dev = tvm.cpu(0)
+            if self.threads:
+                tvm.get_global_func("runtime.config_threadpool")(1, self.threads)
+        if not self.library.is_file():
+            raise BackendUnavailable("tvm", f"artifact library {self.library} is missing")
+        self._vm = VirtualMachine(tvm.runtime.load_module(str(self.library)), self._dev)
+        self._fn = self._vm[self.runtime["entry"]]
+
+    def close(self) -> None:
+        self._fn = self._vm = None
+
+    def _check_static(self, feeds: dict[str, np.ndarray]) -> None:
+        for spec in self.runtime["inputs"]:
+            want = spec["shape"]
+            got = list(feeds[spec["name"]].shape)
+            if any(isinstance(w, int) and w != g for w, g in zip(want, got, strict=True)):
+                raise ContractError(
+                    f"input '{spec['name']}': shape {got}, but this tvm artifact "
+                    f"({self.library}) was built for {want}; rebuild it with compile.shapes: "
+                    "dynamic, or feed that shape"
+                )
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tvm
+
+        self._check_static(feeds)
+        args = [
+            tvm.runtime.tensor(np.ascontiguousarray(feeds[s["name"]]), self._dev)
+            for s in self.runtime["inputs"]
+        ]
+        out = self._fn(*args)
+        outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+        result = {}
+        for spec, value in zip(self.contract.outputs, outs, strict=True):
+            arr = value.numpy()
+            result[spec.name] = arr if arr.dtype == np.dtype(spec.dtype) else arr.astype(spec.dtype)
+        return result
+
+    def sync(self) -> None:
+        """Wait for queued device work (CUDA); a no-op on CPU."""
+        if self._dev is not None:
+            self._dev.sync()
+
+    def describe(self) -> dict[str, Any]:
+        import tvm
+
+        info: dict[str, Any] = {
+            "runtime": f"tvm {getattr(tvm, '__version__', 'unknown')}",
+            "device": self.runtime["device"],
+            "runtime_only": bool(tvm.base._RUNTIME_ONLY),
+            "shapes": self.runtime.get("shapes", "static"),
+        }
+        if self.runtime["device"] == "cpu":
+            info["threads"] = self.threads or int(
+                os.environ.get("TVM_NUM_THREADS", 0) or (os.cpu_count() or 1)
+            )
+        return info
