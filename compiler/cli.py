@@ -162,7 +162,7 @@ def verify(package: Path, no_latency: bool) -> None:
     from compiler.reverify import verify_package
 
     results = verify_package(package, measure_latency=not no_latency)
-    table = Table(title=f"verification on this host")
+    table = Table(title="verification on this host")
     for col in ("artifact", "files", "parity", "mode", "p50 ms", "speedup"):
         table.add_column(col)
     bad = False

@@ -14,7 +14,6 @@ leaves the old package (or none), never a half-written one.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import shutil
@@ -208,14 +207,15 @@ def pack(package: Path, archive: Path) -> Path:
     """A reproducible .tar.gz: sorted entries, mtime 0, owner root:root, fixed modes."""
     if not (package / "manifest.json").is_file():
         raise PackageError(f"{package}: not a package (no manifest.json)")
-    buf = io.BytesIO()
     prefix = package.name
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        paths = sorted(package.rglob("*"), key=lambda p: p.relative_to(package).as_posix())
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(archive.name + ".tmp")
+    paths = sorted(package.rglob("*"), key=lambda p: p.relative_to(package).as_posix())
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for p in [package, *paths]:
             rel = p.relative_to(package).as_posix()
-            name = prefix if rel == "." else f"{prefix}/{rel}"
-            info = tarfile.TarInfo(name)
+            info = tarfile.TarInfo(prefix if rel == "." else f"{prefix}/{rel}")
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
             if p.is_dir():
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
@@ -224,10 +224,6 @@ def pack(package: Path, archive: Path) -> Path:
                 info.size, info.mode = p.stat().st_size, 0o644
                 with p.open("rb") as fh:
                     tar.addfile(info, fh)
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.with_name(archive.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-        gz.write(buf.getvalue())
     os.replace(tmp, archive)
     return archive
 

@@ -13,7 +13,7 @@ from compiler.normalize import (
     parse_input_spec,
     source_digest,
 )
-from tests.models import save, tiny_mlp
+from tests.models import tiny_mlp
 
 
 def test_external_data_is_read_and_enters_the_digest(tmp_path: Path) -> None:

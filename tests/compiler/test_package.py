@@ -84,8 +84,9 @@ def _valid_or_absent(pkg: Path) -> str:
 
 def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "pkg"
+    config = str(Path(__file__).with_name("ort_only.yaml"))
     cmd = [sys.executable, "-m", "compiler.cli", str(cnn_path), "--targets", "cpu,arm", "-o", str(out),
-           "--no-cache", "--set", "latency.runs=200", "--set", "latency.warmup=20"]
+           "--config", config, "--no-cache", "--set", "latency.runs=200", "--set", "latency.warmup=20"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     seen = set()
     for delay in (0.5, 1.5, 3.0):
