@@ -285,6 +285,7 @@ def test_bf16_runs_bf16_or_refuses(tmp_path: Path) -> None:
     path = _save(_conv_net(), tmp_path / "src")
     result, out, contract = _build(path, tmp_path, precision="bf16")
     assert result.runtime["inference_precision"] == "bf16"
+    assert not result.portable  # elsewhere it would run f32: no cross-host check of bf16
     host = probe_host()
     runner = OpenVinoBackend.runner(out, result.runtime, contract)
     if set(result.requirements.isa) <= set(host.isa):
