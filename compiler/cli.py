@@ -157,7 +157,10 @@ def inspect(package: Path) -> None:
 @cli.command()
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--no-latency", is_flag=True, help="parity only")
-def verify(package: Path, no_latency: bool) -> None:
+@click.option("--emulate", type=click.Choice(["aarch64"]), default=None,
+              help="also run the artifacts of this arch with its runtimes under qemu user-mode "
+                   "emulation (parity only; set up with scripts/setup_emulation.sh)")
+def verify(package: Path, no_latency: bool, emulate: str | None) -> None:
     """Re-check hashes and re-measure parity and latency on this host; append the records."""
     from compiler.reverify import verify_package
 
@@ -172,8 +175,34 @@ def verify(package: Path, no_latency: bool) -> None:
                       f"{r['p50_ms']:.3f}" if r.get("p50_ms") is not None else "-",
                       f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-")
     out_console.print(table)
+    if emulate:
+        bad = _verify_emulated(package, emulate) or bad
     if bad:
         raise CompilePkgError(f"{package}: verification found failures (see the table)")
+
+
+def _verify_emulated(package: Path, arch: str) -> bool:
+    """Print the emulated parity table; True when an artifact failed."""
+    from compiler.emulation import verify_emulated
+
+    rows = verify_emulated(package, arch, write=True)
+    emulated = next((r["parity"]["host"]["emulated"] for r in rows if "host" in r["parity"]), "")
+    table = Table(title=f"verification under emulation: {emulated or arch}")
+    for col in ("artifact", "parity", "mode", "runtime", "max abs err", "reason"):
+        table.add_column(col)
+    bad = False
+    for r in rows:
+        rec = r["parity"]
+        bad = bad or rec["status"] in ("failed", "error")
+        errs = [o.get("max_abs_err") for o in rec.get("outputs", {}).values()]
+        worst = max((e for e in errs if e is not None), default=None)
+        why = rec.get("reason", "") or "; ".join(
+            f for o in rec.get("outputs", {}).values() for f in o.get("failures", []))
+        table.add_row(r["id"], rec["status"], rec.get("mode", "-"),
+                      rec.get("emulation", {}).get("runtime", "-"),
+                      f"{worst:.3g}" if worst is not None else "-", why)
+    out_console.print(table)
+    return bad
 
 
 @cli.command()

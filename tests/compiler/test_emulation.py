@@ -322,41 +322,54 @@ def _arm_package(tmp_path: Path, model_path: Path) -> Path:
     return out
 
 
-def test_verify_emulated_package_appends_emulated_records(
-    emu_env: EmulationEnv, tmp_path: Path
+def test_cli_verify_emulate_appends_emulated_records(
+    emu_env: EmulationEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from compiler.cli import main
+
     model_path = tmp_path / "model.onnx"
     onnx.save(_tiny_model(seed=2), model_path)
     pkg = _arm_package(tmp_path, model_path)
-    # corrupt nothing yet: one good artifact
-    rows = verify_emulated(pkg, "aarch64", write=True)
-    assert [r["id"] for r in rows] == ["arm/ort-fp32"]
-    rec = rows[0]["parity"]
+    main(["verify", str(pkg), "--no-latency", "--emulate", "aarch64"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "verification under emulation: qemu-aarch64 10." in out
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    records = manifest["measurements"]["arm/ort-fp32"]["parity"]
+    rec = next(r for r in records if r.get("mode") == "emulated")
     assert rec["status"] == "passed", rec
-    assert rec["mode"] == "emulated" and "qemu-aarch64 10." in rec["host"]["emulated"]
+    assert rec["host"]["arch"] == "aarch64"
+    assert rec["host"]["emulated"].startswith("qemu-aarch64 10.")
     assert rec["outputs"]["y"]["max_abs_err"] <= FP32_ATOL
     assert rec["emulation"]["runtime"] == f"onnxruntime {emu_env.runtimes['onnxruntime']}"
-    manifest = json.loads((pkg / "manifest.json").read_text())
-    modes = [p.get("mode") for p in manifest["measurements"]["arm/ort-fp32"]["parity"]]
-    assert "emulated" in modes
+    assert "latency" not in rec and not manifest["measurements"]["arm/ort-fp32"].get("latency")
 
     # a tampered artifact file: caught before anything runs, with the file named
     model_file = next((pkg / "artifacts").glob("arm.*/model.onnx"))
     model_file.write_bytes(model_file.read_bytes()[:100])
     rows = verify_emulated(pkg, "aarch64")
+    assert [r["id"] for r in rows] == ["arm/ort-fp32"]
     assert rows[0]["parity"]["status"] == "error"
     assert "model.onnx" in rows[0]["parity"]["reason"]
 
 
-def test_verify_emulated_without_environment_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_cli_verify_emulate_without_environment_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from compiler.cli import main
+
     model_path = tmp_path / "model.onnx"
     onnx.save(_tiny_model(), model_path)
     pkg = _arm_package(tmp_path, model_path)
     monkeypatch.setenv(EMU_DIR_ENV, str(tmp_path / "nothing-here"))
     with pytest.raises(BackendUnavailable, match="set up with scripts/setup_emulation.sh"):
         verify_emulated(pkg, "aarch64")
+    with pytest.raises(SystemExit) as info:
+        main(["verify", str(pkg), "--no-latency", "--emulate", "aarch64"])
+    assert info.value.code != 0
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
+    assert "error: aarch64 emulation unavailable" in out
+    assert "nothing-here" in out and "set up with scripts/setup_emulation.sh" in out
 
 
 # ---------------------------------------------------------------- real model (slow tier)
