@@ -12,6 +12,7 @@ from collections.abc import Callable
 from compiler.config import VariantConfig
 from passes.fuse import FuseConfig
 from passes.quantize import QuantizeConfig
+from passes.simplify import SimplifyConfig
 from targets.onnxruntime import OnnxRuntimeOptions
 from targets.openvino import OpenVinoOptions
 from targets.tensorrt import TensorRTOptions
@@ -20,7 +21,17 @@ __all__ = ["PIPELINES"]
 
 
 def _ort() -> VariantConfig:
-    return VariantConfig(passes=[FuseConfig(level="basic")], compile=OnnxRuntimeOptions())
+    return VariantConfig(
+        passes=[SimplifyConfig(), FuseConfig(level="basic")], compile=OnnxRuntimeOptions()
+    )
+
+
+def _ort_int8() -> VariantConfig:
+    # simplify first: the shared prefix with ort-fp32, and a folded graph to calibrate.
+    # No fuse before quantize: fused com.microsoft ops are not quantizable (docs/passes.md).
+    return VariantConfig(
+        passes=[SimplifyConfig(), QuantizeConfig()], compile=OnnxRuntimeOptions(), precision="int8"
+    )
 
 
 def _ov() -> OpenVinoOptions:
@@ -32,6 +43,7 @@ def _ov() -> OpenVinoOptions:
 def default_cpu() -> dict[str, VariantConfig]:
     return {
         "ort-fp32": _ort(),
+        "ort-int8": _ort_int8(),
         "ov-f32": VariantConfig(compile=_ov(), precision="fp32"),
         "ov-bf16": VariantConfig(compile=_ov(), precision="bf16"),
         "ov-int8": VariantConfig(compile=_ov(), precision="int8"),
@@ -41,6 +53,7 @@ def default_cpu() -> dict[str, VariantConfig]:
 def default_arm() -> dict[str, VariantConfig]:
     return {
         "ort-fp32": _ort(),
+        "ort-int8": _ort_int8(),
         "ov-f32": VariantConfig(compile=_ov(), precision="fp32"),
         "ov-int8": VariantConfig(compile=_ov(), precision="int8"),
     }

@@ -82,6 +82,11 @@ def _error(outputs: Outputs, references: Outputs) -> float:
     return float(np.mean(errs))
 
 
+def _score(outputs: dict[str, Any]) -> float:
+    """One number to compare gate results by: the worst output's cosine, then top-1."""
+    return min((m.get("cosine", 0.0), m.get("top1_agreement", 1.0)) for m in outputs.values())[0]
+
+
 def candidate_layers(
     model: onnx.ModelProto, op_types: Sequence[str], exclude: Sequence[str]
 ) -> list[tuple[str, str]]:
@@ -113,7 +118,10 @@ def keep_sensitive_layers_in_float(
     base_exclude: list[str],
     cfg: AccuracyAwareConfig,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Return the first model in the loop that passes the gate, else the last one tried."""
+    """Return the first model in the loop that passes the gate, else the best one kept.
+
+    A layer whose float copy does not improve the gate is left int8 and listed as rejected;
+    at most 2 * max_float_layers layers are tried."""
     ok, metrics = gate.check(quantized)
     record: dict[str, Any] = {"gate_before": {"passed": ok, "outputs": metrics}}
     if ok:
@@ -126,22 +134,23 @@ def keep_sensitive_layers_in_float(
         {"layer": n, "op_type": t, "isolated_error": round(e, 8)} for n, t, e in ranked[:20]
     ]
     kept: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
     model, before = quantized, metrics
-    for name, op_type, err in ranked[: cfg.max_float_layers]:
-        model = quantize([*base_exclude, *(k["layer"] for k in kept), name], None)
-        ok, after = gate.check(model)
-        kept.append(
-            {
-                "layer": name,
-                "op_type": op_type,
-                "why": f"isolated int8 error {err:.3g} (1 - cosine), rank {len(kept) + 1}",
-                "gate_before": before,
-                "gate_after": after,
-            }
-        )
-        before = after
+    for rank, (name, op_type, err) in enumerate(ranked[: 2 * cfg.max_float_layers], 1):
+        if len(kept) >= cfg.max_float_layers:
+            break
+        trial = quantize([*base_exclude, *(k["layer"] for k in kept), name], None)
+        ok, after = gate.check(trial)
+        step = {"layer": name, "op_type": op_type, "gate_before": before, "gate_after": after}
+        if not ok and _score(after) <= _score(before):
+            # float here did not help (QDQ placement shifted error elsewhere): leave it int8
+            rejected.append({**step, "why": "keeping it in float did not improve the gate"})
+            continue
+        kept.append({**step, "why": f"isolated int8 error {err:.3g} (1 - cosine), rank {rank}"})
+        model, before = trial, after
         if ok:
             break
+    record["rejected"] = rejected
     record["kept_in_float"] = kept
     record["gate_after"] = {"passed": ok, "outputs": before}
     if not ok:
