@@ -45,7 +45,9 @@ def _short(exc: BaseException, limit: int = 600) -> str:
 # -> (run function, runtime version, details for the record)
 
 
-def _load_onnxruntime(d: Path, rt: dict[str, Any], art: dict[str, Any]) -> tuple[RunFn, str, dict]:
+def _load_onnxruntime(
+    d: Path, rt: dict[str, Any], art: dict[str, Any]
+) -> tuple[RunFn, str, dict[str, Any]]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -72,7 +74,9 @@ def _load_onnxruntime(d: Path, rt: dict[str, Any], art: dict[str, Any]) -> tuple
     return run, ort.__version__, details
 
 
-def _load_openvino(d: Path, rt: dict[str, Any], art: dict[str, Any]) -> tuple[RunFn, str, dict]:
+def _load_openvino(
+    d: Path, rt: dict[str, Any], art: dict[str, Any]
+) -> tuple[RunFn, str, dict[str, Any]]:
     import openvino as ov
 
     # The ARM CPU plugin defaults to f16: always ask for the artifact's own precision.
@@ -105,27 +109,38 @@ def _load_openvino(d: Path, rt: dict[str, Any], art: dict[str, Any]) -> tuple[Ru
     return run, ov.__version__.split("-")[0], details
 
 
-def _load_tvm(d: Path, rt: dict[str, Any], art: dict[str, Any]) -> tuple[RunFn, str, dict]:
+def _load_tvm(
+    d: Path, rt: dict[str, Any], art: dict[str, Any]
+) -> tuple[RunFn, str, dict[str, Any]]:
     os.environ["TVM_USE_RUNTIME_LIB"] = "1"  # the runtime library only; no compiler here
     import tvm
     from tvm.runtime import vm as tvm_vm
 
-    dev = tvm.cpu()
-    lib = tvm.runtime.load_module(str(d / rt["lib"]))
-    machine = tvm_vm.VirtualMachine(lib, dev)
+    if rt.get("device", "cpu") != "cpu":
+        raise RuntimeError(f"a tvm artifact for device '{rt['device']}' does not run on a CPU")
+    dev = tvm.cpu(0)
+    if art["threads"]:
+        tvm.get_global_func("runtime.config_threadpool")(1, art["threads"])
+    machine = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(d / rt["library"])), dev)
     entry = rt.get("entry", "main")
-    order = list(rt.get("input_order") or art["inputs"])
+    fn = machine[entry]
+    specs = list(rt["inputs"])  # [{"name", "shape", "dtype"}], in the entry's parameter order
     names = list(art["outputs"])
 
     def run(feeds: Feeds) -> dict[str, np.ndarray]:
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), dev) for n in order]
-        out = machine[entry](*args)
-        outs = [out] if hasattr(out, "numpy") else list(out)
+        for spec in specs:
+            got = list(feeds[spec["name"]].shape)
+            want = spec["shape"]
+            if any(isinstance(w, int) and w != g for w, g in zip(want, got, strict=True)):
+                raise ValueError(f"input '{spec['name']}': shape {got}, library built for {want}")
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s["name"]]), dev) for s in specs]
+        out = fn(*args)
+        outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
         if len(outs) != len(names):
             raise RuntimeError(f"entry '{entry}' returned {len(outs)} outputs, expected {names}")
         return {n: o.numpy() for n, o in zip(names, outs, strict=True)}
 
-    return run, tvm.__version__, {"entry": entry}
+    return run, tvm.__version__, {"entry": entry, "shapes": rt.get("shapes", "static")}
 
 
 LOADERS = {"onnxruntime": _load_onnxruntime, "openvino": _load_openvino, "tvm": _load_tvm}

@@ -393,7 +393,7 @@ def verify_emulated(
         raise PackageError(f"{package}: no built {arch} artifact to verify (artifacts: {have})")
     env = env or locate_environment(arch)
     cpu = cpu or env.default_cpu
-    parity_cfg = ParityConfig.model_validate(_json_inf(m.provenance.config.get("parity", {})))
+    parity_cfg = ParityConfig.model_validate(m.provenance.config.get("parity", {}))
     inputs = unpack_feeds(read_npz(package / "reference" / "inputs.npz"))
     refs = unpack_feeds(read_npz(package / "reference" / "outputs.npz"))
     rows: list[dict[str, Any]] = []
@@ -475,15 +475,3 @@ def verify_emulated(
         rewrite_manifest(package, m)
     order = {a.id: i for i, a in enumerate(chosen)}
     return sorted(rows, key=lambda r: order[r["id"]])
-
-
-def _json_inf(parity: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no infinity: an unbounded atol/rtol comes back from manifest.json as null."""
-    out = json.loads(json.dumps(parity))
-    bounds = [*out.get("tolerances", {}).values()]
-    bounds += [t for per in out.get("outputs", {}).values() for t in per.values()]
-    for tol in bounds:
-        for key in ("atol", "rtol"):
-            if key in tol and tol[key] is None:
-                tol[key] = float("inf")
-    return out

@@ -102,23 +102,14 @@ def _ov_artifact(model_path: Path, out: Path, contract: Contract) -> ArtifactJob
     return ArtifactJob("arm/ov-fp32", "openvino", out, res.runtime, ["x"], ["y"])
 
 
-def _tvm_artifact(model: onnx.ModelProto, out: Path) -> ArtifactJob:
-    """A relax VM library for aarch64 (llvm, cross-linked with aarch64-linux-gnu-gcc)."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
+def _tvm_artifact(model_path: Path, out: Path, contract: Contract) -> ArtifactJob:
+    """The tvm backend's arm artifact: a relax VM library for aarch64 NEON, cross-linked."""
+    from targets.tvm import TvmBackend, TvmOptions
 
     out.mkdir(parents=True)
-    mod = from_onnx(model, keep_params_in_input=False)
-    mod = relax.transform.DecomposeOpsForInference()(mod)
-    target = tvm.target.Target(
-        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 1}
-    )
-    exe = tvm.compile(mod, target=target)
-    exe.export_library(str(out / "model.so"), cc="aarch64-linux-gnu-gcc")
-    return ArtifactJob(
-        "arm/tvm-fp32", "tvm", out, {"lib": "model.so", "entry": "main"}, ["x"], ["y"]
-    )
+    res = TvmBackend().build(model_path, _request(contract, TvmOptions(), out), out)
+    assert res.requirements.arch == "aarch64" and not res.portable
+    return ArtifactJob("arm/tvm-fp32", "tvm", out, res.runtime, ["x"], ["y"])
 
 
 def _aborting_library(out: Path) -> ArtifactJob:
@@ -132,7 +123,8 @@ def _aborting_library(out: Path) -> ArtifactJob:
         ["aarch64-linux-gnu-gcc", "-shared", "-fPIC", "-o", str(out / "model.so"), str(src)],
         check=True,
     )
-    return ArtifactJob("arm/tvm-crash", "tvm", out, {"lib": "model.so"}, ["x"], ["y"])
+    runtime = {"library": "model.so", "entry": "main", "device": "cpu", "inputs": []}
+    return ArtifactJob("arm/tvm-crash", "tvm", out, runtime, ["x"], ["y"])
 
 
 def _assert_fp32_parity(result: EmulatedResult, refs: list[Feeds]) -> float:
@@ -191,7 +183,7 @@ def emulated_run(emu_env: EmulationEnv, tmp_path_factory: pytest.TempPathFactory
     except ImportError:
         have_tvm = False
     if cross_cc and have_tvm:
-        jobs.append(_tvm_artifact(model, tmp / "tvm"))
+        jobs.append(_tvm_artifact(model_path, tmp / "tvm", contract))
         jobs.append(_aborting_library(tmp / "tvm-crash"))
         # runs after the crash, in a second worker
         jobs.append(
