@@ -177,22 +177,36 @@ class _Torch(Device):
         return float(start.elapsed_time(end))
 
 
-def open_device() -> Device:
-    """cuda-python if importable, else torch with CUDA; BackendUnavailable otherwise."""
+def _cudart() -> Any:
     try:
-        from cuda.bindings import runtime as cudart
+        from cuda.bindings import runtime
+
+        return runtime
     except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError:
-            cudart = None
-    if cudart is not None:
-        return _CudaPython(cudart)
+        pass
+    try:
+        from cuda import cudart  # cuda-python < 12.6
+
+        return cudart
+    except ImportError:
+        return None
+
+
+def _torch_cuda() -> Any:
     try:
         import torch
     except ImportError:
-        torch = None
-    if torch is not None and torch.cuda.is_available():
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def open_device() -> Device:
+    """cuda-python if importable, else torch with CUDA; BackendUnavailable otherwise."""
+    cudart = _cudart()
+    if cudart is not None:
+        return _CudaPython(cudart)
+    torch = _torch_cuda()
+    if torch is not None:
         return _Torch(torch)
     raise BackendUnavailable(
         "tensorrt", "no CUDA buffer library (cuda-python, torch+CUDA)", _INSTALL

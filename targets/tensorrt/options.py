@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import onnx
@@ -142,7 +142,7 @@ def is_qdq_model(model: onnx.ModelProto) -> bool:
 
 
 def derive_profiles(
-    contract: Contract, overrides: list[Mapping[str, DimRange]] | None = None
+    contract: Contract, overrides: Sequence[Mapping[str, DimRange]] | None = None
 ) -> list[Profile]:
     """Optimization profiles from the contract's dim ranges; no profile for a static model.
 

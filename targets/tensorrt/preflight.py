@@ -8,6 +8,7 @@ so a user learns before deployment, including when the engine build itself is de
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -87,7 +88,7 @@ def _nodes(
                 yield from _nodes(sub, f"{name}/{attr.name}/")
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)

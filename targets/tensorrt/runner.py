@@ -205,11 +205,12 @@ class TensorRTRunner(Runner):
 class SwitchingRunner(Runner):
     """Serve `fallback` until `pending`'s background engine build is ready, then switch.
 
-    If the build fails, or loading the new engine fails, keep serving the fallback;
+    `pending` is a runner whose `load()` raised while its `build_job` (an EngineBuildJob)
+    runs. If the build fails, or loading the new engine fails, keep serving the fallback;
     `describe()` says which is serving and why.
     """
 
-    def __init__(self, fallback: Runner, pending: TensorRTRunner) -> None:
+    def __init__(self, fallback: Runner, pending: Runner) -> None:
         super().__init__(fallback.contract)
         self.fallback, self.pending = fallback, pending
         self.active: Runner = fallback
@@ -224,7 +225,7 @@ class SwitchingRunner(Runner):
             self.pending.close()
 
     def _maybe_switch(self) -> None:
-        job = self.pending.build_job
+        job: EngineBuildJob | None = getattr(self.pending, "build_job", None)
         if self.active is self.pending or job is None or job.state == "building":
             return
         if job.state == "failed":
@@ -234,7 +235,7 @@ class SwitchingRunner(Runner):
             self.pending.load()
         except Exception as exc:  # noqa: BLE001 - keep serving the fallback
             self.note = f"TensorRT engine built but did not load, serving the fallback: {exc}"
-            self.pending.build_job = None
+            self.pending.build_job = None  # type: ignore[attr-defined]
             return
         self.active, self.note = self.pending, "switched to the TensorRT engine built on this host"
 
