@@ -90,7 +90,7 @@ def _logger(trt: Any, sink: list[str]) -> Any:
             trt.ILogger.__init__(self)
 
         def log(self, severity: Any, msg: str) -> None:
-            if severity <= trt.ILogger.Severity.WARNING:
+            if int(severity) <= int(trt.ILogger.Severity.WARNING):  # errors, warnings
                 sink.append(f"{severity.name}: {msg}")
 
     return _Capture()

@@ -27,7 +27,7 @@ from targets.tensorrt.options import Profile
 
 __all__ = ["SwitchingRunner", "TensorRTRunner", "select_profile"]
 
-_JOBS: dict[str, EngineBuildJob] = {}  # one background build per engine key per process
+_JOBS: dict[tuple[str, str], EngineBuildJob] = {}  # one build per (cache, key) per process
 _JOBS_LOCK = threading.Lock()
 
 
@@ -51,9 +51,10 @@ def _start_job(
     key: str, artifact_dir: Path, runtime: dict[str, Any], cache_dir: Path, host: HostInfo
 ) -> EngineBuildJob:
     with _JOBS_LOCK:
-        job = _JOBS.get(key)
+        slot = (str(Path(cache_dir).resolve()), key)
+        job = _JOBS.get(slot)
         if job is None:  # a failed build is not retried in this process
-            job = _JOBS[key] = EngineBuildJob(artifact_dir, runtime, cache_dir, host).start()
+            job = _JOBS[slot] = EngineBuildJob(artifact_dir, runtime, cache_dir, host).start()
         return job
 
 
