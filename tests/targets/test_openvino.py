@@ -274,11 +274,15 @@ def test_fp16_weight_compression_is_explicit(tmp_path: Path) -> None:
 
 def test_precision_recorded_is_precision_compiled(tmp_path: Path) -> None:
     path = _save(_conv_net(), tmp_path / "src")
-    result, out, contract = _build(path, tmp_path)
-    with OpenVinoBackend.runner(out, result.runtime, contract) as runner:
-        compiled = runner.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        assert compiled == result.runtime["inference_precision"] == "f32"
-        assert runner.describe()["precision"] == "f32"
+    calibration = _smooth_images(4, seed=7)
+    for precision in ("fp32", "int8"):
+        result, out, contract = _build(path, tmp_path, precision, calibration)
+        runner = OpenVinoBackend.runner(out, result.runtime, contract)
+        with runner:
+            hint = runner.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+            # int8 artifacts compile f32 so that only their quantized ops run int8
+            assert hint == result.runtime["inference_precision"] == "f32"
+            assert runner.describe()["precision"] == "f32"
 
 
 def test_bf16_runs_bf16_or_refuses(tmp_path: Path) -> None:
@@ -423,6 +427,8 @@ def test_int8_source_must_match_the_model(tmp_path: Path) -> None:
     qdq = _qdq_model(fp32, _smooth_images(4, seed=16))
     with pytest.raises(BuildError, match="already quantized"):
         _build(qdq, tmp_path, precision="int8", calibration=_smooth_images(4, seed=17))
+    with pytest.raises(BuildError, match="precision is fp32; set precision: int8"):
+        _build(qdq, tmp_path, precision="fp32")
 
 
 def _near_tie_classifier(seed: int = 2, dim: int = 64, classes: int = 8) -> onnx.ModelProto:
