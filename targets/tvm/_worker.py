@@ -21,9 +21,9 @@ from typing import Any
 
 from compiler.errors import BuildError
 from targets.tvm.cuda import cuda_source_markers, ensure_libcuda, fatbin_entries, have_real_driver
-from targets.tvm.preflight import unsupported_ops
+from targets.tvm.preflight import topological_order, unsupported_ops
 
-__all__ = ["build", "main"]
+__all__ = ["build", "has_fp16_compute", "main"]
 
 LIBRARY = "model.so"
 _ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
@@ -194,7 +194,27 @@ def _to_fp16(mod: Any) -> Any:
     try:
         return relax.transform.ToMixedPrecision(out_dtype="float16")(_clip_to_min_max(mod))
     except Exception as exc:
-        raise BuildError(f"tvm fp16 conversion (ToMixedPrecision) failed: {_short(exc)}") from exc
+        raise BuildError(
+            f"tvm fp16 conversion (Relax ToMixedPrecision) failed: {_short(exc, 300)}; "
+            "put the fp16 pass in this variant (passes: [{name: fp16}]) so TVM imports an "
+            "fp16 ONNX model instead"
+        ) from exc
+
+
+def has_fp16_compute(model: Any) -> bool:
+    """True when the ONNX model already computes in fp16 (e.g. the fp16 pass's output)."""
+    import onnx
+
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == fp16 for t in model.graph.initializer):
+        return True
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == fp16:
+                return True
+            if node.op_type == "Constant" and attr.t.data_type == fp16:
+                return True
+    return False
 
 
 def _import(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
@@ -211,7 +231,8 @@ def _import(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
         mod["main"] = mod["main"].with_attr("tir_var_upper_bound", upper)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     if req["precision"] == "fp16":
-        mod = _to_fp16(mod)
+        if not has_fp16_compute(model):
+            mod = _to_fp16(mod)
     elif req["precision"] != "fp32":
         raise BuildError(
             f"tvm builds fp32 and fp16 artifacts, not {req['precision']}; "
@@ -299,6 +320,9 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
         _load_cuda_runtime(cache_dir)
     model = onnx.load(req["model"])
     _check_preflight(model)
+    notes: list[str] = []
+    if topological_order(model):
+        notes.append("graph nodes were not in topological order; sorted before import")
 
     import tvm
 
@@ -314,7 +338,6 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
     make_target, arch, linker = TARGETS[target_name]
     target_json = make_target(opts)
     target = tvm.target.Target(target_json)
-    notes: list[str] = []
     has_symbols = any(isinstance(d, str) for s in req["inputs"] for d in s["shape"])
     modes = {"auto": [True, False], "dynamic": [True], "static": [False]}[opts["shapes"]]
     tuning_dir = None

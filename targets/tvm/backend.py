@@ -102,6 +102,17 @@ def _dist_version(name: str) -> str:
         return "none"
 
 
+def _tvm_dir() -> Path | None:
+    """The installed tvm package folder, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("tvm")
+    except (ImportError, ValueError):  # ValueError: sys.modules["tvm"] is None
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def _digest(model_path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in model_path.parent.iterdir() if p.is_file()):
@@ -120,15 +131,14 @@ class TvmBackend(Backend):
     def availability(cls, target: str) -> Availability:
         if target not in cls.targets:
             return Availability(ok=False, reason=f"no tvm artifact for target '{target}'")
-        if importlib.util.find_spec("tvm") is None:
+        tvm_dir = _tvm_dir()
+        if tvm_dir is None:
             return Availability(ok=False, reason="apache-tvm is not installed", install=_INSTALL)
         for tool, install in _TOOLS[target]:
             if shutil.which(tool) is None:
                 return Availability(ok=False, reason=f"{tool} not found on PATH", install=install)
         if target == "gpu":
-            spec = importlib.util.find_spec("tvm")
-            assert spec is not None and spec.submodule_search_locations
-            lib = Path(list(spec.submodule_search_locations)[0]) / "lib" / "libtvm_runtime_cuda.so"
+            lib = tvm_dir / "lib" / "libtvm_runtime_cuda.so"
             if not lib.is_file():
                 return Availability(
                     ok=False,
@@ -139,7 +149,7 @@ class TvmBackend(Backend):
 
     @classmethod
     def runtime_availability(cls) -> Availability:
-        if importlib.util.find_spec("tvm") is None:
+        if _tvm_dir() is None:
             return Availability(ok=False, reason="apache-tvm is not installed", install=_INSTALL)
         return Availability(ok=True)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import onnx
 
-__all__ = ["KNOWN_UNSUPPORTED", "unsupported_ops"]
+__all__ = ["KNOWN_UNSUPPORTED", "topological_order", "unsupported_ops"]
 
 # Missing from the Relax ONNX frontend in apache-tvm 0.27.
 KNOWN_UNSUPPORTED = frozenset(
@@ -68,3 +68,30 @@ def unsupported_ops(model: onnx.ModelProto) -> dict[str, str]:
         if missing and op not in bad:
             bad[op] = node.name or f"#{op}"
     return bad
+
+
+def topological_order(model: onnx.ModelProto) -> bool:
+    """Sort the main graph's nodes so producers come first, in place; True if it changed.
+
+    ONNX requires this order, ONNX Runtime tolerates its absence (converters such as the
+    float16 one append Cast nodes at the end), and TVM's importer does not.
+    """
+    graph = model.graph
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:  # a cycle or a dangling input: leave the order to the importer
+            return False
+        for n in ready:
+            known.update(n.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    if [id(n) for n in ordered] == [id(n) for n in graph.node]:
+        return False
+    nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return True
