@@ -30,7 +30,7 @@ from compiler.cache import Cache
 from compiler.config import BuildConfig, VariantConfig, canonical_json
 from compiler.contract import Contract, extract_contract
 from compiler.data import feeds_digest, generate_feeds, read_feeds, read_npz, write_npz
-from compiler.errors import CompilePkgError
+from compiler.errors import BackendUnavailable, CompilePkgError
 from compiler.host import HostInfo, Requirements, probe_host
 from compiler.normalize import MODEL_FILE, dir_digest, load_onnx, normalize_model, save_model
 from compiler.verify import verify_artifact
@@ -438,6 +438,10 @@ def _run_node(run: _Run, nid: str, kind: str) -> NodeResult:
     scratch = run.cache.new_entry()
     try:
         meta = exec_fn(run, nid, scratch / "out")
+    except BackendUnavailable as exc:  # missing library or hardware: a skip, with how to get it
+        run.cache.discard(scratch)
+        hint = f" (to get it: {exc.install})" if exc.install else ""
+        return NodeResult(status="skipped", reason=f"{exc.backend} unavailable: {exc.reason}{hint}", key=key)
     except CompilePkgError as exc:
         run.cache.discard(scratch)
         return NodeResult(status="failed", reason=str(exc), key=key)

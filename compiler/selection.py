@@ -84,6 +84,12 @@ def rank(
             excluded.append(Candidate(a.id, False, "incompatible: " + "; ".join(why)))
             continue
         verdict, how = parity_verdict(manifest, a.id)
+        if a.status == "deferred" and verdict != "failed":
+            # built on this host at first load (TensorRT); the loader serves the next
+            # candidate until it is ready, so it must come first to be started at all
+            ok.append(Candidate(a.id, True, "deferred build: the engine is built on this host at "
+                                "first load; its parity is not yet verified here", None))
+            continue
         if verdict == "failed":
             excluded.append(Candidate(a.id, False, f"parity failed ({how})"))
             continue
@@ -102,6 +108,8 @@ def rank(
     def score(c: Candidate) -> tuple[int, int, float]:
         explicit = order.index(c.id) if c.id in order else len(order)
         a = by_id[c.id]
+        if a.status == "deferred":
+            return (explicit, -1, 0.0)
         p50 = c.p50_ms if c.p50_ms is not None else float("inf")
         demote = 0
         fb = float_best.get(a.target)
