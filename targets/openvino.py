@@ -41,6 +41,8 @@ _INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 # falls back to f32. The loader needs a flag list, so bf16 artifacts ask for AVX-512.
 _BF16_ISA = {"x86_64": ["avx512bw", "avx512f", "avx512vl"]}
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+# line prefixes of OpenVINO messages that locate the C++ check, not the problem
+_NOISE = ("Check '", "FrontEnd API failed with", "Summary:", "Exception from src/", "[ GENERAL")
 
 
 class IgnoredScopeOptions(BaseModel):
@@ -122,6 +124,7 @@ class OpenVinoBackend(Backend):
                 f"variant '{request.variant}': openvino has no '{request.precision}' artifact; "
                 f"use one of {sorted(_INFERENCE_PRECISION)}"
             )
+        requirements = _requirements(request.target, request.precision, opts)
         source = _load_onnx(model_path)
         qdq_nodes = _count_qdq(source)
         _check_int8_source(request, opts, qdq_nodes, model_path)
@@ -153,7 +156,7 @@ class OpenVinoBackend(Backend):
                 "num_streams": opts.num_streams,
                 "cpu_pinning": opts.cpu_pinning,
             },
-            requirements=_requirements(request.target, request.precision, opts),
+            requirements=requirements,
             precision=request.precision,
             notes=notes,
             # The IR itself is portable, but a bf16 artifact run on a CPU without bf16 runs f32:
@@ -179,13 +182,8 @@ def _short(exc: BaseException, limit: int = 400, lines: int = 4) -> str:
     kept = []
     for line in str(exc).strip().splitlines():
         line = line.strip(" -\t")
-        if not line or line.startswith(("Check '", "FrontEnd API failed with", "Summary:")):
-            continue
-        if line.startswith(("Exception from src/", "[ GENERAL_ERROR ]")) or re.match(
-            r"^\S+\.cpp:\d+", line
-        ):
-            continue
-        kept.append(line)
+        if line and not line.startswith(_NOISE) and not re.match(r"^\S+\.cpp:\d+", line):
+            kept.append(line)
     msg = " ".join(kept[:lines]) or type(exc).__name__
     return msg[:limit] + ("..." if len(msg) > limit else "")
 
@@ -238,11 +236,12 @@ def _convert(model_path: Path, source: onnx.ModelProto) -> Any:
             for n in source.graph.node
             if f"{n.domain}.{n.op_type}" in unsupported or n.op_type in unsupported
         ]
-        at = f" (nodes {nodes[:5]})" if nodes else ""
-        raise BuildError(
-            f"openvino cannot convert {model_path.name}: {msg}{at}; replace or remove those "
-            f"ops before the openvino variant, or disable it"
-        ) from None
+        todo = (
+            f" (nodes {nodes[:5]}); replace those ops before this variant, or disable it"
+            if nodes
+            else "; fix the model for OpenVINO's ONNX frontend, or disable this variant"
+        )
+        raise BuildError(f"openvino cannot convert {model_path.name}: {msg}{todo}") from None
 
 
 def _save(model: Any, out_dir: Path, compress_to_fp16: bool) -> None:
