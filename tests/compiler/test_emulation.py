@@ -107,7 +107,8 @@ def _tvm_artifact(model_path: Path, out: Path, contract: Contract) -> ArtifactJo
     from targets.tvm import TvmBackend, TvmOptions
 
     out.mkdir(parents=True)
-    res = TvmBackend().build(model_path, _request(contract, TvmOptions(), out), out)
+    opts = TvmOptions.model_validate({})
+    res = TvmBackend().build(model_path, _request(contract, opts, out), out)
     assert res.requirements.arch == "aarch64" and not res.portable
     return ArtifactJob("arm/tvm-fp32", "tvm", out, res.runtime, ["x"], ["y"])
 
