@@ -11,7 +11,7 @@ from compiler.cache import Cache, default_cache_dir
 from compiler.config import BuildConfig
 from compiler.dag import BuildInputs, NodeResult, build_graph, cleanup_scratch, run_graph
 from compiler.errors import CompilePkgError, InputModelError
-from compiler.manifest import Manifest
+from compiler.manifest import Manifest, read_manifest
 from compiler.normalize import Source, export_torch, save_model, source_digest
 from compiler.package import assemble, finish_package, write_atomically
 from compiler.verify import now_utc
@@ -42,6 +42,20 @@ def prepare_source(source: Source, config: BuildConfig, workdir: Path) -> tuple[
     model = export_torch(source.torch_factory, source.input_specs, dims_opt)
     path = save_model(model, workdir / "torch-export")
     return path, source_digest(path), source.torch_factory, "torch"
+
+
+def _verify_arm_emulated(staging: Path) -> None:
+    """Append emulated aarch64 parity records; a missing environment is recorded, not fatal."""
+    from compiler.emulation import verify_emulated
+    from compiler.errors import BackendUnavailable
+    from compiler.package import rewrite_manifest
+
+    try:
+        verify_emulated(staging, "aarch64", write=True)
+    except BackendUnavailable as exc:
+        m = read_manifest(staging)
+        m.build["emulated_verification"] = f"not run: {exc}"
+        rewrite_manifest(staging, m)
 
 
 def build_package(
@@ -76,6 +90,11 @@ def build_package(
                          source_kind=kind, source_digest=digest,
                          source_path=source.onnx_path or Path(name), started_at=started)
             finish_package(staging, m)
+            if config.verify.emulate_arm and any(
+                a.status == "built" and a.target == "arm" for a in m.artifacts
+            ):
+                _verify_arm_emulated(staging)
+                m = read_manifest(staging)
             return m
 
         manifest = write_atomically(out.parent, out, fill)

