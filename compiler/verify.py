@@ -64,7 +64,13 @@ def verify_artifact(
 
     host_d = host.model_dump(exclude={"hostname"}) | {"measured_at": now_utc()}
     mismatches = requirements.mismatches(host)
-    arch_only = all(m.startswith("needs ") and ("host is" in m or "CPU features" in m) for m in mismatches)
+    # A cross-host check is for another architecture's artifact in a portable format; an
+    # artifact for this architecture that needs CPU features the host lacks is not run at
+    # all (its runtime might silently pick other kernels or another precision).
+    other_arch = requirements.arch != host.arch
+    arch_only = other_arch and all(
+        m.startswith("needs ") and ("host is" in m or "CPU features" in m) for m in mismatches
+    )
     if mismatches and not (portable and arch_only and host.runtimes.get(requirements.runtime)):
         reason = "; ".join(mismatches)
         return {
