@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from compiler.config import VariantConfig
+from passes.accuracy import AccuracyAwareConfig
 from passes.fuse import FuseConfig
 from passes.quantize import QuantizeConfig
 from passes.simplify import SimplifyConfig
@@ -29,8 +30,9 @@ def _ort() -> VariantConfig:
 def _ort_int8() -> VariantConfig:
     # simplify first: the shared prefix with ort-fp32, and a folded graph to calibrate.
     # No fuse before quantize: fused com.microsoft ops are not quantizable (docs/passes.md).
+    quantize = QuantizeConfig(accuracy_aware=AccuracyAwareConfig(enabled=True))
     return VariantConfig(
-        passes=[SimplifyConfig(), QuantizeConfig()], compile=OnnxRuntimeOptions(), precision="int8"
+        passes=[SimplifyConfig(), quantize], compile=OnnxRuntimeOptions(), precision="int8"
     )
 
 
