@@ -82,9 +82,15 @@ def _error(outputs: Outputs, references: Outputs) -> float:
     return float(np.mean(errs))
 
 
-def _score(outputs: dict[str, Any]) -> float:
-    """One number to compare gate results by: the worst output's cosine, then top-1."""
-    return min((m.get("cosine", 0.0), m.get("top1_agreement", 1.0)) for m in outputs.values())[0]
+def _score(outputs: dict[str, Any], tol: Any) -> tuple[float, float]:
+    """How close a gate result is to passing: the worst output's margin to the tolerance
+    (cosine and top-1), then the mean cosine to break ties."""
+    margins = [
+        min(m.get("cosine", 0.0) - tol.min_cosine, m.get("top1_agreement", 1.0) - tol.min_top1)
+        for m in outputs.values()
+    ]
+    cosines = [m.get("cosine", 0.0) for m in outputs.values()]
+    return min(margins), float(np.mean(cosines))
 
 
 def candidate_layers(
@@ -142,7 +148,7 @@ def keep_sensitive_layers_in_float(
         trial = quantize([*base_exclude, *(k["layer"] for k in kept), name], None)
         ok, after = gate.check(trial)
         step = {"layer": name, "op_type": op_type, "gate_before": before, "gate_after": after}
-        if not ok and _score(after) <= _score(before):
+        if not ok and _score(after, gate.tolerance) <= _score(before, gate.tolerance):
             # float here did not help (QDQ placement shifted error elsewhere): leave it int8
             rejected.append({**step, "why": "keeping it in float did not improve the gate"})
             continue
