@@ -86,7 +86,7 @@ def _reaches_back(
     allowed = frozenset(through)
     frontier, depth = [start], 0
     while frontier and depth < 6:
-        nxt = []
+        nxt: list[str] = []
         for name in frontier:
             node = producers.get(name)
             if node is None:
@@ -105,7 +105,7 @@ def _feeds_forward(
     allowed = frozenset(through)
     frontier, depth = [start], 0
     while frontier and depth < 4:
-        nxt = []
+        nxt: list[str] = []
         for name in frontier:
             for node in consumers.get(name, []):
                 if node.op_type == target:
