@@ -11,12 +11,14 @@ from collections.abc import Callable
 
 from compiler.config import VariantConfig
 from passes.accuracy import AccuracyAwareConfig
+from passes.fp16 import Fp16Config
 from passes.fuse import FuseConfig
 from passes.quantize import QuantizeConfig
 from passes.simplify import SimplifyConfig
 from targets.onnxruntime import OnnxRuntimeOptions
 from targets.openvino import OpenVinoOptions
 from targets.tensorrt import TensorRTOptions
+from targets.tvm import TvmOptions
 
 __all__ = ["PIPELINES"]
 
@@ -42,6 +44,16 @@ def _ov() -> OpenVinoOptions:
     return OpenVinoOptions()
 
 
+def _tvm(fp16: bool = False) -> VariantConfig:
+    # simplify (shared prefix with ort) but no fuse: TVM cannot import com.microsoft ops.
+    # fp16 is the fp16 pass's ONNX model, imported as is (docs/tvm.md).
+    if fp16:
+        return VariantConfig(
+            passes=[SimplifyConfig(), Fp16Config()], compile=TvmOptions(), precision="fp16"
+        )
+    return VariantConfig(passes=[SimplifyConfig()], compile=TvmOptions(), precision="fp32")
+
+
 def default_cpu() -> dict[str, VariantConfig]:
     return {
         "ort-fp32": _ort(),
@@ -49,6 +61,7 @@ def default_cpu() -> dict[str, VariantConfig]:
         "ov-f32": VariantConfig(compile=_ov(), precision="fp32"),
         "ov-bf16": VariantConfig(compile=_ov(), precision="bf16"),
         "ov-int8": VariantConfig(compile=_ov(), precision="int8"),
+        "tvm-fp32": _tvm(),
     }
 
 
@@ -58,6 +71,7 @@ def default_arm() -> dict[str, VariantConfig]:
         "ort-int8": _ort_int8(),
         "ov-f32": VariantConfig(compile=_ov(), precision="fp32"),
         "ov-int8": VariantConfig(compile=_ov(), precision="int8"),
+        "tvm-fp32": _tvm(),
     }
 
 
@@ -70,6 +84,8 @@ def default_gpu() -> dict[str, VariantConfig]:
         "trt-int8": VariantConfig(
             passes=[QuantizeConfig(mode="static")], compile=TensorRTOptions(), precision="int8"
         ),
+        "tvm-fp32": _tvm(),
+        "tvm-fp16": _tvm(fp16=True),
     }
 
 
