@@ -1,0 +1,145 @@
+"""The machine's limit, measured once per run: the best fp32 and int8 matrix-product rate.
+
+fp32: numpy's BLAS sgemm, ONNX Runtime MatMul and OpenVINO MatMul. int8: ONNX Runtime
+MatMulInteger (u8 x s8 -> s32, the x86 VPMADDUBSW/VNNI kernels) and OpenVINO running a QDQ
+MatMul as an int8 FullyConnected. Each kernel runs `repeats` times on square n x n inputs,
+with the runtime's default threads and with one; its rate is 2 n^3 / the fastest run (the
+limit is what the hardware can do, so the least disturbed run counts), the median beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["measure_peak"]
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> list[float]:
+    fn()
+    fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _matmul_model(n: int, int8: bool, qdq: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    if int8:  # MatMulInteger: A u8 [n,n] (input), B s8 [n,n] (weight) -> s32
+        b = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "b")
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+        a_t, y_t = TensorProto.UINT8, TensorProto.INT32
+        nodes, inits = [node], [b]
+    elif qdq:  # fp32 in/out, QDQ around a MatMul: OpenVINO runs it as int8
+        w = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "wq")
+        consts = [
+            numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.uint8), "zu"),
+            numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+            numpy_helper.from_array(np.array(0, np.int8), "zs"),
+        ]
+        nodes = [
+            helper.make_node("QuantizeLinear", ["a", "s", "zu"], ["aq"]),
+            helper.make_node("DequantizeLinear", ["aq", "s", "zu"], ["adq"]),
+            helper.make_node("DequantizeLinear", ["wq", "ws", "zs"], ["wdq"]),
+            helper.make_node("MatMul", ["adq", "wdq"], ["y"]),
+        ]
+        a_t, y_t, inits = TensorProto.FLOAT, TensorProto.FLOAT, [w, *consts]
+    else:
+        b = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "b")
+        nodes, inits = [helper.make_node("MatMul", ["a", "b"], ["y"])], [b]
+        a_t, y_t = TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "peak",
+        [helper.make_tensor_value_info("a", a_t, [n, n])],
+        [helper.make_tensor_value_info("y", y_t, [n, n])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _ort(model: onnx.ModelProto, threads: int = 0) -> Callable[[np.ndarray], Any]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda a: sess.run(None, {"a": a})
+
+
+def _openvino(model: onnx.ModelProto, threads: int = 0) -> Callable[[np.ndarray], Any]:
+    import openvino as ov
+
+    core = ov.Core()
+    cfg: dict[str, Any] = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "ENABLE_CPU_PINNING": False,
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", cfg)
+    req = compiled.create_infer_request()
+    return lambda a: req.infer({0: a})
+
+
+def _bind(fn: Callable[[np.ndarray], Any], a: np.ndarray) -> Callable[[], Any]:
+    return lambda: fn(a)
+
+
+def _kernels(n: int) -> dict[str, tuple[str, Callable[[], Any]]]:
+    """name -> (precision, zero-argument call). ONNX Runtime and OpenVINO run with their
+    default threads and with one thread: on a shared host a single thread can be the faster."""
+    rng = np.random.default_rng(1)
+    a32 = rng.standard_normal((n, n)).astype(np.float32)
+    b32 = rng.standard_normal((n, n)).astype(np.float32)
+    a8 = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    kernels: dict[str, tuple[str, Callable[[], Any]]] = {"numpy sgemm": ("fp32", lambda: a32 @ b32)}
+    for threads, tag in ((0, ""), (1, ", 1 thread")):
+        ort32, ort8 = _ort(_matmul_model(n, False), threads), _ort(_matmul_model(n, True), threads)
+        kernels[f"onnxruntime MatMul fp32{tag}"] = ("fp32", _bind(ort32, a32))
+        kernels[f"onnxruntime MatMulInteger u8s8{tag}"] = ("int8", _bind(ort8, a8))
+        try:
+            ov32 = _openvino(_matmul_model(n, False), threads)
+            ov8 = _openvino(_matmul_model(n, False, True), threads)
+        except ImportError:
+            continue
+        kernels[f"openvino MatMul fp32{tag}"] = ("fp32", _bind(ov32, a32))
+        kernels[f"openvino int8 MatMul (QDQ){tag}"] = ("int8", _bind(ov8, a32))
+    return kernels
+
+
+def measure_peak(n: int = 1024, repeats: int = 15) -> dict[str, Any]:
+    """{"fp32": {...best...}, "int8": {...}, "kernels": {name: {...}}} in FLOP/s (ops/s)."""
+    flop = 2.0 * n**3
+    kernels: dict[str, Any] = {}
+    best: dict[str, dict[str, Any]] = {}
+    for name, (precision, fn) in _kernels(n).items():
+        times = _time(fn, repeats)
+        rec = {
+            "precision": precision,
+            "n": n,
+            "seconds": times,
+            "best_gflops": flop / min(times) / 1e9,
+            "median_gflops": flop / float(np.median(times)) / 1e9,
+        }
+        kernels[name] = rec
+        if precision not in best or rec["best_gflops"] > best[precision]["gflops"]:
+            best[precision] = {"gflops": rec["best_gflops"], "kernel": name}
+    return {
+        **best,
+        "kernels": kernels,
+        "method": f"square {n}x{n} matrix products, {repeats} timed runs each after 2 "
+        "warm-up runs, default threads and 1 thread; rate = 2n^3 / fastest run",
+    }

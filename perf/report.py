@@ -1,0 +1,218 @@
+"""The results as a person reads them: a markdown table per figure, and a latency plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render_markdown", "render_plot"]
+
+
+def _f(v: Any, spec: str = ".2f", none: str = "-") -> str:
+    if v is None:
+        return none
+    return format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def _nodes(build: dict[str, Any] | None) -> str:
+    if not build:
+        return "-"
+    if build.get("returncode"):
+        return f"exit {build['returncode']}"
+    n = build.get("nodes", {})
+    parts = [f"{n.get('ran', 0)} ran", f"{n.get('cached', 0)} cached"]
+    parts += [f"{n[k]} {k}" for k in ("failed", "skipped") if n.get(k)]
+    return ", ".join(parts)
+
+
+def _build_cell(build: dict[str, Any] | None) -> str:
+    if not build:
+        return "-"
+    return f"{build['seconds']:.1f} s / {build['peak_rss_mib']:.0f} MiB ({_nodes(build)})"
+
+
+def _olive_cell(job: dict[str, Any] | None) -> str:
+    if not job:
+        return "not run"
+    if job.get("error"):
+        return f"failed after {job['seconds']:.1f} s"
+    return f"{job['seconds']:.1f} s / {job['peak_rss_mib']:.0f} MiB"
+
+
+def _speedup(rec: dict[str, Any]) -> str:
+    s = rec.get("speedup_vs_reference")
+    if not s:
+        return "-"
+    return f"{s['median']:.2f}x [{s['min']:.2f}-{s['max']:.2f}]"
+
+
+def _parity(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "-"
+    if p.get("cosine") is None:
+        return str(p.get("status", "-"))
+    top1 = f", top-1 {p['top1_agreement']:.2f}" if p.get("top1_agreement") is not None else ""
+    return f"{p['status']}: cos {p['cosine']:.5f}{top1}"
+
+
+def _task(t: dict[str, Any] | None) -> str:
+    return "-" if not t else f"{t['metric']} {t['value']:.3f}"
+
+
+def _header(doc: dict[str, Any]) -> list[str]:
+    h = doc["host"]
+    libs = ", ".join(f"{k} {v}" for k, v in sorted(doc["libraries"].items()))
+    peak = doc["peak"]
+    lines = [
+        f"# compile-pkg benchmarks: {doc['date']} on {h.get('hostname') or 'host'} "
+        f"({'--quick' if doc['quick'] else 'full'})",
+        "",
+        f"Host: {h['arch']} {h['cpu_model']} x{h['cpu_count']}, ISA {', '.join(h['isa'])}, "
+        f"{h['os']}; GPUs: {', '.join(g['name'] for g in h['gpus']) or 'none'}. "
+        f"Load average at start {doc['load_average'][0]:.1f}, at end "
+        f"{doc.get('load_average_end', [0])[0]:.1f}: absolute figures move with the host's load; "
+        "ratios measured in the same process hold.",
+        "",
+        f"Libraries: {libs}.",
+        "",
+        f"Machine peak (measured in this run, {peak['method']}): fp32 "
+        f"{peak['fp32']['gflops']:.1f} GFLOP/s ({peak['fp32']['kernel']}), int8 "
+        f"{peak['int8']['gflops']:.1f} GOP/s ({peak['int8']['kernel']}).",
+        "",
+        f"Run: `{doc['command']}`, {doc['wall_seconds']:.0f} s wall. {doc['plan']['note']}",
+    ]
+    return lines
+
+
+def _build_table(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Builds: `compile-pkg --targets " + doc["plan"]["targets"] + "` as a child process",
+        "",
+        "Seconds / peak RSS (nodes ran vs cached, from the manifest's build.nodes). "
+        "Cold: empty cache. Warm: same command again. One change: `--set "
+        + doc["plan"]["one_change"]
+        + "` (only the nodes depending on it should run). "
+        "Olive: the same model through Olive's closest workflows, in one Olive process "
+        f"(its import, {_f(doc['olive'].get('import_seconds'), '.1f')} s, paid once, "
+        "is not in these figures).",
+        "",
+        "| model | weights | GFLOP | cold | warm | one change | Olive ort-int8 | Olive ov-int8 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in doc["models"].items():
+        if m.get("error"):
+            lines.append(f"| {name} | - | - | skipped: {m['error'][:120]} | | | | |")
+            continue
+        b, o = m["builds"], m.get("olive", {})
+        lines.append(
+            f"| {name} | {m['weights'].split(':')[0]} | {m['flops']['gflop']:.3f} "
+            f"| {_build_cell(b.get('cold'))} | {_build_cell(b.get('warm'))} "
+            f"| {_build_cell(b.get('one-change'))} | {_olive_cell(o.get('ort-int8'))} "
+            f"| {_olive_cell(o.get('ov-int8'))} |"
+        )
+    return lines
+
+
+def _artifact_table(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Artifacts on this host, side by side with the ONNX Runtime fp32 reference",
+        "",
+        "Latency: " + doc["plan"]["latency_note"] + " Speedup = reference p50 / artifact p50 "
+        "within each repeat: median [min-max] over repeats. % of peak = the model's FLOPs / "
+        "p50 / the measured peak of the artifact's precision (fp32 peak for fp32/bf16, int8 "
+        "peak for int8). Parity: compile-pkg's artifacts from the package's own report; "
+        "Olive's measured here against the same reference outputs with the same metrics "
+        "(worst output: cosine, top-1 agreement). Task: accuracy on real data (real models "
+        "only).",
+        "",
+        "| model | artifact | by | precision | p50 ms | p99 ms | items/s | speedup vs ref "
+        "| % of peak | parity | task |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in doc["models"].items():
+        if m.get("error"):
+            continue
+        for c in m["contenders"]:
+            lat = c.get("latency", {})
+            pooled = lat.get("pooled", {})
+            lines.append(
+                f"| {name} | {c['id']} | {c['origin']} | {c['precision']} "
+                f"| {_f(pooled.get('p50_ms'))} | {_f(pooled.get('p99_ms'))} "
+                f"| {_f(pooled.get('throughput_per_s'), '.1f')} | {_speedup(lat)} "
+                f"| {_f(c.get('fraction_of_peak', 0) * 100 if c.get('fraction_of_peak') is not None else None, '.1f')} "
+                f"| {_parity(c.get('parity'))} | {_task(c.get('task'))} |"
+            )
+    return lines
+
+
+def _not_measured(doc: dict[str, Any]) -> list[str]:
+    lines = ["", "## Not measured on this host (and why)", ""]
+    for name, m in doc["models"].items():
+        if m.get("error"):
+            lines.append(f"- **{name}**: model skipped: {m['error']}")
+            continue
+        for s in m.get("not_measured", []):
+            lines.append(f"- {name} `{s['id']}` ({s['precision']}): {s['why']}")
+        for wf, job in m.get("olive", {}).items():
+            if job and job.get("error"):
+                lines.append(f"- {name} Olive `{wf}`: failed: {job['error'][:300]}")
+    for note in doc.get("notes", []):
+        lines.append(f"- {note}")
+    return lines
+
+
+def render_markdown(doc: dict[str, Any], plot_name: str | None) -> str:
+    lines = _header(doc) + _build_table(doc) + _artifact_table(doc) + _not_measured(doc)
+    if plot_name:
+        lines += ["", f"![p50 latency per artifact per model]({plot_name})"]
+    lines += [
+        "",
+        "Raw samples, per-repeat figures, node lists and library versions: the JSON "
+        "file beside this one.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(doc: dict[str, Any], path: Path) -> bool:
+    """p50 latency per artifact, one panel per model, whiskers = min-max of per-repeat p50.
+    Returns False (and writes nothing) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    models = [(n, m) for n, m in doc["models"].items() if not m.get("error")]
+    if not models:
+        return False
+    cols = min(4, len(models))
+    rows = (len(models) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    colors = {"reference": "#777777", "compile-pkg": "#1f77b4", "olive": "#ff7f0e"}
+    for ax, (name, m) in zip(axes.flat, models, strict=False):
+        cs = [c for c in m["contenders"] if c.get("latency")]
+        p50 = [c["latency"]["pooled"]["p50_ms"] for c in cs]
+        reps = [c["latency"]["p50_ms_per_repeat"] for c in cs]
+        lo = [p - min(r) for p, r in zip(p50, reps, strict=True)]
+        hi = [max(r) - p for p, r in zip(p50, reps, strict=True)]
+        y = range(len(cs))
+        ax.barh(list(y), p50, xerr=[lo, hi], color=[colors[c["origin"]] for c in cs])
+        ax.set_yticks(list(y), [c["id"] for c in cs], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("p50 ms", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"p50 latency on {doc['host']['cpu_model']} x{doc['host']['cpu_count']} "
+        f"({doc['date']}); grey: ORT fp32 reference, blue: compile-pkg, orange: Olive",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
