@@ -175,14 +175,18 @@ LINES = (
 )
 
 
+OCR_WIDTH = 480  # every line is padded to this width: one input shape for all OCR feeds
+
+
 def _ocr_feeds(lines: Sequence[str]) -> list[Feed]:
-    """Lines rendered at height 48 and padded with white to one width, so every feed has one
+    """Lines rendered at height 48 and padded with white to OCR_WIDTH, so every feed has one
     shape (histogram calibration needs that); PaddleOCR pads recognizer input the same way."""
-    arrays = [render_text_line(t) for t in lines]
-    width = max(a.shape[-1] for a in arrays)
     out = []
-    for a in arrays:
-        pad = np.ones((1, 3, 48, width), dtype=np.float32)  # (255/255 - 0.5)/0.5 = white
+    for text in lines:
+        a = render_text_line(text)
+        if a.shape[-1] > OCR_WIDTH:
+            raise ValueError(f"text line {text!r} renders {a.shape[-1]} px wide > {OCR_WIDTH}")
+        pad = np.ones((1, 3, 48, OCR_WIDTH), dtype=np.float32)  # (255/255 - 0.5)/0.5 = white
         pad[..., : a.shape[-1]] = a
         out.append({"x": pad})
     return out
