@@ -20,14 +20,14 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compiler.contract import extract_contract  # noqa: E402
-from targets.base import BuildRequest  # noqa: E402
+from targets.base import BuildRequest, BuildResult  # noqa: E402
 from targets.onnxruntime import reference_session  # noqa: E402
 from targets.tvm import TvmBackend, TvmOptions  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 
-def _build(model: Path, target: str, precision: str, root: Path) -> tuple[Path, object, float]:
+def _build(model: Path, target: str, precision: str, root: Path) -> tuple[Path, BuildResult, float]:
     contract = extract_contract(onnx.load(str(model)))
     out = root / f"{target}-{precision}"
     out.mkdir()

@@ -48,12 +48,20 @@ class TvmOptions(BackendOptions):
     backend: Literal["tvm"] = "tvm"
     # auto: symbolic dims stay dynamic (bounded by their max); static at opt shapes if that fails
     shapes: Literal["auto", "dynamic", "static"] = "auto"
-    mcpu: str = Field("", description="LLVM CPU name; '' = generic x86-64 / generic aarch64")
-    mattr: tuple[str, ...] = Field((), description="extra LLVM features, e.g. +avx2 or +dotprod")
+    mcpu: str = Field(
+        default="", description="LLVM CPU name; '' = generic x86-64 / generic aarch64"
+    )
+    mattr: tuple[str, ...] = Field(
+        default=(), description="extra LLVM features, e.g. +avx2 or +dotprod"
+    )
     cuda_archs: tuple[str, ...] = ("sm_80", "sm_86", "sm_89", "sm_90")
-    tuning_trials: int = Field(0, ge=0, description="MetaSchedule trials (cpu only); 0 = off")
-    tuning_seconds: float = Field(900.0, ge=0, description="wall-clock cap on tuning; 0 = none")
-    build_timeout_s: int = Field(3600, gt=0)
+    tuning_trials: int = Field(
+        default=0, ge=0, description="MetaSchedule trials (cpu only); 0 = off"
+    )
+    tuning_seconds: float = Field(
+        default=900.0, ge=0, description="wall-clock cap on tuning; 0 = none"
+    )
+    build_timeout_s: int = Field(default=3600, gt=0)
     min_runtime_version: str = "0.27"
 
     @field_validator("mcpu")

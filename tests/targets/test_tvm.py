@@ -436,11 +436,11 @@ def test_tuning_database_is_cached_and_reused(tmp_path: Path) -> None:
     model = _save(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "src"
     )
-    opts = {"tuning_trials": 2, "tuning_seconds": 150.0}
+    opts: dict[str, object] = {"tuning_trials": 2, "tuning_seconds": 150.0}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COMPILE_PKG_CACHE", str(tmp_path / "cache"))
-        out, first, contract, _ = _build(model, "cpu", tmp_path / "a", **opts)
-        _, second, _, _ = _build(model, "cpu", tmp_path / "b", **opts)
+        out, first, contract, _ = _build(model, "cpu", tmp_path / "a", "fp32", **opts)
+        _, second, _, _ = _build(model, "cpu", tmp_path / "b", "fp32", **opts)
     assert any(n.startswith("tuned (") for n in first.notes), first.notes
     assert any(n.startswith("tuning database reused (") for n in second.notes), second.notes
     dbs = list((tmp_path / "cache" / "tvm" / "tuning").iterdir())
