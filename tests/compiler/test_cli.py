@@ -45,7 +45,8 @@ def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
 
     r = cli("run", str(pkg))
     assert r.returncode == 0, r.stderr
-    assert "picked cpu/ort-fp32" in r.stderr
+    picked = json.loads(r.stdout)["artifact"]
+    assert picked.startswith("cpu/") and f"picked {picked}" in r.stderr
     assert json.loads(r.stdout)["outputs"]["probs"]["shape"] == [1, 10]
 
     r = cli("verify", str(pkg), "--no-latency")

@@ -6,12 +6,12 @@ import networkx as nx
 
 from compiler.config import resolve_config
 from compiler.dag import build_graph, describe_graph
-from tests.compiler.helpers import build, statuses
+from tests.compiler.helpers import ORT_ONLY, build, statuses
 
 
 def _two_variant_raw() -> dict:
     fuse = [{"name": "fuse", "level": "basic"}]
-    return {"targets": {"cpu": {"variants": {
+    return {"targets": {**ORT_ONLY, "cpu": {"variants": {
         "a": {"passes": fuse, "compile": {"backend": "onnxruntime"}},
         "b": {"passes": fuse, "compile": {"backend": "onnxruntime", "graph_optimization_level": "basic"}},
     }}}}
