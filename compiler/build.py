@@ -30,12 +30,16 @@ class BuildOutcome:
         return [f"{n}: {r.reason}" for n, r in self.results.items() if r.status == "failed"]
 
 
-def prepare_source(source: Source, config: BuildConfig, workdir: Path) -> tuple[Path, str, str, str]:
+def prepare_source(
+    source: Source, config: BuildConfig, workdir: Path
+) -> tuple[Path, str, str, str]:
     """(onnx path, digest, display name, kind). Torch modules are exported to ONNX first."""
     if source.onnx_path is not None:
         path = source.onnx_path
         if not path.is_file():
-            raise InputModelError(f"{path}: no such file; give an .onnx model or package.module:factory")
+            raise InputModelError(
+                f"{path}: no such file; give an .onnx model or package.module:factory"
+            )
         return path, source_digest(path), path.name, "onnx"
     assert source.torch_factory is not None
     dims_opt = {k: v.opt for k, v in config.dims.items()}
@@ -86,9 +90,17 @@ def build_package(
                 raise CompilePkgError(f"{head} failed: {results[head].reason}")
 
         def fill(staging: Path) -> Manifest:
-            m = assemble(staging, g=g, results=results, config=config, source_name=name,
-                         source_kind=kind, source_digest=digest,
-                         source_path=source.onnx_path or Path(name), started_at=started)
+            m = assemble(
+                staging,
+                g=g,
+                results=results,
+                config=config,
+                source_name=name,
+                source_kind=kind,
+                source_digest=digest,
+                source_path=source.onnx_path or Path(name),
+                started_at=started,
+            )
             finish_package(staging, m)
             if config.verify.emulate_arm and any(
                 a.status == "built" and a.target == "arm" for a in m.artifacts

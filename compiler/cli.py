@@ -55,21 +55,57 @@ def _targets(value: str) -> tuple[str, ...]:
 
 @cli.command()
 @click.argument("model")
-@click.option("--targets", "targets_", default="gpu,cpu,arm", show_default=True, help="comma-separated: gpu,cpu,arm")
+@click.option(
+    "--targets",
+    "targets_",
+    default="gpu,cpu,arm",
+    show_default=True,
+    help="comma-separated: gpu,cpu,arm",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="package folder to write")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML or TOML config")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config value, e.g. cpu.fuse.level=extended")
-@click.option("--calibration-data", type=click.Path(path_type=Path), help=".npz file or folder of .npz")
-@click.option("--sample-data", type=click.Path(path_type=Path), help="inputs for parity (.npz file or folder)")
-@click.option("--input-spec", multiple=True, help="for torch sources: NAME:DTYPE:[dims], e.g. x:float32:[batch,3,224,224]")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="node cache (default ~/.cache/compile-pkg or $COMPILE_PKG_CACHE)")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="YAML or TOML config"
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a config value, e.g. cpu.fuse.level=extended",
+)
+@click.option(
+    "--calibration-data", type=click.Path(path_type=Path), help=".npz file or folder of .npz"
+)
+@click.option(
+    "--sample-data", type=click.Path(path_type=Path), help="inputs for parity (.npz file or folder)"
+)
+@click.option(
+    "--input-spec",
+    multiple=True,
+    help="for torch sources: NAME:DTYPE:[dims], e.g. x:float32:[batch,3,224,224]",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="node cache (default ~/.cache/compile-pkg or $COMPILE_PKG_CACHE)",
+)
 @click.option("--no-cache", is_flag=True, help="neither read nor write the node cache")
 @click.option("--strict", is_flag=True, help="exit non-zero if any artifact failed")
 @click.option("--print-dag", is_flag=True, help="print the pass DAG and exit")
-def build(model: str, targets_: str, output: Path | None, config_path: Path | None,
-          overrides: tuple[str, ...], calibration_data: Path | None, sample_data: Path | None,
-          input_spec: tuple[str, ...], cache_dir: Path | None, no_cache: bool, strict: bool,
-          print_dag: bool) -> None:
+def build(
+    model: str,
+    targets_: str,
+    output: Path | None,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    calibration_data: Path | None,
+    sample_data: Path | None,
+    input_spec: tuple[str, ...],
+    cache_dir: Path | None,
+    no_cache: bool,
+    strict: bool,
+    print_dag: bool,
+) -> None:
     """Build a package from MODEL (an .onnx file or package.module:factory for PyTorch)."""
     from compiler.build import build_package
     from compiler.config import load_config
@@ -87,20 +123,31 @@ def build(model: str, targets_: str, output: Path | None, config_path: Path | No
     if model.endswith(".onnx") or Path(model).exists() or ":" not in model:
         source = Source(onnx_path=Path(model))
     else:
-        source = Source(torch_factory=model, input_specs=tuple(parse_input_spec(s) for s in input_spec))
+        source = Source(
+            torch_factory=model, input_specs=tuple(parse_input_spec(s) for s in input_spec)
+        )
 
     def on_event(nid: str, res: Any) -> None:
         if res is None:
             return
         style = {"ran": "green", "cached": "cyan", "failed": "red", "skipped": "yellow"}[res.status]
         reason = f"  {res.reason}" if res.reason else ""
-        console.print(f"[{style}]{res.status:>7}[/] {nid} [dim]{res.seconds:.2f}s[/]{reason}",
-                      highlight=False)
+        console.print(
+            f"[{style}]{res.status:>7}[/] {nid} [dim]{res.seconds:.2f}s[/]{reason}", highlight=False
+        )
 
     with console.status("building...", spinner="dots"):
-        outcome = build_package(source, config, targets, output, cache_dir=cache_dir,
-                                use_cache=not no_cache, sample_data=sample_data,
-                                calibration_data=calibration_data, on_event=on_event)
+        outcome = build_package(
+            source,
+            config,
+            targets,
+            output,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+            sample_data=sample_data,
+            calibration_data=calibration_data,
+            on_event=on_event,
+        )
     counts: dict[str, int] = {}
     for r in outcome.results.values():
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -108,22 +155,39 @@ def build(model: str, targets_: str, output: Path | None, config_path: Path | No
     _print_artifacts(outcome.manifest)
     console.print(f"package written to {output}")
     if strict and any(a.status == "failed" for a in outcome.manifest.artifacts):
-        raise CompilePkgError("--strict: some artifacts failed: " + ", ".join(
-            a.id for a in outcome.manifest.artifacts if a.status == "failed"))
+        raise CompilePkgError(
+            "--strict: some artifacts failed: "
+            + ", ".join(a.id for a in outcome.manifest.artifacts if a.status == "failed")
+        )
 
 
 def _print_artifacts(manifest: Any) -> None:
     from compiler.report import artifact_rows
 
     table = Table(title="artifacts")
-    for col in ("artifact", "backend", "precision", "status", "parity", "max abs err", "p50 ms", "speedup"):
+    for col in (
+        "artifact",
+        "backend",
+        "precision",
+        "status",
+        "parity",
+        "max abs err",
+        "p50 ms",
+        "speedup",
+    ):
         table.add_column(col)
     for r in artifact_rows(manifest):
         status = r["status"] + (f": {r['reason'][:70]}" if r["reason"] else "")
-        table.add_row(r["id"], r["backend"], r["precision"], status, r["parity"],
-                      f"{r['max_abs_err']:.2e}" if r["max_abs_err"] is not None else "-",
-                      f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-",
-                      f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-")
+        table.add_row(
+            r["id"],
+            r["backend"],
+            r["precision"],
+            status,
+            r["parity"],
+            f"{r['max_abs_err']:.2e}" if r["max_abs_err"] is not None else "-",
+            f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-",
+            f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-",
+        )
     out_console.print(table)
 
 
@@ -134,8 +198,10 @@ def inspect(package: Path) -> None:
     from compiler.manifest import read_manifest
 
     m = read_manifest(package)
-    out_console.print(f"[bold]{m.package.name}[/] {m.package.version}  source {m.source.name} "
-                      f"(sha256 {m.source.sha256[:12]}…, opset {m.source.opset})  core {m.core_sha256[:12]}…")
+    out_console.print(
+        f"[bold]{m.package.name}[/] {m.package.version}  source {m.source.name} "
+        f"(sha256 {m.source.sha256[:12]}…, opset {m.source.opset})  core {m.core_sha256[:12]}…"
+    )
     table = Table(title="contract")
     for col in ("io", "name", "dtype", "shape"):
         table.add_column(col)
@@ -144,7 +210,10 @@ def inspect(package: Path) -> None:
             table.add_row(kind, t.name, t.dtype, str(t.shape))
     out_console.print(table)
     if m.contract.dims:
-        out_console.print("dims: " + ", ".join(f"{k}={v.min}..{v.max} (opt {v.opt})" for k, v in m.contract.dims.items()))
+        out_console.print(
+            "dims: "
+            + ", ".join(f"{k}={v.min}..{v.max} (opt {v.opt})" for k, v in m.contract.dims.items())
+        )
     _print_artifacts(m)
     for t, note in m.target_notes.items():
         out_console.print(f"target {t}: {note}")
@@ -157,9 +226,13 @@ def inspect(package: Path) -> None:
 @cli.command()
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--no-latency", is_flag=True, help="parity only")
-@click.option("--emulate", type=click.Choice(["aarch64"]), default=None,
-              help="also run the artifacts of this arch with its runtimes under qemu user-mode "
-                   "emulation (parity only; set up with scripts/setup_emulation.sh)")
+@click.option(
+    "--emulate",
+    type=click.Choice(["aarch64"]),
+    default=None,
+    help="also run the artifacts of this arch with its runtimes under qemu user-mode "
+    "emulation (parity only; set up with scripts/setup_emulation.sh)",
+)
 def verify(package: Path, no_latency: bool, emulate: str | None) -> None:
     """Re-check hashes and re-measure parity and latency on this host; append the records."""
     from compiler.reverify import verify_package
@@ -171,9 +244,14 @@ def verify(package: Path, no_latency: bool, emulate: str | None) -> None:
     bad = False
     for r in results:
         bad = bad or r["files"] != "ok" or r["parity"] in ("failed", "error")
-        table.add_row(r["id"], r["files"], r["parity"], r.get("mode", "-"),
-                      f"{r['p50_ms']:.3f}" if r.get("p50_ms") is not None else "-",
-                      f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-")
+        table.add_row(
+            r["id"],
+            r["files"],
+            r["parity"],
+            r.get("mode", "-"),
+            f"{r['p50_ms']:.3f}" if r.get("p50_ms") is not None else "-",
+            f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-",
+        )
     out_console.print(table)
     if emulate:
         bad = _verify_emulated(package, emulate) or bad
@@ -197,22 +275,38 @@ def _verify_emulated(package: Path, arch: str) -> bool:
         errs = [o.get("max_abs_err") for o in rec.get("outputs", {}).values()]
         worst = max((e for e in errs if e is not None), default=None)
         why = rec.get("reason", "") or "; ".join(
-            f for o in rec.get("outputs", {}).values() for f in o.get("failures", []))
-        table.add_row(r["id"], rec["status"], rec.get("mode", "-"),
-                      rec.get("emulation", {}).get("runtime", "-"),
-                      f"{worst:.3g}" if worst is not None else "-", why)
+            f for o in rec.get("outputs", {}).values() for f in o.get("failures", [])
+        )
+        table.add_row(
+            r["id"],
+            rec["status"],
+            rec.get("mode", "-"),
+            rec.get("emulation", {}).get("runtime", "-"),
+            f"{worst:.3g}" if worst is not None else "-",
+            why,
+        )
     out_console.print(table)
     return bad
 
 
 @cli.command()
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("--input", "input_path", type=click.Path(path_type=Path), help=".npz with one array per input (default: the package's first reference sample)")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path),
+    help=".npz with one array per input (default: the package's first reference sample)",
+)
 @click.option("--order", help="comma-separated artifact ids to try first")
 @click.option("--allow-unverified", is_flag=True)
 @click.option("--save", type=click.Path(path_type=Path), help="write the outputs to this .npz")
-def run(package: Path, input_path: Path | None, order: str | None, allow_unverified: bool,
-        save: Path | None) -> None:
+def run(
+    package: Path,
+    input_path: Path | None,
+    order: str | None,
+    allow_unverified: bool,
+    save: Path | None,
+) -> None:
     """Load PACKAGE as serving would, print what was picked and the outputs."""
     import numpy as np
 
@@ -220,7 +314,9 @@ def run(package: Path, input_path: Path | None, order: str | None, allow_unverif
     from compiler.data import read_npz, write_npz
     from compiler.loader import load
 
-    with load(package, order=order.split(",") if order else None, allow_unverified=allow_unverified) as session:
+    with load(
+        package, order=order.split(",") if order else None, allow_unverified=allow_unverified
+    ) as session:
         console.print(session.explain(), highlight=False, markup=False)
         if input_path is None:
             feeds = unpack_feeds(read_npz(package / "reference" / "inputs.npz"))[0]
@@ -243,7 +339,9 @@ def run(package: Path, input_path: Path | None, order: str | None, allow_unverif
 
 @cli.command()
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="archive path (default PACKAGE.tar.gz)")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="archive path (default PACKAGE.tar.gz)"
+)
 def pack(package: Path, output: Path | None) -> None:
     """Write a reproducible .tar.gz of PACKAGE (sorted entries, fixed mtimes and owners)."""
     from compiler.package import pack as pack_
@@ -279,9 +377,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug of ours: one line by default, the traceback on request
         if os.environ.get("COMPILE_PKG_DEBUG"):
             raise
-        console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} "
-                      "(set COMPILE_PKG_DEBUG=1 for the traceback, and please report it)",
-                      highlight=False)
+        console.print(
+            f"[red]internal error:[/] {type(exc).__name__}: {exc} "
+            "(set COMPILE_PKG_DEBUG=1 for the traceback, and please report it)",
+            highlight=False,
+        )
         sys.exit(70)
 
 

@@ -162,7 +162,9 @@ class BuildConfig(_Strict):
 
 
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True
+    )
 
 
 def _format_validation(exc: ValidationError, source: str) -> str:
@@ -181,7 +183,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        raise ConfigError(
+            f"config {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
+        ) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -262,15 +266,17 @@ def resolve_config(
                 raise ConfigError(
                     f"target {t}: no pipeline named '{name}'; known: {sorted(PIPELINES.get(t, {}))}"
                 ) from None
-            entry["variants"] = {
-                k: v.model_dump(mode="json") for k, v in factory().items()
-            }
+            entry["variants"] = {k: v.model_dump(mode="json") for k, v in factory().items()}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. cpu.quantize.method=entropy")
+            raise ConfigError(
+                f"--set {item!r}: expected KEY=VALUE, e.g. cpu.quantize.method=entropy"
+            )
         if _apply_override(data, key.strip(), _parse_value(value.strip())) == 0:
-            raise ConfigError(f"--set {key}: no such setting in the resolved config (targets {targets})")
+            raise ConfigError(
+                f"--set {key}: no such setting in the resolved config (targets {targets})"
+            )
     try:
         return BuildConfig.model_validate(data)
     except ValidationError as exc:

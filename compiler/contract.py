@@ -147,7 +147,9 @@ def onnx_dtype_name(elem_type: int, where: str) -> str:
         return _ONNX_TO_NP[elem_type]
     except KeyError:
         name = onnx.TensorProto.DataType.Name(elem_type)
-        raise ContractError(f"{where}: element type {name} is not supported in a contract") from None
+        raise ContractError(
+            f"{where}: element type {name} is not supported in a contract"
+        ) from None
 
 
 def _tensor_spec(vi: onnx.ValueInfoProto, kind: str, named: dict[str, str]) -> TensorSpec:
@@ -216,7 +218,5 @@ def extract_contract(
 
 def _is_batch_dim(contract: Contract, dim: str) -> bool:
     """A symbolic dim that appears only as axis 0 of inputs is taken as a batch dim."""
-    axes = {
-        axis for t in contract.inputs for axis, d in enumerate(t.shape) if d == dim
-    }
+    axes = {axis for t in contract.inputs for axis, d in enumerate(t.shape) if d == dim}
     return axes == {0}

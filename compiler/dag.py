@@ -37,8 +37,15 @@ from compiler.verify import verify_artifact
 from passes import PASSES, PassConfig, PassContext, make_pass
 from targets import BuildRequest, get_backend
 
-__all__ = ["BuildInputs", "NodeResult", "build_graph", "describe_graph", "run_graph",
-           "pack_feeds", "unpack_feeds"]
+__all__ = [
+    "BuildInputs",
+    "NodeResult",
+    "build_graph",
+    "describe_graph",
+    "run_graph",
+    "pack_feeds",
+    "unpack_feeds",
+]
 
 NODE_VERSIONS = {"normalize": "1", "data": "1", "reference": "1", "verify": "1"}
 
@@ -109,8 +116,13 @@ def build_graph(config: BuildConfig, targets: tuple[str, ...]) -> nx.DiGraph:
 
 def _add_pass(g: nx.DiGraph, parent: str, pcfg: PassConfig, target: str) -> str:
     cls = PASSES[pcfg.name]
-    ident = _h({"parent": parent, "pass": pcfg.model_dump(mode="json"),
-                "target": target if cls.target_dependent else None})[:8]
+    ident = _h(
+        {
+            "parent": parent,
+            "pass": pcfg.model_dump(mode="json"),
+            "target": target if cls.target_dependent else None,
+        }
+    )[:8]
     prefix = f"{target}:" if cls.target_dependent else ""
     nid = f"{prefix}{pcfg.name}#{ident}"
     if nid not in g:
@@ -142,7 +154,9 @@ def describe_graph(g: nx.DiGraph) -> list[str]:
             c: VariantConfig = node["config"]
             extra = f" backend={c.compile.backend} precision={c.precision}"
         parents = sorted(g.predecessors(nid))
-        lines.append(f"{nid} [{node['kind']}]{extra}" + (f"  <- {', '.join(parents)}" if parents else ""))
+        lines.append(
+            f"{nid} [{node['kind']}]{extra}" + (f"  <- {', '.join(parents)}" if parents else "")
+        )
     for target, note in g.graph.get("target_notes", {}).items():
         lines.append(f"{target}: {note}")
     return lines
@@ -187,30 +201,47 @@ class _Run:
 
 
 def _key_normalize(run: _Run, nid: str) -> dict[str, Any]:
-    return {"source": run.inputs.source_digest, "normalize": run.inputs.config.normalize.model_dump(),
-            "dims": {k: v.model_dump() for k, v in run.inputs.config.dims.items()},
-            "libs": {"onnx": onnx.__version__}}
+    return {
+        "source": run.inputs.source_digest,
+        "normalize": run.inputs.config.normalize.model_dump(),
+        "dims": {k: v.model_dump() for k, v in run.inputs.config.dims.items()},
+        "libs": {"onnx": onnx.__version__},
+    }
 
 
 def _exec_normalize(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     cfg = run.inputs.config
     model = load_onnx(run.inputs.source_path)
-    model, record = normalize_model(model, str(run.inputs.source_path.name), cfg.normalize.min_opset)
+    model, record = normalize_model(
+        model, str(run.inputs.source_path.name), cfg.normalize.min_opset
+    )
     contract = extract_contract(model, cfg.dims)
     save_model(model, out)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return {"record": record, "contract": contract.model_dump(mode="json"), "opset": opset,
-            "ir_version": model.ir_version, "producer": f"{model.producer_name} {model.producer_version}".strip()}
+    return {
+        "record": record,
+        "contract": contract.model_dump(mode="json"),
+        "opset": opset,
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+    }
 
 
 def _key_data(run: _Run, nid: str) -> dict[str, Any]:
     cfg = run.inputs.config
     user = {}
-    for label, path in (("samples", run.inputs.sample_data), ("calibration", run.inputs.calibration_data)):
+    for label, path in (
+        ("samples", run.inputs.sample_data),
+        ("calibration", run.inputs.calibration_data),
+    ):
         if path is not None:
             user[label] = dir_digest(path) if path.is_dir() else _file_digest(path)
-    return {"samples": cfg.parity.samples, "seed": cfg.parity.seed,
-            "ranges": {k: v.model_dump() for k, v in cfg.inputs.items()}, "user": user}
+    return {
+        "samples": cfg.parity.samples,
+        "seed": cfg.parity.seed,
+        "ranges": {k: v.model_dump() for k, v in cfg.inputs.items()},
+        "user": user,
+    }
 
 
 def _file_digest(path: Path) -> str:
@@ -226,7 +257,10 @@ def _exec_data(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     if run.inputs.sample_data is not None:
         samples, s_src = read_feeds(run.inputs.sample_data, contract), "user"
     else:
-        samples, s_src = generate_feeds(contract, cfg.parity.samples, cfg.parity.seed, ranges), "generated"
+        samples, s_src = (
+            generate_feeds(contract, cfg.parity.samples, cfg.parity.seed, ranges),
+            "generated",
+        )
     if run.inputs.calibration_data is not None:
         calib, c_src = read_feeds(run.inputs.calibration_data, contract), "user"
     elif s_src == "user":
@@ -236,9 +270,13 @@ def _exec_data(run: _Run, nid: str, out: Path) -> dict[str, Any]:
         c_src = "generated"
     write_npz(out / "samples.npz", pack_feeds(samples))
     write_npz(out / "calibration.npz", pack_feeds(calib))
-    return {"samples": len(samples), "samples_source": s_src,
-            "calibration": len(calib), "calibration_source": c_src,
-            "samples_digest": feeds_digest(samples)}
+    return {
+        "samples": len(samples),
+        "samples_source": s_src,
+        "calibration": len(calib),
+        "calibration_source": c_src,
+        "samples_digest": feeds_digest(samples),
+    }
 
 
 def _key_reference(run: _Run, nid: str) -> dict[str, Any]:
@@ -257,8 +295,12 @@ def _exec_reference(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     names = [o.name for o in run.contract.outputs]
     outs = [dict(zip(names, sess.run(names, feed), strict=True)) for feed in run.feeds("samples")]
     write_npz(out / "outputs.npz", pack_feeds(outs))
-    return {"runtime": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
-            "precision": "fp32", "samples": len(outs)}
+    return {
+        "runtime": f"onnxruntime {ort.__version__}",
+        "provider": "CPUExecutionProvider",
+        "precision": "fp32",
+        "samples": len(outs),
+    }
 
 
 def _pass_of(run: _Run, nid: str):  # type: ignore[no-untyped-def]
@@ -268,9 +310,16 @@ def _pass_of(run: _Run, nid: str):  # type: ignore[no-untyped-def]
 def _key_pass(run: _Run, nid: str) -> dict[str, Any]:
     p = _pass_of(run, nid)
     node = run.g.nodes[nid]
-    return {"pass": p.name, "version": p.version, "params": node["config"].model_dump(mode="json"),
-            "target": node.get("target"), "libs": p.libraries(),
-            "tolerances": run.inputs.config.parity.tolerances["int8"].model_dump() if p.uses_reference else None}
+    return {
+        "pass": p.name,
+        "version": p.version,
+        "params": node["config"].model_dump(mode="json"),
+        "target": node.get("target"),
+        "libs": p.libraries(),
+        "tolerances": run.inputs.config.parity.tolerances["int8"].model_dump()
+        if p.uses_reference
+        else None,
+    }
 
 
 def _pass_context(run: _Run, target: str | None, scratch: Path) -> PassContext:
@@ -288,7 +337,9 @@ def _pass_context(run: _Run, target: str | None, scratch: Path) -> PassContext:
         return dict(zip(names, sess_box[0].run(names, feeds), strict=True))
 
     return PassContext(
-        contract=run.contract, workdir=scratch, target=target,
+        contract=run.contract,
+        workdir=scratch,
+        target=target,
         target_isa=tuple(run.host.isa) if target == "cpu" else (),
         calibration=lambda: run.feeds("calibration"),
         calibration_source=data_meta.get("calibration_source", "generated"),
@@ -311,9 +362,15 @@ def _key_compile(run: _Run, nid: str) -> dict[str, Any]:
     node = run.g.nodes[nid]
     v: VariantConfig = node["config"]
     cls = get_backend(v.compile.backend)
-    return {"backend": cls.name, "version": cls.version, "options": v.compile.model_dump(mode="json"),
-            "target": node["target"], "variant": node["variant"], "precision": v.precision,
-            "libs": cls.library_versions()}
+    return {
+        "backend": cls.name,
+        "version": cls.version,
+        "options": v.compile.model_dump(mode="json"),
+        "target": node["target"],
+        "variant": node["variant"],
+        "precision": v.precision,
+        "libs": cls.library_versions(),
+    }
 
 
 def _exec_compile(run: _Run, nid: str, out: Path) -> dict[str, Any]:
@@ -323,16 +380,25 @@ def _exec_compile(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     assert run.contract is not None
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         req = BuildRequest(
-            target=node["target"], variant=node["variant"], precision=v.precision,
-            options=v.compile, contract=run.contract, workdir=Path(tmp),
+            target=node["target"],
+            variant=node["variant"],
+            precision=v.precision,
+            options=v.compile,
+            contract=run.contract,
+            workdir=Path(tmp),
             calibration=lambda: run.feeds("calibration"),
             calibration_source=run.res("data").meta.get("calibration_source", "generated"),
         )
         result = cls().build(run.model_path(_model_parent(run.g, nid)), req, out)
     return {
-        "backend": cls.name, "backend_version": cls.library_versions(), "files": sorted(result.files),
-        "runtime": result.runtime, "requirements": result.requirements.model_dump(),
-        "precision": result.precision, "notes": result.notes, "portable": result.portable,
+        "backend": cls.name,
+        "backend_version": cls.library_versions(),
+        "files": sorted(result.files),
+        "runtime": result.runtime,
+        "requirements": result.requirements.model_dump(),
+        "precision": result.precision,
+        "notes": result.notes,
+        "portable": result.portable,
         "status": result.status,
     }
 
@@ -342,11 +408,21 @@ def _key_verify(run: _Run, nid: str) -> dict[str, Any]:
     v: VariantConfig = node["config"]
     h = run.host
     cfg = run.inputs.config
-    return {"host": {"arch": h.arch, "cpu": h.cpu_model, "cpus": h.cpu_count, "isa": h.isa,
-                     "gpus": [g.model_dump() for g in h.gpus], "runtimes": h.runtimes},
-            "tolerance": cfg.parity.tolerances[v.precision].model_dump(),
-            "outputs": {k: {p: t.model_dump() for p, t in d.items()} for k, d in cfg.parity.outputs.items()},
-            "latency": cfg.latency.model_dump()}
+    return {
+        "host": {
+            "arch": h.arch,
+            "cpu": h.cpu_model,
+            "cpus": h.cpu_count,
+            "isa": h.isa,
+            "gpus": [g.model_dump() for g in h.gpus],
+            "runtimes": h.runtimes,
+        },
+        "tolerance": cfg.parity.tolerances[v.precision].model_dump(),
+        "outputs": {
+            k: {p: t.model_dump() for p, t in d.items()} for k, d in cfg.parity.outputs.items()
+        },
+        "latency": cfg.latency.model_dump(),
+    }
 
 
 def _exec_verify(run: _Run, nid: str, out: Path) -> dict[str, Any]:
@@ -354,20 +430,31 @@ def _exec_verify(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     v: VariantConfig = node["config"]
     comp = run.res(f"{node['target']}/{node['variant']}:compile")
     if comp.meta.get("status") == "deferred":
-        return {"parity": {"status": "not-verified", "reason": "deferred: built on the serving host"},
-                "latency": None}
+        return {
+            "parity": {"status": "not-verified", "reason": "deferred: built on the serving host"},
+            "latency": None,
+        }
     assert run.contract is not None
     return verify_artifact(
-        backend=comp.meta["backend"], artifact_dir=comp.out, runtime=comp.meta["runtime"],  # type: ignore[arg-type]
-        requirements=Requirements(**comp.meta["requirements"]), portable=comp.meta["portable"],
-        precision=v.precision, contract=run.contract, inputs=run.feeds("samples"),
+        backend=comp.meta["backend"],
+        artifact_dir=comp.out,
+        runtime=comp.meta["runtime"],  # type: ignore[arg-type]
+        requirements=Requirements(**comp.meta["requirements"]),
+        portable=comp.meta["portable"],
+        precision=v.precision,
+        contract=run.contract,
+        inputs=run.feeds("samples"),
         ref_outputs=unpack_feeds(read_npz(run.res("reference").out / "outputs.npz")),  # type: ignore[operator]
-        ref_model=run.model_path("normalize"), parity_cfg=run.inputs.config.parity,
-        latency_cfg=run.inputs.config.latency, host=run.host,
+        ref_model=run.model_path("normalize"),
+        parity_cfg=run.inputs.config.parity,
+        latency_cfg=run.inputs.config.latency,
+        host=run.host,
     )
 
 
-_KINDS: dict[str, tuple[Callable[[_Run, str], dict[str, Any]], Callable[[_Run, str, Path], dict[str, Any]]]] = {
+_KINDS: dict[
+    str, tuple[Callable[[_Run, str], dict[str, Any]], Callable[[_Run, str, Path], dict[str, Any]]]
+] = {
     "normalize": (_key_normalize, _exec_normalize),
     "data": (_key_data, _exec_data),
     "reference": (_key_reference, _exec_reference),
@@ -429,8 +516,15 @@ def _run_node(run: _Run, nid: str, kind: str) -> NodeResult:
     except Exception as exc:
         return NodeResult(status="failed", reason=f"cannot compute cache key: {_short(exc)}")
     parents = {p: run.results[p].digest for p in sorted(run.g.predecessors(nid))}
-    key = _h({"kind": kind, "node_version": NODE_VERSIONS.get(kind, "1"), "tool": __version__,
-              "material": material, "parents": parents})
+    key = _h(
+        {
+            "kind": kind,
+            "node_version": NODE_VERSIONS.get(kind, "1"),
+            "tool": __version__,
+            "material": material,
+            "parents": parents,
+        }
+    )
     hit = run.cache.get(key)
     if hit is not None:
         out, meta = hit
@@ -441,14 +535,20 @@ def _run_node(run: _Run, nid: str, kind: str) -> NodeResult:
     except BackendUnavailable as exc:  # missing library or hardware: a skip, with how to get it
         run.cache.discard(scratch)
         hint = f" (to get it: {exc.install})" if exc.install else ""
-        return NodeResult(status="skipped", reason=f"{exc.backend} unavailable: {exc.reason}{hint}", key=key)
+        return NodeResult(
+            status="skipped", reason=f"{exc.backend} unavailable: {exc.reason}{hint}", key=key
+        )
     except CompilePkgError as exc:
         run.cache.discard(scratch)
         return NodeResult(status="failed", reason=str(exc), key=key)
     except Exception as exc:
         run.cache.discard(scratch)
-        return NodeResult(status="failed", reason=_short(exc), key=key,
-                          meta={"traceback": traceback.format_exc(limit=8)})
+        return NodeResult(
+            status="failed",
+            reason=_short(exc),
+            key=key,
+            meta={"traceback": traceback.format_exc(limit=8)},
+        )
     meta = json.loads(json.dumps(meta, allow_nan=True))  # plain JSON, as a cache hit returns it
     meta["digest"] = _h({"files": dir_digest(scratch / "out"), "meta": _core_meta(kind, meta)})
     out, meta = run.cache.commit(key, scratch, meta)

@@ -41,7 +41,9 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def _split(arrays: dict[str, np.ndarray], contract: Contract, where: str) -> list[dict[str, np.ndarray]]:
+def _split(
+    arrays: dict[str, np.ndarray], contract: Contract, where: str
+) -> list[dict[str, np.ndarray]]:
     ranks = {t.name: len(t.shape) for t in contract.inputs}
     missing = sorted(set(ranks) - set(arrays))
     if missing:
@@ -50,7 +52,9 @@ def _split(arrays: dict[str, np.ndarray], contract: Contract, where: str) -> lis
     if all(stacked):
         count = {arrays[n].shape[0] for n in ranks}
         if len(count) != 1:
-            raise ContractError(f"{where}: stacked inputs disagree on the sample count {sorted(count)}")
+            raise ContractError(
+                f"{where}: stacked inputs disagree on the sample count {sorted(count)}"
+            )
         return [{n: arrays[n][i] for n in ranks} for i in range(count.pop())]
     if any(stacked):
         raise ContractError(f"{where}: some inputs are stacked (rank+1) and some are not")

@@ -29,10 +29,31 @@ RUNTIME_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 # CPU flags worth recording: the ones kernels dispatch on.
 _INTERESTING_FLAGS = {
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
     # aarch64 (/proc/cpuinfo "Features")
-    "asimd", "asimddp", "fphp", "asimdhp", "sve", "sve2", "i8mm", "bf16", "sme",
+    "asimd",
+    "asimddp",
+    "fphp",
+    "asimdhp",
+    "sve",
+    "sve2",
+    "i8mm",
+    "bf16",
+    "sme",
 }
 
 
@@ -59,7 +80,9 @@ class HostInfo(BaseModel):
     emulated: str = ""  # e.g. "qemu-aarch64 (cpu neoverse-n1)" when measured under emulation
 
     def describe(self) -> str:
-        gpu = f", GPU {self.gpus[0].name} (sm {self.gpus[0].compute_capability})" if self.gpus else ""
+        gpu = (
+            f", GPU {self.gpus[0].name} (sm {self.gpus[0].compute_capability})" if self.gpus else ""
+        )
         emu = f", emulated: {self.emulated}" if self.emulated else ""
         return f"{self.arch} {self.cpu_model} x{self.cpu_count}{gpu}{emu}"
 
@@ -76,7 +99,11 @@ def _cpuinfo() -> tuple[str, list[str]]:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip().lower()
-                if key in ("model name", "cpu model") and model in ("unknown", "", platform.machine()):
+                if key in ("model name", "cpu model") and model in (
+                    "unknown",
+                    "",
+                    platform.machine(),
+                ):
                     model = value.strip()
                 elif key in ("flags", "features") and not flags:
                     flags = set(value.split())
@@ -91,9 +118,15 @@ def _nvidia_gpus() -> list[GpuInfo]:
         return []
     try:
         out = subprocess.run(
-            [smi, "--query-gpu=name,compute_cap,driver_version,memory.total",
-             "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
+            [
+                smi,
+                "--query-gpu=name,compute_cap,driver_version,memory.total",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -101,9 +134,19 @@ def _nvidia_gpus() -> list[GpuInfo]:
     for line in out.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) >= 2:
-            mem = int(float(parts[3])) if len(parts) > 3 and parts[3].replace(".", "").isdigit() else 0
-            gpus.append(GpuInfo(name=parts[0], compute_capability=parts[1],
-                                driver=parts[2] if len(parts) > 2 else "", memory_mib=mem))
+            mem = (
+                int(float(parts[3]))
+                if len(parts) > 3 and parts[3].replace(".", "").isdigit()
+                else 0
+            )
+            gpus.append(
+                GpuInfo(
+                    name=parts[0],
+                    compute_capability=parts[1],
+                    driver=parts[2] if len(parts) > 2 else "",
+                    memory_mib=mem,
+                )
+            )
     return gpus
 
 
@@ -180,8 +223,10 @@ class Requirements(BaseModel):
         have_rt = host.runtimes.get(self.runtime)
         if have_rt is None:
             why.append(f"runtime '{self.runtime}' is not importable on this host")
-        elif self.min_runtime_version and have_rt != "unknown" and _version_tuple(
-            have_rt
-        ) < _version_tuple(self.min_runtime_version):
+        elif (
+            self.min_runtime_version
+            and have_rt != "unknown"
+            and _version_tuple(have_rt) < _version_tuple(self.min_runtime_version)
+        ):
             why.append(f"needs {self.runtime} >= {self.min_runtime_version}, host has {have_rt}")
         return why

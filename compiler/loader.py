@@ -107,7 +107,10 @@ def load(
         try:
             check_files(package, a)
             runner = get_backend(a.backend).runner(
-                package / a.directory, a.runtime, manifest.contract, threads=threads,
+                package / a.directory,
+                a.runtime,
+                manifest.contract,
+                threads=threads,
                 cache_dir=Path(cache_dir) if cache_dir else None,
             )
             runner.load()

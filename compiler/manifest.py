@@ -23,8 +23,17 @@ from compiler.contract import Contract
 from compiler.errors import PackageError
 from compiler.host import Requirements
 
-__all__ = ["ArtifactEntry", "FileEntry", "Manifest", "SCHEMA_VERSION", "CORE_FIELDS",
-           "read_manifest", "manifest_json", "core_digest", "migrate"]
+__all__ = [
+    "ArtifactEntry",
+    "FileEntry",
+    "Manifest",
+    "SCHEMA_VERSION",
+    "CORE_FIELDS",
+    "read_manifest",
+    "manifest_json",
+    "core_digest",
+    "migrate",
+]
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schema" / "manifest.v1.json"
@@ -106,11 +115,21 @@ class Manifest(_M):
         for a in self.artifacts:
             if a.id == artifact_id:
                 return a
-        raise PackageError(f"no artifact '{artifact_id}' in the package; have {[a.id for a in self.artifacts]}")
+        raise PackageError(
+            f"no artifact '{artifact_id}' in the package; have {[a.id for a in self.artifacts]}"
+        )
 
 
-CORE_FIELDS = ("schema_version", "package", "source", "provenance", "contract", "reference",
-               "artifacts", "target_notes")
+CORE_FIELDS = (
+    "schema_version",
+    "package",
+    "source",
+    "provenance",
+    "contract",
+    "reference",
+    "artifacts",
+    "target_notes",
+)
 
 
 def core_digest(m: Manifest) -> str:
@@ -175,5 +194,7 @@ def json_schema() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    SCHEMA_PATH.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    SCHEMA_PATH.write_text(
+        json.dumps(json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     print(f"wrote {SCHEMA_PATH}")

@@ -113,10 +113,14 @@ def load_onnx(path: Path) -> onnx.ModelProto:
             f"{path}: external data file missing ({exc.filename}); keep data files beside the model"
         ) from exc
     except Exception as exc:  # protobuf DecodeError and friends
-        raise InputModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+        raise InputModelError(
+            f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
-def export_torch(factory: str, specs: tuple[InputSpec, ...], dims_opt: dict[str, int]) -> onnx.ModelProto:
+def export_torch(
+    factory: str, specs: tuple[InputSpec, ...], dims_opt: dict[str, int]
+) -> onnx.ModelProto:
     """Import `package.module:factory`, call it, export with torch.onnx.export."""
     try:
         import torch
@@ -133,9 +137,13 @@ def export_torch(factory: str, specs: tuple[InputSpec, ...], dims_opt: dict[str,
         raise InputModelError(f"torch source {factory!r}: cannot import ({exc})") from exc
     module = fn()
     if not isinstance(module, torch.nn.Module):
-        raise InputModelError(f"torch source {factory!r}: factory returned {type(module).__name__}, not nn.Module")
+        raise InputModelError(
+            f"torch source {factory!r}: factory returned {type(module).__name__}, not nn.Module"
+        )
     if not specs:
-        raise InputModelError(f"torch source {factory!r}: give --input-spec NAME:DTYPE:[dims] for each input")
+        raise InputModelError(
+            f"torch source {factory!r}: give --input-spec NAME:DTYPE:[dims] for each input"
+        )
     module.eval()
     args, dynamic_axes = [], {}
     for s in specs:
@@ -148,12 +156,20 @@ def export_torch(factory: str, specs: tuple[InputSpec, ...], dims_opt: dict[str,
         out = Path(tmp) / "export.onnx"
         kwargs = {"input_names": [s.name for s in specs], "dynamic_axes": dynamic_axes or None}
         try:  # the torch.export-based exporter first; the TorchScript one for what it cannot take
-            torch.onnx.export(module, tuple(args), str(out), opset_version=18, dynamo=True,
-                              verbose=False, **kwargs)
+            torch.onnx.export(
+                module,
+                tuple(args),
+                str(out),
+                opset_version=18,
+                dynamo=True,
+                verbose=False,
+                **kwargs,
+            )
         except Exception as first:
             try:
-                torch.onnx.export(module, tuple(args), str(out), opset_version=17, dynamo=False,
-                                  **kwargs)
+                torch.onnx.export(
+                    module, tuple(args), str(out), opset_version=17, dynamo=False, **kwargs
+                )
             except Exception as exc:
                 raise InputModelError(
                     f"torch.onnx.export failed for {factory}: {' '.join(str(exc).split())[:400]} "
@@ -162,7 +178,9 @@ def export_torch(factory: str, specs: tuple[InputSpec, ...], dims_opt: dict[str,
         return onnx.load(out, load_external_data=True)
 
 
-def normalize_model(model: onnx.ModelProto, where: str, min_opset: int = 13) -> tuple[onnx.ModelProto, dict]:
+def normalize_model(
+    model: onnx.ModelProto, where: str, min_opset: int = 13
+) -> tuple[onnx.ModelProto, dict]:
     """Check, upgrade and shape-infer; returns the model and a record of what changed."""
     record: dict = {"named_dims": {}}
     try:
@@ -196,8 +214,14 @@ def save_model(model: onnx.ModelProto, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / MODEL_FILE
     if model.ByteSize() > _TWO_GB:
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=DATA_FILE, size_threshold=1024)
+        onnx.save_model(
+            model,
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=DATA_FILE,
+            size_threshold=1024,
+        )
     else:
         path.write_bytes(model.SerializeToString(deterministic=True))
     return path

@@ -51,31 +51,47 @@ def library_versions() -> dict[str, str]:
     import onnxruntime
     import pydantic
 
-    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": numpy.__version__, "networkx": networkx.__version__,
-            "pydantic": pydantic.__version__}
+    return {
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "networkx": networkx.__version__,
+        "pydantic": pydantic.__version__,
+    }
 
 
 def _files(root: Path, folder: str) -> list[FileEntry]:
     base = root / folder
     return [
         FileEntry(path=p.relative_to(root).as_posix(), sha256=file_sha256(p), size=p.stat().st_size)
-        for p in sorted(base.rglob("*")) if p.is_file()
+        for p in sorted(base.rglob("*"))
+        if p.is_file()
     ]
 
 
 def _git_commit(path: Path) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(path.parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def assemble(
-    staging: Path, *, g: Any, results: dict[str, NodeResult], config: BuildConfig,
-    source_name: str, source_kind: str, source_digest: str, source_path: Path,
+    staging: Path,
+    *,
+    g: Any,
+    results: dict[str, NodeResult],
+    config: BuildConfig,
+    source_name: str,
+    source_kind: str,
+    source_digest: str,
+    source_path: Path,
     started_at: str,
 ) -> Manifest:
     """Fill `staging` with the package's files and return its manifest (not yet written)."""
@@ -101,52 +117,82 @@ def assemble(
         aid = f"{target}/{variant}"
         comp = results[nid]
         entry = ArtifactEntry(
-            id=aid, target=target, variant=variant, backend=vcfg.compile.backend,
-            precision=vcfg.precision, status="built", passes=[p.name for p in vcfg.passes],
+            id=aid,
+            target=target,
+            variant=variant,
+            backend=vcfg.compile.backend,
+            precision=vcfg.precision,
+            status="built",
+            passes=[p.name for p in vcfg.passes],
             cache_key=comp.key,
         )
         if comp.status in ("ran", "cached"):
             folder = f"artifacts/{target}.{variant}"
             shutil.copytree(comp.out, staging / folder)  # type: ignore[arg-type]
-            entry = ArtifactEntry.model_validate(entry.model_dump() | {
-                "status": comp.meta.get("status", "built"), "directory": folder,
-                "files": _files(staging, folder), "requirements": comp.meta["requirements"],
-                "runtime": comp.meta["runtime"], "portable": comp.meta["portable"],
-                "backend_version": comp.meta["backend_version"], "notes": comp.meta["notes"],
-                "precision": comp.meta["precision"],
-            })
+            entry = ArtifactEntry.model_validate(
+                entry.model_dump()
+                | {
+                    "status": comp.meta.get("status", "built"),
+                    "directory": folder,
+                    "files": _files(staging, folder),
+                    "requirements": comp.meta["requirements"],
+                    "runtime": comp.meta["runtime"],
+                    "portable": comp.meta["portable"],
+                    "backend_version": comp.meta["backend_version"],
+                    "notes": comp.meta["notes"],
+                    "precision": comp.meta["precision"],
+                }
+            )
             libs.update(comp.meta["backend_version"])
             ver = results[f"{aid}:verify"]
             if ver.status in ("ran", "cached"):
-                measurements[aid] = {"parity": [ver.meta["parity"]],
-                                     "latency": [ver.meta["latency"]] if ver.meta.get("latency") else []}
+                measurements[aid] = {
+                    "parity": [ver.meta["parity"]],
+                    "latency": [ver.meta["latency"]] if ver.meta.get("latency") else [],
+                }
             else:
-                measurements[aid] = {"parity": [{"status": "error", "reason": ver.reason}], "latency": []}
+                measurements[aid] = {
+                    "parity": [{"status": "error", "reason": ver.reason}],
+                    "latency": [],
+                }
         else:
             status = "skipped" if comp.status == "skipped" else "failed"
             install = ""
             if "(to get it: " in comp.reason:
                 install = comp.reason.split("(to get it: ", 1)[1].rstrip(")")
             entry = ArtifactEntry.model_validate(
-                entry.model_dump() | {"status": status, "reason": comp.reason, "install": install})
+                entry.model_dump() | {"status": status, "reason": comp.reason, "install": install}
+            )
         artifacts.append(entry)
 
     cfg_json = config.model_dump(mode="json")
     contract = norm.meta["contract"]
     data_meta = results["data"].meta
     manifest = Manifest(
-        package=config.package.model_copy(update={"name": config.package.name or Path(source_name).stem}),
-        source=SourceInfo(name=source_name, kind=source_kind, sha256=source_digest,  # type: ignore[arg-type]
-                          normalized_sha256=file_sha256(norm.out / MODEL_FILE),  # type: ignore[operator]
-                          opset=norm.meta["opset"], ir_version=norm.meta["ir_version"],
-                          producer=norm.meta.get("producer", "")),
-        provenance=Provenance(tool=f"compile-pkg {__version__}", libraries=dict(sorted(libs.items())),
-                              config=cfg_json, config_sha256=config.digest(),
-                              source_git_commit=_git_commit(source_path)),
+        package=config.package.model_copy(
+            update={"name": config.package.name or Path(source_name).stem}
+        ),
+        source=SourceInfo(
+            name=source_name,
+            kind=source_kind,
+            sha256=source_digest,  # type: ignore[arg-type]
+            normalized_sha256=file_sha256(norm.out / MODEL_FILE),  # type: ignore[operator]
+            opset=norm.meta["opset"],
+            ir_version=norm.meta["ir_version"],
+            producer=norm.meta.get("producer", ""),
+        ),
+        provenance=Provenance(
+            tool=f"compile-pkg {__version__}",
+            libraries=dict(sorted(libs.items())),
+            config=cfg_json,
+            config_sha256=config.digest(),
+            source_git_commit=_git_commit(source_path),
+        ),
         contract=contract,
         reference=ReferenceInfo(
             description="normalized fp32 model on onnxruntime CPUExecutionProvider",
-            runtime=ref.meta["runtime"], samples=data_meta["samples"],
+            runtime=ref.meta["runtime"],
+            samples=data_meta["samples"],
             samples_source=data_meta["samples_source"],
             calibration_source=data_meta["calibration_source"],
             files=_files(staging, "reference"),
@@ -155,13 +201,24 @@ def assemble(
         target_notes=dict(sorted(g.graph.get("target_notes", {}).items())),
         measurements=measurements,
         build={
-            "started_at": started_at, "finished_at": now_utc(), "source_path": str(source_path),
+            "started_at": started_at,
+            "finished_at": now_utc(),
+            "source_path": str(source_path),
             "nodes": [
-                {"node": n, "status": r.status, "seconds": r.seconds, "reason": r.reason, "key": r.key}
+                {
+                    "node": n,
+                    "status": r.status,
+                    "seconds": r.seconds,
+                    "reason": r.reason,
+                    "key": r.key,
+                }
                 for n, r in results.items()
             ],
-            "pass_log": {n: r.meta.get("record") for n, r in results.items()
-                         if g.nodes[n]["kind"] == "pass" and r.meta.get("record")},
+            "pass_log": {
+                n: r.meta.get("record")
+                for n, r in results.items()
+                if g.nodes[n]["kind"] == "pass" and r.meta.get("record")
+            },
             "normalize": norm.meta.get("record", {}),
         },
     )
@@ -211,8 +268,11 @@ def pack(package: Path, archive: Path) -> Path:
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".tmp")
     paths = sorted(package.rglob("*"), key=lambda p: p.relative_to(package).as_posix())
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for p in [package, *paths]:
             rel = p.relative_to(package).as_posix()
             info = tarfile.TarInfo(prefix if rel == "." else f"{prefix}/{rel}")
@@ -233,4 +293,6 @@ def canonical(obj: Any) -> str:
 
 
 def dump_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", encoding="utf-8"
+    )

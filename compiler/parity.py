@@ -105,8 +105,15 @@ def compare_outputs(
 
 
 def parity_record(
-    passed: bool, per_output: dict[str, OutputParity], *, precision: str, samples: int,
-    host: dict[str, Any], mode: str, note: str = "", reference: str = "",
+    passed: bool,
+    per_output: dict[str, OutputParity],
+    *,
+    precision: str,
+    samples: int,
+    host: dict[str, Any],
+    mode: str,
+    note: str = "",
+    reference: str = "",
 ) -> dict[str, Any]:
     """mode: native | cross-host | emulated; `note` says plainly what was run where."""
     return {

@@ -15,7 +15,9 @@ __all__ = ["write_reports", "artifact_rows", "render_markdown"]
 
 
 def _dump(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", encoding="utf-8"
+    )
 
 
 def _latest_latency(m: Manifest, aid: str) -> dict[str, Any] | None:
@@ -29,17 +31,25 @@ def artifact_rows(m: Manifest) -> list[dict[str, Any]]:
         verdict, how = parity_verdict(m, a.id)
         lat = _latest_latency(m, a.id)
         worst = _worst_output(m, a.id)
-        rows.append({
-            "id": a.id, "backend": a.backend, "precision": a.precision, "status": a.status,
-            "reason": a.reason, "parity": verdict if a.status in ("built", "deferred") else "-",
-            "parity_how": how, "max_abs_err": worst.get("max_abs_err"),
-            "cosine": worst.get("cosine"), "top1": worst.get("top1_agreement"),
-            "p50_ms": lat["artifact"]["p50_ms"] if lat else None,
-            "p99_ms": lat["artifact"]["p99_ms"] if lat else None,
-            "ref_p50_ms": lat.get("reference", {}).get("p50_ms") if lat else None,
-            "speedup": lat.get("speedup_vs_reference") if lat else None,
-            "size_bytes": sum(f.size for f in a.files),
-        })
+        rows.append(
+            {
+                "id": a.id,
+                "backend": a.backend,
+                "precision": a.precision,
+                "status": a.status,
+                "reason": a.reason,
+                "parity": verdict if a.status in ("built", "deferred") else "-",
+                "parity_how": how,
+                "max_abs_err": worst.get("max_abs_err"),
+                "cosine": worst.get("cosine"),
+                "top1": worst.get("top1_agreement"),
+                "p50_ms": lat["artifact"]["p50_ms"] if lat else None,
+                "p99_ms": lat["artifact"]["p99_ms"] if lat else None,
+                "ref_p50_ms": lat.get("reference", {}).get("p50_ms") if lat else None,
+                "speedup": lat.get("speedup_vs_reference") if lat else None,
+                "size_bytes": sum(f.size for f in a.files),
+            }
+        )
     return rows
 
 
@@ -68,20 +78,38 @@ def render_markdown(m: Manifest) -> str:
         f"({m.reference.samples_source}).",
     ]
     if m.reference.samples_source == "generated":
-        lines += ["", "> **Warning:** parity was measured on generated inputs, not real data: "
-                  "figures show numeric agreement, not task accuracy."]
-    if m.reference.calibration_source == "generated" and any(a.precision == "int8" for a in m.artifacts):
-        lines += ["", "> **Warning:** int8 artifacts were calibrated on generated data; their "
-                  "accuracy figures are not meaningful. Pass --calibration-data."]
+        lines += [
+            "",
+            "> **Warning:** parity was measured on generated inputs, not real data: "
+            "figures show numeric agreement, not task accuracy.",
+        ]
+    if m.reference.calibration_source == "generated" and any(
+        a.precision == "int8" for a in m.artifacts
+    ):
+        lines += [
+            "",
+            "> **Warning:** int8 artifacts were calibrated on generated data; their "
+            "accuracy figures are not meaningful. Pass --calibration-data.",
+        ]
     lines += ["", "## Contract", "", "| io | name | dtype | shape |", "|---|---|---|---|"]
     for kind, specs in (("in", m.contract.inputs), ("out", m.contract.outputs)):
         for t in specs:
             lines.append(f"| {kind} | {t.name} | {t.dtype} | {t.shape} |")
     if m.contract.dims:
-        lines += ["", "Dims: " + ", ".join(f"`{k}` {v.min}..{v.max} (opt {v.opt})" for k, v in m.contract.dims.items())]
-    lines += ["", "## Artifacts", "",
-              "| artifact | backend | precision | status | parity | max abs err | cosine | top-1 | p50 ms | p99 ms | ref p50 ms | speedup | size |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Dims: "
+            + ", ".join(
+                f"`{k}` {v.min}..{v.max} (opt {v.opt})" for k, v in m.contract.dims.items()
+            ),
+        ]
+    lines += [
+        "",
+        "## Artifacts",
+        "",
+        "| artifact | backend | precision | status | parity | max abs err | cosine | top-1 | p50 ms | p99 ms | ref p50 ms | speedup | size |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in artifact_rows(m):
         status = r["status"] + (f": {r['reason']}" if r["reason"] else "")
         lines.append(
@@ -99,14 +127,18 @@ def render_markdown(m: Manifest) -> str:
             where = f"{h.get('arch', '?')} {h.get('cpu_model', '')}".strip()
             extra = f" — {rec['note']}" if rec.get("note") else ""
             reason = f" ({rec['reason']})" if rec.get("reason") else ""
-            lines.append(f"- `{aid}` parity {rec.get('status')}{reason}, mode {rec.get('mode', '-')}, "
-                         f"on {where}{', emulated: ' + h['emulated'] if h.get('emulated') else ''}"
-                         f" at {h.get('measured_at', '?')}{extra}")
+            lines.append(
+                f"- `{aid}` parity {rec.get('status')}{reason}, mode {rec.get('mode', '-')}, "
+                f"on {where}{', emulated: ' + h['emulated'] if h.get('emulated') else ''}"
+                f" at {h.get('measured_at', '?')}{extra}"
+            )
         for rec in recs.get("latency", []):
             h = rec.get("host", {})
-            lines.append(f"- `{aid}` latency on {h.get('arch')} {h.get('cpu_model')} x{h.get('cpu_count')}, "
-                         f"batch {rec.get('batch')}, {rec['artifact']['runs']} runs, runner {rec.get('runner')}; "
-                         f"{rec.get('method', '')}")
+            lines.append(
+                f"- `{aid}` latency on {h.get('arch')} {h.get('cpu_model')} x{h.get('cpu_count')}, "
+                f"batch {rec.get('batch')}, {rec['artifact']['runs']} runs, runner {rec.get('runner')}; "
+                f"{rec.get('method', '')}"
+            )
     if m.selection:
         lines += ["", f"## Selection on the build host ({m.selection.get('host', '')})", ""]
         for i, c in enumerate(m.selection.get("order", []), 1):
@@ -119,6 +151,12 @@ def render_markdown(m: Manifest) -> str:
 def write_reports(package: Path, m: Manifest) -> None:
     reports = package / "reports"
     reports.mkdir(exist_ok=True)
-    _dump(reports / "parity.json", {aid: r.get("parity", []) for aid, r in sorted(m.measurements.items())})
-    _dump(reports / "latency.json", {aid: r.get("latency", []) for aid, r in sorted(m.measurements.items())})
+    _dump(
+        reports / "parity.json",
+        {aid: r.get("parity", []) for aid, r in sorted(m.measurements.items())},
+    )
+    _dump(
+        reports / "latency.json",
+        {aid: r.get("latency", []) for aid, r in sorted(m.measurements.items())},
+    )
     (reports / "report.md").write_text(render_markdown(m), encoding="utf-8")

@@ -41,16 +41,30 @@ def verify_package(package: Path, *, measure_latency: bool = True) -> list[dict[
         except IntegrityError as exc:
             row |= {"files": str(exc), "parity": "error"}
             m.measurements.setdefault(a.id, {}).setdefault("parity", []).append(
-                {"status": "error", "reason": str(exc), "host": host.model_dump(exclude={"hostname"})})
+                {
+                    "status": "error",
+                    "reason": str(exc),
+                    "host": host.model_dump(exclude={"hostname"}),
+                }
+            )
             rows.append(row)
             continue
         assert a.requirements is not None
         rec = verify_artifact(
-            backend=a.backend, artifact_dir=package / a.directory, runtime=a.runtime,
-            requirements=a.requirements, portable=a.portable, precision=a.precision,
-            contract=m.contract, inputs=inputs, ref_outputs=refs,
-            ref_model=ref_model if ref_model.is_file() else None, parity_cfg=parity_cfg,
-            latency_cfg=latency_cfg, host=host, measure_latency=measure_latency,
+            backend=a.backend,
+            artifact_dir=package / a.directory,
+            runtime=a.runtime,
+            requirements=a.requirements,
+            portable=a.portable,
+            precision=a.precision,
+            contract=m.contract,
+            inputs=inputs,
+            ref_outputs=refs,
+            ref_model=ref_model if ref_model.is_file() else None,
+            parity_cfg=parity_cfg,
+            latency_cfg=latency_cfg,
+            host=host,
+            measure_latency=measure_latency,
         )
         meas = m.measurements.setdefault(a.id, {"parity": [], "latency": []})
         meas.setdefault("parity", []).append(rec["parity"])

@@ -35,7 +35,8 @@ def parity_verdict(manifest: Manifest, aid: str) -> tuple[str, str]:
             mode = rec.get("mode", "native")
             host = rec.get("host", {})
             where = f"{mode} on {host.get('arch', '?')}" + (
-                f" ({host['emulated']})" if host.get("emulated") else "")
+                f" ({host['emulated']})" if host.get("emulated") else ""
+            )
             return rec["status"], where
     last = records[-1] if records else {}
     return "not-verified", last.get("reason", "no parity record")
@@ -66,8 +67,12 @@ def _quantized(a: ArtifactEntry) -> bool:
 
 
 def rank(
-    manifest: Manifest, host: HostInfo, *, order: list[str] | None = None,
-    allow_unverified: bool = False, quantized_min_speedup: float | None = None,
+    manifest: Manifest,
+    host: HostInfo,
+    *,
+    order: list[str] | None = None,
+    allow_unverified: bool = False,
+    quantized_min_speedup: float | None = None,
 ) -> tuple[list[Candidate], list[Candidate]]:
     """(candidates in the order to try, excluded with reasons)."""
     sel_cfg = manifest.provenance.config.get("selection", {})
@@ -87,8 +92,15 @@ def rank(
         if a.status == "deferred" and verdict != "failed":
             # built on this host at first load (TensorRT); the loader serves the next
             # candidate until it is ready, so it must come first to be started at all
-            ok.append(Candidate(a.id, True, "deferred build: the engine is built on this host at "
-                                "first load; its parity is not yet verified here", None))
+            ok.append(
+                Candidate(
+                    a.id,
+                    True,
+                    "deferred build: the engine is built on this host at "
+                    "first load; its parity is not yet verified here",
+                    None,
+                )
+            )
             continue
         if verdict == "failed":
             excluded.append(Candidate(a.id, False, f"parity failed ({how})"))
@@ -115,14 +127,20 @@ def rank(
         fb = float_best.get(a.target)
         if _quantized(a) and fb is not None and c.p50_ms is not None and fb / c.p50_ms < margin:
             demote = 1
-            c.reason += (f"; int8 only {fb / c.p50_ms:.2f}x the best float artifact "
-                         f"(< {margin}x): float preferred")
+            c.reason += (
+                f"; int8 only {fb / c.p50_ms:.2f}x the best float artifact "
+                f"(< {margin}x): float preferred"
+            )
             p50 = fb + 1e-9 + p50
         return (explicit, demote, p50)
 
     ok.sort(key=score)
     for c in ok:
-        c.reason += f"; p50 {c.p50_ms:.3f} ms on a host like this" if c.p50_ms is not None else "; no latency measured on a host like this"
+        c.reason += (
+            f"; p50 {c.p50_ms:.3f} ms on a host like this"
+            if c.p50_ms is not None
+            else "; no latency measured on a host like this"
+        )
     return ok, excluded
 
 

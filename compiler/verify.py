@@ -39,7 +39,11 @@ def batch_size(contract: Contract, feed: dict[str, np.ndarray]) -> int:
 
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:400]}" if not isinstance(exc, CompilePkgError) else text[:600]
+    return (
+        f"{type(exc).__name__}: {text[:400]}"
+        if not isinstance(exc, CompilePkgError)
+        else text[:600]
+    )
 
 
 def verify_artifact(
@@ -74,14 +78,20 @@ def verify_artifact(
     if mismatches and not (portable and arch_only and host.runtimes.get(requirements.runtime)):
         reason = "; ".join(mismatches)
         return {
-            "parity": {"status": "not-verified", "reason": f"cannot run here: {reason}",
-                       "precision": precision, "host": host_d, "mode": "none"},
+            "parity": {
+                "status": "not-verified",
+                "reason": f"cannot run here: {reason}",
+                "precision": precision,
+                "host": host_d,
+                "mode": "none",
+            },
             "latency": None,
         }
     mode = "native" if not mismatches else "cross-host"
     note = (
-        "" if mode == "native" else
-        f"checked on {host.arch} with the {host.arch} build of {requirements.runtime} "
+        ""
+        if mode == "native"
+        else f"checked on {host.arch} with the {host.arch} build of {requirements.runtime} "
         f"{host.runtimes.get(requirements.runtime)}; NOT run on {requirements.arch}: "
         f"this shows the artifact's graph is right, not how the {requirements.arch} build behaves"
     )
@@ -94,24 +104,39 @@ def verify_artifact(
                 outs, ref_outputs, lambda name: parity_cfg.tolerance(precision, name)
             )
             parity = parity_record(
-                ok, per_output, precision=precision, samples=len(inputs), host=host_d, mode=mode,
-                note=note, reference="normalized fp32 model on onnxruntime CPU",
+                ok,
+                per_output,
+                precision=precision,
+                samples=len(inputs),
+                host=host_d,
+                mode=mode,
+                note=note,
+                reference="normalized fp32 model on onnxruntime CPU",
             )
             latency = None
             if measure_latency and mode == "native":
                 latency = _latency(runner, inputs[0], contract, ref_model, latency_cfg, host_d)
     except Exception as exc:  # a runtime failing on this artifact is a verdict, not a crash
         return {
-            "parity": {"status": "error", "reason": f"could not run: {_short(exc)}",
-                       "precision": precision, "host": host_d, "mode": mode},
+            "parity": {
+                "status": "error",
+                "reason": f"could not run: {_short(exc)}",
+                "precision": precision,
+                "host": host_d,
+                "mode": mode,
+            },
             "latency": None,
         }
     return {"parity": parity, "latency": latency}
 
 
 def _latency(
-    runner: Any, feed: dict[str, np.ndarray], contract: Contract, ref_model: Path | None,
-    cfg: LatencyConfig, host_d: dict[str, Any],
+    runner: Any,
+    feed: dict[str, np.ndarray],
+    contract: Contract,
+    ref_model: Path | None,
+    cfg: LatencyConfig,
+    host_d: dict[str, Any],
 ) -> dict[str, Any]:
     from targets.onnxruntime import reference_session
 

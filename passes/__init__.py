@@ -16,7 +16,15 @@ from passes.fuse import FuseConfig, FusePass
 from passes.quantize import QuantizeConfig, QuantizePass
 from passes.simplify import SimplifyConfig, SimplifyPass
 
-__all__ = ["PASSES", "AnyPassConfig", "Pass", "PassConfig", "PassContext", "PassResult", "make_pass"]
+__all__ = [
+    "PASSES",
+    "AnyPassConfig",
+    "Pass",
+    "PassConfig",
+    "PassContext",
+    "PassResult",
+    "make_pass",
+]
 
 PASSES: dict[str, type[Pass]] = {
     SimplifyPass.name: SimplifyPass,

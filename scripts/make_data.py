@@ -23,7 +23,9 @@ from tests.realdata import orientation_pages, render_text_line  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("kind", choices=["orientation", "textline"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--count", type=int, default=16)

@@ -27,31 +27,55 @@ def build(seed: int = 0) -> onnx.ModelProto:
     x, cin = "input", 3
     for i, cout in enumerate((16, 32, 64)):
         w = rng.normal(0, np.sqrt(2 / (cin * 9)), (cout, cin, 3, 3))
-        nodes.append(helper.make_node(
-            "Conv", [x, init(f"conv{i}.w", w), init(f"conv{i}.b", np.zeros(cout))], [f"c{i}"],
-            kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2] if i else [1, 1], name=f"conv{i}"))
-        nodes.append(helper.make_node(
-            "BatchNormalization",
-            [f"c{i}", init(f"bn{i}.scale", rng.uniform(0.5, 1.5, cout)),
-             init(f"bn{i}.bias", rng.normal(0, 0.1, cout)), init(f"bn{i}.mean", rng.normal(0, 0.1, cout)),
-             init(f"bn{i}.var", rng.uniform(0.5, 1.5, cout))],
-            [f"b{i}"], name=f"bn{i}"))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, init(f"conv{i}.w", w), init(f"conv{i}.b", np.zeros(cout))],
+                [f"c{i}"],
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                strides=[2, 2] if i else [1, 1],
+                name=f"conv{i}",
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "BatchNormalization",
+                [
+                    f"c{i}",
+                    init(f"bn{i}.scale", rng.uniform(0.5, 1.5, cout)),
+                    init(f"bn{i}.bias", rng.normal(0, 0.1, cout)),
+                    init(f"bn{i}.mean", rng.normal(0, 0.1, cout)),
+                    init(f"bn{i}.var", rng.uniform(0.5, 1.5, cout)),
+                ],
+                [f"b{i}"],
+                name=f"bn{i}",
+            )
+        )
         nodes.append(helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}"))
         x, cin = f"r{i}", cout
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
     nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1, name="flatten"))
-    nodes.append(helper.make_node(
-        "Gemm", ["flat", init("fc.w", rng.normal(0, 0.2, (10, cin))), init("fc.b", np.zeros(10))],
-        ["logits"], transB=1, name="fc"))
+    nodes.append(
+        helper.make_node(
+            "Gemm",
+            ["flat", init("fc.w", rng.normal(0, 0.2, (10, cin))), init("fc.b", np.zeros(10))],
+            ["logits"],
+            transB=1,
+            name="fc",
+        )
+    )
     nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax"))
     graph = helper.make_graph(
-        nodes, "tiny_cnn",
+        nodes,
+        "tiny_cnn",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 10])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="compile-pkg-example")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="compile-pkg-example"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model

@@ -57,7 +57,9 @@ class OnnxRuntimeBackend(Backend):
         try:
             _version()
         except ImportError as exc:
-            return Availability(ok=False, reason=f"cannot import onnxruntime: {exc}", install=_INSTALL)
+            return Availability(
+                ok=False, reason=f"cannot import onnxruntime: {exc}", install=_INSTALL
+            )
         return Availability(ok=True)
 
     @classmethod

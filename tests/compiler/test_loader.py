@@ -11,10 +11,18 @@ from compiler.loader import load
 from compiler.manifest import read_manifest
 from tests.compiler.helpers import build
 
-RAW = {"targets": {"cpu": {"variants": {
-    "fast": {"compile": {"backend": "onnxruntime"}},
-    "basic": {"compile": {"backend": "onnxruntime", "graph_optimization_level": "basic"}},
-}}}}
+RAW = {
+    "targets": {
+        "cpu": {
+            "variants": {
+                "fast": {"compile": {"backend": "onnxruntime"}},
+                "basic": {
+                    "compile": {"backend": "onnxruntime", "graph_optimization_level": "basic"}
+                },
+            }
+        }
+    }
+}
 
 
 @pytest.fixture
@@ -35,7 +43,9 @@ def test_picks_a_compatible_verified_artifact_and_says_why(pkg: Path) -> None:
 
 def test_order_is_the_measured_latency_unless_configured(pkg: Path) -> None:
     m = read_manifest(pkg)
-    p50 = {a: m.measurements[a]["latency"][0]["artifact"]["p50_ms"] for a in ("cpu/fast", "cpu/basic")}
+    p50 = {
+        a: m.measurements[a]["latency"][0]["artifact"]["p50_ms"] for a in ("cpu/fast", "cpu/basic")
+    }
     with load(pkg) as s:
         assert s.artifact == min(p50, key=p50.get)
     with load(pkg, order=["cpu/basic"]) as s:

@@ -19,8 +19,14 @@ from tests.models import tiny_mlp
 def test_external_data_is_read_and_enters_the_digest(tmp_path: Path) -> None:
     model = tiny_mlp()
     path = tmp_path / "ext.onnx"
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="ext.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     loaded = load_onnx(path)
     w1 = onnx.numpy_helper.to_array(next(i for i in loaded.graph.initializer if i.name == "w1"))
     assert w1.shape == (8, 16)
@@ -79,8 +85,12 @@ def test_torch_module_is_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     from compiler.loader import load
     from tests.compiler.helpers import build_source
 
-    out = build_source("my_models:small", ["x:float32:[batch,8]"], tmp_path / "pkg",
-                       resolve_config({"latency": {"runs": 3}}, ["cpu"]))
+    out = build_source(
+        "my_models:small",
+        ["x:float32:[batch,8]"],
+        tmp_path / "pkg",
+        resolve_config({"latency": {"runs": 3}}, ["cpu"]),
+    )
     c = out.manifest.contract
     assert [(t.name, t.shape) for t in c.inputs] == [("x", ["batch", 8])]
     x = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)

@@ -18,8 +18,11 @@ from tests.compiler.helpers import build
 
 
 def _artifact_bytes(pkg: Path) -> dict[str, bytes]:
-    return {p.relative_to(pkg).as_posix(): p.read_bytes()
-            for p in sorted((pkg / "artifacts").rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(pkg).as_posix(): p.read_bytes()
+        for p in sorted((pkg / "artifacts").rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_two_builds_without_cache_are_byte_identical(cnn_path: Path, tmp_path: Path) -> None:
@@ -27,7 +30,9 @@ def test_two_builds_without_cache_are_byte_identical(cnn_path: Path, tmp_path: P
     b = build(cnn_path, tmp_path / "b", None)
     assert _artifact_bytes(tmp_path / "a") == _artifact_bytes(tmp_path / "b")
     for name in ("inputs.npz", "outputs.npz", "model.onnx"):
-        assert (tmp_path / "a/reference" / name).read_bytes() == (tmp_path / "b/reference" / name).read_bytes()
+        assert (tmp_path / "a/reference" / name).read_bytes() == (
+            tmp_path / "b/reference" / name
+        ).read_bytes()
     assert a.manifest.core_sha256 == b.manifest.core_sha256
     assert a.manifest.build["started_at"]  # run-to-run fields exist, outside the core
 
@@ -39,12 +44,16 @@ def test_manifest_validates_against_the_shipped_schema(mlp_path: Path, tmp_path:
     assert doc["schema_version"] == 1
     files = {f["path"] for a in doc["artifacts"] for f in a["files"]}
     assert files == {"artifacts/cpu.ort-fp32/model.onnx", "artifacts/arm.ort-fp32/model.onnx"}
-    assert not any(str(tmp_path) in json.dumps(doc[k]) for k in ("source", "artifacts", "provenance"))
+    assert not any(
+        str(tmp_path) in json.dumps(doc[k]) for k in ("source", "artifacts", "provenance")
+    )
 
 
 def test_shipped_schema_is_current() -> None:
     """Golden file: regenerate with `python -m compiler.manifest` after changing the models."""
-    assert json.loads(SCHEMA_PATH.read_text()) == json.loads(json.dumps(json_schema(), sort_keys=True))
+    assert json.loads(SCHEMA_PATH.read_text()) == json.loads(
+        json.dumps(json_schema(), sort_keys=True)
+    )
 
 
 def test_v0_manifest_migrates(mlp_path: Path, tmp_path: Path) -> None:
@@ -85,8 +94,23 @@ def _valid_or_absent(pkg: Path) -> str:
 def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "pkg"
     config = str(Path(__file__).with_name("ort_only.yaml"))
-    cmd = [sys.executable, "-m", "compiler.cli", str(cnn_path), "--targets", "cpu,arm", "-o", str(out),
-           "--config", config, "--no-cache", "--set", "latency.runs=200", "--set", "latency.warmup=20"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "compiler.cli",
+        str(cnn_path),
+        "--targets",
+        "cpu,arm",
+        "-o",
+        str(out),
+        "--config",
+        config,
+        "--no-cache",
+        "--set",
+        "latency.runs=200",
+        "--set",
+        "latency.warmup=20",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     seen = set()
     for delay in (0.5, 1.5, 3.0):
