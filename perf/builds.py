@@ -1,7 +1,10 @@
 """Builds through the real CLI, each a child process: wall time, peak memory, node counts.
 
-Peak memory is the child's ru_maxrss from wait4(2): the largest resident set of the
-`compile-pkg` process or of any child it waited for (Linux reports the maximum of both).
+Peak memory is the CLI's ru_maxrss from wait4(2): the largest resident set of the
+`compile-pkg` process or of any child it waited for (Linux reports the maximum of both). A
+child's ru_maxrss starts at its parent's resident set when it was forked, so the CLI is
+started by a small launcher (this module run as a script: stdlib only, about 10 MiB), not
+straight from the benchmark process and its hundreds of MiB of loaded runtimes.
 Node counts come from the package's manifest (`build.nodes`: ran / cached / skipped / failed).
 """
 
@@ -91,35 +94,60 @@ def cli_build(
     for o in overrides:
         argv += ["--set", o]
     log.parent.mkdir(parents=True, exist_ok=True)
+    usage_path = log.with_suffix(".rusage.json")
+    usage_path.unlink(missing_ok=True)
+    launcher = [sys.executable, __file__, str(usage_path), str(timeout_s), "--", *argv]
     env = {**os.environ, "COLUMNS": "160"}
     with log.open("w", encoding="utf-8") as fh:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        deadline = start + timeout_s
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
+        subprocess.run(launcher, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
         seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    usage = json.loads(usage_path.read_text(encoding="utf-8"))
+    returncode = int(usage["returncode"])
     tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-12:])
     nodes, ran = (
-        node_counts(out) if (out / "manifest.json").is_file() and proc.returncode == 0 else ({}, [])
+        node_counts(out) if (out / "manifest.json").is_file() and returncode == 0 else ({}, [])
     )
     root = str(Path.cwd()) + os.sep
     shown = ["python" if a == sys.executable else a.replace(root, "") for a in argv]
     return BuildRun(
         label=label,
         argv=shown,
-        returncode=proc.returncode,
-        seconds=round(seconds, 3),
-        peak_rss_mib=round(usage.ru_maxrss / 1024, 1),
+        returncode=returncode,
+        seconds=round(usage.get("seconds", seconds), 3),
+        peak_rss_mib=round(usage["maxrss_kib"] / 1024, 1),
         nodes=nodes,
         reran=ran,
         log_tail=tail,
     )
+
+
+def _launch(usage_path: str, timeout_s: str, argv: list[str]) -> int:
+    """Run `argv`, wait4 it, write {returncode, maxrss_kib, seconds, cpu seconds} as JSON."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv)
+    deadline = start + float(timeout_s)
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    rc = os.waitstatus_to_exitcode(status)
+    record = {
+        "returncode": rc,
+        "maxrss_kib": usage.ru_maxrss,
+        "seconds": seconds,
+        "user_s": usage.ru_utime,
+        "system_s": usage.ru_stime,
+    }
+    Path(usage_path).write_text(json.dumps(record), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":  # the launcher: builds.py USAGE.json TIMEOUT_S -- ARGV...
+    sys.exit(_launch(sys.argv[1], sys.argv[2], sys.argv[sys.argv.index("--") + 1 :]))
