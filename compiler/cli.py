@@ -215,8 +215,8 @@ def inspect(package: Path) -> None:
             + ", ".join(f"{k}={v.min}..{v.max} (opt {v.opt})" for k, v in m.contract.dims.items())
         )
     _print_artifacts(m)
-    for t, note in m.target_notes.items():
-        out_console.print(f"target {t}: {note}")
+    for target, note in m.target_notes.items():
+        out_console.print(f"target {target}: {note}")
     if m.selection:
         out_console.print(f"selection on the build host ({m.selection.get('host')}):")
         for i, c in enumerate(m.selection.get("order", []), 1):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,7 +75,9 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 
 
 class ParityConfig(_Strict):
-    tolerances: dict[Precision, Tolerance] = Field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    tolerances: dict[Precision, Tolerance] = Field(
+        default_factory=lambda: dict(DEFAULT_TOLERANCES)  # type: ignore[arg-type]
+    )
     outputs: dict[str, dict[Precision, Tolerance]] = Field(
         default_factory=dict, description="per-output overrides, by output name then precision"
     )
@@ -87,7 +90,9 @@ class ParityConfig(_Strict):
         return {**DEFAULT_TOLERANCES, **v}
 
     def tolerance(self, precision: str, output: str) -> Tolerance:
-        return self.outputs.get(output, {}).get(precision) or self.tolerances[precision]  # type: ignore[index]
+        per_output: Mapping[Any, Tolerance] = self.outputs.get(output, {})
+        table: Mapping[Any, Tolerance] = self.tolerances
+        return per_output.get(precision) or table[precision]
 
 
 class LatencyConfig(_Strict):

@@ -144,7 +144,7 @@ _ONNX_TO_NP = {
 
 def onnx_dtype_name(elem_type: int, where: str) -> str:
     try:
-        return _ONNX_TO_NP[elem_type]
+        return _ONNX_TO_NP[elem_type]  # type: ignore[index]
     except KeyError:
         name = onnx.TensorProto.DataType.Name(elem_type)
         raise ContractError(

@@ -437,8 +437,8 @@ def _exec_verify(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     assert run.contract is not None
     return verify_artifact(
         backend=comp.meta["backend"],
-        artifact_dir=comp.out,
-        runtime=comp.meta["runtime"],  # type: ignore[arg-type]
+        artifact_dir=comp.out,  # type: ignore[arg-type]
+        runtime=comp.meta["runtime"],
         requirements=Requirements(**comp.meta["requirements"]),
         portable=comp.meta["portable"],
         precision=v.precision,

@@ -93,7 +93,7 @@ def normalize_arch(machine: str) -> str:
 
 
 def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or "unknown", set()
+    model, flags = platform.processor() or "unknown", set[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:

@@ -14,6 +14,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -154,7 +155,10 @@ def export_torch(
             dynamic_axes[s.name] = sym
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export.onnx"
-        kwargs = {"input_names": [s.name for s in specs], "dynamic_axes": dynamic_axes or None}
+        kwargs: dict[str, Any] = {
+            "input_names": [s.name for s in specs],
+            "dynamic_axes": dynamic_axes or None,
+        }
         try:  # the torch.export-based exporter first; the TorchScript one for what it cannot take
             torch.onnx.export(
                 module,

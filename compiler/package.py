@@ -174,8 +174,8 @@ def assemble(
         ),
         source=SourceInfo(
             name=source_name,
-            kind=source_kind,
-            sha256=source_digest,  # type: ignore[arg-type]
+            kind=source_kind,  # type: ignore[arg-type]
+            sha256=source_digest,
             normalized_sha256=file_sha256(norm.out / MODEL_FILE),  # type: ignore[operator]
             opset=norm.meta["opset"],
             ir_version=norm.meta["ir_version"],

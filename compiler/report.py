@@ -118,8 +118,8 @@ def render_markdown(m: Manifest) -> str:
             f"| {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r['ref_p50_ms'])} "
             f"| {_fmt(r['speedup'], '.2f')} | {r['size_bytes']} |"
         )
-    for t, note in m.target_notes.items():
-        lines.append(f"\nTarget `{t}`: {note}")
+    for target, note in m.target_notes.items():
+        lines.append(f"\nTarget `{target}`: {note}")
     lines += ["", "## Where each figure was measured", ""]
     for aid, recs in m.measurements.items():
         for rec in recs.get("parity", []):

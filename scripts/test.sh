@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 if [ -x scripts/setup_emulation.sh ]; then scripts/setup_emulation.sh; fi
+python3 -m ruff check .
+python3 -m ruff format --check compiler passes targets
+python3 -m mypy compiler passes targets
 exec python3 -m pytest -q -ra --durations=20 "$@"
