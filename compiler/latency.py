@@ -1,4 +1,4 @@
-"""Latency measured next to the reference in the same process, interleaved (A B A B ...),
+"""Latency measured next to the reference in the same process, interleaved in short blocks,
 so that a contended host slows both alike and the ratio holds."""
 
 from __future__ import annotations
@@ -29,22 +29,33 @@ def summarize(samples_s: list[float], batch: int) -> dict[str, Any]:
 
 
 def measure_interleaved(
-    fns: dict[str, Callable[[], Any]], *, warmup: int, runs: int, max_seconds: float, batch: int
+    fns: dict[str, Callable[[], Any]],
+    *,
+    warmup: int,
+    runs: int,
+    max_seconds: float,
+    batch: int,
+    block: int = 5,
 ) -> dict[str, dict[str, Any]]:
-    """Time each zero-argument callable `runs` times, round-robin, after `warmup` rounds.
-
-    Stops early (keeping at least 3 rounds) when `max_seconds` has passed.
+    """Time each zero-argument callable `runs` times, alternating in blocks of `block` runs
+    (A A A B B B A A A ...), after `warmup` rounds. The first run of each block is untimed:
+    runtimes whose worker threads spin after a run (ONNX Runtime, OpenVINO) would otherwise
+    charge that spin to whichever callable runs next. Stops early (keeping at least 3 runs
+    each) once `max_seconds` have passed.
     """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
-    for i in range(runs):
+    while min(len(v) for v in times.values()) < runs:
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        if i >= 2 and time.perf_counter() - start > max_seconds:
+            fn()  # settles the switch from the previous callable
+            for _ in range(min(block, runs - len(times[name]))):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        done = min(len(v) for v in times.values())
+        if done >= 3 and time.perf_counter() - start > max_seconds:
             break
     return {k: summarize(v, batch) for k, v in times.items()}
