@@ -170,7 +170,8 @@ def migrate(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def read_manifest(package: Path) -> Manifest:
+def read_manifest(package: str | Path) -> Manifest:
+    package = Path(package)
     path = package / "manifest.json"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
