@@ -8,6 +8,14 @@ from typing import Any
 __all__ = ["render_markdown", "render_plot"]
 
 
+def _models(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The results' models in the suite's order (the JSON file sorts its keys)."""
+    from perf.models import MODELS
+
+    rank = {n: i for i, n in enumerate(MODELS)}
+    return sorted(doc["models"].items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
 def _f(v: Any, spec: str = ".2f", none: str = "-") -> str:
     if v is None:
         return none
@@ -31,7 +39,9 @@ def _build_cell(build: dict[str, Any] | None) -> str:
     return f"{build['seconds']:.1f} s / {build['peak_rss_mib']:.0f} MiB ({_nodes(build)})"
 
 
-def _olive_cell(job: dict[str, Any] | None) -> str:
+def _olive_cell(job: dict[str, Any] | None, planned: bool) -> str:
+    if not planned:
+        return "full run only"
     if not job:
         return "not run"
     if job.get("error"):
@@ -100,7 +110,8 @@ def _build_table(doc: dict[str, Any]) -> list[str]:
         "| model | weights | GFLOP | cold | warm | one change | Olive ort-int8 | Olive ov-int8 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, m in doc["models"].items():
+    planned = set(doc["plan"]["olive_workflows"])
+    for name, m in _models(doc):
         if m.get("error"):
             lines.append(f"| {name} | - | - | skipped: {m['error'][:120]} | | | | |")
             continue
@@ -108,9 +119,17 @@ def _build_table(doc: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | {m['weights'].split(':')[0]} | {m['flops']['gflop']:.3f} "
             f"| {_build_cell(b.get('cold'))} | {_build_cell(b.get('warm'))} "
-            f"| {_build_cell(b.get('one-change'))} | {_olive_cell(o.get('ort-int8'))} "
-            f"| {_olive_cell(o.get('ov-int8'))} |"
+            f"| {_build_cell(b.get('one-change'))} "
+            f"| {_olive_cell(o.get('ort-int8'), 'ort-int8' in planned)} "
+            f"| {_olive_cell(o.get('ov-int8'), 'ov-int8' in planned)} |"
         )
+    for name, m in _models(doc):
+        warm = m.get("builds", {}).get("warm") or {}
+        if warm.get("reran"):
+            lines.append(
+                f"\nThe warm build of {name} re-ran {len(warm['reran'])} nodes that "
+                f"should have been cached: {', '.join(warm['reran'])}."
+            )
     return lines
 
 
@@ -131,7 +150,7 @@ def _artifact_table(doc: dict[str, Any]) -> list[str]:
         "| % of peak | parity | task |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, m in doc["models"].items():
+    for name, m in _models(doc):
         if m.get("error"):
             continue
         for c in m["contenders"]:
@@ -148,13 +167,17 @@ def _artifact_table(doc: dict[str, Any]) -> list[str]:
 
 
 def _not_measured(doc: dict[str, Any]) -> list[str]:
+    """One line per model and reason, artifacts grouped."""
     lines = ["", "## Not measured on this host (and why)", ""]
-    for name, m in doc["models"].items():
+    for name, m in _models(doc):
         if m.get("error"):
             lines.append(f"- **{name}**: model skipped: {m['error']}")
             continue
+        by_reason: dict[str, list[str]] = {}
         for s in m.get("not_measured", []):
-            lines.append(f"- {name} `{s['id']}` ({s['precision']}): {s['why']}")
+            by_reason.setdefault(s["why"], []).append(f"`{s['id']}`")
+        for why, ids in by_reason.items():
+            lines.append(f"- {name} {', '.join(ids)}: {why}")
         for wf, job in m.get("olive", {}).items():
             if job and job.get("error"):
                 lines.append(f"- {name} Olive `{wf}`: failed: {job['error'][:300]}")
@@ -185,7 +208,7 @@ def render_plot(doc: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    models = [(n, m) for n, m in doc["models"].items() if not m.get("error")]
+    models = [(n, m) for n, m in _models(doc) if not m.get("error")]
     if not models:
         return False
     cols = min(4, len(models))
@@ -203,7 +226,8 @@ def render_plot(doc: dict[str, Any], path: Path) -> bool:
         ax.set_yticks(list(y), [c["id"] for c in cs], fontsize=7)
         ax.invert_yaxis()
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("p50 ms", fontsize=8)
+        ax.set_xscale("log")  # untuned or emulated artifacts can be 100x off the rest
+        ax.set_xlabel("p50 ms (log scale)", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(models) :]:
         ax.axis("off")

@@ -386,6 +386,19 @@ def _measure(
 # ----------------------------------------------------------------------------- main
 
 
+def _render(results: Path) -> int:
+    """Re-render the table and the plot from a results file (no measuring)."""
+    from perf.report import render_markdown, render_plot
+
+    doc = json.loads(results.read_text(encoding="utf-8"))
+    plot = results.with_suffix(".png")
+    has_plot = render_plot(doc, plot)
+    md = render_markdown(doc, plot.name if has_plot else None)
+    results.with_suffix(".md").write_text(md, encoding="utf-8")
+    print(md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and data, all models")
@@ -393,7 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-olive", action="store_true", help="skip the Olive peer")
     ap.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     ap.add_argument("--workdir", type=Path, default=ROOT / "perf" / ".work")
+    ap.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS.json",
+        help="only re-render the .md and .png beside an earlier results file",
+    )
     args = ap.parse_args(argv)
+    if args.render:
+        return _render(args.render)
     os.chdir(ROOT)
     started = time.perf_counter()
     plan = Plan.make(args.quick)
