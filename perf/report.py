@@ -206,6 +206,7 @@ def render_plot(doc: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     models = [(n, m) for n, m in _models(doc) if not m.get("error")]
@@ -227,6 +228,7 @@ def render_plot(doc: dict[str, Any], path: Path) -> bool:
         ax.invert_yaxis()
         ax.set_title(name, fontsize=9)
         ax.set_xscale("log")  # untuned or emulated artifacts can be 100x off the rest
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("p50 ms (log scale)", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(models) :]:
