@@ -27,7 +27,8 @@ def default_cache_dir() -> Path:
 
 class Cache:
     def __init__(self, root: Path, enabled: bool = True) -> None:
-        self.root = root
+        # absolute: backends run workers in other folders (TVM builds in a child process)
+        self.root = Path(root).absolute()
         self.enabled = enabled
 
     def _entry(self, key: str) -> Path:
