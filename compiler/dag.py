@@ -47,7 +47,7 @@ __all__ = [
     "unpack_feeds",
 ]
 
-NODE_VERSIONS = {"normalize": "1", "data": "1", "reference": "1", "verify": "2"}
+NODE_VERSIONS = {"normalize": "1", "data": "1", "reference": "1", "verify": "3"}
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,14 @@ def measure_interleaved(
     max_seconds: float,
     batch: int,
     block: int = 5,
+    settle_s: float = 0.02,
 ) -> dict[str, dict[str, Any]]:
     """Time each zero-argument callable `runs` times, alternating in blocks of `block` runs
-    (A A A B B B A A A ...), after `warmup` rounds. The first run of each block is untimed:
-    runtimes whose worker threads spin after a run (ONNX Runtime, OpenVINO) would otherwise
-    charge that spin to whichever callable runs next. Stops early (keeping at least 3 runs
+    (A A A B B B A A A ...), after `warmup` rounds. Before each block the process sleeps
+    `settle_s` and makes one untimed run: runtimes whose worker threads spin after a run
+    (ONNX Runtime, OpenVINO) would otherwise steal cores from whichever callable runs next
+    (measured here: an ORT reference ran at 7 ms beside another ORT session, 3.4 ms beside
+    OpenVINO, without this). Stops early (keeping at least 3 runs
     each) once `max_seconds` have passed.
     """
     for _ in range(warmup):
@@ -50,7 +53,8 @@ def measure_interleaved(
     start = time.perf_counter()
     while min(len(v) for v in times.values()) < runs:
         for name, fn in fns.items():
-            fn()  # settles the switch from the previous callable
+            time.sleep(settle_s)  # lets the previous runtime's spinning threads park
+            fn()  # then one untimed run re-warms this one
             for _ in range(min(block, runs - len(times[name]))):
                 t0 = time.perf_counter()
                 fn()

@@ -156,7 +156,7 @@ def _latency(
         "input_shapes": {k: list(v.shape) for k, v in feed.items()},
         "runner": runner.describe(),
         "artifact": stats["artifact"],
-        "method": "interleaved with the reference in one process, blocks of 5 runs (first of each block untimed), after warm-up",
+        "method": "interleaved with the reference in one process: blocks of 5 runs, each after a 20 ms pause and an untimed run; after warm-up",
     }
     if "reference" in stats:
         rec["reference"] = stats["reference"]
