@@ -30,7 +30,7 @@ from compiler.cache import Cache
 from compiler.config import BuildConfig, VariantConfig, canonical_json
 from compiler.contract import Contract, extract_contract
 from compiler.data import feeds_digest, generate_feeds, read_feeds, read_npz, write_npz
-from compiler.errors import BackendUnavailable, CompilePkgError
+from compiler.errors import BackendUnavailable, CompilePkgError, short_message
 from compiler.host import HostInfo, Requirements, probe_host
 from compiler.normalize import MODEL_FILE, dir_digest, load_onnx, normalize_model, save_model
 from compiler.verify import verify_artifact
@@ -514,7 +514,7 @@ def _run_node(run: _Run, nid: str, kind: str) -> NodeResult:
     try:
         material = key_fn(run, nid)
     except Exception as exc:
-        return NodeResult(status="failed", reason=f"cannot compute cache key: {_short(exc)}")
+        return NodeResult(status="failed", reason=f"cannot compute cache key: {short_message(exc)}")
     parents = {p: run.results[p].digest for p in sorted(run.g.predecessors(nid))}
     key = _h(
         {
@@ -545,7 +545,7 @@ def _run_node(run: _Run, nid: str, kind: str) -> NodeResult:
         run.cache.discard(scratch)
         return NodeResult(
             status="failed",
-            reason=_short(exc),
+            reason=short_message(exc),
             key=key,
             meta={"traceback": traceback.format_exc(limit=8)},
         )
@@ -562,11 +562,6 @@ def _core_meta(kind: str, meta: dict[str, Any]) -> Any:
     if kind == "pass":
         return {k: v for k, v in meta.get("record", {}).items() if k != "seconds"}
     return meta
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:500]}"
 
 
 def cleanup_scratch(cache: Cache) -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "NoCompatibleArtifact",
     "PackageError",
     "PassError",
+    "short_message",
 ]
 
 
@@ -77,3 +78,15 @@ class NoCompatibleArtifact(CompilePkgError):
     """No artifact in the package can be loaded on this host."""
 
     exit_code = 4
+
+
+def short_message(exc: BaseException, limit: int = 500) -> str:
+    """One line for a log or a record: our own errors as they are, a library's with its type.
+
+    Backends raise multi-line messages with C++ traces; whitespace is folded and the text cut
+    at `limit` characters.
+    """
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text if isinstance(exc, CompilePkgError) else f"{type(exc).__name__}: {text}"

@@ -18,7 +18,7 @@ import numpy as np
 
 from compiler.config import LatencyConfig, ParityConfig
 from compiler.contract import Contract
-from compiler.errors import CompilePkgError
+from compiler.errors import short_message
 from compiler.host import HostInfo, Requirements
 from compiler.latency import measure_interleaved
 from compiler.parity import compare_outputs, parity_record
@@ -35,15 +35,6 @@ def batch_size(contract: Contract, feed: dict[str, np.ndarray]) -> int:
     if first.shape and isinstance(first.shape[0], str):
         return int(feed[first.name].shape[0])
     return 1
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (
-        f"{type(exc).__name__}: {text[:400]}"
-        if not isinstance(exc, CompilePkgError)
-        else text[:600]
-    )
 
 
 def verify_artifact(
@@ -120,7 +111,7 @@ def verify_artifact(
         return {
             "parity": {
                 "status": "error",
-                "reason": f"could not run: {_short(exc)}",
+                "reason": f"could not run: {short_message(exc)}",
                 "precision": precision,
                 "host": host_d,
                 "mode": mode,

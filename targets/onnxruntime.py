@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from compiler.contract import Contract
-from compiler.errors import BuildError
+from compiler.errors import BuildError, short_message
 from compiler.host import Requirements
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
 
@@ -78,7 +78,9 @@ class OnnxRuntimeBackend(Backend):
         try:
             _session(out_dir / model_path.name, opts.graph_optimization_level, 1, "sequential")
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise BuildError(f"onnxruntime cannot load {model_path.name}: {_short(exc)}") from exc
+            raise BuildError(
+                f"onnxruntime cannot load {model_path.name}: {short_message(exc, 400)}"
+            ) from exc
         return BuildResult(
             files=files,
             runtime={
@@ -108,12 +110,6 @@ class OnnxRuntimeBackend(Backend):
         cache_dir: Path | None = None,
     ) -> OnnxRuntimeRunner:
         return OnnxRuntimeRunner(artifact_dir / runtime["model"], runtime, contract, threads)
-
-
-def _short(exc: BaseException, limit: int = 400) -> str:
-    text = str(exc).strip().splitlines()
-    msg = " ".join(line.strip() for line in text if line.strip())
-    return msg[:limit] + ("..." if len(msg) > limit else "")
 
 
 def _session(path: Path, level: str, threads: int, mode: str, log_level: int = 3) -> Any:

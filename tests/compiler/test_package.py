@@ -124,3 +124,14 @@ def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: 
         assert all(".tmp-" in n or ".old-" in n for n in leftovers)
     subprocess.run(cmd[:-4], env=env, check=True, capture_output=True)
     assert _valid_or_absent(out) != "absent"
+
+
+def test_short_message_folds_and_cuts_library_errors() -> None:
+    from compiler.errors import BuildError, short_message
+
+    assert (
+        short_message(RuntimeError("line one\n   at foo.cc:12\n\n"))
+        == "RuntimeError: line one at foo.cc:12"
+    )
+    assert short_message(BuildError("ours")) == "ours"
+    assert short_message(ValueError("x" * 50), limit=10) == "ValueError: " + "x" * 10 + "..."
