@@ -109,5 +109,5 @@ def build_package(
                 m = read_manifest(staging)
             return m
 
-        manifest = write_atomically(out.parent, out, fill)
+        manifest = write_atomically(out, fill)
     return BuildOutcome(manifest=manifest, results=results, package=out)

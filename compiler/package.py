@@ -14,7 +14,6 @@ leaves the old package (or none), never a half-written one.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler import __version__
-from compiler.config import BuildConfig, canonical_json
+from compiler.config import BuildConfig
 from compiler.dag import NodeResult
 from compiler.errors import PackageError
 from compiler.manifest import (
@@ -226,7 +225,7 @@ def assemble(
     return manifest
 
 
-def write_atomically(staging_parent: Path, out: Path, fill: Any) -> Any:
+def write_atomically(out: Path, fill: Any) -> Any:
     """Create a staging folder beside `out`, let `fill(staging)` populate it, then swap it in."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -286,13 +285,3 @@ def pack(package: Path, archive: Path) -> Path:
                     tar.addfile(info, fh)
     os.replace(tmp, archive)
     return archive
-
-
-def canonical(obj: Any) -> str:
-    return canonical_json(obj)
-
-
-def dump_json(path: Path, obj: Any) -> None:
-    path.write_text(
-        json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", encoding="utf-8"
-    )
