@@ -7,14 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.cache import Cache, default_cache_dir
-from compiler.config import BuildConfig
-from compiler.dag import BuildInputs, NodeResult, build_graph, cleanup_scratch, run_graph
-from compiler.errors import CompilePkgError, InputModelError
-from compiler.manifest import Manifest, read_manifest
-from compiler.normalize import Source, export_torch, save_model, source_digest
-from compiler.package import assemble, finish_package, write_atomically
-from compiler.verify import now_utc
+from compiler.core.errors import CompilePkgError, InputModelError
+from compiler.measure.verify import now_utc
+from compiler.packaging.package import assemble, finish_package, write_atomically
+from compiler.pipeline.cache import Cache, default_cache_dir
+from compiler.pipeline.config import BuildConfig
+from compiler.pipeline.dag import BuildInputs, NodeResult, build_graph, cleanup_scratch, run_graph
+from compiler.pipeline.normalize import Source, export_torch, save_model, source_digest
+from compiler.serving.manifest import Manifest, read_manifest
 
 __all__ = ["BuildOutcome", "build_package", "prepare_source"]
 
@@ -50,9 +50,9 @@ def prepare_source(
 
 def _verify_arm_emulated(staging: Path) -> None:
     """Append emulated aarch64 parity records; a missing environment is recorded, not fatal."""
-    from compiler.emulation import verify_emulated
-    from compiler.errors import BackendUnavailable
-    from compiler.package import rewrite_manifest
+    from compiler.core.errors import BackendUnavailable
+    from compiler.measure.emulation import verify_emulated
+    from compiler.packaging.package import rewrite_manifest
 
     try:
         verify_emulated(staging, "aarch64", write=True)

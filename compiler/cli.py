@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from compiler.errors import CompilePkgError
+from compiler.core.errors import CompilePkgError
 
 __all__ = ["main"]
 
@@ -44,7 +44,7 @@ def cli() -> None:
 
 
 def _targets(value: str) -> tuple[str, ...]:
-    from targets import TARGETS
+    from targets.registry import TARGETS
 
     names = tuple(t.strip() for t in value.split(",") if t.strip())
     bad = [t for t in names if t not in TARGETS]
@@ -108,9 +108,9 @@ def build(
 ) -> None:
     """Build a package from MODEL (an .onnx file or package.module:factory for PyTorch)."""
     from compiler.build import build_package
-    from compiler.config import load_config
-    from compiler.dag import build_graph, describe_graph
-    from compiler.normalize import Source, parse_input_spec
+    from compiler.pipeline.config import load_config
+    from compiler.pipeline.dag import build_graph, describe_graph
+    from compiler.pipeline.normalize import Source, parse_input_spec
 
     targets = _targets(targets_)
     config = load_config(config_path, list(targets), list(overrides))
@@ -162,7 +162,7 @@ def build(
 
 
 def _print_artifacts(manifest: Any) -> None:
-    from compiler.report import artifact_rows
+    from compiler.packaging.report import artifact_rows
 
     table = Table(title="artifacts")
     for col in (
@@ -195,7 +195,7 @@ def _print_artifacts(manifest: Any) -> None:
 @click.argument("package", type=click.Path(path_type=Path))
 def inspect(package: Path) -> None:
     """Summarize a package: contract, artifacts, status, parity, latency."""
-    from compiler.manifest import read_manifest
+    from compiler.serving.manifest import read_manifest
 
     m = read_manifest(package)
     out_console.print(
@@ -235,7 +235,7 @@ def inspect(package: Path) -> None:
 )
 def verify(package: Path, no_latency: bool, emulate: str | None) -> None:
     """Re-check hashes and re-measure parity and latency on this host; append the records."""
-    from compiler.reverify import verify_package
+    from compiler.packaging.reverify import verify_package
 
     results = verify_package(package, measure_latency=not no_latency)
     table = Table(title="verification on this host")
@@ -261,7 +261,7 @@ def verify(package: Path, no_latency: bool, emulate: str | None) -> None:
 
 def _verify_emulated(package: Path, arch: str) -> bool:
     """Print the emulated parity table; True when an artifact failed."""
-    from compiler.emulation import verify_emulated
+    from compiler.measure.emulation import verify_emulated
 
     rows = verify_emulated(package, arch, write=True)
     emulated = next((r["parity"]["host"]["emulated"] for r in rows if "host" in r["parity"]), "")
@@ -310,9 +310,9 @@ def run(
     """Load PACKAGE as serving would, print what was picked and the outputs."""
     import numpy as np
 
-    from compiler.dag import unpack_feeds
-    from compiler.data import read_npz, write_npz
-    from compiler.loader import load
+    from compiler.pipeline.dag import unpack_feeds
+    from compiler.pipeline.data import read_npz, write_npz
+    from compiler.serving.loader import load
 
     with load(
         package, order=order.split(",") if order else None, allow_unverified=allow_unverified
@@ -344,7 +344,7 @@ def run(
 )
 def pack(package: Path, output: Path | None) -> None:
     """Write a reproducible .tar.gz of PACKAGE (sorted entries, fixed mtimes and owners)."""
-    from compiler.package import pack as pack_
+    from compiler.packaging.package import pack as pack_
 
     archive = pack_(package, output or package.with_name(package.name + ".tar.gz"))
     console.print(f"wrote {archive}")
@@ -355,7 +355,7 @@ def pack(package: Path, output: Path | None) -> None:
 @click.argument("b", type=click.Path(path_type=Path))
 def compare(a: Path, b: Path) -> None:
     """Parity and latency of two packages side by side."""
-    from compiler.compare import compare_packages
+    from compiler.packaging.compare import compare_packages
 
     out_console.print(compare_packages(a, b))
 

@@ -11,7 +11,7 @@ re-measuring after each. Two choices differ from NNCF, for reasons:
   quantization is shared by its producer and consumers, so reverting one node alone often
   changes nothing and the ranking degenerates to ties. In isolation, both ends of an
   outlier-ridden tensor rank high.
-- The gate is the package's own parity gate (compiler.parity, per-precision tolerances),
+- The gate is the package's own parity gate (compiler.core.parity, per-precision tolerances),
   measured against the same reference the package reports against.
 """
 
@@ -51,7 +51,7 @@ class AccuracyAwareConfig(BaseModel):
 
 
 class Gate:
-    """The int8 parity gate: compiler.parity's metrics and verdicts over a set of samples."""
+    """The int8 parity gate: compiler.core.parity's metrics and verdicts over a set of samples."""
 
     def __init__(self, tolerance: Any, feeds: Feeds, references: Outputs) -> None:
         self.tolerance = tolerance
@@ -59,7 +59,7 @@ class Gate:
         self.references = references
 
     def check(self, model: onnx.ModelProto) -> tuple[bool, dict[str, Any]]:
-        from compiler.parity import compare_outputs
+        from compiler.core.parity import compare_outputs
 
         outputs = run_model(model, self.feeds)
         ok, per_output = compare_outputs(outputs, self.references, lambda _name: self.tolerance)
@@ -73,7 +73,7 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
 
 def _error(outputs: Outputs, references: Outputs) -> float:
     """Mean over outputs of 1 - cosine: the ranking metric (not the gate)."""
-    from compiler.parity import output_metrics
+    from compiler.core.parity import output_metrics
 
     errs = []
     for name in references[0]:

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict
 
-from compiler.contract import Contract
-from compiler.errors import PassError
+from compiler.core.contract import Contract
+from compiler.core.errors import PassError
 
 __all__ = ["Pass", "PassConfig", "PassContext", "PassResult", "model_size_bytes", "op_histogram"]
 

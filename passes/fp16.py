@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 from pydantic import model_validator
 
-from compiler.errors import PassError
+from compiler.core.errors import PassError
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.ort_tools import quiet, session
 

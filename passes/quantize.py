@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from pydantic import Field
 
-from compiler.errors import PassError
+from compiler.core.errors import PassError
 from passes.accuracy import AccuracyAwareConfig, Gate, keep_sensitive_layers_in_float
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
@@ -344,7 +344,7 @@ class QuantizePass(Pass[QuantizeConfig]):
             )
 
     def _tolerance(self, ctx: PassContext) -> Any:
-        from compiler.config import DEFAULT_TOLERANCES, Tolerance
+        from compiler.pipeline.config import DEFAULT_TOLERANCES, Tolerance
 
         given = ctx.tolerances.get("int8", DEFAULT_TOLERANCES["int8"])
         tol = given if isinstance(given, Tolerance) else Tolerance.model_validate(given)

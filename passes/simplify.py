@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from pydantic import Field
 
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 from passes.base import Pass, PassConfig, PassContext, PassResult
 
 __all__ = ["SimplifyConfig", "SimplifyPass"]

@@ -3,7 +3,7 @@ ONNX Runtime fp32 reference, each interleaved with the reference (A B A B ...), 
 noise shows.
 
 Every artifact is loaded the way serving loads it (its backend's runner, default threads).
-A repeat times every contender once, each in a `compiler.latency.measure_interleaved` pair
+A repeat times every contender once, each in a `compiler.core.latency.measure_interleaved` pair
 with the reference (the order rotates between repeats); the ratio to the reference is taken
 within each pair, and the table reports the median ratio with its min-max over repeats.
 """
@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from compiler.config import DEFAULT_TOLERANCES
-from compiler.dag import unpack_feeds
-from compiler.data import read_npz
-from compiler.host import HostInfo
-from compiler.latency import measure_interleaved, summarize
-from compiler.manifest import Manifest, read_manifest
-from compiler.parity import compare_outputs
+from compiler.core.host import HostInfo
+from compiler.core.latency import measure_interleaved, summarize
+from compiler.core.parity import compare_outputs
+from compiler.pipeline.config import DEFAULT_TOLERANCES
+from compiler.pipeline.dag import unpack_feeds
+from compiler.pipeline.data import read_npz
+from compiler.serving.manifest import Manifest, read_manifest
 
 __all__ = [
     "Contender",
@@ -51,7 +51,7 @@ class Contender:
 
 
 def reference_contender(package: Path, manifest: Manifest) -> Contender:
-    from targets.onnxruntime import reference_session
+    from targets.onnxruntime.backend import reference_session
 
     sess = reference_session(package / "reference" / "model.onnx")
     names = [o.name for o in manifest.contract.outputs]
@@ -72,7 +72,7 @@ def package_contenders(
     package: Path, host: HostInfo
 ) -> tuple[list[Contender], list[dict[str, str]]]:
     """Runners for the artifacts that run natively on `host`, and why the others do not."""
-    from targets import get_backend
+    from targets.registry import get_backend
 
     manifest = read_manifest(package)
     runnable: list[Contender] = []
@@ -118,7 +118,7 @@ def olive_contender(job: dict[str, Any], manifest: Manifest) -> Contender:
     names = [o.name for o in manifest.contract.outputs]
     path = Path(job["artifact"])
     if job["format"] == "onnx":
-        from targets.onnxruntime import reference_session
+        from targets.onnxruntime.backend import reference_session
 
         sess = reference_session(path)  # ORT CPU, ORT_ENABLE_ALL, default threads
         return Contender(

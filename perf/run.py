@@ -163,8 +163,8 @@ def _library_versions() -> dict[str, str]:
 
 
 def _one_change(targets: list[str]) -> str:
-    from compiler.config import resolve_config
-    from compiler.errors import ConfigError
+    from compiler.core.errors import ConfigError
+    from compiler.pipeline.config import resolve_config
 
     for cand in ONE_CHANGE:
         try:
@@ -177,7 +177,7 @@ def _one_change(targets: list[str]) -> str:
 
 def _dropped_variants(plan: Plan) -> tuple[str, ...]:
     """`--set T.V.enabled=false` for the variants --quick leaves out of every build."""
-    from compiler.config import resolve_config
+    from compiler.pipeline.config import resolve_config
 
     targets = plan.targets.split(",")
     cfg = resolve_config({}, targets)
@@ -327,9 +327,9 @@ def _measure(
     peak: dict[str, Any],
     olive_jobs: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    from compiler.host import probe_host
-    from compiler.manifest import read_manifest
-    from compiler.verify import batch_size
+    from compiler.core.host import probe_host
+    from compiler.measure.verify import batch_size
+    from compiler.serving.manifest import read_manifest
     from perf.flops import count_flops
     from perf.measure import (
         close_all,
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown models {unknown}; known: {list(MODELS)}")
 
-    from compiler.host import probe_host
+    from compiler.core.host import probe_host
     from perf.peak import measure_peak
     from perf.report import render_markdown, render_plot
 

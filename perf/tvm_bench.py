@@ -19,9 +19,9 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compiler.contract import extract_contract  # noqa: E402
+from compiler.core.contract import extract_contract  # noqa: E402
 from targets.base import BuildRequest, BuildResult  # noqa: E402
-from targets.onnxruntime import reference_session  # noqa: E402
+from targets.onnxruntime.backend import reference_session  # noqa: E402
 from targets.tvm import TvmBackend, TvmOptions  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"

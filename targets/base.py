@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from compiler.contract import Contract
-from compiler.host import Requirements
+from compiler.core.contract import Contract
+from compiler.core.host import Requirements
 
 __all__ = [
     "Availability",

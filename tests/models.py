@@ -44,9 +44,12 @@ def tiny_mlp(seed: int = 0, batch: str | int = "batch", opset: int = 17) -> onnx
         helper.make_node("Add", ["h3", "b2"], ["y"], name="add2"),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_mlp",
+        nodes,
+        "tiny_mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8 if opset >= 13 else 7
     return model
@@ -57,7 +60,8 @@ def tiny_cnn(seed: int = 0) -> onnx.ModelProto:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "make_example", Path(__file__).resolve().parents[1] / "scripts" / "make_example.py")
+        "make_example", Path(__file__).resolve().parents[1] / "scripts" / "make_example.py"
+    )
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

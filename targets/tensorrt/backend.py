@@ -17,9 +17,9 @@ from typing import Any
 
 import onnx
 
-from compiler.contract import Contract
-from compiler.errors import BackendUnavailable, BuildError, ConfigError
-from compiler.host import HostInfo, Requirements, probe_host
+from compiler.core.contract import Contract
+from compiler.core.errors import BackendUnavailable, BuildError, ConfigError
+from compiler.core.host import HostInfo, Requirements, probe_host
 from targets.base import Availability, Backend, BuildRequest, BuildResult
 from targets.tensorrt.cache import EngineCache, file_digest
 from targets.tensorrt.compat import host_can_build

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compiler.host import GpuInfo
+from compiler.core.host import GpuInfo
 
 __all__ = ["ADAPTER_VERSION", "CachedEngine", "EngineCache", "engine_cache_key", "file_digest"]
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from compiler.host import GpuInfo, HostInfo
+from compiler.core.host import GpuInfo, HostInfo
 from targets.tensorrt.cache import EngineCache, engine_cache_key
 from targets.tensorrt.options import Profile
 

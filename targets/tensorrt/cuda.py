@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import BackendUnavailable
+from compiler.core.errors import BackendUnavailable
 
 __all__ = ["Device", "open_device"]
 

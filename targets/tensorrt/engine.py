@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compiler.errors import BackendUnavailable, BuildError, IntegrityError
-from compiler.host import GpuInfo, HostInfo
+from compiler.core.errors import BackendUnavailable, BuildError, IntegrityError
+from compiler.core.host import GpuInfo, HostInfo
 from targets.tensorrt.cache import CachedEngine, EngineCache, engine_cache_key, file_digest
 from targets.tensorrt.compat import CompatibilityRecord, _cc, host_can_build
 from targets.tensorrt.options import BuilderSettings

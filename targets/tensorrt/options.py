@@ -17,8 +17,8 @@ from typing import Literal
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compiler.contract import Contract, DimRange
-from compiler.errors import ConfigError
+from compiler.core.contract import Contract, DimRange
+from compiler.core.errors import ConfigError
 from targets.base import BackendOptions
 
 __all__ = [

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from compiler.contract import Contract
-from compiler.errors import BackendUnavailable, ContractError, PackageError
-from compiler.host import HostInfo, probe_host
+from compiler.core.contract import Contract
+from compiler.core.errors import BackendUnavailable, ContractError, PackageError
+from compiler.core.host import HostInfo, probe_host
 from targets.base import Runner
 from targets.tensorrt.cache import EngineCache
 from targets.tensorrt.compat import CompatibilityRecord, EngineDecision, decide_engine

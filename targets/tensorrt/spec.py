@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from compiler.errors import PackageError
+from compiler.core.errors import PackageError
 from targets.tensorrt.options import BuilderSettings
 from targets.tensorrt.preflight import MATRIX_VERSION, Finding
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compiler.errors import BuildError
+from compiler.core.errors import BuildError
 from targets.tvm.cuda import cuda_source_markers, ensure_libcuda, fatbin_entries, have_real_driver
 from targets.tvm.preflight import topological_order, unsupported_ops
 
@@ -64,7 +64,7 @@ TARGETS: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str, str | 
 }
 
 
-# LLVM feature name -> /proc/cpuinfo flag (the names compiler.host records).
+# LLVM feature name -> /proc/cpuinfo flag (the names compiler.core.host records).
 _LLVM_TO_CPUINFO = {
     "sse4.2": "sse4_2",
     "avx": "avx",

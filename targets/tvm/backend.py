@@ -24,9 +24,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from compiler.contract import Contract
-from compiler.errors import BackendUnavailable, BuildError, ConfigError, ContractError
-from compiler.host import Requirements
+from compiler.core.contract import Contract
+from compiler.core.errors import BackendUnavailable, BuildError, ConfigError, ContractError
+from compiler.core.host import Requirements
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
 
 __all__ = ["TvmBackend", "TvmOptions", "TvmRunner", "default_cache_dir"]

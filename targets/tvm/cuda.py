@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.errors import BuildError
+from compiler.core.errors import BuildError
 
 __all__ = [
     "FatbinEntry",

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compiler.errors import BuildError
+from compiler.core.errors import BuildError
 
 __all__ = ["tuning_database", "tuning_key"]
 

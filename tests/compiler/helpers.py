@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from compiler.build import BuildOutcome, build_package
-from compiler.config import resolve_config
-from compiler.normalize import Source
+from compiler.pipeline.config import resolve_config
+from compiler.pipeline.normalize import Source
 
 # Foundation tests build with ONNX Runtime only (fast, always installed); backends have their own tests.
 ORT_ONLY = {
@@ -54,7 +54,7 @@ def statuses(outcome: BuildOutcome) -> dict[str, str]:
 
 
 def build_source(factory: str, specs: list[str], out: Path, cfg, targets=("cpu",)) -> BuildOutcome:  # type: ignore[no-untyped-def]
-    from compiler.normalize import parse_input_spec
+    from compiler.pipeline.normalize import parse_input_spec
 
     src = Source(torch_factory=factory, input_specs=tuple(parse_input_spec(s) for s in specs))
     return build_package(src, cfg, targets, out, use_cache=False)

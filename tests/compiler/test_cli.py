@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from compiler.cli import main
-from compiler.host import probe_host
+from compiler.core.host import probe_host
 from tests.models import shared_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.compare import compare_markdown, compare_packages, compare_rows
-from compiler.errors import PackageError
+from compiler.core.errors import PackageError
+from compiler.packaging.compare import compare_markdown, compare_packages, compare_rows
 from tests.compiler.helpers import ORT_ONLY, build
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny_cnn.onnx"

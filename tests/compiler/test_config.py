@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.config import load_config, resolve_config
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
+from compiler.pipeline.config import load_config, resolve_config
 
 
 def test_defaults_expand_the_pipeline_per_target() -> None:

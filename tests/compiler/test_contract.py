@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from compiler.contract import DimRange, extract_contract, name_unnamed_dims
-from compiler.errors import ConfigError, ContractError
+from compiler.core.contract import DimRange, extract_contract, name_unnamed_dims
+from compiler.core.errors import ConfigError, ContractError
 from tests.models import tiny_mlp
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import networkx as nx
 
-from compiler.config import resolve_config
-from compiler.dag import build_graph, describe_graph
+from compiler.pipeline.config import resolve_config
+from compiler.pipeline.dag import build_graph, describe_graph
 from tests.compiler.helpers import ORT_ONLY, build, statuses
 
 

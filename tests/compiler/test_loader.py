@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.errors import ContractError, NoCompatibleArtifact
-from compiler.host import probe_host
-from compiler.loader import load
-from compiler.manifest import read_manifest
+from compiler.core.errors import ContractError, NoCompatibleArtifact
+from compiler.core.host import probe_host
+from compiler.serving.loader import load
+from compiler.serving.manifest import read_manifest
 from tests.compiler.helpers import build
 
 RAW = {

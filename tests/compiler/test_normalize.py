@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.errors import InputModelError
-from compiler.normalize import (
+from compiler.core.errors import InputModelError
+from compiler.pipeline.normalize import (
     load_onnx,
     normalize_model,
     parse_input_spec,
@@ -81,8 +81,8 @@ def test_torch_module_is_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    from compiler.config import resolve_config
-    from compiler.loader import load
+    from compiler.pipeline.config import resolve_config
+    from compiler.serving.loader import load
     from tests.compiler.helpers import build_source
 
     out = build_source(

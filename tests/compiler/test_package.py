@@ -11,9 +11,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from compiler.errors import PackageError
-from compiler.manifest import SCHEMA_PATH, Manifest, json_schema, migrate, read_manifest
-from compiler.package import pack
+from compiler.core.errors import PackageError
+from compiler.packaging.package import pack
+from compiler.serving.manifest import SCHEMA_PATH, Manifest, json_schema, migrate, read_manifest
 from tests.compiler.helpers import build
 
 
@@ -50,7 +50,7 @@ def test_manifest_validates_against_the_shipped_schema(mlp_path: Path, tmp_path:
 
 
 def test_shipped_schema_is_current() -> None:
-    """Golden file: regenerate with `python -m compiler.manifest` after changing the models."""
+    """Golden file: regenerate with `python -m compiler.serving.manifest` after changing the models."""
     assert json.loads(SCHEMA_PATH.read_text()) == json.loads(
         json.dumps(json_schema(), sort_keys=True)
     )
@@ -127,7 +127,7 @@ def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: 
 
 
 def test_short_message_folds_and_cuts_library_errors() -> None:
-    from compiler.errors import BuildError, short_message
+    from compiler.core.errors import BuildError, short_message
 
     assert (
         short_message(RuntimeError("line one\n   at foo.cc:12\n\n"))

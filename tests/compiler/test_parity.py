@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 
-from compiler.config import DEFAULT_TOLERANCES, Tolerance
-from compiler.parity import compare_outputs, judge, output_metrics
+from compiler.core.parity import compare_outputs, judge, output_metrics
+from compiler.pipeline.config import DEFAULT_TOLERANCES, Tolerance
 
 
 def test_metrics_match_hand_computed_values() -> None:

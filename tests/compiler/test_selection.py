@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from compiler.host import GpuInfo, HostInfo, Requirements
-from compiler.manifest import ArtifactEntry
-from compiler.selection import rank
+from compiler.core.host import GpuInfo, HostInfo, Requirements
+from compiler.serving.manifest import ArtifactEntry
+from compiler.serving.selection import rank
 from tests.compiler.helpers import build
 
 

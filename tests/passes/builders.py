@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.contract import extract_contract
+from compiler.core.contract import extract_contract
 from passes.base import PassContext
 
 __all__ = [
@@ -235,8 +235,8 @@ def run(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[dict
 def parity(
     a: onnx.ModelProto, b: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
 ) -> dict[str, dict[str, float]]:
-    """compiler.parity metrics of b's outputs against a's, per output."""
-    from compiler.parity import output_metrics
+    """compiler.core.parity metrics of b's outputs against a's, per output."""
+    from compiler.core.parity import output_metrics
 
     ra, rb = run(a, feeds), run(b, feeds)
     return {k: output_metrics([o[k] for o in rb], [o[k] for o in ra]) for k in ra[0]}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compiler.config import DEFAULT_TOLERANCES
+from compiler.pipeline.config import DEFAULT_TOLERANCES
 from passes.quantize import QuantizeConfig, QuantizePass
 from tests.passes.builders import context, outlier_mlp, parity
 

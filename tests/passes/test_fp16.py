@@ -8,7 +8,7 @@ import onnx
 import pytest
 from pydantic import ValidationError
 
-from compiler.config import DEFAULT_TOLERANCES
+from compiler.pipeline.config import DEFAULT_TOLERANCES
 from passes.base import op_histogram
 from passes.fp16 import Fp16Config, Fp16Pass
 from tests.passes.builders import attention_block, context, parity, small_cnn, smooth_images

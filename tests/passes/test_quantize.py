@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.config import DEFAULT_TOLERANCES
-from compiler.errors import PassError
+from compiler.core.errors import PassError
+from compiler.pipeline.config import DEFAULT_TOLERANCES
 from passes.base import op_histogram
 from passes.quantize import GENERATED_DATA_WARNING, QuantizeConfig, QuantizePass
 from tests.passes.builders import (

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.config import DEFAULT_TOLERANCES
+from compiler.pipeline.config import DEFAULT_TOLERANCES
 from passes.fp16 import Fp16Config, Fp16Pass
 from passes.quantize import QuantizeConfig, QuantizePass
 from passes.simplify import SimplifyConfig, SimplifyPass

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from passes import PASSES, AnyPassConfig, make_pass
+from passes.registry import PASSES, AnyPassConfig, make_pass
 from tests.passes.builders import context, small_cnn, smooth_images
 
 _CONFIG = TypeAdapter(AnyPassConfig)

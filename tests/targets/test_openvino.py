@@ -15,16 +15,16 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from compiler.contract import Contract, extract_contract
-from compiler.errors import BackendUnavailable, BuildError
-from compiler.host import probe_host
+from compiler.core.contract import Contract, extract_contract
+from compiler.core.errors import BackendUnavailable, BuildError
+from compiler.core.host import probe_host
 from targets.base import BuildRequest, BuildResult
-from targets.onnxruntime import reference_session
+from targets.onnxruntime.backend import reference_session
 
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from targets.openvino import OpenVinoBackend, OpenVinoOptions, OpenVinoRunner  # noqa: E402
+from targets.openvino.backend import OpenVinoBackend, OpenVinoOptions, OpenVinoRunner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"
@@ -186,7 +186,7 @@ def _within_f32(got: np.ndarray, ref: np.ndarray) -> bool:
 def test_import_and_availability_without_openvino() -> None:
     code = (
         "import sys; sys.modules['openvino'] = None; sys.modules['nncf'] = None\n"
-        "import targets.openvino as t\n"
+        "import targets.openvino.backend as t\n"
         "a = t.OpenVinoBackend.availability('cpu')\n"
         "r = t.OpenVinoBackend.runtime_availability()\n"
         "print(a.ok, r.ok, '|', a.reason, '|', a.install)\n"

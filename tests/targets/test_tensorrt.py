@@ -13,9 +13,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
-from compiler.contract import Contract, DimRange, extract_contract
-from compiler.errors import BackendUnavailable, BuildError, ConfigError, ContractError, PackageError
-from compiler.host import GpuInfo, HostInfo, probe_host
+from compiler.core.contract import Contract, DimRange, extract_contract
+from compiler.core.errors import (
+    BackendUnavailable,
+    BuildError,
+    ConfigError,
+    ContractError,
+    PackageError,
+)
+from compiler.core.host import GpuInfo, HostInfo, probe_host
 from targets.base import BuildRequest
 from targets.tensorrt import (
     BuildSpec,
@@ -491,7 +497,7 @@ def test_runner_refuses_with_reasons_on_a_host_without_tensorrt(tmp_path: Path) 
 def test_failed_background_build_keeps_serving_the_fallback(tmp_path: Path) -> None:
     """A host that says it has TensorRT and a GPU, where the build then fails: the switching
     runner keeps serving the ONNX Runtime fallback and says why."""
-    from targets.onnxruntime import OnnxRuntimeBackend
+    from targets.onnxruntime.backend import OnnxRuntimeBackend
     from targets.tensorrt.runner import TensorRTRunner
 
     result, out = _build(tmp_path, build="deferred")
@@ -511,12 +517,12 @@ def test_failed_background_build_keeps_serving_the_fallback(tmp_path: Path) -> N
 
 
 def test_registry_and_default_gpu_pipeline() -> None:
-    from targets import BACKENDS
+    from targets.registry import BACKENDS
 
     assert BACKENDS["tensorrt"] is TensorRTBackend
     try:
-        from compiler.config import VariantConfig
-        from compiler.pipelines import PIPELINES
+        from compiler.pipeline.config import VariantConfig
+        from compiler.pipeline.pipelines import PIPELINES
     except ImportError as exc:  # pragma: no cover - the lead's modules
         pytest.skip(f"pipelines not importable: {exc}")
     v = VariantConfig.model_validate({"compile": {"backend": "tensorrt", "workspace_mib": 64}})
@@ -537,7 +543,7 @@ def _have_trt() -> str:
 
 
 def _reference(model_path: Path, x: np.ndarray) -> np.ndarray:
-    from targets.onnxruntime import reference_session
+    from targets.onnxruntime.backend import reference_session
 
     return reference_session(model_path).run(None, {"x": x})[0]
 

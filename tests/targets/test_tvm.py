@@ -22,10 +22,10 @@ import pytest
 from onnx import helper, numpy_helper
 from pydantic import ValidationError
 
-from compiler.contract import Contract, extract_contract
-from compiler.errors import BuildError, ContractError
+from compiler.core.contract import Contract, extract_contract
+from compiler.core.errors import BuildError, ContractError
 from targets.base import BuildRequest, BuildResult
-from targets.onnxruntime import reference_session
+from targets.onnxruntime.backend import reference_session
 from targets.tvm import TvmBackend, TvmOptions
 from targets.tvm.cuda import cuda_source_markers, fatbin_entries
 
@@ -253,7 +253,7 @@ def test_runtime_only_loading_in_subprocess(cpu_fp32: Built, tmp_path: Path) -> 
 import json, sys
 from pathlib import Path
 import numpy as np
-from compiler.contract import Contract
+from compiler.core.contract import Contract
 from targets.tvm import TvmBackend
 runtime = json.loads(Path({str(tmp_path / "runtime.json")!r}).read_text())
 contract = Contract.model_validate_json(Path({str(tmp_path / "contract.json")!r}).read_text())

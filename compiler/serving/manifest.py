@@ -4,7 +4,7 @@ The manifest has a *core* (everything that is a function of the source, the conf
 toolchain: identical for two builds of the same inputs, hashed into `core_sha256`) and two
 run-to-run parts kept apart: `measurements` (parity and latency records, each naming its
 host and time) and `build` (timestamps, source path, node log). `schema/manifest.v1.json`
-is generated from these models (`python -m compiler.manifest`) and checked by a test.
+is generated from these models (`python -m compiler.serving.manifest`) and checked by a test.
 Older schema versions are upgraded by one migration function per version (MIGRATIONS).
 """
 
@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from compiler.config import PackageMeta, canonical_json
-from compiler.contract import Contract
-from compiler.errors import PackageError
-from compiler.host import Requirements
+from compiler.core.contract import Contract
+from compiler.core.errors import PackageError
+from compiler.core.host import Requirements
+from compiler.pipeline.config import PackageMeta, canonical_json
 
 __all__ = [
     "ArtifactEntry",

@@ -1,6 +1,6 @@
 """`compile-pkg compare PKG_A PKG_B`: artifacts of two packages side by side.
 
-Reads each package's manifest.json (compiler.manifest) and lines artifacts up by id
+Reads each package's manifest.json (compiler.serving.manifest) and lines artifacts up by id
 (`<target>/<variant>`): status, precision, the latest parity record (status, worst cosine and
 top-1 over outputs, max abs error) and the latest latency record (p50), with B's p50 as a
 ratio of A's. Latency is comparable only when both were measured on the same kind of host,
@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.table import Table
 
-from compiler.manifest import Manifest, read_manifest
+from compiler.serving.manifest import Manifest, read_manifest
 
 __all__ = ["CompareRow", "compare_markdown", "compare_packages", "compare_rows"]
 

@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from compiler import __version__
-from compiler.config import BuildConfig
-from compiler.dag import NodeResult
-from compiler.errors import PackageError
-from compiler.manifest import (
+from compiler.core.errors import PackageError
+from compiler.measure.verify import now_utc
+from compiler.packaging.report import write_reports
+from compiler.pipeline.config import BuildConfig
+from compiler.pipeline.dag import NodeResult
+from compiler.pipeline.normalize import MODEL_FILE, file_sha256
+from compiler.serving.manifest import (
     ArtifactEntry,
     FileEntry,
     Manifest,
@@ -35,10 +38,7 @@ from compiler.manifest import (
     SourceInfo,
     manifest_json,
 )
-from compiler.normalize import MODEL_FILE, file_sha256
-from compiler.report import write_reports
-from compiler.selection import select_order
-from compiler.verify import now_utc
+from compiler.serving.selection import select_order
 
 __all__ = ["assemble", "write_atomically", "pack", "rewrite_manifest", "library_versions"]
 

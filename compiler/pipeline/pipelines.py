@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from compiler.config import VariantConfig
+from compiler.pipeline.config import VariantConfig
 from passes.accuracy import AccuracyAwareConfig
 from passes.fp16 import Fp16Config
 from passes.fuse import FuseConfig
 from passes.quantize import QuantizeConfig
 from passes.simplify import SimplifyConfig
-from targets.onnxruntime import OnnxRuntimeOptions
-from targets.openvino import OpenVinoOptions
+from targets.onnxruntime.backend import OnnxRuntimeOptions
+from targets.openvino.backend import OpenVinoOptions
 from targets.tensorrt import TensorRTOptions
 from targets.tvm import TvmOptions
 

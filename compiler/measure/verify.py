@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from compiler.config import LatencyConfig, ParityConfig
-from compiler.contract import Contract
-from compiler.errors import short_message
-from compiler.host import HostInfo, Requirements
-from compiler.latency import measure_interleaved
-from compiler.parity import compare_outputs, parity_record
+from compiler.core.contract import Contract
+from compiler.core.errors import short_message
+from compiler.core.host import HostInfo, Requirements
+from compiler.core.latency import measure_interleaved
+from compiler.core.parity import compare_outputs, parity_record
+from compiler.pipeline.config import LatencyConfig, ParityConfig
 
 __all__ = ["verify_artifact", "batch_size", "now_utc"]
 
@@ -55,7 +55,7 @@ def verify_artifact(
     measure_latency: bool = True,
 ) -> dict[str, Any]:
     """Returns {"parity": record, "latency": record | None}."""
-    from targets import get_backend
+    from targets.registry import get_backend
 
     host_d = host.model_dump(exclude={"hostname"}) | {"measured_at": now_utc()}
     mismatches = requirements.mismatches(host)
@@ -129,7 +129,7 @@ def _latency(
     cfg: LatencyConfig,
     host_d: dict[str, Any],
 ) -> dict[str, Any]:
-    from targets.onnxruntime import reference_session
+    from targets.onnxruntime.backend import reference_session
 
     checked = runner.contract.validate_feeds(feed)  # time inference, not input validation
     fns = {"artifact": lambda: runner._run(checked)}

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from compiler.host import HostInfo
+from compiler.core.host import HostInfo
 
 if TYPE_CHECKING:
-    from compiler.manifest import ArtifactEntry, Manifest
+    from compiler.serving.manifest import ArtifactEntry, Manifest
 
 __all__ = ["Candidate", "parity_verdict", "best_latency", "rank", "select_order"]
 
@@ -146,7 +146,7 @@ def rank(
 
 def select_order(manifest: Manifest) -> dict[str, Any]:
     """What the build host would pick, recorded in the manifest (informational)."""
-    from compiler.host import probe_host
+    from compiler.core.host import probe_host
 
     host = probe_host()
     ok, excluded = rank(manifest, host)

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import IntegrityError, NoCompatibleArtifact
-from compiler.host import HostInfo, probe_host
-from compiler.manifest import ArtifactEntry, Manifest, read_manifest
-from compiler.normalize import file_sha256
-from compiler.selection import rank
+from compiler.core.errors import IntegrityError, NoCompatibleArtifact
+from compiler.core.host import HostInfo, probe_host
+from compiler.pipeline.normalize import file_sha256
+from compiler.serving.manifest import ArtifactEntry, Manifest, read_manifest
+from compiler.serving.selection import rank
 
 __all__ = ["Session", "load", "check_files"]
 
@@ -93,7 +93,7 @@ def load(
     was not verified (never ones that failed). cache_dir: where runtimes may keep compiled
     caches (OpenVINO CACHE_DIR, TensorRT engines).
     """
-    from targets import get_backend
+    from targets.registry import get_backend
 
     package = Path(package_path)
     manifest = read_manifest(package)

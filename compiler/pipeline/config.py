@@ -18,10 +18,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from compiler.contract import DimRange
-from compiler.errors import ConfigError
-from passes import AnyPassConfig
-from targets import TARGETS, BackendOptionsUnion
+from compiler.core.contract import DimRange
+from compiler.core.errors import ConfigError
+from passes.registry import AnyPassConfig
+from targets.registry import TARGETS, BackendOptionsUnion
 
 __all__ = [
     "BuildConfig",
@@ -250,7 +250,7 @@ def resolve_config(
     source: str = "<defaults>",
 ) -> BuildConfig:
     """Expand pipelines into variants for `targets`, apply `--set` overrides, validate."""
-    from compiler.pipelines import PIPELINES
+    from compiler.pipeline.pipelines import PIPELINES
 
     data = json.loads(json.dumps(raw or {}))  # deep copy of plain data
     unknown = sorted(set(targets) - set(TARGETS))

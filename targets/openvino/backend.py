@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
-from compiler.contract import Contract
-from compiler.errors import BackendUnavailable, BuildError
-from compiler.host import Requirements
+from compiler.core.contract import Contract
+from compiler.core.errors import BackendUnavailable, BuildError
+from compiler.core.host import Requirements
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
 
 __all__ = ["IgnoredScopeOptions", "OpenVinoBackend", "OpenVinoOptions", "OpenVinoRunner"]
@@ -376,7 +376,7 @@ def _has_attention(model: Any) -> bool:
 def _reference_outputs(
     model_path: Path, feeds: list[dict[str, np.ndarray]], names: list[str]
 ) -> list[dict[str, np.ndarray]]:
-    from targets.onnxruntime import reference_session
+    from targets.onnxruntime.backend import reference_session
 
     session = reference_session(model_path)
     return [dict(zip(names, session.run(names, f), strict=True)) for f in feeds]

@@ -7,16 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compiler.config import LatencyConfig, ParityConfig
-from compiler.dag import unpack_feeds
-from compiler.data import read_npz
-from compiler.errors import IntegrityError
-from compiler.host import probe_host
-from compiler.loader import check_files
-from compiler.manifest import read_manifest
-from compiler.normalize import MODEL_FILE
-from compiler.package import rewrite_manifest
-from compiler.verify import verify_artifact
+from compiler.core.errors import IntegrityError
+from compiler.core.host import probe_host
+from compiler.measure.verify import verify_artifact
+from compiler.packaging.package import rewrite_manifest
+from compiler.pipeline.config import LatencyConfig, ParityConfig
+from compiler.pipeline.dag import unpack_feeds
+from compiler.pipeline.data import read_npz
+from compiler.pipeline.normalize import MODEL_FILE
+from compiler.serving.loader import check_files
+from compiler.serving.manifest import read_manifest
 
 __all__ = ["verify_package"]
 

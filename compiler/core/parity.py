@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.config import Tolerance
+from compiler.pipeline.config import Tolerance
 
 __all__ = ["OutputParity", "compare_outputs", "output_metrics", "parity_record"]
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import BackendUnavailable, PackageError
-from compiler.host import HostInfo
+from compiler.core.errors import BackendUnavailable, PackageError
+from compiler.core.host import HostInfo
 
 __all__ = [
     "DEFAULT_CPU",
@@ -373,14 +373,14 @@ def verify_emulated(
     and names the emulated CPU, qemu and the aarch64 runtime version. With `write`, the
     records are appended to the manifest's measurements, like `compile-pkg verify` does.
     """
-    from compiler.config import ParityConfig
-    from compiler.dag import unpack_feeds
-    from compiler.data import read_npz
-    from compiler.errors import IntegrityError
-    from compiler.loader import check_files
-    from compiler.manifest import read_manifest
-    from compiler.parity import compare_outputs, parity_record
-    from compiler.verify import now_utc
+    from compiler.core.errors import IntegrityError
+    from compiler.core.parity import compare_outputs, parity_record
+    from compiler.measure.verify import now_utc
+    from compiler.pipeline.config import ParityConfig
+    from compiler.pipeline.dag import unpack_feeds
+    from compiler.pipeline.data import read_npz
+    from compiler.serving.loader import check_files
+    from compiler.serving.manifest import read_manifest
 
     m = read_manifest(package)
     chosen = [
@@ -468,7 +468,7 @@ def verify_emulated(
         }
         rows.append({"id": a.id, "parity": rec})
     if write:
-        from compiler.package import rewrite_manifest
+        from compiler.packaging.package import rewrite_manifest
 
         for row in rows:
             m.measurements.setdefault(row["id"], {}).setdefault("parity", []).append(row["parity"])

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compiler.selection import parity_verdict
+from compiler.serving.selection import parity_verdict
 
 if TYPE_CHECKING:
-    from compiler.manifest import Manifest
+    from compiler.serving.manifest import Manifest
 
 __all__ = ["write_reports", "artifact_rows", "render_markdown"]
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compiler.errors import ConfigError, ContractError
+from compiler.core.errors import ConfigError, ContractError
 
 __all__ = ["Contract", "DimRange", "TensorSpec", "extract_contract", "onnx_dtype_name"]
 

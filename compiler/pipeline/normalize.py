@@ -18,8 +18,8 @@ from typing import Any
 
 import onnx
 
-from compiler.contract import name_unnamed_dims
-from compiler.errors import InputModelError
+from compiler.core.contract import name_unnamed_dims
+from compiler.core.errors import InputModelError
 
 __all__ = [
     "InputSpec",

@@ -26,16 +26,22 @@ import numpy as np
 import onnx
 
 from compiler import __version__
-from compiler.cache import Cache
-from compiler.config import BuildConfig, VariantConfig, canonical_json
-from compiler.contract import Contract, extract_contract
-from compiler.data import feeds_digest, generate_feeds, read_feeds, read_npz, write_npz
-from compiler.errors import BackendUnavailable, CompilePkgError, short_message
-from compiler.host import HostInfo, Requirements, probe_host
-from compiler.normalize import MODEL_FILE, dir_digest, load_onnx, normalize_model, save_model
-from compiler.verify import verify_artifact
-from passes import PASSES, PassConfig, PassContext, make_pass
-from targets import BuildRequest, get_backend
+from compiler.core.contract import Contract, extract_contract
+from compiler.core.errors import BackendUnavailable, CompilePkgError, short_message
+from compiler.core.host import HostInfo, Requirements, probe_host
+from compiler.measure.verify import verify_artifact
+from compiler.pipeline.cache import Cache
+from compiler.pipeline.config import BuildConfig, VariantConfig, canonical_json
+from compiler.pipeline.data import feeds_digest, generate_feeds, read_feeds, read_npz, write_npz
+from compiler.pipeline.normalize import (
+    MODEL_FILE,
+    dir_digest,
+    load_onnx,
+    normalize_model,
+    save_model,
+)
+from passes.registry import PASSES, PassConfig, PassContext, make_pass
+from targets.registry import BuildRequest, get_backend
 
 __all__ = [
     "BuildInputs",
@@ -245,7 +251,7 @@ def _key_data(run: _Run, nid: str) -> dict[str, Any]:
 
 
 def _file_digest(path: Path) -> str:
-    from compiler.normalize import file_sha256
+    from compiler.pipeline.normalize import file_sha256
 
     return file_sha256(path)
 
@@ -288,7 +294,7 @@ def _key_reference(run: _Run, nid: str) -> dict[str, Any]:
 def _exec_reference(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from targets.onnxruntime import reference_session
+    from targets.onnxruntime.backend import reference_session
 
     assert run.contract is not None
     sess = reference_session(run.model_path("normalize"))
@@ -323,7 +329,7 @@ def _key_pass(run: _Run, nid: str) -> dict[str, Any]:
 
 
 def _pass_context(run: _Run, target: str | None, scratch: Path) -> PassContext:
-    from targets.onnxruntime import reference_session
+    from targets.onnxruntime.backend import reference_session
 
     assert run.contract is not None
     data_meta = run.res("data").meta

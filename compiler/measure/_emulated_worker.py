@@ -1,4 +1,4 @@
-"""Runs arm artifacts inside the emulated aarch64 Python (started by compiler.emulation).
+"""Runs arm artifacts inside the emulated aarch64 Python (started by compiler.measure.emulation).
 
 Self-contained on purpose: it imports the standard library, numpy and the runtime each
 artifact needs, nothing of the project (its pydantic models and onnx would cost seconds to

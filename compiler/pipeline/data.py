@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.contract import Contract
-from compiler.errors import ConfigError, ContractError
+from compiler.core.contract import Contract
+from compiler.core.errors import ConfigError, ContractError
 
 __all__ = ["generate_feeds", "read_feeds", "read_npz", "write_npz", "feeds_digest"]
 

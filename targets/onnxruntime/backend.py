@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compiler.contract import Contract
-from compiler.errors import BuildError, short_message
-from compiler.host import Requirements
+from compiler.core.contract import Contract
+from compiler.core.errors import BuildError, short_message
+from compiler.core.host import Requirements
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "OnnxRuntimeRunner"]

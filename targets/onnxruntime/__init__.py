@@ -1,0 +1,1 @@
+"""ONNX Runtime backend (targets/onnxruntime/backend.py)."""

@@ -1,0 +1,1 @@
+"""OpenVINO backend (targets/openvino/backend.py)."""
