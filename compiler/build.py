@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compiler.core.errors import CompilePkgError, InputModelError
+from compiler.core.records import NodeResult
 from compiler.measure.verify import now_utc
 from compiler.packaging.package import assemble, finish_package, write_atomically
 from compiler.pipeline.cache import Cache, default_cache_dir
 from compiler.pipeline.config import BuildConfig
-from compiler.pipeline.dag import BuildInputs, NodeResult, build_graph, cleanup_scratch, run_graph
+from compiler.pipeline.dag import BuildInputs, build_graph, cleanup_scratch, run_graph
 from compiler.pipeline.normalize import Source, export_torch, save_model, source_digest
 from compiler.serving.manifest import Manifest, read_manifest
 
@@ -58,7 +59,7 @@ def _verify_arm_emulated(staging: Path) -> None:
         verify_emulated(staging, "aarch64", write=True)
     except BackendUnavailable as exc:
         m = read_manifest(staging)
-        m.build["emulated_verification"] = f"not run: {exc}"
+        m.build.emulated_verification = f"not run: {exc}"
         rewrite_manifest(staging, m)
 
 

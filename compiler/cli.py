@@ -177,16 +177,16 @@ def _print_artifacts(manifest: Any) -> None:
     ):
         table.add_column(col)
     for r in artifact_rows(manifest):
-        status = r["status"] + (f": {r['reason'][:70]}" if r["reason"] else "")
+        status = r.status + (f": {r.reason[:70]}" if r.reason else "")
         table.add_row(
-            r["id"],
-            r["backend"],
-            r["precision"],
+            r.id,
+            r.backend,
+            r.precision,
             status,
-            r["parity"],
-            f"{r['max_abs_err']:.2e}" if r["max_abs_err"] is not None else "-",
-            f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-",
-            f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-",
+            r.parity,
+            f"{r.max_abs_err:.2e}" if r.max_abs_err is not None else "-",
+            f"{r.p50_ms:.3f}" if r.p50_ms is not None else "-",
+            f"{r.speedup:.2f}x" if r.speedup is not None else "-",
         )
     out_console.print(table)
 
@@ -217,10 +217,10 @@ def inspect(package: Path) -> None:
     _print_artifacts(m)
     for target, note in m.target_notes.items():
         out_console.print(f"target {target}: {note}")
-    if m.selection:
-        out_console.print(f"selection on the build host ({m.selection.get('host')}):")
-        for i, c in enumerate(m.selection.get("order", []), 1):
-            out_console.print(f"  {i}. {c['id']}: {c['why']}", highlight=False)
+    if m.selection.order:
+        out_console.print(f"selection on the build host ({m.selection.host}):")
+        for i, c in enumerate(m.selection.order, 1):
+            out_console.print(f"  {i}. {c.id}: {c.why}", highlight=False)
 
 
 @cli.command()
@@ -241,16 +241,15 @@ def verify(package: Path, no_latency: bool, emulate: str | None) -> None:
     table = Table(title="verification on this host")
     for col in ("artifact", "files", "parity", "mode", "p50 ms", "speedup"):
         table.add_column(col)
-    bad = False
+    bad = any(r.bad for r in results)
     for r in results:
-        bad = bad or r["files"] != "ok" or r["parity"] in ("failed", "error")
         table.add_row(
-            r["id"],
-            r["files"],
-            r["parity"],
-            r.get("mode", "-"),
-            f"{r['p50_ms']:.3f}" if r.get("p50_ms") is not None else "-",
-            f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-",
+            r.id,
+            r.files,
+            r.parity.status,
+            r.parity.mode,
+            f"{r.p50_ms:.3f}" if r.p50_ms is not None else "-",
+            f"{r.speedup:.2f}x" if r.speedup is not None else "-",
         )
     out_console.print(table)
     if emulate:
@@ -264,24 +263,21 @@ def _verify_emulated(package: Path, arch: str) -> bool:
     from compiler.measure.emulation import verify_emulated
 
     rows = verify_emulated(package, arch, write=True)
-    emulated = next((r["parity"]["host"]["emulated"] for r in rows if "host" in r["parity"]), "")
+    emulated = next((r.parity.host.emulated for r in rows if r.parity.host), "")
     table = Table(title=f"verification under emulation: {emulated or arch}")
     for col in ("artifact", "parity", "mode", "runtime", "max abs err", "reason"):
         table.add_column(col)
     bad = False
     for r in rows:
-        rec = r["parity"]
-        bad = bad or rec["status"] in ("failed", "error")
-        errs = [o.get("max_abs_err") for o in rec.get("outputs", {}).values()]
-        worst = max((e for e in errs if e is not None), default=None)
-        why = rec.get("reason", "") or "; ".join(
-            f for o in rec.get("outputs", {}).values() for f in o.get("failures", [])
-        )
+        rec = r.parity
+        bad = bad or rec.status in ("failed", "error")
+        worst = max((o.max_abs_err for o in rec.outputs.values() if not o.error), default=None)
+        why = rec.reason or "; ".join(f for o in rec.outputs.values() for f in o.failures)
         table.add_row(
-            r["id"],
-            rec["status"],
-            rec.get("mode", "-"),
-            rec.get("emulation", {}).get("runtime", "-"),
+            r.id,
+            rec.status,
+            rec.mode,
+            rec.emulation.runtime if rec.emulation else "-",
             f"{worst:.3g}" if worst is not None else "-",
             why,
         )
@@ -310,8 +306,7 @@ def run(
     """Load PACKAGE as serving would, print what was picked and the outputs."""
     import numpy as np
 
-    from compiler.pipeline.dag import unpack_feeds
-    from compiler.pipeline.data import read_npz, write_npz
+    from compiler.core.feeds import read_feeds_npz, read_npz, write_npz
     from compiler.serving.loader import load
 
     with load(
@@ -319,7 +314,7 @@ def run(
     ) as session:
         console.print(session.explain(), highlight=False, markup=False)
         if input_path is None:
-            feeds = unpack_feeds(read_npz(package / "reference" / "inputs.npz"))[0]
+            feeds = read_feeds_npz(package / "reference" / "inputs.npz")[0]
         else:
             feeds = read_npz(input_path)
         outputs = session.run(feeds)

@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
+from compiler.core.parity import OutputParity, compare_outputs, output_metrics
+from compiler.core.tolerance import Tolerance
 from passes.ort_tools import run_model
 
 __all__ = ["AccuracyAwareConfig", "Gate", "keep_sensitive_layers_in_float"]
@@ -53,32 +55,31 @@ class AccuracyAwareConfig(BaseModel):
 class Gate:
     """The int8 parity gate: compiler.core.parity's metrics and verdicts over a set of samples."""
 
-    def __init__(self, tolerance: Any, feeds: Feeds, references: Outputs) -> None:
+    def __init__(self, tolerance: Tolerance, feeds: Feeds, references: Outputs) -> None:
         self.tolerance = tolerance
         self.feeds = list(feeds)
         self.references = references
 
     def check(self, model: onnx.ModelProto) -> tuple[bool, dict[str, Any]]:
-        from compiler.core.parity import compare_outputs
-
         outputs = run_model(model, self.feeds)
         ok, per_output = compare_outputs(outputs, self.references, lambda _name: self.tolerance)
         return ok, {name: _summary(m) for name, m in per_output.items()}
 
 
-def _summary(m: dict[str, Any]) -> dict[str, Any]:
-    keep = ("cosine", "top1_agreement", "max_abs_err", "failures")
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items() if k in keep}
+def _summary(m: OutputParity) -> dict[str, Any]:
+    out: dict[str, Any] = {"cosine": round(m.cosine, 6), "max_abs_err": round(m.max_abs_err, 6)}
+    if m.top1_agreement is not None:
+        out["top1_agreement"] = round(m.top1_agreement, 6)
+    out["failures"] = list(m.failures)
+    return out
 
 
 def _error(outputs: Outputs, references: Outputs) -> float:
     """Mean over outputs of 1 - cosine: the ranking metric (not the gate)."""
-    from compiler.core.parity import output_metrics
-
     errs = []
     for name in references[0]:
         m = output_metrics([o[name] for o in outputs], [r[name] for r in references])
-        errs.append(1.0 - m.get("cosine", 0.0))
+        errs.append(1.0 - m.cosine)
     return float(np.mean(errs))
 
 

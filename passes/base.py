@@ -3,15 +3,15 @@
 A pass turns one ONNX model into another. The base class checks the contract around the
 subclass's `_run`: the output is a valid model whose graph inputs and outputs keep the names,
 dtypes and ranks of the input model (a pass may never silently rename the interface), and it
-records nodes and size before/after and the time taken. Passes stay free of caching and
-logging; the DAG runner does that around them.
+records nodes and size before/after. Passes stay free of caching and
+timing; the scheduler's instruments do that around them.
 """
 
 from __future__ import annotations
 
-import time
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
 from compiler.core.errors import PassError
+from compiler.core.records import PassRecord
+from compiler.core.tolerance import Tolerance
 
 __all__ = ["Pass", "PassConfig", "PassContext", "PassResult", "model_size_bytes", "op_histogram"]
 
@@ -54,14 +56,19 @@ class PassContext:
     calibration: Callable[[], list[dict[str, np.ndarray]]] = lambda: []
     calibration_source: str = "generated"
     reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
-    tolerances: dict[str, Any] = field(default_factory=dict)
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
 
 
 @dataclass
 class PassResult:
+    """A pass's output. `record` holds the pass's own facts (JSON-able, for reports); the base
+    class adds the typed `summary` every pass shares (node counts, sizes, warnings)."""
+
     model: onnx.ModelProto
-    record: dict[str, Any] = field(default_factory=dict)  # what the pass did, JSON-able
+    record: dict[str, Any] = field(default_factory=dict)
     skipped: str = ""  # non-empty: the pass changed nothing, and why
+    warnings: list[str] = field(default_factory=list)  # things a user must know
+    summary: PassRecord | None = None
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
@@ -131,14 +138,12 @@ class Pass(ABC, Generic[C]):
     def __call__(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         before_ops, before_size = op_histogram(model), model_size_bytes(model)
         before_sig = _interface(model)
-        start = time.perf_counter()
         try:
             result = self._run(model, ctx)
         except PassError:
             raise
         except Exception as exc:  # a library deep inside failed: say which pass and why
             raise PassError(f"pass '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
-        elapsed = time.perf_counter() - start
         after_sig = _interface(result.model)
         if after_sig != before_sig:
             raise PassError(
@@ -152,17 +157,17 @@ class Pass(ABC, Generic[C]):
             if "2GB" not in str(exc) and "2 GB" not in str(exc):
                 raise PassError(f"pass '{self.name}' produced an invalid model: {exc}") from exc
         after_ops = op_histogram(result.model)
-        result.record = {
-            "pass": self.name,
-            "version": self.version,
-            "nodes_before": sum(before_ops.values()),
-            "nodes_after": sum(after_ops.values()),
-            "bytes_before": before_size,
-            "bytes_after": model_size_bytes(result.model),
-            "ops_before": before_ops,
-            "ops_after": after_ops,
-            "seconds": round(elapsed, 4),
-            "skipped": result.skipped,
-            **result.record,
-        }
+        result.summary = PassRecord(
+            name=self.name,
+            version=self.version,
+            nodes_before=sum(before_ops.values()),
+            nodes_after=sum(after_ops.values()),
+            bytes_before=before_size,
+            bytes_after=model_size_bytes(result.model),
+            ops_before=before_ops,
+            ops_after=after_ops,
+            skipped=result.skipped,
+            warnings=list(result.warnings),
+            details=json.loads(json.dumps(result.record)),
+        )
         return result

@@ -13,6 +13,7 @@ on x86-64 (the u8 x s8 VPMADDUBSW/VNNI kernels), s8/s8 on arm, symmetric s8/s8 o
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -22,6 +23,7 @@ import onnx
 from pydantic import Field
 
 from compiler.core.errors import PassError
+from compiler.core.tolerance import DEFAULT_TOLERANCES, Tolerance
 from passes.accuracy import AccuracyAwareConfig, Gate, keep_sensitive_layers_in_float
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
@@ -208,7 +210,6 @@ class QuantizePass(Pass[QuantizeConfig]):
             "weight_type": weight,
             "per_channel": cfg.per_channel,
             "excluded_nodes": exclude,
-            "warnings": [],
         }
         record.update({k: v for k, v in prepared.items() if v})
         if upgraded:
@@ -229,12 +230,11 @@ class QuantizePass(Pass[QuantizeConfig]):
                 out, record["accuracy_aware"] = keep_sensitive_layers_in_float(
                     model, out, quantize, gate, exclude, cfg.accuracy_aware
                 )
+        uses_data = mode == "static" or cfg.accuracy_aware.enabled
         record["quantized_ops"] = {k: v for k, v in op_histogram(out).items() if k in _QUANT_OPS}
-        if ctx.calibration_source == "generated" and (
-            mode == "static" or cfg.accuracy_aware.enabled
-        ):
-            record["warnings"].append(GENERATED_DATA_WARNING)
-        return PassResult(model=out, record=record)
+        generated = ctx.calibration_source == "generated"
+        warnings = [GENERATED_DATA_WARNING] if generated and uses_data else []
+        return PassResult(model=out, record=record, warnings=warnings)
 
     def _calibration(self, ctx: PassContext, record: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         feeds = ctx.calibration()[: self.config.calibration_samples]
@@ -343,18 +343,15 @@ class QuantizePass(Pass[QuantizeConfig]):
                 "excluded); set op_types, fewer exclusions, or drop the int8 variant"
             )
 
-    def _tolerance(self, ctx: PassContext) -> Any:
-        from compiler.pipeline.config import DEFAULT_TOLERANCES, Tolerance
-
-        given = ctx.tolerances.get("int8", DEFAULT_TOLERANCES["int8"])
-        tol = given if isinstance(given, Tolerance) else Tolerance.model_validate(given)
+    def _tolerance(self, ctx: PassContext) -> Tolerance:
+        tol = ctx.tolerances.get("int8", DEFAULT_TOLERANCES["int8"])
         aa = self.config.accuracy_aware
         overrides = {
             k: v
             for k, v in (("min_cosine", aa.min_cosine), ("min_top1", aa.min_top1))
             if v is not None
         }
-        return tol.model_copy(update=overrides)
+        return dataclasses.replace(tol, **overrides)
 
     @staticmethod
     def _references(

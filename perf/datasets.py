@@ -54,7 +54,7 @@ class ModelData:
 
 def write_feeds(feeds: Sequence[Feed], folder: Path) -> Path:
     """One .npz per feed, read in name order by compile-pkg (shapes may differ per feed)."""
-    from compiler.pipeline.data import write_npz
+    from compiler.core.feeds import write_npz
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, feed in enumerate(feeds):

@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from compiler.core.feeds import read_feeds_npz
 from compiler.core.host import HostInfo
 from compiler.core.latency import measure_interleaved, summarize
 from compiler.core.parity import compare_outputs
 from compiler.pipeline.config import DEFAULT_TOLERANCES
-from compiler.pipeline.dag import unpack_feeds
-from compiler.pipeline.data import read_npz
 from compiler.serving.manifest import Manifest, read_manifest
 
 __all__ = [
@@ -157,8 +156,8 @@ def olive_contender(job: dict[str, Any], manifest: Manifest) -> Contender:
 
 
 def _reference_data(package: Path) -> tuple[list[Feed], list[Feed]]:
-    inputs = unpack_feeds(read_npz(package / "reference" / "inputs.npz"))
-    outputs = unpack_feeds(read_npz(package / "reference" / "outputs.npz"))
+    inputs = read_feeds_npz(package / "reference" / "inputs.npz")
+    outputs = read_feeds_npz(package / "reference" / "outputs.npz")
     return inputs, outputs
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compiler.pipeline.data import write_npz  # noqa: E402
+from compiler.core.feeds import write_npz  # noqa: E402
 from tests.realdata import orientation_pages, render_text_line  # noqa: E402
 
 

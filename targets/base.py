@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
 from compiler.core.host import Requirements
+from compiler.core.records import Availability
+from compiler.core.settings import RuntimeSettings
 
 __all__ = [
     "Availability",
@@ -31,13 +33,6 @@ __all__ = [
     "BuildResult",
     "Runner",
 ]
-
-
-class Availability(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    ok: bool
-    reason: str = ""
-    install: str = ""  # how to get it, for a skipped artifact's record
 
 
 class BackendOptions(BaseModel):
@@ -63,13 +58,13 @@ class BuildRequest:
 class BuildResult:
     """What `Backend.build` made. `files` are relative to the output folder.
 
-    `runtime` holds everything the runner needs to load the artifact (JSON-able: entry
+    `runtime` holds everything the backend's runtime module needs to load the artifact (entry
     file, session options, inference precision, function names, input order...). It is
-    stored in the manifest and handed back to `Backend.runner`.
+    stored in the manifest and handed back to the runtime module.
     """
 
     files: list[str]
-    runtime: dict[str, Any]
+    runtime: RuntimeSettings
     requirements: Requirements
     precision: str
     notes: list[str] = field(default_factory=list)
@@ -142,7 +137,7 @@ class Backend(ABC):
     def runner(
         cls,
         artifact_dir: Path,
-        runtime: dict[str, Any],
+        runtime: RuntimeSettings,
         contract: Contract,
         *,
         threads: int | None = None,

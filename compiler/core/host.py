@@ -14,10 +14,12 @@ import os
 import platform
 import shutil
 import subprocess
+from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["GpuInfo", "HostInfo", "Requirements", "probe_host", "RUNTIME_MODULES"]
+__all__ = ["GpuInfo", "HostInfo", "Mismatch", "Requirements", "probe_host", "RUNTIME_MODULES"]
 
 # runtime name -> (import name, distribution names to read the version from)
 RUNTIME_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -202,31 +204,53 @@ class Requirements(BaseModel):
     runtime: str  # onnxruntime | openvino | tvm | tensorrt
     min_runtime_version: str = ""
 
-    def mismatches(self, host: HostInfo) -> list[str]:
+    def mismatches(self, host: HostInfo) -> list[Mismatch]:
         """Why this artifact cannot run on `host`; empty when it can."""
         why = []
         if host.arch != self.arch:
-            why.append(f"needs {self.arch}, host is {host.arch}")
+            why.append(Mismatch("arch", f"needs {self.arch}, host is {host.arch}"))
         missing = sorted(set(self.isa) - set(host.isa))
         if missing:
-            why.append(f"needs CPU features {missing} the host lacks")
+            why.append(Mismatch("isa", f"needs CPU features {missing} the host lacks"))
         if self.gpu:
             if not host.gpus:
-                why.append("needs an NVIDIA GPU, host has none")
+                why.append(Mismatch("gpu", "needs an NVIDIA GPU, host has none"))
             elif self.gpu_compute_capabilities and not any(
                 g.compute_capability in self.gpu_compute_capabilities for g in host.gpus
             ):
                 have = [g.compute_capability for g in host.gpus]
                 why.append(
-                    f"has code for compute capability {self.gpu_compute_capabilities}, host GPU is {have}"
+                    Mismatch(
+                        "gpu",
+                        f"has code for compute capability {self.gpu_compute_capabilities}, "
+                        f"host GPU is {have}",
+                    )
                 )
         have_rt = host.runtimes.get(self.runtime)
         if have_rt is None:
-            why.append(f"runtime '{self.runtime}' is not importable on this host")
+            why.append(
+                Mismatch("runtime", f"runtime '{self.runtime}' is not importable on this host")
+            )
         elif (
             self.min_runtime_version
             and have_rt != "unknown"
             and _version_tuple(have_rt) < _version_tuple(self.min_runtime_version)
         ):
-            why.append(f"needs {self.runtime} >= {self.min_runtime_version}, host has {have_rt}")
+            why.append(
+                Mismatch(
+                    "runtime",
+                    f"needs {self.runtime} >= {self.min_runtime_version}, host has {have_rt}",
+                )
+            )
         return why
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One reason an artifact cannot run on a host; `kind` is what callers decide on."""
+
+    kind: Literal["arch", "isa", "gpu", "runtime"]
+    message: str
+
+    def __str__(self) -> str:
+        return self.message

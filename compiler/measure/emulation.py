@@ -26,8 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from compiler.core.errors import BackendUnavailable, PackageError
+from compiler.core.errors import BackendUnavailable, IntegrityError, PackageError
+from compiler.core.feeds import read_feeds_npz
 from compiler.core.host import HostInfo
+from compiler.core.parity import compare_outputs
+from compiler.core.records import EmulationInfo, MeasuredOn, ParityRecord
+from compiler.core.settings import settings_to_json
+from compiler.measure.verify import now_utc
 
 __all__ = [
     "DEFAULT_CPU",
@@ -366,19 +371,14 @@ def verify_emulated(
     threads: int = 0,
     env: EmulationEnv | None = None,
     write: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[EmulatedRow]:
     """Parity of every built `arch` artifact of `package`, run under emulation.
 
-    Returns one row per artifact: {"id", "parity": record}; each record has mode "emulated"
-    and names the emulated CPU, qemu and the aarch64 runtime version. With `write`, the
-    records are appended to the manifest's measurements, like `compile-pkg verify` does.
+    Returns one row per artifact; each record has mode "emulated" and names the emulated CPU,
+    qemu and the aarch64 runtime version. With `write`, the records are appended to the
+    manifest's measurements, like `compile-pkg verify` does.
     """
-    from compiler.core.errors import IntegrityError
-    from compiler.core.parity import compare_outputs, parity_record
-    from compiler.measure.verify import now_utc
-    from compiler.pipeline.config import ParityConfig
-    from compiler.pipeline.dag import unpack_feeds
-    from compiler.pipeline.data import read_npz
+    from compiler.packaging.package import rewrite_manifest
     from compiler.serving.loader import check_files
     from compiler.serving.manifest import read_manifest
 
@@ -393,26 +393,18 @@ def verify_emulated(
         raise PackageError(f"{package}: no built {arch} artifact to verify (artifacts: {have})")
     env = env or locate_environment(arch)
     cpu = cpu or env.default_cpu
-    parity_cfg = ParityConfig.model_validate(m.provenance.config.get("parity", {}))
-    inputs = unpack_feeds(read_npz(package / "reference" / "inputs.npz"))
-    refs = unpack_feeds(read_npz(package / "reference" / "outputs.npz"))
-    rows: list[dict[str, Any]] = []
+    inputs = read_feeds_npz(package / "reference" / "inputs.npz")
+    refs = read_feeds_npz(package / "reference" / "outputs.npz")
+    rows: list[EmulatedRow] = []
     runnable = []
     for a in chosen:
         try:
             check_files(package, a)
         except IntegrityError as exc:
-            rows.append(
-                {
-                    "id": a.id,
-                    "parity": {
-                        "status": "error",
-                        "reason": str(exc),
-                        "mode": "emulated",
-                        "precision": a.precision,
-                    },
-                }
+            record = ParityRecord(
+                status="error", reason=str(exc), mode="emulated", precision=a.precision
             )
+            rows.append(EmulatedRow(a.id, record))
             continue
         runnable.append(a)
     jobs = [
@@ -420,7 +412,7 @@ def verify_emulated(
             id=a.id,
             backend=a.backend,
             directory=package / a.directory,
-            runtime=a.runtime,
+            runtime=settings_to_json(a.runtime),  # type: ignore[arg-type]
             inputs=[t.name for t in m.contract.inputs],
             outputs=[t.name for t in m.contract.outputs],
         )
@@ -428,50 +420,69 @@ def verify_emulated(
     ]
     results = run_emulated(env, jobs, inputs, cpu=cpu, threads=threads) if jobs else []
     for a, res in zip(runnable, results, strict=True):
-        assert res.host is not None
-        host_d = res.host.model_dump(exclude={"hostname"}) | {"measured_at": now_utc()}
-        runtime = f"the {arch} build of {a.backend} {res.runtime_version or env.runtimes.get(a.backend, '?')}"
-        note = (
-            f"ran {runtime} under {env.describe(cpu)} user-mode emulation on an x86_64 host; "
-            "parity only: nothing is timed under emulation"
+        rows.append(
+            EmulatedRow(a.id, _emulated_record(a.precision, a.backend, res, refs, m, env, cpu))
         )
-        if not res.ok:
-            rec = {
-                "status": "error",
-                "reason": f"could not run under emulation ({res.stage}): {res.error}",
-                "precision": a.precision,
-                "host": host_d,
-                "mode": "emulated",
-                "note": note,
-            }
-        else:
-            assert res.outputs is not None
-            ok, per_output = compare_outputs(
-                res.outputs, refs, functools.partial(parity_cfg.tolerance, a.precision)
-            )
-            rec = parity_record(
-                ok,
-                per_output,
-                precision=a.precision,
-                samples=len(inputs),
-                host=host_d,
-                mode="emulated",
-                note=note,
-                reference=m.reference.description,
-            )
-            rec["runtime_details"] = res.details
-        rec["emulation"] = {
-            "qemu": env.qemu_build,
-            "cpu": cpu,
-            "runtime": f"{a.backend} {res.runtime_version}".strip(),
-            "python": env.python,
-        }
-        rows.append({"id": a.id, "parity": rec})
     if write:
-        from compiler.packaging.package import rewrite_manifest
-
         for row in rows:
-            m.measurements.setdefault(row["id"], {}).setdefault("parity", []).append(row["parity"])
+            m.measured(row.id).parity.append(row.parity)
         rewrite_manifest(package, m)
     order = {a.id: i for i, a in enumerate(chosen)}
-    return sorted(rows, key=lambda r: order[r["id"]])
+    return sorted(rows, key=lambda r: order[r.id])
+
+
+@dataclass(frozen=True)
+class EmulatedRow:
+    id: str
+    parity: ParityRecord
+
+
+def _emulated_record(
+    precision: str,
+    backend: str,
+    res: EmulatedResult,
+    refs: list[dict[str, np.ndarray]],
+    m: Any,
+    env: EmulationEnv,
+    cpu: str,
+) -> ParityRecord:
+    assert res.host is not None
+    on = MeasuredOn(**res.host.model_dump(exclude={"hostname"}), measured_at=now_utc())
+    version = res.runtime_version or env.runtimes.get(backend, "?")
+    runtime = f"the {env.arch} build of {backend} {version}"
+    note = (
+        f"ran {runtime} under {env.describe(cpu)} user-mode emulation on an x86_64 host; "
+        "parity only: nothing is timed under emulation"
+    )
+    emulation = EmulationInfo(
+        qemu=env.qemu_build,
+        cpu=cpu,
+        runtime=f"{backend} {res.runtime_version}".strip(),
+        python=env.python,
+    )
+    if not res.ok:
+        return ParityRecord(
+            status="error",
+            reason=f"could not run under emulation ({res.stage}): {res.error}",
+            precision=precision,
+            host=on,
+            mode="emulated",
+            note=note,
+            emulation=emulation,
+        )
+    assert res.outputs is not None
+    ok, per_output = compare_outputs(
+        res.outputs, refs, functools.partial(m.policy.parity.tolerance, precision)
+    )
+    return ParityRecord(
+        status="passed" if ok else "failed",
+        precision=precision,
+        samples=len(res.outputs),
+        mode="emulated",
+        note=note,
+        reference=m.reference.description,
+        host=on,
+        outputs=per_output,
+        runtime_details=res.details,
+        emulation=emulation,
+    )

@@ -12,25 +12,44 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from compiler.core.contract import Contract
 from compiler.core.errors import short_message
+from compiler.core.feeds import Feeds
 from compiler.core.host import HostInfo, Requirements
 from compiler.core.latency import measure_interleaved
-from compiler.core.parity import compare_outputs, parity_record
-from compiler.pipeline.config import LatencyConfig, ParityConfig
+from compiler.core.parity import compare_outputs
+from compiler.core.policies import LatencyPolicy
+from compiler.core.records import (
+    LatencyRecord,
+    MeasuredOn,
+    ParityMode,
+    ParityRecord,
+    VerifyOutput,
+)
+from compiler.core.settings import RuntimeSettings
+from compiler.core.tolerance import ParityPolicy
+from targets.runner import Runner, open_runner, reference_runner
 
-__all__ = ["verify_artifact", "batch_size", "now_utc"]
+__all__ = ["batch_size", "measured_on", "now_utc", "verify_artifact"]
+
+REFERENCE = "normalized fp32 model on onnxruntime CPU"
+METHOD = (
+    "interleaved with the reference in one process: blocks of 5 runs, each after a 20 ms "
+    "pause and an untimed run; after warm-up"
+)
 
 
 def now_utc() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def batch_size(contract: Contract, feed: dict[str, np.ndarray]) -> int:
+def measured_on(host: HostInfo) -> MeasuredOn:
+    """The host a measurement names (without its hostname), stamped with the time."""
+    return MeasuredOn(**host.model_dump(exclude={"hostname"}), measured_at=now_utc())
+
+
+def batch_size(contract: Contract, feed: Feeds) -> int:
     first = contract.inputs[0]
     if first.shape and isinstance(first.shape[0], str):
         return int(feed[first.name].shape[0])
@@ -40,45 +59,37 @@ def batch_size(contract: Contract, feed: dict[str, np.ndarray]) -> int:
 def verify_artifact(
     *,
     backend: str,
-    artifact_dir: Path,
-    runtime: dict[str, Any],
+    runtime: RuntimeSettings,
     requirements: Requirements,
     portable: bool,
+    artifact_dir: Path,
     precision: str,
     contract: Contract,
-    inputs: list[dict[str, np.ndarray]],
-    ref_outputs: list[dict[str, np.ndarray]],
+    inputs: list[Feeds],
+    ref_outputs: list[Feeds],
     ref_model: Path | None,
-    parity_cfg: ParityConfig,
-    latency_cfg: LatencyConfig,
+    parity: ParityPolicy,
+    latency: LatencyPolicy,
     host: HostInfo,
+    deferred: bool = False,
     measure_latency: bool = True,
-) -> dict[str, Any]:
-    """Returns {"parity": record, "latency": record | None}."""
-    from targets.registry import get_backend
-
-    host_d = host.model_dump(exclude={"hostname"}) | {"measured_at": now_utc()}
+) -> VerifyOutput:
+    on = measured_on(host)
+    if deferred:
+        reason = "deferred: built on the serving host"
+        return VerifyOutput(parity=ParityRecord(status="not-verified", reason=reason, host=on))
     mismatches = requirements.mismatches(host)
     # A cross-host check is for another architecture's artifact in a portable format; an
     # artifact for this architecture that needs CPU features the host lacks is not run at
     # all (its runtime might silently pick other kernels or another precision).
-    other_arch = requirements.arch != host.arch
-    arch_only = other_arch and all(
-        m.startswith("needs ") and ("host is" in m or "CPU features" in m) for m in mismatches
+    arch_only = requirements.arch != host.arch and all(
+        m.kind in ("arch", "isa") for m in mismatches
     )
     if mismatches and not (portable and arch_only and host.runtimes.get(requirements.runtime)):
-        reason = "; ".join(mismatches)
-        return {
-            "parity": {
-                "status": "not-verified",
-                "reason": f"cannot run here: {reason}",
-                "precision": precision,
-                "host": host_d,
-                "mode": "none",
-            },
-            "latency": None,
-        }
-    mode = "native" if not mismatches else "cross-host"
+        reason = "cannot run here: " + "; ".join(m.message for m in mismatches)
+        record = ParityRecord(status="not-verified", reason=reason, precision=precision, host=on)
+        return VerifyOutput(parity=record)
+    mode: ParityMode = "native" if not mismatches else "cross-host"
     note = (
         ""
         if mode == "native"
@@ -86,70 +97,66 @@ def verify_artifact(
         f"{host.runtimes.get(requirements.runtime)}; NOT run on {requirements.arch}: "
         f"this shows the artifact's graph is right, not how the {requirements.arch} build behaves"
     )
-    cls = get_backend(backend)
     try:
-        runner = cls.runner(artifact_dir, runtime, contract, threads=latency_cfg.threads or None)
+        runner = open_runner(
+            backend, artifact_dir, runtime, contract, threads=latency.threads or None
+        )
         with runner:
             outs = [runner.run(feed) for feed in inputs]
             ok, per_output = compare_outputs(
-                outs, ref_outputs, lambda name: parity_cfg.tolerance(precision, name)
+                outs, ref_outputs, lambda name: parity.tolerance(precision, name)
             )
-            parity = parity_record(
-                ok,
-                per_output,
+            record = ParityRecord(
+                status="passed" if ok else "failed",
                 precision=precision,
                 samples=len(inputs),
-                host=host_d,
                 mode=mode,
                 note=note,
-                reference="normalized fp32 model on onnxruntime CPU",
+                reference=REFERENCE,
+                host=on,
+                outputs=per_output,
             )
-            latency = None
+            timing = None
             if measure_latency and mode == "native":
-                latency = _latency(runner, inputs[0], contract, ref_model, latency_cfg, host_d)
+                timing = _latency(runner, inputs[0], contract, ref_model, latency, on)
     except Exception as exc:  # a runtime failing on this artifact is a verdict, not a crash
-        return {
-            "parity": {
-                "status": "error",
-                "reason": f"could not run: {short_message(exc)}",
-                "precision": precision,
-                "host": host_d,
-                "mode": mode,
-            },
-            "latency": None,
-        }
-    return {"parity": parity, "latency": latency}
+        reason = f"could not run: {short_message(exc)}"
+        record = ParityRecord(
+            status="error", reason=reason, precision=precision, host=on, mode=mode
+        )
+        return VerifyOutput(parity=record)
+    return VerifyOutput(parity=record, latency=timing)
 
 
 def _latency(
-    runner: Any,
-    feed: dict[str, np.ndarray],
+    runner: Runner,
+    feed: Feeds,
     contract: Contract,
     ref_model: Path | None,
-    cfg: LatencyConfig,
-    host_d: dict[str, Any],
-) -> dict[str, Any]:
-    from targets.onnxruntime.backend import reference_session
-
+    policy: LatencyPolicy,
+    on: MeasuredOn,
+) -> LatencyRecord:
     checked = runner.contract.validate_feeds(feed)  # time inference, not input validation
-    fns = {"artifact": lambda: runner._run(checked)}
+    fns = {"artifact": lambda: runner.run_checked(checked)}
+    ref = None
     if ref_model is not None and ref_model.is_file():
-        ref = reference_session(ref_model, cfg.threads)
-        names = [o.name for o in contract.outputs]
-        fns["reference"] = lambda: ref.run(names, feed)
+        ref = reference_runner(ref_model, contract, policy.threads)
+        ref.load()
+        fns["reference"] = lambda: ref.run_checked(checked)
     batch = batch_size(contract, feed)
     stats = measure_interleaved(
-        fns, warmup=cfg.warmup, runs=cfg.runs, max_seconds=cfg.max_seconds, batch=batch
+        fns, warmup=policy.warmup, runs=policy.runs, max_seconds=policy.max_seconds, batch=batch
     )
-    rec: dict[str, Any] = {
-        "host": host_d,
-        "batch": batch,
-        "input_shapes": {k: list(v.shape) for k, v in feed.items()},
-        "runner": runner.describe(),
-        "artifact": stats["artifact"],
-        "method": "interleaved with the reference in one process: blocks of 5 runs, each after a 20 ms pause and an untimed run; after warm-up",
-    }
-    if "reference" in stats:
-        rec["reference"] = stats["reference"]
-        rec["speedup_vs_reference"] = stats["reference"]["p50_ms"] / stats["artifact"]["p50_ms"]
-    return rec
+    if ref is not None:
+        ref.close()
+    ref_stats = stats.get("reference")
+    return LatencyRecord(
+        host=on,
+        batch=batch,
+        input_shapes={k: list(v.shape) for k, v in feed.items()},
+        runner=runner.describe(),
+        artifact=stats["artifact"],
+        reference=ref_stats,
+        speedup_vs_reference=ref_stats.p50_ms / stats["artifact"].p50_ms if ref_stats else None,
+        method=METHOD,
+    )

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
+from compiler.core.records import LatencyRecord, ParityRecord
 from compiler.serving.manifest import Manifest, read_manifest
 
 __all__ = ["CompareRow", "compare_markdown", "compare_packages", "compare_rows"]
@@ -28,14 +28,19 @@ class CompareRow:
     p50_ratio: str  # B / A, "" when either is missing or the hosts differ
 
 
-def _latest(m: Manifest, artifact: str, kind: str) -> dict[str, Any] | None:
-    records = m.measurements.get(artifact, {}).get(kind, [])
+def _latest_parity(m: Manifest, artifact: str) -> ParityRecord | None:
+    records = m.measured(artifact).parity
     return records[-1] if records else None
 
 
-def _host_key(record: dict[str, Any]) -> tuple[str, str, int]:
-    host = record.get("host", {})
-    return host.get("arch", ""), host.get("cpu_model", ""), int(host.get("cpu_count", 0))
+def _latest_latency(m: Manifest, artifact: str) -> LatencyRecord | None:
+    records = m.measured(artifact).latency
+    return records[-1] if records else None
+
+
+def _host_key(record: LatencyRecord) -> tuple[str, str, int]:
+    host = record.host
+    return host.arch, host.cpu_model, host.cpu_count
 
 
 def _cells(m: Manifest, artifact: str) -> dict[str, str]:
@@ -43,22 +48,22 @@ def _cells(m: Manifest, artifact: str) -> dict[str, str]:
     if entry is None:
         return {"status": "absent"}
     cells = {"status": entry.status, "precision": entry.precision}
-    parity = _latest(m, artifact, "parity")
+    parity = _latest_parity(m, artifact)
     if parity:
-        outs = parity.get("outputs", {}).values()
-        cells["parity"] = str(parity.get("status", ""))
-        cosines = [o["cosine"] for o in outs if "cosine" in o]
-        top1 = [o["top1_agreement"] for o in outs if "top1_agreement" in o]
-        errs = [o["max_abs_err"] for o in outs if "max_abs_err" in o]
+        outs = [o for o in parity.outputs.values() if not o.error]
+        cells["parity"] = parity.status
+        cosines = [o.cosine for o in outs]
+        top1 = [o.top1_agreement for o in outs if o.top1_agreement is not None]
+        errs = [o.max_abs_err for o in outs]
         if cosines:
             cells["cosine"] = f"{min(cosines):.6f}"
         if top1:
             cells["top1"] = f"{min(top1):.3f}"
         if errs:
             cells["max_abs_err"] = f"{max(errs):.2e}"
-    latency = _latest(m, artifact, "latency")
-    if latency and "p50_ms" in latency.get("artifact", {}):
-        cells["p50_ms"] = f"{latency['artifact']['p50_ms']:.3f}"
+    latency = _latest_latency(m, artifact)
+    if latency:
+        cells["p50_ms"] = f"{latency.artifact.p50_ms:.3f}"
     return cells
 
 
@@ -68,7 +73,7 @@ def compare_rows(a: Path, b: Path) -> tuple[Manifest, Manifest, list[CompareRow]
     rows = []
     for artifact in ids:
         ca, cb = _cells(ma, artifact), _cells(mb, artifact)
-        la, lb = _latest(ma, artifact, "latency"), _latest(mb, artifact, "latency")
+        la, lb = _latest_latency(ma, artifact), _latest_latency(mb, artifact)
         ratio = ""
         if "p50_ms" in ca and "p50_ms" in cb and la and lb:
             if _host_key(la) == _host_key(lb):

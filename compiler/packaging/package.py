@@ -24,15 +24,29 @@ from typing import Any
 
 from compiler import __version__
 from compiler.core.errors import PackageError
+from compiler.core.hashing import file_sha256
+from compiler.core.records import (
+    ArtifactMeasurements,
+    CompileOutput,
+    DataOutput,
+    NodeResult,
+    NormalizeOutput,
+    ParityRecord,
+    PassOutput,
+    ReferenceOutput,
+    VerifyOutput,
+)
 from compiler.measure.verify import now_utc
 from compiler.packaging.report import write_reports
 from compiler.pipeline.config import BuildConfig
-from compiler.pipeline.dag import NodeResult
-from compiler.pipeline.normalize import MODEL_FILE, file_sha256
+from compiler.pipeline.normalize import MODEL_FILE
 from compiler.serving.manifest import (
     ArtifactEntry,
+    ArtifactStatus,
+    BuildLog,
     FileEntry,
     Manifest,
+    NodeLog,
     Provenance,
     ReferenceInfo,
     SourceInfo,
@@ -94,79 +108,68 @@ def assemble(
     started_at: str,
 ) -> Manifest:
     """Fill `staging` with the package's files and return its manifest (not yet written)."""
-    norm = results["normalize"]
-    if norm.status not in ("ran", "cached"):
-        raise PackageError(f"normalize failed: {norm.reason}")
+    norm_res, ref_res = results["normalize"], results["reference"]
+    if not norm_res.ok:
+        raise PackageError(f"normalize failed: {norm_res.reason}")
+    if not ref_res.ok:
+        raise PackageError(f"reference run failed: {ref_res.reason}")
+    norm = norm_res.expect(NormalizeOutput)
+    data = results["data"].expect(DataOutput)
+    assert norm_res.out is not None and ref_res.out is not None and results["data"].out
     (staging / "reference").mkdir(parents=True)
-    shutil.copyfile(results["data"].out / "samples.npz", staging / "reference" / "inputs.npz")  # type: ignore[operator]
-    ref = results["reference"]
-    if ref.status not in ("ran", "cached"):
-        raise PackageError(f"reference run failed: {ref.reason}")
-    shutil.copyfile(ref.out / "outputs.npz", staging / "reference" / "outputs.npz")  # type: ignore[operator]
+    shutil.copyfile(results["data"].out / "samples.npz", staging / "reference" / "inputs.npz")
+    shutil.copyfile(ref_res.out / "outputs.npz", staging / "reference" / "outputs.npz")
     if config.include_reference_model:
-        for f in sorted(norm.out.iterdir()):  # type: ignore[union-attr]
+        for f in sorted(norm_res.out.iterdir()):
             shutil.copyfile(f, staging / "reference" / f.name)
 
     artifacts: list[ArtifactEntry] = []
-    measurements: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    measurements: dict[str, ArtifactMeasurements] = {}
     libs = library_versions()
     for nid in sorted(n for n in g if g.nodes[n]["kind"] == "compile"):
         node = g.nodes[nid]
         target, variant, vcfg = node["target"], node["variant"], node["config"]
         aid = f"{target}/{variant}"
         comp = results[nid]
-        entry = ArtifactEntry(
-            id=aid,
-            target=target,
-            variant=variant,
-            backend=vcfg.compile.backend,
-            precision=vcfg.precision,
-            status="built",
-            passes=[p.name for p in vcfg.passes],
-            cache_key=comp.key,
-        )
-        if comp.status in ("ran", "cached"):
+        base = {
+            "id": aid,
+            "target": target,
+            "variant": variant,
+            "backend": vcfg.compile.backend,
+            "precision": vcfg.precision,
+            "passes": [p.name for p in vcfg.passes],
+        }
+        if comp.ok:
+            out = comp.expect(CompileOutput)
             folder = f"artifacts/{target}.{variant}"
-            shutil.copytree(comp.out, staging / folder)  # type: ignore[arg-type]
-            entry = ArtifactEntry.model_validate(
-                entry.model_dump()
-                | {
-                    "status": comp.meta.get("status", "built"),
-                    "directory": folder,
-                    "files": _files(staging, folder),
-                    "requirements": comp.meta["requirements"],
-                    "runtime": comp.meta["runtime"],
-                    "portable": comp.meta["portable"],
-                    "backend_version": comp.meta["backend_version"],
-                    "notes": comp.meta["notes"],
-                    "precision": comp.meta["precision"],
-                }
+            assert comp.out is not None
+            shutil.copytree(comp.out, staging / folder)
+            entry = ArtifactEntry(
+                **base | {"precision": out.precision},
+                status=out.status,
+                directory=folder,
+                files=_files(staging, folder),
+                requirements=out.requirements,
+                runtime=out.runtime,
+                portable=out.portable,
+                backend_version=out.backend_version,
+                notes=out.notes,
             )
-            libs.update(comp.meta["backend_version"])
+            libs.update(out.backend_version)
             ver = results[f"{aid}:verify"]
-            if ver.status in ("ran", "cached"):
-                measurements[aid] = {
-                    "parity": [ver.meta["parity"]],
-                    "latency": [ver.meta["latency"]] if ver.meta.get("latency") else [],
-                }
+            if ver.ok:
+                vout = ver.expect(VerifyOutput)
+                measurements[aid] = ArtifactMeasurements(
+                    parity=[vout.parity], latency=[vout.latency] if vout.latency else []
+                )
             else:
-                measurements[aid] = {
-                    "parity": [{"status": "error", "reason": ver.reason}],
-                    "latency": [],
-                }
+                failed = ParityRecord(status="error", reason=ver.reason)
+                measurements[aid] = ArtifactMeasurements(parity=[failed])
         else:
-            status = "skipped" if comp.status == "skipped" else "failed"
-            install = ""
-            if "(to get it: " in comp.reason:
-                install = comp.reason.split("(to get it: ", 1)[1].rstrip(")")
-            entry = ArtifactEntry.model_validate(
-                entry.model_dump() | {"status": status, "reason": comp.reason, "install": install}
-            )
+            status: ArtifactStatus = "skipped" if comp.status == "skipped" else "failed"
+            entry = ArtifactEntry(**base, status=status, reason=comp.reason, install=comp.install)
         artifacts.append(entry)
 
-    cfg_json = config.model_dump(mode="json")
-    contract = norm.meta["contract"]
-    data_meta = results["data"].meta
     manifest = Manifest(
         package=config.package.model_copy(
             update={"name": config.package.name or Path(source_name).stem}
@@ -175,51 +178,44 @@ def assemble(
             name=source_name,
             kind=source_kind,  # type: ignore[arg-type]
             sha256=source_digest,
-            normalized_sha256=file_sha256(norm.out / MODEL_FILE),  # type: ignore[operator]
-            opset=norm.meta["opset"],
-            ir_version=norm.meta["ir_version"],
-            producer=norm.meta.get("producer", ""),
+            normalized_sha256=file_sha256(norm_res.out / MODEL_FILE),
+            opset=norm.opset,
+            ir_version=norm.ir_version,
+            producer=norm.producer,
         ),
         provenance=Provenance(
             tool=f"compile-pkg {__version__}",
             libraries=dict(sorted(libs.items())),
-            config=cfg_json,
+            config=config.model_dump(mode="json"),
             config_sha256=config.digest(),
             source_git_commit=_git_commit(source_path),
         ),
-        contract=contract,
+        policy=config.policy(),
+        contract=norm.contract,
         reference=ReferenceInfo(
             description="normalized fp32 model on onnxruntime CPUExecutionProvider",
-            runtime=ref.meta["runtime"],
-            samples=data_meta["samples"],
-            samples_source=data_meta["samples_source"],
-            calibration_source=data_meta["calibration_source"],
+            runtime=ref_res.expect(ReferenceOutput).runtime,
+            samples=data.samples,
+            samples_source=data.samples_source,
+            calibration_source=data.calibration_source,
             files=_files(staging, "reference"),
         ),
         artifacts=artifacts,
         target_notes=dict(sorted(g.graph.get("target_notes", {}).items())),
         measurements=measurements,
-        build={
-            "started_at": started_at,
-            "finished_at": now_utc(),
-            "source_path": str(source_path),
-            "nodes": [
-                {
-                    "node": n,
-                    "status": r.status,
-                    "seconds": r.seconds,
-                    "reason": r.reason,
-                    "key": r.key,
-                }
+        build=BuildLog(
+            started_at=started_at,
+            finished_at=now_utc(),
+            source_path=str(source_path),
+            nodes=[
+                NodeLog(node=n, status=r.status, seconds=r.seconds, reason=r.reason, key=r.key)
                 for n, r in results.items()
             ],
-            "pass_log": {
-                n: r.meta.get("record")
-                for n, r in results.items()
-                if g.nodes[n]["kind"] == "pass" and r.meta.get("record")
+            pass_log={
+                n: r.output.record for n, r in results.items() if isinstance(r.output, PassOutput)
             },
-            "normalize": norm.meta.get("record", {}),
-        },
+            normalize=norm.record,
+        ),
     )
     manifest.selection = select_order(manifest)
     return manifest

@@ -52,20 +52,20 @@ class Cache:
         (d / "out").mkdir()
         return d
 
-    def commit(self, key: str, scratch: Path, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-        """Write node.json and move the scratch folder into place atomically."""
+    def commit(self, key: str, scratch: Path, record: dict[str, Any]) -> Path:
+        """Write node.json and move the scratch folder into place atomically; return `out/`."""
         (scratch / "node.json").write_text(
-            json.dumps(meta, sort_keys=True, indent=1, allow_nan=True), encoding="utf-8"
+            json.dumps(record, sort_keys=True, indent=1, allow_nan=True), encoding="utf-8"
         )
         entry = self._entry(key)
         if not self.enabled:
-            return scratch / "out", meta
+            return scratch / "out"
         entry.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(scratch, entry)
         except OSError:  # another process committed the same key first: theirs is as good
             shutil.rmtree(scratch, ignore_errors=True)
-        return entry / "out", meta
+        return entry / "out"
 
     def discard(self, scratch: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)

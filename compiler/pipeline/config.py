@@ -8,10 +8,8 @@ changes the quantize pass of every cpu variant that has one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,21 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from compiler.core.contract import DimRange
 from compiler.core.errors import ConfigError
+from compiler.core.hashing import sha256_json
+from compiler.core.policies import LatencyPolicy, PackageMeta, PackagePolicy, SelectionPolicy
+from compiler.core.tolerance import DEFAULT_TOLERANCES, ParityPolicy, Precision, Tolerance
 from passes.registry import AnyPassConfig
 from targets.registry import TARGETS, BackendOptionsUnion
 
 __all__ = [
     "BuildConfig",
-    "LatencyConfig",
-    "PackageMeta",
     "ParityConfig",
-    "Tolerance",
     "VariantConfig",
     "load_config",
     "resolve_config",
 ]
-
-Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
 
 class _Strict(BaseModel):
@@ -55,26 +51,10 @@ class TargetConfig(_Strict):
     variants: dict[str, VariantConfig] | None = None  # None: take the pipeline's
 
 
-class Tolerance(_Strict):
-    """Pass when max_abs <= atol + rtol * max|ref|, cosine >= min_cosine and, for class-score
-    outputs, top-1 agreement >= min_top1. int8 gates on cosine and top-1 only (atol None):
-    quantization error is not bounded elementwise."""
-
-    atol: float | None = Field(ge=0, description="None: absolute error is not gated")
-    rtol: float = Field(default=0.0, ge=0)
-    min_cosine: float = Field(ge=-1, le=1)
-    min_top1: float = Field(ge=0, le=1)
-
-
-DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.99999, min_top1=0.99),
-    "fp16": Tolerance(atol=1e-2, rtol=2e-2, min_cosine=0.999, min_top1=0.95),
-    "bf16": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.995, min_top1=0.95),
-    "int8": Tolerance(atol=None, rtol=0.0, min_cosine=0.98, min_top1=0.9),
-}
-
-
 class ParityConfig(_Strict):
+    """The `parity:` block: tolerances (filled with the defaults) and per-output overrides, plus
+    how many samples to generate when the user gives none."""
+
     tolerances: dict[Precision, Tolerance] = Field(
         default_factory=lambda: dict(DEFAULT_TOLERANCES)  # type: ignore[arg-type]
     )
@@ -89,17 +69,13 @@ class ParityConfig(_Strict):
     def _fill(cls, v: dict[str, Tolerance]) -> dict[str, Tolerance]:
         return {**DEFAULT_TOLERANCES, **v}
 
+    def policy(self) -> ParityPolicy:
+        tolerances: dict[str, Tolerance] = {str(k): v for k, v in self.tolerances.items()}
+        outputs = {o: {str(k): t for k, t in per.items()} for o, per in self.outputs.items()}
+        return ParityPolicy(tolerances=tolerances, outputs=outputs)
+
     def tolerance(self, precision: str, output: str) -> Tolerance:
-        per_output: Mapping[Any, Tolerance] = self.outputs.get(output, {})
-        table: Mapping[Any, Tolerance] = self.tolerances
-        return per_output.get(precision) or table[precision]
-
-
-class LatencyConfig(_Strict):
-    warmup: int = Field(default=5, ge=0)
-    runs: int = Field(default=30, ge=1)
-    max_seconds: float = Field(default=20.0, gt=0, description="per artifact; stops early")
-    threads: int = Field(default=0, ge=0, description="0: the runtime's default")
+        return self.policy().tolerance(precision, output)
 
 
 class InputRange(_Strict):
@@ -109,27 +85,8 @@ class InputRange(_Strict):
     high: float = 1.0
 
 
-class PackageMeta(_Strict):
-    name: str = ""
-    version: str = "0.0.0"
-    license: str = ""
-    authors: list[str] = Field(default_factory=list)
-    training_data: list[str] = Field(default_factory=list)
-    description: str = ""
-    metadata: dict[str, str] = Field(default_factory=dict)
-
-
 class NormalizeConfig(_Strict):
     min_opset: int = Field(default=13, ge=7, description="older models are upgraded to this")
-
-
-class SelectionConfig(_Strict):
-    """How serving orders artifacts: an explicit order of artifact ids first (if given),
-    then by measured latency on a matching host. A quantized artifact must beat the best
-    float artifact of its target by `quantized_min_speedup` or it is ranked below it."""
-
-    order: list[str] = Field(default_factory=list)
-    quantized_min_speedup: float = Field(default=1.1, ge=1.0)
 
 
 class VerifyConfig(_Strict):
@@ -149,8 +106,8 @@ class BuildConfig(_Strict):
     inputs: dict[str, InputRange] = Field(default_factory=dict)
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
     parity: ParityConfig = Field(default_factory=ParityConfig)
-    latency: LatencyConfig = Field(default_factory=LatencyConfig)
-    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    latency: LatencyPolicy = Field(default_factory=LatencyPolicy)
+    selection: SelectionPolicy = Field(default_factory=SelectionPolicy)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     include_reference_model: bool = True
 
@@ -163,13 +120,13 @@ class BuildConfig(_Strict):
         return v
 
     def digest(self) -> str:
-        return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()
+        return sha256_json(self.model_dump(mode="json"))
 
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True
-    )
+    def policy(self) -> PackagePolicy:
+        """What decides this build's verdicts, recorded in the manifest for serving."""
+        return PackagePolicy(
+            parity=self.parity.policy(), latency=self.latency, selection=self.selection
+        )
 
 
 def _format_validation(exc: ValidationError, source: str) -> str:

@@ -10,14 +10,14 @@ parameters changed and their descendants.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import shutil
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +26,35 @@ import numpy as np
 import onnx
 
 from compiler import __version__
-from compiler.core.contract import Contract, extract_contract
+from compiler.core.contract import Contract
 from compiler.core.errors import BackendUnavailable, CompilePkgError, short_message
-from compiler.core.host import HostInfo, Requirements, probe_host
+from compiler.core.feeds import Feeds, feeds_digest, read_feeds_npz, write_feeds_npz
+from compiler.core.hashing import dir_digest, file_sha256, sha256_json
+from compiler.core.host import HostInfo, probe_host
+from compiler.core.records import (
+    CompileOutput,
+    DataOutput,
+    NodeOutput,
+    NodeResult,
+    NormalizeOutput,
+    NormalizeRecord,
+    PassOutput,
+    ReferenceOutput,
+    VerifyOutput,
+)
+from compiler.core.targets import TARGET_ARCH
 from compiler.measure.verify import verify_artifact
 from compiler.pipeline.cache import Cache
-from compiler.pipeline.config import BuildConfig, VariantConfig, canonical_json
-from compiler.pipeline.data import feeds_digest, generate_feeds, read_feeds, read_npz, write_npz
-from compiler.pipeline.normalize import (
-    MODEL_FILE,
-    dir_digest,
-    load_onnx,
-    normalize_model,
-    save_model,
-)
+from compiler.pipeline.config import BuildConfig, VariantConfig
+from compiler.pipeline.data import generate_feeds, read_feeds
+from compiler.pipeline.interface import extract_contract
+from compiler.pipeline.normalize import MODEL_FILE, load_onnx, normalize_model, save_model
 from passes.registry import PASSES, PassConfig, PassContext, make_pass
 from targets.registry import BuildRequest, get_backend
 
-__all__ = [
-    "BuildInputs",
-    "NodeResult",
-    "build_graph",
-    "describe_graph",
-    "run_graph",
-    "pack_feeds",
-    "unpack_feeds",
-]
+__all__ = ["BuildInputs", "build_graph", "describe_graph", "run_graph"]
 
-NODE_VERSIONS = {"normalize": "1", "data": "1", "reference": "1", "verify": "3"}
+NODE_VERSIONS = {"normalize": "2", "data": "2", "reference": "2", "verify": "4"}
 
 
 @dataclass(frozen=True)
@@ -66,19 +67,8 @@ class BuildInputs:
     calibration_data: Path | None = None
 
 
-@dataclass
-class NodeResult:
-    status: str  # ran | cached | failed | skipped
-    out: Path | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    digest: str = ""
-    key: str = ""
-    seconds: float = 0.0
-    reason: str = ""
-
-
 def _h(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+    return sha256_json(obj)
 
 
 # ----------------------------------------------------------------------------- graph
@@ -168,21 +158,6 @@ def describe_graph(g: nx.DiGraph) -> list[str]:
     return lines
 
 
-# ----------------------------------------------------------------------------- feeds
-
-
-def pack_feeds(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {f"{i:05d}.{name}": arr for i, feed in enumerate(feeds) for name, arr in feed.items()}
-
-
-def unpack_feeds(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    feeds: dict[int, dict[str, np.ndarray]] = {}
-    for key, arr in arrays.items():
-        idx, _, name = key.partition(".")
-        feeds.setdefault(int(idx), {})[name] = arr
-    return [feeds[i] for i in sorted(feeds)]
-
-
 # ----------------------------------------------------------------------------- run
 
 
@@ -194,16 +169,23 @@ class _Run:
     host: HostInfo
     results: dict[str, NodeResult]
     contract: Contract | None = None
-    workdir: Path | None = None
 
     def res(self, nid: str) -> NodeResult:
         return self.results[nid]
 
-    def feeds(self, which: str) -> list[dict[str, np.ndarray]]:
-        return unpack_feeds(read_npz(self.res("data").out / f"{which}.npz"))  # type: ignore[operator]
+    def out(self, nid: str) -> Path:
+        out = self.results[nid].out
+        assert out is not None, nid
+        return out
+
+    def feeds(self, which: str) -> list[Feeds]:
+        return read_feeds_npz(self.out("data") / f"{which}.npz")
 
     def model_path(self, nid: str) -> Path:
-        return self.res(nid).out / MODEL_FILE  # type: ignore[operator]
+        return self.out(nid) / MODEL_FILE
+
+    def data(self) -> DataOutput:
+        return self.res("data").expect(DataOutput)
 
 
 def _key_normalize(run: _Run, nid: str) -> dict[str, Any]:
@@ -215,7 +197,7 @@ def _key_normalize(run: _Run, nid: str) -> dict[str, Any]:
     }
 
 
-def _exec_normalize(run: _Run, nid: str, out: Path) -> dict[str, Any]:
+def _exec_normalize(run: _Run, nid: str, out: Path) -> NormalizeOutput:
     cfg = run.inputs.config
     model = load_onnx(run.inputs.source_path)
     model, record = normalize_model(
@@ -224,13 +206,13 @@ def _exec_normalize(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     contract = extract_contract(model, cfg.dims)
     save_model(model, out)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return {
-        "record": record,
-        "contract": contract.model_dump(mode="json"),
-        "opset": opset,
-        "ir_version": model.ir_version,
-        "producer": f"{model.producer_name} {model.producer_version}".strip(),
-    }
+    return NormalizeOutput(
+        record=NormalizeRecord.model_validate(record),
+        contract=contract,
+        opset=opset,
+        ir_version=model.ir_version,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+    )
 
 
 def _key_data(run: _Run, nid: str) -> dict[str, Any]:
@@ -241,7 +223,7 @@ def _key_data(run: _Run, nid: str) -> dict[str, Any]:
         ("calibration", run.inputs.calibration_data),
     ):
         if path is not None:
-            user[label] = dir_digest(path) if path.is_dir() else _file_digest(path)
+            user[label] = dir_digest(path) if path.is_dir() else file_sha256(path)
     return {
         "samples": cfg.parity.samples,
         "seed": cfg.parity.seed,
@@ -250,13 +232,7 @@ def _key_data(run: _Run, nid: str) -> dict[str, Any]:
     }
 
 
-def _file_digest(path: Path) -> str:
-    from compiler.pipeline.normalize import file_sha256
-
-    return file_sha256(path)
-
-
-def _exec_data(run: _Run, nid: str, out: Path) -> dict[str, Any]:
+def _exec_data(run: _Run, nid: str, out: Path) -> DataOutput:
     cfg, contract = run.inputs.config, run.contract
     assert contract is not None
     ranges = {k: (v.low, v.high) for k, v in cfg.inputs.items()}
@@ -274,15 +250,15 @@ def _exec_data(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     else:
         calib = generate_feeds(contract, max(cfg.parity.samples, 16), cfg.parity.seed + 1, ranges)
         c_src = "generated"
-    write_npz(out / "samples.npz", pack_feeds(samples))
-    write_npz(out / "calibration.npz", pack_feeds(calib))
-    return {
-        "samples": len(samples),
-        "samples_source": s_src,
-        "calibration": len(calib),
-        "calibration_source": c_src,
-        "samples_digest": feeds_digest(samples),
-    }
+    write_feeds_npz(out / "samples.npz", samples)
+    write_feeds_npz(out / "calibration.npz", calib)
+    return DataOutput(
+        samples=len(samples),
+        samples_source=s_src,  # type: ignore[arg-type]
+        calibration=len(calib),
+        calibration_source=c_src,  # type: ignore[arg-type]
+        samples_digest=feeds_digest(samples),
+    )
 
 
 def _key_reference(run: _Run, nid: str) -> dict[str, Any]:
@@ -291,7 +267,7 @@ def _key_reference(run: _Run, nid: str) -> dict[str, Any]:
     return {"libs": {"onnxruntime": ort.__version__}}
 
 
-def _exec_reference(run: _Run, nid: str, out: Path) -> dict[str, Any]:
+def _exec_reference(run: _Run, nid: str, out: Path) -> ReferenceOutput:
     import onnxruntime as ort
 
     from targets.onnxruntime.backend import reference_session
@@ -300,13 +276,13 @@ def _exec_reference(run: _Run, nid: str, out: Path) -> dict[str, Any]:
     sess = reference_session(run.model_path("normalize"))
     names = [o.name for o in run.contract.outputs]
     outs = [dict(zip(names, sess.run(names, feed), strict=True)) for feed in run.feeds("samples")]
-    write_npz(out / "outputs.npz", pack_feeds(outs))
-    return {
-        "runtime": f"onnxruntime {ort.__version__}",
-        "provider": "CPUExecutionProvider",
-        "precision": "fp32",
-        "samples": len(outs),
-    }
+    write_feeds_npz(out / "outputs.npz", outs)
+    return ReferenceOutput(
+        runtime=f"onnxruntime {ort.__version__}",
+        provider="CPUExecutionProvider",
+        precision="fp32",
+        samples=len(outs),
+    )
 
 
 def _pass_of(run: _Run, nid: str):  # type: ignore[no-untyped-def]
@@ -322,7 +298,7 @@ def _key_pass(run: _Run, nid: str) -> dict[str, Any]:
         "params": node["config"].model_dump(mode="json"),
         "target": node.get("target"),
         "libs": p.libraries(),
-        "tolerances": run.inputs.config.parity.tolerances["int8"].model_dump()
+        "tolerances": dataclasses.asdict(run.inputs.config.parity.tolerances["int8"])
         if p.uses_reference
         else None,
     }
@@ -332,7 +308,6 @@ def _pass_context(run: _Run, target: str | None, scratch: Path) -> PassContext:
     from targets.onnxruntime.backend import reference_session
 
     assert run.contract is not None
-    data_meta = run.res("data").meta
     ref_path = run.model_path("normalize")
     names = [o.name for o in run.contract.outputs]
     sess_box: list[Any] = []
@@ -342,26 +317,28 @@ def _pass_context(run: _Run, target: str | None, scratch: Path) -> PassContext:
             sess_box.append(reference_session(ref_path))
         return dict(zip(names, sess_box[0].run(names, feeds), strict=True))
 
+    same_arch = target is not None and TARGET_ARCH[target] == run.host.arch
     return PassContext(
         contract=run.contract,
         workdir=scratch,
         target=target,
-        target_isa=tuple(run.host.isa) if target == "cpu" else (),
+        target_isa=tuple(run.host.isa) if same_arch and target != "gpu" else (),
         calibration=lambda: run.feeds("calibration"),
-        calibration_source=data_meta.get("calibration_source", "generated"),
+        calibration_source=run.data().calibration_source,
         reference=reference,
-        tolerances={k: v.model_dump() for k, v in run.inputs.config.parity.tolerances.items()},
+        tolerances=run.inputs.config.parity.policy().tolerances,
     )
 
 
-def _exec_pass(run: _Run, nid: str, out: Path) -> dict[str, Any]:
+def _exec_pass(run: _Run, nid: str, out: Path) -> PassOutput:
     p = _pass_of(run, nid)
     parent = _model_parent(run.g, nid)
     model = onnx.load(run.model_path(parent))
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         result = p(model, _pass_context(run, run.g.nodes[nid].get("target"), Path(tmp)))
     save_model(result.model, out)
-    return {"record": result.record}
+    assert result.summary is not None
+    return PassOutput(record=result.summary)
 
 
 def _key_compile(run: _Run, nid: str) -> dict[str, Any]:
@@ -379,7 +356,7 @@ def _key_compile(run: _Run, nid: str) -> dict[str, Any]:
     }
 
 
-def _exec_compile(run: _Run, nid: str, out: Path) -> dict[str, Any]:
+def _exec_compile(run: _Run, nid: str, out: Path) -> CompileOutput:
     node = run.g.nodes[nid]
     v: VariantConfig = node["config"]
     cls = get_backend(v.compile.backend)
@@ -393,20 +370,20 @@ def _exec_compile(run: _Run, nid: str, out: Path) -> dict[str, Any]:
             contract=run.contract,
             workdir=Path(tmp),
             calibration=lambda: run.feeds("calibration"),
-            calibration_source=run.res("data").meta.get("calibration_source", "generated"),
+            calibration_source=run.data().calibration_source,
         )
         result = cls().build(run.model_path(_model_parent(run.g, nid)), req, out)
-    return {
-        "backend": cls.name,
-        "backend_version": cls.library_versions(),
-        "files": sorted(result.files),
-        "runtime": result.runtime,
-        "requirements": result.requirements.model_dump(),
-        "precision": result.precision,
-        "notes": result.notes,
-        "portable": result.portable,
-        "status": result.status,
-    }
+    return CompileOutput(
+        backend=cls.name,
+        backend_version=cls.library_versions(),
+        files=sorted(result.files),
+        runtime=result.runtime,
+        requirements=result.requirements,
+        precision=result.precision,
+        notes=result.notes,
+        portable=result.portable,
+        status=result.status,  # type: ignore[arg-type]
+    )
 
 
 def _key_verify(run: _Run, nid: str) -> dict[str, Any]:
@@ -423,43 +400,38 @@ def _key_verify(run: _Run, nid: str) -> dict[str, Any]:
             "gpus": [g.model_dump() for g in h.gpus],
             "runtimes": h.runtimes,
         },
-        "tolerance": cfg.parity.tolerances[v.precision].model_dump(),
-        "outputs": {
-            k: {p: t.model_dump() for p, t in d.items()} for k, d in cfg.parity.outputs.items()
-        },
-        "latency": cfg.latency.model_dump(),
+        "policy": cfg.policy().model_dump(mode="json", include={"parity", "latency"}),
+        "precision": v.precision,
     }
 
 
-def _exec_verify(run: _Run, nid: str, out: Path) -> dict[str, Any]:
+def _exec_verify(run: _Run, nid: str, out: Path) -> VerifyOutput:
     node = run.g.nodes[nid]
     v: VariantConfig = node["config"]
-    comp = run.res(f"{node['target']}/{node['variant']}:compile")
-    if comp.meta.get("status") == "deferred":
-        return {
-            "parity": {"status": "not-verified", "reason": "deferred: built on the serving host"},
-            "latency": None,
-        }
+    comp_id = f"{node['target']}/{node['variant']}:compile"
+    comp = run.res(comp_id).expect(CompileOutput)
     assert run.contract is not None
+    policy = run.inputs.config.policy()
     return verify_artifact(
-        backend=comp.meta["backend"],
-        artifact_dir=comp.out,  # type: ignore[arg-type]
-        runtime=comp.meta["runtime"],
-        requirements=Requirements(**comp.meta["requirements"]),
-        portable=comp.meta["portable"],
+        backend=comp.backend,
+        runtime=comp.runtime,
+        requirements=comp.requirements,
+        portable=comp.portable,
+        deferred=comp.status == "deferred",
+        artifact_dir=run.out(comp_id),
         precision=v.precision,
         contract=run.contract,
         inputs=run.feeds("samples"),
-        ref_outputs=unpack_feeds(read_npz(run.res("reference").out / "outputs.npz")),  # type: ignore[operator]
+        ref_outputs=read_feeds_npz(run.out("reference") / "outputs.npz"),
         ref_model=run.model_path("normalize"),
-        parity_cfg=run.inputs.config.parity,
-        latency_cfg=run.inputs.config.latency,
+        parity=policy.parity,
+        latency=policy.latency,
         host=run.host,
     )
 
 
 _KINDS: dict[
-    str, tuple[Callable[[_Run, str], dict[str, Any]], Callable[[_Run, str, Path], dict[str, Any]]]
+    str, tuple[Callable[[_Run, str], dict[str, Any]], Callable[[_Run, str, Path], NodeOutput]]
 ] = {
     "normalize": (_key_normalize, _exec_normalize),
     "data": (_key_data, _exec_data),
@@ -470,19 +442,21 @@ _KINDS: dict[
 }
 
 
-def _skip_reason(run: _Run, nid: str) -> str:
-    """Non-empty when this node cannot run: an upstream node failed, or a backend is missing."""
+def _skip(run: _Run, nid: str) -> NodeResult | None:
+    """A skipped result when this node cannot run: an upstream node failed or was skipped, or
+    its backend is missing here (with how to get it)."""
     for p in run.g.predecessors(nid):
         r = run.results.get(p)
         if r is not None and r.status in ("failed", "skipped"):
-            return f"upstream {p} {r.status}" + (f": {r.reason}" if r.reason else "")
+            reason = f"upstream {p} {r.status}" + (f": {r.reason}" if r.reason else "")
+            return NodeResult(status="skipped", reason=reason, install=r.install)
     node = run.g.nodes[nid]
     if node["kind"] == "compile":
         cls = get_backend(node["config"].compile.backend)
         avail = cls.availability(node["target"])
         if not avail.ok:
-            return avail.reason + (f" (to get it: {avail.install})" if avail.install else "")
-    return ""
+            return NodeResult(status="skipped", reason=avail.reason, install=avail.install)
+    return None
 
 
 def run_graph(
@@ -497,15 +471,11 @@ def run_graph(
         on_event(nid, None)
         kind = g.nodes[nid]["kind"]
         start = time.perf_counter()
-        reason = _skip_reason(run, nid)
-        if reason:
-            res = NodeResult(status="skipped", reason=reason)
-        else:
-            res = _run_node(run, nid, kind)
+        res = _skip(run, nid) or _run_node(run, nid, kind)
         res.seconds = round(time.perf_counter() - start, 3)
         run.results[nid] = res
-        if nid == "normalize" and res.status in ("ran", "cached"):
-            run.contract = Contract.model_validate(res.meta["contract"])
+        if isinstance(res.output, NormalizeOutput):
+            run.contract = res.output.contract
         on_event(nid, res)
     return run.results
 
@@ -533,17 +503,16 @@ def _run_node(run: _Run, nid: str, kind: str) -> NodeResult:
     )
     hit = run.cache.get(key)
     if hit is not None:
-        out, meta = hit
-        return NodeResult(status="cached", out=out, meta=meta, digest=meta["digest"], key=key)
+        out, doc = hit
+        cached = NodeResult.model_validate(doc)
+        return cached.model_copy(update={"status": "cached", "out": out, "key": key})
     scratch = run.cache.new_entry()
     try:
-        meta = exec_fn(run, nid, scratch / "out")
+        output = exec_fn(run, nid, scratch / "out")
     except BackendUnavailable as exc:  # missing library or hardware: a skip, with how to get it
         run.cache.discard(scratch)
-        hint = f" (to get it: {exc.install})" if exc.install else ""
-        return NodeResult(
-            status="skipped", reason=f"{exc.backend} unavailable: {exc.reason}{hint}", key=key
-        )
+        reason = f"{exc.backend} unavailable: {exc.reason}"
+        return NodeResult(status="skipped", reason=reason, install=exc.install, key=key)
     except CompilePkgError as exc:
         run.cache.discard(scratch)
         return NodeResult(status="failed", reason=str(exc), key=key)
@@ -553,21 +522,19 @@ def _run_node(run: _Run, nid: str, kind: str) -> NodeResult:
             status="failed",
             reason=short_message(exc),
             key=key,
-            meta={"traceback": traceback.format_exc(limit=8)},
+            traceback=traceback.format_exc(limit=8),
         )
-    meta = json.loads(json.dumps(meta, allow_nan=True))  # plain JSON, as a cache hit returns it
-    meta["digest"] = _h({"files": dir_digest(scratch / "out"), "meta": _core_meta(kind, meta)})
-    out, meta = run.cache.commit(key, scratch, meta)
-    return NodeResult(status="ran", out=out, meta=meta, digest=meta["digest"], key=key)
+    digest = _h({"files": dir_digest(scratch / "out"), "output": _core_output(output)})
+    result = NodeResult(status="ran", output=output, digest=digest, key=key)
+    out = run.cache.commit(key, scratch, result.model_dump(mode="json", exclude={"out"}))
+    return result.model_copy(update={"out": out})
 
 
-def _core_meta(kind: str, meta: dict[str, Any]) -> Any:
-    """The part of a node's record that describes its output (timings and hosts excluded)."""
-    if kind == "verify":
+def _core_output(output: NodeOutput) -> Any:
+    """The part of a node's output that describes what it made (measurements excluded)."""
+    if isinstance(output, VerifyOutput):
         return {}  # measurements are leaves: nothing builds on their digest
-    if kind == "pass":
-        return {k: v for k, v in meta.get("record", {}).items() if k != "seconds"}
-    return meta
+    return output.model_dump(mode="json")
 
 
 def cleanup_scratch(cache: Cache) -> None:

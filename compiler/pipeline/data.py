@@ -8,37 +8,15 @@ ranges from the config, so it is the same on every run and host.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from compiler.core.contract import Contract
 from compiler.core.errors import ConfigError, ContractError
+from compiler.core.feeds import read_npz
 
-__all__ = ["generate_feeds", "read_feeds", "read_npz", "write_npz", "feeds_digest"]
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"{path}: not a readable .npz file ({exc})") from exc
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez, but byte-identical for identical arrays (fixed zip timestamps)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            arr = io.BytesIO()
-            np.lib.format.write_array(arr, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-            zf.writestr(info, arr.getvalue())
-    path.write_bytes(buf.getvalue())
+__all__ = ["generate_feeds", "read_feeds"]
 
 
 def _split(
@@ -98,15 +76,3 @@ def generate_feeds(
             feed[t.name] = arr
         feeds.append(feed)
     return feeds
-
-
-def feeds_digest(feeds: list[dict[str, np.ndarray]]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for feed in feeds:
-        for name in sorted(feed):
-            a = np.ascontiguousarray(feed[name])
-            h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
-            h.update(a.tobytes())
-    return h.hexdigest()

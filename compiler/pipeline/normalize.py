@@ -18,13 +18,12 @@ from typing import Any
 
 import onnx
 
-from compiler.core.contract import name_unnamed_dims
 from compiler.core.errors import InputModelError
+from compiler.pipeline.interface import name_unnamed_dims
 
 __all__ = [
     "InputSpec",
     "Source",
-    "dir_digest",
     "export_torch",
     "load_onnx",
     "normalize_model",
@@ -229,20 +228,3 @@ def save_model(model: onnx.ModelProto, out_dir: Path) -> Path:
     else:
         path.write_bytes(model.SerializeToString(deterministic=True))
     return path
-
-
-def dir_digest(path: Path) -> str:
-    """sha256 over every file under `path` (relative names and contents), in sorted order."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        h.update(file_sha256(f).encode())
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

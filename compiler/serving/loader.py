@@ -1,9 +1,9 @@
 """Serving: load a package and pick the artifact that fits this host, with a fallback chain.
 
 `load()` probes the host, ranks artifacts (compatible, parity passed, fastest measured on a
-host like this one; see compiler/selection.py), then tries them in order: each candidate's
-files are checked against their sha256 and its runtime is loaded; any failure is recorded
-and the next candidate is tried. The session says what it picked and why.
+host like this one; see compiler/serving/selection.py), then tries them in order: each
+candidate's files are checked against their sha256 and its runtime is loaded; any failure is
+recorded and the next candidate is tried. The session says what it picked and why.
 """
 
 from __future__ import annotations
@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from compiler.core.errors import IntegrityError, NoCompatibleArtifact
+from compiler.core.contract import Contract
+from compiler.core.errors import IntegrityError, NoCompatibleArtifact, short_message
+from compiler.core.hashing import file_sha256
 from compiler.core.host import HostInfo, probe_host
-from compiler.pipeline.normalize import file_sha256
 from compiler.serving.manifest import ArtifactEntry, Manifest, read_manifest
 from compiler.serving.selection import rank
+from targets.runner import open_runner
 
-__all__ = ["Session", "load", "check_files"]
+__all__ = ["Decision", "Session", "check_files", "load"]
 
 log = logging.getLogger("compile_pkg.loader")
 
@@ -41,6 +43,19 @@ def check_files(package: Path, artifact: ArtifactEntry) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What the loader did with one artifact, and why."""
+
+    artifact: str
+    outcome: Literal["excluded", "failed", "picked"]
+    reason: str
+
+    def __str__(self) -> str:
+        verb = {"excluded": "excluded", "failed": "failed to load", "picked": "picked"}
+        return f"{verb[self.outcome]}: {self.reason}"
+
+
 @dataclass
 class Session:
     """A loaded artifact. `run(inputs)` validates inputs against the contract."""
@@ -50,15 +65,15 @@ class Session:
     artifact: str
     reason: str
     host: HostInfo
-    decisions: list[tuple[str, str]] = field(default_factory=list)  # (artifact, verdict)
+    decisions: list[Decision] = field(default_factory=list)
     _runner: Any = None
 
     @property
-    def contract(self):  # type: ignore[no-untyped-def]
+    def contract(self) -> Contract:
         return self.manifest.contract
 
     def run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        return self._runner.run(inputs)
+        return self._runner.run(inputs)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         if self._runner is not None:
@@ -73,7 +88,7 @@ class Session:
 
     def explain(self) -> str:
         lines = [f"picked {self.artifact}: {self.reason}", f"host: {self.host.describe()}"]
-        lines += [f"  {aid}: {verdict}" for aid, verdict in self.decisions]
+        lines += [f"  {d.artifact}: {d}" for d in self.decisions]
         return "\n".join(lines)
 
 
@@ -93,20 +108,20 @@ def load(
     was not verified (never ones that failed). cache_dir: where runtimes may keep compiled
     caches (OpenVINO CACHE_DIR, TensorRT engines).
     """
-    from targets.registry import get_backend
-
     package = Path(package_path)
     manifest = read_manifest(package)
     host = host or probe_host()
     candidates, excluded = rank(manifest, host, order=order, allow_unverified=allow_unverified)
-    decisions = [(c.id, f"excluded: {c.reason}") for c in excluded]
-    pending = None  # a TensorRT runner whose engine builds in the background (deferred artifact)
+    decisions = [Decision(c.id, "excluded", c.reason) for c in excluded]
+    pending = None  # a runner whose TensorRT engine builds in the background (deferred)
     for c in candidates:
         a = manifest.artifact(c.id)
         runner = None
         try:
             check_files(package, a)
-            runner = get_backend(a.backend).runner(
+            assert a.runtime is not None
+            runner = open_runner(
+                a.backend,
                 package / a.directory,
                 a.runtime,
                 manifest.contract,
@@ -115,22 +130,23 @@ def load(
             )
             runner.load()
         except Exception as exc:  # any failure to load: record it and fall back
-            if pending is None and getattr(runner, "build_job", None) is not None:
+            if pending is None and runner is not None and runner.build_job is not None:
                 pending = runner
-            verdict = f"failed to load: {' '.join(str(exc).split())[:300]}"
-            log.warning("%s %s; trying the next artifact", c.id, verdict)
-            decisions.append((c.id, verdict))
+            reason = short_message(exc, 300)
+            log.warning("%s failed to load: %s; trying the next artifact", c.id, reason)
+            decisions.append(Decision(c.id, "failed", reason))
             continue
+        serving: Any = runner
         if pending is not None:  # serve this one until the engine is ready, then switch
             from targets.tensorrt import SwitchingRunner
 
-            runner = SwitchingRunner(runner, pending)
-        decisions.append((c.id, f"picked: {c.reason}"))
-        tried = [d for d in decisions if d[1].startswith("failed")]
-        why = c.reason + (f" (after {len(tried)} fallback(s))" if tried else "")
+            serving = SwitchingRunner(runner, pending._pending)  # type: ignore[arg-type]
+        decisions.append(Decision(c.id, "picked", c.reason))
+        tried = sum(d.outcome == "failed" for d in decisions)
+        why = c.reason + (f" (after {tried} fallback(s))" if tried else "")
         log.info("picked %s: %s", c.id, why)
-        return Session(package, manifest, c.id, why, host, decisions, runner)
-    lines = "\n".join(f"  {aid}: {v}" for aid, v in decisions) or "  (no artifacts)"
+        return Session(package, manifest, c.id, why, host, decisions, serving)
+    lines = "\n".join(f"  {d.artifact}: {d}" for d in decisions) or "  (no artifacts)"
     raise NoCompatibleArtifact(
         f"{package}: no artifact can be loaded on this host ({host.describe()}):\n{lines}"
     )

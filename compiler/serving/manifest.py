@@ -1,16 +1,20 @@
-"""The package manifest (manifest.json), versioned from day one.
+"""The package manifest (manifest.json), versioned, with one migration function per version.
 
 The manifest has a *core* (everything that is a function of the source, the config and the
-toolchain: identical for two builds of the same inputs, hashed into `core_sha256`) and two
-run-to-run parts kept apart: `measurements` (parity and latency records, each naming its
-host and time) and `build` (timestamps, source path, node log). `schema/manifest.v1.json`
-is generated from these models (`python -m compiler.serving.manifest`) and checked by a test.
-Older schema versions are upgraded by one migration function per version (MIGRATIONS).
+toolchain: identical for two builds of the same inputs, hashed into `core_sha256`) and
+run-to-run parts kept apart: `measurements` (parity and latency records, each naming its host
+and time), `selection` (what the build host would pick) and `build` (timestamps, source path,
+node log). `schema/manifest.v2.json` is generated from these models
+(`python -m compiler.serving.manifest`) and checked by a test.
+
+Schema 2 (from 1): runtime settings are typed per backend (`runtime.backend` names it), the
+policies that decide verdicts are recorded (`policy`), and the node cache key moved from each
+artifact to the build log: it changed with every internal record layout, so it made the core
+digest of identical artifacts unstable across compile-pkg versions.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,23 +24,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compiler.core.contract import Contract
 from compiler.core.errors import PackageError
+from compiler.core.hashing import sha256_json
 from compiler.core.host import Requirements
-from compiler.pipeline.config import PackageMeta, canonical_json
+from compiler.core.policies import PackageMeta, PackagePolicy
+from compiler.core.records import (
+    ArtifactMeasurements,
+    NormalizeRecord,
+    PassRecord,
+    RuntimeSettingsField,
+)
 
 __all__ = [
+    "CORE_FIELDS",
+    "ArtifactStatus",
+    "SCHEMA_VERSION",
     "ArtifactEntry",
+    "BuildLog",
     "FileEntry",
     "Manifest",
-    "SCHEMA_VERSION",
-    "CORE_FIELDS",
-    "read_manifest",
-    "manifest_json",
+    "NodeLog",
+    "SelectionChoice",
+    "SelectionRecord",
     "core_digest",
+    "manifest_json",
     "migrate",
+    "read_manifest",
 ]
 
-SCHEMA_VERSION = 1
-SCHEMA_PATH = Path(__file__).parent / "schema" / "manifest.v1.json"
+SCHEMA_VERSION = 2
+SCHEMA_PATH = Path(__file__).parent / "schema" / f"manifest.v{SCHEMA_VERSION}.json"
+
+ArtifactStatus = Literal["built", "deferred", "skipped", "failed"]
 
 
 class _M(BaseModel):
@@ -56,17 +74,16 @@ class ArtifactEntry(_M):
     backend: str
     backend_version: dict[str, str] = Field(default_factory=dict)
     precision: str
-    status: Literal["built", "deferred", "skipped", "failed"]
+    status: ArtifactStatus
     reason: str = ""
-    install: str = ""
+    install: str = ""  # skipped for a missing backend: how to get it
     directory: str = ""  # artifacts/<target>.<variant>
     files: list[FileEntry] = Field(default_factory=list)
     requirements: Requirements | None = None
-    runtime: dict[str, Any] = Field(default_factory=dict)
+    runtime: RuntimeSettingsField | None = None
     portable: bool = False
     passes: list[str] = Field(default_factory=list)  # pass names applied after normalize
     notes: list[str] = Field(default_factory=list)
-    cache_key: str = ""
 
 
 class SourceInfo(_M):
@@ -82,7 +99,7 @@ class SourceInfo(_M):
 class Provenance(_M):
     tool: str
     libraries: dict[str, str]
-    config: dict[str, Any]
+    config: dict[str, Any]  # the resolved config, as the user would write it (a record)
     config_sha256: str
     source_git_commit: str = ""
 
@@ -96,20 +113,52 @@ class ReferenceInfo(_M):
     files: list[FileEntry]
 
 
+class SelectionChoice(_M):
+    id: str
+    why: str
+
+
+class SelectionRecord(_M):
+    """What the build host would pick, in order, and what it excluded (informational)."""
+
+    host: str = ""
+    order: list[SelectionChoice] = Field(default_factory=list)
+    excluded: list[SelectionChoice] = Field(default_factory=list)
+
+
+class NodeLog(_M):
+    node: str
+    status: str
+    seconds: float
+    reason: str = ""
+    key: str = ""
+
+
+class BuildLog(_M):
+    started_at: str = ""
+    finished_at: str = ""
+    source_path: str = ""
+    nodes: list[NodeLog] = Field(default_factory=list)
+    pass_log: dict[str, PassRecord] = Field(default_factory=dict)
+    normalize: NormalizeRecord = Field(default_factory=NormalizeRecord)
+    emulated_verification: str = ""  # why the build's emulated aarch64 check did not run
+
+
 class Manifest(_M):
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     package: PackageMeta
     source: SourceInfo
     provenance: Provenance
+    policy: PackagePolicy = Field(default_factory=PackagePolicy)
     contract: Contract
     reference: ReferenceInfo
     artifacts: list[ArtifactEntry]
     target_notes: dict[str, str] = Field(default_factory=dict)
     core_sha256: str = ""
     # run-to-run parts: never hashed into core_sha256
-    measurements: dict[str, dict[str, list[dict[str, Any]]]] = Field(default_factory=dict)
-    selection: dict[str, Any] = Field(default_factory=dict)
-    build: dict[str, Any] = Field(default_factory=dict)
+    measurements: dict[str, ArtifactMeasurements] = Field(default_factory=dict)
+    selection: SelectionRecord = Field(default_factory=SelectionRecord)
+    build: BuildLog = Field(default_factory=BuildLog)
 
     def artifact(self, artifact_id: str) -> ArtifactEntry:
         for a in self.artifacts:
@@ -119,12 +168,17 @@ class Manifest(_M):
             f"no artifact '{artifact_id}' in the package; have {[a.id for a in self.artifacts]}"
         )
 
+    def measured(self, artifact_id: str) -> ArtifactMeasurements:
+        """The artifact's measurements (created empty if it has none yet)."""
+        return self.measurements.setdefault(artifact_id, ArtifactMeasurements())
+
 
 CORE_FIELDS = (
     "schema_version",
     "package",
     "source",
     "provenance",
+    "policy",
     "contract",
     "reference",
     "artifacts",
@@ -133,13 +187,15 @@ CORE_FIELDS = (
 
 
 def core_digest(m: Manifest) -> str:
-    core = m.model_dump(mode="json", include=set(CORE_FIELDS))
-    return hashlib.sha256(canonical_json(core).encode()).hexdigest()
+    return sha256_json(m.model_dump(mode="json", include=set(CORE_FIELDS)))
 
 
 def manifest_json(m: Manifest) -> str:
     m.core_sha256 = core_digest(m)
     return json.dumps(m.model_dump(mode="json"), indent=2, sort_keys=True, allow_nan=True) + "\n"
+
+
+# --------------------------------------------------------------------------- migrations
 
 
 def _from_v0(doc: dict[str, Any]) -> dict[str, Any]:
@@ -154,11 +210,35 @@ def _from_v0(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_v0}
+def _from_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2: runtime settings name their backend; the cache key leaves the artifacts; the
+    policies are read from the recorded config."""
+    for a in doc.get("artifacts", []):
+        a.pop("cache_key", None)
+        runtime = a.get("runtime") or None
+        if runtime is not None:
+            runtime["backend"] = a["backend"]
+            if a["backend"] == "openvino":
+                runtime.pop("int8_method", None)
+        a["runtime"] = runtime
+    cfg = doc.get("provenance", {}).get("config", {})
+    parity = cfg.get("parity", {})
+    doc["policy"] = {
+        "parity": {k: parity[k] for k in ("tolerances", "outputs") if k in parity},
+        "latency": cfg.get("latency", {}),
+        "selection": cfg.get("selection", {}),
+    }
+    doc["schema_version"] = 2
+    return doc
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_v0, 1: _from_v1}
 
 
 def migrate(doc: dict[str, Any]) -> dict[str, Any]:
     version = doc.get("schema_version", 0)
+    if not isinstance(version, int) or version < 0:
+        raise PackageError(f"manifest schema_version {version!r} is not a version number")
     while version < SCHEMA_VERSION:
         doc = MIGRATIONS[version](doc)
         version = doc["schema_version"]
@@ -179,6 +259,8 @@ def read_manifest(package: str | Path) -> Manifest:
         raise PackageError(f"{package}: not a package (no manifest.json)") from None
     except (OSError, ValueError) as exc:
         raise PackageError(f"{path}: unreadable manifest ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise PackageError(f"{path}: a manifest is a JSON object, got {type(doc).__name__}")
     try:
         return Manifest.model_validate(migrate(doc))
     except ValidationError as exc:
@@ -190,7 +272,7 @@ def read_manifest(package: str | Path) -> Manifest:
 def json_schema() -> dict[str, Any]:
     schema = Manifest.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://compile-pkg.dev/schema/manifest.v1.json"
+    schema["$id"] = f"https://compile-pkg.dev/schema/manifest.v{SCHEMA_VERSION}.json"
     return schema
 
 

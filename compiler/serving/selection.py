@@ -9,12 +9,9 @@ measured ratio as the reason: int8 that buys nothing should not cost accuracy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from compiler.core.host import HostInfo
-
-if TYPE_CHECKING:
-    from compiler.serving.manifest import ArtifactEntry, Manifest
+from compiler.core.host import HostInfo, probe_host
+from compiler.serving.manifest import ArtifactEntry, Manifest, SelectionChoice, SelectionRecord
 
 __all__ = ["Candidate", "parity_verdict", "best_latency", "rank", "select_order"]
 
@@ -29,35 +26,33 @@ class Candidate:
 
 def parity_verdict(manifest: Manifest, aid: str) -> tuple[str, str]:
     """('passed'|'failed'|'not-verified', how) from the latest decisive parity record."""
-    records = manifest.measurements.get(aid, {}).get("parity", [])
+    records = manifest.measured(aid).parity
     for rec in reversed(records):
-        if rec.get("status") in ("passed", "failed"):
-            mode = rec.get("mode", "native")
-            host = rec.get("host", {})
-            where = f"{mode} on {host.get('arch', '?')}" + (
-                f" ({host['emulated']})" if host.get("emulated") else ""
+        if rec.decisive:
+            host = rec.host
+            where = f"{rec.mode} on {host.arch if host else '?'}" + (
+                f" ({host.emulated})" if host and host.emulated else ""
             )
-            return rec["status"], where
-    last = records[-1] if records else {}
-    return "not-verified", last.get("reason", "no parity record")
+            return rec.status, where
+    return "not-verified", records[-1].reason if records else "no parity record"
 
 
 def best_latency(manifest: Manifest, a: ArtifactEntry, host: HostInfo | None) -> float | None:
     """Lowest p50 among native latency records on a host like `host` (same arch and CPU or GPU)."""
     best = None
-    for rec in manifest.measurements.get(a.id, {}).get("latency", []):
-        h = rec.get("host", {})
-        if h.get("emulated"):
+    for rec in manifest.measured(a.id).latency:
+        h = rec.host
+        if h.emulated:
             continue
         if host is not None:
-            if h.get("arch") != host.arch:
+            if h.arch != host.arch:
                 continue
             if a.requirements and a.requirements.gpu:
                 names = {g.name for g in host.gpus}
-                if not any(g.get("name") in names for g in h.get("gpus", [])):
+                if not any(g.name in names for g in h.gpus):
                     continue
-        p50 = rec.get("artifact", {}).get("p50_ms")
-        if p50 is not None and (best is None or p50 < best):
+        p50 = rec.artifact.p50_ms
+        if best is None or p50 < best:
             best = p50
     return best
 
@@ -75,18 +70,23 @@ def rank(
     quantized_min_speedup: float | None = None,
 ) -> tuple[list[Candidate], list[Candidate]]:
     """(candidates in the order to try, excluded with reasons)."""
-    sel_cfg = manifest.provenance.config.get("selection", {})
-    margin = quantized_min_speedup or sel_cfg.get("quantized_min_speedup", 1.1)
-    order = order if order is not None else sel_cfg.get("order", [])
+    policy = manifest.policy.selection
+    margin = quantized_min_speedup or policy.quantized_min_speedup
+    order = order if order is not None else policy.order
     ok: list[Candidate] = []
     excluded: list[Candidate] = []
     for a in manifest.artifacts:
         if a.status not in ("built", "deferred"):
             excluded.append(Candidate(a.id, False, f"{a.status}: {a.reason}"))
             continue
-        why = a.requirements.mismatches(host) if a.requirements else ["no requirements recorded"]
+        if a.requirements is None:
+            excluded.append(Candidate(a.id, False, "incompatible: no requirements recorded"))
+            continue
+        why = a.requirements.mismatches(host)
         if why:
-            excluded.append(Candidate(a.id, False, "incompatible: " + "; ".join(why)))
+            excluded.append(
+                Candidate(a.id, False, "incompatible: " + "; ".join(m.message for m in why))
+            )
             continue
         verdict, how = parity_verdict(manifest, a.id)
         if a.status == "deferred" and verdict != "failed":
@@ -144,14 +144,12 @@ def rank(
     return ok, excluded
 
 
-def select_order(manifest: Manifest) -> dict[str, Any]:
+def select_order(manifest: Manifest) -> SelectionRecord:
     """What the build host would pick, recorded in the manifest (informational)."""
-    from compiler.core.host import probe_host
-
     host = probe_host()
     ok, excluded = rank(manifest, host)
-    return {
-        "host": host.describe(),
-        "order": [{"id": c.id, "why": c.reason} for c in ok],
-        "excluded": [{"id": c.id, "why": c.reason} for c in excluded],
-    }
+    return SelectionRecord(
+        host=host.describe(),
+        order=[SelectionChoice(id=c.id, why=c.reason) for c in ok],
+        excluded=[SelectionChoice(id=c.id, why=c.reason) for c in excluded],
+    )

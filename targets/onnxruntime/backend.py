@@ -17,6 +17,7 @@ import numpy as np
 from compiler.core.contract import Contract
 from compiler.core.errors import BuildError, short_message
 from compiler.core.host import Requirements
+from compiler.core.settings import OnnxRuntimeSettings, RuntimeSettings, settings_to_json
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "OnnxRuntimeRunner"]
@@ -83,13 +84,12 @@ class OnnxRuntimeBackend(Backend):
             ) from exc
         return BuildResult(
             files=files,
-            runtime={
-                "model": model_path.name,
-                "graph_optimization_level": opts.graph_optimization_level,
-                "intra_op_num_threads": opts.intra_op_num_threads,
-                "execution_mode": opts.execution_mode,
-                "providers": ["CPUExecutionProvider"],
-            },
+            runtime=OnnxRuntimeSettings(
+                model=model_path.name,
+                graph_optimization_level=opts.graph_optimization_level,
+                intra_op_num_threads=opts.intra_op_num_threads,
+                execution_mode=opts.execution_mode,
+            ),
             requirements=Requirements(
                 arch=_ARCH[request.target],
                 runtime="onnxruntime",
@@ -103,13 +103,15 @@ class OnnxRuntimeBackend(Backend):
     def runner(
         cls,
         artifact_dir: Path,
-        runtime: dict[str, Any],
+        runtime: RuntimeSettings,
         contract: Contract,
         *,
         threads: int | None = None,
         cache_dir: Path | None = None,
     ) -> OnnxRuntimeRunner:
-        return OnnxRuntimeRunner(artifact_dir / runtime["model"], runtime, contract, threads)
+        assert isinstance(runtime, OnnxRuntimeSettings)
+        plain = settings_to_json(runtime)
+        return OnnxRuntimeRunner(artifact_dir / runtime.model, plain, contract, threads)
 
 
 def _session(path: Path, level: str, threads: int, mode: str, log_level: int = 3) -> Any:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from compiler.core.contract import Contract
 from compiler.core.errors import BackendUnavailable, BuildError
 from compiler.core.host import Requirements
+from compiler.core.settings import OpenVinoSettings, RuntimeSettings, settings_to_json
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
 
 __all__ = ["IgnoredScopeOptions", "OpenVinoBackend", "OpenVinoOptions", "OpenVinoRunner"]
@@ -136,6 +137,8 @@ class OpenVinoBackend(Backend):
             notes.append(f"{qdq_nodes} QuantizeLinear/DequantizeLinear nodes run as FakeQuantize")
         elif request.precision == "int8":
             model, int8_method, notes = _nncf_int8(model, model_path, request, opts)
+        if int8_method:
+            notes.append(f"int8 method: {int8_method}")
         _save(model, out_dir, opts.compress_to_fp16)
         # Compile once here so an IR the CPU plugin rejects fails its build, not serving.
         try:
@@ -145,17 +148,15 @@ class OpenVinoBackend(Backend):
             raise BuildError(msg) from exc
         return BuildResult(
             files=[_XML, _BIN],
-            runtime={
-                "xml": _XML,
-                "device": "CPU",
-                "inference_precision": _INFERENCE_PRECISION[request.precision],
-                "int8_method": int8_method,
-                "weights": "f16" if opts.compress_to_fp16 else "f32",
-                "performance_hint": opts.performance_hint,
-                "num_threads": opts.num_threads,
-                "num_streams": opts.num_streams,
-                "cpu_pinning": opts.cpu_pinning,
-            },
+            runtime=OpenVinoSettings(
+                xml=_XML,
+                inference_precision=_INFERENCE_PRECISION[request.precision],  # type: ignore[arg-type]
+                weights="f16" if opts.compress_to_fp16 else "f32",
+                performance_hint=opts.performance_hint,
+                num_threads=opts.num_threads,
+                num_streams=opts.num_streams,
+                cpu_pinning=opts.cpu_pinning,
+            ),
             requirements=requirements,
             precision=request.precision,
             notes=notes,
@@ -168,13 +169,14 @@ class OpenVinoBackend(Backend):
     def runner(
         cls,
         artifact_dir: Path,
-        runtime: dict[str, Any],
+        runtime: RuntimeSettings,
         contract: Contract,
         *,
         threads: int | None = None,
         cache_dir: Path | None = None,
     ) -> OpenVinoRunner:
-        return OpenVinoRunner(artifact_dir, runtime, contract, threads, cache_dir)
+        plain = settings_to_json(runtime)
+        return OpenVinoRunner(artifact_dir, plain, contract, threads, cache_dir)
 
 
 def _short(exc: BaseException, limit: int = 400, lines: int = 4) -> str:
@@ -495,6 +497,5 @@ class OpenVinoRunner(Runner):
             "streams": int(c.get_property("NUM_STREAMS")),
             "performance_hint": str(c.get_property("PERFORMANCE_HINT")),
             "cpu_pinning": bool(c.get_property("ENABLE_CPU_PINNING")),
-            "int8_method": self.runtime.get("int8_method", ""),
             "loaded_from_cache": bool(c.get_property("LOADED_FROM_CACHE")),
         }

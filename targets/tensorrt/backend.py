@@ -20,6 +20,7 @@ import onnx
 from compiler.core.contract import Contract
 from compiler.core.errors import BackendUnavailable, BuildError, ConfigError
 from compiler.core.host import HostInfo, Requirements, probe_host
+from compiler.core.settings import RuntimeSettings, settings_from_json, settings_to_json
 from targets.base import Availability, Backend, BuildRequest, BuildResult
 from targets.tensorrt.cache import EngineCache, file_digest
 from targets.tensorrt.compat import host_can_build
@@ -125,7 +126,7 @@ class TensorRTBackend(Backend):
             notes.append(f"engine build deferred to the serving host: {runtime['deferred_reason']}")
             return BuildResult(
                 files=sorted(files),
-                runtime=runtime,
+                runtime=settings_from_json({**runtime, "backend": "tensorrt"}),
                 precision=request.precision,
                 notes=notes,
                 requirements=self._requirements(opts, None),
@@ -134,7 +135,7 @@ class TensorRTBackend(Backend):
         files += self._prebuild(model_path, out_dir, settings, host, runtime)
         return BuildResult(
             files=sorted(files),
-            runtime=runtime,
+            runtime=settings_from_json({**runtime, "backend": "tensorrt"}),
             precision=request.precision,
             notes=notes,
             requirements=self._requirements(opts, runtime),
@@ -235,11 +236,12 @@ class TensorRTBackend(Backend):
     def runner(
         cls,
         artifact_dir: Path,
-        runtime: dict[str, Any],
+        runtime: RuntimeSettings,
         contract: Contract,
         *,
         threads: int | None = None,
         cache_dir: Path | None = None,
     ) -> TensorRTRunner:
         """`cache_dir` holds engines built here from a deferred spec (default: the compile cache)."""
-        return TensorRTRunner(artifact_dir, runtime, contract, cache_dir or default_cache_dir())
+        plain = settings_to_json(runtime)
+        return TensorRTRunner(artifact_dir, plain, contract, cache_dir or default_cache_dir())

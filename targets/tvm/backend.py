@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 from compiler.core.contract import Contract
 from compiler.core.errors import BackendUnavailable, BuildError, ConfigError, ContractError
 from compiler.core.host import Requirements
+from compiler.core.settings import RuntimeSettings, settings_from_json, settings_to_json
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
 
 __all__ = ["TvmBackend", "TvmOptions", "TvmRunner", "default_cache_dir"]
@@ -194,7 +195,7 @@ class TvmBackend(Backend):
         payload = _run_worker(req, request.workdir, opts.build_timeout_s, model_path.name)
         return BuildResult(
             files=payload["files"],
-            runtime=payload["runtime"],
+            runtime=settings_from_json({**payload["runtime"], "backend": "tvm"}),
             requirements=Requirements(
                 arch=_ARCH[request.target],
                 isa=payload["isa"],
@@ -214,13 +215,13 @@ class TvmBackend(Backend):
     def runner(
         cls,
         artifact_dir: Path,
-        runtime: dict[str, Any],
+        runtime: RuntimeSettings,
         contract: Contract,
         *,
         threads: int | None = None,
         cache_dir: Path | None = None,
     ) -> TvmRunner:
-        return TvmRunner(artifact_dir, runtime, contract, threads)
+        return TvmRunner(artifact_dir, settings_to_json(runtime), contract, threads)
 
 
 def _run_worker(

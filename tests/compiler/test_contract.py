@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from compiler.core.contract import DimRange, extract_contract, name_unnamed_dims
+from compiler.core.contract import DimRange
 from compiler.core.errors import ConfigError, ContractError
+from compiler.pipeline.interface import extract_contract, name_unnamed_dims
 from tests.models import tiny_mlp
 
 

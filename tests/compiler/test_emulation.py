@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.core.contract import Contract, extract_contract
+from compiler.core.contract import Contract
 from compiler.core.errors import BackendUnavailable
 from compiler.measure.emulation import (
     EMU_DIR_ENV,
@@ -30,6 +30,7 @@ from compiler.measure.emulation import (
     run_emulated,
     verify_emulated,
 )
+from compiler.pipeline.interface import extract_contract
 from targets.base import BuildRequest
 from targets.onnxruntime.backend import OnnxRuntimeBackend, OnnxRuntimeOptions, reference_session
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.core.contract import extract_contract
+from compiler.pipeline.interface import extract_contract
 from passes.base import PassContext
 
 __all__ = [

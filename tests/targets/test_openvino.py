@@ -15,9 +15,10 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from compiler.core.contract import Contract, extract_contract
+from compiler.core.contract import Contract
 from compiler.core.errors import BackendUnavailable, BuildError
 from compiler.core.host import probe_host
+from compiler.pipeline.interface import extract_contract
 from targets.base import BuildRequest, BuildResult
 from targets.onnxruntime.backend import reference_session
 

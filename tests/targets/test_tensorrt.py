@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
-from compiler.core.contract import Contract, DimRange, extract_contract
+from compiler.core.contract import Contract, DimRange
 from compiler.core.errors import (
     BackendUnavailable,
     BuildError,
@@ -22,6 +22,7 @@ from compiler.core.errors import (
     PackageError,
 )
 from compiler.core.host import GpuInfo, HostInfo, probe_host
+from compiler.pipeline.interface import extract_contract
 from targets.base import BuildRequest
 from targets.tensorrt import (
     BuildSpec,

@@ -22,8 +22,9 @@ import pytest
 from onnx import helper, numpy_helper
 from pydantic import ValidationError
 
-from compiler.core.contract import Contract, extract_contract
+from compiler.core.contract import Contract
 from compiler.core.errors import BuildError, ContractError
+from compiler.pipeline.interface import extract_contract
 from targets.base import BuildRequest, BuildResult
 from targets.onnxruntime.backend import reference_session
 from targets.tvm import TvmBackend, TvmOptions

@@ -1,0 +1,84 @@
+"""The feeds format: one feed is `{input name: array}`; many feeds travel as one .npz whose keys
+are `<5-digit index>.<input name>`. Written byte-identically for identical arrays.
+
+Standard library and numpy only: the emulated aarch64 worker and the GPU verification script
+read and write this format too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from compiler.core.errors import ConfigError
+
+__all__ = [
+    "Feeds",
+    "feeds_digest",
+    "pack_feeds",
+    "read_feeds_npz",
+    "read_npz",
+    "unpack_feeds",
+    "write_feeds_npz",
+    "write_npz",
+]
+
+Feeds = dict[str, np.ndarray]
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Like np.savez, but byte-identical for identical arrays (fixed zip timestamps)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            arr = io.BytesIO()
+            np.lib.format.write_array(arr, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            zf.writestr(info, arr.getvalue())
+    path.write_bytes(buf.getvalue())
+
+
+def pack_feeds(feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {
+        f"{i:05d}.{name}": np.asarray(a) for i, feed in enumerate(feeds) for name, a in feed.items()
+    }
+
+
+def unpack_feeds(arrays: Mapping[str, np.ndarray]) -> list[Feeds]:
+    feeds: dict[int, Feeds] = {}
+    for key, arr in arrays.items():
+        idx, _, name = key.partition(".")
+        feeds.setdefault(int(idx), {})[name] = arr
+    return [feeds[i] for i in sorted(feeds)]
+
+
+def read_feeds_npz(path: Path) -> list[Feeds]:
+    return unpack_feeds(read_npz(path))
+
+
+def write_feeds_npz(path: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+    write_npz(path, pack_feeds(feeds))
+
+
+def feeds_digest(feeds: Sequence[Mapping[str, np.ndarray]]) -> str:
+    h = hashlib.sha256()
+    for feed in feeds:
+        for name in sorted(feed):
+            a = np.ascontiguousarray(feed[name])
+            h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()

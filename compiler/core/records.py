@@ -1,0 +1,225 @@
+"""The records modules hand each other: availability, parity and latency measurements, and what
+each node of the build DAG produced. Typed, so no module reads another's dict by key or parses
+another's wording."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from compiler.core.contract import Contract
+from compiler.core.host import HostInfo, Requirements
+from compiler.core.latency import LatencyStats
+from compiler.core.parity import OutputParity
+from compiler.core.runtime import RunnerInfo
+from compiler.core.settings import RuntimeSettings
+
+__all__ = [
+    "ArtifactMeasurements",
+    "Availability",
+    "CompileOutput",
+    "DataOutput",
+    "DataSource",
+    "EmulationInfo",
+    "LatencyRecord",
+    "MeasuredOn",
+    "NodeOutput",
+    "NodeResult",
+    "NormalizeOutput",
+    "NormalizeRecord",
+    "ParityMode",
+    "ParityRecord",
+    "ParityStatus",
+    "PassOutput",
+    "PassRecord",
+    "ReferenceOutput",
+    "RuntimeSettingsField",
+    "VerifyOutput",
+]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+RuntimeSettingsField = Annotated[RuntimeSettings, Field(discriminator="backend")]
+
+
+class Availability(_Record):
+    """Whether a backend (library or hardware) can build or run here; if not, why and how to
+    get it. A missing backend makes its artifacts `skipped`, with `install` as the hint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ok: bool
+    reason: str = ""
+    install: str = ""
+
+
+# --------------------------------------------------------------------------- measurements
+
+ParityStatus = Literal["passed", "failed", "not-verified", "error"]
+# native: on a host the artifact targets; cross-host: a portable artifact of another arch run
+# with this host's build of its runtime; emulated: the target arch's runtime under qemu.
+ParityMode = Literal["native", "cross-host", "emulated", "none"]
+
+
+class MeasuredOn(HostInfo):
+    """The host a measurement was taken on, and when (UTC, ISO 8601)."""
+
+    measured_at: str = ""
+
+
+class EmulationInfo(_Record):
+    qemu: str
+    cpu: str
+    runtime: str
+    python: str
+
+
+class ParityRecord(_Record):
+    status: ParityStatus
+    precision: str = ""
+    samples: int = 0
+    mode: ParityMode = "none"
+    note: str = ""  # plainly what was run where (cross-host and emulated checks)
+    reason: str = ""  # why there is no verdict (not-verified, error)
+    reference: str = ""
+    host: MeasuredOn | None = None
+    outputs: dict[str, OutputParity] = Field(default_factory=dict)
+    runtime_details: RunnerInfo = Field(default_factory=dict)
+    emulation: EmulationInfo | None = None
+
+    @property
+    def decisive(self) -> bool:
+        return self.status in ("passed", "failed")
+
+
+class LatencyRecord(_Record):
+    host: MeasuredOn
+    batch: int
+    input_shapes: dict[str, list[int]]
+    runner: RunnerInfo = Field(default_factory=dict)
+    artifact: LatencyStats
+    reference: LatencyStats | None = None
+    speedup_vs_reference: float | None = None
+    method: str = ""
+
+
+class ArtifactMeasurements(_Record):
+    parity: list[ParityRecord] = Field(default_factory=list)
+    latency: list[LatencyRecord] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- node outputs
+
+DataSource = Literal["user", "generated"]
+
+
+class NormalizeRecord(_Record):
+    named_dims: dict[str, str] = Field(default_factory=dict)
+    opset_source: int = 0
+    opset_upgraded_to: int | None = None
+
+
+class NormalizeOutput(_Record):
+    kind: Literal["normalize"] = "normalize"
+    record: NormalizeRecord
+    contract: Contract
+    opset: int
+    ir_version: int
+    producer: str = ""
+
+
+class DataOutput(_Record):
+    kind: Literal["data"] = "data"
+    samples: int
+    samples_source: DataSource
+    calibration: int
+    calibration_source: DataSource
+    samples_digest: str
+
+
+class ReferenceOutput(_Record):
+    kind: Literal["reference"] = "reference"
+    runtime: str
+    provider: str
+    precision: str
+    samples: int
+
+
+class PassRecord(_Record):
+    """What a pass did. `details` are the pass's own facts, for reports only: no module reads
+    them by key (what others need is a typed field here)."""
+
+    name: str
+    version: str
+    nodes_before: int
+    nodes_after: int
+    bytes_before: int
+    bytes_after: int
+    ops_before: dict[str, int] = Field(default_factory=dict)
+    ops_after: dict[str, int] = Field(default_factory=dict)
+    skipped: str = ""
+    warnings: list[str] = Field(default_factory=list)
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class PassOutput(_Record):
+    kind: Literal["pass"] = "pass"
+    record: PassRecord
+
+
+class CompileOutput(_Record):
+    kind: Literal["compile"] = "compile"
+    backend: str
+    backend_version: dict[str, str] = Field(default_factory=dict)
+    files: list[str]
+    runtime: RuntimeSettingsField
+    requirements: Requirements
+    precision: str
+    notes: list[str] = Field(default_factory=list)
+    portable: bool = False
+    status: Literal["built", "deferred"] = "built"
+
+
+class VerifyOutput(_Record):
+    kind: Literal["verify"] = "verify"
+    parity: ParityRecord
+    latency: LatencyRecord | None = None
+
+
+NodeOutput = Annotated[
+    NormalizeOutput | DataOutput | ReferenceOutput | PassOutput | CompileOutput | VerifyOutput,
+    Field(discriminator="kind"),
+]
+
+NodeStatus = Literal["ran", "cached", "failed", "skipped"]
+_O = TypeVar("_O", bound=BaseModel)
+
+
+class NodeResult(_Record):
+    """One node of a build: what happened, and where its output lives in the cache."""
+
+    status: NodeStatus
+    output: NodeOutput | None = None
+    out: Path | None = None
+    digest: str = ""
+    key: str = ""
+    seconds: float = 0.0
+    reason: str = ""
+    install: str = ""  # a skip for a missing backend: how to get it
+    traceback: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ran", "cached")
+
+    def expect(self, kind: type[_O]) -> _O:
+        """This node's output as `kind`; a node that did not produce one is a caller's bug."""
+        if not isinstance(self.output, kind):
+            raise TypeError(
+                f"expected a {kind.__name__}, node output is {type(self.output).__name__}"
+            )
+        return self.output
