@@ -41,6 +41,11 @@ class BackendOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     backend: str
 
+    def compute_precision(self) -> str:
+        """The precision the backend computes in when the graph itself is fp32 (a builder flag
+        or an inference hint); quantizing or fp16 passes before it can only make it lossier."""
+        return "fp32"
+
 
 @dataclass
 class BuildRequest:

@@ -57,6 +57,8 @@ class IgnoredScopeOptions(BaseModel):
 
 class OpenVinoOptions(BackendOptions):
     backend: Literal["openvino"] = "openvino"
+    # what the CPU plugin computes float ops in (int8 comes from a quantize/nncf pass)
+    inference_precision: Literal["f32", "bf16"] = "f32"
     # IR weights stored as f16 (half the size; decompressed to f32 at load). Recorded in the
     # runtime so the manifest says what was shipped.
     compress_to_fp16: bool = False
@@ -78,6 +80,9 @@ class OpenVinoOptions(BackendOptions):
     # processes that made p50 8-13x worse (docs/openvino.md). Pin only on a dedicated host.
     cpu_pinning: bool = False
     min_runtime_version: str = ""  # "": the year.minor of the OpenVINO that built the IR
+
+    def compute_precision(self) -> str:
+        return {"f32": "fp32", "bf16": "bf16"}[self.inference_precision]
 
 
 def _ov_version() -> str:

@@ -56,6 +56,8 @@ class TensorRTOptions(BackendOptions):
     """
 
     backend: Literal["tensorrt"] = "tensorrt"
+    # fp16/bf16 let the builder pick those kernels; int8 comes from a quantize pass (QDQ)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     build: Literal["auto", "prebuilt", "deferred"] = "auto"
     workspace_mib: int | None = Field(default=None, ge=1, description="None: TensorRT's default")
     builder_optimization_level: int = Field(default=3, ge=0, le=5)
@@ -87,6 +89,9 @@ class TensorRTOptions(BackendOptions):
         if self.exclude_lean_runtime and not self.version_compatible:
             raise ValueError("exclude_lean_runtime needs version_compatible: true")
         return self
+
+    def compute_precision(self) -> str:
+        return self.precision
 
 
 class InputProfile(BaseModel):
