@@ -5,23 +5,24 @@ Two steps, on two machines:
 
   here (build host, TVM installed):
       python scripts/gpu_verify.py pack-runtime build/tvm_runtime      # ~22 MB runtime-only TVM
-  there (GPU host: NVIDIA driver, Python 3.11, numpy; no TVM, no compiler):
+  there (GPU host: NVIDIA driver, Python 3.11, numpy, this source tree; no TVM, no pydantic):
       python scripts/gpu_verify.py verify PACKAGE --tvm-runtime build/tvm_runtime \
           --out PACKAGE/reports/gpu_verification.json
 
-`verify` loads every built gpu/tvm-* artifact with the runtime-only TVM (TVM_USE_RUNTIME_LIB=1),
-checks the files' sha256 against manifest.json, compares outputs with the fp32 reference in
-reference/outputs.npz, times it CUDA-synchronized (warm-up, then p50/p99), and writes one
-JSON record naming the GPU. It needs only numpy besides the carried TVM copy, and exits
-non-zero when an artifact fails parity or cannot run.
+`verify` loads every built gpu/tvm-* artifact with targets/tvm/runtime.py on the runtime-only
+TVM (TVM_USE_RUNTIME_LIB=1), checks the files' sha256 against manifest.json (schema 2),
+judges outputs against reference/outputs.npz with compiler.core.parity and the package's
+recorded tolerances (`policy.parity`), times it CUDA-synchronized (warm-up, then p50/p99 with
+compiler.core.latency), and writes one JSON record naming the GPU. Besides the carried TVM
+copy it needs numpy and the project's bare modules (standard library and numpy only), and
+exits non-zero when an artifact fails parity or cannot run.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -29,36 +30,23 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's bare modules
 
-# Parity tolerances per artifact precision, against the fp32 ONNX Runtime reference.
-TOLERANCE = {"fp32": {"atol": 1e-3, "rtol": 1e-3}, "fp16": {"atol": 2e-2, "rtol": 2e-2}}
-SCHEMA = "compile-pkg.gpu-verification.v1"
+from compiler.core.feeds import Feeds, read_feeds_npz  # noqa: E402
+from compiler.core.hashing import file_sha256  # noqa: E402
+from compiler.core.latency import summarize  # noqa: E402
+from compiler.core.parity import compare_outputs  # noqa: E402
+from compiler.core.settings import TvmSettings, settings_from_json  # noqa: E402
+from compiler.core.tolerance import ParityPolicy  # noqa: E402
+from targets.tvm import runtime as tvm_runtime  # noqa: E402
+from targets.tvm.runtime_pack import main as pack_main  # noqa: E402
 
-
-def _unpack(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """reference/*.npz keys are '<sample index>.<tensor name>'."""
-    feeds: dict[int, dict[str, np.ndarray]] = {}
-    for key, arr in arrays.items():
-        idx, _, name = key.partition(".")
-        feeds.setdefault(int(idx), {})[name] = arr
-    return [feeds[i] for i in sorted(feeds)]
-
-
-def _npz(path: Path) -> list[dict[str, np.ndarray]]:
-    with np.load(path, allow_pickle=False) as z:
-        return _unpack({k: z[k] for k in z.files})
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+SCHEMA = "compile-pkg.gpu-verification.v2"
+MANIFEST_SCHEMA = 2
 
 
 def _gpu_info() -> dict[str, Any]:
@@ -66,134 +54,109 @@ def _gpu_info() -> dict[str, Any]:
     smi = shutil.which("nvidia-smi")
     if smi:
         q = "name,compute_cap,driver_version,memory.total,clocks.max.sm"
-        out = (
-            subprocess.run(
-                [smi, f"--query-gpu={q}", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            .stdout.strip()
-            .splitlines()
-        )
+        out = subprocess.run(
+            [smi, f"--query-gpu={q}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
         if out:
             keys = ["name", "compute_capability", "driver", "memory_mib", "max_sm_clock_mhz"]
-            info = dict(zip(keys, (v.strip() for v in out[0].split(",")), strict=False))
+            first = out.splitlines()[0].split(",")
+            info = dict(zip(keys, (v.strip() for v in first), strict=False))
     return info
 
 
-def _load_tvm(runtime_dir: Path, cuda: bool) -> Any:
+def _use_runtime_copy(runtime_dir: Path) -> None:
+    """Make `import tvm` (inside targets/tvm/runtime.py) find the carried runtime-only copy."""
     os.environ["TVM_USE_RUNTIME_LIB"] = "1"
     sys.path.insert(0, str(runtime_dir.resolve()))
-    import tvm
-
-    lib_dir = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-    if cuda and tvm.get_global_func("device_api.cuda", allow_missing=True) is None:
-        try:
-            ctypes.CDLL(str(lib_dir / "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_LOCAL)
-        except OSError as exc:
-            raise SystemExit(
-                f"cannot load TVM's CUDA runtime {lib_dir / 'libtvm_runtime_cuda.so'}: {exc}; "
-                "this needs the NVIDIA driver (libcuda.so.1) and libcudart.so.13 beside it "
-                "(pack-runtime copies it from the build host's CUDA toolkit)"
-            ) from None
-    return tvm
 
 
-def _compare(got: np.ndarray, ref: np.ndarray, tol: dict[str, float]) -> dict[str, Any]:
-    g, r = got.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
-    err = np.abs(g - r)
-    cos = float(g @ r / (np.linalg.norm(g) * np.linalg.norm(r) or 1.0))
-    out = {
-        "max_abs_err": float(err.max(initial=0.0)),
-        "mean_abs_err": float(err.mean()) if err.size else 0.0,
-        "cosine": cos,
-        "within_tolerance": bool(np.all(err <= tol["atol"] + tol["rtol"] * np.abs(r))),
-    }
-    if ref.ndim == 2 and ref.shape[1] > 1:
-        out["top1_agreement"] = float((got.argmax(1) == ref.argmax(1)).mean())
-    return out
+def _timed(fn: Callable[[], object], sync: Callable[[], None], runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def _batch(settings: TvmSettings, feed: Feeds) -> int:
+    first = settings.inputs[0]
+    return int(feed[first.name].shape[0]) if first.shape and isinstance(first.shape[0], str) else 1
 
 
 def _verify_artifact(
-    tvm: Any,
-    dev: Any,
     pkg: Path,
     art: dict[str, Any],
-    samples: list[dict[str, np.ndarray]],
-    refs: list[dict[str, np.ndarray]],
+    policy: ParityPolicy,
+    samples: list[Feeds],
+    refs: list[Feeds],
     runs: int,
     warmup: int,
 ) -> dict[str, Any]:
-    from tvm.runtime.vm import VirtualMachine
-
-    rt = art["runtime"]
-    folder = pkg / art["directory"]
-    bad = [f["path"] for f in art["files"] if _sha256(pkg / f["path"]) != f["sha256"]]
+    bad = [f["path"] for f in art["files"] if file_sha256(pkg / f["path"]) != f["sha256"]]
     if bad:
         return {"id": art["id"], "status": "failed", "reason": f"sha256 mismatch: {bad}"}
-    vm = VirtualMachine(tvm.runtime.load_module(str(folder / rt["library"])), dev)
-    fn = vm[rt["entry"]]
-    tol = TOLERANCE.get(art["precision"], TOLERANCE["fp16"])
-    names = [o["name"] for o in rt["outputs"]]
-    parity: list[dict[str, Any]] = []
-    for i, (feed, ref) in enumerate(zip(samples, refs, strict=True)):
-        args = [
-            tvm.runtime.tensor(np.ascontiguousarray(feed[s["name"]]), dev) for s in rt["inputs"]
-        ]
-        res = fn(*args)
-        outs = [res] if isinstance(res, tvm.runtime.Tensor) else list(res)
-        for name, value in zip(names, outs, strict=True):
-            parity.append({"sample": i, "output": name, **_compare(value.numpy(), ref[name], tol)})
-    args = [
-        tvm.runtime.tensor(np.ascontiguousarray(samples[0][s["name"]]), dev) for s in rt["inputs"]
-    ]
-    for _ in range(warmup):
-        fn(*args)
-    dev.sync()
-    device_ms, e2e_ms = [], []
-    for _ in range(runs):  # inputs resident on the GPU: kernel time plus launch overhead
-        t0 = time.perf_counter()
-        fn(*args)
-        dev.sync()
-        device_ms.append((time.perf_counter() - t0) * 1e3)
-    host = [np.ascontiguousarray(samples[0][s["name"]]) for s in rt["inputs"]]
-    for _ in range(runs):  # numpy in, numpy out: what a caller sees
-        t0 = time.perf_counter()
-        res = fn(*[tvm.runtime.tensor(a, dev) for a in host])
-        _ = [o.numpy() for o in ([res] if isinstance(res, tvm.runtime.Tensor) else list(res))]
-        e2e_ms.append((time.perf_counter() - t0) * 1e3)
-
-    def stats(ms: list[float]) -> dict[str, float]:
-        a = np.asarray(ms)
-        return {
-            "p50_ms": float(np.percentile(a, 50)),
-            "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean()),
-            "min_ms": float(a.min()),
-        }
-
-    ok = all(p["within_tolerance"] for p in parity)
+    settings = settings_from_json(art["runtime"])
+    assert isinstance(settings, TvmSettings)
+    names = [t.name for t in settings.outputs]
+    loaded = tvm_runtime.load(pkg / art["directory"], settings, names)
+    try:
+        outs = [loaded.run(feed) for feed in samples]
+        ok, per_output = compare_outputs(
+            outs, refs, lambda name: policy.tolerance(art["precision"], name)
+        )
+        resident = loaded.resident_call(samples[0])
+        for _ in range(warmup):
+            resident()
+        loaded.sync()
+        device_s = _timed(resident, loaded.sync, runs)  # inputs on the device: kernels + launch
+        host_s = _timed(lambda: loaded.run(samples[0]), loaded.sync, runs)  # numpy in and out
+        runner = loaded.describe()
+    finally:
+        loaded.close()
+    batch = _batch(settings, samples[0])
     return {
         "id": art["id"],
         "precision": art["precision"],
         "status": "passed" if ok else "failed",
-        "tolerance": tol,
-        "parity": parity,
+        "parity": {name: dataclasses.asdict(p) for name, p in per_output.items()},
+        "runner": runner,
         "latency": {
             "runs": runs,
             "warmup": warmup,
-            "batch_input_shapes": {k: list(v.shape) for k, v in samples[0].items()},
-            "device_resident": stats(device_ms),
-            "host_to_host": stats(e2e_ms),
+            "batch": batch,
+            "input_shapes": {k: list(v.shape) for k, v in samples[0].items()},
+            "device_resident": dataclasses.asdict(summarize(device_s, batch)),
+            "host_to_host": dataclasses.asdict(summarize(host_s, batch)),
             "sync": "tvm Device.sync() after every call",
         },
+    }
+
+
+def _runtime_record(results: list[dict[str, Any]]) -> dict[str, Any]:
+    runner = next((r["runner"] for r in results if "runner" in r), None)
+    if runner is None:
+        return {}
+    return {
+        "tvm": str(runner["runtime"]).removeprefix("tvm "),
+        "runtime_only": bool(runner["runtime_only"]),
     }
 
 
 def verify(args: argparse.Namespace) -> int:
     pkg = Path(args.package)
     manifest = json.loads((pkg / "manifest.json").read_text())
+    if manifest.get("schema_version") != MANIFEST_SCHEMA:
+        print(
+            f"{pkg}: manifest schema {manifest.get('schema_version')}, this script reads "
+            f"{MANIFEST_SCHEMA}; re-save it with this compile-pkg (compile-pkg verify migrates it)",
+            file=sys.stderr,
+        )
+        return 2
     arts = [
         a
         for a in manifest["artifacts"]
@@ -205,47 +168,30 @@ def verify(args: argparse.Namespace) -> int:
     if not arts:
         print(f"{pkg}: no built {args.target}/tvm artifacts to verify", file=sys.stderr)
         return 2
-    tvm = _load_tvm(Path(args.tvm_runtime), cuda=args.target == "gpu")
-    dev = tvm.cuda(0) if args.target == "gpu" else tvm.cpu(0)
-    if not dev.exist:
-        print("TVM sees no CUDA device on this host", file=sys.stderr)
-        return 2
-    samples = _npz(pkg / "reference" / "inputs.npz")
-    refs = _npz(pkg / "reference" / "outputs.npz")
+    _use_runtime_copy(Path(args.tvm_runtime))
+    policy = ParityPolicy.from_json(manifest["policy"]["parity"])
+    samples = read_feeds_npz(pkg / "reference" / "inputs.npz")
+    refs = read_feeds_npz(pkg / "reference" / "outputs.npz")
     results = []
     for art in arts:
         try:
             results.append(
-                _verify_artifact(tvm, dev, pkg, art, samples, refs, args.runs, args.warmup)
+                _verify_artifact(pkg, art, policy, samples, refs, args.runs, args.warmup)
             )
         except Exception as exc:  # record the failure; other artifacts still get verified
-            results.append(
-                {
-                    "id": art["id"],
-                    "status": "failed",
-                    "reason": f"{type(exc).__name__}: {exc}"[:800],
-                }
-            )
+            reason = f"{type(exc).__name__}: {exc}"[:800]
+            results.append({"id": art["id"], "status": "failed", "reason": reason})
     record = {
         "schema": SCHEMA,
         "package": {"path": str(pkg), "core_sha256": manifest.get("core_sha256", "")},
-        "gpu": {
-            **_gpu_info(),
-            "tvm_device_name": dev.device_name,
-            "tvm_compute_version": dev.compute_version,
-        }
-        if args.target == "gpu"
-        else {},
+        "gpu": _gpu_info() if args.target == "gpu" else {},
         "device": args.target,
         "host": {
             "hostname": platform.node(),
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
-        "runtime": {
-            "tvm": getattr(tvm, "__version__", "unknown"),
-            "runtime_only": bool(tvm.base._RUNTIME_ONLY),
-        },
+        "runtime": _runtime_record(results),
         "artifacts": results,
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
@@ -253,18 +199,13 @@ def verify(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, sort_keys=True))
     for r in results:
-        lat = r.get("latency", {}).get("device_resident", {})
-        print(
-            f"{r['id']}: {r['status']} {r.get('reason', '')} p50 {lat.get('p50_ms', float('nan')):.3f} ms"
-        )
+        p50 = r.get("latency", {}).get("device_resident", {}).get("p50_ms", float("nan"))
+        print(f"{r['id']}: {r['status']} {r.get('reason', '')} p50 {p50:.3f} ms")
     return 0 if all(r["status"] == "passed" for r in results) else 1
 
 
 def pack_runtime(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from targets.tvm.runtime_pack import main
-
-    return main([args.out])
+    return pack_main([args.out])
 
 
 def main() -> int:

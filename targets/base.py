@@ -1,21 +1,20 @@
-"""Backend interface: how to compile an artifact for a target and how to run it.
+"""Backend interface, build side: how to compile an artifact for a target.
 
 A backend is a class with a typed options model (the `compile:` block of a variant in the
-config, discriminated by `backend`), a `build` that writes artifact files into a folder, and
-a `runner` that loads those files for serving or measurement. Backends import their heavy
-library lazily, inside methods, so `import targets` works on a host that has none of them.
-
-Runners follow Polygraphy's shape: a context manager whose public `run` checks feeds
-against the contract and whose `_run` does the work.
+config, discriminated by `backend`) and a `build` that writes artifact files into a folder
+and says, in its runtime settings, how to load them. Loading and running is each backend's
+runtime module (`targets/<backend>/runtime.py`, reached through targets/runtime_index.py and
+targets/runner.py). Backends import their heavy library lazily, inside methods, so
+`import targets.registry` works on a host that has none of them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -31,7 +30,6 @@ __all__ = [
     "BackendOptions",
     "BuildRequest",
     "BuildResult",
-    "Runner",
 ]
 
 
@@ -80,43 +78,13 @@ class BuildResult:
     status: str = "built"  # built | deferred (built later on the serving host)
 
 
-class Runner(ABC):
-    """Loads one artifact; `run` validates feeds against the contract, `_run` runs them."""
-
-    def __init__(self, contract: Contract) -> None:
-        self.contract = contract
-
-    def __enter__(self) -> Runner:
-        self.load()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @abstractmethod
-    def load(self) -> None: ...
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        pass
-
-    @abstractmethod
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        checked = self.contract.validate_feeds(feeds)
-        return self._run(checked)
-
-    def describe(self) -> dict[str, Any]:
-        """Threads, device and precision actually in use, for latency records."""
-        return {}
-
-
 class Backend(ABC):
     name: ClassVar[str]
     version: ClassVar[str]  # of this adapter; enters the cache key
     targets: ClassVar[frozenset[str]]
     options_cls: ClassVar[type[BackendOptions]]
-    # True when build() reads request.calibration() (e.g. NNCF int8): enters the cache key.
+    # True when build() reads request.calibration(): enters the cache key. No backend does
+    # since int8 became a pass (quantize, nncf); the DAG still reads it.
     uses_calibration: ClassVar[bool] = False
 
     @classmethod
@@ -136,16 +104,3 @@ class Backend(ABC):
     @abstractmethod
     def build(self, model_path: Path, request: BuildRequest, out_dir: Path) -> BuildResult:
         """Compile `model_path` (ONNX, possibly with external data beside it) into `out_dir`."""
-
-    @classmethod
-    @abstractmethod
-    def runner(
-        cls,
-        artifact_dir: Path,
-        runtime: RuntimeSettings,
-        contract: Contract,
-        *,
-        threads: int | None = None,
-        cache_dir: Path | None = None,
-    ) -> Runner:
-        """A runner for an artifact built by this backend (not yet loaded)."""

@@ -1,4 +1,5 @@
-"""The backend registry: one explicit entry per backend.
+"""The backend registry, build side: one explicit entry per backend (its runtime module is
+listed in targets/runtime_index.py).
 
 Each entry is imported by name only; the backend's heavy library is imported inside its
 methods. `BackendOptionsUnion` is the `compile:` block of a variant in the config file.
@@ -10,11 +11,12 @@ from typing import Annotated
 
 from pydantic import Field
 
-from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
+from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
 from targets.onnxruntime.backend import OnnxRuntimeBackend, OnnxRuntimeOptions
 from targets.openvino.backend import OpenVinoBackend, OpenVinoOptions
-from targets.tensorrt import TensorRTBackend, TensorRTOptions
-from targets.tvm import TvmBackend, TvmOptions
+from targets.tensorrt.backend import TensorRTBackend
+from targets.tensorrt.options import TensorRTOptions
+from targets.tvm.backend import TvmBackend, TvmOptions
 
 __all__ = [
     "BACKENDS",
@@ -24,7 +26,6 @@ __all__ = [
     "BackendOptionsUnion",
     "BuildRequest",
     "BuildResult",
-    "Runner",
     "TARGETS",
     "get_backend",
 ]

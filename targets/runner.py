@@ -1,24 +1,34 @@
 """Run one artifact the way serving and measurement do: a context manager whose `run` checks
-feeds against the interface contract, then hands them to the backend's loaded artifact.
+feeds against the interface contract, then hands them to the artifact its backend's runtime
+module loaded (targets/runtime_index.py), and returns the contract's outputs in its dtypes.
 
 `open_runner(backend, artifact_dir, settings, contract)` is the one way the loader, verify and
-the build's verify nodes run an artifact.
+the build's verify nodes run an artifact. `SwitchingRunner` serves a fallback while an artifact
+waits for a background build (a TensorRT engine built from its deferred spec).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from compiler.core.contract import Contract
-from compiler.core.errors import CompilePkgError
+from compiler.core.errors import CompilePkgError, PackageError
 from compiler.core.runtime import LoadedArtifact, RunnerInfo
 from compiler.core.settings import OnnxRuntimeSettings, RuntimeSettings
+from targets.runtime_index import load_runtime
 
-__all__ = ["Runner", "open_runner", "reference_runner"]
+__all__ = ["BuildJob", "Runner", "SwitchingRunner", "open_runner", "reference_runner"]
+
+
+class BuildJob(Protocol):
+    """A background build an artifact waits for: `state` building | ready | failed."""
+
+    state: str
+    error: str
 
 
 class Runner:
@@ -27,6 +37,8 @@ class Runner:
     def __init__(self, contract: Contract, opener: Callable[[], LoadedArtifact], name: str) -> None:
         self.contract = contract
         self.name = name
+        # set when load() failed because the artifact waits for a background build
+        self.build_job: BuildJob | None = None
         self._opener = opener
         self._loaded: LoadedArtifact | None = None
         self._closed = False
@@ -39,9 +51,14 @@ class Runner:
         self.close()
 
     def load(self) -> None:
-        if self._loaded is None:
+        if self._loaded is not None:
+            return
+        try:
             self._loaded = self._opener()
-            self._closed = False
+        except Exception as exc:
+            self.build_job = getattr(exc, "build_job", None)
+            raise
+        self._closed = False
 
     def close(self) -> None:
         if self._loaded is not None:
@@ -57,11 +74,11 @@ class Runner:
         if self._loaded is None:
             state = "was closed" if self._closed else "is not loaded (call load() first)"
             raise CompilePkgError(f"{self.name}: this runner {state}")
-        return self._loaded.run(feeds)
-
-    # the base Runner of targets/base.py names it so; TensorRT's SwitchingRunner calls it
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.run_checked(feeds)
+        outs = self._loaded.run(feeds)
+        missing = [o.name for o in self.contract.outputs if o.name not in outs]
+        if missing:
+            raise PackageError(f"{self.name}: no output {missing}; it returned {sorted(outs)}")
+        return {o.name: outs[o.name].astype(o.dtype, copy=False) for o in self.contract.outputs}
 
     def sync(self) -> None:
         if self._loaded is not None:
@@ -70,34 +87,70 @@ class Runner:
     def describe(self) -> RunnerInfo:
         return self._loaded.describe() if self._loaded is not None else {}
 
+
+class SwitchingRunner:
+    """Serve `fallback` until `pending`'s background build is ready, then switch to it.
+
+    `pending` is a runner whose `load()` raised while its `build_job` runs. If the build fails,
+    or loading its result fails, the fallback keeps serving; `describe()` says which serves
+    and why.
+    """
+
+    def __init__(self, fallback: Runner, pending: Runner) -> None:
+        self.contract = fallback.contract
+        self.fallback, self.pending = fallback, pending
+        self.active = fallback
+        self.note = "serving the fallback while the background build runs"
+
+    def __enter__(self) -> SwitchingRunner:
+        self.load()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
-    def build_job(self) -> Any:
-        """A TensorRT engine building in the background for this artifact, if any."""
-        return getattr(self._loaded or self._pending, "build_job", None)
+    def build_job(self) -> BuildJob | None:
+        return self.pending.build_job
 
-    _pending: Any = None
-
-
-class _Legacy:
-    """Adapter from a backend's own runner class to LoadedArtifact (until each backend has
-    its runtime module)."""
-
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
-        self.build_job = getattr(runner, "build_job", None)
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.runner._run(dict(feeds))  # type: ignore[no-any-return]
-
-    def describe(self) -> RunnerInfo:
-        return self.runner.describe()  # type: ignore[no-any-return]
-
-    def sync(self) -> None:
-        if hasattr(self.runner, "sync"):
-            self.runner.sync()
+    def load(self) -> None:
+        self.fallback.load()
 
     def close(self) -> None:
-        self.runner.close()
+        self.fallback.close()
+        self.pending.close()
+
+    def _maybe_switch(self) -> None:
+        job = self.pending.build_job
+        if self.active is self.pending or job is None or job.state == "building":
+            return
+        if job.state == "failed":
+            self.note = f"background build failed, serving the fallback: {job.error}"
+            return
+        try:
+            self.pending.load()
+        except Exception as exc:  # noqa: BLE001 - keep serving the fallback
+            self.note = f"background build finished but did not load, serving the fallback: {exc}"
+            self.pending.build_job = None
+            return
+        self.active, self.note = (
+            self.pending,
+            f"switched to {self.pending.name}, built on this host",
+        )
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        self._maybe_switch()
+        return self.active.run(feeds)
+
+    def run_checked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._maybe_switch()
+        return self.active.run_checked(feeds)
+
+    def sync(self) -> None:
+        self.active.sync()
+
+    def describe(self) -> RunnerInfo:
+        return {**self.active.describe(), "switching": self.note}
 
 
 def open_runner(
@@ -109,25 +162,21 @@ def open_runner(
     threads: int | None = None,
     cache_dir: Path | None = None,
 ) -> Runner:
-    """A runner for one artifact (not yet loaded: `load()` or `with`)."""
-    from targets.registry import get_backend
+    """A runner for one artifact (not yet loaded: `load()` or `with`). `threads` overrides the
+    artifact's own thread count; `cache_dir` is where runtimes may keep compiled caches
+    (OpenVINO CACHE_DIR, TensorRT engines)."""
+    if settings.backend != backend:
+        raise PackageError(
+            f"{artifact_dir}: runtime settings are for {settings.backend}, the artifact says "
+            f"{backend}; rebuild the package"
+        )
+    runtime = load_runtime(backend)
+    outputs = [o.name for o in contract.outputs]
 
-    legacy = get_backend(backend).runner(
-        artifact_dir, settings, contract, threads=threads, cache_dir=cache_dir
-    )
-    runner = Runner(
-        contract, lambda: _open_legacy(legacy, runner), f"{backend} artifact {artifact_dir.name}"
-    )
-    return runner
+    def opener() -> LoadedArtifact:
+        return runtime.load(artifact_dir, settings, outputs, threads=threads, cache_dir=cache_dir)
 
-
-def _open_legacy(legacy: Any, runner: Runner) -> LoadedArtifact:
-    try:
-        legacy.load()
-    except Exception:
-        runner._pending = legacy  # a TensorRT build may have started: the loader looks
-        raise
-    return _Legacy(legacy)
+    return Runner(contract, opener, f"{backend} artifact {artifact_dir.name}")
 
 
 def reference_runner(model_path: Path, contract: Contract, threads: int = 0) -> Runner:

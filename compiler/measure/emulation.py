@@ -2,16 +2,15 @@
 runtimes under qemu user-mode emulation.
 
 `scripts/setup_emulation.sh` builds the environment once (qemu-aarch64, an arm64 sysroot
-with Python 3.11, aarch64 wheels). This module finds it, runs every artifact of a package
-in one emulated Python (`compiler/_emulated_worker.py`: importing a runtime costs seconds
-under emulation), and turns the outputs into parity records marked `mode: emulated` that
-name the emulated CPU, the qemu version and the aarch64 runtime versions. Nothing is timed:
+with Python 3.11, aarch64 wheels). This module finds it and runs artifacts in one emulated
+Python (`_emulated_worker.py`, which loads each with its backend's runtime module: importing
+a runtime costs seconds under emulation). compiler/packaging/emulated.py turns the outputs
+of a package's arm artifacts into parity records marked `mode: emulated`. Nothing is timed:
 latency under emulation says nothing about an arm CPU.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -26,13 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from compiler.core.errors import BackendUnavailable, IntegrityError, PackageError
-from compiler.core.feeds import read_feeds_npz
+from compiler.core.errors import BackendUnavailable
+from compiler.core.feeds import read_feeds_npz, write_feeds_npz
 from compiler.core.host import HostInfo
-from compiler.core.parity import compare_outputs
-from compiler.core.records import EmulationInfo, MeasuredOn, ParityRecord
-from compiler.core.settings import settings_to_json
-from compiler.measure.verify import now_utc
+from compiler.core.settings import RuntimeSettings, settings_to_json
+from compiler.measure._emulated_worker import PROTOCOL
 
 __all__ = [
     "DEFAULT_CPU",
@@ -45,7 +42,6 @@ __all__ = [
     "emulated_host",
     "locate_environment",
     "run_emulated",
-    "verify_emulated",
 ]
 
 EMU_DIR_ENV = "COMPILE_PKG_EMU_DIR"
@@ -54,7 +50,7 @@ DEFAULT_CPU = "neoverse-n1"  # qemu's default `max` enables SVE/SME: slow and un
 SETUP_HINT = "set up with scripts/setup_emulation.sh"
 SUPPORTED_ARCHS = ("aarch64",)
 WORKER = Path(__file__).with_name("_emulated_worker.py")
-_PROTOCOL = 1  # of the job file; must match _emulated_worker.PROTOCOL
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the worker imports the runtime modules
 
 
 def default_environment_dir(arch: str = "aarch64") -> Path:
@@ -88,13 +84,14 @@ class EmulationEnv:
         return [str(self.qemu), "-L", str(self.sysroot), str(self.python_exe), str(script), *args]
 
     def environ(self, cpu: str) -> dict[str, str]:
-        """A clean environment: nothing of the host's Python setup leaks into the emulated one."""
+        """A clean environment: nothing of the host's Python setup leaks into the emulated one;
+        the project root is on the path for the worker's bare imports (runtime modules)."""
         return {
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",
             "HOME": os.environ.get("HOME", "/tmp"),
             "QEMU_CPU": cpu,
-            "PYTHONPATH": str(self.site),
+            "PYTHONPATH": os.pathsep.join((str(self.site), str(PROJECT_ROOT))),
             "PYTHONNOUSERSITE": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "TVM_USE_RUNTIME_LIB": "1",
@@ -177,8 +174,7 @@ class ArtifactJob:
     id: str
     backend: str  # onnxruntime | openvino | tvm
     directory: Path
-    runtime: dict[str, Any]
-    inputs: list[str]  # contract input names, in order
+    runtime: RuntimeSettings
     outputs: list[str]  # contract output names, in order
 
 
@@ -198,19 +194,6 @@ class EmulatedResult:
     @property
     def ok(self) -> bool:
         return self.outputs is not None
-
-
-def _pack(feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
-    return {f"{i:05d}.{k}": np.asarray(v) for i, f in enumerate(feeds) for k, v in f.items()}
-
-
-def _unpack(path: Path) -> list[dict[str, np.ndarray]]:
-    out: dict[int, dict[str, np.ndarray]] = {}
-    with np.load(path) as arrays:
-        for key in arrays.files:
-            idx, _, name = key.partition(".")
-            out.setdefault(int(idx), {})[name] = arrays[key]
-    return [out[i] for i in sorted(out)]
 
 
 def _tail(text: str, lines: int = 6) -> str:
@@ -246,7 +229,7 @@ def run_emulated(
     header: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="compile-pkg-emu-") as tmp:
         work = Path(tmp)
-        np.savez(work / "feeds.npz", **_pack(feeds))
+        write_feeds_npz(work / "feeds.npz", feeds)
         pending = list(range(len(jobs)))
         while pending:
             rc, stderr = _run_worker(env, jobs, pending, work, cpu, threads, timeout_s)
@@ -286,7 +269,7 @@ def _run_worker(
     timeout_s: float,
 ) -> tuple[int | None, str]:
     job = {
-        "protocol": _PROTOCOL,
+        "protocol": PROTOCOL,
         "feeds": str(work / "feeds.npz"),
         "threads": threads,
         "out_dir": str(work),
@@ -296,8 +279,7 @@ def _run_worker(
                 "id": jobs[i].id,
                 "backend": jobs[i].backend,
                 "dir": str(jobs[i].directory.resolve()),
-                "runtime": jobs[i].runtime,
-                "inputs": jobs[i].inputs,
+                "runtime": settings_to_json(jobs[i].runtime),
                 "outputs": jobs[i].outputs,
             }
             for i in indices
@@ -348,7 +330,7 @@ def _read_results(work: Path) -> list[dict[str, Any]]:
 
 
 def _result(job: ArtifactJob, rec: dict[str, Any], work: Path) -> EmulatedResult:
-    outputs = _unpack(work / rec["outputs"]) if rec.get("ok") else None
+    outputs = read_feeds_npz(work / rec["outputs"]) if rec.get("ok") else None
     return EmulatedResult(
         id=job.id,
         backend=job.backend,
@@ -357,132 +339,4 @@ def _result(job: ArtifactJob, rec: dict[str, Any], work: Path) -> EmulatedResult
         stage="" if rec.get("ok") else str(rec.get("stage", "")),
         runtime_version=str(rec.get("runtime_version", "")),
         details=dict(rec.get("details", {})),
-    )
-
-
-# --- package level: what `compile-pkg verify --emulate aarch64` calls ----------------------
-
-
-def verify_emulated(
-    package: Path,
-    arch: str = "aarch64",
-    *,
-    cpu: str | None = None,
-    threads: int = 0,
-    env: EmulationEnv | None = None,
-    write: bool = False,
-) -> list[EmulatedRow]:
-    """Parity of every built `arch` artifact of `package`, run under emulation.
-
-    Returns one row per artifact; each record has mode "emulated" and names the emulated CPU,
-    qemu and the aarch64 runtime version. With `write`, the records are appended to the
-    manifest's measurements, like `compile-pkg verify` does.
-    """
-    from compiler.packaging.package import rewrite_manifest
-    from compiler.serving.loader import check_files
-    from compiler.serving.manifest import read_manifest
-
-    m = read_manifest(package)
-    chosen = [
-        a
-        for a in m.artifacts
-        if a.status == "built" and a.requirements is not None and a.requirements.arch == arch
-    ]
-    if not chosen:
-        have = sorted(a.id for a in m.artifacts)
-        raise PackageError(f"{package}: no built {arch} artifact to verify (artifacts: {have})")
-    env = env or locate_environment(arch)
-    cpu = cpu or env.default_cpu
-    inputs = read_feeds_npz(package / "reference" / "inputs.npz")
-    refs = read_feeds_npz(package / "reference" / "outputs.npz")
-    rows: list[EmulatedRow] = []
-    runnable = []
-    for a in chosen:
-        try:
-            check_files(package, a)
-        except IntegrityError as exc:
-            record = ParityRecord(
-                status="error", reason=str(exc), mode="emulated", precision=a.precision
-            )
-            rows.append(EmulatedRow(a.id, record))
-            continue
-        runnable.append(a)
-    jobs = [
-        ArtifactJob(
-            id=a.id,
-            backend=a.backend,
-            directory=package / a.directory,
-            runtime=settings_to_json(a.runtime),  # type: ignore[arg-type]
-            inputs=[t.name for t in m.contract.inputs],
-            outputs=[t.name for t in m.contract.outputs],
-        )
-        for a in runnable
-    ]
-    results = run_emulated(env, jobs, inputs, cpu=cpu, threads=threads) if jobs else []
-    for a, res in zip(runnable, results, strict=True):
-        rows.append(
-            EmulatedRow(a.id, _emulated_record(a.precision, a.backend, res, refs, m, env, cpu))
-        )
-    if write:
-        for row in rows:
-            m.measured(row.id).parity.append(row.parity)
-        rewrite_manifest(package, m)
-    order = {a.id: i for i, a in enumerate(chosen)}
-    return sorted(rows, key=lambda r: order[r.id])
-
-
-@dataclass(frozen=True)
-class EmulatedRow:
-    id: str
-    parity: ParityRecord
-
-
-def _emulated_record(
-    precision: str,
-    backend: str,
-    res: EmulatedResult,
-    refs: list[dict[str, np.ndarray]],
-    m: Any,
-    env: EmulationEnv,
-    cpu: str,
-) -> ParityRecord:
-    assert res.host is not None
-    on = MeasuredOn(**res.host.model_dump(exclude={"hostname"}), measured_at=now_utc())
-    version = res.runtime_version or env.runtimes.get(backend, "?")
-    runtime = f"the {env.arch} build of {backend} {version}"
-    note = (
-        f"ran {runtime} under {env.describe(cpu)} user-mode emulation on an x86_64 host; "
-        "parity only: nothing is timed under emulation"
-    )
-    emulation = EmulationInfo(
-        qemu=env.qemu_build,
-        cpu=cpu,
-        runtime=f"{backend} {res.runtime_version}".strip(),
-        python=env.python,
-    )
-    if not res.ok:
-        return ParityRecord(
-            status="error",
-            reason=f"could not run under emulation ({res.stage}): {res.error}",
-            precision=precision,
-            host=on,
-            mode="emulated",
-            note=note,
-            emulation=emulation,
-        )
-    assert res.outputs is not None
-    ok, per_output = compare_outputs(
-        res.outputs, refs, functools.partial(m.policy.parity.tolerance, precision)
-    )
-    return ParityRecord(
-        status="passed" if ok else "failed",
-        precision=precision,
-        samples=len(res.outputs),
-        mode="emulated",
-        note=note,
-        reference=m.reference.description,
-        host=on,
-        outputs=per_output,
-        runtime_details=res.details,
-        emulation=emulation,
     )

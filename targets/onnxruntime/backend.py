@@ -12,18 +12,16 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
-from compiler.core.contract import Contract
-from compiler.core.errors import BuildError, short_message
+from compiler.core.errors import BackendUnavailable, BuildError, short_message
 from compiler.core.host import Requirements
-from compiler.core.settings import OnnxRuntimeSettings, RuntimeSettings, settings_to_json
-from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
+from compiler.core.settings import OnnxRuntimeSettings
+from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
+from targets.onnxruntime.runtime import session
+from targets.onnxruntime.runtime import version as ort_version
 
-__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "OnnxRuntimeRunner"]
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "reference_session"]
 
 _ARCH = {"cpu": "x86_64", "arm": "aarch64"}
-_INSTALL = "pip install 'onnxruntime>=1.20'"
 
 
 class OnnxRuntimeOptions(BackendOptions):
@@ -33,12 +31,6 @@ class OnnxRuntimeOptions(BackendOptions):
     intra_op_num_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     min_runtime_version: str = "1.20"
-
-
-def _version() -> str:
-    import onnxruntime as ort
-
-    return ort.__version__
 
 
 class OnnxRuntimeBackend(Backend):
@@ -56,16 +48,14 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def runtime_availability(cls) -> Availability:
         try:
-            _version()
-        except ImportError as exc:
-            return Availability(
-                ok=False, reason=f"cannot import onnxruntime: {exc}", install=_INSTALL
-            )
+            ort_version()
+        except BackendUnavailable as exc:
+            return Availability(ok=False, reason=exc.reason, install=exc.install)
         return Availability(ok=True)
 
     @classmethod
     def library_versions(cls) -> dict[str, str]:
-        return {"onnxruntime": _version()}
+        return {"onnxruntime": ort_version()}
 
     def build(self, model_path: Path, request: BuildRequest, out_dir: Path) -> BuildResult:
         opts = request.options
@@ -77,7 +67,7 @@ class OnnxRuntimeBackend(Backend):
                 files.append(src.name)
         # Load once here so a model ONNX Runtime cannot run fails its own build, not serving.
         try:
-            _session(out_dir / model_path.name, opts.graph_optimization_level, 1, "sequential")
+            session(out_dir / model_path.name, opts.graph_optimization_level, 1, "sequential")
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BuildError(
                 f"onnxruntime cannot load {model_path.name}: {short_message(exc, 400)}"
@@ -99,77 +89,7 @@ class OnnxRuntimeBackend(Backend):
             portable=True,
         )
 
-    @classmethod
-    def runner(
-        cls,
-        artifact_dir: Path,
-        runtime: RuntimeSettings,
-        contract: Contract,
-        *,
-        threads: int | None = None,
-        cache_dir: Path | None = None,
-    ) -> OnnxRuntimeRunner:
-        assert isinstance(runtime, OnnxRuntimeSettings)
-        plain = settings_to_json(runtime)
-        return OnnxRuntimeRunner(artifact_dir / runtime.model, plain, contract, threads)
-
-
-def _session(path: Path, level: str, threads: int, mode: str, log_level: int = 3) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    so.intra_op_num_threads = threads
-    so.execution_mode = (
-        ort.ExecutionMode.ORT_PARALLEL if mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
-    )
-    so.log_severity_level = log_level
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-class OnnxRuntimeRunner(Runner):
-    def __init__(
-        self, model: Path, runtime: dict[str, Any], contract: Contract, threads: int | None
-    ) -> None:
-        super().__init__(contract)
-        self.model = model
-        self.runtime = runtime
-        self.threads = runtime.get("intra_op_num_threads", 0) if threads is None else threads
-        self.session: Any = None
-        self.output_names: list[str] = [o.name for o in contract.outputs]
-
-    def load(self) -> None:
-        self.session = _session(
-            self.model,
-            self.runtime.get("graph_optimization_level", "all"),
-            self.threads,
-            self.runtime.get("execution_mode", "sequential"),
-        )
-
-    def close(self) -> None:
-        self.session = None
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.output_names, feeds)
-        return dict(zip(self.output_names, outs, strict=True))
-
-    def describe(self) -> dict[str, Any]:
-        import os
-
-        threads = self.threads or os.cpu_count() or 1
-        return {
-            "runtime": f"onnxruntime {_version()}",
-            "device": "cpu",
-            "threads": threads,
-            "graph_optimization_level": self.runtime.get("graph_optimization_level", "all"),
-        }
-
 
 def reference_session(model_path: Path, threads: int = 0) -> Any:
     """The reference: the normalized fp32 model on ONNX Runtime CPU, default optimizations."""
-    return _session(model_path, "all", threads, "sequential")
+    return session(model_path, "all", threads, "sequential")

@@ -10,38 +10,28 @@ is status "deferred": the ONNX prepared for TensorRT plus `tensorrt_build.json`.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from compiler.core.contract import Contract
 from compiler.core.errors import BackendUnavailable, BuildError, ConfigError
 from compiler.core.host import HostInfo, Requirements, probe_host
-from compiler.core.settings import RuntimeSettings, settings_from_json, settings_to_json
+from compiler.core.settings import settings_from_json
 from targets.base import Availability, Backend, BuildRequest, BuildResult
 from targets.tensorrt.cache import EngineCache, file_digest
 from targets.tensorrt.compat import host_can_build
-from targets.tensorrt.engine import INSTALL, build_engine
+from targets.tensorrt.engine import build_engine
 from targets.tensorrt.options import BuilderSettings, TensorRTOptions, builder_settings
 from targets.tensorrt.preflight import Finding, format_findings, preflight
-from targets.tensorrt.runner import TensorRTRunner
+from targets.tensorrt.runtime import INSTALL, default_cache_dir
 from targets.tensorrt.spec import BuildSpec, write_spec
 
 __all__ = ["TensorRTBackend", "default_cache_dir"]
 
 ENGINE_FILE = "model.plan"
 TIMING_FILE = "timing.cache"
-
-
-def default_cache_dir() -> Path:
-    """Same root as the compile cache: $COMPILE_PKG_CACHE, else $XDG_CACHE_HOME/compile-pkg."""
-    env = os.environ.get("COMPILE_PKG_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compile-pkg"
 
 
 def _cuda_buffers_available() -> bool:
@@ -88,8 +78,10 @@ class TensorRTBackend(Backend):
                 f"{model_path.name}: TensorRT's ONNX parser is documented not to support:\n  "
                 f"{format_findings(errors)}\n(set compile.preflight: warn to try anyway)"
             )
+        # fp16/bf16 are builder flags from the options; int8 is the quantize pass's QDQ model
+        precision = "int8" if request.precision == "int8" else opts.precision
         try:
-            settings = builder_settings(opts, request.precision, request.contract, model)
+            settings = builder_settings(opts, precision, request.contract, model)
         except ConfigError as exc:
             raise BuildError(str(exc)) from exc
         host = probe_host()
@@ -231,17 +223,3 @@ class TensorRTBackend(Backend):
             runtime="tensorrt",
             min_runtime_version=rec["tensorrt_version"],
         )
-
-    @classmethod
-    def runner(
-        cls,
-        artifact_dir: Path,
-        runtime: RuntimeSettings,
-        contract: Contract,
-        *,
-        threads: int | None = None,
-        cache_dir: Path | None = None,
-    ) -> TensorRTRunner:
-        """`cache_dir` holds engines built here from a deferred spec (default: the compile cache)."""
-        plain = settings_to_json(runtime)
-        return TensorRTRunner(artifact_dir, plain, contract, cache_dir or default_cache_dir())

@@ -19,6 +19,7 @@ from compiler.core.host import GpuInfo, HostInfo
 from targets.tensorrt.cache import CachedEngine, EngineCache, engine_cache_key, file_digest
 from targets.tensorrt.compat import CompatibilityRecord, _cc, host_can_build
 from targets.tensorrt.options import BuilderSettings
+from targets.tensorrt.runtime import INSTALL, import_tensorrt, trt_logger
 from targets.tensorrt.spec import read_spec
 
 __all__ = [
@@ -28,18 +29,7 @@ __all__ = [
     "build_engine",
     "build_from_spec",
     "check_build_gpu",
-    "import_tensorrt",
 ]
-
-INSTALL = "pip install 'tensorrt>=10,<11' (needs an NVIDIA driver and GPU)"
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as exc:  # also OSError-derived load failures of libnvinfer
-        raise BackendUnavailable("tensorrt", f"cannot import tensorrt: {exc}", INSTALL) from exc
-    return trt
 
 
 @dataclass(frozen=True)
@@ -82,18 +72,6 @@ def check_build_gpu(settings: BuilderSettings, gpu: GpuInfo) -> list[str]:
             f"bf16 needs compute capability 8.0 or newer; {gpu.name} is sm {gpu.compute_capability}"
         )
     return why
-
-
-def _logger(trt: Any, sink: list[str]) -> Any:
-    class _Capture(trt.ILogger):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: Any, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.Severity.WARNING):  # errors, warnings
-                sink.append(f"{severity.name}: {msg}")
-
-    return _Capture()
 
 
 def _parser_issues(parser: Any) -> list[ParserIssue]:
@@ -147,7 +125,7 @@ def build_engine(
         raise BuildError(f"{onnx_path.name}: cannot build this engine here: " + "; ".join(lacking))
     trt = import_tensorrt()
     log: list[str] = []
-    logger = _logger(trt, log)
+    logger = trt_logger(trt, log)
     builder = trt.Builder(logger)
     flags = 0
     for name in settings.network_flags:

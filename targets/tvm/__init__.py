@@ -1,7 +1,5 @@
-"""Apache TVM backend (see targets/tvm/backend.py and docs/tvm.md)."""
+"""Apache TVM backend: build side in backend.py (docs/tvm.md), loading and running in runtime.py.
 
-from __future__ import annotations
-
-from targets.tvm.backend import TvmBackend, TvmOptions, TvmRunner
-
-__all__ = ["TvmBackend", "TvmOptions", "TvmRunner"]
+Importing this package imports nothing else, so `targets.tvm.runtime` stays bare (the emulated
+aarch64 worker and scripts/gpu_verify.py import it without pydantic or onnx).
+"""

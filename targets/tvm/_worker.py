@@ -21,9 +21,11 @@ from typing import Any
 
 from compiler.core.errors import BuildError
 from targets.tvm.cuda import cuda_source_markers, ensure_libcuda, fatbin_entries, have_real_driver
+from targets.tvm.frontend import import_onnx, tvm_message
 from targets.tvm.preflight import topological_order, unsupported_ops
+from targets.tvm.tuning import tuning_database
 
-__all__ = ["build", "has_fp16_compute", "main"]
+__all__ = ["build", "main"]
 
 LIBRARY = "model.so"
 _ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
@@ -102,13 +104,6 @@ def _required_isa(target: Any) -> list[str]:
     return sorted({flag for f, flag in _LLVM_TO_CPUINFO.items() if f in features})
 
 
-def _short(exc: BaseException, limit: int = 600) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    # TVM errors end with the useful line; keep the tail.
-    msg = " | ".join(lines[-3:]) if lines else type(exc).__name__
-    return msg if len(msg) <= limit else "..." + msg[-limit:]
-
-
 def _load_cuda_runtime(cache_dir: Path) -> None:
     """Make libtvm_runtime_cuda.so loadable before `import tvm` (see targets/tvm/cuda.py)."""
     if have_real_driver():
@@ -134,132 +129,6 @@ def _register_fatbin_compiler(archs: list[str]) -> None:
         return nvcc.compile_cuda(code, target_format="fatbin", arch=gencode, compiler="nvcc")
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", _compile, override=True)
-
-
-def _shape_dict(req: dict[str, Any], dynamic: bool) -> tuple[dict[str, list[Any]], dict[str, int]]:
-    import tvm
-
-    dims = req["dims"]
-    symbols: dict[str, Any] = {}
-    upper: dict[str, int] = {}
-    shapes: dict[str, list[Any]] = {}
-    for spec in req["inputs"]:
-        shape: list[Any] = []
-        for d in spec["shape"]:
-            if isinstance(d, int):
-                shape.append(d)
-            elif dynamic:
-                shape.append(symbols.setdefault(d, tvm.tirx.Var(d, "int64")))
-                upper[d] = dims[d]["max"]
-            else:
-                shape.append(dims[d]["opt"])
-        shapes[spec["name"]] = shape
-    return shapes, upper
-
-
-def _clip_to_min_max(mod: Any) -> Any:
-    """Rewrite R.clip(x, lo, hi) into maximum/minimum with constants.
-
-    ToMixedPrecision in TVM 0.27 fails on ops with scalar (PrimValue) arguments, and the
-    ONNX frontend imports Clip/Relu6/HardSigmoid that way.
-    """
-    import tvm
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
-
-    clip = tvm.ir.Op.get("relax.clip")
-
-    @mutator
-    class _Rewrite(PyExprMutator):  # type: ignore[misc]
-        def visit_call_(self, call: Any) -> Any:
-            call = super().visit_call_(call)
-            if not isinstance(call, relax.Call) or call.op != clip:
-                return call
-            x, lo, hi = call.args
-            dtype = x.ty.dtype
-            lo_c = relax.const(float(getattr(lo.value, "value", lo.value)), dtype)
-            hi_c = relax.const(float(getattr(hi.value, "value", hi.value)), dtype)
-            return self.builder_.normalize(relax.op.minimum(relax.op.maximum(x, lo_c), hi_c))
-
-    rewrite = _Rewrite(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewrite.builder_.update_func(gv, rewrite.visit_expr(func))
-    return rewrite.builder_.get()
-
-
-def _to_fp16(mod: Any) -> Any:
-    from tvm import relax
-
-    try:
-        return relax.transform.ToMixedPrecision(out_dtype="float16")(_clip_to_min_max(mod))
-    except Exception as exc:
-        raise BuildError(
-            f"tvm fp16 conversion (Relax ToMixedPrecision) failed: {_short(exc, 300)}; "
-            "put the fp16 pass in this variant (passes: [{name: fp16}]) so TVM imports an "
-            "fp16 ONNX model instead"
-        ) from exc
-
-
-def has_fp16_compute(model: Any) -> bool:
-    """True when the ONNX model already computes in fp16 (e.g. the fp16 pass's output)."""
-    import onnx
-
-    fp16 = onnx.TensorProto.FLOAT16
-    if any(t.data_type == fp16 for t in model.graph.initializer):
-        return True
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if node.op_type == "Cast" and attr.name == "to" and attr.i == fp16:
-                return True
-            if node.op_type == "Constant" and attr.t.data_type == fp16:
-                return True
-    return False
-
-
-def _fold_static(model: Any, shapes: dict[str, list[Any]]) -> Any:
-    """Fold shape arithmetic (Shape -> Slice -> Concat -> Reshape) at fixed input shapes.
-
-    Exporters such as tf2onnx compute Reshape targets from Shape; with a symbolic batch
-    TVM's importer cannot use them. onnxsim (the `passes` extra) folds them once the shapes
-    are fixed; without it, or when it fails, the model is imported as it is.
-    """
-    try:
-        import onnxsim
-    except ImportError:
-        return model
-    try:
-        folded, ok = onnxsim.simplify(model, overwrite_input_shapes=shapes)
-    except Exception:
-        return model
-    return folded if ok else model
-
-
-def _import(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
-
-    shapes, upper = _shape_dict(req, dynamic)
-    symbolic = any(isinstance(d, str) for s in req["inputs"] for d in s["shape"])
-    if not dynamic and symbolic:
-        model = _fold_static(model, shapes)
-    dtypes = {s["name"]: s["dtype"] for s in req["inputs"]}
-    try:
-        mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
-    except Exception as exc:
-        raise BuildError(f"tvm ONNX import failed: {_short(exc)}") from exc
-    if upper:
-        mod["main"] = mod["main"].with_attr("tir_var_upper_bound", upper)
-    mod = relax.transform.DecomposeOpsForInference()(mod)
-    if req["precision"] == "fp16":
-        if not has_fp16_compute(model):
-            mod = _to_fp16(mod)
-    elif req["precision"] != "fp32":
-        raise BuildError(
-            f"tvm builds fp32 and fp16 artifacts, not {req['precision']}; "
-            "use onnxruntime or openvino for int8"
-        )
-    return mod
 
 
 def _compile(mod: Any, target: Any, tuning_dir: Path | None) -> Any:
@@ -294,7 +163,7 @@ def _export(ex: Any, path: Path, linker: str | None) -> None:
             ex.export_library(str(path), fcompile=cc.cross_compiler(linker))
     except Exception as exc:
         raise BuildError(
-            f"tvm export_library ({linker or 'host compiler'}) failed: {_short(exc)}"
+            f"tvm export_library ({linker or 'host compiler'}) failed: {tvm_message(exc)}"
         ) from exc
 
 
@@ -347,8 +216,6 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
 
     import tvm
 
-    from targets.tvm import tuning
-
     if target_name == "gpu":
         if "tvm_runtime_cuda" not in tvm.base._LOADED_LIBS:
             raise BuildError(
@@ -366,7 +233,7 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
         if target_name == "cpu":
             target_json["num-cores"] = os.cpu_count() or 1  # MetaSchedule needs it
             target = tvm.target.Target(target_json)
-        tuning_dir, note = tuning.tuning_database(req, target_json, cache_dir)
+        tuning_dir, note = tuning_database(req, target_json, cache_dir)
         notes.append(note)
         modes = [False]
     if not has_symbols:
@@ -375,17 +242,17 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
     ex = mod = None
     for i, dynamic in enumerate(modes):
         try:
-            mod = _import(model, req, dynamic)
+            mod = import_onnx(model, req, dynamic)
             ex = _compile(mod, target, tuning_dir if tuning_dir and tuning_dir.exists() else None)
             break
         except Exception as exc:
             if i + 1 < len(modes):
-                notes.append(f"dynamic shapes failed ({_short(exc, 200)}); built static")
+                notes.append(f"dynamic shapes failed ({tvm_message(exc, 200)}); built static")
                 continue
             if isinstance(exc, BuildError):
                 raise
             what = "dynamic" if dynamic else "static"
-            raise BuildError(f"tvm compile ({what} shapes) failed: {_short(exc)}") from exc
+            raise BuildError(f"tvm compile ({what} shapes) failed: {tvm_message(exc)}") from exc
     assert ex is not None and mod is not None
     compile_s = time.perf_counter() - t0
     out = Path(req["out_dir"]) / LIBRARY
@@ -435,7 +302,10 @@ def main(argv: list[str]) -> int:
         payload = {"ok": False, "error": str(exc)}
     except Exception as exc:  # anything else from TVM: keep the message, log the trace
         traceback.print_exc()
-        payload = {"ok": False, "error": f"tvm build failed: {type(exc).__name__}: {_short(exc)}"}
+        payload = {
+            "ok": False,
+            "error": f"tvm build failed: {type(exc).__name__}: {tvm_message(exc)}",
+        }
     tmp = result.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, sort_keys=True, indent=1))
     os.replace(tmp, result)

@@ -3,7 +3,8 @@
 `cpu` is LLVM x86-64 code (generic by default, or tuned for a named `mcpu`), `arm` is LLVM
 aarch64 code with NEON cross-linked by aarch64-linux-gnu-gcc, `gpu` is CUDA compiled ahead
 of time by nvcc into one fatbin with SASS per listed arch. The build runs in a child
-process (targets/tvm/_worker.py); serving only needs TVM's runtime library.
+process (targets/tvm/_worker.py); serving only needs TVM's runtime library
+(targets/tvm/runtime.py).
 """
 
 from __future__ import annotations
@@ -21,18 +22,16 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
-from compiler.core.contract import Contract
-from compiler.core.errors import BackendUnavailable, BuildError, ConfigError, ContractError
+from compiler.core.errors import BuildError, ConfigError
 from compiler.core.host import Requirements
-from compiler.core.settings import RuntimeSettings, settings_from_json, settings_to_json
-from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult, Runner
+from compiler.core.settings import settings_from_json
+from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
+from targets.tvm.runtime import INSTALL
 
-__all__ = ["TvmBackend", "TvmOptions", "TvmRunner", "default_cache_dir"]
+__all__ = ["TvmBackend", "TvmOptions", "default_cache_dir"]
 
-_INSTALL = "pip install 'apache-tvm>=0.27,<0.28' 'apache-tvm-ffi<0.1.15'"
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _ARCH = {"cpu": "x86_64", "arm": "aarch64", "gpu": "x86_64"}
 # What each target needs on the build host besides tvm: (executable, how to get it).
@@ -142,7 +141,7 @@ class TvmBackend(Backend):
             return Availability(ok=False, reason=f"no tvm artifact for target '{target}'")
         tvm_dir = _tvm_dir()
         if tvm_dir is None:
-            return Availability(ok=False, reason="apache-tvm is not installed", install=_INSTALL)
+            return Availability(ok=False, reason="apache-tvm is not installed", install=INSTALL)
         for tool, install in _TOOLS[target]:
             if shutil.which(tool) is None:
                 return Availability(ok=False, reason=f"{tool} not found on PATH", install=install)
@@ -152,14 +151,14 @@ class TvmBackend(Backend):
                 return Availability(
                     ok=False,
                     reason=f"this tvm has no CUDA runtime ({lib} missing)",
-                    install=_INSTALL,
+                    install=INSTALL,
                 )
         return Availability(ok=True)
 
     @classmethod
     def runtime_availability(cls) -> Availability:
         if _tvm_dir() is None:
-            return Availability(ok=False, reason="apache-tvm is not installed", install=_INSTALL)
+            return Availability(ok=False, reason="apache-tvm is not installed", install=INSTALL)
         return Availability(ok=True)
 
     @classmethod
@@ -211,18 +210,6 @@ class TvmBackend(Backend):
             portable=False,
         )
 
-    @classmethod
-    def runner(
-        cls,
-        artifact_dir: Path,
-        runtime: RuntimeSettings,
-        contract: Contract,
-        *,
-        threads: int | None = None,
-        cache_dir: Path | None = None,
-    ) -> TvmRunner:
-        return TvmRunner(artifact_dir, settings_to_json(runtime), contract, threads)
-
 
 def _run_worker(
     req: dict[str, Any], workdir: Path, timeout: int, model_name: str
@@ -254,107 +241,3 @@ def _run_worker(
     if not payload["ok"]:
         raise BuildError(f"{model_name} -> tvm {req['target']}: {payload['error']}")
     return payload
-
-
-def _ensure_cuda_runtime(tvm: Any) -> None:
-    """Load TVM's CUDA runtime library; in runtime-only mode TVM does not load it itself."""
-    import ctypes
-
-    if tvm.get_global_func("device_api.cuda", allow_missing=True) is not None:
-        return
-    lib_dir = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-    try:
-        ctypes.CDLL(str(lib_dir / "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_LOCAL)
-    except OSError as exc:
-        raise BackendUnavailable(
-            "tvm",
-            f"cannot load {lib_dir / 'libtvm_runtime_cuda.so'}: {exc}",
-            "needs an NVIDIA driver (libcuda.so.1) and libcudart.so.13 beside libtvm_runtime.so",
-        ) from exc
-
-
-class TvmRunner(Runner):
-    """Runs a TVM shared library with the Relax VM; needs only TVM's runtime library."""
-
-    def __init__(
-        self, artifact_dir: Path, runtime: dict[str, Any], contract: Contract, threads: int | None
-    ) -> None:
-        super().__init__(contract)
-        self.library = artifact_dir / runtime["library"]
-        self.runtime = runtime
-        self.threads = threads
-        self._vm: Any = None
-        self._fn: Any = None
-        self._dev: Any = None
-
-    def load(self) -> None:
-        try:
-            import tvm
-            from tvm.runtime.vm import VirtualMachine
-        except ImportError as exc:
-            raise BackendUnavailable("tvm", f"cannot import tvm: {exc}", _INSTALL) from exc
-        if self.runtime["device"] == "cuda":
-            _ensure_cuda_runtime(tvm)
-            self._dev = tvm.cuda(0)
-            if not self._dev.exist:
-                raise BackendUnavailable(
-                    "tvm", "no CUDA device visible to TVM", "run on a GPU host"
-                )
-        else:
-            self._dev = tvm.cpu(0)
-            if self.threads:
-                tvm.get_global_func("runtime.config_threadpool")(1, self.threads)
-        if not self.library.is_file():
-            raise BackendUnavailable("tvm", f"artifact library {self.library} is missing")
-        self._vm = VirtualMachine(tvm.runtime.load_module(str(self.library)), self._dev)
-        self._fn = self._vm[self.runtime["entry"]]
-
-    def close(self) -> None:
-        self._fn = self._vm = None
-
-    def _check_static(self, feeds: dict[str, np.ndarray]) -> None:
-        for spec in self.runtime["inputs"]:
-            want = spec["shape"]
-            got = list(feeds[spec["name"]].shape)
-            if any(isinstance(w, int) and w != g for w, g in zip(want, got, strict=True)):
-                raise ContractError(
-                    f"input '{spec['name']}': shape {got}, but this tvm artifact "
-                    f"({self.library}) was built for {want}; rebuild it with compile.shapes: "
-                    "dynamic, or feed that shape"
-                )
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tvm
-
-        self._check_static(feeds)
-        args = [
-            tvm.runtime.tensor(np.ascontiguousarray(feeds[s["name"]]), self._dev)
-            for s in self.runtime["inputs"]
-        ]
-        out = self._fn(*args)
-        outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
-        result = {}
-        for spec, value in zip(self.contract.outputs, outs, strict=True):
-            arr = value.numpy()
-            result[spec.name] = arr if arr.dtype == np.dtype(spec.dtype) else arr.astype(spec.dtype)
-        return result
-
-    def sync(self) -> None:
-        """Wait for queued device work (CUDA); a no-op on CPU."""
-        if self._dev is not None:
-            self._dev.sync()
-
-    def describe(self) -> dict[str, Any]:
-        import tvm
-
-        info: dict[str, Any] = {
-            "runtime": f"tvm {getattr(tvm, '__version__', 'unknown')}",
-            "device": self.runtime["device"],
-            "runtime_only": bool(tvm.base._RUNTIME_ONLY),
-            "shapes": self.runtime.get("shapes", "static"),
-        }
-        if self.runtime["device"] == "cpu":
-            info["threads"] = self.threads or int(
-                os.environ.get("TVM_NUM_THREADS", 0) or (os.cpu_count() or 1)
-            )
-        return info

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.core.errors import BuildError
+from targets.tvm.frontend import import_onnx
 
 __all__ = ["tuning_database", "tuning_key"]
 
@@ -100,11 +101,9 @@ def _tune(request: Path, folder: Path) -> None:
     import tvm
     from tvm import relax
 
-    from targets.tvm._worker import _import
-
     req = json.loads(request.read_text())
     target = tvm.target.Target(req["tuning_target"])
-    mod = _import(onnx.load(req["model"]), req, dynamic=False)
+    mod = import_onnx(onnx.load(req["model"]), req, dynamic=False)
     with target:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.get_pipeline("zero")(mod)

