@@ -7,14 +7,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.core.errors import CompilePkgError, InputModelError
+from compiler.core.errors import BackendUnavailable, CompilePkgError, InputModelError
+from compiler.core.host import probe_host
 from compiler.core.records import NodeResult
 from compiler.measure.verify import now_utc
-from compiler.packaging.package import assemble, finish_package, write_atomically
+from compiler.packaging.assemble import assemble
+from compiler.packaging.emulated import verify_emulated
+from compiler.packaging.write import finish_package, rewrite_manifest, write_atomically
 from compiler.pipeline.cache import Cache, default_cache_dir
 from compiler.pipeline.config import BuildConfig
-from compiler.pipeline.dag import BuildInputs, build_graph, cleanup_scratch, run_graph
+from compiler.pipeline.graph import build_graph
+from compiler.pipeline.instruments import ProgressInstrument, TimingInstrument
+from compiler.pipeline.nodes.context import BuildInputs, NodeContext
+from compiler.pipeline.nodes.registry import KINDS
 from compiler.pipeline.normalize import Source, export_torch, save_model, source_digest
+from compiler.pipeline.scheduler import Scheduler
 from compiler.serving.manifest import Manifest, read_manifest
 
 __all__ = ["BuildOutcome", "build_package", "prepare_source"]
@@ -51,10 +58,6 @@ def prepare_source(
 
 def _verify_arm_emulated(staging: Path) -> None:
     """Append emulated aarch64 parity records; a missing environment is recorded, not fatal."""
-    from compiler.core.errors import BackendUnavailable
-    from compiler.measure.emulation import verify_emulated
-    from compiler.packaging.package import rewrite_manifest
-
     try:
         verify_emulated(staging, "aarch64", write=True)
     except BackendUnavailable as exc:
@@ -82,13 +85,15 @@ def build_package(
         cache = Cache(cache_dir or default_cache_dir()) if use_cache else Cache(tmpdir / "cache")
         g = build_graph(config, targets)
         inputs = BuildInputs(src_path, digest, config, targets, sample_data, calibration_data)
+        # progress outermost, so each event carries the node's time
+        instruments = (ProgressInstrument(on_event), TimingInstrument())
         try:
-            results = run_graph(g, inputs, cache, on_event)
+            results = Scheduler(KINDS, cache, instruments).run(NodeContext(inputs, g, probe_host()))
         finally:
-            cleanup_scratch(cache)
-        for head in ("normalize", "data", "reference"):
-            if results[head].status == "failed":
-                raise CompilePkgError(f"{head} failed: {results[head].reason}")
+            cache.clear_scratch()
+        for head in (g.normalize, g.data, g.reference):
+            if results[head.id].status == "failed":
+                raise CompilePkgError(f"{head.id} failed: {results[head.id].reason}")
 
         def fill(staging: Path) -> Manifest:
             m = assemble(

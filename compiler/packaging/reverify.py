@@ -12,7 +12,7 @@ from compiler.core.feeds import read_feeds_npz
 from compiler.core.host import probe_host
 from compiler.core.records import ParityRecord
 from compiler.measure.verify import measured_on, verify_artifact
-from compiler.packaging.package import rewrite_manifest
+from compiler.packaging.write import rewrite_manifest
 from compiler.pipeline.normalize import MODEL_FILE
 from compiler.serving.loader import check_files
 from compiler.serving.manifest import read_manifest

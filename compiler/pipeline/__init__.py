@@ -1,2 +1,2 @@
-"""The build pipeline: config, default pipelines, normalize, sample data, the pass DAG and its
-scheduler, and the content-addressed node cache."""
+"""The build pipeline: config, default pipelines, normalize, sample data, the build graph, one
+node kind per module (`nodes/`), the scheduler and its instruments, and the node cache."""

@@ -67,5 +67,13 @@ class Cache:
             shutil.rmtree(scratch, ignore_errors=True)
         return entry / "out"
 
+    def evict(self, key: str) -> None:
+        """Remove the entry under `key` (one that cannot be read any more)."""
+        shutil.rmtree(self._entry(key), ignore_errors=True)
+
     def discard(self, scratch: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
+
+    def clear_scratch(self) -> None:
+        """Remove every scratch folder (left behind by a crash, or by the run just ended)."""
+        shutil.rmtree(self.root / "tmp", ignore_errors=True)

@@ -20,7 +20,6 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     variants["ort-int8"] = {
         "passes": [{"name": "quantize"}],
         "compile": {"backend": "onnxruntime"},
-        "precision": "int8",
     }
     int8 = {"targets": {"cpu": {"variants": variants}}}
     build(EXAMPLE, root / "a", None, targets=("cpu",))

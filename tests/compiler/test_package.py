@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,9 +13,11 @@ import jsonschema
 import pytest
 
 from compiler.core.errors import PackageError
-from compiler.packaging.package import pack
+from compiler.packaging.write import pack
 from compiler.serving.manifest import SCHEMA_PATH, Manifest, json_schema, migrate, read_manifest
 from tests.compiler.helpers import build
+
+DATA = Path(__file__).with_name("data")
 
 
 def _artifact_bytes(pkg: Path) -> dict[str, bytes]:
@@ -34,14 +37,14 @@ def test_two_builds_without_cache_are_byte_identical(cnn_path: Path, tmp_path: P
             tmp_path / "b/reference" / name
         ).read_bytes()
     assert a.manifest.core_sha256 == b.manifest.core_sha256
-    assert a.manifest.build["started_at"]  # run-to-run fields exist, outside the core
+    assert a.manifest.build.started_at  # run-to-run fields exist, outside the core
 
 
 def test_manifest_validates_against_the_shipped_schema(mlp_path: Path, tmp_path: Path) -> None:
     build(mlp_path, tmp_path / "p", None)
     doc = json.loads((tmp_path / "p/manifest.json").read_text())
     jsonschema.validate(doc, json.loads(SCHEMA_PATH.read_text()))
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     files = {f["path"] for a in doc["artifacts"] for f in a["files"]}
     assert files == {"artifacts/cpu.ort-fp32/model.onnx", "artifacts/arm.ort-fp32/model.onnx"}
     assert not any(
@@ -63,8 +66,20 @@ def test_v0_manifest_migrates(mlp_path: Path, tmp_path: Path) -> None:
     for a in v0["artifacts"]:
         a["parity"] = {"status": "passed"}
     m = Manifest.model_validate(migrate(v0))
-    assert m.schema_version == 1
-    assert m.measurements["cpu/ort-fp32"]["parity"] == [{"status": "passed"}]
+    assert m.schema_version == 2
+    assert [r.status for r in m.measurements["cpu/ort-fp32"].parity] == ["passed"]
+
+
+def test_v1_manifest_of_a_real_build_migrates(tmp_path: Path) -> None:
+    """tests/compiler/data/manifest.v1.json: tiny_cnn built by compile-pkg before schema 2."""
+    shutil.copyfile(DATA / "manifest.v1.json", tmp_path / "manifest.json")
+    m = read_manifest(tmp_path)
+    assert m.schema_version == 2
+    cpu = m.artifact("cpu/ort-fp32")
+    assert cpu.runtime is not None and cpu.runtime.backend == "onnxruntime"
+    assert m.policy.parity.tolerance("fp32", "y").atol == 1e-4
+    assert m.measurements["cpu/ort-fp32"].parity[0].status == "passed"
+    assert all(r.name == "fuse" and r.details for r in m.build.pass_log.values())
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

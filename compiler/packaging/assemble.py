@@ -1,0 +1,222 @@
+"""Assemble a package from a build's graph and node results: its files in a staging folder and
+its manifest (written by `write.finish_package`).
+
+Layout:
+    manifest.json
+    artifacts/<target>.<variant>/...      one folder per built artifact
+    reference/inputs.npz, outputs.npz     sample inputs and fp32 reference outputs
+    reference/model.onnx                  the normalized fp32 model (optional)
+    reports/parity.json, latency.json, report.md
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from compiler import __version__
+from compiler.core.errors import PackageError
+from compiler.core.hashing import file_sha256
+from compiler.core.records import (
+    ArtifactMeasurements,
+    CompileOutput,
+    DataOutput,
+    NodeResult,
+    NormalizeOutput,
+    ParityRecord,
+    PassOutput,
+    ReferenceOutput,
+    VerifyOutput,
+)
+from compiler.measure.verify import now_utc
+from compiler.packaging.write import library_versions
+from compiler.pipeline.config import BuildConfig
+from compiler.pipeline.graph import ArtifactNodes, BuildGraph
+from compiler.pipeline.normalize import MODEL_FILE
+from compiler.serving.manifest import (
+    ArtifactEntry,
+    ArtifactStatus,
+    BuildLog,
+    FileEntry,
+    Manifest,
+    NodeLog,
+    Provenance,
+    ReferenceInfo,
+    SourceInfo,
+)
+from compiler.serving.selection import select_order
+
+__all__ = ["assemble"]
+
+
+def _files(root: Path, folder: str) -> list[FileEntry]:
+    base = root / folder
+    return [
+        FileEntry(path=p.relative_to(root).as_posix(), sha256=file_sha256(p), size=p.stat().st_size)
+        for p in sorted(base.rglob("*"))
+        if p.is_file()
+    ]
+
+
+def _git_commit(path: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(path.parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _head(results: Mapping[str, NodeResult], nid: str, what: str) -> Path:
+    """The output folder of a node every package needs; PackageError if it did not run."""
+    result = results[nid]
+    if not result.ok or result.out is None:
+        raise PackageError(f"{what} failed: {result.reason}")
+    return result.out
+
+
+def _copy_reference(
+    staging: Path, g: BuildGraph, results: Mapping[str, NodeResult], with_model: bool
+) -> None:
+    normalized = _head(results, g.normalize.id, "normalize")
+    data = _head(results, g.data.id, "sample data")
+    reference = _head(results, g.reference.id, "reference run")
+    (staging / "reference").mkdir(parents=True)
+    shutil.copyfile(data / "samples.npz", staging / "reference" / "inputs.npz")
+    shutil.copyfile(reference / "outputs.npz", staging / "reference" / "outputs.npz")
+    if with_model:
+        for f in sorted(normalized.iterdir()):
+            shutil.copyfile(f, staging / "reference" / f.name)
+
+
+def _artifact(
+    staging: Path, a: ArtifactNodes, results: Mapping[str, NodeResult]
+) -> tuple[ArtifactEntry, ArtifactMeasurements | None]:
+    """The artifact's manifest entry (its files copied in when built) and its measurements."""
+    entry = ArtifactEntry(
+        id=a.id,
+        target=a.target,
+        variant=a.variant,
+        backend=a.config.compile.backend,
+        precision=a.config.precision,
+        passes=[p.name for p in a.config.passes],
+        status="failed",
+    )
+    comp = results[a.compile.id]
+    if not comp.ok:
+        status: ArtifactStatus = "skipped" if comp.status == "skipped" else "failed"
+        update = {"status": status, "reason": comp.reason, "install": comp.install}
+        return entry.model_copy(update=update), None
+    out = comp.expect(CompileOutput)
+    folder = f"artifacts/{a.target}.{a.variant}"
+    assert comp.out is not None
+    shutil.copytree(comp.out, staging / folder)
+    entry = entry.model_copy(
+        update={
+            "precision": out.precision,
+            "status": out.status,
+            "directory": folder,
+            "files": _files(staging, folder),
+            "requirements": out.requirements,
+            "runtime": out.runtime,
+            "portable": out.portable,
+            "backend_version": out.backend_version,
+            "notes": out.notes,
+        }
+    )
+    ver = results[a.verify.id]
+    if not ver.ok:
+        return entry, ArtifactMeasurements(parity=[ParityRecord(status="error", reason=ver.reason)])
+    measured = ver.expect(VerifyOutput)
+    latency = [measured.latency] if measured.latency else []
+    return entry, ArtifactMeasurements(parity=[measured.parity], latency=latency)
+
+
+def _build_log(
+    results: Mapping[str, NodeResult], started_at: str, source_path: Path, norm: NormalizeOutput
+) -> BuildLog:
+    return BuildLog(
+        started_at=started_at,
+        finished_at=now_utc(),
+        source_path=str(source_path),
+        nodes=[
+            NodeLog(node=n, status=r.status, seconds=r.seconds, reason=r.reason, key=r.key)
+            for n, r in results.items()
+        ],
+        pass_log={
+            n: r.output.record for n, r in results.items() if isinstance(r.output, PassOutput)
+        },
+        normalize=norm.record,
+    )
+
+
+def assemble(
+    staging: Path,
+    *,
+    g: BuildGraph,
+    results: Mapping[str, NodeResult],
+    config: BuildConfig,
+    source_name: str,
+    source_kind: str,
+    source_digest: str,
+    source_path: Path,
+    started_at: str,
+) -> Manifest:
+    """Fill `staging` with the package's files and return its manifest (not yet written)."""
+    _copy_reference(staging, g, results, config.include_reference_model)
+    norm = results[g.normalize.id].expect(NormalizeOutput)
+    data = results[g.data.id].expect(DataOutput)
+
+    artifacts: list[ArtifactEntry] = []
+    measurements: dict[str, ArtifactMeasurements] = {}
+    libs = library_versions()
+    for a in g.artifacts:
+        entry, measured = _artifact(staging, a, results)
+        artifacts.append(entry)
+        libs.update(entry.backend_version)
+        if measured is not None:
+            measurements[a.id] = measured
+
+    manifest = Manifest(
+        package=config.package.model_copy(
+            update={"name": config.package.name or Path(source_name).stem}
+        ),
+        source=SourceInfo(
+            name=source_name,
+            kind=source_kind,  # type: ignore[arg-type]
+            sha256=source_digest,
+            normalized_sha256=file_sha256(_head(results, g.normalize.id, "normalize") / MODEL_FILE),
+            opset=norm.opset,
+            ir_version=norm.ir_version,
+            producer=norm.producer,
+        ),
+        provenance=Provenance(
+            tool=f"compile-pkg {__version__}",
+            libraries=dict(sorted(libs.items())),
+            config=config.model_dump(mode="json"),
+            config_sha256=config.digest(),
+            source_git_commit=_git_commit(source_path),
+        ),
+        policy=config.policy(),
+        contract=norm.contract,
+        reference=ReferenceInfo(
+            description="normalized fp32 model on onnxruntime CPUExecutionProvider",
+            runtime=results[g.reference.id].expect(ReferenceOutput).runtime,
+            samples=data.samples,
+            samples_source=data.samples_source,
+            calibration_source=data.calibration_source,
+            files=_files(staging, "reference"),
+        ),
+        artifacts=artifacts,
+        target_notes=dict(sorted(g.target_notes.items())),
+        measurements=measurements,
+        build=_build_log(results, started_at, source_path, norm),
+    )
+    manifest.selection = select_order(manifest)
+    return manifest

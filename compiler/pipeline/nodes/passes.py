@@ -1,0 +1,90 @@
+"""pass: one graph pass over its source's model. The model comes in memory from the pass
+before it when that ran in this build (else from its cache entry) and is handed on the same
+way; the saved file is the cache entry."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from compiler.core.records import PassOutput
+from compiler.core.targets import TARGET_ARCH
+from compiler.core.tolerance import Tolerance
+from compiler.pipeline.graph import PassNode
+from compiler.pipeline.nodes.base import KeyMaterial, Kind
+from compiler.pipeline.nodes.context import NodeContext
+from compiler.pipeline.normalize import save_model
+from passes.registry import Pass, PassContext, make_pass
+from targets.onnxruntime.backend import reference_session
+
+__all__ = ["PassKind"]
+
+
+def _target_isa(node: PassNode, ctx: NodeContext) -> tuple[str, ...]:
+    """The host's ISA when the pass's target runs on this host's CPU architecture (a gpu
+    target's CPU features say nothing about the device); else nothing."""
+    if node.target is None or node.target == "gpu":
+        return ()
+    return tuple(ctx.host.isa) if TARGET_ARCH[node.target] == ctx.host.arch else ()
+
+
+class PassKind(Kind[PassNode]):
+    version = "2"  # typed output records (PassOutput / CompileOutput)
+
+    def key(self, node: PassNode, ctx: NodeContext) -> KeyMaterial:
+        p = make_pass(node.config)
+        return {
+            "pass": p.name,
+            "version": p.version,
+            "params": node.config.model_dump(mode="json"),
+            "target": node.target,
+            "isa": list(_target_isa(node, ctx)) if p.target_dependent else None,
+            "libs": p.libraries(),
+            "tolerances": _gate_tolerances(p, ctx) if p.uses_reference else None,
+        }
+
+    def run(self, node: PassNode, ctx: NodeContext, out: Path) -> PassOutput:
+        p = make_pass(node.config)
+        model = ctx.model(node.source, node.id)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            result = p(model, _pass_context(node, ctx, Path(tmp)))
+        save_model(result.model, out)
+        ctx.hold(node.id, result.model, out)
+        assert result.summary is not None  # Pass.__call__ fills it
+        return PassOutput(record=result.summary)
+
+
+def _gate_tolerances(p: Pass, ctx: NodeContext) -> object:
+    """The tolerance a reference-gated pass judges its own output by: that of its output
+    precision; a numerics-preserving one may read any, so all of them."""
+    tolerances = ctx.config.parity.policy().tolerances
+    if p.precision is not None:
+        return dataclasses.asdict(tolerances[p.precision])
+    return {k: dataclasses.asdict(t) for k, t in sorted(tolerances.items())}
+
+
+def _pass_context(node: PassNode, ctx: NodeContext, scratch: Path) -> PassContext:
+    contract = ctx.contract(node.normalize)
+    names = [o.name for o in contract.outputs]
+    ref_model = ctx.model_path(node.normalize)
+    session: list[object] = []
+
+    def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not session:
+            session.append(reference_session(ref_model))
+        return dict(zip(names, session[0].run(names, feeds), strict=True))  # type: ignore[attr-defined]
+
+    tolerances: dict[str, Tolerance] = dict(ctx.config.parity.policy().tolerances)
+    return PassContext(
+        contract=contract,
+        workdir=scratch,
+        target=node.target,
+        target_isa=_target_isa(node, ctx),
+        calibration=lambda: ctx.feeds(node.data, "calibration"),
+        calibration_source=ctx.calibration_source(node.data),
+        reference=reference,
+        tolerances=tolerances,
+    )

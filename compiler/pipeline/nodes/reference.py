@@ -1,0 +1,41 @@
+"""reference: the normalized fp32 model's outputs on the samples (ONNX Runtime CPU), which
+every artifact's parity is measured against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compiler.core.feeds import write_feeds_npz
+from compiler.core.records import ReferenceOutput
+from compiler.pipeline.graph import ReferenceNode
+from compiler.pipeline.nodes.base import KeyMaterial, Kind
+from compiler.pipeline.nodes.context import NodeContext
+from targets.onnxruntime.backend import reference_session
+
+__all__ = ["ReferenceKind"]
+
+
+class ReferenceKind(Kind[ReferenceNode]):
+    version = "2"
+
+    def key(self, node: ReferenceNode, ctx: NodeContext) -> KeyMaterial:
+        import onnxruntime as ort
+
+        return {"libs": {"onnxruntime": ort.__version__}}
+
+    def run(self, node: ReferenceNode, ctx: NodeContext, out: Path) -> ReferenceOutput:
+        import onnxruntime as ort
+
+        sess = reference_session(ctx.model_path(node.normalize))
+        names = [o.name for o in ctx.contract(node.normalize).outputs]
+        outputs = [
+            dict(zip(names, sess.run(names, feed), strict=True))
+            for feed in ctx.feeds(node.data, "samples")
+        ]
+        write_feeds_npz(out / "outputs.npz", outputs)
+        return ReferenceOutput(
+            runtime=f"onnxruntime {ort.__version__}",
+            provider="CPUExecutionProvider",
+            precision="fp32",
+            samples=len(outputs),
+        )

@@ -1,0 +1,58 @@
+"""verify: parity of a compiled artifact against the reference outputs, and its latency next to
+the reference model, on this host. Its output is measurements: nothing builds on them, so
+they stay out of its digest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compiler.core.feeds import read_feeds_npz
+from compiler.core.records import CompileOutput, NodeOutput, VerifyOutput
+from compiler.measure.verify import verify_artifact
+from compiler.pipeline.graph import VerifyNode
+from compiler.pipeline.nodes.base import KeyMaterial, Kind
+from compiler.pipeline.nodes.context import NodeContext
+
+__all__ = ["VerifyKind"]
+
+
+class VerifyKind(Kind[VerifyNode]):
+    version = "4"
+
+    def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
+        h = ctx.host
+        return {
+            "host": {
+                "arch": h.arch,
+                "cpu": h.cpu_model,
+                "cpus": h.cpu_count,
+                "isa": h.isa,
+                "gpus": [g.model_dump() for g in h.gpus],
+                "runtimes": h.runtimes,
+            },
+            "policy": ctx.config.policy().model_dump(mode="json", include={"parity", "latency"}),
+            "precision": node.config.precision,
+        }
+
+    def run(self, node: VerifyNode, ctx: NodeContext, out: Path) -> VerifyOutput:
+        built = ctx.output(node.compile, CompileOutput)
+        policy = ctx.config.policy()
+        return verify_artifact(
+            backend=built.backend,
+            runtime=built.runtime,
+            requirements=built.requirements,
+            portable=built.portable,
+            deferred=built.status == "deferred",
+            artifact_dir=ctx.out_dir(node.compile),
+            precision=node.config.precision,
+            contract=ctx.contract(node.normalize),
+            inputs=ctx.feeds(node.data, "samples"),
+            ref_outputs=read_feeds_npz(ctx.out_dir(node.reference) / "outputs.npz"),
+            ref_model=ctx.model_path(node.normalize),
+            parity=policy.parity,
+            latency=policy.latency,
+            host=ctx.host,
+        )
+
+    def digest_material(self, output: NodeOutput) -> object:
+        return {}

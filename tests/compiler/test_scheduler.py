@@ -1,0 +1,208 @@
+"""The scheduler on toy node kinds: it knows no kind by name, caches by content, keeps failures
+in their branch, skips descendants with the parent's install hint, and its instruments time
+each node once. Holdings: the in-memory model handoff between passes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import onnx
+import pytest
+
+from compiler.core.host import HostInfo
+from compiler.core.records import Availability, NodeResult, ReferenceOutput
+from compiler.pipeline.cache import Cache
+from compiler.pipeline.config import BuildConfig
+from compiler.pipeline.graph import NodeDef, NodeGraph
+from compiler.pipeline.instruments import ProgressInstrument, TimingInstrument
+from compiler.pipeline.nodes.base import KeyMaterial, Kind
+from compiler.pipeline.nodes.context import BuildInputs, Holdings, NodeContext
+from compiler.pipeline.scheduler import Scheduler
+from tests.models import tiny_mlp
+
+HOST = HostInfo(arch="x86_64", cpu_model="toy", cpu_count=1, isa=[], os="linux")
+
+
+@dataclass(frozen=True, eq=False)
+class ToyNode(NodeDef):
+    kind: ClassVar[str] = "toy"
+    value: int = 0
+    inputs: tuple[str, ...] = ()
+    fail: str = ""  # run raises this
+    missing: bool = False  # skip: "cannot run here"
+    sleep: float = 0.0
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        return self.inputs
+
+
+class ToyKind(Kind[ToyNode]):
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def key(self, node: ToyNode, ctx: NodeContext) -> KeyMaterial:
+        return {"value": node.value}
+
+    def skip(self, node: ToyNode, ctx: NodeContext) -> Availability | None:
+        if node.missing:
+            return Availability(ok=False, reason="toylib is missing", install="pip install toylib")
+        return None
+
+    def run(self, node: ToyNode, ctx: NodeContext, out: Path) -> ReferenceOutput:
+        self.ran.append(node.id)
+        time.sleep(node.sleep)
+        if node.fail:
+            raise RuntimeError(node.fail)
+        total = node.value + sum(
+            ctx.output(p, ReferenceOutput).samples for p in ctx.graph.parents(node.id)
+        )
+        (out / "value.txt").write_text(str(total))
+        return ReferenceOutput(runtime="toy", provider="toy", precision="fp32", samples=total)
+
+
+def _graph(*nodes: ToyNode) -> NodeGraph:
+    g = NodeGraph()
+    for n in nodes:
+        g.add(n)
+    return g
+
+
+def _run(
+    g: NodeGraph, cache: Cache, kind: ToyKind | None = None, instruments: tuple = ()
+) -> dict[str, NodeResult]:
+    inputs = BuildInputs(Path("unused.onnx"), "0", BuildConfig(), ())
+    kinds = {ToyNode: kind or ToyKind()}
+    return Scheduler(kinds, cache, instruments).run(NodeContext(inputs, g, HOST))
+
+
+def test_a_registered_toy_kind_runs_and_caches_by_content(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    kind = ToyKind()
+    first = _run(_graph(ToyNode("a", 1), ToyNode("b", 2, ("a",))), cache, kind)
+    assert {n: r.status for n, r in first.items()} == {"a": "ran", "b": "ran"}
+    assert first["b"].expect(ReferenceOutput).samples == 3
+    assert first["b"].out is not None and (first["b"].out / "value.txt").read_text() == "3"
+    again = _run(_graph(ToyNode("a", 1), ToyNode("b", 5, ("a",))), cache, kind)
+    assert {n: r.status for n, r in again.items()} == {"a": "cached", "b": "ran"}
+    assert kind.ran == ["a", "b", "b"]
+
+
+def test_an_entry_of_an_older_record_layout_is_made_anew(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    first = _run(_graph(ToyNode("a", 1)), cache)
+    entry = cache.root / first["a"].key[:2] / first["a"].key
+    (entry / "node.json").write_text('{"status": "ran", "output": {"kind": "toy"}}')
+    again = _run(_graph(ToyNode("a", 1)), cache)
+    assert again["a"].status == "ran" and again["a"].key == first["a"].key
+    assert _run(_graph(ToyNode("a", 1)), cache)["a"].status == "cached"
+
+
+def test_a_node_type_without_a_kind_is_refused(tmp_path: Path) -> None:
+    inputs = BuildInputs(Path("unused.onnx"), "0", BuildConfig(), ())
+    ctx = NodeContext(inputs, _graph(ToyNode("a")), HOST)
+    with pytest.raises(TypeError, match=r"no node kind registered for \['ToyNode'\]"):
+        Scheduler({}, Cache(tmp_path / "cache")).run(ctx)
+
+
+def test_a_failure_stays_in_its_branch(tmp_path: Path) -> None:
+    g = _graph(
+        ToyNode("a", 1),
+        ToyNode("bad", inputs=("a",), fail="boom"),
+        ToyNode("after-bad", inputs=("bad",)),
+        ToyNode("ok", inputs=("a",)),
+    )
+    results = _run(g, Cache(tmp_path / "cache"))
+    assert results["bad"].status == "failed" and "RuntimeError: boom" in results["bad"].reason
+    assert "Traceback" in results["bad"].traceback
+    assert results["after-bad"].status == "skipped"
+    assert results["after-bad"].reason == "upstream bad failed: RuntimeError: boom"
+    assert results["ok"].status == "ran"
+    assert not list((tmp_path / "cache" / "tmp").glob("*"))  # the failed scratch is gone
+
+
+def test_upstream_skips_carry_the_install_hint(tmp_path: Path) -> None:
+    g = _graph(ToyNode("lib", missing=True), ToyNode("uses", inputs=("lib",)))
+    results = _run(g, Cache(tmp_path / "cache"))
+    assert results["lib"].status == "skipped" and results["lib"].install == "pip install toylib"
+    uses = results["uses"]
+    assert uses.status == "skipped" and uses.reason == "upstream lib skipped: toylib is missing"
+    assert uses.install == "pip install toylib"
+
+
+class _Recorder:
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def before(self, node: NodeDef) -> None:
+        self.log.append(f"{self.name}.before {node.id}")
+
+    def after(self, node: NodeDef, result: NodeResult) -> None:
+        self.log.append(f"{self.name}.after {node.id}")
+
+
+def test_instruments_nest_around_each_node_once(tmp_path: Path) -> None:
+    log: list[str] = []
+    instruments = (_Recorder("outer", log), _Recorder("inner", log))
+    _run(
+        _graph(ToyNode("a"), ToyNode("b", inputs=("a",))), Cache(tmp_path / "c"), None, instruments
+    )
+    assert log == [
+        "outer.before a",
+        "inner.before a",
+        "inner.after a",
+        "outer.after a",
+        "outer.before b",
+        "inner.before b",
+        "inner.after b",
+        "outer.after b",
+    ]
+
+
+def test_timing_is_the_instrument_s_and_taken_once(tmp_path: Path) -> None:
+    ticks: list[float] = []
+
+    def clock() -> float:
+        ticks.append(time.perf_counter())
+        return ticks[-1]
+
+    g = _graph(ToyNode("slow", sleep=0.05))
+    events: list[tuple[str, float | None]] = []
+    progress = ProgressInstrument(lambda nid, r: events.append((nid, r and r.seconds)))
+    timed = _run(g, Cache(tmp_path / "c1"), None, (progress, TimingInstrument(clock)))
+    assert len(ticks) == 2  # one start, one stop: nothing else times the node
+    assert timed["slow"].seconds >= 0.05
+    assert events == [("slow", None), ("slow", timed["slow"].seconds)]
+    untimed = _run(g, Cache(tmp_path / "c2"))
+    assert untimed["slow"].seconds == 0.0  # nodes and kinds never time themselves
+
+
+def test_holdings_hand_a_copy_to_all_but_the_last_taker() -> None:
+    g = NodeGraph()
+    g.add(ToyNode("src"))
+    for child in ("x", "y"):
+        g.add(ToyNode(child, inputs=("src",)), handoff_from="src")
+    g.add(ToyNode("file-reader", inputs=("src",)))  # takes no handoff
+    held = Holdings(g)
+    model = tiny_mlp()
+    held.put("src", model)
+    first = held.take("src", "x")
+    assert first is not None and first is not model and first == model
+    assert held.take("src", "y") is model
+    assert held.held == frozenset()
+
+
+def test_holdings_drop_a_model_no_child_waits_for() -> None:
+    g = NodeGraph()
+    g.add(ToyNode("src"))
+    g.add(ToyNode("x", inputs=("src",)), handoff_from="src")
+    g.add(ToyNode("leaf"))
+    held = Holdings(g)
+    held.put("leaf", onnx.ModelProto())  # no handoff child: not kept
+    held.put("src", onnx.ModelProto())
+    assert held.held == {"src"}
+    held.finished("x", ok=False)  # the child was skipped or failed without taking it
+    assert held.held == frozenset() and held.take("src", "x") is None
