@@ -17,7 +17,8 @@ re-measuring after each. Two choices differ from NNCF, for reasons:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,17 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from compiler.core.parity import OutputParity, compare_outputs, output_metrics
-from compiler.core.tolerance import Tolerance
+from compiler.core.tolerance import DEFAULT_TOLERANCES, Tolerance
 from passes.ort_tools import run_model
 
-__all__ = ["AccuracyAwareConfig", "Gate", "keep_sensitive_layers_in_float"]
+__all__ = [
+    "AccuracyAwareConfig",
+    "Gate",
+    "gate_references",
+    "gate_tolerance",
+    "keep_sensitive_layers_in_float",
+    "output_margin",
+]
 
 Feeds = Sequence[dict[str, np.ndarray]]
 Outputs = list[dict[str, np.ndarray]]
@@ -52,8 +60,52 @@ class AccuracyAwareConfig(BaseModel):
     )
 
 
+def gate_tolerance(
+    tolerances: Mapping[str, Tolerance], min_cosine: float | None, min_top1: float | None
+) -> Tolerance:
+    """The build's int8 tolerance, with a pass's `min_cosine`/`min_top1` overriding it."""
+    tol = tolerances.get("int8", DEFAULT_TOLERANCES["int8"])
+    overrides = {
+        k: v for k, v in (("min_cosine", min_cosine), ("min_top1", min_top1)) if v is not None
+    }
+    return dataclasses.replace(tol, **overrides)
+
+
+def gate_references(
+    model: onnx.ModelProto,
+    feeds: Feeds,
+    reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None,
+) -> Outputs:
+    """What an int8 gate compares against: the package's reference (PassContext.reference)
+    when the DAG gives one, else the pass's float input on ONNX Runtime."""
+    if reference is not None:
+        return [reference(f) for f in feeds]
+    return run_model(model, feeds)
+
+
+def output_margin(m: OutputParity, tol: Tolerance) -> float:
+    """How far one output lies inside `tol` (negative: outside), >= 0 exactly when
+    compiler.core.parity.judge passes it: the least of the cosine and top-1 margins and, where
+    the tolerance bounds it, the max abs error's margin relative to its bound."""
+    if m.error or not m.finite:
+        return -1.0
+    terms = [m.cosine - tol.min_cosine]
+    if m.top1_agreement is not None:
+        terms.append(m.top1_agreement - tol.min_top1)
+    if tol.atol is not None:
+        bound = tol.atol + tol.rtol * m.ref_max_abs
+        if bound > 0:
+            terms.append((bound - m.max_abs_err) / bound)
+        else:
+            terms.append(0.0 if m.max_abs_err == 0 else -1.0)
+    return min(terms)
+
+
 class Gate:
-    """The int8 parity gate: compiler.core.parity's metrics and verdicts over a set of samples."""
+    """The int8 parity gate: compiler.core.parity's metrics and verdicts over a set of samples.
+
+    Both int8 passes judge with it (quantize's accuracy-aware loop, nncf's accuracy control).
+    """
 
     def __init__(self, tolerance: Tolerance, feeds: Feeds, references: Outputs) -> None:
         self.tolerance = tolerance
@@ -64,6 +116,12 @@ class Gate:
         outputs = run_model(model, self.feeds)
         ok, per_output = compare_outputs(outputs, self.references, lambda _name: self.tolerance)
         return ok, {name: _summary(m) for name, m in per_output.items()}
+
+    def margin(self, outputs: Sequence[Mapping[str, np.ndarray]], references: Outputs) -> float:
+        """The worst output's `output_margin` of `outputs` against `references`: the gate's
+        verdict as a number (>= 0: passes), for searches that need a metric."""
+        _, per_output = compare_outputs(outputs, references, lambda _name: self.tolerance)
+        return min(output_margin(m, self.tolerance) for m in per_output.values())
 
 
 def _summary(m: OutputParity) -> dict[str, Any]:

@@ -122,6 +122,9 @@ class Pass(ABC, Generic[C]):
     target_dependent: ClassVar[bool] = False
     uses_calibration: ClassVar[bool] = False
     uses_reference: ClassVar[bool] = False
+    # The precision the pass's output computes in ("int8", "fp16"); None: numerics preserved.
+    # A variant's precision is the lossiest of its passes' and its backend's (pipeline/config.py).
+    precision: ClassVar[str | None] = None
 
     def __init__(self, config: C) -> None:
         if not isinstance(config, self.config_cls):

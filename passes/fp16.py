@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import re
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx
@@ -127,6 +127,7 @@ class Fp16Pass(Pass[Fp16Config]):
     name = "fp16"
     version = "1"
     config_cls = Fp16Config
+    precision: ClassVar[str | None] = "fp16"
 
     def libraries(self) -> dict[str, str]:
         import onnxruntime as ort

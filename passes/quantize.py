@@ -13,7 +13,6 @@ on x86-64 (the u8 x s8 VPMADDUBSW/VNNI kernels), s8/s8 on arm, symmetric s8/s8 o
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -23,13 +22,18 @@ import onnx
 from pydantic import Field
 
 from compiler.core.errors import PassError
-from compiler.core.tolerance import DEFAULT_TOLERANCES, Tolerance
-from passes.accuracy import AccuracyAwareConfig, Gate, keep_sensitive_layers_in_float
+from passes.accuracy import (
+    AccuracyAwareConfig,
+    Gate,
+    gate_references,
+    gate_tolerance,
+    keep_sensitive_layers_in_float,
+)
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
-from passes.ort_tools import quiet, run_model
+from passes.ort_tools import quiet
 
-__all__ = ["QuantizeConfig", "QuantizePass"]
+__all__ = ["GENERATED_DATA_WARNING", "QuantizeConfig", "QuantizePass", "prepare_for_int8"]
 
 IntType = Literal["u8", "s8"]
 _PER_CHANNEL_OPSET = 13
@@ -104,11 +108,11 @@ class _Reader:
         return len(self.feeds)
 
 
-def _prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """A copy fit for ONNX Runtime's quantizer: unnamed nodes get stable names (so exclusions
-    can address every node), and Constant-node tensors become initializers (the quantizer
-    quantizes weights only when they are initializers; as Constants they would be treated as
-    activations, per-tensor)."""
+def prepare_for_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy fit for int8 quantizers (ONNX Runtime's, NNCF's): unnamed nodes get stable names
+    (so exclusions can address every node), and Constant-node tensors become initializers
+    (quantizers quantize weights only when they are initializers; as Constants they would be
+    treated as activations, per-tensor)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -165,6 +169,7 @@ class QuantizePass(Pass[QuantizeConfig]):
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
     uses_reference: ClassVar[bool] = True
+    precision: ClassVar[str | None] = "int8"
 
     def libraries(self) -> dict[str, str]:
         import onnxruntime as ort
@@ -182,7 +187,7 @@ class QuantizePass(Pass[QuantizeConfig]):
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         cfg = self.config
-        model, prepared = _prepare(model)
+        model, prepared = prepare_for_int8(model)
         upgraded = ""
         if cfg.per_channel:
             model, upgraded = _upgrade_for_per_channel(model)
@@ -226,7 +231,9 @@ class QuantizePass(Pass[QuantizeConfig]):
             if cfg.accuracy_aware.enabled:
                 if not feeds:
                     raise PassError("quantize: accuracy_aware needs sample data; none was given")
-                gate = Gate(self._tolerance(ctx), feeds, self._references(model, feeds, ctx))
+                aa = cfg.accuracy_aware
+                tol = gate_tolerance(ctx.tolerances, aa.min_cosine, aa.min_top1)
+                gate = Gate(tol, feeds, gate_references(model, feeds, ctx.reference))
                 out, record["accuracy_aware"] = keep_sensitive_layers_in_float(
                     model, out, quantize, gate, exclude, cfg.accuracy_aware
                 )
@@ -342,22 +349,3 @@ class QuantizePass(Pass[QuantizeConfig]):
                 "quantize: no node was quantized (no ops of the quantizable types, or all "
                 "excluded); set op_types, fewer exclusions, or drop the int8 variant"
             )
-
-    def _tolerance(self, ctx: PassContext) -> Tolerance:
-        tol = ctx.tolerances.get("int8", DEFAULT_TOLERANCES["int8"])
-        aa = self.config.accuracy_aware
-        overrides = {
-            k: v
-            for k, v in (("min_cosine", aa.min_cosine), ("min_top1", aa.min_top1))
-            if v is not None
-        }
-        return dataclasses.replace(tol, **overrides)
-
-    @staticmethod
-    def _references(
-        model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ctx: PassContext
-    ) -> list[dict[str, np.ndarray]]:
-        """The package's reference when the DAG gives one, else this pass's float input."""
-        if ctx.reference is not None:
-            return [ctx.reference(f) for f in feeds]
-        return run_model(model, feeds)

@@ -13,6 +13,7 @@ from pydantic import Field
 from passes.base import Pass, PassConfig, PassContext, PassResult
 from passes.fp16 import Fp16Config, Fp16Pass
 from passes.fuse import FuseConfig, FusePass
+from passes.nncf import NncfConfig, NncfPass
 from passes.quantize import QuantizeConfig, QuantizePass
 from passes.simplify import SimplifyConfig, SimplifyPass
 
@@ -31,11 +32,13 @@ PASSES: dict[str, type[Pass]] = {
     FusePass.name: FusePass,
     QuantizePass.name: QuantizePass,
     Fp16Pass.name: Fp16Pass,
+    NncfPass.name: NncfPass,
 }
 
 # A discriminated union on `name`: a config file's `name: quantize` picks QuantizeConfig.
 AnyPassConfig = Annotated[
-    SimplifyConfig | FuseConfig | QuantizeConfig | Fp16Config, Field(discriminator="name")
+    SimplifyConfig | FuseConfig | QuantizeConfig | Fp16Config | NncfConfig,
+    Field(discriminator="name"),
 ]
 
 

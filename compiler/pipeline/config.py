@@ -1,15 +1,34 @@
 """The build configuration: typed, validated, with one clear message per mistake.
 
-A config file (YAML or TOML) maps one to one onto `BuildConfig`. Targets take their variants
-from a named pipeline (compiler/pipelines.py) unless the file lists them; `--set a.b.c=v`
-overrides any field after the pipeline is expanded, so `--set cpu.quantize.method=entropy`
-changes the quantize pass of every cpu variant that has one.
+A config file (YAML or TOML) maps one to one onto `BuildConfig`. The command line picks the
+targets (`--targets`); the file configures them, and a target key the project does not know
+is an error. Each target takes its variants from a named pipeline (pipeline/pipelines.py,
+`default` unless the file says otherwise). Variants the file lists are merged over the
+pipeline's by name: a listed variant replaces the pipeline's variant of that name only, a
+variant set to null is dropped, and the others stay. `pipeline: none` builds only the
+file's variants. A variant's precision is derived from its passes and backend (`precision`).
+
+`--set KEY=VALUE` overrides the typed config after that (VALUE is read as YAML):
+
+- `parity.tolerances.fp32.atol=1e-3`, `dims.batch.max=8`, `latency.runs=50`: a dotted path
+  through the config's sections; one field changes and its siblings keep their values. A
+  new entry of a keyed section (`dims.<dim>`, `inputs.<input>`, `parity.outputs.<output>`)
+  starts empty, except a per-output tolerance, which starts from `parity.tolerances`.
+- `<target>.<pass>.<field>` (`cpu.quantize.calibration_method=entropy`): that field of that
+  pass in every variant of the target that has the pass; refused if none has it.
+- `<target>.<variant>.<pass|compile|enabled>...` (`cpu.ov-int8.nncf.preset=mixed`,
+  `gpu.trt-fp16.compile.workspace_mib=512`, `arm.tvm-fp32.enabled=false`): one variant.
+
+An unknown key is refused with the valid keys at the level where it stopped; a value of the
+wrong type is refused naming the key. Errors name their source: the config file's path or
+`--set KEY`.
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,15 +39,20 @@ from compiler.core.contract import DimRange
 from compiler.core.errors import ConfigError
 from compiler.core.hashing import sha256_json
 from compiler.core.policies import LatencyPolicy, PackageMeta, PackagePolicy, SelectionPolicy
+from compiler.core.targets import check_targets
 from compiler.core.tolerance import DEFAULT_TOLERANCES, ParityPolicy, Precision, Tolerance
-from passes.registry import AnyPassConfig
-from targets.registry import TARGETS, BackendOptionsUnion
+from compiler.pipeline.overrides import apply_override
+from compiler.pipeline.pipelines import PIPELINES
+from compiler.pipeline.variant import PRECISION_IS_DERIVED, VariantConfig, lossiest
 
 __all__ = [
+    "PRECISION_IS_DERIVED",
     "BuildConfig",
     "ParityConfig",
     "VariantConfig",
+    "apply_override",
     "load_config",
+    "lossiest",
     "resolve_config",
 ]
 
@@ -37,18 +61,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class VariantConfig(_Strict):
-    """One artifact of a target: graph passes after normalize, then a backend compile."""
-
-    passes: list[AnyPassConfig] = Field(default_factory=list)
-    compile: BackendOptionsUnion
-    precision: Precision = "fp32"
-    enabled: bool = True
-
-
 class TargetConfig(_Strict):
-    pipeline: str = "default"
-    variants: dict[str, VariantConfig] | None = None  # None: take the pipeline's
+    pipeline: str = Field(default="default", description="`none`: only the listed variants")
+    variants: dict[str, VariantConfig] = Field(default_factory=dict)
 
 
 class ParityConfig(_Strict):
@@ -111,14 +126,6 @@ class BuildConfig(_Strict):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     include_reference_model: bool = True
 
-    @field_validator("targets", mode="after")
-    @classmethod
-    def _known_targets(cls, v: dict[str, TargetConfig]) -> dict[str, TargetConfig]:
-        unknown = sorted(set(v) - set(TARGETS))
-        if unknown:
-            raise ValueError(f"unknown targets {unknown}; known: {sorted(TARGETS)}")
-        return v
-
     def digest(self) -> str:
         return sha256_json(self.model_dump(mode="json"))
 
@@ -127,6 +134,9 @@ class BuildConfig(_Strict):
         return PackagePolicy(
             parity=self.parity.policy(), latency=self.latency, selection=self.selection
         )
+
+
+# --------------------------------------------------------------------------- config files
 
 
 def _format_validation(exc: ValidationError, source: str) -> str:
@@ -155,96 +165,63 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_value(text: str) -> Any:
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def _expand_target(target: str, entry: dict[str, Any], source: str) -> dict[str, Any]:
+    """The target's settings with the pipeline's variants merged under the file's."""
+    name = entry.get("pipeline", "default")
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _apply_override(data: dict[str, Any], key: str, value: Any) -> int:
-    """Set `key` (dotted) in the raw config; returns how many places it changed.
-
-    `<target>.<pass>.<field>` addresses that pass in every variant of the target,
-    `<target>.<variant>.<pass|compile|precision>...` one variant; anything else is a plain path.
-    """
-    parts = key.split(".")
-    if parts[0] in TARGETS and len(parts) >= 3:
-        variants = data.get("targets", {}).get(parts[0], {}).get("variants") or {}
-        names = [parts[1]] if parts[1] in variants else list(variants)
-        rest = parts[2:] if parts[1] in variants else parts[1:]
-        changed = 0
-        for name in names:
-            v = variants[name]
-            if rest[0] in ("compile", "precision", "enabled"):
-                changed += _set_path(v, rest, value)
-                continue
-            for p in v.get("passes", []):
-                if p.get("name") == rest[0]:
-                    changed += _set_path(p, rest[1:], value)
-        return changed
-    return _set_path(data, parts, value)
-
-
-def _set_path(node: dict[str, Any], parts: list[str], value: Any) -> int:
-    if not parts:
-        return 0
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            return 0
-        node = nxt
-    node[parts[-1]] = value
-    return 1
+        factory = PIPELINES[target][name]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"config {source}: target {target}: no pipeline named '{name}'; "
+            f"known: {sorted(PIPELINES[target])}"
+        ) from None
+    variants: dict[str, Any] = {k: v.model_dump(mode="json") for k, v in factory().items()}
+    where = f"config {source}: targets.{target}.variants"
+    for vname, vdata in _mapping(entry.get("variants"), where).items():
+        if vdata is None:
+            variants.pop(vname, None)
+            continue
+        if isinstance(vdata, dict) and "precision" in vdata:
+            raise ConfigError(f"{where}.{vname}.precision: {PRECISION_IS_DERIVED}")
+        variants[vname] = vdata
+    return {**entry, "variants": variants}
 
 
 def resolve_config(
     raw: dict[str, Any] | None,
-    targets: list[str],
-    overrides: list[str] = (),  # type: ignore[assignment]
+    targets: Sequence[str],
+    overrides: Sequence[str] = (),
     source: str = "<defaults>",
 ) -> BuildConfig:
-    """Expand pipelines into variants for `targets`, apply `--set` overrides, validate."""
-    from compiler.pipeline.pipelines import PIPELINES
-
+    """Expand pipelines into variants for `targets`, validate, then apply `--set` overrides."""
+    picked = check_targets(targets)
     data = json.loads(json.dumps(raw or {}))  # deep copy of plain data
-    unknown = sorted(set(targets) - set(TARGETS))
-    if unknown:
-        raise ConfigError(f"unknown targets {unknown} in --targets; known: {sorted(TARGETS)}")
-    tcfg = data.setdefault("targets", {})
-    for t in list(tcfg):
-        if t not in targets:
-            del tcfg[t]  # the command line picks the targets; the file configures them
-    for t in targets:
-        entry = tcfg.setdefault(t, {}) or {}
-        tcfg[t] = entry
-        if entry.get("variants") is None:
-            name = entry.get("pipeline", "default")
-            try:
-                factory = PIPELINES[t][name]
-            except KeyError:
-                raise ConfigError(
-                    f"target {t}: no pipeline named '{name}'; known: {sorted(PIPELINES.get(t, {}))}"
-                ) from None
-            entry["variants"] = {k: v.model_dump(mode="json") for k, v in factory().items()}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(
-                f"--set {item!r}: expected KEY=VALUE, e.g. cpu.quantize.method=entropy"
-            )
-        if _apply_override(data, key.strip(), _parse_value(value.strip())) == 0:
-            raise ConfigError(
-                f"--set {key}: no such setting in the resolved config (targets {targets})"
-            )
+    in_file = _mapping(data.get("targets"), f"config {source}: targets")
+    if in_file:
+        check_targets(in_file, where=f"config {source}: targets")
+    data["targets"] = {
+        t: _expand_target(t, _mapping(in_file.get(t), f"config {source}: targets.{t}"), source)
+        for t in picked  # the command line picks the targets; the file configures them
+    }
     try:
-        return BuildConfig.model_validate(data)
+        config = BuildConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, source)) from None
+    for item in overrides:
+        config = apply_override(config, item)
+    return config
 
 
-def load_config(path: Path | None, targets: list[str], overrides: list[str] = ()) -> BuildConfig:  # type: ignore[assignment]
+def load_config(
+    path: Path | None, targets: Sequence[str], overrides: Sequence[str] = ()
+) -> BuildConfig:
     raw = _read_file(path) if path else {}
-    return resolve_config(raw, targets, list(overrides), source=str(path) if path else "<defaults>")
+    return resolve_config(raw, targets, overrides, source=str(path) if path else "<defaults>")

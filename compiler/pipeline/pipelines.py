@@ -1,24 +1,30 @@
 """Default pipelines per target, as data: target -> pipeline name -> variants.
 
-A variant is the passes after normalize plus a backend compile. Identical pass prefixes
-across variants are one node in the DAG, so the shared prefix runs once. Backends that are
-missing on a host are recorded as skipped there, so default pipelines may name all of them.
+A variant is the passes after normalize plus a backend compile; its precision follows from
+them (int8 from a quantize or nncf pass, fp16 from the fp16 pass or TensorRT's `precision`,
+bf16 from OpenVINO's `inference_precision`), so no variant here declares one. Identical pass
+prefixes across variants are one node in the DAG, so the shared prefix runs once. Backends
+that are missing on a host are recorded as skipped there, so default pipelines may name all
+of them. `none` is no variants: a config file's `pipeline: none` builds only its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
-from compiler.pipeline.config import VariantConfig
+from compiler.pipeline.variant import VariantConfig
 from passes.accuracy import AccuracyAwareConfig
 from passes.fp16 import Fp16Config
 from passes.fuse import FuseConfig
+from passes.nncf import NncfConfig
 from passes.quantize import QuantizeConfig
+from passes.registry import AnyPassConfig
 from passes.simplify import SimplifyConfig
 from targets.onnxruntime.backend import OnnxRuntimeOptions
 from targets.openvino.backend import OpenVinoOptions
-from targets.tensorrt import TensorRTOptions
-from targets.tvm import TvmOptions
+from targets.tensorrt.options import TensorRTOptions
+from targets.tvm.backend import TvmOptions
 
 __all__ = ["PIPELINES"]
 
@@ -33,34 +39,34 @@ def _ort_int8() -> VariantConfig:
     # simplify first: the shared prefix with ort-fp32, and a folded graph to calibrate.
     # No fuse before quantize: fused com.microsoft ops are not quantizable (docs/passes.md).
     quantize = QuantizeConfig(accuracy_aware=AccuracyAwareConfig(enabled=True))
-    return VariantConfig(
-        passes=[SimplifyConfig(), quantize], compile=OnnxRuntimeOptions(), precision="int8"
-    )
+    return VariantConfig(passes=[SimplifyConfig(), quantize], compile=OnnxRuntimeOptions())
 
 
-def _ov() -> OpenVinoOptions:
+def _ov(inference_precision: Literal["f32", "bf16"] = "f32", int8: bool = False) -> VariantConfig:
     # No fuse pass: OpenVINO fuses on its own and cannot read ONNX Runtime's com.microsoft ops.
-    # int8 is NNCF on the converted model; QDQ input is the alternative (docs/openvino.md).
-    return OpenVinoOptions()
+    # int8 is the nncf pass's QDQ model, which OpenVINO runs as int8 (docs/passes.md); simplify
+    # first folds BatchNormalization into Conv as OpenVINO's converter does, which NNCF's ONNX
+    # backend does not (unfolded: top-1 0.75 vs 1.0 on examples/tiny_cnn.onnx).
+    return VariantConfig(
+        passes=[SimplifyConfig(), NncfConfig()] if int8 else [],
+        compile=OpenVinoOptions(inference_precision=inference_precision),
+    )
 
 
 def _tvm(fp16: bool = False) -> VariantConfig:
     # simplify (shared prefix with ort) but no fuse: TVM cannot import com.microsoft ops.
     # fp16 is the fp16 pass's ONNX model, imported as is (docs/tvm.md).
-    if fp16:
-        return VariantConfig(
-            passes=[SimplifyConfig(), Fp16Config()], compile=TvmOptions(), precision="fp16"
-        )
-    return VariantConfig(passes=[SimplifyConfig()], compile=TvmOptions(), precision="fp32")
+    passes: list[AnyPassConfig] = [SimplifyConfig(), Fp16Config()] if fp16 else [SimplifyConfig()]
+    return VariantConfig(passes=passes, compile=TvmOptions())
 
 
 def default_cpu() -> dict[str, VariantConfig]:
     return {
         "ort-fp32": _ort(),
         "ort-int8": _ort_int8(),
-        "ov-f32": VariantConfig(compile=_ov(), precision="fp32"),
-        "ov-bf16": VariantConfig(compile=_ov(), precision="bf16"),
-        "ov-int8": VariantConfig(compile=_ov(), precision="int8"),
+        "ov-f32": _ov(),
+        "ov-bf16": _ov(inference_precision="bf16"),
+        "ov-int8": _ov(int8=True),
         "tvm-fp32": _tvm(),
     }
 
@@ -69,8 +75,8 @@ def default_arm() -> dict[str, VariantConfig]:
     return {
         "ort-fp32": _ort(),
         "ort-int8": _ort_int8(),
-        "ov-f32": VariantConfig(compile=_ov(), precision="fp32"),
-        "ov-int8": VariantConfig(compile=_ov(), precision="int8"),
+        "ov-f32": _ov(),
+        "ov-int8": _ov(int8=True),
         "tvm-fp32": _tvm(),
     }
 
@@ -79,18 +85,23 @@ def default_gpu() -> dict[str, VariantConfig]:
     # TensorRT: an engine where the build host has TensorRT and a GPU, else a deferred
     # build spec the serving host completes. int8 is explicit (symmetric QDQ) quantization.
     return {
-        "trt-fp32": VariantConfig(compile=TensorRTOptions(), precision="fp32"),
-        "trt-fp16": VariantConfig(compile=TensorRTOptions(), precision="fp16"),
+        "trt-fp32": VariantConfig(compile=TensorRTOptions()),
+        "trt-fp16": VariantConfig(compile=TensorRTOptions(precision="fp16")),
         "trt-int8": VariantConfig(
-            passes=[QuantizeConfig(mode="static")], compile=TensorRTOptions(), precision="int8"
+            passes=[QuantizeConfig(mode="static")], compile=TensorRTOptions()
         ),
         "tvm-fp32": _tvm(),
         "tvm-fp16": _tvm(fp16=True),
     }
 
 
+def no_pipeline() -> dict[str, VariantConfig]:
+    """`pipeline: none`: only the variants the config file lists."""
+    return {}
+
+
 PIPELINES: dict[str, dict[str, Callable[[], dict[str, VariantConfig]]]] = {
-    "cpu": {"default": default_cpu},
-    "arm": {"default": default_arm},
-    "gpu": {"default": default_gpu},
+    "cpu": {"default": default_cpu, "none": no_pipeline},
+    "arm": {"default": default_arm, "none": no_pipeline},
+    "gpu": {"default": default_gpu, "none": no_pipeline},
 }

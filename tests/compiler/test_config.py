@@ -1,3 +1,6 @@
+"""The typed build config: files, default pipelines and derived precision, one test per error
+message (`--set` overrides: test_overrides.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -5,44 +8,120 @@ from pathlib import Path
 import pytest
 
 from compiler.core.errors import ConfigError
-from compiler.pipeline.config import load_config, resolve_config
+from compiler.pipeline.config import (
+    PRECISION_IS_DERIVED,
+    load_config,
+    lossiest,
+    resolve_config,
+)
+
+ALL = ["cpu", "arm", "gpu"]
+
+
+# --------------------------------------------------------------------------- default pipelines
 
 
 def test_defaults_expand_the_pipeline_per_target() -> None:
     cfg = resolve_config(None, ["cpu", "arm"])
     assert set(cfg.targets) == {"cpu", "arm"}
-    assert "ort-fp32" in cfg.targets["cpu"].variants
     assert cfg.targets["cpu"].variants["ort-fp32"].compile.backend == "onnxruntime"
 
 
-def test_set_reaches_a_pass_in_every_variant_of_a_target() -> None:
-    cfg = resolve_config(None, ["cpu", "arm"], ["cpu.fuse.level=extended"])
-    cpu_levels = {
-        p.level for v in cfg.targets["cpu"].variants.values() for p in v.passes if p.name == "fuse"
-    }
-    arm_levels = {
-        p.level for v in cfg.targets["arm"].variants.values() for p in v.passes if p.name == "fuse"
-    }
-    assert cpu_levels == {"extended"} and arm_levels == {"basic"}
+@pytest.mark.parametrize(
+    ("target", "variant", "passes", "backend", "precision"),
+    [
+        ("cpu", "ort-fp32", ["simplify", "fuse"], "onnxruntime", "fp32"),
+        ("cpu", "ort-int8", ["simplify", "quantize"], "onnxruntime", "int8"),
+        ("cpu", "ov-f32", [], "openvino", "fp32"),
+        ("cpu", "ov-bf16", [], "openvino", "bf16"),
+        ("cpu", "ov-int8", ["simplify", "nncf"], "openvino", "int8"),
+        ("cpu", "tvm-fp32", ["simplify"], "tvm", "fp32"),
+        ("arm", "ort-fp32", ["simplify", "fuse"], "onnxruntime", "fp32"),
+        ("arm", "ort-int8", ["simplify", "quantize"], "onnxruntime", "int8"),
+        ("arm", "ov-f32", [], "openvino", "fp32"),
+        ("arm", "ov-int8", ["simplify", "nncf"], "openvino", "int8"),
+        ("arm", "tvm-fp32", ["simplify"], "tvm", "fp32"),
+        ("gpu", "trt-fp32", [], "tensorrt", "fp32"),
+        ("gpu", "trt-fp16", [], "tensorrt", "fp16"),
+        ("gpu", "trt-int8", ["quantize"], "tensorrt", "int8"),
+        ("gpu", "tvm-fp32", ["simplify"], "tvm", "fp32"),
+        ("gpu", "tvm-fp16", ["simplify", "fp16"], "tvm", "fp16"),
+    ],
+)
+def test_default_pipelines_and_their_derived_precision(
+    target: str, variant: str, passes: list[str], backend: str, precision: str
+) -> None:
+    v = resolve_config(None, ALL).targets[target].variants[variant]
+    assert [p.name for p in v.passes] == passes
+    assert v.compile.backend == backend
+    assert v.precision == precision
 
 
-def test_set_plain_path_and_typed_values() -> None:
-    cfg = resolve_config(None, ["cpu"], ["latency.runs=7", "dims.batch={min: 1, opt: 2, max: 4}"])
-    assert cfg.latency.runs == 7 and cfg.dims["batch"].opt == 2
+def test_default_variant_names() -> None:
+    cfg = resolve_config(None, ALL)
+    assert {t: sorted(c.variants) for t, c in cfg.targets.items()} == {
+        "cpu": ["ort-fp32", "ort-int8", "ov-bf16", "ov-f32", "ov-int8", "tvm-fp32"],
+        "arm": ["ort-fp32", "ort-int8", "ov-f32", "ov-int8", "tvm-fp32"],
+        "gpu": ["trt-fp16", "trt-fp32", "trt-int8", "tvm-fp16", "tvm-fp32"],
+    }
+    ort_int8 = cfg.targets["cpu"].variants["ort-int8"].passes[1]
+    trt_int8 = cfg.targets["gpu"].variants["trt-int8"].passes[0]
+    assert ort_int8.accuracy_aware.enabled is True  # type: ignore[union-attr]
+    assert trt_int8.mode == "static"  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- derived precision
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("precisions", "lossiest_one"),
     [
-        (["latency.runs"], r"expected KEY=VALUE"),
-        (["cpu.nosuchpass.x=1"], r"--set cpu.nosuchpass.x: no such setting"),
-        (["latency.runs=0"], r"latency.runs: Input should be greater than or equal to 1"),
-        (["cpu.fuse.level=all"], r"level: Input should be 'basic' or 'extended'"),
+        ([], "fp32"),
+        ([None, None], "fp32"),
+        (["fp32"], "fp32"),
+        ([None, "fp16", "fp32"], "fp16"),
+        (["bf16", "fp32"], "bf16"),
+        (["fp16", "bf16"], "bf16"),  # one tier; bf16 has the looser tolerance
+        (["int8", "bf16"], "int8"),
+        (["fp16", None, "int8", "fp32"], "int8"),
     ],
 )
-def test_override_errors_are_clear(overrides: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        resolve_config(None, ["cpu"], overrides)
+def test_precision_is_the_lossiest(precisions: list[str | None], lossiest_one: str) -> None:
+    assert lossiest(precisions) == lossiest_one
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variant", "precision"),
+    [
+        (["cpu.ov-f32.compile.inference_precision=bf16"], ("cpu", "ov-f32"), "bf16"),
+        (["cpu.ov-bf16.compile.inference_precision=f32"], ("cpu", "ov-bf16"), "fp32"),
+        (["gpu.trt-fp32.compile.precision=bf16"], ("gpu", "trt-fp32"), "bf16"),
+        (["gpu.trt-int8.compile.precision=fp16"], ("gpu", "trt-int8"), "int8"),
+        (["gpu.tvm-fp16.fp16.keep_io_types=false"], ("gpu", "tvm-fp16"), "fp16"),
+    ],
+)
+def test_precision_follows_passes_and_backend_options(
+    overrides: list[str], variant: tuple[str, str], precision: str
+) -> None:
+    cfg = resolve_config(None, ALL, overrides)
+    assert cfg.targets[variant[0]].variants[variant[1]].precision == precision
+
+
+def test_precision_in_a_file_variant_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "targets:\n  cpu:\n    variants:\n"
+        "      mine: {compile: {backend: openvino}, precision: bf16}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["cpu"])
+    assert str(err.value) == (
+        f"config {path}: targets.cpu.variants.mine.precision: {PRECISION_IS_DERIVED}"
+    )
+    assert "\n" not in str(err.value) and "inference_precision: bf16" in str(err.value)
+
+
+# --------------------------------------------------------------------------- config files
 
 
 def test_config_file_yaml_and_toml(tmp_path: Path) -> None:
@@ -70,25 +149,66 @@ def test_config_file_errors_name_the_file_and_field(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml", ["cpu"])
 
 
-def test_unknown_pipeline_and_target() -> None:
-    with pytest.raises(ConfigError, match="no pipeline named 'turbo'"):
-        resolve_config({"targets": {"cpu": {"pipeline": "turbo"}}}, ["cpu"])
-    with pytest.raises(ConfigError, match=r"unknown targets \['tpu'\]"):
-        resolve_config(None, ["tpu"])
+def test_unknown_pipeline(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("targets: {cpu: {pipeline: turbo}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["cpu"])
+    assert str(err.value) == (
+        f"config {path}: target cpu: no pipeline named 'turbo'; known: ['default', 'none']"
+    )
 
 
-def test_variants_in_the_file_replace_the_pipeline() -> None:
+def test_unknown_target_on_the_command_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve_config(None, ["cpu", "tpu"])
+    assert (
+        str(err.value) == "--targets: unknown target(s) ['tpu']; choose from ['arm', 'cpu', 'gpu']"
+    )
+
+
+def test_unknown_target_key_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("targets: {cpu: {}, cpux: {pipeline: default}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["cpu"])
+    assert str(err.value) == (
+        f"config {path}: targets: unknown target(s) ['cpux']; choose from ['arm', 'cpu', 'gpu']"
+    )
+
+
+def test_target_entry_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("targets: {cpu: default}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: targets.cpu must be a mapping, got str"):
+        load_config(path, ["cpu"])
+
+
+def test_the_command_line_picks_the_targets() -> None:
+    """A file configuring only cpu builds what --targets says; its arm settings are unused."""
+    raw = {"targets": {"cpu": {"pipeline": "none"}, "arm": {"pipeline": "none"}}}
+    cfg = resolve_config(raw, ["cpu", "gpu"])
+    assert list(cfg.targets) == ["cpu", "gpu"]
+    assert cfg.targets["cpu"].variants == {} and "trt-fp32" in cfg.targets["gpu"].variants
+
+
+def test_file_variants_merge_over_the_pipeline() -> None:
+    """Listing a variant replaces that one only: the defaults stay on."""
+    mine = {"compile": {"backend": "onnxruntime", "graph_optimization_level": "basic"}}
+    raw = {"targets": {"cpu": {"variants": {"mine": mine, "ort-fp32": mine, "ov-bf16": None}}}}
+    variants = resolve_config(raw, ["cpu"]).targets["cpu"].variants
+    assert sorted(variants) == ["mine", "ort-fp32", "ort-int8", "ov-f32", "ov-int8", "tvm-fp32"]
+    assert variants["ort-fp32"].passes == []  # replaced, not merged field by field
+    assert variants["ort-int8"].precision == "int8"  # the accuracy-aware default is still there
+
+
+def test_pipeline_none_builds_only_the_file_variants() -> None:
     raw = {
         "targets": {
             "cpu": {
-                "variants": {
-                    "mine": {
-                        "compile": {"backend": "onnxruntime", "graph_optimization_level": "basic"}
-                    }
-                }
+                "pipeline": "none",
+                "variants": {"mine": {"compile": {"backend": "onnxruntime"}}},
             }
         }
     }
-    cfg = resolve_config(raw, ["cpu"])
-    assert list(cfg.targets["cpu"].variants) == ["mine"]
-    assert cfg.targets["cpu"].variants["mine"].compile.graph_optimization_level == "basic"
+    assert list(resolve_config(raw, ["cpu"]).targets["cpu"].variants) == ["mine"]

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compiler.core.parity import OutputParity
 from compiler.pipeline.interface import extract_contract
 from passes.base import PassContext
 
@@ -234,7 +235,7 @@ def run(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[dict
 
 def parity(
     a: onnx.ModelProto, b: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
-) -> dict[str, dict[str, float]]:
+) -> dict[str, OutputParity]:
     """compiler.core.parity metrics of b's outputs against a's, per output."""
     from compiler.core.parity import output_metrics
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from compiler.pipeline.config import DEFAULT_TOLERANCES
+from compiler.core.tolerance import DEFAULT_TOLERANCES
 from passes.quantize import QuantizeConfig, QuantizePass
 from tests.passes.builders import context, outlier_mlp, parity
 
@@ -28,7 +29,7 @@ def test_plain_int8_fails_the_gate_on_the_outlier_model(tmp_path: Path) -> None:
     model = outlier_mlp()
     plain = _quantize(model, tmp_path, enabled=False).model
     m = parity(model, plain, _feeds(8, seed=2))["y"]
-    assert m["cosine"] < INT8.min_cosine or m["top1_agreement"] < INT8.min_top1
+    assert m.cosine < INT8.min_cosine or m.top1_agreement < INT8.min_top1
 
 
 def test_keeps_the_costly_layer_in_float_and_passes(tmp_path: Path) -> None:
@@ -46,7 +47,7 @@ def test_keeps_the_costly_layer_in_float_and_passes(tmp_path: Path) -> None:
     dq_outputs = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
     assert ops["mm1"].input[1] not in dq_outputs and ops["mm2"].input[1] in dq_outputs
     m = parity(model, result.model, _feeds(8, seed=2))["y"]
-    assert m["cosine"] >= INT8.min_cosine and m["top1_agreement"] >= INT8.min_top1
+    assert m.cosine >= INT8.min_cosine and m.top1_agreement >= INT8.min_top1
 
 
 def test_budget_spent_is_reported(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_passing_model_keeps_everything_int8(tmp_path: Path) -> None:
 
 
 def test_gate_uses_the_build_tolerance_and_reference(tmp_path: Path) -> None:
-    """With the DAG's context (tolerances as dicts, a reference), the gate reads both."""
+    """With the DAG's context (tolerances, a reference), the gate reads both."""
     model = outlier_mlp(outlier=1.0)
     calls: list[int] = []
 
@@ -76,7 +77,7 @@ def test_gate_uses_the_build_tolerance_and_reference(tmp_path: Path) -> None:
         calls.append(1)
         return run(model, [feed])[0]
 
-    strict = {"int8": {**INT8.model_dump(), "min_cosine": 0.999999}}
+    strict = {"int8": dataclasses.replace(INT8, min_cosine=0.999999)}
     ctx = context(model, tmp_path, _feeds(8, seed=1), reference=reference, tolerances=strict)
     cfg = QuantizeConfig(mode="static", accuracy_aware={"enabled": True, "max_float_layers": 2})
     aa = QuantizePass(cfg)(model, ctx).record["accuracy_aware"]

@@ -27,7 +27,7 @@ def test_basic_folds_batchnorm_into_conv(tmp_path: Path) -> None:
     ops = op_histogram(result.model)
     assert "BatchNormalization" not in ops and "Identity" not in ops
     assert result.record["transformer"].startswith("off")
-    assert parity(model, result.model, smooth_images(4))["y"]["max_abs_err"] <= FP32_ATOL
+    assert parity(model, result.model, smooth_images(4))["y"].max_abs_err <= FP32_ATOL
 
 
 def test_all_level_is_refused() -> None:
@@ -46,7 +46,7 @@ def test_transformer_auto_fuses_layernorm_on_attention_graphs(tmp_path: Path) ->
     assert isinstance(result.record["transformer"], dict)
     assert result.record["transformer"]["model_type"] == "bert"
     m = parity(model, result.model, _tokens(4))["y"]
-    assert m["max_abs_err"] <= FP32_ATOL
+    assert m.max_abs_err <= FP32_ATOL
 
 
 def test_layernorm_fusion_off_below_opset_17(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_layernorm_fusion_off_below_opset_17(tmp_path: Path) -> None:
     result = FusePass(FuseConfig(level="extended"))(model, context(model, tmp_path))
     assert "LayerNormalization" not in op_histogram(result.model)
     assert "opset >= 17" in result.record["layer_norm_fusion"]
-    assert parity(model, result.model, _tokens(2))["y"]["max_abs_err"] <= FP32_ATOL
+    assert parity(model, result.model, _tokens(2))["y"].max_abs_err <= FP32_ATOL
 
 
 def test_transformer_off_skips_python_fusions(tmp_path: Path) -> None:

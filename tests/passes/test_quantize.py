@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from compiler.core.errors import PassError
-from compiler.pipeline.config import DEFAULT_TOLERANCES
+from compiler.core.tolerance import DEFAULT_TOLERANCES
 from passes.base import op_histogram
 from passes.quantize import GENERATED_DATA_WARNING, QuantizeConfig, QuantizePass
 from tests.passes.builders import (
@@ -52,10 +52,10 @@ def test_static_qdq_on_cnn_within_int8_tolerance(tmp_path: Path) -> None:
     assert result.record["mode"] == "static"
     assert ops["QuantizeLinear"] >= 3 and ops["DequantizeLinear"] >= 5  # acts + conv/gemm weights
     assert result.record["calibration"] == {"method": "minmax", "samples": 16, "source": "user"}
-    assert result.record["warnings"] == []
+    assert result.warnings == [] and result.summary is not None
     held_out = smooth_images(32, seed=7)
     m = parity(model, result.model, held_out)["y"]
-    assert m["cosine"] >= INT8.min_cosine
+    assert m.cosine >= INT8.min_cosine
     assert _decided_top1(run(model, held_out), run(result.model, held_out)) >= INT8.min_top1
 
 
@@ -98,7 +98,7 @@ def test_histogram_calibration_methods(tmp_path: Path, method: str) -> None:
     result = _quantize(model, tmp_path, calibration_method=method)
     assert result.record["calibration"]["method"] == method
     m = parity(model, result.model, smooth_images(16, seed=7))["y"]
-    assert m["cosine"] >= INT8.min_cosine
+    assert m.cosine >= INT8.min_cosine
 
 
 def test_auto_picks_dynamic_for_attention(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_auto_picks_dynamic_for_attention(tmp_path: Path) -> None:
     assert result.record["mode"] == "dynamic"
     assert ops.get("DynamicQuantizeLinear", 0) >= 1 and "QuantizeLinear" not in ops
     m = parity(model, result.model, feeds)["y"]
-    assert m["cosine"] >= INT8.min_cosine
+    assert m.cosine >= INT8.min_cosine
 
 
 def test_exclusions_by_name_and_op_type(tmp_path: Path) -> None:
@@ -133,7 +133,8 @@ def test_generated_calibration_warns_loudly(tmp_path: Path) -> None:
     result = QuantizePass(QuantizeConfig())(
         model, context(model, tmp_path, smooth_images(4), source="generated")
     )
-    assert result.record["warnings"] == [GENERATED_DATA_WARNING]
+    assert result.warnings == [GENERATED_DATA_WARNING]
+    assert result.summary is not None and result.summary.warnings == [GENERATED_DATA_WARNING]
     assert "not meaningful" in GENERATED_DATA_WARNING
 
 

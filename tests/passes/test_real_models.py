@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.pipeline.config import DEFAULT_TOLERANCES
+from compiler.core.tolerance import DEFAULT_TOLERANCES
 from passes.fp16 import Fp16Config, Fp16Pass
 from passes.quantize import QuantizeConfig, QuantizePass
 from passes.simplify import SimplifyConfig, SimplifyPass
@@ -85,7 +85,8 @@ def test_simplify_keeps_real_models_exact(tmp_path: Path, name: str) -> None:
     )
     result = SimplifyPass(SimplifyConfig())(model, context(model, tmp_path, feeds))
     assert result.skipped == "", result.skipped
-    assert result.record["nodes_after"] < result.record["nodes_before"]
+    assert result.summary is not None
+    assert result.summary.nodes_after < result.summary.nodes_before
     for ref, out in zip(run(model, feeds), run(result.model, feeds), strict=True):
         for k in ref:
             np.testing.assert_allclose(out[k], ref[k], atol=1e-4, rtol=1e-3)

@@ -23,8 +23,21 @@ def test_each_pass_parses_and_runs(tmp_path: Path, name: str) -> None:
     assert p.version and p.libraries()["onnx"]
     model = small_cnn()
     result = p(model, context(model, tmp_path, smooth_images(4)))
-    assert result.record["pass"] == name and result.record["version"] == p.version
+    assert result.summary is not None
+    assert result.summary.name == name and result.summary.version == p.version
     assert [i.name for i in result.model.graph.input] == ["x"]
+
+
+def test_each_pass_declares_its_output_precision() -> None:
+    """What variants derive their precision from (None: numerics preserved)."""
+    declared = {name: cls.precision for name, cls in PASSES.items()}
+    assert declared == {
+        "simplify": None,
+        "fuse": None,
+        "quantize": "int8",
+        "fp16": "fp16",
+        "nncf": "int8",
+    }
 
 
 def test_unknown_pass_name_lists_the_known_ones() -> None:

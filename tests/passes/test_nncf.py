@@ -1,0 +1,208 @@
+"""nncf: NNCF int8 (QDQ) on a small CNN, OpenVINO running it in int8, the one int8 gate with
+NNCF's accuracy control, ignored scopes, calibration warnings, quiet output, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.core.errors import PassError
+from compiler.core.tolerance import DEFAULT_TOLERANCES, Tolerance
+from passes.base import op_histogram
+from passes.nncf import NncfConfig, NncfPass
+from passes.quantize import GENERATED_DATA_WARNING
+from tests.passes.builders import (
+    attention_block,
+    context,
+    outlier_mlp,
+    parity,
+    run,
+    small_cnn,
+    smooth_images,
+)
+
+pytest.importorskip("nncf")
+
+INT8 = DEFAULT_TOLERANCES["int8"]
+
+
+def _nncf(
+    model: onnx.ModelProto,
+    tmp: Path,
+    feeds: list | None = None,
+    source: str = "user",
+    **kw: object,
+):  # -> PassResult
+    feeds = smooth_images(16) if feeds is None else feeds
+    return NncfPass(NncfConfig(**kw))(model, context(model, tmp, feeds, source=source))
+
+
+def _mlp_feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0, 1, (4, 16)).astype(np.float32)} for _ in range(count)]
+
+
+def test_qdq_on_cnn_passes_the_int8_gate(tmp_path: Path) -> None:
+    model = small_cnn()
+    result = _nncf(model, tmp_path, accuracy_control={"enabled": True})
+    ops = op_histogram(result.model)
+    assert ops["QuantizeLinear"] >= 3 and ops["DequantizeLinear"] >= 5  # acts + conv/gemm weights
+    assert result.record["model_type"] == "cnn" and result.record["preset"] == "performance"
+    assert result.record["calibration"] == {"samples": 16, "source": "user"}
+    assert result.warnings == []
+    ac = result.record["accuracy_control"]
+    final = ac.get("gate_after", ac["gate_before"])
+    assert final["passed"] is True, ac
+    held_out = parity(model, result.model, smooth_images(32, seed=7))["y"]
+    assert held_out.cosine >= INT8.min_cosine
+
+
+def test_openvino_compiles_the_qdq_model_in_int8(tmp_path: Path) -> None:
+    ov = pytest.importorskip("openvino")
+    model = small_cnn()
+    result = _nncf(model, tmp_path)
+    path = tmp_path / "int8.onnx"
+    onnx.save(result.model, path)
+    compiled = ov.Core().compile_model(
+        ov.convert_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    runtime = compiled.get_runtime_model().get_ordered_ops()
+    conv_precisions = {
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in runtime
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+    }
+    assert conv_precisions <= {"u8", "i8"} and conv_precisions, conv_precisions
+    feeds = smooth_images(8, seed=3)
+    ort_out = run(result.model, feeds)
+    for feed, expected in zip(feeds, ort_out, strict=True):
+        got = compiled(feed)[0]
+        np.testing.assert_allclose(got, expected["y"], atol=1e-2)
+
+
+def test_auto_model_type_reads_attention(tmp_path: Path) -> None:
+    model = attention_block()
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.normal(0, 1, (2, 8, 16)).astype(np.float32)} for _ in range(4)]
+    result = _nncf(model, tmp_path, feeds)
+    assert result.record["model_type"] == "transformer"
+    assert "'attention_blocks': 1" in result.record["model_type_rule"]
+    assert parity(model, result.model, feeds)["y"].cosine >= INT8.min_cosine
+
+
+def test_accuracy_control_keeps_the_costly_layer_in_float(tmp_path: Path) -> None:
+    """The gate (min_cosine 0.999 here) fails plain int8 of the outlier MLP; NNCF's accuracy
+    control, with the gate's margin as its metric, reverts the first MatMul and passes."""
+    model = outlier_mlp()
+    result = _nncf(
+        model,
+        tmp_path,
+        _mlp_feeds(8, seed=1),
+        accuracy_control={"enabled": True, "min_cosine": 0.999},
+    )
+    ac = result.record["accuracy_control"]
+    assert ac["gate_before"]["passed"] is False
+    assert "cosine" in ac["gate_before"]["outputs"]["y"]["failures"][0]
+    assert ac["kept_in_float"] == ["mm1"]
+    assert ac["gate_after"]["passed"] is True
+    dq_outputs = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
+    nodes = {n.name: n for n in result.model.graph.node}
+    assert nodes["mm1"].input[1] not in dq_outputs and nodes["mm2"].input[1] in dq_outputs
+
+
+def test_accuracy_control_leaves_a_passing_model_alone(tmp_path: Path) -> None:
+    result = _nncf(
+        outlier_mlp(outlier=1.0), tmp_path, _mlp_feeds(8, 1), accuracy_control={"enabled": True}
+    )
+    ac = result.record["accuracy_control"]
+    assert ac["gate_before"]["passed"] is True and ac["kept_in_float"] == []
+    assert "gate_after" not in ac
+
+
+def test_accuracy_control_budget_spent_is_reported(tmp_path: Path) -> None:
+    ac_cfg = {"enabled": True, "min_cosine": 0.99999, "max_iterations": 1}
+    result = _nncf(outlier_mlp(), tmp_path, _mlp_feeds(8, 1), accuracy_control=ac_cfg)
+    ac = result.record["accuracy_control"]
+    assert ac["gate_after"]["passed"] is False and len(ac["kept_in_float"]) == 1
+    assert "max_iterations=1" in ac["budget_spent"]
+
+
+def test_accuracy_control_needs_room_under_the_gate(tmp_path: Path) -> None:
+    """min_cosine 1.0: even the float model only just meets it; nothing to search for."""
+    ac_cfg = {"enabled": True, "min_cosine": 1.0}
+    result = _nncf(outlier_mlp(), tmp_path, _mlp_feeds(8, 1), accuracy_control=ac_cfg)
+    assert "no int8 model can pass it" in result.record["accuracy_control"]["not_run"]
+
+
+def test_gate_uses_the_build_tolerance_and_reference(tmp_path: Path) -> None:
+    model = outlier_mlp(outlier=1.0)
+    calls: list[int] = []
+
+    def reference(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(1)
+        return run(model, [feed])[0]
+
+    strict = {"int8": Tolerance(atol=None, min_cosine=0.9999999, min_top1=0.9)}
+    ctx = context(model, tmp_path, _mlp_feeds(8, 1), reference=reference, tolerances=strict)
+    cfg = NncfConfig(accuracy_control={"enabled": True, "max_iterations": 1})
+    ac = NncfPass(cfg)(model, ctx).record["accuracy_control"]
+    assert calls, "the reference was not used"
+    assert "< 0.9999999" in ac["gate_before"]["outputs"]["y"]["failures"][0]
+
+
+def test_ignored_scope_types_stay_float(tmp_path: Path) -> None:
+    result = _nncf(small_cnn(), tmp_path, ignored_scope={"types": ["Gemm"]})
+    dq_outputs = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
+    nodes = {n.name: n for n in result.model.graph.node}
+    assert not set(nodes["fc"].input) & dq_outputs
+    assert nodes["conv2"].input[1] in dq_outputs
+
+
+def test_unknown_ignored_name_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PassError, match=r"ignored_scope.names \['conv9'\] are not nodes"):
+        _nncf(small_cnn(), tmp_path, ignored_scope={"names": ["conv9"]})
+
+
+def test_ignored_pattern_matching_nothing_quotes_nncf(tmp_path: Path) -> None:
+    with pytest.raises(
+        PassError, match=r"nncf refused the model or its options: Ignored nodes that matches "
+    ):
+        _nncf(small_cnn(), tmp_path, ignored_scope={"patterns": ["nomatch.*"]})
+
+
+def test_everything_ignored_is_an_error(tmp_path: Path) -> None:
+    scope = {"types": ["Conv", "Gemm", "GlobalAveragePool", "Relu", "BatchNormalization"]}
+    with pytest.raises(PassError, match="no node is quantized"):
+        _nncf(small_cnn(), tmp_path, ignored_scope=scope)
+
+
+def test_no_calibration_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PassError, match="needs calibration samples and got none"):
+        _nncf(small_cnn(), tmp_path, feeds=[])
+
+
+def test_generated_calibration_warns_loudly(tmp_path: Path) -> None:
+    result = _nncf(small_cnn(), tmp_path, smooth_images(4), source="generated")
+    assert result.warnings == [GENERATED_DATA_WARNING]
+    assert result.summary is not None and result.summary.warnings == [GENERATED_DATA_WARNING]
+
+
+def test_nothing_reaches_stdout(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """NNCF draws progress bars on stdout; build output must not carry them."""
+    _nncf(
+        outlier_mlp(),
+        tmp_path,
+        _mlp_feeds(8, 1),
+        accuracy_control={"enabled": True, "min_cosine": 0.999},
+    )
+    assert capfd.readouterr().out == ""
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    model = small_cnn()
+    a = _nncf(model, tmp_path).model.SerializeToString(deterministic=True)
+    b = _nncf(model, tmp_path).model.SerializeToString(deterministic=True)
+    assert a == b
