@@ -14,10 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from compiler.core.errors import CompilePkgError
+from compiler.build import build_package
+from compiler.core.errors import CompilePkgError, ConfigError
+from compiler.core.feeds import read_feeds_npz, read_npz, write_npz
+from compiler.core.targets import check_targets
+from compiler.packaging.compare import compare_packages
+from compiler.packaging.emulated import verify_emulated
+from compiler.packaging.report import artifact_rows
+from compiler.packaging.reverify import verify_package
+from compiler.packaging.write import pack as pack_
+from compiler.pipeline.config import load_config
+from compiler.pipeline.graph import build_graph, describe_graph
+from compiler.pipeline.normalize import Source, parse_input_spec
+from compiler.serving.loader import load
+from compiler.serving.manifest import read_manifest
 
 __all__ = ["main"]
 
@@ -44,13 +58,12 @@ def cli() -> None:
 
 
 def _targets(value: str) -> tuple[str, ...]:
-    from targets.registry import TARGETS
+    """The --targets list, checked by the one target table (compiler.core.targets)."""
 
-    names = tuple(t.strip() for t in value.split(",") if t.strip())
-    bad = [t for t in names if t not in TARGETS]
-    if bad or not names:
-        raise click.BadParameter(f"unknown target(s) {bad}; choose from {sorted(TARGETS)}")
-    return names
+    try:
+        return check_targets(value.split(","))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @cli.command()
@@ -107,10 +120,6 @@ def build(
     print_dag: bool,
 ) -> None:
     """Build a package from MODEL (an .onnx file or package.module:factory for PyTorch)."""
-    from compiler.build import build_package
-    from compiler.pipeline.config import load_config
-    from compiler.pipeline.dag import build_graph, describe_graph
-    from compiler.pipeline.normalize import Source, parse_input_spec
 
     targets = _targets(targets_)
     config = load_config(config_path, list(targets), list(overrides))
@@ -162,7 +171,6 @@ def build(
 
 
 def _print_artifacts(manifest: Any) -> None:
-    from compiler.packaging.report import artifact_rows
 
     table = Table(title="artifacts")
     for col in (
@@ -195,7 +203,6 @@ def _print_artifacts(manifest: Any) -> None:
 @click.argument("package", type=click.Path(path_type=Path))
 def inspect(package: Path) -> None:
     """Summarize a package: contract, artifacts, status, parity, latency."""
-    from compiler.serving.manifest import read_manifest
 
     m = read_manifest(package)
     out_console.print(
@@ -235,7 +242,6 @@ def inspect(package: Path) -> None:
 )
 def verify(package: Path, no_latency: bool, emulate: str | None) -> None:
     """Re-check hashes and re-measure parity and latency on this host; append the records."""
-    from compiler.packaging.reverify import verify_package
 
     results = verify_package(package, measure_latency=not no_latency)
     table = Table(title="verification on this host")
@@ -260,7 +266,6 @@ def verify(package: Path, no_latency: bool, emulate: str | None) -> None:
 
 def _verify_emulated(package: Path, arch: str) -> bool:
     """Print the emulated parity table; True when an artifact failed."""
-    from compiler.measure.emulation import verify_emulated
 
     rows = verify_emulated(package, arch, write=True)
     emulated = next((r.parity.host.emulated for r in rows if r.parity.host), "")
@@ -304,10 +309,6 @@ def run(
     save: Path | None,
 ) -> None:
     """Load PACKAGE as serving would, print what was picked and the outputs."""
-    import numpy as np
-
-    from compiler.core.feeds import read_feeds_npz, read_npz, write_npz
-    from compiler.serving.loader import load
 
     with load(
         package, order=order.split(",") if order else None, allow_unverified=allow_unverified
@@ -339,7 +340,6 @@ def run(
 )
 def pack(package: Path, output: Path | None) -> None:
     """Write a reproducible .tar.gz of PACKAGE (sorted entries, fixed mtimes and owners)."""
-    from compiler.packaging.package import pack as pack_
 
     archive = pack_(package, output or package.with_name(package.name + ".tar.gz"))
     console.print(f"wrote {archive}")
@@ -350,7 +350,6 @@ def pack(package: Path, output: Path | None) -> None:
 @click.argument("b", type=click.Path(path_type=Path))
 def compare(a: Path, b: Path) -> None:
     """Parity and latency of two packages side by side."""
-    from compiler.packaging.compare import compare_packages
 
     out_console.print(compare_packages(a, b))
 

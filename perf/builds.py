@@ -10,6 +10,7 @@ Node counts come from the package's manifest (`build.nodes`: ran / cached / skip
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BuildRun", "cli_build", "node_counts"]
+__all__ = ["BuildRun", "cli_build", "node_counts", "run_olive"]
 
 
 @dataclass
@@ -151,3 +152,50 @@ def _launch(usage_path: str, timeout_s: str, argv: list[str]) -> int:
 
 if __name__ == "__main__":  # the launcher: builds.py USAGE.json TIMEOUT_S -- ARGV...
     sys.exit(_launch(sys.argv[1], sys.argv[2], sys.argv[sys.argv.index("--") + 1 :]))
+
+
+def run_olive(jobs: list[dict[str, Any]], work: Path, timeout_s: float) -> dict[str, Any]:
+    """Every Olive job in one child process; {"jobs": [...]} or {"error": why}."""
+    if not jobs:
+        return {"skipped": "no Olive jobs (--no-olive)", "jobs": []}
+    try:
+        importlib.metadata.version("olive-ai")
+    except importlib.metadata.PackageNotFoundError:
+        return {
+            "error": "olive-ai is not installed: pip install -r perf/requirements.txt "
+            "(see perf/README.md)",
+            "jobs": [],
+        }
+    jobs_path, results_path = work / "olive-jobs.json", work / "olive-results.json"
+    jobs_path.write_text(json.dumps(jobs, indent=2), encoding="utf-8")
+    results_path.unlink(missing_ok=True)
+    env = {**os.environ, "OLIVE_DISABLE_TELEMETRY": "1", "CI": "1"}
+    start = time.perf_counter()
+    with (work / "olive.log").open("w", encoding="utf-8") as log:
+        try:
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("olive_peer.py")),
+                    str(jobs_path),
+                    str(results_path),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout_s,
+                check=False,
+            )
+            rc: int | str = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = f"killed after {timeout_s:.0f} s"
+    doc = json.loads(results_path.read_text()) if results_path.is_file() else {"jobs": []}
+    doc["process_seconds"] = round(time.perf_counter() - start, 3)
+    doc["returncode"] = rc
+    if rc != 0 and len(doc["jobs"]) < len(jobs):
+        tail = (work / "olive.log").read_text(errors="replace").splitlines()[-5:]
+        doc["error"] = (
+            f"Olive process exited {rc} after {len(doc['jobs'])} of {len(jobs)} jobs: "
+            + " | ".join(tail)[:600]
+        )
+    return doc

@@ -10,6 +10,7 @@ within each pair, and the table reports the median ratio with its min-max over r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,10 +21,11 @@ import numpy as np
 
 from compiler.core.feeds import read_feeds_npz
 from compiler.core.host import HostInfo
-from compiler.core.latency import measure_interleaved, summarize
-from compiler.core.parity import compare_outputs
-from compiler.pipeline.config import DEFAULT_TOLERANCES
+from compiler.core.latency import LatencyStats, measure_interleaved, summarize
+from compiler.core.parity import OutputParity, compare_outputs
+from compiler.core.tolerance import DEFAULT_TOLERANCES
 from compiler.serving.manifest import Manifest, read_manifest
+from targets.runner import open_runner
 
 __all__ = [
     "Contender",
@@ -71,8 +73,6 @@ def package_contenders(
     package: Path, host: HostInfo
 ) -> tuple[list[Contender], list[dict[str, str]]]:
     """Runners for the artifacts that run natively on `host`, and why the others do not."""
-    from targets.registry import get_backend
-
     manifest = read_manifest(package)
     runnable: list[Contender] = []
     skipped: list[dict[str, str]] = []
@@ -81,13 +81,14 @@ def package_contenders(
         if a.status != "built":
             why = f"{a.status}" + (f": {a.reason}" if a.reason else "")
         elif a.requirements is not None and a.requirements.mismatches(host):
-            why = "not for this host: " + "; ".join(a.requirements.mismatches(host))
+            why = "not for this host: " + "; ".join(
+                m.message for m in a.requirements.mismatches(host)
+            )
         if why:
             skipped.append({"id": a.id, "precision": a.precision, "why": why[:300]})
             continue
-        runner = get_backend(a.backend).runner(
-            package / a.directory, a.runtime, manifest.contract, threads=None
-        )
+        assert a.runtime is not None
+        runner = open_runner(a.backend, package / a.directory, a.runtime, manifest.contract)
         try:
             runner.load()
         except Exception as exc:  # a runtime refusing this host is a finding, not a crash
@@ -104,7 +105,7 @@ def package_contenders(
                 a.id,
                 "compile-pkg",
                 a.precision,
-                runner._run,
+                runner.run_checked,
                 runner.close,
                 describe=runner.describe(),
             )
@@ -161,23 +162,28 @@ def _reference_data(package: Path) -> tuple[list[Feed], list[Feed]]:
     return inputs, outputs
 
 
-def _worst(outputs: dict[str, Any]) -> dict[str, Any]:
+def _worst(outputs: dict[str, OutputParity]) -> dict[str, Any]:
     """The output with the lowest cosine: the figure a reader should see."""
-    out = min(outputs.values(), key=lambda o: o.get("cosine", 1.0))
-    return {k: out.get(k) for k in ("cosine", "max_abs_err", "mean_abs_err", "top1_agreement")}
+    out = min(outputs.values(), key=lambda o: o.cosine)
+    return {
+        "cosine": out.cosine,
+        "max_abs_err": out.max_abs_err,
+        "mean_abs_err": out.mean_abs_err,
+        "top1_agreement": out.top1_agreement,
+    }
 
 
 def package_parity(manifest: Manifest, artifact_id: str) -> dict[str, Any]:
     """The package's own latest parity record (reports/parity.json), summarized."""
-    recs = manifest.measurements.get(artifact_id, {}).get("parity", [])
+    recs = manifest.measured(artifact_id).parity
     if not recs:
         return {"status": "none"}
     rec = recs[-1]
-    summary = {"status": rec.get("status"), "mode": rec.get("mode"), "samples": rec.get("samples")}
-    if rec.get("outputs"):
-        summary |= _worst(rec["outputs"])
-    elif rec.get("reason"):
-        summary["reason"] = rec["reason"]
+    summary: dict[str, Any] = {"status": rec.status, "mode": rec.mode, "samples": rec.samples}
+    if rec.outputs:
+        summary |= _worst(rec.outputs)
+    elif rec.reason:
+        summary["reason"] = rec.reason
     return summary
 
 
@@ -213,8 +219,8 @@ def interleaved_repeats(
     """
     ref = next(c for c in contenders if c.id == "reference")
     others = [c for c in contenders if c.id != "reference"]
-    per: dict[str, list[dict[str, Any]]] = {c.id: [] for c in others}
-    ref_in_pair: dict[str, list[dict[str, Any]]] = {c.id: [] for c in others}
+    per: dict[str, list[LatencyStats]] = {c.id: [] for c in others}
+    ref_in_pair: dict[str, list[LatencyStats]] = {c.id: [] for c in others}
     for r in range(repeats):
         k = r % max(1, len(others))
         for c in others[k:] + others[:k]:
@@ -238,23 +244,23 @@ def interleaved_repeats(
 
 
 def _summary(
-    reps: list[dict[str, Any]], batch: int, refs: list[dict[str, Any]] | None
+    reps: list[LatencyStats], batch: int, refs: list[LatencyStats] | None
 ) -> dict[str, Any]:
-    pooled = summarize([x / 1e3 for s in reps for x in s["samples_ms"]], batch)
+    pooled = summarize([x / 1e3 for s in reps for x in s.samples_ms], batch)
     rec: dict[str, Any] = {
-        "pooled": pooled,
-        "repeats": reps,
-        "p50_ms_per_repeat": [s["p50_ms"] for s in reps],
+        "pooled": dataclasses.asdict(pooled),
+        "repeats": [dataclasses.asdict(s) for s in reps],
+        "p50_ms_per_repeat": [s.p50_ms for s in reps],
     }
     if refs is not None:
-        ratios = [rs["p50_ms"] / s["p50_ms"] for rs, s in zip(refs, reps, strict=True)]
+        ratios = [rs.p50_ms / s.p50_ms for rs, s in zip(refs, reps, strict=True)]
         rec["speedup_vs_reference"] = {
             "median": float(np.median(ratios)),
             "min": float(min(ratios)),
             "max": float(max(ratios)),
             "per_repeat": ratios,
         }
-        rec["reference_p50_ms_per_repeat"] = [s["p50_ms"] for s in refs]
+        rec["reference_p50_ms_per_repeat"] = [s.p50_ms for s in refs]
     return rec
 
 

@@ -13,14 +13,11 @@ printed) and .png (latency plot). Set-up: perf/README.md.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,168 +28,12 @@ if str(ROOT) not in sys.path:  # `python perf/run.py` puts perf/, not the repo, 
 
 import yaml  # noqa: E402
 
-from perf.builds import BuildRun, cli_build  # noqa: E402
+from perf.builds import BuildRun, cli_build, run_olive  # noqa: E402
 from perf.datasets import ModelData, load_data, write_feeds  # noqa: E402
 from perf.models import MODELS, BenchModel, model_path  # noqa: E402
+from perf.plan import Plan, dropped_variants, library_versions, pick_one_change  # noqa: E402
 
-__all__ = ["Plan", "main"]
-
-# The first of these that the resolved config accepts is the "one change" build's override:
-# a quantize pass's calibration method (cpu first, where compile-pkg's int8 runs here), else
-# NNCF's preset in the OpenVINO int8 variant.
-ONE_CHANGE = (
-    "cpu.quantize.calibration_method=percentile",
-    "gpu.quantize.calibration_method=percentile",
-    "cpu.ov-int8.compile.preset=mixed",
-)
-LIBRARIES = (
-    "compile-pkg",
-    "onnx",
-    "onnxruntime",
-    "openvino",
-    "nncf",
-    "apache-tvm",
-    "torch",
-    "numpy",
-    "olive-ai",
-    "onnxsim",
-    "matplotlib",
-)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a run does; --quick trades repeats and data size for time, never coverage."""
-
-    quick: bool
-    targets: str = "gpu,cpu,arm"
-    samples: int = 8
-    calibration: int = 32
-    task: int = 48
-    repeats: int = 5
-    warmup: int = 5
-    runs: int = 30
-    max_seconds: float = 15.0
-    peak_n: int = 2048
-    peak_repeats: int = 15
-    olive_workflows: tuple[str, ...] = ("ort-int8", "ov-int8")
-    build_latency_runs: int = 10  # the build's own latency check; perf measures its own
-    drop_backends: tuple[tuple[str, str], ...] = ()  # (target, backend) variants not built
-    drop_variants: tuple[tuple[str, str], ...] = ()  # (target, variant) not built
-    extra_sets: tuple[str, ...] = ()  # more --set overrides for every build
-
-    @classmethod
-    def make(cls, quick: bool) -> Plan:
-        if not quick:
-            return cls(quick=False)
-        return cls(
-            quick=True,
-            samples=4,
-            calibration=8,
-            task=16,
-            repeats=3,
-            warmup=2,
-            runs=6,
-            max_seconds=3.0,
-            peak_n=1024,
-            peak_repeats=8,
-            olive_workflows=("ort-int8",),
-            build_latency_runs=3,
-            drop_backends=(("gpu", "tvm"), ("cpu", "tvm"), ("arm", "tvm")),
-            drop_variants=(("gpu", "trt-int8"), ("arm", "ort-int8"), ("arm", "ov-int8")),
-            extra_sets=("cpu.quantize.accuracy_aware.enabled=false",),
-        )
-
-    def note(self) -> str:
-        base = (
-            f"Data: {self.samples} parity samples, {self.calibration} calibration feeds, up "
-            f"to {self.task} task items per real model."
-        )
-        if not self.quick:
-            return base + " Full run."
-        full = Plan(quick=False)
-        labels = {
-            "repeats": "repeats",
-            "runs": "runs per pair",
-            "warmup": "warm-up rounds",
-            "calibration": "calibration feeds",
-            "samples": "parity samples",
-            "task": "task items",
-            "peak_n": "peak matrix size",
-            "peak_repeats": "peak runs",
-            "build_latency_runs": "the builds' own latency runs",
-        }
-        changed = [
-            f"{text} {getattr(full, k)}->{getattr(self, k)}"
-            for k, text in labels.items()
-            if getattr(full, k) != getattr(self, k)
-        ]
-        dropped_wf = sorted(set(full.olive_workflows) - set(self.olive_workflows))
-        if dropped_wf:
-            changed.append(f"Olive's {', '.join(dropped_wf)} workflow")
-        for target, backend in self.drop_backends[:1]:
-            changed.append(
-                f"the {target} target's {backend} variants from every build (CUDA code "
-                "generation took 190-310 s per variant and model on the 2-core host, "
-                "and a host without a GPU cannot run them)"
-            )
-        if any(t == "cpu" and b == "tvm" for t, b in self.drop_backends):
-            changed.append(
-                "the cpu and arm targets' tvm variants (untuned TVM builds took 60-250 s per "
-                "model and ran 10-100x slower than the reference in the full run)"
-            )
-        for target, variant in self.drop_variants:
-            changed.append(f"{target}/{variant}")
-        for item in self.extra_sets:
-            changed.append(f"--set {item} (the accuracy-aware int8 loop took 150 s on bert)")
-        return base + (
-            " --quick, against the full run: "
-            + "; ".join(changed)
-            + ". Every model and every build kind is still run."
-        )
-
-
-def _library_versions() -> dict[str, str]:
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def _one_change(targets: list[str]) -> str:
-    from compiler.core.errors import ConfigError
-    from compiler.pipeline.config import resolve_config
-
-    for cand in ONE_CHANGE:
-        try:
-            resolve_config({}, targets, [cand])
-            return cand
-        except ConfigError:
-            continue
-    raise SystemExit(f"none of {ONE_CHANGE} applies to the default pipelines of {targets}")
-
-
-def _dropped_variants(plan: Plan) -> tuple[str, ...]:
-    """`--set T.V.enabled=false` for the variants --quick leaves out of every build."""
-    from compiler.pipeline.config import resolve_config
-
-    targets = plan.targets.split(",")
-    cfg = resolve_config({}, targets)
-    out = []
-    for target, backend in plan.drop_backends:
-        variants = cfg.targets[target].variants or {} if target in cfg.targets else {}
-        out += [
-            f"{target}.{name}.enabled=false"
-            for name, v in sorted(variants.items())
-            if v.compile.backend == backend
-        ]
-    for target, variant in plan.drop_variants:
-        if target in cfg.targets and variant in (cfg.targets[target].variants or {}):
-            out.append(f"{target}.{variant}.enabled=false")
-    return tuple(out) + plan.extra_sets
+__all__ = ["main"]
 
 
 def _rel(p: Path) -> Path:
@@ -270,53 +111,6 @@ def _builds(
         )
         runs[label] = run
     return runs
-
-
-def _olive(jobs: list[dict[str, Any]], work: Path, timeout_s: float) -> dict[str, Any]:
-    """Every Olive job in one child process; {"jobs": [...]} or {"error": why}."""
-    if not jobs:
-        return {"skipped": "no Olive jobs (--no-olive)", "jobs": []}
-    try:
-        importlib.metadata.version("olive-ai")
-    except importlib.metadata.PackageNotFoundError:
-        return {
-            "error": "olive-ai is not installed: pip install -r perf/requirements.txt "
-            "(see perf/README.md)",
-            "jobs": [],
-        }
-    jobs_path, results_path = work / "olive-jobs.json", work / "olive-results.json"
-    jobs_path.write_text(json.dumps(jobs, indent=2), encoding="utf-8")
-    results_path.unlink(missing_ok=True)
-    env = {**os.environ, "OLIVE_DISABLE_TELEMETRY": "1", "CI": "1"}
-    start = time.perf_counter()
-    with (work / "olive.log").open("w", encoding="utf-8") as log:
-        try:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "perf" / "olive_peer.py"),
-                    str(jobs_path),
-                    str(results_path),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout_s,
-                check=False,
-            )
-            rc: int | str = proc.returncode
-        except subprocess.TimeoutExpired:
-            rc = f"killed after {timeout_s:.0f} s"
-    doc = json.loads(results_path.read_text()) if results_path.is_file() else {"jobs": []}
-    doc["process_seconds"] = round(time.perf_counter() - start, 3)
-    doc["returncode"] = rc
-    if rc != 0 and len(doc["jobs"]) < len(jobs):
-        tail = (work / "olive.log").read_text(errors="replace").splitlines()[-5:]
-        doc["error"] = (
-            f"Olive process exited {rc} after {len(doc['jobs'])} of {len(jobs)} jobs: "
-            + " | ".join(tail)[:600]
-        )
-    return doc
 
 
 def _measure(
@@ -446,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     host = probe_host()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    one_change = _one_change(plan.targets.split(","))
-    dropped = _dropped_variants(plan)
+    one_change = pick_one_change(plan.targets.split(","))
+    dropped = dropped_variants(plan)
     doc: dict[str, Any] = {
         "schema": 1,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
@@ -455,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python perf/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": plan.quick,
         "host": host.model_dump(),
-        "libraries": _library_versions(),
+        "libraries": library_versions(),
         "load_average": list(os.getloadavg()),
         "models": {},
         "notes": [],
@@ -513,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in prepared:
         for wf in plan.olive_workflows:
             shutil.rmtree(work / "olive" / name / wf, ignore_errors=True)
-    olive = _olive(olive_jobs, work, timeout_s=300 + 240 * len(olive_jobs))
+    olive = run_olive(olive_jobs, work, timeout_s=300 + 240 * len(olive_jobs))
     doc["olive"] = {k: v for k, v in olive.items() if k != "jobs"}
     by_model: dict[str, dict[str, dict[str, Any]]] = {}
     for job in olive.get("jobs", []):

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compiler.core.contract import extract_contract  # noqa: E402
 from targets.base import BuildRequest, BuildResult  # noqa: E402
 from targets.onnxruntime.backend import reference_session  # noqa: E402
-from targets.tvm import TvmBackend, TvmOptions  # noqa: E402
+from targets.runner import open_runner  # noqa: E402
+from targets.tvm.backend import TvmBackend, TvmOptions  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
@@ -86,7 +87,7 @@ def _compare(model: Path, contract, out: Path, result, runs: int) -> dict[str, o
     samples = [rng.normal(0, 1, shape).astype(np.float32) for _ in range(4)]
     ort = reference_session(model)
     errs, agree = [], []
-    with TvmBackend.runner(out, result.runtime, contract) as runner:
+    with open_runner("tvm", out, result.runtime, contract) as runner:
         for x in samples:
             got = runner.run({name: x})[contract.outputs[0].name]
             ref = ort.run(None, {name: x})[0]

@@ -21,7 +21,7 @@ from compiler.core.hashing import file_sha256
 from compiler.core.host import HostInfo, probe_host
 from compiler.serving.manifest import ArtifactEntry, Manifest, read_manifest
 from compiler.serving.selection import rank
-from targets.runner import open_runner
+from targets.runner import SwitchingRunner, open_runner
 
 __all__ = ["Decision", "Session", "check_files", "load"]
 
@@ -138,9 +138,7 @@ def load(
             continue
         serving: Any = runner
         if pending is not None:  # serve this one until the engine is ready, then switch
-            from targets.tensorrt import SwitchingRunner
-
-            serving = SwitchingRunner(runner, pending._pending)  # type: ignore[arg-type]
+            serving = SwitchingRunner(runner, pending)
         decisions.append(Decision(c.id, "picked", c.reason))
         tried = sum(d.outcome == "failed" for d in decisions)
         why = c.reason + (f" (after {tried} fallback(s))" if tried else "")

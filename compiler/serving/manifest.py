@@ -228,8 +228,26 @@ def _from_v1(doc: dict[str, Any]) -> dict[str, Any]:
         "latency": cfg.get("latency", {}),
         "selection": cfg.get("selection", {}),
     }
+    build = doc.get("build", {})
+    build["pass_log"] = {n: _pass_record_v1(r) for n, r in build.get("pass_log", {}).items()}
     doc["schema_version"] = 2
     return doc
+
+
+_PASS_RECORD_FIELDS = ("version", "nodes_before", "nodes_after", "bytes_before", "bytes_after")
+
+
+def _pass_record_v1(rec: dict[str, Any]) -> dict[str, Any]:
+    """v1 pass records were flat (common fields, timing and the pass's own facts together)."""
+    common = {k: rec.pop(k) for k in (*_PASS_RECORD_FIELDS, "ops_before", "ops_after") if k in rec}
+    rec.pop("seconds", None)
+    return {
+        "name": rec.pop("pass", ""),
+        **common,
+        "skipped": rec.pop("skipped", ""),
+        "warnings": rec.pop("warnings", []),
+        "details": rec,
+    }
 
 
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_v0, 1: _from_v1}

@@ -37,15 +37,13 @@ def test_picks_a_compatible_verified_artifact_and_says_why(pkg: Path) -> None:
         assert "parity passed (native on x86_64)" in s.reason and "p50" in s.reason
         y = s.run({"x": np.ones((2, 8), np.float32)})["y"]
         assert y.shape == (2, 4)
-        decisions = dict(s.decisions)
+        decisions = {d.artifact: str(d) for d in s.decisions}
         assert decisions["arm/ort-fp32"].startswith("excluded: incompatible: needs aarch64")
 
 
 def test_order_is_the_measured_latency_unless_configured(pkg: Path) -> None:
     m = read_manifest(pkg)
-    p50 = {
-        a: m.measurements[a]["latency"][0]["artifact"]["p50_ms"] for a in ("cpu/fast", "cpu/basic")
-    }
+    p50 = {a: m.measurements[a].latency[0].artifact.p50_ms for a in ("cpu/fast", "cpu/basic")}
     with load(pkg) as s:
         assert s.artifact == min(p50, key=p50.get)
     with load(pkg, order=["cpu/basic"]) as s:
@@ -60,7 +58,7 @@ def test_tampered_file_is_refused_and_the_next_candidate_loads(pkg: Path) -> Non
     with load(pkg, order=["cpu/basic", "cpu/fast"]) as s:
         assert s.artifact == "cpu/fast"
         assert "after 1 fallback" in s.reason
-        verdict = dict(s.decisions)["cpu/basic"]
+        verdict = {d.artifact: str(d) for d in s.decisions}["cpu/basic"]
         assert "does not match its sha256" in verdict
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from compiler.core.host import GpuInfo, HostInfo, Requirements
+from compiler.core.records import MeasuredOn, ParityRecord
 from compiler.serving.manifest import ArtifactEntry
 from compiler.serving.selection import rank
 from tests.compiler.helpers import build
@@ -41,6 +42,10 @@ def _host(gpu: bool, trt: bool) -> HostInfo:
     )
 
 
+def _measured(host: HostInfo) -> MeasuredOn:
+    return MeasuredOn(**host.model_dump(), measured_at="2026-11-30T00:00:00Z")
+
+
 def test_deferred_engine_is_tried_first_where_tensorrt_and_a_gpu_exist(manifest) -> None:  # type: ignore[no-untyped-def]
     ok, _ = rank(manifest, _host(gpu=True, trt=True))
     assert [c.id for c in ok] == ["gpu/trt-fp16", "cpu/ort-fp32"]
@@ -63,8 +68,8 @@ def test_deferred_engine_is_excluded_without_gpu_or_tensorrt(
 
 
 def test_failed_parity_is_never_a_candidate(manifest) -> None:  # type: ignore[no-untyped-def]
-    manifest.measurements["cpu/ort-fp32"]["parity"].append(
-        {"status": "failed", "mode": "native", "host": {"arch": "x86_64"}}
+    manifest.measurements["cpu/ort-fp32"].parity.append(
+        ParityRecord(status="failed", mode="native", host=_measured(_host(gpu=False, trt=False)))
     )
     ok, excluded = rank(manifest, _host(gpu=False, trt=False), allow_unverified=True)
     assert ok == [] and "parity failed" in excluded[0].reason
