@@ -122,7 +122,7 @@ def _measure(
     olive_jobs: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     from compiler.core.host import probe_host
-    from compiler.measure.verify import batch_size
+    from compiler.measure.timing import batch_size
     from compiler.serving.manifest import read_manifest
     from perf.flops import count_flops
     from perf.measure import (

@@ -8,14 +8,14 @@ compiler/pipeline/interface.py. Symbolic dims get their allowed range from the c
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compiler.core.errors import ConfigError, ContractError
 
-__all__ = ["Contract", "DimRange", "TensorSpec"]
+__all__ = ["Contract", "DimRange", "OutputKind", "TensorSpec"]
 
 
 class DimRange(BaseModel):
@@ -33,11 +33,27 @@ class DimRange(BaseModel):
         return self
 
 
+# What an output means, which decides how parity judges it: class scores and probabilities by
+# top-k agreement, embeddings by cosine, dense maps, boxes, logit sequences and states by
+# scale-aware error. None: not known (judged as `other`).
+OutputKind = Literal[
+    "class_scores",
+    "probabilities",
+    "logits_sequence",
+    "embedding",
+    "dense_map",
+    "boxes",
+    "state",
+    "other",
+]
+
+
 class TensorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     dtype: str  # numpy dtype name: float32, int64, ...
     shape: list[int | str]  # int: fixed; str: symbolic dim name
+    kind: OutputKind | None = None  # outputs only: what the values mean
 
     def concrete_shape(self, dims: Mapping[str, DimRange], which: str = "opt") -> tuple[int, ...]:
         out = []

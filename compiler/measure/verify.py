@@ -17,11 +17,9 @@ from compiler.core.contract import Contract
 from compiler.core.errors import short_message
 from compiler.core.feeds import Feeds
 from compiler.core.host import HostInfo, Requirements
-from compiler.core.latency import measure_interleaved
 from compiler.core.parity import compare_outputs
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import (
-    LatencyRecord,
     MeasuredOn,
     ParityMode,
     ParityRecord,
@@ -29,15 +27,12 @@ from compiler.core.records import (
 )
 from compiler.core.settings import RuntimeSettings
 from compiler.core.tolerance import ParityPolicy
-from targets.runner import Runner, open_runner, reference_runner
+from compiler.measure.timing import measure_latency_next_to_reference
+from targets.runner import open_runner
 
-__all__ = ["batch_size", "measured_on", "now_utc", "verify_artifact"]
+__all__ = ["measured_on", "now_utc", "verify_artifact"]
 
 REFERENCE = "normalized fp32 model on onnxruntime CPU"
-METHOD = (
-    "interleaved with the reference in one process: blocks of 5 runs, each after a 20 ms "
-    "pause and an untimed run; after warm-up"
-)
 
 
 def now_utc() -> str:
@@ -47,13 +42,6 @@ def now_utc() -> str:
 def measured_on(host: HostInfo) -> MeasuredOn:
     """The host a measurement names (without its hostname), stamped with the time."""
     return MeasuredOn(**host.model_dump(exclude={"hostname"}), measured_at=now_utc())
-
-
-def batch_size(contract: Contract, feed: Feeds) -> int:
-    first = contract.inputs[0]
-    if first.shape and isinstance(first.shape[0], str):
-        return int(feed[first.name].shape[0])
-    return 1
 
 
 def verify_artifact(
@@ -118,7 +106,9 @@ def verify_artifact(
             )
             timing = None
             if measure_latency and mode == "native":
-                timing = _latency(runner, inputs[0], contract, ref_model, latency, on)
+                timing = measure_latency_next_to_reference(
+                    runner, inputs[0], contract, ref_model, latency, on
+                )
     except Exception as exc:  # a runtime failing on this artifact is a verdict, not a crash
         reason = f"could not run: {short_message(exc)}"
         record = ParityRecord(
@@ -126,37 +116,3 @@ def verify_artifact(
         )
         return VerifyOutput(parity=record)
     return VerifyOutput(parity=record, latency=timing)
-
-
-def _latency(
-    runner: Runner,
-    feed: Feeds,
-    contract: Contract,
-    ref_model: Path | None,
-    policy: LatencyPolicy,
-    on: MeasuredOn,
-) -> LatencyRecord:
-    checked = runner.contract.validate_feeds(feed)  # time inference, not input validation
-    fns = {"artifact": lambda: runner.run_checked(checked)}
-    ref = None
-    if ref_model is not None and ref_model.is_file():
-        ref = reference_runner(ref_model, contract, policy.threads)
-        ref.load()
-        fns["reference"] = lambda: ref.run_checked(checked)
-    batch = batch_size(contract, feed)
-    stats = measure_interleaved(
-        fns, warmup=policy.warmup, runs=policy.runs, max_seconds=policy.max_seconds, batch=batch
-    )
-    if ref is not None:
-        ref.close()
-    ref_stats = stats.get("reference")
-    return LatencyRecord(
-        host=on,
-        batch=batch,
-        input_shapes={k: list(v.shape) for k, v in feed.items()},
-        runner=runner.describe(),
-        artifact=stats["artifact"],
-        reference=ref_stats,
-        speedup_vs_reference=ref_stats.p50_ms / stats["artifact"].p50_ms if ref_stats else None,
-        method=METHOD,
-    )

@@ -33,15 +33,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compiler.core.contract import DimRange
 from compiler.core.errors import ConfigError
 from compiler.core.hashing import sha256_json
 from compiler.core.policies import LatencyPolicy, PackageMeta, PackagePolicy, SelectionPolicy
 from compiler.core.targets import check_targets
-from compiler.core.tolerance import DEFAULT_TOLERANCES, ParityPolicy, Precision, Tolerance
+from compiler.pipeline.data import DataConfig, InputDomain
 from compiler.pipeline.overrides import apply_override
+from compiler.pipeline.parity_config import ParityConfig
 from compiler.pipeline.pipelines import PIPELINES
 from compiler.pipeline.variant import PRECISION_IS_DERIVED, VariantConfig, lossiest
 
@@ -66,40 +67,6 @@ class TargetConfig(_Strict):
     variants: dict[str, VariantConfig] = Field(default_factory=dict)
 
 
-class ParityConfig(_Strict):
-    """The `parity:` block: tolerances (filled with the defaults) and per-output overrides, plus
-    how many samples to generate when the user gives none."""
-
-    tolerances: dict[Precision, Tolerance] = Field(
-        default_factory=lambda: dict(DEFAULT_TOLERANCES)  # type: ignore[arg-type]
-    )
-    outputs: dict[str, dict[Precision, Tolerance]] = Field(
-        default_factory=dict, description="per-output overrides, by output name then precision"
-    )
-    samples: int = Field(default=8, ge=1, le=10_000, description="generated samples when no data")
-    seed: int = 0
-
-    @field_validator("tolerances", mode="after")
-    @classmethod
-    def _fill(cls, v: dict[str, Tolerance]) -> dict[str, Tolerance]:
-        return {**DEFAULT_TOLERANCES, **v}
-
-    def policy(self) -> ParityPolicy:
-        tolerances: dict[str, Tolerance] = {str(k): v for k, v in self.tolerances.items()}
-        outputs = {o: {str(k): t for k, t in per.items()} for o, per in self.outputs.items()}
-        return ParityPolicy(tolerances=tolerances, outputs=outputs)
-
-    def tolerance(self, precision: str, output: str) -> Tolerance:
-        return self.policy().tolerance(precision, output)
-
-
-class InputRange(_Strict):
-    """Value range of generated sample data for one input."""
-
-    low: float = 0.0
-    high: float = 1.0
-
-
 class NormalizeConfig(_Strict):
     min_opset: int = Field(default=13, ge=7, description="older models are upgraded to this")
 
@@ -118,7 +85,8 @@ class BuildConfig(_Strict):
     package: PackageMeta = Field(default_factory=PackageMeta)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     dims: dict[str, DimRange] = Field(default_factory=dict)
-    inputs: dict[str, InputRange] = Field(default_factory=dict)
+    inputs: dict[str, InputDomain] = Field(default_factory=dict)
+    data: DataConfig = Field(default_factory=DataConfig)
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
     parity: ParityConfig = Field(default_factory=ParityConfig)
     latency: LatencyPolicy = Field(default_factory=LatencyPolicy)

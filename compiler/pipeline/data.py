@@ -11,12 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
 from compiler.core.errors import ConfigError, ContractError
 from compiler.core.feeds import read_npz
 
-__all__ = ["generate_feeds", "read_feeds"]
+__all__ = ["DataConfig", "InputDomain", "generate_feeds", "read_feeds"]
+
+
+class InputDomain(BaseModel):
+    """The values one input takes, for generated sample data (the `inputs:` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+    low: float = 0.0
+    high: float = 1.0
+
+
+class DataConfig(BaseModel):
+    """Where calibration and parity samples come from (the `data:` section)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def _split(

@@ -13,6 +13,7 @@ from compiler.pipeline.interface import extract_contract
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
 from compiler.pipeline.normalize import load_onnx, normalize_model, save_model
+from compiler.pipeline.output_kinds import with_output_kinds
 
 __all__ = ["NormalizeKind"]
 
@@ -26,6 +27,7 @@ class NormalizeKind(Kind[NormalizeNode]):
             "source": ctx.inputs.source_digest,
             "normalize": cfg.normalize.model_dump(),
             "dims": {k: v.model_dump() for k, v in cfg.dims.items()},
+            "kinds": dict(cfg.parity.kinds),
             "libs": {"onnx": onnx.__version__},
         }
 
@@ -33,6 +35,7 @@ class NormalizeKind(Kind[NormalizeNode]):
         cfg, source = ctx.config, ctx.inputs.source_path
         model, record = normalize_model(load_onnx(source), source.name, cfg.normalize.min_opset)
         contract = extract_contract(model, cfg.dims)
+        contract = with_output_kinds(contract, model, cfg.parity.kinds)
         save_model(model, out)
         ctx.hold(node.id, model, out)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -1,0 +1,11 @@
+"""The command line: the group and `main` in app.py, one module per family of commands.
+
+Importing this package registers every command on the group.
+"""
+
+from __future__ import annotations
+
+from compiler.cli import build, packages
+from compiler.cli.app import cli, main
+
+__all__ = ["build", "cli", "main", "packages"]
