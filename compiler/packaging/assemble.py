@@ -6,11 +6,17 @@ Layout:
     artifacts/<target>.<variant>/...      one folder per built artifact
     reference/inputs.npz, outputs.npz     sample inputs and fp32 reference outputs
     reference/model.onnx                  the normalized fp32 model (optional)
+    reference/labels.json                 the samples' labels, when the user gave them
     reports/parity.json, latency.json, report.md
+
+Every file is listed in the manifest with its sha256 (reports by `write.finish_package`).
+Identical files (an OpenVINO `model.bin` shared by two precisions, an arm artifact byte-equal
+to the cpu one) are stored once: hard links to one copy, one member when packed.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -35,6 +41,7 @@ from compiler.packaging.write import library_versions
 from compiler.pipeline.config import BuildConfig
 from compiler.pipeline.graph import ArtifactNodes, BuildGraph
 from compiler.pipeline.normalize import MODEL_FILE
+from compiler.pipeline.userdata import LABELS_FILE
 from compiler.serving.manifest import (
     ArtifactEntry,
     ArtifactStatus,
@@ -90,13 +97,32 @@ def _copy_reference(
     (staging / "reference").mkdir(parents=True)
     shutil.copyfile(data / "samples.npz", staging / "reference" / "inputs.npz")
     shutil.copyfile(reference / "outputs.npz", staging / "reference" / "outputs.npz")
+    if (data / LABELS_FILE).is_file():  # the task metric's labels, one per sample
+        shutil.copyfile(data / LABELS_FILE, staging / "reference" / LABELS_FILE)
     if with_model:
         for f in sorted(normalized.iterdir()):
             shutil.copyfile(f, staging / "reference" / f.name)
 
 
+def _failed_cause(g: BuildGraph, results: Mapping[str, NodeResult], nid: str) -> str:
+    """The earliest failed node among `nid` and its ancestors, as 'node: reason' ('' if none
+    failed: the node was skipped for a missing backend or hardware)."""
+    failed, stack, seen = [], [nid], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if results[n].status == "failed":
+            failed.append(n)
+        stack.extend(g.parents(n))
+    order = {node.id: i for i, node in enumerate(g.order())}
+    first = min(failed, key=lambda n: order[n], default="")
+    return f"{first} failed: {results[first].reason}" if first else ""
+
+
 def _artifact(
-    staging: Path, a: ArtifactNodes, results: Mapping[str, NodeResult]
+    staging: Path, g: BuildGraph, a: ArtifactNodes, results: Mapping[str, NodeResult]
 ) -> tuple[ArtifactEntry, ArtifactMeasurements | None]:
     """The artifact's manifest entry (its files copied in when built) and its measurements."""
     entry = ArtifactEntry(
@@ -110,8 +136,10 @@ def _artifact(
     )
     comp = results[a.compile.id]
     if not comp.ok:
-        status: ArtifactStatus = "skipped" if comp.status == "skipped" else "failed"
-        update = {"status": status, "reason": comp.reason, "install": comp.install}
+        cause = _failed_cause(g, results, a.compile.id)
+        status: ArtifactStatus = "failed" if cause else "skipped"
+        reason = comp.reason if comp.status == "failed" else cause or comp.reason
+        update = {"status": status, "reason": reason, "install": "" if cause else comp.install}
         return entry.model_copy(update=update), None
     out = comp.expect(CompileOutput)
     folder = f"artifacts/{a.target}.{a.variant}"
@@ -128,6 +156,7 @@ def _artifact(
             "portable": out.portable,
             "backend_version": out.backend_version,
             "notes": out.notes,
+            "contract": out.contract,
         }
     )
     ver = results[a.verify.id]
@@ -177,7 +206,7 @@ def assemble(
     measurements: dict[str, ArtifactMeasurements] = {}
     libs = library_versions()
     for a in g.artifacts:
-        entry, measured = _artifact(staging, a, results)
+        entry, measured = _artifact(staging, g, a, results)
         artifacts.append(entry)
         libs.update(entry.backend_version)
         if measured is not None:
@@ -205,6 +234,7 @@ def assemble(
         ),
         policy=config.policy(),
         contract=norm.contract,
+        configured_dims=sorted(set(config.dims) & set(norm.contract.symbolic_dims())),
         reference=ReferenceInfo(
             description="normalized fp32 model on onnxruntime CPUExecutionProvider",
             runtime=results[g.reference.id].expect(ReferenceOutput).runtime,
@@ -219,4 +249,17 @@ def assemble(
         build=_build_log(results, started_at, source_path, norm),
     )
     manifest.selection = select_order(manifest)
+    _store_once(staging, manifest.all_files())
     return manifest
+
+
+def _store_once(staging: Path, files: list[FileEntry]) -> None:
+    """Hard-link every file to the first (by path) with the same sha256 and size."""
+    first: dict[tuple[str, int], Path] = {}
+    for f in sorted(files, key=lambda f: f.path):
+        path = staging / f.path
+        kept = first.setdefault((f.sha256, f.size), path)
+        if kept != path and not os.path.samefile(kept, path):
+            tmp = path.with_name(f".{path.name}.link")
+            os.link(kept, tmp)
+            os.replace(tmp, path)

@@ -10,6 +10,7 @@ runtime version; nothing is timed.
 from __future__ import annotations
 
 import functools
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,9 @@ from compiler.measure.emulation import (
 )
 from compiler.measure.verify import now_utc
 from compiler.packaging.write import rewrite_manifest
-from compiler.serving.loader import check_files
+from compiler.serving.integrity import VerifiedCopy
 from compiler.serving.manifest import Manifest, read_manifest
+from compiler.serving.signing import TrustPolicy, check_signatures, native_refusal
 
 __all__ = ["EmulatedRow", "verify_emulated"]
 
@@ -48,11 +50,14 @@ def verify_emulated(
     threads: int = 0,
     env: EmulationEnv | None = None,
     write: bool = False,
+    trust: TrustPolicy | None = None,
 ) -> list[EmulatedRow]:
     """Parity of every built `arch` artifact of `package`, run under emulation.
 
+    Every file runs from a private copy hashed while copied (a tampered file is an `error`
+    record), and native code (a TVM .so) only from a package signed by a key `trust` trusts.
     Returns one row per artifact, in manifest order. With `write`, the records are appended
-    to the manifest's measurements, like `compile-pkg verify` does.
+    to the manifest's measurements.
     """
     m = read_manifest(package)
     chosen = [
@@ -65,25 +70,36 @@ def verify_emulated(
         raise PackageError(f"{package}: no built {arch} artifact to verify (artifacts: {have})")
     env = env or locate_environment(arch)
     cpu = cpu or env.default_cpu
-    inputs = read_feeds_npz(package / "reference" / "inputs.npz")
-    refs = read_feeds_npz(package / "reference" / "outputs.npz")
+    policy = trust or TrustPolicy.from_env()
+    signatures = check_signatures(package, m, policy)
     rows: list[EmulatedRow] = []
     jobs: list[ArtifactJob] = []
     precision: dict[str, str] = {}
-    for a in chosen:
-        try:
-            check_files(package, a)
-        except IntegrityError as exc:
-            record = ParityRecord(
-                status="error", reason=str(exc), mode="emulated", precision=a.precision
-            )
-            rows.append(EmulatedRow(a.id, record))
-            continue
-        assert a.runtime is not None
-        outputs = [t.name for t in m.contract.outputs]
-        jobs.append(ArtifactJob(a.id, a.backend, package / a.directory, a.runtime, outputs))
-        precision[a.id] = a.precision
-    results = run_emulated(env, jobs, inputs, cpu=cpu, threads=threads) if jobs else []
+    with ExitStack() as copies:
+        reference = copies.enter_context(VerifiedCopy(package, m.reference)).artifact_dir
+        inputs = read_feeds_npz(reference / "inputs.npz")
+        refs = read_feeds_npz(reference / "outputs.npz")
+        for a in chosen:
+            refusal = native_refusal(a, signatures, policy)
+            if refusal:
+                record = ParityRecord(
+                    status="not-verified", reason=refusal, mode="emulated", precision=a.precision
+                )
+                rows.append(EmulatedRow(a.id, record))
+                continue
+            try:
+                copy = copies.enter_context(VerifiedCopy(package, a))
+            except IntegrityError as exc:
+                record = ParityRecord(
+                    status="error", reason=str(exc), mode="emulated", precision=a.precision
+                )
+                rows.append(EmulatedRow(a.id, record))
+                continue
+            assert a.runtime is not None
+            outputs = [t.name for t in m.contract.outputs]
+            jobs.append(ArtifactJob(a.id, a.backend, copy.artifact_dir, a.runtime, outputs))
+            precision[a.id] = a.precision
+        results = run_emulated(env, jobs, inputs, cpu=cpu, threads=threads) if jobs else []
     for res in results:
         rows.append(EmulatedRow(res.id, _record(precision[res.id], res, refs, m, env, cpu)))
     if write:
@@ -103,7 +119,7 @@ def _record(
     cpu: str,
 ) -> ParityRecord:
     assert res.host is not None
-    on = MeasuredOn(**res.host.model_dump(exclude={"hostname"}), measured_at=now_utc())
+    on = MeasuredOn(**res.host.model_dump(), measured_at=now_utc())
     version = res.runtime_version or env.runtimes.get(res.backend, "?")
     note = (
         f"ran the {env.arch} build of {res.backend} {version} under {env.describe(cpu)} "
@@ -127,7 +143,10 @@ def _record(
         )
     assert res.outputs is not None
     ok, per_output = compare_outputs(
-        res.outputs, refs, functools.partial(m.policy.parity.tolerance, precision)
+        res.outputs,
+        refs,
+        functools.partial(m.policy.parity.tolerance, precision),
+        {o.name: o.kind for o in m.contract.outputs},
     )
     return ParityRecord(
         status="passed" if ok else "failed",

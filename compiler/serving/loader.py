@@ -1,150 +1,285 @@
 """Serving: load a package and pick the artifact that fits this host, with a fallback chain.
 
-`load()` probes the host, ranks artifacts (compatible, parity passed, fastest measured on a
-host like this one; see compiler/serving/selection.py), then tries them in order: each
-candidate's files are checked against their sha256 and its runtime is loaded; any failure is
-recorded and the next candidate is tried. The session says what it picked and why.
+`load()` reads and validates the manifest (its core recomputed), verifies the package's
+signatures against the trust policy, checks the whole closed file set (every file listed and
+matching its sha256, nothing unlisted, no links or special files), ranks artifacts
+(compiler/serving/selection.py) and narrows them to what the caller asked for
+(compiler/serving/request.py). Each candidate's files are copied into a private folder while
+hashed and the runtime loads that copy; a runtime that fails to load is recorded and the next
+candidate tried. An integrity failure is an error (fail closed) unless the caller passes
+`integrity="fallback"`: then it is logged, recorded on the session, and the damaged artifacts
+are skipped. Native code (TVM libraries, prebuilt TensorRT engines) loads only from a package
+signed by a trusted key, unless the trust policy allows unsigned native code.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import Literal
 
 from compiler.core.contract import Contract
-from compiler.core.errors import IntegrityError, NoCompatibleArtifact, short_message
-from compiler.core.hashing import file_sha256
+from compiler.core.errors import IntegrityError, NoCompatibleArtifact, PackageError, short_message
 from compiler.core.host import HostInfo, probe_host
+from compiler.serving.archive import extract_package, is_archive
+from compiler.serving.integrity import FileProblem, VerifiedCopy, check_files, check_package
 from compiler.serving.manifest import ArtifactEntry, Manifest, read_manifest
-from compiler.serving.selection import rank
-from targets.runner import SwitchingRunner, open_runner
+from compiler.serving.request import Request
+from compiler.serving.selection import Candidate, rank
+from compiler.serving.session import Decision, Session
+from compiler.serving.signing import SignatureStatus, TrustPolicy, check_signatures, native_refusal
+from compiler.serving.verify_records import default_records_path, read_verify_records
+from targets.runner import Runner, SwitchingRunner, open_runner
 
-__all__ = ["Decision", "Session", "check_files", "load"]
+__all__ = ["Decision", "IntegrityMode", "Session", "check_files", "load"]
 
 log = logging.getLogger("compile_pkg.loader")
 
-
-def check_files(package: Path, artifact: ArtifactEntry) -> None:
-    """Raise IntegrityError when a file is missing or differs from the manifest."""
-    if not artifact.files:
-        raise IntegrityError(f"{artifact.id}: the manifest lists no files")
-    for f in artifact.files:
-        path = package / f.path
-        if not path.is_file():
-            raise IntegrityError(f"{artifact.id}: file {f.path} is missing from {package}")
-        if path.stat().st_size != f.size or file_sha256(path) != f.sha256:
-            raise IntegrityError(
-                f"{artifact.id}: file {f.path} does not match its sha256 in the manifest "
-                f"(tampered or corrupted); rebuild or re-download the package"
-            )
+IntegrityMode = Literal["strict", "fallback"]
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What the loader did with one artifact, and why."""
+def _open_source(path: Path, workdir: Path | None) -> tuple[Path, Path | None]:
+    """(package folder, private folder to remove at close): a folder, or a packed archive
+    extracted safely into a private folder."""
+    if path.is_dir():
+        return path, None
+    if not is_archive(path):
+        raise PackageError(f"{path}: not a package folder or a .tar.gz made by compile-pkg pack")
+    tmp = Path(tempfile.mkdtemp(prefix="compile-pkg-unpacked-", dir=workdir))
+    try:
+        return extract_package(path, tmp), tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
-    artifact: str
-    outcome: Literal["excluded", "failed", "picked"]
-    reason: str
 
-    def __str__(self) -> str:
-        verb = {"excluded": "excluded", "failed": "failed to load", "picked": "picked"}
-        return f"{verb[self.outcome]}: {self.reason}"
+class _Loading:
+    """One load() call's state: what was found, decided and opened so far."""
 
+    def __init__(
+        self, source: Path, root: Path, manifest: Manifest, integrity: IntegrityMode
+    ) -> None:
+        self.source, self.root, self.manifest, self.integrity = source, root, manifest, integrity
+        self.unpacked: Path | None = None  # set when `source` is an archive extracted here
+        self.workdir: Path | None = None  # where verified copies go (None: the temp folder)
+        self.decisions: list[Decision] = []
+        self.integrity_failures: list[str] = []
+        self.damaged: dict[str, str] = {}  # artifact id -> its integrity problem
+        self.copies: list[VerifiedCopy] = []
 
-@dataclass
-class Session:
-    """A loaded artifact. `run(inputs)` validates inputs against the contract."""
+    def integrity_failure(self, what: str, exc: IntegrityError | None = None) -> None:
+        """Raise in strict mode; in fallback mode log it and keep it for the session."""
+        if self.integrity == "strict":
+            raise exc or IntegrityError(what)
+        log.warning("integrity failure (integrity='fallback', going on): %s", what)
+        self.integrity_failures.append(what)
 
-    package: Path
-    manifest: Manifest
-    artifact: str
-    reason: str
-    host: HostInfo
-    decisions: list[Decision] = field(default_factory=list)
-    _runner: Any = None
+    def check_files(self) -> None:
+        check = check_package(self.root, self.manifest)
+        if check.ok:
+            return
+        if self.integrity == "strict":
+            raise check.error()
+        by_artifact: dict[str, list[FileProblem]] = {}
+        for p in check.problems:
+            by_artifact.setdefault(p.artifact, []).append(p)
+        for aid, problems in by_artifact.items():
+            what = "; ".join(str(p) for p in problems[:3])
+            self.integrity_failure(f"{aid or 'package'}: {what}")
+            if aid:
+                self.damaged[aid] = f"integrity: {what}"
 
-    @property
-    def contract(self) -> Contract:
-        return self.manifest.contract
-
-    def run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        return self._runner.run(inputs)  # type: ignore[no-any-return]
+    def signatures(self, trust: TrustPolicy) -> SignatureStatus:
+        try:
+            return check_signatures(self.root, self.manifest, trust)
+        except IntegrityError as exc:
+            self.integrity_failure(str(exc), exc)
+            return SignatureStatus()  # treated as unsigned from here on
 
     def close(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
+        for c in self.copies:
+            c.close()
 
-    def __enter__(self) -> Session:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def artifact_contract(contract: Contract, a: ArtifactEntry) -> Contract:
+    """What `a` accepts: `contract`, with the dims a fixed-shape artifact pins pinned."""
+    if a.contract is None:
+        return contract
+    pinned = {k: r for k, r in a.contract.dims.items() if r.min == r.max}
+    return contract.model_copy(update={"dims": {**contract.dims, **pinned}})
 
-    def explain(self) -> str:
-        lines = [f"picked {self.artifact}: {self.reason}", f"host: {self.host.describe()}"]
-        lines += [f"  {d.artifact}: {d}" for d in self.decisions]
-        return "\n".join(lines)
+
+def _open(
+    state: _Loading, c: Candidate, contract: Contract, threads: int | None, cache_dir: Path | None
+) -> Runner | None:
+    """The candidate's runner, loaded from a verified private copy; None if it failed."""
+    a = state.manifest.artifact(c.id)
+    try:
+        copy = VerifiedCopy(state.root, a, state.workdir)
+    except IntegrityError as exc:
+        state.integrity_failure(str(exc), exc)
+        state.decisions.append(Decision(c.id, "failed", f"integrity: {exc}"))
+        return None
+    state.copies.append(copy)
+    assert a.runtime is not None  # a built artifact has runtime settings (manifest validation)
+    served = artifact_contract(contract, a)
+    runner = open_runner(
+        a.backend, copy.artifact_dir, a.runtime, served, threads=threads, cache_dir=cache_dir
+    )
+    try:
+        runner.load()
+    except Exception as exc:  # any failure to load: record it, the caller falls back
+        reason = short_message(exc, 300)
+        log.warning("%s failed to load: %s; trying the next artifact", c.id, reason)
+        state.decisions.append(Decision(c.id, "failed", reason))
+        if runner.build_job is not None:
+            return runner  # its engine builds in the background from this copy
+        state.copies.remove(copy)
+        copy.close()
+        return None
+    return runner
 
 
 def load(
     package_path: str | Path,
     *,
+    target: str | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
+    require: list[str] | None = None,
     order: list[str] | None = None,
     allow_unverified: bool = False,
+    trust: TrustPolicy | None = None,
+    integrity: IntegrityMode = "strict",
+    use_verify_records: bool = False,
+    verify_records: str | Path | None = None,
     threads: int | None = None,
     cache_dir: str | Path | None = None,
     host: HostInfo | None = None,
+    workdir: str | Path | None = None,
 ) -> Session:
-    """Load the best artifact of `package_path` for this host.
+    """Load the best artifact of `package_path` (a package folder or a `.tar.gz`) for this host.
 
-    order: artifact ids to try first, in this order (default: the package's configured
-    order, then best measured latency). allow_unverified: also try artifacts whose parity
-    was not verified (never ones that failed). cache_dir: where runtimes may keep compiled
-    caches (OpenVINO CACHE_DIR, TensorRT engines).
+    target, backend, precision: only artifacts with these. require: only these artifact ids,
+    tried in this order (NoCompatibleArtifact with each one's reason if none loads). order:
+    ids to try first. An id the package lacks is a ConfigError. allow_unverified: also
+    artifacts whose parity was not verified (never ones that failed). trust: the signers
+    trusted for native code (default `$COMPILE_PKG_TRUSTED_KEYS`). integrity: "strict" (an
+    integrity failure raises IntegrityError) or "fallback" (logged, recorded on the session,
+    damaged artifacts skipped). use_verify_records: rank with `compile-pkg verify`'s records
+    too (`verify_records`, default `<package>.verify.json`). cache_dir: where runtimes keep
+    compiled caches; workdir: where private copies go (default: the temp folder).
     """
-    package = Path(package_path)
-    manifest = read_manifest(package)
-    host = host or probe_host()
-    candidates, excluded = rank(manifest, host, order=order, allow_unverified=allow_unverified)
-    decisions = [Decision(c.id, "excluded", c.reason) for c in excluded]
-    pending = None  # a runner whose TensorRT engine builds in the background (deferred)
-    for c in candidates:
-        a = manifest.artifact(c.id)
-        runner = None
-        try:
-            check_files(package, a)
-            assert a.runtime is not None
-            runner = open_runner(
-                a.backend,
-                package / a.directory,
-                a.runtime,
-                manifest.contract,
-                threads=threads,
-                cache_dir=Path(cache_dir) if cache_dir else None,
-            )
-            runner.load()
-        except Exception as exc:  # any failure to load: record it and fall back
-            if pending is None and runner is not None and runner.build_job is not None:
-                pending = runner
-            reason = short_message(exc, 300)
-            log.warning("%s failed to load: %s; trying the next artifact", c.id, reason)
-            decisions.append(Decision(c.id, "failed", reason))
+    source = Path(package_path)
+    work = Path(workdir) if workdir else None
+    request = Request(
+        target,
+        backend,
+        precision,
+        tuple(require) if require is not None else None,
+        tuple(order) if order is not None else None,
+    )
+    root, unpacked = _open_source(source, work)
+    state: _Loading | None = None
+    try:
+        manifest = read_manifest(root)
+        request.check(manifest)
+        state = _Loading(source, root, manifest, integrity)
+        state.unpacked, state.workdir = unpacked, work
+        trust = trust or TrustPolicy.from_env()
+        signatures = state.signatures(trust)
+        state.check_files()
+        host = host or probe_host()
+        records = None
+        if use_verify_records:
+            path = Path(verify_records) if verify_records else default_records_path(source)
+            if verify_records or path.is_file():
+                records = read_verify_records(path, manifest.core_sha256).measurements
+        candidates, excluded = rank(
+            manifest,
+            host,
+            order=request.preferred(),
+            allow_unverified=allow_unverified,
+            use_verify_records=use_verify_records,
+            verify_records=records,
+        )
+        state.decisions += [Decision(c.id, "excluded", c.reason) for c in excluded]
+        return _pick(state, request, candidates, signatures, trust, host, threads, cache_dir)
+    except BaseException:
+        if state is not None:
+            state.close()
+        if unpacked is not None:
+            shutil.rmtree(unpacked, ignore_errors=True)
+        raise
+
+
+def _pick(
+    state: _Loading,
+    request: Request,
+    candidates: list[Candidate],
+    signatures: SignatureStatus,
+    trust: TrustPolicy,
+    host: HostInfo,
+    threads: int | None,
+    cache_dir: str | Path | None,
+) -> Session:
+    m = state.manifest
+    contract = m.contract.model_copy(
+        update={"dims": {k: v for k, v in m.contract.dims.items() if k in m.configured_dims}}
+    )
+    pending: Runner | None = None  # a runner whose TensorRT engine builds in the background
+    unwanted = {c.id: request.mismatch(m.artifact(c.id)) for c in candidates}
+    state.decisions += [Decision(aid, "excluded", why) for aid, why in unwanted.items() if why]
+    for c in [c for c in candidates if not unwanted[c.id]]:
+        a = m.artifact(c.id)
+        skip = state.damaged.get(a.id) or native_refusal(a, signatures, trust)
+        if skip:
+            state.decisions.append(Decision(c.id, "excluded", skip))
             continue
-        serving: Any = runner
+        runner = _open(state, c, contract, threads, Path(cache_dir) if cache_dir else None)
+        if runner is None:
+            continue
+        if runner.build_job is not None:  # its engine builds in the background: serve the next
+            pending = pending or runner
+            continue
+        serving: Runner | SwitchingRunner = runner
         if pending is not None:  # serve this one until the engine is ready, then switch
             serving = SwitchingRunner(runner, pending)
-        decisions.append(Decision(c.id, "picked", c.reason))
-        tried = sum(d.outcome == "failed" for d in decisions)
-        why = c.reason + (f" (after {tried} fallback(s))" if tried else "")
+        why = "; ".join(p for p in (request.why(c.id), c.reason) if p)
+        tried = sum(d.outcome == "failed" for d in state.decisions)
+        why += f" (after {tried} fallback(s))" if tried else ""
+        state.decisions.append(Decision(c.id, "picked", why))
+        _warn_unusable(request, state.decisions)
         log.info("picked %s: %s", c.id, why)
-        return Session(package, manifest, c.id, why, host, decisions, serving)
-    lines = "\n".join(f"  {d.artifact}: {d}" for d in decisions) or "  (no artifacts)"
-    raise NoCompatibleArtifact(
-        f"{package}: no artifact can be loaded on this host ({host.describe()}):\n{lines}"
+        return Session(
+            package=state.source,
+            manifest=m,
+            artifact=c.id,
+            reason=why,
+            host=host,
+            decisions=state.decisions,
+            contract=artifact_contract(contract, a),
+            signatures=signatures.describe(),
+            integrity_failures=state.integrity_failures,
+            runner=serving,
+            copies=state.copies,
+            unpacked=state.unpacked,
+        )
+    _warn_unusable(request, state.decisions)
+    lines = "\n".join(f"  {d.artifact}: {d}" for d in state.decisions) or "  (no artifacts)"
+    what = (
+        f"the request ({request.describe()}) cannot be met"
+        if request.describe() != Request().describe()
+        else "no artifact can be loaded"
     )
+    raise NoCompatibleArtifact(f"{state.root}: {what} on this host ({host.describe()}):\n{lines}")
+
+
+def _warn_unusable(request: Request, decisions: list[Decision]) -> None:
+    """Say which ids of the caller's order could not be used, and why (never silently)."""
+    for aid in request.order or ():
+        why = next((d for d in decisions if d.artifact == aid), None)
+        if why is not None and why.outcome != "picked":
+            log.warning("order: %s could not be used: %s", aid, why)

@@ -3,27 +3,40 @@
 The manifest has a *core* (everything that is a function of the source, the config and the
 toolchain: identical for two builds of the same inputs, hashed into `core_sha256`) and
 run-to-run parts kept apart: `measurements` (parity and latency records, each naming its host
-and time), `selection` (what the build host would pick) and `build` (timestamps, source path,
-node log). `schema/manifest.v2.json` is generated from these models
-(`python -m compiler.serving.manifest`) and checked by a test.
+and time), `selection` (what the build host would pick), `reports` (the hashes of reports/)
+and `build` (timestamps, source path, node log). `schema/manifest.v2.json` is generated from
+these models (`python -m compiler.serving.manifest`) and checked by a test.
+
+A manifest is untrusted input: `read_manifest` bounds its size and nesting, refuses duplicate
+keys, validates every field (file paths are relative and stay inside the package; runtime
+settings name only files their artifact lists) and recomputes `core_sha256` over the document
+as read. Every failure is a `PackageError` (or `IntegrityError` for a core that does not match).
 
 Schema 2 (from 1): runtime settings are typed per backend (`runtime.backend` names it), the
-policies that decide verdicts are recorded (`policy`), and the node cache key moved from each
-artifact to the build log: it changed with every internal record layout, so it made the core
-digest of identical artifacts unstable across compile-pkg versions.
+policies that decide verdicts are recorded (`policy`), the node cache key moved from each
+artifact to the build log, reports are hashed, and `configured_dims` says which dim ranges the
+config set (serving enforces only those).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from compiler.core.contract import Contract
-from compiler.core.errors import PackageError
+from compiler.core.errors import IntegrityError, PackageError
 from compiler.core.hashing import sha256_json
 from compiler.core.host import Requirements
 from compiler.core.policies import PackageMeta, PackagePolicy
@@ -33,28 +46,57 @@ from compiler.core.records import (
     PassRecord,
     RuntimeSettingsField,
 )
+from compiler.core.settings import RuntimeSettings
+from compiler.serving.migrations import migrate, validate_document
 
 __all__ = [
     "CORE_FIELDS",
-    "ArtifactStatus",
-    "SCHEMA_VERSION",
     "ArtifactEntry",
+    "ArtifactStatus",
     "BuildLog",
     "FileEntry",
+    "MANIFEST_FILE",
     "Manifest",
     "NodeLog",
+    "Provenance",
+    "ReferenceInfo",
+    "SCHEMA_VERSION",
     "SelectionChoice",
+    "Sha256",
     "SelectionRecord",
+    "SourceInfo",
+    "check_member_path",
     "core_digest",
+    "document_core_digest",
+    "json_schema",
     "manifest_json",
     "migrate",
+    "parse_manifest",
     "read_manifest",
+    "runtime_files",
 ]
 
 SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).parent / "schema" / f"manifest.v{SCHEMA_VERSION}.json"
+MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
 
 ArtifactStatus = Literal["built", "deferred", "skipped", "failed"]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,63}$")  # a target or variant name
+
+
+def check_member_path(path: str) -> str:
+    """A path inside the package: relative, posix, no `.`/`..`/empty parts; ValueError if not."""
+    if not path or len(path) > 1024 or "\\" in path or "\0" in path or path.startswith("/"):
+        raise ValueError(f"path {path!r} must be relative, posix and inside the package")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") or len(p) > 255 for p in parts):
+        raise ValueError(f"path {path!r} has an empty, '.' or '..' part")
+    return path
+
+
+MemberPath = Annotated[str, StringConstraints(max_length=1024)]
 
 
 class _M(BaseModel):
@@ -62,9 +104,25 @@ class _M(BaseModel):
 
 
 class FileEntry(_M):
-    path: str  # relative to the package root, posix
-    sha256: str
-    size: int
+    path: MemberPath  # relative to the package root, posix
+    sha256: Sha256
+    size: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _inside(self) -> FileEntry:
+        check_member_path(self.path)
+        return self
+
+
+def runtime_files(runtime: RuntimeSettings) -> list[str]:
+    """The files a runtime opens by name, relative to its artifact's folder."""
+    if runtime.backend == "onnxruntime":
+        return [runtime.model]
+    if runtime.backend == "openvino":
+        return [runtime.xml]
+    if runtime.backend == "tvm":
+        return [runtime.library]
+    return [f for f in (runtime.engine, runtime.spec, runtime.onnx) if f]
 
 
 class ArtifactEntry(_M):
@@ -84,6 +142,39 @@ class ArtifactEntry(_M):
     portable: bool = False
     passes: list[str] = Field(default_factory=list)  # pass names applied after normalize
     notes: list[str] = Field(default_factory=list)
+    # The artifact's own interface when it accepts less than the package's (a library built
+    # for fixed shapes pins those dims): serving checks inputs against it.
+    contract: Contract | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ArtifactEntry:
+        for what, name in (("target", self.target), ("variant", self.variant)):
+            if not _NAME.match(name):
+                raise ValueError(f"{what} {name!r} is not a valid name")
+        if self.id != f"{self.target}/{self.variant}":
+            raise ValueError(f"id {self.id!r} is not '{self.target}/{self.variant}'")
+        if self.status in ("skipped", "failed"):
+            if self.files or self.directory or self.runtime is not None:
+                raise ValueError(f"{self.id} is {self.status} but lists files or runtime settings")
+            return self
+        if self.directory != f"artifacts/{self.target}.{self.variant}":
+            raise ValueError(f"{self.id}: directory must be artifacts/{self.target}.{self.variant}")
+        if not self.files or self.runtime is None or self.requirements is None:
+            raise ValueError(f"{self.id} is {self.status} but lacks files, runtime or requirements")
+        if {self.runtime.backend, self.requirements.runtime} != {self.backend}:
+            raise ValueError(f"{self.id}: runtime settings or requirements name another backend")
+        listed = {f.path for f in self.files}
+        if len(listed) != len(self.files):
+            raise ValueError(f"{self.id}: a file is listed twice")
+        if any(not p.startswith(self.directory + "/") for p in listed):
+            raise ValueError(f"{self.id}: every file must be under {self.directory}/")
+        for name in runtime_files(self.runtime):
+            check_member_path(name)
+            if f"{self.directory}/{name}" not in listed:
+                raise ValueError(
+                    f"{self.id}: runtime settings name {name!r}, which is not a listed file"
+                )
+        return self
 
 
 class SourceInfo(_M):
@@ -151,6 +242,9 @@ class Manifest(_M):
     provenance: Provenance
     policy: PackagePolicy = Field(default_factory=PackagePolicy)
     contract: Contract
+    # symbolic dims whose range the config set: serving checks inputs against these only (the
+    # other ranges are build-time defaults, for sample data and engine profiles)
+    configured_dims: list[str] = Field(default_factory=list)
     reference: ReferenceInfo
     artifacts: list[ArtifactEntry]
     target_notes: dict[str, str] = Field(default_factory=dict)
@@ -158,7 +252,43 @@ class Manifest(_M):
     # run-to-run parts: never hashed into core_sha256
     measurements: dict[str, ArtifactMeasurements] = Field(default_factory=dict)
     selection: SelectionRecord = Field(default_factory=SelectionRecord)
+    reports: list[FileEntry] = Field(default_factory=list)
     build: BuildLog = Field(default_factory=BuildLog)
+    _read_version: int = PrivateAttr(default=SCHEMA_VERSION)
+
+    @property
+    def reports_hashed(self) -> bool:
+        """False for a package written before schema 2 hashed reports/."""
+        return self._read_version >= SCHEMA_VERSION
+
+    @model_validator(mode="after")
+    def _closed_file_set(self) -> Manifest:
+        ids = [a.id for a in self.artifacts]
+        if len(set(ids)) != len(ids):
+            raise ValueError("an artifact id is listed twice")
+        unknown = sorted(set(self.measurements) - set(ids))
+        if unknown:
+            raise ValueError(f"measurements for artifacts the package does not have: {unknown}")
+        for folder, entries in (("reference", self.reference.files), ("reports", self.reports)):
+            if any(not f.path.startswith(folder + "/") for f in entries):
+                raise ValueError(f"every {folder} file must be under {folder}/")
+        paths = [f.path for f in self.all_files()]
+        if len(set(paths)) != len(paths):
+            raise ValueError("a file is listed twice")
+        if MANIFEST_FILE in paths:
+            raise ValueError(f"{MANIFEST_FILE} cannot list itself")
+        dims = set(self.contract.symbolic_dims())
+        if not set(self.configured_dims) <= dims:
+            raise ValueError(f"configured_dims {self.configured_dims} are not all dims {dims}")
+        return self
+
+    def all_files(self) -> list[FileEntry]:
+        """Every file the package holds besides manifest.json (and its signatures)."""
+        return [
+            *(f for a in self.artifacts for f in a.files),
+            *self.reference.files,
+            *self.reports,
+        ]
 
     def artifact(self, artifact_id: str) -> ArtifactEntry:
         for a in self.artifacts:
@@ -180,14 +310,21 @@ CORE_FIELDS = (
     "provenance",
     "policy",
     "contract",
+    "configured_dims",
     "reference",
     "artifacts",
     "target_notes",
 )
 
 
+def document_core_digest(doc: dict[str, Any]) -> str:
+    """The core digest of a manifest document as read: absent fields are left out (as
+    version 1 did), so a field added later does not change the digest of older packages."""
+    return sha256_json({k: doc[k] for k in CORE_FIELDS if k in doc})
+
+
 def core_digest(m: Manifest) -> str:
-    return sha256_json(m.model_dump(mode="json", include=set(CORE_FIELDS)))
+    return document_core_digest(m.model_dump(mode="json", include=set(CORE_FIELDS)))
 
 
 def manifest_json(m: Manifest) -> str:
@@ -195,96 +332,48 @@ def manifest_json(m: Manifest) -> str:
     return json.dumps(m.model_dump(mode="json"), indent=2, sort_keys=True, allow_nan=True) + "\n"
 
 
-# --------------------------------------------------------------------------- migrations
-
-
-def _from_v0(doc: dict[str, Any]) -> dict[str, Any]:
-    """v0 (pre-release) had no schema_version and kept measurements inside each artifact."""
-    measurements = {}
-    for a in doc.get("artifacts", []):
-        rec = {k: a.pop(k) for k in ("parity", "latency") if k in a}
-        if rec:
-            measurements[a["id"]] = {k: [v] for k, v in rec.items() if v}
-    doc.setdefault("measurements", {}).update(measurements)
-    doc["schema_version"] = 1
-    return doc
-
-
-def _from_v1(doc: dict[str, Any]) -> dict[str, Any]:
-    """v1 -> v2: runtime settings name their backend; the cache key leaves the artifacts; the
-    policies are read from the recorded config."""
-    for a in doc.get("artifacts", []):
-        a.pop("cache_key", None)
-        runtime = a.get("runtime") or None
-        if runtime is not None:
-            runtime["backend"] = a["backend"]
-            if a["backend"] == "openvino":
-                runtime.pop("int8_method", None)
-        a["runtime"] = runtime
-    cfg = doc.get("provenance", {}).get("config", {})
-    parity = cfg.get("parity", {})
-    doc["policy"] = {
-        "parity": {k: parity[k] for k in ("tolerances", "outputs") if k in parity},
-        "latency": cfg.get("latency", {}),
-        "selection": cfg.get("selection", {}),
-    }
-    build = doc.get("build", {})
-    build["pass_log"] = {n: _pass_record_v1(r) for n, r in build.get("pass_log", {}).items()}
-    doc["schema_version"] = 2
-    return doc
-
-
-_PASS_RECORD_FIELDS = ("version", "nodes_before", "nodes_after", "bytes_before", "bytes_after")
-
-
-def _pass_record_v1(rec: dict[str, Any]) -> dict[str, Any]:
-    """v1 pass records were flat (common fields, timing and the pass's own facts together)."""
-    common = {k: rec.pop(k) for k in (*_PASS_RECORD_FIELDS, "ops_before", "ops_after") if k in rec}
-    rec.pop("seconds", None)
-    return {
-        "name": rec.pop("pass", ""),
-        **common,
-        "skipped": rec.pop("skipped", ""),
-        "warnings": rec.pop("warnings", []),
-        "details": rec,
-    }
-
-
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_v0, 1: _from_v1}
-
-
-def migrate(doc: dict[str, Any]) -> dict[str, Any]:
+def parse_manifest(text: str | bytes, where: str = MANIFEST_FILE) -> Manifest:
+    """Validate a manifest document; PackageError (IntegrityError for the core) if it is bad."""
+    doc = validate_document(text, where)
+    recorded = doc.get("core_sha256")
+    digest = document_core_digest(doc)
     version = doc.get("schema_version", 0)
-    if not isinstance(version, int) or version < 0:
-        raise PackageError(f"manifest schema_version {version!r} is not a version number")
-    while version < SCHEMA_VERSION:
-        doc = MIGRATIONS[version](doc)
-        version = doc["schema_version"]
-    if version > SCHEMA_VERSION:
-        raise PackageError(
-            f"manifest schema_version {version} is newer than this compile-pkg reads "
-            f"({SCHEMA_VERSION}); upgrade compile-pkg"
-        )
-    return doc
+    m = _validate(migrate(doc), where)
+    if version == SCHEMA_VERSION or recorded:
+        if recorded != digest:
+            raise IntegrityError(
+                f"{where}: core_sha256 does not match the manifest's core (edited after it was "
+                "written); rebuild or re-download the package"
+            )
+    m.core_sha256 = digest
+    m._read_version = version
+    return m
+
+
+def _validate(doc: dict[str, Any], where: str) -> Manifest:
+    try:
+        return Manifest.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise PackageError(f"{where}: invalid manifest at {loc}: {first['msg']}") from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise PackageError(f"{where}: invalid manifest ({type(exc).__name__}: {exc})") from None
 
 
 def read_manifest(package: str | Path) -> Manifest:
     package = Path(package)
-    path = package / "manifest.json"
+    path = package / MANIFEST_FILE
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as fh:
+            text = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
-        raise PackageError(f"{package}: not a package (no manifest.json)") from None
-    except (OSError, ValueError) as exc:
+        raise PackageError(f"{package}: not a package (no {MANIFEST_FILE})") from None
+    except OSError as exc:
         raise PackageError(f"{path}: unreadable manifest ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise PackageError(f"{path}: a manifest is a JSON object, got {type(doc).__name__}")
-    try:
-        return Manifest.model_validate(migrate(doc))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise PackageError(f"{path}: invalid manifest at {loc}: {first['msg']}") from exc
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{path}: larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a manifest")
+    return parse_manifest(text, str(path))
 
 
 def json_schema() -> dict[str, Any]:

@@ -136,9 +136,11 @@ def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: 
         seen.add(_valid_or_absent(out))
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".pkg.")]
         # a killed writer may leave its staging folder behind, never a half-written `pkg`
-        assert all(".tmp-" in n or ".old-" in n for n in leftovers)
+        assert all(".tmp-" in n or ".old-" in n or ".new-" in n for n in leftovers)
     subprocess.run(cmd[:-4], env=env, check=True, capture_output=True)
     assert _valid_or_absent(out) != "absent"
+    # the next build collected what the killed ones left (their locks were free)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pkg.tmp-")]
 
 
 def test_short_message_folds_and_cuts_library_errors() -> None:
