@@ -2,11 +2,14 @@
 
 What a caller of a package may feed and will get back; read off the normalized ONNX graph by
 compiler/pipeline/interface.py. Symbolic dims get their allowed range from the config
-(`dims: {batch: {min: 1, opt: 1, max: 8}}`).
+(`dims: {batch: {min: 1, opt: 1, max: 8}}`, or `opt` alone), from the batch default, or from
+probing the graph (compiler/pipeline/probe.py); `dim_origins` says which. An input may carry
+the value domain the graph states for it (indices into a table, a flag, an `If` selector).
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -15,22 +18,93 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compiler.core.errors import ConfigError, ContractError
 
-__all__ = ["Contract", "DimRange", "OutputKind", "TensorSpec"]
+__all__ = [
+    "Contract",
+    "DimOrigin",
+    "DimRange",
+    "OutputKind",
+    "TensorSpec",
+    "ValueDomain",
+    "set_flag",
+]
 
 
 class DimRange(BaseModel):
-    """Allowed values of one symbolic dim; `opt` is what samples and benchmarks use."""
+    """Allowed values of one symbolic dim; `opt` is what samples and benchmarks use.
+
+    Given `opt` alone, min and max default around it: min = opt // 2 (at least 1), max =
+    2 * opt; so `--set dims.NAME.opt=N` is a complete range.
+    """
 
     model_config = ConfigDict(extra="forbid")
     min: int = Field(ge=0)
     opt: int = Field(ge=0)
     max: int = Field(ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _around_opt(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        opt = data.get("opt")
+        if not isinstance(opt, int) or isinstance(opt, bool):
+            return data
+        filled = dict(data)
+        if filled.get("min") is None:
+            filled["min"] = min(opt, max(1, opt // 2))
+        if filled.get("max") is None:
+            filled["max"] = 2 * opt
+        return filled
+
     @model_validator(mode="after")
     def _ordered(self) -> DimRange:
         if not self.min <= self.opt <= self.max:
-            raise ValueError(f"need min <= opt <= max, got {self.min}, {self.opt}, {self.max}")
+            raise ValueError(
+                f"need min <= opt <= max, got min {self.min}, opt {self.opt}, max {self.max}"
+            )
         return self
+
+
+class DimOrigin(BaseModel):
+    """How a symbolic dim got its range: the config, the batch default (a dim at axis 0 of an
+    input: 1..64, opt 1), or probing the sizes the reference model accepts. `note` says what
+    was tried, for the report; no module reads it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: Literal["config", "batch", "probed"]
+    probes: int = Field(default=0, description="reference runs it took")
+    note: str = ""
+
+
+class ValueDomain(BaseModel):
+    """The values an input takes: a set (`values`) or an interval (`low`..`high`; integers
+    include `high`, floats draw from [low, high)). Generated sample data draws from it.
+    `source` says where it comes from (the config, the graph, or the dtype's default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    values: list[int | float] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ValueDomain:
+        if self.values is not None:
+            if not self.values:
+                raise ValueError("values: give at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give values, or low and high")
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        return self
+
+    def describe(self) -> str:
+        """`{0, 1}` or `0..9`, for messages and reports."""
+        if self.values is not None:
+            shown = ", ".join(str(v) for v in self.values[:8])
+            return "{" + shown + (", ..." if len(self.values) > 8 else "") + "}"
+        return f"{self.low}..{self.high}"
 
 
 # What an output means, which decides how parity judges it: class scores and probabilities by
@@ -48,12 +122,26 @@ OutputKind = Literal[
 ]
 
 
+def _key_part(part: str) -> str:
+    """One part of a `--set` key: quoted when it holds a dot, quote, '=' or blank."""
+    if part and not any(c in part for c in '."=\\') and not any(c.isspace() for c in part):
+        return part
+    return '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def set_flag(*parts: str, value: str = "N") -> str:
+    """The `--set` option for a config key, quoted for a POSIX shell: `--set dims.seq.opt=N`,
+    `--set 'dims."p2o.DynamicDimension.1".opt=N'` (the grammar: compiler/pipeline/config.py)."""
+    return "--set " + shlex.quote(".".join(_key_part(p) for p in parts) + "=" + value)
+
+
 class TensorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     dtype: str  # numpy dtype name: float32, int64, ...
-    shape: list[int | str]  # int: fixed; str: symbolic dim name
+    shape: list[int | str]  # int: fixed; str: symbolic dim name; [] for a scalar
     kind: OutputKind | None = None  # outputs only: what the values mean
+    domain: ValueDomain | None = None  # inputs only: the values the graph says it takes
 
     def concrete_shape(self, dims: Mapping[str, DimRange], which: str = "opt") -> tuple[int, ...]:
         out = []
@@ -64,9 +152,8 @@ class TensorSpec(BaseModel):
                 out.append(getattr(dims[d], which))
             else:
                 raise ConfigError(
-                    f"tensor '{self.name}': symbolic dim '{d}' has no range; "
-                    f"give it one in the config (dims: {{{d}: {{min: .., opt: .., max: ..}}}}) "
-                    f"or with --set dims.{d}.opt=N"
+                    f"tensor '{self.name}': symbolic dim '{d}' has no range; give it one in the "
+                    f"config (dims: {{{d!r}: {{opt: N}}}}) or with {set_flag('dims', d, 'opt')}"
                 )
         return tuple(out)
 
@@ -79,7 +166,11 @@ class Contract(BaseModel):
     outputs: list[TensorSpec]
     dims: dict[str, DimRange] = Field(default_factory=dict)
     named_dims: dict[str, str] = Field(
-        default_factory=dict, description="dims that had no name in the source, by given name"
+        default_factory=dict,
+        description="dims that had no name in the source (unnamed, '?' or -1), by given name",
+    )
+    dim_origins: dict[str, DimOrigin] = Field(
+        default_factory=dict, description="how each ranged dim got its range"
     )
 
     def symbolic_dims(self) -> list[str]:
@@ -89,6 +180,28 @@ class Contract(BaseModel):
                 if isinstance(d, str):
                     seen.setdefault(d)
         return list(seen)
+
+    def input_dims(self) -> list[str]:
+        """The symbolic dims of the inputs, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for t in self.inputs:
+            for d in t.shape:
+                if isinstance(d, str):
+                    seen.setdefault(d)
+        return list(seen)
+
+    def unranged_dims(self) -> list[str]:
+        """Input dims with no range yet: samples cannot be made until each has one."""
+        return [d for d in self.input_dims() if d not in self.dims]
+
+    def dim_axes(self, dim: str) -> list[str]:
+        """Where a dim appears among the inputs, e.g. ["input 'x' axis 2"], for messages."""
+        return [
+            f"input '{t.name}' axis {axis}"
+            for t in self.inputs
+            for axis, d in enumerate(t.shape)
+            if d == dim
+        ]
 
     def input_shapes(self, which: str = "opt") -> dict[str, tuple[int, ...]]:
         return {t.name: t.concrete_shape(self.dims, which) for t in self.inputs}
@@ -129,7 +242,9 @@ class Contract(BaseModel):
                     if not r.min <= got <= r.max:
                         raise ContractError(
                             f"input '{spec.name}' axis {axis} ('{want}'): size {got} outside "
-                            f"the allowed range [{r.min}, {r.max}]"
+                            f"the allowed range [{r.min}, {r.max}] (a build with "
+                            f"{set_flag('dims', want, 'max' if got > r.max else 'min', value=str(got))}"
+                            f" allows it)"
                         )
                 if bound.setdefault(want, got) != got:
                     raise ContractError(

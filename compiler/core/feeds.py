@@ -47,7 +47,7 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             arr = io.BytesIO()
-            np.lib.format.write_array(arr, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            np.lib.format.write_array(arr, np.asarray(arrays[name], order="C"), allow_pickle=False)
             zf.writestr(info, arr.getvalue())
     path.write_bytes(buf.getvalue())
 
@@ -78,7 +78,7 @@ def feeds_digest(feeds: Sequence[Mapping[str, np.ndarray]]) -> str:
     h = hashlib.sha256()
     for feed in feeds:
         for name in sorted(feed):
-            a = np.ascontiguousarray(feed[name])
+            a = np.asarray(feed[name], order="C")
             h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
             h.update(a.tobytes())
     return h.hexdigest()

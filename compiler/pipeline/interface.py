@@ -1,21 +1,31 @@
 """Read the interface contract off a normalized ONNX graph.
 
-Unnamed dynamic dims are given a stable name `<input>_d<axis>` so they can be ranged, and that
-naming is recorded. A symbolic dim that appears only as axis 0 of inputs is taken as a batch
-dim and gets the default range 1..64 unless the config gives one.
+Every dynamic dim the source leaves without a name of its own (unnamed, `?`, or the literal
+-1 some exporters store) gets a distinct, stable name `<tensor>_d<axis>`, so two `?` dims are
+two dims and each can be ranged; that naming is recorded. A scalar input stays a scalar.
+
+Ranges: the config's (`dims:`), else the batch default for a dim that is axis 0 of an input of
+rank >= 2 (1..64, opt 1). Other input dims are left for probing (compiler/pipeline/probe.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import onnx
 
-from compiler.core.contract import Contract, DimRange, TensorSpec
+from compiler.core.contract import Contract, DimOrigin, DimRange, TensorSpec, set_flag
 from compiler.core.errors import ConfigError, ContractError
 
-__all__ = ["extract_contract", "name_unnamed_dims", "onnx_dtype_name"]
+__all__ = [
+    "BATCH_RANGE",
+    "extract_contract",
+    "is_batch_dim",
+    "name_unnamed_dims",
+    "onnx_dtype_name",
+]
 
+BATCH_RANGE = DimRange(min=1, opt=1, max=64)
 
 _ONNX_TO_NP = {
     onnx.TensorProto.FLOAT: "float32",
@@ -33,6 +43,8 @@ _ONNX_TO_NP = {
     onnx.TensorProto.BOOL: "bool",
 }
 
+_UNNAMED_PARAMS = {"", "?"}
+
 
 def onnx_dtype_name(elem_type: int, where: str) -> str:
     try:
@@ -44,7 +56,69 @@ def onnx_dtype_name(elem_type: int, where: str) -> str:
         ) from None
 
 
-def _tensor_spec(vi: onnx.ValueInfoProto, kind: str, named: dict[str, str]) -> TensorSpec:
+def _graph_values(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.ValueInfoProto]]:
+    """("input"|"output", value) for the graph's real inputs (not initializers) and outputs."""
+    initializers = {i.name for i in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name not in initializers:
+            yield "input", vi
+    for vi in model.graph.output:
+        yield "output", vi
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[onnx.TensorShapeProto.Dimension]:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return []
+    return list(tt.shape.dim)
+
+
+def _is_unnamed(d: onnx.TensorShapeProto.Dimension) -> bool:
+    if d.HasField("dim_value"):
+        return d.dim_value < 0  # -1: "dynamic", as some exporters write it
+    return d.dim_param in _UNNAMED_PARAMS
+
+
+def _describe(d: onnx.TensorShapeProto.Dimension) -> str:
+    if d.HasField("dim_value"):
+        return f"was {d.dim_value}"
+    return f"was '{d.dim_param}'" if d.dim_param else "had no name"
+
+
+def _new_names(model: onnx.ModelProto) -> dict[tuple[str, int], tuple[str, str]]:
+    """(tensor, axis) -> (given name, where it is and what it was) for every unnamed dim.
+    Names are `<tensor>_d<axis>`, with a suffix where that collides with an existing name."""
+    taken = {d.dim_param for _, vi in _graph_values(model) for d in _dims(vi)} - _UNNAMED_PARAMS
+    given: dict[tuple[str, int], tuple[str, str]] = {}
+    for kind, vi in _graph_values(model):
+        for axis, d in enumerate(_dims(vi)):
+            if not _is_unnamed(d):
+                continue
+            base = name = f"{vi.name}_d{axis}"
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{base}_{n}"
+            taken.add(name)
+            given[(vi.name, axis)] = (name, f"{kind} '{vi.name}' axis {axis} ({_describe(d)})")
+    return given
+
+
+def name_unnamed_dims(model: onnx.ModelProto) -> dict[str, str]:
+    """Give every unnamed, `?` or -1 graph input/output dim a distinct dim_param, in place;
+    returns given name -> where it is."""
+    given = _new_names(model)
+    for _, vi in _graph_values(model):
+        for axis, d in enumerate(_dims(vi)):
+            if (vi.name, axis) in given:
+                d.Clear()
+                d.dim_param = given[(vi.name, axis)][0]
+    return {name: where for name, where in given.values()}
+
+
+def _tensor_spec(
+    vi: onnx.ValueInfoProto, kind: str, given: Mapping[tuple[str, int], tuple[str, str]]
+) -> TensorSpec:
     where = f"graph {kind} '{vi.name}'"
     if not vi.type.HasField("tensor_type"):
         raise ContractError(f"{where}: only tensor {kind}s are supported (sequence/map found)")
@@ -55,60 +129,56 @@ def _tensor_spec(vi: onnx.ValueInfoProto, kind: str, named: dict[str, str]) -> T
         )
     shape: list[int | str] = []
     for axis, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value"):
+        if (vi.name, axis) in given:
+            shape.append(given[(vi.name, axis)][0])
+        elif d.HasField("dim_value"):
             shape.append(int(d.dim_value))
-        elif d.dim_param:
-            shape.append(d.dim_param)
         else:
-            name = f"{vi.name}_d{axis}"
-            named[name] = f"{kind} '{vi.name}' axis {axis}"
-            shape.append(name)
+            shape.append(d.dim_param)
     return TensorSpec(name=vi.name, dtype=onnx_dtype_name(tt.elem_type, where), shape=shape)
 
 
-def name_unnamed_dims(model: onnx.ModelProto) -> dict[str, str]:
-    """Give every unnamed dynamic graph input/output dim a dim_param, in place."""
-    named: dict[str, str] = {}
-    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
-        for vi in values:
-            if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
-                continue
-            for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-                if not d.HasField("dim_value") and not d.dim_param:
-                    d.dim_param = f"{vi.name}_d{axis}"
-                    named[d.dim_param] = f"{kind} '{vi.name}' axis {axis}"
-    return named
+def is_batch_dim(contract: Contract, dim: str) -> bool:
+    """A dim at axis 0 of some input of rank >= 2 is taken as a batch dim (wherever else it
+    appears: an LSTM state carries the batch at axis 1)."""
+    return any(len(t.shape) >= 2 and t.shape[0] == dim for t in contract.inputs)
 
 
 def extract_contract(
-    model: onnx.ModelProto, dims: Mapping[str, DimRange] | None = None
+    model: onnx.ModelProto,
+    dims: Mapping[str, DimRange] | None = None,
+    named_dims: Mapping[str, str] | None = None,
 ) -> Contract:
-    """Read the contract off a normalized model; `dims` gives ranges to symbolic dims."""
-    initializers = {i.name for i in model.graph.initializer}
-    named: dict[str, str] = {}
-    inputs = [
-        _tensor_spec(vi, "input", named) for vi in model.graph.input if vi.name not in initializers
-    ]
-    outputs = [_tensor_spec(vi, "output", named) for vi in model.graph.output]
+    """Read the contract off a model; `dims` gives ranges to symbolic dims, `named_dims` is
+    what `name_unnamed_dims` gave names to (dims still unnamed here are named the same way).
+    Input dims neither the config nor the batch default ranges stay unranged."""
+    given = _new_names(model)
+    inputs: list[TensorSpec] = []
+    outputs: list[TensorSpec] = []
+    for kind, vi in _graph_values(model):
+        (inputs if kind == "input" else outputs).append(_tensor_spec(vi, kind, given))
+    named = {**dict(named_dims or {}), **{name: where for name, where in given.values()}}
     contract = Contract(inputs=inputs, outputs=outputs, named_dims=named)
     dims = dict(dims or {})
-    unknown = sorted(set(dims) - set(contract.symbolic_dims()))
+    known = contract.symbolic_dims()
+    unknown = sorted(set(dims) - set(known))
     if unknown:
         raise ConfigError(
             f"config gives ranges for dims {unknown} that the model does not have; "
-            f"its symbolic dims are {contract.symbolic_dims()}"
+            f"its symbolic dims are {known}"
         )
-    ranges = {}
-    for d in contract.symbolic_dims():
+    ranges: dict[str, DimRange] = {}
+    origins: dict[str, DimOrigin] = {}
+    for d in known:
         if d in dims:
-            ranges[d] = dims[d]
-        elif _is_batch_dim(contract, d):
-            ranges[d] = DimRange(min=1, opt=1, max=64)
+            ranges[d], origins[d] = dims[d], DimOrigin(source="config")
+        elif is_batch_dim(contract, d):
+            ranges[d] = BATCH_RANGE
+            origins[d] = DimOrigin(
+                source="batch",
+                note=f"axis 0 of an input: the batch default {BATCH_RANGE.min}..{BATCH_RANGE.max}"
+                f" (opt {BATCH_RANGE.opt}); change it with {set_flag('dims', d, 'max')}",
+            )
     contract.dims = ranges
+    contract.dim_origins = origins
     return contract
-
-
-def _is_batch_dim(contract: Contract, dim: str) -> bool:
-    """A symbolic dim that appears only as axis 0 of inputs is taken as a batch dim."""
-    axes = {axis for t in contract.inputs for axis, d in enumerate(t.shape) if d == dim}
-    return axes == {0}

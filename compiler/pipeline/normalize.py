@@ -2,8 +2,9 @@
 
 Sources: an ONNX file (external-data files beside it are read too) or a PyTorch module given
 as `package.module:factory` with an input spec, exported through `torch.onnx.export`.
-Normalizing checks the model, upgrades opsets older than the configured floor, names
-unnamed dynamic dims, runs shape inference, and saves it deterministically.
+Normalizing checks the model, upgrades opsets older than the configured floor, gives every
+dynamic dim without a name of its own (unnamed, `?`, -1) a distinct name, runs shape
+inference, and saves it deterministically.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from google.protobuf.message import EncodeError
 
 from compiler.core.errors import InputModelError
 from compiler.pipeline.interface import name_unnamed_dims
@@ -191,8 +193,8 @@ def normalize_model(
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputModelError(f"{where}: fails onnx.checker: {first}") from exc
-    except ValueError:
-        pass  # > 2 GB: checked on the file by the caller's save + reload when needed
+    except (ValueError, EncodeError):
+        pass  # > 2 GB cannot be checked in memory; preflight checked the file and its data
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     record["opset_source"] = opset
     if opset < min_opset:
@@ -206,17 +208,34 @@ def normalize_model(
         record["opset_upgraded_to"] = min_opset
     record["named_dims"] = name_unnamed_dims(model)
     try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        model = _infer_shapes(model)
     except Exception as exc:
         raise InputModelError(f"{where}: shape inference failed: {exc}") from exc
     return model, record
+
+
+def too_big(model: onnx.ModelProto) -> bool:
+    """A model protobuf cannot hold in one message (2 GB): it travels with external data."""
+    try:
+        return model.ByteSize() > _TWO_GB
+    except EncodeError:
+        return True
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    if not too_big(model):
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    with tempfile.TemporaryDirectory(prefix="compile-pkg-shapes-") as tmp:
+        path = save_model(model, Path(tmp))  # weights go to external data
+        onnx.shape_inference.infer_shapes_path(str(path), str(path), strict_mode=False)
+        return onnx.load(path, load_external_data=True)
 
 
 def save_model(model: onnx.ModelProto, out_dir: Path) -> Path:
     """Save deterministically; external data (one file) only when the model exceeds 2 GB."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / MODEL_FILE
-    if model.ByteSize() > _TWO_GB:
+    if too_big(model):
         onnx.save_model(
             model,
             path,

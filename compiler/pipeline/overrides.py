@@ -32,15 +32,7 @@ _Slot = tuple[dict[str, Any], str]  # (the mapping that holds the value, its key
 
 def apply_override(config: _C, item: str) -> _C:
     """`config` with one `KEY=VALUE` applied (grammar: the module docstring), re-validated."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(
-            f"--set {item!r}: expected KEY=VALUE, e.g. cpu.quantize.calibration_method=entropy"
-        )
-    parts = key.split(".")
-    if not all(parts):
-        raise ConfigError(f"--set {key}: empty part in the key; parts are separated by one '.'")
+    key, parts, text = _split_key(item)
     data = config.model_dump(mode="python")
     value = _parse_value(text.strip())
     for holder, name in _slots(type(config), data, parts, key):
@@ -49,6 +41,69 @@ def apply_override(config: _C, item: str) -> _C:
         return config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_set_error(exc, key, text.strip())) from None
+
+
+def _split_key(item: str) -> tuple[str, list[str], str]:
+    """`KEY=VALUE` -> (key as written, its parts, value text). Parts are separated by '.'; a
+    part in double quotes is taken as written (dots and '=' included; `\\"` is a quote), so
+    `dims."p2o.DynamicDimension.1".opt=4` names the dim `p2o.DynamicDimension.1`."""
+    end, quoted = -1, False
+    for i, c in enumerate(item):
+        if c == '"' and (i == 0 or item[i - 1] != "\\"):
+            quoted = not quoted
+        elif c == "=" and not quoted:
+            end = i
+            break
+    if quoted:
+        raise ConfigError(f"--set {item}: a quoted part of the key has no closing '\"'")
+    key = item[:end].strip() if end >= 0 else ""
+    if not key:
+        raise ConfigError(
+            f"--set {item!r}: expected KEY=VALUE, e.g. cpu.quantize.calibration_method=entropy"
+        )
+    return key, _key_parts(key), item[end + 1 :].strip()
+
+
+def _key_parts(key: str) -> list[str]:
+    parts: list[str] = []
+    i = 0
+    while True:
+        if key.startswith('"', i):
+            i, part = _quoted(key, i)
+        else:
+            j = key.find(".", i)
+            part = (key[i:] if j < 0 else key[i:j]).strip()
+            i = len(key) if j < 0 else j
+            if not part:
+                raise ConfigError(
+                    f"--set {key}: empty part in the key; parts are separated by one '.' "
+                    '(quote a name that holds dots: dims."a.b".opt=4)'
+                )
+        parts.append(part)
+        if i >= len(key):
+            return parts
+        if key[i] != ".":
+            raise ConfigError(f"--set {key}: a quoted part must be followed by '.' or '='")
+        i += 1
+        if i >= len(key):
+            raise ConfigError(f"--set {key}: the key ends with '.'")
+
+
+def _quoted(key: str, start: int) -> tuple[int, str]:
+    """The quoted part opening at `start`: the index after its closing quote, and its text."""
+    out: list[str] = []
+    i = start + 1
+    while i < len(key):
+        c = key[i]
+        if c == "\\" and i + 1 < len(key):
+            out.append(key[i + 1])
+            i += 2
+            continue
+        if c == '"':
+            return i + 1, "".join(out)
+        out.append(c)
+        i += 1
+    raise ConfigError(f"--set {key}: a quoted part of the key has no closing '\"'")
 
 
 def _parse_value(text: str) -> Any:

@@ -6,13 +6,18 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.core.errors import InputModelError
+from compiler.core.contract import Contract, DimRange
+from compiler.core.errors import ConfigError, InputModelError
+from compiler.pipeline.data import resolve_domains
+from compiler.pipeline.interface import extract_contract
 from compiler.pipeline.normalize import (
     load_onnx,
     normalize_model,
     parse_input_spec,
+    save_model,
     source_digest,
 )
+from compiler.pipeline.probe import CANDIDATES, MAX_FACTOR, range_dims
 from tests.models import tiny_mlp
 
 
@@ -101,3 +106,99 @@ def test_torch_module_is_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         got = s.run({"x": x})
     np.testing.assert_allclose(next(iter(got.values())), expected, atol=1e-5)
     assert out.manifest.source.kind == "torch"
+
+
+# --------------------------------------------------------------------------- dims: naming, probing
+
+
+def _reshaped(inputs: dict[str, list], targets: dict[str, list[int]]) -> onnx.ModelProto:
+    """Each float input reshaped to a fixed shape: only sizes that fit are accepted."""
+    nodes, inits, outputs = [], [], []
+    for name in inputs:
+        target = targets[name]
+        inits.append(onnx.numpy_helper.from_array(np.asarray(target, np.int64), f"{name}_shape"))
+        nodes.append(onnx.helper.make_node("Reshape", [name, f"{name}_shape"], [f"{name}_out"]))
+        shape = [None if t < 0 else t for t in target]
+        outputs.append(onnx.helper.make_tensor_value_info(f"{name}_out", 1, shape))
+    graph = onnx.helper.make_graph(
+        nodes,
+        "g",
+        [onnx.helper.make_tensor_value_info(n, 1, s) for n, s in inputs.items()],
+        outputs,
+        inits,
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _probed(model: onnx.ModelProto, tmp_path: Path) -> Contract:
+    model, record = normalize_model(model, "m.onnx")
+    contract = extract_contract(model, {}, record["named_dims"])
+    path = save_model(model, tmp_path / "norm")
+    return range_dims(path, contract, resolve_domains(contract, {}), "m.onnx")
+
+
+def test_normalize_names_question_marks_and_minus_one_apart() -> None:
+    model = _reshaped({"x": [1, "?", "?"]}, {"x": [1, 4]})
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_value = -1
+    model, record = normalize_model(model, "m.onnx")
+    shape = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert shape == ["x_d0", "x_d1", "x_d2"]
+    assert record["named_dims"]["x_d0"] == "input 'x' axis 0 (was -1)"
+    assert record["named_dims"]["x_d2"] == "input 'x' axis 2 (was '?')"
+
+
+def test_probing_finds_the_one_size_a_dim_takes(tmp_path: Path) -> None:
+    c = _probed(_reshaped({"x": [1, "?"]}, {"x": [1, 48]}), tmp_path)
+    assert c.dims["x_d1"] == DimRange(min=48, opt=48, max=48)
+    origin = c.dim_origins["x_d1"]
+    assert origin.source == "probed" and origin.probes > 1
+    assert "min 48 (32 rejected)" in origin.note and "max 48 (64 rejected)" in origin.note
+
+
+def test_probing_finds_dims_that_must_take_different_sizes_together(tmp_path: Path) -> None:
+    """An audio length that must be 48 and an LSTM-state batch that must be 1, as in a VAD."""
+    model = _reshaped({"x": [1, "len"], "state": [2, "?", 8]}, {"x": [1, 48], "state": [2, 1, 8]})
+    c = _probed(model, tmp_path)
+    assert (c.dims["len"].opt, c.dims["state_d1"].opt) == (48, 1)
+    assert c.input_shapes() == {"x": (1, 48), "state": (2, 1, 8)}
+
+
+def test_probing_a_dim_the_model_takes_at_any_size(tmp_path: Path) -> None:
+    model = _reshaped({"x": ["batch", "?"]}, {"x": [-1]})
+    c = _probed(model, tmp_path)
+    assert c.dims["x_d1"] == DimRange(min=1, opt=CANDIDATES[0], max=CANDIDATES[0] * MAX_FACTOR)
+    assert c.dim_origins["batch"].source == "batch"  # axis 0: the batch default, not probed
+
+
+def test_dims_no_size_fits_fail_in_one_line_naming_each_and_its_set(tmp_path: Path) -> None:
+    model = _reshaped(
+        {"x": [1, "p2o.DynamicDimension.1"], "y": [1, "seq"]}, {"x": [1, 47], "y": [1, 47]}
+    )
+    with pytest.raises(ConfigError) as err:
+        _probed(model, tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and err.value.exit_code == 2
+    assert msg.startswith("m.onnx: no size the model accepts was found for the dims")
+    assert (
+        "'p2o.DynamicDimension.1' (input 'x' axis 1)" in msg and "'seq' (input 'y' axis 1)" in msg
+    )
+    assert """--set 'dims."p2o.DynamicDimension.1".opt=N' --set dims.seq.opt=N""" in msg
+    assert "Reshape" in msg  # the last error the reference gave
+
+
+def test_configured_ranges_keep_opt_and_pull_in_ends_the_model_rejects(tmp_path: Path) -> None:
+    model = _reshaped({"x": [1, "?"], "y": [1, "seq"]}, {"x": [1, 47], "y": [1, -1]})
+    model, record = normalize_model(model, "m.onnx")
+    given = {"x_d1": DimRange(opt=47), "seq": DimRange(min=3, opt=5, max=9)}
+    contract = extract_contract(model, given, record["named_dims"])
+    path = save_model(model, tmp_path / "norm")
+    c = range_dims(path, contract, resolve_domains(contract, {}), "m.onnx")
+    assert c.dims["x_d1"] == DimRange(min=47, opt=47, max=47)  # 23..94 around opt 47
+    assert c.dim_origins["x_d1"].note == "config min 23 rejected; config max 94 rejected"
+    assert c.dims["seq"] == given["seq"]
+    assert c.dim_origins["seq"].note == "min and max accepted by the reference"
+    assert {o.source for o in c.dim_origins.values()} == {"config"}

@@ -1,23 +1,48 @@
-"""data: the sample inputs parity is measured on and the calibration inputs, from the user's
-files or generated from the contract."""
+"""data: the sample inputs parity is judged on and the calibration inputs, from the user's
+files or data loader (split so the two never share a feed) or generated from the contract;
+generated samples are run on the reference model first, so data the model cannot use stops
+the build here, before any compile.
+
+Writes `samples.npz`, `calibration.npz` and, when the user's data has labels, `labels.json`
+(a JSON list, one label per sample)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
+from compiler.core.contract import ValueDomain
+from compiler.core.errors import ConfigError
 from compiler.core.feeds import Feeds, feeds_digest, write_feeds_npz
 from compiler.core.hashing import dir_digest, file_sha256
 from compiler.core.records import DataOutput, DataSource
-from compiler.pipeline.data import generate_feeds, read_feeds
+from compiler.pipeline.data import generate_feeds, resolve_domains
 from compiler.pipeline.graph import DataNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
+from compiler.pipeline.probe import check_generated
+from compiler.pipeline.userdata import LABELS_FILE, Labelled, load_user_data, run_loader
 
 __all__ = ["DataKind"]
 
 
+def _path_digest(path: Path) -> str:
+    """A user file's or folder's content, with the labels.json beside a single file."""
+    if path.is_dir():
+        return dir_digest(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file or folder; give a .npz file or a folder of them")
+    labels = path.parent / LABELS_FILE
+    return file_sha256(path) + (file_sha256(labels) if labels.is_file() else "")
+
+
 class DataKind(Kind[DataNode]):
-    version = "2"
+    version = "3"
+
+    def __init__(self) -> None:
+        # a loader runs once per build: for the key, and its result is kept for the run
+        self._loaded: WeakKeyDictionary[NodeContext, Labelled] = WeakKeyDictionary()
 
     def key(self, node: DataNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
@@ -27,38 +52,63 @@ class DataKind(Kind[DataNode]):
             ("calibration", ctx.inputs.calibration_data),
         ):
             if path is not None:
-                user[label] = dir_digest(path) if path.is_dir() else file_sha256(path)
+                user[label] = _path_digest(path)
+        if cfg.data.loader is not None:
+            loaded = run_loader(cfg.data.loader, ctx.contract(node.normalize))
+            self._loaded[ctx] = loaded
+            user["loader"] = loaded.digest()
         return {
             "samples": cfg.parity.samples,
             "seed": cfg.parity.seed,
-            "ranges": {k: v.model_dump() for k, v in cfg.inputs.items()},
+            "data": cfg.data.model_dump(mode="json"),
+            "inputs": {k: v.model_dump(mode="json") for k, v in cfg.inputs.items()},
             "user": user,
         }
 
     def run(self, node: DataNode, ctx: NodeContext, out: Path) -> DataOutput:
         cfg, contract = ctx.config, ctx.contract(node.normalize)
-        ranges = {k: (v.low, v.high) for k, v in cfg.inputs.items()}
-        samples_source: DataSource = "generated"
-        calibration_source: DataSource = "generated"
-        if ctx.inputs.sample_data is not None:
-            samples, samples_source = read_feeds(ctx.inputs.sample_data, contract), "user"
+        domains = resolve_domains(contract, cfg.inputs)
+        user = load_user_data(
+            contract,
+            samples=ctx.inputs.sample_data,
+            calibration=ctx.inputs.calibration_data,
+            loader=cfg.data.loader,
+            validation_fraction=cfg.data.validation_fraction,
+            loaded=self._loaded.pop(ctx, None),
+        )
+        model, where = ctx.model_path(node.normalize), ctx.inputs.source_path.name
+        used: dict[str, ValueDomain] = {}
+        samples_source: DataSource = "user"
+        calibration_source: DataSource = "user"
+        if user.samples is not None:
+            samples, labels = user.samples.feeds, user.samples.labels
         else:
-            samples = generate_feeds(contract, cfg.parity.samples, cfg.parity.seed, ranges)
+            samples = generate_feeds(contract, cfg.parity.samples, cfg.parity.seed, domains)
+            labels, samples_source = None, "generated"
+            check_generated(model, contract, samples, domains, where)
+            used = domains
         calibration: list[Feeds]
-        if ctx.inputs.calibration_data is not None:
-            calibration = read_feeds(ctx.inputs.calibration_data, contract)
-            calibration_source = "user"
-        elif samples_source == "user":
-            calibration, calibration_source = samples, "user"
+        if user.calibration is not None:
+            calibration = user.calibration
         else:
-            count = max(cfg.parity.samples, 16)
-            calibration = generate_feeds(contract, count, cfg.parity.seed + 1, ranges)
+            calibration = generate_feeds(
+                contract, cfg.data.calibration_samples, cfg.parity.seed + 1, domains
+            )
+            if samples_source == "user":
+                check_generated(model, contract, calibration, domains, where)
+            calibration_source, used = "generated", domains
         write_feeds_npz(out / "samples.npz", samples)
         write_feeds_npz(out / "calibration.npz", calibration)
+        if labels is not None:
+            (out / LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n", encoding="utf-8")
         return DataOutput(
             samples=len(samples),
             samples_source=samples_source,
             calibration=len(calibration),
             calibration_source=calibration_source,
             samples_digest=feeds_digest(samples),
+            labels=labels is not None,
+            split_from=user.split_from,
+            overlap_removed=user.overlap_removed,
+            domains=used,
         )

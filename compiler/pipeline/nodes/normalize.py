@@ -1,5 +1,7 @@
 """normalize: the source model, checked, opset-upgraded, dims named, saved deterministically;
-its interface contract is read off the result."""
+its interface contract is read off the result: the value domains the graph states for its
+inputs, and a range for every input dim (the config's, the batch default, or probed on the
+reference). A dim no size can be found for stops the build here, before any compile."""
 
 from __future__ import annotations
 
@@ -8,18 +10,22 @@ from pathlib import Path
 import onnx
 
 from compiler.core.records import NormalizeOutput, NormalizeRecord
+from compiler.pipeline.data import resolve_domains
+from compiler.pipeline.domains import infer_domains
 from compiler.pipeline.graph import NormalizeNode
 from compiler.pipeline.interface import extract_contract
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
-from compiler.pipeline.normalize import load_onnx, normalize_model, save_model
+from compiler.pipeline.normalize import MODEL_FILE, load_onnx, normalize_model, save_model
 from compiler.pipeline.output_kinds import with_output_kinds
+from compiler.pipeline.probe import BUDGET_S, CANDIDATES, MAX_FACTOR, MAX_RUNS, range_dims
+from targets.onnxruntime.runtime import version as ort_version
 
 __all__ = ["NormalizeKind"]
 
 
 class NormalizeKind(Kind[NormalizeNode]):
-    version = "2"
+    version = "3"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
@@ -27,16 +33,24 @@ class NormalizeKind(Kind[NormalizeNode]):
             "source": ctx.inputs.source_digest,
             "normalize": cfg.normalize.model_dump(),
             "dims": {k: v.model_dump() for k, v in cfg.dims.items()},
+            "inputs": {k: v.model_dump(mode="json") for k, v in cfg.inputs.items()},  # probing
+            "probe": [list(CANDIDATES), MAX_FACTOR, MAX_RUNS, BUDGET_S],
             "kinds": dict(cfg.parity.kinds),
-            "libs": {"onnx": onnx.__version__},
+            "libs": {"onnx": onnx.__version__, "onnxruntime": ort_version()},
         }
 
     def run(self, node: NormalizeNode, ctx: NodeContext, out: Path) -> NormalizeOutput:
         cfg, source = ctx.config, ctx.inputs.source_path
         model, record = normalize_model(load_onnx(source), source.name, cfg.normalize.min_opset)
-        contract = extract_contract(model, cfg.dims)
-        contract = with_output_kinds(contract, model, cfg.parity.kinds)
+        contract = extract_contract(model, cfg.dims, record["named_dims"])
+        inferred = infer_domains(model, contract.inputs)
+        contract.inputs = [
+            t.model_copy(update={"domain": inferred.get(t.name)}) for t in contract.inputs
+        ]
+        domains = resolve_domains(contract, cfg.inputs)
         save_model(model, out)
+        contract = range_dims(out / MODEL_FILE, contract, domains, source.name)
+        contract = with_output_kinds(contract, model, cfg.parity.kinds)
         ctx.hold(node.id, model, out)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         return NormalizeOutput(

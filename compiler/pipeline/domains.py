@@ -1,0 +1,245 @@
+"""Value domains the graph states for its inputs, so generated sample data is data the model
+can run on and takes its usual paths.
+
+Each input is followed through value-preserving ops (Cast, Reshape, Unsqueeze, Expand, ...)
+into every graph and subgraph that reads it. What the graph says, strongest first:
+
+- indices: the input selects rows of a table (`Gather` indices: 0..rows-1), is one-hot
+  encoded (`OneHot`: 0..depth-1), or is compared with many constants (`Equal` against
+  0..256, one-hot by comparison): an integer interval;
+- selector: an `If` condition tests the input for equality with a constant (`sr == 16000`):
+  that constant, so every sample takes the same, intended branch;
+- flag: an integer input compared with 0 or 1, negated (`Not`, `1 - x`) or cast to bool:
+  {0, 1}.
+
+Inputs the graph says nothing about keep their dtype's default (compiler/pipeline/data.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compiler.core.contract import TensorSpec, ValueDomain
+
+__all__ = ["infer_domains"]
+
+# ops whose output carries (some of) the traced values unchanged, by the input index that does
+_PASS_THROUGH = {
+    "Identity": (0,),
+    "Cast": (0,),
+    "CastLike": (0,),
+    "Unsqueeze": (0,),
+    "Squeeze": (0,),
+    "Reshape": (0,),
+    "Flatten": (0,),
+    "Expand": (0,),
+    "Transpose": (0,),
+    "Slice": (0,),
+    "Tile": (0,),
+    "Gather": (0,),  # the data operand: selected values keep their domain
+    "Concat": tuple(range(64)),
+}
+# ops that carry a bool condition on to an If
+_BOOL_CHAIN = {"Not", "And", "Or", "Xor", "Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape"}
+_MAX_DEPTH = 12
+_MAX_CONST = 4096  # elements; larger constants are never compared with an input
+_INDEX, _SELECTOR, _FLAG = 3, 2, 1
+
+
+@dataclass(frozen=True)
+class _Finding:
+    strength: int
+    domain: ValueDomain
+
+
+class _Graph:
+    """Consumers and constants of a model and all its subgraphs (names are global in ONNX,
+    and subgraphs read outer values by name)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+        self.shapes: dict[str, list[int]] = {}
+        self.values: dict[str, np.ndarray] = {}
+        self._walk(model.graph)
+        for vi in [*model.graph.value_info, *model.graph.input]:
+            dims = vi.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims) and vi.name not in self.shapes:
+                self.shapes[vi.name] = [int(d.dim_value) for d in dims]
+
+    def _walk(self, graph: onnx.GraphProto) -> None:
+        for init in graph.initializer:
+            self.shapes[init.name] = list(init.dims)
+            if int(np.prod(init.dims)) <= _MAX_CONST:
+                self.values[init.name] = numpy_helper.to_array(init)
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name:
+                    self.consumers.setdefault(name, []).append((node, i))
+            if node.op_type == "Constant" and node.output:
+                self._constant(node)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    self._walk(attr.g)
+                for sub in attr.graphs:
+                    self._walk(sub)
+
+    def _constant(self, node: onnx.NodeProto) -> None:
+        for attr in node.attribute:
+            if attr.name == "value":
+                self.shapes[node.output[0]] = list(attr.t.dims)
+                if int(np.prod(attr.t.dims)) <= _MAX_CONST:
+                    self.values[node.output[0]] = numpy_helper.to_array(attr.t)
+            elif attr.name in ("value_int", "value_float"):
+                value = attr.i if attr.name == "value_int" else attr.f
+                self.values[node.output[0]] = np.asarray(value)
+                self.shapes[node.output[0]] = []
+            elif attr.name in ("value_ints", "value_floats"):
+                vals = list(attr.ints) if attr.name == "value_ints" else list(attr.floats)
+                self.values[node.output[0]] = np.asarray(vals)
+                self.shapes[node.output[0]] = [len(vals)]
+
+    def reach(self, start: str) -> Iterator[tuple[onnx.NodeProto, int]]:
+        """(node, input index) for every use of `start`'s values, through pass-through ops."""
+        seen = {start}
+        queue = deque([(start, 0)])
+        while queue:
+            name, depth = queue.popleft()
+            for node, i in self.consumers.get(name, []):
+                yield node, i
+                if depth < _MAX_DEPTH and i in _PASS_THROUGH.get(node.op_type, ()):
+                    for out in node.output[:1]:
+                        if out and out not in seen:
+                            seen.add(out)
+                            queue.append((out, depth + 1))
+
+    def feeds_if(self, name: str) -> bool:
+        """Does `name` (a bool) decide an If, directly or through boolean glue?"""
+        seen = {name}
+        queue = deque([name])
+        while queue:
+            for node, i in self.consumers.get(queue.popleft(), []):
+                if node.op_type == "If" and i == 0:
+                    return True
+                if node.op_type in _BOOL_CHAIN:
+                    for out in node.output[:1]:
+                        if out not in seen:
+                            seen.add(out)
+                            queue.append(out)
+        return False
+
+
+def _scalars(values: np.ndarray) -> list[int | float]:
+    flat = np.unique(values.reshape(-1))
+    if flat.dtype.kind in "iub":
+        return [int(v) for v in flat]
+    return [float(v) for v in flat]
+
+
+def _gather(g: _Graph, node: onnx.NodeProto) -> _Finding | None:
+    table = node.input[0]
+    shape = g.shapes.get(table)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    if not shape or not -len(shape) <= axis < len(shape) or shape[axis] <= 0:
+        return None
+    rows = shape[axis]
+    why = f"indices into Gather '{node.name or node.output[0]}' table '{table}' of {rows} rows"
+    return _Finding(_INDEX, ValueDomain(low=0, high=rows - 1, source=why))
+
+
+def _one_hot(g: _Graph, node: onnx.NodeProto) -> _Finding | None:
+    depth = g.values.get(node.input[1]) if len(node.input) > 1 else None
+    if depth is None or depth.size != 1 or int(depth.reshape(-1)[0]) <= 0:
+        return None
+    n = int(depth.reshape(-1)[0])
+    why = f"one-hot encoded by OneHot '{node.name or node.output[0]}' of depth {n}"
+    return _Finding(_INDEX, ValueDomain(low=0, high=n - 1, source=why))
+
+
+def _equal(g: _Graph, node: onnx.NodeProto, i: int, integral: bool) -> _Finding | None:
+    other = g.values.get(node.input[1 - i])
+    if other is None or other.size == 0:
+        return None
+    consts = _scalars(other)
+    label = f"Equal '{node.name or node.output[0]}'"
+    if g.feeds_if(node.output[0]):
+        first = _scalars(other.reshape(-1)[:1])[0]
+        why = f"an If condition tests it for == {first} ({label})"
+        return _Finding(_SELECTOR, ValueDomain(values=[first], source=why))
+    if not integral:
+        return None
+    if len(consts) > 2:
+        low, high = int(min(consts)), int(max(consts))
+        why = f"compared with the constants {low}..{high} ({label})"
+        return _Finding(_INDEX, ValueDomain(low=low, high=high, source=why))
+    if set(consts) <= {0, 1}:
+        why = f"a flag compared with {' and '.join(str(c) for c in consts)} ({label})"
+        return _Finding(_FLAG, ValueDomain(values=[0, 1], source=why))
+    return _Finding(_FLAG, ValueDomain(values=consts, source=f"compared with {consts} ({label})"))
+
+
+def _flag(g: _Graph, node: onnx.NodeProto, i: int) -> _Finding | None:
+    """An integer input negated (`Not`, `1 - x`) or cast to bool is a 0/1 flag."""
+    label = f"{node.op_type} '{node.name or node.output[0]}'"
+    if node.op_type == "Not":
+        return _Finding(_FLAG, ValueDomain(values=[0, 1], source=f"negated by {label}"))
+    if node.op_type == "Cast":
+        to = next((a.i for a in node.attribute if a.name == "to"), 0)
+        if to == onnx.TensorProto.BOOL:
+            return _Finding(_FLAG, ValueDomain(values=[0, 1], source=f"cast to bool by {label}"))
+    if node.op_type == "Sub" and i == 1:
+        one = g.values.get(node.input[0])
+        if one is not None and one.size == 1 and float(one.reshape(-1)[0]) == 1.0:
+            return _Finding(_FLAG, ValueDomain(values=[0, 1], source=f"a mask: 1 - x in {label}"))
+    return None
+
+
+def _findings(g: _Graph, spec: TensorSpec) -> Iterator[_Finding]:
+    integral = np.dtype(spec.dtype).kind in "iu"
+    for node, i in g.reach(spec.name):
+        found: _Finding | None = None
+        if node.op_type == "Gather" and i == 1:
+            found = _gather(g, node)
+        elif node.op_type == "OneHot" and i == 0:
+            found = _one_hot(g, node)
+        elif node.op_type == "Equal":
+            found = _equal(g, node, i, integral)
+        elif integral:
+            found = _flag(g, node, i)
+        if found is not None:
+            yield found
+
+
+def _merge(findings: Sequence[_Finding]) -> ValueDomain | None:
+    """The strongest kind of finding wins; several index findings narrow to their overlap."""
+    if not findings:
+        return None
+    top = max(f.strength for f in findings)
+    best = [f.domain for f in findings if f.strength == top]
+    if top != _INDEX or len(best) == 1:
+        return best[0]
+    tightest = min(best, key=lambda d: (d.high or 0) - (d.low or 0))
+    low = max(d.low or 0 for d in best)
+    high = min(d.high or 0 for d in best)
+    if low > high:
+        return tightest
+    return ValueDomain(low=low, high=high, source=tightest.source)
+
+
+def infer_domains(model: onnx.ModelProto, inputs: Sequence[TensorSpec]) -> dict[str, ValueDomain]:
+    """Input name -> the value domain the graph states for it (inputs it says nothing about
+    are left out)."""
+    g = _Graph(model)
+    out: dict[str, ValueDomain] = {}
+    for spec in inputs:
+        if spec.dtype == "bool":
+            continue
+        domain = _merge(list(_findings(g, spec)))
+        if domain is not None:
+            out[spec.name] = domain
+    return out

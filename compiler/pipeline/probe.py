@@ -1,0 +1,302 @@
+"""Find sizes for the input dims nothing else ranges, by running the reference model on them;
+and check that generated data runs on it, before any compile.
+
+Probing (every input dim without a config range or the batch default): generated feeds at
+candidate sizes run on the reference (the normalized model on ONNX Runtime CPU, as the
+reference node runs it). The candidates, in order of preference, are CANDIDATES; for several
+dims at once, combinations are tried by the sum of their ranks, so the preferred sizes come
+first and dims that must agree (an LSTM state's batch) are still found. The first accepted
+combination gives each dim its `opt`; then each dim's `min` walks down the candidates below
+`opt` and its `max` up those above (to MAX_FACTOR x opt) while the model accepts them, the
+other dims at their opt. A configured range is checked the same way: an end the reference
+rejects is pulled in toward opt. Probing stops after MAX_RUNS runs (BUDGET_S seconds is a
+safety net for very slow models; a range it cuts short says so). What was accepted and
+rejected is recorded in the contract's `dim_origins`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.core.contract import Contract, DimOrigin, DimRange, ValueDomain, set_flag
+from compiler.core.errors import ConfigError, short_message
+from compiler.core.feeds import Feeds
+from compiler.pipeline.data import domain_fixes, random_feed
+from targets.onnxruntime.backend import reference_session
+
+__all__ = [
+    "BUDGET_S",
+    "CANDIDATES",
+    "MAX_FACTOR",
+    "MAX_RUNS",
+    "check_generated",
+    "range_dims",
+]
+
+CANDIDATES = (224, 128, 256, 320, 64, 512, 48, 32, 96, 160, 192, 384, 640, 16, 8, 1024, 4, 2, 1)
+MAX_FACTOR = 8
+BUDGET_S = 120.0
+MAX_RUNS = 600
+
+
+class _Spent(Exception):
+    """The probe budget ran out."""
+
+
+def _run_options() -> Any:
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # a rejected size is an answer, not an error to log
+    return options
+
+
+class _Prober:
+    """Runs the reference on one generated feed per size assignment; remembers answers."""
+
+    def __init__(self, model_path: Path, contract: Contract, domains: Mapping[str, ValueDomain]):
+        self.session = reference_session(model_path)
+        self.options = _run_options()
+        self.contract = contract
+        self.domains = domains
+        self.outputs = [o.name for o in contract.outputs]
+        self.fixed = {d: r.opt for d, r in contract.dims.items()}
+        self.runs = 0
+        self.deadline = time.monotonic() + BUDGET_S
+        self.last_error = ""
+        self._seen: dict[tuple[tuple[str, int], ...], bool] = {}
+
+    def accepts(self, sizes: Mapping[str, int]) -> bool:
+        key = tuple(sorted(sizes.items()))
+        if key in self._seen:
+            return self._seen[key]
+        if self.runs >= MAX_RUNS or time.monotonic() > self.deadline:
+            raise _Spent
+        dims = {**self.fixed, **sizes}
+        shapes = {
+            t.name: tuple(d if isinstance(d, int) else dims[d] for d in t.shape)
+            for t in self.contract.inputs
+        }
+        feed = random_feed(self.contract.inputs, shapes, self.domains, np.random.default_rng(0))
+        self.runs += 1
+        try:
+            self.session.run(self.outputs, feed, self.options)
+            ok = True
+        except Exception as exc:  # ONNX Runtime says no in many ways; the message is kept
+            self.last_error = short_message(exc, 200)
+            ok = False
+        self._seen[key] = ok
+        return ok
+
+
+def _by_rank_sum(k: int, n: int) -> Iterator[tuple[int, ...]]:
+    """All k-tuples of ranks 0..n-1, lowest rank sum first."""
+
+    def compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
+        if parts == 1:
+            if total < n:
+                yield (total,)
+            return
+        for first in range(min(total, n - 1) + 1):
+            for rest in compositions(total - first, parts - 1):
+                yield (first, *rest)
+
+    for total in range(k * (n - 1) + 1):
+        yield from compositions(total, k)
+
+
+def _first_accepted(prober: _Prober, dims: Sequence[str]) -> dict[str, int] | None:
+    for ranks in _by_rank_sum(len(dims), len(CANDIDATES)):
+        sizes = {d: CANDIDATES[r] for d, r in zip(dims, ranks, strict=True)}
+        if prober.accepts(sizes):
+            return sizes
+    return None
+
+
+def _walk(
+    prober: _Prober, found: Mapping[str, int], dim: str, steps: Sequence[int]
+) -> tuple[int, str]:
+    """The last of `steps` the model accepts for `dim` before the first it rejects."""
+    last = found[dim]
+    for v in steps:
+        try:
+            if not prober.accepts({**found, dim: v}):
+                return last, f"{v} rejected"
+        except _Spent:
+            return last, "probe budget spent"
+        last = v
+    return last, "the last size tried"
+
+
+def _range(prober: _Prober, found: Mapping[str, int], dim: str) -> tuple[DimRange, str]:
+    opt = found[dim]
+    cap = opt * MAX_FACTOR
+    down = sorted((c for c in CANDIDATES if c < opt), reverse=True)
+    up = sorted({c for c in CANDIDATES if opt < c <= cap} | {opt * 2**k for k in (1, 2, 3)})
+    low, why_low = _walk(prober, found, dim, down)
+    high, why_high = _walk(prober, found, dim, [v for v in up if v <= cap])
+    others = ", ".join(f"{d}={v}" for d, v in found.items() if d != dim)
+    note = (
+        f"opt {opt}: the first size tried that the reference accepts"
+        + (f" (with {others})" if others else "")
+        + f"; min {low} ({why_low}); max {high} ({why_high}"
+        + (f", {MAX_FACTOR}x opt is the cap" if high == cap else "")
+        + ")"
+    )
+    return DimRange(min=low, opt=opt, max=high), note
+
+
+def _no_size_error(
+    prober: _Prober,
+    contract: Contract,
+    dims: Sequence[str],
+    domains: Mapping[str, ValueDomain],
+    where: str,
+) -> ConfigError:
+    ints = [
+        t.name
+        for t in contract.inputs
+        if t.dtype != "bfloat16"
+        and np.dtype(t.dtype).kind in "iu"
+        and domains[t.name].source != "config"
+    ]
+    return ConfigError(
+        f"{where}: no size the model accepts was found for the dims "
+        + ", ".join(f"'{d}' ({'; '.join(contract.dim_axes(d))})" for d in dims)
+        + f" in {prober.runs} reference runs over the sizes {min(CANDIDATES)}.."
+        f"{max(CANDIDATES)} (last error: {prober.last_error or 'none'}); give each a size: "
+        + " ".join(set_flag("dims", d, "opt") for d in dims)
+        + (
+            f" (or, if an input's values are the cause, {domain_fixes(contract, ints)})"
+            if ints
+            else ""
+        )
+    )
+
+
+def _pull_in(prober: _Prober, opts: Mapping[str, int], dim: str, end: int) -> tuple[int, str]:
+    """`end` if the reference accepts it, else the accepted size nearest it toward opt."""
+    opt = opts[dim]
+    if end == opt or prober.accepts({**opts, dim: end}):
+        return end, ""
+    between = sorted(
+        {c for c in CANDIDATES if min(end, opt) < c < max(end, opt)}, reverse=end > opt
+    )
+    for v in between:
+        if prober.accepts({**opts, dim: v}):
+            return v, f"{end} rejected, {v} accepted"
+    return opt, f"{end} rejected"
+
+
+def _check_configured(
+    prober: _Prober, opts: Mapping[str, int], dim: str, r: DimRange
+) -> tuple[DimRange, str]:
+    """A configured range with each end the reference rejects pulled in toward opt."""
+    try:
+        low, why_low = _pull_in(prober, opts, dim, r.min)
+        high, why_high = _pull_in(prober, opts, dim, r.max)
+    except _Spent:
+        return r, "ends not checked: probe budget spent"
+    notes = [
+        f"config min {why_low}" if why_low else "",
+        f"config max {why_high}" if why_high else "",
+    ]
+    note = "; ".join(n for n in notes if n) or "min and max accepted by the reference"
+    return DimRange(min=low, opt=r.opt, max=high), note
+
+
+def range_dims(
+    model_path: Path, contract: Contract, domains: Mapping[str, ValueDomain], where: str
+) -> Contract:
+    """`contract` with every unranged input dim ranged by probing, and each configured range's
+    ends checked on the reference (an end it rejects is pulled in toward opt, and noted);
+    ConfigError naming every dim it could not range, with the `--set` for each."""
+    dims = contract.unranged_dims()
+    configured = [
+        d
+        for d in contract.input_dims()
+        if d in contract.dims and contract.dim_origins[d].source == "config"
+    ]
+    if not dims and not configured:
+        return contract
+    prober = _Prober(model_path, contract, domains)
+    found: dict[str, int] | None = {}
+    if dims:
+        try:
+            found = _first_accepted(prober, dims)
+        except _Spent:
+            found = None
+    if found is None:
+        raise _no_size_error(prober, contract, dims, domains, where)
+    ranges, origins = dict(contract.dims), dict(contract.dim_origins)
+    searched = prober.runs
+    for d in dims:
+        before = prober.runs
+        ranges[d], note = _range(prober, found, d)
+        probes = searched + prober.runs - before
+        origins[d] = DimOrigin(source="probed", probes=probes, note=note)
+    opts = {**prober.fixed, **found}
+    for d in configured:
+        before = prober.runs
+        ranges[d], note = _check_configured(prober, opts, d, contract.dims[d])
+        origins[d] = DimOrigin(source="config", probes=prober.runs - before, note=note)
+    return contract.model_copy(update={"dims": ranges, "dim_origins": origins})
+
+
+def _fails(session: Any, options: Any, outputs: list[str], feed: Feeds) -> str:
+    """Why the reference cannot use this feed ('' when it can): an error, or NaN outputs."""
+    try:
+        values = session.run(outputs, feed, options)
+    except Exception as exc:
+        return f"fails ({short_message(exc, 200)})"
+    nan = [
+        n
+        for n, v in zip(outputs, values, strict=True)
+        if np.issubdtype(np.asarray(v).dtype, np.floating) and np.isnan(v).any()
+    ]
+    return f"gives NaN in outputs {nan}" if nan else ""
+
+
+def check_generated(
+    model_path: Path,
+    contract: Contract,
+    feeds: Sequence[Feeds],
+    domains: Mapping[str, ValueDomain],
+    where: str,
+) -> None:
+    """ConfigError (one line) unless the reference runs on every generated feed with finite
+    outputs; names the inputs whose values are at fault where setting one to zeros helps."""
+    session = reference_session(model_path)
+    options = _run_options()
+    outputs = [o.name for o in contract.outputs]
+    for i, feed in enumerate(feeds):
+        problem = _fails(session, options, outputs, feed)
+        if not problem:
+            continue
+        suspects = [n for n, d in domains.items() if d.source != "config"]
+        culprits = [
+            n
+            for n in suspects
+            if not _fails(session, options, outputs, {**feed, n: np.zeros_like(feed[n])})
+        ] or suspects
+        shown = ", ".join(f"'{n}' ({domains[n].describe()}, {domains[n].source})" for n in culprits)
+        sized = [d for d, o in contract.dim_origins.items() if o.source != "probed"]
+        sizes = ", ".join(f"{d}={contract.dims[d].opt}" for d in sized)
+        raise ConfigError(
+            f"{where}: generated sample {i} {problem} on the reference model; it drew "
+            f"{shown or 'values the config gives'}; set the values an input takes with "
+            f"{domain_fixes(contract, culprits) or '--set inputs.NAME.values=[...]'}"
+            + (
+                f" (or, if a size is the cause ({sizes}), "
+                + " ".join(set_flag("dims", d, "opt") for d in sized)
+                + ")"
+                if sized
+                else ""
+            )
+            + ", or give real inputs with --sample-data DIR"
+        )

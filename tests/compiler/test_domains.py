@@ -1,0 +1,211 @@
+"""Value domains read off the graph: Gather-table indices, one-hot codes, masks compared with
+0/1 or used as `1 - x`, `If` conditions on an input; generated data from them runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler.core.contract import Contract, DimRange, ValueDomain
+from compiler.pipeline.data import generate_feeds, resolve_domains
+from compiler.pipeline.domains import infer_domains
+from compiler.pipeline.interface import extract_contract
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: list | None = None) -> onnx.ModelProto:
+    m = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, inits or []), opset_imports=OPSET
+    )
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def _infer(m: onnx.ModelProto) -> dict[str, ValueDomain]:
+    return infer_domains(m, extract_contract(m).inputs)
+
+
+def _inferred(m: onnx.ModelProto) -> Contract:
+    """The contract with the graph's domains, as normalize makes it."""
+    c = extract_contract(m)
+    d = infer_domains(m, c.inputs)
+    return c.model_copy(
+        update={"inputs": [t.model_copy(update={"domain": d.get(t.name)}) for t in c.inputs]}
+    )
+
+
+def _runs(m: onnx.ModelProto, domains: dict[str, ValueDomain]) -> bool:
+    """Does ONNX Runtime run every generated feed drawn from these domains?"""
+    c = extract_contract(m)
+    c.dims = {d: c.dims.get(d) or DimRange(opt=4) for d in c.input_dims()}
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        for feed in generate_feeds(c, 4, 0, domains):
+            sess.run(None, feed)
+    except Exception:
+        return False
+    return True
+
+
+def _bert_embeddings() -> onnx.ModelProto:
+    """ids -> word table (initializer, through Cast), token types -> a 2-row Constant table."""
+    rng = np.random.default_rng(0)
+    word = numpy_helper.from_array(rng.normal(size=(50, 4)).astype(np.float32), "word")
+    types = helper.make_node(
+        "Constant",
+        [],
+        ["types"],
+        value=numpy_helper.from_array(rng.normal(size=(2, 4)).astype(np.float32)),
+    )
+    nodes = [
+        types,
+        helper.make_node("Cast", ["ids"], ["ids32"], to=TensorProto.INT32),
+        helper.make_node("Gather", ["word", "ids32"], ["w"], name="word_lookup"),
+        helper.make_node("Gather", ["types", "tt"], ["t"], name="type_lookup"),
+        helper.make_node("Add", ["w", "t"], ["y"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("ids", "tt")
+    ]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])
+    return _model(nodes, inputs, [y], [word])
+
+
+def test_gather_indices_take_the_tables_rows() -> None:
+    m = _bert_embeddings()
+    d = _infer(m)
+    assert (d["ids"].low, d["ids"].high) == (0, 49)
+    assert "table 'word' of 50 rows" in d["ids"].source
+    assert (d["tt"].low, d["tt"].high) == (0, 1)  # token types: 0 and 1, never 0..9
+    assert _runs(m, resolve_domains(_inferred(m), {}))
+    defaults = {n: ValueDomain(low=0, high=9) for n in ("ids", "tt")}
+    assert not _runs(m, defaults)  # what the default integer domain did to a BERT
+
+
+def test_an_input_used_by_two_tables_takes_the_smaller() -> None:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(50, 4)).astype(np.float32), "big"),
+        numpy_helper.from_array(rng.normal(size=(30, 4)).astype(np.float32), "small"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["big", "ids"], ["a"]),
+        helper.make_node("Gather", ["small", "ids"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["y"]),
+    ]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    d = _infer(_model(nodes, [ids], [y], inits))
+    assert (d["ids"].low, d["ids"].high) == (0, 29)
+
+
+def test_one_hot_and_comparison_with_many_constants_are_codes() -> None:
+    depth = numpy_helper.from_array(np.asarray(257, np.int64), "depth")
+    onoff = numpy_helper.from_array(np.asarray([0.0, 1.0], np.float32), "onoff")
+    codes = numpy_helper.from_array(np.arange(257, dtype=np.int32).reshape(1, 1, 257), "codes")
+    axes = numpy_helper.from_array(np.asarray([-1], np.int64), "axes")
+    nodes = [
+        helper.make_node("OneHot", ["a", "depth", "onoff"], ["ha"]),
+        helper.make_node("Unsqueeze", ["b", "axes"], ["bu"]),
+        helper.make_node("Equal", ["bu", "codes"], ["hb_bool"], name="one_hot_by_equal"),
+        helper.make_node("Cast", ["hb_bool"], ["hb"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["ha", "hb"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT32, ["n", 16]) for n in "ab"]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16, 257])
+    d = _infer(_model(nodes, inputs, [y], [depth, onoff, codes, axes]))
+    assert (d["a"].low, d["a"].high) == (0, 256) and "OneHot" in d["a"].source
+    assert (d["b"].low, d["b"].high) == (0, 256) and "one_hot_by_equal" in d["b"].source
+
+
+def test_masks_are_flags() -> None:
+    zero = numpy_helper.from_array(np.asarray(0, np.int64), "zero")
+    one = numpy_helper.from_array(np.asarray(1.0, np.float32), "one")
+    big = numpy_helper.from_array(np.asarray(-1e4, np.float32), "big")
+    nothing = numpy_helper.from_array(np.asarray(0.0, np.float32), "nothing")
+    nodes = [
+        helper.make_node("Equal", ["m", "zero"], ["masked"], name="is_pad"),
+        helper.make_node("Where", ["masked", "big", "nothing"], ["bias"]),
+        helper.make_node("Cast", ["k"], ["kf"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "kf"], ["inv"], name="hf_mask"),
+        helper.make_node("Sub", ["one", "f"], ["finv"]),  # a float input: arithmetic, not a mask
+        helper.make_node("Add", ["bias", "inv"], ["s"]),
+        helper.make_node("Add", ["s", "finv"], ["y"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("m", TensorProto.INT64, ["n", 8]),
+        helper.make_tensor_value_info("k", TensorProto.INT64, ["n", 8]),
+        helper.make_tensor_value_info("f", TensorProto.FLOAT, ["n", 8]),
+    ]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])
+    d = _infer(_model(nodes, inputs, [y], [zero, one, big, nothing]))
+    assert d["m"].values == [0, 1] and "is_pad" in d["m"].source
+    assert d["k"].values == [0, 1] and "1 - x" in d["k"].source
+    assert "f" not in d
+
+
+def _if_on_rate() -> onnx.ModelProto:
+    """`If sr == 16000`: the then branch takes 4 samples, the else branch needs 8."""
+    shape4 = numpy_helper.from_array(np.asarray([1, 4], np.int64), "shape4")
+    shape8 = numpy_helper.from_array(np.asarray([1, 8], np.int64), "shape8")
+    out = helper.make_tensor_value_info("r", TensorProto.FLOAT, None)
+    then = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape4"], ["r"])], "then", [], [out], [shape4]
+    )
+    other = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape8"], ["r"])], "else", [], [out], [shape8]
+    )
+    rate = helper.make_node(
+        "Constant", [], ["rate"], value=numpy_helper.from_array(np.asarray(16000, np.int64))
+    )
+    nodes = [
+        rate,
+        helper.make_node("Equal", ["sr", "rate"], ["is16k"], name="rate_check"),
+        helper.make_node("If", ["is16k"], ["y"], then_branch=then, else_branch=other),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+    ]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+
+
+def test_if_condition_on_an_input_picks_the_tested_value() -> None:
+    m = _if_on_rate()
+    d = _infer(m)
+    assert d["sr"].values == [16000] and "rate_check" in d["sr"].source
+    assert "x" not in d
+    inferred = _inferred(m)
+    domains = resolve_domains(inferred, {})
+    feeds = generate_feeds(inferred, 3, 0, domains)
+    assert all(f["sr"].shape == () and int(f["sr"]) == 16000 for f in feeds)
+    assert _runs(m, domains)
+    assert not _runs(m, {**domains, "sr": ValueDomain(low=0, high=9)})  # the wrong branch
+
+
+def test_a_float_input_compared_outside_an_if_has_no_domain() -> None:
+    half = numpy_helper.from_array(np.asarray(0.5, np.float32), "half")
+    nodes = [
+        helper.make_node("Equal", ["x", "half"], ["e"]),
+        helper.make_node("Cast", ["e"], ["y"], to=TensorProto.FLOAT),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])
+    assert _infer(_model(nodes, [x], [y], [half])) == {}
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.INT64, TensorProto.INT32])
+def test_uninformative_graph_leaves_the_default(dtype: int) -> None:
+    nodes = [helper.make_node("Identity", ["x"], ["y"])]
+    x = helper.make_tensor_value_info("x", dtype, ["n"])
+    y = helper.make_tensor_value_info("y", dtype, ["n"])
+    m = _model(nodes, [x], [y])
+    assert _infer(m) == {}
+    domains = resolve_domains(extract_contract(m), {})
+    assert (domains["x"].low, domains["x"].high) == (0, 9)
+    assert domains["x"].source.startswith("default for int")
