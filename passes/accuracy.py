@@ -1,5 +1,5 @@
 """Accuracy-aware int8: keep the layers that cost the most accuracy in float, until the
-quantized model passes the int8 parity gate or the budget is spent.
+quantized model passes the int8 gate or the budget is spent.
 
 The approach follows NNCF's `quantize_with_accuracy_control`: quantize everything, measure;
 if the gate fails, rank layers by sensitivity and give layers back to float in ranked order,
@@ -11,31 +11,39 @@ re-measuring after each. Two choices differ from NNCF, for reasons:
   quantization is shared by its producer and consumers, so reverting one node alone often
   changes nothing and the ranking degenerates to ties. In isolation, both ends of an
   outlier-ridden tensor rank high.
-- The gate is the package's own parity gate (compiler.core.parity, per-precision tolerances),
-  measured against the same reference the package reports against.
+- The gate is the package's own verdict: compiler.core.parity judging each output by its
+  kind with the build's int8 tolerances (per output where the config sets them), against the
+  same reference the package reports against, and, when the build names a task metric and
+  the samples have labels, the task score on those samples within `max_drop` of the
+  reference's (as Olive's and NNCF's validation functions).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
-from compiler.core.parity import OutputParity, compare_outputs, output_metrics
-from compiler.core.tolerance import DEFAULT_TOLERANCES, Tolerance
+from compiler.core.parity import OutputParity, compare_outputs, margin, output_metrics
+from compiler.core.task import TaskMetric, TaskScore, load_callable, score_task
+from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
+from passes.base import PassContext
 from passes.ort_tools import run_model
 
 __all__ = [
     "AccuracyAwareConfig",
     "Gate",
+    "GateResult",
+    "TaskGate",
     "gate_references",
     "gate_tolerance",
     "keep_sensitive_layers_in_float",
-    "output_margin",
+    "make_gate",
 ]
 
 Feeds = Sequence[dict[str, np.ndarray]]
@@ -61,14 +69,20 @@ class AccuracyAwareConfig(BaseModel):
 
 
 def gate_tolerance(
-    tolerances: Mapping[str, Tolerance], min_cosine: float | None, min_top1: float | None
-) -> Tolerance:
-    """The build's int8 tolerance, with a pass's `min_cosine`/`min_top1` overriding it."""
-    tol = tolerances.get("int8", DEFAULT_TOLERANCES["int8"])
+    ctx: PassContext, min_cosine: float | None, min_top1: float | None, precision: str = "int8"
+) -> Callable[[str], Tolerance]:
+    """Output name -> the build's tolerance for `precision` (the output's own where the config
+    sets one), with a pass's `min_cosine`/`min_top1` overriding it."""
+    base = ctx.tolerances.get(precision, DEFAULT_TOLERANCES[precision])
     overrides = {
         k: v for k, v in (("min_cosine", min_cosine), ("min_top1", min_top1)) if v is not None
     }
-    return dataclasses.replace(tol, **overrides)
+
+    def tolerance(name: str) -> Tolerance:
+        tol = ctx.output_tolerances.get(name, {}).get(precision) or base
+        return dataclasses.replace(tol, **overrides)
+
+    return tolerance
 
 
 def gate_references(
@@ -83,73 +97,137 @@ def gate_references(
     return run_model(model, feeds)
 
 
-def output_margin(m: OutputParity, tol: Tolerance) -> float:
-    """How far one output lies inside `tol` (negative: outside), >= 0 exactly when
-    compiler.core.parity.judge passes it: the least of the cosine and top-1 margins and, where
-    the tolerance bounds it, the max abs error's margin relative to its bound."""
-    if m.error or not m.finite:
-        return -1.0
-    terms = [m.cosine - tol.min_cosine]
-    if m.top1_agreement is not None:
-        terms.append(m.top1_agreement - tol.min_top1)
-    if tol.atol is not None:
-        bound = tol.atol + tol.rtol * m.ref_max_abs
-        if bound > 0:
-            terms.append((bound - m.max_abs_err) / bound)
-        else:
-            terms.append(0.0 if m.max_abs_err == 0 else -1.0)
-    return min(terms)
+@dataclass(frozen=True)
+class TaskGate:
+    """The build's task metric with the labels of the samples the gate runs on."""
+
+    spec: TaskSpec
+    metric: TaskMetric
+    labels: list[Any]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate verdict: per output (the record's summary), the task score, and the margin
+    (>= 0 exactly when it passes; the least of the outputs' and the task's)."""
+
+    passed: bool
+    outputs: dict[str, dict[str, Any]]
+    task: TaskScore | None
+    margin: float
+    mean_margin: float
+    error: float  # mean L2 error of the outputs: breaks ties of discrete margins (top-1, task)
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"passed": self.passed, "outputs": self.outputs}
+        if self.task is not None:
+            out["task"] = dataclasses.asdict(self.task)
+        return out
+
+    def better_than(self, other: GateResult) -> bool:
+        """Closer to passing: by the worst margin, the mean margin, then a lower error (a
+        top-1 fraction or a task score may not move until several layers are float)."""
+        mine = (self.margin, self.mean_margin, -self.error)
+        return mine > (other.margin, other.mean_margin, -other.error)
 
 
 class Gate:
-    """The int8 parity gate: compiler.core.parity's metrics and verdicts over a set of samples.
+    """The int8 gate: compiler.core.parity's verdict per output over a set of samples, and
+    the task score on them when a TaskGate is given. Both int8 passes judge with it
+    (quantize's accuracy-aware loop, nncf's accuracy control)."""
 
-    Both int8 passes judge with it (quantize's accuracy-aware loop, nncf's accuracy control).
-    """
-
-    def __init__(self, tolerance: Tolerance, feeds: Feeds, references: Outputs) -> None:
-        self.tolerance = tolerance
+    def __init__(
+        self,
+        tolerance: Callable[[str], Tolerance] | Tolerance,
+        feeds: Feeds,
+        references: Outputs,
+        kinds: Mapping[str, str | None] | None = None,
+        task: TaskGate | None = None,
+    ) -> None:
+        fixed = tolerance if isinstance(tolerance, Tolerance) else None
+        self.tolerance: Callable[[str], Tolerance] = (
+            (lambda _name: fixed) if fixed is not None else tolerance  # type: ignore[assignment]
+        )
         self.feeds = list(feeds)
         self.references = references
+        self.kinds = dict(kinds or {})
+        self.task = task
+        self.note = ""  # why the task is not scored, when the build names one
 
-    def check(self, model: onnx.ModelProto) -> tuple[bool, dict[str, Any]]:
-        outputs = run_model(model, self.feeds)
-        ok, per_output = compare_outputs(outputs, self.references, lambda _name: self.tolerance)
-        return ok, {name: _summary(m) for name, m in per_output.items()}
+    def judge(
+        self, outputs: Sequence[Mapping[str, np.ndarray]], indices: Sequence[int] | None = None
+    ) -> GateResult:
+        """The gate's verdict on outputs of `self.feeds` (of the feeds at `indices`)."""
+        at = list(range(len(self.feeds))) if indices is None else list(indices)
+        refs = [self.references[i] for i in at]
+        ok, per_output = compare_outputs(outputs, refs, self.tolerance, self.kinds)
+        margins = [margin(m) for m in per_output.values()]
+        task = None
+        if self.task is not None:
+            labels = [self.task.labels[i] for i in at]
+            task = score_task(self.task.spec, outputs, refs, labels, self.task.metric)
+            ok = ok and task.status != "failed"
+            if task.drop is not None:
+                margins.append(self.task.spec.max_drop - task.drop)
+            elif task.status == "failed":
+                margins.append(-1.0)
+        summary = {name: _summary(m) for name, m in per_output.items()}
+        error = _error(outputs, refs, self.tolerance)
+        return GateResult(ok, summary, task, min(margins), float(np.mean(margins)), error)
+
+    def check(self, model: onnx.ModelProto) -> GateResult:
+        return self.judge(run_model(model, self.feeds))
 
     def margin(self, outputs: Sequence[Mapping[str, np.ndarray]], references: Outputs) -> float:
-        """The worst output's `output_margin` of `outputs` against `references`: the gate's
-        verdict as a number (>= 0: passes), for searches that need a metric."""
-        _, per_output = compare_outputs(outputs, references, lambda _name: self.tolerance)
-        return min(output_margin(m, self.tolerance) for m in per_output.values())
+        """The worst output's margin of `outputs` against `references` (>= 0: passes), for
+        searches that need a metric per sample; the task is not scored here."""
+        _, per_output = compare_outputs(outputs, references, self.tolerance, self.kinds)
+        return min(margin(m) for m in per_output.values())
+
+
+def make_gate(
+    model: onnx.ModelProto,
+    ctx: PassContext,
+    calibration: Feeds,
+    min_cosine: float | None = None,
+    min_top1: float | None = None,
+) -> Gate:
+    """The int8 gate a pass judges its result by: on the labelled parity samples with the
+    task metric when the build names one and the samples have labels, else on `calibration`."""
+    tolerance = gate_tolerance(ctx, min_cosine, min_top1)
+    kinds = {o.name: o.kind for o in ctx.contract.outputs}
+    feeds, task, note = list(calibration), None, ""
+    if ctx.task is not None:
+        samples, labels = ctx.validation(), ctx.labels()
+        if labels is None or len(labels) != len(samples) or not samples:
+            note = "task metric not scored: the samples have no labels (labels.json)"
+        else:
+            feeds = samples
+            task = TaskGate(ctx.task, load_callable(ctx.task.metric), list(labels))
+    gate = Gate(tolerance, feeds, gate_references(model, feeds, ctx.reference), kinds, task)
+    gate.note = note
+    return gate
 
 
 def _summary(m: OutputParity) -> dict[str, Any]:
-    out: dict[str, Any] = {"cosine": round(m.cosine, 6), "max_abs_err": round(m.max_abs_err, 6)}
-    if m.top1_agreement is not None:
-        out["top1_agreement"] = round(m.top1_agreement, 6)
+    out: dict[str, Any] = {"kind": m.kind, "cosine": round(m.cosine, 6)}
+    out.update({c.metric: round(c.value, 6) for c in m.checks})
     out["failures"] = list(m.failures)
     return out
 
 
-def _error(outputs: Outputs, references: Outputs) -> float:
-    """Mean over outputs of 1 - cosine: the ranking metric (not the gate)."""
+def _error(
+    outputs: Sequence[Mapping[str, np.ndarray]],
+    references: Sequence[Mapping[str, np.ndarray]],
+    tolerance: Callable[[str], Tolerance],
+) -> float:
+    """Mean over outputs of the L2 error relative to the reference's RMS (floored at the
+    tolerance's atol, so a near-zero output does not rank on noise): the ranking metric."""
     errs = []
     for name in references[0]:
         m = output_metrics([o[name] for o in outputs], [r[name] for r in references])
-        errs.append(1.0 - m.cosine)
+        errs.append(m.err_rms / max(m.ref_rms, tolerance(name).atol or 0.0, 1e-30))
     return float(np.mean(errs))
-
-
-def _score(outputs: dict[str, Any], tol: Any) -> tuple[float, float]:
-    """How close a gate result is to passing: the worst output's margin to the tolerance
-    (cosine and top-1), then the mean cosine to break ties."""
-    margins = [
-        min(m.get("cosine", 0.0) - tol.min_cosine, m.get("top1_agreement", 1.0) - tol.min_top1)
-        for m in outputs.values()
-    ]
-    cosines = [m.get("cosine", 0.0) for m in outputs.values()]
-    return min(margins), float(np.mean(cosines))
 
 
 def candidate_layers(
@@ -165,13 +243,15 @@ def candidate_layers(
 
 
 def rank_layers(
-    candidates: list[tuple[str, str]], quantize: Quantize, feeds: Feeds, references: Outputs
+    candidates: list[tuple[str, str]], quantize: Quantize, gate: Gate, samples: int
 ) -> list[tuple[str, str, float]]:
-    """Candidates by isolated sensitivity, most costly first (ties by name, deterministic)."""
+    """Candidates by isolated sensitivity on the gate's first `samples` feeds, most costly
+    first (ties by name, deterministic)."""
+    feeds, refs = gate.feeds[:samples], gate.references[:samples]
     scored = []
     for name, op_type in candidates:
         alone = quantize([], [name])
-        scored.append((name, op_type, _error(run_model(alone, feeds), references)))
+        scored.append((name, op_type, _error(run_model(alone, feeds), refs, gate.tolerance)))
     return sorted(scored, key=lambda s: (-s[2], s[0]))
 
 
@@ -187,38 +267,45 @@ def keep_sensitive_layers_in_float(
 
     A layer whose float copy does not improve the gate is left int8 and listed as rejected;
     at most 2 * max_float_layers layers are tried."""
-    ok, metrics = gate.check(quantized)
-    record: dict[str, Any] = {"gate_before": {"passed": ok, "outputs": metrics}}
-    if ok:
+    before = gate.check(quantized)
+    record: dict[str, Any] = {"gate_before": before.record()}
+    if gate.note:
+        record["note"] = gate.note
+    if before.passed:
         record["kept_in_float"] = []
         return quantized, record
     candidates = candidate_layers(float_model, cfg.candidate_op_types, base_exclude)
-    rank_feeds = gate.feeds[: cfg.ranking_samples]
-    ranked = rank_layers(candidates, quantize, rank_feeds, gate.references[: len(rank_feeds)])
+    ranked = rank_layers(candidates, quantize, gate, cfg.ranking_samples)
     record["ranking"] = [
         {"layer": n, "op_type": t, "isolated_error": round(e, 8)} for n, t, e in ranked[:20]
     ]
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    model, before = quantized, metrics
+    model = quantized
     for rank, (name, op_type, err) in enumerate(ranked[: 2 * cfg.max_float_layers], 1):
         if len(kept) >= cfg.max_float_layers:
             break
         trial = quantize([*base_exclude, *(k["layer"] for k in kept), name], None)
-        ok, after = gate.check(trial)
-        step = {"layer": name, "op_type": op_type, "gate_before": before, "gate_after": after}
-        if not ok and _score(after, gate.tolerance) <= _score(before, gate.tolerance):
+        after = gate.check(trial)
+        step = {
+            "layer": name,
+            "op_type": op_type,
+            "gate_before": before.record(),
+            "gate_after": after.record(),
+        }
+        if not after.passed and not after.better_than(before):
             # float here did not help (QDQ placement shifted error elsewhere): leave it int8
             rejected.append({**step, "why": "keeping it in float did not improve the gate"})
             continue
-        kept.append({**step, "why": f"isolated int8 error {err:.3g} (1 - cosine), rank {rank}"})
+        why = f"isolated int8 error {err:.3g} (L2, relative to the output's scale), rank {rank}"
+        kept.append({**step, "why": why})
         model, before = trial, after
-        if ok:
+        if after.passed:
             break
     record["rejected"] = rejected
     record["kept_in_float"] = kept
-    record["gate_after"] = {"passed": ok, "outputs": before}
-    if not ok:
+    record["gate_after"] = before.record()
+    if not before.passed:
         record["budget_spent"] = (
             f"still failing after keeping {len(kept)} layers in float "
             f"(max_float_layers={cfg.max_float_layers}); raise it or drop the int8 variant"

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from compiler.core.contract import Contract
 from compiler.core.errors import PassError
 from compiler.core.records import PassRecord
-from compiler.core.tolerance import Tolerance
+from compiler.core.tolerance import TaskSpec, Tolerance
 
 __all__ = ["Pass", "PassConfig", "PassContext", "PassResult", "model_size_bytes", "op_histogram"]
 
@@ -46,7 +46,11 @@ class PassContext:
     prefix. `calibration` returns sample feeds for calibration (user data when given, else
     generated from the contract); `calibration_source` says which ("user" or "generated").
     `reference` runs the normalized fp32 model on ONNX Runtime for given feeds, so
-    accuracy-aware passes can gate on the same reference the package reports against.
+    accuracy-aware passes can gate on the same reference the package reports against, with
+    the build's `tolerances` per precision and `output_tolerances` per output (parity.outputs)
+    and each output's kind (`contract`). `task` is the build's task metric; `validation`
+    returns the parity samples and `labels` their labels (None without labels), which an
+    accuracy-aware gate scores the task on.
     """
 
     contract: Contract
@@ -57,6 +61,10 @@ class PassContext:
     calibration_source: str = "generated"
     reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+    output_tolerances: Mapping[str, Mapping[str, Tolerance]] = field(default_factory=dict)
+    task: TaskSpec | None = None
+    validation: Callable[[], list[dict[str, np.ndarray]]] = lambda: []
+    labels: Callable[[], list[Any] | None] = lambda: None
 
 
 @dataclass

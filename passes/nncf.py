@@ -27,7 +27,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from compiler.core.errors import PassError
-from passes.accuracy import Gate, gate_references, gate_tolerance
+from passes.accuracy import Gate, make_gate
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
 from passes.ort_tools import quiet, run_model
@@ -91,7 +91,7 @@ def _nncf_version() -> str:
 
 class NncfPass(Pass[NncfConfig]):
     name = "nncf"
-    version = "1"
+    version = "2"  # 2: the gate judges outputs by kind, and the task metric
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False
@@ -192,14 +192,15 @@ class NncfPass(Pass[NncfConfig]):
     ) -> tuple[onnx.ModelProto, dict[str, Any]]:
         """The plain result if it passes the gate, else NNCF's accuracy-controlled one."""
         ac = self.config.accuracy_control
-        tolerance = gate_tolerance(ctx.tolerances, ac.min_cosine, ac.min_top1)
-        gate = Gate(tolerance, feeds, gate_references(model, feeds, ctx.reference))
-        ok, before = gate.check(plain)
-        record: dict[str, Any] = {"gate_before": {"passed": ok, "outputs": before}}
-        if ok:
+        gate = make_gate(model, ctx, feeds, ac.min_cosine, ac.min_top1)
+        before = gate.check(plain)
+        record: dict[str, Any] = {"gate_before": before.record()}
+        if gate.note:
+            record["note"] = gate.note
+        if before.passed:
             record["kept_in_float"] = []
             return plain, record
-        float_margin = gate.margin(run_model(model, feeds), gate.references)
+        float_margin = gate.check(model).margin
         if float_margin <= _NO_MARGIN:
             record["not_run"] = (
                 f"the float input itself is at or outside the int8 gate (margin "
@@ -208,10 +209,10 @@ class NncfPass(Pass[NncfConfig]):
             return plain, record
 
         controlled = _restore_accuracy(model, feeds, gate, float_margin, ac, kwargs)
-        ok, after = gate.check(controlled)
+        after = gate.check(controlled)
         record["kept_in_float"] = _float_nodes(controlled, plain)
-        record["gate_after"] = {"passed": ok, "outputs": after}
-        if not ok:
+        record["gate_after"] = after.record()
+        if not after.passed:
             record["budget_spent"] = (
                 f"still failing after NNCF reverted {len(record['kept_in_float'])} nodes to "
                 f"float (max_iterations={ac.max_iterations}); raise it or drop the int8 variant"
@@ -232,13 +233,13 @@ def _restore_accuracy(
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     def validate(
-        candidate: onnx.ModelProto, data: Iterable[tuple[Any, Any]]
+        candidate: onnx.ModelProto, data: Iterable[tuple[int, dict[str, np.ndarray]]]
     ) -> tuple[float, list[float]]:
-        pairs = list(data)
-        outs = run_model(candidate, [f for f, _ in pairs])
-        refs = [r for _, r in pairs]
-        per_item = [gate.margin([o], [r]) for o, r in zip(outs, refs, strict=True)]
-        return gate.margin(outs, refs), per_item
+        items = list(data)
+        outs = run_model(candidate, [f for _, f in items])
+        at = [i for i, _ in items]
+        per_item = [gate.judge([o], [i]).margin for o, i in zip(outs, at, strict=True)]
+        return gate.judge(outs, at).margin, per_item
 
     restorer = AdvancedAccuracyRestorerParameters(
         max_num_iterations=ac.max_iterations,
@@ -250,7 +251,7 @@ def _restore_accuracy(
             return nncf.quantize_with_accuracy_control(
                 model,
                 nncf.Dataset(feeds),
-                nncf.Dataset(list(zip(feeds, gate.references, strict=True))),
+                nncf.Dataset(list(enumerate(gate.feeds)), lambda item: item[1]),
                 validate,
                 max_drop=max_drop,
                 drop_type=nncf.DropType.ABSOLUTE,

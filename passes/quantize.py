@@ -22,13 +22,7 @@ import onnx
 from pydantic import Field
 
 from compiler.core.errors import PassError
-from passes.accuracy import (
-    AccuracyAwareConfig,
-    Gate,
-    gate_references,
-    gate_tolerance,
-    keep_sensitive_layers_in_float,
-)
+from passes.accuracy import AccuracyAwareConfig, keep_sensitive_layers_in_float, make_gate
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
 from passes.ort_tools import quiet
@@ -164,7 +158,7 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
 
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
-    version = "2"  # also covers passes/accuracy.py: bump on changes there
+    version = "3"  # also covers passes/accuracy.py: bump on changes there
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -232,8 +226,7 @@ class QuantizePass(Pass[QuantizeConfig]):
                 if not feeds:
                     raise PassError("quantize: accuracy_aware needs sample data; none was given")
                 aa = cfg.accuracy_aware
-                tol = gate_tolerance(ctx.tolerances, aa.min_cosine, aa.min_top1)
-                gate = Gate(tol, feeds, gate_references(model, feeds, ctx.reference))
+                gate = make_gate(model, ctx, feeds, aa.min_cosine, aa.min_top1)
                 out, record["accuracy_aware"] = keep_sensitive_layers_in_float(
                     model, out, quantize, gate, exclude, cfg.accuracy_aware
                 )

@@ -1,122 +1,349 @@
-"""Parity metrics of an artifact's outputs against the reference outputs: the one implementation
-the build, `compile-pkg verify`, the emulated aarch64 check and the GPU verification script use.
+"""Parity of an artifact's outputs against the reference outputs, judged by what each output
+means: the one implementation the build, `compile-pkg verify`, the emulated aarch64 check and
+the GPU verification script use. Standard library and numpy only.
 
-Per output: max abs error, max rel error (|a-r| / max(|r|, 1e-6)), mean abs error, cosine
-similarity of the flattened tensors, and for outputs that look like class scores (float,
-rank >= 2, last axis >= 2) top-1 agreement (argmax over the last axis equal) and top-5
-agreement (the reference's argmax is among the artifact's five largest). A Tolerance turns
-the metrics into a verdict. Standard library and numpy only.
+The kind (the contract's: read off the graph, or set in the config) picks the metrics:
+- class_scores, probabilities over classes, logits_sequence (one distribution per step):
+  decided top-1 agreement over rows of the last axis. A flip counts only where the reference
+  scores its own top class more than `top1_tie` (in probability) above the artifact's pick:
+  between classes the reference cannot separate, the argmax follows the kernels' rounding and
+  differs between AVX2 and AVX-512 VNNI hosts for the same model.
+- embedding: mean cosine of rows (last axis); rows whose reference is near zero are left out.
+- dense_map, boxes, state: scale-aware L2 error, ||artifact - reference|| / ||reference||.
+- unknown kind (None, `other`): L2 error and cosine; rows that are distributions (softmax
+  outputs) are judged as probabilities even where the graph did not say so.
+- integer and bool outputs: exact agreement.
+fp32 tolerances add an elementwise bound (atol + rtol * peak) on every float output.
+
+Near zero: a reference whose RMS is so small that max_rel_l2 of it is below the tolerance's
+atol carries no scale of its own: its L2 error passes when within atol (the floor every
+precision has), and cosine is not used. Probabilities have a natural scale, 1.
+
+What the model is for (its task metric on labelled samples) is compiler/core/task.py.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from compiler.core.tolerance import Tolerance
 
-__all__ = ["OutputParity", "compare_outputs", "judge", "output_metrics"]
+__all__ = [
+    "CLASS_KINDS",
+    "Check",
+    "OutputParity",
+    "checks",
+    "compare_outputs",
+    "judge",
+    "margin",
+    "near_zero_scale",
+    "output_metrics",
+    "worst_output",
+]
 
 REL_EPS = 1e-6
+CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence")
+_SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability distributions
+
+Outputs = Sequence[Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One metric that judged an output: its value, its bound and which side passes."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # read by pydantic where embedded
+
+    metric: str  # max_abs_err, rel_l2, cosine, row_cosine, top1_decided, agreement
+    value: float
+    bound: float
+    at_least: bool  # passes when value >= bound (else value <= bound)
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.bound if self.at_least else self.value <= self.bound
+
+    def margin(self) -> float:
+        """How far inside the bound (negative: outside); relative for upper bounds."""
+        if self.at_least:
+            return self.value - self.bound
+        if self.bound > 0:
+            return (self.bound - self.value) / self.bound
+        return 0.0 if self.value == 0 else -1.0
+
+    def describe(self) -> str:
+        text = {
+            "max_abs_err": f"max abs err {self.value:.3g} > {self.bound:.3g}",
+            "rel_l2": f"L2 error {self.value:.3g} of the output's scale > {self.bound}",
+            "cosine": f"cosine {self.value:.6f} < {self.bound}",
+            "row_cosine": f"mean row cosine {self.value:.6f} < {self.bound}",
+            "top1_decided": f"decided top-1 agreement {self.value:.3f} < {self.bound}",
+            "agreement": f"exact agreement {self.value:.3f} < {self.bound}",
+        }.get(self.metric, f"{self.metric} {self.value:.6g} vs bound {self.bound}")
+        return f"{text} ({self.note})" if self.note else text
 
 
 @dataclass(frozen=True)
 class OutputParity:
-    """Metrics of one output over all samples, and (once judged) its verdict."""
+    """Metrics of one output over all samples, and (once judged) its verdict. `kind` is the
+    kind it was judged as; `checks` are the metrics that judged it, with their bounds."""
 
     __pydantic_config__ = {"extra": "forbid"}  # read by pydantic where embedded
 
+    kind: str = "other"
     max_abs_err: float = 0.0
     max_rel_err: float = 0.0
     mean_abs_err: float = 0.0
     ref_max_abs: float = 0.0
+    ref_rms: float = 0.0
+    err_rms: float = 0.0
+    rel_l2: float | None = None  # err_rms / ref_rms; None where the reference is all zero
     finite: bool = True
-    cosine: float = 1.0
-    top1_agreement: float | None = None
+    cosine: float = 1.0  # of the flattened tensors
+    top1_agreement: float | None = None  # plain argmax agreement (class outputs)
+    top1_decided: float | None = None  # flips only between classes the reference separates
     top5_agreement: float | None = None
+    rows: int = 0  # rows judged: class rows, or embedding rows not near zero
+    row_cosine_mean: float | None = None
+    row_cosine_min: float | None = None
+    agreement: float | None = None  # integer outputs: fraction of equal elements
     error: str = ""  # the output could not be compared at all (shape mismatch)
     tolerance: Tolerance | None = None
+    checks: tuple[Check, ...] = ()
     passed: bool = False
     failures: tuple[str, ...] = ()
 
 
-def _is_class_scores(ref: np.ndarray) -> bool:
-    return ref.dtype.kind == "f" and ref.ndim >= 2 and ref.shape[-1] >= 2
+def _rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays])
 
 
-def output_metrics(outs: Sequence[np.ndarray], refs: Sequence[np.ndarray]) -> OutputParity:
-    """Metrics over several samples of one output (concatenated); not yet judged."""
-    a = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in outs])
-    r = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in refs])
-    if a.shape != r.shape:
-        shapes = [np.shape(o) for o in outs], [np.shape(x) for x in refs]
-        return OutputParity(error=f"shape mismatch: {shapes[0]} vs {shapes[1]}", finite=False)
-    diff = np.abs(a - r)
+def _is_distribution(rows: np.ndarray) -> bool:
+    return (
+        rows.shape[1] >= 2
+        and bool((rows >= -_SUM_TOL).all())
+        and bool(np.abs(rows.sum(axis=1) - 1.0).max() <= _SUM_TOL)
+    )
+
+
+def _softmax(rows: np.ndarray) -> np.ndarray:
+    z = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return np.asarray(z / z.sum(axis=1, keepdims=True))
+
+
+def _judged_kind(kind: str | None, refs: Sequence[np.ndarray]) -> str:
+    """The kind an output is judged as: class kinds need a class axis of at least two."""
+    classes = refs[0].ndim >= 1 and refs[0].shape[-1] >= 2 and refs[0].size > 0
+    if kind is None or kind == "other":
+        return "probabilities" if classes and _is_distribution(_rows(refs)) else "other"
+    if kind in ("class_scores", "logits_sequence") and not classes:
+        return "other"
+    return kind
+
+
+def _class_metrics(outs: list[np.ndarray], refs: list[np.ndarray], tie: float) -> dict[str, Any]:
+    o2, r2 = _rows(outs), _rows(refs)
+    pick, best = o2.argmax(axis=1), r2.argmax(axis=1)
+    p = r2 if _is_distribution(r2) else _softmax(r2)
+    picked = p[np.arange(len(p)), pick]
+    k = min(5, o2.shape[1])
+    top5 = (np.argpartition(-o2, k - 1, axis=1)[:, :k] == best[:, None]).any(axis=1)
+    return {
+        "top1_agreement": float((pick == best).mean()),
+        "top1_decided": float((picked >= p.max(axis=1) - tie).mean()),
+        "top5_agreement": float(top5.mean()),
+        "rows": len(p),
+    }
+
+
+def _row_cosines(outs: list[np.ndarray], refs: list[np.ndarray], floor: float) -> dict[str, Any]:
+    o2, r2 = _rows(outs), _rows(refs)
+    no, nr = np.linalg.norm(o2, axis=1), np.linalg.norm(r2, axis=1)
+    keep = nr > floor * math.sqrt(r2.shape[1])
+    if not keep.any():
+        return {"rows": 0}
+    cos = (o2[keep] * r2[keep]).sum(axis=1) / np.maximum(no[keep] * nr[keep], 1e-300)
+    return {
+        "rows": int(keep.sum()),
+        "row_cosine_mean": float(cos.mean()),
+        "row_cosine_min": float(cos.min()),
+    }
+
+
+def _cosine(a: np.ndarray, r: np.ndarray) -> float:
     na, nr = float(np.linalg.norm(a)), float(np.linalg.norm(r))
     if na == 0.0 and nr == 0.0:
-        cosine = 1.0
-    elif na == 0.0 or nr == 0.0:
-        cosine = 0.0
-    else:
-        cosine = float(np.dot(a, r) / (na * nr))
-    top1 = top5 = None
-    if refs and _is_class_scores(np.asarray(refs[0])):
-        top1, top5 = _topk_agreement(outs, refs)
+        return 1.0
+    if na == 0.0 or nr == 0.0:
+        return 0.0
+    return float(np.dot(a, r) / (na * nr))
+
+
+def output_metrics(
+    outs: Sequence[np.ndarray],
+    refs: Sequence[np.ndarray],
+    kind: str | None = None,
+    tolerance: Tolerance | None = None,
+) -> OutputParity:
+    """Metrics over several samples of one output; not yet judged. `tolerance` sets the
+    top-1 tie and the near-zero floor of embedding rows (defaults: 0.01, none)."""
+    o_list, r_list = [np.asarray(o) for o in outs], [np.asarray(x) for x in refs]
+    bad = [i for i, (o, x) in enumerate(zip(o_list, r_list, strict=True)) if o.shape != x.shape]
+    if bad:
+        i = bad[0]
+        return OutputParity(
+            kind=kind or "other",
+            error=f"shape mismatch in sample {i}: {o_list[i].shape} vs reference {r_list[i].shape}",
+            finite=False,
+        )
+    if not r_list or r_list[0].dtype.kind not in "fc":
+        return _integer_metrics(o_list, r_list, kind)
+    o64 = [o.astype(np.float64) for o in o_list]
+    r64 = [x.astype(np.float64) for x in r_list]
+    a = np.concatenate([o.ravel() for o in o64])
+    r = np.concatenate([x.ravel() for x in r64])
+    judged = _judged_kind(kind, r64)
+    diff = np.abs(a - r)
+    n = max(r.size, 1)
+    ref_rms, err_rms = (
+        float(np.linalg.norm(r)) / math.sqrt(n),
+        float(np.linalg.norm(a - r)) / math.sqrt(n),
+    )
+    extra: dict[str, Any] = {}
+    tie = tolerance.top1_tie if tolerance else 0.01
+    if judged in CLASS_KINDS and r64[0].ndim >= 1 and r64[0].shape[-1] >= 2:
+        if judged != "probabilities" or _is_distribution(_rows(r64)):
+            extra = _class_metrics(o64, r64, tie)
+    elif judged == "embedding" and r64[0].ndim >= 1:
+        floor = (tolerance.atol or 0.0) if tolerance else 0.0
+        extra = _row_cosines(o64, r64, floor)
     return OutputParity(
+        kind=judged,
         max_abs_err=float(diff.max()) if diff.size else 0.0,
         max_rel_err=float((diff / np.maximum(np.abs(r), REL_EPS)).max()) if diff.size else 0.0,
         mean_abs_err=float(diff.mean()) if diff.size else 0.0,
         ref_max_abs=float(np.abs(r).max()) if r.size else 0.0,
+        ref_rms=ref_rms,
+        err_rms=err_rms,
+        rel_l2=err_rms / ref_rms if ref_rms > 0 else None,
         finite=bool(np.isfinite(a).all()),
-        cosine=cosine,
-        top1_agreement=top1,
-        top5_agreement=top5,
+        cosine=_cosine(a, r),
+        **extra,
     )
 
 
-def _topk_agreement(outs: Sequence[np.ndarray], refs: Sequence[np.ndarray]) -> tuple[float, float]:
-    top1, top5, rows = 0, 0, 0
-    for o, x in zip(outs, refs, strict=True):
-        o2 = np.asarray(o).reshape(-1, np.asarray(o).shape[-1])
-        x2 = np.asarray(x).reshape(-1, np.asarray(x).shape[-1])
-        ref_top = x2.argmax(axis=1)
-        top1 += int((o2.argmax(axis=1) == ref_top).sum())
-        k = min(5, o2.shape[1])
-        best = np.argpartition(-o2, k - 1, axis=1)[:, :k]
-        top5 += int((best == ref_top[:, None]).any(axis=1).sum())
-        rows += o2.shape[0]
-    return top1 / rows, top5 / rows
+def _integer_metrics(
+    outs: list[np.ndarray], refs: list[np.ndarray], kind: str | None
+) -> OutputParity:
+    a = np.concatenate([o.ravel() for o in outs]) if outs else np.zeros(0)
+    r = np.concatenate([x.ravel() for x in refs]) if refs else np.zeros(0)
+    diff = np.abs(a.astype(np.float64) - r.astype(np.float64))
+    return OutputParity(
+        kind=kind or "other",
+        max_abs_err=float(diff.max()) if diff.size else 0.0,
+        mean_abs_err=float(diff.mean()) if diff.size else 0.0,
+        ref_max_abs=float(np.abs(r.astype(np.float64)).max()) if r.size else 0.0,
+        agreement=float((a == r).mean()) if r.size else 1.0,
+        cosine=_cosine(a.astype(np.float64), r.astype(np.float64)),
+    )
+
+
+def _is_probability(m: OutputParity) -> bool:
+    return m.kind == "probabilities"
+
+
+def near_zero_scale(tol: Tolerance) -> float:
+    """The reference RMS at or below which an output carries no scale of its own: where
+    max_rel_l2 of it is no more than atol. L2 error is taken relative to this instead, so an
+    error within atol always passes; cosine is not used below it."""
+    atol = tol.atol or 0.0
+    return atol / tol.max_rel_l2 if tol.max_rel_l2 else atol
+
+
+def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
+    """The metrics that judge `m`'s kind, each against its bound in `tol`."""
+    if m.agreement is not None:
+        return (Check("agreement", m.agreement, tol.min_top1, at_least=True),)
+    floor = near_zero_scale(tol)
+    near_zero = not _is_probability(m) and m.ref_rms <= floor
+    out: list[Check] = []
+    if tol.elementwise:
+        assert tol.atol is not None and tol.rtol is not None
+        peak = max(m.ref_max_abs, 1.0) if _is_probability(m) else m.ref_max_abs
+        out.append(Check("max_abs_err", m.max_abs_err, tol.atol + tol.rtol * peak, at_least=False))
+    if m.top1_decided is not None:
+        note = f"flips between classes the reference separates by more than {tol.top1_tie}"
+        out.append(Check("top1_decided", m.top1_decided, tol.min_top1, True, note))
+    elif m.kind == "embedding" and m.row_cosine_mean is not None:
+        out.append(Check("row_cosine", m.row_cosine_mean, tol.min_cosine, at_least=True))
+    else:
+        if m.kind == "other" and not near_zero:
+            out.append(Check("cosine", m.cosine, tol.min_cosine, at_least=True))
+        if tol.max_rel_l2 is not None:
+            out.append(_l2_check(m, tol.max_rel_l2, floor, near_zero))
+    return tuple(out)
+
+
+def _l2_check(m: OutputParity, bound: float, floor: float, near_zero: bool) -> Check:
+    if _is_probability(m):
+        return Check("rel_l2", m.err_rms, bound, False, "RMS error in probability units")
+    if not near_zero:
+        return Check("rel_l2", m.err_rms / m.ref_rms, bound, at_least=False)
+    if floor == 0.0:  # an all-zero reference and no floor: only zero error passes
+        value = 0.0 if m.err_rms == 0 else math.inf
+        return Check("rel_l2", value, bound, False, "reference is all zero")
+    note = f"reference near zero (RMS {m.ref_rms:.3g}): error relative to {floor:.3g}"
+    return Check("rel_l2", m.err_rms / floor, bound, False, note)
 
 
 def judge(m: OutputParity, tol: Tolerance) -> list[str]:
     """Reasons the output fails `tol`; empty when it passes."""
     if m.error:
         return [m.error]
-    why = []
-    if not m.finite:
-        why.append("non-finite values (NaN/Inf) in the output")
-    bound = None if tol.atol is None else tol.atol + tol.rtol * m.ref_max_abs
-    if bound is not None and m.max_abs_err > bound:
-        why.append(f"max abs err {m.max_abs_err:.3g} > {bound:.3g}")
-    if m.cosine < tol.min_cosine:
-        why.append(f"cosine {m.cosine:.6f} < {tol.min_cosine}")
-    if m.top1_agreement is not None and m.top1_agreement < tol.min_top1:
-        why.append(f"top-1 agreement {m.top1_agreement:.3f} < {tol.min_top1}")
-    return why
+    why = [] if m.finite else ["non-finite values (NaN/Inf) in the output"]
+    return why + [c.describe() for c in checks(m, tol) if not c.passed]
 
 
 def compare_outputs(
-    outputs: Sequence[Mapping[str, np.ndarray]],
-    references: Sequence[Mapping[str, np.ndarray]],
+    outputs: Outputs,
+    references: Outputs,
     tolerance: Callable[[str], Tolerance],
+    kinds: Mapping[str, str | None] | None = None,
 ) -> tuple[bool, dict[str, OutputParity]]:
-    """Per-output metrics and verdicts over all samples; `tolerance(name)` picks the bound."""
+    """Per-output metrics and verdicts over all samples: `tolerance(name)` gives the bounds,
+    `kinds` (the contract's, by output name) what each output means."""
     per_output: dict[str, OutputParity] = {}
     for name in references[0]:
-        m = output_metrics([o[name] for o in outputs], [r[name] for r in references])
         tol = tolerance(name)
+        kind = (kinds or {}).get(name)
+        m = output_metrics([o[name] for o in outputs], [r[name] for r in references], kind, tol)
         why = judge(m, tol)
-        per_output[name] = replace(m, tolerance=tol, passed=not why, failures=tuple(why))
+        per_output[name] = replace(
+            m,
+            tolerance=tol,
+            checks=() if m.error else checks(m, tol),
+            passed=not why,
+            failures=tuple(why),
+        )
     return all(m.passed for m in per_output.values()), per_output
+
+
+def margin(m: OutputParity) -> float:
+    """How far a judged output lies inside its bounds (negative: outside), >= 0 exactly when
+    it passed: the least of its checks' margins (-1 for an error or non-finite values)."""
+    if m.error or not m.finite:
+        return -1.0
+    return min((c.margin() for c in m.checks), default=1.0)
+
+
+def worst_output(outputs: Mapping[str, OutputParity]) -> tuple[str, OutputParity] | None:
+    """The judged output with the least margin (ties: the first by name)."""
+    if not outputs:
+        return None
+    return min(sorted(outputs.items()), key=lambda item: margin(item[1]))

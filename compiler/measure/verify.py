@@ -10,8 +10,10 @@ the record says why (status "not-verified").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from compiler.core.contract import Contract
 from compiler.core.errors import short_message
@@ -20,17 +22,20 @@ from compiler.core.host import HostInfo, Requirements
 from compiler.core.parity import compare_outputs
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import (
+    GENERATED_DATA,
     MeasuredOn,
     ParityMode,
     ParityRecord,
     VerifyOutput,
 )
 from compiler.core.settings import RuntimeSettings
+from compiler.core.task import score_task
 from compiler.core.tolerance import ParityPolicy
-from compiler.measure.timing import measure_latency_next_to_reference
+from compiler.measure.timing import measure_latency as time_latency
+from compiler.measure.workers import Contender
 from targets.runner import open_runner
 
-__all__ = ["measured_on", "now_utc", "verify_artifact"]
+__all__ = ["judge_outputs", "measured_on", "now_utc", "verify_artifact"]
 
 REFERENCE = "normalized fp32 model on onnxruntime CPU"
 
@@ -40,8 +45,35 @@ def now_utc() -> str:
 
 
 def measured_on(host: HostInfo) -> MeasuredOn:
-    """The host a measurement names (without its hostname), stamped with the time."""
-    return MeasuredOn(**host.model_dump(exclude={"hostname"}), measured_at=now_utc())
+    """The host a measurement names, stamped with the time (measurements are outside the
+    hashed core, so a host name there never makes two builds differ)."""
+    return MeasuredOn(**host.model_dump(), measured_at=now_utc())
+
+
+def judge_outputs(
+    outs: Sequence[Feeds],
+    ref_outputs: Sequence[Feeds],
+    contract: Contract,
+    precision: str,
+    parity: ParityPolicy,
+    labels: Sequence[Any] | None = None,
+) -> ParityRecord:
+    """The parity record of an artifact's outputs: each output judged by its kind's metrics
+    and the precision's tolerance, and the task metric when the policy has one."""
+    kinds = {o.name: o.kind for o in contract.outputs}
+    ok, per_output = compare_outputs(
+        outs, ref_outputs, lambda name: parity.tolerance(precision, name), kinds
+    )
+    task = score_task(parity.task, outs, ref_outputs, labels) if parity.task else None
+    passed = ok and (task is None or task.status != "failed")
+    return ParityRecord(
+        status="passed" if passed else "failed",
+        precision=precision,
+        samples=len(outs),
+        reference=REFERENCE,
+        outputs=per_output,
+        task=task,
+    )
 
 
 def verify_artifact(
@@ -61,7 +93,10 @@ def verify_artifact(
     host: HostInfo,
     deferred: bool = False,
     measure_latency: bool = True,
+    labels: Sequence[Any] | None = None,
 ) -> VerifyOutput:
+    """Parity (and, natively, latency) of one artifact; `labels` (one per sample) let the
+    policy's task metric score it."""
     on = measured_on(host)
     if deferred:
         reason = "deferred: built on the serving host"
@@ -91,24 +126,13 @@ def verify_artifact(
         )
         with runner:
             outs = [runner.run(feed) for feed in inputs]
-            ok, per_output = compare_outputs(
-                outs, ref_outputs, lambda name: parity.tolerance(precision, name)
-            )
-            record = ParityRecord(
-                status="passed" if ok else "failed",
-                precision=precision,
-                samples=len(inputs),
-                mode=mode,
-                note=note,
-                reference=REFERENCE,
-                host=on,
-                outputs=per_output,
-            )
+            record = judge_outputs(outs, ref_outputs, contract, precision, parity, labels)
+            record = record.model_copy(update={"mode": mode, "note": note, "host": on})
             timing = None
             if measure_latency and mode == "native":
-                timing = measure_latency_next_to_reference(
-                    runner, inputs[0], contract, ref_model, latency, on
-                )
+                runner.close()  # the timing workers load their own; this one would sit idle
+                artifact = Contender(str(artifact_dir.name), backend, artifact_dir, runtime)
+                timing = time_latency(artifact, inputs[0], contract, ref_model, latency, on)
     except Exception as exc:  # a runtime failing on this artifact is a verdict, not a crash
         reason = f"could not run: {short_message(exc)}"
         record = ParityRecord(
@@ -116,3 +140,27 @@ def verify_artifact(
         )
         return VerifyOutput(parity=record)
     return VerifyOutput(parity=record, latency=timing)
+
+
+def unverified_on_generated(
+    measured: VerifyOutput, precision: str, generated: tuple[str, ...], calibrated: bool
+) -> VerifyOutput:
+    """A lossy artifact judged on generated samples, or calibrated on generated feeds, has no
+    verdict: numbers on random inputs say nothing about the model's task. Its metrics stay in
+    the record; its status becomes not-verified, so serving does not pick it (unless allowed).
+    `generated`: which of "samples"/"calibration" were generated; `calibrated`: whether one
+    of the artifact's passes read calibration data."""
+    reasons = {
+        "samples": "judged on generated samples",
+        "calibration": "calibrated on generated feeds",
+    }
+    what = [reasons[g] for g in generated if g == "samples" or calibrated]
+    if precision == "fp32" or not what or not measured.parity.decisive:
+        return measured
+    reason = (
+        f"{GENERATED_DATA}: a {precision} artifact {' and '.join(what)} (on those it "
+        f"{measured.parity.status}); give real inputs with --sample-data DIR "
+        "(or --calibration-data DIR, or --data-loader module:function)"
+    )
+    parity = measured.parity.model_copy(update={"status": "not-verified", "reason": reason})
+    return measured.model_copy(update={"parity": parity})

@@ -1,22 +1,215 @@
 """What each output of a model means (class scores, probabilities, an embedding, a dense map,
 boxes, a state...), read off the graph where it says so and overridden by the config
-(`parity.kinds`). The kind decides how parity judges the output (compiler/core/parity.py)."""
+(`parity.kinds`). The kind decides how parity judges the output (compiler/core/parity.py).
+
+The graph says it through the op that makes the output, found by walking back through ops
+that only move values (Reshape, Transpose, Concat, Gather, If branches, ...) and poolings:
+- Softmax (or Exp / sum), LogSoftmax: probabilities over classes; one distribution per step
+  for rank 3 (a logits sequence); a per-pixel distribution for rank >= 4 (a dense map).
+- Sigmoid: probabilities; for rank >= 3 a dense map (a detection map).
+- LSTM / GRU / RNN: a state.
+- an ArgMax, TopK or Softmax inside the graph reading the output: class scores (rank 2) or a
+  logits sequence (rank 3).
+- LayerNormalization (or its decomposed form), an L2 normalization, Tanh, or a pooling of
+  hidden states: an embedding.
+- MatMul / Gemm (+ bias): class scores (rank 2), a logits sequence (rank 3).
+- the shape: [.., 4] boxes at rank >= 3; rank >= 4 dense maps; an output shaped like an
+  input (rank <= 3) is a recurrent state fed back.
+Anything else stays unknown and is judged as `other`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import onnx
 
-from compiler.core.contract import Contract, OutputKind
+from compiler.core.contract import Contract, OutputKind, TensorSpec
 from compiler.core.errors import ConfigError
 
 __all__ = ["infer_output_kinds", "with_output_kinds"]
 
+# ops whose output holds (a selection of) the values of their first input
+_MOVE = frozenset(
+    {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "CastLike",
+     "Expand", "Slice", "Gather", "GatherElements", "GatherND", "Split", "Pad", "Tile",
+     "Dropout", "DepthToSpace", "SpaceToDepth"}
+)  # fmt: skip
+_POOL = frozenset(
+    {"ReduceMean", "ReduceMax", "ReduceMin", "GlobalAveragePool", "GlobalMaxPool", "MaxPool",
+     "AveragePool"}
+)  # fmt: skip
+_RECURRENT = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
+_LINEAR = frozenset({"MatMul", "Gemm", "MatMulInteger", "QGemm", "FusedMatMul"})
+_NORM = frozenset({"LayerNormalization", "LpNormalization", "SkipLayerNormalization", "Tanh"})
+_SPATIAL = frozenset({"Conv", "ConvTranspose", "Resize", "Upsample", "BatchNormalization"})
+_CLASS_READERS = frozenset({"ArgMax", "ArgMin", "TopK", "Softmax", "LogSoftmax"})
+_FLOAT = frozenset({"float16", "float32", "float64", "bfloat16"})
+_MAX_STEPS = 256
+
+
+@dataclass(frozen=True)
+class _Origin:
+    node: onnx.NodeProto
+    producers: Mapping[str, onnx.NodeProto]  # of the graph the node is in
+    opset: int
+    pooled: bool
+
+
+class _Walker:
+    """Finds the ops an output's values come from, through value-moving ops and If branches."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    def origins(self, graph: onnx.GraphProto, name: str) -> list[_Origin]:
+        found: list[_Origin] = []
+        stack = [(_producers(graph, {}), name, False)]
+        seen: set[tuple[int, str]] = set()
+        while stack and len(seen) < _MAX_STEPS:
+            producers, value, pooled = stack.pop()
+            node = producers.get(value)
+            if node is None or (id(producers), value) in seen:
+                continue
+            seen.add((id(producers), value))
+            if node.op_type == "If":
+                index = list(node.output).index(value)
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.GRAPH and index < len(attr.g.output):
+                        inner = _producers(attr.g, producers)
+                        stack.append((inner, attr.g.output[index].name, pooled))
+            elif node.op_type == "Concat":
+                stack.extend((producers, i, pooled) for i in node.input if i)
+            elif node.op_type in _MOVE or node.op_type in _POOL:
+                stack.append((producers, node.input[0], pooled or node.op_type in _POOL))
+            else:
+                found.append(_Origin(node, producers, self.opset, pooled))
+        return found
+
+
+def _producers(
+    graph: onnx.GraphProto, outer: Mapping[str, onnx.NodeProto]
+) -> dict[str, onnx.NodeProto]:
+    """Value name -> producing node, in `graph` and the scopes around it."""
+    return {**outer, **{o: n for n in graph.node for o in n.output if o}}
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == name), default)
+
+
+def _source(origin: _Origin, value: str) -> onnx.NodeProto | None:
+    return origin.producers.get(value)
+
+
+def _family(origin: _Origin, depth: int = 4) -> str:
+    """What kind of values an op makes: softmax, logsoftmax, sigmoid, recurrent, norm, linear,
+    spatial, or '' (unknown). A bias or scale (Add, Mul) takes its input's, `depth` ops deep."""
+    node, op = origin.node, origin.node.op_type
+    if op in _RECURRENT:
+        return "recurrent"
+    if op in ("Softmax", "LogSoftmax"):
+        return op.lower()
+    if op in ("Sigmoid", "HardSigmoid"):
+        return "sigmoid"
+    if op in _NORM:
+        return "norm"
+    if op in _LINEAR:
+        return "linear"
+    if op in _SPATIAL:
+        return "spatial"
+    if op == "Div":
+        top, bottom = (_source(origin, i) for i in node.input[:2])
+        if top is not None and top.op_type == "Exp":
+            return "softmax"  # exp(x - max) / sum: a softmax spelled out
+        if top is not None and top.op_type == "Sub" and _reaches(origin, bottom, {"Sqrt"}):
+            return "norm"  # (x - mean) / sqrt(var + eps): a LayerNorm spelled out
+        if _reaches(origin, bottom, {"ReduceL2", "Sqrt", "LpNormalization"}):
+            return "norm"
+    if op in ("Add", "Mul") and depth > 0:
+        for value in node.input:
+            inner = _source(origin, value)
+            if inner is None or inner.op_type == "Constant":
+                continue
+            family = _family(_Origin(inner, origin.producers, origin.opset, False), depth - 1)
+            if family:
+                return family
+    return ""
+
+
+def _reaches(origin: _Origin, node: onnx.NodeProto | None, ops: set[str], depth: int = 4) -> bool:
+    """Whether `node` or one of its inputs up to `depth` ops back is one of `ops`."""
+    if node is None or depth == 0:
+        return False
+    if node.op_type in ops:
+        return True
+    return any(_reaches(origin, _source(origin, i), ops, depth - 1) for i in node.input)
+
+
+def _softmax_axis(origin: _Origin, rank: int) -> int:
+    node = origin.node
+    if node.op_type not in ("Softmax", "LogSoftmax"):
+        return rank - 1  # spelled out: over the last axis in every exporter seen
+    axis = _attr(node, "axis", -1 if origin.opset >= 13 else 1)
+    return axis + rank if axis < 0 else axis
+
+
+def _readers(graph: onnx.GraphProto, name: str) -> set[str]:
+    return {n.op_type for n in graph.node if name in n.input}
+
+
+def _kind_from(spec: TensorSpec, origins: list[_Origin], read_by: set[str]) -> OutputKind | None:
+    rank = len(spec.shape)
+    families = {_family(o) for o in origins}
+    pooled = any(o.pooled for o in origins)
+    if "recurrent" in families:
+        return "state"
+    for fam in ("softmax", "logsoftmax"):
+        if fam in families:
+            origin = next(o for o in origins if _family(o) == fam)
+            if rank >= 4 or _softmax_axis(origin, rank) != rank - 1:
+                return "dense_map"
+            if rank == 3:
+                return "logits_sequence"
+            return "class_scores" if fam == "logsoftmax" else "probabilities"
+    if "sigmoid" in families:
+        return "dense_map" if rank >= 3 else "probabilities"
+    if read_by & _CLASS_READERS and rank in (2, 3):
+        return "class_scores" if rank == 2 else "logits_sequence"
+    if rank >= 3 and spec.shape[-1] == 4:
+        return "boxes"
+    if ("norm" in families or pooled) and rank in (2, 3):
+        return "embedding"
+    if "linear" in families and rank in (2, 3):
+        return "class_scores" if rank == 2 else "logits_sequence"
+    if "spatial" in families or rank >= 4:
+        return "dense_map"
+    return None
+
+
+def _like_an_input(spec: TensorSpec, contract: Contract) -> bool:
+    return 1 <= len(spec.shape) <= 3 and any(
+        i.shape == spec.shape and i.dtype == spec.dtype for i in contract.inputs
+    )
+
+
+def _float_outputs(contract: Contract) -> Iterator[TensorSpec]:
+    return (o for o in contract.outputs if o.dtype in _FLOAT)
+
 
 def infer_output_kinds(model: onnx.ModelProto, contract: Contract) -> dict[str, OutputKind]:
-    """Output name -> kind, for the outputs whose kind the graph shows."""
-    return {}
+    """Output name -> kind, for the float outputs whose kind the graph shows."""
+    walker = _Walker(model)
+    kinds: dict[str, OutputKind] = {}
+    for spec in _float_outputs(contract):
+        origins = walker.origins(model.graph, spec.name)
+        kind = _kind_from(spec, origins, _readers(model.graph, spec.name))
+        if kind is None and _like_an_input(spec, contract):
+            kind = "state"
+        if kind is not None:
+            kinds[spec.name] = kind
+    return kinds
 
 
 def with_output_kinds(

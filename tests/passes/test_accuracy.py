@@ -1,18 +1,27 @@
-"""Accuracy-aware int8: a model plain int8 breaks passes the gate after keeping layers in float."""
+"""Accuracy-aware int8: a model plain int8 breaks passes the gate after keeping layers in float;
+the gate judges each output by its kind, and by the build's task metric when the samples have
+labels."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 
-from compiler.core.tolerance import DEFAULT_TOLERANCES
+from compiler.core.parity import compare_outputs
+from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
+from compiler.pipeline.output_kinds import with_output_kinds
+from passes.base import PassContext
 from passes.quantize import QuantizeConfig, QuantizePass
-from tests.passes.builders import context, outlier_mlp, parity
+from tests.passes.builders import context, outlier_mlp, run
 
 INT8 = DEFAULT_TOLERANCES["int8"]
+# a gate the outputs alone always pass: only the task decides
+NO_PARITY = Tolerance(atol=None, rtol=None, min_cosine=-1, min_top1=0, max_rel_l2=None)
 
 
 def _feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -20,16 +29,31 @@ def _feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
     return [{"x": rng.normal(0, 1, (4, 16)).astype(np.float32)} for _ in range(count)]
 
 
+def row_accuracy(outputs: list[dict[str, np.ndarray]], labels: list[list[int]]) -> float:
+    """The task metric the tests name: top-1 accuracy over the rows of every sample."""
+    hits = [
+        o["y"].argmax(axis=1) == np.asarray(lab) for o, lab in zip(outputs, labels, strict=True)
+    ]
+    return float(np.concatenate(hits).mean())
+
+
+TASK = TaskSpec(f"{__name__}:row_accuracy", max_drop=0.05)
+
+
 def _quantize(model: onnx.ModelProto, tmp: Path, **aa: object):  # -> PassResult
     cfg = QuantizeConfig(mode="static", accuracy_aware=aa)
     return QuantizePass(cfg)(model, context(model, tmp, _feeds(8, seed=1)))
 
 
+def _held_out_ok(model: onnx.ModelProto, quantized: onnx.ModelProto) -> bool:
+    feeds = _feeds(8, seed=2)
+    ok, _ = compare_outputs(run(quantized, feeds), run(model, feeds), lambda _n: INT8)
+    return ok
+
+
 def test_plain_int8_fails_the_gate_on_the_outlier_model(tmp_path: Path) -> None:
     model = outlier_mlp()
-    plain = _quantize(model, tmp_path, enabled=False).model
-    m = parity(model, plain, _feeds(8, seed=2))["y"]
-    assert m.cosine < INT8.min_cosine or m.top1_agreement < INT8.min_top1
+    assert not _held_out_ok(model, _quantize(model, tmp_path, enabled=False).model)
 
 
 def test_keeps_the_costly_layer_in_float_and_passes(tmp_path: Path) -> None:
@@ -40,14 +64,14 @@ def test_keeps_the_costly_layer_in_float_and_passes(tmp_path: Path) -> None:
     assert aa["ranking"][0]["layer"] == "mm1"
     assert [k["layer"] for k in aa["kept_in_float"]] == ["mm1"]
     step = aa["kept_in_float"][0]
-    assert step["gate_before"]["y"]["cosine"] < step["gate_after"]["y"]["cosine"]
+    before, after = step["gate_before"]["outputs"]["y"], step["gate_after"]["outputs"]["y"]
+    assert before["kind"] == "other" and before["cosine"] < after["cosine"]
     assert aa["gate_after"]["passed"] is True
     # still int8 where it does no harm, and within the gate on held-out data
     ops = {n.name: n for n in result.model.graph.node}
     dq_outputs = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
     assert ops["mm1"].input[1] not in dq_outputs and ops["mm2"].input[1] in dq_outputs
-    m = parity(model, result.model, _feeds(8, seed=2))["y"]
-    assert m.cosine >= INT8.min_cosine and m.top1_agreement >= INT8.min_top1
+    assert _held_out_ok(model, result.model)
 
 
 def test_budget_spent_is_reported(tmp_path: Path) -> None:
@@ -72,8 +96,6 @@ def test_gate_uses_the_build_tolerance_and_reference(tmp_path: Path) -> None:
     calls: list[int] = []
 
     def reference(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from tests.passes.builders import run
-
         calls.append(1)
         return run(model, [feed])[0]
 
@@ -84,3 +106,73 @@ def test_gate_uses_the_build_tolerance_and_reference(tmp_path: Path) -> None:
     assert calls, "the reference was not used"
     assert aa["gate_before"]["passed"] is False  # 0.999999 is stricter than int8 gets here
     assert "< 0.999999" in aa["gate_before"]["outputs"]["y"]["failures"][0]
+
+
+def _ctx(model: onnx.ModelProto, tmp: Path, **kw: Any) -> PassContext:
+    """A context whose contract says y is class scores (as normalize infers for a MatMul head)."""
+    contract = with_output_kinds(context(model, tmp).contract, model, {"y": "class_scores"})
+    calibration = _feeds(8, seed=1)
+    return PassContext(
+        contract=contract, workdir=tmp, target="cpu", calibration=lambda: calibration, **kw
+    )
+
+
+def test_gate_judges_class_scores_by_decided_top1(tmp_path: Path) -> None:
+    """Per-output tolerances reach the gate, and class scores are judged by top-1 alone."""
+    model = outlier_mlp(outlier=1.0)
+    strict = {"y": {"int8": dataclasses.replace(INT8, min_top1=1.0, min_cosine=1.0)}}
+    ctx = _ctx(model, tmp_path, output_tolerances=strict)
+    cfg = QuantizeConfig(mode="static", accuracy_aware={"enabled": True})
+    gate = QuantizePass(cfg)(model, ctx).record["accuracy_aware"]["gate_before"]
+    y = gate["outputs"]["y"]
+    assert y["kind"] == "class_scores" and set(y) >= {"top1_decided", "cosine"}
+    assert "rel_l2" not in y and all("cosine" not in f for f in y["failures"])
+
+
+def test_task_metric_decides_the_loop(tmp_path: Path) -> None:
+    """Outputs alone would pass anything here; the labelled task fails plain int8 (28 of 32
+    rows flip) and passes once the outlier layer is float."""
+    model = outlier_mlp()
+    samples = _feeds(8, seed=2)
+    labels = [o["y"].argmax(axis=1).tolist() for o in run(model, samples)]
+    ctx = _ctx(
+        model, tmp_path, tolerances={"int8": NO_PARITY}, task=TASK,
+        validation=lambda: samples, labels=lambda: labels,
+    )  # fmt: skip
+    cfg = QuantizeConfig(mode="static", accuracy_aware={"enabled": True})
+    aa = QuantizePass(cfg)(model, ctx).record["accuracy_aware"]
+    before = aa["gate_before"]
+    assert before["passed"] is False and before["outputs"]["y"]["failures"] == []
+    assert before["task"]["status"] == "failed" and before["task"]["reference"] == 1.0
+    assert [k["layer"] for k in aa["kept_in_float"]] == ["mm1"]
+    after = aa["gate_after"]["task"]
+    assert aa["gate_after"]["passed"] is True and after["drop"] <= TASK.max_drop
+    assert after["samples"] == 8
+
+
+def test_task_without_labels_is_noted_and_the_outputs_judge(tmp_path: Path) -> None:
+    model = outlier_mlp(outlier=1.0)
+    ctx = _ctx(model, tmp_path, task=TASK, validation=lambda: _feeds(4, seed=2))
+    cfg = QuantizeConfig(mode="static", accuracy_aware={"enabled": True})
+    aa = QuantizePass(cfg)(model, ctx).record["accuracy_aware"]
+    assert "no labels" in aa["note"] and "task" not in aa["gate_before"]
+    assert aa["gate_before"]["passed"] is True
+
+
+def test_nncf_accuracy_control_restores_the_task(tmp_path: Path) -> None:
+    """NNCF's accuracy control searches with the gate's margin, the task's included."""
+    pytest.importorskip("nncf")
+    from passes.nncf import NncfConfig, NncfPass
+
+    model = outlier_mlp()
+    samples = _feeds(8, seed=2)
+    labels = [o["y"].argmax(axis=1).tolist() for o in run(model, samples)]
+    ctx = _ctx(
+        model, tmp_path, tolerances={"int8": NO_PARITY}, task=TASK,
+        validation=lambda: samples, labels=lambda: labels,
+    )  # fmt: skip
+    cfg = NncfConfig(accuracy_control={"enabled": True, "max_iterations": 4})
+    ac = NncfPass(cfg)(model, ctx).record["accuracy_control"]
+    assert ac["gate_before"]["task"]["status"] == "failed"
+    assert ac["gate_after"]["passed"] is True, ac["gate_after"]
+    assert "mm1" in ac["kept_in_float"]

@@ -4,9 +4,10 @@ files, and the models earlier nodes of this run hold in memory for their childre
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import onnx
 from pydantic import BaseModel
@@ -18,6 +19,7 @@ from compiler.core.records import DataOutput, DataSource, NodeResult, NormalizeO
 from compiler.pipeline.config import BuildConfig
 from compiler.pipeline.graph import NodeGraph
 from compiler.pipeline.normalize import DATA_FILE, MODEL_FILE, load_onnx
+from compiler.pipeline.userdata import LABELS_FILE
 
 __all__ = ["BuildInputs", "Holdings", "NodeContext"]
 
@@ -114,6 +116,15 @@ class NodeContext:
 
     def feeds(self, data: str, which: Literal["samples", "calibration"]) -> list[Feeds]:
         return read_feeds_npz(self.out_dir(data) / f"{which}.npz")
+
+    def labels(self, data: str) -> list[Any] | None:
+        """The samples' labels (the labels.json the data node wrote: one per sample), or None
+        when the user's data has none."""
+        path = self.out_dir(data) / LABELS_FILE
+        if not path.is_file():
+            return None
+        labels = json.loads(path.read_text(encoding="utf-8"))
+        return labels if isinstance(labels, list) else None
 
     def calibration_source(self, data: str) -> DataSource:
         """Where the calibration feeds come from (for a node that reads them, or may)."""

@@ -12,6 +12,7 @@ import numpy as np
 
 from compiler.core.records import PassOutput
 from compiler.core.targets import TARGET_ARCH
+from compiler.core.task import metric_digest
 from compiler.core.tolerance import Tolerance
 from compiler.pipeline.graph import PassNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
@@ -43,7 +44,7 @@ class PassKind(Kind[PassNode]):
             "target": node.target,
             "isa": list(_target_isa(node, ctx)) if p.target_dependent else None,
             "libs": p.libraries(),
-            "tolerances": _gate_tolerances(p, ctx) if p.uses_reference else None,
+            "gate": _gate(p, ctx) if p.uses_reference else None,
         }
 
     def run(self, node: PassNode, ctx: NodeContext, out: Path) -> PassOutput:
@@ -57,13 +58,22 @@ class PassKind(Kind[PassNode]):
         return PassOutput(record=result.summary)
 
 
-def _gate_tolerances(p: Pass, ctx: NodeContext) -> object:
-    """The tolerance a reference-gated pass judges its own output by: that of its output
-    precision; a numerics-preserving one may read any, so all of them."""
-    tolerances = ctx.config.parity.policy().tolerances
-    if p.precision is not None:
-        return dataclasses.asdict(tolerances[p.precision])
-    return {k: dataclasses.asdict(t) for k, t in sorted(tolerances.items())}
+def _gate(p: Pass, ctx: NodeContext) -> object:
+    """What a reference-gated pass judges its own output by: the tolerances of its output
+    precision (a numerics-preserving one may read any, so all of them), per precision and per
+    output, and the task metric (whose labels come in through the data node's digest)."""
+    policy = ctx.config.parity.policy()
+    precisions = [p.precision] if p.precision is not None else sorted(policy.tolerances)
+    return {
+        "tolerances": {k: dataclasses.asdict(policy.tolerances[k]) for k in precisions},
+        "outputs": {
+            name: {k: dataclasses.asdict(t) for k, t in sorted(per.items()) if k in precisions}
+            for name, per in sorted(policy.outputs.items())
+        },
+        "task": {**dataclasses.asdict(policy.task), "code": metric_digest(policy.task.metric)}
+        if policy.task
+        else None,
+    }
 
 
 def _pass_context(node: PassNode, ctx: NodeContext, scratch: Path) -> PassContext:
@@ -77,7 +87,8 @@ def _pass_context(node: PassNode, ctx: NodeContext, scratch: Path) -> PassContex
             session.append(reference_session(ref_model))
         return dict(zip(names, session[0].run(names, feeds), strict=True))  # type: ignore[attr-defined]
 
-    tolerances: dict[str, Tolerance] = dict(ctx.config.parity.policy().tolerances)
+    policy = ctx.config.parity.policy()
+    tolerances: dict[str, Tolerance] = dict(policy.tolerances)
     return PassContext(
         contract=contract,
         workdir=scratch,
@@ -87,4 +98,8 @@ def _pass_context(node: PassNode, ctx: NodeContext, scratch: Path) -> PassContex
         calibration_source=ctx.calibration_source(node.data),
         reference=reference,
         tolerances=tolerances,
+        output_tolerances=policy.outputs,
+        task=policy.task,
+        validation=lambda: ctx.feeds(node.data, "samples"),
+        labels=lambda: ctx.labels(node.data),
     )

@@ -1,23 +1,33 @@
-"""verify: parity of a compiled artifact against the reference outputs, and its latency next to
-the reference model, on this host. Its output is measurements: nothing builds on them, so
-they stay out of its digest."""
+"""verify: parity of a compiled artifact against the reference outputs (each output judged by
+its kind, and the task metric on the labelled samples when the config names one), and its
+latency next to the reference model, on this host. Its output is measurements: nothing builds
+on them, so they stay out of its digest."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from compiler.core.feeds import read_feeds_npz
-from compiler.core.records import CompileOutput, NodeOutput, VerifyOutput
-from compiler.measure.verify import verify_artifact
+from compiler.core.records import (
+    CompileOutput,
+    DataOutput,
+    NodeOutput,
+    VerifyOutput,
+)
+from compiler.core.task import metric_digest
+from compiler.measure.verify import unverified_on_generated, verify_artifact
 from compiler.pipeline.graph import VerifyNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
+from passes.registry import PASSES
 
 __all__ = ["VerifyKind"]
 
 
 class VerifyKind(Kind[VerifyNode]):
-    version = "4"
+    # 5: latency in worker processes, with the speedup interval; 6: parity by output kind, task;
+    # 7: lossy artifacts judged or calibrated on generated data are not verified
+    version = "7"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
@@ -32,12 +42,13 @@ class VerifyKind(Kind[VerifyNode]):
             },
             "policy": ctx.config.policy().model_dump(mode="json", include={"parity", "latency"}),
             "precision": node.config.precision,
+            "task_metric": metric_digest(task.metric) if (task := ctx.config.parity.task) else "",
         }
 
     def run(self, node: VerifyNode, ctx: NodeContext, out: Path) -> VerifyOutput:
         built = ctx.output(node.compile, CompileOutput)
         policy = ctx.config.policy()
-        return verify_artifact(
+        measured = verify_artifact(
             backend=built.backend,
             runtime=built.runtime,
             requirements=built.requirements,
@@ -52,7 +63,11 @@ class VerifyKind(Kind[VerifyNode]):
             parity=policy.parity,
             latency=policy.latency,
             host=ctx.host,
+            labels=ctx.labels(node.data) if policy.parity.task else None,
         )
+        data = ctx.output(node.data, DataOutput)
+        calibrated = any(PASSES[p.name].uses_calibration for p in node.config.passes)
+        return unverified_on_generated(measured, node.config.precision, data.generated, calibrated)
 
     def digest_material(self, output: NodeOutput) -> object:
         return {}

@@ -1,0 +1,52 @@
+"""No verdict on meaningless data (issue 12, item 2): a lossy artifact calibrated or judged only
+on generated inputs is `unverified: generated data` and never served; fp32 artifacts keep
+their numeric verdict, and real samples make the lossy verdict decisive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compiler.core.errors import NoCompatibleArtifact
+from compiler.core.records import GENERATED_DATA
+from compiler.serving.loader import load
+from tests.compiler.helpers import build, example_sample_data
+
+RAW = {
+    "targets": {
+        "cpu": {
+            "variants": {
+                "fp32": {"compile": {"backend": "onnxruntime"}},
+                "int8": {
+                    "passes": [{"name": "quantize", "mode": "static"}],
+                    "compile": {"backend": "onnxruntime"},
+                },
+            }
+        }
+    }
+}
+
+
+def _parity(outcome, aid: str):  # type: ignore[no-untyped-def]
+    return outcome.manifest.measurements[aid].parity[-1]
+
+
+def test_lossy_artifact_on_generated_data_is_not_verified(cnn_path: Path, tmp_path: Path) -> None:
+    outcome = build(cnn_path, tmp_path / "pkg", None, targets=("cpu",), raw=RAW)
+    int8, fp32 = _parity(outcome, "cpu/int8"), _parity(outcome, "cpu/fp32")
+    assert int8.status == "not-verified" and int8.reason.startswith(GENERATED_DATA)
+    assert "--sample-data" in int8.reason and int8.outputs  # the numbers are still recorded
+    assert fp32.status == "passed"
+    with load(tmp_path / "pkg") as s:
+        assert s.artifact == "cpu/fp32"
+    with pytest.raises(NoCompatibleArtifact, match="not verified"):
+        load(tmp_path / "pkg", require=["cpu/int8"])
+    with load(tmp_path / "pkg", require=["cpu/int8"], allow_unverified=True) as s:
+        assert s.artifact == "cpu/int8"
+
+
+def test_real_samples_make_the_lossy_verdict_decisive(cnn_path: Path, tmp_path: Path) -> None:
+    data = example_sample_data(tmp_path / "data")
+    outcome = build(cnn_path, tmp_path / "pkg", None, targets=("cpu",), raw=RAW, sample_data=data)
+    assert _parity(outcome, "cpu/int8").status in ("passed", "failed")

