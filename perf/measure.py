@@ -1,78 +1,61 @@
-"""Side-by-side measurement in one process: the package's artifacts, Olive's artifacts and the
-ONNX Runtime fp32 reference, each interleaved with the reference (A B A B ...), repeated so
-noise shows.
+"""Side-by-side latency by the method every package records (compiler/measure/timing.py):
+each contender (the package's artifacts, Olive's artifacts, and the reference itself as an
+A/A control) in a worker process of its own, timed in paired blocks against the ONNX Runtime
+fp32 reference in another worker, one contender at a time, until the speedup's interval is
+narrow or the budget ends. Repeated, rotating the order, so the spread between independent
+measurements shows next to each interval.
 
-Every artifact is loaded the way serving loads it (its backend's runner, default threads).
-A repeat times every contender once, each in a `compiler.core.latency.measure_interleaved` pair
-with the reference (the order rotates between repeats); the ratio to the reference is taken
-within each pair, and the table reports the median ratio with its min-max over repeats.
+Parity and task accuracy are not timing: they run afterwards in this process, each contender
+loaded through the same runner serving uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from compiler.core.contract import Contract
 from compiler.core.feeds import read_feeds_npz
 from compiler.core.host import HostInfo
-from compiler.core.latency import LatencyStats, measure_interleaved, summarize
+from compiler.core.latency import speedup_interval, summarize
 from compiler.core.parity import OutputParity, compare_outputs
-from compiler.core.tolerance import DEFAULT_TOLERANCES
+from compiler.core.policies import LatencyPolicy
+from compiler.core.settings import OnnxRuntimeSettings, OpenVinoSettings
+from compiler.measure import workers
+from compiler.measure.timing import measure_pair
 from compiler.serving.manifest import Manifest, read_manifest
-from targets.runner import open_runner
+from targets.runner import Runner, open_runner
 
 __all__ = [
     "Contender",
-    "close_all",
-    "interleaved_repeats",
+    "a_a_control",
+    "latency_repeats",
     "olive_contender",
     "olive_parity",
+    "open_in_process",
     "package_contenders",
     "package_parity",
-    "reference_contender",
 ]
 
 Feed = dict[str, np.ndarray]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Contender:
-    id: str  # "cpu/ov-int8", "olive/ort-int8", "reference"
+    id: str  # "cpu/ov-int8", "olive/ort-int8", "reference (A/A)"
     origin: str  # compile-pkg | olive | reference
     precision: str
-    run: Callable[[Feed], dict[str, np.ndarray]]
-    close: Callable[[], None] = lambda: None
-    describe: dict[str, Any] = field(default_factory=dict)
-
-
-def reference_contender(package: Path, manifest: Manifest) -> Contender:
-    from targets.onnxruntime.backend import reference_session
-
-    sess = reference_session(package / "reference" / "model.onnx")
-    names = [o.name for o in manifest.contract.outputs]
-    return Contender(
-        "reference",
-        "reference",
-        "fp32",
-        lambda f: dict(zip(names, sess.run(names, f), strict=True)),
-        describe={
-            "runtime": "onnxruntime",
-            "model": "reference/model.onnx",
-            "graph_optimization_level": "all",
-        },
-    )
+    spec: workers.Contender  # what its worker loads
 
 
 def package_contenders(
     package: Path, host: HostInfo
 ) -> tuple[list[Contender], list[dict[str, str]]]:
-    """Runners for the artifacts that run natively on `host`, and why the others do not."""
+    """The artifacts that run natively on `host`, and why the others do not."""
     manifest = read_manifest(package)
     runnable: list[Contender] = []
     skipped: list[dict[str, str]] = []
@@ -88,78 +71,121 @@ def package_contenders(
             skipped.append({"id": a.id, "precision": a.precision, "why": why[:300]})
             continue
         assert a.runtime is not None
-        runner = open_runner(a.backend, package / a.directory, a.runtime, manifest.contract)
-        try:
-            runner.load()
-        except Exception as exc:  # a runtime refusing this host is a finding, not a crash
-            skipped.append(
-                {
-                    "id": a.id,
-                    "precision": a.precision,
-                    "why": f"failed to load: {' '.join(str(exc).split())[:300]}",
-                }
-            )
-            continue
-        runnable.append(
-            Contender(
-                a.id,
-                "compile-pkg",
-                a.precision,
-                runner.run_checked,
-                runner.close,
-                describe=runner.describe(),
-            )
-        )
+        spec = workers.Contender(a.id, a.backend, package / a.directory, a.runtime)
+        runnable.append(Contender(a.id, "compile-pkg", a.precision, spec))
     return runnable, skipped
 
 
-def olive_contender(job: dict[str, Any], manifest: Manifest) -> Contender:
-    """Olive's artifact with the same runtime settings compile-pkg's runners use."""
-    names = [o.name for o in manifest.contract.outputs]
+def a_a_control(package: Path) -> Contender:
+    """The reference model in a second worker, timed against itself: the method's own noise
+    (its true speedup is 1)."""
+    ref = workers.reference_contender(package / "reference" / "model.onnx")
+    spec = dataclasses.replace(ref, name="reference (A/A)", role="artifact")
+    return Contender("reference (A/A)", "reference", "fp32", spec)
+
+
+def olive_contender(job: dict[str, Any]) -> Contender:
+    """Olive's artifact with the runtime settings compile-pkg's own artifacts use."""
     path = Path(job["artifact"])
+    settings: OnnxRuntimeSettings | OpenVinoSettings
     if job["format"] == "onnx":
-        from targets.onnxruntime.backend import reference_session
+        backend, settings = "onnxruntime", OnnxRuntimeSettings(model=path.name)
+    else:
+        backend, settings = "openvino", OpenVinoSettings(xml=path.name, inference_precision="f32")
+    spec = workers.Contender(f"olive/{job['workflow']}", backend, path.parent, settings)
+    return Contender(spec.name, "olive", "int8", spec)
 
-        sess = reference_session(path)  # ORT CPU, ORT_ENABLE_ALL, default threads
-        return Contender(
-            f"olive/{job['workflow']}",
-            "olive",
-            "int8",
-            lambda f: dict(zip(names, sess.run(names, f), strict=True)),
-            describe={"runtime": "onnxruntime", "graph_optimization_level": "all"},
-        )
-    import openvino as ov
 
-    core = ov.Core()
-    compiled = core.compile_model(
-        str(path),
-        "CPU",
-        {
-            "PERFORMANCE_HINT": "LATENCY",
-            "ENABLE_CPU_PINNING": False,
-            "INFERENCE_PRECISION_HINT": "f32",
+def open_in_process(c: Contender, contract: Contract) -> Runner:
+    """A loaded runner for parity and task accuracy (never for timing)."""
+    runner = open_runner(c.spec.backend, c.spec.directory, c.spec.runtime, contract)
+    runner.load()
+    return runner
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+def latency_repeats(
+    contenders: list[Contender],
+    reference: workers.Contender,
+    feed: Feed,
+    contract: Contract,
+    policy: LatencyPolicy,
+    *,
+    repeats: int,
+    batch: int,
+) -> dict[str, dict[str, Any]]:
+    """Per contender: each repeat's interval, the interval over all pairs of all repeats,
+    the spread of the repeats' estimates, pooled percentiles and the raw samples."""
+    done: dict[str, list[Any]] = {c.id: [] for c in contenders}
+    failed: dict[str, str] = {}
+    for r in range(repeats):
+        k = r % max(1, len(contenders))
+        for c in contenders[k:] + contenders[:k]:
+            if c.id in failed:
+                continue
+            try:
+                done[c.id].append(measure_pair(c.spec, reference, feed, contract, policy))
+            except workers.WorkerFailed as exc:
+                failed[c.id] = f"{exc.contender.name} {exc.stage}: {exc.reason}"[:400]
+    out: dict[str, dict[str, Any]] = {}
+    for c in contenders:
+        if c.id in failed:
+            out[c.id] = {"error": failed[c.id]}
+        elif done[c.id]:
+            out[c.id] = _summary(done[c.id], policy.confidence, batch)
+    out["reference"] = _reference_summary(done, batch)
+    return out
+
+
+def _ms(blocks: list[list[float]]) -> list[list[float]]:
+    return [[round(t * 1e3, 4) for t in b] for b in blocks]
+
+
+def _summary(measured: list[Any], confidence: float, batch: int) -> dict[str, Any]:
+    art = [b for m in measured for b in m.blocks.artifact]
+    ref = [b for m in measured for b in m.blocks.reference]
+    pooled = speedup_interval(ref, art, confidence)
+    estimates = [m.blocks.speedup.estimate for m in measured]
+    return {
+        "speedup": dataclasses.asdict(pooled),
+        "spread": {
+            "min": min(estimates),
+            "max": max(estimates),
+            "max_deviation": max(abs(e / pooled.estimate - 1) for e in estimates),
         },
-    )
-    req = compiled.create_infer_request()
-    ports = {n: compiled.output(i) for i, n in enumerate(names)}
+        "repeats": [
+            {
+                "speedup": dataclasses.asdict(m.blocks.speedup),
+                "stopped": m.blocks.stopped,
+                "seconds": round(m.blocks.seconds, 3),
+                "load_s": list(m.load_s),
+                "artifact_blocks_ms": _ms(m.blocks.artifact),
+                "reference_blocks_ms": _ms(m.blocks.reference),
+            }
+            for m in measured
+        ],
+        "pooled": dataclasses.asdict(
+            summarize([t for b in art for t in b], batch, keep_samples=False)
+        ),
+        "runner": measured[0].artifact,
+        "reference_runner": measured[0].reference,
+    }
 
-    def run(f: Feed) -> dict[str, np.ndarray]:
-        res = req.infer(f)
-        return {n: np.asarray(res[p]) for n, p in ports.items()}
 
-    return Contender(
-        f"olive/{job['workflow']}",
-        "olive",
-        "int8",
-        run,
-        describe={"runtime": "openvino", "performance_hint": "LATENCY", "cpu_pinning": False},
-    )
+def _reference_summary(done: dict[str, list[Any]], batch: int) -> dict[str, Any]:
+    times = [t for ms in done.values() for m in ms for b in m.blocks.reference for t in b]
+    if not times:
+        return {}
+    first = next(m for ms in done.values() for m in ms)
+    return {
+        "pooled": dataclasses.asdict(summarize(times, batch, keep_samples=False)),
+        "runner": first.reference,
+    }
 
 
-def _reference_data(package: Path) -> tuple[list[Feed], list[Feed]]:
-    inputs = read_feeds_npz(package / "reference" / "inputs.npz")
-    outputs = read_feeds_npz(package / "reference" / "outputs.npz")
-    return inputs, outputs
+# ----------------------------------------------------------------------------- parity
 
 
 def _worst(outputs: dict[str, OutputParity]) -> dict[str, Any]:
@@ -187,86 +213,18 @@ def package_parity(manifest: Manifest, artifact_id: str) -> dict[str, Any]:
     return summary
 
 
-def olive_parity(contender: Contender, package: Path) -> dict[str, Any]:
-    """Olive's artifact against the package's reference outputs, by the package's own metrics
-    and the default int8 tolerance, on the same samples."""
-    inputs, refs = _reference_data(package)
-    outs = [contender.run(f) for f in inputs]
-    ok, per_output = compare_outputs(outs, refs, lambda name: DEFAULT_TOLERANCES["int8"])
+def olive_parity(runner: Runner, package: Path, manifest: Manifest) -> dict[str, Any]:
+    """Olive's artifact against the package's reference outputs, by the package's own metrics,
+    output kinds and int8 tolerance, on the same samples."""
+    inputs = read_feeds_npz(package / "reference" / "inputs.npz")
+    refs = read_feeds_npz(package / "reference" / "outputs.npz")
+    outs = [runner.run(f) for f in inputs]
+    kinds = {o.name: o.kind for o in manifest.contract.outputs}
+    policy = manifest.policy.parity
+    ok, per_output = compare_outputs(outs, refs, lambda name: policy.tolerance("int8", name), kinds)
     return {
         "status": "passed" if ok else "failed",
         "mode": "native",
         "samples": len(inputs),
         **_worst(per_output),
     }
-
-
-def interleaved_repeats(
-    contenders: list[Contender],
-    feed: Feed,
-    *,
-    repeats: int,
-    warmup: int,
-    runs: int,
-    max_seconds: float,
-    batch: int,
-) -> dict[str, dict[str, Any]]:
-    """Per contender: pooled latency summary, per-repeat p50s and the ratio to the reference.
-
-    Each contender is timed in a pair with the reference (A B A B ...), so a third runtime's
-    lingering threads never sit between the two calls a ratio compares; the pairs' order
-    rotates from repeat to repeat. `contenders` must include the one with id "reference".
-    """
-    ref = next(c for c in contenders if c.id == "reference")
-    others = [c for c in contenders if c.id != "reference"]
-    per: dict[str, list[LatencyStats]] = {c.id: [] for c in others}
-    ref_in_pair: dict[str, list[LatencyStats]] = {c.id: [] for c in others}
-    for r in range(repeats):
-        k = r % max(1, len(others))
-        for c in others[k:] + others[:k]:
-            fns: dict[str, Callable[[], Any]] = {
-                "reference": partial(ref.run, feed),
-                c.id: partial(c.run, feed),
-            }
-            if r % 2:  # who goes first alternates too
-                fns = dict(reversed(list(fns.items())))
-            stats = measure_interleaved(
-                fns, warmup=warmup, runs=runs, max_seconds=max_seconds, batch=batch
-            )
-            per[c.id].append(stats[c.id])
-            ref_in_pair[c.id].append(stats["reference"])
-    out: dict[str, dict[str, Any]] = {}
-    all_ref = [s for reps in ref_in_pair.values() for s in reps]
-    out["reference"] = _summary(all_ref, batch, None)
-    for cid, reps in per.items():
-        out[cid] = _summary(reps, batch, ref_in_pair[cid])
-    return out
-
-
-def _summary(
-    reps: list[LatencyStats], batch: int, refs: list[LatencyStats] | None
-) -> dict[str, Any]:
-    pooled = summarize([x / 1e3 for s in reps for x in s.samples_ms], batch)
-    rec: dict[str, Any] = {
-        "pooled": dataclasses.asdict(pooled),
-        "repeats": [dataclasses.asdict(s) for s in reps],
-        "p50_ms_per_repeat": [s.p50_ms for s in reps],
-    }
-    if refs is not None:
-        ratios = [rs.p50_ms / s.p50_ms for rs, s in zip(refs, reps, strict=True)]
-        rec["speedup_vs_reference"] = {
-            "median": float(np.median(ratios)),
-            "min": float(min(ratios)),
-            "max": float(max(ratios)),
-            "per_repeat": ratios,
-        }
-        rec["reference_p50_ms_per_repeat"] = [s.p50_ms for s in refs]
-    return rec
-
-
-def close_all(contenders: list[Contender]) -> None:
-    for c in contenders:
-        try:
-            c.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass

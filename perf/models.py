@@ -352,10 +352,11 @@ MODELS: dict[str, BenchModel] = {
             "PP-OCRv4 text-line recognizer (SVTR)",
             "real (rapidocr-onnxruntime 1.4.4)",
             "ppocr_rec.onnx",
-            # the input's height axis is literally named "?"; perf pads lines to 480 wide
+            # the input's height axis is literally named "?" (normalize names it x_d2); perf
+            # pads lines to 480 wide
             config={
                 "dims": {
-                    "?": {"min": 48, "opt": 48, "max": 48},
+                    "x_d2": {"min": 48, "opt": 48, "max": 48},
                     "p2o.DynamicDimension.1": {"min": 8, "opt": 480, "max": 2048},
                 }
             },

@@ -6,6 +6,7 @@ import importlib.metadata
 from dataclasses import dataclass
 
 from compiler.core.errors import ConfigError
+from compiler.core.policies import LatencyPolicy
 from compiler.pipeline.config import resolve_config
 
 __all__ = ["ONE_CHANGE", "Plan", "dropped_variants", "library_versions", "pick_one_change"]
@@ -42,14 +43,14 @@ class Plan:
     samples: int = 8
     calibration: int = 32
     task: int = 48
-    repeats: int = 5
+    repeats: int = 3  # independent paired measurements per contender
     warmup: int = 5
-    runs: int = 30
-    max_seconds: float = 15.0
+    max_pairs: int = 40
+    budget_s: float = 12.0  # per contender and repeat (the timed blocks)
+    target_halfwidth: float = 0.02
     peak_n: int = 2048
     peak_repeats: int = 15
     olive_workflows: tuple[str, ...] = ("ort-int8", "ov-int8")
-    build_latency_runs: int = 10  # the build's own latency check; perf measures its own
     drop_backends: tuple[tuple[str, str], ...] = ()  # (target, backend) variants not built
     drop_variants: tuple[tuple[str, str], ...] = ()  # (target, variant) not built
     extra_sets: tuple[str, ...] = ()  # more --set overrides for every build
@@ -63,17 +64,25 @@ class Plan:
             samples=4,
             calibration=8,
             task=16,
-            repeats=3,
-            warmup=2,
-            runs=6,
-            max_seconds=3.0,
+            repeats=2,
+            warmup=3,
+            max_pairs=30,
+            budget_s=6.0,
             peak_n=1024,
             peak_repeats=8,
             olive_workflows=("ort-int8",),
-            build_latency_runs=3,
             drop_backends=(("gpu", "tvm"), ("cpu", "tvm"), ("arm", "tvm")),
             drop_variants=(("gpu", "trt-int8"), ("arm", "ort-int8"), ("arm", "ov-int8")),
             extra_sets=("cpu.quantize.accuracy_aware.enabled=false",),
+        )
+
+    def latency_policy(self) -> LatencyPolicy:
+        """The method perf times with: the packages' own, with the run's budget."""
+        return LatencyPolicy(
+            warmup=self.warmup,
+            runs=self.max_pairs,
+            max_seconds=self.budget_s,
+            target_halfwidth=self.target_halfwidth,
         )
 
     def note(self) -> str:
@@ -86,14 +95,14 @@ class Plan:
         full = Plan(quick=False)
         labels = {
             "repeats": "repeats",
-            "runs": "runs per pair",
-            "warmup": "warm-up rounds",
+            "max_pairs": "most block pairs per measurement",
+            "budget_s": "seconds of blocks per measurement",
+            "warmup": "warm-up runs",
             "calibration": "calibration feeds",
             "samples": "parity samples",
             "task": "task items",
             "peak_n": "peak matrix size",
             "peak_repeats": "peak runs",
-            "build_latency_runs": "the builds' own latency runs",
         }
         changed = [
             f"{text} {getattr(full, k)}->{getattr(self, k)}"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render_markdown", "render_plot"]
+__all__ = ["render_markdown", "render_plot", "speedup_cell", "spread_cell"]
+
+TICKS = (0.125, 0.25, 0.5, 1, 2, 4, 8, 16)  # the plot's speedup axis
 
 
 def _models(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -49,11 +51,18 @@ def _olive_cell(job: dict[str, Any] | None, planned: bool) -> str:
     return f"{job['seconds']:.1f} s / {job['peak_rss_mib']:.0f} MiB"
 
 
-def _speedup(rec: dict[str, Any]) -> str:
-    s = rec.get("speedup_vs_reference")
+def speedup_cell(rec: dict[str, Any]) -> str:
+    s = rec.get("speedup")
     if not s:
         return "-"
-    return f"{s['median']:.2f}x [{s['min']:.2f}-{s['max']:.2f}]"
+    return f"{s['estimate']:.2f}x [{s['low']:.2f}-{s['high']:.2f}] ({s['pairs']} pairs)"
+
+
+def spread_cell(rec: dict[str, Any]) -> str:
+    s = rec.get("spread")
+    if not s:
+        return "-"
+    return f"{s['min']:.2f}-{s['max']:.2f} (±{s['max_deviation'] * 100:.1f} %)"
 
 
 def _parity(p: dict[str, Any] | None) -> str:
@@ -81,7 +90,7 @@ def _header(doc: dict[str, Any]) -> list[str]:
         f"{h['os']}; GPUs: {', '.join(g['name'] for g in h['gpus']) or 'none'}. "
         f"Load average at start {doc['load_average'][0]:.1f}, at end "
         f"{doc.get('load_average_end', [0])[0]:.1f}: absolute figures move with the host's load; "
-        "ratios measured in the same process hold.",
+        "speedups are ratios taken in one run, with their intervals.",
         "",
         f"Libraries: {libs}.",
         "",
@@ -134,21 +143,25 @@ def _build_table(doc: dict[str, Any]) -> list[str]:
 
 
 def _artifact_table(doc: dict[str, Any]) -> list[str]:
+    conf = _confidence(doc)
     lines = [
         "",
         "## Artifacts on this host, side by side with the ONNX Runtime fp32 reference",
         "",
-        "Latency: " + doc["plan"]["latency_note"] + " Speedup = reference p50 / artifact p50 "
-        "within each repeat: median [min-max] over repeats. % of peak = the model's FLOPs / "
-        "p50 / the measured peak of the artifact's precision (fp32 peak for fp32/bf16, int8 "
-        "peak for int8). Parity: compile-pkg's artifacts from the package's own report; "
-        "Olive's measured here against the same reference outputs with the same metrics "
-        "(worst output: cosine, top-1 agreement). Task: accuracy on real data (real models "
-        "only).",
+        "Latency: " + doc["plan"]["latency_note"] + " Speedup = reference time / artifact "
+        f"time: the median over all paired blocks, [its {conf} confidence interval] (pairs). "
+        "Repeats: the lowest and highest of the independent measurements' estimates, and the "
+        "largest distance of one from the pooled estimate. `reference (A/A)` is the reference "
+        "timed against itself in two workers: the method's own noise, true value 1. "
+        "% of peak = the model's FLOPs / p50 / the measured peak of the artifact's precision "
+        "(fp32 peak for fp32/bf16, int8 peak for int8). Parity: compile-pkg's artifacts from the "
+        "package's own report; Olive's measured here against the same reference outputs with "
+        "the same metrics (worst output: cosine, top-1 agreement). Task: accuracy on real data "
+        "(real models only).",
         "",
         "| model | artifact | by | precision | p50 ms | p99 ms | items/s | speedup vs ref "
-        "| % of peak | parity | task |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| repeats | % of peak | parity | task |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in _models(doc):
         if m.get("error"):
@@ -156,12 +169,50 @@ def _artifact_table(doc: dict[str, Any]) -> list[str]:
         for c in m["contenders"]:
             lat = c.get("latency", {})
             pooled = lat.get("pooled", {})
+            peak = c.get("fraction_of_peak")
+            speed = speedup_cell(lat) if not c.get("error") else f"error: {c['error'][:80]}"
             lines.append(
                 f"| {name} | {c['id']} | {c['origin']} | {c['precision']} "
                 f"| {_f(pooled.get('p50_ms'))} | {_f(pooled.get('p99_ms'))} "
-                f"| {_f(pooled.get('throughput_per_s'), '.1f')} | {_speedup(lat)} "
-                f"| {_f(c.get('fraction_of_peak', 0) * 100 if c.get('fraction_of_peak') is not None else None, '.1f')} "
+                f"| {_f(pooled.get('throughput_per_s'), '.1f')} | {speed} | {spread_cell(lat)} "
+                f"| {_f(peak * 100 if peak is not None else None, '.1f')} "
                 f"| {_parity(c.get('parity'))} | {_task(c.get('task'))} |"
+            )
+    return lines
+
+
+def _confidence(doc: dict[str, Any]) -> str:
+    """The confidence the run asked of each interval (fewer pairs than it needs: less)."""
+    return f"{doc['plan'].get('latency_confidence', 0.95):.0%}"
+
+
+def _control_summary(doc: dict[str, Any]) -> list[str]:
+    """The same-runtime rows (A/A, cpu/ort-fp32): how far from 1 the method lands."""
+    lines = [
+        "",
+        "## The method's own spread: same runtime as the reference",
+        "",
+        "| model | contender | speedup [interval] | repeats | within ±5 % |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in _models(doc):
+        for c in m.get("contenders", []):
+            if c["id"] not in ("reference (A/A)", "cpu/ort-fp32"):
+                continue
+            lat = c.get("latency", {})
+            s, sp = lat.get("speedup"), lat.get("spread")
+            inside = (
+                "yes"
+                if s
+                and sp
+                and 0.95 <= s["low"]
+                and s["high"] <= 1.05
+                and sp["min"] >= 0.95
+                and sp["max"] <= 1.05
+                else "no"
+            )
+            lines.append(
+                f"| {name} | {c['id']} | {speedup_cell(lat)} | {spread_cell(lat)} | {inside} |"
             )
     return lines
 
@@ -187,9 +238,10 @@ def _not_measured(doc: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(doc: dict[str, Any], plot_name: str | None) -> str:
-    lines = _header(doc) + _build_table(doc) + _artifact_table(doc) + _not_measured(doc)
+    lines = _header(doc) + _build_table(doc) + _artifact_table(doc) + _control_summary(doc)
+    lines += _not_measured(doc)
     if plot_name:
-        lines += ["", f"![p50 latency per artifact per model]({plot_name})"]
+        lines += ["", f"![speedup over the reference per artifact per model]({plot_name})"]
     lines += [
         "",
         "Raw samples, per-repeat figures, node lists and library versions: the JSON "
@@ -199,7 +251,7 @@ def render_markdown(doc: dict[str, Any], plot_name: str | None) -> str:
 
 
 def render_plot(doc: dict[str, Any], path: Path) -> bool:
-    """p50 latency per artifact, one panel per model, whiskers = min-max of per-repeat p50.
+    """Speedup over the reference per artifact, one panel per model, whiskers = its interval.
     Returns False (and writes nothing) when matplotlib is not installed."""
     try:
         import matplotlib
@@ -217,25 +269,28 @@ def render_plot(doc: dict[str, Any], path: Path) -> bool:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     colors = {"reference": "#777777", "compile-pkg": "#1f77b4", "olive": "#ff7f0e"}
     for ax, (name, m) in zip(axes.flat, models, strict=False):
-        cs = [c for c in m["contenders"] if c.get("latency")]
-        p50 = [c["latency"]["pooled"]["p50_ms"] for c in cs]
-        reps = [c["latency"]["p50_ms_per_repeat"] for c in cs]
-        lo = [p - min(r) for p, r in zip(p50, reps, strict=True)]
-        hi = [max(r) - p for p, r in zip(p50, reps, strict=True)]
+        cs = [c for c in m["contenders"] if c.get("latency", {}).get("speedup")]
+        est = [c["latency"]["speedup"]["estimate"] for c in cs]
+        lo = [e - c["latency"]["speedup"]["low"] for e, c in zip(est, cs, strict=True)]
+        hi = [c["latency"]["speedup"]["high"] - e for e, c in zip(est, cs, strict=True)]
         y = range(len(cs))
-        ax.barh(list(y), p50, xerr=[lo, hi], color=[colors[c["origin"]] for c in cs])
+        ax.barh(list(y), est, xerr=[lo, hi], color=[colors[c["origin"]] for c in cs])
+        ax.axvline(1.0, color="#444444", linewidth=0.8, linestyle="--")
         ax.set_yticks(list(y), [c["id"] for c in cs], fontsize=7)
         ax.invert_yaxis()
         ax.set_title(name, fontsize=9)
         ax.set_xscale("log")  # untuned or emulated artifacts can be 100x off the rest
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(TICKS))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("p50 ms (log scale)", fontsize=8)
+        ax.set_xlabel("speedup over the reference (log scale)", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(models) :]:
         ax.axis("off")
     fig.suptitle(
-        f"p50 latency on {doc['host']['cpu_model']} x{doc['host']['cpu_count']} "
-        f"({doc['date']}); grey: ORT fp32 reference, blue: compile-pkg, orange: Olive",
+        f"speedup over the ORT fp32 reference on {doc['host']['cpu_model']} "
+        f"x{doc['host']['cpu_count']} ({doc['date']}); grey: A/A control, blue: compile-pkg, "
+        "orange: Olive; whiskers: interval",
         fontsize=9,
     )
     fig.tight_layout()

@@ -62,12 +62,7 @@ def _prepare(model: BenchModel, plan: Plan, work: Path) -> tuple[Path, ModelData
     write_feeds(data.calibration, mdir / "calibration")
     config = {
         "package": {"name": model.name, "description": model.description},
-        # perf measures latency itself; the build's own check stays short
-        "latency": {
-            "warmup": 1 if plan.quick else 2,
-            "runs": plan.build_latency_runs,
-            "max_seconds": 3.0,
-        },
+        # the build's own latency check keeps its defaults: build times are what a user pays
         **model.config,
     }
     cfg_path = mdir / "config.yaml"
@@ -122,17 +117,18 @@ def _measure(
     olive_jobs: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     from compiler.core.host import probe_host
-    from compiler.measure.timing import batch_size
+    from compiler.measure.timing import batch_size, describe_method
+    from compiler.measure.workers import reference_contender
     from compiler.serving.manifest import read_manifest
     from perf.flops import count_flops
     from perf.measure import (
-        close_all,
-        interleaved_repeats,
+        a_a_control,
+        latency_repeats,
         olive_contender,
         olive_parity,
+        open_in_process,
         package_contenders,
         package_parity,
-        reference_contender,
     )
 
     pkg = work / model.name / "pkg-cold"
@@ -140,57 +136,76 @@ def _measure(
     feed = manifest.contract.validate_feeds(data.samples[0])
     flops = count_flops(pkg / "reference" / "model.onnx", feed)
     ours, not_measured = package_contenders(pkg, probe_host())
-    contenders = [reference_contender(pkg, manifest), *ours]
-    for job in olive_jobs.values():
-        if job.get("artifact"):
-            try:
-                contenders.append(olive_contender(job, manifest))
-            except Exception as exc:  # noqa: BLE001 - Olive's artifact failing to load is a finding
-                job["error"] = f"artifact failed to load: {type(exc).__name__}: {exc}"[:400]
+    olive = [olive_contender(job) for job in olive_jobs.values() if job.get("artifact")]
+    contenders = [a_a_control(pkg), *ours, *olive]
+    batch = batch_size(manifest.contract, feed)
+    policy = plan.latency_policy()
+    reference = reference_contender(pkg / "reference" / "model.onnx")
+    latency = latency_repeats(
+        contenders, reference, feed, manifest.contract, policy, repeats=plan.repeats, batch=batch
+    )
+    rows = [_row(None, latency["reference"], peak, flops.total)]
+    ref_runner = open_in_process(a_a_control(pkg), manifest.contract)  # the reference, for the task
     try:
-        batch = batch_size(manifest.contract, feed)
-        latency = interleaved_repeats(
-            contenders,
-            feed,
-            repeats=plan.repeats,
-            warmup=plan.warmup,
-            runs=plan.runs,
-            max_seconds=plan.max_seconds,
-            batch=batch,
-        )
-        rows = []
-        for c in contenders:
-            row: dict[str, Any] = {
-                "id": c.id,
-                "origin": c.origin,
-                "precision": c.precision,
-                "runner": c.describe,
-                "latency": latency[c.id],
-            }
-            if c.origin == "compile-pkg":
-                row["parity"] = package_parity(manifest, c.id)
-            elif c.origin == "olive":
-                row["parity"] = olive_parity(c, pkg)
-            else:
-                row["parity"] = {"status": "reference", "cosine": 1.0}
-            key = "int8" if c.precision == "int8" else "fp32"
-            p50_s = latency[c.id]["pooled"]["p50_ms"] / 1e3
-            row["fraction_of_peak"] = flops.total / p50_s / (peak[key]["gflops"] * 1e9)
-            row["peak_used"] = key
-            if data.task is not None:
-                scored = data.task.score([c.run(f) for f in data.task.feeds])
-                row["task"] = {"metric": data.task.metric, **scored}
-            rows.append(row)
+        if data.task is not None:
+            rows[0]["task"] = _task(data, ref_runner)
     finally:
-        close_all(contenders)
+        ref_runner.close()
+    for c in contenders:
+        row = _row(c, latency.get(c.id, {}), peak, flops.total)
+        rows.append(row)
+        if c.origin == "reference":
+            row["parity"] = {"status": "reference", "cosine": 1.0}
+            continue
+        if c.origin == "compile-pkg":
+            row["parity"] = package_parity(manifest, c.id)
+        try:
+            runner = open_in_process(c, manifest.contract)
+        except Exception as exc:  # noqa: BLE001 - an artifact failing to load is a finding
+            row["error"] = f"failed to load: {type(exc).__name__}: {exc}"[:400]
+            continue
+        try:
+            if c.origin == "olive":
+                row["parity"] = olive_parity(runner, pkg, manifest)
+            if data.task is not None:
+                row["task"] = _task(data, runner)
+        finally:
+            runner.close()
     return {
         "flops": flops.as_dict(),
         "batch": batch,
         "input_shapes": {k: list(v.shape) for k, v in feed.items()},
+        "latency_method": describe_method(policy),
         "contenders": rows,
         "not_measured": not_measured,
         "task_set": data.task.description if data.task else None,
     }
+
+
+def _row(c: Any, latency: dict[str, Any], peak: dict[str, Any], flops: float) -> dict[str, Any]:
+    """One contender's line (None: the reference): latency, and the fraction of peak."""
+    origin, precision = (c.origin, c.precision) if c else ("reference", "fp32")
+    row: dict[str, Any] = {
+        "id": c.id if c else "reference",
+        "origin": origin,
+        "precision": precision,
+        "runner": latency.get("runner", {}),
+        "latency": latency,
+    }
+    if latency.get("error"):
+        row["error"] = "latency: " + latency["error"]
+    pooled = latency.get("pooled")
+    if pooled:
+        key = "int8" if precision == "int8" else "fp32"
+        row["fraction_of_peak"] = flops / (pooled["p50_ms"] / 1e3) / (peak[key]["gflops"] * 1e9)
+        row["peak_used"] = key
+    return row
+
+
+def _task(data: ModelData, runner: Any) -> dict[str, Any]:
+    assert data.task is not None
+    scored = data.task.score([runner.run(f) for f in data.task.feeds])
+    return {"metric": data.task.metric, **scored}
 
 
 # ----------------------------------------------------------------------------- main
@@ -234,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown models {unknown}; known: {list(MODELS)}")
 
     from compiler.core.host import probe_host
+    from compiler.measure.timing import describe_method
     from perf.peak import measure_peak
     from perf.report import render_markdown, render_plot
 
@@ -256,14 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         "plan": {
             **plan.__dict__,
             "olive_workflows": list(plan.olive_workflows),
+            "latency_confidence": plan.latency_policy().confidence,
             "one_change": one_change,
             "dropped_variants": list(dropped),
             "note": plan.note(),
-            "latency_note": f"{plan.repeats} repeats; in each, every contender runs "
-            f"{plan.runs} times interleaved with the reference (A B A B, "
-            f"after {plan.warmup} warm-up rounds, at most "
-            f"{plan.max_seconds:.0f} s per pair) on one parity sample; "
-            "p50/p99 pooled over repeats.",
+            "latency_note": f"{plan.repeats} independent measurements per contender (the "
+            "order rotates between them), each by the packages' own method: "
+            + describe_method(plan.latency_policy())
+            + "; on one parity sample. The speedup's interval pools the pairs of all "
+            "measurements; the spread is the range of the measurements' own estimates; "
+            "p50/p99 pooled.",
         },
     }
     prepared: dict[str, tuple[Path, ModelData]] = {}

@@ -1,17 +1,37 @@
-"""Latency statistics, and the measurement next to the reference in the same process,
-interleaved in short blocks, so that a contended host slows both alike and the ratio holds.
-Standard library and numpy only."""
+"""Latency statistics: summaries of timed runs, and the speedup over the reference as an
+interval, measured in paired blocks (an artifact block next to a reference block) until the
+interval is narrow or the time budget ends.
+
+Each pair gives one ratio (median of the reference block / median of the artifact block):
+blocks taken back to back see the same host load, so the ratio holds on a busy host where
+absolute times do not. The interval is the distribution-free confidence interval of the
+median of those ratios (order statistics of a binomial(n, 1/2)), so it assumes nothing about
+how the noise is shaped. Standard library and numpy only.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["LatencyStats", "measure_interleaved", "summarize"]
+__all__ = [
+    "LatencyStats",
+    "PairedBlocks",
+    "SpeedupInterval",
+    "StopReason",
+    "measure_paired",
+    "median_interval",
+    "pairs_needed",
+    "speedup_interval",
+    "summarize",
+]
+
+StopReason = Literal["narrow", "budget", "max-pairs"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +49,8 @@ class LatencyStats:
     samples_ms: tuple[float, ...] = ()
 
 
-def summarize(samples_s: Sequence[float], batch: int) -> LatencyStats:
-    ms = np.asarray(samples_s) * 1e3
+def summarize(samples_s: Sequence[float], batch: int, *, keep_samples: bool = True) -> LatencyStats:
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
     mean = float(ms.mean())
     return LatencyStats(
         runs=len(ms),
@@ -41,42 +61,139 @@ def summarize(samples_s: Sequence[float], batch: int) -> LatencyStats:
         std_ms=float(ms.std()),
         min_ms=float(ms.min()),
         throughput_per_s=batch * 1e3 / mean if mean > 0 else 0.0,
-        samples_ms=tuple(round(float(x), 4) for x in ms),
+        samples_ms=tuple(round(float(x), 4) for x in ms) if keep_samples else (),
     )
 
 
-def measure_interleaved(
-    fns: dict[str, Callable[[], Any]],
+@dataclass(frozen=True)
+class SpeedupInterval:
+    """Reference time / artifact time: the median over paired blocks, and the interval that
+    holds the true median with probability `confidence` (above 1: the artifact is faster)."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float  # the coverage the interval achieved (lower when pairs were few)
+    pairs: int
+    ratios: tuple[float, ...] = ()  # one per pair, in the order measured
+
+    @property
+    def halfwidth(self) -> float:
+        """The interval's larger distance from the estimate, relative to it (0.03: +-3 %)."""
+        if self.estimate <= 0:
+            return math.inf
+        return max(self.high / self.estimate - 1.0, 1.0 - self.low / self.estimate)
+
+    def beats(self, other: SpeedupInterval) -> bool:
+        """Faster beyond both intervals: this one's lower bound above the other's upper bound."""
+        return self.low > other.high
+
+    def describe(self) -> str:
+        return (
+            f"{self.estimate:.2f}x [{self.low:.2f}-{self.high:.2f}] "
+            f"({self.confidence:.0%}, {self.pairs} pairs)"
+        )
+
+
+def _coverage(n: int, k: int) -> float:
+    """P(x_(k) <= median <= x_(n+1-k)) for n samples: 1 - 2 P(Binomial(n, 1/2) < k)."""
+    tail = sum(math.comb(n, i) for i in range(k)) / 2.0**n
+    return max(0.0, 1.0 - 2.0 * tail)
+
+
+def pairs_needed(confidence: float) -> int:
+    """The fewest pairs whose [min, max] covers the median with `confidence`."""
+    n = 1
+    while _coverage(n, 1) < confidence:
+        n += 1
+    return n
+
+
+def median_interval(
+    values: Sequence[float], confidence: float
+) -> tuple[float, float, float, float]:
+    """(median, low, high, achieved coverage): the narrowest order-statistic interval whose
+    coverage is at least `confidence`, or [min, max] with the coverage it has when the
+    samples are too few."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    if n == 0:
+        raise ValueError("no values")
+    k = 1
+    while k + 1 <= (n + 1) // 2 and _coverage(n, k + 1) >= confidence:
+        k += 1
+    return float(np.median(x)), float(x[k - 1]), float(x[n - k]), _coverage(n, k)
+
+
+def speedup_interval(
+    reference_blocks: Sequence[Sequence[float]],
+    artifact_blocks: Sequence[Sequence[float]],
+    confidence: float,
+) -> SpeedupInterval:
+    """The speedup from paired blocks of timed runs (seconds): block i of each was taken
+    back to back."""
+    if len(reference_blocks) != len(artifact_blocks) or not artifact_blocks:
+        raise ValueError("speedup_interval needs the same number (> 0) of blocks of each")
+    ratios = [
+        float(np.median(r)) / float(np.median(a))
+        for r, a in zip(reference_blocks, artifact_blocks, strict=True)
+    ]
+    est, low, high, achieved = median_interval(ratios, confidence)
+    return SpeedupInterval(
+        estimate=est,
+        low=low,
+        high=high,
+        confidence=round(achieved, 4),
+        pairs=len(ratios),
+        ratios=tuple(round(r, 5) for r in ratios),
+    )
+
+
+@dataclass(frozen=True)
+class PairedBlocks:
+    """What `measure_paired` timed: block i of each was taken back to back."""
+
+    artifact: list[list[float]]
+    reference: list[list[float]]
+    speedup: SpeedupInterval
+    stopped: StopReason
+    seconds: float
+
+
+def measure_paired(
+    artifact_block: Callable[[], list[float]],
+    reference_block: Callable[[], list[float]],
     *,
-    warmup: int,
-    runs: int,
-    max_seconds: float,
-    batch: int,
-    block: int = 5,
-    settle_s: float = 0.02,
-) -> dict[str, LatencyStats]:
-    """Time each zero-argument callable `runs` times, alternating in blocks of `block` runs
-    (A A A B B B A A A ...), after `warmup` rounds. Before each block the process sleeps
-    `settle_s` and makes one untimed run: runtimes whose worker threads spin after a run
-    (ONNX Runtime, OpenVINO) would otherwise steal cores from whichever callable runs next
-    (measured here: an ORT reference ran at 7 ms beside another ORT session, 3.4 ms beside
-    OpenVINO, without this). Stops early (keeping at least 3 runs each) once `max_seconds`
-    have passed.
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    while min(len(v) for v in times.values()) < runs:
-        for name, fn in fns.items():
-            time.sleep(settle_s)  # lets the previous runtime's spinning threads park
-            fn()  # then one untimed run re-warms this one
-            for _ in range(min(block, runs - len(times[name]))):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-        done = min(len(v) for v in times.values())
-        if done >= 3 and time.perf_counter() - start > max_seconds:
-            break
-    return {k: summarize(v, batch) for k, v in times.items()}
+    confidence: float,
+    target_halfwidth: float,
+    max_pairs: int,
+    budget_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> PairedBlocks:
+    """Time pairs of blocks (each call returns one block's run times in seconds), in ABBA
+    order so a steady drift in the host's load favours neither, until the speedup's interval
+    is within `target_halfwidth` at `confidence`, `max_pairs` pairs were taken, or
+    `budget_s` has passed (at least one pair is always taken)."""
+    start = clock()
+    art: list[list[float]] = []
+    ref: list[list[float]] = []
+    need = pairs_needed(confidence)
+    while True:
+        if len(art) % 2 == 0:
+            art.append(artifact_block())
+            ref.append(reference_block())
+        else:
+            ref.append(reference_block())
+            art.append(artifact_block())
+        interval = speedup_interval(ref, art, confidence)
+        stopped: StopReason | None = None
+        if len(art) >= need and interval.halfwidth <= target_halfwidth:
+            stopped = "narrow"
+        elif len(art) >= max_pairs:
+            stopped = "max-pairs"
+        elif clock() - start >= budget_s:
+            stopped = "budget"
+        if stopped is not None:
+            return PairedBlocks(art, ref, interval, stopped, clock() - start)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compiler.core.tolerance import ParityPolicy
 
@@ -25,19 +27,53 @@ class PackageMeta(_Strict):
 
 
 class LatencyPolicy(_Strict):
-    warmup: int = Field(default=5, ge=0)
-    runs: int = Field(default=30, ge=1)
-    max_seconds: float = Field(default=20.0, gt=0, description="per artifact; stops early")
+    """How latency is measured: the artifact and the reference each in a worker process of
+    their own, timed in alternating blocks (compiler/measure/timing.py) until the speedup's
+    interval is narrow or the budget ends."""
+
+    warmup: int = Field(default=5, ge=0, description="untimed runs in each worker after loading")
+    runs: int = Field(
+        default=30, ge=1, description="at most this many block pairs (artifact, reference)"
+    )
+    max_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="time budget per artifact for the timed blocks (workers' start-up apart)",
+    )
+    target_halfwidth: float = Field(
+        default=0.03, gt=0, description="stop once the speedup is known within +-this fraction"
+    )
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="of the speedup's interval")
+    block_ms: float = Field(default=50.0, gt=0, description="each block times runs for ~this long")
+    settle_ms: float = Field(
+        default=20.0, ge=0, description="pause before each block: the other worker's threads park"
+    )
     threads: int = Field(default=0, ge=0, description="0: the runtime's default")
+    regression_margin: float = Field(
+        default=0.10,
+        ge=0,
+        lt=1,
+        description="`verify` names a latency regression when the new speedup's upper bound "
+        "is below the recorded lower bound by more than this fraction",
+    )
 
 
 class SelectionPolicy(_Strict):
-    """How serving orders artifacts: an explicit order of artifact ids first (if given),
-    then by measured latency on a matching host. A quantized artifact must beat the best
-    float artifact of its target by `quantized_min_speedup` or it is ranked below it."""
+    """How serving orders artifacts: an explicit order of artifact ids first (if given), then
+    by speedup over the reference measured in one run on a host like the serving one. A lossy
+    artifact (fp16, bf16, int8) comes before a more precise one of the same target only when
+    its speedup's lower bound is above the precise one's upper bound.
+
+    `quantized_min_speedup` (packages written before the interval rule) is read and ignored."""
 
     order: list[str] = Field(default_factory=list)
-    quantized_min_speedup: float = Field(default=1.1, ge=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "quantized_min_speedup" in data:
+            data = {k: v for k, v in data.items() if k != "quantized_min_speedup"}
+        return data
 
 
 class PackagePolicy(_Strict):

@@ -9,14 +9,16 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from compiler.core.contract import Contract
+from compiler.core.contract import Contract, ValueDomain
 from compiler.core.host import HostInfo, Requirements
-from compiler.core.latency import LatencyStats
-from compiler.core.parity import OutputParity
+from compiler.core.latency import LatencyStats, SpeedupInterval
+from compiler.core.parity import OutputParity, worst_output
 from compiler.core.runtime import RunnerInfo
 from compiler.core.settings import RuntimeSettings
+from compiler.core.task import TaskScore
 
 __all__ = [
+    "GENERATED_DATA",
     "ArtifactMeasurements",
     "Availability",
     "CompileOutput",
@@ -60,6 +62,8 @@ class Availability(_Record):
 # --------------------------------------------------------------------------- measurements
 
 ParityStatus = Literal["passed", "failed", "not-verified", "error"]
+# the reason of a lossy artifact's not-verified record when its data was generated
+GENERATED_DATA = "unverified: generated data"
 # native: on a host the artifact targets; cross-host: a portable artifact of another arch run
 # with this host's build of its runtime; emulated: the target arch's runtime under qemu.
 ParityMode = Literal["native", "cross-host", "emulated", "none"]
@@ -79,6 +83,10 @@ class EmulationInfo(_Record):
 
 
 class ParityRecord(_Record):
+    """Parity of one artifact on one host: per output, the metrics its kind is judged by
+    (`OutputParity.checks`), and the task metric's scores when the build has one. `passed`
+    needs every output to pass and the task (when it could be scored) to pass."""
+
     status: ParityStatus
     precision: str = ""
     samples: int = 0
@@ -90,21 +98,50 @@ class ParityRecord(_Record):
     outputs: dict[str, OutputParity] = Field(default_factory=dict)
     runtime_details: RunnerInfo = Field(default_factory=dict)
     emulation: EmulationInfo | None = None
+    task: TaskScore | None = None
 
     @property
     def decisive(self) -> bool:
         return self.status in ("passed", "failed")
 
+    @property
+    def worst(self) -> tuple[str, OutputParity] | None:
+        """The output closest to (or furthest past) its bounds: the one a report shows."""
+        return worst_output(self.outputs)
+
 
 class LatencyRecord(_Record):
+    """One artifact's latency next to the reference, each in a worker process of its own, in
+    paired blocks on one host. `crashed`: the artifact's worker died or raised (a verdict on
+    the artifact); `error`: nothing could be measured for another reason (the reference's
+    worker died). `source` keeps a later `compile-pkg verify` apart from the build's own
+    record, so serving's pick never changes because verify ran unless the caller asks."""
+
     host: MeasuredOn
     batch: int
     input_shapes: dict[str, list[int]]
+    status: Literal["measured", "crashed", "error"] = "measured"
+    reason: str = ""
+    source: Literal["build", "verify"] = "build"
     runner: RunnerInfo = Field(default_factory=dict)
-    artifact: LatencyStats
+    reference_runner: RunnerInfo = Field(default_factory=dict)
+    artifact: LatencyStats | None = None
     reference: LatencyStats | None = None
-    speedup_vs_reference: float | None = None
+    speedup: SpeedupInterval | None = None
+    speedup_vs_reference: float | None = None  # speedup.estimate (read by older tools)
+    stopped: Literal["narrow", "budget", "max-pairs", ""] = ""
+    seconds: float = 0.0  # wall time the measurement took, workers' start-up included
     method: str = ""
+    host_load: float | None = None  # the higher 1-minute load average, at start or end
+
+    @property
+    def measured(self) -> bool:
+        return self.status == "measured" and self.artifact is not None
+
+    @property
+    def busy(self) -> bool:
+        """Taken while other work kept every core busy: its interval may not hold."""
+        return self.host_load is not None and self.host_load > max(1, self.host.cpu_count)
 
 
 class ArtifactMeasurements(_Record):
@@ -133,12 +170,41 @@ class NormalizeOutput(_Record):
 
 
 class DataOutput(_Record):
+    """The feeds parity is judged on (`samples`) and calibration reads, and where each came
+    from. A lossy artifact calibrated or judged on generated feeds is `unverified: generated
+    data` (`judged_on_generated`); the two sets never share a feed."""
+
     kind: Literal["data"] = "data"
     samples: int
     samples_source: DataSource
     calibration: int
     calibration_source: DataSource
     samples_digest: str
+    labels: bool = Field(default=False, description="labels.json holds one label per sample")
+    split_from: int = Field(
+        default=0, description="feeds in the one user source split into calibration + samples"
+    )
+    overlap_removed: int = Field(
+        default=0, description="sample feeds dropped because calibration holds them too"
+    )
+    domains: dict[str, ValueDomain] = Field(
+        default_factory=dict, description="the value domains generated feeds were drawn from"
+    )
+
+    @property
+    def generated(self) -> tuple[Literal["samples", "calibration"], ...]:
+        """Which of the two sets were generated, not the user's."""
+        sets: tuple[Literal["samples", "calibration"], ...] = ("samples", "calibration")
+        sources = (self.samples_source, self.calibration_source)
+        return tuple(s for s, src in zip(sets, sources, strict=True) if src == "generated")
+
+    def judged_on_generated(self, *, lossy: bool, calibrated: bool) -> bool:
+        """True when an artifact's verdict would rest on generated data: a lossy artifact
+        judged on generated samples, or calibrated (any pass reading calibration) on
+        generated calibration feeds."""
+        if not lossy:
+            return False
+        return "samples" in self.generated or (calibrated and "calibration" in self.generated)
 
 
 class ReferenceOutput(_Record):
@@ -182,6 +248,7 @@ class CompileOutput(_Record):
     notes: list[str] = Field(default_factory=list)
     portable: bool = False
     status: Literal["built", "deferred"] = "built"
+    contract: Contract | None = None  # the artifact's own, when narrower than the package's
 
 
 class VerifyOutput(_Record):

@@ -1,19 +1,45 @@
-"""Rank a package's artifacts for a host: compatible, parity passed, then fastest measured.
+"""Rank a package's artifacts for a host: compatible, parity passed, then by speedup.
 
-Used by the loader at load time (with the serving host) and at build time to record what
-the build host would pick. A quantized (int8) artifact that is not faster than the best
-float artifact of the same target by the configured margin is ranked after it, with the
-measured ratio as the reason: int8 that buys nothing should not cost accuracy.
+Used by the loader at load time (with the serving host) and at build time to record what the
+build host would pick. Speedups are compared, never raw times from different runs: each
+artifact's speedup over the reference was measured in one run, in paired blocks, with a
+confidence interval (compiler/core/latency.py). The faster artifact comes first, except that a
+lossy artifact (fp16, bf16, int8) comes after a more precise one of the same target unless its
+speedup's lower bound is above the precise one's upper bound: precision that buys no
+measurable speed is not given up.
+
+Which latency records count: the build's own, on a host like the serving one (same
+architecture; for GPU artifacts, the same GPU). Records a later `compile-pkg verify` took are
+kept apart (`source: verify`, or a separate records file) and count only when the caller
+asks (`use_verify_records`), so running verify never changes the pick by itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from compiler.core.host import HostInfo, probe_host
+from compiler.core.latency import SpeedupInterval
+from compiler.core.records import ArtifactMeasurements, LatencyRecord, ParityRecord
 from compiler.serving.manifest import ArtifactEntry, Manifest, SelectionChoice, SelectionRecord
 
-__all__ = ["Candidate", "parity_verdict", "best_latency", "rank", "select_order"]
+__all__ = [
+    "LOSSINESS",
+    "Candidate",
+    "latency_for",
+    "lossiness",
+    "parity_verdict",
+    "rank",
+    "select_order",
+]
+
+# How much a precision gives up, lowest first; an unknown precision counts as the lossiest.
+LOSSINESS = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
+
+
+def lossiness(precision: str) -> int:
+    return LOSSINESS.get(precision, max(LOSSINESS.values()))
 
 
 @dataclass
@@ -21,12 +47,25 @@ class Candidate:
     id: str
     ok: bool
     reason: str
-    p50_ms: float | None = None
+    speedup: SpeedupInterval | None = None
+    latency_source: str = ""  # "build" or "verify": whose record the speedup comes from
 
 
-def parity_verdict(manifest: Manifest, aid: str) -> tuple[str, str]:
-    """('passed'|'failed'|'not-verified', how) from the latest decisive parity record."""
-    records = manifest.measured(aid).parity
+def _parity_records(
+    manifest: Manifest, aid: str, verify: Mapping[str, ArtifactMeasurements] | None
+) -> list[ParityRecord]:
+    records = list(manifest.measured(aid).parity)
+    if verify is not None and aid in verify:
+        records += verify[aid].parity
+    return records
+
+
+def parity_verdict(
+    manifest: Manifest, aid: str, verify: Mapping[str, ArtifactMeasurements] | None = None
+) -> tuple[str, str]:
+    """('passed'|'failed'|'not-verified', how) from the latest decisive parity record (those
+    of `verify`, a verify records file, after the manifest's own)."""
+    records = _parity_records(manifest, aid, verify)
     for rec in reversed(records):
         if rec.decisive:
             host = rec.host
@@ -37,28 +76,120 @@ def parity_verdict(manifest: Manifest, aid: str) -> tuple[str, str]:
     return "not-verified", records[-1].reason if records else "no parity record"
 
 
-def best_latency(manifest: Manifest, a: ArtifactEntry, host: HostInfo | None) -> float | None:
-    """Lowest p50 among native latency records on a host like `host` (same arch and CPU or GPU)."""
-    best = None
-    for rec in manifest.measured(a.id).latency:
-        h = rec.host
-        if h.emulated:
-            continue
-        if host is not None:
-            if h.arch != host.arch:
-                continue
-            if a.requirements and a.requirements.gpu:
-                names = {g.name for g in host.gpus}
-                if not any(g.name in names for g in h.gpus):
-                    continue
-        p50 = rec.artifact.p50_ms
-        if best is None or p50 < best:
-            best = p50
-    return best
+def _like(rec: LatencyRecord, a: ArtifactEntry, host: HostInfo) -> bool:
+    """Measured natively on a host like `host`: same arch; for a GPU artifact, a same GPU."""
+    h = rec.host
+    if h.emulated or h.arch != host.arch:
+        return False
+    if a.requirements is not None and a.requirements.gpu:
+        return bool({g.name for g in h.gpus} & {g.name for g in host.gpus})
+    return True
 
 
-def _quantized(a: ArtifactEntry) -> bool:
-    return a.precision == "int8"
+def latency_for(
+    manifest: Manifest,
+    a: ArtifactEntry,
+    host: HostInfo,
+    *,
+    use_verify_records: bool = False,
+    verify: Mapping[str, ArtifactMeasurements] | None = None,
+) -> LatencyRecord | None:
+    """The latency record selection uses for `a` on `host`: with `use_verify_records`, the
+    latest verify record on a host like it (the manifest's, then `verify`'s), else the latest
+    build record on a host like it. Records that measured nothing (`error`) never count."""
+    records = [r for r in manifest.measured(a.id).latency if r.status != "error"]
+    if use_verify_records and verify is not None and a.id in verify:
+        records += [r for r in verify[a.id].latency if r.status != "error"]
+    like = [r for r in records if _like(r, a, host)]
+    if use_verify_records:
+        from_verify = [r for r in like if r.source == "verify"]
+        if from_verify:
+            return from_verify[-1]
+    builds = [r for r in like if r.source == "build"]
+    return builds[-1] if builds else None
+
+
+def _beats(x: Candidate, y: Candidate, confidence: float) -> bool:
+    """x is faster than y beyond both intervals, at the policy's confidence."""
+    if x.speedup is None or y.speedup is None:
+        return False
+    enough = min(x.speedup.confidence, y.speedup.confidence) >= confidence - 1e-9
+    return enough and x.speedup.beats(y.speedup)
+
+
+def _order_by_speedup(
+    cands: list[Candidate], by_id: dict[str, ArtifactEntry], confidence: float
+) -> list[Candidate]:
+    """Fastest first; a lossy candidate yields to a more precise one of its target that it
+    does not beat beyond the intervals."""
+    index = {a: i for i, a in enumerate(by_id)}
+
+    def key(c: Candidate) -> tuple[bool, float, int]:
+        return (c.speedup is not None, c.speedup.estimate if c.speedup else 0.0, -index[c.id])
+
+    remaining, ordered = list(cands), []
+    while remaining:
+        best = max(remaining, key=key)
+        while True:
+            a = by_id[best.id]
+            rivals = [
+                r
+                for r in remaining
+                if by_id[r.id].target == a.target
+                and lossiness(by_id[r.id].precision) < lossiness(a.precision)
+                and not _beats(best, r, confidence)
+            ]
+            if not rivals:
+                break
+            rival = max(rivals, key=key)
+            if "; after " not in best.reason:
+                best.reason += (
+                    f"; after {rival.id}: {a.precision} is not faster than "
+                    f"{by_id[rival.id].precision} beyond the intervals"
+                )
+            best = rival
+        ordered.append(best)
+        remaining.remove(best)
+    return ordered
+
+
+def _candidate(
+    manifest: Manifest,
+    a: ArtifactEntry,
+    host: HostInfo,
+    allow_unverified: bool,
+    use_verify_records: bool,
+    verify: Mapping[str, ArtifactMeasurements] | None,
+) -> Candidate:
+    """One artifact judged on its own: compatible, parity, latency record."""
+    if a.status not in ("built", "deferred"):
+        return Candidate(a.id, False, f"{a.status}: {a.reason}")
+    if a.requirements is None:
+        return Candidate(a.id, False, "incompatible: no requirements recorded")
+    why = a.requirements.mismatches(host)
+    if why:
+        return Candidate(a.id, False, "incompatible: " + "; ".join(m.message for m in why))
+    verdict, how = parity_verdict(manifest, a.id, verify if use_verify_records else None)
+    if a.status == "deferred" and verdict != "failed":
+        # built on this host at first load (TensorRT); the loader serves the next candidate
+        # until it is ready, so it must come first to be started at all
+        return Candidate(
+            a.id,
+            True,
+            "deferred build: the engine is built on this host at first load; its parity "
+            "is not yet verified here",
+        )
+    if verdict == "failed":
+        return Candidate(a.id, False, f"parity failed ({how})")
+    if verdict == "not-verified" and not allow_unverified:
+        return Candidate(a.id, False, f"parity not verified: {how}")
+    rec = latency_for(manifest, a, host, use_verify_records=use_verify_records, verify=verify)
+    if rec is not None and rec.status == "crashed":
+        return Candidate(a.id, False, f"crashed while timed ({rec.source}): {rec.reason}")
+    c = Candidate(a.id, True, f"parity {verdict} ({how})")
+    if rec is not None and rec.speedup is not None:
+        c.speedup, c.latency_source = rec.speedup, rec.source
+    return c
 
 
 def rank(
@@ -67,81 +198,41 @@ def rank(
     *,
     order: list[str] | None = None,
     allow_unverified: bool = False,
-    quantized_min_speedup: float | None = None,
+    use_verify_records: bool = False,
+    verify_records: Mapping[str, ArtifactMeasurements] | None = None,
 ) -> tuple[list[Candidate], list[Candidate]]:
-    """(candidates in the order to try, excluded with reasons)."""
-    policy = manifest.policy.selection
-    margin = quantized_min_speedup or policy.quantized_min_speedup
-    order = order if order is not None else policy.order
-    ok: list[Candidate] = []
-    excluded: list[Candidate] = []
-    for a in manifest.artifacts:
-        if a.status not in ("built", "deferred"):
-            excluded.append(Candidate(a.id, False, f"{a.status}: {a.reason}"))
-            continue
-        if a.requirements is None:
-            excluded.append(Candidate(a.id, False, "incompatible: no requirements recorded"))
-            continue
-        why = a.requirements.mismatches(host)
-        if why:
-            excluded.append(
-                Candidate(a.id, False, "incompatible: " + "; ".join(m.message for m in why))
-            )
-            continue
-        verdict, how = parity_verdict(manifest, a.id)
-        if a.status == "deferred" and verdict != "failed":
-            # built on this host at first load (TensorRT); the loader serves the next
-            # candidate until it is ready, so it must come first to be started at all
-            ok.append(
-                Candidate(
-                    a.id,
-                    True,
-                    "deferred build: the engine is built on this host at "
-                    "first load; its parity is not yet verified here",
-                    None,
-                )
-            )
-            continue
-        if verdict == "failed":
-            excluded.append(Candidate(a.id, False, f"parity failed ({how})"))
-            continue
-        if verdict == "not-verified" and not allow_unverified:
-            excluded.append(Candidate(a.id, False, f"parity not verified: {how}"))
-            continue
-        p50 = best_latency(manifest, a, host)
-        ok.append(Candidate(a.id, True, f"parity {verdict} ({how})", p50))
+    """(candidates in the order to try, excluded with reasons).
+
+    order: artifact ids first, in this order (default: the package's policy). With
+    `use_verify_records`, records `compile-pkg verify` took count too: those appended to the
+    manifest (`--update`) and `verify_records` (a verify records file's measurements), ahead
+    of the build's on a host like this one.
+    """
+    order = order if order is not None else manifest.policy.selection.order
+    verify = verify_records if use_verify_records else None
+    judged = [
+        _candidate(manifest, a, host, allow_unverified, use_verify_records, verify)
+        for a in manifest.artifacts
+    ]
+    ok = [c for c in judged if c.ok]
+    excluded = [c for c in judged if not c.ok]
     by_id = {a.id: a for a in manifest.artifacts}
-    float_best: dict[str, float] = {}
-    for c in ok:
-        a = by_id[c.id]
-        if not _quantized(a) and c.p50_ms is not None:
-            float_best[a.target] = min(float_best.get(a.target, c.p50_ms), c.p50_ms)
-
-    def score(c: Candidate) -> tuple[int, int, float]:
-        explicit = order.index(c.id) if c.id in order else len(order)
-        a = by_id[c.id]
-        if a.status == "deferred":
-            return (explicit, -1, 0.0)
-        p50 = c.p50_ms if c.p50_ms is not None else float("inf")
-        demote = 0
-        fb = float_best.get(a.target)
-        if _quantized(a) and fb is not None and c.p50_ms is not None and fb / c.p50_ms < margin:
-            demote = 1
+    first = sorted((c for c in ok if c.id in order), key=lambda c: order.index(c.id))
+    deferred = [c for c in ok if c.id not in order and by_id[c.id].status == "deferred"]
+    rest = [c for c in ok if c.id not in order and by_id[c.id].status != "deferred"]
+    confidence = manifest.policy.latency.confidence
+    ordered = [*first, *deferred, *_order_by_speedup(rest, by_id, confidence)]
+    for c in ordered:
+        if c.id in order:
+            c.reason += "; listed in the selection order"
+        if c.speedup is not None:
             c.reason += (
-                f"; int8 only {fb / c.p50_ms:.2f}x the best float artifact "
-                f"(< {margin}x): float preferred"
+                f"; speedup {c.speedup.describe()} over the reference "
+                f"({c.latency_source} record, a host like this)"
             )
-            p50 = fb + 1e-9 + p50
-        return (explicit, demote, p50)
-
-    ok.sort(key=score)
-    for c in ok:
-        c.reason += (
-            f"; p50 {c.p50_ms:.3f} ms on a host like this"
-            if c.p50_ms is not None
-            else "; no latency measured on a host like this"
-        )
-    return ok, excluded
+        elif by_id[c.id].status != "deferred":
+            c.reason += "; no speedup measured on a host like this"
+    return ordered, excluded
 
 
 def select_order(manifest: Manifest) -> SelectionRecord:

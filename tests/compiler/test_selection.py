@@ -1,4 +1,6 @@
-"""Selection decisions for deferred (TensorRT) artifacts, on described hosts.
+"""Selection decisions on described hosts: deferred (TensorRT) artifacts, and the order by
+speedup interval (a lossy artifact first only when faster beyond the intervals; verify's
+records only when asked).
 
 The hosts are HostInfo records (what the probe would report on such a machine); nothing here
 runs a backend.
@@ -7,14 +9,19 @@ runs a backend.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from compiler.core.host import GpuInfo, HostInfo, Requirements
-from compiler.core.records import MeasuredOn, ParityRecord
-from compiler.serving.manifest import ArtifactEntry
+from compiler.core.latency import SpeedupInterval
+from compiler.core.policies import SelectionPolicy
+from compiler.core.records import ArtifactMeasurements, LatencyRecord, MeasuredOn, ParityRecord
+from compiler.core.settings import TensorRTSettings
+from compiler.serving.manifest import ArtifactEntry, FileEntry, Manifest
 from compiler.serving.selection import rank
 from tests.compiler.helpers import build
+from tests.models import save, tiny_mlp
 
 
 @pytest.fixture
@@ -28,6 +35,8 @@ def manifest(mlp_path: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
         precision="fp16",
         status="deferred",
         directory="artifacts/gpu.trt-fp16",
+        files=[FileEntry(path="artifacts/gpu.trt-fp16/spec.json", sha256="0" * 64, size=1)],
+        runtime=TensorRTSettings(engine_mode="deferred", precision="fp16", spec="spec.json"),
         requirements=Requirements(arch="x86_64", gpu=True, runtime="tensorrt"),
     )
     m.artifacts.append(deferred)
@@ -73,3 +82,177 @@ def test_failed_parity_is_never_a_candidate(manifest) -> None:  # type: ignore[n
     )
     ok, excluded = rank(manifest, _host(gpu=False, trt=False), allow_unverified=True)
     assert ok == [] and "parity failed" in excluded[0].reason
+
+
+# --------------------------------------------------------------------------- speedup intervals
+
+CPU = _host(gpu=False, trt=False)
+
+
+def _interval(est: float, low: float, high: float, confidence: float = 0.97) -> SpeedupInterval:
+    return SpeedupInterval(estimate=est, low=low, high=high, confidence=confidence, pairs=6)
+
+
+def _latency(
+    speedup: SpeedupInterval | None,
+    *,
+    source: Literal["build", "verify"] = "build",
+    status: Literal["measured", "crashed", "error"] = "measured",
+    host: HostInfo = CPU,
+) -> LatencyRecord:
+    return LatencyRecord(
+        host=_measured(host),
+        batch=1,
+        input_shapes={},
+        status=status,
+        reason="" if status == "measured" else "the worker process killed by SIGSEGV",
+        source=source,
+        speedup=speedup,
+        speedup_vs_reference=speedup.estimate if speedup else None,
+    )
+
+
+@pytest.fixture(scope="module")
+def _built(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    tmp = tmp_path_factory.mktemp("selection")
+    return build(save(tiny_mlp(), tmp / "mlp.onnx"), tmp / "p", None, targets=("cpu",)).manifest
+
+
+@pytest.fixture
+def cpu_manifest(_built: Manifest) -> Manifest:
+    """A real cpu/ort-fp32 plus three hand-described artifacts of other precisions, all with
+    parity passed on this kind of host; each test gives them latency records."""
+    m = _built.model_copy(deep=True)
+    base = m.artifact("cpu/ort-fp32")
+    for variant, precision in (("ov-f32", "fp32"), ("ov-bf16", "bf16"), ("ort-int8", "int8")):
+        m.artifacts.append(
+            base.model_copy(
+                update={
+                    "id": f"cpu/{variant}",
+                    "variant": variant,
+                    "precision": precision,
+                    "directory": f"artifacts/cpu.{variant}",
+                }
+            )
+        )
+    for a in m.artifacts:
+        passed = ParityRecord(status="passed", mode="native", host=_measured(CPU))
+        m.measured(a.id).parity = [passed]
+        m.measured(a.id).latency = []
+    return m
+
+
+def _give(m: Manifest, **speedups: SpeedupInterval | None) -> None:
+    for name, s in speedups.items():
+        m.measured("cpu/" + name.replace("_", "-")).latency.append(_latency(s))
+
+
+def _order(m: Manifest, **kw: object) -> list[str]:
+    ok, _ = rank(m, CPU, **kw)  # type: ignore[arg-type]
+    return [c.id for c in ok]
+
+
+def test_lossy_artifacts_come_first_when_faster_beyond_the_intervals(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    _give(
+        cpu_manifest,
+        ort_fp32=_interval(1.0, 0.97, 1.03),
+        ov_f32=_interval(1.3, 1.25, 1.35),
+        ov_bf16=_interval(1.6, 1.5, 1.7),
+        ort_int8=_interval(2.0, 1.9, 2.1),
+    )
+    assert _order(cpu_manifest) == ["cpu/ort-int8", "cpu/ov-bf16", "cpu/ov-f32", "cpu/ort-fp32"]
+    ok, _ = rank(cpu_manifest, CPU)
+    assert (
+        "speedup 2.00x [1.90-2.10] (97%, 6 pairs)" in ok[0].reason
+        and "build record" in ok[0].reason
+    )
+
+
+def test_a_lossy_artifact_within_a_precise_ones_interval_comes_after_it(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    _give(
+        cpu_manifest,
+        ort_fp32=_interval(1.0, 0.97, 1.03),
+        ov_f32=_interval(1.3, 1.25, 1.35),
+        ort_int8=_interval(1.4, 1.2, 1.6),  # faster on its estimate, not beyond ov-f32's interval
+        ov_bf16=_interval(0.8, 0.75, 0.85),
+    )
+    ok, _ = rank(cpu_manifest, CPU)
+    # int8 beats ort-fp32 and bf16 beyond the intervals, not ov-f32
+    assert [c.id for c in ok] == ["cpu/ov-f32", "cpu/ort-int8", "cpu/ort-fp32", "cpu/ov-bf16"]
+    assert "after cpu/ov-f32: int8 is not faster than fp32 beyond the intervals" in ok[1].reason
+
+
+def test_an_interval_below_the_policys_confidence_never_displaces_a_precise_artifact(
+    cpu_manifest,
+) -> None:  # type: ignore[no-untyped-def]
+    _give(
+        cpu_manifest,
+        ort_fp32=_interval(1.0, 0.97, 1.03),
+        ov_f32=_interval(0.5, 0.45, 0.55),
+        ov_bf16=_interval(0.6, 0.55, 0.65),
+        ort_int8=_interval(2.0, 1.9, 2.1, confidence=0.75),  # 3 pairs only
+    )
+    assert _order(cpu_manifest) == ["cpu/ort-fp32", "cpu/ov-f32", "cpu/ov-bf16", "cpu/ort-int8"]
+    _give(cpu_manifest, ort_int8=_interval(2.0, 1.9, 2.1, confidence=0.97))
+    assert _order(cpu_manifest)[0] == "cpu/ort-int8"
+
+
+def test_a_precise_artifact_without_a_speedup_here_is_not_given_up(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    _give(cpu_manifest, ort_int8=_interval(2.0, 1.9, 2.1))
+    ok, _ = rank(cpu_manifest, CPU)
+    assert [c.id for c in ok] == ["cpu/ort-fp32", "cpu/ov-f32", "cpu/ov-bf16", "cpu/ort-int8"]
+    assert "no speedup measured on a host like this" in ok[0].reason
+
+
+def test_the_latest_build_record_counts_not_the_fastest_ever(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    _give(cpu_manifest, ort_fp32=_interval(1.0, 0.97, 1.03), ov_f32=_interval(3.0, 2.9, 3.1))
+    _give(cpu_manifest, ov_f32=_interval(0.9, 0.85, 0.95))
+    assert _order(cpu_manifest)[:2] == ["cpu/ort-fp32", "cpu/ov-f32"]
+
+
+def test_verify_records_change_the_pick_only_when_the_caller_asks(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    _give(cpu_manifest, ort_fp32=_interval(1.0, 0.97, 1.03), ov_f32=_interval(1.3, 1.25, 1.35))
+    # `verify --update` appended records tagged as verify's
+    cpu_manifest.measured("cpu/ort-fp32").latency.append(
+        _latency(_interval(2.0, 1.9, 2.1), source="verify")
+    )
+    assert _order(cpu_manifest)[0] == "cpu/ov-f32"
+    ok, _ = rank(cpu_manifest, CPU, use_verify_records=True)
+    assert ok[0].id == "cpu/ort-fp32" and "verify record" in ok[0].reason
+    # a verify records file beside the package counts the same way, and only when asked
+    records = {
+        "cpu/ov-f32": ArtifactMeasurements(
+            latency=[_latency(_interval(0.5, 0.4, 0.6), source="verify")]
+        )
+    }
+    assert _order(cpu_manifest, verify_records=records)[0] == "cpu/ov-f32"
+    assert _order(cpu_manifest, verify_records=records, use_verify_records=True)[:2] == [
+        "cpu/ort-fp32",
+        "cpu/ov-f32",
+    ]
+
+
+def test_records_from_another_architecture_or_that_measured_nothing_do_not_count(
+    cpu_manifest,
+) -> None:  # type: ignore[no-untyped-def]
+    arm = CPU.model_copy(update={"arch": "aarch64"})
+    _give(cpu_manifest, ort_fp32=_interval(1.0, 0.97, 1.03))
+    cpu_manifest.measured("cpu/ov-f32").latency.append(_latency(_interval(3.0, 2.9, 3.1), host=arm))
+    cpu_manifest.measured("cpu/ov-f32").latency.append(_latency(None, status="error"))
+    ok, _ = rank(cpu_manifest, CPU)
+    assert ok[0].id == "cpu/ort-fp32" and ok[1].speedup is None
+
+
+def test_an_artifact_that_crashed_while_timed_is_excluded(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    cpu_manifest.measured("cpu/ov-f32").latency.append(_latency(None, status="crashed"))
+    ok, excluded = rank(cpu_manifest, CPU)
+    assert "cpu/ov-f32" not in [c.id for c in ok]
+    assert (
+        "crashed while timed (build): the worker process killed by SIGSEGV"
+        in {c.id: c.reason for c in excluded}["cpu/ov-f32"]
+    )
+
+
+def test_selection_policies_of_older_packages_still_read() -> None:
+    old = SelectionPolicy.model_validate({"order": ["cpu/ort-fp32"], "quantized_min_speedup": 1.1})
+    assert old.order == ["cpu/ort-fp32"] and "quantized_min_speedup" not in old.model_dump()
