@@ -1,4 +1,11 @@
-"""The main job: source -> normalized model -> DAG run -> package on disk."""
+"""The main job: source -> normalized model -> DAG run -> package on disk.
+
+Everything that can be checked before work is checked first, each failure one line and exit
+2: the data paths, the source, the output location (packaging/output.py: never the current
+directory or a folder holding an input; writable; room for the package). The head nodes
+(normalize, data, reference) run before any pass; if one fails the build stops with that
+node's own error instead of a cascade of "upstream failed" skips.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.core.errors import BackendUnavailable, CompilePkgError, InputModelError
+from compiler.core.errors import BackendUnavailable, CompilePkgError, ConfigError, InputModelError
 from compiler.core.host import probe_host
 from compiler.core.records import NodeResult
 from compiler.measure.verify import now_utc
 from compiler.packaging.assemble import assemble
 from compiler.packaging.emulated import verify_emulated
+from compiler.packaging.output import apply_umask, check_output, estimate_package_bytes
 from compiler.packaging.write import finish_package, rewrite_manifest, write_atomically
 from compiler.pipeline.cache import Cache, default_cache_dir
 from compiler.pipeline.config import BuildConfig
@@ -21,10 +29,11 @@ from compiler.pipeline.instruments import ProgressInstrument, TimingInstrument
 from compiler.pipeline.nodes.context import BuildInputs, NodeContext
 from compiler.pipeline.nodes.registry import KINDS
 from compiler.pipeline.normalize import Source, export_torch, save_model, source_digest
-from compiler.pipeline.scheduler import Scheduler
+from compiler.pipeline.preflight import preflight_source
+from compiler.pipeline.scheduler import Scheduler, StopBuild
 from compiler.serving.manifest import Manifest, read_manifest
 
-__all__ = ["BuildOutcome", "build_package", "prepare_source"]
+__all__ = ["BuildOutcome", "build_package", "check_data_paths", "prepare_source"]
 
 
 @dataclass
@@ -56,6 +65,29 @@ def prepare_source(
     return path, source_digest(path), source.torch_factory, "torch"
 
 
+def check_data_paths(**paths: Path | None) -> None:
+    """Each given data path exists: an .npz file, or a folder holding .npz files."""
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        name = "--" + flag.replace("_", "-")
+        if path.is_dir():
+            if not any(path.glob("*.npz")):
+                raise ConfigError(f"{name} {path}: the folder holds no .npz files")
+        elif not path.is_file():
+            raise ConfigError(
+                f"{name} {path}: no such file or folder; give an .npz file or a folder of them"
+            )
+
+
+def _head_failure(stop: StopBuild) -> CompilePkgError:
+    """The one error a failed head node stops the build with: its own when it is about the
+    user's input (exit 2), else one naming the node (a head node reads only the input)."""
+    if isinstance(stop.error, CompilePkgError) and stop.error.exit_code == 2:
+        return stop.error
+    return InputModelError(f"{stop.node} {stop.result.status}: {stop.result.reason}")
+
+
 def _verify_arm_emulated(staging: Path) -> None:
     """Append emulated aarch64 parity records; a missing environment is recorded, not fatal."""
     try:
@@ -77,25 +109,43 @@ def build_package(
     sample_data: Path | None = None,
     calibration_data: Path | None = None,
     on_event: Callable[[str, NodeResult | None], None] = lambda nid, r: None,
+    overwrite: bool = False,
+    config_path: Path | None = None,
 ) -> BuildOutcome:
+    """Build `source` for `targets` into the package folder `out` (replaced atomically).
+
+    `overwrite` lets `out` be an existing folder that is not a package; `config_path` (the
+    config file, if any) is protected like the other inputs."""
     started = now_utc()
+    check_data_paths(sample_data=sample_data, calibration_data=calibration_data)
+    facts = preflight_source(source)
+    cache_root = (cache_dir or default_cache_dir()) if use_cache else None
+    given = [
+        p for p in (source.onnx_path, sample_data, calibration_data, config_path, cache_root) if p
+    ]
+    plan = check_output(out, inputs=given, overwrite=overwrite)
     with tempfile.TemporaryDirectory(prefix="compile-pkg-") as tmp:
         tmpdir = Path(tmp)
         src_path, digest, name, kind = prepare_source(source, config, tmpdir)
-        cache = Cache(cache_dir or default_cache_dir()) if use_cache else Cache(tmpdir / "cache")
         g = build_graph(config, targets)
+        model_bytes = facts.total_bytes if facts else src_path.stat().st_size
+        plan.require_free_space(estimate_package_bytes(model_bytes, len(g.artifacts)))
+        cache = Cache(cache_root) if cache_root else Cache(tmpdir / "cache")
         inputs = BuildInputs(src_path, digest, config, targets, sample_data, calibration_data)
         # progress outermost, so each event carries the node's time
         instruments = (ProgressInstrument(on_event), TimingInstrument())
+        heads = (g.normalize.id, g.data.id, g.reference.id)
         try:
-            results = Scheduler(KINDS, cache, instruments).run(NodeContext(inputs, g, probe_host()))
+            results = Scheduler(KINDS, cache, instruments, stop_on=heads).run(
+                NodeContext(inputs, g, probe_host())
+            )
+        except StopBuild as stop:
+            raise _head_failure(stop) from None
         finally:
             cache.clear_scratch()
-        for head in (g.normalize, g.data, g.reference):
-            if results[head.id].status == "failed":
-                raise CompilePkgError(f"{head.id} failed: {results[head.id].reason}")
 
         def fill(staging: Path) -> Manifest:
+            apply_umask(staging)
             m = assemble(
                 staging,
                 g=g,

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): set up everything, then run every test this host can run.
 # Tests that need hardware this host lacks (an NVIDIA GPU, TensorRT) skip with their reason.
+# Everything runs with the interpreter scripts/setup.sh installed into (the active virtual
+# environment, CI's python3, or .venv/ where python3 is externally managed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+PY=$(scripts/setup.sh --which)
+export PYTHON=$PY
 if [ -x scripts/setup_emulation.sh ]; then scripts/setup_emulation.sh; fi
-python3 -m ruff check .
-python3 -m ruff format --check compiler passes targets tests scripts perf
-python3 -m mypy compiler passes targets
+scripts/setup_realmodels.sh
+"$PY" -m ruff check .
+"$PY" -m ruff format --check compiler passes targets tests scripts perf
+"$PY" -m mypy compiler passes targets
 # the layer contracts in .importlinter (docs/architecture.md)
-python3 -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
-exec python3 -m pytest -q -ra --durations=20 "$@"
+"$PY" -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+exec "$PY" -m pytest -q -ra --durations=20 "$@"

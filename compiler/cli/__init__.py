@@ -5,7 +5,7 @@ Importing this package registers every command on the group.
 
 from __future__ import annotations
 
-from compiler.cli import build, packages
+from compiler.cli import build, inspect_cmd, packages, run_cmd, schema, trust
 from compiler.cli.app import cli, main
 
-__all__ = ["build", "cli", "main", "packages"]
+__all__ = ["build", "cli", "inspect_cmd", "main", "packages", "run_cmd", "schema", "trust"]

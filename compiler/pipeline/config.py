@@ -1,12 +1,17 @@
 """The build configuration: typed, validated, with one clear message per mistake.
 
-A config file (YAML or TOML) maps one to one onto `BuildConfig`. The command line picks the
-targets (`--targets`); the file configures them, and a target key the project does not know
-is an error. Each target takes its variants from a named pipeline (pipeline/pipelines.py,
-`default` unless the file says otherwise). Variants the file lists are merged over the
-pipeline's by name: a listed variant replaces the pipeline's variant of that name only, a
-variant set to null is dropped, and the others stay. `pipeline: none` builds only the
-file's variants. A variant's precision is derived from its passes and backend (`precision`).
+A config file (YAML or TOML) maps one to one onto `BuildConfig`; an unknown key anywhere is an
+error listing the valid ones (`compile-pkg schema config` prints the file's JSON Schema for
+editors). `--targets` picks the targets; without it, the targets the file lists (all three if
+it lists none). The file configures them, and a target key the project does not know is an
+error. Each target takes its variants from a named pipeline (pipeline/pipelines.py, `default`
+unless the file says otherwise). Variants the file lists are merged over the pipeline's by
+name, so no default changes unless the file says so: a listed variant starts from the
+pipeline's variant of that name (each key it gives replaces that key; each pass it lists
+starts from the pipeline's pass of that name, `compile` from the pipeline's compile of the
+same backend), a variant set to null is dropped, and the others stay. `pipeline: none` builds
+only the file's variants, each from the pass and backend defaults. A variant's precision is
+derived from its passes and backend (`precision`).
 
 `--set KEY=VALUE` overrides the typed config after that (VALUE is read as YAML):
 
@@ -51,11 +56,17 @@ __all__ = [
     "BuildConfig",
     "ParityConfig",
     "VariantConfig",
+    "ALL_TARGETS",
     "apply_override",
+    "config_file_schema",
     "load_config",
     "lossiest",
     "resolve_config",
 ]
+
+
+# what a build makes when neither --targets nor the config file names targets
+ALL_TARGETS = ("gpu", "cpu", "arm")
 
 
 class _Strict(BaseModel):
@@ -107,11 +118,27 @@ class BuildConfig(_Strict):
 # --------------------------------------------------------------------------- config files
 
 
+def _section_keys(loc: Sequence[int | str]) -> list[str]:
+    """The keys valid in the config section at `loc` (its parent, for an unknown key)."""
+    model: type[BaseModel] = BuildConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
 def _format_validation(exc: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  {loc or '<root>'}: {err['msg']}")
+        msg = err["msg"]
+        valid = _section_keys(err["loc"]) if err["type"] == "extra_forbidden" else []
+        if valid:
+            msg = f"unknown key; valid keys there: {', '.join(valid)}"
+        lines.append(f"  {loc or '<root>'}: {msg}")
     return "\n".join(lines)
 
 
@@ -159,22 +186,59 @@ def _expand_target(target: str, entry: dict[str, Any], source: str) -> dict[str,
             continue
         if isinstance(vdata, dict) and "precision" in vdata:
             raise ConfigError(f"{where}.{vname}.precision: {PRECISION_IS_DERIVED}")
-        variants[vname] = vdata
+        base = variants.get(vname)
+        variants[vname] = _merge_variant(base, vdata) if isinstance(vdata, dict) and base else vdata
     return {**entry, "variants": variants}
+
+
+def _deep_merge(base: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in mine.items():
+        old = merged.get(key)
+        both = isinstance(old, dict) and isinstance(value, dict)
+        merged[key] = _deep_merge(old, value) if both else value  # type: ignore[arg-type]
+    return merged
+
+
+def _merge_variant(base: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
+    """The file's variant over the pipeline's of the same name: given keys replace; a listed
+    pass starts from the pipeline's pass of that name, `compile` from the pipeline's compile
+    when the backend is the same, so a setting the file does not mention keeps its default."""
+    merged = dict(base)
+    for key, value in mine.items():
+        if key == "passes" and isinstance(value, list):
+            unused = list(base.get("passes", []))
+            passes = []
+            for item in value:
+                name = item.get("name") if isinstance(item, dict) else None
+                same = next((p for p in unused if p.get("name") == name), None)
+                if same is not None and isinstance(item, dict):
+                    unused.remove(same)
+                    item = _deep_merge(same, item)
+                passes.append(item)
+            merged[key] = passes
+        elif key == "compile" and isinstance(value, dict):
+            old = base.get("compile", {})
+            same_backend = value.get("backend", old.get("backend")) == old.get("backend")
+            merged[key] = _deep_merge(old, value) if same_backend else value
+        else:
+            merged[key] = value
+    return merged
 
 
 def resolve_config(
     raw: dict[str, Any] | None,
-    targets: Sequence[str],
+    targets: Sequence[str] | None,
     overrides: Sequence[str] = (),
     source: str = "<defaults>",
 ) -> BuildConfig:
-    """Expand pipelines into variants for `targets`, validate, then apply `--set` overrides."""
-    picked = check_targets(targets)
+    """Expand pipelines into variants for `targets` (None: the file's targets, else all),
+    validate, then apply `--set` overrides. `config.targets` lists the targets to build."""
     data = json.loads(json.dumps(raw or {}))  # deep copy of plain data
     in_file = _mapping(data.get("targets"), f"config {source}: targets")
     if in_file:
         check_targets(in_file, where=f"config {source}: targets")
+    picked = check_targets(targets if targets is not None else (list(in_file) or ALL_TARGETS))
     data["targets"] = {
         t: _expand_target(t, _mapping(in_file.get(t), f"config {source}: targets.{t}"), source)
         for t in picked  # the command line picks the targets; the file configures them
@@ -189,7 +253,24 @@ def resolve_config(
 
 
 def load_config(
-    path: Path | None, targets: Sequence[str], overrides: Sequence[str] = ()
+    path: Path | None, targets: Sequence[str] | None, overrides: Sequence[str] = ()
 ) -> BuildConfig:
     raw = _read_file(path) if path else {}
     return resolve_config(raw, targets, overrides, source=str(path) if path else "<defaults>")
+
+
+def config_file_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file (`compile-pkg schema config`): `BuildConfig`'s, where a
+    listed variant may be partial (it merges over the pipeline's) or null (dropped)."""
+    schema = BuildConfig.model_json_schema()
+    defs = schema.get("$defs", {})
+    variant = defs.get("VariantConfig")
+    if variant is not None:
+        variant.pop("required", None)
+    target = defs.get("TargetConfig", {}).get("properties", {}).get("variants")
+    if target is not None:
+        target["additionalProperties"] = {
+            "anyOf": [{"$ref": "#/$defs/VariantConfig"}, {"type": "null"}]
+        }
+    schema["title"] = "compile-pkg build config"
+    return schema

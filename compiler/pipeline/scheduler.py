@@ -5,14 +5,16 @@ A node's key is the sha256 of its kind, the kind's version, the tool version, th
 material (parameters and library versions) and its parents' output digests; nothing else
 enters it, so a config change re-runs exactly the nodes whose parameters changed and their
 descendants. A node whose parent failed or was skipped is skipped (carrying the parent's
-install hint); a failure stays in its branch. The scheduler knows no kind by name: `kinds`
-maps each node-definition type to its kind.
+install hint); a failure stays in its branch, except in a `stop_on` node (the head nodes every
+artifact needs): then the run stops at once with `StopBuild`, carrying the node's own error,
+instead of skipping every node below it. The scheduler knows no kind by name: `kinds` maps
+each node-definition type to its kind.
 """
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,21 +29,35 @@ from compiler.pipeline.instruments import Instrument
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import NodeContext
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "StopBuild"]
+
+
+class StopBuild(Exception):
+    """A `stop_on` node did not succeed; `error` is what it raised (None for a skip)."""
+
+    def __init__(self, node: str, result: NodeResult, error: BaseException | None) -> None:
+        self.node = node
+        self.result = result
+        self.error = error
+        super().__init__(f"{node} {result.status}: {result.reason}")
 
 
 class Scheduler:
-    """Runs graphs with `kinds`, `cache`, and `instruments` around every node."""
+    """Runs graphs with `kinds`, `cache`, and `instruments` around every node; stops the run
+    when a node in `stop_on` fails or is skipped."""
 
     def __init__(
         self,
         kinds: Mapping[type[NodeDef], NodeKind[Any]],
         cache: Cache,
         instruments: Sequence[Instrument] = (),
+        stop_on: Collection[str] = (),
     ) -> None:
         self.kinds = kinds
         self.cache = cache
         self.instruments = tuple(instruments)
+        self.stop_on = frozenset(stop_on)
+        self.errors: dict[str, BaseException] = {}  # node id -> what a failed node raised
 
     def run(self, ctx: NodeContext) -> dict[str, NodeResult]:
         """Every node of `ctx.graph`, in order; results land in `ctx.results` as they finish."""
@@ -56,6 +72,8 @@ class Scheduler:
             ctx.held.finished(node.id, result.ok)
             for instrument in reversed(self.instruments):
                 instrument.after(node, result)
+            if node.id in self.stop_on and not result.ok:
+                raise StopBuild(node.id, result, self.errors.get(node.id))
         return ctx.results
 
     def _upstream_skip(self, node: NodeDef, ctx: NodeContext) -> NodeResult | None:
@@ -71,6 +89,7 @@ class Scheduler:
         try:
             missing = kind.skip(node, ctx)
         except Exception as exc:
+            self.errors[node.id] = exc
             reason = f"cannot tell whether it can run here: {short_message(exc)}"
             return NodeResult(status="failed", reason=reason)
         if missing is not None:
@@ -78,6 +97,7 @@ class Scheduler:
         try:
             material = kind.key(node, ctx)
         except Exception as exc:
+            self.errors[node.id] = exc
             return NodeResult(
                 status="failed", reason=f"cannot compute cache key: {short_message(exc)}"
             )
@@ -104,17 +124,20 @@ class Scheduler:
     def _execute(
         self, node: NodeDef, kind: NodeKind[Any], ctx: NodeContext, key: str
     ) -> NodeResult:
-        scratch = self.cache.new_entry()
+        scratch = self.cache.new_entry(key)
         try:
             output = kind.run(node, ctx, scratch / "out")
         except BackendUnavailable as exc:  # missing library or hardware: a skip, with how to get it
+            self.errors[node.id] = exc
             self.cache.discard(scratch)
             reason = f"{exc.backend} unavailable: {exc.reason}"
             return NodeResult(status="skipped", reason=reason, install=exc.install, key=key)
         except CompilePkgError as exc:
+            self.errors[node.id] = exc
             self.cache.discard(scratch)
             return NodeResult(status="failed", reason=str(exc), key=key)
         except Exception as exc:
+            self.errors[node.id] = exc
             self.cache.discard(scratch)
             return NodeResult(
                 status="failed",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from compiler.build import BuildOutcome, build_package
 from compiler.pipeline.config import BuildConfig, resolve_config
 from compiler.pipeline.normalize import Source, parse_input_spec
@@ -64,3 +66,14 @@ def build_source(factory: str, specs: list[str], out: Path, cfg, targets=("cpu",
 def variant_passes(cfg: BuildConfig, target: str) -> dict[str, list[str]]:
     """Variant name -> the names of its passes, for one target of a resolved config."""
     return {n: [p.name for p in v.passes] for n, v in cfg.targets[target].variants.items()}
+
+
+def example_sample_data(folder: Path, count: int = 8, seed: int = 0) -> Path:
+    """Smooth images for the bundled tiny CNN (input [1,3,32,32]) as a `--sample-data` folder:
+    real-looking inputs, so lossy artifacts get a verdict (on generated data they get none)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        x = rng.normal(0, 1, (1, 3, 32, 32)).astype(np.float32).cumsum(axis=2).cumsum(axis=3)
+        np.savez(folder / f"{i:02d}.npz", input=x / np.abs(x).max())
+    return folder

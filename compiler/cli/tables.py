@@ -1,0 +1,62 @@
+"""The artifact tables `build` and `inspect` print on stdout (cells are plain text: a `[...]`
+in a reason or a node list is not rich markup)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+from compiler.cli.app import out_console
+from compiler.packaging.rows import ArtifactRow
+
+__all__ = ["print_artifacts", "print_recipes"]
+
+
+def _num(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{format(value, spec)}{suffix}"
+
+
+def print_artifacts(rows: list[ArtifactRow]) -> None:
+    """Status, parity with how it was measured, latency and size per artifact."""
+    table = Table(title="artifacts")
+    for col in (
+        "artifact",
+        "backend",
+        "precision",
+        "status",
+        "parity",
+        "measured",
+        "max abs err",
+        "p50 ms",
+        "speedup",
+        "size",
+    ):
+        table.add_column(col)
+    for r in rows:
+        status = r.status + (f": {r.reason[:70]}" if r.reason else "")
+        cells = (
+            r.id,
+            r.backend,
+            r.precision,
+            status,
+            r.parity,
+            r.parity_mode if r.parity_mode not in ("", "none") else "-",
+            _num(r.max_abs_err, ".2e"),
+            _num(r.p50_ms, ".3f"),
+            r.speedup_text,
+            r.size,
+        )
+        table.add_row(*map(Text, cells))
+    out_console.print(table)
+
+
+def print_recipes(rows: list[ArtifactRow]) -> None:
+    """How each artifact was made and where its figures were measured."""
+    table = Table(title="how each artifact was made and measured")
+    for col in ("artifact", "recipe", "parity measured on", "latency measured on"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        measured = r.parity_host and r.parity_mode not in ("", "none")
+        parity = f"{r.parity_mode}: {r.parity_host}" if measured else (r.parity_reason or "-")
+        table.add_row(*map(Text, (r.id, r.recipe, parity, r.latency_host or "-")))
+    out_console.print(table)
