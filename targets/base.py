@@ -76,6 +76,9 @@ class BuildResult:
     # native code (TVM shared libraries, TensorRT engines).
     portable: bool = False
     status: str = "built"  # built | deferred (built later on the serving host)
+    # The artifact's own interface when it accepts less than the package's contract (a library
+    # built for fixed shapes): serving checks inputs against it. None: the package's contract.
+    contract: Contract | None = None
 
 
 class Backend(ABC):

@@ -24,9 +24,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from compiler.core.contract import Contract, DimRange
 from compiler.core.errors import BuildError, ConfigError
 from compiler.core.host import Requirements
-from compiler.core.settings import settings_from_json
+from compiler.core.settings import TvmSettings, settings_from_json
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
 from targets.tvm.runtime import INSTALL
 
@@ -192,9 +193,12 @@ class TvmBackend(Backend):
                     f"give it one in the config (dims: {{{name}: {{min: .., opt: .., max: ..}}}})"
                 )
         payload = _run_worker(req, request.workdir, opts.build_timeout_s, model_path.name)
+        runtime = settings_from_json({**payload["runtime"], "backend": "tvm"})
+        assert isinstance(runtime, TvmSettings)
         return BuildResult(
             files=payload["files"],
-            runtime=settings_from_json({**payload["runtime"], "backend": "tvm"}),
+            runtime=runtime,
+            contract=fixed_shape_contract(contract, runtime),
             requirements=Requirements(
                 arch=_ARCH[request.target],
                 isa=payload["isa"],
@@ -241,3 +245,19 @@ def _run_worker(
     if not payload["ok"]:
         raise BuildError(f"{model_name} -> tvm {req['target']}: {payload['error']}")
     return payload
+
+
+def fixed_shape_contract(contract: Contract, runtime: TvmSettings) -> Contract | None:
+    """The interface of a library built for fixed shapes: the package's contract with each
+    symbolic dim the library fixed pinned to its size (None when nothing was fixed)."""
+    pinned: dict[str, int] = {}
+    for spec, built in zip(contract.inputs, runtime.inputs, strict=False):
+        for want, got in zip(spec.shape, built.shape, strict=False):
+            if isinstance(want, str) and isinstance(got, int):
+                pinned[want] = got
+    if not pinned:
+        return None
+    dims = dict(contract.dims)
+    for name, size in pinned.items():
+        dims[name] = DimRange(min=size, opt=size, max=size)
+    return contract.model_copy(update={"dims": dims})

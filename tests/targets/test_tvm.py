@@ -183,3 +183,34 @@ def test_source_only_cuda_library_is_refused(tmp_path: Path) -> None:
     fake.write_bytes(header + b'\0extern "C" __global__ void __launch_bounds__(256) k()')
     with pytest.raises(BuildError, match="holds CUDA source"):
         _check_library(fake, "x86_64", "gpu", {"cuda_archs": ["sm_80"]})
+
+
+def test_a_library_built_for_fixed_shapes_gets_its_own_contract() -> None:
+    """A static build pins the symbolic dims it fixed; serving checks inputs against that."""
+    from compiler.core.contract import Contract, DimRange, TensorSpec
+    from compiler.core.settings import TensorShape, TvmSettings
+    from targets.tvm.backend import fixed_shape_contract
+
+    contract = Contract(
+        inputs=[TensorSpec(name="x", dtype="float32", shape=["batch", 3, "h", "h"])],
+        outputs=[TensorSpec(name="y", dtype="float32", shape=["batch", 4])],
+        dims={"batch": DimRange(min=1, opt=2, max=8), "h": DimRange(min=32, opt=64, max=128)},
+    )
+    static = TvmSettings(
+        library="lib.so",
+        device="cpu",
+        inputs=(TensorShape("x", "float32", (2, 3, 64, 64)),),
+        outputs=(TensorShape("y", "float32", (2, 4)),),
+    )
+    own = fixed_shape_contract(contract, static)
+    assert own is not None
+    assert own.dims["batch"] == DimRange(min=2, opt=2, max=2)
+    assert own.dims["h"] == DimRange(min=64, opt=64, max=64)
+    dynamic = TvmSettings(
+        library="lib.so",
+        device="cpu",
+        inputs=(TensorShape("x", "float32", ("batch", 3, "h", "h")),),
+        outputs=(TensorShape("y", "float32", ("batch", 4)),),
+        shapes="dynamic",
+    )
+    assert fixed_shape_contract(contract, dynamic) is None

@@ -16,7 +16,7 @@ __all__ = ["CompileKind"]
 
 
 class CompileKind(Kind[CompileNode]):
-    version = "2"  # typed output records (PassOutput / CompileOutput)
+    version = "3"  # CompileOutput records the artifact's own contract (fixed-shape libraries)
 
     def key(self, node: CompileNode, ctx: NodeContext) -> KeyMaterial:
         v = node.config
@@ -60,4 +60,5 @@ class CompileKind(Kind[CompileNode]):
             notes=result.notes,
             portable=result.portable,
             status=result.status,  # type: ignore[arg-type]
+            contract=result.contract,
         )
