@@ -82,10 +82,16 @@ def write_model_data(
     for i, (feed, label) in enumerate(items):
         # np.savez keeps a scalar input (silero's sr) 0-d; compiler.core.feeds.write_npz
         # passes arrays through np.ascontiguousarray, which makes it shape (1,)
-        np.savez(out / f"{i:04d}.npz", **feed)
+        np.savez(out / f"{i:04d}.npz", **feed)  # type: ignore[arg-type]
         labels[f"{i:04d}.npz"] = label
-    (out / LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n")
+    _write_labels(out, labels)
     return len(items)
+
+
+def _write_labels(out: Path, labels: dict[str, object]) -> None:
+    """labels.json, one file's label a line."""
+    lines = [f" {json.dumps(name)}: {json.dumps(label)}" for name, label in labels.items()]
+    (out / LABELS_FILE).write_text("{\n" + ",\n".join(lines) + "\n}\n")
 
 
 def _legacy(kind: str, out: Path, count: int, seed: int, texts: list[str]) -> None:
@@ -99,7 +105,7 @@ def _legacy(kind: str, out: Path, count: int, seed: int, texts: list[str]) -> No
         for i, text in enumerate(texts or ["Hello World 2024"]):
             write_npz(out / f"{i:04d}.npz", {"x": render_text_line(text)})
             labels[f"{i:04d}.npz"] = text
-    (out / LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n")
+    _write_labels(out, labels)
     print(f"wrote {len(labels)} feeds to {out}")
 
 

