@@ -176,13 +176,20 @@ def _row_cosines(outs: list[np.ndarray], refs: list[np.ndarray], floor: float) -
     }
 
 
+def _l2(x: np.ndarray) -> float:
+    """Euclidean norm by ufuncs, not BLAS: a build's verify node once spun forever inside
+    OpenBLAS's thread pool (exec_blas) on a 150k-element norm after other libraries had run
+    their own threads in the process; these sums are small and need no BLAS threads."""
+    return math.sqrt(float(np.square(x).sum()))
+
+
 def _cosine(a: np.ndarray, r: np.ndarray) -> float:
-    na, nr = float(np.linalg.norm(a)), float(np.linalg.norm(r))
+    na, nr = _l2(a), _l2(r)
     if na == 0.0 and nr == 0.0:
         return 1.0
     if na == 0.0 or nr == 0.0:
         return 0.0
-    return float(np.dot(a, r) / (na * nr))
+    return float((a * r).sum() / (na * nr))
 
 
 def output_metrics(
@@ -212,8 +219,8 @@ def output_metrics(
     diff = np.abs(a - r)
     n = max(r.size, 1)
     ref_rms, err_rms = (
-        float(np.linalg.norm(r)) / math.sqrt(n),
-        float(np.linalg.norm(a - r)) / math.sqrt(n),
+        _l2(r) / math.sqrt(n),
+        _l2(a - r) / math.sqrt(n),
     )
     extra: dict[str, Any] = {}
     tie = tolerance.top1_tie if tolerance else 0.01
@@ -251,6 +258,7 @@ def _integer_metrics(
         ref_max_abs=float(np.abs(r.astype(np.float64)).max()) if r.size else 0.0,
         agreement=float((a == r).mean()) if r.size else 1.0,
         cosine=_cosine(a.astype(np.float64), r.astype(np.float64)),
+        rows=int(r.size),  # agreement is over every element
     )
 
 

@@ -10,6 +10,7 @@ the record says why (status "not-verified").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,14 @@ from compiler.measure.timing import measure_latency as time_latency
 from compiler.measure.workers import Contender
 from targets.runner import open_runner
 
-__all__ = ["judge_outputs", "measured_on", "now_utc", "verify_artifact"]
+__all__ = [
+    "judge_outputs",
+    "measured_on",
+    "now_utc",
+    "unverified_on_few_rows",
+    "unverified_on_generated",
+    "verify_artifact",
+]
 
 REFERENCE = "normalized fp32 model on onnxruntime CPU"
 
@@ -164,3 +172,37 @@ def unverified_on_generated(
     )
     parity = measured.parity.model_copy(update={"status": "not-verified", "reason": reason})
     return measured.model_copy(update={"parity": parity})
+
+
+# the class-output checks whose bound is a rate over rows
+RATE_CHECKS = ("top1_decided", "agreement")
+
+
+def _rows_needed(bound: float) -> int:
+    """Rows before one flip can show a rate below `bound`: 1 / (1 - bound), 20 for 0.95."""
+    return math.ceil(1.0 / (1.0 - bound) - 1e-9)
+
+
+def unverified_on_few_rows(measured: VerifyOutput, precision: str) -> VerifyOutput:
+    """A lossy artifact that passed a top-1 agreement bound on fewer rows than the bound can
+    tell apart has no verdict: 4 of 4 rows agreeing cannot show that 95% of inputs will (a
+    bf16 file-type classifier passed on 4 samples and misread 2 of 20 files). A failure on
+    few rows stands: a flip seen is evidence."""
+    parity = measured.parity
+    if precision == "fp32" or parity.status != "passed":
+        return measured
+    short = [
+        f"{name}: {c.metric} {c.value:.3f} >= {c.bound} on {m.rows} row(s), needs "
+        f"{_rows_needed(c.bound)}"
+        for name, m in parity.outputs.items()
+        for c in m.checks
+        if c.metric in RATE_CHECKS and c.bound < 1.0 and m.rows < _rows_needed(c.bound)
+    ]
+    if not short:
+        return measured
+    reason = (
+        f"too few samples for a verdict: {'; '.join(short)}; give more samples with "
+        "--sample-data DIR (or lower parity.tolerances.<precision>.min_top1)"
+    )
+    judged = parity.model_copy(update={"status": "not-verified", "reason": reason})
+    return measured.model_copy(update={"parity": judged})

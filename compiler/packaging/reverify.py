@@ -26,7 +26,12 @@ from compiler.core.feeds import read_feeds_npz
 from compiler.core.host import HostInfo, probe_host
 from compiler.core.latency import SpeedupInterval
 from compiler.core.records import LatencyRecord, MeasuredOn, ParityRecord
-from compiler.measure.verify import measured_on, unverified_on_generated, verify_artifact
+from compiler.measure.verify import (
+    measured_on,
+    unverified_on_few_rows,
+    unverified_on_generated,
+    verify_artifact,
+)
 from compiler.packaging.emulated import verify_emulated
 from compiler.packaging.write import rewrite_manifest
 from compiler.pipeline.normalize import MODEL_FILE
@@ -237,6 +242,7 @@ def _check(
     )
     calibrated = any(PASSES[p].uses_calibration for p in a.passes if p in PASSES)
     out = unverified_on_generated(out, a.precision, generated, calibrated)
+    out = unverified_on_few_rows(out, a.precision)
     recorded = _recorded_parity(m, a.id, out.parity.mode)
     verdicts = [judge_parity(recorded, out.parity)]
     latency = out.latency.model_copy(update={"source": "verify"}) if out.latency else None

@@ -15,7 +15,11 @@ from compiler.core.records import (
     VerifyOutput,
 )
 from compiler.core.task import metric_digest
-from compiler.measure.verify import unverified_on_generated, verify_artifact
+from compiler.measure.verify import (
+    unverified_on_few_rows,
+    unverified_on_generated,
+    verify_artifact,
+)
 from compiler.pipeline.graph import VerifyNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
@@ -67,7 +71,9 @@ class VerifyKind(Kind[VerifyNode]):
         )
         data = ctx.output(node.data, DataOutput)
         calibrated = any(PASSES[p.name].uses_calibration for p in node.config.passes)
-        return unverified_on_generated(measured, node.config.precision, data.generated, calibrated)
+        precision = node.config.precision
+        measured = unverified_on_generated(measured, precision, data.generated, calibrated)
+        return unverified_on_few_rows(measured, precision)
 
     def digest_material(self, output: NodeOutput) -> object:
         return {}
