@@ -141,10 +141,14 @@ def compare(a: Path, b: Path, max_regression: str | None) -> None:
     for r in report.regressions:
         console.print(f"regression: {r.artifact}: {r.detail}", style="red")
     if report.regressions:
-        raise CompilePkgError(
+        error = CompilePkgError(
             f"compare: {len(report.regressions)} regression(s) of {b} against {a} "
             f"beyond --max-regression {max_regression}"
         )
+        if ui.json:  # the document above lists them: no second document on stdout
+            console.print(f"error: {error}", style="bold red")
+            raise SystemExit(error.exit_code)
+        raise error
 
 
 def _percent(text: str | None) -> float | None:

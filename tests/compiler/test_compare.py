@@ -108,3 +108,8 @@ def test_cli_gate_exit_codes_and_json(
     err = capsys.readouterr().err
     assert lost.value.code == 1
     assert "regression: cpu/ort-int8: built in A, absent in B" in err
+    with pytest.raises(SystemExit) as gated:
+        main(["compare", str(b), str(a), "--max-regression", "10", "--json"])
+    assert gated.value.code == 1
+    doc = json.loads(capsys.readouterr().out)  # one document: the comparison, regressions named
+    assert [r["artifact"] for r in doc["regressions"]] == ["cpu/ort-int8"]
