@@ -249,6 +249,9 @@ class Manifest(_M):
     artifacts: list[ArtifactEntry]
     target_notes: dict[str, str] = Field(default_factory=dict)
     core_sha256: str = ""
+    # the sha256 of every other part (the run-to-run records below): recomputed on read like
+    # the core's, so an edit made without recomputing it is refused; not signed (signing.py)
+    records_sha256: str = ""
     # run-to-run parts: never hashed into core_sha256
     measurements: dict[str, ArtifactMeasurements] = Field(default_factory=dict)
     selection: SelectionRecord = Field(default_factory=SelectionRecord)
@@ -323,13 +326,23 @@ def document_core_digest(doc: dict[str, Any]) -> str:
     return sha256_json({k: doc[k] for k in CORE_FIELDS if k in doc})
 
 
+DIGEST_FIELDS = ("core_sha256", "records_sha256")
+
+
+def document_records_digest(doc: dict[str, Any]) -> str:
+    """The digest of everything in a manifest document that is neither core nor a digest."""
+    return sha256_json({k: v for k, v in doc.items() if k not in (*CORE_FIELDS, *DIGEST_FIELDS)})
+
+
 def core_digest(m: Manifest) -> str:
     return document_core_digest(m.model_dump(mode="json", include=set(CORE_FIELDS)))
 
 
 def manifest_json(m: Manifest) -> str:
     m.core_sha256 = core_digest(m)
-    return json.dumps(m.model_dump(mode="json"), indent=2, sort_keys=True, allow_nan=True) + "\n"
+    doc = m.model_dump(mode="json")
+    m.records_sha256 = doc["records_sha256"] = document_records_digest(doc)
+    return json.dumps(doc, indent=2, sort_keys=True, allow_nan=True) + "\n"
 
 
 def parse_manifest(text: str | bytes, where: str = MANIFEST_FILE) -> Manifest:
@@ -337,6 +350,7 @@ def parse_manifest(text: str | bytes, where: str = MANIFEST_FILE) -> Manifest:
     doc = validate_document(text, where)
     recorded = doc.get("core_sha256")
     digest = document_core_digest(doc)
+    records = document_records_digest(doc)
     version = doc.get("schema_version", 0)
     m = _validate(migrate(doc), where)
     if version == SCHEMA_VERSION or recorded:
@@ -345,7 +359,14 @@ def parse_manifest(text: str | bytes, where: str = MANIFEST_FILE) -> Manifest:
                 f"{where}: core_sha256 does not match the manifest's core (edited after it was "
                 "written); rebuild or re-download the package"
             )
+    if version == SCHEMA_VERSION and m.records_sha256 != records:
+        raise IntegrityError(
+            f"{where}: records_sha256 does not match the manifest's measurements, selection, "
+            "reports and build log (edited after they were written); rebuild or re-download "
+            "the package"
+        )
     m.core_sha256 = digest
+    m.records_sha256 = records
     m._read_version = version
     return m
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compiler.serving.manifest import document_core_digest
+from compiler.serving.manifest import document_core_digest, document_records_digest
 
 
 def read_doc(pkg: Path) -> dict[str, Any]:
@@ -16,9 +16,11 @@ def read_doc(pkg: Path) -> dict[str, Any]:
 
 
 def write_doc(pkg: Path, doc: dict[str, Any], *, recompute_core: bool = True) -> None:
-    """Write `doc` as the manifest; with `recompute_core`, as an attacker who knows the format."""
+    """Write `doc` as the manifest; with `recompute_core`, as an attacker who knows the format
+    (both digests recomputed)."""
     if recompute_core:
         doc["core_sha256"] = document_core_digest(doc)
+        doc["records_sha256"] = document_records_digest(doc)
     (pkg / "manifest.json").write_text(json.dumps(doc, indent=1))
 
 

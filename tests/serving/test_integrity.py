@@ -110,6 +110,22 @@ def test_a_core_edit_is_refused_until_the_core_is_recomputed(pkg: Path) -> None:
         load(pkg)
 
 
+def test_an_edited_verdict_is_refused_until_the_records_digest_is_recomputed(pkg: Path) -> None:
+    """Measurements decide what serves: one flipped from passed to failed, the core untouched."""
+
+    def fail_fast(doc: dict[str, object]) -> None:
+        records = doc["measurements"]
+        assert isinstance(records, dict)
+        records["cpu/fast"]["parity"][-1]["status"] = "failed"
+
+    edit_doc(pkg, fail_fast, recompute_core=False)
+    with pytest.raises(IntegrityError, match="records_sha256 does not match"):
+        load(pkg)
+    edit_doc(pkg, lambda d: None)  # an attacker who recomputes it is not stopped by hashes
+    with load(pkg) as session:
+        assert session.artifact != "cpu/fast"
+
+
 def test_the_cli_run_exits_non_zero_on_a_tampered_package(pkg: Path) -> None:
     _tamper(pkg / "artifacts/cpu.basic/model.onnx", "flip")
     with pytest.raises(SystemExit) as exit_:
