@@ -19,14 +19,32 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["GpuInfo", "HostInfo", "Mismatch", "Requirements", "probe_host", "RUNTIME_MODULES"]
+__all__ = [
+    "GpuInfo",
+    "HostInfo",
+    "Mismatch",
+    "Requirements",
+    "probe_host",
+    "RUNTIME_MODULES",
+    "visible_gpus",
+]
 
 # runtime name -> (import name, distribution names to read the version from)
 RUNTIME_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "onnxruntime": ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
     "openvino": ("openvino", ("openvino",)),
     "tvm": ("tvm", ("apache-tvm",)),
-    "tensorrt": ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
+    "tensorrt": (
+        "tensorrt",
+        (
+            "tensorrt",
+            "tensorrt-cu13",
+            "tensorrt-cu12",
+            "tensorrt-cu11",
+            "tensorrt_cu13_bindings",
+            "tensorrt_cu12_bindings",
+        ),
+    ),
 }
 
 # CPU flags worth recording: the ones kernels dispatch on.
@@ -65,6 +83,10 @@ class GpuInfo(BaseModel):
     compute_capability: str  # "9.0"
     driver: str = ""
     memory_mib: int = 0
+    # GPU-... (or MIG-...), as CUDA_VISIBLE_DEVICES may name it; kept out of records, since
+    # it names one physical board
+    uuid: str = Field(default="", exclude=True)
+    index: int | None = None  # nvidia-smi's index (PCI bus order), not the CUDA ordinal
 
 
 class HostInfo(BaseModel):
@@ -114,7 +136,60 @@ def _cpuinfo() -> tuple[str, list[str]]:
     return model, sorted(flags & _INTERESTING_FLAGS)
 
 
+def _cuda_order(gpus: list[GpuInfo], device_order: str) -> list[GpuInfo]:
+    """The GPUs in the order CUDA numbers them: PCI bus order with CUDA_DEVICE_ORDER=PCI_BUS_ID,
+    else fastest first (approximated by compute capability, then memory; ties in PCI order)."""
+    if device_order.strip().upper() == "PCI_BUS_ID":
+        return list(gpus)
+
+    def speed(g: GpuInfo) -> tuple[tuple[int, ...], int]:
+        cc = tuple(int(p) for p in g.compute_capability.split(".") if p.isdigit())
+        return cc, g.memory_mib
+
+    return sorted(gpus, key=speed, reverse=True)
+
+
+def visible_gpus(
+    gpus: list[GpuInfo], cuda_visible_devices: str | None, device_order: str = ""
+) -> list[GpuInfo]:
+    """The GPUs this process's CUDA ordinals 0, 1, ... name, from all GPUs (`gpus`, PCI bus
+    order) and CUDA_VISIBLE_DEVICES (None: unset): indices or (prefixes of) UUIDs; as CUDA
+    does, the list ends at the first entry that names no GPU or repeats one."""
+    ordered = _cuda_order(gpus, device_order)
+    if cuda_visible_devices is None:
+        return ordered
+    out: list[GpuInfo] = []
+    for raw in cuda_visible_devices.split(","):
+        entry = raw.strip()
+        if entry.lstrip("+-").isdigit():
+            n = int(entry)
+            found = ordered[n] if 0 <= n < len(ordered) else None
+        else:
+            named = [g for g in gpus if entry and g.uuid.startswith(entry)]
+            found = named[0] if len(named) == 1 else None
+        if found is None or found in out:
+            break
+        out.append(found)
+    return out
+
+
+def _smi_row(line: str) -> GpuInfo | None:
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) < 4:
+        return None
+    mem = parts[5] if len(parts) > 5 else ""
+    return GpuInfo(
+        index=int(parts[0]) if parts[0].isdigit() else None,
+        uuid=parts[1],
+        name=parts[2],
+        compute_capability=parts[3],
+        driver=parts[4] if len(parts) > 4 else "",
+        memory_mib=int(float(mem)) if mem.replace(".", "").isdigit() else 0,
+    )
+
+
 def _nvidia_gpus() -> list[GpuInfo]:
+    """The GPUs this process uses, CUDA ordinal 0 first (CUDA_VISIBLE_DEVICES honoured)."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
@@ -122,7 +197,7 @@ def _nvidia_gpus() -> list[GpuInfo]:
         out = subprocess.run(
             [
                 smi,
-                "--query-gpu=name,compute_cap,driver_version,memory.total",
+                "--query-gpu=index,uuid,name,compute_cap,driver_version,memory.total",
                 "--format=csv,noheader,nounits",
             ],
             capture_output=True,
@@ -132,24 +207,10 @@ def _nvidia_gpus() -> list[GpuInfo]:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    gpus = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 2:
-            mem = (
-                int(float(parts[3]))
-                if len(parts) > 3 and parts[3].replace(".", "").isdigit()
-                else 0
-            )
-            gpus.append(
-                GpuInfo(
-                    name=parts[0],
-                    compute_capability=parts[1],
-                    driver=parts[2] if len(parts) > 2 else "",
-                    memory_mib=mem,
-                )
-            )
-    return gpus
+    rows = [g for line in out.strip().splitlines() if (g := _smi_row(line)) is not None]
+    return visible_gpus(
+        rows, os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("CUDA_DEVICE_ORDER", "")
+    )
 
 
 def runtime_version(name: str) -> str | None:

@@ -24,6 +24,7 @@ from compiler.core.contract import Contract
 from compiler.core.errors import IntegrityError, NoCompatibleArtifact, PackageError, short_message
 from compiler.core.host import HostInfo, probe_host
 from compiler.serving.archive import extract_package, is_archive
+from compiler.serving.deferred import DeferredSwitch, ParityGate, order_deferred
 from compiler.serving.integrity import FileProblem, VerifiedCopy, check_files, check_package
 from compiler.serving.manifest import ArtifactEntry, Manifest, read_manifest
 from compiler.serving.request import Request
@@ -230,11 +231,16 @@ def _pick(
         update={"dims": {k: v for k, v in m.contract.dims.items() if k in m.configured_dims}}
     )
     pending: Runner | None = None  # a runner whose TensorRT engine builds in the background
+    pending_id = ""
     unwanted = {c.id: request.mismatch(m.artifact(c.id)) for c in candidates}
     state.decisions += [Decision(aid, "excluded", why) for aid, why in unwanted.items() if why]
-    for c in [c for c in candidates if not unwanted[c.id]]:
+    for c in order_deferred(
+        [c for c in candidates if not unwanted[c.id]], m, request.preferred() or ()
+    ):
         a = m.artifact(c.id)
         skip = state.damaged.get(a.id) or native_refusal(a, signatures, trust)
+        if not skip and pending is not None and a.status == "deferred":
+            skip = f"not started: {pending_id}'s engine builds first (one build at a time)"
         if skip:
             state.decisions.append(Decision(c.id, "excluded", skip))
             continue
@@ -242,11 +248,12 @@ def _pick(
         if runner is None:
             continue
         if runner.build_job is not None:  # its engine builds in the background: serve the next
-            pending = pending or runner
+            if pending is None:
+                pending, pending_id = runner, c.id
             continue
         serving: Runner | SwitchingRunner = runner
-        if pending is not None:  # serve this one until the engine is ready, then switch
-            serving = SwitchingRunner(runner, pending)
+        if pending is not None:  # serve this one until the engine is built and passes parity
+            serving = DeferredSwitch(runner, pending, ParityGate(state.root, m, pending_id))
         why = "; ".join(p for p in (request.why(c.id), c.reason) if p)
         tried = sum(d.outcome == "failed" for d in state.decisions)
         why += f" (after {tried} fallback(s))" if tried else ""

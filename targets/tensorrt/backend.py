@@ -21,7 +21,7 @@ from compiler.core.host import HostInfo, Requirements, probe_host
 from compiler.core.settings import settings_from_json
 from targets.base import Availability, Backend, BuildRequest, BuildResult
 from targets.tensorrt.cache import EngineCache, file_digest
-from targets.tensorrt.compat import host_can_build
+from targets.tensorrt.compat import host_can_build, resolve_tensorrt_version
 from targets.tensorrt.engine import build_engine
 from targets.tensorrt.options import BuilderSettings, TensorRTOptions, builder_settings
 from targets.tensorrt.preflight import Finding, format_findings, preflight
@@ -32,10 +32,6 @@ __all__ = ["TensorRTBackend", "default_cache_dir"]
 
 ENGINE_FILE = "model.plan"
 TIMING_FILE = "timing.cache"
-
-
-def _cuda_buffers_available() -> bool:
-    return any(importlib.util.find_spec(m) is not None for m in ("cuda", "torch"))
 
 
 class TensorRTBackend(Backend):
@@ -53,9 +49,9 @@ class TensorRTBackend(Backend):
 
     @classmethod
     def runtime_availability(cls) -> Availability:
-        why = host_can_build(probe_host())
-        if not why and not _cuda_buffers_available():
-            why = ["no CUDA buffer library (cuda-python or torch with CUDA)"]
+        why = host_can_build(resolve_tensorrt_version(probe_host()))
+        if not why and importlib.util.find_spec("polygraphy") is None:
+            why = ["Polygraphy is not importable (pip install 'polygraphy>=0.49.14')"]
         if why:
             return Availability(ok=False, reason="; ".join(why), install=INSTALL)
         return Availability(ok=True)
@@ -63,7 +59,7 @@ class TensorRTBackend(Backend):
     @classmethod
     def library_versions(cls) -> dict[str, str]:
         """Host facts that change what build() makes: enters the DAG's cache key."""
-        host = probe_host()
+        host = resolve_tensorrt_version(probe_host())
         gpu = f"{host.gpus[0].name} (sm {host.gpus[0].compute_capability})" if host.gpus else "none"
         return {"tensorrt": host.runtimes.get("tensorrt", "absent"), "gpu": gpu}
 
@@ -84,8 +80,11 @@ class TensorRTBackend(Backend):
             settings = builder_settings(opts, precision, request.contract, model)
         except ConfigError as exc:
             raise BuildError(str(exc)) from exc
-        host = probe_host()
+        host = resolve_tensorrt_version(probe_host())
+        arch = opts.arch or host.arch
         cannot = host_can_build(host)
+        if arch != host.arch:  # engines are per platform: the serving host builds its own
+            cannot = [f"an engine for {arch} cannot be built on this {host.arch} host", *cannot]
         mode = opts.build if opts.build != "auto" else ("deferred" if cannot else "prebuilt")
         if mode == "prebuilt" and cannot:
             raise BackendUnavailable(
@@ -121,7 +120,7 @@ class TensorRTBackend(Backend):
                 runtime=settings_from_json({**runtime, "backend": "tensorrt"}),
                 precision=request.precision,
                 notes=notes,
-                requirements=self._requirements(opts, None),
+                requirements=self._requirements(opts, None, arch),
                 status="deferred",
             )
         files += self._prebuild(model_path, out_dir, settings, host, runtime)
@@ -130,7 +129,7 @@ class TensorRTBackend(Backend):
             runtime=settings_from_json({**runtime, "backend": "tensorrt"}),
             precision=request.precision,
             notes=notes,
-            requirements=self._requirements(opts, runtime),
+            requirements=self._requirements(opts, runtime, arch),
             status="built",
         )
 
@@ -158,7 +157,7 @@ class TensorRTBackend(Backend):
             settings=settings,
             settings_digest=settings.digest(),
             preflight=findings,
-            min_tensorrt_version=opts.min_runtime_version,
+            min_tensorrt_version=opts.runtime_floor(),
             deferred_reason=reason,
         )
         spec_file = write_spec(out_dir, spec)
@@ -183,33 +182,37 @@ class TensorRTBackend(Backend):
         """Build the engine here; the timing cache is reused from and stored to the host cache."""
         gpu, version = host.gpus[0], host.runtimes["tensorrt"]
         cache = EngineCache(default_cache_dir())
-        timing = cache.load_timing_cache(gpu, version) if settings.timing_cache else b""
-        built = build_engine(model_path, settings, gpu, timing)
+        timing = cache.timing_cache_path(gpu, version) if settings.timing_cache else None
+        with cache.build_lock():  # one build per host, as on serving hosts
+            built = build_engine(model_path, settings, gpu, timing)
         (out_dir / ENGINE_FILE).write_bytes(built.plan)
         files = [ENGINE_FILE]
         if built.timing_cache:
             (out_dir / TIMING_FILE).write_bytes(built.timing_cache)
-            cache.store_timing_cache(gpu, version, built.timing_cache)
             files.append(TIMING_FILE)
+        record = built.record.model_copy(update={"arch": host.arch})
         runtime.update(
             engine=ENGINE_FILE,
-            compatibility=built.record.model_dump(mode="json"),
+            compatibility=record.model_dump(mode="json"),
             settings_digest=built.record.settings_digest,
             profiles=[p.model_dump(mode="json") for p in settings.profiles],
         )
         return files
 
     @staticmethod
-    def _requirements(opts: TensorRTOptions, runtime: dict[str, Any] | None) -> Requirements:
-        """Strict GPU requirements only for an engine that cannot be rebuilt on the host."""
+    def _requirements(
+        opts: TensorRTOptions, runtime: dict[str, Any] | None, arch: str
+    ) -> Requirements:
+        """Strict GPU requirements only for an engine that cannot be rebuilt on the host;
+        `arch`: the serving hosts' CPU architecture (x86_64 or aarch64)."""
         rec = (runtime or {}).get("compatibility")
         rebuildable = runtime is None or bool(runtime.get("spec"))
         if rec is None or rebuildable:
             return Requirements(
-                arch="x86_64",
+                arch=arch,
                 gpu=True,
                 runtime="tensorrt",
-                min_runtime_version=opts.min_runtime_version,
+                min_runtime_version=opts.runtime_floor(),
             )
         ccs = (
             []
@@ -217,7 +220,7 @@ class TensorRTBackend(Backend):
             else [rec["compute_capability"]]
         )
         return Requirements(
-            arch="x86_64",
+            arch=arch,
             gpu=True,
             gpu_compute_capabilities=ccs,
             runtime="tensorrt",

@@ -10,14 +10,17 @@ checks here are pure functions of the record and a `HostInfo`, so they run anywh
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from compiler.core.errors import IntegrityError
 from compiler.core.host import GpuInfo, HostInfo
-from targets.tensorrt.cache import EngineCache, engine_cache_key
+from targets.tensorrt.cache import EngineCache, engine_cache_key, read_engine
+from targets.tensorrt.install import find_tensorrt, install_advice
 from targets.tensorrt.options import Profile
 
 __all__ = [
@@ -26,6 +29,8 @@ __all__ = [
     "check_compatibility",
     "decide_engine",
     "host_can_build",
+    "resolve_tensorrt_version",
+    "tensorrt_flavour",
 ]
 
 _AMPERE = (8, 0)
@@ -44,6 +49,7 @@ class CompatibilityRecord(BaseModel):
     precision: str
     profiles: list[Profile] = Field(default_factory=list)
     settings_digest: str = ""
+    arch: str = ""  # the build host's CPU architecture: engines are per platform
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -126,6 +132,8 @@ def check_compatibility(record: CompatibilityRecord | dict[str, Any], host: Host
         else CompatibilityRecord.model_validate(record)
     )
     why = _version_reasons(rec, host.runtimes.get("tensorrt"))
+    if rec.arch and rec.arch != host.arch:
+        why.append(f"engine was built on {rec.arch}; host is {host.arch}")
     if not host.gpus:
         why.append("needs an NVIDIA GPU, host has none")
     else:
@@ -133,11 +141,31 @@ def check_compatibility(record: CompatibilityRecord | dict[str, Any], host: Host
     return why
 
 
+def resolve_tensorrt_version(host: HostInfo, path: list[str] | None = None) -> HostInfo:
+    """`host`, with a TensorRT version the host probe read as "unknown" (installed under a
+    distribution name it does not list: tensorrt-cu11, -bindings, -libs) read from package
+    metadata on `path` (default sys.path). Unchanged when the version is known or absent."""
+    if host.runtimes.get("tensorrt") != "unknown":
+        return host
+    found = find_tensorrt(path)
+    if found is None:
+        return host
+    return host.model_copy(update={"runtimes": {**host.runtimes, "tensorrt": found.version}})
+
+
+@functools.lru_cache(maxsize=1)
+def tensorrt_flavour() -> str:
+    """This process's TensorRT's CUDA major ("cu12", "cu13", "cu11"; "" when unknown): read
+    once, since what is installed does not change under a running process."""
+    found = find_tensorrt()
+    return found.cuda if found else ""
+
+
 def host_can_build(host: HostInfo) -> list[str]:
     """Why this host cannot build TensorRT engines; empty when it can."""
     why = []
     if host.runtimes.get("tensorrt") is None:
-        why.append("TensorRT is not importable (pip install 'tensorrt>=10,<11')")
+        why.append(f"TensorRT is not importable ({install_advice()})")
     if not host.gpus:
         why.append("no NVIDIA GPU (nvidia-smi finds none)")
     return why
@@ -156,6 +184,14 @@ class EngineDecision:
     engine: Path | None = None
     cache_key: str | None = None
     reasons: list[str] = field(default_factory=list)
+
+
+def _digest_ok(engine: Path, sha256: str) -> bool:
+    try:
+        read_engine(engine, sha256)
+    except (OSError, IntegrityError):
+        return False
+    return True
 
 
 def decide_engine(
@@ -178,13 +214,22 @@ def decide_engine(
             "fallback", reasons=reasons + [f"cannot build here: {r}" for r in cannot]
         )
     key = engine_cache_key(
-        runtime["onnx_sha256"], host.gpus[0], host.runtimes["tensorrt"], runtime["settings_digest"]
+        runtime["onnx_sha256"],
+        host.gpus[0],
+        host.runtimes["tensorrt"],
+        runtime["settings_digest"],
+        tensorrt_flavour(),
     )
     if cache_dir is None:
         return EngineDecision(
             "fallback", reasons=reasons + ["no engine cache directory given for a deferred build"]
         )
     cached = EngineCache(cache_dir).lookup(key)
+    if cached is not None and not _digest_ok(cached.engine, cached.sha256):
+        reasons.append(
+            f"cached engine {cached.engine} differs from its recorded sha256; rebuilding"
+        )
+        cached = None
     if cached is not None:
         refused = check_compatibility(cached.record, host)
         if not refused:

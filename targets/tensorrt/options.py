@@ -65,7 +65,15 @@ class TensorRTOptions(BackendOptions):
         default=False, description="allow TF32 in fp32 layers (TensorRT's default is on)"
     )
     strongly_typed: bool | None = Field(
-        default=None, description="None: on for int8 (QDQ, explicit quantization), off otherwise"
+        default=None,
+        description="None: on for int8 with int8_unquantized: fp32, off otherwise",
+    )
+    int8_unquantized: Literal["fp16", "fp32"] = Field(
+        default="fp16",
+        description="int8 (QDQ): what the layers without Q/DQ run in. fp16: weakly typed "
+        "INT8+FP16 flags, so TensorRT may run them in fp16 (deprecated in 10.12, works in "
+        "10.x); fp32: strongly typed, they run in the model's fp32 (trt-int8 can then lose "
+        "to trt-fp16)",
     )
     hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
     version_compatible: bool = False
@@ -83,6 +91,12 @@ class TensorRTOptions(BackendOptions):
         default="error", description="'error': ops TensorRT cannot parse fail the build early"
     )
     min_runtime_version: str = "10.0"
+    arch: Literal["x86_64", "aarch64"] | None = Field(
+        default=None,
+        description="CPU architecture of the serving hosts (aarch64: GH200, GB200, Jetson); "
+        "None: the build host's. An engine runs only on the platform that built it, so for "
+        "another architecture the build is deferred to the serving host",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TensorRTOptions:
@@ -90,8 +104,24 @@ class TensorRTOptions(BackendOptions):
             raise ValueError("exclude_lean_runtime needs version_compatible: true")
         return self
 
+    def runtime_floor(self) -> str:
+        """The oldest TensorRT that can build these options: min_runtime_version, raised to
+        10.9 for HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY (new in 10.9)."""
+        if self.hardware_compatibility == "same_compute_capability" and _older(
+            self.min_runtime_version, "10.9"
+        ):
+            return "10.9"
+        return self.min_runtime_version
+
     def compute_precision(self) -> str:
         return self.precision
+
+
+def _older(a: str, b: str) -> bool:
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split(".") if x.isdigit())
+
+    return parts(a) < parts(b)
 
 
 class InputProfile(BaseModel):
@@ -210,7 +240,11 @@ def builder_settings(
             "deprecated in TensorRT 10 and removed in 11): add a quantize pass with "
             "format qdq before the tensorrt compile, or choose precision fp16"
         )
-    strongly = options.strongly_typed if options.strongly_typed is not None else precision == "int8"
+    strongly = (
+        options.strongly_typed
+        if options.strongly_typed is not None
+        else precision == "int8" and options.int8_unquantized == "fp32"
+    )
     network_flags: list[str] = ["STRONGLY_TYPED"] if strongly else []
     flags: set[str] = set()
     cleared: set[str] = set()
@@ -226,8 +260,17 @@ def builder_settings(
     elif precision == "bf16":
         flags.add("BF16")
     elif precision == "int8":
-        flags.update({"INT8", "FP16"})
-        notes.append("weakly typed explicit quantization (INT8 flag); strong typing is preferred")
+        mixed = options.int8_unquantized == "fp16"
+        flags.update({"INT8", "FP16"} if mixed else {"INT8"})
+        notes.append(
+            "int8: Q/DQ layers in int8, the others in "
+            + ("fp16 or fp32 as TensorRT times them" if mixed else "fp32")
+            + " (weakly typed explicit quantization: INT8"
+            + ("+FP16" if mixed else "")
+            + " flags; deprecated in TensorRT 10.12, removed in 11)"
+        )
+    if strongly and precision == "int8":
+        notes.append("int8: strongly typed, so layers without Q/DQ run in fp32")
     if options.tf32:
         flags.add("TF32")
     elif not strongly:

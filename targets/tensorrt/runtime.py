@@ -1,17 +1,21 @@
-"""Load and run a TensorRT artifact: an execution context with explicit input shapes, device
-buffers (targets/tensorrt/cuda.py) and CUDA-event timing around `execute_async_v3`.
+"""Load and run a TensorRT artifact with Polygraphy's `TrtRunner`: it sets input shapes and
+the optimization profile, keeps shape-tensor inputs in host memory, gives data-dependent
+outputs (NonZero, NonMaxSuppression) an output allocator and owns the device buffers.
 
 Which engine to load (the package's prebuilt one if this host may run it, one cached here, or
-one built from the deferred spec, in the background while the loader serves a fallback) is
-decided by targets/tensorrt/resolve.py: build-side code (compatibility records, the engine
-cache, the builder: pydantic) that `load` imports when a TensorRT artifact is opened. The run
-path itself uses the standard library, numpy, tensorrt and a CUDA buffer library only.
+one built from the deferred spec, in the background while the loader serves a fallback) and
+its deserialization (bytes checked against their digest first; engine host code only for
+the package's own prebuilt engine) are done by targets/tensorrt/resolve.py: build-side code
+that `load` imports when a TensorRT artifact is opened. This module itself imports the
+standard library, numpy and the bare vocabulary only; TensorRT and Polygraphy come with the
+first artifact.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,28 +25,20 @@ import numpy as np
 from compiler.core.errors import BackendUnavailable, ContractError, PackageError
 from compiler.core.runtime import RunnerInfo
 from compiler.core.settings import TensorRTSettings, settings_to_json
-from targets.tensorrt.cuda import Device, open_device
 
 __all__ = [
     "INSTALL",
     "EngineBuilding",
     "TensorRTArtifact",
     "default_cache_dir",
-    "import_tensorrt",
     "load",
     "select_profile",
-    "trt_logger",
 ]
 
-INSTALL = "pip install 'tensorrt>=10,<11' (needs an NVIDIA driver and GPU)"
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as exc:  # also OSError-derived load failures of libnvinfer
-        raise BackendUnavailable("tensorrt", f"cannot import tensorrt: {exc}", INSTALL) from exc
-    return trt
+INSTALL = (
+    "pip install 'compile-pkg[tensorrt-cu13]' (NVIDIA driver R580+) or "
+    "'compile-pkg[tensorrt-cu12]' (R525+); compile-pkg doctor says which fits this host"
+)
 
 
 def default_cache_dir() -> Path:
@@ -51,20 +47,6 @@ def default_cache_dir() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compile-pkg"
-
-
-def trt_logger(trt: Any, sink: list[str]) -> Any:
-    """A TensorRT logger that appends errors and warnings to `sink`."""
-
-    class _Capture(trt.ILogger):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: Any, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.Severity.WARNING):  # errors, warnings
-                sink.append(f"{severity.name}: {msg}")
-
-    return _Capture()
 
 
 class EngineBuilding(BackendUnavailable):
@@ -105,106 +87,65 @@ def select_profile(
 
 
 class TensorRTArtifact:
-    """A deserialized engine, its execution context and device buffers on one stream."""
+    """A deserialized engine run by Polygraphy's TrtRunner; one request at a time (TensorRT
+    execution contexts are not thread-safe), on the profile that holds the feeds' shapes."""
 
     def __init__(
-        self, trt: Any, engine: Path, record: Mapping[str, Any], outputs: Sequence[str], source: str
+        self, engine: Any, record: Mapping[str, Any], outputs: Sequence[str], source: str
     ) -> None:
-        self.record, self.source = record, source
-        self.last_gpu_ms: float | None = None
-        self._trt_version = str(trt.__version__)
-        self._outputs = list(outputs)
-        self._log: list[str] = []
-        rt = trt.Runtime(trt_logger(trt, self._log))
-        if record.get("version_compatible"):
-            rt.engine_host_code_allowed = True  # our own engine, sha256-checked by the loader
-        self._engine = rt.deserialize_cuda_engine(engine.read_bytes())
-        if self._engine is None:
-            raise PackageError(
-                f"{engine}: TensorRT cannot deserialize this engine: {' '.join(self._log[-3:])}"
-            )
-        self._context = self._engine.create_execution_context()
-        self._device: Device | None = open_device()
-        self._io: dict[str, tuple[bool, np.dtype]] = {}
-        for i in range(self._engine.num_io_tensors):
-            name = self._engine.get_tensor_name(i)
-            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            self._io[name] = (is_input, np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))))
-        self._profile = -1
+        from polygraphy.backend.trt import TrtRunner
 
-    def _stage_inputs(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        dev, ctx = self._device, self._context
-        assert dev is not None
-        idx = select_profile(
-            self.record.get("profiles", []), {k: v.shape for k, v in feeds.items()}
-        )
-        if idx != self._profile:
-            ctx.set_optimization_profile_async(idx, dev.stream)
-            self._profile = idx
-        staged = []
-        for name, (is_input, dtype) in self._io.items():
-            if not is_input:
-                continue
-            arr = np.ascontiguousarray(feeds[name], dtype=dtype)
-            if not ctx.set_input_shape(name, arr.shape):
-                raise ContractError(f"input '{name}': TensorRT rejects shape {list(arr.shape)}")
-            ptr = dev.buffer(name, arr.nbytes)
-            dev.to_device(ptr, arr)
-            ctx.set_tensor_address(name, ptr)
-            staged.append(arr)  # kept alive until the copies ran
-        return staged
+        self.record, self.source = record, source
+        self.last_ms: float | None = None
+        self._outputs = list(outputs)
+        self._lock = threading.Lock()
+        self._profile = 0
+        self._runner: Any = TrtRunner(engine, name="compile-pkg")
+        try:
+            self._runner.activate()
+        except Exception as exc:  # no CUDA runtime library, out of memory, ...
+            raise BackendUnavailable(
+                "tensorrt", f"TensorRT engine loaded but cannot start: {exc}", INSTALL
+            ) from exc
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        dev, ctx = self._device, self._context
-        assert dev is not None and ctx is not None
-        staged = self._stage_inputs(feeds)
-        outs: dict[str, tuple[np.ndarray, int]] = {}
-        for name, (is_input, dtype) in self._io.items():
-            if is_input:
-                continue
-            shape = tuple(ctx.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise PackageError(
-                    f"output '{name}' has a data-dependent shape {list(shape)}; "
-                    "not supported by this runner"
-                )
-            host = np.empty(shape, dtype=dtype)
-            ptr = dev.buffer(name, host.nbytes)
-            ctx.set_tensor_address(name, ptr)
-            outs[name] = (host, ptr)
-        ok = [True]
-
-        def _execute() -> None:
-            ok[0] = bool(ctx.execute_async_v3(dev.stream))
-
-        self.last_gpu_ms = dev.timed(_execute)
-        if not ok[0]:
-            raise PackageError(f"TensorRT execute_async_v3 failed: {' '.join(self._log[-3:])}")
-        for host, ptr in outs.values():
-            dev.to_host(host, ptr)
-        dev.synchronize()
-        del staged
-        return {n: outs[n][0] for n in self._outputs}
+        with self._lock:
+            runner = self._runner
+            if runner is None:
+                raise PackageError("this TensorRT artifact was closed")
+            idx = select_profile(
+                self.record.get("profiles", []), {k: v.shape for k, v in feeds.items()}
+            )
+            if idx != self._profile:
+                runner.set_profile(idx)
+                self._profile = idx
+            try:
+                outs = runner.infer(dict(feeds), check_inputs=True)
+            except Exception as exc:  # Polygraphy raises its own exception type
+                raise PackageError(f"TensorRT inference failed: {exc}") from exc
+            self.last_ms = float(runner.last_inference_time()) * 1e3
+        return {n: np.asarray(outs[n]) for n in self._outputs}
 
     def describe(self) -> RunnerInfo:
         return {
-            "runtime": f"tensorrt {self._trt_version}",
+            "runtime": f"tensorrt {self.record.get('tensorrt_version', '')}",
             "device": str(self.record.get("gpu_name", "gpu")),
             "precision": str(self.record.get("precision", "")),
             "engine": self.source,
-            "buffers": self._device.kind if self._device else "",
-            "timing": "CUDA events around execute_async_v3 on the runner's stream, synchronized",
-            "last_gpu_ms": self.last_gpu_ms if self.last_gpu_ms is not None else 0.0,
+            "buffers": "polygraphy",
+            "timing": "Polygraphy TrtRunner.last_inference_time: host wall time of infer, "
+            "copies included, stream synchronized",
+            "last_ms": self.last_ms if self.last_ms is not None else 0.0,
         }
 
     def sync(self) -> None:
-        if self._device is not None:
-            self._device.synchronize()
+        """TrtRunner.infer returns with its stream synchronized; nothing is in flight."""
 
     def close(self) -> None:
-        if self._device is not None:
-            self._device.close()
-        self._context = self._engine = self._device = None
+        with self._lock:
+            if self._runner is not None:
+                self._runner.deactivate()
+            self._runner = None
 
 
 def load(
@@ -229,4 +170,4 @@ def load(
         host,
         background=background,
     )
-    return TensorRTArtifact(import_tensorrt(), engine.path, engine.record, outputs, engine.source)
+    return TensorRTArtifact(resolve.deserialize(engine), engine.record, outputs, engine.source)

@@ -25,6 +25,7 @@ from targets.tensorrt import runtime as trt_runtime
 from targets.tensorrt.backend import TensorRTBackend
 from targets.tensorrt.cache import file_digest
 from targets.tensorrt.compat import CompatibilityRecord
+from targets.tensorrt.install import install_advice
 from targets.tensorrt.options import TensorRTOptions, builder_settings
 from targets.tensorrt.preflight import preflight
 from targets.tensorrt.spec import SPEC_FILE, BuildSpec, read_spec
@@ -143,7 +144,9 @@ def test_prebuilt_required_without_tensorrt_is_unavailable(tmp_path: Path) -> No
 def test_build_errors_are_typed(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="int8 needs a QDQ model"):
         build(tmp_path / "a", variant="int8", build="deferred")
-    _, out = build(tmp_path / "b", qdq_mlp(), variant="int8", build="deferred")
+    _, out = build(
+        tmp_path / "b", qdq_mlp(), variant="int8", build="deferred", int8_unquantized="fp32"
+    )
     assert read_spec(out / SPEC_FILE).settings.network_flags == ["STRONGLY_TYPED"]
 
 
@@ -171,7 +174,7 @@ def test_registry_entry() -> None:
 
 def _have_trt() -> str:
     if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not importable (pip install 'tensorrt>=10,<11' on a host with a GPU)"
+        return f"TensorRT is not importable ({install_advice()})"
     if not probe_host().gpus:
         return "no NVIDIA GPU (nvidia-smi finds none)"
     return ""
@@ -199,7 +202,7 @@ def test_prebuilt_engine_matches_onnxruntime(tmp_path: Path, variant: str, atol:
         for batch in (1, 5, 16):  # min, between, max of the profile
             x = np.random.default_rng(batch).normal(size=(batch, 8)).astype(np.float32)
             np.testing.assert_allclose(r.run({"x": x})["y"], _ref(out, x), atol=atol, rtol=atol)
-        assert float(r.describe()["last_gpu_ms"]) > 0
+        assert float(r.describe()["last_ms"]) > 0
 
 
 @needs_trt
@@ -244,3 +247,18 @@ def test_parser_errors_name_the_node(tmp_path: Path) -> None:
     m.graph.output.append(helper.make_tensor_value_info("u", TensorProto.FLOAT, None))
     with pytest.raises(BuildError, match="uniq"):
         build(tmp_path, m, build="prebuilt", preflight="warn")
+
+
+@needs_trt
+def test_data_dependent_output_shape_runs(tmp_path: Path) -> None:
+    """NonZero's output shape depends on the data: TrtRunner gives it an output allocator."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [2, None])
+    g = helper.make_graph([helper.make_node("NonZero", ["x"], ["y"], name="nz")], "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    result, out = build(tmp_path, m, variant="fp32", build="prebuilt")
+    loaded = trt_runtime.load(out, result.runtime, ["y"], cache_dir=tmp_path, background=False)  # type: ignore[arg-type]
+    feed = np.array([[0, 1, 0, 2, 0, 0, 3, 0]] * 2, np.float32)
+    got = loaded.run({"x": feed})["y"]
+    loaded.close()
+    np.testing.assert_array_equal(got, np.stack(np.nonzero(feed)))

@@ -117,16 +117,25 @@ def test_builder_settings_workspace_hardware_level_and_timing_cache() -> None:
     assert default.workspace_bytes is None
 
 
-def test_int8_needs_a_qdq_model_and_builds_strongly_typed() -> None:
+def test_int8_needs_a_qdq_model_and_says_what_unquantized_layers_run_in() -> None:
     with pytest.raises(ConfigError, match="int8 needs a QDQ model"):
         builder_settings(TensorRTOptions(), "int8", mlp_contract(), tiny_mlp())
-    s = builder_settings(TensorRTOptions(), "int8", mlp_contract(), qdq_mlp())
-    assert s.quantization == "qdq" and s.network_flags == ["STRONGLY_TYPED"]
-    assert s.builder_flags == [] and s.cleared_flags == []  # no precision flags with strong typing
-    weak = builder_settings(
-        TensorRTOptions(strongly_typed=False), "int8", mlp_contract(), qdq_mlp()
+    mixed = builder_settings(TensorRTOptions(), "int8", mlp_contract(), qdq_mlp())
+    assert mixed.quantization == "qdq" and mixed.network_flags == []
+    assert mixed.builder_flags == ["FP16", "INT8"]  # unquantized layers may run in fp16
+    assert any("the others in fp16 or fp32" in n for n in mixed.notes)
+    strict = builder_settings(
+        TensorRTOptions(int8_unquantized="fp32"), "int8", mlp_contract(), qdq_mlp()
     )
-    assert weak.network_flags == [] and weak.builder_flags == ["FP16", "INT8"]
+    assert strict.network_flags == ["STRONGLY_TYPED"]
+    assert strict.builder_flags == [] and strict.cleared_flags == []  # no precision flags
+    assert any("layers without Q/DQ run in fp32" in n for n in strict.notes)
+    weak32 = builder_settings(
+        TensorRTOptions(strongly_typed=False, int8_unquantized="fp32"), "int8", mlp_contract(),
+        qdq_mlp(),
+    )  # fmt: skip
+    assert weak32.network_flags == [] and weak32.builder_flags == ["INT8"]
+    assert mixed.digest() != strict.digest() != weak32.digest()
 
 
 def test_settings_digest_tracks_content_not_notes() -> None:
@@ -172,4 +181,4 @@ def test_int8_comes_from_the_variant_and_its_qdq_model(tmp_path: Path) -> None:
     _, out = build(tmp_path, qdq_mlp(), variant="int8", precision="fp16", build="deferred")
     settings = read_spec(out / SPEC_FILE).settings
     assert settings.precision == "int8" and settings.quantization == "qdq"
-    assert settings.network_flags == ["STRONGLY_TYPED"]
+    assert settings.network_flags == [] and settings.builder_flags == ["FP16", "INT8"]

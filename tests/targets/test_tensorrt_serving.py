@@ -49,13 +49,14 @@ def test_engine_cache_key() -> None:
 
 def test_engine_cache_store_lookup_and_timing_cache(tmp_path: Path) -> None:
     cache = EngineCache(tmp_path)
-    assert cache.lookup("k") is None and cache.load_timing_cache(H100, "10.16") == b""
+    assert cache.lookup("k") is None
     entry = cache.store("k", b"plan", {"tensorrt_version": "10.16"})
     assert entry.engine.read_bytes() == b"plan"
     assert cache.lookup("k").record == {"tensorrt_version": "10.16"}  # type: ignore[union-attr]
-    cache.store_timing_cache(H100, "10.16", b"tc")
-    assert cache.load_timing_cache(H100, "10.16") == b"tc"
-    assert cache.load_timing_cache(H200, "10.16") == b""
+    timing = cache.timing_cache_path(H100, "10.16")  # Polygraphy reads and merges this file
+    assert timing.parent == tmp_path / "tensorrt" / "timing"
+    assert timing != cache.timing_cache_path(H200, "10.16")
+    assert timing != cache.timing_cache_path(H100, "10.17")
     assert not list(tmp_path.rglob("*.tmp-*"))
 
 
