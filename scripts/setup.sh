@@ -45,7 +45,9 @@ fi
 
 # --- system packages (Debian) -------------------------------------------------------
 # gcc-aarch64-linux-gnu: links TVM's aarch64 shared libraries (cross-compiled arm target).
-APT_PACKAGES="gcc-aarch64-linux-gnu file"
+# chromium: renders reports/report.html headless in its test; docker-registry: a real OCI
+# registry on loopback for the export --push/pull test (both skip with the reason if absent).
+APT_PACKAGES="gcc-aarch64-linux-gnu file chromium docker-registry"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -58,5 +60,7 @@ fi
 
 # --- Python packages ----------------------------------------------------------------
 # torch==2.13.0 pinned in the same install: a bare 'torch' would pull a multi-GB CUDA build.
-$PY -m pip install -q --disable-pip-version-check -e ".[passes,torch,openvino,tvm,signing,dev]" "torch==2.13.0"
+$PY -m pip install -q --disable-pip-version-check -e ".[passes,torch,openvino,tvm,signing,report,export,dev]" "torch==2.13.0"
+# only its grpc/model_config_pb2 (needs protobuf) is used, to parse exported Triton configs
+$PY -m pip install -q --disable-pip-version-check --no-deps "tritonclient==2.73.0"
 echo "setup: done ($($PY -c 'import compiler; print("compile-pkg", compiler.__version__)'))"

@@ -5,7 +5,17 @@ Importing this package registers every command on the group.
 
 from __future__ import annotations
 
-from compiler.cli import build, inspect_cmd, packages, run_cmd, schema, trust
+from compiler.cli import build, export_cmd, inspect_cmd, packages, run_cmd, schema, trust
 from compiler.cli.app import cli, main
 
-__all__ = ["build", "cli", "inspect_cmd", "main", "packages", "run_cmd", "schema", "trust"]
+__all__ = [
+    "build",
+    "cli",
+    "export_cmd",
+    "inspect_cmd",
+    "main",
+    "packages",
+    "run_cmd",
+    "schema",
+    "trust",
+]

@@ -1,5 +1,6 @@
-"""Human- and machine-readable reports: reports/parity.json, latency.json and report.md (how
-each artifact was made and where each figure was measured: compiler/packaging/rows.py)."""
+"""Human- and machine-readable reports: reports/parity.json, latency.json, report.md and
+report.html (compiler/packaging/report_html.py); how each artifact was made and where each
+figure was measured: compiler/packaging/rows.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from compiler.packaging.report_html import render_html
 from compiler.packaging.rows import ArtifactRow, artifact_rows, describe_host, short_value
 from compiler.serving.manifest import Manifest
 
@@ -158,3 +160,4 @@ def write_reports(package: Path, m: Manifest) -> None:
         },
     )
     (reports / "report.md").write_text(render_markdown(m), encoding="utf-8")
+    (reports / "report.html").write_text(render_html(m), encoding="utf-8")
