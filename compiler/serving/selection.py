@@ -3,7 +3,8 @@
 Used by the loader at load time (with the serving host) and at build time to record what the
 build host would pick. Speedups are compared, never raw times from different runs: each
 artifact's speedup over the reference was measured in one run, in paired blocks, with a
-confidence interval (compiler/core/latency.py). The faster artifact comes first, except that a
+confidence interval (compiler/core/latency.py). The faster artifact (by the interval's lower
+bound: the speed that survives a second measurement) comes first, except that a
 lossy artifact (fp16, bf16, int8) comes after a more precise one of the same target unless its
 speedup's lower bound is above the precise one's upper bound: precision that buys no
 measurable speed is not given up.
@@ -120,12 +121,16 @@ def _beats(x: Candidate, y: Candidate, confidence: float) -> bool:
 def _order_by_speedup(
     cands: list[Candidate], by_id: dict[str, ArtifactEntry], confidence: float
 ) -> list[Candidate]:
-    """Fastest first; a lossy candidate yields to a more precise one of its target that it
-    does not beat beyond the intervals."""
+    """Fastest first by the speed one can count on (the interval's lower bound, then the
+    estimate): a wide interval from a noisy run does not outrank a narrow one (magika's
+    ov-f32 at 1.62x [0.80-2.02] beside ort-fp32 at 1.00x [0.98-1.01]). A lossy candidate
+    yields to a more precise one of its target that it does not beat beyond the intervals."""
     index = {a: i for i, a in enumerate(by_id)}
 
-    def key(c: Candidate) -> tuple[bool, float, int]:
-        return (c.speedup is not None, c.speedup.estimate if c.speedup else 0.0, -index[c.id])
+    def key(c: Candidate) -> tuple[bool, float, float, int]:
+        if c.speedup is None:
+            return (False, 0.0, 0.0, -index[c.id])
+        return (True, c.speedup.low, c.speedup.estimate, -index[c.id])
 
     remaining, ordered = list(cands), []
     while remaining:

@@ -173,7 +173,7 @@ def test_a_lossy_artifact_within_a_precise_ones_interval_comes_after_it(cpu_mani
         cpu_manifest,
         ort_fp32=_interval(1.0, 0.97, 1.03),
         ov_f32=_interval(1.3, 1.25, 1.35),
-        ort_int8=_interval(1.4, 1.2, 1.6),  # faster on its estimate, not beyond ov-f32's interval
+        ort_int8=_interval(1.45, 1.28, 1.6),  # faster, but not beyond ov-f32's interval
         ov_bf16=_interval(0.8, 0.75, 0.85),
     )
     ok, _ = rank(cpu_manifest, CPU)
@@ -256,3 +256,17 @@ def test_an_artifact_that_crashed_while_timed_is_excluded(cpu_manifest) -> None:
 def test_selection_policies_of_older_packages_still_read() -> None:
     old = SelectionPolicy.model_validate({"order": ["cpu/ort-fp32"], "quantized_min_speedup": 1.1})
     assert old.order == ["cpu/ort-fp32"] and "quantized_min_speedup" not in old.model_dump()
+
+
+def test_a_wide_interval_does_not_outrank_a_narrow_one_of_the_same_precision(
+    cpu_manifest,
+) -> None:  # type: ignore[no-untyped-def]
+    """Ranked by the speed that survives a second measurement: the interval's lower bound."""
+    _give(
+        cpu_manifest,
+        ort_fp32=_interval(1.0, 0.98, 1.01),
+        ov_f32=_interval(1.62, 0.80, 2.02),  # a noisy run: faster on its estimate only
+    )
+    assert _order(cpu_manifest)[:2] == ["cpu/ort-fp32", "cpu/ov-f32"]
+    _give(cpu_manifest, ov_f32=_interval(1.62, 1.40, 1.80))
+    assert _order(cpu_manifest)[0] == "cpu/ov-f32"
