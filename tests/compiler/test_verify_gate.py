@@ -21,7 +21,7 @@ from compiler.core.latency import SpeedupInterval
 from compiler.core.records import LatencyRecord, ParityRecord
 from compiler.measure.verify import measured_on
 from compiler.packaging.reverify import judge_latency, judge_parity, verify_package
-from compiler.serving.manifest import read_manifest
+from compiler.serving.manifest import document_records_digest, read_manifest
 from compiler.serving.selection import rank
 from compiler.serving.verify_records import default_records_path, read_verify_records
 from tests.compiler.helpers import build
@@ -56,6 +56,7 @@ def _edit_manifest(pkg: Path, edit) -> None:  # type: ignore[no-untyped-def]
     path = pkg / "manifest.json"
     doc = json.loads(path.read_text())
     edit(doc)
+    doc["records_sha256"] = document_records_digest(doc)  # an edit of the records, owned
     path.write_text(json.dumps(doc, indent=2, sort_keys=True))
 
 

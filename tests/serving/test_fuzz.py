@@ -18,7 +18,7 @@ from compiler.cli import main
 from compiler.core.errors import CompilePkgError
 from compiler.core.host import HostInfo, probe_host
 from compiler.serving.loader import load
-from compiler.serving.manifest import document_core_digest
+from compiler.serving.manifest import document_core_digest, document_records_digest
 
 LOADS = 1000  # generated manifests through load() per run
 INSPECTS = 150
@@ -93,10 +93,11 @@ def _write_mutated(pkg: Path, base: dict[str, Any], data: st.DataObject) -> None
     doc = json.loads(json.dumps(base))
     for _ in range(data.draw(st.integers(1, 3))):
         _mutate(doc, data)
-    if data.draw(st.integers(0, 4)) > 0:  # mostly as an attacker who recomputes the core
+    if data.draw(st.integers(0, 4)) > 0:  # mostly as an attacker who recomputes the digests
         try:
             doc["core_sha256"] = document_core_digest(doc)
-        except (TypeError, ValueError, RecursionError):
+            doc["records_sha256"] = document_records_digest(doc)
+        except (TypeError, ValueError, RecursionError, AttributeError):
             pass
     (pkg / "manifest.json").write_text(_dump(doc))
 
