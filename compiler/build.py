@@ -24,6 +24,8 @@ from compiler.packaging.output import apply_umask, check_output, estimate_packag
 from compiler.packaging.write import finish_package, rewrite_manifest, write_atomically
 from compiler.pipeline.cache import Cache, default_cache_dir
 from compiler.pipeline.config import BuildConfig
+from compiler.pipeline.executors.base import Executor
+from compiler.pipeline.executors.registry import make_executor
 from compiler.pipeline.graph import build_graph
 from compiler.pipeline.instruments import ProgressInstrument, TimingInstrument
 from compiler.pipeline.nodes.context import BuildInputs, NodeContext
@@ -111,11 +113,13 @@ def build_package(
     on_event: Callable[[str, NodeResult | None], None] = lambda nid, r: None,
     overwrite: bool = False,
     config_path: Path | None = None,
+    executor: Executor | None = None,
 ) -> BuildOutcome:
     """Build `source` for `targets` into the package folder `out` (replaced atomically).
 
     `overwrite` lets `out` be an existing folder that is not a package; `config_path` (the
-    config file, if any) is protected like the other inputs."""
+    config file, if any) is protected like the other inputs. The nodes run on `executor`,
+    else on the one `config.executor` names (docs/architecture.md, Executors)."""
     started = now_utc()
     check_data_paths(sample_data=sample_data, calibration_data=calibration_data)
     facts = preflight_source(source)
@@ -135,10 +139,16 @@ def build_package(
         # progress outermost, so each event carries the node's time
         instruments = (ProgressInstrument(on_event), TimingInstrument())
         heads = (g.normalize.id, g.data.id, g.reference.id)
+        scheduler = Scheduler(
+            KINDS,
+            cache,
+            instruments,
+            stop_on=heads,
+            executor=executor or make_executor(config.executor),
+            exclusive=config.executor.exclusive,
+        )
         try:
-            results = Scheduler(KINDS, cache, instruments, stop_on=heads).run(
-                NodeContext(inputs, g, probe_host())
-            )
+            results = scheduler.run(NodeContext(inputs, g, probe_host()))
         except StopBuild as stop:
             raise _head_failure(stop) from None
         finally:

@@ -31,7 +31,7 @@ from compiler.core.errors import CompilePkgError, ConfigError
 from compiler.core.host import probe_host
 from compiler.core.records import DataOutput, NodeResult
 from compiler.packaging.rows import ArtifactRow, artifact_rows
-from compiler.pipeline.config import BuildConfig, load_config
+from compiler.pipeline.config import EXECUTOR_KINDS, BuildConfig, load_config
 from compiler.pipeline.data import generated_data_notice
 from compiler.pipeline.graph import build_graph, describe_graph
 from compiler.pipeline.normalize import Source, parse_input_spec
@@ -110,6 +110,20 @@ def _with_data_loader(config: BuildConfig, loader: str | None) -> BuildConfig:
         problems = "; ".join(e["msg"] for e in exc.errors())
         raise ConfigError(f"--data-loader {loader}: {problems}") from None
     return config.model_copy(update={"data": data})
+
+
+def _with_executor(config: BuildConfig, kind: str | None, jobs: int | None) -> BuildConfig:
+    """`--executor` and `--jobs` are the config's `executor.kind` and `executor.workers`."""
+    update: dict[str, object] = {"kind": kind} if kind else {}
+    if jobs is not None:
+        update["workers"] = jobs
+    executor = config.executor.model_copy(update=update)
+    if jobs is not None and executor.kind != "processes":
+        raise ConfigError(
+            f"--jobs {jobs}: only the processes executor runs nodes at once; "
+            "add --executor processes (or executor.kind: processes in the config)"
+        )
+    return config.model_copy(update={"executor": executor})
 
 
 def _data_warning(outcome: BuildOutcome, data_node: str) -> str:
@@ -235,6 +249,18 @@ def _report(
     type=click.Path(path_type=Path, dir_okay=False),
     help="append every node line and third-party output (progress bars, library logs) here",
 )
+@click.option(
+    "--executor",
+    "executor_kind",
+    type=click.Choice(EXECUTOR_KINDS),
+    help="where nodes run: each in a worker process, or all in this one [default: the "
+    "config's executor.kind]",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="nodes run at once by the processes executor [default: the cores this process may use]",
+)
 @click.option("--print-dag", is_flag=True, help="print the pass DAG and exit")
 @output_options()
 def build(
@@ -253,12 +279,15 @@ def build(
     strict: bool,
     allow_unavailable: bool,
     log_path: Path | None,
+    executor_kind: str | None,
+    jobs: int | None,
     print_dag: bool,
 ) -> None:
     """Build a package from MODEL (an .onnx file or package.module:factory for PyTorch)."""
 
     config = load_config(config_path, parse_targets(targets_), list(overrides))
     config = _with_data_loader(config, data_loader)
+    config = _with_executor(config, executor_kind, jobs)
     targets = tuple(config.targets)
     graph = build_graph(config, targets)
     if print_dag:

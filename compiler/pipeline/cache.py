@@ -10,6 +10,8 @@ scratch folder and renamed into place, so a crash or kill never leaves a half-wr
   `commit` or `discard`; a second build asking for the same key waits, then reads the entry
   the first one committed: both builds succeed with identical results, and the work is done
   once.
+  A build running several nodes at once asks without blocking (`block=False`) while it
+  holds other keys, so two such builds never wait for each other's keys.
 - **Per-build scratch**: each `Cache` has its own scratch folder and removes only that one;
   scratch left by killed builds (their lock is free) is collected by the next build.
 - **Pruning**: running builds hold the cache's shared lock; `prune(max_bytes)` takes it
@@ -18,6 +20,7 @@ scratch folder and renamed into place, so a crash or kill never leaves a half-wr
 
 from __future__ import annotations
 
+import enum
 import fcntl
 import hashlib
 import json
@@ -34,7 +37,7 @@ from typing import Any
 from compiler.core.errors import CompilePkgError
 from compiler.core.hashing import dir_digest
 
-__all__ = ["Cache", "PruneReport", "default_cache_dir"]
+__all__ = ["BUSY", "Busy", "Cache", "PruneReport", "default_cache_dir"]
 
 log = logging.getLogger("compile_pkg.cache")
 _ENTRY_VERSION = 1
@@ -48,6 +51,15 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "compile-pkg"
+
+
+class Busy(enum.Enum):
+    """`Cache.get(key, block=False)`: another build holds the key's lock."""
+
+    BUSY = "busy"
+
+
+BUSY = Busy.BUSY
 
 
 @dataclass(frozen=True)
@@ -120,11 +132,14 @@ class Cache:
         _collect_scratch(tmp)
         return self._scratch
 
-    def _take(self, key: str) -> None:
+    def _take(self, key: str, block: bool = True) -> bool:
+        """Hold `key`'s lock; without `block`, False when another build holds it."""
         if key not in self._held:
-            fd = _flock(self._lock_path(key), fcntl.LOCK_EX)
-            assert fd is not None
+            fd = _flock(self._lock_path(key), fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            if fd is None:
+                return False
             self._held[key] = fd
+        return True
 
     def _release(self, key: str) -> None:
         fd = self._held.pop(key, None)
@@ -161,13 +176,17 @@ class Cache:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
-    def get(self, key: str) -> tuple[Path, dict[str, Any]] | None:
+    def get(self, key: str, block: bool = True) -> tuple[Path, dict[str, Any]] | None | Busy:
         """The verified entry under `key` (its `out/` and record), or None: then this build
-        holds the key's lock until it commits or discards (others wait for its result)."""
+        holds the key's lock until it commits or discards (others wait for its result).
+        Without `block`, `BUSY` when another build holds the key: a build running several
+        nodes at once must not wait for a key while it holds others (two builds could each
+        wait for the other's)."""
         if not self.enabled:
             return None
         self._open()
-        self._take(key)
+        if not self._take(key, block):
+            return BUSY
         entry = self._entry(key)
         if entry.exists():
             problem = self._problem(entry)

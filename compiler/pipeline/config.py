@@ -54,6 +54,8 @@ from compiler.pipeline.variant import PRECISION_IS_DERIVED, VariantConfig, lossi
 __all__ = [
     "PRECISION_IS_DERIVED",
     "BuildConfig",
+    "EXECUTOR_KINDS",
+    "ExecutorConfig",
     "ParityConfig",
     "VariantConfig",
     "ALL_TARGETS",
@@ -91,6 +93,37 @@ class VerifyConfig(_Strict):
     )
 
 
+EXECUTOR_KINDS = ("in-process", "processes")
+
+
+class ExecutorConfig(_Strict):
+    """How a build runs its nodes (pipeline/executors/). It changes where the work happens,
+    never what is built, so it stays out of the manifest and the config digest."""
+
+    kind: Literal["in-process", "processes"] = Field(
+        default="in-process",
+        description="`processes`: each node in its own worker process (a crash fails only it)",
+    )
+    workers: int = Field(
+        default=0, ge=0, description="nodes run at once; 0: the cores this process may use"
+    )
+    memory_mb: int = Field(
+        default=0,
+        ge=0,
+        description="address space a worker may grow by while it runs its node (RLIMIT_AS); "
+        "0: no limit",
+    )
+    wall_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="seconds a node may run before its worker is killed; 0: none",
+    )
+    exclusive: list[str] = Field(
+        default_factory=lambda: ["verify"],
+        description="node kinds that run alone (they measure latency on this host's cores)",
+    )
+
+
 class BuildConfig(_Strict):
     schema_version: Literal[1] = 1
     package: PackageMeta = Field(default_factory=PackageMeta)
@@ -104,6 +137,7 @@ class BuildConfig(_Strict):
     selection: SelectionPolicy = Field(default_factory=SelectionPolicy)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     include_reference_model: bool = True
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, exclude=True)
 
     def digest(self) -> str:
         return sha256_json(self.model_dump(mode="json"))
@@ -248,8 +282,27 @@ def resolve_config(
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, source)) from None
     for item in overrides:
-        config = apply_override(config, item)
+        config = _override(config, item)
     return config
+
+
+def _override(config: BuildConfig, item: str) -> BuildConfig:
+    """One `--set`; `executor.FIELD=VALUE` sets the executor section (which dumps leave out,
+    so the general override path cannot reach it)."""
+    if not item.startswith("executor."):
+        return apply_override(config, item).model_copy(update={"executor": config.executor})
+    key, _, text = item.partition("=")
+    field = key.removeprefix("executor.").strip()
+    valid = sorted(ExecutorConfig.model_fields)
+    if field not in valid:
+        raise ConfigError(f"--set {key}: unknown key '{field}'; valid keys: {', '.join(valid)}")
+    raw = {**config.executor.model_dump(), field: yaml.safe_load(text.strip())}
+    try:
+        executor = ExecutorConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"] for e in exc.errors())
+        raise ConfigError(f"--set {key}={text.strip()}: {problems}") from None
+    return config.model_copy(update={"executor": executor})
 
 
 def load_config(

@@ -167,7 +167,7 @@ def test_set_empty_key_part() -> None:
 def test_set_unknown_key_at_the_top_lists_the_valid_ones() -> None:
     msg = _set_error("latncy.runs=3")
     assert msg.startswith("--set latncy.runs: unknown key 'latncy' in the top level; valid keys")
-    assert "cpu, data, dims, gpu, include_reference_model, inputs, latency," in msg
+    assert "cpu, data, dims, executor, gpu, include_reference_model, inputs, latency," in msg
     assert "<defaults>" not in msg
 
 

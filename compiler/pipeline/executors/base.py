@@ -1,0 +1,89 @@
+"""What every executor shares: running one node into its scratch folder (`run_node`, the same
+code whether it runs in the build's process or in a worker) and the interface the scheduler
+drives (`Executor`)."""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from compiler.core.errors import BackendUnavailable, CompilePkgError, short_message
+from compiler.core.records import NodeOutput, NodeResult
+from compiler.pipeline.graph import NodeDef
+from compiler.pipeline.nodes.base import NodeKind
+from compiler.pipeline.nodes.context import NodeContext
+
+__all__ = ["Executor", "NodeFailed", "NodeRun", "OnStart", "carried_error", "run_node"]
+
+# called with (node id, worker pid) when a worker process starts a node
+OnStart = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class NodeRun:
+    """One node's run: its output record, or the result that says why it has none (a skip or
+    a failure) and the exception behind it."""
+
+    output: NodeOutput | None = None
+    failure: NodeResult | None = None
+    error: BaseException | None = None
+    grew_mib: int = 0  # in a worker: how far its address space grew while the node ran
+
+
+class NodeFailed(CompilePkgError):
+    """An error raised in a worker process that could not cross back as its own type: its
+    message and exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NodeFailed, (str(self), self.exit_code))
+
+
+def carried_error(exc: BaseException) -> BaseException:
+    """`exc` if it survives pickling (to cross a process boundary), else a `NodeFailed` with
+    its message and exit code."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return NodeFailed(short_message(exc), getattr(exc, "exit_code", 1))
+    return exc
+
+
+def run_node(kind: NodeKind[Any], node: NodeDef, ctx: NodeContext, out: Path) -> NodeRun:
+    """Run `node` into `out`: a missing library or hardware is a skip that says how to get
+    it, our own errors fail it with their message, anything else with its traceback."""
+    try:
+        return NodeRun(output=kind.run(node, ctx, out))
+    except BackendUnavailable as exc:
+        reason = f"{exc.backend} unavailable: {exc.reason}"
+        skipped = NodeResult(status="skipped", reason=reason, install=exc.install)
+        return NodeRun(failure=skipped, error=exc)
+    except CompilePkgError as exc:
+        return NodeRun(failure=NodeResult(status="failed", reason=str(exc)), error=exc)
+    except Exception as exc:
+        failure = NodeResult(
+            status="failed", reason=short_message(exc), traceback=traceback.format_exc(limit=8)
+        )
+        return NodeRun(failure=failure, error=exc)
+
+
+class Executor(Protocol):
+    """Runs the nodes the scheduler submits, at most `slots` at once. `wait` blocks until at
+    least one submitted node is done and returns those done; `close` stops whatever still
+    runs (a build that stops early) and frees the executor's resources."""
+
+    @property
+    def slots(self) -> int: ...
+
+    def submit(self, node: NodeDef, kind: NodeKind[Any], ctx: NodeContext, out: Path) -> None: ...
+
+    def wait(self) -> list[tuple[str, NodeRun]]: ...
+
+    def close(self) -> None: ...
