@@ -22,6 +22,7 @@ from compiler.core.host import GpuInfo, HostInfo
 from targets.tensorrt.cache import EngineCache, engine_cache_key, read_engine
 from targets.tensorrt.install import find_tensorrt, install_advice
 from targets.tensorrt.options import Profile
+from targets.tensorrt.startup import version_tuple
 
 __all__ = [
     "CompatibilityRecord",
@@ -52,23 +53,12 @@ class CompatibilityRecord(BaseModel):
     arch: str = ""  # the build host's CPU architecture: engines are per platform
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    """'10.16.1.11' -> (10, 16, 1, 11); stops at the first part without digits."""
-    out = []
-    for part in text.replace("+", ".").replace("-", ".").split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        if not digits:
-            break
-        out.append(int(digits))
-    return tuple(out)
-
-
 def _cc(text: str) -> tuple[int, ...]:
-    return _version_tuple(text) or (0,)
+    return version_tuple(text) or (0,)
 
 
 def _same_version(a: str, b: str) -> bool:
-    ta, tb = _version_tuple(a), _version_tuple(b)
+    ta, tb = version_tuple(a), version_tuple(b)
     n = min(len(ta), len(tb))
     return n > 0 and ta[:n] == tb[:n]
 
@@ -80,7 +70,7 @@ def _version_reasons(rec: CompatibilityRecord, have: str | None) -> list[str]:
     if have == "unknown":
         return ["TensorRT is importable but its version is unknown; cannot check the engine"]
     if rec.version_compatible and not rec.lean_runtime_excluded:
-        hv, bv = _version_tuple(have), _version_tuple(built)
+        hv, bv = version_tuple(have), version_tuple(built)
         if hv[:1] != bv[:1] or hv < bv:
             return [
                 f"engine is version-compatible from TensorRT {built} within major {bv[0]}; "
