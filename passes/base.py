@@ -21,11 +21,36 @@ import onnx
 from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
-from compiler.core.errors import PassError
+from compiler.core.errors import NotApplicable, PassError
 from compiler.core.records import PassRecord
 from compiler.core.tolerance import TaskSpec, Tolerance
 
-__all__ = ["Pass", "PassConfig", "PassContext", "PassResult", "model_size_bytes", "op_histogram"]
+__all__ = [
+    "Pass",
+    "PassConfig",
+    "PassContext",
+    "PassResult",
+    "model_size_bytes",
+    "op_histogram",
+    "quantized_ops",
+]
+
+# ops that compute in integers: a model holding them is already quantized (QDQ or QOperator
+# format, ONNX or com.microsoft; any op named QLinear* counts too)
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QGemm",
+        "QAttention",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeLSTM",
+    }
+)
 
 
 class PassConfig(BaseModel):
@@ -84,6 +109,11 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     for node in _all_nodes(model.graph):
         hist[node.op_type] = hist.get(node.op_type, 0) + 1
     return dict(sorted(hist.items()))
+
+
+def quantized_ops(histogram: Mapping[str, int]) -> dict[str, int]:
+    """The integer-computing ops of an op histogram (op_histogram), with their counts."""
+    return {op: n for op, n in histogram.items() if op in QUANTIZED_OPS or op.startswith("QLinear")}
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
@@ -148,6 +178,14 @@ class Pass(ABC, Generic[C]):
 
     def __call__(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         before_ops, before_size = op_histogram(model), model_size_bytes(model)
+        quantized = quantized_ops(before_ops)
+        if self.precision == "int8" and quantized:
+            shown = ", ".join(f"{n} {op}" for op, n in sorted(quantized.items())[:4])
+            raise NotApplicable(
+                f"pass '{self.name}': the model is already quantized ({shown}): int8 is the "
+                "source's own, and this target's other variants carry it; disable this "
+                "variant (--set TARGET.VARIANT.enabled=false) to leave it out"
+            )
         before_sig = _interface(model)
         try:
             result = self._run(model, ctx)

@@ -91,7 +91,9 @@ def _nncf_version() -> str:
 
 class NncfPass(Pass[NncfConfig]):
     name = "nncf"
-    version = "2"  # 2: the gate judges outputs by kind, and the task metric
+    version = (
+        "3"  # 2: the gate judges outputs by kind, and the task metric; 3: skips a quantized model
+    )
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False

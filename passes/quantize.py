@@ -158,7 +158,8 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
 
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
-    version = "3"  # also covers passes/accuracy.py: bump on changes there
+    # also covers passes/accuracy.py: bump on changes there; 4: skips a quantized model
+    version = "4"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

@@ -29,7 +29,7 @@ from compiler.cli.gate import GateVerdict, gate_artifacts, strict_failures
 from compiler.cli.tables import print_artifacts
 from compiler.core.errors import CompilePkgError, ConfigError
 from compiler.core.host import probe_host
-from compiler.core.records import DataOutput, NodeResult
+from compiler.core.records import GENERATED_DATA, DataOutput, NodeResult
 from compiler.packaging.rows import ArtifactRow, artifact_rows
 from compiler.pipeline.config import EXECUTOR_KINDS, BuildConfig, load_config
 from compiler.pipeline.data import generated_data_notice
@@ -128,9 +128,15 @@ def _with_executor(config: BuildConfig, kind: str | None, jobs: int | None) -> B
 
 def _data_warning(outcome: BuildOutcome, data_node: str) -> str:
     """One loud line when lossy artifacts were calibrated or judged on generated data (the
-    data step's notice, naming the flags that fix it), with the artifacts it concerns."""
+    data step's notice, naming the flags that fix it), with the artifacts it left without a
+    verdict (lossy against the reference: a quantized source's int8 artifacts are not)."""
+    m = outcome.manifest
     lossy = [
-        a.id for a in outcome.manifest.artifacts if a.precision != "fp32" and a.status != "failed"
+        a.id
+        for a in m.artifacts
+        if (got := m.measurements.get(a.id)) is not None
+        and got.parity
+        and got.parity[-1].reason.startswith(GENERATED_DATA)
     ]
     data = outcome.results[data_node].output
     notice = generated_data_notice(data) if lossy and isinstance(data, DataOutput) else None

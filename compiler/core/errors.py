@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailable",
+    "NotApplicable",
     "BuildError",
     "CompilePkgError",
     "ConfigError",
@@ -62,6 +63,11 @@ class BackendUnavailable(CompilePkgError):
         self.install = install
         hint = f"; to get it: {install}" if install else ""
         super().__init__(f"{backend} unavailable: {reason}{hint}")
+
+
+class NotApplicable(CompilePkgError):
+    """A pass or variant that does not apply to this model (an int8 pass on a model that is
+    already quantized): its artifact is skipped with the reason, not failed."""
 
 
 class PackageError(CompilePkgError):

@@ -16,6 +16,7 @@ from compiler.core.parity import OutputParity, worst_output
 from compiler.core.runtime import RunnerInfo
 from compiler.core.settings import RuntimeSettings
 from compiler.core.task import TaskScore
+from compiler.core.tolerance import Precision
 
 __all__ = [
     "GENERATED_DATA",
@@ -167,6 +168,9 @@ class NormalizeOutput(_Record):
     opset: int
     ir_version: int
     producer: str = ""
+    # what the source computes in: int8 when it already holds quantized ops (QDQ, QOperator);
+    # every artifact computes at least as lossily, and the reference does the same
+    precision: Precision = "fp32"
 
 
 class DataOutput(_Record):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
 from compiler.core.errors import NoCompatibleArtifact
 from compiler.core.records import GENERATED_DATA
@@ -27,6 +29,9 @@ RAW = {
         }
     }
 }
+
+
+OV_F32 = {"ov": {"compile": {"backend": "openvino"}}}
 
 
 def _parity(outcome, aid: str):  # type: ignore[no-untyped-def]
@@ -64,3 +69,35 @@ def test_a_top1_pass_on_too_few_rows_is_not_a_verdict(cnn_path: Path, tmp_path: 
         assert int8.reason.startswith("too few samples") and int8.outputs
         assert re.search(r"top1_decided 1\.000 >= 0\.9 on [1-4] row\(s\), needs 10", int8.reason)
     assert _parity(outcome, "cpu/fp32").status == "passed"
+
+
+def _quantized_cnn(cnn_path: Path, out: Path) -> Path:
+    """The example CNN as an already-quantized (QDQ) model, as ORT's quantizer writes one."""
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            x = np.random.default_rng(0).normal(size=(4, 1, 3, 32, 32)).astype(np.float32)
+            self._feeds = iter([{"input": f} for f in x])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    quantize_static(str(cnn_path), str(out), Feeds(), quant_format=QuantFormat.QDQ)
+    return out
+
+
+def test_an_already_quantized_source_is_not_quantized_again(cnn_path: Path, tmp_path: Path) -> None:
+    """Its int8 is the source's own: int8 passes skip with the reason; the other variants
+    compute in int8 as the reference does, are judged as int8 and keep their verdict."""
+    source = _quantized_cnn(cnn_path, tmp_path / "qdq.onnx")
+    raw = {"targets": {"cpu": {"variants": {**RAW["targets"]["cpu"]["variants"], **OV_F32}}}}
+    outcome = build(source, tmp_path / "pkg", None, targets=("cpu",), raw=raw)
+    int8 = outcome.manifest.artifact("cpu/int8")
+    assert int8.status == "skipped" and "already quantized" in int8.reason, int8.reason
+    assert "QuantizeLinear" in int8.reason and not int8.install
+    for aid in ("cpu/fp32", "cpu/ov"):
+        a = outcome.manifest.artifact(aid)
+        assert a.status == "built" and a.precision == "int8", (aid, a.status, a.reason)
+        assert _parity(outcome, aid).status == "passed", _parity(outcome, aid).reason
+    with load(tmp_path / "pkg") as s:
+        assert s.artifact in ("cpu/fp32", "cpu/ov")

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from compiler.core.errors import BackendUnavailable, CompilePkgError, short_message
+from compiler.core.errors import (
+    BackendUnavailable,
+    CompilePkgError,
+    NotApplicable,
+    short_message,
+)
 from compiler.core.records import NodeOutput, NodeResult
 from compiler.pipeline.graph import NodeDef
 from compiler.pipeline.nodes.base import NodeKind
@@ -58,13 +63,16 @@ def carried_error(exc: BaseException) -> BaseException:
 
 def run_node(kind: NodeKind[Any], node: NodeDef, ctx: NodeContext, out: Path) -> NodeRun:
     """Run `node` into `out`: a missing library or hardware is a skip that says how to get
-    it, our own errors fail it with their message, anything else with its traceback."""
+    it, a pass that does not apply to the model a skip that says why, our own errors fail it
+    with their message, anything else with its traceback."""
     try:
         return NodeRun(output=kind.run(node, ctx, out))
     except BackendUnavailable as exc:
         reason = f"{exc.backend} unavailable: {exc.reason}"
         skipped = NodeResult(status="skipped", reason=reason, install=exc.install)
         return NodeRun(failure=skipped, error=exc)
+    except NotApplicable as exc:
+        return NodeRun(failure=NodeResult(status="skipped", reason=str(exc)), error=exc)
     except CompilePkgError as exc:
         return NodeRun(failure=NodeResult(status="failed", reason=str(exc)), error=exc)
     except Exception as exc:

@@ -6,17 +6,20 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from compiler.core.records import Availability, CompileOutput
+from compiler.core.records import Availability, CompileOutput, NormalizeOutput
 from compiler.pipeline.graph import CompileNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
+from compiler.pipeline.variant import lossiest
 from targets.registry import BuildRequest, get_backend
 
 __all__ = ["CompileKind"]
 
 
 class CompileKind(Kind[CompileNode]):
-    version = "3"  # CompileOutput records the artifact's own contract (fixed-shape libraries)
+    # 3: CompileOutput records the artifact's own contract (fixed-shape libraries); 4: int8
+    # when the source is already quantized
+    version = "4"
 
     def key(self, node: CompileNode, ctx: NodeContext) -> KeyMaterial:
         v = node.config
@@ -38,11 +41,13 @@ class CompileKind(Kind[CompileNode]):
     def run(self, node: CompileNode, ctx: NodeContext, out: Path) -> CompileOutput:
         v = node.config
         cls = get_backend(v.compile.backend)
+        # an artifact computes at least as lossily as its source (int8 for a quantized model)
+        source = ctx.output(node.normalize, NormalizeOutput).precision
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             request = BuildRequest(
                 target=node.target,
                 variant=node.variant,
-                precision=v.precision,
+                precision=lossiest([v.precision, source]),
                 options=v.compile,
                 contract=ctx.contract(node.normalize),
                 workdir=Path(tmp),

@@ -12,6 +12,7 @@ from compiler.core.records import (
     CompileOutput,
     DataOutput,
     NodeOutput,
+    NormalizeOutput,
     VerifyOutput,
 )
 from compiler.core.task import metric_digest
@@ -23,6 +24,7 @@ from compiler.measure.verify import (
 from compiler.pipeline.graph import VerifyNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
+from compiler.pipeline.variant import lossiest
 from passes.registry import PASSES
 
 __all__ = ["VerifyKind"]
@@ -30,8 +32,9 @@ __all__ = ["VerifyKind"]
 
 class VerifyKind(Kind[VerifyNode]):
     # 5: latency in worker processes, with the speedup interval; 6: parity by output kind, task;
-    # 7: lossy artifacts judged or calibrated on generated data are not verified
-    version = "7"
+    # 7: lossy artifacts judged or calibrated on generated data are not verified; 8: lossy
+    # against the reference (a quantized source's int8 artifacts are not), few-rows rule
+    version = "8"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
@@ -59,7 +62,7 @@ class VerifyKind(Kind[VerifyNode]):
             portable=built.portable,
             deferred=built.status == "deferred",
             artifact_dir=ctx.out_dir(node.compile),
-            precision=node.config.precision,
+            precision=built.precision,  # int8 for a quantized source whatever the variant
             contract=ctx.contract(node.normalize),
             inputs=ctx.feeds(node.data, "samples"),
             ref_outputs=read_feeds_npz(ctx.out_dir(node.reference) / "outputs.npz"),
@@ -71,7 +74,12 @@ class VerifyKind(Kind[VerifyNode]):
         )
         data = ctx.output(node.data, DataOutput)
         calibrated = any(PASSES[p.name].uses_calibration for p in node.config.passes)
-        precision = node.config.precision
+        # lossy only against the reference: the artifacts of a quantized source that compute
+        # as it does are not, and keep their verdict on generated data
+        reference = ctx.output(node.normalize, NormalizeOutput).precision
+        precision = (
+            "fp32" if lossiest([built.precision, reference]) == reference else built.precision
+        )
         measured = unverified_on_generated(measured, precision, data.generated, calibrated)
         return unverified_on_few_rows(measured, precision)
 
