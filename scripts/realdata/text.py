@@ -53,14 +53,26 @@ def font(size: int, name: str = "DejaVuSans.ttf"):  # -> PIL.ImageFont.FreeTypeF
     return ImageFont.truetype(str(FONT_DIR / name), size)
 
 
-def word_lines(count: int, seed: int, words: tuple[int, int] = (2, 5)) -> list[str]:
-    """`count` lines of English words and numbers, reproducible from `seed`."""
+def word_lines(
+    count: int, seed: int, words: tuple[int, int] = (2, 5), marks: bool = False
+) -> list[str]:
+    """`count` lines of English words and numbers, reproducible from `seed`; with `marks`,
+    half the lines also carry punctuation or a decimal number (':' ',' '.' as in '42.50')."""
     rng = np.random.default_rng(seed)
     lines = []
     for _ in range(count):
         picked = [str(w) for w in rng.choice(_WORDS, size=int(rng.integers(*words)))]
         if rng.random() < 0.5:
             picked.insert(int(rng.integers(0, len(picked) + 1)), str(int(rng.integers(1, 9999))))
+        if marks and rng.random() < 0.5:
+            at = int(rng.integers(0, len(picked)))
+            mark = (
+                "{}:",
+                "{},",
+                "{}.",
+                "{} " + f"{rng.integers(1, 999)}.{rng.integers(0, 99):02d}",
+            )
+            picked[at] = str(rng.choice(mark)).format(picked[at])
         lines.append(" ".join(picked).capitalize())
     return lines
 
