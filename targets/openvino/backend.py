@@ -64,7 +64,7 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "1"
+    version = "2"  # 2: auto-named layers renamed by position (byte-stable IR)
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -184,9 +184,24 @@ def _convert(model_path: Path, source: onnx.ModelProto) -> Any:
         raise BuildError(f"openvino cannot convert {model_path.name}: {msg}{todo}") from None
 
 
+# a layer name OpenVINO made up ("Multiply_2634"): numbered by a counter of the process
+_AUTO_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
+
+
+def _stable_names(model: Any) -> None:
+    """Rename made-up layer names by their position in the graph: OpenVINO numbers them from
+    a process-wide counter, so the same model converted after other work in the process gave
+    another model.xml (and another package digest). Inputs and outputs keep their names."""
+    for i, op in enumerate(model.get_ordered_ops()):
+        made_up = _AUTO_NAME.match(op.get_friendly_name())
+        if made_up and op.get_type_name() not in ("Parameter", "Result"):
+            op.set_friendly_name(f"{made_up.group(1)}_{i}")
+
+
 def _save(model: Any, out_dir: Path, compress_to_fp16: bool) -> None:
     import openvino as ov
 
+    _stable_names(model)
     # save_model compresses to f16 unless told otherwise; the option decides, explicitly.
     ov.save_model(model, str(out_dir / _XML), compress_to_fp16=compress_to_fp16)
 

@@ -100,6 +100,18 @@ def test_conv_net_f32_matches_onnxruntime(tmp_path: Path) -> None:
         assert within_fp32(g["y"], ref["y"])
 
 
+def test_the_ir_does_not_depend_on_what_the_process_converted_before(tmp_path: Path) -> None:
+    """OpenVINO numbers made-up layer names from a process-wide counter; the IR is renamed by
+    position, so the same model gives the same bytes after other work (cache, package digest)."""
+    path = save(conv_net(), tmp_path / "src")
+    first, out1, _ = build_openvino(path, tmp_path)
+    build_openvino(save(attention_block(), tmp_path / "other"), tmp_path)
+    second, out2, _ = build_openvino(path, tmp_path)
+    assert [(out1 / f).read_bytes() for f in first.files] == [
+        (out2 / f).read_bytes() for f in second.files
+    ]
+
+
 def test_attention_block_f32_matches_onnxruntime(tmp_path: Path) -> None:
     path = save(attention_block(), tmp_path / "src")
     result, out, contract = build_openvino(path, tmp_path)
