@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from compiler.core.contract import Contract
 from compiler.core.errors import NotApplicable, PassError
 from compiler.core.records import PassRecord
-from compiler.core.tolerance import TaskSpec, Tolerance
+from compiler.core.tolerance import Precision, TaskSpec, Tolerance
 
 __all__ = [
     "Pass",
@@ -33,6 +33,7 @@ __all__ = [
     "model_size_bytes",
     "op_histogram",
     "quantized_ops",
+    "source_precision",
 ]
 
 # ops that compute in integers: a model holding them is already quantized (QDQ or QOperator
@@ -126,6 +127,23 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 yield from _all_nodes(g)
 
 
+_HALF: dict[int, Precision] = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, *_HALF)
+
+
+def source_precision(model: onnx.ModelProto) -> Precision:
+    """What a model computes in: int8 when it holds quantized ops, fp16/bf16 when most of its
+    float weights (by element count) are half precision, else fp32."""
+    if quantized_ops(op_histogram(model)):
+        return "int8"
+    counts: dict[int, int] = {}
+    for t in model.graph.initializer:
+        if t.data_type in _FLOATS:
+            counts[t.data_type] = counts.get(t.data_type, 0) + int(np.prod(t.dims, dtype=np.int64))
+    half = max(_HALF, key=lambda d: counts.get(d, 0))
+    return _HALF[half] if counts.get(half, 0) * 2 > sum(counts.values()) else "fp32"
+
+
 def model_size_bytes(model: onnx.ModelProto) -> int:
     return model.ByteSize()
 
@@ -185,6 +203,12 @@ class Pass(ABC, Generic[C]):
                 f"pass '{self.name}': the model is already quantized ({shown}): int8 is the "
                 "source's own, and this target's other variants carry it; disable this "
                 "variant (--set TARGET.VARIANT.enabled=false) to leave it out"
+            )
+        if self.precision == "int8" and (half := source_precision(model)) != "fp32":
+            raise NotApplicable(
+                f"pass '{self.name}': the model's weights are {half}; int8 calibration "
+                f"quantizes float32 models: quantize its float32 original, or disable this "
+                "variant (--set TARGET.VARIANT.enabled=false)"
             )
         before_sig = _interface(model)
         try:

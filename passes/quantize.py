@@ -158,7 +158,7 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
 
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
-    # also covers passes/accuracy.py: bump on changes there; 4: skips a quantized model
+    # also covers passes/accuracy.py: bump on changes there; 4: skips a quantized or half-precision model
     version = "4"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True

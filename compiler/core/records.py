@@ -168,8 +168,9 @@ class NormalizeOutput(_Record):
     opset: int
     ir_version: int
     producer: str = ""
-    # what the source computes in: int8 when it already holds quantized ops (QDQ, QOperator);
-    # every artifact computes at least as lossily, and the reference does the same
+    # what the source computes in: int8 when it already holds quantized ops (QDQ, QOperator),
+    # fp16/bf16 when most weights are; every artifact computes at least as lossily, and the
+    # reference does the same
     precision: Precision = "fp32"
 
 

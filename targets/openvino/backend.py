@@ -93,13 +93,15 @@ class OpenVinoBackend(Backend):
         assert isinstance(opts, OpenVinoOptions)
         if request.target not in self.targets:
             raise BuildError(f"openvino builds for {sorted(self.targets)}, not '{request.target}'")
-        if request.precision not in _PRECISIONS:
+        source = _load_onnx(model_path)
+        # fp16 only as a model's own weights (an fp16 source or pass): OpenVINO runs them as is
+        half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in source.graph.initializer)
+        if request.precision not in _PRECISIONS and not (request.precision == "fp16" and half):
             raise BuildError(
                 f"variant '{request.variant}': openvino has no '{request.precision}' artifact; "
                 f"use one of {list(_PRECISIONS)}"
             )
         requirements = _requirements(request.target, opts)
-        source = _load_onnx(model_path)
         qdq_nodes = _count_qdq(source)
         _check_quantization(request, qdq_nodes, model_path)
         model = _convert(model_path, source)

@@ -8,12 +8,15 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from compiler.core.errors import NoCompatibleArtifact
 from compiler.core.records import GENERATED_DATA
 from compiler.serving.loader import load
+from passes.fp16 import _sort_topologically
 from tests.compiler.helpers import build, example_sample_data
 
 RAW = {
@@ -101,3 +104,22 @@ def test_an_already_quantized_source_is_not_quantized_again(cnn_path: Path, tmp_
         assert _parity(outcome, aid).status == "passed", _parity(outcome, aid).reason
     with load(tmp_path / "pkg") as s:
         assert s.artifact in ("cpu/fp32", "cpu/ov")
+
+
+def test_a_half_precision_source_is_judged_as_fp16_and_not_quantized(
+    cnn_path: Path, tmp_path: Path
+) -> None:
+    """Weights in fp16 (float32 I/O): the reference computes in fp16, so do its artifacts;
+    int8 calibration of a half-precision model is skipped with the reason."""
+    half = convert_float_to_float16(onnx.load(str(cnn_path)), keep_io_types=True)
+    _sort_topologically(half.graph)  # the converter appends its I/O casts last
+    source = tmp_path / "fp16.onnx"
+    onnx.save(half, str(source))
+    raw = {"targets": {"cpu": {"variants": {**RAW["targets"]["cpu"]["variants"], **OV_F32}}}}
+    outcome = build(source, tmp_path / "pkg", None, targets=("cpu",), raw=raw)
+    int8 = outcome.manifest.artifact("cpu/int8")
+    assert int8.status == "skipped" and "weights are fp16" in int8.reason, int8.reason
+    for aid in ("cpu/fp32", "cpu/ov"):
+        a = outcome.manifest.artifact(aid)
+        assert a.status == "built" and a.precision == "fp16", (aid, a.status, a.reason)
+        assert _parity(outcome, aid).status == "passed", _parity(outcome, aid).reason

@@ -31,6 +31,7 @@ class CompileKind(Kind[CompileNode]):
             "target": node.target,
             "variant": node.variant,
             "precision": v.precision,
+            "source_precision": ctx.output(node.normalize, NormalizeOutput).precision,
             "libs": cls.library_versions(),
         }
 

@@ -19,14 +19,14 @@ from compiler.pipeline.nodes.context import NodeContext
 from compiler.pipeline.normalize import MODEL_FILE, load_onnx, normalize_model, save_model
 from compiler.pipeline.output_kinds import with_output_kinds
 from compiler.pipeline.probe import BUDGET_S, CANDIDATES, MAX_FACTOR, MAX_RUNS, range_dims
-from passes.base import op_histogram, quantized_ops
+from passes.base import source_precision
 from targets.onnxruntime.runtime import version as ort_version
 
 __all__ = ["NormalizeKind"]
 
 
 class NormalizeKind(Kind[NormalizeNode]):
-    version = "4"  # 4: the source's precision (int8 for a quantized model)
+    version = "5"  # 4: the source's precision (int8 for a quantized model); 5: fp16/bf16 too
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
@@ -60,5 +60,5 @@ class NormalizeKind(Kind[NormalizeNode]):
             opset=opset,
             ir_version=model.ir_version,
             producer=f"{model.producer_name} {model.producer_version}".strip(),
-            precision="int8" if quantized_ops(op_histogram(model)) else "fp32",
+            precision=source_precision(model),
         )

@@ -49,6 +49,7 @@ class VerifyKind(Kind[VerifyNode]):
             },
             "policy": ctx.config.policy().model_dump(mode="json", include={"parity", "latency"}),
             "precision": node.config.precision,
+            "source_precision": ctx.output(node.normalize, NormalizeOutput).precision,
             "task_metric": metric_digest(task.metric) if (task := ctx.config.parity.task) else "",
         }
 
