@@ -32,6 +32,7 @@ __all__ = [
     "PassResult",
     "model_size_bytes",
     "op_histogram",
+    "half_precision",
     "quantized_ops",
     "source_precision",
 ]
@@ -131,17 +132,22 @@ _HALF: dict[int, Precision] = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProt
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, *_HALF)
 
 
-def source_precision(model: onnx.ModelProto) -> Precision:
-    """What a model computes in: int8 when it holds quantized ops, fp16/bf16 when most of its
-    float weights (by element count) are half precision, else fp32."""
-    if quantized_ops(op_histogram(model)):
-        return "int8"
+def half_precision(model: onnx.ModelProto) -> Precision | None:
+    """fp16/bf16 when most of the model's float weights (by element count) are, else None."""
     counts: dict[int, int] = {}
     for t in model.graph.initializer:
         if t.data_type in _FLOATS:
             counts[t.data_type] = counts.get(t.data_type, 0) + int(np.prod(t.dims, dtype=np.int64))
     half = max(_HALF, key=lambda d: counts.get(d, 0))
-    return _HALF[half] if counts.get(half, 0) * 2 > sum(counts.values()) else "fp32"
+    return _HALF[half] if counts.get(half, 0) * 2 > sum(counts.values()) else None
+
+
+def source_precision(model: onnx.ModelProto) -> Precision:
+    """What a model computes in: int8 when it holds quantized ops, fp16/bf16 when most of its
+    float weights are half precision, else fp32."""
+    if quantized_ops(op_histogram(model)):
+        return "int8"
+    return half_precision(model) or "fp32"
 
 
 def model_size_bytes(model: onnx.ModelProto) -> int:
@@ -204,7 +210,7 @@ class Pass(ABC, Generic[C]):
                 "source's own, and this target's other variants carry it; disable this "
                 "variant (--set TARGET.VARIANT.enabled=false) to leave it out"
             )
-        if self.precision == "int8" and (half := source_precision(model)) != "fp32":
+        if self.precision == "int8" and (half := half_precision(model)):
             raise NotApplicable(
                 f"pass '{self.name}': the model's weights are {half}; int8 calibration "
                 f"quantizes float32 models: quantize its float32 original, or disable this "

@@ -20,11 +20,7 @@ calibration holds too are dropped.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
-import os
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +31,7 @@ import numpy as np
 from compiler.core.contract import Contract
 from compiler.core.errors import ConfigError, ContractError, short_message
 from compiler.core.feeds import Feeds, feeds_digest, read_npz
+from compiler.core.task import load_callable
 
 __all__ = ["Labelled", "UserData", "load_user_data", "read_source", "run_loader", "split_evenly"]
 
@@ -159,22 +156,9 @@ def _import(spec: str) -> Callable[[], Any]:
     if not sep or not module or not attr:
         raise ConfigError(f"data loader {spec!r}: expected module:function or file.py:function")
     try:
-        if module.endswith(".py"):
-            file_spec = importlib.util.spec_from_file_location(Path(module).stem, module)
-            if file_spec is None or file_spec.loader is None:
-                raise ImportError(f"cannot load {module}")
-            mod = importlib.util.module_from_spec(file_spec)
-            file_spec.loader.exec_module(mod)
-        else:
-            if os.getcwd() not in sys.path:  # a console script does not search the cwd itself
-                sys.path.append(os.getcwd())
-            mod = importlib.import_module(module)
-        fn = getattr(mod, attr)
-    except (ImportError, AttributeError, OSError, SyntaxError) as exc:
-        raise ConfigError(f"data loader {spec!r}: cannot import ({exc})") from exc
-    if not callable(fn):
-        raise ConfigError(f"data loader {spec!r}: {attr} is not a function")
-    return fn  # type: ignore[no-any-return]
+        return load_callable(spec)
+    except ValueError as exc:
+        raise ConfigError(f"data loader {exc}") from exc
 
 
 def run_loader(spec: str, contract: Contract) -> Labelled:
