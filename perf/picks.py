@@ -1,0 +1,264 @@
+"""What serving actually gets: the artifact `load()` picks on this host for each real model,
+timed against the reference in one run, with the task checked and the geomean over models.
+
+    python perf/picks.py [--quick] [--models magika,minilm] [--targets cpu] [--no-olive]
+
+Per real model of the catalogue (scripts/realdata/catalog.py: OCR, orientation, layout, file
+type, voice activity, notes, speaker and sentence embeddings): labelled data from
+`scripts/make_data.py`'s writer (calibration and parity splits disjoint from the held-out
+task set), a cold and a warm `compile-pkg MODEL --targets T` in a child process with the
+model's task metric, then what `compiler.serving.loader.load` picks on this host, timed
+by the packages' own paired method (`compiler.measure.timing.measure_pair`, repeated) at
+batch 1 and at the largest batch the contract admits up to `--batch`, beside the reference
+timed against itself (the method's noise, true value 1); the pick's fraction of the measured
+machine peak for its precision; the held-out task set through the pick and through the
+original model on ONNX Runtime; and Olive's ONNX Runtime int8 workflow on the same
+calibration data in one Olive process (the cold build's peer). Writes
+perf/results/<date>-<host>-picks[-quick].{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python perf/picks.py` puts perf/, not the repo, on the path
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from compiler.core.contract import Contract  # noqa: E402
+from compiler.core.feeds import read_npz  # noqa: E402
+from compiler.core.host import probe_host  # noqa: E402
+from compiler.measure.workers import reference_contender  # noqa: E402
+from compiler.serving.loader import load  # noqa: E402
+from compiler.serving.manifest import read_manifest  # noqa: E402
+from perf.builds import cli_build, run_olive  # noqa: E402
+from perf.flops import count_flops  # noqa: E402
+from perf.measure import a_a_control, latency_repeats, package_contenders  # noqa: E402
+from perf.peak import measure_peak  # noqa: E402
+from perf.picks_report import render  # noqa: E402
+from perf.plan import Plan, library_versions  # noqa: E402
+from scripts.make_data import write_model_data  # noqa: E402
+from scripts.realdata.catalog import MODELS  # noqa: E402
+from scripts.realdata.packages import task_options  # noqa: E402
+from scripts.realdata.task import RealModel, ort_runner  # noqa: E402
+
+__all__ = ["main", "tile_batch"]
+
+
+def _log(msg: str) -> None:
+    print(f"[picks {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def tile_batch(contract: Contract, feed: dict[str, np.ndarray], want: int) -> tuple[dict, int]:
+    """`feed` repeated along the batch dim to the largest size <= `want` the contract admits
+    (every input's first dim the same symbolic dim with a range); (feed, batch) or the feed
+    unchanged with batch 1 when the model has no batch dim."""
+    firsts = {s.shape[0] if s.shape else None for s in contract.inputs}
+    dim = next(iter(firsts)) if len(firsts) == 1 else None
+    if not isinstance(dim, str) or dim not in contract.dims:
+        return feed, 1
+    size = min(want, contract.dims[dim].max)
+    if size <= 1 or any(v.shape[0] != 1 for v in feed.values()):
+        return feed, 1
+    return {k: np.repeat(v, size, axis=0) for k, v in feed.items()}, size
+
+
+def _prepare(model: RealModel, work: Path, plan: Plan) -> tuple[Path, Path]:
+    cal, smp = work / "data" / "calibration", work / "data" / "sample"
+    write_model_data(model.id, cal, "calibration", replace=True)
+    write_model_data(model.id, smp, "sample", replace=True)
+    return cal, smp
+
+
+def _builds(model: RealModel, work: Path, targets: str, cal: Path, smp: Path) -> dict[str, Any]:
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)  # cold: an empty cache
+    config = work / "config.yaml"
+    config.write_text("{}\n", encoding="utf-8")
+    sets = tuple(task_options(model)[1::2])  # the values after each "--set"
+    out: dict[str, Any] = {}
+    for label in ("cold", "warm"):
+        pkg = work / f"pkg-{label}"
+        shutil.rmtree(pkg, ignore_errors=True)
+        run = cli_build(
+            label,
+            model.path.resolve(),
+            pkg.resolve(),
+            targets=targets,
+            config=config.resolve(),
+            samples=smp.resolve(),
+            calibration=cal.resolve(),
+            cache_dir=cache.resolve(),
+            overrides=sets,
+            log=work / f"build-{label}.log",
+        )
+        _log(f"{model.id}: {label} build {run.seconds:.1f} s (exit {run.returncode})")
+        out[label] = run.as_dict()
+    return out
+
+
+def _timed(
+    pkg: Path, pick: str, feed: dict[str, np.ndarray], batch: int, plan: Plan
+) -> dict[str, Any]:
+    """The pick and the A/A control against the reference, `plan.repeats` times each."""
+    manifest = read_manifest(pkg)
+    ours, _ = package_contenders(pkg, probe_host())
+    chosen = [c for c in ours if c.id == pick]
+    contenders = [a_a_control(pkg), *chosen]
+    reference = reference_contender(pkg / "reference" / "model.onnx")
+    return latency_repeats(
+        contenders,
+        reference,
+        feed,
+        manifest.contract,
+        plan.latency_policy(),
+        repeats=plan.repeats,
+        batch=batch,
+    )
+
+
+def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, want: int) -> dict:
+    pkg = work / "pkg-cold"
+    manifest = read_manifest(pkg)
+    with load(pkg) as session:
+        pick, reason = session.artifact, session.reason
+        picked_task = model.check(session.run)
+    original = model.check(ort_runner(model.path))
+    entry: dict[str, Any] = {
+        "pick": pick,
+        "reason": reason,
+        "precision": manifest.artifact(pick).precision,
+        "task": {
+            "pick": picked_task.summary,
+            "original": original.summary,
+            "pick_score": picked_task.score,
+            "original_score": original.score,
+            "as_well": picked_task.as_well_as(original),
+        },
+        "batches": {},
+    }
+    first = manifest.contract.validate_feeds(read_npz(sorted(smp.glob("*.npz"))[0]))
+    flops = count_flops(pkg / "reference" / "model.onnx", first).total
+    for want_b in sorted({1, want}):
+        feed, batch = tile_batch(manifest.contract, first, want_b) if want_b > 1 else (first, 1)
+        if want_b > 1 and batch == 1:
+            entry["batches"][str(want_b)] = {"skipped": "the contract admits no batch > 1"}
+            continue
+        lat = _timed(pkg, pick, feed, batch, plan)
+        mine = lat.get(pick, {})
+        if pick == "reference":
+            mine = lat.get("reference (A/A)", {})
+        pooled = mine.get("pooled") or {}
+        key = "int8" if entry["precision"] == "int8" else "fp32"
+        frac = (
+            flops * batch / (pooled["p50_ms"] / 1e3) / (peak[key]["gflops"] * 1e9)
+            if pooled.get("p50_ms")
+            else None
+        )
+        entry["batches"][str(batch)] = {
+            "pick": mine,
+            "control": lat.get("reference (A/A)", {}),
+            "reference": lat.get("reference", {}),
+            "fraction_of_peak": frac,
+            "peak_used": key,
+        }
+        _log(f"{model.id}: batch {batch}: {pick} {mine.get('speedup', {})}")
+    entry["gflop_per_item"] = flops / 1e9
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and shorter blocks")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"subset of {list(MODELS)}")
+    ap.add_argument("--targets", default="cpu")
+    ap.add_argument("--batch", type=int, default=8, help="the larger batch timed (besides 1)")
+    ap.add_argument("--no-olive", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "perf" / ".work" / "picks")
+    args = ap.parse_args(argv)
+    os.chdir(ROOT)  # compile-pkg imports the task metrics (scripts.realdata) from here
+    started = time.perf_counter()
+    plan = Plan.make(args.quick)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        ap.error(f"unknown models {unknown}; known: {list(MODELS)}")
+    host = probe_host()
+    doc: dict[str, Any] = {
+        "schema": 1,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": "python perf/picks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "host": host.model_dump(),
+        "libraries": library_versions(),
+        "load_average": list(os.getloadavg()),
+        "targets": args.targets,
+        "plan": {"repeats": plan.repeats, "budget_s": plan.budget_s, "quick": plan.quick},
+        "models": {},
+    }
+    jobs = []
+    for name in names:
+        model, work = MODELS[name], args.workdir / name
+        why = model.missing()
+        if why:
+            doc["models"][name] = {"skipped": why}
+            _log(f"{name}: skipped: {why}")
+            continue
+        work.mkdir(parents=True, exist_ok=True)
+        cal, smp = _prepare(model, work, plan)
+        builds = _builds(model, work, args.targets, cal, smp)
+        doc["models"][name] = {"task": model.task, "source": model.source, "builds": builds}
+        jobs.append(
+            {
+                "id": f"{name}/ort-int8",
+                "model": str(model.path.resolve()),
+                "workflow": "ort-int8",
+                "calibration": str(cal.resolve()),
+                "out": str((work / "olive").resolve()),
+            }
+        )
+    if not args.no_olive:
+        for job in jobs:
+            shutil.rmtree(job["out"], ignore_errors=True)
+        olive = run_olive(jobs, args.workdir, timeout_s=300 + 120 * len(jobs))
+        doc["olive"] = {k: v for k, v in olive.items() if k != "jobs"}
+        for job in olive.get("jobs", []):
+            doc["models"][job["id"].split("/")[0]]["olive"] = job
+    _log("peak: the machine's fp32 and int8 matrix-product rate")
+    doc["peak"] = measure_peak(plan.peak_n, plan.peak_repeats)
+    for name, entry in doc["models"].items():
+        if "builds" not in entry or entry["builds"]["cold"]["returncode"] != 0:
+            continue
+        work = args.workdir / name
+        try:
+            smp = work / "data" / "sample"
+            entry.update(_measure(MODELS[name], work, smp, plan, doc["peak"], args.batch))
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not lose the rest
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:400]
+            _log(f"{name}: {entry['error']}")
+    doc["load_average_end"] = list(os.getloadavg())
+    doc["wall_seconds"] = round(time.perf_counter() - started, 1)
+    stem = f"{doc['date']}-{host.hostname or 'host'}-picks{'-quick' if plan.quick else ''}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(
+        json.dumps(doc, indent=1, sort_keys=True, allow_nan=True, default=str) + "\n",
+        encoding="utf-8",
+    )
+    md = render(doc)
+    (args.out / f"{stem}.md").write_text(md, encoding="utf-8")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
