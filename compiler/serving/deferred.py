@@ -29,9 +29,10 @@ __all__ = ["DeferredSwitch", "ParityGate", "order_deferred"]
 
 log = logging.getLogger("compile_pkg.loader")
 
-# Without measurements on this host, the builds most likely to beat the fallback come first:
-# fp16 (TensorRT's fast path), then bf16; int8 QDQ engines built strongly typed run their
-# unquantized layers in fp32 and can lose to fp16; fp32 last.
+# Without measurements on this host, the builds most likely to beat the fallback and pass
+# parity come first: fp16 (TensorRT's fast path), then bf16; int8 QDQ engines are fast only
+# where their Q/DQ nodes sit (the other layers run fp16, or fp32 when built strongly typed)
+# and are the likeliest to miss parity; fp32 last.
 _PROMISE = {"fp16": 0, "bf16": 1, "int8": 2, "fp32": 3}
 MAX_SAMPLES = 32  # reference samples the gate runs (the package may hold more)
 

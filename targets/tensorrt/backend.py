@@ -91,10 +91,19 @@ class TensorRTBackend(Backend):
                 "tensorrt", "build: prebuilt needs " + "; ".join(cannot), INSTALL
             )
         files: list[str] = []
-        runtime: dict[str, Any] = {
+        runtime: dict[str, Any] = {"engine": None, "compatibility": None}
+        if mode == "prebuilt":
+            try:
+                files += self._prebuild(model_path, out_dir, settings, host, runtime)
+            except BackendUnavailable as exc:  # e.g. a CUDA 13 TensorRT on a CUDA 12 driver
+                if opts.build != "auto":
+                    raise
+                mode, cannot = (
+                    "deferred",
+                    [exc.reason + (f" ({exc.install})" if exc.install else "")],
+                )
+        runtime |= {
             "engine_mode": mode,
-            "engine": None,
-            "compatibility": None,
             "spec": None,
             "onnx": None,
             "precision": request.precision,
@@ -123,7 +132,6 @@ class TensorRTBackend(Backend):
                 requirements=self._requirements(opts, None, arch),
                 status="deferred",
             )
-        files += self._prebuild(model_path, out_dir, settings, host, runtime)
         return BuildResult(
             files=sorted(files),
             runtime=settings_from_json({**runtime, "backend": "tensorrt"}),

@@ -51,6 +51,7 @@ class CompatibilityRecord(BaseModel):
     profiles: list[Profile] = Field(default_factory=list)
     settings_digest: str = ""
     arch: str = ""  # the build host's CPU architecture: engines are per platform
+    cuda: str = ""  # the building TensorRT wheel's CUDA major ("cu12", "cu13"; "" unknown)
 
 
 def _cc(text: str) -> tuple[int, ...]:
@@ -111,10 +112,14 @@ def _gpu_reasons(rec: CompatibilityRecord, gpu: GpuInfo) -> list[str]:
     return []
 
 
-def check_compatibility(record: CompatibilityRecord | dict[str, Any], host: HostInfo) -> list[str]:
+def check_compatibility(
+    record: CompatibilityRecord | dict[str, Any], host: HostInfo, cuda: str = ""
+) -> list[str]:
     """Why this host cannot run the engine `record` describes; empty when it can.
 
-    The engine runs on the host's first GPU (device 0, after CUDA_VISIBLE_DEVICES).
+    The engine runs on the host's first GPU (device 0, after CUDA_VISIBLE_DEVICES). `cuda` is
+    this host's TensorRT wheel flavour ("cu12", "cu13"): an engine from the other CUDA major's
+    build of the same TensorRT is refused (conservatively; the cache keys tell them apart too).
     """
     rec = (
         record
@@ -122,6 +127,8 @@ def check_compatibility(record: CompatibilityRecord | dict[str, Any], host: Host
         else CompatibilityRecord.model_validate(record)
     )
     why = _version_reasons(rec, host.runtimes.get("tensorrt"))
+    if rec.cuda and cuda and rec.cuda != cuda:
+        why.append(f"engine was built by the {rec.cuda} build of TensorRT; this host's is {cuda}")
     if rec.arch and rec.arch != host.arch:
         why.append(f"engine was built on {rec.arch}; host is {host.arch}")
     if not host.gpus:
@@ -190,7 +197,7 @@ def decide_engine(
     """Prebuilt if compatible, else a cached engine, else build from the spec, else fall back."""
     reasons: list[str] = []
     if runtime.get("engine") and runtime.get("compatibility"):
-        refused = check_compatibility(runtime["compatibility"], host)
+        refused = check_compatibility(runtime["compatibility"], host, tensorrt_flavour())
         if not refused:
             return EngineDecision("prebuilt", engine=artifact_dir / runtime["engine"])
         reasons += [f"prebuilt engine refused: {r}" for r in refused]
@@ -221,7 +228,7 @@ def decide_engine(
         )
         cached = None
     if cached is not None:
-        refused = check_compatibility(cached.record, host)
+        refused = check_compatibility(cached.record, host, tensorrt_flavour())
         if not refused:
             return EngineDecision("cached", engine=cached.engine, cache_key=key, reasons=reasons)
         reasons += [f"cached engine refused: {r}" for r in refused]

@@ -38,15 +38,33 @@ from targets.tensorrt.startup import (
 __all__ = [
     "BuiltEngine",
     "EngineBuildJob",
+    "GpuBusy",
     "ParserIssue",
     "build_engine",
     "build_from_spec",
     "check_build_gpu",
+    "out_of_memory",
     "serving_settings",
 ]
 
 _MIB = 1 << 20
 _PORTABILITY_FLAGS = frozenset({"VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"})
+
+
+class GpuBusy(RuntimeError):
+    """The build ran out of GPU memory (the serving process holds some): a transient failure
+    that EngineBuildJob retries after its back-off."""
+
+
+# how TensorRT's logger words a failed GPU allocation, as users quote it (NVIDIA/TensorRT
+# issues 477 and 948): "Cuda Error in allocate: 2 (out of memory)", "OutOfMemory Error in
+# ...", "Requested amount of memory (N bytes) could not be allocated"
+_OOM_MARKS = ("out of memory", "outofmemory", "could not be allocated")
+
+
+def out_of_memory(errors: list[str]) -> bool:
+    """Whether TensorRT's error lines say a GPU allocation failed."""
+    return any(mark in line.lower() for line in errors for mark in _OOM_MARKS)
 
 
 @dataclass(frozen=True)
@@ -205,9 +223,12 @@ def build_engine(
         try:
             plan = pg.engine_bytes_from_network((builder, network, parser), config, save)
         except PolygraphyException as exc:
-            detail = "\n  ".join(m for m in log if m.startswith(("ERROR", "INTERNAL_ERROR")))
+            errors = [m for m in log if m.startswith(("ERROR", "INTERNAL_ERROR"))]
+            detail = "\n  ".join(errors) or str(exc)
+            if out_of_memory(errors):  # the GPU is busy serving: worth another try later
+                raise GpuBusy(f"{onnx_path.name}: the GPU ran out of memory:\n  {detail}") from None
             raise BuildError(
-                f"TensorRT could not build an engine from {onnx_path.name}:\n  {detail or exc}"
+                f"TensorRT could not build an engine from {onnx_path.name}:\n  {detail}"
             ) from None
     record = CompatibilityRecord(
         tensorrt_version=str(trt.__version__),
@@ -219,6 +240,7 @@ def build_engine(
         precision=settings.precision,
         profiles=settings.profiles,
         settings_digest=settings.digest(),
+        cuda=tensorrt_flavour(),
     )
     timing = timing_cache.read_bytes() if save and timing_cache and timing_cache.is_file() else b""
     return BuiltEngine(plan=bytes(memoryview(plan)), timing_cache=timing, record=record, log=log)
@@ -275,7 +297,8 @@ def build_from_spec(
         return cache.store(key, built.plan, record.model_dump(mode="json"))
 
 
-# failures worth another try: the GPU busy or out of memory while serving, a CUDA hiccup
+# failures worth another try: the GPU out of memory while serving (GpuBusy is a
+# RuntimeError), host memory, a file system hiccup
 _TRANSIENT = (RuntimeError, MemoryError, OSError)
 
 

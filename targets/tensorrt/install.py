@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import ctypes
 import importlib.metadata
+import os
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "DriverInfo",
@@ -26,6 +29,8 @@ __all__ = [
     "TensorRTInstall",
     "advice_for_driver",
     "cuda_flavour",
+    "cudart_wheel_dir",
+    "expose_cudart",
     "find_tensorrt",
     "install_advice",
     "pick_tensorrt",
@@ -175,3 +180,38 @@ def find_tensorrt(path: list[str] | None = None) -> TensorRTInstall | None:
         if d.metadata["Name"] and _is_tensorrt(d.metadata["Name"])
     }
     return pick_tensorrt(found)
+
+
+def cudart_wheel_dir(cuda: str, path: Iterable[str] | None = None) -> Path | None:
+    """The folder holding `libcudart.so.<major>` from the pip wheel TensorRT installs for
+    `cuda` ("cu12", "cu13"): `nvidia/cuda_runtime/lib` (nvidia-cuda-runtime-cu12) or
+    `nvidia/cu13/lib` (CUDA 13 wheels share one folder); None when no such wheel is on `path`
+    (default sys.path)."""
+    m = re.fullmatch(r"cu(\d+)", cuda)
+    if m is None:
+        return None
+    major = m.group(1)
+    for entry in path if path is not None else sys.path:
+        for sub in (f"nvidia/cu{major}/lib", "nvidia/cuda_runtime/lib"):
+            d = Path(entry or ".") / sub
+            if (d / f"libcudart.so.{major}").is_file():
+                return d
+    return None
+
+
+def expose_cudart(
+    cuda: str, environ: MutableMapping[str, str] | None = None, path: Iterable[str] | None = None
+) -> Path | None:
+    """Put the pip wheel's CUDA runtime folder first on LD_LIBRARY_PATH in `environ` (default:
+    this process's), where Polygraphy's CUDA wrapper looks for `libcudart.so*` by path: it
+    knows the CUDA 12 wheel's folder only from 0.53.4 and CUDA 13's not at all, and without
+    one finds no runtime on a host without a CUDA toolkit. Only this process's later searches
+    change (the dynamic loader read the variable at start-up). Returns the folder added."""
+    env = os.environ if environ is None else environ
+    d = cudart_wheel_dir(cuda, path)
+    if d is None:
+        return None
+    have = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if str(d) not in have:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([str(d), *have])
+    return d

@@ -1,6 +1,9 @@
 """Load and run a TensorRT artifact with Polygraphy's `TrtRunner`: it sets input shapes and
 the optimization profile, keeps shape-tensor inputs in host memory, gives data-dependent
-outputs (NonZero, NonMaxSuppression) an output allocator and owns the device buffers.
+outputs (NonZero, NonMaxSuppression) an output allocator and owns the device buffers. It also
+reuses its host output buffers from one inference to the next, so every output is copied
+before the request's lock is released; bf16/fp8 engine I/O, which numpy cannot name, goes in
+as bits and comes back as raw bytes decoded to float32 (targets/tensorrt/dtypes.py).
 
 Which engine to load (the package's prebuilt one if this host may run it, one cached here, or
 one built from the deferred spec, in the background while the loader serves a fallback) and
@@ -14,6 +17,7 @@ first artifact.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -25,12 +29,16 @@ import numpy as np
 from compiler.core.errors import BackendUnavailable, ContractError, PackageError
 from compiler.core.runtime import RunnerInfo
 from compiler.core.settings import TensorRTSettings, settings_to_json
+from targets.tensorrt.dtypes import BITS_TYPES, NUMPY_TYPES, decode_output, encode_input
+from targets.tensorrt.install import expose_cudart, find_tensorrt
 
 __all__ = [
     "INSTALL",
+    "RAW_BUFFERS_POLYGRAPHY",
     "EngineBuilding",
     "TensorRTArtifact",
     "default_cache_dir",
+    "io_types",
     "load",
     "select_profile",
 ]
@@ -39,6 +47,7 @@ INSTALL = (
     "pip install 'compile-pkg[tensorrt-cu13]' (NVIDIA driver R580+) or "
     "'compile-pkg[tensorrt-cu12]' (R525+); compile-pkg doctor says which fits this host"
 )
+RAW_BUFFERS_POLYGRAPHY = "0.49.18"  # TrtRunner.infer(return_raw_buffers=...) appeared there
 
 
 def default_cache_dir() -> Path:
@@ -93,19 +102,55 @@ class TensorRTArtifact:
     def __init__(
         self, engine: Any, record: Mapping[str, Any], outputs: Sequence[str], source: str
     ) -> None:
-        from polygraphy.backend.trt import TrtRunner
+        try:
+            from polygraphy.backend.trt import TrtRunner
+        except ImportError as exc:
+            raise BackendUnavailable(
+                "tensorrt", f"cannot import polygraphy: {exc}", "pip install 'polygraphy>=0.49.14'"
+            ) from exc
 
         self.record, self.source = record, source
         self.last_ms: float | None = None
         self._outputs = list(outputs)
         self._lock = threading.Lock()
         self._profile = 0
+        self._inputs, out_types = io_types(engine)
+        missing = [n for n in self._outputs if n not in out_types]
+        if missing:
+            raise PackageError(
+                f"TensorRT engine has no output {missing} (it has {sorted(out_types)}); "
+                "rebuild the package"
+            )
+        self._out_types = {n: out_types[n] for n in self._outputs}
+        unknown = sorted(
+            f"{n} ({t})"
+            for n, t in {**self._inputs, **out_types}.items()
+            if t not in NUMPY_TYPES and t not in BITS_TYPES
+        )
+        if unknown:
+            raise PackageError(f"TensorRT engine I/O types numpy cannot carry: {unknown}")
+        # bf16/fp8 outputs come back as raw bytes (numpy has no such dtype)
+        self._raw = any(t in BITS_TYPES for t in self._out_types.values())
+        if (
+            self._raw
+            and "return_raw_buffers" not in inspect.signature(TrtRunner.infer_impl).parameters
+        ):
+            raise BackendUnavailable(
+                "tensorrt",
+                "this engine has bf16/fp8 outputs, which this Polygraphy cannot return",
+                f"pip install 'polygraphy>={RAW_BUFFERS_POLYGRAPHY}'",
+            )
+        installed = find_tensorrt()
+        cudart = expose_cudart(installed.cuda if installed else "")  # for Polygraphy's wrapper
         self._runner: Any = TrtRunner(engine, name="compile-pkg")
         try:
             self._runner.activate()
         except Exception as exc:  # no CUDA runtime library, out of memory, ...
+            where = f"CUDA runtime from {cudart}" if cudart else "no CUDA runtime wheel found"
             raise BackendUnavailable(
-                "tensorrt", f"TensorRT engine loaded but cannot start: {exc}", INSTALL
+                "tensorrt",
+                f"TensorRT engine loaded but Polygraphy's TrtRunner cannot start ({where}): {exc}",
+                INSTALL,
             ) from exc
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -119,12 +164,26 @@ class TensorRTArtifact:
             if idx != self._profile:
                 runner.set_profile(idx)
                 self._profile = idx
+            feed = {
+                k: encode_input(np.asarray(v), self._inputs.get(k, "")) for k, v in feeds.items()
+            }
+            # Polygraphy's input check knows no numpy dtype for bf16/fp8 bits
+            check = not any(self._inputs.get(k) in BITS_TYPES for k in feed)
             try:
-                outs = runner.infer(dict(feeds), check_inputs=True)
+                if self._raw:
+                    outs = runner.infer(feed, check_inputs=check, return_raw_buffers=True)
+                else:
+                    outs = runner.infer(feed, check_inputs=check)
             except Exception as exc:  # Polygraphy raises its own exception type
                 raise PackageError(f"TensorRT inference failed: {exc}") from exc
             self.last_ms = float(runner.last_inference_time()) * 1e3
-        return {n: np.asarray(outs[n]) for n in self._outputs}
+            # copies, made under the lock: the runner reuses its output buffers next time
+            if self._raw:
+                return {
+                    n: decode_output(outs[n].array, self._out_types[n], tuple(outs[n].shape))
+                    for n in self._outputs
+                }
+            return {n: np.array(outs[n], copy=True) for n in self._outputs}
 
     def describe(self) -> RunnerInfo:
         return {
@@ -146,6 +205,18 @@ class TensorRTArtifact:
             if self._runner is not None:
                 self._runner.deactivate()
             self._runner = None
+
+
+def io_types(engine: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The engine's input and output tensors with their `trt.DataType` member names."""
+    inputs: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        kind = getattr(engine.get_tensor_mode(name), "name", "")
+        dtype = getattr(engine.get_tensor_dtype(name), "name", "")
+        (inputs if kind == "INPUT" else outputs)[name] = dtype
+    return inputs, outputs
 
 
 def load(

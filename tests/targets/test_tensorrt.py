@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -185,6 +186,12 @@ def needs_trt(test: Callable[..., None]) -> Callable[..., None]:
     return pytest.mark.tensorrt(skip(test))
 
 
+@pytest.fixture(autouse=True)
+def _compile_cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prebuilt engines reuse the host's timing cache: keep it out of the user's home."""
+    monkeypatch.setenv("COMPILE_PKG_CACHE", str(tmp_path / "compile-cache"))
+
+
 def _ref(out: Path, x: np.ndarray) -> np.ndarray:
     return reference(out / "model.onnx", [{"x": x}])[0]["y"]
 
@@ -199,9 +206,12 @@ def test_prebuilt_engine_matches_onnxruntime(tmp_path: Path, variant: str, atol:
     assert rec.compute_capability == probe_host().gpus[0].compute_capability
     with open_runner("tensorrt", out, result.runtime, mlp_contract(), cache_dir=tmp_path) as r:
         assert r.describe()["engine"] == "prebuilt"
-        for batch in (1, 5, 16):  # min, between, max of the profile
+        kept = []
+        for batch in (1, 5, 16, 5):  # min, between, max of the profile, and back
             x = np.random.default_rng(batch).normal(size=(batch, 8)).astype(np.float32)
-            np.testing.assert_allclose(r.run({"x": x})["y"], _ref(out, x), atol=atol, rtol=atol)
+            kept.append((r.run({"x": x})["y"], _ref(out, x)))
+        for got, want in kept:  # TrtRunner reuses its output buffers: each result is a copy
+            np.testing.assert_allclose(got, want, atol=atol, rtol=atol)
         assert float(r.describe()["last_ms"]) > 0
 
 
@@ -262,3 +272,28 @@ def test_data_dependent_output_shape_runs(tmp_path: Path) -> None:
     got = loaded.run({"x": feed})["y"]
     loaded.close()
     np.testing.assert_array_equal(got, np.stack(np.nonzero(feed)))
+
+
+@needs_trt
+def test_bf16_engine_io_goes_in_as_bits_and_comes_back_as_float32(tmp_path: Path) -> None:
+    """numpy has no bfloat16: the runtime feeds the bits and decodes the raw output bytes."""
+    gpu = probe_host().gpus[0]
+    if tuple(int(p) for p in gpu.compute_capability.split(".")) < (8, 0):
+        pytest.skip(f"bf16 needs compute capability 8.0+; {gpu.name} is {gpu.compute_capability}")
+    bf16 = TensorProto.BFLOAT16
+    x = helper.make_tensor_value_info("x", bf16, ["batch", 8])
+    y = helper.make_tensor_value_info("y", bf16, ["batch", 8])
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Relu", ["xf"], ["r"]),
+        helper.make_node("Cast", ["r"], ["y"], to=bf16),
+    ]
+    g = helper.make_graph(nodes, "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    result, out = build(tmp_path, m, variant="bf16", build="prebuilt")  # BF16 flag set
+    loaded = trt_runtime.load(out, result.runtime, ["y"], cache_dir=tmp_path, background=False)  # type: ignore[arg-type]
+    feed = (np.arange(-8, 8, dtype=np.float32) / 4).reshape(2, 8)  # exact in bf16
+    got = loaded.run({"x": feed.astype(ml_dtypes.bfloat16)})["y"]
+    loaded.close()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.maximum(feed, 0))

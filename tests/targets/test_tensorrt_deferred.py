@@ -204,8 +204,9 @@ def test_loader_builds_one_engine_and_switches_after_parity(tmp_path: Path) -> N
     """On a host with TensorRT and a GPU: a package with two deferred engines starts the fp16
     build only, serves ONNX Runtime meanwhile, and switches once the engine passes parity."""
     model = save(tiny_mlp(), tmp_path / "mlp.onnx")
-    trt = {"compile": {"backend": "tensorrt", "build": "deferred"}}
-    gpu = {"pipeline": "none", "variants": {"trt-fp32": trt, "trt-fp16": {**trt}}}
+    trt = {"backend": "tensorrt", "build": "deferred"}
+    fp16 = {"compile": {**trt, "precision": "fp16"}}
+    gpu = {"pipeline": "none", "variants": {"trt-fp32": {"compile": trt}, "trt-fp16": fp16}}
     build(model, tmp_path / "p", None, targets=("cpu", "gpu"), raw={"targets": {"gpu": gpu}})
     with load(tmp_path / "p", cache_dir=tmp_path / "cache") as s:
         decisions = {d.artifact: str(d) for d in s.decisions}

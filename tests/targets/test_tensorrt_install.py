@@ -9,6 +9,7 @@ import importlib.util
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -16,13 +17,16 @@ import pytest
 
 from compiler.core.errors import BackendUnavailable, IntegrityError
 from compiler.core.host import GpuInfo, _smi_row, probe_host, visible_gpus
+from compiler.core.settings import settings_to_json
 from targets.tensorrt.cache import EngineCache, engine_cache_key, read_engine
-from targets.tensorrt.compat import check_compatibility, resolve_tensorrt_version
-from targets.tensorrt.engine import serving_settings
+from targets.tensorrt.compat import check_compatibility, resolve_tensorrt_version, tensorrt_flavour
+from targets.tensorrt.engine import build_from_spec, serving_settings
 from targets.tensorrt.install import (
     DriverInfo,
     advice_for_driver,
     cuda_flavour,
+    cudart_wheel_dir,
+    expose_cudart,
     find_tensorrt,
     install_advice,
     pick_tensorrt,
@@ -176,6 +180,33 @@ def test_cache_key_names_the_visible_gpu_and_cuda_flavour() -> None:
     assert key != engine_cache_key("a" * 64, first, "10.16.1.11", "s", "cu13")
 
 
+def test_cuda_runtime_of_the_tensorrt_wheel_is_found_for_its_major(tmp_path: Path) -> None:
+    """CUDA 12 wheels put libcudart in nvidia/cuda_runtime/lib, CUDA 13 ones in nvidia/cu13/lib;
+    Polygraphy's wrapper searches LD_LIBRARY_PATH first, so the folder matching TensorRT's
+    CUDA major goes first there."""
+    site = tmp_path / "site-packages"
+    for sub, lib in [
+        ("nvidia/cuda_runtime/lib", "libcudart.so.12"),
+        ("nvidia/cu13/lib", "libcudart.so.13"),
+    ]:
+        (site / sub).mkdir(parents=True)
+        (site / sub / lib).write_bytes(b"")  # the layout is what is looked up, not the library
+    path = [str(tmp_path / "elsewhere"), str(site)]
+    assert cudart_wheel_dir("cu12", path) == site / "nvidia/cuda_runtime/lib"
+    assert cudart_wheel_dir("cu13", path) == site / "nvidia/cu13/lib"
+    assert cudart_wheel_dir("cu11", path) is None and cudart_wheel_dir("", path) is None
+    env = {"LD_LIBRARY_PATH": "/usr/local/cuda-12/lib64"}
+    assert expose_cudart("cu13", env, path) == site / "nvidia/cu13/lib"
+    assert env["LD_LIBRARY_PATH"].split(":") == [
+        str(site / "nvidia/cu13/lib"),
+        "/usr/local/cuda-12/lib64",
+    ]
+    expose_cudart("cu13", env, path)  # once only
+    assert env["LD_LIBRARY_PATH"].count("cu13") == 1
+    untouched: dict[str, str] = {}
+    assert expose_cudart("", untouched, path) is None and untouched == {}
+
+
 # ---------------------------------------------------------------- engine digest, build lock
 
 
@@ -228,6 +259,33 @@ def test_build_lock_serializes_two_processes(tmp_path: Path) -> None:
     assert kinds == ["enter", "exit", "enter", "exit"], lines  # never both inside
     assert [ln.split()[1] for ln in lines] == ["a", "a", "b", "b"]
     assert float(lines[3].rsplit("=", 1)[1]) > 0.05  # b really waited for a to let go
+
+
+def test_a_build_that_waited_for_the_lock_finds_the_engine_and_builds_nothing(
+    tmp_path: Path,
+) -> None:
+    """Another worker holds the host's build lock and stores the engine; this one waited and
+    takes it from the cache (without TensorRT: building would fail here)."""
+    result, out = build(tmp_path, build="deferred")
+    runtime = settings_to_json(result.runtime)
+    on = host()
+    key = engine_cache_key(
+        runtime["onnx_sha256"], H100, "10.16.1.11", runtime["settings_digest"], tensorrt_flavour()
+    )
+    cache = EngineCache(tmp_path / "cache")
+    got: list[Path] = []
+
+    def worker() -> None:
+        got.append(build_from_spec(out, runtime, tmp_path / "cache", on).engine)
+
+    with cache.build_lock():
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and got == []  # waiting for the lock
+        cache.store(key, b"the other worker's engine", record().model_dump(mode="json"))
+    t.join(30)
+    assert got == [cache.entry(key) / "engine.plan"]
 
 
 # --------------------------------------------------------------------- start-up and hosts
@@ -285,3 +343,13 @@ def test_engine_built_on_another_architecture_is_refused() -> None:
     assert check_compatibility(rec, host()) == []
     arm = host().model_copy(update={"arch": "aarch64"})
     assert check_compatibility(rec, arm) == ["engine was built on x86_64; host is aarch64"]
+
+
+def test_engine_from_the_other_cuda_major_build_is_refused() -> None:
+    rec = record(cuda="cu12").model_dump()
+    assert check_compatibility(rec, host(), "cu12") == []
+    assert check_compatibility(rec, host(), "cu13") == [
+        "engine was built by the cu12 build of TensorRT; this host's is cu13"
+    ]
+    assert check_compatibility(record().model_dump(), host(), "cu13") == []  # older records
+    assert check_compatibility(rec, host(), "") == []  # this host's flavour unknown

@@ -16,14 +16,15 @@ import pytest
 from compiler.core.contract import DimRange
 from compiler.core.errors import BackendUnavailable, ContractError
 from compiler.core.host import HostInfo, probe_host
-from compiler.core.settings import OnnxRuntimeSettings
+from compiler.core.settings import OnnxRuntimeSettings, settings_to_json
 from targets.runner import Runner, SwitchingRunner, open_runner
 from targets.tensorrt import runtime as trt_runtime
 from targets.tensorrt.backend import TensorRTBackend
 from targets.tensorrt.cache import EngineCache, engine_cache_key
-from targets.tensorrt.compat import check_compatibility, decide_engine
-from targets.tensorrt.engine import EngineBuildJob
+from targets.tensorrt.compat import check_compatibility, decide_engine, tensorrt_flavour
+from targets.tensorrt.engine import EngineBuildJob, GpuBusy, out_of_memory
 from targets.tensorrt.options import derive_profiles
+from targets.tensorrt.resolve import ResolvedEngine, host_code_allowed
 from targets.tensorrt.spec import SPEC_FILE
 from tests.targets.tensorrt_data import A10, H100, H200, T4, build, host, mlp_contract, record
 
@@ -103,7 +104,8 @@ def test_decide_prebuilt_cached_build_or_fallback(tmp_path: Path) -> None:
 
     d = decide_engine(art, _prebuilt_runtime(), cache, host(gpu=A10))
     assert d.action == "build" and "prebuilt engine refused" in d.reasons[0]
-    assert d.cache_key == engine_cache_key("d" * 64, A10, "10.16.1.11", "s")
+    flavour = tensorrt_flavour()  # this host's TensorRT wheel ("" here, cu12/cu13 with one)
+    assert d.cache_key == engine_cache_key("d" * 64, A10, "10.16.1.11", "s", flavour)
 
     d = decide_engine(art, _prebuilt_runtime(spec=False), cache, host(gpu=A10))
     assert d.action == "fallback" and "compute capability 9.0" in d.reasons[0]
@@ -117,11 +119,15 @@ def test_decide_prebuilt_cached_build_or_fallback(tmp_path: Path) -> None:
     assert d.action == "fallback"
     assert "cannot build here: TensorRT is not importable" in d.reasons[0]
 
-    key = engine_cache_key("d" * 64, A10, "10.16.1.11", "s")
+    key = engine_cache_key("d" * 64, A10, "10.16.1.11", "s", flavour)
     a10 = record(gpu_name=A10.name, compute_capability="8.6")
     EngineCache(cache).store(key, b"plan", a10.model_dump())
     d = decide_engine(art, deferred, cache, host(gpu=A10))
     assert d.action == "cached" and d.engine == EngineCache(cache).entry(key) / "engine.plan"
+
+    (EngineCache(cache).entry(key) / "engine.plan").write_bytes(b"plan, rewritten")
+    d = decide_engine(art, deferred, cache, host(gpu=A10))  # bytes differ from their digest
+    assert d.action == "build" and "differs from its recorded sha256; rebuilding" in d.reasons[0]
 
     old = record(gpu_name=A10.name, compute_capability="8.6", tensorrt_version="10.15.1.29")
     EngineCache(cache).store(key, b"plan", old.model_dump())
@@ -176,3 +182,45 @@ def test_failed_background_build_keeps_serving_the_fallback(tmp_path: Path) -> N
         y = r.run({"x": np.ones((2, 8), np.float32)})["y"]
         assert y.shape == (2, 4) and r.active is fallback
         assert "build failed" in str(r.describe()["switching"])
+
+
+def test_engine_host_code_runs_only_for_the_packages_own_engine(tmp_path: Path) -> None:
+    """Whoever can write the engine cache cannot turn host code on: only the package's own
+    (manifest-checked) version-compatible engine gets it, whatever a cache record says."""
+    portable = record(version_compatible=True).model_dump(mode="json")
+    plain = record().model_dump(mode="json")
+    engine = tmp_path / "engine.plan"
+    assert host_code_allowed(ResolvedEngine(engine, portable, "prebuilt"))
+    assert not host_code_allowed(ResolvedEngine(engine, plain, "prebuilt"))
+    for source in ("cached", "built now"):
+        assert not host_code_allowed(ResolvedEngine(engine, portable, source, "e" * 64))
+
+
+def test_transient_build_failures_are_retried_with_back_off(tmp_path: Path) -> None:
+    """An OSError (here: the cache directory is a file, so its build lock cannot be made) is
+    retried `attempts` times; an integrity error is not retried at all."""
+    result, out = build(tmp_path, build="deferred")
+    runtime = settings_to_json(result.runtime)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    job = EngineBuildJob(out, runtime, blocked, host(), attempts=3, backoff_s=0.01).start()
+    assert job.wait(timeout=60) is False and job.state == "failed"
+    assert job.tries == 3 and "(try 3/3)" in job.error
+    (out / "model.onnx").write_bytes(b"tampered")
+    once = EngineBuildJob(out, runtime, tmp_path / "cache", host(), attempts=3, backoff_s=0.01)
+    assert once.start().wait(timeout=60) is False
+    assert once.tries == 1 and "sha256 differs from the build spec" in once.error
+
+
+def test_out_of_memory_while_building_is_worth_a_retry() -> None:
+    """TensorRT's own wordings of a failed GPU allocation make a GpuBusy (retried); any
+    other builder error stays a BuildError (not retried)."""
+    assert issubclass(GpuBusy, RuntimeError)  # in EngineBuildJob's transient failures
+    for line in (
+        "ERROR: [defaultAllocator.cpp::allocate::20] Error Code 1: Cuda Runtime (out of memory)",
+        "ERROR: Requested amount of memory (150994944 bytes) could not be allocated.",
+        "INTERNAL_ERROR: tacticOptimizer.cpp (1715) - OutOfMemory Error in computeCosts: 0",
+    ):
+        assert out_of_memory(["WARNING: something else", line]), line
+    assert not out_of_memory(["ERROR: Could not find any implementation for node conv0"])
+    assert not out_of_memory([])
