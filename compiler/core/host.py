@@ -15,13 +15,17 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+from compiler.core.isa import Int8Flavour, IsaClass
+from compiler.core.isa import isa_class as classify_isa
 
 __all__ = [
     "GpuInfo",
     "HostInfo",
+    "IsaClass",
     "Mismatch",
     "Requirements",
     "probe_host",
@@ -103,12 +107,27 @@ class HostInfo(BaseModel):
     runtimes: dict[str, str] = Field(default_factory=dict)
     emulated: str = ""  # e.g. "qemu-aarch64 (cpu neoverse-n1)" when measured under emulation
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_on_read(cls, data: Any) -> Any:
+        """`isa_class` is written out but always derived from `isa`: drop it on read, so a
+        record computes it the same way whichever version wrote it (older ones lack it)."""
+        if isinstance(data, dict) and "isa_class" in data:
+            data = {k: v for k, v in data.items() if k != "isa_class"}
+        return data
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def isa_class(self) -> IsaClass:
+        """The CPU's ISA class (compiler/core/isa.py): what it runs natively."""
+        return classify_isa(self.arch, self.isa)
+
     def describe(self) -> str:
         gpu = (
             f", GPU {self.gpus[0].name} (sm {self.gpus[0].compute_capability})" if self.gpus else ""
         )
         emu = f", emulated: {self.emulated}" if self.emulated else ""
-        return f"{self.arch} {self.cpu_model} x{self.cpu_count}{gpu}{emu}"
+        return f"{self.arch} {self.cpu_model} x{self.cpu_count} ({self.isa_class}){gpu}{emu}"
 
 
 def normalize_arch(machine: str) -> str:
@@ -258,12 +277,21 @@ class Requirements(BaseModel):
     model_config = ConfigDict(extra="forbid")
     arch: str  # x86_64 | aarch64
     isa: list[str] = Field(default_factory=list, description="CPU features the code needs")
+    isa_any: list[str] = Field(
+        default_factory=list, description="CPU features of which the host needs one (bf16)"
+    )
     gpu: bool = False
     gpu_compute_capabilities: list[str] = Field(
         default_factory=list, description="compute capabilities the artifact has code for, e.g. 9.0"
     )
     runtime: str  # onnxruntime | openvino | tvm | tensorrt
     min_runtime_version: str = ""
+    # What the artifact is built for, not what it needs: its int8 flavour (read off its
+    # quantized graph) and the ISA classes it is meant for (empty: every class). An AVX2-safe
+    # int8 artifact runs on a VNNI host too; serving ranks by these where it has no latency
+    # measured on the host's class (compiler/serving/selection.py).
+    int8: Int8Flavour | None = None
+    meant_for: list[IsaClass] = Field(default_factory=list)
 
     def mismatches(self, host: HostInfo) -> list[Mismatch]:
         """Why this artifact cannot run on `host`; empty when it can."""
@@ -273,6 +301,10 @@ class Requirements(BaseModel):
         missing = sorted(set(self.isa) - set(host.isa))
         if missing:
             why.append(Mismatch("isa", f"needs CPU features {missing} the host lacks"))
+        if self.isa_any and not set(self.isa_any) & set(host.isa):
+            why.append(
+                Mismatch("isa", f"needs one of the CPU features {self.isa_any}; the host has none")
+            )
         if self.gpu:
             if not host.gpus:
                 why.append(Mismatch("gpu", "needs an NVIDIA GPU, host has none"))

@@ -399,6 +399,13 @@ def read_manifest(package: str | Path) -> Manifest:
 
 def json_schema() -> dict[str, Any]:
     schema = Manifest.model_json_schema()
+    # Derived fields (a record's host `isa_class`) are written out and recomputed on read:
+    # list them, optional and read-only, so a manifest as written validates.
+    written = Manifest.model_json_schema(mode="serialization")["$defs"]
+    for name, definition in schema["$defs"].items():
+        for prop, spec in written.get(name, {}).get("properties", {}).items():
+            if spec.get("readOnly"):
+                definition.setdefault("properties", {}).setdefault(prop, spec)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://compile-pkg.dev/schema/manifest.v{SCHEMA_VERSION}.json"
     return schema

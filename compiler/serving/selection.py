@@ -10,9 +10,19 @@ speedup's lower bound is above the precise one's upper bound: precision that buy
 measurable speed is not given up.
 
 Which latency records count: the build's own, on a host like the serving one (same
-architecture; for GPU artifacts, the same GPU). Records a later `compile-pkg verify` took are
-kept apart (`source: verify`, or a separate records file) and count only when the caller
-asks (`use_verify_records`), so running verify never changes the pick by itself.
+architecture and ISA class, compiler/core/isa.py; for GPU artifacts, the same GPU). Records a
+later `compile-pkg verify` took are kept apart (`source: verify`, or a separate records file)
+and count only when the caller asks (`use_verify_records`), so running verify never changes
+the pick by itself.
+
+When no candidate has a record of the host's class (a package built on an AVX-512 VNNI host,
+served on an AVX2 or AMX one), the order is a class prior (`_prior`, docs/hosts.md): on a
+class with int8 dot products (VNNI, AMX, Arm dotprod) the int8 artifacts meant for it, then
+other int8 that runs natively, bf16 where native, full precision, and last int8 that may
+saturate there; on a class without (AVX2, AVX-512 without VNNI, plain NEON) full precision
+first (int8 gains unproven there), then the int8 meant for it (the 7-bit `u8s8-rr`), the
+other native int8, and last what saturates. Within a band, the preferred flavour, then the
+more precise, then package order.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from compiler.core.host import HostInfo, probe_host
+from compiler.core.isa import IsaClass, int8_fit, traits
 from compiler.core.latency import SpeedupInterval
 from compiler.core.records import ArtifactMeasurements, LatencyRecord, ParityRecord
 from compiler.serving.manifest import ArtifactEntry, Manifest, SelectionChoice, SelectionRecord
@@ -50,6 +61,7 @@ class Candidate:
     reason: str
     speedup: SpeedupInterval | None = None
     latency_source: str = ""  # "build" or "verify": whose record the speedup comes from
+    prior: str = ""  # ranked by the class prior: why it sits where it does
 
 
 def _parity_records(
@@ -78,13 +90,14 @@ def parity_verdict(
 
 
 def _like(rec: LatencyRecord, a: ArtifactEntry, host: HostInfo) -> bool:
-    """Measured natively on a host like `host`: same arch; for a GPU artifact, a same GPU."""
+    """Measured natively on a host like `host`: same arch; for a GPU artifact, a same GPU;
+    for a CPU artifact, the same ISA class (int8 and bf16 speed depend on it)."""
     h = rec.host
     if h.emulated or h.arch != host.arch:
         return False
     if a.requirements is not None and a.requirements.gpu:
         return bool({g.name for g in h.gpus} & {g.name for g in host.gpus})
-    return True
+    return h.isa_class == host.isa_class
 
 
 def latency_for(
@@ -158,6 +171,66 @@ def _order_by_speedup(
     return ordered
 
 
+def _prior(a: ArtifactEntry, cls: IsaClass) -> tuple[tuple[int, int, int], str]:
+    """(band, preference within it, lossiness) and why, for a host of class `cls` where no
+    latency of that class was measured (the module docstring gives the bands)."""
+    t, req = traits(cls), a.requirements
+    loss = lossiness(a.precision)
+    full = 4 if t.int8_dot else 1  # the band of full precision on this class
+    if req is not None and req.gpu:
+        return (full, 0, loss), "a GPU artifact (no CPU class applies): with full precision"
+    if a.precision == "bf16":
+        if t.bf16:
+            return (3, 0, loss), f"bf16 runs natively on {cls}"
+        return (5, 0, loss), f"bf16 is emulated on {cls}, slower than full precision"
+    if a.precision != "int8":
+        what = "full precision" if a.precision == "fp32" else f"{a.precision}, with full precision"
+        unproven = "" if t.int8_dot else f" ({cls} has no int8 dot products: int8 unproven)"
+        return (full, 0, loss), what + unproven
+    flavour = req.int8 if req is not None else None
+    if flavour is None:
+        return (2 if t.int8_dot else 3, 1, loss), "int8 of an unrecorded flavour"
+    fit = int8_fit(flavour, cls)
+    if fit == "preferred":
+        return (1 if t.int8_dot else 2, t.preferred.index(flavour), loss), (
+            f"int8 meant for {cls} ({flavour})"
+        )
+    if fit == "native":
+        meant = ", ".join(req.meant_for) if req is not None and req.meant_for else "other classes"
+        return (2 if t.int8_dot else 3, 0, loss), (
+            f"int8 ({flavour}) runs natively on {cls} but is meant for {meant}"
+        )
+    return (6, 0, loss), f"int8 ({flavour}) may saturate on {cls} (no VNNI): last"
+
+
+def _a(cls: IsaClass) -> str:
+    return f"{'an' if cls[0] in 'aeiosx' else 'a'} {cls}"
+
+
+def _measured_classes(manifest: Manifest, aid: str) -> list[str]:
+    """The ISA classes an artifact's latency was measured on (natively)."""
+    recs = manifest.measured(aid).latency
+    return sorted(
+        {r.host.isa_class for r in recs if r.status == "measured" and not r.host.emulated}
+    )
+
+
+def _order_by_prior(
+    manifest: Manifest, cands: list[Candidate], by_id: dict[str, ArtifactEntry], host: HostInfo
+) -> list[Candidate]:
+    """No candidate has latency of the host's class: order by the class prior."""
+    cls = host.isa_class
+    index = {a: i for i, a in enumerate(by_id)}
+    keyed = []
+    for c in cands:
+        key, why = _prior(by_id[c.id], cls)
+        elsewhere = _measured_classes(manifest, c.id)
+        where = f" (measured on {', '.join(elsewhere)} only)" if elsewhere else ""
+        c.prior = f"; no latency measured on {_a(cls)} host{where}; ranked by class prior: {why}"
+        keyed.append(((*key, index[c.id]), c))
+    return [c for _, c in sorted(keyed, key=lambda kc: kc[0])]
+
+
 def _candidate(
     manifest: Manifest,
     a: ArtifactEntry,
@@ -226,23 +299,30 @@ def rank(
     deferred = [c for c in ok if c.id not in order and by_id[c.id].status == "deferred"]
     rest = [c for c in ok if c.id not in order and by_id[c.id].status != "deferred"]
     confidence = manifest.policy.latency.confidence
-    ordered = [*first, *deferred, *_order_by_speedup(rest, by_id, confidence)]
+    if rest and all(c.speedup is None for c in rest):
+        rest = _order_by_prior(manifest, rest, by_id, host)
+    else:
+        rest = _order_by_speedup(rest, by_id, confidence)
+    ordered = [*first, *deferred, *rest]
     for c in ordered:
         if c.id in order:
             c.reason += "; listed in the selection order"
         if c.speedup is not None:
             c.reason += (
                 f"; speedup {c.speedup.describe()} over the reference "
-                f"({c.latency_source} record, a host like this)"
+                f"({c.latency_source} record, a host like this: {host.isa_class})"
             )
+        elif c.prior:
+            c.reason += c.prior
         elif by_id[c.id].status != "deferred":
             c.reason += "; no speedup measured on a host like this"
     return ordered, excluded
 
 
-def select_order(manifest: Manifest) -> SelectionRecord:
-    """What the build host would pick, recorded in the manifest (informational)."""
-    host = probe_host()
+def select_order(manifest: Manifest, host: HostInfo | None = None) -> SelectionRecord:
+    """What `host` (default: this build host) would pick, recorded in the manifest
+    (informational)."""
+    host = host or probe_host()
     ok, excluded = rank(manifest, host)
     return SelectionRecord(
         host=host.describe(),

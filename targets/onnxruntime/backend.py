@@ -16,6 +16,7 @@ from compiler.core.errors import BackendUnavailable, BuildError, short_message
 from compiler.core.host import Requirements
 from compiler.core.settings import OnnxRuntimeSettings
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
+from targets.int8_flavour import with_int8_flavour
 from targets.onnxruntime.runtime import session
 from targets.onnxruntime.runtime import version as ort_version
 
@@ -35,7 +36,7 @@ class OnnxRuntimeOptions(BackendOptions):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    version = "1"
+    version = "2"  # 2: requirements say an int8 model's flavour and the classes it is meant for
     targets = frozenset({"cpu", "arm"})
     options_cls = OnnxRuntimeOptions
 
@@ -80,14 +81,23 @@ class OnnxRuntimeBackend(Backend):
                 intra_op_num_threads=opts.intra_op_num_threads,
                 execution_mode=opts.execution_mode,
             ),
-            requirements=Requirements(
-                arch=_ARCH[request.target],
-                runtime="onnxruntime",
-                min_runtime_version=opts.min_runtime_version,
-            ),
+            requirements=_requirements(request, out_dir / model_path.name),
             precision=request.precision,
             portable=True,
         )
+
+
+def _requirements(request: BuildRequest, model: Path) -> Requirements:
+    """Any host of the arch with ONNX Runtime; an int8 model also says its flavour and the
+    ISA classes it is meant for (u8s8 for VNNI/AMX, u8s8-rr for AVX2: compiler/core/isa.py)."""
+    opts = request.options
+    assert isinstance(opts, OnnxRuntimeOptions)
+    req = Requirements(
+        arch=_ARCH[request.target],
+        runtime="onnxruntime",
+        min_runtime_version=opts.min_runtime_version,
+    )
+    return with_int8_flavour(req, model) if request.precision == "int8" else req
 
 
 def reference_session(model_path: Path, threads: int = 0) -> Any:

@@ -21,8 +21,10 @@ from pydantic import Field
 
 from compiler.core.errors import BuildError
 from compiler.core.host import Requirements
+from compiler.core.isa import BF16_FLAGS, meant_for
 from compiler.core.settings import OpenVinoSettings
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
+from targets.int8_flavour import with_int8_flavour
 from targets.openvino.runtime import INSTALL, compile_ir, openvino_message
 
 __all__ = ["OpenVinoBackend", "OpenVinoOptions"]
@@ -31,8 +33,10 @@ _ARCH = {"cpu": "x86_64", "arm": "aarch64"}
 _XML, _BIN = "model.xml", "model.bin"
 # the artifact precisions openvino builds (fp16 models: use onnxruntime or tvm)
 _PRECISIONS = ("bf16", "fp32", "int8")
-# The CPU plugin runs bf16 only with AVX-512 (core) or AVX2-VNNI-2; elsewhere it silently
-# falls back to f32. The loader needs a flag list, so bf16 artifacts ask for AVX-512.
+# The CPU plugin accepts bf16 on any AVX-512 core (or AVX2-VNNI-2) and falls back to f32
+# elsewhere; without AVX512_BF16 or AMX-BF16 it emulates bf16, slower than f32 (OpenVINO's
+# bf16 guide, compiler/core/isa.py). So a bf16 artifact needs AVX-512 and one of the native
+# bf16 flags (`isa_any`): AMX hosts qualify by either.
 _BF16_ISA = {"x86_64": ["avx512bw", "avx512f", "avx512vl"]}
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
@@ -64,7 +68,8 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "2"  # 2: auto-named layers renamed by position (byte-stable IR)
+    version = "3"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    # say the int8 flavour, and bf16 needs native bf16 (isa_any)
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -102,6 +107,8 @@ class OpenVinoBackend(Backend):
                 f"use one of {list(_PRECISIONS)}"
             )
         requirements = _requirements(request.target, opts)
+        if request.precision == "int8":
+            requirements = with_int8_flavour(requirements, model_path)
         qdq_nodes = _count_qdq(source)
         _check_quantization(request, qdq_nodes, model_path)
         model = _convert(model_path, source)
@@ -217,6 +224,8 @@ def _requirements(target: str, opts: OpenVinoOptions) -> Requirements:
     return Requirements(
         arch=arch,
         isa=_BF16_ISA[arch] if bf16 else [],
+        isa_any=list(BF16_FLAGS[arch]) if bf16 else [],
         runtime="openvino",
         min_runtime_version=version,
+        meant_for=meant_for(arch, bf16=bf16),
     )

@@ -270,3 +270,23 @@ def test_a_wide_interval_does_not_outrank_a_narrow_one_of_the_same_precision(
     assert _order(cpu_manifest)[:2] == ["cpu/ort-fp32", "cpu/ov-f32"]
     _give(cpu_manifest, ov_f32=_interval(1.62, 1.40, 1.80))
     assert _order(cpu_manifest)[0] == "cpu/ov-f32"
+
+
+def test_records_from_another_isa_class_do_not_count(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    """int8 and bf16 speed depend on the ISA class: a record of an AVX-512 VNNI host says
+    nothing about this one (no flags: class x86-64), so the class prior ranks instead."""
+    vnni = CPU.model_copy(
+        update={"isa": ["avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"]}
+    )
+    for name in ("ort-fp32", "ov-f32", "ov-bf16", "ort-int8"):
+        cpu_manifest.measured(f"cpu/{name}").latency.append(
+            _latency(_interval(2.0, 1.9, 2.1), host=vnni)
+        )
+    ok, _ = rank(cpu_manifest, CPU)
+    assert all(c.speedup is None for c in ok)
+    assert ok[0].id == "cpu/ort-fp32"
+    assert "no latency measured on an x86-64 host (measured on avx512-vnni only)" in ok[0].reason
+    # bf16 is emulated without AVX512_BF16/AMX: it comes after full precision
+    assert [c.id for c in ok].index("cpu/ov-bf16") > [c.id for c in ok].index("cpu/ov-f32")
+    ok, _ = rank(cpu_manifest, vnni)
+    assert ok[0].speedup is not None and "a host like this: avx512-vnni" in ok[0].reason

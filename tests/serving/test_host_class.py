@@ -1,0 +1,166 @@
+"""Serving matches its host's ISA class: a package built on one class, loaded on hosts of
+other classes (described as HostInfo records, as the probe would report them).
+
+The package is real (ONNX Runtime fp32, int8 u8s8 and int8 u8s8-rr, built here); its latency
+records are then stamped as measured on an AVX-512 BF16 host, so what each simulated host
+picks does not depend on the CPU that runs the test.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnxruntime
+import pytest
+
+from compiler.core.host import HostInfo
+from compiler.serving.loader import load
+from compiler.serving.manifest import manifest_json, read_manifest
+from compiler.serving.selection import rank, select_order
+from tests.compiler.helpers import build
+from tests.core.test_isa import AMX, AVX2, BF16, VNNI
+from tests.models import save, tiny_mlp
+
+ORT = {"backend": "onnxruntime"}
+INT8 = {"name": "quantize", "accuracy_aware": {"enabled": False}}
+VARIANTS = {
+    "targets": {
+        "cpu": {
+            "variants": {
+                "ort-fp32": {"compile": ORT},
+                "ort-int8": {"passes": [INT8], "compile": ORT},
+                "ort-int8-rr": {"passes": [{**INT8, "reduce_range": True}], "compile": ORT},
+            }
+        },
+        "arm": {"variants": {"ort-int8": {"passes": [INT8], "compile": ORT}}},
+    }
+}
+DATA = Path(__file__).parents[1] / "compiler" / "data"
+
+
+def _host(flags: list[str]) -> HostInfo:
+    return HostInfo(
+        arch="x86_64",
+        cpu_model="described",
+        cpu_count=2,
+        isa=flags,
+        os="Linux",
+        runtimes={"onnxruntime": onnxruntime.__version__},
+    )
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once; its latency records re-stamped as taken on an avx512-bf16 host."""
+    root = tmp_path_factory.mktemp("classes")
+    model = save(tiny_mlp(), root / "mlp.onnx")
+    build(model, root / "pkg", None, targets=("cpu", "arm"), raw=VARIANTS)
+    m = read_manifest(root / "pkg")
+    for measured in m.measurements.values():
+        for rec in measured.latency:
+            rec.host = rec.host.model_copy(update={"isa": BF16})
+    (root / "pkg" / "manifest.json").write_text(manifest_json(m))
+    return root / "pkg"
+
+
+def test_each_int8_artifact_records_its_flavour_and_the_classes_it_is_meant_for(
+    package: Path,
+) -> None:
+    m = read_manifest(package)
+    req = {a.id: a.requirements for a in m.artifacts}
+    assert {k: (r.int8 if r else None) for k, r in req.items()} == {
+        "cpu/ort-fp32": None,
+        "cpu/ort-int8": "u8s8",
+        "cpu/ort-int8-rr": "u8s8-rr",
+        "arm/ort-int8": "s8s8",  # ONNX Runtime's int8 kernels on Arm take signed QDQ
+    }
+    assert req["cpu/ort-int8-rr"].meant_for == ["x86-64", "avx2", "avx512"]  # type: ignore[union-attr]
+    assert "amx" in req["cpu/ort-int8"].meant_for  # type: ignore[union-attr]
+    assert req["cpu/ort-fp32"].meant_for == []  # type: ignore[union-attr]
+    hosts = {r.host.isa_class for v in m.measurements.values() for r in v.latency}
+    assert hosts == {"avx512-bf16"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "cls", "picked", "order", "why"),
+    [
+        (
+            AVX2,
+            "avx2",
+            "cpu/ort-fp32",
+            ["cpu/ort-fp32", "cpu/ort-int8-rr", "cpu/ort-int8"],
+            "full precision (avx2 has no int8 dot products: int8 unproven)",
+        ),
+        (
+            VNNI,
+            "avx512-vnni",
+            "cpu/ort-int8",
+            ["cpu/ort-int8", "cpu/ort-int8-rr", "cpu/ort-fp32"],
+            "int8 meant for avx512-vnni (u8s8)",
+        ),
+        (
+            AMX,
+            "amx",
+            "cpu/ort-int8",
+            ["cpu/ort-int8", "cpu/ort-int8-rr", "cpu/ort-fp32"],
+            "int8 meant for amx (u8s8)",
+        ),
+    ],
+)
+def test_a_host_of_another_class_is_served_by_the_class_prior(
+    package: Path,
+    tmp_path: Path,
+    flags: list[str],
+    cls: str,
+    picked: str,
+    order: list[str],
+    why: str,
+) -> None:
+    host = _host(flags)
+    assert host.isa_class == cls
+    with load(package, host=host, allow_unverified=True, workdir=tmp_path) as session:
+        assert session.artifact == picked
+        assert f"no latency measured on an {cls} host (measured on avx512-bf16 only)" in (
+            session.reason
+        )
+        assert f"ranked by class prior: {why}" in session.reason
+    ranked, _ = rank(read_manifest(package), host, allow_unverified=True)
+    assert [c.id for c in ranked] == order
+
+
+def test_asked_for_int8_an_avx2_host_gets_the_avx2_safe_flavour(
+    package: Path, tmp_path: Path
+) -> None:
+    with load(
+        package, host=_host(AVX2), precision="int8", allow_unverified=True, workdir=tmp_path
+    ) as session:
+        assert session.artifact == "cpu/ort-int8-rr"
+        assert "int8 meant for avx2 (u8s8-rr)" in session.reason
+    ranked, _ = rank(read_manifest(package), _host(AVX2), allow_unverified=True)
+    saturating = next(c for c in ranked if c.id == "cpu/ort-int8")
+    assert "int8 (u8s8) may saturate on avx2 (no VNNI): last" in saturating.reason
+
+
+def test_a_host_of_the_measured_class_ranks_by_its_records(package: Path) -> None:
+    """What the build records: on generated data the int8 artifacts have no verdict, so
+    only ort-fp32 is in the order, ranked by its record of the host's class."""
+    recorded = select_order(read_manifest(package), _host(BF16))
+    assert [c.id for c in recorded.order] == ["cpu/ort-fp32"]
+    assert "a host like this: avx512-bf16" in recorded.order[0].why
+    assert "(avx512-bf16)" in recorded.host
+
+
+def test_an_old_manifest_gets_its_records_classes_on_read_and_keeps_them(tmp_path: Path) -> None:
+    """A schema-1 package (no isa_class anywhere): the class is computed from each record's
+    flags on read, written out on the next write, and reads back the same."""
+    shutil.copyfile(DATA / "manifest.v1.json", tmp_path / "manifest.json")
+    m = read_manifest(tmp_path)
+    hosts = [r.host for v in m.measurements.values() for r in v.latency]
+    assert hosts and {h.isa_class for h in hosts} == {"avx512-bf16"}
+    assert all(a.requirements is None or a.requirements.meant_for == [] for a in m.artifacts)
+    (tmp_path / "manifest.json").write_text(manifest_json(m))
+    again = read_manifest(tmp_path)
+    assert [r.host.isa_class for v in again.measurements.values() for r in v.latency] == [
+        h.isa_class for h in hosts
+    ]
