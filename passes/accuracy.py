@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -39,6 +39,7 @@ __all__ = [
     "AccuracyAwareConfig",
     "Gate",
     "GateResult",
+    "Quantize",
     "TaskGate",
     "gate_references",
     "gate_tolerance",
@@ -59,12 +60,22 @@ class AccuracyAwareConfig(BaseModel):
     enabled: bool = False
     max_float_layers: int = Field(default=8, ge=1, description="budget: layers kept in float")
     ranking_samples: int = Field(default=8, ge=1, description="samples for sensitivity ranking")
-    candidate_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+    candidate_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Attention")
     min_cosine: float | None = Field(
         default=None, ge=-1, le=1, description="None: the build's int8 parity tolerance"
     )
     min_top1: float | None = Field(
         default=None, ge=0, le=1, description="None: the build's int8 parity tolerance"
+    )
+    # The coarse steps before single layers (passes/int8_search.py):
+    calibration_methods: tuple[Literal["minmax", "entropy", "percentile"], ...] = Field(
+        # not entropy by default: ONNX Runtime 1.32's quantize_static cannot set its bins, and
+        # with its 128/128 default the ranges equal minmax (magika, ppocr_det, measured)
+        default=("percentile",),
+        description="static int8: methods tried after the pass's own when its model fails",
+    )
+    arithmetic_float: bool = Field(
+        default=True, description="try elementwise/normalization arithmetic in float first"
     )
 
 
@@ -262,12 +273,14 @@ def keep_sensitive_layers_in_float(
     gate: Gate,
     base_exclude: list[str],
     cfg: AccuracyAwareConfig,
+    before: GateResult | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Return the first model in the loop that passes the gate, else the best one kept.
 
     A layer whose float copy does not improve the gate is left int8 and listed as rejected;
-    at most 2 * max_float_layers layers are tried."""
-    before = gate.check(quantized)
+    at most 2 * max_float_layers layers are tried. `before`: the gate's verdict on
+    `quantized`, when the caller has it."""
+    before = before if before is not None else gate.check(quantized)
     record: dict[str, Any] = {"gate_before": before.record()}
     if gate.note:
         record["note"] = gate.note

@@ -219,7 +219,7 @@ class Pass(ABC, Generic[C]):
         before_sig = _interface(model)
         try:
             result = self._run(model, ctx)
-        except PassError:
+        except (PassError, NotApplicable):  # ours: already say which pass and why
             raise
         except Exception as exc:  # a library deep inside failed: say which pass and why
             raise PassError(f"pass '{self.name}' failed: {type(exc).__name__}: {exc}") from exc

@@ -8,7 +8,12 @@ here: a model another backend or host will read must not carry it.
 For BERT-like graphs, ONNX Runtime's Python transformer optimizer
 (`onnxruntime.transformers.optimizer`) finds more than the C++ optimizer does: Attention,
 SkipLayerNormalization, BiasGelu, EmbedLayerNormalization. `transformer: auto` runs it when
-the graph has attention, decomposed LayerNorm or Erf (GELU) patterns (passes/graph_facts.py).
+the graph has attention, decomposed LayerNorm or Erf (GELU) patterns (passes/graph_facts.py);
+`require` makes the variant a transformer variant: a graph without the attention pattern
+(MatMul -> Softmax -> MatMul) is NotApplicable (the artifact is skipped with the reason,
+before any work), and so is one where the fusions fail. The record's `fused_ops` counts the
+fused operators in the output (Attention, SkipLayerNormalization, Gelu/BiasGelu/FastGelu,
+EmbedLayerNormalization...), so a report shows whether the fusions fired.
 com.microsoft ops run only on ONNX Runtime: put `fuse` in ONNX Runtime variants only.
 """
 
@@ -21,23 +26,40 @@ from typing import Any, Literal
 import onnx
 from pydantic import Field
 
-from passes.base import Pass, PassConfig, PassContext, PassResult
+from compiler.core.errors import NotApplicable
+from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
 from passes.ort_tools import quiet
 
-__all__ = ["FuseConfig", "FusePass"]
+__all__ = ["FUSED_OPS", "FuseConfig", "FusePass"]
 
 
 # ONNX Runtime's fusions emit LayerNormalization in the default domain, an op of opset 17.
 _LAYER_NORM_OPSET = 17
 _LAYER_NORM_FUSIONS = ("LayerNormFusionL1", "LayerNormFusionL2", "SimplifiedLayerNormFusion")
+# The operators ONNX Runtime's transformer fusions emit: what `fused_ops` counts.
+FUSED_OPS = frozenset(
+    {
+        "Attention",
+        "MultiHeadAttention",
+        "SkipLayerNormalization",
+        "SkipSimplifiedLayerNormalization",
+        "EmbedLayerNormalization",
+        "Gelu",
+        "BiasGelu",
+        "FastGelu",
+        "QuickGelu",
+        "BiasAdd",
+        "LayerNormalization",
+    }
+)
 
 
 class FuseConfig(PassConfig):
     name: Literal["fuse"] = "fuse"
     level: Literal["basic", "extended"] = "basic"
     disabled_optimizers: tuple[str, ...] = ()
-    transformer: Literal["auto", "on", "off"] = "auto"
+    transformer: Literal["auto", "on", "off", "require"] = "auto"
     transformer_model_type: Literal["bert", "vit", "gpt2"] = "bert"
     num_heads: int = Field(default=0, ge=0, description="0: detect from the graph")
     hidden_size: int = Field(default=0, ge=0, description="0: detect from the graph")
@@ -66,7 +88,7 @@ def _ort_optimize(
 
 class FusePass(Pass[FuseConfig]):
     name = "fuse"
-    version = "2"
+    version = "3"  # 3: fused_ops in the record, transformer: require
     config_cls = FuseConfig
 
     def libraries(self) -> dict[str, str]:
@@ -74,11 +96,29 @@ class FusePass(Pass[FuseConfig]):
 
         return {"onnx": onnx.__version__, "onnxruntime": ort.__version__}
 
+    def __call__(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        """`require`: NotApplicable (the variant is skipped with the reason) on a graph
+        without attention, before any work, and where the fusions fail."""
+        if self.config.transformer != "require":
+            return super().__call__(model, ctx)
+        if not graph_facts(model).has_attention:
+            raise NotApplicable(
+                "fuse: a transformer variant, and the graph has no attention pattern "
+                "(MatMul -> Softmax -> MatMul); the other ONNX Runtime variants cover it"
+            )
+        result = super().__call__(model, ctx)
+        transformer = result.record.get("transformer")
+        if isinstance(transformer, dict) and "skipped" in transformer:
+            raise NotApplicable(f"fuse (transformer variant): {transformer['skipped']}")
+        return result
+
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         cfg = self.config
         disabled = list(cfg.disabled_optimizers)
         facts = graph_facts(model)
-        want = cfg.transformer == "on" or (cfg.transformer == "auto" and facts.transformer_like())
+        want = cfg.transformer in ("on", "require") or (
+            cfg.transformer == "auto" and facts.transformer_like()
+        )
         record: dict[str, Any] = {"level": cfg.level, "graph": facts.describe()}
         opset = _default_opset(model)
         layer_norm = opset >= _LAYER_NORM_OPSET
@@ -97,6 +137,8 @@ class FusePass(Pass[FuseConfig]):
         out, record["transformer"] = self._transformer_fusions(out, layer_norm)
         if cfg.level == "extended":
             out = _ort_optimize(out, "extended", disabled, ctx.workdir)
+        after = op_histogram(out)
+        record["fused_ops"] = {op: n for op, n in after.items() if op in FUSED_OPS}
         return PassResult(model=out, record=record)
 
     def _transformer_fusions(

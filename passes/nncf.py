@@ -7,13 +7,21 @@ by the same gate). The options are NNCF's own: `preset`, `model_type` (`auto`: t
 when the graph has attention, passes/graph_facts.py), `subset_size`, `fast_bias_correction`
 and `ignored_scope` (ONNX node names, regex patterns over them, ONNX op types).
 
-`accuracy_control`: when the plain result fails the int8 gate (passes/accuracy.py's `Gate`:
-the package's parity metrics and int8 tolerance, against the package's reference), quantize
-again with `nncf.quantize_with_accuracy_control` (NNCF 3.4 runs it on ONNX models: its ONNX
-backend has the accuracy restorer), whose validation function is the gate's margin (>= 0:
-passes) and whose `max_drop` is the float model's margin, so NNCF stops exactly when the gate
-passes. NNCF reverts quantizer groups in its ranked order, at most `max_iterations`; the gate
-then judges the result, and the record lists the nodes NNCF left in float.
+`model_type: transformer` turns on NNCF's SmoothQuant (activation outliers moved into the
+weights before MatMuls, alpha `smooth_quant_alpha`, NNCF's 0.95 by default) as well as its
+transformer quantizer placement; `fast_bias_correction` corrects each layer's output shift.
+
+`accuracy_control` (`enabled: auto`: on when the calibration data is the user's; on generated
+data no gate verdict means anything, so it stays off and the record says so): when the plain
+result fails the int8 gate (passes/accuracy.py's `Gate`: the package's parity metrics and
+int8 tolerance per output kind, and the task metric when the samples have labels, against
+the package's reference), first the coarse step of passes/int8_search.py (elementwise and
+normalization arithmetic kept float, one more quantization), then
+`nncf.quantize_with_accuracy_control` (NNCF 3.4 runs it on ONNX models: its ONNX backend has
+the accuracy restorer), whose validation function is the gate's margin (>= 0: passes) and
+whose `max_drop` is the float model's margin, so NNCF stops exactly when the gate passes.
+NNCF reverts quantizer groups in its ranked order, at most `max_iterations`; the gate then
+judges the result, and the record lists the nodes left in float.
 """
 
 from __future__ import annotations
@@ -30,14 +38,19 @@ from compiler.core.errors import PassError
 from passes.accuracy import Gate, make_gate
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
+from passes.int8_search import search_int8
 from passes.ort_tools import quiet, run_model
 from passes.quantize import GENERATED_DATA_WARNING, prepare_for_int8
 
 __all__ = ["NncfAccuracyControl", "NncfConfig", "NncfIgnoredScope", "NncfPass"]
 
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
-# a float model this close to the gate's edge leaves int8 no room (and rounding decides)
+# a float model this close to the outputs' tolerances leaves int8 no room (rounding decides)
 _NO_MARGIN = 1e-9
+AUTO_OFF = (
+    "accuracy control off: the calibration data is generated, so no gate verdict on it means "
+    "anything; give real data (--calibration-data, --sample-data) to turn it on"
+)
 
 
 class _Strict(BaseModel):
@@ -57,7 +70,12 @@ class NncfAccuracyControl(_Strict):
     """`accuracy_control:` block: re-quantize with NNCF's accuracy control when the plain
     result fails the int8 gate."""
 
-    enabled: bool = False
+    enabled: bool | Literal["auto"] = Field(
+        default="auto", description="auto: on when the calibration data is the user's"
+    )
+    arithmetic_float: bool = Field(
+        default=True, description="try elementwise/normalization arithmetic in float first"
+    )
     max_iterations: int = Field(
         default=8, ge=1, description="budget: quantizer groups NNCF may revert to float"
     )
@@ -78,6 +96,11 @@ class NncfConfig(PassConfig):
     model_type: Literal["auto", "cnn", "transformer"] = "auto"
     subset_size: int = Field(default=300, ge=1, description="calibration samples used, at most")
     fast_bias_correction: bool = True
+    smooth_quant_alpha: float | None = Field(
+        default=None,
+        le=1,
+        description="transformers' SmoothQuant alpha for MatMuls; None: NNCF's; < 0: off",
+    )
     ignored_scope: NncfIgnoredScope = Field(default_factory=NncfIgnoredScope)
     accuracy_control: NncfAccuracyControl = Field(default_factory=NncfAccuracyControl)
 
@@ -91,9 +114,9 @@ def _nncf_version() -> str:
 
 class NncfPass(Pass[NncfConfig]):
     name = "nncf"
-    version = (
-        "3"  # 2: the gate judges outputs by kind, and the task metric; 3: skips a quantized model
-    )
+    # 2: the gate judges outputs by kind, and the task metric; 3: skips a quantized model;
+    # 4: accuracy control on with user data, arithmetic-float step, SmoothQuant alpha
+    version = "4"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False
@@ -129,10 +152,16 @@ class NncfPass(Pass[NncfConfig]):
             "fast_bias_correction": cfg.fast_bias_correction,
             "calibration": {"samples": len(feeds), "source": ctx.calibration_source},
         }
+        if model_type == "transformer":
+            alpha = cfg.smooth_quant_alpha
+            record["smooth_quant"] = "NNCF default" if alpha is None else alpha
         record.update({k: v for k, v in prepared.items() if v})
         kwargs = self._kwargs(model_type, len(feeds))
         out = self._quantize(model, feeds, kwargs)
-        if cfg.accuracy_control.enabled:
+        enabled = cfg.accuracy_control.enabled
+        if enabled == "auto" and ctx.calibration_source != "user":
+            record["accuracy_control_off"] = AUTO_OFF
+        elif enabled:
             out, record["accuracy_control"] = self._accuracy_control(model, out, feeds, ctx, kwargs)
         record["quantized_ops"] = {k: v for k, v in op_histogram(out).items() if k in _QDQ}
         if not record["quantized_ops"]:
@@ -158,10 +187,21 @@ class NncfPass(Pass[NncfConfig]):
 
     def _kwargs(self, model_type: str, samples: int) -> dict[str, Any]:
         import nncf
+        from nncf.quantization.advanced_parameters import (
+            AdvancedQuantizationParameters,
+            AdvancedSmoothQuantParameters,
+        )
 
         cfg = self.config
         scope = cfg.ignored_scope
+        advanced = AdvancedQuantizationParameters()
+        if cfg.smooth_quant_alpha is not None:
+            alpha = cfg.smooth_quant_alpha
+            advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(
+                convolution=-1, matmul=alpha if alpha >= 0 else -1
+            )
         return {
+            "advanced_parameters": advanced,
             "preset": nncf.QuantizationPreset(cfg.preset),
             "target_device": nncf.TargetDevice.CPU,
             "subset_size": samples,
@@ -202,15 +242,39 @@ class NncfPass(Pass[NncfConfig]):
         if before.passed:
             record["kept_in_float"] = []
             return plain, record
-        float_margin = gate.check(model).margin
-        if float_margin <= _NO_MARGIN:
+        float_outputs = run_model(model, gate.feeds)
+        float_result = gate.judge(float_outputs)
+        # room under the outputs' tolerances (a task with max_drop 0 leaves the float model
+        # a margin of exactly 0 and int8 can still match it: judged on the outputs alone)
+        room = gate.margin(float_outputs, gate.references)
+        if not float_result.passed or room <= _NO_MARGIN:
             record["not_run"] = (
                 f"the float input itself is at or outside the int8 gate (margin "
-                f"{float_margin:.3g}) against the reference; no int8 model can pass it"
+                f"{min(room, float_result.margin):.3g}) against the reference; no int8 model "
+                "can pass it"
             )
             return plain, record
 
-        controlled = _restore_accuracy(model, feeds, gate, float_margin, ac, kwargs)
+        def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
+            return self._quantize(model, feeds, _ignoring(kwargs, exclude))
+
+        found = search_int8(
+            model, {"nncf": quantize}, gate, [], ac.arithmetic_float, (plain, before)
+        )
+        if "arithmetic_float" in found.record:
+            record["arithmetic_float"] = found.record["arithmetic_float"]
+        if found.result.passed:
+            record["kept_in_float"] = _float_nodes(found.model, plain)
+            record["gate_after"] = found.result.record()
+            return found.model, record
+        controlled = _restore_accuracy(
+            model,
+            feeds,
+            gate,
+            max(float_result.margin, 0.0),
+            ac,
+            _ignoring(kwargs, found.exclude),
+        )
         after = gate.check(controlled)
         record["kept_in_float"] = _float_nodes(controlled, plain)
         record["gate_after"] = after.record()
@@ -220,6 +284,19 @@ class NncfPass(Pass[NncfConfig]):
                 f"float (max_iterations={ac.max_iterations}); raise it or drop the int8 variant"
             )
         return controlled, record
+
+
+def _ignoring(kwargs: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """NNCF's options with `names` added to the ignored scope."""
+    import nncf
+
+    if not names:
+        return kwargs
+    scope = kwargs["ignored_scope"]
+    wider = nncf.IgnoredScope(
+        names=sorted({*scope.names, *names}), patterns=scope.patterns, types=scope.types
+    )
+    return {**kwargs, "ignored_scope": wider}
 
 
 def _restore_accuracy(
@@ -241,8 +318,11 @@ def _restore_accuracy(
         outs = run_model(candidate, [f for _, f in items])
         at = [i for i, _ in items]
         per_item = [gate.judge([o], [i]).margin for o, i in zip(outs, at, strict=True)]
-        return gate.judge(outs, at).margin, per_item
+        # NNCF divides by the float model's metric (its relative drop, even when unused):
+        # 1 + margin keeps it off zero and leaves every difference, so max_drop, as it is
+        return 1.0 + gate.judge(outs, at).margin, [1.0 + m for m in per_item]
 
+    options = dict(kwargs)  # nncf.quantize's options; this function names one differently
     restorer = AdvancedAccuracyRestorerParameters(
         max_num_iterations=ac.max_iterations,
         ranking_subset_size=ac.ranking_samples,
@@ -258,7 +338,8 @@ def _restore_accuracy(
                 max_drop=max_drop,
                 drop_type=nncf.DropType.ABSOLUTE,
                 advanced_accuracy_restorer_parameters=restorer,
-                **kwargs,
+                advanced_quantization_parameters=options.pop("advanced_parameters"),
+                **options,
             )
     except nncf.ValidationError as exc:
         msg = " ".join(str(exc).split())

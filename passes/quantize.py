@@ -22,9 +22,15 @@ import onnx
 from pydantic import Field
 
 from compiler.core.errors import PassError
-from passes.accuracy import AccuracyAwareConfig, keep_sensitive_layers_in_float, make_gate
-from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
+from passes.accuracy import (
+    AccuracyAwareConfig,
+    Quantize,
+    keep_sensitive_layers_in_float,
+    make_gate,
+)
+from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram, quantized_ops
 from passes.graph_facts import graph_facts
+from passes.int8_search import search_int8
 from passes.ort_tools import quiet
 
 __all__ = ["GENERATED_DATA_WARNING", "QuantizeConfig", "QuantizePass", "prepare_for_int8"]
@@ -41,19 +47,6 @@ AUTO_TYPES: dict[str | None, tuple[IntType, IntType, bool]] = {
 }
 # Dynamic int8 of Conv (ConvInteger) is slower than fp32 on ONNX Runtime CPU: leave it out.
 DYNAMIC_OP_TYPES = ("MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
-_QUANT_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "DynamicQuantizeMatMul",
-        "DynamicQuantizeLSTM",
-        "QAttention",
-        "QGemm",
-    }
-)
 GENERATED_DATA_WARNING = (
     "calibration used GENERATED data (random feeds from the contract), not real inputs: "
     "activation ranges, and any accuracy figure measured on them, are not meaningful; "
@@ -156,10 +149,23 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
     return upgraded, f"upgraded opset {opset} -> {_PER_CHANNEL_OPSET} for per-channel weights"
 
 
+def _histogram_refusal(method: str, feeds: list[dict[str, np.ndarray]]) -> str:
+    """Why ONNX Runtime's histogram calibrators (entropy, percentile) cannot take these
+    samples ("" when they can): they stack the samples, so all must have one shape."""
+    shapes = sorted({str({k: np.shape(v) for k, v in f.items()}) for f in feeds})
+    if len(shapes) <= 1:
+        return ""
+    return (
+        f"{method} calibration needs samples of one shape (ONNX Runtime's histogram collector "
+        f"stacks them), got {len(shapes)} shapes, e.g. {shapes[:2]}; give same-size samples"
+    )
+
+
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
-    # also covers passes/accuracy.py: bump on changes there; 4: skips a quantized or half-precision model
-    version = "4"
+    # also covers passes/accuracy.py and int8_search.py: bump on changes there; 4: skips a
+    # quantized or half-precision model; 5: calibration method and float arithmetic searched
+    version = "5"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -215,27 +221,68 @@ class QuantizePass(Pass[QuantizeConfig]):
         if upgraded:
             record["opset"] = upgraded
         with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
+            quantizers: dict[str, Quantize] = {}
             if mode == "static":
                 feeds = self._calibration(ctx, record)
-                quantize = self._static_quantizer(model, feeds, act, weight, symmetric, Path(tmp))
+                for method in self._methods():
+                    quantizers[method] = self._static_quantizer(
+                        model, feeds, act, weight, symmetric, Path(tmp), method
+                    )
             else:
                 feeds = ctx.calibration()[: cfg.calibration_samples]
-                quantize = self._dynamic_quantizer(model, weight, Path(tmp))
-            out = quantize(exclude, None)
+                quantizers["dynamic"] = self._dynamic_quantizer(model, weight, Path(tmp))
+            first = next(iter(quantizers.values()))
+            out = first(exclude, None)
             self._check_quantized(out)
             if cfg.accuracy_aware.enabled:
-                if not feeds:
-                    raise PassError("quantize: accuracy_aware needs sample data; none was given")
-                aa = cfg.accuracy_aware
-                gate = make_gate(model, ctx, feeds, aa.min_cosine, aa.min_top1)
-                out, record["accuracy_aware"] = keep_sensitive_layers_in_float(
-                    model, out, quantize, gate, exclude, cfg.accuracy_aware
+                out, record["accuracy_aware"] = self._accuracy_aware(
+                    model, out, quantizers, exclude, feeds, ctx, mode == "static"
                 )
+                self._check_quantized(out, "the accuracy loop kept every node float")
+                if mode == "static":
+                    record["calibration"]["method"] = record["accuracy_aware"]["quantizer"][
+                        "chosen"
+                    ]
         uses_data = mode == "static" or cfg.accuracy_aware.enabled
-        record["quantized_ops"] = {k: v for k, v in op_histogram(out).items() if k in _QUANT_OPS}
+        record["quantized_ops"] = quantized_ops(op_histogram(out))
         generated = ctx.calibration_source == "generated"
         warnings = [GENERATED_DATA_WARNING] if generated and uses_data else []
         return PassResult(model=out, record=record, warnings=warnings)
+
+    def _methods(self) -> list[str]:
+        """Calibration methods in the order the accuracy loop tries them: the config's first."""
+        cfg = self.config
+        others = cfg.accuracy_aware.calibration_methods if cfg.accuracy_aware.enabled else ()
+        return list(dict.fromkeys([cfg.calibration_method, *others]))
+
+    def _accuracy_aware(
+        self,
+        model: onnx.ModelProto,
+        out: onnx.ModelProto,
+        quantizers: dict[str, Quantize],
+        exclude: list[str],
+        feeds: list[dict[str, np.ndarray]],
+        ctx: PassContext,
+        static: bool,
+    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        """Calibration method and float arithmetic first (passes/int8_search.py; dynamic
+        int8 leaves arithmetic float anyway), then single layers back to float
+        (passes/accuracy.py), all judged by one gate."""
+        aa = self.config.accuracy_aware
+        if not feeds:
+            raise PassError("quantize: accuracy_aware needs sample data; none was given")
+        gate = make_gate(model, ctx, feeds, aa.min_cosine, aa.min_top1)
+        plain = gate.check(out)
+        found = search_int8(
+            model, quantizers, gate, exclude, aa.arithmetic_float and static, (out, plain)
+        )
+        out, loop = keep_sensitive_layers_in_float(
+            model, found.model, quantizers[found.method], gate, found.exclude, aa, found.result
+        )
+        record = {**found.record, **loop, "gate_before": plain.record()}
+        if not plain.passed:  # the plain model's verdict before, the kept model's after
+            record["gate_after"] = loop.get("gate_after", loop["gate_before"])
+        return out, record
 
     def _calibration(self, ctx: PassContext, record: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         feeds = ctx.calibration()[: self.config.calibration_samples]
@@ -245,13 +292,8 @@ class QuantizePass(Pass[QuantizeConfig]):
                 "config, or use mode: dynamic"
             )
         method = self.config.calibration_method
-        shapes = sorted({str({k: np.shape(v) for k, v in f.items()}) for f in feeds})
-        if method != "minmax" and len(shapes) > 1:
-            raise PassError(
-                f"quantize: {method} calibration needs samples of one shape (ONNX Runtime's "
-                f"histogram collector stacks them), got {len(shapes)} shapes, e.g. {shapes[:2]}; "
-                "use calibration_method: minmax or give same-size samples"
-            )
+        if method != "minmax" and (why := _histogram_refusal(method, feeds)):
+            raise PassError(f"quantize: {why}; use calibration_method: minmax")
         record["calibration"] = {
             "method": self.config.calibration_method,
             "samples": len(feeds),
@@ -267,8 +309,10 @@ class QuantizePass(Pass[QuantizeConfig]):
         weight: IntType,
         symmetric: bool,
         tmp: Path,
-    ) -> Any:
-        """A function (exclude, only) -> quantized model; calibrates once, then reuses ranges."""
+        method_name: str,
+    ) -> Quantize:
+        """A function (exclude, only) -> quantized model; calibrates once, then reuses ranges.
+        It raises ValueError where the method cannot calibrate these samples."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
         cfg = self.config
@@ -276,20 +320,24 @@ class QuantizePass(Pass[QuantizeConfig]):
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
-        }[cfg.calibration_method]
+        }[method_name]
         extra: dict[str, Any] = {"CalibPercentile": cfg.percentile}
         if symmetric:
             extra.update(ActivationSymmetric=True, WeightSymmetric=True)
-        cache = tmp / "calibration.json"
+        cache = tmp / f"calibration-{method_name}.json"
         # A path, not the ModelProto: given a proto, quantize_static saves it with
         # save_as_external_data=True, which rewrites the caller's proto in place.
         src = tmp / "float.onnx"
-        onnx.save(model, src)
+        if not src.exists():
+            onnx.save(model, src)
         calls = [0]
+        refusal = _histogram_refusal(method_name, feeds) if method_name != "minmax" else ""
 
         def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
+            if refusal:
+                raise ValueError(refusal)
             calls[0] += 1
-            dst = tmp / f"q{calls[0]}.onnx"
+            dst = tmp / f"q-{method_name}-{calls[0]}.onnx"
             with quiet():
                 quantize_static(
                     src,
@@ -311,7 +359,7 @@ class QuantizePass(Pass[QuantizeConfig]):
 
         return quantize
 
-    def _dynamic_quantizer(self, model: onnx.ModelProto, weight: IntType, tmp: Path) -> Any:
+    def _dynamic_quantizer(self, model: onnx.ModelProto, weight: IntType, tmp: Path) -> Quantize:
         from onnxruntime.quantization import quantize_dynamic
 
         cfg = self.config
@@ -332,14 +380,19 @@ class QuantizePass(Pass[QuantizeConfig]):
                     weight_type=_qtype(weight),
                     nodes_to_quantize=only,
                     nodes_to_exclude=exclude,
+                    # ONNX shape inference leaves com.microsoft ops' outputs (a fused
+                    # graph's Attention, SkipLayerNormalization) untyped: they are float
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
             return onnx.load(dst)
 
         return quantize
 
-    def _check_quantized(self, out: onnx.ModelProto) -> None:
-        if not any(op in _QUANT_OPS for op in op_histogram(out)):
+    def _check_quantized(
+        self, out: onnx.ModelProto, why: str = "no ops of the quantizable types, or all excluded"
+    ) -> None:
+        if not quantized_ops(op_histogram(out)):
             raise PassError(
-                "quantize: no node was quantized (no ops of the quantizable types, or all "
-                "excluded); set op_types, fewer exclusions, or drop the int8 variant"
+                f"quantize: no node was quantized ({why}); set op_types, fewer exclusions, "
+                "or drop the int8 variant"
             )

@@ -35,11 +35,28 @@ def _ort() -> VariantConfig:
     )
 
 
-def _ort_int8() -> VariantConfig:
+def _ort_int8(reduce_range: bool = False) -> VariantConfig:
     # simplify first: the shared prefix with ort-fp32, and a folded graph to calibrate.
     # No fuse before quantize: fused com.microsoft ops are not quantizable (docs/passes.md).
-    quantize = QuantizeConfig(accuracy_aware=AccuracyAwareConfig(enabled=True))
+    # The target's int8 types (cpu: u8s8, meant for VNNI/AMX hosts; arm: s8s8, what ONNX
+    # Runtime fuses into its int8 kernels on Arm). `reduce_range`: 7-bit weights, the flavour
+    # meant for x86 hosts without VNNI, whose u8s8 kernels saturate (docs/hosts.md).
+    quantize = QuantizeConfig(
+        reduce_range=reduce_range, accuracy_aware=AccuracyAwareConfig(enabled=True)
+    )
     return VariantConfig(passes=[SimplifyConfig(), quantize], compile=OnnxRuntimeOptions())
+
+
+def _ort_int8_tf() -> VariantConfig:
+    # Transformers: ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization,
+    # Gelu), then dynamic int8 (QAttention, MatMulInteger) gated by the accuracy loop; fused
+    # ops are quantizable in dynamic mode. `require`: on a graph without attention the
+    # variant is skipped with the reason before any work (docs/passes.md). No simplify:
+    # onnxsim turns MatMul+Add into Reshape-Gemm-Reshape, which ORT's Attention fusion does
+    # not match (perf/models.py bert: Attention 6 without it, 0 after it); fuse folds itself.
+    fuse = FuseConfig(level="basic", transformer="require")
+    quantize = QuantizeConfig(mode="dynamic", accuracy_aware=AccuracyAwareConfig(enabled=True))
+    return VariantConfig(passes=[fuse, quantize], compile=OnnxRuntimeOptions())
 
 
 def _ov(inference_precision: Literal["f32", "bf16"] = "f32", int8: bool = False) -> VariantConfig:
@@ -64,6 +81,7 @@ def default_cpu() -> dict[str, VariantConfig]:
     return {
         "ort-fp32": _ort(),
         "ort-int8": _ort_int8(),
+        "ort-int8-rr": _ort_int8(reduce_range=True),
         "ov-f32": _ov(),
         "ov-bf16": _ov(inference_precision="bf16"),
         "ov-int8": _ov(int8=True),
@@ -89,6 +107,13 @@ def with_tvm_cpu() -> dict[str, VariantConfig]:
 
 def with_tvm_arm() -> dict[str, VariantConfig]:
     return {**default_arm(), "tvm-fp32": _tvm()}
+
+
+# The transformer variant is opt-in (`pipeline: transformer`): on the perf BERT (seq 128) it
+# ran 2.24x the reference vs ort-int8's 2.86x in one build, with 10x its output error
+# (QAttention: hidden rel. L2 0.109 vs 0.011), and ~20 s more build; docs/passes.md.
+def transformer_cpu() -> dict[str, VariantConfig]:
+    return {**default_cpu(), "ort-int8-tf": _ort_int8_tf()}
 
 
 def tvm_tuned_cpu() -> dict[str, VariantConfig]:
@@ -119,6 +144,7 @@ PIPELINES: dict[str, dict[str, Callable[[], dict[str, VariantConfig]]]] = {
         "default": default_cpu,
         "with-tvm": with_tvm_cpu,
         "tvm-tuned": tvm_tuned_cpu,
+        "transformer": transformer_cpu,
         "none": no_pipeline,
     },
     "arm": {"default": default_arm, "with-tvm": with_tvm_arm, "none": no_pipeline},

@@ -180,7 +180,8 @@ def int8_loop(manifest: Manifest, artifact_id: str) -> str:
     if nncf is not None:
         control = nncf.get("accuracy_control")
         if not isinstance(control, dict):
-            return "nncf: accuracy_control not enabled (off in the default pipeline)"
+            off = nncf.get("accuracy_control_off")
+            return f"nncf: accuracy_control off: {off}" if off else "nncf: accuracy_control off"
         return (
             f"nncf accuracy_control: gate before {_gate(control.get('gate_before'))}; "
             f"gate after {_gate(control.get('gate_after'))}" + _notes(control)

@@ -34,6 +34,7 @@ def test_defaults_expand_the_pipeline_per_target() -> None:
     [
         ("cpu", "ort-fp32", ["simplify", "fuse"], "onnxruntime", "fp32"),
         ("cpu", "ort-int8", ["simplify", "quantize"], "onnxruntime", "int8"),
+        ("cpu", "ort-int8-rr", ["simplify", "quantize"], "onnxruntime", "int8"),
         ("cpu", "ov-f32", [], "openvino", "fp32"),
         ("cpu", "ov-bf16", [], "openvino", "bf16"),
         ("cpu", "ov-int8", ["simplify", "nncf"], "openvino", "int8"),
@@ -60,7 +61,7 @@ def test_default_pipelines_and_their_derived_precision(
 def test_default_variant_names() -> None:
     cfg = resolve_config(None, ALL)
     assert {t: sorted(c.variants) for t, c in cfg.targets.items()} == {
-        "cpu": ["ort-fp32", "ort-int8", "ov-bf16", "ov-f32", "ov-int8"],
+        "cpu": ["ort-fp32", "ort-int8", "ort-int8-rr", "ov-bf16", "ov-f32", "ov-int8"],
         "arm": ["ort-fp32", "ort-int8", "ov-f32", "ov-int8"],
         "gpu": ["trt-fp16", "trt-fp32", "trt-int8", "tvm-fp16", "tvm-fp32"],
     }
@@ -165,7 +166,7 @@ def test_unknown_pipeline(tmp_path: Path) -> None:
         load_config(path, ["cpu"])
     assert str(err.value) == (
         f"config {path}: target cpu: no pipeline named 'turbo'; known: "
-        "['default', 'none', 'tvm-tuned', 'with-tvm']"
+        "['default', 'none', 'transformer', 'tvm-tuned', 'with-tvm']"
     )
 
 
@@ -207,7 +208,7 @@ def test_file_variants_merge_over_the_pipeline() -> None:
     mine = {"compile": {"backend": "onnxruntime", "graph_optimization_level": "basic"}}
     raw = {"targets": {"cpu": {"variants": {"mine": mine, "ort-fp32": mine, "ov-bf16": None}}}}
     variants = resolve_config(raw, ["cpu"]).targets["cpu"].variants
-    assert sorted(variants) == ["mine", "ort-fp32", "ort-int8", "ov-f32", "ov-int8"]
+    assert sorted(variants) == ["mine", "ort-fp32", "ort-int8", "ort-int8-rr", "ov-f32", "ov-int8"]
     assert [p.name for p in variants["ort-fp32"].passes] == ["simplify", "fuse"]  # kept
     assert variants["ort-fp32"].compile.graph_optimization_level == "basic"  # type: ignore[union-attr]
     assert variants["mine"].passes == []  # a new variant: only what the file says

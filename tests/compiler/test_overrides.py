@@ -91,6 +91,7 @@ def test_set_calibration_method_reaches_every_cpu_quantize_and_nothing_else() ->
     assert _diff(before, after.model_dump(mode="json")) == [
         "targets.cpu.variants.ort-int8.passes.1.calibration_method",
         "targets.cpu.variants.ort-int8-dyn.passes.0.calibration_method",
+        "targets.cpu.variants.ort-int8-rr.passes.1.calibration_method",
     ]
     methods = {
         (t, n): p.calibration_method  # type: ignore[union-attr]
@@ -102,6 +103,7 @@ def test_set_calibration_method_reaches_every_cpu_quantize_and_nothing_else() ->
     assert methods == {
         ("cpu", "ort-int8"): "percentile",
         ("cpu", "ort-int8-dyn"): "percentile",
+        ("cpu", "ort-int8-rr"): "percentile",
         ("arm", "ort-int8"): "minmax",
         ("gpu", "trt-int8"): "minmax",
     }
@@ -125,7 +127,7 @@ def test_set_one_variant_pass_compile_and_enabled() -> None:
     )
     cpu, arm = cfg.targets["cpu"].variants, cfg.targets["arm"].variants
     assert cpu["ov-int8"].passes[1].accuracy_control.enabled is True  # type: ignore[union-attr]
-    assert arm["ov-int8"].passes[1].accuracy_control.enabled is False  # type: ignore[union-attr]
+    assert arm["ov-int8"].passes[1].accuracy_control.enabled == "auto"  # type: ignore[union-attr]
     assert cpu["ov-f32"].compile.num_threads == 2  # type: ignore[union-attr]
     assert cpu["ov-bf16"].compile.num_threads == 0  # type: ignore[union-attr]
     assert cpu["ov-bf16"].enabled is False and arm["ov-f32"].enabled is True

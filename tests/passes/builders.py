@@ -149,6 +149,44 @@ def outlier_mlp(seed: int = 0, outlier: float = 2000.0) -> onnx.ModelProto:
     )
 
 
+def cancelling_layernorm(seed: int = 0, shift: float = 8.0) -> onnx.ModelProto:
+    """x[N,32] -> MatMul(+shift) -> LayerNorm as tf2onnx writes it, the variance as
+    E[h^2] - E[h]^2 -> MatMul -> y[N,10] (class scores).
+
+    h's mean is `shift` and its spread ~1: in 8 bits, E[h^2] and E[h]^2 (~shift^2) each
+    carry a rounding error larger than their difference, so int8 arithmetic breaks the
+    normalization while int8 MatMuls alone are fine (magika's failure, made small).
+    """
+    rng = np.random.default_rng(seed)
+    w1 = (rng.normal(0, 1, (32, 32)) / np.sqrt(32)).astype(np.float32)
+    w2 = (rng.normal(0, 1, (32, 10)) / np.sqrt(32)).astype(np.float32)
+    consts = {"shift": np.float32(shift), "eps": np.float32(1e-3)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="mm1"),
+        helper.make_node("Add", ["h0", "shift"], ["h"], name="shift_add"),
+        helper.make_node("ReduceMean", ["h"], ["mean"], name="ln_mean", axes=[-1]),
+        helper.make_node("Mul", ["h", "h"], ["sq"], name="ln_square"),
+        helper.make_node("ReduceMean", ["sq"], ["msq"], name="ln_msq", axes=[-1]),
+        helper.make_node("Mul", ["mean", "mean"], ["mean2"], name="ln_mean2"),
+        helper.make_node("Sub", ["msq", "mean2"], ["var"], name="ln_var"),
+        helper.make_node("Add", ["var", "eps"], ["var_eps"], name="ln_eps"),
+        helper.make_node("Sqrt", ["var_eps"], ["std"], name="ln_sqrt"),
+        helper.make_node("Reciprocal", ["std"], ["inv"], name="ln_inv"),
+        helper.make_node("Sub", ["h", "mean"], ["hc"], name="ln_center"),
+        helper.make_node("Mul", ["hc", "inv"], ["hn"], name="ln_scale"),
+        helper.make_node("MatMul", ["hn", "w2"], ["y"], name="mm2"),
+    ]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    inits += [numpy_helper.from_array(np.array(v), k) for k, v in consts.items()]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", _F, ["N", 32])],
+        [helper.make_tensor_value_info("y", _F, ["N", 10])],
+        inits,
+        opset=17,
+    )
+
+
 def attention_block(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     """x[N,8,16] -> decomposed LayerNorm -> single-head self-attention -> residual [N,8,16]."""
     rng = np.random.default_rng(seed)
