@@ -48,6 +48,16 @@ def print_artifacts(rows: list[ArtifactRow]) -> None:
         )
         table.add_row(*map(Text, cells))
     out_console.print(table)
+    # batch 1 alone repeats the speedup column: the table is for larger batches or a sweep
+    served = [r for r in rows if r.tuned or any(b.batch != 1 for b in r.throughput)]
+    if served:
+        serving = Table(title="serving: items/s by batch over the reference, tuned settings")
+        for col in ("artifact", "throughput by batch", "runtime settings"):
+            serving.add_column(col, overflow="fold")
+        for r in served:
+            batches = "; ".join(f"b{b.batch}: {b.text}" for b in r.throughput) or "-"
+            serving.add_row(*map(Text, (r.id, batches, r.tuned or "-")))
+        out_console.print(serving)
 
 
 def print_recipes(rows: list[ArtifactRow]) -> None:

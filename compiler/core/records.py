@@ -4,6 +4,7 @@ another's wording."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -39,7 +40,11 @@ __all__ = [
     "PassRecord",
     "ReferenceOutput",
     "RuntimeSettingsField",
+    "ThroughputRecord",
+    "TunedSettings",
+    "TuningCandidate",
     "VerifyOutput",
+    "tuned_runtime",
 ]
 
 
@@ -111,6 +116,70 @@ class ParityRecord(_Record):
         return worst_output(self.outputs)
 
 
+# the host facts tuned settings hold on: where they differ, serving uses the core's defaults
+TUNED_HOST_FIELDS = ("arch", "cpu_count", "cpu_model")
+
+
+class TuningCandidate(_Record):
+    """One runtime setting tried at build: timed against the artifact's default settings in
+    one run (`speedup` = default time / candidate time, above 1: the candidate is faster)."""
+
+    name: str  # "default", "intra_op_num_threads=1", ...
+    settings: RuntimeSettingsField
+    status: Literal["baseline", "measured", "crashed", "error", "skipped"] = "measured"
+    reason: str = ""
+    speedup: SpeedupInterval | None = None
+    stopped: Literal["narrow", "budget", "max-pairs", ""] = ""
+    seconds: float = 0.0
+
+
+class TunedSettings(_Record):
+    """Runtime settings chosen by measurement on the build host: a candidate is adopted only
+    when its interval's lower bound is above 1 (noise never picks one). A measurement, outside
+    the manifest's core: serving applies `settings` only on a host like `host`
+    (`tuned_runtime`), the core's `default` elsewhere."""
+
+    status: Literal["tuned", "skipped"] = "tuned"
+    reason: str = ""  # why the sweep was skipped or cut short
+    host: MeasuredOn
+    default: RuntimeSettingsField  # the artifact's settings in the manifest's core
+    adopted: str = "default"  # the name of the adopted candidate
+    settings: RuntimeSettingsField  # the adopted candidate's settings
+    candidates: list[TuningCandidate] = Field(default_factory=list)
+    method: str = ""
+    seconds: float = 0.0
+    host_load: float | None = None  # the higher 1-minute load average, at start or end
+
+    @property
+    def busy(self) -> bool:
+        """Swept while other work kept every core busy: nothing is adopted from it (settings
+        that win under contention, fewer threads, lose on a quiet host)."""
+        return self.host_load is not None and self.host_load > max(1, self.host.cpu_count)
+
+    def host_mismatch(self, host: HostInfo) -> str:
+        """Why these settings do not hold on `host` ("" when they do)."""
+        return "; ".join(
+            f"{f} {getattr(host, f)!r} here, {getattr(self.host, f)!r} where tuned"
+            for f in TUNED_HOST_FIELDS
+            if getattr(host, f) != getattr(self.host, f)
+        )
+
+
+class ThroughputRecord(_Record):
+    """Items per second at one batch size, the artifact next to the reference at the same
+    batch in one run; `speedup` is the ratio of items/s (reference time / artifact time per
+    paired block). `skipped`: the contract does not allow that batch (the reason says why)."""
+
+    batch: int
+    status: Literal["measured", "crashed", "error", "skipped"] = "measured"
+    reason: str = ""
+    items_per_s: float | None = None
+    reference_items_per_s: float | None = None
+    speedup: SpeedupInterval | None = None
+    stopped: Literal["narrow", "budget", "max-pairs", ""] = ""
+    seconds: float = 0.0
+
+
 class LatencyRecord(_Record):
     """One artifact's latency next to the reference, each in a worker process of its own, in
     paired blocks on one host. `crashed`: the artifact's worker died or raised (a verdict on
@@ -134,6 +203,10 @@ class LatencyRecord(_Record):
     seconds: float = 0.0  # wall time the measurement took, workers' start-up included
     method: str = ""
     host_load: float | None = None  # the higher 1-minute load average, at start or end
+    # the runtime settings the sweep at build adopted (what `runner` ran), and items/s at the
+    # config's serving batch sizes
+    tuning: TunedSettings | None = None
+    throughput: list[ThroughputRecord] = Field(default_factory=list)
 
     @property
     def measured(self) -> bool:
@@ -148,6 +221,28 @@ class LatencyRecord(_Record):
 class ArtifactMeasurements(_Record):
     parity: list[ParityRecord] = Field(default_factory=list)
     latency: list[LatencyRecord] = Field(default_factory=list)
+
+
+def tuned_runtime(
+    runtime: RuntimeSettings, latency: Sequence[LatencyRecord], host: HostInfo
+) -> tuple[RuntimeSettings, str]:
+    """The settings to serve an artifact with on `host`, and why: the settings the build's
+    sweep adopted when `host` is like the one it was measured on (same arch, cpu count and
+    model) and they were tuned from these very defaults; else `runtime`, the core's."""
+    tuned = next((r.tuning for r in reversed(latency) if r.source == "build" and r.tuning), None)
+    if tuned is None or tuned.status != "tuned" or tuned.adopted == "default":
+        return runtime, ""
+    if tuned.default != runtime:
+        return runtime, "the package's runtime settings: tuned ones were measured from others"
+    mismatch = tuned.host_mismatch(host)
+    if mismatch:
+        return runtime, (
+            f"the package's runtime settings: the tuned {tuned.adopted} was measured on "
+            f"another host ({mismatch})"
+        )
+    chosen = next((c for c in tuned.candidates if c.name == tuned.adopted), None)
+    gain = f", {chosen.speedup.describe()} over the defaults" if chosen and chosen.speedup else ""
+    return tuned.settings, f"runtime settings tuned on a host like this: {tuned.adopted}{gain}"
 
 
 # --------------------------------------------------------------------------- node outputs

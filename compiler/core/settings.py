@@ -38,6 +38,9 @@ class OnnxRuntimeSettings:
     intra_op_num_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # intra-op threads busy-wait between ops (ONNX Runtime's default); off can win where
+    # cores are shared
+    allow_spinning: bool = True
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ __all__ = [
     "describe_method",
     "measure_latency",
     "measure_pair",
+    "time_workers",
 ]
 
 
@@ -88,24 +89,29 @@ def measure_pair(
             WorkerProcess.start(artifact, contract, feeds, work, **opts) as art,
             WorkerProcess.start(reference, contract, feeds, work, **opts) as ref,
         ):
-            settle = policy.settle_ms / 1e3
-            k_art, k_ref = (block_runs(w.run_s, policy.block_ms) for w in (art, ref))
-            art_block: Callable[[], list[float]] = lambda: art.block(k_art, settle)  # noqa: E731
-            ref_block: Callable[[], list[float]] = lambda: ref.block(k_ref, settle)  # noqa: E731
-            blocks = measure_paired(
-                art_block,
-                ref_block,
-                confidence=policy.confidence,
-                target_halfwidth=policy.target_halfwidth,
-                max_pairs=policy.runs,
-                budget_s=policy.max_seconds,
-            )
             return PairedMeasurement(
-                blocks,
+                time_workers(art, ref, policy),
                 art.describe,
                 ref.describe,
                 (float(art.ready.get("load_s", 0.0)), float(ref.ready.get("load_s", 0.0))),
             )
+
+
+def time_workers(art: WorkerProcess, ref: WorkerProcess, policy: LatencyPolicy) -> PairedBlocks:
+    """Paired blocks of two started workers, `art` against `ref` (its speedup: ref time / art
+    time), by the policy's method. Raises WorkerFailed when either dies."""
+    settle = policy.settle_ms / 1e3
+    k_art, k_ref = (block_runs(w.run_s, policy.block_ms) for w in (art, ref))
+    art_block: Callable[[], list[float]] = lambda: art.block(k_art, settle)  # noqa: E731
+    ref_block: Callable[[], list[float]] = lambda: ref.block(k_ref, settle)  # noqa: E731
+    return measure_paired(
+        art_block,
+        ref_block,
+        confidence=policy.confidence,
+        target_halfwidth=policy.target_halfwidth,
+        max_pairs=policy.runs,
+        budget_s=policy.max_seconds,
+    )
 
 
 def measure_latency(

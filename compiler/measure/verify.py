@@ -1,6 +1,7 @@
 """Check one artifact on this host: parity against the stored reference outputs, and latency
-interleaved with the reference model. Used by the build's verify nodes and by
-`compile-pkg verify`.
+interleaved with the reference model (the build's verify nodes also sweep runtime settings,
+compiler/measure/tuning.py, and time throughput at the serving batch sizes,
+compiler/measure/throughput.py). Used by the build's verify nodes and by `compile-pkg verify`.
 
 Where an artifact's requirements do not match the host: if only the CPU architecture
 differs and its format is portable (ONNX, OpenVINO IR), it is run with this host's build of
@@ -10,8 +11,10 @@ the record says why (status "not-verified").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from compiler.core.parity import compare_outputs
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import (
     GENERATED_DATA,
+    LatencyRecord,
     MeasuredOn,
     ParityMode,
     ParityRecord,
@@ -32,11 +36,14 @@ from compiler.core.records import (
 from compiler.core.settings import RuntimeSettings
 from compiler.core.task import score_task
 from compiler.core.tolerance import ParityPolicy
+from compiler.measure.throughput import accepted, measure_throughput
 from compiler.measure.timing import measure_latency as time_latency
+from compiler.measure.tuning import TUNABLE, skipped_tuning, tune
 from compiler.measure.workers import Contender
 from targets.runner import open_runner
 
 __all__ = [
+    "ServeMeasures",
     "judge_outputs",
     "measured_on",
     "now_utc",
@@ -102,9 +109,11 @@ def verify_artifact(
     deferred: bool = False,
     measure_latency: bool = True,
     labels: Sequence[Any] | None = None,
+    serve: ServeMeasures | None = None,
 ) -> VerifyOutput:
     """Parity (and, natively, latency) of one artifact; `labels` (one per sample) let the
-    policy's task metric score it."""
+    policy's task metric score it; `serve`: the runtime-settings sweep and the batch sizes
+    whose throughput to measure (none by default)."""
     on = measured_on(host)
     if deferred:
         reason = "deferred: built on the serving host"
@@ -140,7 +149,7 @@ def verify_artifact(
             if measure_latency and mode == "native":
                 runner.close()  # the timing workers load their own; this one would sit idle
                 artifact = Contender(str(artifact_dir.name), backend, artifact_dir, runtime)
-                timing = time_latency(artifact, inputs[0], contract, ref_model, latency, on)
+                timing = _timing(artifact, record, inputs, contract, ref_model, latency, on, serve)
     except Exception as exc:  # a runtime failing on this artifact is a verdict, not a crash
         reason = f"could not run: {short_message(exc)}"
         record = ParityRecord(
@@ -148,6 +157,46 @@ def verify_artifact(
         )
         return VerifyOutput(parity=record)
     return VerifyOutput(parity=record, latency=timing)
+
+
+@dataclass(frozen=True)
+class ServeMeasures:
+    """What verify measures for serving besides batch-1 latency: a sweep of runtime settings
+    (`tuning_s` seconds at most; 0: none) and items/s at `batch_sizes`; `accepts`: the
+    artifact's own contract when narrower than the package's."""
+
+    tuning_s: float = 0.0
+    batch_sizes: tuple[int, ...] = ()
+    accepts: Contract | None = None
+
+
+def _timing(
+    artifact: Contender,
+    parity: ParityRecord,
+    inputs: list[Feeds],
+    contract: Contract,
+    ref_model: Path | None,
+    policy: LatencyPolicy,
+    on: MeasuredOn,
+    serve: ServeMeasures | None,
+) -> LatencyRecord:
+    """Latency with the settings the sweep adopted (the artifact's own without one), and
+    throughput at the serving batch sizes with the same settings."""
+    serve = serve or ServeMeasures()
+    tuning = None
+    if serve.tuning_s > 0 and artifact.backend in TUNABLE:
+        if parity.status != "passed":
+            why = f"parity {parity.status}: settings are tuned only for artifacts that pass"
+            tuning = skipped_tuning(artifact.runtime, on, why)
+        else:
+            tuning = tune(artifact, inputs[0], contract, policy, serve.tuning_s, on)
+        artifact = dataclasses.replace(artifact, runtime=tuning.settings)
+    timing = time_latency(artifact, inputs[0], contract, ref_model, policy, on)
+    served = accepted(contract, serve.accepts)
+    throughput = measure_throughput(
+        artifact, inputs, served, ref_model, policy, serve.batch_sizes, timing
+    )
+    return timing.model_copy(update={"tuning": tuning, "throughput": throughput})
 
 
 def unverified_on_generated(

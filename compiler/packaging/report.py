@@ -92,6 +92,33 @@ def _how_made(rows: list[ArtifactRow]) -> list[str]:
     return lines
 
 
+def _serving(rows: list[ArtifactRow]) -> list[str]:
+    """Throughput by serving batch size and the runtime settings chosen by measurement."""
+    measured = [r for r in rows if r.throughput or r.tuned]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "## Serving: throughput by batch size, tuned runtime settings",
+        "",
+        "Items/s of each artifact next to the reference at the same batch, in one run (the "
+        "ratio with its interval); runtime settings adopted only when faster than the "
+        "defaults beyond the interval, and applied by serving only on a host like this one.",
+        "",
+        "| artifact | batch | items/s | ref items/s | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for r in measured:
+        for b in r.throughput:
+            lines.append(
+                f"| {r.id} | {b.batch} | {_fmt(b.items_per_s, '.1f')} "
+                f"| {_fmt(b.reference_items_per_s, '.1f')} | {b.text} |"
+            )
+    lines.append("")
+    lines += [f"- `{r.id}` runtime settings: {r.tuned}" for r in measured if r.tuned]
+    return lines
+
+
 def _where_measured(m: Manifest) -> list[str]:
     lines = ["", "## Where each figure was measured", ""]
     for aid, recs in m.measurements.items():
@@ -109,6 +136,11 @@ def _where_measured(m: Manifest) -> list[str]:
                 f"- `{aid}` latency on {describe_host(lat.host)}, batch {lat.batch}, "
                 f"{runs}, runner {lat.runner}; {lat.method}"
             )
+            if lat.tuning is not None and lat.tuning.method:
+                lines.append(
+                    f"- `{aid}` runtime settings swept on {describe_host(lat.tuning.host)}: "
+                    f"{lat.tuning.method}"
+                )
     return lines
 
 
@@ -126,7 +158,7 @@ def render_markdown(m: Manifest) -> str:
     ]
     for target, note in m.target_notes.items():
         lines.append(f"\nTarget `{target}`: {note}")
-    lines += _how_made(rows) + _where_measured(m)
+    lines += _serving(rows) + _how_made(rows) + _where_measured(m)
     if m.selection.order or m.selection.excluded:
         lines += ["", f"## Selection on the build host ({m.selection.host})", ""]
         for i, c in enumerate(m.selection.order, 1):

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from compiler.core.parity import OutputParity
-from compiler.core.records import MeasuredOn, PassRecord
+from compiler.core.records import LatencyRecord, MeasuredOn, PassRecord
 from compiler.packaging.output import human_bytes
 from compiler.pipeline.config import BuildConfig
 from compiler.pipeline.graph import PassNode, build_graph
@@ -23,7 +23,15 @@ from compiler.serving.manifest import Manifest
 from compiler.serving.selection import parity_verdict
 from passes.registry import PassConfig
 
-__all__ = ["ArtifactRow", "PassStep", "artifact_rows", "describe_host", "short_value"]
+__all__ = [
+    "ArtifactRow",
+    "BatchRow",
+    "PassStep",
+    "artifact_rows",
+    "describe_host",
+    "short_value",
+    "tuned_text",
+]
 
 _SHOWN_ITEMS = 6  # list items shown in a summary before "+N more"
 
@@ -46,6 +54,61 @@ class PassStep(_Row):
         inner = ", ".join(f"{k}={short_value(v)}" for k, v in items.items())
         skipped = f" skipped: {self.skipped}" if self.skipped else ""
         return f"{self.name}({inner}){skipped}" if inner else f"{self.name}{skipped}"
+
+
+class BatchRow(_Row):
+    """Items/s at one serving batch size, next to the reference at the same batch."""
+
+    batch: int
+    status: str
+    reason: str = ""
+    items_per_s: float | None = None
+    reference_items_per_s: float | None = None
+    ratio: float | None = None
+    ratio_low: float | None = None
+    ratio_high: float | None = None
+
+    @property
+    def text(self) -> str:
+        """`1.42x [1.30-1.51]` of items/s, or the status and reason."""
+        if self.ratio is None or self.ratio_low is None or self.ratio_high is None:
+            return f"{self.status}: {self.reason}" if self.reason else self.status
+        return f"{self.ratio:.2f}x [{self.ratio_low:.2f}-{self.ratio_high:.2f}]"
+
+
+def _batch_rows(lat: LatencyRecord | None) -> list[BatchRow]:
+    return [
+        BatchRow(
+            batch=t.batch,
+            status=t.status,
+            reason=t.reason,
+            items_per_s=t.items_per_s,
+            reference_items_per_s=t.reference_items_per_s,
+            ratio=t.speedup.estimate if t.speedup else None,
+            ratio_low=t.speedup.low if t.speedup else None,
+            ratio_high=t.speedup.high if t.speedup else None,
+        )
+        for t in (lat.throughput if lat else [])
+    ]
+
+
+def tuned_text(lat: LatencyRecord | None) -> str:
+    """What the build's sweep of runtime settings adopted, in one line ("" without one)."""
+    tuned = lat.tuning if lat else None
+    if tuned is None:
+        return ""
+    if tuned.status == "skipped":
+        return f"not tuned: {tuned.reason}"
+    tried = [c for c in tuned.candidates if c.status != "baseline"]
+    timed = sum(c.status == "measured" for c in tried)
+    what = f"{timed} of {len(tried)} candidate(s) timed in {tuned.seconds:.1f} s"
+    if tuned.host_load is not None:
+        what += f", load {tuned.host_load:g} on {tuned.host.cpu_count} cpus"
+    chosen = next((c for c in tried if c.name == tuned.adopted), None)
+    if chosen is None or chosen.speedup is None:
+        why = tuned.reason or "no candidate faster beyond its interval"
+        return f"defaults kept: {why} ({what})"
+    return f"{chosen.name}: {chosen.speedup.describe()} over the defaults ({what})"
 
 
 class ArtifactRow(_Row):
@@ -85,6 +148,9 @@ class ArtifactRow(_Row):
         return f"{self.speedup:.2f}x{spread}"
 
     latency_host: str = ""
+    # the runtime settings the build's sweep adopted, and items/s by serving batch size
+    tuned: str = ""
+    throughput: list[BatchRow] = Field(default_factory=list)
     size_bytes: int = 0
     size: str = ""
     passes: list[PassStep] = Field(default_factory=list)
@@ -230,6 +296,8 @@ def artifact_rows(m: Manifest) -> list[ArtifactRow]:
                 speedup_low=lat.speedup.low if lat and lat.speedup else None,
                 speedup_high=lat.speedup.high if lat and lat.speedup else None,
                 latency_host=describe_host(lat.host) if lat else "",
+                tuned=tuned_text(lat),
+                throughput=_batch_rows(lat),
                 size_bytes=size,
                 size=human_bytes(size) if a.files else "-",
                 passes=steps,

@@ -23,6 +23,7 @@ from typing import Literal
 from compiler.core.contract import Contract
 from compiler.core.errors import IntegrityError, NoCompatibleArtifact, PackageError, short_message
 from compiler.core.host import HostInfo, probe_host
+from compiler.core.records import tuned_runtime
 from compiler.serving.archive import extract_package, is_archive
 from compiler.serving.deferred import DeferredSwitch, ParityGate, order_deferred
 from compiler.serving.integrity import FileProblem, VerifiedCopy, check_files, check_package
@@ -113,21 +114,29 @@ def artifact_contract(contract: Contract, a: ArtifactEntry) -> Contract:
 
 
 def _open(
-    state: _Loading, c: Candidate, contract: Contract, threads: int | None, cache_dir: Path | None
-) -> Runner | None:
-    """The candidate's runner, loaded from a verified private copy; None if it failed."""
+    state: _Loading,
+    c: Candidate,
+    contract: Contract,
+    threads: int | None,
+    cache_dir: Path | None,
+    host: HostInfo,
+) -> tuple[Runner | None, str]:
+    """The candidate's runner, loaded from a verified private copy (None if it failed), and
+    why its runtime settings are the build's tuned ones or the core's ("" without a sweep)."""
     a = state.manifest.artifact(c.id)
     try:
         copy = VerifiedCopy(state.root, a, state.workdir)
     except IntegrityError as exc:
         state.integrity_failure(str(exc), exc)
         state.decisions.append(Decision(c.id, "failed", f"integrity: {exc}"))
-        return None
+        return None, ""
     state.copies.append(copy)
     assert a.runtime is not None  # a built artifact has runtime settings (manifest validation)
     served = artifact_contract(contract, a)
+    measured = state.manifest.measurements.get(a.id)
+    runtime, settings_why = tuned_runtime(a.runtime, measured.latency if measured else [], host)
     runner = open_runner(
-        a.backend, copy.artifact_dir, a.runtime, served, threads=threads, cache_dir=cache_dir
+        a.backend, copy.artifact_dir, runtime, served, threads=threads, cache_dir=cache_dir
     )
     try:
         runner.load()
@@ -136,11 +145,11 @@ def _open(
         log.warning("%s failed to load: %s; trying the next artifact", c.id, reason)
         state.decisions.append(Decision(c.id, "failed", reason))
         if runner.build_job is not None:
-            return runner  # its engine builds in the background from this copy
+            return runner, settings_why  # its engine builds in the background from this copy
         state.copies.remove(copy)
         copy.close()
-        return None
-    return runner
+        return None, ""
+    return runner, settings_why
 
 
 def load(
@@ -244,7 +253,9 @@ def _pick(
         if skip:
             state.decisions.append(Decision(c.id, "excluded", skip))
             continue
-        runner = _open(state, c, contract, threads, Path(cache_dir) if cache_dir else None)
+        runner, settings_why = _open(
+            state, c, contract, threads, Path(cache_dir) if cache_dir else None, host
+        )
         if runner is None:
             continue
         if runner.build_job is not None:  # its engine builds in the background: serve the next
@@ -254,12 +265,12 @@ def _pick(
         serving: Runner | SwitchingRunner = runner
         if pending is not None:  # serve this one until the engine is built and passes parity
             serving = DeferredSwitch(runner, pending, ParityGate(state.root, m, pending_id))
-        why = "; ".join(p for p in (request.why(c.id), c.reason) if p)
+        why = "; ".join(p for p in (request.why(c.id), c.reason, settings_why) if p)
         tried = sum(d.outcome == "failed" for d in state.decisions)
         why += f" (after {tried} fallback(s))" if tried else ""
         state.decisions.append(Decision(c.id, "picked", why))
         _warn_unusable(request, state.decisions)
-        log.info("picked %s: %s", c.id, why)
+        log.info("picked %s for %s: %s", c.id, host.describe(), why)  # names the ISA class
         return Session(
             package=state.source,
             manifest=m,

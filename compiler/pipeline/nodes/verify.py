@@ -1,7 +1,8 @@
 """verify: parity of a compiled artifact against the reference outputs (each output judged by
 its kind, and the task metric on the labelled samples when the config names one), and its
-latency next to the reference model, on this host. Its output is measurements: nothing builds
-on them, so they stay out of its digest."""
+latency next to the reference model, on this host: with the runtime settings a short sweep
+adopted when `tuning` is on, and items/s at the `serving` batch sizes. Its output is
+measurements: nothing builds on them, so they stay out of its digest."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from compiler.core.records import (
 )
 from compiler.core.task import metric_digest
 from compiler.measure.verify import (
+    ServeMeasures,
     unverified_on_few_rows,
     unverified_on_generated,
     verify_artifact,
@@ -30,11 +32,17 @@ from passes.registry import PASSES
 __all__ = ["VerifyKind"]
 
 
+def _tuning_s(ctx: NodeContext) -> float:
+    """The sweep's time cap per artifact; 0: no sweep."""
+    return ctx.config.tuning.seconds_per_artifact if ctx.config.tuning.enabled else 0.0
+
+
 class VerifyKind(Kind[VerifyNode]):
     # 5: latency in worker processes, with the speedup interval; 6: parity by output kind, task;
     # 7: lossy artifacts judged or calibrated on generated data are not verified; 8: lossy
-    # against the reference (a quantized source's int8 artifacts are not), few-rows rule
-    version = "8"
+    # against the reference (a quantized source's int8 artifacts are not), few-rows rule;
+    # 9: runtime settings swept (tuning), throughput at the serving batch sizes
+    version = "9"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
@@ -51,6 +59,8 @@ class VerifyKind(Kind[VerifyNode]):
             "precision": node.config.precision,
             "source_precision": ctx.output(node.normalize, NormalizeOutput).precision,
             "task_metric": metric_digest(task.metric) if (task := ctx.config.parity.task) else "",
+            "tuning_s": _tuning_s(ctx),
+            "batch_sizes": ctx.config.serving.batch_sizes,
         }
 
     def run(self, node: VerifyNode, ctx: NodeContext, out: Path) -> VerifyOutput:
@@ -72,6 +82,11 @@ class VerifyKind(Kind[VerifyNode]):
             latency=policy.latency,
             host=ctx.host,
             labels=ctx.labels(node.data) if policy.parity.task else None,
+            serve=ServeMeasures(
+                tuning_s=_tuning_s(ctx),
+                batch_sizes=tuple(ctx.config.serving.batch_sizes),
+                accepts=built.contract,
+            ),
         )
         data = ctx.output(node.data, DataOutput)
         calibrated = any(PASSES[p.name].uses_calibration for p in node.config.passes)
