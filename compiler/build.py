@@ -32,6 +32,7 @@ from compiler.pipeline.nodes.context import BuildInputs, NodeContext
 from compiler.pipeline.nodes.registry import KINDS
 from compiler.pipeline.normalize import Source, export_torch, save_model, source_digest
 from compiler.pipeline.preflight import preflight_source
+from compiler.pipeline.remote_cache import is_url, open_cache
 from compiler.pipeline.scheduler import Scheduler, StopBuild
 from compiler.serving.manifest import Manifest, read_manifest
 
@@ -106,7 +107,7 @@ def build_package(
     targets: tuple[str, ...],
     out: Path,
     *,
-    cache_dir: Path | None = None,
+    cache_dir: Path | str | None = None,
     use_cache: bool = True,
     sample_data: Path | None = None,
     calibration_data: Path | None = None,
@@ -124,8 +125,9 @@ def build_package(
     check_data_paths(sample_data=sample_data, calibration_data=calibration_data)
     facts = preflight_source(source)
     cache_root = (cache_dir or default_cache_dir()) if use_cache else None
+    local_cache = Path(cache_root) if cache_root and not is_url(cache_root) else None
     given = [
-        p for p in (source.onnx_path, sample_data, calibration_data, config_path, cache_root) if p
+        p for p in (source.onnx_path, sample_data, calibration_data, config_path, local_cache) if p
     ]
     plan = check_output(out, inputs=given, overwrite=overwrite)
     with tempfile.TemporaryDirectory(prefix="compile-pkg-") as tmp:
@@ -134,7 +136,8 @@ def build_package(
         g = build_graph(config, targets)
         model_bytes = facts.total_bytes if facts else src_path.stat().st_size
         plan.require_free_space(estimate_package_bytes(model_bytes, len(g.artifacts)))
-        cache = Cache(cache_root) if cache_root else Cache(tmpdir / "cache")
+        # a folder, or an fsspec URL mirrored locally (pipeline/remote_cache.py)
+        cache = open_cache(cache_root) if cache_root else Cache(tmpdir / "cache")
         inputs = BuildInputs(src_path, digest, config, targets, sample_data, calibration_data)
         # progress outermost, so each event carries the node's time
         instruments = (ProgressInstrument(on_event), TimingInstrument())

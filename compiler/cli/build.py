@@ -234,8 +234,8 @@ def _report(
 )
 @click.option(
     "--cache-dir",
-    type=click.Path(path_type=Path),
-    help="node cache (default ~/.cache/compile-pkg or $COMPILE_PKG_CACHE)",
+    help="node cache: a folder (default ~/.cache/compile-pkg or $COMPILE_PKG_CACHE), or an "
+    "fsspec URL shared by a cluster (s3://bucket/prefix; pip install 'compile-pkg[cluster]')",
 )
 @click.option("--no-cache", is_flag=True, help="neither read nor write the node cache")
 @click.option(
@@ -280,7 +280,7 @@ def build(
     sample_data: Path | None,
     data_loader: str | None,
     input_spec: tuple[str, ...],
-    cache_dir: Path | None,
+    cache_dir: str | None,
     no_cache: bool,
     strict: bool,
     allow_unavailable: bool,

@@ -200,6 +200,11 @@ class Cache:
             self._remove(entry)
         return None
 
+    def scratch(self) -> Path:
+        """This build's scratch folder (removed by `close`): for files the build's nodes share
+        wherever they run, such as what a kind derives to key a node and needs to run it."""
+        return self._open()
+
     def new_entry(self, key: str | None = None) -> Path:
         """A scratch folder with an empty `out/` in this build's scratch space (same
         filesystem as the cache); with `key`, the key's lock is held until commit/discard."""

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compiler.core.contract import DimRange
 from compiler.core.errors import ConfigError
@@ -57,6 +57,8 @@ __all__ = [
     "EXECUTOR_KINDS",
     "ExecutorConfig",
     "ParityConfig",
+    "ServingConfig",
+    "TuningConfig",
     "VariantConfig",
     "ALL_TARGETS",
     "apply_override",
@@ -93,16 +95,67 @@ class VerifyConfig(_Strict):
     )
 
 
-EXECUTOR_KINDS = ("in-process", "processes")
+class TuningConfig(_Strict):
+    """Runtime settings chosen by measurement (compiler/measure/tuning.py): a short sweep per
+    ONNX Runtime and OpenVINO artifact at build, recorded outside the manifest's core and
+    applied by serving on a host like the build host."""
+
+    enabled: bool = Field(
+        default=False,
+        description="sweep threads, spinning, execution mode (ORT), hint, streams and threads "
+        "(OpenVINO) per artifact that passes parity; adopted only when faster beyond the interval",
+    )
+    seconds_per_artifact: float = Field(
+        default=10.0,
+        gt=0,
+        description="the sweep's time cap per artifact, worker start-ups included",
+    )
+
+
+class ServingConfig(_Strict):
+    """How the package will be served: the batch sizes whose throughput verify measures."""
+
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        description="items/s at each batch next to the reference at the same batch (a batch "
+        "the contract does not allow is skipped with the reason)",
+    )
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_unique(cls, sizes: list[int]) -> list[int]:
+        if any(b < 1 for b in sizes):
+            raise ValueError(f"batch sizes must be >= 1, got {sizes}")
+        return sorted(set(sizes))
+
+
+EXECUTOR_KINDS = ("in-process", "processes", "ray")
 
 
 class ExecutorConfig(_Strict):
     """How a build runs its nodes (pipeline/executors/). It changes where the work happens,
     never what is built, so it stays out of the manifest and the config digest."""
 
-    kind: Literal["in-process", "processes"] = Field(
-        default="in-process",
-        description="`processes`: each node in its own worker process (a crash fails only it)",
+    kind: Literal["in-process", "processes", "ray"] = Field(
+        default="processes",
+        description="`processes`: each node in its own worker process (a crash fails only it); "
+        "`ray`: each node a task on the Ray cluster at `address` (pip install 'compile-pkg[ray]')",
+    )
+    address: str = Field(
+        default="",
+        description="ray: the cluster (`HOST:PORT` of a head this machine belongs to, or "
+        "`ray://HOST:PORT` through Ray Client); empty: the local cluster, started if none runs",
+    )
+    resources: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="ray: Ray resources a node needs, by node id, `KIND:TARGET` or `KIND` (first "
+        "match), e.g. `compile:gpu: {compile_pkg_gpu_cc_9_0: 1, GPU: 1}`, `verify:arm: {aarch64: 1}`",
+    )
+    retries: int = Field(
+        default=3,
+        ge=0,
+        description="ray: times a node is run again after its worker or Ray node dies",
     )
     workers: int = Field(
         default=0, ge=0, description="nodes run at once; 0: the cores this process may use"
@@ -136,6 +189,8 @@ class BuildConfig(_Strict):
     latency: LatencyPolicy = Field(default_factory=LatencyPolicy)
     selection: SelectionPolicy = Field(default_factory=SelectionPolicy)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     include_reference_model: bool = True
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, exclude=True)
 

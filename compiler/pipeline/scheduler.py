@@ -11,16 +11,29 @@ instead of skipping every node below it. The scheduler knows no kind by name: `k
 each node-definition type to its kind.
 
 Where a node runs is the executor's business (pipeline/executors/): the scheduler hands it
-every node that is ready (its parents done, a slot free), the node's key held and a scratch
-folder to write, and commits what comes back. A node whose kind is `exclusive` runs alone
-(verify measures latency on the host's cores). The results are the same whichever executor
-ran them, and `ctx.results` ends in the graph's order.
+ready nodes (parents done, a slot free), the node's key held and a scratch folder to write,
+and commits what comes back. The results are the same whichever executor ran them, and
+`ctx.results` ends in the graph's order.
+
+Which ready node starts first: the one with the longest estimated path to the end of the
+build (its own estimate plus its longest chain of descendants; pipeline/estimates.py: earlier
+builds' durations from the cache, else static hints), so the TVM gpu compiles that dominate a
+release build start first instead of last, and the short nodes fill the other slots.
+
+Exclusive nodes (verify: `executor.exclusive`) run alone, and only once no other node is
+ready or running: they time latency with every core of the host (the runtimes' default
+threads), so a compile beside them would skew the artifact's figures against the
+reference's. Holding them back until the compiles are done, instead of starting each as soon
+as its compile finishes, keeps the pool full while there is compile work: a verify that
+started early would stop every other slot for its whole run. Verify is a leaf, so nothing
+waits on it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +44,7 @@ from compiler.core.errors import short_message
 from compiler.core.hashing import dir_digest, sha256_json
 from compiler.core.records import NodeResult
 from compiler.pipeline.cache import BUSY, Busy, Cache
+from compiler.pipeline.estimates import STATS_FILE, Durations, model_bytes
 from compiler.pipeline.executors.base import Executor, NodeRun
 from compiler.pipeline.executors.inprocess import InProcessExecutor
 from compiler.pipeline.graph import NodeDef
@@ -57,12 +71,15 @@ class _Submitted:
     kind: NodeKind[Any]
     key: str
     scratch: Path
+    started: float = field(default_factory=time.monotonic)
 
 
 class Scheduler:
     """Runs graphs with `kinds`, `cache`, and `instruments` around every node, on `executor`
     (in this process by default); stops the run when a node in `stop_on` fails or is
-    skipped. Nodes of the kinds in `exclusive` run with no other node beside them."""
+    skipped. Nodes of the kinds in `exclusive` run with no other node beside them, after
+    the others. `durations` estimates how long nodes run (default: from the stats file in
+    the cache root, which the run updates)."""
 
     def __init__(
         self,
@@ -72,6 +89,7 @@ class Scheduler:
         stop_on: Collection[str] = (),
         executor: Executor | None = None,
         exclusive: Collection[str] = (),
+        durations: Durations | None = None,
     ) -> None:
         self.kinds = kinds
         self.cache = cache
@@ -79,17 +97,25 @@ class Scheduler:
         self.stop_on = frozenset(stop_on)
         self.executor = executor or InProcessExecutor()
         self.exclusive = frozenset(exclusive)
+        self.durations = durations
         self.errors: dict[str, BaseException] = {}  # node id -> what a failed node raised
         self._running: dict[str, _Submitted] = {}
         self._begun: set[str] = set()  # nodes whose instruments have started
         self._keys: dict[str, str] = {}  # node id -> its cache key, once computed
+        self._priority: dict[str, tuple[float, int]] = {}  # node id -> its sort key when ready
 
     def run(self, ctx: NodeContext) -> dict[str, NodeResult]:
         """Every node of `ctx.graph`; results land in `ctx.results` as they finish."""
         unknown = sorted({type(n).__name__ for n in ctx.graph if type(n) not in self.kinds})
         if unknown:
             raise TypeError(f"no node kind registered for {unknown}")
+        durations = self.durations or Durations(
+            self.cache.root / STATS_FILE if self.cache.enabled else None,
+            model_bytes(ctx.inputs.source_path),
+        )
+        ctx.scratch = self.cache.scratch()
         order = ctx.graph.order()
+        self._priority = self._priorities(order, ctx, durations)
         pending = list(order)
         self._begun.clear()
         self._keys.clear()
@@ -102,27 +128,58 @@ class Scheduler:
                         raise RuntimeError(f"no node of {len(pending)} pending can start")
                     continue  # every node started was settled at once (skip, cache hit)
                 for nid, run in self.executor.wait():
-                    self._finish(self._running.pop(nid), run, ctx)
+                    submitted = self._running.pop(nid)
+                    if run.output is not None:
+                        durations.record(submitted.node, time.monotonic() - submitted.started)
+                    self._finish(submitted, run, ctx)
         finally:
             self.executor.close()
             for submitted in self._running.values():
                 self.cache.discard(submitted.scratch)
             self._running.clear()
+            durations.save()
         done = {n.id: ctx.results[n.id] for n in order}
         ctx.results.clear()
         ctx.results.update(done)
         return ctx.results
 
+    def _priorities(
+        self, order: list[NodeDef], ctx: NodeContext, durations: Durations
+    ) -> dict[str, tuple[float, int]]:
+        """Sort key of each node among ready ones: longest estimated path to the end of the
+        build first (exclusive nodes run last anyway, so they add nothing to their parents'
+        path), then graph order."""
+        path: dict[str, float] = {}
+        for node in reversed(order):
+            below = [
+                path[c]
+                for c in ctx.graph.children(node.id)
+                if ctx.graph.node(c).kind not in self.exclusive
+            ]
+            path[node.id] = durations.estimate(node) + max(below, default=0.0)
+        return {n.id: (-path[n.id], i) for i, n in enumerate(order)}
+
     def _start_ready(self, pending: list[NodeDef], ctx: NodeContext) -> None:
-        """Start pending nodes whose parents are done, in graph order, while slots are free.
-        A node whose key another build holds waits while this build runs others."""
-        for node in list(pending):
+        """Start ready nodes, longest first, while slots are free; exclusive ones only when
+        nothing else runs or can start. A node whose key another build holds waits while
+        this build runs others."""
+        while self._start_some(pending, ctx, exclusive=False):
+            pass  # some settled at once (a skip, a cache hit): their children may be ready
+        if not self._running:
+            self._start_some(pending, ctx, exclusive=True)
+
+    def _start_some(self, pending: list[NodeDef], ctx: NodeContext, exclusive: bool) -> bool:
+        """Start the ready nodes that are (not) exclusive; whether any settled at once."""
+        ready = [
+            n
+            for n in pending
+            if (n.kind in self.exclusive) == exclusive
+            and all(p in ctx.results for p in ctx.graph.parents(n.id))
+        ]
+        settled = False
+        for node in sorted(ready, key=lambda n: self._priority[n.id]):
             if len(self._running) >= self.executor.slots or self._alone():
-                return
-            if any(p not in ctx.results for p in ctx.graph.parents(node.id)):
-                continue
-            if node.kind in self.exclusive and self._running:
-                continue  # waits until nothing else runs
+                break
             if node.id not in self._begun:
                 self._begun.add(node.id)
                 for instrument in self.instruments:
@@ -132,7 +189,9 @@ class Scheduler:
                 continue
             pending.remove(node)
             if result is not None:
+                settled = True
                 self._record(node, result, ctx)
+        return settled
 
     def _alone(self) -> bool:
         return any(s.node.kind in self.exclusive for s in self._running.values())

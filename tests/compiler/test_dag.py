@@ -12,6 +12,7 @@ import pytest
 from compiler.core.host import probe_host
 from compiler.core.records import Availability
 from compiler.pipeline.config import resolve_config
+from compiler.pipeline.executors.inprocess import InProcessExecutor
 from compiler.pipeline.graph import BuildGraph, CompileNode, PassNode, build_graph, describe_graph
 from compiler.pipeline.nodes.context import BuildInputs, NodeContext
 from compiler.pipeline.nodes.passes import PassKind
@@ -155,8 +156,10 @@ def test_changing_a_pass_reruns_its_branch(mlp_path: Path, tmp_path: Path, cache
 def test_passes_hand_models_on_in_memory(
     mlp_path: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pass whose parent ran in this build takes the parent's ModelProto, not its file; a
-    parent from the cache is read from its entry. Both give the same bytes."""
+    """In-process, a pass whose parent ran in this build takes the parent's ModelProto, not its
+    file; a parent from the cache is read from its entry. Both give the same bytes. (Only the
+    in-process executor holds models: worker processes share nothing but the cache, and the
+    patched onnx.load lives in this process.)"""
     reads: list[Path] = []
     real_load = onnx.load
 
@@ -168,7 +171,8 @@ def test_passes_hand_models_on_in_memory(
 
     monkeypatch.setattr(onnx, "load", load)
     raw = _two_variant_raw("extended")
-    first = build(mlp_path, tmp_path / "p1", cache_dir, raw=raw, targets=("cpu",))
+    here = {"raw": raw, "targets": ("cpu",), "executor": InProcessExecutor()}
+    first = build(mlp_path, tmp_path / "p1", cache_dir, **here)
     passes = sorted(n for n in first.results if "#" in n)
     assert len(passes) == 2 and all(first.results[n].status == "ran" for n in passes)
     assert reads == []
@@ -176,7 +180,7 @@ def test_passes_hand_models_on_in_memory(
     for n in passes:  # forget the passes: the first now reads normalize from its entry
         key = first.results[n].key
         shutil.rmtree(cache_dir / key[:2] / key)
-    second = build(mlp_path, tmp_path / "p2", cache_dir, raw=raw, targets=("cpu",))
+    second = build(mlp_path, tmp_path / "p2", cache_dir, **here)
     assert reads == [first.results["normalize"].out / "model.onnx"]
     s = statuses(second)
     assert [s[n] for n in passes] == ["ran", "ran"]
@@ -218,7 +222,9 @@ def test_a_failing_compile_stays_in_its_branch(
         return real(self, model, request, out)
 
     monkeypatch.setattr(OnnxRuntimeBackend, "build", build_or_fail)
-    out = build(mlp_path, tmp_path / "p", None)
+    # in-process: the patch lives in this process (worker processes fail for real in
+    # test_executors.py: a signal, a memory limit, a wall-time limit)
+    out = build(mlp_path, tmp_path / "p", None, executor=InProcessExecutor())
     s = statuses(out)
     assert s["arm/ort-fp32:compile"] == "failed" and s["arm/ort-fp32:verify"] == "skipped"
     assert s["cpu/ort-fp32:compile"] == "ran" and s["cpu/ort-fp32:verify"] == "ran"

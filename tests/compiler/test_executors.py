@@ -1,7 +1,8 @@
-"""Executors on real builds of a tiny model: the process pool builds the package an in-process
-build makes, byte for byte; a worker killed mid-node (SIGKILL from the test, a memory limit a
-real backend exceeds, a wall-time limit) fails only its node, with the cause, while the other
-nodes finish, and the next build on the same cache succeeds."""
+"""Executors on real builds of a tiny model: the process pool (the default) builds the package
+an in-process build makes, byte for byte; a worker killed mid-node (SIGKILL from the test, a
+memory limit a real backend exceeds, a wall-time limit) fails only its node, with the cause,
+while the other nodes finish, and the next build on the same cache, with the default
+executor, succeeds."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import pytest
 
 from compiler.build import BuildOutcome
 from compiler.core.errors import ConfigError
+from compiler.core.records import DataOutput
 from compiler.pipeline.cache import BUSY, Cache
-from compiler.pipeline.config import resolve_config
+from compiler.pipeline.config import ExecutorConfig, resolve_config
 from compiler.pipeline.executors.inprocess import InProcessExecutor
 from compiler.pipeline.executors.processes import ProcessExecutor, usable_cores
 from compiler.pipeline.executors.registry import make_executor
@@ -84,7 +86,7 @@ def test_a_worker_killed_mid_node_fails_only_that_node(tmp_path: Path, model: Pa
     assert built == {"arm/ort-fp32": "failed", "cpu/ort-fp32": "built"}
     assert not list((cache / "tmp").glob("build-*"))  # the killed node's scratch is gone
 
-    second = build(model, tmp_path / "p2", cache, executor=ProcessExecutor(2))
+    second = build(model, tmp_path / "p2", cache)  # the default executor
     assert second.results[VICTIM].status == "ran"
     assert second.results["cpu/ort-fp32:compile"].status == "cached"
     assert {a.status for a in second.manifest.artifacts} == {"built"}
@@ -113,7 +115,7 @@ def test_a_node_over_its_memory_limit_fails_only_that_node(tmp_path: Path, model
     assert first.results["cpu/ov-f32:verify"].status == "skipped"
     assert first.results["cpu/ort-fp32:verify"].status == "ran"
 
-    second = build(model, tmp_path / "p2", cache, ("cpu",), raw, executor=ProcessExecutor(2))
+    second = build(model, tmp_path / "p2", cache, ("cpu",), raw)  # the default executor
     assert second.results["cpu/ov-f32:compile"].status == "ran"
     assert second.results["cpu/ort-fp32:compile"].status == "cached"
     assert {a.status for a in second.manifest.artifacts} == {"built"}
@@ -152,6 +154,68 @@ def test_the_config_and_its_overrides_pick_the_executor() -> None:
     assert ProcessExecutor().slots == usable_cores() == len(os.sched_getaffinity(0))
     with pytest.raises(ConfigError, match="executor.bogus: unknown key 'bogus'"):
         resolve_config({}, ["cpu"], ["executor.bogus=1"])
+
+
+PID_LOADER = """
+import os
+from pathlib import Path
+
+import numpy as np
+
+def feeds():
+    with open(Path(__file__).with_name("calls.txt"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return [{"x": np.full((1, 8), i, np.float32)} for i in range(6)]
+"""
+
+
+def test_the_default_executor_is_the_process_pool(tmp_path: Path, model: Path) -> None:
+    assert ExecutorConfig().kind == "processes"
+    executor = make_executor(resolve_config({}, ["cpu"]).executor)
+    assert isinstance(executor, ProcessExecutor) and executor.slots == usable_cores()
+    executor.close()
+    # kinds hold no state, as key and run may be in different processes: the data node's
+    # key runs the user's loader in the build's process (its data's digest) and leaves the
+    # data in the build's scratch, where the node's worker reads it (the loader runs once)
+    (tmp_path / "pid_loader.py").write_text(PID_LOADER)
+    raw = {"data": {"loader": f"{tmp_path / 'pid_loader.py'}:feeds"}}
+    outcome = build(model, tmp_path / "p", tmp_path / "cache", ("cpu",), raw)
+    assert {r.status for r in outcome.results.values()} == {"ran"}
+    calls = [int(pid) for pid in (tmp_path / "calls.txt").read_text().split()]
+    assert calls == [os.getpid()]
+    data = outcome.results["data"].expect(DataOutput)
+    assert (data.samples_source, data.split_from) == ("user", 6)
+
+
+SCRIPT = """
+from pathlib import Path
+import sys
+
+with open(Path(sys.argv[1]) / "imports.txt", "a") as f:
+    f.write(__name__ + "\\n")
+
+if __name__ == "__main__":
+    from compiler.pipeline.executors.processes import ProcessExecutor
+    from tests.compiler.helpers import build
+
+    out = Path(sys.argv[1])
+    outcome = build(Path(sys.argv[2]), out / "p", out / "c", executor=ProcessExecutor(2))
+    print(len(outcome.results))
+"""
+
+
+def test_a_build_from_a_script_imports_the_script_once_more_not_once_per_node(
+    tmp_path: Path, model: Path
+) -> None:
+    # a worker that lacks the main script imports it again (CPython's fork server does not
+    # preload it): once in the fork server, not in each node's worker
+    (tmp_path / "script.py").write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    argv = [sys.executable, str(tmp_path / "script.py"), str(tmp_path), str(model)]
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout.split()[-1]) == 8  # nodes run in workers
+    assert (tmp_path / "imports.txt").read_text().split() == ["__main__", "__mp_main__"]
 
 
 def test_the_cli_runs_a_build_on_the_process_pool(tmp_path: Path, model: Path) -> None:
@@ -225,7 +289,7 @@ def test_a_build_killed_outright_leaves_no_worker_running(tmp_path: Path, model:
     slow = ["latency.runs=100000", "latency.max_seconds=60", "latency.target_halfwidth=0.0001"]
     argv = [sys.executable, "-m", "compiler.cli", "build", str(model), "--config", ORT_ONLY]
     argv += ["--targets", "cpu", "-o", str(tmp_path / "p"), "--cache-dir", str(tmp_path / "c")]
-    argv += ["--executor", "processes", "-q", *(a for kv in slow for a in ("--set", kv))]
+    argv += ["-q", *(a for kv in slow for a in ("--set", kv))]  # the default: processes
     build_process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen: dict[int, str] = {}
     deadline = time.monotonic() + 120

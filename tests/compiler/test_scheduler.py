@@ -1,9 +1,11 @@
 """The scheduler on toy node kinds: it knows no kind by name, caches by content, keeps failures
 in their branch, skips descendants with the parent's install hint, and its instruments time
-each node once. Holdings: the in-memory model handoff between passes."""
+each node once; ready nodes start longest first (durations recorded in the cache), exclusive
+nodes alone and after the others. Holdings: the in-memory model handoff between passes."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ from compiler.core.host import HostInfo
 from compiler.core.records import Availability, NodeResult, ReferenceOutput
 from compiler.pipeline.cache import Cache
 from compiler.pipeline.config import BuildConfig
+from compiler.pipeline.estimates import STATS_FILE
+from compiler.pipeline.executors.processes import ProcessExecutor
 from compiler.pipeline.graph import NodeDef, NodeGraph
 from compiler.pipeline.instruments import ProgressInstrument, TimingInstrument
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
@@ -178,6 +182,87 @@ def test_timing_is_the_instrument_s_and_taken_once(tmp_path: Path) -> None:
     assert events == [("slow", None), ("slow", timed["slow"].seconds)]
     untimed = _run(g, Cache(tmp_path / "c2"))
     assert untimed["slow"].seconds == 0.0  # nodes and kinds never time themselves
+
+
+@dataclass(frozen=True, eq=False)
+class SlowNode(ToyNode):
+    kind: ClassVar[str] = "slow"
+
+
+@dataclass(frozen=True, eq=False)
+class QuickNode(ToyNode):
+    kind: ClassVar[str] = "quick"
+
+
+@dataclass(frozen=True, eq=False)
+class MeasureNode(ToyNode):
+    kind: ClassVar[str] = "measure"
+
+
+def _scheduler(cache: Cache, log: list[str], **kw: object) -> Scheduler:
+    kind = ToyKind()
+    kinds = {t: kind for t in (ToyNode, SlowNode, QuickNode, MeasureNode)}
+    return Scheduler(kinds, cache, (_Recorder("i", log),), **kw)  # type: ignore[arg-type]
+
+
+def test_ready_nodes_start_longest_path_first_by_recorded_durations(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    cache.root.mkdir(parents=True)
+    stats = cache.root / STATS_FILE
+    # earlier builds' seconds per MiB: "toy" has none (its static hint, 0.3 s, applies)
+    stats.write_text(json.dumps({"version": 1, "classes": {"slow": [10, 3], "quick": [0.01, 3]}}))
+    g = _graph(
+        ToyNode("a", 1),
+        QuickNode("b-quick", 2, ("a",)),
+        SlowNode("c-slow", 3, ("a",)),
+        ToyNode("d-toy", 4, ("a",)),
+        QuickNode("e-quick", 5, ("a",)),  # short, but a slow node waits on it
+        SlowNode("f-slow", 6, ("e-quick",)),
+    )
+    log: list[str] = []
+    inputs = BuildInputs(Path("unused.onnx"), "0", BuildConfig(), ())
+    results = _scheduler(cache, log).run(NodeContext(inputs, g, HOST))
+    assert set(r.status for r in results.values()) == {"ran"}
+    assert list(results) == ["a", "b-quick", "c-slow", "d-toy", "e-quick", "f-slow"]  # graph's
+    started = [line.split()[1] for line in log if ".before" in line]
+    assert started == ["a", "e-quick", "c-slow", "f-slow", "d-toy", "b-quick"]
+    recorded = json.loads(stats.read_text())["classes"]
+    assert recorded["slow"][1] == 5 and 0 < recorded["slow"][0] < 10  # two more, far shorter
+    assert recorded["toy"][1] == 2 and recorded["quick"][1] == 5
+
+
+def test_an_unreadable_durations_file_falls_back_to_the_hints_and_is_rewritten(
+    tmp_path: Path,
+) -> None:
+    cache = Cache(tmp_path / "cache")
+    cache.root.mkdir(parents=True)
+    (cache.root / STATS_FILE).write_text("{not json")
+    log: list[str] = []
+    inputs = BuildInputs(Path("unused.onnx"), "0", BuildConfig(), ())
+    g = _graph(ToyNode("a"), SlowNode("b", inputs=("a",)))
+    assert _scheduler(cache, log).run(NodeContext(inputs, g, HOST))["b"].status == "ran"
+    doc = json.loads((cache.root / STATS_FILE).read_text())
+    assert sorted(doc["classes"]) == ["slow", "toy"]
+
+
+def test_exclusive_nodes_run_alone_once_nothing_else_can(tmp_path: Path) -> None:
+    # m is ready as soon as a is done, but runs only after x and y (two slots: real workers)
+    g = _graph(
+        ToyNode("a", 1),
+        MeasureNode("m", 2, ("a",)),
+        ToyNode("x", 3, ("a",), sleep=0.2),
+        ToyNode("y", 4, ("x",), sleep=0.2),
+        ToyNode("z", 5, ("a",), sleep=0.2),
+    )
+    log: list[str] = []
+    inputs = BuildInputs(Path("unused.onnx"), "0", BuildConfig(), ())
+    scheduler = _scheduler(
+        Cache(tmp_path / "cache"), log, executor=ProcessExecutor(2), exclusive=["measure"]
+    )
+    results = scheduler.run(NodeContext(inputs, g, HOST))
+    assert set(r.status for r in results.values()) == {"ran"}
+    assert log[-2:] == ["i.before m", "i.after m"]  # after every other node, nothing beside it
+    assert log.index("i.before z") < log.index("i.after x")  # the others share the slots
 
 
 def test_holdings_hand_a_copy_to_all_but_the_last_taker() -> None:

@@ -24,7 +24,7 @@ from compiler.pipeline.graph import NodeDef, NodeGraph
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import BuildInputs, NodeContext
 
-__all__ = ["NodeJob", "portable_kind", "work"]
+__all__ = ["NodeJob", "work"]
 
 _MIB = 1 << 20
 
@@ -36,7 +36,7 @@ class NodeJob:
     write, and the build process's cwd and environment."""
 
     node: NodeDef
-    kind: NodeKind[Any] | type[NodeKind[Any]]  # a class: made anew in the worker
+    kind: NodeKind[Any]  # kinds hold no state: key and run may be in different processes
     inputs: BuildInputs
     graph: NodeGraph
     host: HostInfo
@@ -46,16 +46,7 @@ class NodeJob:
     environ: dict[str, str]
     memory_mb: int
     build_pid: int
-
-
-def portable_kind(kind: NodeKind[Any]) -> NodeKind[Any] | type[NodeKind[Any]]:
-    """`kind` itself when it pickles; else its class, for a kind that holds process-local
-    state (DataKind keeps what its key step loaded, keyed by weak references to contexts)."""
-    try:
-        pickle.dumps(kind)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        return type(kind)
-    return kind
+    scratch: Path | None = None  # NodeContext.scratch
 
 
 def _address_space(field: str = "VmSize") -> int:
@@ -113,13 +104,13 @@ def work(sys_path: list[str], payload: bytes, result_path: str, log_path: str) -
     os.chdir(job.cwd)
     os.environ.clear()
     os.environ.update(job.environ)
-    kind = job.kind() if isinstance(job.kind, type) else job.kind
     ctx = NodeContext(job.inputs, job.graph, job.host)
     ctx.results.update(job.results)
+    ctx.scratch = job.scratch
     start = _address_space()
     previous = _limit_memory(start, job.memory_mb)
     try:
-        run = run_node(kind, job.node, ctx, job.out)
+        run = run_node(job.kind, job.node, ctx, job.out)
     finally:
         resource.setrlimit(resource.RLIMIT_AS, previous)
     grew = max(0, _address_space("VmPeak") - start) // _MIB

@@ -13,6 +13,7 @@ A worker dies with the build process (_worker.py watches it), so none outlives a
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import pickle
@@ -21,28 +22,25 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from multiprocessing import forkserver, spawn
 from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from compiler.core.records import NodeResult
-from compiler.pipeline.executors._worker import NodeJob, portable_kind, work
+from compiler.pipeline.executors._worker import NodeJob, work
 from compiler.pipeline.executors.base import NodeRun, OnStart
 from compiler.pipeline.graph import NodeDef
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import NodeContext
 
-__all__ = ["ProcessExecutor", "usable_cores"]
+__all__ = ["MAIN_ENV", "ProcessExecutor", "usable_cores"]
 
-# imported once by the fork server, so each worker starts with them loaded (`__main__`: a
-# script's main module, which multiprocessing would otherwise import again in every worker)
-_PRELOAD = [
-    "__main__",
-    "compiler.pipeline.executors._worker",
-    "compiler.pipeline.nodes.registry",
-    "onnxruntime",
-]
+# imported once by the fork server, so each worker starts with the node kinds, their
+# libraries and the build's main script loaded (_forkserver.py says why the script)
+_PRELOAD = ["compiler.pipeline.executors._forkserver"]
+MAIN_ENV = "COMPILE_PKG_FORKSERVER_MAIN"  # the build's main script, for the fork server
 _TAIL_LINES = 20
 _OUT_OF_MEMORY = re.compile(
     r"MemoryError|bad_alloc|out of memory|cannot allocate memory|failed to allocate", re.I
@@ -102,13 +100,19 @@ class ProcessExecutor:
         self.wall_s = wall_s
         self._on_start = on_start
         self._mp = multiprocessing.get_context("forkserver")
+        main = spawn.get_preparation_data("compile-pkg").get("init_main_from_path")
+        if main:  # read when the fork server starts (the first worker of this process)
+            os.environ[MAIN_ENV] = json.dumps({"path": main, "argv": sys.argv})
         self._mp.set_forkserver_preload(_PRELOAD)
+        # started now, so its imports overlap the build's own preparation (source checks,
+        # graph, host probe) instead of delaying the first node; a no-op once it runs
+        forkserver.ensure_running()
         self._running: dict[str, _Job] = {}
 
     def submit(self, node: NodeDef, kind: NodeKind[Any], ctx: NodeContext, out: Path) -> None:
         job = NodeJob(
             node=node,
-            kind=portable_kind(kind),
+            kind=kind,
             inputs=ctx.inputs,
             graph=ctx.graph,
             host=ctx.host,
@@ -118,11 +122,20 @@ class ProcessExecutor:
             environ=dict(os.environ),
             memory_mb=self.memory_mb,
             build_pid=os.getpid(),
+            scratch=ctx.scratch,
         )
         # beside the node's output, in the build's scratch space: removed before the entry
         # is committed, and collected with the scratch of a build that was killed
         result, log = out.parent / "worker-outcome.pkl", out.parent / "worker.log"
-        args = (list(sys.path), pickle.dumps(job), str(result), str(log))
+        try:
+            payload = pickle.dumps(job)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise TypeError(
+                f"node {node.id}: its kind {type(kind).__name__} or its inputs cannot be sent to "
+                f"a worker process ({exc}); kinds must hold no state, nodes exchange data only "
+                "through the cache"
+            ) from exc
+        args = (list(sys.path), payload, str(result), str(log))
         process = self._mp.Process(target=work, args=args, name=f"compile-pkg {node.id}")
         process.start()
         deadline = time.monotonic() + self.wall_s if self.wall_s else None

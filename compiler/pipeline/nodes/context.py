@@ -94,6 +94,11 @@ class NodeContext:
         self.host = host
         self.results: dict[str, NodeResult] = {}
         self.held = Holdings(graph)
+        # a folder of this build that every process running its nodes can read (the cache's
+        # scratch, set by the scheduler): what a kind derives while keying a node and needs
+        # again to run it goes there, never into the kind (key and run may be in different
+        # processes)
+        self.scratch: Path | None = None
 
     @property
     def config(self) -> BuildConfig:

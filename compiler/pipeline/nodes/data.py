@@ -8,13 +8,13 @@ Writes `samples.npz`, `calibration.npz` and, when the user's data has labels, `l
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from weakref import WeakKeyDictionary
 
 from compiler.core.contract import ValueDomain
 from compiler.core.errors import ConfigError
-from compiler.core.feeds import Feeds, feeds_digest, write_feeds_npz
+from compiler.core.feeds import Feeds, feeds_digest, read_feeds_npz, write_feeds_npz
 from compiler.core.hashing import dir_digest, file_sha256
 from compiler.core.records import DataOutput, DataSource
 from compiler.pipeline.data import generate_feeds, resolve_domains
@@ -37,12 +37,35 @@ def _path_digest(path: Path) -> str:
     return file_sha256(path) + (file_sha256(labels) if labels.is_file() else "")
 
 
-class DataKind(Kind[DataNode]):
-    version = "3"
+def _stash(ctx: NodeContext, loader: str) -> Path | None:
+    """Where the key step leaves a loader's data for the run step: the build's scratch."""
+    if ctx.scratch is None:
+        return None
+    return ctx.scratch / "data-loader" / hashlib.sha256(loader.encode()).hexdigest()[:32]
 
-    def __init__(self) -> None:
-        # a loader runs once per build: for the key, and its result is kept for the run
-        self._loaded: WeakKeyDictionary[NodeContext, Labelled] = WeakKeyDictionary()
+
+def _save(folder: Path, loaded: Labelled) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_feeds_npz(folder / "feeds.npz", loaded.feeds)
+    (folder / LABELS_FILE).write_text(json.dumps(loaded.labels), encoding="utf-8")
+    (folder / "digest").write_text(loaded.digest(), encoding="ascii")  # written last
+
+
+def _saved(folder: Path | None) -> Labelled | None:
+    """The data `_save` left in `folder`, if whole and unchanged; else None."""
+    if folder is None or not (folder / "digest").is_file():
+        return None
+    labels = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
+    loaded = Labelled(read_feeds_npz(folder / "feeds.npz"), labels)
+    return loaded if loaded.digest() == (folder / "digest").read_text(encoding="ascii") else None
+
+
+class DataKind(Kind[DataNode]):
+    """Holds no state between `key` and `run`: they may run in different processes (the
+    build's and a worker's), which share the cache. A data loader runs once, for the key (its
+    data's digest); its data waits in the build's scratch for the run step, wherever it runs."""
+
+    version = "3"
 
     def key(self, node: DataNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
@@ -55,7 +78,9 @@ class DataKind(Kind[DataNode]):
                 user[label] = _path_digest(path)
         if cfg.data.loader is not None:
             loaded = run_loader(cfg.data.loader, ctx.contract(node.normalize))
-            self._loaded[ctx] = loaded
+            stash = _stash(ctx, cfg.data.loader)
+            if stash is not None:
+                _save(stash, loaded)
             user["loader"] = loaded.digest()
         return {
             "samples": cfg.parity.samples,
@@ -74,7 +99,7 @@ class DataKind(Kind[DataNode]):
             calibration=ctx.inputs.calibration_data,
             loader=cfg.data.loader,
             validation_fraction=cfg.data.validation_fraction,
-            loaded=self._loaded.pop(ctx, None),
+            loaded=_saved(_stash(ctx, cfg.data.loader)) if cfg.data.loader else None,
         )
         model, where = ctx.model_path(node.normalize), ctx.inputs.source_path.name
         used: dict[str, ValueDomain] = {}
