@@ -80,12 +80,14 @@ def _prepare(model: RealModel, work: Path, plan: Plan) -> tuple[Path, Path]:
     return cal, smp
 
 
-def _builds(model: RealModel, work: Path, targets: str, cal: Path, smp: Path) -> dict[str, Any]:
+def _builds(
+    model: RealModel, work: Path, targets: str, cal: Path, smp: Path, extra: tuple[str, ...]
+) -> dict[str, Any]:
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)  # cold: an empty cache
     config = work / "config.yaml"
     config.write_text("{}\n", encoding="utf-8")
-    sets = tuple(task_options(model)[1::2])  # the values after each "--set"
+    sets = (*task_options(model)[1::2], *extra)  # the values after each "--set"
     out: dict[str, Any] = {}
     for label in ("cold", "warm"):
         pkg = work / f"pkg-{label}"
@@ -184,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="cpu")
     ap.add_argument("--batch", type=int, default=8, help="the larger batch timed (besides 1)")
     ap.add_argument("--no-olive", action="store_true")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="for every build"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     ap.add_argument("--workdir", type=Path, default=ROOT / "perf" / ".work" / "picks")
     args = ap.parse_args(argv)
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         work.mkdir(parents=True, exist_ok=True)
         cal, smp = _prepare(model, work, plan)
-        builds = _builds(model, work, args.targets, cal, smp)
+        builds = _builds(model, work, args.targets, cal, smp, tuple(args.set))
         doc["models"][name] = {"task": model.task, "source": model.source, "builds": builds}
         jobs.append(
             {
