@@ -22,7 +22,15 @@ from compiler.pipeline.graph import NodeDef
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import NodeContext
 
-__all__ = ["Executor", "NodeFailed", "NodeRun", "OnStart", "carried_error", "run_node"]
+__all__ = [
+    "Executor",
+    "NodeFailed",
+    "NodeRun",
+    "OnStart",
+    "carried_error",
+    "pickle_job",
+    "run_node",
+]
 
 # called with (node id, worker pid) when a worker process starts a node
 OnStart = Callable[[str, int], None]
@@ -59,6 +67,19 @@ def carried_error(exc: BaseException) -> BaseException:
     except Exception:
         return NodeFailed(short_message(exc), getattr(exc, "exit_code", 1))
     return exc
+
+
+def pickle_job(job: object, node: NodeDef, kind: NodeKind[Any], where: str) -> bytes:
+    """`job` pickled to cross into `where` (a worker process, a Ray task); a kind or input
+    that cannot cross is a TypeError naming the node."""
+    try:
+        return pickle.dumps(job)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TypeError(
+            f"node {node.id}: its kind {type(kind).__name__} or its inputs cannot be sent to "
+            f"{where} ({exc}); kinds must hold no state, nodes exchange data only through the "
+            "cache"
+        ) from exc
 
 
 def run_node(kind: NodeKind[Any], node: NodeDef, ctx: NodeContext, out: Path) -> NodeRun:

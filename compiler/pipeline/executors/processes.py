@@ -30,7 +30,7 @@ from typing import Any
 
 from compiler.core.records import NodeResult
 from compiler.pipeline.executors._worker import NodeJob, work
-from compiler.pipeline.executors.base import NodeRun, OnStart
+from compiler.pipeline.executors.base import NodeRun, OnStart, pickle_job
 from compiler.pipeline.graph import NodeDef
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import NodeContext
@@ -127,14 +127,7 @@ class ProcessExecutor:
         # beside the node's output, in the build's scratch space: removed before the entry
         # is committed, and collected with the scratch of a build that was killed
         result, log = out.parent / "worker-outcome.pkl", out.parent / "worker.log"
-        try:
-            payload = pickle.dumps(job)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise TypeError(
-                f"node {node.id}: its kind {type(kind).__name__} or its inputs cannot be sent to "
-                f"a worker process ({exc}); kinds must hold no state, nodes exchange data only "
-                "through the cache"
-            ) from exc
+        payload = pickle_job(job, node, kind, "a worker process")
         args = (list(sys.path), payload, str(result), str(log))
         process = self._mp.Process(target=work, args=args, name=f"compile-pkg {node.id}")
         process.start()

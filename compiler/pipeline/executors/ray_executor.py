@@ -40,7 +40,7 @@ from compiler.core.errors import CompilePkgError, ConfigError, short_message
 from compiler.core.host import HostInfo, probe_host
 from compiler.core.records import NodeResult
 from compiler.pipeline.config import ExecutorConfig
-from compiler.pipeline.executors.base import NodeRun, carried_error, run_node
+from compiler.pipeline.executors.base import NodeRun, carried_error, pickle_job, run_node
 from compiler.pipeline.graph import NodeDef, NodeGraph
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import BuildInputs, NodeContext
@@ -289,14 +289,7 @@ class RayExecutor:
             sys_path=list(sys.path),
             scratch=ctx.scratch.absolute() if ctx.scratch else None,
         )
-        try:
-            payload = pickle.dumps(job)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise TypeError(
-                f"node {node.id}: its kind {type(kind).__name__} or its inputs cannot be sent to "
-                f"a Ray task ({exc}); kinds must hold no state, nodes exchange data only "
-                "through the cache"
-            ) from exc
+        payload = pickle_job(job, node, kind, "a Ray task")
         ref = _remote().options(**options).remote(payload)
         deadline = time.monotonic() + self.config.wall_s if self.config.wall_s else None
         self._running[ref] = _Task(node.id, out.absolute(), deadline)
