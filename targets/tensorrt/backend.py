@@ -51,7 +51,7 @@ class TensorRTBackend(Backend):
     def runtime_availability(cls) -> Availability:
         why = host_can_build(resolve_tensorrt_version(probe_host()))
         if not why and importlib.util.find_spec("polygraphy") is None:
-            why = ["Polygraphy is not importable (pip install 'polygraphy>=0.49.14')"]
+            why = ["Polygraphy is not importable (pip install 'polygraphy>=0.53.4')"]
         if why:
             return Availability(ok=False, reason="; ".join(why), install=INSTALL)
         return Availability(ok=True)

@@ -106,7 +106,7 @@ class TensorRTArtifact:
             from polygraphy.backend.trt import TrtRunner
         except ImportError as exc:
             raise BackendUnavailable(
-                "tensorrt", f"cannot import polygraphy: {exc}", "pip install 'polygraphy>=0.49.14'"
+                "tensorrt", f"cannot import polygraphy: {exc}", "pip install 'polygraphy>=0.53.4'"
             ) from exc
 
         self.record, self.source = record, source

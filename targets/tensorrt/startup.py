@@ -129,7 +129,7 @@ def import_polygraphy() -> Any:
         from polygraphy.backend.trt import util as pg_util
     except ImportError as exc:
         raise BackendUnavailable(
-            "tensorrt", f"cannot import polygraphy: {exc}", "pip install 'polygraphy>=0.49.14'"
+            "tensorrt", f"cannot import polygraphy: {exc}", "pip install 'polygraphy>=0.53.4'"
         ) from exc
     with _LOCK:
         if getattr(pg_util, "TRT_LOGGER", None) is None:
