@@ -178,8 +178,9 @@ class Gate:
             labels = [self.task.labels[i] for i in at]
             task = score_task(self.task.spec, outputs, refs, labels, self.task.metric)
             ok = ok and task.status != "failed"
-            if task.drop is not None:
-                margins.append(self.task.spec.max_drop - task.drop)
+            if task.drop is not None:  # losses that gains offset still count (core/task.py)
+                drop = task.drop if task.loss_drop is None else max(task.drop, task.loss_drop)
+                margins.append(self.task.spec.max_drop - drop)
             elif task.status == "failed":
                 margins.append(-1.0)
         summary = {name: _summary(m) for name, m in per_output.items()}

@@ -1,7 +1,17 @@
 """The task metric hook: `module:function(outputs, labels) -> score` (or `file.py:function`),
 like Olive's and NNCF's validation functions. It scores what the model is for on the labelled
 samples; an artifact passes when its score falls at most `max_drop` below the reference's on
-the same samples. Standard library and numpy only (the GPU verification script may use it).
+the same samples, **with gains not offsetting losses**.
+
+Why the second condition: on a few labelled samples a quantized artifact often loses an item
+the reference got right and wins another back by chance (a region missed on one page, a stray
+box gone on another). The totals then tie or even favour the artifact while it does the job
+worse on data it has not seen. So the check is paired: each sample's artifact output is put in
+place of the reference's, one at a time, and scored with the rest of the reference's outputs
+(any metric works, also one that scores across samples: a ranking, a stream); the samples that
+lower the reference's score are the artifact's losses. The artifact's outputs on exactly those
+samples, with the reference's elsewhere, give the loss-only score; its drop must be within
+`max_drop` too. Standard library and numpy only (the GPU verification script may use it).
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import inspect
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,10 +33,23 @@ import numpy as np
 from compiler.core.hashing import file_sha256
 from compiler.core.tolerance import TaskSpec
 
-__all__ = ["TaskMetric", "TaskScore", "load_callable", "metric_digest", "score_task"]
+__all__ = [
+    "PAIRED_BUDGET_S",
+    "TASK_RULE",
+    "TaskMetric",
+    "TaskScore",
+    "load_callable",
+    "metric_digest",
+    "score_task",
+]
 
 Outputs = Sequence[Mapping[str, np.ndarray]]
 TaskMetric = Callable[[Outputs, Sequence[Any]], float]
+# the paired check calls the metric once more per sample; past this estimate it is not run and
+# the verdict says so (a user's metric that takes seconds on a large sample set)
+PAIRED_BUDGET_S = 60.0
+_EPS = 1e-12
+TASK_RULE = "paired-1"  # in the cache keys of what the rule judges: a new rule, new verdicts
 
 
 @dataclass(frozen=True)
@@ -44,6 +68,11 @@ class TaskScore:
     higher_is_better: bool = True
     samples: int = 0
     reason: str = ""
+    # the paired check (None where it was not run: see `paired_reason`)
+    worse: tuple[int, ...] | None = None  # samples whose artifact output alone lowers the score
+    better: int | None = None  # samples whose artifact output alone raises it
+    loss_drop: float | None = None  # the drop with the artifact's outputs on `worse` only
+    paired_reason: str = ""
 
 
 def load_callable(spec: str) -> Callable[..., Any]:
@@ -84,8 +113,10 @@ def score_task(
     references: Outputs,
     labels: Sequence[Any] | None,
     metric: TaskMetric | None = None,
+    paired_budget_s: float = PAIRED_BUDGET_S,
 ) -> TaskScore:
-    """The artifact's task score against the reference's on the same labelled samples."""
+    """The artifact's task score against the reference's on the same labelled samples, and
+    the paired check (the module's docstring says why)."""
     base = TaskScore(
         task.metric, "not-run", max_drop=task.max_drop, higher_is_better=task.higher_is_better
     )
@@ -95,31 +126,85 @@ def score_task(
         return replace(base, reason=f"{len(labels)} labels for {len(outputs)} samples")
     try:
         fn = metric or load_callable(task.metric)
+        started = time.monotonic()
         ref = float(fn(references, labels))
+        took = time.monotonic() - started
     except Exception as exc:  # the user's metric: say what it did, never crash the verdict
         return replace(base, reason=f"metric failed on the reference outputs: {_short(exc)}")
     try:
         art = float(fn(outputs, labels))
+        paired = _paired(task, fn, outputs, references, labels, ref, took, paired_budget_s)
     except Exception as exc:
         return replace(base, status="failed", reference=ref, reason=f"metric failed: {_short(exc)}")
     drop = task.drop(ref, art)
-    ok = math.isfinite(art) and drop <= task.max_drop + 1e-12
-    reason = (
-        ""
-        if ok
-        else f"task score {art:.4g} vs reference {ref:.4g}: drop {drop:.4g} > "
-        f"max_drop {task.max_drop}"
-    )
-    status: Literal["passed", "failed"] = "passed" if ok else "failed"
+    reasons = []
+    if not (math.isfinite(art) and drop <= task.max_drop + _EPS):
+        reasons.append(
+            f"task score {art:.4g} vs reference {ref:.4g}: drop {drop:.4g} > "
+            f"max_drop {task.max_drop}"
+        )
+    if paired.loss_drop is not None and paired.loss_drop > task.max_drop + _EPS:
+        reasons.append(
+            f"{len(paired.worse or ())} of {len(labels)} samples do worse than the reference "
+            f"(samples {_listed(paired.worse or ())}; {paired.better} do better, which does not "
+            f"make up for them): drop {paired.loss_drop:.4g} on those > max_drop {task.max_drop}"
+        )
+    status: Literal["passed", "failed"] = "failed" if reasons else "passed"
     return replace(
-        base,
+        paired,
         status=status,
         reference=ref,
         artifact=art,
         drop=drop,
         samples=len(labels),
-        reason=reason,
+        reason="; ".join(reasons),
     )
+
+
+def _paired(
+    task: TaskSpec,
+    fn: TaskMetric,
+    outputs: Outputs,
+    references: Outputs,
+    labels: Sequence[Any],
+    ref: float,
+    took: float,
+    budget_s: float,
+) -> TaskScore:
+    """The paired fields of a TaskScore (on a base with the spec's fields): which samples
+    lower the reference's score alone, which raise it, and the loss-only drop."""
+    base = TaskScore(
+        task.metric, "not-run", max_drop=task.max_drop, higher_is_better=task.higher_is_better
+    )
+    n = len(outputs)
+    if n < 2:
+        return replace(base, paired_reason="one sample: the totals are the paired check")
+    if budget_s <= 0:
+        return replace(base, paired_reason="not run: no time budget for it")
+    if took * (n + 1) > budget_s:
+        return replace(
+            base,
+            paired_reason=f"not run: the metric took {took:.2g} s, {n + 1} more calls would "
+            f"exceed {budget_s:g} s",
+        )
+    changes = []
+    for i in range(n):
+        mixed = list(references)
+        mixed[i] = outputs[i]
+        changes.append(task.drop(ref, float(fn(mixed, labels))))
+    worse = [i for i, change in enumerate(changes) if change > _EPS]
+    better = sum(change < -_EPS for change in changes)
+    loss_drop = 0.0
+    if worse:
+        mixed = [outputs[i] if i in worse else r for i, r in enumerate(references)]
+        # the largest single loss too: a metric where two losses cancel still counts each
+        loss_drop = max(task.drop(ref, float(fn(mixed, labels))), *(changes[i] for i in worse))
+    return replace(base, worse=tuple(worse), better=better, loss_drop=loss_drop)
+
+
+def _listed(indices: Sequence[int], shown: int = 8) -> str:
+    more = f", ... ({len(indices) - shown} more)" if len(indices) > shown else ""
+    return ", ".join(str(i) for i in indices[:shown]) + more
 
 
 def _short(exc: BaseException) -> str:

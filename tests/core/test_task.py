@@ -34,7 +34,8 @@ def test_drop_within_max_drop_passes() -> None:
     assert better.status == "passed" and better.drop == -0.25
     worse = score_task(SPEC, _outs(1, 1, 2, 2), refs, labels, accuracy)
     assert worse.status == "failed" and worse.drop == 0.25
-    assert worse.reason == "task score 0.5 vs reference 0.75: drop 0.25 > max_drop 0.0"
+    assert worse.reason.startswith("task score 0.5 vs reference 0.75: drop 0.25 > max_drop 0.0;")
+    assert worse.worse == (0,) and "samples 0;" in worse.reason
     allowed = TaskSpec(SPEC.metric, max_drop=0.25)
     assert score_task(allowed, _outs(1, 1, 2, 2), refs, labels, accuracy).status == "passed"
 
@@ -90,3 +91,54 @@ def test_bad_specs_are_refused() -> None:
         load_callable(f"{__name__}:SPEC")
     with pytest.raises(ValueError, match="cannot import"):
         load_callable(f"{__name__}:nothing")
+
+
+def test_a_gain_does_not_make_up_for_a_loss() -> None:
+    """Ties in total, but sample 0 is now wrong (sample 3's gain is luck): failed, saying
+    which sample; the old totals-only rule passed it."""
+    refs, labels = _outs(0, 1, 2, 2), [0, 1, 2, 1]
+    got = score_task(SPEC, _outs(1, 1, 2, 1), refs, labels, accuracy)
+    assert (got.reference, got.artifact, got.drop) == (0.75, 0.75, 0.0)
+    assert got.status == "failed"
+    assert (got.worse, got.better, got.loss_drop) == ((0,), 1, 0.25)
+    assert got.reason == (
+        "1 of 4 samples do worse than the reference (samples 0; 1 do better, which does not "
+        "make up for them): drop 0.25 on those > max_drop 0.0"
+    )
+    # a user who allows a drop of one item in four gets what they allowed
+    allowed = score_task(TaskSpec(SPEC.metric, max_drop=0.25), _outs(1, 1, 2, 1), refs, labels)
+    assert allowed.status == "passed" and allowed.worse == (0,)
+
+
+def recall_at_1(outputs: list[dict[str, np.ndarray]], labels: list[int]) -> float:
+    """Each sample's nearest other sample (cosine) must be its labelled partner: a metric
+    across samples, which a per-sample score could not judge."""
+    e = np.stack([o["e"].reshape(-1) for o in outputs])
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    return float(np.mean(sim.argmax(axis=1) == np.asarray(labels)))
+
+
+def test_the_paired_check_works_for_a_metric_across_samples() -> None:
+    rng = np.random.default_rng(0)
+    pairs = [rng.normal(size=8) for _ in range(3)]
+    refs = [{"e": v + 0.01 * rng.normal(size=8)} for v in pairs for _ in range(2)]
+    labels = [1, 0, 3, 2, 5, 4]
+    spec = TaskSpec(f"{__name__}:recall_at_1")
+    assert score_task(spec, refs, refs, labels).reference == 1.0
+    outs = [dict(r) for r in refs]
+    outs[4] = {"e": pairs[0]}  # the artifact maps sample 4 next to the first pair
+    got = score_task(spec, outs, refs, labels)
+    assert got.status == "failed" and 4 in (got.worse or ()) and got.loss_drop > 0
+    close = [{"e": r["e"] * 1.001} for r in refs]  # a scaled embedding ranks the same
+    assert score_task(spec, close, refs, labels).worse == ()
+
+
+def test_the_paired_check_can_be_left_out_and_says_so() -> None:
+    refs, labels = _outs(0, 1, 2, 2), [0, 1, 2, 1]
+    got = score_task(SPEC, _outs(1, 1, 2, 1), refs, labels, accuracy, paired_budget_s=0)
+    assert got.status == "passed" and got.worse is None  # the totals alone tie
+    assert got.paired_reason == "not run: no time budget for it"
+    one = score_task(SPEC, _outs(0), _outs(0), [0], accuracy)
+    assert one.status == "passed" and one.paired_reason.startswith("one sample")

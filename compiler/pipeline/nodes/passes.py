@@ -12,7 +12,7 @@ import numpy as np
 
 from compiler.core.records import PassOutput
 from compiler.core.targets import TARGET_ARCH
-from compiler.core.task import metric_digest
+from compiler.core.task import TASK_RULE, metric_digest
 from compiler.core.tolerance import Tolerance
 from compiler.pipeline.graph import PassNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
@@ -70,7 +70,11 @@ def _gate(p: Pass, ctx: NodeContext) -> object:
             name: {k: dataclasses.asdict(t) for k, t in sorted(per.items()) if k in precisions}
             for name, per in sorted(policy.outputs.items())
         },
-        "task": {**dataclasses.asdict(policy.task), "code": metric_digest(policy.task.metric)}
+        "task": {
+            **dataclasses.asdict(policy.task),
+            "code": metric_digest(policy.task.metric),
+            "rule": TASK_RULE,
+        }
         if policy.task
         else None,
     }
