@@ -77,7 +77,9 @@ class PassContext:
     the build's `tolerances` per precision and `output_tolerances` per output (parity.outputs)
     and each output's kind (`contract`). `task` is the build's task metric; `validation`
     returns the parity samples and `labels` their labels (None without labels), which an
-    accuracy-aware gate scores the task on.
+    accuracy-aware gate scores the task on. `shared` is a folder the build's nodes share
+    (None: none), for results several nodes would compute alike, stored by content digest
+    (passes/calibration_store.py).
     """
 
     contract: Contract
@@ -92,6 +94,7 @@ class PassContext:
     task: TaskSpec | None = None
     validation: Callable[[], list[dict[str, np.ndarray]]] = lambda: []
     labels: Callable[[], list[Any] | None] = lambda: None
+    shared: Path | None = None
 
 
 @dataclass

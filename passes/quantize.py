@@ -31,11 +31,16 @@ from passes.accuracy import (
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram, quantized_ops
 from passes.graph_facts import graph_facts
 from passes.int8_search import search_int8
-from passes.ort_tools import quiet
+from passes.ort_quantizers import (
+    IntType,
+    OrtSettings,
+    dynamic_quantizer,
+    histogram_refusal,
+    static_quantizer,
+)
 
 __all__ = ["GENERATED_DATA_WARNING", "QuantizeConfig", "QuantizePass", "prepare_for_int8"]
 
-IntType = Literal["u8", "s8"]
 _PER_CHANNEL_OPSET = 13
 
 # target -> (activations, weights, symmetric activations); None: the shared prefix.
@@ -45,8 +50,6 @@ AUTO_TYPES: dict[str | None, tuple[IntType, IntType, bool]] = {
     "gpu": ("s8", "s8", True),
     None: ("u8", "s8", False),
 }
-# Dynamic int8 of Conv (ConvInteger) is slower than fp32 on ONNX Runtime CPU: leave it out.
-DYNAMIC_OP_TYPES = ("MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
 GENERATED_DATA_WARNING = (
     "calibration used GENERATED data (random feeds from the contract), not real inputs: "
     "activation ranges, and any accuracy figure measured on them, are not meaningful; "
@@ -70,29 +73,6 @@ class QuantizeConfig(PassConfig):
     # probabilities); it costs little to leave it float.
     exclude_op_types: tuple[str, ...] = ("Softmax",)
     accuracy_aware: AccuracyAwareConfig = Field(default_factory=AccuracyAwareConfig)
-
-
-def _qtype(name: str) -> Any:
-    from onnxruntime.quantization import QuantType
-
-    return {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}[name]
-
-
-class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds = feeds
-        self.pos = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.pos >= len(self.feeds):
-            return None
-        self.pos += 1
-        return self.feeds[self.pos - 1]
-
-    def __len__(self) -> int:
-        return len(self.feeds)
 
 
 def prepare_for_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
@@ -149,18 +129,6 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
     return upgraded, f"upgraded opset {opset} -> {_PER_CHANNEL_OPSET} for per-channel weights"
 
 
-def _histogram_refusal(method: str, feeds: list[dict[str, np.ndarray]]) -> str:
-    """Why ONNX Runtime's histogram calibrators (entropy, percentile) cannot take these
-    samples ("" when they can): they stack the samples, so all must have one shape."""
-    shapes = sorted({str({k: np.shape(v) for k, v in f.items()}) for f in feeds})
-    if len(shapes) <= 1:
-        return ""
-    return (
-        f"{method} calibration needs samples of one shape (ONNX Runtime's histogram collector "
-        f"stacks them), got {len(shapes)} shapes, e.g. {shapes[:2]}; give same-size samples"
-    )
-
-
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
     # also covers passes/accuracy.py and int8_search.py: bump on changes there; 4: skips a
@@ -209,6 +177,7 @@ class QuantizePass(Pass[QuantizeConfig]):
             }
         )
         act, weight, symmetric = self._types(ctx.target)
+        settings = OrtSettings(cfg.op_types, cfg.per_channel, cfg.reduce_range, cfg.percentile)
         record: dict[str, Any] = {
             "mode": mode,
             "mode_rule": f"{cfg.mode}: {facts.describe()}",
@@ -225,12 +194,18 @@ class QuantizePass(Pass[QuantizeConfig]):
             if mode == "static":
                 feeds = self._calibration(ctx, record)
                 for method in self._methods():
-                    quantizers[method] = self._static_quantizer(
-                        model, feeds, act, weight, symmetric, Path(tmp), method
+                    quantizers[method] = static_quantizer(
+                        model,
+                        feeds,
+                        settings,
+                        (act, weight, symmetric),
+                        Path(tmp),
+                        method,
+                        ctx.shared,
                     )
             else:
                 feeds = ctx.calibration()[: cfg.calibration_samples]
-                quantizers["dynamic"] = self._dynamic_quantizer(model, weight, Path(tmp))
+                quantizers["dynamic"] = dynamic_quantizer(model, settings, weight, Path(tmp))
             first = next(iter(quantizers.values()))
             out = first(exclude, None)
             self._check_quantized(out)
@@ -292,7 +267,7 @@ class QuantizePass(Pass[QuantizeConfig]):
                 "config, or use mode: dynamic"
             )
         method = self.config.calibration_method
-        if method != "minmax" and (why := _histogram_refusal(method, feeds)):
+        if method != "minmax" and (why := histogram_refusal(method, feeds)):
             raise PassError(f"quantize: {why}; use calibration_method: minmax")
         record["calibration"] = {
             "method": self.config.calibration_method,
@@ -300,93 +275,6 @@ class QuantizePass(Pass[QuantizeConfig]):
             "source": ctx.calibration_source,
         }
         return feeds
-
-    def _static_quantizer(
-        self,
-        model: onnx.ModelProto,
-        feeds: list[dict[str, np.ndarray]],
-        act: IntType,
-        weight: IntType,
-        symmetric: bool,
-        tmp: Path,
-        method_name: str,
-    ) -> Quantize:
-        """A function (exclude, only) -> quantized model; calibrates once, then reuses ranges.
-        It raises ValueError where the method cannot calibrate these samples."""
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-
-        cfg = self.config
-        method = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[method_name]
-        extra: dict[str, Any] = {"CalibPercentile": cfg.percentile}
-        if symmetric:
-            extra.update(ActivationSymmetric=True, WeightSymmetric=True)
-        cache = tmp / f"calibration-{method_name}.json"
-        # A path, not the ModelProto: given a proto, quantize_static saves it with
-        # save_as_external_data=True, which rewrites the caller's proto in place.
-        src = tmp / "float.onnx"
-        if not src.exists():
-            onnx.save(model, src)
-        calls = [0]
-        refusal = _histogram_refusal(method_name, feeds) if method_name != "minmax" else ""
-
-        def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
-            if refusal:
-                raise ValueError(refusal)
-            calls[0] += 1
-            dst = tmp / f"q-{method_name}-{calls[0]}.onnx"
-            with quiet():
-                quantize_static(
-                    src,
-                    dst,
-                    _Reader(feeds) if not cache.exists() else None,
-                    quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(cfg.op_types) or None,
-                    per_channel=cfg.per_channel,
-                    reduce_range=cfg.reduce_range,
-                    activation_type=_qtype(act),
-                    weight_type=_qtype(weight),
-                    nodes_to_quantize=only,
-                    nodes_to_exclude=exclude,
-                    calibrate_method=method,
-                    extra_options=extra,
-                    calibration_cache_path=cache,
-                )
-            return onnx.load(dst)
-
-        return quantize
-
-    def _dynamic_quantizer(self, model: onnx.ModelProto, weight: IntType, tmp: Path) -> Quantize:
-        from onnxruntime.quantization import quantize_dynamic
-
-        cfg = self.config
-        src = tmp / "float.onnx"
-        onnx.save(model, src)
-        calls = [0]
-
-        def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
-            calls[0] += 1
-            dst = tmp / f"d{calls[0]}.onnx"
-            with quiet():
-                quantize_dynamic(
-                    src,
-                    dst,
-                    op_types_to_quantize=list(cfg.op_types or DYNAMIC_OP_TYPES),
-                    per_channel=cfg.per_channel,
-                    reduce_range=cfg.reduce_range,
-                    weight_type=_qtype(weight),
-                    nodes_to_quantize=only,
-                    nodes_to_exclude=exclude,
-                    # ONNX shape inference leaves com.microsoft ops' outputs (a fused
-                    # graph's Attention, SkipLayerNormalization) untyped: they are float
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-                )
-            return onnx.load(dst)
-
-        return quantize
 
     def _check_quantized(
         self, out: onnx.ModelProto, why: str = "no ops of the quantizable types, or all excluded"

@@ -149,3 +149,35 @@ def test_deterministic(tmp_path: Path) -> None:
     a = _quantize(model, tmp_path).model.SerializeToString(deterministic=True)
     b = _quantize(model, tmp_path).model.SerializeToString(deterministic=True)
     assert a == b
+
+
+def test_reduce_range_variant_reads_the_ranges_the_first_calibrated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ort-int8 and ort-int8-rr differ in the weights only: with a shared folder, the second
+    calibrates nothing (the ranges come from the store) and its model is the one its own
+    calibration makes; other samples are other ranges, so they calibrate again."""
+    model, feeds = small_cnn(), smooth_images(16)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+
+    def quantize(
+        reduce_range: bool, store: Path | None, data: list | None = None
+    ) -> onnx.ModelProto:
+        work = tmp_path / f"w{len(list(tmp_path.iterdir()))}"
+        work.mkdir()
+        ctx = context(model, work, data or feeds, shared=store)
+        return QuantizePass(QuantizeConfig(reduce_range=reduce_range))(model, ctx).model
+
+    quantize(False, shared)
+    assert len(list(shared.glob("ort-calibration-*.json"))) == 1
+    with caplog.at_level("INFO", logger="passes.ort_quantizers"):
+        rr = quantize(True, shared)
+    assert "minmax calibration ranges from another node" in caplog.text
+    alone = quantize(True, None)
+    assert rr.SerializeToString(deterministic=True) == alone.SerializeToString(deterministic=True)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="passes.ort_quantizers"):
+        quantize(True, shared, smooth_images(16, seed=3))
+    assert "from another node" not in caplog.text
+    assert len(list(shared.glob("ort-calibration-*.json"))) == 2

@@ -106,4 +106,15 @@ def _pass_context(node: PassNode, ctx: NodeContext, scratch: Path) -> PassContex
         task=policy.task,
         validation=lambda: ctx.feeds(node.data, "samples"),
         labels=lambda: ctx.labels(node.data),
+        shared=_shared(ctx),
     )
+
+
+def _shared(ctx: NodeContext) -> Path | None:
+    """The build's scratch folder's `shared/`, made by the first node that asks; None where
+    the build's scratch is not on this machine (a Ray node elsewhere: nothing is made there)."""
+    if ctx.scratch is None or not ctx.scratch.is_dir():
+        return None
+    shared = ctx.scratch / "shared"
+    shared.mkdir(exist_ok=True)
+    return shared

@@ -1,0 +1,95 @@
+"""Calibration ranges shared between the nodes of a build.
+
+The default cpu pipeline quantizes one float model twice with ONNX Runtime: `ort-int8` and
+`ort-int8-rr` differ only in `reduce_range`, which changes the weights' quantization, never the
+activation ranges. Calibration (running every sample through a model that outputs every
+tensor's range, or its histogram for entropy and percentile) is most of a quantize node's time
+and all of its memory peak: 14 GB for a PicoDet detector at 800x608. So ranges are stored by
+what decides them, in a folder the build's nodes share (`PassContext.shared`, in the build's
+scratch space), and the second node, or a second calibration method's retry in the int8
+search, reads them instead of calibrating again.
+
+A calibration is computed under a lock on its digest, so two nodes that need the same ranges
+at once calibrate once: the second waits for the first. ONNX Runtime writes its calibration
+cache (`quantize_static(calibration_cache_path=...)`) into the node's own scratch; the store
+gets a copy by rename, so a node killed mid-write leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["calibration_digest", "shared_calibration"]
+
+
+def calibration_digest(
+    model_file: Path,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    settings: Mapping[str, Any],
+) -> str:
+    """sha256 of what decides the ranges: the float model's bytes, the calibration feeds and
+    the settings that reach the calibrator (method, symmetry, percentile, op types, the
+    quantized types, the runtime's version)."""
+    h = hashlib.sha256()
+    with model_file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    for feed in feeds:
+        for name in sorted(feed):
+            a = np.ascontiguousarray(feed[name])
+            h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
+    h.update(repr(sorted((k, repr(v)) for k, v in settings.items())).encode())
+    return h.hexdigest()
+
+
+def shared_calibration(
+    store: Path | None, digest: str, cache: Path, calibrate: Callable[[], None]
+) -> bool:
+    """Make `cache` (the node's own calibration cache file) hold the ranges for `digest`:
+    copied from `store` when another node computed them, else computed by `calibrate()`
+    (which must write `cache`) and published to `store`. Without a store, just calibrate.
+    Whether the ranges came from the store."""
+    if store is None or not store.is_dir():
+        calibrate()
+        return False
+    stored = store / f"ort-calibration-{digest}.json"
+    with _locked(store / f"ort-calibration-{digest}.lock"):
+        if stored.is_file():
+            shutil.copyfile(stored, cache)
+            return True
+        calibrate()
+        if cache.is_file():
+            _publish(cache, stored)
+    return False
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _publish(source: Path, stored: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=stored.name + ".", dir=stored.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, stored)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

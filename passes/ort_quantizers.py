@@ -1,0 +1,188 @@
+"""ONNX Runtime's int8 quantizers as functions `(exclude, only) -> quantized model`, the shape
+the accuracy loops (passes/accuracy.py, int8_search.py) search with: static QDQ with
+calibrated activation ranges (computed once per method, shared between nodes through
+passes/calibration_store.py), and dynamic int8."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from passes.accuracy import Quantize
+from passes.calibration_store import calibration_digest, shared_calibration
+from passes.ort_tools import quiet
+
+__all__ = [
+    "DYNAMIC_OP_TYPES",
+    "IntType",
+    "OrtSettings",
+    "dynamic_quantizer",
+    "histogram_refusal",
+    "static_quantizer",
+]
+
+log = logging.getLogger(__name__)
+
+IntType = Literal["u8", "s8"]
+# Dynamic int8 of Conv (ConvInteger) is slower than fp32 on ONNX Runtime CPU: leave it out.
+DYNAMIC_OP_TYPES = ("MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    """The quantize config's fields ONNX Runtime's quantizers read."""
+
+    op_types: Sequence[str]
+    per_channel: bool
+    reduce_range: bool
+    percentile: float
+
+
+def _qtype(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}[name]
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self.pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= len(self.feeds):
+            return None
+        self.pos += 1
+        return self.feeds[self.pos - 1]
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def histogram_refusal(method: str, feeds: list[dict[str, np.ndarray]]) -> str:
+    """Why ONNX Runtime's histogram calibrators (entropy, percentile) cannot take these
+    samples ("" when they can): they stack the samples, so all must have one shape."""
+    shapes = sorted({str({k: np.shape(v) for k, v in f.items()}) for f in feeds})
+    if len(shapes) <= 1:
+        return ""
+    return (
+        f"{method} calibration needs samples of one shape (ONNX Runtime's histogram collector "
+        f"stacks them), got {len(shapes)} shapes, e.g. {shapes[:2]}; give same-size samples"
+    )
+
+
+def static_quantizer(
+    model: onnx.ModelProto,
+    feeds: list[dict[str, np.ndarray]],
+    cfg: OrtSettings,
+    types: tuple[IntType, IntType, bool],
+    tmp: Path,
+    method_name: str,
+    store: Path | None,
+) -> Quantize:
+    """A function (exclude, only) -> quantized model; calibrates once (or reads the ranges
+    another node of the build computed: passes/calibration_store.py), then reuses them.
+    It raises ValueError where the method cannot calibrate these samples."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    act, weight, symmetric = types
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method_name]
+    extra: dict[str, Any] = {"CalibPercentile": cfg.percentile}
+    if symmetric:
+        extra.update(ActivationSymmetric=True, WeightSymmetric=True)
+    cache = tmp / f"calibration-{method_name}.json"
+    # A path, not the ModelProto: given a proto, quantize_static saves it with
+    # save_as_external_data=True, which rewrites the caller's proto in place.
+    src = tmp / "float.onnx"
+    if not src.exists():
+        onnx.save(model, src)
+    calls = [0]
+    refusal = histogram_refusal(method_name, feeds) if method_name != "minmax" else ""
+
+    # what the ranges depend on: never `reduce_range` or the excluded nodes (the weights)
+    settings = {
+        "method": method_name,
+        "extra": extra,
+        "op_types": sorted(cfg.op_types),
+        "per_channel": cfg.per_channel,
+        "types": (act, weight),
+        "onnxruntime": ort.__version__,
+    }
+
+    def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
+        if refusal:
+            raise ValueError(refusal)
+        made: list[Path] = []  # the first call calibrates, unless another node has
+        if not cache.exists():
+            digest = calibration_digest(src, feeds, settings)
+            if shared_calibration(store, digest, cache, lambda: made.append(run(exclude, only))):
+                log.info("quantize: %s calibration ranges from another node", method_name)
+        return onnx.load(made[0] if made else run(exclude, only))
+
+    def run(exclude: list[str], only: list[str] | None) -> Path:
+        calls[0] += 1
+        dst = tmp / f"q-{method_name}-{calls[0]}.onnx"
+        with quiet():
+            quantize_static(
+                src,
+                dst,
+                _Reader(feeds) if not cache.exists() else None,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(cfg.op_types) or None,
+                per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range,
+                activation_type=_qtype(act),
+                weight_type=_qtype(weight),
+                nodes_to_quantize=only,
+                nodes_to_exclude=exclude,
+                calibrate_method=method,
+                extra_options=extra,
+                calibration_cache_path=cache,
+            )
+        return dst
+
+    return quantize
+
+
+def dynamic_quantizer(
+    model: onnx.ModelProto, cfg: OrtSettings, weight: IntType, tmp: Path
+) -> Quantize:
+    from onnxruntime.quantization import quantize_dynamic
+
+    src = tmp / "float.onnx"
+    onnx.save(model, src)
+    calls = [0]
+
+    def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
+        calls[0] += 1
+        dst = tmp / f"d{calls[0]}.onnx"
+        with quiet():
+            quantize_dynamic(
+                src,
+                dst,
+                op_types_to_quantize=list(cfg.op_types or DYNAMIC_OP_TYPES),
+                per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range,
+                weight_type=_qtype(weight),
+                nodes_to_quantize=only,
+                nodes_to_exclude=exclude,
+                # ONNX shape inference leaves com.microsoft ops' outputs (a fused
+                # graph's Attention, SkipLayerNormalization) untyped: they are float
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        return onnx.load(dst)
+
+    return quantize
