@@ -46,7 +46,7 @@ from perf.flops import count_flops  # noqa: E402
 from perf.measure import a_a_control, latency_repeats, package_contenders  # noqa: E402
 from perf.peak import measure_peak  # noqa: E402
 from perf.picks_report import render  # noqa: E402
-from perf.plan import Plan, library_versions  # noqa: E402
+from perf.plan import Plan, library_versions, parse_models  # noqa: E402
 from scripts.make_data import write_model_data  # noqa: E402
 from scripts.realdata.catalog import MODELS  # noqa: E402
 from scripts.realdata.packages import task_options  # noqa: E402
@@ -73,7 +73,7 @@ def tile_batch(contract: Contract, feed: dict[str, np.ndarray], want: int) -> tu
     return {k: np.repeat(v, size, axis=0) for k, v in feed.items()}, size
 
 
-def _prepare(model: RealModel, work: Path, plan: Plan) -> tuple[Path, Path]:
+def _prepare(model: RealModel, work: Path) -> tuple[Path, Path]:
     cal, smp = work / "data" / "calibration", work / "data" / "sample"
     write_model_data(model.id, cal, "calibration", replace=True)
     write_model_data(model.id, smp, "sample", replace=True)
@@ -158,8 +158,6 @@ def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, wa
             continue
         lat = _timed(pkg, pick, feed, batch, plan)
         mine = lat.get(pick, {})
-        if pick == "reference":
-            mine = lat.get("reference (A/A)", {})
         pooled = mine.get("pooled") or {}
         key = "int8" if entry["precision"] == "int8" else "fp32"
         frac = (
@@ -195,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)  # compile-pkg imports the task metrics (scripts.realdata) from here
     started = time.perf_counter()
     plan = Plan.make(args.quick)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(MODELS))
-    if unknown:
-        ap.error(f"unknown models {unknown}; known: {list(MODELS)}")
+    try:
+        names = parse_models(args.models, MODELS)
+    except ValueError as exc:
+        ap.error(str(exc))
     host = probe_host()
     doc: dict[str, Any] = {
         "schema": 1,
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"{name}: skipped: {why}")
             continue
         work.mkdir(parents=True, exist_ok=True)
-        cal, smp = _prepare(model, work, plan)
+        cal, smp = _prepare(model, work)
         builds = _builds(model, work, args.targets, cal, smp, tuple(args.set))
         doc["models"][name] = {"task": model.task, "source": model.source, "builds": builds}
         jobs.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from compiler.core.errors import ConfigError
@@ -170,3 +171,12 @@ def dropped_variants(plan: Plan) -> tuple[str, ...]:
         if target in cfg.targets and variant in (cfg.targets[target].variants or {}):
             out.append(f"{target}.{variant}.enabled=false")
     return tuple(out) + plan.extra_sets
+
+
+def parse_models(text: str, known: Collection[str]) -> list[str]:
+    """`--models a,b` as a list; ValueError naming the unknown ones and the known."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; known: {list(known)}")
+    return names

@@ -31,7 +31,13 @@ import yaml  # noqa: E402
 from perf.builds import BuildRun, cli_build, run_olive  # noqa: E402
 from perf.datasets import ModelData, load_data, write_feeds  # noqa: E402
 from perf.models import MODELS, BenchModel, model_path  # noqa: E402
-from perf.plan import Plan, dropped_variants, library_versions, pick_one_change  # noqa: E402
+from perf.plan import (  # noqa: E402
+    Plan,
+    dropped_variants,
+    library_versions,
+    parse_models,
+    pick_one_change,
+)
 
 __all__ = ["main"]
 
@@ -243,10 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     started = time.perf_counter()
     plan = Plan.make(args.quick)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(MODELS))
-    if unknown:
-        ap.error(f"unknown models {unknown}; known: {list(MODELS)}")
+    try:
+        names = parse_models(args.models, MODELS)
+    except ValueError as exc:
+        ap.error(str(exc))
 
     from compiler.core.host import probe_host
     from compiler.measure.timing import describe_method
