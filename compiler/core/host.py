@@ -12,8 +12,10 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +32,7 @@ __all__ = [
     "Requirements",
     "probe_host",
     "RUNTIME_MODULES",
+    "mig_devices",
     "visible_gpus",
 ]
 
@@ -169,11 +172,15 @@ def _cuda_order(gpus: list[GpuInfo], device_order: str) -> list[GpuInfo]:
 
 
 def visible_gpus(
-    gpus: list[GpuInfo], cuda_visible_devices: str | None, device_order: str = ""
+    gpus: list[GpuInfo],
+    cuda_visible_devices: str | None,
+    device_order: str = "",
+    migs: Sequence[GpuInfo] = (),
 ) -> list[GpuInfo]:
     """The GPUs this process's CUDA ordinals 0, 1, ... name, from all GPUs (`gpus`, PCI bus
-    order) and CUDA_VISIBLE_DEVICES (None: unset): indices or (prefixes of) UUIDs; as CUDA
-    does, the list ends at the first entry that names no GPU or repeats one."""
+    order), their MIG instances (`migs`, from `mig_devices`) and CUDA_VISIBLE_DEVICES (None:
+    unset): indices, (prefixes of) UUIDs, MIG-... UUIDs or the older MIG-GPU-.../GI/CI form;
+    as CUDA does, the list ends at the first entry that names no device or repeats one."""
     ordered = _cuda_order(gpus, device_order)
     if cuda_visible_devices is None:
         return ordered
@@ -184,11 +191,43 @@ def visible_gpus(
             n = int(entry)
             found = ordered[n] if 0 <= n < len(ordered) else None
         else:
-            named = [g for g in gpus if entry and g.uuid.startswith(entry)]
+            # MIG-GPU-<uuid>/<gi>/<ci> (drivers before R470) is named in full by -L too
+            pool = migs if entry.startswith("MIG-") else gpus
+            named = [g for g in pool if entry and g.uuid.startswith(entry)]
             found = named[0] if len(named) == 1 else None
         if found is None or found in out:
             break
         out.append(found)
+    return out
+
+
+_MIG_LINE = re.compile(
+    r"^\s+MIG\s+(?P<profile>\S+)\s+Device\s+\d+:\s+\(UUID:\s*(?P<uuid>MIG-[^)\s]+)\)"
+)
+_GPU_LINE = re.compile(r"^GPU\s+(?P<index>\d+):.*\(UUID:\s*(?P<uuid>GPU-[^)\s]+)\)")
+
+
+def mig_devices(listing: str, gpus: list[GpuInfo]) -> list[GpuInfo]:
+    """The MIG instances `nvidia-smi -L` lists under each GPU of `gpus`: the GPU's facts
+    (compute capability, driver) with the instance's UUID, its profile in the name and its
+    memory (the profile's "Ngb") in memory_mib."""
+    by_uuid = {g.uuid: g for g in gpus}
+    out: list[GpuInfo] = []
+    parent: GpuInfo | None = None
+    for line in listing.splitlines():
+        if m := _GPU_LINE.match(line):
+            parent = by_uuid.get(m["uuid"])
+        elif (m := _MIG_LINE.match(line)) and parent is not None:
+            size = re.search(r"\.(\d+)gb", m["profile"])
+            out.append(
+                parent.model_copy(
+                    update={
+                        "name": f"{parent.name} MIG {m['profile']}",
+                        "uuid": m["uuid"],
+                        "memory_mib": int(size[1]) * 1024 if size else 0,
+                    }
+                )
+            )
     return out
 
 
@@ -227,9 +266,17 @@ def _nvidia_gpus() -> list[GpuInfo]:
     except (OSError, subprocess.SubprocessError):
         return []
     rows = [g for line in out.strip().splitlines() if (g := _smi_row(line)) is not None]
-    return visible_gpus(
-        rows, os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("CUDA_DEVICE_ORDER", "")
-    )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    migs: list[GpuInfo] = []
+    if visible is not None and "MIG-" in visible:  # a MIG slice: nvidia-smi -L names them
+        try:
+            listing = subprocess.run(
+                [smi, "-L"], capture_output=True, text=True, timeout=20, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            listing = ""
+        migs = mig_devices(listing, rows)
+    return visible_gpus(rows, visible, os.environ.get("CUDA_DEVICE_ORDER", ""), migs)
 
 
 def runtime_version(name: str) -> str | None:

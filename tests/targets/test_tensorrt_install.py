@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from compiler.core.errors import BackendUnavailable, IntegrityError
-from compiler.core.host import GpuInfo, _smi_row, probe_host, visible_gpus
+from compiler.core.host import GpuInfo, _smi_row, mig_devices, probe_host, visible_gpus
 from compiler.core.settings import settings_to_json
 from targets.tensorrt.cache import EngineCache, engine_cache_key, read_engine
 from targets.tensorrt.compat import check_compatibility, resolve_tensorrt_version, tensorrt_flavour
@@ -163,6 +163,34 @@ def test_visible_gpus_follow_cuda_visible_devices(
     env: str | None, order: str, want: list[GpuInfo]
 ) -> None:
     assert visible_gpus(_ALL, env, order) == want
+
+
+# `nvidia-smi -L` on an A100 split into MIG instances (R470+ UUIDs), then an H100 unsplit
+_LISTING = """\
+GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-aaaa1111)
+  MIG 3g.40gb     Device  0: (UUID: MIG-1d2c3b4a-0000-5e6f-8a9b-0c1d2e3f4a5b)
+  MIG 1g.10gb     Device  1: (UUID: MIG-9f8e7d6c-1111-5a4b-9c8d-7e6f5a4b3c2d)
+GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-bbbb2222)
+"""
+
+
+def test_mig_instances_named_by_cuda_visible_devices() -> None:
+    """A MIG slice is what most shared H100/A100 hosts hand out: CUDA_VISIBLE_DEVICES names
+    it by its MIG- UUID, which `--query-gpu` does not list; it is its GPU's architecture
+    with the slice's memory."""
+    migs = mig_devices(_LISTING, _ALL)
+    assert [m.name for m in migs] == [
+        "NVIDIA A100-SXM4-80GB MIG 3g.40gb",
+        "NVIDIA A100-SXM4-80GB MIG 1g.10gb",
+    ]
+    (small,) = visible_gpus(_ALL, "MIG-9f8e7d6c", "PCI_BUS_ID", migs)  # a unique prefix
+    assert (small.compute_capability, small.memory_mib, small.index) == ("8.0", 10240, 0)
+    assert small.uuid == "MIG-9f8e7d6c-1111-5a4b-9c8d-7e6f5a4b3c2d"
+    both = visible_gpus(_ALL, "MIG-1d2c,MIG-9f8e", "PCI_BUS_ID", migs)
+    assert [g.memory_mib for g in both] == [40960, 10240]
+    assert visible_gpus(_ALL, "MIG-", "PCI_BUS_ID", migs) == []  # ambiguous: no device
+    assert visible_gpus(_ALL, "MIG-0000", "PCI_BUS_ID", migs) == []  # not on this host
+    assert visible_gpus(_ALL, "MIG-9f8e7d6c", "PCI_BUS_ID") == []  # no listing: no device
 
 
 def test_nvidia_smi_rows_and_what_records_keep() -> None:
