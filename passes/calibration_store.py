@@ -17,17 +17,15 @@ gets a copy by rename, so a node killed mid-write leaves no partial file behind.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from compiler.core.files import locked, write_atomically
 
 __all__ = ["calibration_digest", "shared_calibration"]
 
@@ -64,32 +62,11 @@ def shared_calibration(
         calibrate()
         return False
     stored = store / f"ort-calibration-{digest}.json"
-    with _locked(store / f"ort-calibration-{digest}.lock"):
+    with locked(store / f"ort-calibration-{digest}.lock"):
         if stored.is_file():
             shutil.copyfile(stored, cache)
             return True
         calibrate()
         if cache.is_file():
-            _publish(cache, stored)
+            write_atomically(stored, cache.read_bytes())
     return False
-
-
-@contextlib.contextmanager
-def _locked(lock: Path) -> Iterator[None]:
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _publish(source: Path, stored: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=stored.name + ".", dir=stored.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, stored)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

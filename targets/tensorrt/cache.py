@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from compiler.core.errors import IntegrityError
+from compiler.core.files import write_atomically
 from compiler.core.host import GpuInfo
 
 __all__ = [
@@ -126,18 +126,6 @@ class BuildLock:
             self._fd = None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class EngineCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root) / "tensorrt"
@@ -165,9 +153,9 @@ class EngineCache:
         complete."""
         d = self.entry(key)
         sha = hashlib.sha256(plan).hexdigest()
-        _atomic_write(d / "engine.plan", plan)
-        _atomic_write(d / "engine.sha256", sha.encode() + b"\n")
-        _atomic_write(
+        write_atomically(d / "engine.plan", plan)
+        write_atomically(d / "engine.sha256", sha.encode() + b"\n")
+        write_atomically(
             d / "compatibility.json", json.dumps(record, sort_keys=True, indent=1).encode()
         )
         return CachedEngine(d / "engine.plan", record, sha)
