@@ -25,7 +25,7 @@ from compiler.packaging.write import finish_package, rewrite_manifest, write_ato
 from compiler.pipeline.cache import Cache, default_cache_dir
 from compiler.pipeline.config import BuildConfig
 from compiler.pipeline.executors.base import Executor
-from compiler.pipeline.executors.registry import make_executor
+from compiler.pipeline.executors.registry import make_executor, memory_gate
 from compiler.pipeline.graph import build_graph
 from compiler.pipeline.instruments import ProgressInstrument, TimingInstrument
 from compiler.pipeline.nodes.context import BuildInputs, NodeContext
@@ -142,13 +142,15 @@ def build_package(
         # progress outermost, so each event carries the node's time
         instruments = (ProgressInstrument(on_event), TimingInstrument())
         heads = (g.normalize.id, g.data.id, g.reference.id)
+        runs_on = executor or make_executor(config.executor)
         scheduler = Scheduler(
             KINDS,
             cache,
             instruments,
             stop_on=heads,
-            executor=executor or make_executor(config.executor),
+            executor=runs_on,
             exclusive=config.executor.exclusive,
+            gate=memory_gate(config.executor, runs_on),
         )
         try:
             results = scheduler.run(NodeContext(inputs, g, probe_host()))

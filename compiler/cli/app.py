@@ -15,6 +15,7 @@ Exit codes: 0 success; 1 a build or run failed; 2 bad input or config; 3 bad pac
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import sys
@@ -171,8 +172,22 @@ def _set_level(level: Literal[-1, 1]) -> Callable[[click.Context, click.Paramete
         if ui.level not in (0, level):
             raise click.UsageError("-q and -v exclude each other", ctx)
         ui.level = level
+        if level > 0:
+            _log_to_stderr()
 
     return set_level
+
+
+def _log_to_stderr() -> None:
+    """Under -v, our own modules' info lines (the scheduler's waits for memory, the cache's
+    notes) reach stderr; third-party loggers keep their levels."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    for name in ("compiler", "passes", "targets"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -171,6 +171,12 @@ class ExecutorConfig(_Strict):
         ge=0.0,
         description="seconds a node may run before its worker is killed; 0: none",
     )
+    memory_margin_mb: int = Field(
+        default=1024,
+        ge=-1,
+        description="processes: a node starts beside others only if its estimated peak memory "
+        "plus this margin fits in what the host (or cgroup) has left; -1: no such check",
+    )
     exclusive: list[str] = Field(
         default_factory=lambda: ["verify"],
         description="node kinds that run alone (they measure latency on this host's cores)",

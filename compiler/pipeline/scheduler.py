@@ -27,10 +27,19 @@ reference's. Holding them back until the compiles are done, instead of starting 
 as its compile finishes, keeps the pool full while there is compile work: a verify that
 started early would stop every other slot for its whole run. Verify is a leaf, so nothing
 waits on it.
+
+Memory (`gate`, executors/memory.py): a ready node starts beside running ones only if its
+estimated peak (pipeline/estimates.py: the most earlier builds measured, else a hint) fits in
+the memory the host or its cgroup has left, less what the running nodes may still grow by and
+a margin; else it waits until a running node finishes, while smaller ready nodes start. It is
+checked before the node is keyed, so a waiting node holds no cache key and is not timed (a
+cached one waits too: its key is not known yet). A node always starts when nothing else runs,
+so none waits forever: one bigger than the host runs alone, as in-process.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,15 +53,18 @@ from compiler.core.errors import short_message
 from compiler.core.hashing import dir_digest, sha256_json
 from compiler.core.records import NodeResult
 from compiler.pipeline.cache import BUSY, Busy, Cache
-from compiler.pipeline.estimates import STATS_FILE, Durations, model_bytes
+from compiler.pipeline.estimates import STATS_FILE, Durations, model_bytes, workload
 from compiler.pipeline.executors.base import Executor, NodeRun
 from compiler.pipeline.executors.inprocess import InProcessExecutor
+from compiler.pipeline.executors.memory import MemoryGate
 from compiler.pipeline.graph import NodeDef
 from compiler.pipeline.instruments import Instrument
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import NodeContext
 
 __all__ = ["Scheduler", "StopBuild"]
+
+log = logging.getLogger(__name__)
 
 
 class StopBuild(Exception):
@@ -79,7 +91,8 @@ class Scheduler:
     (in this process by default); stops the run when a node in `stop_on` fails or is
     skipped. Nodes of the kinds in `exclusive` run with no other node beside them, after
     the others. `durations` estimates how long nodes run (default: from the stats file in
-    the cache root, which the run updates)."""
+    the cache root, which the run updates, also with each node's peak memory). With `gate`,
+    a node runs beside others only when its estimated peak memory fits."""
 
     def __init__(
         self,
@@ -90,6 +103,7 @@ class Scheduler:
         executor: Executor | None = None,
         exclusive: Collection[str] = (),
         durations: Durations | None = None,
+        gate: MemoryGate | None = None,
     ) -> None:
         self.kinds = kinds
         self.cache = cache
@@ -98,11 +112,14 @@ class Scheduler:
         self.executor = executor or InProcessExecutor()
         self.exclusive = frozenset(exclusive)
         self.durations = durations
+        self.gate = gate
         self.errors: dict[str, BaseException] = {}  # node id -> what a failed node raised
         self._running: dict[str, _Submitted] = {}
         self._begun: set[str] = set()  # nodes whose instruments have started
         self._keys: dict[str, str] = {}  # node id -> its cache key, once computed
         self._priority: dict[str, tuple[float, int]] = {}  # node id -> its sort key when ready
+        self._estimates = Durations(None, 0)  # this run's, set by `run`
+        self._held: set[str] = set()  # nodes that have waited for memory in this run
 
     def run(self, ctx: NodeContext) -> dict[str, NodeResult]:
         """Every node of `ctx.graph`; results land in `ctx.results` as they finish."""
@@ -112,7 +129,10 @@ class Scheduler:
         durations = self.durations or Durations(
             self.cache.root / STATS_FILE if self.cache.enabled else None,
             model_bytes(ctx.inputs.source_path),
+            workload(ctx.inputs),
         )
+        self._estimates = durations
+        self._held.clear()
         ctx.scratch = self.cache.scratch()
         order = ctx.graph.order()
         self._priority = self._priorities(order, ctx, durations)
@@ -129,8 +149,12 @@ class Scheduler:
                     continue  # every node started was settled at once (skip, cache hit)
                 for nid, run in self.executor.wait():
                     submitted = self._running.pop(nid)
+                    seconds = time.monotonic() - submitted.started
+                    log.debug(
+                        "%s done in %.1f s, %d MiB at its peak", nid, seconds, run.peak_rss_mib
+                    )
                     if run.output is not None:
-                        durations.record(submitted.node, time.monotonic() - submitted.started)
+                        durations.record(submitted.node, seconds, run.peak_rss_mib)
                     self._finish(submitted, run, ctx)
         finally:
             self.executor.close()
@@ -180,11 +204,14 @@ class Scheduler:
         for node in sorted(ready, key=lambda n: self._priority[n.id]):
             if len(self._running) >= self.executor.slots or self._alone():
                 break
+            skip = self._upstream_skip(node, ctx)
+            if skip is None and self._running and not self._fits(node):
+                continue  # waits for memory, neither keyed nor timed until it starts
             if node.id not in self._begun:
                 self._begun.add(node.id)
                 for instrument in self.instruments:
                     instrument.before(node)
-            result = self._upstream_skip(node, ctx) or self._handle(node, ctx)
+            result = skip or self._handle(node, ctx)
             if result is BUSY:
                 continue
             pending.remove(node)
@@ -237,7 +264,36 @@ class Scheduler:
         scratch = self.cache.new_entry(key)
         self._running[node.id] = _Submitted(node, kind, key, scratch)
         self.executor.submit(node, kind, ctx, scratch / "out")
+        log.debug(
+            "%s started, %.0f MiB at its peak estimated", node.id, self._estimates.peak_mib(node)
+        )
         return None
+
+    def _fits(self, node: NodeDef) -> bool:
+        """Whether the node's estimated peak fits beside the running nodes (no gate: yes);
+        a node held back says so, with the figures, once (at info for the build's first)."""
+        if self.gate is None:
+            return True
+        need = self._estimates.peak_mib(node)
+        growth = 0.0
+        for nid, running in self._running.items():  # what each may still add to its peak
+            used = self.executor.resident_mib(nid) or 0
+            growth += max(0.0, self._estimates.peak_mib(running.node) - used)
+        short = self.gate.shortfall(need, growth)
+        if short is None:
+            return True
+        if node.id not in self._held:
+            level = logging.DEBUG if self._held else logging.INFO
+            self._held.add(node.id)
+            log.log(
+                level,
+                "%s waits for memory: its peak is estimated at %.0f MiB; %d MiB available, "
+                "%.0f MiB of it kept for the growth of the %d running node(s) (%s), %d MiB "
+                "margin: %d MiB short; it starts once a running node finishes",
+                node.id, need, short[1], growth, len(self._running),
+                ", ".join(self._running), self.gate.margin_mib, short[0],
+            )  # fmt: skip
+        return False
 
     def _key(self, node: NodeDef, kind: NodeKind[Any], ctx: NodeContext) -> str | NodeResult:
         """The node's cache key, or why it has none (cannot run here, cannot be keyed)."""

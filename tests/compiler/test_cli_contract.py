@@ -163,6 +163,18 @@ def test_quiet_and_verbose(tmp_path: Path, noisy_loader: str) -> None:
     assert both.returncode == 2 and "-q and -v exclude each other" in both.stderr
 
 
+def test_verbose_says_why_a_node_waited_for_memory(tmp_path: Path) -> None:
+    """A margin no host has: every node that could start beside another waits for it instead
+    (memory admission, pipeline/scheduler.py), the build still finishes, and -v says why."""
+    huge = ["--set", "executor.memory_margin_mb=100000000", "--no-cache"]
+    r = cli(*ort(tmp_path / "m", "--targets", "cpu,arm", *huge, "-v"))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stderr.splitlines() if "waits for memory" in x)
+    assert line.startswith("compiler.pipeline.scheduler: ") and "100000000 MiB margin" in line
+    quiet = cli(*ort(tmp_path / "d", "--targets", "cpu,arm", *huge))
+    assert quiet.returncode == 0 and "waits for memory" not in quiet.stderr
+
+
 def test_messages_are_not_wrapped_when_piped(tmp_path: Path) -> None:
     deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "samples"
     r = cli(*ort(tmp_path / "p", "--sample-data", str(deep)))

@@ -1,7 +1,7 @@
 """The body of a node's worker process (forkserver children of the build): it takes the build's
 view (sys.path, folder, environment), its own process group (so the build can kill whatever
 the node started), its output on a log file, its memory limit, then runs the node and writes
-the outcome for the build to read. Only files cross: the node's scratch folder and the
+the outcome for the build to read, with the resident memory the node added at its peak. Only files cross: the node's scratch folder and the
 outcome."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from compiler.core.host import HostInfo
 from compiler.core.records import NodeResult
 from compiler.pipeline.executors.base import NodeRun, carried_error, run_node
+from compiler.pipeline.executors.memory import PeakMeter
 from compiler.pipeline.graph import NodeDef, NodeGraph
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import BuildInputs, NodeContext
@@ -93,6 +94,7 @@ def _die_with_build(build_pid: int) -> None:
 
 def work(sys_path: list[str], payload: bytes, result_path: str, log_path: str) -> None:
     """Run the pickled `NodeJob` in `payload`; write its `NodeRun` to `result_path`."""
+    meter = PeakMeter()  # before the job is unpickled: the node's inputs are its memory
     os.setpgid(0, 0)
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
@@ -115,7 +117,7 @@ def work(sys_path: list[str], payload: bytes, result_path: str, log_path: str) -
         resource.setrlimit(resource.RLIMIT_AS, previous)
     grew = max(0, _address_space("VmPeak") - start) // _MIB
     error = carried_error(run.error) if run.error is not None else None
-    run = NodeRun(run.output, run.failure, error, grew_mib=grew)
+    run = NodeRun(run.output, run.failure, error, grew_mib=grew, peak_rss_mib=meter.added_mib())
     tmp = Path(result_path + ".tmp")
     tmp.write_bytes(pickle.dumps(run))
     os.replace(tmp, result_path)

@@ -45,6 +45,7 @@ class NodeRun:
     failure: NodeResult | None = None
     error: BaseException | None = None
     grew_mib: int = 0  # in a worker: how far its address space grew while the node ran
+    peak_rss_mib: int = 0  # in a worker: the most resident memory the node added; 0: unknown
 
 
 class NodeFailed(CompilePkgError):
@@ -112,6 +113,11 @@ class Executor(Protocol):
     def slots(self) -> int: ...
 
     def submit(self, node: NodeDef, kind: NodeKind[Any], ctx: NodeContext, out: Path) -> None: ...
+
+    def resident_mib(self, node_id: str) -> int | None:
+        """Resident memory a running node has added so far (MiB), on this host; None when
+        unknown or elsewhere (a Ray task)."""
+        ...
 
     def wait(self) -> list[tuple[str, NodeRun]]: ...
 

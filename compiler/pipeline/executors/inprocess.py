@@ -24,6 +24,9 @@ class InProcessExecutor:
     def submit(self, node: NodeDef, kind: NodeKind[Any], ctx: NodeContext, out: Path) -> None:
         self._queue.append((node, kind, ctx, out))
 
+    def resident_mib(self, node_id: str) -> int | None:
+        return None  # one node at a time: nothing runs beside the next
+
     def wait(self) -> list[tuple[str, NodeRun]]:
         node, kind, ctx, out = self._queue.pop(0)
         return [(node.id, run_node(kind, node, ctx, out))]

@@ -31,6 +31,7 @@ from typing import Any
 from compiler.core.records import NodeResult
 from compiler.pipeline.executors._worker import NodeJob, work
 from compiler.pipeline.executors.base import NodeRun, OnStart, pickle_job
+from compiler.pipeline.executors.memory import resident_mib
 from compiler.pipeline.graph import NodeDef
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import NodeContext
@@ -60,6 +61,7 @@ class _Job:
     result: Path
     log: Path
     deadline: float | None
+    start_mib: int = 0  # resident at fork: the fork server's pages, shared, not the node's
     timed_out: bool = field(default=False)
 
 
@@ -132,9 +134,17 @@ class ProcessExecutor:
         process = self._mp.Process(target=work, args=args, name=f"compile-pkg {node.id}")
         process.start()
         deadline = time.monotonic() + self.wall_s if self.wall_s else None
-        self._running[node.id] = _Job(node.id, process, result, log, deadline)
+        start = resident_mib(process.pid) if process.pid is not None else None
+        self._running[node.id] = _Job(node.id, process, result, log, deadline, start or 0)
         if self._on_start is not None and process.pid is not None:
             self._on_start(node.id, process.pid)
+
+    def resident_mib(self, node_id: str) -> int | None:
+        """What the node's worker holds now beyond what it was forked with (not what its own
+        child processes hold); None once it is gone."""
+        job = self._running.get(node_id)
+        now = resident_mib(job.process.pid) if job and job.process.pid is not None else None
+        return None if now is None or job is None else max(0, now - job.start_mib)
 
     def wait(self) -> list[tuple[str, NodeRun]]:
         if not self._running:

@@ -294,6 +294,9 @@ class RayExecutor:
         deadline = time.monotonic() + self.config.wall_s if self.config.wall_s else None
         self._running[ref] = _Task(node.id, out.absolute(), deadline)
 
+    def resident_mib(self, node_id: str) -> int | None:
+        return None  # on the cluster: Ray places tasks by their `memory` resource
+
     def wait(self) -> list[tuple[str, NodeRun]]:
         if self._settled:
             done, self._settled = self._settled, []

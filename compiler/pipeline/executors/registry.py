@@ -5,10 +5,11 @@ from __future__ import annotations
 from compiler.pipeline.config import ExecutorConfig
 from compiler.pipeline.executors.base import Executor, OnStart
 from compiler.pipeline.executors.inprocess import InProcessExecutor
+from compiler.pipeline.executors.memory import MemoryGate
 from compiler.pipeline.executors.processes import ProcessExecutor
 from compiler.pipeline.executors.ray_executor import RayExecutor
 
-__all__ = ["make_executor"]
+__all__ = ["make_executor", "memory_gate"]
 
 
 def make_executor(config: ExecutorConfig, on_start: OnStart | None = None) -> Executor:
@@ -19,3 +20,11 @@ def make_executor(config: ExecutorConfig, on_start: OnStart | None = None) -> Ex
     if config.kind == "ray":
         return RayExecutor(config)
     return ProcessExecutor(config.workers, config.memory_mb, config.wall_s, on_start)
+
+
+def memory_gate(config: ExecutorConfig, executor: Executor) -> MemoryGate | None:
+    """What admits `executor`'s nodes by this host's memory (None: the check is off, or the
+    nodes run on a Ray cluster, which places tasks by their `memory` resource)."""
+    if isinstance(executor, RayExecutor) or config.memory_margin_mb < 0:
+        return None
+    return MemoryGate(config.memory_margin_mb)
