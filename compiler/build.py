@@ -151,6 +151,7 @@ def build_package(
             executor=runs_on,
             exclusive=config.executor.exclusive,
             gate=memory_gate(config.executor, runs_on),
+            retry_failed=config.executor.retry_failed,
         )
         try:
             results = scheduler.run(NodeContext(inputs, g, probe_host()))

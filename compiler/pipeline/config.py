@@ -177,6 +177,11 @@ class ExecutorConfig(_Strict):
         description="processes: a node starts beside others only if its estimated peak memory "
         "plus this margin fits in what the host (or cgroup) has left; -1: no such check",
     )
+    retry_failed: bool = Field(
+        default=False,
+        description="run compiles and passes again whose failure an earlier build with the "
+        "same inputs and libraries left in the cache (a backend refusing the model)",
+    )
     exclusive: list[str] = Field(
         default_factory=lambda: ["verify"],
         description="node kinds that run alone (they measure latency on this host's cores)",

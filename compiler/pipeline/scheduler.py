@@ -35,11 +35,18 @@ a margin; else it waits until a running node finishes, while smaller ready nodes
 checked before the node is keyed, so a waiting node holds no cache key and is not timed (a
 cached one waits too: its key is not known yet). A node always starts when nothing else runs,
 so none waits forever: one bigger than the host runs alone, as in-process.
+
+Failures: a compile or pass that a backend or pass refused (BuildError, PassError: the same
+inputs and libraries would fail the same way) is kept in the cache under its key, with its
+reason, and the next build reports it without the minutes of failing again; a kill, a limit,
+an allocation failure or an unexpected exception is never kept. `retry_failed`
+(`executor.retry_failed`) runs remembered failures again.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,9 +69,18 @@ from compiler.pipeline.instruments import Instrument
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import NodeContext
 
-__all__ = ["Scheduler", "StopBuild"]
+__all__ = ["REMEMBERED", "Scheduler", "StopBuild"]
 
 log = logging.getLogger(__name__)
+
+# node kinds whose repeatable failures (a backend or pass refusing the model, NodeRun) the
+# cache keeps under their key, so the next build with the same inputs and libraries does not
+# spend the same minutes failing again (an OpenVINO conversion that fails after 20 s)
+REMEMBERED = ("compile", "pass")
+_REMEMBERED_NOTE = (
+    " (remembered from an earlier build with the same inputs and libraries; "
+    "--set executor.retry_failed=true runs it again)"
+)
 
 
 class StopBuild(Exception):
@@ -104,6 +120,8 @@ class Scheduler:
         exclusive: Collection[str] = (),
         durations: Durations | None = None,
         gate: MemoryGate | None = None,
+        remember: Collection[str] = REMEMBERED,
+        retry_failed: bool = False,
     ) -> None:
         self.kinds = kinds
         self.cache = cache
@@ -113,6 +131,8 @@ class Scheduler:
         self.exclusive = frozenset(exclusive)
         self.durations = durations
         self.gate = gate
+        self.remember = frozenset(remember)
+        self.retry_failed = retry_failed
         self.errors: dict[str, BaseException] = {}  # node id -> what a failed node raised
         self._running: dict[str, _Submitted] = {}
         self._begun: set[str] = set()  # nodes whose instruments have started
@@ -260,7 +280,12 @@ class Scheduler:
             except ValidationError:  # written by a build whose records differ: make it anew
                 self.cache.evict(key)
             else:
-                return cached.model_copy(update={"status": "cached", "out": out, "key": key})
+                if cached.status != "failed":
+                    return cached.model_copy(update={"status": "cached", "out": out, "key": key})
+                if self.retry_failed:
+                    self.cache.evict(key)  # run again; a new refusal is remembered anew
+                else:
+                    return cached.model_copy(update={"reason": cached.reason + _REMEMBERED_NOTE})
         scratch = self.cache.new_entry(key)
         self._running[node.id] = _Submitted(node, kind, key, scratch)
         self.executor.submit(node, kind, ctx, scratch / "out")
@@ -328,9 +353,15 @@ class Scheduler:
         if run.error is not None:
             self.errors[node.id] = run.error
         if run.output is None:
-            self.cache.discard(scratch)
             failure = run.failure or NodeResult(status="failed", reason="no output")
-            self._record(node, failure.model_copy(update={"key": key}), ctx)
+            failure = failure.model_copy(update={"key": key})
+            if run.repeatable and node.kind in self.remember:
+                shutil.rmtree(scratch / "out")  # what it wrote before failing is no output
+                (scratch / "out").mkdir()
+                self.cache.commit(key, scratch, failure.model_dump(mode="json", exclude={"out"}))
+            else:
+                self.cache.discard(scratch)
+            self._record(node, failure, ctx)
             return
         digest = sha256_json(
             {

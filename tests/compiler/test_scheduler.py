@@ -14,6 +14,7 @@ from typing import ClassVar
 import onnx
 import pytest
 
+from compiler.core.errors import BuildError
 from compiler.core.host import HostInfo
 from compiler.core.records import Availability, NodeResult, ReferenceOutput
 from compiler.pipeline.cache import Cache
@@ -36,6 +37,7 @@ class ToyNode(NodeDef):
     value: int = 0
     inputs: tuple[str, ...] = ()
     fail: str = ""  # run raises this
+    refuse: str = ""  # run raises this as a BuildError (a backend refusing the model)
     missing: bool = False  # skip: "cannot run here"
     sleep: float = 0.0
 
@@ -61,6 +63,9 @@ class ToyKind(Kind[ToyNode]):
         time.sleep(node.sleep)
         if node.fail:
             raise RuntimeError(node.fail)
+        if node.refuse:
+            (out / "partial.bin").write_bytes(b"half an artifact")
+            raise BuildError(node.refuse)
         total = node.value + sum(
             ctx.output(p, ReferenceOutput).samples for p in ctx.graph.parents(node.id)
         )
@@ -93,6 +98,40 @@ def test_a_registered_toy_kind_runs_and_caches_by_content(tmp_path: Path) -> Non
     again = _run(_graph(ToyNode("a", 1), ToyNode("b", 5, ("a",))), cache, kind)
     assert {n: r.status for n, r in again.items()} == {"a": "cached", "b": "ran"}
     assert kind.ran == ["a", "b", "b"]
+
+
+def test_a_refused_model_is_remembered_and_a_crash_is_not(tmp_path: Path) -> None:
+    """A backend's refusal (BuildError) recurs with the same key: the next build reports it
+    without running the node again; an unexpected exception is tried again each build;
+    retry_failed (executor.retry_failed) runs a remembered one again; a kind not named in
+    `remember` is never remembered."""
+    cache = Cache(tmp_path / "cache")
+    g = _graph(ToyNode("a", 1), ToyNode("no", 2, ("a",), refuse="op If unsupported"))
+    g.add(ToyNode("crash", 3, ("a",), fail="segfault-ish"))
+    inputs = BuildInputs(Path("unused.onnx"), "0", BuildConfig(), ())
+
+    def build(kind: ToyKind, retry: bool = False) -> dict[str, NodeResult]:
+        scheduler = Scheduler({ToyNode: kind}, cache, remember=("toy",), retry_failed=retry)
+        return scheduler.run(NodeContext(inputs, g, HOST))
+
+    first = build(kind := ToyKind())
+    assert (first["no"].status, first["no"].reason) == ("failed", "op If unsupported")
+    assert sorted(kind.ran) == ["a", "crash", "no"]
+    again = build(kind := ToyKind())
+    assert kind.ran == ["crash"]  # the refusal is not run again; the crash is
+    assert again["no"].status == "failed" and again["no"].reason.startswith("op If unsupported")
+    assert "remembered from an earlier build" in again["no"].reason
+    assert "executor.retry_failed=true" in again["no"].reason
+    assert again["no"].key == first["no"].key
+    assert not list(cache.root.rglob("partial.bin"))  # what it wrote before failing is gone
+    retried = build(kind := ToyKind(), retry=True)
+    assert sorted(kind.ran) == ["crash", "no"] and "remembered" not in retried["no"].reason
+    assert build(kind := ToyKind())["no"].status == "failed" and kind.ran == ["crash"]
+    fresh = Cache(tmp_path / "fresh")
+    for _ in range(2):  # by default only compiles and passes are remembered
+        kind = ToyKind()
+        assert Scheduler({ToyNode: kind}, fresh).run(NodeContext(inputs, g, HOST))["no"].reason
+        assert "no" in kind.ran
 
 
 def test_an_entry_of_an_older_record_layout_is_made_anew(tmp_path: Path) -> None:

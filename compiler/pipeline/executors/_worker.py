@@ -13,13 +13,13 @@ import select
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from compiler.core.host import HostInfo
 from compiler.core.records import NodeResult
-from compiler.pipeline.executors.base import NodeRun, carried_error, run_node
+from compiler.pipeline.executors.base import carried_error, run_node
 from compiler.pipeline.executors.memory import PeakMeter
 from compiler.pipeline.graph import NodeDef, NodeGraph
 from compiler.pipeline.nodes.base import NodeKind
@@ -117,7 +117,7 @@ def work(sys_path: list[str], payload: bytes, result_path: str, log_path: str) -
         resource.setrlimit(resource.RLIMIT_AS, previous)
     grew = max(0, _address_space("VmPeak") - start) // _MIB
     error = carried_error(run.error) if run.error is not None else None
-    run = NodeRun(run.output, run.failure, error, grew_mib=grew, peak_rss_mib=meter.added_mib())
+    run = replace(run, error=error, grew_mib=grew, peak_rss_mib=meter.added_mib())
     tmp = Path(result_path + ".tmp")
     tmp.write_bytes(pickle.dumps(run))
     os.replace(tmp, result_path)

@@ -5,6 +5,7 @@ drives (`Executor`)."""
 from __future__ import annotations
 
 import pickle
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ from typing import Any, Protocol
 
 from compiler.core.errors import (
     BackendUnavailable,
+    BuildError,
     CompilePkgError,
     NotApplicable,
+    PassError,
     short_message,
 )
 from compiler.core.records import NodeOutput, NodeResult
@@ -23,6 +26,7 @@ from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import NodeContext
 
 __all__ = [
+    "OUT_OF_MEMORY",
     "Executor",
     "NodeFailed",
     "NodeRun",
@@ -46,6 +50,15 @@ class NodeRun:
     error: BaseException | None = None
     grew_mib: int = 0  # in a worker: how far its address space grew while the node ran
     peak_rss_mib: int = 0  # in a worker: the most resident memory the node added; 0: unknown
+    # the failure would recur with the same inputs and libraries (a backend or pass refused
+    # the model), so the cache may remember it; never a kill, a limit, memory or a bug
+    repeatable: bool = False
+
+
+# how libraries word an allocation that failed: such a failure depends on the host's load
+OUT_OF_MEMORY = re.compile(
+    r"MemoryError|bad_alloc|out of memory|cannot allocate memory|failed to allocate", re.I
+)
 
 
 class NodeFailed(CompilePkgError):
@@ -96,7 +109,9 @@ def run_node(kind: NodeKind[Any], node: NodeDef, ctx: NodeContext, out: Path) ->
     except NotApplicable as exc:
         return NodeRun(failure=NodeResult(status="skipped", reason=str(exc)), error=exc)
     except CompilePkgError as exc:
-        return NodeRun(failure=NodeResult(status="failed", reason=str(exc)), error=exc)
+        repeatable = isinstance(exc, BuildError | PassError) and not OUT_OF_MEMORY.search(str(exc))
+        failure = NodeResult(status="failed", reason=str(exc))
+        return NodeRun(failure=failure, error=exc, repeatable=repeatable)
     except Exception as exc:
         failure = NodeResult(
             status="failed", reason=short_message(exc), traceback=traceback.format_exc(limit=8)

@@ -17,7 +17,6 @@ import json
 import multiprocessing
 import os
 import pickle
-import re
 import signal
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 from compiler.core.records import NodeResult
 from compiler.pipeline.executors._worker import NodeJob, work
-from compiler.pipeline.executors.base import NodeRun, OnStart, pickle_job
+from compiler.pipeline.executors.base import OUT_OF_MEMORY, NodeRun, OnStart, pickle_job
 from compiler.pipeline.executors.memory import resident_mib
 from compiler.pipeline.graph import NodeDef
 from compiler.pipeline.nodes.base import NodeKind
@@ -43,9 +42,6 @@ __all__ = ["MAIN_ENV", "ProcessExecutor", "usable_cores"]
 _PRELOAD = ["compiler.pipeline.executors._forkserver"]
 MAIN_ENV = "COMPILE_PKG_FORKSERVER_MAIN"  # the build's main script, for the fork server
 _TAIL_LINES = 20
-_OUT_OF_MEMORY = re.compile(
-    r"MemoryError|bad_alloc|out of memory|cannot allocate memory|failed to allocate", re.I
-)
 
 
 def usable_cores() -> int:
@@ -187,12 +183,13 @@ class ProcessExecutor:
             reason, trace = run.failure.reason, run.failure.traceback
             if self.memory_mb:
                 limit = f"executor.memory_mb={self.memory_mb}"
-                if isinstance(run.error, MemoryError) or _OUT_OF_MEMORY.search(reason + trace):
+                if isinstance(run.error, MemoryError) or OUT_OF_MEMORY.search(reason + trace):
                     reason = f"exceeded its memory limit ({limit}): {reason}"
                 else:  # a library that cannot map memory says so in its own words
                     reason += f" (its worker's address space grew by {run.grew_mib} MiB; {limit})"
             failure = run.failure.model_copy(update={"reason": reason, "traceback": trace + shown})
-            return replace(run, failure=failure)
+            # under a memory limit, a failure may be the limit's: not remembered
+            return replace(run, failure=failure, repeatable=run.repeatable and not self.memory_mb)
         pid = job.process.pid
         if job.timed_out:
             limit = f"executor.wall_s={self.wall_s:g}"
