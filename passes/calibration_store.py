@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from compiler.core.files import locked, write_atomically
+from compiler.core.hashing import file_sha256
 
 __all__ = ["calibration_digest", "shared_calibration"]
 
@@ -38,10 +39,7 @@ def calibration_digest(
     """sha256 of what decides the ranges: the float model's bytes, the calibration feeds and
     the settings that reach the calibrator (method, symmetry, percentile, op types, the
     quantized types, the runtime's version)."""
-    h = hashlib.sha256()
-    with model_file.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    h = hashlib.sha256(file_sha256(model_file).encode())
     for feed in feeds:
         for name in sorted(feed):
             a = np.ascontiguousarray(feed[name])

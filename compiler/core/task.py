@@ -133,7 +133,7 @@ def score_task(
         return replace(base, reason=f"metric failed on the reference outputs: {_short(exc)}")
     try:
         art = float(fn(outputs, labels))
-        paired = _paired(task, fn, outputs, references, labels, ref, took, paired_budget_s)
+        paired = _paired(base, task, fn, outputs, references, labels, ref, took, paired_budget_s)
     except Exception as exc:
         return replace(base, status="failed", reference=ref, reason=f"metric failed: {_short(exc)}")
     drop = task.drop(ref, art)
@@ -162,6 +162,7 @@ def score_task(
 
 
 def _paired(
+    base: TaskScore,
     task: TaskSpec,
     fn: TaskMetric,
     outputs: Outputs,
@@ -171,11 +172,8 @@ def _paired(
     took: float,
     budget_s: float,
 ) -> TaskScore:
-    """The paired fields of a TaskScore (on a base with the spec's fields): which samples
-    lower the reference's score alone, which raise it, and the loss-only drop."""
-    base = TaskScore(
-        task.metric, "not-run", max_drop=task.max_drop, higher_is_better=task.higher_is_better
-    )
+    """`base` with the paired fields: which samples lower the reference's score alone, which
+    raise it, and the loss-only drop."""
     n = len(outputs)
     if n < 2:
         return replace(base, paired_reason="one sample: the totals are the paired check")
