@@ -39,6 +39,7 @@ __all__ = [
     "OutputParity",
     "checks",
     "compare_outputs",
+    "departure",
     "judge",
     "margin",
     "near_zero_scale",
@@ -49,6 +50,10 @@ __all__ = [
 REL_EPS = 1e-6
 CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence")
 _SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability distributions
+# Below this cosine (or this exact agreement of an integer output) an output mostly carries
+# something other than the reference's signal: no task score beside it makes it pass
+# (compiler/core/task.py, `verdict`).
+GROSS_FLOOR = 0.9
 
 Outputs = Sequence[Mapping[str, np.ndarray]]
 
@@ -340,6 +345,24 @@ def compare_outputs(
             failures=tuple(why),
         )
     return all(m.passed for m in per_output.values()), per_output
+
+
+def departure(m: OutputParity) -> str:
+    """Why a judged output departs grossly from its reference ('' when it does not): it could
+    not be compared, holds non-finite values, or keeps less than GROSS_FLOOR of the reference's
+    direction (cosine; exact agreement for integer outputs). Closeness bounds finer than this
+    are the precision's tolerance, which a task metric may overrule (task.py)."""
+    if m.error:
+        return m.error
+    if not m.finite:
+        return "non-finite values (NaN/Inf) in the output"
+    if m.agreement is not None:
+        low = m.agreement < GROSS_FLOOR
+        return f"only {m.agreement:.3f} of its elements agree (< {GROSS_FLOOR})" if low else ""
+    scaled = m.tolerance is None or _is_probability(m) or m.ref_rms > near_zero_scale(m.tolerance)
+    if scaled and m.cosine < GROSS_FLOOR:
+        return f"cosine {m.cosine:.3f} to the reference (< {GROSS_FLOOR})"
+    return ""
 
 
 def margin(m: OutputParity) -> float:

@@ -91,7 +91,8 @@ class EmulationInfo(_Record):
 class ParityRecord(_Record):
     """Parity of one artifact on one host: per output, the metrics its kind is judged by
     (`OutputParity.checks`), and the task metric's scores when the build has one. `passed`
-    needs every output to pass and the task (when it could be scored) to pass."""
+    needs every output to pass and the task (when it could be scored) to pass, or, for a lossy
+    artifact, the task to decide (compiler/core/task.py `verdict`; `basis` then says so)."""
 
     status: ParityStatus
     precision: str = ""
@@ -99,6 +100,7 @@ class ParityRecord(_Record):
     mode: ParityMode = "none"
     note: str = ""  # plainly what was run where (cross-host and emulated checks)
     reason: str = ""  # why there is no verdict (not-verified, error)
+    basis: str = ""  # what decided a verdict the outputs' closeness alone would not have
     reference: str = ""
     host: MeasuredOn | None = None
     outputs: dict[str, OutputParity] = Field(default_factory=dict)

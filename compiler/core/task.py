@@ -11,7 +11,17 @@ place of the reference's, one at a time, and scored with the rest of the referen
 (any metric works, also one that scores across samples: a ranking, a stream); the samples that
 lower the reference's score are the artifact's losses. The artifact's outputs on exactly those
 samples, with the reference's elsewhere, give the loss-only score; its drop must be within
-`max_drop` too. Standard library and numpy only (the GPU verification script may use it).
+`max_drop` too.
+
+Which decides, the task or the outputs' closeness (`verdict`): an fp32 artifact must stay
+within its elementwise bounds whatever the task says (a gap there is a bug). A lossy (int8,
+bf16, fp16) artifact whose task score passes the paired check on at least
+TASK_DECIDES_MIN_SAMPLES labelled samples is judged by the task: its outputs' closeness bounds
+are proxies for the task where none is scored, and they misjudge outputs whose job is a
+decision downstream (a text detector's probability map moved by 0.3 of its scale at region
+borders under int8 while it found the same 28 of 28 held-out lines). Its outputs are still
+recorded and a gross departure (parity.departure) still fails it. Standard library and numpy
+only (the GPU verification script may use it).
 """
 
 from __future__ import annotations
@@ -31,16 +41,20 @@ from typing import Any, Literal
 import numpy as np
 
 from compiler.core.hashing import file_sha256
+from compiler.core.parity import OutputParity, departure
 from compiler.core.tolerance import TaskSpec
 
 __all__ = [
     "PAIRED_BUDGET_S",
+    "TASK_DECIDES_MIN_SAMPLES",
     "TASK_RULE",
     "TaskMetric",
     "TaskScore",
     "load_callable",
     "metric_digest",
     "score_task",
+    "task_decides",
+    "verdict",
 ]
 
 Outputs = Sequence[Mapping[str, np.ndarray]]
@@ -49,7 +63,11 @@ TaskMetric = Callable[[Outputs, Sequence[Any]], float]
 # the verdict says so (a user's metric that takes seconds on a large sample set)
 PAIRED_BUDGET_S = 60.0
 _EPS = 1e-12
-TASK_RULE = "paired-1"  # in the cache keys of what the rule judges: a new rule, new verdicts
+# in the cache keys of what the rule judges: a new rule, new verdicts. 2: the task decides
+# lossy artifacts (`verdict`); the int8 searches see only part of the labelled samples
+TASK_RULE = "paired-2"
+# the fewest labelled samples on which a passing task score decides a lossy artifact
+TASK_DECIDES_MIN_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -207,3 +225,39 @@ def _listed(indices: Sequence[int], shown: int = 8) -> str:
 
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+
+
+def task_decides(task: TaskScore | None, precision: str) -> bool:
+    """Whether the task score, not the outputs' closeness, decides an artifact of this
+    precision (the module's docstring says when and why)."""
+    return (
+        precision != "fp32"
+        and task is not None
+        and task.status == "passed"
+        and task.worse is not None  # the paired check ran: no loss hides behind a gain
+        and task.samples >= TASK_DECIDES_MIN_SAMPLES
+    )
+
+
+def verdict(
+    outputs: Mapping[str, OutputParity], task: TaskScore | None, precision: str
+) -> tuple[bool, str]:
+    """Whether judged outputs and the task score pass, and what decided it where the outputs'
+    closeness alone would not have ('' otherwise): the reason a report shows."""
+    closeness = all(m.passed for m in outputs.values())
+    if task is not None and task.status == "failed":
+        return False, ""
+    if closeness or not task_decides(task, precision):
+        return closeness, ""
+    if any(departure(m) for m in outputs.values()):
+        return False, ""
+    assert task is not None
+    outside = "; ".join(
+        f"{name}: {', '.join(m.failures)}" for name, m in sorted(outputs.items()) if m.failures
+    )
+    return True, (
+        f"decided by the task metric: on {task.samples} labelled samples it scores "
+        f"{task.artifact:.4g} vs the reference's {task.reference:.4g} and the paired check "
+        f"finds no loss beyond max_drop {task.max_drop:g}; the outputs are outside the "
+        f"{precision} closeness bounds ({outside}), proxies for the task where none is scored"
+    )

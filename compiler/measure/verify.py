@@ -34,7 +34,7 @@ from compiler.core.records import (
     VerifyOutput,
 )
 from compiler.core.settings import RuntimeSettings
-from compiler.core.task import score_task
+from compiler.core.task import score_task, task_decides, verdict
 from compiler.core.tolerance import ParityPolicy
 from compiler.measure.throughput import accepted, measure_throughput
 from compiler.measure.timing import measure_latency as time_latency
@@ -76,11 +76,11 @@ def judge_outputs(
     """The parity record of an artifact's outputs: each output judged by its kind's metrics
     and the precision's tolerance, and the task metric when the policy has one."""
     kinds = {o.name: o.kind for o in contract.outputs}
-    ok, per_output = compare_outputs(
+    _, per_output = compare_outputs(
         outs, ref_outputs, lambda name: parity.tolerance(precision, name), kinds
     )
     task = score_task(parity.task, outs, ref_outputs, labels) if parity.task else None
-    passed = ok and (task is None or task.status != "failed")
+    passed, basis = verdict(per_output, task, precision)
     return ParityRecord(
         status="passed" if passed else "failed",
         precision=precision,
@@ -88,6 +88,7 @@ def judge_outputs(
         reference=REFERENCE,
         outputs=per_output,
         task=task,
+        basis=basis,
     )
 
 
@@ -238,8 +239,8 @@ def unverified_on_few_rows(measured: VerifyOutput, precision: str) -> VerifyOutp
     bf16 file-type classifier passed on 4 samples and misread 2 of 20 files). A failure on
     few rows stands: a flip seen is evidence."""
     parity = measured.parity
-    if precision == "fp32" or parity.status != "passed":
-        return measured
+    if precision == "fp32" or parity.status != "passed" or task_decides(parity.task, precision):
+        return measured  # a task scored on enough labelled samples is the evidence (task.py)
     short = [
         f"{name}: {c.metric} {c.value:.3f} >= {c.bound} on {m.rows} row(s), needs "
         f"{_rows_needed(c.bound)}"

@@ -124,7 +124,7 @@ def _where_measured(m: Manifest) -> list[str]:
     for aid, recs in m.measurements.items():
         for rec in recs.parity:
             extra = f" — {rec.note}" if rec.note else ""
-            reason = f" ({rec.reason})" if rec.reason else ""
+            reason = f" ({rec.reason or rec.basis})" if rec.reason or rec.basis else ""
             at = rec.host.measured_at if rec.host else "?"
             lines.append(
                 f"- `{aid}` parity {rec.status}{reason}, {rec.mode}, "

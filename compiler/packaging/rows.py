@@ -285,7 +285,10 @@ def artifact_rows(m: Manifest) -> list[ArtifactRow]:
                 parity=verdict if a.status in ("built", "deferred") else "-",
                 parity_mode=shown.mode if shown else "",
                 parity_host=describe_host(shown.host) if shown and shown.host else "",
-                parity_reason=shown.reason if shown and not shown.decisive else "",
+                # why there is no verdict, or what decided one the outputs alone would not
+                parity_reason=(shown.reason if not shown.decisive else shown.basis)
+                if shown
+                else "",
                 max_abs_err=worst.max_abs_err if worst else None,
                 cosine=worst.cosine if worst else None,
                 top1=worst.top1_agreement if worst else None,

@@ -176,5 +176,8 @@ VISION_MODELS = (
         _layout_items,
         score_layout_cdla,
         _layout_task,
+        # 16 labelled pages: the int8 searches choose on the first 8 (passes/accuracy.py
+        # search_share), the verdict judges all 16
+        counts={"calibration": 16, "sample": 16},
     ),
 )

@@ -74,6 +74,36 @@ def test_a_top1_pass_on_too_few_rows_is_not_a_verdict(cnn_path: Path, tmp_path: 
     assert _parity(outcome, "cpu/fp32").status == "passed"
 
 
+def test_a_task_scored_on_enough_samples_is_the_verdict_on_few_rows() -> None:
+    """16 class rows cannot show bf16's 95% top-1 bound; a task metric that passed the paired
+    check on those 16 labelled samples is the evidence, and the verdict stands."""
+    from compiler.core.parity import compare_outputs
+    from compiler.core.records import ParityRecord, VerifyOutput
+    from compiler.core.task import score_task
+    from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec
+    from compiler.measure.verify import unverified_on_few_rows
+
+    rng = np.random.default_rng(0)
+    refs = [{"y": rng.normal(size=(1, 4)).astype(np.float32)} for _ in range(16)]
+    outs = [{"y": r["y"] + np.float32(0.01)} for r in refs]
+    labels = [int(r["y"].argmax()) for r in refs]
+    ok, per_output = compare_outputs(
+        outs, refs, lambda _n: DEFAULT_TOLERANCES["bf16"], {"y": "class_scores"}
+    )
+    assert ok
+
+    def record(task):  # type: ignore[no-untyped-def]
+        parity = ParityRecord(status="passed", precision="bf16", outputs=per_output, task=task)
+        return unverified_on_few_rows(VerifyOutput(parity=parity), "bf16").parity
+
+    untold = record(None)
+    assert untold.status == "not-verified" and "on 16 row(s), needs 20" in untold.reason
+    spec = TaskSpec("tests.core.test_task:accuracy")
+    task = score_task(spec, outs, refs, labels)
+    assert task.status == "passed" and task.samples == 16
+    assert record(task).status == "passed"
+
+
 def _quantized_cnn(cnn_path: Path, out: Path) -> Path:
     """The example CNN as an already-quantized (QDQ) model, as ORT's quantizer writes one."""
 

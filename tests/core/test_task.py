@@ -142,3 +142,72 @@ def test_the_paired_check_can_be_left_out_and_says_so() -> None:
     assert got.paired_reason == "not run: no time budget for it"
     one = score_task(SPEC, _outs(0), _outs(0), [0], accuracy)
     assert one.status == "passed" and one.paired_reason.startswith("one sample")
+
+
+def mask_iou(outputs: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> float:
+    """Mean IoU of the map thresholded at 0.5 with the labelled mask (a detector's job)."""
+    ious = []
+    for out, label in zip(outputs, labels, strict=True):
+        mask = out["map"] > 0.5
+        ious.append((mask & label).sum() / max((mask | label).sum(), 1))
+    return float(np.mean(ious))
+
+
+def _maps(count: int, seed: int = 0) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """Near-binary probability maps of square regions (as a text detector's sigmoid output)
+    and their masks."""
+    rng = np.random.default_rng(seed)
+    maps, masks = [], []
+    for _ in range(count):
+        logits = np.full((32, 32), -6.0)
+        y, x = rng.integers(4, 20, size=2)
+        logits[y : y + 8, x : x + 8] = 6.0
+        maps.append({"map": (1 / (1 + np.exp(-logits)))[None].astype(np.float32)})
+        masks.append(maps[-1]["map"][0] > 0.5)
+    return maps, masks
+
+
+def _judged(outs, refs, labels, precision: str):  # type: ignore[no-untyped-def]
+    from compiler.core.parity import compare_outputs
+    from compiler.core.tolerance import DEFAULT_TOLERANCES
+
+    spec = TaskSpec(f"{__name__}:mask_iou", max_drop=0.0)
+    _, per_output = compare_outputs(
+        outs, refs, lambda _n: DEFAULT_TOLERANCES[precision], {"map": "dense_map"}
+    )
+    task = score_task(spec, outs, refs, labels, mask_iou)
+    return per_output, task
+
+
+def test_the_task_decides_a_lossy_map_that_moved_at_its_borders() -> None:
+    """A probability map whose region borders soften (0.9 -> 0.55) is far outside int8's
+    L2 bound and finds the same regions: a lossy artifact passes on the task, says why, and
+    keeps its outputs' failures on record; fp32, too few samples, a task loss or a gross
+    departure fail it."""
+    from compiler.core.task import TASK_DECIDES_MIN_SAMPLES, verdict
+
+    refs, labels = _maps(TASK_DECIDES_MIN_SAMPLES)
+    soft = []
+    for ref in refs:
+        m = ref["map"].copy()
+        m[m > 0.5] = 0.55  # still above the threshold everywhere
+        soft.append({"map": m})
+    per_output, task = _judged(soft, refs, labels, "int8")
+    assert not per_output["map"].passed and "L2 error" in per_output["map"].failures[0]
+    assert task.status == "passed" and task.worse == ()
+    passed, basis = verdict(per_output, task, "int8")
+    assert passed and basis.startswith("decided by the task metric: on 8 labelled samples")
+    assert "outside the int8 closeness bounds (map: L2 error" in basis
+
+    assert verdict(*_judged(soft, refs, labels, "fp32")[:2], "fp32") == (False, "")
+    few = TASK_DECIDES_MIN_SAMPLES - 1
+    assert verdict(*_judged(soft[:few], refs[:few], labels[:few], "int8"), "int8") == (False, "")
+
+    lost = [dict(s) for s in soft]
+    lost[3] = {"map": np.zeros_like(soft[3]["map"])}  # one sample's region missed
+    assert verdict(*_judged(lost, refs, labels, "int8"), "int8") == (False, "")
+
+    hazy = [{"map": np.where(r["map"] > 0.5, r["map"], 0.45).astype(np.float32)} for r in refs]
+    per_output, task = _judged(hazy, refs, labels, "int8")  # background 0 -> 0.45
+    assert task.status == "passed" and per_output["map"].cosine < 0.9
+    assert verdict(per_output, task, "int8") == (False, "")

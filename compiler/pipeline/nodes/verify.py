@@ -42,7 +42,7 @@ class VerifyKind(Kind[VerifyNode]):
     # 7: lossy artifacts judged or calibrated on generated data are not verified; 8: lossy
     # against the reference (a quantized source's int8 artifacts are not), few-rows rule;
     # 9: runtime settings swept (tuning), throughput at the serving batch sizes
-    version = "10"  # 10: the task check is paired (compiler/core/task.py)
+    version = "11"  # 10: the task check is paired; 11: the task decides lossy artifacts (task.py)
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
