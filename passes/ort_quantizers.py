@@ -25,6 +25,7 @@ __all__ = [
     "dynamic_quantizer",
     "histogram_refusal",
     "static_quantizer",
+    "unshare_biases",
 ]
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,45 @@ log = logging.getLogger(__name__)
 IntType = Literal["u8", "s8"]
 # Dynamic int8 of Conv (ConvInteger) is slower than fp32 on ONNX Runtime CPU: leave it out.
 DYNAMIC_OP_TYPES = ("MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
+
+
+# the ops whose input 2 ONNX Runtime's static quantizer quantizes as a bias (int32, with the
+# scale of the node's input times its weight's)
+BIAS_OPS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def unshare_biases(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each bias initializer that several Conv/ConvTranspose/Gemm nodes share
+    copied, one per node, under a name no tensor has. ONNX Runtime's static quantizer copies
+    a shared bias itself and names the copy by appending a number to the initializer's name,
+    checked against initializers only: tf2onnx shares one zero bias among many convolutions
+    and names a convolution's output that same way (basic_pitch: `.../conv1d_25` + `2` is
+    the output `.../conv1d_252`), so the quantized model wired a bias into the graph in place
+    of an activation and did not load. The float model computes the same with the copies."""
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.op_type in BIAS_OPS and len(node.input) > 2 and node.input[2] in inits:
+            users.setdefault(node.input[2], []).append(node)
+    shared = {name: nodes for name, nodes in users.items() if len(nodes) > 1}
+    if not shared:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {t for n in out.graph.node for t in (*n.input, *n.output)} | set(inits)
+    taken |= {t.name for t in (*out.graph.input, *out.graph.output, *out.graph.value_info)}
+    nodes = {id(n): i for i, n in enumerate(model.graph.node)}
+    for name, consumers in shared.items():
+        for k, node in enumerate(consumers[1:], start=1):
+            copy_name = f"{name}__bias_copy{k}"
+            while copy_name in taken:
+                copy_name += "_"
+            taken.add(copy_name)
+            copy = out.graph.initializer.add()
+            copy.CopyFrom(inits[name])
+            copy.name = copy_name
+            out.graph.node[nodes[id(node)]].input[2] = copy_name
+    return out
 
 
 @dataclass(frozen=True)
@@ -108,7 +148,7 @@ def static_quantizer(
     # save_as_external_data=True, which rewrites the caller's proto in place.
     src = tmp / "float.onnx"
     if not src.exists():
-        onnx.save(model, src)
+        onnx.save(unshare_biases(model), src)
     calls = [0]
     refusal = histogram_refusal(method_name, feeds) if method_name != "minmax" else ""
 

@@ -181,3 +181,46 @@ def test_reduce_range_variant_reads_the_ranges_the_first_calibrated(
         quantize(True, shared, smooth_images(16, seed=3))
     assert "from another node" not in caplog.text
     assert len(list(shared.glob("ort-calibration-*.json"))) == 2
+
+
+def _shared_bias_convs() -> onnx.ModelProto:
+    """Two convolutions sharing one zero bias `b`, the first's output named `b` + `0`, as
+    tf2onnx exports them (its constant folding shares equal constants; its names append
+    digits): ONNX Runtime's quantizer names its copy of the shared bias `b0` too."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32), "w2")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b"], ["b0"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Neg", ["b0"], ["r"], name="neg"),
+        helper.make_node("Conv", ["r", "w2", "b"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w1, w2, b],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_bias_shared_by_convolutions_quantizes_and_runs(tmp_path: Path) -> None:
+    """ONNX Runtime's own copy of a shared bias would be called `b0`, the name of conv1's
+    output; the pass gives each convolution its own bias first, so the model loads and
+    computes what the float model does."""
+    import onnxruntime as ort
+
+    model = _shared_bias_convs()
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    result = _quantize(model, tmp_path, feeds=feeds)
+    assert op_histogram(result.model)["DequantizeLinear"] >= 4
+    quantized = ort.InferenceSession(result.model.SerializeToString())
+    reference = ort.InferenceSession(model.SerializeToString())
+    for feed in feeds:
+        got, want = quantized.run(None, feed)[0], reference.run(None, feed)[0]
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < INT8.max_rel_l2
