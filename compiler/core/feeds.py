@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,7 @@ __all__ = [
     "feeds_digest",
     "pack_feeds",
     "read_feeds_npz",
+    "read_labels",
     "read_npz",
     "unpack_feeds",
     "write_feeds_npz",
@@ -29,6 +32,18 @@ __all__ = [
 ]
 
 Feeds = dict[str, np.ndarray]
+
+
+def read_labels(path: Path) -> list[Any] | None:
+    """The samples' labels in a labels.json (a list, one per sample, as a package's
+    reference/ holds them), or None where there is no such file or it holds no list."""
+    if not path.is_file():
+        return None
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable labels file ({exc})") from exc
+    return labels if isinstance(labels, list) else None
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -9,16 +9,15 @@ runtime version; nothing is timed.
 
 from __future__ import annotations
 
-import functools
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from compiler.core.errors import IntegrityError, PackageError
-from compiler.core.feeds import read_feeds_npz
-from compiler.core.parity import compare_outputs
+from compiler.core.feeds import read_feeds_npz, read_labels
 from compiler.core.records import EmulationInfo, MeasuredOn, ParityRecord
 from compiler.measure.emulation import (
     ArtifactJob,
@@ -27,7 +26,7 @@ from compiler.measure.emulation import (
     locate_environment,
     run_emulated,
 )
-from compiler.measure.verify import now_utc
+from compiler.measure.verify import judge_outputs, now_utc
 from compiler.packaging.write import rewrite_manifest
 from compiler.serving.integrity import VerifiedCopy
 from compiler.serving.manifest import Manifest, read_manifest
@@ -79,6 +78,7 @@ def verify_emulated(
         reference = copies.enter_context(VerifiedCopy(package, m.reference)).artifact_dir
         inputs = read_feeds_npz(reference / "inputs.npz")
         refs = read_feeds_npz(reference / "outputs.npz")
+        labels = read_labels(reference / "labels.json") if m.policy.parity.task else None
         for a in chosen:
             refusal = native_refusal(a, signatures, policy)
             if refusal:
@@ -101,7 +101,8 @@ def verify_emulated(
             precision[a.id] = a.precision
         results = run_emulated(env, jobs, inputs, cpu=cpu, threads=threads) if jobs else []
     for res in results:
-        rows.append(EmulatedRow(res.id, _record(precision[res.id], res, refs, m, env, cpu)))
+        record = _record(precision[res.id], res, refs, labels, m, env, cpu)
+        rows.append(EmulatedRow(res.id, record))
     if write:
         for row in rows:
             m.measured(row.id).parity.append(row.parity)
@@ -114,6 +115,7 @@ def _record(
     precision: str,
     res: EmulatedResult,
     refs: list[dict[str, np.ndarray]],
+    labels: list[Any] | None,
     m: Manifest,
     env: EmulationEnv,
     cpu: str,
@@ -142,21 +144,15 @@ def _record(
             emulation=emulation,
         )
     assert res.outputs is not None
-    ok, per_output = compare_outputs(
-        res.outputs,
-        refs,
-        functools.partial(m.policy.parity.tolerance, precision),
-        {o.name: o.kind for o in m.contract.outputs},
-    )
-    return ParityRecord(
-        status="passed" if ok else "failed",
-        precision=precision,
-        samples=len(res.outputs),
-        mode="emulated",
-        note=note,
-        reference=m.reference.description,
-        host=on,
-        outputs=per_output,
-        runtime_details=res.details,
-        emulation=emulation,
+    # the same verdict as a native check: outputs by kind, and the task where labels ship
+    judged = judge_outputs(res.outputs, refs, m.contract, precision, m.policy.parity, labels)
+    return judged.model_copy(
+        update={
+            "mode": "emulated",
+            "note": note,
+            "reference": m.reference.description,
+            "host": on,
+            "runtime_details": res.details,
+            "emulation": emulation,
+        }
     )

@@ -157,3 +157,41 @@ def test_a_half_precision_source_is_judged_as_fp16_and_not_quantized(
         a = outcome.manifest.artifact(aid)
         assert a.status == "built" and a.precision == "fp16", (aid, a.status, a.reason)
         assert _parity(outcome, aid).status == "passed", _parity(outcome, aid).reason
+
+
+def top1(outputs: list[dict[str, np.ndarray]], labels: list[int]) -> float:
+    """Top-1 accuracy of the CNN's `probs` (a task metric the config names by module path)."""
+    hits = [int(o["probs"].argmax()) == label for o, label in zip(outputs, labels, strict=True)]
+    return float(np.mean(hits))
+
+
+def test_reverify_scores_the_task_with_the_labels_the_package_ships(
+    cnn_path: Path, tmp_path: Path
+) -> None:
+    """`compile-pkg verify` on another host judges by the build's rule: the task metric with
+    reference/labels.json, not the outputs alone (which would fail a lossy artifact the task
+    decided at build)."""
+    import json
+
+    from compiler.packaging.reverify import verify_package
+    from compiler.serving.manifest import read_manifest
+    from tests.passes.builders import run
+
+    data = example_sample_data(tmp_path / "data", count=32)  # split: half are parity samples
+    model = onnx.load(cnn_path)
+    files = sorted(data.glob("*.npz"))
+    labels = {f.name: int(run(model, [dict(np.load(f))])[0]["probs"].argmax()) for f in files}
+    (data / "labels.json").write_text(json.dumps(labels))
+    task = [f"parity.task.metric={__name__}:top1"]
+    outcome = build(
+        cnn_path, tmp_path / "pkg", None, ("cpu",), RAW, overrides=task, sample_data=data
+    )
+    built = {a: _parity(outcome, a) for a in ("cpu/fp32", "cpu/int8")}
+    assert all(r.task is not None and r.task.samples == r.samples >= 8 for r in built.values())
+    report = verify_package(tmp_path / "pkg", measure_latency=False, update=True)
+    for check in report.artifacts:
+        again = check.parity
+        assert again is not None and again.task is not None, check.why
+        assert again.task.status == built[check.id].task.status != "not-run"  # type: ignore[union-attr]
+        assert again.status == built[check.id].status
+    assert read_manifest(tmp_path / "pkg").policy.parity.task is not None
