@@ -21,6 +21,7 @@ from compiler.measure.verify import now_utc
 from compiler.packaging.assemble import assemble
 from compiler.packaging.emulated import verify_emulated
 from compiler.packaging.output import apply_umask, check_output, estimate_package_bytes
+from compiler.packaging.retime import retime_perturbed
 from compiler.packaging.write import finish_package, rewrite_manifest, write_atomically
 from compiler.pipeline.cache import Cache, default_cache_dir
 from compiler.pipeline.config import BuildConfig
@@ -174,6 +175,8 @@ def build_package(
                 started_at=started,
             )
             finish_package(staging, m)
+            if config.verify.retime_slow and retime_perturbed(staging):
+                m = read_manifest(staging)
             if config.verify.emulate_arm and any(
                 a.status == "built" and a.target == "arm" for a in m.artifacts
             ):

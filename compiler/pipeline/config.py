@@ -93,6 +93,12 @@ class VerifyConfig(_Strict):
         default=False,
         description="run arm artifacts with the aarch64 runtimes under qemu (scripts/setup_emulation.sh)",
     )
+    retime_slow: bool = Field(
+        default=True,
+        description="after the build, measure again each artifact whose reference ran more "
+        "than 10% slower than the build's fastest reference (the host was slow then; "
+        "compiler/packaging/retime.py)",
+    )
 
 
 class TuningConfig(_Strict):

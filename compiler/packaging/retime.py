@@ -1,0 +1,129 @@
+"""A second measurement of the speedups that were taken while the host ran slow.
+
+Every verify node of a build times the reference model next to its artifact, on the same
+input with the same threads, so the reference is a control that runs in every node.
+Contention the machine itself does not show (another virtual machine on the same cores: the
+load average stays low) slows the reference with the artifact, and the ratio taken then is
+not the one a quiet host gives. Found on MiniLM: during one build the reference ran at
+3.42-4.08 ms across the verify nodes and OpenVINO int8 was recorded at 2.01x [1.92-2.08];
+a rebuild ten minutes later measured the reference at 3.32-3.44 ms and the same bytes at
+2.87x [2.73-2.91]. Serving picked the bf16 artifact on the first build's figures.
+
+So after a build, each artifact's build record whose reference ran more than `DRIFT`
+slower than the fastest reference of the build (on this host, at the same batch) is
+measured once more. The second record is appended: both stay in the package, serving reads
+the latest build record of a host like its own (compiler/serving/selection.py), and the
+record says why it was taken. It carries the first record's runtime-settings sweep and
+throughput figures, which were not measured again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from compiler.core.feeds import read_feeds_npz
+from compiler.core.host import probe_host
+from compiler.core.records import LatencyRecord, MeasuredOn
+from compiler.measure.timing import measure_latency
+from compiler.measure.verify import measured_on
+from compiler.measure.workers import Contender
+from compiler.packaging.write import rewrite_manifest
+from compiler.pipeline.normalize import MODEL_FILE
+from compiler.serving.manifest import read_manifest
+
+__all__ = ["DRIFT", "Retimed", "perturbed", "retime_perturbed"]
+
+log = logging.getLogger(__name__)
+
+# how much slower than the build's fastest reference a record's reference may have run; the
+# spread across the verify nodes of a quiet build was 1-8 % on ten real models (this host)
+DRIFT = 0.10
+
+
+@dataclass(frozen=True)
+class Retimed:
+    """One artifact measured again: why, and the speedup before and after."""
+
+    id: str
+    why: str
+    first: LatencyRecord
+    second: LatencyRecord
+
+
+def perturbed(records: dict[str, LatencyRecord]) -> dict[str, str]:
+    """Artifact id -> why its record's reference ran slow, for the records (one per artifact,
+    all taken on one host at one batch) whose reference ran more than DRIFT slower than the
+    fastest among them."""
+    timed = {aid: r for aid, r in records.items() if r.reference is not None and r.measured}
+    if len(timed) < 2:
+        return {}
+    fastest_id = min(timed, key=lambda aid: timed[aid].reference.p50_ms)  # type: ignore[union-attr]
+    fastest = timed[fastest_id].reference.p50_ms  # type: ignore[union-attr]
+    out = {}
+    for aid, r in timed.items():
+        ran = r.reference.p50_ms  # type: ignore[union-attr]
+        if fastest > 0 and ran > fastest * (1 + DRIFT):
+            out[aid] = (
+                f"measured again after the build: during the first measurement the reference "
+                f"ran {ran / fastest - 1:.0%} slower ({ran:.3f} ms p50) than in the build's "
+                f"fastest node ({fastest:.3f} ms, {fastest_id}), so the host was slow then"
+            )
+    return out
+
+
+def retime_perturbed(package: Path) -> list[Retimed]:
+    """Measure again the artifacts of `package` (being assembled, or written) whose build
+    record was taken while the host ran slow (the module docstring says how that is told),
+    append the new records and rewrite the manifest. Records of other hosts and batches are
+    left alone."""
+    m = read_manifest(package)
+    host = probe_host()
+    on = measured_on(host)
+    latest = {
+        aid: ms.latency[-1]
+        for aid, ms in m.measurements.items()
+        if ms.latency and ms.latency[-1].source == "build"
+    }
+    here = {
+        aid: r
+        for aid, r in latest.items()
+        if r.host.hostname == host.hostname and r.host.cpu_model == host.cpu_model
+    }
+    done: list[Retimed] = []
+    for batch in sorted({r.batch for r in here.values()}):
+        slow = perturbed({aid: r for aid, r in here.items() if r.batch == batch})
+        for aid, why in slow.items():
+            first = here[aid]
+            second = _measure_again(package, aid, first, on)
+            second = second.model_copy(
+                update={"reason": why, "tuning": first.tuning, "throughput": first.throughput}
+            )
+            m.measured(aid).latency.append(second)
+            done.append(Retimed(aid, why, first, second))
+            log.info("%s %s: %s -> %s", aid, why, _speedup(first), _speedup(second))
+    if done:
+        rewrite_manifest(package, m)
+    return done
+
+
+def _measure_again(package: Path, aid: str, first: LatencyRecord, on: MeasuredOn) -> LatencyRecord:
+    m = read_manifest(package)
+    a = m.artifact(aid)
+    assert a.runtime is not None
+    runtime = (
+        first.tuning.settings if first.tuning and first.tuning.status == "tuned" else a.runtime
+    )
+    feeds = read_feeds_npz(package / "reference" / "inputs.npz")
+    feed = next(
+        (f for f in feeds if {k: list(v.shape) for k, v in f.items()} == first.input_shapes),
+        feeds[0],
+    )
+    contender = Contender(aid, a.backend, package / a.directory, runtime)
+    ref_model = package / "reference" / MODEL_FILE
+    return measure_latency(contender, feed, m.contract, ref_model, m.policy.latency, on)
+
+
+def _speedup(r: LatencyRecord) -> str:
+    return r.speedup.describe() if r.speedup is not None else r.status

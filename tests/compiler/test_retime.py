@@ -1,0 +1,88 @@
+"""A second measurement after the build for the artifacts whose first was taken while the host
+ran slow, as told by the reference (the control every verify node times beside its artifact):
+the new record is appended and read by serving, the first one stays, and a record taken while
+the reference ran as fast as anywhere in the build is not measured again. The slow host is
+simulated by editing a recorded reference time; every measurement here is real."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from compiler.core.host import probe_host
+from compiler.core.records import LatencyRecord
+from compiler.packaging.retime import DRIFT, perturbed, retime_perturbed
+from compiler.packaging.write import rewrite_manifest
+from compiler.serving.manifest import read_manifest
+from compiler.serving.selection import latency_for
+from tests.compiler.helpers import build
+from tests.models import save, tiny_mlp
+
+TWO = {
+    "cpu": {
+        "variants": {
+            "fp32": {"compile": {"backend": "onnxruntime"}},
+            "fused": {
+                "passes": [{"name": "fuse", "level": "basic"}],
+                "compile": {"backend": "onnxruntime"},
+            },
+        }
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("retime")
+    model = save(tiny_mlp(), tmp / "mlp.onnx")
+    raw = {
+        "targets": TWO,
+        "latency": {"runs": 6, "warmup": 1, "max_seconds": 2},
+        "verify": {"retime_slow": False},  # the test decides which record ran slow
+    }
+    return build(model, tmp / "pkg", None, targets=("cpu",), raw=raw).package
+
+
+def _at(record: LatencyRecord, p50_ms: float) -> LatencyRecord:
+    """`record` as if its reference had run at `p50_ms`."""
+    assert record.reference is not None
+    ref = dataclasses.replace(record.reference, p50_ms=p50_ms)
+    return record.model_copy(update={"reference": ref})
+
+
+def _latest(pkg: Path) -> dict[str, LatencyRecord]:
+    m = read_manifest(pkg)
+    return {aid: ms.latency[-1] for aid, ms in m.measurements.items() if ms.latency}
+
+
+def test_only_a_record_whose_reference_ran_slow_is_named(package: Path) -> None:
+    records = _latest(package)
+    a, b = sorted(records)
+    base = 1.0
+    within = {a: _at(records[a], base), b: _at(records[b], base * (1 + DRIFT / 2))}
+    assert perturbed(within) == {}
+    slow = {a: _at(records[a], base), b: _at(records[b], base * 1.5)}
+    named = perturbed(slow)
+    assert list(named) == [b] and "ran 50% slower (1.500 ms p50)" in named[b]
+    assert perturbed({b: slow[b]}) == {}  # one record alone has no control to compare with
+
+
+def test_a_slow_record_is_measured_again_and_serving_reads_the_second(package: Path) -> None:
+    m = read_manifest(package)
+    records = _latest(package)
+    fastest, slow = sorted(records, key=lambda aid: records[aid].reference.p50_ms)  # type: ignore[union-attr]
+    base = records[fastest].reference.p50_ms  # type: ignore[union-attr]
+    m.measured(slow).latency[-1] = _at(records[slow], base * 1.6)
+    rewrite_manifest(package, m)
+
+    done = retime_perturbed(package)
+    assert [r.id for r in done] == [slow]
+    after = read_manifest(package)
+    first, second = after.measured(slow).latency[-2:]
+    assert first.reason == "" and "measured again after the build" in second.reason
+    assert second.measured and second.speedup is not None and second.source == "build"
+    assert len(after.measured(fastest).latency) == 1  # its reference set the pace
+    a = after.artifact(slow)
+    assert latency_for(after, a, probe_host()) == second
