@@ -47,6 +47,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "tuning": {"enabled": True, "seconds_per_artifact": 4},
         "serving": {"batch_sizes": BATCHES},
         "targets": {"cpu": {"variants": VARIANTS}},
+        "verify": {"retime_slow": False},  # one build record per artifact: the sweep's
     }
     outcome = build(model, tmp / "pkg", None, targets=("cpu",), raw=raw)
     return outcome.package
