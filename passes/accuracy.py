@@ -166,6 +166,7 @@ class Gate:
         self.kinds = dict(kinds or {})
         self.task = task
         self.note = ""  # why the task is not scored, when the build names one
+        self.data_sized: set[str] = set()  # outputs whose size depends on the data
 
     def judge(
         self, outputs: Sequence[Mapping[str, np.ndarray]], indices: Sequence[int] | None = None
@@ -181,7 +182,7 @@ class Gate:
             task = score_task(self.task.spec, outputs, refs, labels, self.task.metric)
             # the verdict's own rule: a passing task decides where it is scored on enough
             # samples, and the outputs' closeness then only guards against a gross departure
-            ok, basis = verdict(per_output, task, "int8")
+            ok, basis = verdict(per_output, task, "int8", self.data_sized)
             if basis:
                 margins = [1.0]
             if task.drop is not None:  # losses that gains offset still count (core/task.py)
@@ -234,6 +235,7 @@ def make_gate(
             task = TaskGate(ctx.task, load_callable(ctx.task.metric), list(labels[:seen]))
     gate = Gate(tolerance, feeds, gate_references(model, feeds, ctx.reference), kinds, task)
     gate.note = note
+    gate.data_sized = ctx.contract.data_sized_outputs()
     return gate
 
 

@@ -190,6 +190,16 @@ class Contract(BaseModel):
                     seen.setdefault(d)
         return list(seen)
 
+    def data_sized_outputs(self) -> set[str]:
+        """Outputs with a symbolic dim no input has: their size depends on the data (the
+        detections a non-maximum suppression keeps), so a lossy artifact may differ in it."""
+        given = set(self.input_dims())
+        return {
+            t.name
+            for t in self.outputs
+            if any(isinstance(d, str) and d not in given for d in t.shape)
+        }
+
     def unranged_dims(self) -> list[str]:
         """Input dims with no range yet: samples cannot be made until each has one."""
         return [d for d in self.input_dims() if d not in self.dims]

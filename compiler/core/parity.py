@@ -35,6 +35,7 @@ from compiler.core.tolerance import Tolerance
 
 __all__ = [
     "CLASS_KINDS",
+    "SHAPE_MISMATCH",
     "Check",
     "OutputParity",
     "checks",
@@ -54,6 +55,7 @@ _SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability dist
 # something other than the reference's signal: no task score beside it makes it pass
 # (compiler/core/task.py, `verdict`).
 GROSS_FLOOR = 0.9
+SHAPE_MISMATCH = "shape mismatch"  # how an output whose shapes differ says so (`error`)
 
 Outputs = Sequence[Mapping[str, np.ndarray]]
 
@@ -211,7 +213,7 @@ def output_metrics(
         i = bad[0]
         return OutputParity(
             kind=kind or "other",
-            error=f"shape mismatch in sample {i}: {o_list[i].shape} vs reference {r_list[i].shape}",
+            error=f"{SHAPE_MISMATCH} in sample {i}: {o_list[i].shape} vs reference {r_list[i].shape}",
             finite=False,
         )
     if not r_list or r_list[0].dtype.kind not in "fc":

@@ -80,7 +80,7 @@ def judge_outputs(
         outs, ref_outputs, lambda name: parity.tolerance(precision, name), kinds
     )
     task = score_task(parity.task, outs, ref_outputs, labels) if parity.task else None
-    passed, basis = verdict(per_output, task, precision)
+    passed, basis = verdict(per_output, task, precision, contract.data_sized_outputs())
     return ParityRecord(
         status="passed" if passed else "failed",
         precision=precision,

@@ -196,3 +196,17 @@ def test_validate_feeds_checks_dim_consistency_across_inputs() -> None:
     c = extract_contract(m)
     with pytest.raises(ContractError, match="dim 'n' is 3 here but 2 in another input"):
         c.validate_feeds({"a": np.zeros((2, 2), np.float32), "b": np.zeros((3, 2), np.float32)})
+
+
+def test_outputs_sized_by_the_data_are_those_with_a_dim_no_input_has() -> None:
+    from compiler.core.contract import Contract, TensorSpec
+
+    contract = Contract(
+        inputs=[TensorSpec(name="image", dtype="float32", shape=["batch", 3, 320, 320])],
+        outputs=[
+            TensorSpec(name="scores", dtype="float32", shape=["batch", 80]),
+            TensorSpec(name="boxes", dtype="float32", shape=["kept", 6]),  # after NMS
+            TensorSpec(name="count", dtype="int32", shape=[1]),
+        ],
+    )
+    assert contract.data_sized_outputs() == {"boxes"}
