@@ -24,6 +24,7 @@ __all__ = [
     "feeds_digest",
     "pack_feeds",
     "read_feeds_npz",
+    "read_json",
     "read_labels",
     "read_npz",
     "unpack_feeds",
@@ -34,15 +35,22 @@ __all__ = [
 Feeds = dict[str, np.ndarray]
 
 
-def read_labels(path: Path) -> list[Any] | None:
-    """The samples' labels in a labels.json (a list, one per sample, as a package's
-    reference/ holds them), or None where there is no such file or it holds no list."""
+def read_json(path: Path) -> Any | None:
+    """A JSON file's content, None where there is no such file; ConfigError naming the file
+    where it cannot be read."""
     if not path.is_file():
         return None
     try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable labels file ({exc})") from exc
+        raise ConfigError(f"{path}: not a readable JSON file ({exc})") from exc
+
+
+def read_labels(path: Path) -> list[Any] | None:
+    """The samples' labels in a labels.json (a list, one per sample, as a package's
+    reference/ and the data node's output hold them), or None where there is no such file or
+    it holds no list."""
+    labels = read_json(path)
     return labels if isinstance(labels, list) else None
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from compiler.core.contract import Contract
 from compiler.core.errors import ConfigError, ContractError, short_message
-from compiler.core.feeds import Feeds, feeds_digest, read_npz
+from compiler.core.feeds import Feeds, feeds_digest, read_json, read_npz
 from compiler.core.task import load_callable
 
 __all__ = ["Labelled", "UserData", "load_user_data", "read_source", "run_loader", "split_evenly"]
@@ -107,12 +107,9 @@ def _json_label(value: Any, where: str) -> Label:
 
 def _labels_map(folder: Path) -> dict[str, Label] | None:
     path = folder / LABELS_FILE
-    if not path.is_file():
+    doc = read_json(path)
+    if doc is None:
         return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable JSON file ({exc})") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected an object mapping .npz file name -> label")
     return doc

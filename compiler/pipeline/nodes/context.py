@@ -4,7 +4,6 @@ files, and the models earlier nodes of this run hold in memory for their childre
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -13,7 +12,7 @@ import onnx
 from pydantic import BaseModel
 
 from compiler.core.contract import Contract
-from compiler.core.feeds import Feeds, read_feeds_npz
+from compiler.core.feeds import Feeds, read_feeds_npz, read_labels
 from compiler.core.host import HostInfo
 from compiler.core.records import DataOutput, DataSource, NodeResult, NormalizeOutput
 from compiler.pipeline.config import BuildConfig
@@ -125,11 +124,7 @@ class NodeContext:
     def labels(self, data: str) -> list[Any] | None:
         """The samples' labels (the labels.json the data node wrote: one per sample), or None
         when the user's data has none."""
-        path = self.out_dir(data) / LABELS_FILE
-        if not path.is_file():
-            return None
-        labels = json.loads(path.read_text(encoding="utf-8"))
-        return labels if isinstance(labels, list) else None
+        return read_labels(self.out_dir(data) / LABELS_FILE)
 
     def calibration_source(self, data: str) -> DataSource:
         """Where the calibration feeds come from (for a node that reads them, or may)."""
