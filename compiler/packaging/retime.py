@@ -11,10 +11,12 @@ a rebuild ten minutes later measured the reference at 3.32-3.44 ms and the same 
 
 So after a build, each artifact's build record whose reference ran more than `DRIFT`
 slower than the fastest reference of the build (on this host, at the same batch) is
-measured once more. The second record is appended: both stay in the package, serving reads
-the latest build record of a host like its own (compiler/serving/selection.py), and the
-record says why it was taken. It carries the first record's runtime-settings sweep and
-throughput figures, which were not measured again.
+measured once more. Where the reference ran faster the second time, the second record is
+appended: both stay in the package, serving reads the latest build record of a host like
+its own (compiler/serving/selection.py), and the record says why it was taken. It carries
+the first record's runtime-settings sweep and throughput figures, which were not measured
+again. Where the host was still as slow (slow spells last minutes here), the first record
+stands and says so, with the second measurement's figures.
 """
 
 from __future__ import annotations
@@ -97,12 +99,24 @@ def retime_perturbed(package: Path) -> list[Retimed]:
         for aid, why in slow.items():
             first = here[aid]
             second = _measure_again(package, aid, first, on)
-            second = second.model_copy(
-                update={"reason": why, "tuning": first.tuning, "throughput": first.throughput}
-            )
-            m.measured(aid).latency.append(second)
             done.append(Retimed(aid, why, first, second))
             log.info("%s %s: %s -> %s", aid, why, _speedup(first), _speedup(second))
+            if _ran_faster(second, first):
+                m.measured(aid).latency.append(
+                    second.model_copy(
+                        update={
+                            "reason": why,
+                            "tuning": first.tuning,
+                            "throughput": first.throughput,
+                        }
+                    )
+                )
+            else:  # still as slow: the first stands, and says it was checked
+                still = (
+                    f"{why}; measured again after the build, the host was still as slow "
+                    f"({_reference(second)}, speedup {_speedup(second)}): this record stands"
+                )
+                m.measured(aid).latency[-1] = first.model_copy(update={"reason": still})
     if done:
         rewrite_manifest(package, m)
     return done
@@ -127,3 +141,14 @@ def _measure_again(package: Path, aid: str, first: LatencyRecord, on: MeasuredOn
 
 def _speedup(r: LatencyRecord) -> str:
     return r.speedup.describe() if r.speedup is not None else r.status
+
+
+def _reference(r: LatencyRecord) -> str:
+    return f"reference {r.reference.p50_ms:.3f} ms p50" if r.reference else "no reference time"
+
+
+def _ran_faster(second: LatencyRecord, first: LatencyRecord) -> bool:
+    """Whether the second measurement's reference ran faster: the host was less slow then."""
+    if not second.measured or second.reference is None or first.reference is None:
+        return False
+    return second.reference.p50_ms < first.reference.p50_ms

@@ -86,3 +86,27 @@ def test_a_slow_record_is_measured_again_and_serving_reads_the_second(package: P
     assert len(after.measured(fastest).latency) == 1  # its reference set the pace
     a = after.artifact(slow)
     assert latency_for(after, a, probe_host()) == second
+
+
+def test_a_host_still_as_slow_leaves_the_first_record_standing(tmp_path: Path) -> None:
+    """Where the second measurement's reference ran no faster, the first record stays the one
+    serving reads, and says it was measured again and what that gave."""
+    model = save(tiny_mlp(), tmp_path / "mlp.onnx")
+    raw = {
+        "targets": TWO,
+        "latency": {"runs": 6, "warmup": 1, "max_seconds": 2},
+        "verify": {"retime_slow": False},
+    }
+    pkg = build(model, tmp_path / "pkg", None, targets=("cpu",), raw=raw).package
+    m = read_manifest(pkg)
+    pace, slow = sorted(_latest(pkg))
+    # a pace no real run meets, and a slow record faster than any real run: the second
+    # measurement cannot have run faster
+    m.measured(pace).latency[-1] = _at(m.measured(pace).latency[-1], 1e-6)
+    m.measured(slow).latency[-1] = _at(m.measured(slow).latency[-1], 1e-5)
+    rewrite_manifest(pkg, m)
+    done = retime_perturbed(pkg)
+    assert {r.id for r in done} == {slow}
+    after = read_manifest(pkg).measured(slow).latency
+    assert len(after) == 1 and "the host was still as slow" in after[0].reason
+    assert "this record stands" in after[0].reason
