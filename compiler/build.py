@@ -175,7 +175,8 @@ def build_package(
                 started_at=started,
             )
             finish_package(staging, m)
-            if config.verify.retime_slow and retime_perturbed(staging):
+            store = local_cache / "retime" if local_cache is not None else None
+            if config.verify.retime_slow and retime_perturbed(staging, store):
                 m = read_manifest(staging)
             if config.verify.emulate_arm and any(
                 a.status == "built" and a.target == "arm" for a in m.artifacts

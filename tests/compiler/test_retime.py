@@ -110,3 +110,30 @@ def test_a_host_still_as_slow_leaves_the_first_record_standing(tmp_path: Path) -
     after = read_manifest(pkg).measured(slow).latency
     assert len(after) == 1 and "the host was still as slow" in after[0].reason
     assert "this record stands" in after[0].reason
+
+
+def test_a_warm_build_reuses_the_second_measurement(tmp_path: Path) -> None:
+    """The verify records of a warm build come from the cache as they were; the second
+    measurement is kept in the cache by what it measured again, so it is taken once."""
+    import shutil
+
+    model = save(tiny_mlp(), tmp_path / "mlp.onnx")
+    raw = {
+        "targets": TWO,
+        "latency": {"runs": 6, "warmup": 1, "max_seconds": 2},
+        "verify": {"retime_slow": False},
+    }
+    pkg = build(model, tmp_path / "pkg", None, targets=("cpu",), raw=raw).package
+    m = read_manifest(pkg)
+    records = _latest(pkg)
+    pace, slow = sorted(records, key=lambda aid: records[aid].reference.p50_ms)  # type: ignore[union-attr]
+    m.measured(slow).latency[-1] = _at(records[slow], records[pace].reference.p50_ms * 1.6)  # type: ignore[union-attr]
+    rewrite_manifest(pkg, m)
+    again = tmp_path / "again"
+    shutil.copytree(pkg, again)
+    store = tmp_path / "cache" / "retime"
+    (first,) = retime_perturbed(pkg, store)
+    assert len(list(store.glob("*.json"))) == 1
+    (second,) = retime_perturbed(again, store)
+    assert second.second == first.second  # the stored record, measured once
+    assert second.second.host.measured_at == first.second.host.measured_at
