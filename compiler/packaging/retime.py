@@ -76,7 +76,7 @@ def perturbed(records: dict[str, LatencyRecord]) -> dict[str, str]:
         ran = r.reference.p50_ms  # type: ignore[union-attr]
         if fastest > 0 and ran > fastest * (1 + DRIFT):
             out[aid] = (
-                f"measured again after the build: during the first measurement the reference "
+                f"during the first measurement the reference "
                 f"ran {ran / fastest - 1:.0%} slower ({ran:.3f} ms p50) than in the build's "
                 f"fastest node ({fastest:.3f} ms, {fastest_id}), so the host was slow then"
             )
@@ -120,7 +120,7 @@ def retime_perturbed(package: Path, store: Path | None = None) -> list[Retimed]:
                 m.measured(aid).latency.append(
                     second.model_copy(
                         update={
-                            "reason": why,
+                            "reason": f"measured again after the build: {why}",
                             "tuning": first.tuning,
                             "throughput": first.throughput,
                         }
