@@ -118,7 +118,10 @@ def test_update_records_into_the_manifest_without_changing_the_pick(pkg: Path) -
     picked = [c.id for c in rank(read_manifest(pkg), host)[0]]
     verify_package(pkg, update=True)
     m = read_manifest(pkg)
-    assert [r.source for r in m.measured("cpu/ort-fp32").latency] == ["build", "verify"]
+    # the build's record(s) (a second where the host ran slow: compiler/packaging/retime.py),
+    # then this run's
+    sources = [r.source for r in m.measured("cpu/ort-fp32").latency]
+    assert sources[-1] == "verify" and set(sources[:-1]) == {"build"}
     assert [c.id for c in rank(m, host)[0]] == picked
     assert not default_records_path(pkg).exists()
 
