@@ -106,7 +106,10 @@ def test_an_artifact_slower_than_recorded_is_a_named_regression(pkg: Path) -> No
     check = {c.id: c for c in report.artifacts}["cpu/ort-fp32"]
     assert check.recorded_speedup is not None and check.recorded_speedup.low == 45.0
     assert check.latency is not None
-    if check.latency.busy or check.latency.host_load is None:  # other work on every core
+    recorded = read_manifest(pkg).measured("cpu/ort-fp32").latency[-1]
+    # other work on every core, now or when the build's record was taken (a second
+    # measurement right after a build sees the build's load average)
+    if check.latency.busy or check.latency.host_load is None or recorded.busy:
         assert check.verdict == "ok" and "latency not judged: the host was busy" in check.why
     else:
         assert report.regressions == ["cpu/ort-fp32"] and check.verdict == "regressed"
