@@ -33,9 +33,8 @@ TWO = {
 }
 
 
-@pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("retime")
+def _built(tmp: Path) -> Path:
+    """A package of two ONNX Runtime artifacts, each with one build latency record."""
     model = save(tiny_mlp(), tmp / "mlp.onnx")
     raw = {
         "targets": TWO,
@@ -43,6 +42,11 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "verify": {"retime_slow": False},  # the test decides which record ran slow
     }
     return build(model, tmp / "pkg", None, targets=("cpu",), raw=raw).package
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _built(tmp_path_factory.mktemp("retime"))
 
 
 def _at(record: LatencyRecord, p50_ms: float) -> LatencyRecord:
@@ -91,13 +95,7 @@ def test_a_slow_record_is_measured_again_and_serving_reads_the_second(package: P
 def test_a_host_still_as_slow_leaves_the_first_record_standing(tmp_path: Path) -> None:
     """Where the second measurement's reference ran no faster, the first record stays the one
     serving reads, and says it was measured again and what that gave."""
-    model = save(tiny_mlp(), tmp_path / "mlp.onnx")
-    raw = {
-        "targets": TWO,
-        "latency": {"runs": 6, "warmup": 1, "max_seconds": 2},
-        "verify": {"retime_slow": False},
-    }
-    pkg = build(model, tmp_path / "pkg", None, targets=("cpu",), raw=raw).package
+    pkg = _built(tmp_path)
     m = read_manifest(pkg)
     pace, slow = sorted(_latest(pkg))
     # a pace no real run meets, and a slow record faster than any real run: the second
@@ -117,13 +115,7 @@ def test_a_warm_build_reuses_the_second_measurement(tmp_path: Path) -> None:
     measurement is kept in the cache by what it measured again, so it is taken once."""
     import shutil
 
-    model = save(tiny_mlp(), tmp_path / "mlp.onnx")
-    raw = {
-        "targets": TWO,
-        "latency": {"runs": 6, "warmup": 1, "max_seconds": 2},
-        "verify": {"retime_slow": False},
-    }
-    pkg = build(model, tmp_path / "pkg", None, targets=("cpu",), raw=raw).package
+    pkg = _built(tmp_path)
     m = read_manifest(pkg)
     records = _latest(pkg)
     pace, slow = sorted(records, key=lambda aid: records[aid].reference.p50_ms)  # type: ignore[union-attr]
