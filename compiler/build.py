@@ -155,7 +155,8 @@ def build_package(
             retry_failed=config.executor.retry_failed,
         )
         try:
-            results = scheduler.run(NodeContext(inputs, g, probe_host()))
+            host = probe_host()
+            results = scheduler.run(NodeContext(inputs, g, host))
         except StopBuild as stop:
             raise _head_failure(stop) from None
         finally:
@@ -176,7 +177,7 @@ def build_package(
             )
             finish_package(staging, m)
             store = local_cache / "retime" if local_cache is not None else None
-            if config.verify.retime_slow and retime_perturbed(staging, store):
+            if config.verify.retime_slow and retime_perturbed(staging, store, host):
                 m = read_manifest(staging)
             if config.verify.emulate_arm and any(
                 a.status == "built" and a.target == "arm" for a in m.artifacts

@@ -30,10 +30,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.core.feeds import read_feeds_npz
+from compiler.core.feeds import Feeds, read_feeds_npz
 from compiler.core.files import write_atomically
 from compiler.core.hashing import sha256_json
-from compiler.core.host import probe_host
+from compiler.core.host import HostInfo, probe_host
 from compiler.core.records import LatencyRecord, MeasuredOn
 from compiler.measure.timing import measure_latency
 from compiler.measure.verify import measured_on
@@ -66,14 +66,17 @@ def perturbed(records: dict[str, LatencyRecord]) -> dict[str, str]:
     """Artifact id -> why its record's reference ran slow, for the records (one per artifact,
     all taken on one host at one batch) whose reference ran more than DRIFT slower than the
     fastest among them."""
-    timed = {aid: r for aid, r in records.items() if r.reference is not None and r.measured}
-    if len(timed) < 2:
+    pace = {
+        aid: r.reference.p50_ms
+        for aid, r in records.items()
+        if r.reference is not None and r.measured
+    }
+    if len(pace) < 2:
         return {}
-    fastest_id = min(timed, key=lambda aid: timed[aid].reference.p50_ms)  # type: ignore[union-attr]
-    fastest = timed[fastest_id].reference.p50_ms  # type: ignore[union-attr]
+    fastest_id = min(pace, key=pace.__getitem__)
+    fastest = pace[fastest_id]
     out = {}
-    for aid, r in timed.items():
-        ran = r.reference.p50_ms  # type: ignore[union-attr]
+    for aid, ran in pace.items():
         if fastest > 0 and ran > fastest * (1 + DRIFT):
             out[aid] = (
                 f"during the first measurement the reference "
@@ -83,15 +86,18 @@ def perturbed(records: dict[str, LatencyRecord]) -> dict[str, str]:
     return out
 
 
-def retime_perturbed(package: Path, store: Path | None = None) -> list[Retimed]:
+def retime_perturbed(
+    package: Path, store: Path | None = None, host: HostInfo | None = None
+) -> list[Retimed]:
     """Measure again the artifacts of `package` (being assembled, or written) whose build
     record was taken while the host ran slow (the module docstring says how that is told),
     append the new records and rewrite the manifest. Records of other hosts and batches are
     left alone. `store` (a folder in the build cache): the second measurements by what they
     measured again, so a warm build, whose verify records come from the cache as they were,
-    reuses the second measurement instead of taking it again."""
+    reuses the second measurement instead of taking it again. `host`: this host, as the
+    build probed it (probed here when not given)."""
     m = read_manifest(package)
-    host = probe_host()
+    host = host or probe_host()
     on = measured_on(host)
     latest = {
         aid: ms.latency[-1]
@@ -104,6 +110,7 @@ def retime_perturbed(package: Path, store: Path | None = None) -> list[Retimed]:
         if r.host.hostname == host.hostname and r.host.cpu_model == host.cpu_model
     }
     done: list[Retimed] = []
+    feeds: list[Feeds] = []  # the reference inputs, read once something is measured again
     for batch in sorted({r.batch for r in here.values()}):
         slow = perturbed({aid: r for aid, r in here.items() if r.batch == batch})
         for aid, why in slow.items():
@@ -111,7 +118,8 @@ def retime_perturbed(package: Path, store: Path | None = None) -> list[Retimed]:
             key = _key(m, aid, first)
             second = _stored(store, key)
             if second is None:
-                second = _measure_again(package, aid, first, on)
+                feeds = feeds or read_feeds_npz(package / "reference" / "inputs.npz")
+                second = _measure_again(package, m, aid, first, feeds, on)
                 if store is not None:
                     write_atomically(store / f"{key}.json", second.model_dump_json().encode())
             done.append(Retimed(aid, why, first, second))
@@ -137,14 +145,20 @@ def retime_perturbed(package: Path, store: Path | None = None) -> list[Retimed]:
     return done
 
 
-def _measure_again(package: Path, aid: str, first: LatencyRecord, on: MeasuredOn) -> LatencyRecord:
-    m = read_manifest(package)
+def _measure_again(
+    package: Path,
+    m: Manifest,
+    aid: str,
+    first: LatencyRecord,
+    feeds: list[Feeds],
+    on: MeasuredOn,
+) -> LatencyRecord:
+    """`aid` timed against the reference once more, on the input and settings of `first`."""
     a = m.artifact(aid)
     assert a.runtime is not None
     runtime = (
         first.tuning.settings if first.tuning and first.tuning.status == "tuned" else a.runtime
     )
-    feeds = read_feeds_npz(package / "reference" / "inputs.npz")
     feed = next(
         (f for f in feeds if {k: list(v.shape) for k, v in f.items()} == first.input_shapes),
         feeds[0],
