@@ -39,6 +39,7 @@ from compiler.pipeline.graph import build_graph
 from compiler.pipeline.normalize import Source
 from compiler.pipeline.preflight import preflight_source
 from compiler.serving.manifest import Manifest
+from compiler.serving.selection import REFERENCE
 
 __all__ = [
     "ModelSummary",
@@ -233,10 +234,26 @@ def load_portfolio(
 
 
 def _picks(m: Manifest) -> list[Pick]:
-    """Per target, the artifact the build host would serve first, with its speedup."""
+    """Per target, the artifact the build host would serve first, with its speedup; the
+    reference where it comes ahead of every artifact of the target (none of them was
+    measured faster than it: serving/selection.py)."""
     rows = {r.id: r for r in artifact_rows(m)}
     picks: dict[str, Pick] = {}
-    for choice in m.selection.order:
+    order = m.selection.order
+    for i, choice in enumerate(order):
+        if choice.id == REFERENCE:
+            after = [rows[c.id].target for c in order[i + 1 :] if c.id in rows]
+            for t in dict.fromkeys(t for t in after if t not in picks):
+                picks[t] = Pick(
+                    target=t,
+                    artifact=REFERENCE,
+                    why=f"no {t} artifact was measured faster than the reference: {choice.why}",
+                    speedup=1.0,
+                    speedup_low=1.0,
+                    speedup_high=1.0,
+                    speedup_text="1.00x (itself)",
+                )
+            continue
         r = rows.get(choice.id)
         if r is None or r.target in picks:
             continue

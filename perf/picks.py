@@ -41,6 +41,7 @@ from compiler.core.host import probe_host  # noqa: E402
 from compiler.measure.workers import reference_contender  # noqa: E402
 from compiler.serving.loader import load  # noqa: E402
 from compiler.serving.manifest import read_manifest  # noqa: E402
+from compiler.serving.selection import REFERENCE  # noqa: E402
 from perf.builds import cli_build, run_olive  # noqa: E402
 from perf.flops import count_flops  # noqa: E402
 from perf.measure import a_a_control, latency_repeats, package_contenders  # noqa: E402
@@ -139,7 +140,7 @@ def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, wa
     entry: dict[str, Any] = {
         "pick": pick,
         "reason": reason,
-        "precision": manifest.artifact(pick).precision,
+        "precision": "fp32" if pick == REFERENCE else manifest.artifact(pick).precision,
         "task": {
             "pick": picked_task.summary,
             "original": original.summary,
@@ -157,7 +158,8 @@ def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, wa
             entry["batches"][str(want_b)] = {"skipped": "the contract admits no batch > 1"}
             continue
         lat = _timed(pkg, pick, feed, batch, plan)
-        mine = lat.get(pick, {})
+        # the reference served as itself: its speedup is the A/A control's (true value 1)
+        mine = lat.get("reference (A/A)" if pick == REFERENCE else pick, {})
         pooled = mine.get("pooled") or {}
         key = "int8" if entry["precision"] == "int8" else "fp32"
         frac = (

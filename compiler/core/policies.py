@@ -64,9 +64,23 @@ class SelectionPolicy(_Strict):
     artifact (fp16, bf16, int8) comes before a more precise one of the same target only when
     its speedup's lower bound is above the precise one's upper bound.
 
+    The package's reference (the normalized fp32 model on ONNX Runtime, when the package
+    ships it) is a candidate too: an artifact is served ahead of it only when its speedup's
+    lower bound is at least `1 + min_gain`, so no artifact is picked that was not measurably
+    faster than the model it replaces.
+
     `quantized_min_speedup` (packages written before the interval rule) is read and ignored."""
 
     order: list[str] = Field(default_factory=list)
+    min_gain: float = Field(
+        default=0.03,
+        ge=0,
+        lt=1,
+        description="an artifact is served ahead of the reference itself only when its "
+        "speedup's lower bound is at least 1 + this: a gain smaller than what a second "
+        "measurement moves (silero_vad's ort-fp32: 1.02x [1.01-1.03] at build, 0.98x "
+        "[0.97-0.99] an hour later on the same host) is not worth serving a different model",
+    )
 
     @model_validator(mode="before")
     @classmethod

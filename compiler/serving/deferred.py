@@ -22,7 +22,7 @@ from compiler.core.errors import short_message
 from compiler.core.feeds import Feeds, read_feeds_npz
 from compiler.core.parity import compare_outputs, judge
 from compiler.serving.manifest import Manifest
-from compiler.serving.selection import Candidate
+from compiler.serving.selection import REFERENCE, Candidate
 from targets.runner import Runner, SwitchingRunner
 
 __all__ = ["DeferredSwitch", "ParityGate", "order_deferred"]
@@ -45,7 +45,9 @@ def order_deferred(
     deferred = [
         c
         for c in candidates
-        if manifest.artifact(c.id).status == "deferred" and c.id not in preferred
+        if c.id != REFERENCE
+        and manifest.artifact(c.id).status == "deferred"
+        and c.id not in preferred
     ]
     best = iter(sorted(deferred, key=lambda c: _PROMISE.get(manifest.artifact(c.id).precision, 9)))
     return [next(best) if c in deferred else c for c in candidates]

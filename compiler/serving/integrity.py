@@ -251,11 +251,16 @@ def check_files(package: Path, artifact: ArtifactEntry) -> None:
 
 
 class VerifiedCopy:
-    """A private copy of one artifact's listed files (or the reference's), hashed while copied
-    (IntegrityError on a mismatch). Runtimes load from `artifact_dir`; `close()` removes it."""
+    """A private copy of one artifact's listed files (or the reference's; `files`: only
+    these of them), hashed while copied (IntegrityError on a mismatch). Runtimes load from
+    `artifact_dir`; `close()` removes it."""
 
     def __init__(
-        self, package: Path, source: ArtifactEntry | ReferenceInfo, workdir: Path | None = None
+        self,
+        package: Path,
+        source: ArtifactEntry | ReferenceInfo,
+        workdir: Path | None = None,
+        files: list[FileEntry] | None = None,
     ) -> None:
         folder = source.directory if isinstance(source, ArtifactEntry) else "reference"
         self.label = source.id if isinstance(source, ArtifactEntry) else "reference"
@@ -263,7 +268,7 @@ class VerifiedCopy:
         self.artifact_dir = self.root / Path(folder).name
         self.artifact_dir.mkdir(mode=0o700)
         try:
-            self._copy(package, folder, source.files)
+            self._copy(package, folder, source.files if files is None else files)
         except BaseException:
             self.close()
             raise

@@ -29,17 +29,20 @@ from compiler.serving.deferred import DeferredSwitch, ParityGate, order_deferred
 from compiler.serving.integrity import FileProblem, VerifiedCopy, check_files, check_package
 from compiler.serving.manifest import ArtifactEntry, Manifest, read_manifest
 from compiler.serving.request import Request
-from compiler.serving.selection import Candidate, rank
+from compiler.serving.selection import REFERENCE, REFERENCE_MODEL, Candidate, rank
 from compiler.serving.session import Decision, Session
 from compiler.serving.signing import SignatureStatus, TrustPolicy, check_signatures, native_refusal
 from compiler.serving.verify_records import default_records_path, read_verify_records
-from targets.runner import Runner, SwitchingRunner, open_runner
+from targets.runner import Runner, SwitchingRunner, open_runner, reference_runner
 
 __all__ = ["Decision", "IntegrityMode", "Session", "check_files", "load"]
 
 log = logging.getLogger("compile_pkg.loader")
 
 IntegrityMode = Literal["strict", "fallback"]
+# the reference's sample data (compiler/packaging/assemble.py), which serving its model
+# does not need
+_DATA = frozenset({"inputs.npz", "outputs.npz", "labels.json"})
 
 
 def _open_source(path: Path, workdir: Path | None) -> tuple[Path, Path | None]:
@@ -123,6 +126,8 @@ def _open(
 ) -> tuple[Runner | None, str]:
     """The candidate's runner, loaded from a verified private copy (None if it failed), and
     why its runtime settings are the build's tuned ones or the core's ("" without a sweep)."""
+    if c.id == REFERENCE:
+        return _open_reference(state, contract, threads)
     a = state.manifest.artifact(c.id)
     try:
         copy = VerifiedCopy(state.root, a, state.workdir)
@@ -150,6 +155,32 @@ def _open(
         copy.close()
         return None, ""
     return runner, settings_why
+
+
+def _open_reference(
+    state: _Loading, contract: Contract, threads: int | None
+) -> tuple[Runner | None, str]:
+    """The package's reference model, from a verified private copy, as it was timed: ONNX
+    Runtime CPU with default settings (None if it failed to load)."""
+    files = [f for f in state.manifest.reference.files if f.path.rsplit("/", 1)[-1] not in _DATA]
+    try:
+        copy = VerifiedCopy(state.root, state.manifest.reference, state.workdir, files=files)
+    except IntegrityError as exc:
+        state.integrity_failure(str(exc), exc)
+        state.decisions.append(Decision(REFERENCE, "failed", f"integrity: {exc}"))
+        return None, ""
+    state.copies.append(copy)
+    runner = reference_runner(
+        copy.artifact_dir / REFERENCE_MODEL.rsplit("/", 1)[1], contract, threads=threads or 0
+    )
+    try:
+        runner.load()
+    except Exception as exc:  # the last fallback: say why it failed too
+        state.decisions.append(Decision(REFERENCE, "failed", short_message(exc, 300)))
+        state.copies.remove(copy)
+        copy.close()
+        return None, ""
+    return runner, ""
 
 
 def load(
@@ -241,14 +272,19 @@ def _pick(
     )
     pending: Runner | None = None  # a runner whose TensorRT engine builds in the background
     pending_id = ""
-    unwanted = {c.id: request.mismatch(m.artifact(c.id)) for c in candidates}
+    unwanted = {
+        c.id: request.reference_mismatch()
+        if c.id == REFERENCE
+        else request.mismatch(m.artifact(c.id))
+        for c in candidates
+    }
     state.decisions += [Decision(aid, "excluded", why) for aid, why in unwanted.items() if why]
     for c in order_deferred(
         [c for c in candidates if not unwanted[c.id]], m, request.preferred() or ()
     ):
-        a = m.artifact(c.id)
-        skip = state.damaged.get(a.id) or native_refusal(a, signatures, trust)
-        if not skip and pending is not None and a.status == "deferred":
+        a = None if c.id == REFERENCE else m.artifact(c.id)
+        skip = a is not None and (state.damaged.get(a.id) or native_refusal(a, signatures, trust))
+        if not skip and pending is not None and a is not None and a.status == "deferred":
             skip = f"not started: {pending_id}'s engine builds first (one build at a time)"
         if skip:
             state.decisions.append(Decision(c.id, "excluded", skip))
@@ -278,7 +314,7 @@ def _pick(
             reason=why,
             host=host,
             decisions=state.decisions,
-            contract=artifact_contract(contract, a),
+            contract=artifact_contract(contract, a) if a is not None else contract,
             signatures=signatures.describe(),
             integrity_failures=state.integrity_failures,
             runner=serving,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from compiler.core.errors import ConfigError, NoCompatibleArtifact
 from compiler.serving.manifest import ArtifactEntry, Manifest
+from compiler.serving.selection import REFERENCE, has_reference_model
 
 __all__ = ["Request"]
 
@@ -37,7 +38,7 @@ class Request:
     def check(self, m: Manifest) -> None:
         """ConfigError for an id the package lacks; NoCompatibleArtifact for a target,
         backend or precision none of its artifacts has."""
-        ids = [a.id for a in m.artifacts]
+        ids = [a.id for a in m.artifacts] + ([REFERENCE] if has_reference_model(m) else [])
         if self.require is not None and not self.require:
             raise ConfigError("require=[]: name at least one artifact id, or leave it out")
         for kind, given in (("require", self.require), ("order", self.order)):
@@ -81,6 +82,19 @@ class Request:
             want, have = getattr(self, field), getattr(a, field)
             if want is not None and want != have:
                 return f"not requested ({field}={want!r}; this one is {have!r})"
+        return ""
+
+    def reference_mismatch(self) -> str:
+        """Why the package's reference model is not what the caller asked for ('' when it
+        is): it belongs to no target, and it is fp32 on ONNX Runtime."""
+        if self.require is not None and REFERENCE not in self.require:
+            return f"not requested (require={list(self.require)})"
+        if self.target is not None:
+            return f"not requested (target={self.target!r}; the reference belongs to no target)"
+        for field, have in (("backend", "onnxruntime"), ("precision", "fp32")):
+            want = getattr(self, field)
+            if want is not None and want != have:
+                return f"not requested ({field}={want!r}; the reference is {have!r})"
         return ""
 
     def why(self, aid: str) -> str:

@@ -15,6 +15,14 @@ later `compile-pkg verify` took are kept apart (`source: verify`, or a separate 
 and count only when the caller asks (`use_verify_records`), so running verify never changes
 the pick by itself.
 
+The package's reference model (reference/model.onnx, the normalized fp32 model the
+speedups were measured against) is the last candidate, under the id `reference`: served on
+ONNX Runtime CPU with default settings, exactly as it was timed. An artifact comes ahead of
+it only when its speedup's lower bound is at least `1 + policy.selection.min_gain`; one
+measured no faster than that comes after it (and a package whose artifacts all failed still
+serves the model it was built from). Where no candidate has latency of the host's class,
+the reference comes after all of them: nothing says they are slower.
+
 When no candidate has a record of the host's class (a package built on an AVX-512 VNNI host,
 served on an AVX2 or AMX one), the order is a class prior (`_prior`, docs/hosts.md): on a
 class with int8 dot products (VNNI, AMX, Arm dotprod) the int8 artifacts meant for it, then
@@ -38,7 +46,10 @@ from compiler.serving.manifest import ArtifactEntry, Manifest, SelectionChoice, 
 
 __all__ = [
     "LOSSINESS",
+    "REFERENCE",
+    "REFERENCE_MODEL",
     "Candidate",
+    "has_reference_model",
     "latency_for",
     "lossiness",
     "parity_verdict",
@@ -48,6 +59,15 @@ __all__ = [
 
 # How much a precision gives up, lowest first; an unknown precision counts as the lossiest.
 LOSSINESS = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
+# The id serving gives the package's reference model (never an artifact id: those are
+# "<target>/<variant>").
+REFERENCE = "reference"
+REFERENCE_MODEL = "reference/model.onnx"
+
+
+def has_reference_model(manifest: Manifest) -> bool:
+    """Whether the package ships its reference model (`compile-pkg build` does by default)."""
+    return any(f.path == REFERENCE_MODEL for f in manifest.reference.files)
 
 
 def lossiness(precision: str) -> int:
@@ -129,6 +149,12 @@ def _beats(x: Candidate, y: Candidate, confidence: float) -> bool:
         return False
     enough = min(x.speedup.confidence, y.speedup.confidence) >= confidence - 1e-9
     return enough and x.speedup.beats(y.speedup)
+
+
+def _beats_reference(c: Candidate, bound: float, confidence: float) -> bool:
+    """c's speedup over the reference is at least `bound` at the policy's confidence."""
+    s = c.speedup
+    return s is not None and s.confidence >= confidence - 1e-9 and s.low >= bound - 1e-9
 
 
 def _order_by_speedup(
@@ -270,6 +296,24 @@ def _candidate(
     return c
 
 
+def _reference(manifest: Manifest, host: HostInfo) -> list[Candidate]:
+    """The reference as a candidate ([] when the package does not ship its model); not ok
+    where ONNX Runtime cannot run it."""
+    if not has_reference_model(manifest):
+        return []
+    if "onnxruntime" not in host.runtimes:
+        return [Candidate(REFERENCE, False, "runtime 'onnxruntime' is not importable on this host")]
+    return [
+        Candidate(
+            REFERENCE,
+            True,
+            "the package's reference: the normalized fp32 model on ONNX Runtime CPU with "
+            "default settings, the model every speedup was measured against (1.00x by "
+            "definition)",
+        )
+    ]
+
+
 def rank(
     manifest: Manifest,
     host: HostInfo,
@@ -299,10 +343,28 @@ def rank(
     deferred = [c for c in ok if c.id not in order and by_id[c.id].status == "deferred"]
     rest = [c for c in ok if c.id not in order and by_id[c.id].status != "deferred"]
     confidence = manifest.policy.latency.confidence
+    reference = [c for c in _reference(manifest, host) if c.ok]
+    excluded += [c for c in _reference(manifest, host) if not c.ok]
+    if REFERENCE in order:
+        first = sorted([*first, *reference], key=lambda c: order.index(c.id))
+        reference = []
     if rest and all(c.speedup is None for c in rest):
-        rest = _order_by_prior(manifest, rest, by_id, host)
+        rest = [*_order_by_prior(manifest, rest, by_id, host), *reference]
     else:
         rest = _order_by_speedup(rest, by_id, confidence)
+        bound = 1 + manifest.policy.selection.min_gain
+        faster = [_beats_reference(c, bound, confidence) for c in rest]
+        at = faster.index(False) if False in faster else len(rest)
+        for c, fast in zip(rest[at:], faster[at:], strict=True):
+            c.reason += "; after the reference: " + (
+                "it yields to a more precise candidate not measurably faster than the reference"
+                if fast
+                else f"its speedup's lower bound {c.speedup.low:.2f}x is under 1 + min_gain "
+                f"({bound:.2f}x)"
+                if c.speedup is not None
+                else "nothing measured shows it faster"
+            )
+        rest = [*rest[:at], *reference, *rest[at:]]
     ordered = [*first, *deferred, *rest]
     for c in ordered:
         if c.id in order:
@@ -314,7 +376,7 @@ def rank(
             )
         elif c.prior:
             c.reason += c.prior
-        elif by_id[c.id].status != "deferred":
+        elif c.id != REFERENCE and by_id[c.id].status != "deferred":
             c.reason += "; no speedup measured on a host like this"
     return ordered, excluded
 

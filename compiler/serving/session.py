@@ -23,6 +23,7 @@ from compiler.core.errors import CompilePkgError
 from compiler.core.host import HostInfo
 from compiler.serving.integrity import VerifiedCopy
 from compiler.serving.manifest import Manifest
+from compiler.serving.selection import REFERENCE
 from targets.runner import Runner, SwitchingRunner
 
 __all__ = ["Decision", "Session"]
@@ -104,16 +105,20 @@ class Session:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (json.dumps it) of what serves, where, and why."""
-        a = self.manifest.artifact(self.artifact)
+        if self.artifact == REFERENCE:  # the package's own fp32 model (selection.py)
+            target, backend, precision = "", "onnxruntime", "fp32"
+        else:
+            a = self.manifest.artifact(self.artifact)
+            target, backend, precision = a.target, a.backend, a.precision
         return {
             "package": self.manifest.package.name,
             "version": self.manifest.package.version,
             "path": str(self.package),
             "core_sha256": self.manifest.core_sha256,
-            "artifact": a.id,
-            "target": a.target,
-            "backend": a.backend,
-            "precision": a.precision,
+            "artifact": self.artifact,
+            "target": target,
+            "backend": backend,
+            "precision": precision,
             "reason": self.reason,
             "host": self.host.describe(),
             "signatures": self.signatures,

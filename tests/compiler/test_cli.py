@@ -76,7 +76,9 @@ def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
     r = cli("run", str(pkg), "--json")
     assert r.returncode == 0, r.stderr
     picked = json.loads(r.stdout)["artifact"]
-    assert picked.startswith("cpu/") and f"picked {picked}" in r.stderr
+    # an artifact, or the reference where none was measured faster than it
+    assert picked.startswith("cpu/") or picked == "reference"
+    assert f"picked {picked}" in r.stderr
     assert json.loads(r.stdout)["outputs"]["probs"]["shape"] == [1, 10]
     r = cli("run", str(pkg))
     assert r.returncode == 0 and f"outputs of {picked}" in r.stdout and "[1, 10]" in r.stdout

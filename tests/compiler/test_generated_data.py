@@ -47,7 +47,7 @@ def test_lossy_artifact_on_generated_data_is_not_verified(cnn_path: Path, tmp_pa
     assert int8.status == "not-verified" and int8.reason.startswith(GENERATED_DATA)
     assert "--sample-data" in int8.reason and int8.outputs  # the numbers are still recorded
     assert fp32.status == "passed"
-    with load(tmp_path / "pkg") as s:
+    with load(tmp_path / "pkg", target="cpu") as s:
         assert s.artifact == "cpu/fp32"
     with pytest.raises(NoCompatibleArtifact, match="not verified"):
         load(tmp_path / "pkg", require=["cpu/int8"])
@@ -136,7 +136,7 @@ def test_an_already_quantized_source_is_not_quantized_again(cnn_path: Path, tmp_
     # OpenVINO's int8 kernels differ by ISA (VNNI or not): a verdict either way, never
     # "unverified: generated data" (its int8 is the source's own)
     assert _parity(outcome, "cpu/ov").status in ("passed", "failed")
-    with load(tmp_path / "pkg") as s:
+    with load(tmp_path / "pkg", target="cpu") as s:
         assert s.artifact in ("cpu/fp32", "cpu/ov")
 
 

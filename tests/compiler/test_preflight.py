@@ -139,5 +139,5 @@ def test_a_model_with_external_data_builds_end_to_end(tmp_path: Path) -> None:
     facts = preflight_model(model)
     assert facts.external_files == ("w.bin",) and facts.external_bytes > 0
     build(model, tmp_path / "pkg", None, targets=("cpu",))
-    with load(tmp_path / "pkg") as s:
+    with load(tmp_path / "pkg", target="cpu") as s:
         assert s.artifact == "cpu/ort-fp32"

@@ -19,7 +19,7 @@ from compiler.core.policies import SelectionPolicy
 from compiler.core.records import ArtifactMeasurements, LatencyRecord, MeasuredOn, ParityRecord
 from compiler.core.settings import TensorRTSettings
 from compiler.serving.manifest import ArtifactEntry, FileEntry, Manifest
-from compiler.serving.selection import rank
+from compiler.serving.selection import REFERENCE_MODEL, rank
 from tests.compiler.helpers import build
 from tests.models import save, tiny_mlp
 
@@ -40,6 +40,13 @@ def manifest(mlp_path: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
         requirements=Requirements(arch="x86_64", gpu=True, runtime="tensorrt"),
     )
     m.artifacts.append(deferred)
+    return _without_reference_model(m)
+
+
+def _without_reference_model(m: Manifest) -> Manifest:
+    """`m` as a package built without its reference model: no `reference` candidate (the
+    tests of it are below)."""
+    m.reference.files = [f for f in m.reference.files if f.path != REFERENCE_MODEL]
     return m
 
 
@@ -160,7 +167,13 @@ def test_lossy_artifacts_come_first_when_faster_beyond_the_intervals(cpu_manifes
         ov_bf16=_interval(1.6, 1.5, 1.7),
         ort_int8=_interval(2.0, 1.9, 2.1),
     )
-    assert _order(cpu_manifest) == ["cpu/ort-int8", "cpu/ov-bf16", "cpu/ov-f32", "cpu/ort-fp32"]
+    assert _order(cpu_manifest) == [
+        "cpu/ort-int8",
+        "cpu/ov-bf16",
+        "cpu/ov-f32",
+        "reference",  # ort-fp32 is not measurably faster than the model it would replace
+        "cpu/ort-fp32",
+    ]
     ok, _ = rank(cpu_manifest, CPU)
     assert (
         "speedup 2.00x [1.90-2.10] (97%, 6 pairs)" in ok[0].reason
@@ -178,7 +191,13 @@ def test_a_lossy_artifact_within_a_precise_ones_interval_comes_after_it(cpu_mani
     )
     ok, _ = rank(cpu_manifest, CPU)
     # int8 beats ort-fp32 and bf16 beyond the intervals, not ov-f32
-    assert [c.id for c in ok] == ["cpu/ov-f32", "cpu/ort-int8", "cpu/ort-fp32", "cpu/ov-bf16"]
+    assert [c.id for c in ok] == [
+        "cpu/ov-f32",
+        "cpu/ort-int8",
+        "reference",
+        "cpu/ort-fp32",
+        "cpu/ov-bf16",
+    ]
     assert "after cpu/ov-f32: int8 is not faster than fp32 beyond the intervals" in ok[1].reason
 
 
@@ -192,7 +211,13 @@ def test_an_interval_below_the_policys_confidence_never_displaces_a_precise_arti
         ov_bf16=_interval(0.6, 0.55, 0.65),
         ort_int8=_interval(2.0, 1.9, 2.1, confidence=0.75),  # 3 pairs only
     )
-    assert _order(cpu_manifest) == ["cpu/ort-fp32", "cpu/ov-f32", "cpu/ov-bf16", "cpu/ort-int8"]
+    assert _order(cpu_manifest) == [
+        "reference",
+        "cpu/ort-fp32",
+        "cpu/ov-f32",
+        "cpu/ov-bf16",
+        "cpu/ort-int8",
+    ]
     _give(cpu_manifest, ort_int8=_interval(2.0, 1.9, 2.1, confidence=0.97))
     assert _order(cpu_manifest)[0] == "cpu/ort-int8"
 
@@ -200,14 +225,22 @@ def test_an_interval_below_the_policys_confidence_never_displaces_a_precise_arti
 def test_a_precise_artifact_without_a_speedup_here_is_not_given_up(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
     _give(cpu_manifest, ort_int8=_interval(2.0, 1.9, 2.1))
     ok, _ = rank(cpu_manifest, CPU)
-    assert [c.id for c in ok] == ["cpu/ort-fp32", "cpu/ov-f32", "cpu/ov-bf16", "cpu/ort-int8"]
-    assert "no speedup measured on a host like this" in ok[0].reason
+    # int8 yields to the precise ones, and they to the reference: none is measured faster
+    assert [c.id for c in ok] == [
+        "reference",
+        "cpu/ort-fp32",
+        "cpu/ov-f32",
+        "cpu/ov-bf16",
+        "cpu/ort-int8",
+    ]
+    assert "no speedup measured on a host like this" in ok[1].reason
+    assert "after the reference: it yields to a more precise candidate" in ok[4].reason
 
 
 def test_the_latest_build_record_counts_not_the_fastest_ever(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
     _give(cpu_manifest, ort_fp32=_interval(1.0, 0.97, 1.03), ov_f32=_interval(3.0, 2.9, 3.1))
     _give(cpu_manifest, ov_f32=_interval(0.9, 0.85, 0.95))
-    assert _order(cpu_manifest)[:2] == ["cpu/ort-fp32", "cpu/ov-f32"]
+    assert _order(cpu_manifest)[:3] == ["reference", "cpu/ort-fp32", "cpu/ov-f32"]
 
 
 def test_verify_records_change_the_pick_only_when_the_caller_asks(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
@@ -226,8 +259,9 @@ def test_verify_records_change_the_pick_only_when_the_caller_asks(cpu_manifest) 
         )
     }
     assert _order(cpu_manifest, verify_records=records)[0] == "cpu/ov-f32"
-    assert _order(cpu_manifest, verify_records=records, use_verify_records=True)[:2] == [
+    assert _order(cpu_manifest, verify_records=records, use_verify_records=True)[:3] == [
         "cpu/ort-fp32",
+        "reference",
         "cpu/ov-f32",
     ]
 
@@ -240,7 +274,8 @@ def test_records_from_another_architecture_or_that_measured_nothing_do_not_count
     cpu_manifest.measured("cpu/ov-f32").latency.append(_latency(_interval(3.0, 2.9, 3.1), host=arm))
     cpu_manifest.measured("cpu/ov-f32").latency.append(_latency(None, status="error"))
     ok, _ = rank(cpu_manifest, CPU)
-    assert ok[0].id == "cpu/ort-fp32" and ok[1].speedup is None
+    assert [c.id for c in ok][:3] == ["reference", "cpu/ort-fp32", "cpu/ov-f32"]
+    assert ok[2].speedup is None
 
 
 def test_an_artifact_that_crashed_while_timed_is_excluded(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
@@ -267,7 +302,7 @@ def test_a_wide_interval_does_not_outrank_a_narrow_one_of_the_same_precision(
         ort_fp32=_interval(1.0, 0.98, 1.01),
         ov_f32=_interval(1.62, 0.80, 2.02),  # a noisy run: faster on its estimate only
     )
-    assert _order(cpu_manifest)[:2] == ["cpu/ort-fp32", "cpu/ov-f32"]
+    assert _order(cpu_manifest)[:3] == ["reference", "cpu/ort-fp32", "cpu/ov-f32"]
     _give(cpu_manifest, ov_f32=_interval(1.62, 1.40, 1.80))
     assert _order(cpu_manifest)[0] == "cpu/ov-f32"
 
@@ -290,3 +325,58 @@ def test_records_from_another_isa_class_do_not_count(cpu_manifest) -> None:  # t
     assert [c.id for c in ok].index("cpu/ov-bf16") > [c.id for c in ok].index("cpu/ov-f32")
     ok, _ = rank(cpu_manifest, vnni)
     assert ok[0].speedup is not None and "a host like this: avx512-vnni" in ok[0].reason
+
+
+def test_an_artifact_not_measurably_faster_than_the_reference_comes_after_it(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    """The reference (the package's own fp32 model, as every speedup was timed against it)
+    is served ahead of an artifact whose lower bound is under 1 + min_gain: silero_vad's
+    ort-fp32 recorded 1.02x [1.01-1.03] and measured 0.98x [0.97-0.99] an hour later."""
+    _give(
+        cpu_manifest,
+        ort_fp32=_interval(1.02, 1.01, 1.03),
+        ov_f32=_interval(0.9, 0.85, 0.95),
+        ov_bf16=_interval(1.10, 1.08, 1.12),
+        ort_int8=None,
+    )
+    ok, _ = rank(cpu_manifest, CPU)
+    assert [c.id for c in ok] == [
+        "cpu/ov-bf16",
+        "reference",
+        "cpu/ort-fp32",
+        "cpu/ov-f32",
+        "cpu/ort-int8",
+    ]
+    why = {c.id: c.reason for c in ok}
+    assert "1.00x by definition" in why["reference"]
+    assert "lower bound 1.01x is under 1 + min_gain (1.03x)" in why["cpu/ort-fp32"]
+    assert "after the reference: nothing measured shows it faster" in why["cpu/ort-int8"]
+    # a looser policy serves ort-fp32 ahead of it
+    cpu_manifest.policy.selection.min_gain = 0.0
+    assert _order(cpu_manifest)[:3] == ["cpu/ov-bf16", "cpu/ort-fp32", "reference"]
+
+
+def test_the_reference_serves_when_every_artifact_failed_and_only_where_it_runs(
+    cpu_manifest,
+) -> None:  # type: ignore[no-untyped-def]
+    for a in cpu_manifest.artifacts:
+        cpu_manifest.measured(a.id).parity = [
+            ParityRecord(status="failed", mode="native", host=_measured(CPU))
+        ]
+    ok, excluded = rank(cpu_manifest, CPU)
+    assert [c.id for c in ok] == ["reference"] and len(excluded) == 4
+    bare = CPU.model_copy(update={"runtimes": {}})
+    ok, excluded = rank(cpu_manifest, bare)
+    assert ok == []
+    assert (
+        "runtime 'onnxruntime' is not importable" in {c.id: c.reason for c in excluded}["reference"]
+    )
+    ok, _ = rank(_without_reference_model(cpu_manifest), CPU)
+    assert ok == []
+
+
+def test_an_order_that_names_the_reference_puts_it_there(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    _give(cpu_manifest, ort_int8=_interval(2.0, 1.9, 2.1), ov_f32=_interval(1.5, 1.4, 1.6))
+    assert _order(cpu_manifest, order=["reference", "cpu/ov-f32"])[:2] == [
+        "reference",
+        "cpu/ov-f32",
+    ]

@@ -62,9 +62,12 @@ def test_serving_pick_does_the_task_as_well_as_the_original(model_id: str, tmp_p
     with load(package) as session:
         picked = model.check(session.run)
         pick = session.artifact
-    chosen = next(v for v in judged if v.id == pick)
-    assert chosen.task is not None and chosen.task.status == "passed", chosen.describe()
+    how = "the reference itself: no artifact was measured faster than it"
+    if pick != "reference":
+        chosen = next(v for v in judged if v.id == pick)
+        assert chosen.task is not None and chosen.task.status == "passed", chosen.describe()
+        how = chosen.describe()
     assert picked.as_well_as(original), (
-        f"{model_id}: serving picked {pick} ({chosen.describe()}), which scored "
+        f"{model_id}: serving picked {pick} ({how}), which scored "
         f"{picked.summary} on the held-out task set; the original scored {original.summary}"
     )

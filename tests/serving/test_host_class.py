@@ -126,7 +126,8 @@ def test_a_host_of_another_class_is_served_by_the_class_prior(
         )
         assert f"ranked by class prior: {why}" in session.reason
     ranked, _ = rank(read_manifest(package), host, allow_unverified=True)
-    assert [c.id for c in ranked] == order
+    # the reference last: nothing measured on this class says the artifacts are slower
+    assert [c.id for c in ranked] == [*order, "reference"]
 
 
 def test_asked_for_int8_an_avx2_host_gets_the_avx2_safe_flavour(
@@ -146,8 +147,12 @@ def test_a_host_of_the_measured_class_ranks_by_its_records(package: Path) -> Non
     """What the build records: on generated data the int8 artifacts have no verdict, so
     only ort-fp32 is in the order, ranked by its record of the host's class."""
     recorded = select_order(read_manifest(package), _host(BF16))
-    assert [c.id for c in recorded.order] == ["cpu/ort-fp32"]
-    assert "a host like this: avx512-bf16" in recorded.order[0].why
+    # and the reference, ahead of ort-fp32 unless its record shows it measurably faster
+    why = {c.id: c.why for c in recorded.order}
+    assert sorted(why) == ["cpu/ort-fp32", "reference"]
+    assert "a host like this: avx512-bf16" in why["cpu/ort-fp32"]
+    ahead = "after the reference" not in why["cpu/ort-fp32"]
+    assert recorded.order[0].id == ("cpu/ort-fp32" if ahead else "reference")
     assert "(avx512-bf16)" in recorded.host
 
 

@@ -21,9 +21,9 @@ X = {"x": np.ones((2, 8), np.float32)}
 
 
 def test_picks_a_compatible_verified_artifact_and_says_why(pkg: Path) -> None:
-    with load(pkg) as s:
+    with load(pkg, target="cpu") as s:  # an artifact, not the reference
         assert s.artifact in ("cpu/fast", "cpu/basic")
-        assert s.reason.startswith("parity passed (native on x86_64)")
+        assert "; parity passed (native on x86_64)" in s.reason
         assert s.run(X)["y"].shape == (2, 4)
         decisions = {d.artifact: str(d) for d in s.decisions}
         assert decisions["arm/ort-fp32"].startswith("excluded: incompatible: needs aarch64")
@@ -131,3 +131,27 @@ def test_arm_host_picks_the_arm_artifact_only_with_its_runtime(pkg: Path) -> Non
     bare = arm.model_copy(update={"runtimes": {}})
     with pytest.raises(NoCompatibleArtifact, match="runtime 'onnxruntime' is not importable"):
         load(pkg, host=bare)
+
+
+def test_the_reference_is_served_where_no_artifact_beats_it_and_says_so(
+    pkg: Path, tmp_path: Path
+) -> None:
+    """The package's own fp32 model is a candidate (serving/selection.py): required here,
+    it loads from a verified copy of its model alone, runs as the reference did, and the
+    session describes it; a target filter leaves it out."""
+    work = tmp_path / "private"
+    work.mkdir()
+    with load(pkg, require=["reference"], workdir=work) as s:
+        assert s.artifact == "reference" and "1.00x by definition" in s.reason
+        out = s.run(X)["y"]
+        doc = s.describe()
+        copied = sorted(p.name for p in work.rglob("*") if p.is_file())
+    assert doc["backend"] == "onnxruntime" and doc["precision"] == "fp32" and not doc["target"]
+    assert copied == ["model.onnx"]  # not the samples
+    with load(pkg, require=["cpu/basic"]) as a:
+        np.testing.assert_allclose(a.run(X)["y"], out, rtol=1e-4, atol=1e-5)
+    with load(pkg, target="cpu") as s:
+        assert s.artifact != "reference"
+        assert "not requested (target='cpu'" in str(
+            {d.artifact: d for d in s.decisions}["reference"]
+        )

@@ -84,7 +84,8 @@ def test_a_listed_library_in_an_unsigned_package_never_runs(
     with pytest.raises(NoCompatibleArtifact, match="native code and the package is unsigned"):
         load(pkg, require=["cpu/evil"], allow_unverified=True)
     with load(pkg, order=["cpu/evil"], allow_unverified=True) as s:  # the rest still serves
-        assert s.artifact.startswith("cpu/") and s.artifact != "cpu/evil"
+        assert s.artifact != "cpu/evil"
+        assert s.artifact.startswith("cpu/") or s.artifact == "reference"
         assert (
             "refused: a TVM shared library"
             in {d.artifact: d.reason for d in s.decisions}["cpu/evil"]

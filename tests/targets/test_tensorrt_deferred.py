@@ -210,7 +210,7 @@ def test_loader_builds_one_engine_and_switches_after_parity(tmp_path: Path) -> N
     build(model, tmp_path / "p", None, targets=("cpu", "gpu"), raw={"targets": {"gpu": gpu}})
     with load(tmp_path / "p", cache_dir=tmp_path / "cache") as s:
         decisions = {d.artifact: str(d) for d in s.decisions}
-        assert s.artifact == ORT_ID
+        assert s.artifact in (ORT_ID, "reference")  # whichever was measured faster
         assert "being built from the deferred spec" in decisions["gpu/trt-fp16"]
         assert "not started: gpu/trt-fp16's engine builds first" in decisions["gpu/trt-fp32"]
         switch = s.runner
