@@ -77,7 +77,7 @@ def timed_build(
     load_before = os.getloadavg()
     started = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    root, seen = psutil.Process(proc.pid), {}
+    root, seen = psutil.Process(proc.pid), dict[int, float]()
     while proc.poll() is None:
         _tree_cpu(root, seen)
         time.sleep(_SAMPLE_S)

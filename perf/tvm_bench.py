@@ -19,7 +19,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compiler.core.contract import extract_contract  # noqa: E402
+from compiler.pipeline.interface import extract_contract  # noqa: E402
 from targets.base import BuildRequest, BuildResult  # noqa: E402
 from targets.onnxruntime.backend import reference_session  # noqa: E402
 from targets.runner import open_runner  # noqa: E402
@@ -61,15 +61,14 @@ def main() -> int:
             target, precision = spec.split(":")
             out, result, seconds = _build(model, target, precision, root)
             size = (out / "model.so").stat().st_size
+            shapes = getattr(result.runtime, "shapes", "?")  # TvmSettings
             builds[spec] = {
                 "build_s": round(seconds, 1),
                 "size_bytes": size,
-                "shapes": result.runtime["shapes"],
+                "shapes": shapes,
                 "notes": result.notes,
             }
-            print(
-                f"{spec}: built in {seconds:.1f} s, {size / 2**20:.2f} MiB, {result.runtime['shapes']}"
-            )
+            print(f"{spec}: built in {seconds:.1f} s, {size / 2**20:.2f} MiB, {shapes}")
             if spec == "cpu:fp32":
                 cpu = (out, result)
         record["builds"] = builds

@@ -12,7 +12,7 @@ if [ -x scripts/setup_emulation.sh ]; then scripts/setup_emulation.sh; fi
 scripts/setup_realmodels.sh
 "$PY" -m ruff check .
 "$PY" -m ruff format --check compiler passes targets tests scripts perf
-"$PY" -m mypy compiler passes targets
+"$PY" -m mypy compiler passes targets perf  # perf: benchmarks rot silently otherwise (tvm_bench did)
 # the layer contracts in .importlinter (docs/architecture.md)
 "$PY" -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
 exec "$PY" -m pytest -q -ra --durations=20 "$@"
