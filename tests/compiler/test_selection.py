@@ -18,8 +18,9 @@ from compiler.core.latency import SpeedupInterval
 from compiler.core.policies import SelectionPolicy
 from compiler.core.records import ArtifactMeasurements, LatencyRecord, MeasuredOn, ParityRecord
 from compiler.core.settings import TensorRTSettings
+from compiler.portfolio import _picks  # build-many's per-target pick, tested on its own
 from compiler.serving.manifest import ArtifactEntry, FileEntry, Manifest
-from compiler.serving.selection import REFERENCE_MODEL, rank
+from compiler.serving.selection import REFERENCE_MODEL, rank, select_order
 from tests.compiler.helpers import build
 from tests.models import save, tiny_mlp
 
@@ -380,3 +381,19 @@ def test_an_order_that_names_the_reference_puts_it_there(cpu_manifest) -> None: 
         "reference",
         "cpu/ov-f32",
     ]
+
+
+def test_a_portfolio_summary_names_the_reference_where_the_build_host_serves_it(
+    cpu_manifest,
+) -> None:  # type: ignore[no-untyped-def]
+    """build-many's per-target pick: the reference where it comes ahead of every artifact of
+    the target, with its exact 1.00x; an artifact where one comes first."""
+    _give(cpu_manifest, ort_fp32=_interval(1.01, 0.99, 1.03))
+    cpu_manifest.selection = select_order(cpu_manifest, CPU)
+    (pick,) = _picks(cpu_manifest)
+    assert (pick.target, pick.artifact, pick.speedup_low) == ("cpu", "reference", 1.0)
+    assert pick.why.startswith("no cpu artifact was measured faster than the reference")
+    _give(cpu_manifest, ov_f32=_interval(1.5, 1.4, 1.6))
+    cpu_manifest.selection = select_order(cpu_manifest, CPU)
+    (pick,) = _picks(cpu_manifest)
+    assert pick.artifact == "cpu/ov-f32"
