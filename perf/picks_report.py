@@ -27,19 +27,25 @@ def _larger(entry: dict[str, Any]) -> str | None:
     return max(sizes, key=int) if sizes else None
 
 
+def _pick_cell(rec: dict[str, Any]) -> str:
+    """The pick's speedup; the reference served as itself is 1.00x by definition (its A/A
+    control, in the next column, is the method's noise)."""
+    return "1.00x (the reference itself)" if rec.get("itself") else speedup_cell(rec)
+
+
 def _row(name: str, e: dict[str, Any]) -> str:
     if "skipped" in e or "error" in e or "pick" not in e:
         why = e.get("skipped") or e.get("error") or "cold build failed"
         return f"| {name} | - | - | - | - | - | - | {why} |"
     one = e["batches"].get("1", {})
     big = _larger(e)
-    big_cell = f"b{big}: {speedup_cell(e['batches'][big]['pick'])}" if big else "-"
+    big_cell = f"b{big}: {_pick_cell(e['batches'][big]['pick'])}" if big else "-"
     frac = one.get("fraction_of_peak")
     frac_cell = f"{frac * 100:.1f} % ({one.get('peak_used')})" if frac else "-"
     t = e["task"]
     task = f"{t['pick']} vs {t['original']} ({'as well' if t['as_well'] else 'WORSE'})"
     return (
-        f"| {name} | {e['pick']} ({e['precision']}) | {speedup_cell(one.get('pick', {}))} | "
+        f"| {name} | {e['pick']} ({e['precision']}) | {_pick_cell(one.get('pick', {}))} | "
         f"{speedup_cell(one.get('control', {}))} | {big_cell} | {frac_cell} | {task} | "
         f"{e['reason'][:160]} |"
     )
