@@ -49,20 +49,19 @@ def unshare_biases(model: onnx.ModelProto) -> onnx.ModelProto:
     the output `.../conv1d_252`), so the quantized model wired a bias into the graph in place
     of an activation and did not load. The float model computes the same with the copies."""
     inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
+    users: dict[str, list[int]] = {}  # bias name -> indices of the nodes that use it
+    for i, node in enumerate(model.graph.node):
         if node.op_type in BIAS_OPS and len(node.input) > 2 and node.input[2] in inits:
-            users.setdefault(node.input[2], []).append(node)
-    shared = {name: nodes for name, nodes in users.items() if len(nodes) > 1}
+            users.setdefault(node.input[2], []).append(i)
+    shared = {name: indices for name, indices in users.items() if len(indices) > 1}
     if not shared:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     taken = {t for n in out.graph.node for t in (*n.input, *n.output)} | set(inits)
     taken |= {t.name for t in (*out.graph.input, *out.graph.output, *out.graph.value_info)}
-    nodes = {id(n): i for i, n in enumerate(model.graph.node)}
-    for name, consumers in shared.items():
-        for k, node in enumerate(consumers[1:], start=1):
+    for name, indices in shared.items():
+        for k, i in enumerate(indices[1:], start=1):
             copy_name = f"{name}__bias_copy{k}"
             while copy_name in taken:
                 copy_name += "_"
@@ -70,7 +69,7 @@ def unshare_biases(model: onnx.ModelProto) -> onnx.ModelProto:
             copy = out.graph.initializer.add()
             copy.CopyFrom(inits[name])
             copy.name = copy_name
-            out.graph.node[nodes[id(node)]].input[2] = copy_name
+            out.graph.node[i].input[2] = copy_name
     return out
 
 
