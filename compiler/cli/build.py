@@ -35,6 +35,8 @@ from compiler.pipeline.config import EXECUTOR_KINDS, BuildConfig, load_config
 from compiler.pipeline.data import generated_data_notice
 from compiler.pipeline.graph import build_graph, describe_graph
 from compiler.pipeline.normalize import Source, parse_input_spec
+from compiler.serving.manifest import Manifest
+from compiler.serving.selection import REFERENCE
 
 __all__ = ["BuildDoc", "build"]
 
@@ -143,6 +145,18 @@ def _data_warning(outcome: BuildOutcome, data_node: str) -> str:
     return f"{notice} (lossy artifacts: {', '.join(lossy)})" if notice else ""
 
 
+def _would_serve(m: Manifest) -> str:
+    """What `load()` on this host would pick first, and why (the build's recorded selection)."""
+    if not m.selection.order:
+        return "this host would serve nothing: no artifact passed, and no reference model"
+    first, *rest = m.selection.order
+    line = f"this host would serve {first.id}: {first.why}"
+    if first.id == REFERENCE and rest:  # say why the best artifact is not served
+        after = [p for p in rest[0].why.split("; ") if p.startswith("after the reference")]
+        line += f"; {rest[0].id} comes {after[0]}" if after else ""
+    return line
+
+
 def _report(
     outcome: BuildOutcome,
     data_node: str,
@@ -186,6 +200,7 @@ def _report(
         )
     else:
         print_artifacts(rows)
+    say(_would_serve(m))
     say(f"package written to {outcome.package}")
     if error is not None:
         if ui.json:  # the document above already says so: no second one

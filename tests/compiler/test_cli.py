@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "ran normalize" in r.stderr and "cpu/ort-fp32" in r.stdout
+    assert re.search(r"this host would serve (cpu/\S+|reference): ", r.stderr)
     manifest = json.loads((pkg / "manifest.json").read_text())
     assert manifest["target_notes"].get("gpu", "").startswith(
         "no variants for target 'gpu'"
