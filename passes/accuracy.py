@@ -21,9 +21,11 @@ re-measuring after each. Two choices differ from NNCF, for reasons:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +36,7 @@ from compiler.core.parity import OutputParity, compare_outputs, margin, output_m
 from compiler.core.task import TaskMetric, TaskScore, load_callable, score_task, verdict
 from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
 from passes.base import PassContext
+from passes.calibration_store import shared_json
 from passes.ort_tools import run_model
 
 __all__ = [
@@ -41,18 +44,22 @@ __all__ = [
     "Gate",
     "GateResult",
     "Quantize",
+    "Ranker",
     "TaskGate",
     "gate_references",
     "gate_tolerance",
     "keep_sensitive_layers_in_float",
     "make_gate",
     "search_share",
+    "shared_ranker",
 ]
 
 Feeds = Sequence[dict[str, np.ndarray]]
 Outputs = list[dict[str, np.ndarray]]
 # quantize(exclude=[...], only=[...] or None) -> quantized model
 Quantize = Callable[[list[str], list[str] | None], onnx.ModelProto]
+# candidate layers (name, op type) -> (name, op type, isolated error), most costly first
+Ranker = Callable[[list[tuple[str, str]]], list[tuple[str, str, float]]]
 
 
 class AccuracyAwareConfig(BaseModel):
@@ -285,6 +292,40 @@ def rank_layers(
     return sorted(scored, key=lambda s: (-s[2], s[0]))
 
 
+def shared_ranker(
+    quantize: Quantize,
+    gate: Gate,
+    samples: int,
+    store: Path | None,
+    model: onnx.ModelProto,
+    settings: Mapping[str, Any],
+) -> Ranker:
+    """`rank_layers` with `quantize`, its result shared between the build's nodes through
+    `store` (passes/calibration_store.py) by a digest of what decides it: the float model,
+    the ranking samples and their references, the tolerances' floors, the candidates and
+    `settings` (what reaches the quantizer)."""
+
+    def rank(candidates: list[tuple[str, str]]) -> list[tuple[str, str, float]]:
+        def compute() -> list[list[Any]]:
+            return [list(r) for r in rank_layers(candidates, quantize, gate, samples)]
+
+        h = hashlib.sha256()
+        try:
+            h.update(model.SerializeToString(deterministic=True))
+        except ValueError:  # over protobuf's 2 GB: rank here, unshared
+            return rank_layers(candidates, quantize, gate, samples)
+        for outputs in (*gate.feeds[:samples], *gate.references[:samples]):
+            for name in sorted(outputs):
+                a = np.ascontiguousarray(outputs[name])
+                h.update(f"{name}:{a.dtype.str}:{a.shape}".encode() + a.tobytes())
+        floors = {n: gate.tolerance(n).atol for n in gate.references[0]} if samples else {}
+        h.update(repr((sorted(settings.items()), candidates, samples, floors)).encode())
+        ranked = shared_json(store, f"int8-ranking-{h.hexdigest()}", compute)
+        return [(str(n), str(t), float(e)) for n, t, e in ranked]
+
+    return rank
+
+
 def keep_sensitive_layers_in_float(
     float_model: onnx.ModelProto,
     quantized: onnx.ModelProto,
@@ -293,12 +334,14 @@ def keep_sensitive_layers_in_float(
     base_exclude: list[str],
     cfg: AccuracyAwareConfig,
     before: GateResult | None = None,
+    ranker: Ranker | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Return the first model in the loop that passes the gate, else the best one kept.
 
     A layer whose float copy does not improve the gate is left int8 and listed as rejected;
     at most 2 * max_float_layers layers are tried. `before`: the gate's verdict on
-    `quantized`, when the caller has it."""
+    `quantized`, when the caller has it. `ranker`: how candidates are ranked (default:
+    `rank_layers` with `quantize` on `cfg.ranking_samples`)."""
     before = before if before is not None else gate.check(quantized)
     record: dict[str, Any] = {"gate_before": before.record()}
     if gate.note:
@@ -307,7 +350,11 @@ def keep_sensitive_layers_in_float(
         record["kept_in_float"] = []
         return quantized, record
     candidates = candidate_layers(float_model, cfg.candidate_op_types, base_exclude)
-    ranked = rank_layers(candidates, quantize, gate, cfg.ranking_samples)
+    ranked = (
+        ranker(candidates)
+        if ranker is not None
+        else rank_layers(candidates, quantize, gate, cfg.ranking_samples)
+    )
     record["ranking"] = [
         {"layer": n, "op_type": t, "isolated_error": round(e, 8)} for n, t, e in ranked[:20]
     ]

@@ -14,6 +14,7 @@ on x86-64 (the u8 x s8 VPMADDUBSW/VNNI kernels), s8/s8 on arm, symmetric s8/s8 o
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,6 +28,7 @@ from passes.accuracy import (
     Quantize,
     keep_sensitive_layers_in_float,
     make_gate,
+    shared_ranker,
 )
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram, quantized_ops
 from passes.graph_facts import graph_facts
@@ -132,8 +134,9 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
     # also covers passes/accuracy.py and int8_search.py: bump on changes there; 4: skips a
-    # quantized or half-precision model; 5: calibration method and float arithmetic searched
-    version = "5"
+    # quantized or half-precision model; 5: calibration method and float arithmetic searched;
+    # 6: ort-int8-rr ranks layers with 8-bit weights, sharing ort-int8's ranking
+    version = "6"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -190,28 +193,36 @@ class QuantizePass(Pass[QuantizeConfig]):
         if upgraded:
             record["opset"] = upgraded
         with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
-            quantizers: dict[str, Quantize] = {}
             if mode == "static":
                 feeds = self._calibration(ctx, record)
-                for method in self._methods():
-                    quantizers[method] = static_quantizer(
-                        model,
-                        feeds,
-                        settings,
-                        (act, weight, symmetric),
-                        Path(tmp),
-                        method,
-                        ctx.shared,
-                    )
             else:
                 feeds = ctx.calibration()[: cfg.calibration_samples]
-                quantizers["dynamic"] = dynamic_quantizer(model, settings, weight, Path(tmp))
+            types = (act, weight, symmetric)
+            quantizers = self._quantizers(model, feeds, settings, types, Path(tmp), ctx, mode)
             first = next(iter(quantizers.values()))
             out = first(exclude, None)
             self._check_quantized(out)
             if cfg.accuracy_aware.enabled:
+                # layers are ranked with 8-bit weights, as ort-int8 ranks them: the two nodes
+                # of the default pipeline then share one ranking (calibration_store.py)
+                rank_settings = replace(settings, reduce_range=False)
+                rankers = quantizers
+                if cfg.reduce_range:
+                    ranking = Path(tmp) / "ranking"
+                    ranking.mkdir()
+                    rankers = self._quantizers(
+                        model, feeds, rank_settings, types, ranking, ctx, mode
+                    )
+                shared = {"mode": mode, "types": types, "settings": repr(rank_settings)}
                 out, record["accuracy_aware"] = self._accuracy_aware(
-                    model, out, quantizers, exclude, feeds, ctx, mode == "static"
+                    model,
+                    out,
+                    quantizers,
+                    exclude,
+                    feeds,
+                    ctx,
+                    mode == "static",
+                    (rankers, shared),
                 )
                 self._check_quantized(out, "the accuracy loop kept every node float")
                 if mode == "static":
@@ -223,6 +234,25 @@ class QuantizePass(Pass[QuantizeConfig]):
         generated = ctx.calibration_source == "generated"
         warnings = [GENERATED_DATA_WARNING] if generated and uses_data else []
         return PassResult(model=out, record=record, warnings=warnings)
+
+    def _quantizers(
+        self,
+        model: onnx.ModelProto,
+        feeds: list[dict[str, np.ndarray]],
+        settings: OrtSettings,
+        types: tuple[IntType, IntType, bool],
+        tmp: Path,
+        ctx: PassContext,
+        mode: str,
+    ) -> dict[str, Quantize]:
+        """The quantizers the search tries, by name: one static per calibration method (the
+        config's first), or the dynamic one."""
+        if mode != "static":
+            return {"dynamic": dynamic_quantizer(model, settings, types[1], tmp)}
+        return {
+            method: static_quantizer(model, feeds, settings, types, tmp, method, ctx.shared)
+            for method in self._methods()
+        }
 
     def _methods(self) -> list[str]:
         """Calibration methods in the order the accuracy loop tries them: the config's first."""
@@ -239,6 +269,7 @@ class QuantizePass(Pass[QuantizeConfig]):
         feeds: list[dict[str, np.ndarray]],
         ctx: PassContext,
         static: bool,
+        ranking: tuple[dict[str, Quantize], dict[str, Any]],
     ) -> tuple[onnx.ModelProto, dict[str, Any]]:
         """Calibration method and float arithmetic first (passes/int8_search.py; dynamic
         int8 leaves arithmetic float anyway), then single layers back to float
@@ -251,8 +282,24 @@ class QuantizePass(Pass[QuantizeConfig]):
         found = search_int8(
             model, quantizers, gate, exclude, aa.arithmetic_float and static, (out, plain)
         )
+        rankers, settings = ranking
+        ranker = shared_ranker(
+            rankers[found.method],
+            gate,
+            aa.ranking_samples,
+            ctx.shared,
+            model,
+            {**settings, "method": found.method, "pass": self.version, **self.libraries()},
+        )
         out, loop = keep_sensitive_layers_in_float(
-            model, found.model, quantizers[found.method], gate, found.exclude, aa, found.result
+            model,
+            found.model,
+            quantizers[found.method],
+            gate,
+            found.exclude,
+            aa,
+            found.result,
+            ranker,
         )
         record = {**found.record, **loop, "gate_before": plain.record()}
         if not plain.passed:  # the plain model's verdict before, the kept model's after

@@ -74,6 +74,37 @@ def test_keeps_the_costly_layer_in_float_and_passes(tmp_path: Path) -> None:
     assert _held_out_ok(model, result.model)
 
 
+def test_the_reduce_range_variant_reads_the_ranking_the_first_made(tmp_path: Path) -> None:
+    """ort-int8 and ort-int8-rr rank layers alike (8-bit weights): with a shared folder the
+    ranking is made once, and the rr node's result is the one it makes alone; each node
+    still judges its steps with its own weights."""
+    model, store = outlier_mlp(), tmp_path / "shared"
+    store.mkdir()
+
+    def quantize(reduce_range: bool, shared: Path | None):  # -> PassResult
+        work = tmp_path / f"w{len(list(tmp_path.iterdir()))}"
+        work.mkdir()
+        cfg = QuantizeConfig(
+            mode="static",
+            reduce_range=reduce_range,
+            # one calibration method: the nodes rank alike only where they choose alike
+            accuracy_aware={"enabled": True, "calibration_methods": []},
+        )
+        return QuantizePass(cfg)(model, context(model, work, _feeds(8, seed=1), shared=shared))
+
+    first = quantize(False, store)
+    assert len(list(store.glob("int8-ranking-*.json"))) == 1
+    rr = quantize(True, store)
+    assert len(list(store.glob("int8-ranking-*.json"))) == 1  # read, not made again
+    ranked = [r["layer"] for r in rr.record["accuracy_aware"]["ranking"]]
+    assert ranked == [r["layer"] for r in first.record["accuracy_aware"]["ranking"]]
+    assert ranked[0] == "mm1" and rr.record["accuracy_aware"]["gate_after"]["passed"]
+    alone = quantize(True, None)
+    assert rr.model.SerializeToString(deterministic=True) == alone.model.SerializeToString(
+        deterministic=True
+    )
+
+
 def test_budget_spent_is_reported(tmp_path: Path) -> None:
     """A gate no int8 model can pass: the loop stops at the budget and says so."""
     result = _quantize(outlier_mlp(), tmp_path, enabled=True, max_float_layers=1, min_cosine=1.0)
