@@ -343,8 +343,9 @@ def rank(
     deferred = [c for c in ok if c.id not in order and by_id[c.id].status == "deferred"]
     rest = [c for c in ok if c.id not in order and by_id[c.id].status != "deferred"]
     confidence = manifest.policy.latency.confidence
-    reference = [c for c in _reference(manifest, host) if c.ok]
-    excluded += [c for c in _reference(manifest, host) if not c.ok]
+    judged_reference = _reference(manifest, host)
+    reference = [c for c in judged_reference if c.ok]
+    excluded += [c for c in judged_reference if not c.ok]
     if REFERENCE in order:
         first = sorted([*first, *reference], key=lambda c: order.index(c.id))
         reference = []
