@@ -135,8 +135,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
     # also covers passes/accuracy.py and int8_search.py: bump on changes there; 4: skips a
     # quantized or half-precision model; 5: calibration method and float arithmetic searched;
-    # 6: ort-int8-rr ranks layers with 8-bit weights, sharing ort-int8's ranking
-    version = "6"
+    # 6: ort-int8-rr ranks layers with 8-bit weights, sharing ort-int8's ranking; 7: the
+    # accuracy loop may keep recurrent layers (LSTM, GRU, RNN) in float
+    version = "7"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

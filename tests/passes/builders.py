@@ -22,6 +22,7 @@ from passes.base import PassContext
 __all__ = [
     "attention_block",
     "context",
+    "outlier_lstm",
     "outlier_mlp",
     "parity",
     "run",
@@ -146,6 +147,58 @@ def outlier_mlp(seed: int = 0, outlier: float = 2000.0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", _F, ["N", 16])],
         [helper.make_tensor_value_info("y", _F, ["N", 10])],
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+
+
+def outlier_lstm(seed: int = 0, outlier: float = 1000.0) -> onnx.ModelProto:
+    """x[T=6,N,8] -> Mul(scale) -> LSTM -> LSTM -> last hidden state -> MatMul -> y[N,10].
+
+    The Mul makes input feature 0 `outlier` times larger and the first LSTM's weights for it
+    `outlier` times smaller, so the float model computes what an ordinary LSTM would; but
+    dynamic int8 quantizes the first LSTM's input with one scale for the whole tensor, which
+    leaves the other seven features a step or two (a log-mel input with one loud band, made
+    small). Keeping that LSTM in float fixes it; the second one sees states in [-1, 1].
+    """
+    rng = np.random.default_rng(seed)
+    hidden, feat, classes = 16, 8, 10
+    scale = np.ones(feat, np.float32)
+    scale[0] = outlier
+
+    def lstm_weights(inputs: int) -> dict[str, np.ndarray]:
+        s = 1 / np.sqrt(hidden)
+        return {
+            "W": rng.uniform(-s, s, (1, 4 * hidden, inputs)).astype(np.float32),
+            "R": rng.uniform(-s, s, (1, 4 * hidden, hidden)).astype(np.float32),
+            "B": rng.uniform(-s, s, (1, 8 * hidden)).astype(np.float32),
+        }
+
+    first, second = lstm_weights(feat), lstm_weights(hidden)
+    first["W"][:, :, 0] *= 4.0 / outlier  # feature 0 still matters in the float model
+    tensors = {
+        "scale": scale,
+        **{f"{k}1": v for k, v in first.items()},
+        **{f"{k}2": v for k, v in second.items()},
+        "axis1": np.array([1], np.int64),
+        "axis0": np.array([0], np.int64),
+        "fc": (rng.normal(0, 1, (hidden, classes)) * 2).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Mul", ["x", "scale"], ["xs"], name="loud_band"),
+        helper.make_node(
+            "LSTM", ["xs", "W1", "R1", "B1"], ["y1"], name="lstm1", hidden_size=hidden
+        ),
+        helper.make_node("Squeeze", ["y1", "axis1"], ["h1"], name="squeeze1"),
+        helper.make_node(
+            "LSTM", ["h1", "W2", "R2", "B2"], ["", "last"], name="lstm2", hidden_size=hidden
+        ),
+        helper.make_node("Squeeze", ["last", "axis0"], ["h2"], name="squeeze2"),
+        helper.make_node("MatMul", ["h2", "fc"], ["y"], name="fc"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", _F, [6, "N", feat])],
+        [helper.make_tensor_value_info("y", _F, ["N", classes])],
+        [numpy_helper.from_array(v, k) for k, v in tensors.items()],
     )
 
 

@@ -17,7 +17,7 @@ from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
 from compiler.pipeline.output_kinds import with_output_kinds
 from passes.base import PassContext
 from passes.quantize import QuantizeConfig, QuantizePass
-from tests.passes.builders import context, outlier_mlp, run
+from tests.passes.builders import context, outlier_lstm, outlier_mlp, run
 
 INT8 = DEFAULT_TOLERANCES["int8"]
 # a gate the outputs alone always pass: only the task decides
@@ -72,6 +72,41 @@ def test_keeps_the_costly_layer_in_float_and_passes(tmp_path: Path) -> None:
     dq_outputs = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
     assert ops["mm1"].input[1] not in dq_outputs and ops["mm2"].input[1] in dq_outputs
     assert _held_out_ok(model, result.model)
+
+
+def _sequences(count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0, 1, (6, 4, 8)).astype(np.float32)} for _ in range(count)]
+
+
+def test_keeps_the_costly_lstm_in_float_under_dynamic_int8(tmp_path: Path) -> None:
+    """A recurrent graph gets dynamic int8 (DynamicQuantizeLSTM); the loop may keep an LSTM
+    in float, and keeps the one whose input one int8 scale cannot hold."""
+    model = outlier_lstm()
+    ops = lambda m: [n.op_type for n in m.graph.node]  # noqa: E731
+    check = _sequences(8, seed=2)
+
+    def held_out(quantized: onnx.ModelProto) -> bool:
+        ok, _ = compare_outputs(run(quantized, check), run(model, check), lambda _n: INT8)
+        return ok
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "aa").mkdir()
+    plain = QuantizePass(QuantizeConfig(mode="auto"))(
+        model, context(model, tmp_path / "plain", _sequences(8, seed=1))
+    )
+    assert plain.record["mode"] == "dynamic"
+    assert ops(plain.model).count("DynamicQuantizeLSTM") == 2 and not held_out(plain.model)
+
+    cfg = QuantizeConfig(mode="auto", accuracy_aware={"enabled": True})
+    result = QuantizePass(cfg)(model, context(model, tmp_path / "aa", _sequences(8, seed=1)))
+    aa = result.record["accuracy_aware"]
+    assert aa["ranking"][0] == {**aa["ranking"][0], "layer": "lstm1", "op_type": "LSTM"}
+    assert [k["layer"] for k in aa["kept_in_float"]] == ["lstm1"]
+    assert aa["gate_after"]["passed"] is True
+    nodes = {n.name: n.op_type for n in result.model.graph.node}
+    assert nodes["lstm1"] == "LSTM" and "DynamicQuantizeLSTM" in nodes.values()
+    assert held_out(result.model)
 
 
 def test_the_reduce_range_variant_reads_the_ranking_the_first_made(tmp_path: Path) -> None:
