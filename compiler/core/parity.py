@@ -135,8 +135,23 @@ def _is_distribution(rows: np.ndarray) -> bool:
     return (
         rows.shape[1] >= 2
         and bool((rows >= -_SUM_TOL).all())
-        and bool(np.abs(rows.sum(axis=1) - 1.0).max() <= _SUM_TOL)
+        and bool(np.abs(rows.sum(axis=1) - 1.0).max() <= _SUM_TOL + _rounding_slack(rows))
     )
+
+
+def _rounding_slack(rows: np.ndarray) -> float:
+    """How far rounding can move a row's sum when the values sit on a grid (an already
+    quantized model's softmax goes out through a DequantizeLinear: steps of 1/255): half a
+    step per class, at most 0.05; 0 for values that are not on a coarse grid."""
+    values = np.unique(rows)
+    if values.size < 2 or values.size > 256:
+        return 0.0
+    step = float(np.diff(values).min())
+    if step < 1e-3 or not np.allclose(
+        (values - values[0]) / step, np.round((values - values[0]) / step), atol=1e-3
+    ):
+        return 0.0
+    return min(0.05, rows.shape[1] * step / 2)
 
 
 def _softmax(rows: np.ndarray) -> np.ndarray:

@@ -34,16 +34,25 @@ __all__ = ["infer_output_kinds", "with_output_kinds"]
 _MOVE = frozenset(
     {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "CastLike",
      "Expand", "Slice", "Gather", "GatherElements", "GatherND", "Split", "Pad", "Tile",
-     "Dropout", "DepthToSpace", "SpaceToDepth"}
+     "Dropout", "DepthToSpace", "SpaceToDepth",
+     # an already-quantized model's values pass through (de)quantization unchanged in kind
+     "QuantizeLinear", "DequantizeLinear"}
 )  # fmt: skip
 _POOL = frozenset(
     {"ReduceMean", "ReduceMax", "ReduceMin", "GlobalAveragePool", "GlobalMaxPool", "MaxPool",
      "AveragePool"}
 )  # fmt: skip
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _RECURRENT = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
-_LINEAR = frozenset({"MatMul", "Gemm", "MatMulInteger", "QGemm", "FusedMatMul"})
+_LINEAR = frozenset(
+    {"MatMul", "Gemm", "MatMulInteger", "QGemm", "FusedMatMul", "QLinearMatMul",
+     "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+)  # fmt: skip
 _NORM = frozenset({"LayerNormalization", "LpNormalization", "SkipLayerNormalization", "Tanh"})
-_SPATIAL = frozenset({"Conv", "ConvTranspose", "Resize", "Upsample", "BatchNormalization"})
+_SPATIAL = frozenset(
+    {"Conv", "ConvTranspose", "Resize", "Upsample", "BatchNormalization", "ConvInteger",
+     "QLinearConv"}
+)  # fmt: skip
 _CLASS_READERS = frozenset({"ArgMax", "ArgMin", "TopK", "Softmax", "LogSoftmax"})
 _FLOAT = frozenset({"float16", "float32", "float64", "bfloat16"})
 _MAX_STEPS = 256
@@ -100,7 +109,14 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
 
 
 def _source(origin: _Origin, value: str) -> onnx.NodeProto | None:
-    return origin.producers.get(value)
+    """The node that makes `value`, looking through (de)quantization: an already-quantized
+    model puts a QuantizeLinear/DequantizeLinear pair between most ops."""
+    node = origin.producers.get(value)
+    for _ in range(_MAX_STEPS):
+        if node is None or node.op_type not in _QDQ:
+            break
+        node = origin.producers.get(node.input[0])
+    return node
 
 
 def _family(origin: _Origin, depth: int = 4) -> str:
@@ -109,9 +125,9 @@ def _family(origin: _Origin, depth: int = 4) -> str:
     node, op = origin.node, origin.node.op_type
     if op in _RECURRENT:
         return "recurrent"
-    if op in ("Softmax", "LogSoftmax"):
-        return op.lower()
-    if op in ("Sigmoid", "HardSigmoid"):
+    if op in ("Softmax", "LogSoftmax", "QLinearSoftmax"):
+        return op.removeprefix("QLinear").lower()
+    if op in ("Sigmoid", "HardSigmoid", "QLinearSigmoid"):
         return "sigmoid"
     if op in _NORM:
         return "norm"
@@ -149,7 +165,7 @@ def _reaches(origin: _Origin, node: onnx.NodeProto | None, ops: set[str], depth:
 
 def _softmax_axis(origin: _Origin, rank: int) -> int:
     node = origin.node
-    if node.op_type not in ("Softmax", "LogSoftmax"):
+    if node.op_type not in ("Softmax", "LogSoftmax", "QLinearSoftmax"):
         return rank - 1  # spelled out: over the last axis in every exporter seen
     axis = _attr(node, "axis", -1 if origin.opset >= 13 else 1)
     return axis + rank if axis < 0 else axis

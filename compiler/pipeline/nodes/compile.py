@@ -32,6 +32,7 @@ class CompileKind(Kind[CompileNode]):
             "variant": node.variant,
             "precision": v.precision,
             "source_precision": ctx.output(node.normalize, NormalizeOutput).precision,
+            "contract": ctx.contract_key(node.normalize, kinds=False),
             "libs": cls.library_versions(),
         }
 

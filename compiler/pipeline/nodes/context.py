@@ -118,6 +118,16 @@ class NodeContext:
     def contract(self, normalize: str) -> Contract:
         return self.output(normalize, NormalizeOutput).contract
 
+    def contract_key(self, normalize: str, kinds: bool = True) -> object:
+        """The contract as key material, for a node that reads it without `normalize` as a
+        parent: a change in what normalize read off the graph (an output's kind, a dim's
+        range) must reach that node's key even where the model bytes are the same.
+        `kinds=False`: without the outputs' kinds, for a node they do not change (compile)."""
+        dumped = self.contract(normalize).model_dump(mode="json")
+        if not kinds:
+            dumped["outputs"] = [{**o, "kind": None} for o in dumped["outputs"]]
+        return dumped
+
     def feeds(self, data: str, which: Literal["samples", "calibration"]) -> list[Feeds]:
         return read_feeds_npz(self.out_dir(data) / f"{which}.npz")
 

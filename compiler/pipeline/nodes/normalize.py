@@ -26,7 +26,9 @@ __all__ = ["NormalizeKind"]
 
 
 class NormalizeKind(Kind[NormalizeNode]):
-    version = "5"  # 4: the source's precision (int8 for a quantized model); 5: fp16/bf16 too
+    # 4: the source's precision (int8 for a quantized model); 5: fp16/bf16 too; 6: output
+    # kinds read through (de)quantization and quantized ops
+    version = "6"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config

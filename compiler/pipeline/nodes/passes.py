@@ -45,6 +45,7 @@ class PassKind(Kind[PassNode]):
             "isa": list(_target_isa(node, ctx)) if p.target_dependent else None,
             "libs": p.libraries(),
             "gate": _gate(p, ctx) if p.uses_reference else None,
+            "contract": ctx.contract_key(node.normalize),
         }
 
     def run(self, node: PassNode, ctx: NodeContext, out: Path) -> PassOutput:

@@ -42,7 +42,9 @@ class VerifyKind(Kind[VerifyNode]):
     # 7: lossy artifacts judged or calibrated on generated data are not verified; 8: lossy
     # against the reference (a quantized source's int8 artifacts are not), few-rows rule;
     # 9: runtime settings swept (tuning), throughput at the serving batch sizes
-    version = "11"  # 10: the task check is paired; 11: the task decides lossy artifacts (task.py)
+    # 10: the task check is paired; 11: the task decides lossy artifacts (task.py); 12: a
+    # quantized model's softmax (on an 8-bit grid) is judged as probabilities (parity.py)
+    version = "12"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
@@ -58,6 +60,7 @@ class VerifyKind(Kind[VerifyNode]):
             "policy": ctx.config.policy().model_dump(mode="json", include={"parity", "latency"}),
             "precision": node.config.precision,
             "source_precision": ctx.output(node.normalize, NormalizeOutput).precision,
+            "contract": ctx.contract_key(node.normalize),  # the outputs' kinds judge parity
             "task_metric": metric_digest(task.metric) if (task := ctx.config.parity.task) else "",
             "tuning_s": _tuning_s(ctx),
             "batch_sizes": ctx.config.serving.batch_sizes,
