@@ -31,7 +31,7 @@ __all__ = [
     "summarize",
 ]
 
-StopReason = Literal["narrow", "budget", "max-pairs"]
+StopReason = Literal["narrow", "slower", "budget", "max-pairs"]
 
 
 @dataclass(frozen=True)
@@ -171,11 +171,15 @@ def measure_paired(
     max_pairs: int,
     budget_s: float,
     clock: Callable[[], float] = time.perf_counter,
+    stop_below: float | None = None,
 ) -> PairedBlocks:
     """Time pairs of blocks (each call returns one block's run times in seconds), in ABBA
     order so a steady drift in the host's load favours neither, until the speedup's interval
     is within `target_halfwidth` at `confidence`, `max_pairs` pairs were taken, or
-    `budget_s` has passed (at least one pair is always taken)."""
+    `budget_s` has passed (at least one pair is always taken). With `stop_below`, also once
+    the interval (at full confidence) lies wholly below it: "slower" (the build stops timing
+    an artifact that is settled as slower than the reference; its place after the reference
+    does not need a narrower interval)."""
     start = clock()
     art: list[list[float]] = []
     ref: list[list[float]] = []
@@ -191,6 +195,8 @@ def measure_paired(
         stopped: StopReason | None = None
         if len(art) >= need and interval.halfwidth <= target_halfwidth:
             stopped = "narrow"
+        elif len(art) >= need and stop_below is not None and interval.high < stop_below:
+            stopped = "slower"
         elif len(art) >= max_pairs:
             stopped = "max-pairs"
         elif clock() - start >= budget_s:

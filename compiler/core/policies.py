@@ -49,6 +49,11 @@ class LatencyPolicy(_Strict):
         default=20.0, ge=0, description="pause before each block: the other worker's threads park"
     )
     threads: int = Field(default=0, ge=0, description="0: the runtime's default")
+    stop_when_slower: bool = Field(
+        default=True,
+        description="stop timing an artifact once its speedup's interval lies wholly below 1 "
+        "(slower than the reference, settled: serving puts it after the reference anyway)",
+    )
     regression_margin: float = Field(
         default=0.10,
         ge=0,

@@ -131,7 +131,7 @@ class TuningCandidate(_Record):
     status: Literal["baseline", "measured", "crashed", "error", "skipped"] = "measured"
     reason: str = ""
     speedup: SpeedupInterval | None = None
-    stopped: Literal["narrow", "budget", "max-pairs", ""] = ""
+    stopped: Literal["narrow", "slower", "budget", "max-pairs", ""] = ""
     seconds: float = 0.0
 
 
@@ -178,7 +178,7 @@ class ThroughputRecord(_Record):
     items_per_s: float | None = None
     reference_items_per_s: float | None = None
     speedup: SpeedupInterval | None = None
-    stopped: Literal["narrow", "budget", "max-pairs", ""] = ""
+    stopped: Literal["narrow", "slower", "budget", "max-pairs", ""] = ""
     seconds: float = 0.0
 
 
@@ -201,7 +201,7 @@ class LatencyRecord(_Record):
     reference: LatencyStats | None = None
     speedup: SpeedupInterval | None = None
     speedup_vs_reference: float | None = None  # speedup.estimate (read by older tools)
-    stopped: Literal["narrow", "budget", "max-pairs", ""] = ""
+    stopped: Literal["narrow", "slower", "budget", "max-pairs", ""] = ""
     seconds: float = 0.0  # wall time the measurement took, workers' start-up included
     method: str = ""
     host_load: float | None = None  # the higher 1-minute load average, at start or end

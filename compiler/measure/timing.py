@@ -46,6 +46,11 @@ def describe_method(policy: LatencyPolicy) -> str:
         "block median / artifact block median), with its distribution-free "
         f"{policy.confidence:.0%} interval; until within +-{policy.target_halfwidth:.0%}, "
         f"{policy.runs} pairs or {policy.max_seconds:g} s"
+        + (
+            ", or once slower than the reference beyond the interval"
+            if policy.stop_when_slower
+            else ""
+        )
     )
 
 
@@ -111,6 +116,7 @@ def time_workers(art: WorkerProcess, ref: WorkerProcess, policy: LatencyPolicy) 
         target_halfwidth=policy.target_halfwidth,
         max_pairs=policy.runs,
         budget_s=policy.max_seconds,
+        stop_below=1.0 if policy.stop_when_slower else None,
     )
 
 

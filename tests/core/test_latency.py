@@ -126,3 +126,31 @@ def test_budget_ends_measurement_with_the_coverage_it_reached() -> None:
     )
     assert got.stopped == "budget" and got.speedup.pairs < pairs_needed(0.95)
     assert got.speedup.confidence < 0.95
+
+
+def test_an_artifact_settled_as_slower_stops_early() -> None:
+    """Twice the reference's time: once the interval (at full confidence) is below 1, more
+    pairs would only narrow a verdict that is already "after the reference"."""
+    got = measure_paired(
+        _blocks([2e-3, 2.2e-3], [], "a"),
+        _blocks([1e-3, 1.05e-3], [], "r"),
+        confidence=0.95,
+        target_halfwidth=0.001,
+        max_pairs=30,
+        budget_s=60,
+        stop_below=1.0,
+    )
+    assert got.stopped == "slower" and got.speedup.pairs == pairs_needed(0.95)
+    assert got.speedup.high < 1.0 and got.speedup.confidence >= 0.95
+    # without the rule, or for an artifact that is faster, it runs on as before
+    for art, ref, below in ((2e-3, 1e-3, None), (1e-3, 2e-3, 1.0)):
+        other = measure_paired(
+            _blocks([art, art * 1.1], [], "a"),
+            _blocks([ref, ref * 1.05], [], "r"),
+            confidence=0.95,
+            target_halfwidth=0.001,
+            max_pairs=30,
+            budget_s=60,
+            stop_below=below,
+        )
+        assert other.stopped == "max-pairs"
