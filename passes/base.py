@@ -30,6 +30,7 @@ __all__ = [
     "PassConfig",
     "PassContext",
     "PassResult",
+    "all_nodes",
     "model_size_bytes",
     "op_histogram",
     "half_precision",
@@ -111,7 +112,7 @@ class PassResult:
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     hist: dict[str, int] = {}
-    for node in _all_nodes(model.graph):
+    for node in all_nodes(model.graph):
         hist[node.op_type] = hist.get(node.op_type, 0) + 1
     return dict(sorted(hist.items()))
 
@@ -121,14 +122,14 @@ def quantized_ops(histogram: Mapping[str, int]) -> dict[str, int]:
     return {op: n for op, n in histogram.items() if op in QUANTIZED_OPS or op.startswith("QLinear")}
 
 
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     for node in graph.node:
         yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
+                yield from all_nodes(attr.g)
             for g in attr.graphs:
-                yield from _all_nodes(g)
+                yield from all_nodes(g)
 
 
 _HALF: dict[int, Precision] = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}

@@ -34,13 +34,13 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
-from compiler.core.errors import PassError
+from compiler.core.errors import NotApplicable, PassError
 from passes.accuracy import Gate, make_gate
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
 from passes.int8_search import search_int8
 from passes.ort_tools import quiet, run_model
-from passes.quantize import GENERATED_DATA_WARNING, prepare_for_int8
+from passes.quantize import GENERATED_DATA_WARNING, nothing_to_quantize, prepare_for_int8
 
 __all__ = ["NncfAccuracyControl", "NncfConfig", "NncfIgnoredScope", "NncfPass"]
 
@@ -115,8 +115,9 @@ def _nncf_version() -> str:
 class NncfPass(Pass[NncfConfig]):
     name = "nncf"
     # 2: the gate judges outputs by kind, and the task metric; 3: skips a quantized model;
-    # 4: accuracy control on with user data, arithmetic-float step, SmoothQuant alpha
-    version = "4"
+    # 4: accuracy control on with user data, arithmetic-float step, SmoothQuant alpha; 5: a
+    # model with nothing NNCF quantizes is skipped (NotApplicable), not failed
+    version = "5"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False
@@ -158,6 +159,11 @@ class NncfPass(Pass[NncfConfig]):
         record.update({k: v for k, v in prepared.items() if v})
         kwargs = self._kwargs(model_type, len(feeds))
         out = self._quantize(model, feeds, kwargs)
+        scope = cfg.ignored_scope
+        if not (scope.names or scope.patterns or scope.types) and not any(
+            n.op_type in _QDQ for n in out.graph.node
+        ):
+            raise NotApplicable(nothing_to_quantize(model, "NNCF"))
         enabled = cfg.accuracy_control.enabled
         if enabled == "auto" and ctx.calibration_source != "user":
             record["accuracy_control_off"] = AUTO_OFF

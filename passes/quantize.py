@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from pydantic import Field
 
-from compiler.core.errors import PassError
+from compiler.core.errors import NotApplicable, PassError
 from passes.accuracy import (
     AccuracyAwareConfig,
     Quantize,
@@ -30,7 +30,15 @@ from passes.accuracy import (
     make_gate,
     shared_ranker,
 )
-from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram, quantized_ops
+from passes.base import (
+    Pass,
+    PassConfig,
+    PassContext,
+    PassResult,
+    all_nodes,
+    op_histogram,
+    quantized_ops,
+)
 from passes.graph_facts import graph_facts
 from passes.int8_search import search_int8
 from passes.ort_quantizers import (
@@ -41,7 +49,13 @@ from passes.ort_quantizers import (
     static_quantizer,
 )
 
-__all__ = ["GENERATED_DATA_WARNING", "QuantizeConfig", "QuantizePass", "prepare_for_int8"]
+__all__ = [
+    "GENERATED_DATA_WARNING",
+    "QuantizeConfig",
+    "QuantizePass",
+    "nothing_to_quantize",
+    "prepare_for_int8",
+]
 
 _PER_CHANNEL_OPSET = 13
 
@@ -136,7 +150,8 @@ class QuantizePass(Pass[QuantizeConfig]):
     # also covers passes/accuracy.py and int8_search.py: bump on changes there; 4: skips a
     # quantized or half-precision model; 5: calibration method and float arithmetic searched;
     # 6: ort-int8-rr ranks layers with 8-bit weights, sharing ort-int8's ranking; 7: the
-    # accuracy loop may keep recurrent layers (LSTM, GRU, RNN) in float
+    # accuracy loop may keep recurrent layers (LSTM, GRU, RNN) in float, and a model with
+    # nothing to quantize is skipped (NotApplicable), not failed
     version = "7"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
@@ -202,6 +217,8 @@ class QuantizePass(Pass[QuantizeConfig]):
             quantizers = self._quantizers(model, feeds, settings, types, Path(tmp), ctx, mode)
             first = next(iter(quantizers.values()))
             out = first(exclude, None)
+            if not quantized_ops(op_histogram(out)) and not cfg.op_types and not cfg.exclude_nodes:
+                raise NotApplicable(nothing_to_quantize(model, "ONNX Runtime"))
             self._check_quantized(out)
             if cfg.accuracy_aware.enabled:
                 # layers are ranked with 8-bit weights, as ort-int8 ranks them: the two nodes
@@ -327,8 +344,27 @@ class QuantizePass(Pass[QuantizeConfig]):
     def _check_quantized(
         self, out: onnx.ModelProto, why: str = "no ops of the quantizable types, or all excluded"
     ) -> None:
+        """A config that leaves nothing to quantize (its op_types, its exclusions) is an
+        error; a model with nothing ONNX Runtime quantizes was skipped before this."""
         if not quantized_ops(op_histogram(out)):
             raise PassError(
                 f"quantize: no node was quantized ({why}); set op_types, fewer exclusions, "
                 "or drop the int8 variant"
             )
+
+
+_WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "Attention")
+
+
+def nothing_to_quantize(model: onnx.ModelProto, tool: str) -> str:
+    """Why int8 does not apply to a model where `tool`'s default quantizer found nothing
+    (silero_vad: every Conv and LSTM sits inside an If branch)."""
+    top = sum(n.op_type in _WEIGHTED for n in model.graph.node)
+    inner = sum(n.op_type in _WEIGHTED for n in all_nodes(model.graph)) - top
+    where = (
+        f"its {inner} Conv/MatMul/Gemm/recurrent nodes are all inside If/Loop/Scan subgraphs, "
+        f"which {tool}'s quantizer does not reach"
+        if inner
+        else "it has no Conv, MatMul, Gemm or recurrent node with constant weights"
+    )
+    return f"nothing for {tool} int8 to quantize: {where}"

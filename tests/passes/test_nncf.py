@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
-from compiler.core.errors import PassError
+from compiler.core.errors import NotApplicable, PassError
 from compiler.core.tolerance import DEFAULT_TOLERANCES, Tolerance
 from passes.base import op_histogram
 from passes.nncf import NncfConfig, NncfPass
@@ -206,3 +207,24 @@ def test_deterministic(tmp_path: Path) -> None:
     a = _nncf(model, tmp_path).model.SerializeToString(deterministic=True)
     b = _nncf(model, tmp_path).model.SerializeToString(deterministic=True)
     assert a == b
+
+
+def test_a_model_with_nothing_to_quantize_is_not_applicable(tmp_path: Path) -> None:
+    """Every weighted node inside an If branch (silero_vad): NNCF quantizes nothing, and
+    with nothing ignored that is the model's shape, not a failure."""
+    inner = small_cnn()
+    branch = onnx.GraphProto()
+    branch.CopyFrom(inner.graph)
+    del branch.input[:]  # a branch reads x from the outer graph
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)],
+            "wrapped",
+            [*inner.graph.input, helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+            list(inner.graph.output),
+        ),
+        opset_imports=list(inner.opset_import),
+    )
+    model.ir_version = inner.ir_version
+    with pytest.raises(NotApplicable, match="nothing for NNCF int8 to quantize: its 6 "):
+        _nncf(model, tmp_path, feeds=[{**f, "c": np.array(True)} for f in smooth_images(4)])

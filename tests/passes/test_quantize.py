@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
-from compiler.core.errors import PassError
+from compiler.core.errors import NotApplicable, PassError
 from compiler.core.tolerance import DEFAULT_TOLERANCES
 from passes.base import op_histogram
 from passes.quantize import GENERATED_DATA_WARNING, QuantizeConfig, QuantizePass
@@ -224,3 +225,27 @@ def test_a_bias_shared_by_convolutions_quantizes_and_runs(tmp_path: Path) -> Non
     for feed in feeds:
         got, want = quantized.run(None, feed)[0], reference.run(None, feed)[0]
         assert np.linalg.norm(got - want) / np.linalg.norm(want) < INT8.max_rel_l2
+
+
+def test_a_model_with_nothing_to_quantize_is_not_applicable(tmp_path: Path) -> None:
+    """silero_vad's shape: every weighted node inside an If branch, out of the quantizer's
+    reach. int8 does not apply: the variant is skipped with the reason, not failed."""
+    inner = small_cnn()
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    branch = onnx.GraphProto()
+    branch.CopyFrom(inner.graph)
+    del branch.input[:]  # a branch reads x from the outer graph
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)],
+            "wrapped",
+            [*inner.graph.input, cond],
+            list(inner.graph.output),
+        ),
+        opset_imports=list(inner.opset_import),
+    )
+    model.ir_version = inner.ir_version
+    feeds = [{**f, "c": np.array(True)} for f in smooth_images(4)]
+    # 3 weighted nodes per branch, in two branches
+    with pytest.raises(NotApplicable, match=r"its 6 Conv/MatMul/Gemm/recurrent nodes are all"):
+        _quantize(model, tmp_path, feeds)
