@@ -22,6 +22,7 @@ from passes.base import PassContext
 __all__ = [
     "attention_block",
     "context",
+    "in_if_branches",
     "outlier_lstm",
     "outlier_mlp",
     "parity",
@@ -200,6 +201,33 @@ def outlier_lstm(seed: int = 0, outlier: float = 1000.0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", _F, ["N", classes])],
         [numpy_helper.from_array(v, k) for k, v in tensors.items()],
     )
+
+
+def in_if_branches(inner: onnx.ModelProto) -> onnx.ModelProto:
+    """`inner` as both branches of an If on a new bool input `c` (silero_vad's shape: every
+    weighted node inside a branch, out of the quantizers' reach)."""
+    branch = onnx.GraphProto()
+    branch.CopyFrom(inner.graph)
+    del branch.input[:]  # a branch reads the inputs from the outer graph
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node(
+                    "If",
+                    ["c"],
+                    [o.name for o in inner.graph.output],
+                    then_branch=branch,
+                    else_branch=branch,
+                )
+            ],
+            "wrapped",
+            [*inner.graph.input, helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+            list(inner.graph.output),
+        ),
+        opset_imports=list(inner.opset_import),
+    )
+    model.ir_version = inner.ir_version
+    return model
 
 
 def cancelling_layernorm(seed: int = 0, shift: float = 8.0) -> onnx.ModelProto:

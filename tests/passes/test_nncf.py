@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from compiler.core.errors import NotApplicable, PassError
 from compiler.core.tolerance import DEFAULT_TOLERANCES, Tolerance
@@ -18,6 +17,7 @@ from passes.quantize import GENERATED_DATA_WARNING
 from tests.passes.builders import (
     attention_block,
     context,
+    in_if_branches,
     outlier_mlp,
     parity,
     run,
@@ -212,19 +212,6 @@ def test_deterministic(tmp_path: Path) -> None:
 def test_a_model_with_nothing_to_quantize_is_not_applicable(tmp_path: Path) -> None:
     """Every weighted node inside an If branch (silero_vad): NNCF quantizes nothing, and
     with nothing ignored that is the model's shape, not a failure."""
-    inner = small_cnn()
-    branch = onnx.GraphProto()
-    branch.CopyFrom(inner.graph)
-    del branch.input[:]  # a branch reads x from the outer graph
-    model = helper.make_model(
-        helper.make_graph(
-            [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)],
-            "wrapped",
-            [*inner.graph.input, helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-            list(inner.graph.output),
-        ),
-        opset_imports=list(inner.opset_import),
-    )
-    model.ir_version = inner.ir_version
+    model = in_if_branches(small_cnn())
     with pytest.raises(NotApplicable, match="nothing for NNCF int8 to quantize: its 6 "):
         _nncf(model, tmp_path, feeds=[{**f, "c": np.array(True)} for f in smooth_images(4)])

@@ -17,6 +17,7 @@ from passes.quantize import GENERATED_DATA_WARNING, QuantizeConfig, QuantizePass
 from tests.passes.builders import (
     attention_block,
     context,
+    in_if_branches,
     parity,
     small_cnn,
     smooth_images,
@@ -188,7 +189,7 @@ def _shared_bias_convs() -> onnx.ModelProto:
     """Two convolutions sharing one zero bias `b`, the first's output named `b` + `0`, as
     tf2onnx exports them (its constant folding shares equal constants; its names append
     digits): ONNX Runtime's quantizer names its copy of the shared bias `b0` too."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1")
@@ -230,21 +231,7 @@ def test_a_bias_shared_by_convolutions_quantizes_and_runs(tmp_path: Path) -> Non
 def test_a_model_with_nothing_to_quantize_is_not_applicable(tmp_path: Path) -> None:
     """silero_vad's shape: every weighted node inside an If branch, out of the quantizer's
     reach. int8 does not apply: the variant is skipped with the reason, not failed."""
-    inner = small_cnn()
-    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
-    branch = onnx.GraphProto()
-    branch.CopyFrom(inner.graph)
-    del branch.input[:]  # a branch reads x from the outer graph
-    model = helper.make_model(
-        helper.make_graph(
-            [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)],
-            "wrapped",
-            [*inner.graph.input, cond],
-            list(inner.graph.output),
-        ),
-        opset_imports=list(inner.opset_import),
-    )
-    model.ir_version = inner.ir_version
+    model = in_if_branches(small_cnn())
     feeds = [{**f, "c": np.array(True)} for f in smooth_images(4)]
     # 3 weighted nodes per branch, in two branches
     with pytest.raises(NotApplicable, match=r"its 6 Conv/MatMul/Gemm/recurrent nodes are all"):
