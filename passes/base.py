@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
 from compiler.core.errors import NotApplicable, PassError
+from compiler.core.quantized import quantized_ops
 from compiler.core.records import PassRecord
 from compiler.core.tolerance import Precision, TaskSpec, Tolerance
 
@@ -37,23 +38,6 @@ __all__ = [
     "quantized_ops",
     "source_precision",
 ]
-
-# ops that compute in integers: a model holding them is already quantized (QDQ or QOperator
-# format, ONNX or com.microsoft; any op named QLinear* counts too)
-QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "QGemm",
-        "QAttention",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeLSTM",
-    }
-)
 
 
 class PassConfig(BaseModel):
@@ -115,11 +99,6 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     for node in all_nodes(model.graph):
         hist[node.op_type] = hist.get(node.op_type, 0) + 1
     return dict(sorted(hist.items()))
-
-
-def quantized_ops(histogram: Mapping[str, int]) -> dict[str, int]:
-    """The integer-computing ops of an op histogram (op_histogram), with their counts."""
-    return {op: n for op, n in histogram.items() if op in QUANTIZED_OPS or op.startswith("QLinear")}
 
 
 def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

@@ -5,7 +5,9 @@ it. The artifact records the inference precision of its float ops (`inference_pr
 and targets/openvino/runtime.py compiles exactly that, or refuses.
 
 The backend converts whatever ONNX the pipeline hands it: a QDQ model (from the `quantize` or
-`nncf` pass) becomes FakeQuantize and runs its quantized ops in int8, the rest in f32.
+`nncf` pass) becomes FakeQuantize and runs its quantized ops in int8, the rest in f32; a source
+quantized in operator form (ConvInteger/MatMulInteger after DynamicQuantizeLinear, QLinear*)
+is converted as it is, its integer ops included.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pydantic import Field
 from compiler.core.errors import BuildError
 from compiler.core.host import Requirements
 from compiler.core.isa import BF16_FLAGS, meant_for
+from compiler.core.quantized import quantized_ops
 from compiler.core.settings import OpenVinoSettings
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
 from targets.int8_flavour import with_int8_flavour
@@ -38,7 +41,7 @@ _PRECISIONS = ("bf16", "fp32", "int8")
 # bf16 guide, compiler/core/isa.py). So a bf16 artifact needs AVX-512 and one of the native
 # bf16 flags (`isa_any`): AMX hosts qualify by either.
 _BF16_ISA = {"x86_64": ["avx512bw", "avx512f", "avx512vl"]}
-_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 class OpenVinoOptions(BackendOptions):
@@ -68,8 +71,9 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "3"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
-    # say the int8 flavour, and bf16 needs native bf16 (isa_any)
+    version = "4"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
+    # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -109,14 +113,10 @@ class OpenVinoBackend(Backend):
         requirements = _requirements(request.target, opts)
         if request.precision == "int8":
             requirements = with_int8_flavour(requirements, model_path)
-        qdq_nodes = _count_qdq(source)
-        _check_quantization(request, qdq_nodes, model_path)
+        integer = _integer_ops(source)
+        _check_quantization(request, integer, model_path)
         model = _convert(model_path, source)
-        notes = (
-            [f"{qdq_nodes} QuantizeLinear/DequantizeLinear nodes run as FakeQuantize"]
-            if qdq_nodes
-            else []
-        )
+        notes = _quantization_notes(integer)
         _save(model, out_dir, opts.compress_to_fp16)
         # Compile once here so an IR the CPU plugin rejects fails its build, not serving.
         try:
@@ -151,23 +151,39 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
         raise BuildError(f"cannot read ONNX model {path}: {openvino_message(exc)}") from exc
 
 
-def _count_qdq(model: onnx.ModelProto) -> int:
-    return sum(n.op_type in _QDQ_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node)
+def _integer_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """The main graph's integer-computing ops (compiler/core/quantized.py) by type."""
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return quantized_ops(counts)
 
 
-def _check_quantization(request: BuildRequest, qdq_nodes: int, path: Path) -> None:
-    """Q/DQ nodes make an int8 artifact; the variant's precision must say so, both ways."""
+def _quantization_notes(integer: dict[str, int]) -> list[str]:
+    qdq = sum(integer.get(op, 0) for op in _QDQ_OPS)
+    notes = [f"{qdq} QuantizeLinear/DequantizeLinear nodes run as FakeQuantize"] if qdq else []
+    other = {op: n for op, n in integer.items() if op not in _QDQ_OPS}
+    if other:
+        shown = ", ".join(f"{n} {op}" for op, n in sorted(other.items()))
+        notes.append(f"the source's own integer ops converted as they are ({shown})")
+    return notes
+
+
+def _check_quantization(request: BuildRequest, integer: dict[str, int], path: Path) -> None:
+    """Integer ops make an int8 artifact; the variant's precision must say so, both ways."""
     where = f"variant '{request.variant}' ({path.name})"
-    if qdq_nodes and request.precision != "int8":  # OpenVINO would run them int8 regardless
+    shown = ", ".join(f"{n} {op}" for op, n in sorted(integer.items()))
+    if integer and request.precision != "int8":  # OpenVINO would run them int8 regardless
         raise BuildError(
-            f"{where}: the model has {qdq_nodes} QuantizeLinear/DequantizeLinear nodes but the "
-            f"variant's precision is {request.precision}; its int8 comes from a quantize or nncf "
-            "pass, so that pass belongs in this variant's passes (or drop it)"
+            f"{where}: the model has integer ops ({shown}) but the variant's precision is "
+            f"{request.precision}; its int8 comes from a quantize or nncf pass, so that pass "
+            "belongs in this variant's passes (or drop it)"
         )
-    if request.precision == "int8" and not qdq_nodes:
+    if request.precision == "int8" and not integer:
         raise BuildError(
-            f"{where}: precision int8 but the model has no QuantizeLinear/DequantizeLinear "
-            "nodes; add a quantize or nncf pass to this variant"
+            f"{where}: precision int8 but the model has no integer ops (QuantizeLinear/"
+            "DequantizeLinear, ConvInteger, QLinear*...); add a quantize or nncf pass to this "
+            "variant"
         )
 
 

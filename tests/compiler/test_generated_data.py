@@ -35,6 +35,7 @@ RAW = {
 
 
 OV_F32 = {"ov": {"compile": {"backend": "openvino"}}}
+OV_BF16 = {"ov-bf16": {"compile": {"backend": "openvino", "inference_precision": "bf16"}}}
 
 
 def _parity(outcome, aid: str):  # type: ignore[no-untyped-def]
@@ -121,9 +122,12 @@ def _quantized_cnn(cnn_path: Path, out: Path) -> Path:
 
 def test_an_already_quantized_source_is_not_quantized_again(cnn_path: Path, tmp_path: Path) -> None:
     """Its int8 is the source's own: int8 passes skip with the reason; the other variants
-    compute in int8 as the reference does, are judged as int8 and keep their verdict."""
+    compute in int8 as the reference does, are judged as int8 and keep their verdict. A
+    variant lossier in its own right (bf16 float ops around the int8) has no verdict on
+    generated data, though its artifact's precision reads int8."""
     source = _quantized_cnn(cnn_path, tmp_path / "qdq.onnx")
-    raw = {"targets": {"cpu": {"variants": {**RAW["targets"]["cpu"]["variants"], **OV_F32}}}}
+    variants = {**RAW["targets"]["cpu"]["variants"], **OV_F32, **OV_BF16}
+    raw = {"targets": {"cpu": {"variants": variants}}}
     outcome = build(source, tmp_path / "pkg", None, targets=("cpu",), raw=raw)
     int8 = outcome.manifest.artifact("cpu/int8")
     assert int8.status == "skipped" and "already quantized" in int8.reason, int8.reason
@@ -136,6 +140,11 @@ def test_an_already_quantized_source_is_not_quantized_again(cnn_path: Path, tmp_
     # OpenVINO's int8 kernels differ by ISA (VNNI or not): a verdict either way, never
     # "unverified: generated data" (its int8 is the source's own)
     assert _parity(outcome, "cpu/ov").status in ("passed", "failed")
+    bf16 = _parity(outcome, "cpu/ov-bf16")
+    assert outcome.manifest.artifact("cpu/ov-bf16").precision == "int8"
+    # a host without native bf16 does not run it at all; one with it runs it, on noise
+    assert bf16.status == "not-verified", (bf16.status, bf16.reason)
+    assert bf16.reason.startswith((GENERATED_DATA, "cannot run here")), bf16.reason
     with load(tmp_path / "pkg", target="cpu") as s:
         assert s.artifact in ("cpu/fp32", "cpu/ov")
 

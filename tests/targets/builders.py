@@ -197,6 +197,17 @@ def qdq_model(src: Path, calibration: list[Feeds]) -> Path:
     return dst
 
 
+def dynamic_int8_model(src: Path) -> Path:
+    """`src` dynamically quantized by ONNX Runtime beside it, in operator form: its Conv
+    nodes become ConvInteger after DynamicQuantizeLinear (an already-quantized source as
+    ONNX Runtime's quantize_dynamic writes it)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    dst = src.with_name("model_dynamic_int8.onnx")
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["Conv"])
+    return dst
+
+
 def reference(path: Path, feeds: list[Feeds]) -> list[Feeds]:
     """Outputs of the fp32 model on ONNX Runtime CPU (the packages' reference)."""
     sess = session(path, threads=1)

@@ -25,6 +25,7 @@ from tests.targets.builders import (
     attention_block,
     build_openvino,
     conv_net,
+    dynamic_int8_model,
     max_abs,
     qdq_model,
     reference,
@@ -202,6 +203,24 @@ def test_quantization_and_precision_must_agree(tmp_path: Path) -> None:
         build_openvino(qdq, tmp_path, "fp32")
     msg = str(info.value)
     assert "variant 'openvino-fp32' (model_qdq.onnx)" in msg and "precision is fp32" in msg
+
+
+def test_a_source_quantized_in_operator_form_converts_as_int8(tmp_path: Path) -> None:
+    """ConvInteger after DynamicQuantizeLinear (no Q/DQ pair anywhere) is int8 as well: the
+    artifact builds as int8, says which integer ops it carries, and computes what ONNX Runtime
+    computes from the same quantized model; an fp32 precision for it is refused."""
+    src = dynamic_int8_model(save(conv_net(), tmp_path / "src"))
+    ops = {n.op_type for n in onnx.load(src).graph.node}
+    assert "ConvInteger" in ops and not ops & {"QuantizeLinear", "DequantizeLinear"}
+    result, out, contract = build_openvino(src, tmp_path, "int8")
+    assert result.precision == "int8" and "ConvInteger" in result.notes[0]
+    feeds = smooth_images(4, seed=17)
+    got = run_all(result, out, contract, feeds)
+    # both runtimes quantize the activations at run time by the same rule, in the same model
+    for g, ref in zip(got, reference(src, feeds), strict=True):
+        assert within_fp32(g["y"], ref["y"])
+    with pytest.raises(BuildError, match=r"integer ops \(.*ConvInteger.*precision is fp32"):
+        build_openvino(src, tmp_path, "fp32")
 
 
 # ---------------------------------------------------------------- failures

@@ -43,8 +43,10 @@ class VerifyKind(Kind[VerifyNode]):
     # against the reference (a quantized source's int8 artifacts are not), few-rows rule;
     # 9: runtime settings swept (tuning), throughput at the serving batch sizes
     # 10: the task check is paired; 11: the task decides lossy artifacts (task.py); 12: a
-    # quantized model's softmax (on an 8-bit grid) is judged as probabilities (parity.py)
-    version = "12"
+    # quantized model's softmax (on an 8-bit grid) is judged as probabilities (parity.py);
+    # 13: a variant lossier than the reference in its own right (bf16 float ops over a
+    # quantized source's int8) is lossy, though its artifact's precision reads int8
+    version = "13"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
@@ -94,10 +96,16 @@ class VerifyKind(Kind[VerifyNode]):
         data = ctx.output(node.data, DataOutput)
         calibrated = any(PASSES[p.name].uses_calibration for p in node.config.passes)
         # lossy only against the reference: the artifacts of a quantized source that compute
-        # as it does are not, and keep their verdict on generated data
+        # as it does are not, and keep their verdict on generated data. The variant's own
+        # precision counts too: ov-bf16 of an int8 source reads int8 (the lossiest of the two)
+        # but runs the float ops the reference runs in fp32 in bf16
         reference = ctx.output(node.normalize, NormalizeOutput).precision
+        own = node.config.precision
+        as_reference = own in ("fp32", reference)
         precision = (
-            "fp32" if lossiest([built.precision, reference]) == reference else built.precision
+            "fp32"
+            if as_reference and lossiest([built.precision, reference]) == reference
+            else built.precision
         )
         measured = unverified_on_generated(measured, precision, data.generated, calibrated)
         return unverified_on_few_rows(measured, precision)

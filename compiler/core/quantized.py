@@ -1,0 +1,37 @@
+"""Which ONNX ops compute in integers. A model holding any of them is already quantized, in
+QDQ form (QuantizeLinear/DequantizeLinear around float ops) or in operator form (ConvInteger
+and MatMulInteger after DynamicQuantizeLinear, QLinear*, com.microsoft's fused int8 ops).
+Passes read it to leave such a model's int8 alone; backends, to know an artifact is int8.
+Standard library only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+__all__ = ["QUANTIZED_OPS", "is_quantized_op", "quantized_ops"]
+
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QGemm",
+        "QAttention",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeLSTM",
+    }
+)
+
+
+def is_quantized_op(op_type: str) -> bool:
+    """Whether `op_type` computes in integers (any op named QLinear* counts too)."""
+    return op_type in QUANTIZED_OPS or op_type.startswith("QLinear")
+
+
+def quantized_ops(histogram: Mapping[str, int] | Iterable[tuple[str, int]]) -> dict[str, int]:
+    """The integer-computing ops of an op histogram (op type -> count), with their counts."""
+    items = histogram.items() if isinstance(histogram, Mapping) else histogram
+    return {op: n for op, n in items if is_quantized_op(op)}
