@@ -19,6 +19,17 @@ Near zero: a reference whose RMS is so small that max_rel_l2 of it is below the 
 atol carries no scale of its own: its L2 error passes when within atol (the floor every
 precision has), and cosine is not used. Probabilities have a natural scale, 1.
 
+Channels of mixed scale: one tensor may hold quantities in different units along a short
+axis, a detector's raw head above all ([1, 4 + classes, anchors]: box coordinates in pixels
+beside class probabilities). Its L2 error is the pixels' error; int8 that zeroes every class
+score (one quantization scale for the concatenated head) kept 0.06 of it and passed while it
+found none of the reference's detections. So where the channels of a short axis (2 to
+CHANNELS_MAX entries) differ in RMS by CHANNEL_SCALE_RATIO or more (the largest against the
+median), lossy artifacts are also judged channel by channel: each channel's L2 error
+relative to its own RMS (or to the near-zero floor, for a channel that carries nothing),
+combined as the root mean square over channels (`channel_rel_l2`), against max_rel_l2.
+fp32 keeps its elementwise bound, whose errors are rounding, not range.
+
 What the model is for (its task metric on labelled samples) is compiler/core/task.py.
 """
 
@@ -34,6 +45,8 @@ import numpy as np
 from compiler.core.tolerance import Tolerance
 
 __all__ = [
+    "CHANNELS_MAX",
+    "CHANNEL_SCALE_RATIO",
     "CLASS_KINDS",
     "SHAPE_MISMATCH",
     "Check",
@@ -49,6 +62,11 @@ __all__ = [
 ]
 
 REL_EPS = 1e-6
+# a short axis whose entries are separate quantities (the channels of a detector's head): at
+# most this many entries, and their RMS spread (largest / median) at least this
+CHANNELS_MAX = 64
+CHANNEL_SCALE_RATIO = 100.0
+_CHANNEL_MIN_VALUES = 16  # values per channel over all samples before channels are judged
 CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence")
 _SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability distributions
 _MAX_SLACK = 0.05  # at most this more where the values sit on a grid (_rounding_slack)
@@ -93,6 +111,8 @@ class Check:
             "row_cosine": f"mean row cosine {self.value:.6f} < {self.bound}",
             "top1_decided": f"decided top-1 agreement {self.value:.3f} < {self.bound}",
             "agreement": f"exact agreement {self.value:.3f} < {self.bound}",
+            "channel_rel_l2": f"L2 error {self.value:.3g} per channel, each of its own scale, "
+            f"> {self.bound}",
         }.get(self.metric, f"{self.metric} {self.value:.6g} vs bound {self.bound}")
         return f"{text} ({self.note})" if self.note else text
 
@@ -121,6 +141,14 @@ class OutputParity:
     row_cosine_mean: float | None = None
     row_cosine_min: float | None = None
     agreement: float | None = None  # integer outputs: fraction of equal elements
+    # channels of mixed scale (module docstring): the axis, how many, their RMS spread, the
+    # RMS over channels of each one's relative L2 error, and the worst channel with its error
+    channel_axis: int | None = None
+    channels: int = 0
+    channel_scale_ratio: float | None = None
+    channel_rel_l2: float | None = None
+    channel_worst: int | None = None
+    channel_worst_rel_l2: float | None = None
     error: str = ""  # the output could not be compared at all (shape mismatch)
     tolerance: Tolerance | None = None
     checks: tuple[Check, ...] = ()
@@ -201,6 +229,55 @@ def _row_cosines(outs: list[np.ndarray], refs: list[np.ndarray], floor: float) -
     }
 
 
+def _channel_axis(refs: Sequence[np.ndarray]) -> int | None:
+    """The shortest axis after the first with 2..CHANNELS_MAX entries in every sample (the
+    earlier one on a tie), or None."""
+    shape = refs[0].shape
+    axes = [
+        ax
+        for ax in range(1, len(shape))
+        if 2 <= shape[ax] <= CHANNELS_MAX
+        and all(r.ndim == len(shape) and r.shape[ax] == shape[ax] for r in refs)
+    ]
+    return min(axes, key=lambda ax: (shape[ax], ax)) if axes else None
+
+
+def _channel_metrics(
+    outs: list[np.ndarray], refs: list[np.ndarray], floor: float
+) -> dict[str, Any]:
+    """The channel-by-channel error of an output whose channels differ widely in scale
+    (module docstring); {} where no short axis has such channels."""
+    axis = _channel_axis(refs)
+    if axis is None:
+        return {}
+    count = refs[0].shape[axis]
+
+    def by_channel(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.moveaxis(a, axis, 0).reshape(count, -1) for a in arrays], 1)
+
+    r = by_channel(refs)
+    if r.shape[1] < _CHANNEL_MIN_VALUES:
+        return {}
+    ref_rms = np.sqrt(np.mean(r * r, axis=1))
+    err_rms = np.sqrt(np.mean((by_channel(outs) - r) ** 2, axis=1))
+    live = ref_rms[ref_rms > floor]
+    if live.size < 2 or not np.isfinite(ref_rms).all():
+        return {}
+    ratio = float(live.max() / np.median(live))
+    if ratio < CHANNEL_SCALE_RATIO:
+        return {}
+    rel = err_rms / np.maximum(ref_rms, max(floor, np.finfo(np.float64).tiny))
+    worst = int(np.argmax(rel))
+    return {
+        "channel_axis": axis,
+        "channels": count,
+        "channel_scale_ratio": ratio,
+        "channel_rel_l2": float(np.sqrt(np.mean(rel * rel))),
+        "channel_worst": worst,
+        "channel_worst_rel_l2": float(rel[worst]),
+    }
+
+
 def _l2(x: np.ndarray) -> float:
     """Euclidean norm by ufuncs, not BLAS: a build's verify node once spun forever inside
     OpenBLAS's thread pool (exec_blas) on a 150k-element norm after other libraries had run
@@ -255,6 +332,8 @@ def output_metrics(
     elif judged == "embedding" and r64[0].ndim >= 1:
         floor = (tolerance.atol or 0.0) if tolerance else 0.0
         extra = _row_cosines(o64, r64, floor)
+    elif judged not in CLASS_KINDS and judged != "embedding":
+        extra = _channel_metrics(o64, r64, near_zero_scale(tolerance) if tolerance else 0.0)
     return OutputParity(
         kind=judged,
         max_abs_err=float(diff.max()) if diff.size else 0.0,
@@ -320,6 +399,18 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
             out.append(Check("cosine", m.cosine, tol.min_cosine, at_least=True))
         if tol.max_rel_l2 is not None:
             out.append(_l2_check(m, tol.max_rel_l2, floor, near_zero))
+    if (
+        m.channel_rel_l2 is not None
+        and tol.max_rel_l2 is not None
+        and not tol.elementwise
+        and not near_zero
+    ):
+        note = (
+            f"{m.channels} channels on axis {m.channel_axis} whose scales differ "
+            f"{m.channel_scale_ratio:.3g}x; worst: channel {m.channel_worst}, "
+            f"{m.channel_worst_rel_l2:.3g}"
+        )
+        out.append(Check("channel_rel_l2", m.channel_rel_l2, tol.max_rel_l2, False, note))
     return tuple(out)
 
 

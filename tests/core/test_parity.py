@@ -147,6 +147,51 @@ def test_dense_map_error_is_scale_aware() -> None:
         assert not m.passed and m.failures[0].startswith("L2 error"), scale
 
 
+def _detector_head(rng: np.random.Generator, samples: int = 4) -> np.ndarray:
+    """A raw detection head [1, 4 + 18 classes, 400 anchors] per sample: box coordinates in
+    pixels (0..320) beside sigmoid class scores, mostly near zero with a few confident ones."""
+    heads = []
+    for _ in range(samples):
+        boxes = rng.uniform(0, 320, (1, 4, 400))
+        scores = 1 / (1 + np.exp(-rng.normal(-7, 1.5, (1, 18, 400))))
+        scores[0, rng.integers(0, 18, 6), rng.integers(0, 400, 6)] = rng.uniform(0.5, 0.9, 6)
+        heads.append(np.concatenate([boxes, scores], axis=1).astype(np.float32))
+    return np.concatenate(heads)
+
+
+def test_a_detector_head_is_judged_channel_by_channel() -> None:
+    """int8 that zeroes every class score (one quantization scale for the concatenated head:
+    nudenet's YOLOv8 found 0 of the reference's 8 detections) keeps the L2 error of the
+    whole tensor at the pixels' 2 % and passed; channel by channel it fails. Scores kept to
+    2 % of their own scale pass."""
+    rng = np.random.default_rng(7)
+    ref = _detector_head(rng)
+    noise = 1 + rng.normal(0, 0.02, ref.shape)
+    zeroed = ref * noise
+    zeroed[:, 4:] = 0.0
+    m = _judged(zeroed, ref, "dense_map", INT8)
+    assert m.rel_l2 is not None and m.rel_l2 < INT8.max_rel_l2  # the old check passed it
+    assert not m.passed and m.channel_axis == 1 and m.channels == 22
+    assert m.failures[0].startswith("L2 error") and "per channel" in m.failures[0]
+    assert m.channel_worst is not None and m.channel_worst >= 4  # a class channel
+    good = _judged((ref * noise).astype(np.float32), ref, "dense_map", INT8)
+    assert good.passed and _metric_names(good) == ["rel_l2", "channel_rel_l2"]
+    assert good.channel_rel_l2 is not None and good.channel_rel_l2 < 0.05
+    # fp32 keeps its elementwise bound: the channel check is for lossy precisions
+    assert "channel_rel_l2" not in _metric_names(_judged(ref, ref, "dense_map", FP32))
+
+
+def test_channels_of_one_scale_keep_the_whole_tensor_check() -> None:
+    """A feature map whose channels share a scale (spread under CHANNEL_SCALE_RATIO) is judged
+    as before: no channel check, the same verdict."""
+    rng = np.random.default_rng(8)
+    ref = rng.normal(0, 1, (2, 16, 8, 8)) * rng.uniform(0.5, 5, (1, 16, 1, 1))
+    out = ref + rng.normal(0, 0.05, ref.shape)
+    m = _judged(out, ref, "dense_map", INT8)
+    assert m.channel_rel_l2 is None and m.channels == 0
+    assert m.passed and _metric_names(m) == ["rel_l2"]
+
+
 def test_lossy_class_output_is_not_judged_elementwise() -> None:
     """ppocr bf16: one step's probability moves from 0.99 to 0.01 (max abs err ~1, as in the
     issue) while 99 of 100 steps agree: every line still reads right, so it passes."""

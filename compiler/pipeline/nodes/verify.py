@@ -45,8 +45,9 @@ class VerifyKind(Kind[VerifyNode]):
     # 10: the task check is paired; 11: the task decides lossy artifacts (task.py); 12: a
     # quantized model's softmax (on an 8-bit grid) is judged as probabilities (parity.py);
     # 13: a variant lossier than the reference in its own right (bf16 float ops over a
-    # quantized source's int8) is lossy, though its artifact's precision reads int8
-    version = "13"
+    # quantized source's int8) is lossy, though its artifact's precision reads int8; 14:
+    # channels of mixed scale are judged one by one (parity.py)
+    version = "14"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
