@@ -7,16 +7,7 @@ The kind (the contract's: read off the graph, or set in the config) picks the me
   decided top-1 agreement over rows of the last axis. A flip counts only where the reference
   scores its own top class more than `top1_tie` (in probability) above the artifact's pick:
   between classes the reference cannot separate, the argmax follows the kernels' rounding and
-  differs between AVX2 and AVX-512 VNNI hosts for the same model. Where each sample holds
-  one sequence of rows (every axis but one and the class axis has size 1: [1, T, C] or
-  [T, 1, C]), the samples whose whole sequence agrees are counted too (`sequence_decided`,
-  the same bound): a text recognizer's job is the whole string, and its steps agreeing says
-  little about it (PP-OCR's recognizer under OpenVINO int8: 97.4 % of steps, 22 of 32
-  strings; it passed). A sequence agrees when every decided row does, or, for a CTC output
-  (CTC_MIN_CLASSES classes or more, and class 0 or the last one, the blank, the reference's
-  pick in at least half the steps), when the greedy CTC readings (repeats merged, blanks
-  dropped) are equal: a step moving between a character and the blank beside it reads the
-  same text.
+  differs between AVX2 and AVX-512 VNNI hosts for the same model.
 - embedding: mean cosine of rows (last axis); rows whose reference is near zero are left out.
 - dense_map, boxes, state: scale-aware L2 error, ||artifact - reference|| / ||reference||.
 - unknown kind (None, `other`): L2 error and cosine; rows that are distributions (softmax
@@ -56,7 +47,6 @@ from compiler.core.tolerance import Tolerance
 __all__ = [
     "CHANNELS_MAX",
     "CHANNEL_SCALE_RATIO",
-    "CTC_MIN_CLASSES",
     "CLASS_KINDS",
     "SHAPE_MISMATCH",
     "Check",
@@ -77,9 +67,6 @@ REL_EPS = 1e-6
 CHANNELS_MAX = 64
 CHANNEL_SCALE_RATIO = 100.0
 _CHANNEL_MIN_VALUES = 16  # values per channel over all samples before channels are judged
-# a logits sequence with at least this many classes, whose first or last class is the
-# reference's pick in at least half the steps, is read as CTC (a character set and its blank)
-CTC_MIN_CLASSES = 30
 CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence")
 _SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability distributions
 _MAX_SLACK = 0.05  # at most this more where the values sit on a grid (_rounding_slack)
@@ -123,7 +110,6 @@ class Check:
             "cosine": f"cosine {self.value:.6f} < {self.bound}",
             "row_cosine": f"mean row cosine {self.value:.6f} < {self.bound}",
             "top1_decided": f"decided top-1 agreement {self.value:.3f} < {self.bound}",
-            "sequence_decided": f"whole-sequence agreement {self.value:.3f} < {self.bound}",
             "agreement": f"exact agreement {self.value:.3f} < {self.bound}",
             "channel_rel_l2": f"L2 error {self.value:.3g} per channel, each of its own scale, "
             f"> {self.bound}",
@@ -152,11 +138,6 @@ class OutputParity:
     top1_decided: float | None = None  # flips only between classes the reference separates
     top5_agreement: float | None = None
     rows: int = 0  # rows judged: class rows, or embedding rows not near zero
-    # class outputs holding one sequence of rows per sample: the samples whose every decided
-    # row agrees, and how many samples (module docstring)
-    sequence_decided: float | None = None
-    sequences: int = 0
-    sequence_rule: str = ""  # "every decided step", or "CTC reading (blank N)"
     row_cosine_mean: float | None = None
     row_cosine_min: float | None = None
     agreement: float | None = None  # integer outputs: fraction of equal elements
@@ -219,30 +200,6 @@ def _judged_kind(kind: str | None, refs: Sequence[np.ndarray]) -> str:
     return kind
 
 
-def _one_sequence(ref: np.ndarray) -> bool:
-    """Whether one sample's class output is a single sequence of rows: rank >= 3 with every
-    axis but one (and the class axis) of size 1, and more than one row."""
-    steps = [d for d in ref.shape[:-1] if d != 1]
-    return ref.ndim >= 3 and len(steps) == 1 and steps[0] > 1
-
-
-def _ctc_blank(best: np.ndarray, classes: int) -> int | None:
-    """The blank of a CTC output (module docstring) given the reference's pick per step, or
-    None where the output does not read as CTC."""
-    if classes < CTC_MIN_CLASSES or best.size == 0:
-        return None
-    counts = np.bincount(best, minlength=classes)
-    top = int(counts.argmax())
-    return top if top in (0, classes - 1) and counts[top] * 2 >= best.size else None
-
-
-def _ctc_reading(picks: np.ndarray, blank: int) -> tuple[int, ...]:
-    """Greedy CTC decoding: repeats merged, then blanks dropped."""
-    keep = np.ones(picks.size, bool)
-    keep[1:] = picks[1:] != picks[:-1]
-    return tuple(int(k) for k in picks[keep] if k != blank)
-
-
 def _class_metrics(outs: list[np.ndarray], refs: list[np.ndarray], tie: float) -> dict[str, Any]:
     o2, r2 = _rows(outs), _rows(refs)
     pick, best = o2.argmax(axis=1), r2.argmax(axis=1)
@@ -250,29 +207,11 @@ def _class_metrics(outs: list[np.ndarray], refs: list[np.ndarray], tie: float) -
     picked = p[np.arange(len(p)), pick]
     k = min(5, o2.shape[1])
     top5 = (np.argpartition(-o2, k - 1, axis=1)[:, :k] == best[:, None]).any(axis=1)
-    decided = picked >= p.max(axis=1) - tie
-    sequences: dict[str, Any] = {}
-    if all(_one_sequence(r) for r in refs):
-        ends = np.cumsum([r.size // r.shape[-1] for r in refs])[:-1]
-        blank = _ctc_blank(best, r2.shape[1])
-        if blank is None:
-            whole = [bool(part.all()) for part in np.split(decided, ends)]
-            rule = "every decided step"
-        else:
-            pairs = zip(np.split(pick, ends), np.split(best, ends), strict=True)
-            whole = [_ctc_reading(a, blank) == _ctc_reading(b, blank) for a, b in pairs]
-            rule = f"CTC reading (blank {blank})"
-        sequences = {
-            "sequence_decided": float(np.mean(whole)),
-            "sequences": len(whole),
-            "sequence_rule": rule,
-        }
     return {
         "top1_agreement": float((pick == best).mean()),
-        "top1_decided": float(decided.mean()),
+        "top1_decided": float((picked >= p.max(axis=1) - tie).mean()),
         "top5_agreement": float(top5.mean()),
         "rows": len(p),
-        **sequences,
     }
 
 
@@ -453,9 +392,6 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
     if m.top1_decided is not None:
         note = f"flips between classes the reference separates by more than {tol.top1_tie}"
         out.append(Check("top1_decided", m.top1_decided, tol.min_top1, True, note))
-        if m.sequence_decided is not None:
-            note = f"sequences that agree by {m.sequence_rule}, of {m.sequences}"
-            out.append(Check("sequence_decided", m.sequence_decided, tol.min_top1, True, note))
     elif m.kind == "embedding" and m.row_cosine_mean is not None:
         out.append(Check("row_cosine", m.row_cosine_mean, tol.min_cosine, at_least=True))
     else:

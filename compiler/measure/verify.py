@@ -23,7 +23,7 @@ from compiler.core.contract import Contract
 from compiler.core.errors import short_message
 from compiler.core.feeds import Feeds
 from compiler.core.host import HostInfo, Requirements
-from compiler.core.parity import OutputParity, compare_outputs
+from compiler.core.parity import compare_outputs
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import (
     GENERATED_DATA,
@@ -224,13 +224,8 @@ def unverified_on_generated(
     return measured.model_copy(update={"parity": parity})
 
 
-# the class-output checks whose bound is a rate over rows (over sequences: sequence_decided)
-RATE_CHECKS = ("top1_decided", "agreement", "sequence_decided")
-
-
-def _counted(m: OutputParity, metric: str) -> tuple[int, str]:
-    """How many items a rate check counted, and what they are."""
-    return (m.sequences, "sequence(s)") if metric == "sequence_decided" else (m.rows, "row(s)")
+# the class-output checks whose bound is a rate over rows
+RATE_CHECKS = ("top1_decided", "agreement")
 
 
 def _rows_needed(bound: float) -> int:
@@ -246,15 +241,13 @@ def unverified_on_few_rows(measured: VerifyOutput, precision: str) -> VerifyOutp
     parity = measured.parity
     if precision == "fp32" or parity.status != "passed" or task_decides(parity.task, precision):
         return measured  # a task scored on enough labelled samples is the evidence (task.py)
-    short = []
-    for name, m in parity.outputs.items():
-        for c in m.checks:
-            count, what = _counted(m, c.metric)
-            if c.metric in RATE_CHECKS and c.bound < 1.0 and count < _rows_needed(c.bound):
-                needs = _rows_needed(c.bound)
-                short.append(
-                    f"{name}: {c.metric} {c.value:.3f} >= {c.bound} on {count} {what}, needs {needs}"
-                )
+    short = [
+        f"{name}: {c.metric} {c.value:.3f} >= {c.bound} on {m.rows} row(s), needs "
+        f"{_rows_needed(c.bound)}"
+        for name, m in parity.outputs.items()
+        for c in m.checks
+        if c.metric in RATE_CHECKS and c.bound < 1.0 and m.rows < _rows_needed(c.bound)
+    ]
     if not short:
         return measured
     reason = (

@@ -105,28 +105,6 @@ def test_a_task_scored_on_enough_samples_is_the_verdict_on_few_rows() -> None:
     assert record(task).status == "passed"
 
 
-def test_sequences_are_counted_as_sequences_for_the_few_rows_rule() -> None:
-    """8 text lines of 24 steps: 192 rows are plenty for int8's per-step bound, but 8 lines
-    cannot show that 90 % of lines read the same (10 needed)."""
-    from compiler.core.parity import compare_outputs
-    from compiler.core.records import ParityRecord, VerifyOutput
-    from compiler.core.tolerance import DEFAULT_TOLERANCES
-    from compiler.measure.verify import unverified_on_few_rows
-    from tests.core.test_parity import _ctc_line
-
-    rng = np.random.default_rng(1)
-    refs = [{"y": _ctc_line(list(rng.integers(1, 40, 5)))} for _ in range(8)]
-    ok, per_output = compare_outputs(
-        refs, refs, lambda _n: DEFAULT_TOLERANCES["int8"], {"y": "logits_sequence"}
-    )
-    assert ok and per_output["y"].rows == 192 and per_output["y"].sequences == 8
-    parity = ParityRecord(status="passed", precision="int8", outputs=per_output)
-    judged = unverified_on_few_rows(VerifyOutput(parity=parity), "int8").parity
-    assert judged.status == "not-verified"
-    assert "sequence_decided 1.000 >= 0.9 on 8 sequence(s), needs 10" in judged.reason
-    assert "row(s)" not in judged.reason
-
-
 def _quantized_cnn(cnn_path: Path, out: Path) -> Path:
     """The example CNN as an already-quantized (QDQ) model, as ORT's quantizer writes one."""
 

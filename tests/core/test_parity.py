@@ -120,70 +120,6 @@ def test_logits_sequence_counts_steps_over_samples_of_different_lengths() -> Non
     assert m.rows == 7 and m.top1_decided == pytest.approx(6 / 7)
 
 
-def _ctc_line(text: list[int], classes: int = 40, steps: int = 24) -> np.ndarray:
-    """A CTC recognizer's probabilities [1, steps, classes] reading `text`: each character
-    on two steps, a blank (class 0) between characters and after the text."""
-    picks = [0] * steps
-    for i, char in enumerate(text):
-        picks[3 * i] = picks[3 * i + 1] = char
-    probs = np.full((steps, classes), 0.01 / (classes - 1))
-    probs[np.arange(steps), picks] = 0.99
-    return probs[None].astype(np.float32)
-
-
-def test_a_text_recognizer_is_judged_by_the_lines_it_reads() -> None:
-    """Per step, a recognizer that misreads one character in each of 3 of 10 lines keeps
-    1 - 3/240 of its steps and passed int8's 0.9; by lines it reads 7 of 10 the same and
-    fails. A character moving onto the blank step beside it reads the same line (CTC)."""
-    rng = np.random.default_rng(9)
-    texts = [list(rng.integers(1, 40, 5)) for _ in range(10)]
-    refs = [_ctc_line(t) for t in texts]
-    misread = [
-        _ctc_line([t[0] % 39 + 1, *t[1:]]) if i < 3 else r
-        for i, (t, r) in enumerate(zip(texts, refs, strict=True))
-    ]
-    ok, per = compare_outputs(
-        [{"y": x} for x in misread],
-        [{"y": r} for r in refs],
-        lambda _n: INT8,
-        {"y": "logits_sequence"},
-    )
-    m = per["y"]
-    assert m.top1_decided == pytest.approx(1 - 6 / 240) and m.top1_decided >= INT8.min_top1
-    assert not ok and m.sequences == 10 and m.sequence_decided == pytest.approx(0.7)
-    assert m.sequence_rule == "CTC reading (blank 0)"
-    assert m.failures == (
-        "whole-sequence agreement 0.700 < 0.9 (sequences that agree by CTC reading (blank 0), of 10)",
-    )
-    shifted = []
-    for r in refs:  # every line's first character leaves its second step to the blank
-        s = r.copy()
-        s[0, 1] = s[0, 2]
-        shifted.append(s)
-    ok, per = compare_outputs(
-        [{"y": x} for x in shifted],
-        [{"y": r} for r in refs],
-        lambda _n: INT8,
-        {"y": "logits_sequence"},
-    )
-    assert per["y"].sequence_decided == 1.0 and per["y"].top1_decided < 1.0
-
-
-def test_a_sequence_of_few_classes_must_agree_at_every_decided_step() -> None:
-    """Not CTC (5 classes: a tagger): a sequence agrees only where every decided step does."""
-    refs = [np.eye(5)[[0, 1, 1, 0, 2, 0]][None].astype(np.float32) for _ in range(4)]
-    outs = [r.copy() for r in refs]
-    outs[0] = np.eye(5, dtype=np.float32)[[0, 0, 1, 0, 2, 0]][None]  # a boundary moved
-    ok, per = compare_outputs(
-        [{"y": x} for x in outs],
-        [{"y": r} for r in refs],
-        lambda _n: INT8,
-        {"y": "logits_sequence"},
-    )
-    m = per["y"]
-    assert m.sequence_rule == "every decided step" and m.sequence_decided == 0.75 and not ok
-
-
 def test_near_zero_detection_map_fp32_passes() -> None:
     """The issue's false failure: an fp32 detection map on generated inputs peaks at 2e-5
     (mean 4e-9), and an fp32 artifact differs by up to 1.8e-7. Relative error and cosine mean
@@ -258,14 +194,12 @@ def test_channels_of_one_scale_keep_the_whole_tensor_check() -> None:
 
 def test_lossy_class_output_is_not_judged_elementwise() -> None:
     """ppocr bf16: one step's probability moves from 0.99 to 0.01 (max abs err ~1, as in the
-    issue) while 23 of 24 steps agree: the character moved onto the blank beside it, so the
-    line still reads right, and it passes."""
-    ref = _ctc_line([7, 12, 3, 30, 5])
+    issue) while 99 of 100 steps agree: every line still reads right, so it passes."""
+    ref = np.tile(np.eye(4)[None, [0, 1, 2, 3]], (1, 25, 1)) * 0.97 + 0.01
     out = ref.copy()
-    out[0, 1] = out[0, 2]  # the first character's second step becomes a blank
+    out[0, 5] = out[0, 5][[1, 0, 2, 3]]
     m = _judged(out, ref, "logits_sequence", BF16)
-    assert m.passed and m.max_abs_err > 0.9
-    assert _metric_names(m) == ["top1_decided", "sequence_decided"]
+    assert m.passed and m.max_abs_err > 0.9 and _metric_names(m) == ["top1_decided"]
     assert not _judged(out, ref, "logits_sequence", FP32).passed  # fp32: elementwise too
 
 
