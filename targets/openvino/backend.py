@@ -202,7 +202,8 @@ def _convert(model_path: Path, source: onnx.ModelProto) -> Any:
             if f"{n.domain}.{n.op_type}" in unsupported or n.op_type in unsupported
         ]
         todo = (
-            f" (nodes {nodes[:5]}); replace those ops before this variant, or disable it"
+            f" (no conversion rule for {', '.join(sorted(unsupported))}: nodes {nodes[:5]}); "
+            "replace those ops before this variant, or disable it"
             if nodes
             else "; fix the model for OpenVINO's ONNX frontend, or disable this variant"
         )

@@ -246,6 +246,7 @@ def test_unconvertible_op_fails_naming_it(tmp_path: Path) -> None:
         build_openvino(path, tmp_path)
     msg = str(info.value)
     assert "com.example.FancyOp" in msg and "fancy_1" in msg and "model.onnx" in msg
+    assert "no conversion rule for com.example.FancyOp: nodes ['fancy_1']" in msg
     assert ".cpp" not in msg and "Check '" not in msg and "\n" not in msg
 
 
