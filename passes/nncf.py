@@ -117,8 +117,9 @@ class NncfPass(Pass[NncfConfig]):
     # 2: the gate judges outputs by kind, and the task metric; 3: skips a quantized model;
     # 4: accuracy control on with user data, arithmetic-float step, SmoothQuant alpha; 5: a
     # model with nothing NNCF quantizes is skipped (NotApplicable), not failed; 6: the gate
-    # judges channels of mixed scale one by one (compiler/core/parity.py)
-    version = "6"
+    # judges channels of mixed scale one by one (compiler/core/parity.py); 8 (7 was a reverted
+    # change): COCO-sized heads too
+    version = "8"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False

@@ -152,8 +152,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # 6: ort-int8-rr ranks layers with 8-bit weights, sharing ort-int8's ranking; 7: the
     # accuracy loop may keep recurrent layers (LSTM, GRU, RNN) in float, and a model with
     # nothing to quantize is skipped (NotApplicable), not failed; 8: the gate judges channels
-    # of mixed scale one by one (compiler/core/parity.py)
-    version = "8"
+    # of mixed scale one by one (compiler/core/parity.py); 10 (9 was a reverted change): COCO-
+    # sized heads too (up to 1024 channels; rank 4+ on axis 1 only)
+    version = "10"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

@@ -23,12 +23,15 @@ Channels of mixed scale: one tensor may hold quantities in different units along
 axis, a detector's raw head above all ([1, 4 + classes, anchors]: box coordinates in pixels
 beside class probabilities). Its L2 error is the pixels' error; int8 that zeroes every class
 score (one quantization scale for the concatenated head) kept 0.06 of it and passed while it
-found none of the reference's detections. So where the channels of a short axis (2 to
-CHANNELS_MAX entries) differ in RMS by CHANNEL_SCALE_RATIO or more (the largest against the
-median), lossy artifacts are also judged channel by channel: each channel's L2 error
-relative to its own RMS (or to the near-zero floor, for a channel that carries nothing),
-combined as the root mean square over channels (`channel_rel_l2`), against max_rel_l2.
-fp32 keeps its elementwise bound, whose errors are rounding, not range.
+found none of the reference's detections. The channel axis: for rank 2 and 3 the shorter
+axis after the first ([N, 4 + classes], [1, 84, 8400], [1, 25200, 85]); for rank 4 and more
+axis 1 only (NCHW channels: never the rows or columns of a map, which a sparse map would
+make look like channels of mixed scale). It holds 2 to CHANNELS_MAX entries. Where its
+channels differ in RMS by CHANNEL_SCALE_RATIO or more (the largest against the median),
+lossy artifacts are also judged channel by channel: each channel's L2 error relative to its
+own RMS (or to the near-zero floor, for a channel that carries nothing), combined as the
+root mean square over channels (`channel_rel_l2`), against max_rel_l2. fp32 keeps its
+elementwise bound, whose errors are rounding, not range.
 
 What the model is for (its task metric on labelled samples) is compiler/core/task.py.
 """
@@ -64,7 +67,7 @@ __all__ = [
 REL_EPS = 1e-6
 # a short axis whose entries are separate quantities (the channels of a detector's head): at
 # most this many entries, and their RMS spread (largest / median) at least this
-CHANNELS_MAX = 64
+CHANNELS_MAX = 1024
 CHANNEL_SCALE_RATIO = 100.0
 _CHANNEL_MIN_VALUES = 16  # values per channel over all samples before channels are judged
 CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence")
@@ -230,14 +233,17 @@ def _row_cosines(outs: list[np.ndarray], refs: list[np.ndarray], floor: float) -
 
 
 def _channel_axis(refs: Sequence[np.ndarray]) -> int | None:
-    """The shortest axis after the first with 2..CHANNELS_MAX entries in every sample (the
-    earlier one on a tie), or None."""
+    """The channel axis of an output (module docstring) when it has 2..CHANNELS_MAX entries
+    in every sample, else None: for rank 2-3 the shorter axis after the first (the earlier
+    on a tie), for rank 4+ axis 1."""
     shape = refs[0].shape
+    if len(shape) < 2 or any(r.ndim != len(shape) for r in refs):
+        return None
+    candidates = range(1, len(shape)) if len(shape) <= 3 else (1,)
     axes = [
         ax
-        for ax in range(1, len(shape))
-        if 2 <= shape[ax] <= CHANNELS_MAX
-        and all(r.ndim == len(shape) and r.shape[ax] == shape[ax] for r in refs)
+        for ax in candidates
+        if 2 <= shape[ax] <= CHANNELS_MAX and all(r.shape[ax] == shape[ax] for r in refs)
     ]
     return min(axes, key=lambda ax: (shape[ax], ax)) if axes else None
 

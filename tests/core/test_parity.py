@@ -147,14 +147,17 @@ def test_dense_map_error_is_scale_aware() -> None:
         assert not m.passed and m.failures[0].startswith("L2 error"), scale
 
 
-def _detector_head(rng: np.random.Generator, samples: int = 4) -> np.ndarray:
-    """A raw detection head [1, 4 + 18 classes, 400 anchors] per sample: box coordinates in
+def _detector_head(rng: np.random.Generator, samples: int = 4, classes: int = 18) -> np.ndarray:
+    """A raw detection head [1, 4 + classes, 400 anchors] per sample: box coordinates in
     pixels (0..320) beside sigmoid class scores, mostly near zero with a few confident ones."""
     heads = []
     for _ in range(samples):
         boxes = rng.uniform(0, 320, (1, 4, 400))
-        scores = 1 / (1 + np.exp(-rng.normal(-7, 1.5, (1, 18, 400))))
-        scores[0, rng.integers(0, 18, 6), rng.integers(0, 400, 6)] = rng.uniform(0.5, 0.9, 6)
+        scores = 1 / (1 + np.exp(-rng.normal(-7, 1.5, (1, classes, 400))))
+        hits = 2 * classes
+        scores[0, rng.integers(0, classes, hits), rng.integers(0, 400, hits)] = rng.uniform(
+            0.5, 0.9, hits
+        )
         heads.append(np.concatenate([boxes, scores], axis=1).astype(np.float32))
     return np.concatenate(heads)
 
@@ -179,6 +182,32 @@ def test_a_detector_head_is_judged_channel_by_channel() -> None:
     assert good.channel_rel_l2 is not None and good.channel_rel_l2 < 0.05
     # fp32 keeps its elementwise bound: the channel check is for lossy precisions
     assert "channel_rel_l2" not in _metric_names(_judged(ref, ref, "dense_map", FP32))
+
+
+@pytest.mark.parametrize("anchors_last", [True, False])
+def test_an_80_class_head_is_judged_by_channel_either_way_round(anchors_last: bool) -> None:
+    """COCO-sized heads: YOLOv8's [1, 84, anchors] and YOLOv5's [1, anchors, 85] layout (here
+    [1, 400, 84]): zeroed scores fail by channel whichever axis holds the channels."""
+    rng = np.random.default_rng(11)
+    ref = _detector_head(rng, classes=80)
+    zeroed = ref.copy()
+    zeroed[:, 4:] = 0.0
+    if not anchors_last:
+        ref, zeroed = ref.transpose(0, 2, 1), zeroed.transpose(0, 2, 1)
+    m = _judged(zeroed, ref, "other", INT8)
+    assert m.rel_l2 is not None and m.rel_l2 < INT8.max_rel_l2
+    assert not m.passed and m.channels == 84 and m.channel_axis == (1 if anchors_last else 2)
+
+
+def test_the_rows_of_a_sparse_map_are_not_channels() -> None:
+    """A text detector's probability map [1, 1, H, W] is mostly background: its rows differ
+    widely in RMS, but they are rows, not channels. Judged as a whole, as before."""
+    rng = np.random.default_rng(12)
+    ref = np.full((2, 1, 64, 64), 1e-4)
+    ref[:, 0, 20:24, 8:56] = 0.9  # one text line per image
+    out = np.clip(ref + rng.normal(0, 0.01, ref.shape), 0, 1)
+    m = _judged(out, ref, "dense_map", INT8)
+    assert m.channel_rel_l2 is None and m.passed
 
 
 def test_channels_of_one_scale_keep_the_whole_tensor_check() -> None:
