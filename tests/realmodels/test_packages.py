@@ -12,6 +12,8 @@ an x86-64 CI host picks a cpu artifact whatever else the package holds; the full
 `gpu,cpu,arm` runs in scripts/realmodels_report.py), 8 calibration feeds, the model's own
 parity sample count (the metric needs its task items), and a one-second latency budget per
 artifact, which bounds build time, not the verdicts checked here. Nothing here asserts a time.
+LIGHTER leaves variants out of one model's build where CI's 30 minutes need it (the full
+default pipeline of every model runs in perf/picks.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ pytestmark = pytest.mark.slow
 TARGETS = "cpu"
 CALIBRATION = 8
 BUDGET = ["--set", "latency.max_seconds=1"]
+# layout_cdla (PicoDet, 800x608 pages) took 343-415 s here, the longest test, with its ONNX
+# Runtime int8 searches (a per-layer ranking of its convolutions, 250 s) beside NNCF's accuracy
+# control on 2 cores: those two artifacts failed its task in every build since 2026-11-30 (1.1x
+# at best) and are never its pick; the ONNX Runtime int8 loop is checked on the other models
+LIGHTER = {
+    "layout_cdla": ["--set", "cpu.ort-int8.enabled=false", "--set", "cpu.ort-int8-rr.enabled=false"]
+}
 
 
 @pytest.mark.parametrize("model_id", list(MODELS))
@@ -44,7 +53,8 @@ def test_serving_pick_does_the_task_as_well_as_the_original(model_id: str, tmp_p
     write_model_data(model_id, calibration, "calibration", CALIBRATION)
     write_model_data(model_id, samples, "sample")
     package = tmp_path / "pkg"
-    cmd = build_command(model, package, TARGETS, tmp_path / "cache", (calibration, samples), BUDGET)
+    extra = BUDGET + LIGHTER.get(model_id, [])
+    cmd = build_command(model, package, TARGETS, tmp_path / "cache", (calibration, samples), extra)
     done = run_build(cmd, tmp_path / "build.log")
     assert done.returncode == 0, (
         f"{model_id}: compile-pkg exit {done.returncode}\n{done.stderr[-3000:]}"
