@@ -6,7 +6,7 @@ Standard library only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 __all__ = ["QUANTIZED_OPS", "is_quantized_op", "quantized_ops"]
 
@@ -31,7 +31,6 @@ def is_quantized_op(op_type: str) -> bool:
     return op_type in QUANTIZED_OPS or op_type.startswith("QLinear")
 
 
-def quantized_ops(histogram: Mapping[str, int] | Iterable[tuple[str, int]]) -> dict[str, int]:
+def quantized_ops(histogram: Mapping[str, int]) -> dict[str, int]:
     """The integer-computing ops of an op histogram (op type -> count), with their counts."""
-    items = histogram.items() if isinstance(histogram, Mapping) else histogram
-    return {op: n for op, n in items if is_quantized_op(op)}
+    return {op: n for op, n in histogram.items() if is_quantized_op(op)}

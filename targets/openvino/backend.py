@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,10 +154,7 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
 
 def _integer_ops(model: onnx.ModelProto) -> dict[str, int]:
     """The main graph's integer-computing ops (compiler/core/quantized.py) by type."""
-    counts: dict[str, int] = {}
-    for n in model.graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return quantized_ops(counts)
+    return quantized_ops(Counter(n.op_type for n in model.graph.node))
 
 
 def _quantization_notes(integer: dict[str, int]) -> list[str]:
