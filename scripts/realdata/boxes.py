@@ -42,20 +42,21 @@ def match(
 def nms(
     boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, min_iou: float = 0.5
 ) -> list[int]:
-    """Per-class greedy non-maximum suppression; indices kept, best first."""
-    order = list(np.argsort(-scores))
+    """Per-class greedy non-maximum suppression; indices kept, best first. Each kept box
+    suppresses the lower-scored boxes of its class that overlap it by `min_iou` or more,
+    in one array operation (a noisy head yields thousands of boxes)."""
+    order = np.argsort(-scores)
+    ranked, kinds = np.asarray(boxes)[order], np.asarray(classes)[order]
+    alive = np.ones(len(order), dtype=bool)
     keep: list[int] = []
-    while order:
-        i = order.pop(0)
-        keep.append(int(i))
-        if order:
-            rest = np.array(order)
-            overlap = iou(boxes[i], boxes[rest])
-            order = [
-                int(j)
-                for j, o in zip(rest, overlap, strict=True)
-                if o < min_iou or classes[j] != classes[i]
-            ]
+    for k in range(len(order)):
+        if not alive[k]:
+            continue
+        keep.append(int(order[k]))
+        rest = k + 1 + np.flatnonzero(alive[k + 1 :] & (kinds[k + 1 :] == kinds[k]))
+        if rest.size:
+            overlap = iou(ranked[k], ranked[rest])
+            alive[rest[~(overlap < min_iou)]] = False
     return keep
 
 
