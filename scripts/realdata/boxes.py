@@ -99,14 +99,13 @@ def picodet_boxes(
         cols, rows = int(np.ceil(width / stride)), int(np.ceil(height / stride))
         xs, ys = np.meshgrid(np.arange(cols), np.arange(rows))
         cx, cy = (xs.ravel() + 0.5) * stride, (ys.ravel() + 0.5) * stride
+        keep = score.max(axis=1) > threshold  # the distributions of these anchors only
         bins = dist.shape[-1] // 4
-        d = dist.reshape(-1, bins)
+        d = dist[keep].reshape(-1, bins)
         d = np.exp(d - d.max(axis=1, keepdims=True))
         d = (d / d.sum(axis=1, keepdims=True) * np.arange(bins)).sum(axis=1).reshape(-1, 4) * stride
-        keep = score.max(axis=1) > threshold
-        boxes.append(
-            np.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], axis=1)[keep]
-        )
+        cx, cy = cx[keep], cy[keep]
+        boxes.append(np.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], axis=1))
         classes.append(score[keep].argmax(axis=1))
         scores.append(score[keep].max(axis=1))
     b, c, s = np.concatenate(boxes), np.concatenate(classes), np.concatenate(scores)

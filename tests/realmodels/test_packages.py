@@ -37,9 +37,15 @@ BUDGET = ["--set", "latency.max_seconds=1"]
 # layout_cdla (PicoDet, 800x608 pages) took 343-415 s here, the longest test, with its ONNX
 # Runtime int8 searches (a per-layer ranking of its convolutions, 250 s) beside NNCF's accuracy
 # control on 2 cores: those two artifacts failed its task in both full builds of 2026-12-01
-# (1.14-1.17x) and were not its pick; the ONNX Runtime int8 loop is checked on the other models
+# (1.14-1.17x) and were not its pick; the ONNX Runtime int8 loop is checked on the other models.
+# NNCF then still ranked its ~100 quantizer groups on all 8 gate pages (300 s of 346): ranked
+# on the 4 pages int8 hurts most (NNCF's own subset choice) it kept the same one convolution
+# in float and passed the same task score, in 163 s (2026-12-01)
 LIGHTER = {
-    "layout_cdla": ["--set", "cpu.ort-int8.enabled=false", "--set", "cpu.ort-int8-rr.enabled=false"]
+    "layout_cdla": [
+        *("--set", "cpu.ort-int8.enabled=false", "--set", "cpu.ort-int8-rr.enabled=false"),
+        *("--set", "cpu.ov-int8.nncf.accuracy_control.ranking_samples=4"),
+    ]
 }
 
 
