@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+import onnx
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compiler.core.errors import ConfigError, IntegrityError, PackageError
 from compiler.core.feeds import read_feeds_npz, read_labels
@@ -34,7 +35,10 @@ from compiler.measure.verify import (
 )
 from compiler.packaging.emulated import verify_emulated
 from compiler.packaging.write import rewrite_manifest
+from compiler.pipeline.config import BuildConfig
+from compiler.pipeline.graph import build_graph
 from compiler.pipeline.normalize import MODEL_FILE
+from compiler.pipeline.variant import judged_precision
 from compiler.serving.integrity import PackageCheck, VerifiedCopy, check_package
 from compiler.serving.manifest import ArtifactEntry, Manifest, read_manifest
 from compiler.serving.signing import (
@@ -48,6 +52,7 @@ from compiler.serving.verify_records import (
     default_records_path,
     read_verify_records,
 )
+from passes.base import source_precision
 from passes.registry import PASSES
 
 __all__ = [
@@ -243,8 +248,9 @@ def _check(
         if src == "generated"
     )
     calibrated = any(PASSES[p].uses_calibration for p in a.passes if p in PASSES)
-    out = unverified_on_generated(out, a.precision, generated, calibrated)
-    out = unverified_on_few_rows(out, a.precision)
+    lossy = _judged_precision(m, a, ref_model)
+    out = unverified_on_generated(out, lossy, generated, calibrated)
+    out = unverified_on_few_rows(out, lossy)
     recorded = _recorded_parity(m, a.id, out.parity.mode)
     verdicts = [judge_parity(recorded, out.parity)]
     latency = out.latency.model_copy(update={"source": "verify"}) if out.latency else None
@@ -261,6 +267,22 @@ def _check(
         recorded_speedup=before.speedup if before else None,
         latency=latency,
     )
+
+
+def _judged_precision(m: Manifest, a: ArtifactEntry, ref_model: Path) -> str:
+    """The precision the build judged `a` by on generated data (pipeline/variant.py,
+    judged_precision): from the variant's own precision (the recorded config) and the
+    reference model's. The artifact's recorded precision where either cannot be read (a
+    config from another version, no reference model): never looser than the build."""
+    try:
+        config = BuildConfig.model_validate(m.provenance.config)
+        own = {
+            v.id: v.config.precision for v in build_graph(config, list(config.targets)).artifacts
+        }
+        source = source_precision(onnx.load(str(ref_model), load_external_data=False))
+    except (ValidationError, KeyError, ValueError, OSError):
+        return a.precision
+    return judged_precision(a.precision, own[a.id], source) if a.id in own else a.precision
 
 
 def _emulated(

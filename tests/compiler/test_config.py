@@ -16,6 +16,7 @@ from compiler.pipeline.config import (
     lossiest,
     resolve_config,
 )
+from compiler.pipeline.variant import judged_precision
 
 ALL = ["cpu", "arm", "gpu"]
 
@@ -98,6 +99,23 @@ def test_untuned_tvm_cpu_and_arm_are_opt_in() -> None:
 )
 def test_precision_is_the_lossiest(precisions: list[str | None], lossiest_one: str) -> None:
     assert lossiest(precisions) == lossiest_one
+
+
+@pytest.mark.parametrize(
+    ("built", "own", "source", "judged"),
+    [
+        ("fp32", "fp32", "fp32", "fp32"),
+        ("int8", "int8", "fp32", "int8"),  # quantized here: lossy against the reference
+        ("int8", "fp32", "int8", "fp32"),  # computes the source's own int8 as it does
+        ("int8", "int8", "int8", "fp32"),
+        ("int8", "bf16", "int8", "int8"),  # bf16 float ops around the source's int8
+        ("fp16", "fp32", "fp16", "fp32"),
+        ("bf16", "bf16", "fp16", "bf16"),
+        ("int8", "int8", "fp16", "int8"),
+    ],
+)
+def test_lossy_only_against_the_reference(built: str, own: str, source: str, judged: str) -> None:
+    assert judged_precision(built, own, source) == judged
 
 
 @pytest.mark.parametrize(

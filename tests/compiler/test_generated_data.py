@@ -15,6 +15,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from compiler.core.errors import NoCompatibleArtifact
 from compiler.core.records import GENERATED_DATA
+from compiler.packaging.reverify import verify_package
 from compiler.serving.loader import load
 from passes.fp16 import _sort_topologically
 from tests.compiler.helpers import build, example_sample_data
@@ -147,6 +148,18 @@ def test_an_already_quantized_source_is_not_quantized_again(cnn_path: Path, tmp_
     assert bf16.reason.startswith((GENERATED_DATA, "cannot run here")), bf16.reason
     with load(tmp_path / "pkg", target="cpu") as s:
         assert s.artifact in ("cpu/fp32", "cpu/ov")
+    # `compile-pkg verify` judges by the build's rule: the variant's own precision and the
+    # source's, not the artifact's recorded int8 (which made cpu/fp32 not-verified there)
+    checks = {
+        c.id: c
+        for c in verify_package(
+            tmp_path / "pkg", measure_latency=False, records=tmp_path / "r"
+        ).artifacts
+    }
+    assert checks["cpu/fp32"].parity is not None
+    assert checks["cpu/fp32"].parity.status == "passed", checks["cpu/fp32"].why
+    assert checks["cpu/fp32"].verdict == "ok", checks["cpu/fp32"].why
+    assert checks["cpu/ov-bf16"].verdict == "not-checked", checks["cpu/ov-bf16"].why
 
 
 def test_a_half_precision_source_is_judged_as_fp16_and_not_quantized(

@@ -26,7 +26,7 @@ from compiler.measure.verify import (
 from compiler.pipeline.graph import VerifyNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
-from compiler.pipeline.variant import lossiest
+from compiler.pipeline.variant import judged_precision
 from passes.registry import PASSES
 
 __all__ = ["VerifyKind"]
@@ -97,18 +97,9 @@ class VerifyKind(Kind[VerifyNode]):
         )
         data = ctx.output(node.data, DataOutput)
         calibrated = any(PASSES[p.name].uses_calibration for p in node.config.passes)
-        # lossy only against the reference: the artifacts of a quantized source that compute
-        # as it does are not, and keep their verdict on generated data. The variant's own
-        # precision counts too: ov-bf16 of an int8 source reads int8 (the lossiest of the two)
-        # but runs the float ops the reference runs in fp32 in bf16
+        # lossy only against the reference (pipeline/variant.py, judged_precision)
         reference = ctx.output(node.normalize, NormalizeOutput).precision
-        own = node.config.precision
-        as_reference = own in ("fp32", reference)
-        precision = (
-            "fp32"
-            if as_reference and lossiest([built.precision, reference]) == reference
-            else built.precision
-        )
+        precision = judged_precision(built.precision, node.config.precision, reference)
         measured = unverified_on_generated(measured, precision, data.generated, calibrated)
         return unverified_on_few_rows(measured, precision)
 
