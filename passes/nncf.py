@@ -40,7 +40,12 @@ from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
 from passes.int8_search import search_int8
 from passes.ort_tools import quiet, run_model
-from passes.quantize import GENERATED_DATA_WARNING, nothing_to_quantize, prepare_for_int8
+from passes.quantize import (
+    GENERATED_DATA_WARNING,
+    foreign_ops,
+    nothing_to_quantize,
+    prepare_for_int8,
+)
 
 __all__ = ["NncfAccuracyControl", "NncfConfig", "NncfIgnoredScope", "NncfPass"]
 
@@ -118,8 +123,9 @@ class NncfPass(Pass[NncfConfig]):
     # 4: accuracy control on with user data, arithmetic-float step, SmoothQuant alpha; 5: a
     # model with nothing NNCF quantizes is skipped (NotApplicable), not failed; 6: the gate
     # judges channels of mixed scale one by one (compiler/core/parity.py); 8 (7 was a reverted
-    # change): COCO-sized heads too
-    version = "8"
+    # change): COCO-sized heads too; 9: "nothing to quantize" tells a quantizer that placed
+    # nothing on top-level weighted nodes apart (ops outside the ONNX domain named)
+    version = "9"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False
@@ -231,6 +237,9 @@ class NncfPass(Pass[NncfConfig]):
         except nncf.ValidationError as exc:  # a pattern or type that matches nothing, ...
             msg = " ".join(str(exc).split())
             raise PassError(f"nncf refused the model or its options: {msg}") from exc
+        except Exception as exc:  # NNCF's own failure on a graph it does not handle
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise PassError(f"nncf failed on the model ({msg}){_foreign_ops(model)}") from exc
 
     def _accuracy_control(
         self,
@@ -292,6 +301,20 @@ class NncfPass(Pass[NncfConfig]):
                 f"float (max_iterations={ac.max_iterations}); raise it or drop the int8 variant"
             )
         return controlled, record
+
+
+def _foreign_ops(model: onnx.ModelProto) -> str:
+    """A hint naming the model's ops outside the ONNX domain, which NNCF's ONNX backend has
+    no metatypes or shape rules for ('' when there are none): skl2onnx's ai.onnx.ml.Scaler
+    output has no type and NNCF raised KeyError on the Cast after it."""
+    foreign = foreign_ops(model)
+    if not foreign:
+        return ""
+    return (
+        f"; the model holds ops outside the ONNX domain ({', '.join(foreign[:8])}), which NNCF's "
+        "ONNX backend may not handle: quantize with the ONNX Runtime variants (ort-int8) or "
+        "disable this variant"
+    )
 
 
 def _ignoring(kwargs: dict[str, Any], names: list[str]) -> dict[str, Any]:

@@ -53,6 +53,7 @@ __all__ = [
     "GENERATED_DATA_WARNING",
     "QuantizeConfig",
     "QuantizePass",
+    "foreign_ops",
     "nothing_to_quantize",
     "prepare_for_int8",
 ]
@@ -153,8 +154,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # accuracy loop may keep recurrent layers (LSTM, GRU, RNN) in float, and a model with
     # nothing to quantize is skipped (NotApplicable), not failed; 8: the gate judges channels
     # of mixed scale one by one (compiler/core/parity.py); 10 (9 was a reverted change): COCO-
-    # sized heads too (up to 1024 channels; rank 4+ on axis 1 only)
-    version = "10"
+    # sized heads too (up to 1024 channels; rank 4+ on axis 1 only); 11: "nothing to
+    # quantize" tells a quantizer that placed nothing on top-level weighted nodes apart
+    version = "11"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -358,15 +360,31 @@ class QuantizePass(Pass[QuantizeConfig]):
 _WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "Attention")
 
 
+def foreign_ops(model: onnx.ModelProto) -> list[str]:
+    """`domain.op` of the model's ops outside the ONNX domain, sorted (ai.onnx.ml's Scaler
+    from skl2onnx, com.microsoft's fused ops): quantizers may not know their outputs' types."""
+    return sorted(
+        {f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")}
+    )
+
+
 def nothing_to_quantize(model: onnx.ModelProto, tool: str) -> str:
     """Why int8 does not apply to a model where `tool`'s default quantizer found nothing
     (silero_vad: every Conv and LSTM sits inside an If branch)."""
     top = sum(n.op_type in _WEIGHTED for n in model.graph.node)
     inner = sum(n.op_type in _WEIGHTED for n in all_nodes(model.graph)) - top
-    where = (
-        f"its {inner} Conv/MatMul/Gemm/recurrent nodes are all inside If/Loop/Scan subgraphs, "
-        f"which {tool}'s quantizer does not reach"
-        if inner
-        else "it has no Conv, MatMul, Gemm or recurrent node with constant weights"
-    )
+    foreign = foreign_ops(model)
+    if inner and not top:
+        where = (
+            f"its {inner} Conv/MatMul/Gemm/recurrent nodes are all inside If/Loop/Scan "
+            f"subgraphs, which {tool}'s quantizer does not reach"
+        )
+    elif top:
+        where = (
+            f"its quantizer placed nothing on the model's {top} Conv/MatMul/Gemm/recurrent node(s)"
+        )
+        if foreign:
+            where += f" (the model holds ops outside the ONNX domain it may not type: {', '.join(foreign[:8])})"
+    else:
+        where = "it has no Conv, MatMul, Gemm or recurrent node with constant weights"
     return f"nothing for {tool} int8 to quantize: {where}"

@@ -256,6 +256,7 @@ class NormalizeRecord(_Record):
     named_dims: dict[str, str] = Field(default_factory=dict)
     opset_source: int = 0
     opset_upgraded_to: int | None = None
+    opset_imports: str = ""  # duplicates merged, the ONNX domain first: before -> after
 
 
 class NormalizeOutput(_Record):

@@ -188,6 +188,9 @@ def normalize_model(
 ) -> tuple[onnx.ModelProto, dict]:
     """Check, upgrade and shape-infer; returns the model and a record of what changed."""
     record: dict = {"named_dims": {}}
+    merged = canonical_opset_imports(model, where)
+    if merged:
+        record["opset_imports"] = merged
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -212,6 +215,33 @@ def normalize_model(
     except Exception as exc:
         raise InputModelError(f"{where}: shape inference failed: {exc}") from exc
     return model, record
+
+
+def canonical_opset_imports(model: onnx.ModelProto, where: str) -> str:
+    """Each domain's opset declared once, the ONNX domain first (in place); what changed, ''
+    when nothing did. Tools read these as exporters seldom write them otherwise: ONNX
+    Runtime's quantizer refuses a model that declares the ONNX domain twice ("Failed to find
+    proper ai.onnx domain"), and NNCF takes the first entry for the model's opset (an
+    ai.onnx.ml opset 1 first: "opset version < 10 do not support quantization"); skl2onnx
+    writes both. One domain at two versions has no one meaning: an error."""
+    versions: dict[str, list[int]] = {}
+    for o in model.opset_import:
+        versions.setdefault(o.domain, []).append(o.version)
+    clash = {d or "ai.onnx": sorted(set(v)) for d, v in versions.items() if len(set(v)) > 1}
+    if clash:
+        raise InputModelError(
+            f"{where}: opset_import declares a domain at more than one version ({clash}); "
+            "re-export the model with one opset per domain"
+        )
+    before = [(o.domain or "ai.onnx", o.version) for o in model.opset_import]
+    order = sorted(versions, key=lambda d: d not in ("", "ai.onnx"))  # stable: the rest as given
+    after = [(d or "ai.onnx", versions[d][0]) for d in order]
+    if after == before:
+        return ""
+    del model.opset_import[:]
+    for domain in order:
+        model.opset_import.add(domain=domain, version=versions[domain][0])
+    return f"{before} -> {after}"
 
 
 def too_big(model: onnx.ModelProto) -> bool:

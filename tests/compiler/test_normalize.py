@@ -52,6 +52,37 @@ def test_old_opset_is_upgraded(tmp_path: Path) -> None:
     assert next(o.version for o in model.opset_import if o.domain == "") == 13
 
 
+def _imports(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    return [(o.domain, o.version) for o in model.opset_import]
+
+
+def test_opset_imports_are_made_canonical_so_quantizers_read_them(tmp_path: Path) -> None:
+    """skl2onnx declares the ONNX domain twice after ai.onnx.ml: ONNX Runtime's quantizer
+    refused that ("Failed to find proper ai.onnx domain") and NNCF read ai.onnx.ml's
+    version as the model's opset. Normalized, each domain is declared once, ONNX first."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    model = tiny_mlp(opset=17)
+    del model.opset_import[:]
+    for domain, version in (("ai.onnx.ml", 3), ("", 17), ("", 17)):
+        model.opset_import.add(domain=domain, version=version)
+    onnx.save(model, tmp_path / "skl.onnx")
+    with pytest.raises(ValueError, match="ai.onnx domain"):
+        quantize_dynamic(tmp_path / "skl.onnx", tmp_path / "q0.onnx")
+    normalized, record = normalize_model(model, "skl.onnx")
+    assert _imports(normalized) == [("", 17), ("ai.onnx.ml", 3)]
+    assert record["opset_imports"].endswith("[('ai.onnx', 17), ('ai.onnx.ml', 3)]")
+    onnx.save(normalized, tmp_path / "canonical.onnx")
+    quantize_dynamic(tmp_path / "canonical.onnx", tmp_path / "q1.onnx")
+    assert any(n.op_type == "MatMulInteger" for n in onnx.load(tmp_path / "q1.onnx").graph.node)
+    _, plain = normalize_model(tiny_mlp(opset=17), "plain.onnx")
+    assert "opset_imports" not in plain  # already canonical: nothing recorded
+
+    model.opset_import.add(domain="ai.onnx.ml", version=2)
+    with pytest.raises(InputModelError, match=r"skl.onnx: .*'ai.onnx.ml': \[2, 3\]"):
+        normalize_model(model, "skl.onnx")
+
+
 def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InputModelError, match="no such file"):
         load_onnx(tmp_path / "nope.onnx")

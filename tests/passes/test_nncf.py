@@ -215,3 +215,42 @@ def test_a_model_with_nothing_to_quantize_is_not_applicable(tmp_path: Path) -> N
     model = in_if_branches(small_cnn())
     with pytest.raises(NotApplicable, match="nothing for NNCF int8 to quantize: its 6 "):
         _nncf(model, tmp_path, feeds=[{**f, "c": np.array(True)} for f in smooth_images(4)])
+
+
+def _scaled_matmul(cast: bool) -> onnx.ModelProto:
+    """x -> ai.onnx.ml Scaler (as skl2onnx writes a StandardScaler) [-> Cast] -> MatMul."""
+    h = onnx.helper
+    w = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+    scaler = h.make_node(
+        "Scaler", ["x"], ["scaled"], domain="ai.onnx.ml", offset=[0.5] * 16, scale=[2.0] * 16
+    )
+    nodes = [scaler, h.make_node("Cast", ["scaled"], ["cast"], to=onnx.TensorProto.FLOAT)]
+    nodes = nodes if cast else nodes[:1]
+    nodes.append(h.make_node("MatMul", [nodes[-1].output[0], "w"], ["y"]))
+    graph = h.make_graph(
+        nodes,
+        "sklearn_like",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 16])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 8])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    opsets = [h.make_opsetid("", 17), h.make_opsetid("ai.onnx.ml", 3)]
+    return h.make_model(graph, opset_imports=opsets)
+
+
+def test_a_graph_nncf_fails_on_names_its_foreign_ops(tmp_path: Path) -> None:
+    """skl2onnx's Scaler (ai.onnx.ml) leaves its output untyped: NNCF's ONNX backend raised a
+    bare KeyError on the Cast after it, and placed nothing on a MatMul after it. Each error
+    names the ops NNCF does not know, and what to use instead."""
+    feeds = _mlp_feeds(8, 0)
+    with pytest.raises(
+        PassError,
+        match=r"nncf failed on the model \(KeyError: 'scaled'\); .*"
+        r"\(ai\.onnx\.ml\.Scaler\).*ort-int8",
+    ):
+        _nncf(_scaled_matmul(cast=True), tmp_path / "cast", feeds=feeds)
+    with pytest.raises(
+        NotApplicable,
+        match=r"placed nothing on the model's 1 Conv/MatMul.* domain .*: ai\.onnx\.ml\.Scaler\)",
+    ):
+        _nncf(_scaled_matmul(cast=False), tmp_path / "plain", feeds=feeds)
