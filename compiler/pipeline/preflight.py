@@ -165,6 +165,27 @@ def _domains(path: Path, model: onnx.ModelProto) -> None:
             )
 
 
+def _outputs(path: Path, model: onnx.ModelProto) -> None:
+    """Every graph output a tensor: a deployment package's outputs are arrays, and a
+    sequence or map has no parity metric. skl2onnx ends classifiers in a ZipMap (a sequence
+    of maps, one per row) unless told not to."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for vi in model.graph.output:
+        if vi.type.HasField("tensor_type"):
+            continue
+        kind = str(vi.type.WhichOneof("value") or "untyped value").replace("_type", "")
+        kind = kind.replace("_", " ")
+        node = producers.get(vi.name)
+        made = f" (made by {node.op_type} node '{node.name}')" if node is not None else ""
+        hint = (
+            "; export the classifier without it (skl2onnx: options={id(model): {'zipmap': False}}) "
+            "to get its probabilities as a tensor"
+            if node is not None and node.op_type == "ZipMap"
+            else "; export the model with tensor outputs"
+        )
+        raise _fail(path, f"graph output '{vi.name}' is a {kind}, not a tensor{made}{hint}")
+
+
 def preflight_model(path: Path) -> ModelFacts:
     """Check the source model at `path`; InputModelError (exit 2) naming the first problem."""
     model = _read(path)
@@ -172,6 +193,7 @@ def preflight_model(path: Path) -> ModelFacts:
     if not model.graph.output:
         raise _fail(path, "the graph has no outputs; export the model with its outputs")
     _inputs(path, model)
+    _outputs(path, model)
     _domains(path, model)
     model_bytes = path.stat().st_size
     if model_bytes + external > _TWO_GB:

@@ -96,6 +96,22 @@ def _no_inputs(d: Path) -> Path:
     return save(m, d / "m.onnx")
 
 
+def _zipmap_output(d: Path) -> Path:
+    """skl2onnx's default classifier output: ZipMap's sequence of {class: probability}."""
+    rows = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(1, []))
+    )
+    m = tiny_mlp()
+    m.graph.node.append(
+        helper.make_node(
+            "ZipMap", ["y"], ["probs"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2, 3]
+        )
+    )
+    m.graph.output.append(helper.make_value_info("probs", rows))
+    m.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    return save(m, d / "m.onnx")
+
+
 BAD: list[tuple[str, Callable[[Path], Path], str]] = [
     ("empty file", _empty, "the file is empty"),
     ("not ONNX", _garbage, "not an ONNX model"),
@@ -107,6 +123,11 @@ BAD: list[tuple[str, Callable[[Path], Path], str]] = [
     ("absolute external data", _absolute_data, "'/etc/hostname', outside the model's folder"),
     ("truncated external data", _truncated_data, "lie past its end"),
     ("no inputs", _no_inputs, "the graph has no inputs"),
+    (
+        "sequence output",
+        _zipmap_output,
+        "output 'probs' is a sequence, not a tensor (made by ZipMap",
+    ),
 ]
 
 
