@@ -15,6 +15,7 @@ rewritten: the records go to a file beside it (compiler/serving/verify_records.p
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -198,6 +199,7 @@ def _check(
     reference: Path,
     gate: _Gate,
     measure_latency: bool,
+    judged: Mapping[str, str],
 ) -> ArtifactCheck:
     if a.status != "built":
         reason = f"{a.status} at build" + (f": {a.reason}" if a.reason else "")
@@ -248,7 +250,7 @@ def _check(
         if src == "generated"
     )
     calibrated = any(PASSES[p].uses_calibration for p in a.passes if p in PASSES)
-    lossy = _judged_precision(m, a, ref_model)
+    lossy = judged.get(a.id, a.precision)
     out = unverified_on_generated(out, lossy, generated, calibrated)
     out = unverified_on_few_rows(out, lossy)
     recorded = _recorded_parity(m, a.id, out.parity.mode)
@@ -269,11 +271,12 @@ def _check(
     )
 
 
-def _judged_precision(m: Manifest, a: ArtifactEntry, ref_model: Path) -> str:
-    """The precision the build judged `a` by on generated data (pipeline/variant.py,
-    judged_precision): from the variant's own precision (the recorded config) and the
-    reference model's. The artifact's recorded precision where either cannot be read (a
-    config from another version, no reference model): never looser than the build."""
+def _judged_precisions(m: Manifest, ref_model: Path) -> dict[str, str]:
+    """Artifact id -> the precision the build judged it by on generated data
+    (pipeline/variant.py, judged_precision), from the variant's own precision (the recorded
+    config) and the reference model's. Empty where either cannot be read (a config from
+    another version, no reference model): each artifact then keeps its recorded precision,
+    never looser than the build."""
     try:
         config = BuildConfig.model_validate(m.provenance.config)
         own = {
@@ -281,8 +284,10 @@ def _judged_precision(m: Manifest, a: ArtifactEntry, ref_model: Path) -> str:
         }
         source = source_precision(onnx.load(str(ref_model), load_external_data=False))
     except (ValidationError, KeyError, ValueError, OSError):
-        return a.precision
-    return judged_precision(a.precision, own[a.id], source) if a.id in own else a.precision
+        return {}
+    return {
+        a.id: judged_precision(a.precision, own[a.id], source) for a in m.artifacts if a.id in own
+    }
 
 
 def _emulated(
@@ -329,8 +334,9 @@ def verify_package(
     if outside:  # a changed reference or report would make every verdict meaningless
         raise gate.files.error(outside)
     with VerifiedCopy(package, m.reference) as reference:
+        judged = _judged_precisions(m, reference.artifact_dir / MODEL_FILE)
         checks = {
-            a.id: _check(package, m, a, host, reference.artifact_dir, gate, measure_latency)
+            a.id: _check(package, m, a, host, reference.artifact_dir, gate, measure_latency, judged)
             for a in m.artifacts
         }
     if emulate:
