@@ -13,7 +13,6 @@ Add. Ask the backend for it instead (OpenVINO's inference precision, TensorRT's 
 
 from __future__ import annotations
 
-import heapq
 import re
 import warnings
 from typing import Any, ClassVar, Literal
@@ -24,7 +23,14 @@ from onnx import numpy_helper
 from pydantic import model_validator
 
 from compiler.core.errors import PassError
-from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
+from passes.base import (
+    Pass,
+    PassConfig,
+    PassContext,
+    PassResult,
+    op_histogram,
+    sort_topologically,
+)
 from passes.ort_tools import quiet, session
 
 __all__ = ["FRAGILE_OPS", "Fp16Config", "Fp16Pass"]
@@ -89,33 +95,9 @@ def _out_of_range(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _sort_topologically(graph: onnx.GraphProto) -> None:
-    """The converter appends its Casts at the end; ONNX needs producers before consumers.
-    Kahn's algorithm, taking ready nodes in their original order, so the result is stable."""
-    nodes = list(graph.node)
-    produced_by = {out: i for i, n in enumerate(nodes) for out in n.output if out}
-    deps = [
-        {produced_by[x] for x in n.input if x in produced_by and produced_by[x] != i}
-        for i, n in enumerate(nodes)
-    ]
-    users: dict[int, list[int]] = {}
-    for i, d in enumerate(deps):
-        for j in d:
-            users.setdefault(j, []).append(i)
-    waiting = [len(d) for d in deps]
-    ready = [i for i, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users.get(i, []):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(nodes):
+    """The converter appends its Casts at the end; ONNX needs producers before consumers."""
+    if sort_topologically(graph) is None:
         raise PassError("fp16: the converted graph has a cycle; report this model")
-    del graph.node[:]
-    graph.node.extend(nodes[i] for i in order)
 
 
 def _node_in_error(message: str) -> str:

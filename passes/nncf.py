@@ -124,8 +124,9 @@ class NncfPass(Pass[NncfConfig]):
     # model with nothing NNCF quantizes is skipped (NotApplicable), not failed; 6: the gate
     # judges channels of mixed scale one by one (compiler/core/parity.py); 8 (7 was a reverted
     # change): COCO-sized heads too; 9: "nothing to quantize" tells a quantizer that placed
-    # nothing on top-level weighted nodes apart (ops outside the ONNX domain named)
-    version = "9"
+    # nothing on top-level weighted nodes apart (ops outside the ONNX domain named); 10: an
+    # fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped
+    version = "10"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False

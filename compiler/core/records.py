@@ -257,6 +257,7 @@ class NormalizeRecord(_Record):
     opset_source: int = 0
     opset_upgraded_to: int | None = None
     opset_imports: str = ""  # duplicates merged, the ONNX domain first: before -> after
+    nodes_sorted: bool = False  # the source's nodes were not in topological order
 
 
 class NormalizeOutput(_Record):

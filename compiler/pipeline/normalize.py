@@ -22,6 +22,7 @@ from google.protobuf.message import EncodeError
 
 from compiler.core.errors import InputModelError
 from compiler.pipeline.interface import name_unnamed_dims
+from passes.base import sort_topologically
 
 __all__ = [
     "InputSpec",
@@ -191,6 +192,11 @@ def normalize_model(
     merged = canonical_opset_imports(model, where)
     if merged:
         record["opset_imports"] = merged
+    # onnx.checker requires producers before consumers; converters do not always write them
+    # so (onnxruntime's and onnxconverter-common's convert_float_to_float16 with
+    # keep_io_types append the input Casts last), and ONNX Runtime loads either order
+    if sort_topologically(model.graph):
+        record["nodes_sorted"] = True
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

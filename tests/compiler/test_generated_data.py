@@ -17,7 +17,6 @@ from compiler.core.errors import NoCompatibleArtifact
 from compiler.core.records import GENERATED_DATA
 from compiler.packaging.reverify import verify_package
 from compiler.serving.loader import load
-from passes.fp16 import _sort_topologically
 from tests.compiler.helpers import build, example_sample_data
 
 RAW = {
@@ -162,23 +161,38 @@ def test_an_already_quantized_source_is_not_quantized_again(cnn_path: Path, tmp_
     assert checks["cpu/ov-bf16"].verdict == "not-checked", checks["cpu/ov-bf16"].why
 
 
-def test_a_half_precision_source_is_judged_as_fp16_and_not_quantized(
+def test_a_half_precision_source_is_judged_as_fp16_and_quantized_from_float32(
     cnn_path: Path, tmp_path: Path
 ) -> None:
-    """Weights in fp16 (float32 I/O): the reference computes in fp16, so do its artifacts;
-    int8 calibration of a half-precision model is skipped with the reason."""
+    """Weights in fp16 (float32 I/O, the converter's I/O Casts appended last, as it writes
+    them): normalize puts the nodes in order; the reference computes in fp16, so do its fp32
+    variants; the int8 variant quantizes the model widened to float32, keeps its interface,
+    and, lossy against the fp16 reference, has no verdict on generated data."""
     half = convert_float_to_float16(onnx.load(str(cnn_path)), keep_io_types=True)
-    _sort_topologically(half.graph)  # the converter appends its I/O casts last
     source = tmp_path / "fp16.onnx"
     onnx.save(half, str(source))
     raw = {"targets": {"cpu": {"variants": {**RAW["targets"]["cpu"]["variants"], **OV_F32}}}}
     outcome = build(source, tmp_path / "pkg", None, targets=("cpu",), raw=raw)
-    int8 = outcome.manifest.artifact("cpu/int8")
-    assert int8.status == "skipped" and "weights are fp16" in int8.reason, int8.reason
     for aid in ("cpu/fp32", "cpu/ov"):
         a = outcome.manifest.artifact(aid)
         assert a.status == "built" and a.precision == "fp16", (aid, a.status, a.reason)
         assert _parity(outcome, aid).status == "passed", _parity(outcome, aid).reason
+    int8 = outcome.manifest.artifact("cpu/int8")
+    assert int8.status == "built" and int8.precision == "int8", (int8.status, int8.reason)
+    assert _parity(outcome, "cpu/int8").status == "not-verified"
+    assert _parity(outcome, "cpu/int8").reason.startswith(GENERATED_DATA)
+    log = outcome.manifest.build.pass_log
+    upcast = [r.details["upcast"] for r in log.values() if "upcast" in r.details]
+    assert upcast and "widened to float32" in upcast[0], upcast
+    quantized = onnx.load(str(tmp_path / "pkg" / int8.directory / "model.onnx"))
+    assert "QuantizeLinear" in {n.op_type for n in quantized.graph.node}
+    io = [
+        (v.name, v.type.tensor_type.elem_type)
+        for v in (*quantized.graph.input, *quantized.graph.output)
+    ]
+    assert io == [
+        (v.name, v.type.tensor_type.elem_type) for v in (*half.graph.input, *half.graph.output)
+    ]
 
 
 def top1(outputs: list[dict[str, np.ndarray]], labels: list[int]) -> float:
