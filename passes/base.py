@@ -26,7 +26,6 @@ from compiler.core.errors import NotApplicable, PassError
 from compiler.core.quantized import quantized_ops
 from compiler.core.records import PassRecord
 from compiler.core.tolerance import Precision, TaskSpec, Tolerance
-from passes.upcast import float32_copy
 
 __all__ = [
     "Pass",
@@ -174,12 +173,6 @@ def sort_topologically(graph: onnx.GraphProto) -> bool | None:
     return True
 
 
-UPCAST_NOTE = (
-    "the source's fp16 weights and compute were widened to float32 for calibration and "
-    "quantization (exact; graph inputs and outputs kept fp16)"
-)
-
-
 def source_precision(model: onnx.ModelProto) -> Precision:
     """What a model computes in: int8 when it holds quantized ops, fp16/bf16 when most of its
     float weights are half precision, else fp32."""
@@ -238,18 +231,12 @@ class Pass(ABC, Generic[C]):
     @abstractmethod
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult: ...
 
-    def _widened(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, str]:
-        """An fp16 model as float32 for an int8 pass, simplified again: onnxsim folds
-        BatchNormalization into Conv in float32 graphs only, so the fp16 model came through
-        the simplify pass with them apart (an fp16 PP-LCNet's ONNX Runtime int8 ran at half
-        the speed of its float32 original's). What was done, for the record."""
-        from passes.simplify import SimplifyConfig, SimplifyPass  # it imports this module
-
-        wide = float32_copy(model)
-        simplified = SimplifyPass(SimplifyConfig())(wide, ctx)
-        if simplified.skipped:
-            return wide, f"{UPCAST_NOTE}; not simplified again: {simplified.skipped}"
-        return simplified.model, f"{UPCAST_NOTE}; simplified again (onnxsim) as float32"
+    def _prepare(
+        self, model: onnx.ModelProto, ctx: PassContext
+    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        """The model `_run` works on, and facts for the record: the input as it is here; the
+        int8 passes widen an fp16 model to float32 (passes/upcast.py)."""
+        return model, {}
 
     def __call__(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         before_ops, before_size = op_histogram(model), model_size_bytes(model)
@@ -261,16 +248,13 @@ class Pass(ABC, Generic[C]):
                 "source's own, and this target's other variants carry it; disable this "
                 "variant (--set TARGET.VARIANT.enabled=false) to leave it out"
             )
-        widened = ""
+        model, prepared = self._prepare(model, ctx)
         if self.precision == "int8" and (half := half_precision(model)):
-            if half != "fp16":
-                raise NotApplicable(
-                    f"pass '{self.name}': the model's weights are {half}; int8 calibration "
-                    f"quantizes float32 models: quantize its float32 original, or disable this "
-                    "variant (--set TARGET.VARIANT.enabled=false)"
-                )
-            # calibrators and quantizers take float32: widening fp16 is exact (passes/upcast.py)
-            model, widened = self._widened(model, ctx)
+            raise NotApplicable(
+                f"pass '{self.name}': the model's weights are {half}; int8 calibration "
+                f"quantizes float32 models: quantize its float32 original, or disable this "
+                "variant (--set TARGET.VARIANT.enabled=false)"
+            )
         before_sig = _interface(model)
         try:
             result = self._run(model, ctx)
@@ -278,8 +262,7 @@ class Pass(ABC, Generic[C]):
             raise
         except Exception as exc:  # a library deep inside failed: say which pass and why
             raise PassError(f"pass '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
-        if widened:
-            result.record["upcast"] = widened
+        result.record.update(prepared)
         after_sig = _interface(result.model)
         if after_sig != before_sig:
             raise PassError(

@@ -46,6 +46,7 @@ from passes.quantize import (
     nothing_to_quantize,
     prepare_for_int8,
 )
+from passes.upcast import widen_for_int8
 
 __all__ = ["NncfAccuracyControl", "NncfConfig", "NncfIgnoredScope", "NncfPass"]
 
@@ -138,6 +139,11 @@ class NncfPass(Pass[NncfConfig]):
         import onnxruntime as ort
 
         return {"onnx": onnx.__version__, "onnxruntime": ort.__version__, "nncf": _nncf_version()}
+
+    def _prepare(
+        self, model: onnx.ModelProto, ctx: PassContext
+    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        return widen_for_int8(model, ctx)
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         if not _nncf_version():

@@ -48,6 +48,7 @@ from passes.ort_quantizers import (
     histogram_refusal,
     static_quantizer,
 )
+from passes.upcast import widen_for_int8
 
 __all__ = [
     "GENERATED_DATA_WARNING",
@@ -177,6 +178,11 @@ class QuantizePass(Pass[QuantizeConfig]):
         if cfg.weight_type != "auto":
             weight = cfg.weight_type
         return act, weight, symmetric
+
+    def _prepare(
+        self, model: onnx.ModelProto, ctx: PassContext
+    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        return widen_for_int8(model, ctx)
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         cfg = self.config
