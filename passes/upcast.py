@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from passes.base import PassContext, half_precision
+from passes.base import PassContext, all_nodes, half_precision
 from passes.simplify import SimplifyConfig, SimplifyPass
 
 __all__ = ["UPCAST_NOTE", "float32_copy", "widen_for_int8"]
@@ -129,14 +129,11 @@ def _drop_noop_casts(model: onnx.ModelProto) -> None:
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph in it, at any depth (all_nodes reaches the nested nodes)."""
     yield graph
-    for node in graph.node:
+    for node in all_nodes(graph):
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
+            yield from ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)
 
 
 def _elem(vi: onnx.ValueInfoProto) -> int:
