@@ -140,9 +140,10 @@ def _reads(node: onnx.NodeProto) -> set[str]:
 
 def sort_topologically(graph: onnx.GraphProto) -> bool | None:
     """Order `graph`'s nodes producers first (in place), as ONNX requires: True when that moved
-    a node, False when they were in order, None, leaving them, when they form a cycle. Kahn's algorithm taking ready nodes in their original
-    order, so a sorted graph is unchanged and the result is stable. A node with a subgraph
-    (If, Loop, Scan) waits for the outer values its subgraphs read."""
+    a node, False when they were in order, None, leaving them, when they form a cycle. Kahn's
+    algorithm taking ready nodes in their original order, so a sorted graph is unchanged and
+    the result is stable. A node with a subgraph (If, Loop, Scan) waits for the outer values
+    its subgraphs read."""
     nodes = list(graph.node)
     produced_by = {out: i for i, n in enumerate(nodes) for out in n.output if out}
     deps = [

@@ -380,7 +380,6 @@ def nothing_to_quantize(model: onnx.ModelProto, tool: str) -> str:
     (silero_vad: every Conv and LSTM sits inside an If branch)."""
     top = sum(n.op_type in _WEIGHTED for n in model.graph.node)
     inner = sum(n.op_type in _WEIGHTED for n in all_nodes(model.graph)) - top
-    foreign = foreign_ops(model)
     if inner and not top:
         where = (
             f"its {inner} Conv/MatMul/Gemm/recurrent nodes are all inside If/Loop/Scan "
@@ -390,8 +389,10 @@ def nothing_to_quantize(model: onnx.ModelProto, tool: str) -> str:
         where = (
             f"its quantizer placed nothing on the model's {top} Conv/MatMul/Gemm/recurrent node(s)"
         )
+        foreign = foreign_ops(model)
         if foreign:
-            where += f" (the model holds ops outside the ONNX domain it may not type: {', '.join(foreign[:8])})"
+            shown = ", ".join(foreign[:8])
+            where += f" (the model holds ops outside the ONNX domain it may not type: {shown})"
     else:
         where = "it has no Conv, MatMul, Gemm or recurrent node with constant weights"
     return f"nothing for {tool} int8 to quantize: {where}"

@@ -113,10 +113,11 @@ def _drop_noop_casts(model: onnx.ModelProto) -> None:
     keep = []
     for node in graph.node:
         to = next((a.i for a in node.attribute if a.name == "to"), None)
-        src, dst = (node.input[0], node.output[0]) if node.op_type == "Cast" else ("", "")
-        if not (to == _F32 and types.get(src) == _F32):
+        if node.op_type != "Cast" or to != _F32 or types.get(node.input[0]) != _F32:
             keep.append(node)
-        elif dst not in outputs:
+            continue
+        src, dst = node.input[0], node.output[0]
+        if dst not in outputs:
             _rename_uses(graph, dst, src)
         elif src in producer and src not in fixed and uses.get(src) == 1:
             made = producer[src]
