@@ -163,6 +163,18 @@ def _rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays])
 
 
+def _stackable(arrays: Sequence[np.ndarray]) -> bool:
+    """Whether the samples' rows stack: one rank and one non-empty last axis in every sample.
+    A data-sized output (the scores a non-maximum suppression keeps, `[n]`) differs from
+    sample to sample, and has no rows of classes or embeddings to compare."""
+    first = arrays[0]
+    return (
+        first.ndim >= 1
+        and first.shape[-1] >= 1
+        and all(a.ndim == first.ndim and a.shape[-1] == first.shape[-1] for a in arrays)
+    )
+
+
 def _is_distribution(rows: np.ndarray) -> bool:
     if rows.shape[1] < 2 or not bool((rows >= -_SUM_TOL).all()):
         return False
@@ -195,7 +207,7 @@ def _softmax(rows: np.ndarray) -> np.ndarray:
 
 def _judged_kind(kind: str | None, refs: Sequence[np.ndarray]) -> str:
     """The kind an output is judged as: class kinds need a class axis of at least two."""
-    classes = refs[0].ndim >= 1 and refs[0].shape[-1] >= 2 and refs[0].size > 0
+    classes = _stackable(refs) and refs[0].shape[-1] >= 2 and refs[0].size > 0
     if kind is None or kind == "other":
         return "probabilities" if classes and _is_distribution(_rows(refs)) else "other"
     if kind in ("class_scores", "logits_sequence") and not classes:
@@ -332,10 +344,11 @@ def output_metrics(
     )
     extra: dict[str, Any] = {}
     tie = tolerance.top1_tie if tolerance else 0.01
-    if judged in CLASS_KINDS and r64[0].ndim >= 1 and r64[0].shape[-1] >= 2:
+    rows = _stackable(r64)  # the outputs' shapes equal the reference's (checked above)
+    if judged in CLASS_KINDS and rows and r64[0].shape[-1] >= 2:
         if judged != "probabilities" or _is_distribution(_rows(r64)):
             extra = _class_metrics(o64, r64, tie)
-    elif judged == "embedding" and r64[0].ndim >= 1:
+    elif judged == "embedding" and rows:
         floor = (tolerance.atol or 0.0) if tolerance else 0.0
         extra = _row_cosines(o64, r64, floor)
     elif judged not in CLASS_KINDS and judged != "embedding":

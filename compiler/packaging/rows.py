@@ -289,9 +289,9 @@ def artifact_rows(m: Manifest) -> list[ArtifactRow]:
                 parity_reason=(shown.reason if not shown.decisive else shown.basis)
                 if shown
                 else "",
-                max_abs_err=worst.max_abs_err if worst else None,
-                cosine=worst.cosine if worst else None,
-                top1=worst.top1_agreement if worst else None,
+                max_abs_err=worst.max_abs_err if worst and not worst.error else None,
+                cosine=worst.cosine if worst and not worst.error else None,
+                top1=worst.top1_agreement if worst and not worst.error else None,
                 p50_ms=lat.artifact.p50_ms if lat and lat.artifact else None,
                 p99_ms=lat.artifact.p99_ms if lat and lat.artifact else None,
                 ref_p50_ms=lat.reference.p50_ms if lat and lat.reference else None,
@@ -314,4 +314,6 @@ def _worst_output(m: Manifest, aid: str) -> OutputParity | None:
     recs = [r for r in m.measured(aid).parity if r.outputs]
     if not recs:
         return None
-    return max(recs[-1].outputs.values(), key=lambda o: o.max_abs_err)
+    outs = recs[-1].outputs.values()
+    # an output that could not be compared (a shape mismatch) is the worst, with no figures
+    return next((o for o in outs if o.error), None) or max(outs, key=lambda o: o.max_abs_err)

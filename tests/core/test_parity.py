@@ -293,6 +293,31 @@ def test_shape_mismatch_names_the_sample() -> None:
     assert not ok and per["y"].failures == ("shape mismatch in sample 1: (4,) vs reference (5,)",)
 
 
+@pytest.mark.parametrize("kind", [None, "probabilities", "class_scores", "embedding", "other"])
+def test_a_data_sized_output_is_compared_across_samples_of_different_lengths(
+    kind: str | None,
+) -> None:
+    """What a non-maximum suppression keeps (`[n]` scores, `[n, 4]` boxes) has another length
+    in each sample, none in some: there are no rows of classes or embeddings to stack, and an
+    fp32 artifact that reproduces them passes where the comparison once raised ValueError."""
+    rng = np.random.default_rng(0)
+    scores = [rng.random(k, dtype=np.float32) for k in (4, 3, 0, 6)]
+    boxes = [rng.random((k, 4), dtype=np.float32) * 64 for k in (4, 3, 0, 6)]
+    for refs in (scores, boxes):
+        outs = [r + np.float32(1e-6) for r in refs]
+        ok, per = compare_outputs(
+            [{"y": o} for o in outs], [{"y": r} for r in refs], lambda _n: FP32, {"y": kind}
+        )
+        assert ok and per["y"].max_abs_err <= 1e-5
+        if refs is scores:  # no fixed last axis: no rows of classes or embeddings
+            assert per["y"].top1_agreement is None and per["y"].row_cosine_min is None
+        shifted = [r + np.float32(1.0) for r in refs]  # beyond fp32's bounds: still judged
+        ok, per = compare_outputs(
+            [{"y": o} for o in shifted], [{"y": r} for r in refs], lambda _n: FP32, {"y": kind}
+        )
+        assert not ok and not per["y"].error and per["y"].failures
+
+
 def test_compare_outputs_uses_per_output_tolerance_and_kind() -> None:
     refs = [{"a": np.array([1.0, 2.0]), "b": np.array([1.0, 2.0])}]
     outs = [{"a": np.array([1.0, 2.001]), "b": np.array([1.0, 2.001])}]

@@ -47,8 +47,9 @@ class VerifyKind(Kind[VerifyNode]):
     # 13: a variant lossier than the reference in its own right (bf16 float ops over a
     # quantized source's int8) is lossy, though its artifact's precision reads int8; 14:
     # channels of mixed scale are judged one by one (parity.py); 16 (15 was a reverted
-    # change): COCO-sized heads too (up to 1024 channels; rank 4+ on axis 1 only)
-    version = "16"
+    # change): COCO-sized heads too (up to 1024 channels; rank 4+ on axis 1 only); 17: an
+    # output whose length differs between samples (data-sized) is compared, not an error
+    version = "17"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
