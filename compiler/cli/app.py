@@ -18,7 +18,9 @@ import difflib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,15 +288,46 @@ def _fail(exc: CompilePkgError) -> None:
     sys.exit(exc.exit_code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a timeout, a CI job cancelled, a closed terminal), raised where
+    Python runs, so the command stops as on Ctrl-C: workers killed, scratch and temporary
+    files removed, the output left as it was (packages are written by an atomic rename)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    for sig in _STOP_SIGNALS:  # a second signal does not cut the cleanup short
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stopped(exc: BaseException) -> None:
+    """Ctrl-C (exit 130) or a stop signal (128 + its number), after the cleanup ran."""
+    cause = exc if isinstance(exc, Terminated) else exc.__cause__
+    if isinstance(cause, Terminated):
+        console.print(f"stopped by {cause}: cleaned up, nothing half-written")
+        sys.exit(128 + cause.signum)
+    console.print("aborted")
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     ui.reset()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _terminate) for sig in _STOP_SIGNALS}
     try:
         cli.main(args=argv, prog_name="compile-pkg", standalone_mode=False)
     except CompilePkgError as exc:
         _fail(exc)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(130)
+    except (click.exceptions.Abort, Terminated) as exc:
+        _stopped(exc)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
@@ -312,6 +345,9 @@ def main(argv: list[str] | None = None) -> None:
             style="bold red",
         )
         sys.exit(70)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def trust_options() -> Callable[[_F], _F]:

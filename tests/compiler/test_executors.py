@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -122,10 +123,14 @@ def test_a_node_over_its_memory_limit_fails_only_that_node(tmp_path: Path, model
 
 
 def test_a_node_past_its_wall_time_is_killed_and_the_build_goes_on(
-    tmp_path: Path, model: Path
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # verify times blocks until a +-0.01 % interval (never) or 60 s: far past a 6 s limit,
     # which every other node of a tiny model stays well inside
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     latency = {
         "runs": 100000,
         "warmup": 1,
@@ -145,6 +150,9 @@ def test_a_node_past_its_wall_time_is_killed_and_the_build_goes_on(
     assert verify.status == "failed"
     assert "ran past its wall-time limit (executor.wall_s=6)" in verify.reason
     assert outcome.results["cpu/ort-fp32:compile"].status == "ran"
+    # the killed worker's temporary files (its latency feeds) were in its node's scratch;
+    # pymp-*: the fork server's socket folder, if it started here (removed when it exits)
+    assert [p.name for p in temp.iterdir() if p.is_dir() and p.name[:5] != "pymp-"] == []
 
 
 def test_the_config_and_its_overrides_pick_the_executor() -> None:

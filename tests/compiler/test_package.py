@@ -143,6 +143,39 @@ def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pkg.tmp-")]
 
 
+def test_sigterm_stops_a_build_cleanly(cnn_path: Path, tmp_path: Path) -> None:
+    """SIGTERM (a timeout, a cancelled CI job) stops a build as Ctrl-C does: exit 143 with a
+    line saying so, every worker gone, no package, and no folder left in the temporary folder
+    (the build's own, the latency workers', or one a library made inside a killed worker,
+    such as ONNX Runtime's quantizer's) or in the cache's scratch space."""
+    psutil = pytest.importorskip("psutil")
+    temp, cache, out = tmp_path / "tmp", tmp_path / "cache", tmp_path / "pkg"
+    temp.mkdir()
+    cmd = [sys.executable, "-m", "compiler.cli", str(cnn_path), "--targets", "cpu"]
+    cmd += ["-o", str(out), "--cache-dir", str(cache)]
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root, "TMPDIR": str(temp)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    lines = []
+    for raw in proc.stderr:  # nodes run in workers once the reference is done
+        lines.append(raw.decode(errors="replace"))
+        if "ran reference" in lines[-1]:
+            break
+    time.sleep(1.0)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read().decode(errors="replace")
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, "".join(lines) + rest
+    assert "stopped by SIGTERM" in rest
+    assert not out.exists()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    assert [p.name for p in temp.iterdir() if p.is_dir()] == []
+    assert [p.name for p in temp.iterdir() if p.name.startswith("compile-pkg")] == []
+    assert list((cache / "tmp").iterdir()) == []
+
+
 def test_short_message_folds_and_cuts_library_errors() -> None:
     from compiler.core.errors import BuildError, short_message
 

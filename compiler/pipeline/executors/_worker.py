@@ -12,6 +12,7 @@ import resource
 import select
 import signal
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,6 +107,7 @@ def work(sys_path: list[str], payload: bytes, result_path: str, log_path: str) -
     os.chdir(job.cwd)
     os.environ.clear()
     os.environ.update(job.environ)
+    tempfile.tempdir = None  # read TMPDIR again: the node's own (ProcessExecutor.submit)
     ctx = NodeContext(job.inputs, job.graph, job.host)
     ctx.results.update(job.results)
     ctx.scratch = job.scratch

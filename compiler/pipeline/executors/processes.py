@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 import sys
 import time
@@ -56,6 +57,7 @@ class _Job:
     process: BaseProcess
     result: Path
     log: Path
+    tmp: Path  # the worker's TMPDIR
     deadline: float | None
     start_mib: int = 0  # resident at fork: the fork server's pages, shared, not the node's
     timed_out: bool = field(default=False)
@@ -108,6 +110,11 @@ class ProcessExecutor:
         self._running: dict[str, _Job] = {}
 
     def submit(self, node: NodeDef, kind: NodeKind[Any], ctx: NodeContext, out: Path) -> None:
+        # the worker's temporary files (a library's own, e.g. ONNX Runtime's quantizer's) go
+        # beside its output too: a worker killed mid-node (wall-time or memory limit, a
+        # build stopped) leaves none in the system's temporary folder
+        tmp = out.parent / "tmp"
+        tmp.mkdir(exist_ok=True)
         job = NodeJob(
             node=node,
             kind=kind,
@@ -117,7 +124,7 @@ class ProcessExecutor:
             results=dict(ctx.results),
             out=out.absolute(),
             cwd=os.getcwd(),
-            environ=dict(os.environ),
+            environ={**os.environ, "TMPDIR": str(tmp.absolute())},
             memory_mb=self.memory_mb,
             build_pid=os.getpid(),
             scratch=ctx.scratch,
@@ -131,7 +138,7 @@ class ProcessExecutor:
         process.start()
         deadline = time.monotonic() + self.wall_s if self.wall_s else None
         start = resident_mib(process.pid) if process.pid is not None else None
-        self._running[node.id] = _Job(node.id, process, result, log, deadline, start or 0)
+        self._running[node.id] = _Job(node.id, process, result, log, tmp, deadline, start or 0)
         if self._on_start is not None and process.pid is not None:
             self._on_start(node.id, process.pid)
 
@@ -171,6 +178,7 @@ class ProcessExecutor:
         finally:
             job.result.unlink(missing_ok=True)
             job.log.unlink(missing_ok=True)
+            shutil.rmtree(job.tmp, ignore_errors=True)
         return run
 
     def _outcome(self, job: _Job, tail: str) -> NodeRun:
