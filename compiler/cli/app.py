@@ -9,7 +9,8 @@ table, or with `--json` one JSON document whose shape `compile-pkg schema COMMAN
 logs, progress, warnings and errors go to stderr, never hard-wrapped; `-q` keeps only warnings
 and errors there, `-v` adds details. A reader that stops early (`| head -1`) is not an error.
 Exit codes: 0 success; 1 a build or run failed; 2 bad input or config; 3 bad package;
-4 nothing loadable here; 70 internal error.
+4 nothing loadable here; 70 internal error; 130 Ctrl-C, 128 + N signal N (SIGTERM, SIGHUP),
+each after the cleanup.
 """
 
 from __future__ import annotations
