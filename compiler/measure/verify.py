@@ -23,7 +23,7 @@ from compiler.core.contract import Contract
 from compiler.core.errors import short_message
 from compiler.core.feeds import Feeds
 from compiler.core.host import HostInfo, Requirements
-from compiler.core.parity import compare_outputs
+from compiler.core.parity import SHAPE_MISMATCH, compare_outputs
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import (
     GENERATED_DATA,
@@ -79,6 +79,17 @@ def judge_outputs(
     _, per_output = compare_outputs(
         outs, ref_outputs, lambda name: parity.tolerance(precision, name), kinds
     )
+    if parity.task is None:
+        for name in contract.data_sized_outputs() & set(per_output):
+            m = per_output[name]
+            if m.error.startswith(SHAPE_MISMATCH):
+                hint = (
+                    f"{m.error} ('{name}' has as many rows as the data gives, e.g. the "
+                    "detections a non-maximum suppression keeps: one more or fewer fails "
+                    "any comparison of outputs; give the model's task metric, "
+                    "parity.task.metric, and labelled samples to judge it by its job)"
+                )
+                per_output[name] = dataclasses.replace(m, failures=(hint,))
     task = score_task(parity.task, outs, ref_outputs, labels) if parity.task else None
     passed, basis = verdict(per_output, task, precision, contract.data_sized_outputs())
     return ParityRecord(

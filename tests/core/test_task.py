@@ -239,3 +239,30 @@ def test_a_data_sized_output_may_differ_in_size_when_the_task_decides() -> None:
     assert verdict(per_output, task, "int8") == (False, "")
     passed, basis = verdict(per_output, task, "int8", data_sized={"dets"})
     assert passed and "shape mismatch in sample 0" in basis
+
+
+def test_without_a_task_a_data_sized_output_of_another_length_says_what_would_judge_it() -> None:
+    """A lossy artifact that keeps one detection more fails (nothing else can judge it), and
+    the failure says why and what to give: the task metric. An output of fixed size keeps the
+    plain shape-mismatch message."""
+    from compiler.core.contract import Contract, TensorSpec
+    from compiler.core.tolerance import ParityPolicy
+    from compiler.measure.verify import judge_outputs
+
+    contract = Contract(
+        inputs=[TensorSpec(name="image", dtype="float32", shape=[1, 3, 8, 8])],
+        outputs=[
+            TensorSpec(name="dets", dtype="float32", shape=["kept", 2]),
+            TensorSpec(name="fixed", dtype="float32", shape=[3]),
+        ],
+    )
+    refs = [{"dets": np.array([[1, 0.9]], np.float32), "fixed": np.ones(3, np.float32)}] * 4
+    outs = [{"dets": np.array([[1, 0.9], [3, 0.2]], np.float32), "fixed": np.ones(2, np.float32)}]
+    record = judge_outputs(outs * 4, refs, contract, "int8", ParityPolicy())
+    assert record.status == "failed"
+    (dets,) = record.outputs["dets"].failures
+    assert dets.startswith("shape mismatch in sample 0: (2, 2) vs reference (1, 2)")
+    assert "parity.task.metric" in dets
+    assert record.outputs["fixed"].failures == (
+        "shape mismatch in sample 0: (2,) vs reference (3,)",
+    )
