@@ -126,8 +126,9 @@ class NncfPass(Pass[NncfConfig]):
     # judges channels of mixed scale one by one (compiler/core/parity.py); 8 (7 was a reverted
     # change): COCO-sized heads too; 9: "nothing to quantize" tells a quantizer that placed
     # nothing on top-level weighted nodes apart (ops outside the ONNX domain named); 10: an
-    # fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped
-    version = "10"
+    # fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 11: the
+    # gate compares outputs sized by the data (an NMS's detections; parity.py)
+    version = "11"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False

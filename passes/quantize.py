@@ -157,8 +157,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # of mixed scale one by one (compiler/core/parity.py); 10 (9 was a reverted change): COCO-
     # sized heads too (up to 1024 channels; rank 4+ on axis 1 only); 11: "nothing to
     # quantize" tells a quantizer that placed nothing on top-level weighted nodes apart; 12:
-    # an fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped
-    version = "12"
+    # an fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 13:
+    # the gate compares outputs sized by the data (an NMS's detections; parity.py)
+    version = "13"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
