@@ -9,7 +9,7 @@ import numpy as np
 
 from compiler.core.contract import Contract, DimRange, TensorSpec
 from perf.picks import tile_batch
-from perf.picks_report import geomean_of
+from perf.picks_report import geomean_of, render
 
 
 def _contract(shape: list[int | str], dims: dict[str, DimRange]) -> Contract:
@@ -38,3 +38,53 @@ def test_geomean_skips_missing_and_non_positive_values() -> None:
     assert geomean_of([]) is None
     assert math.isclose(geomean_of([2.0, 8.0]) or 0, 4.0)
     assert math.isclose(geomean_of([2.0, 8.0, 0.0, float("nan")]) or 0, 4.0)
+
+
+def _entry(pick: str, built: list[tuple[str, str, float]]) -> dict:
+    def speedup(v: float) -> dict:
+        return {"estimate": v, "low": v * 0.95, "high": v * 1.05}
+
+    return {
+        "pick": pick,
+        "precision": "int8",
+        "reason": "why",
+        "batches": {},
+        "task": {"pick": "p", "original": "o", "as_well": True},
+        "built": [
+            {"id": aid, "precision": "int8", "parity": parity, "speedup": speedup(v)}
+            for aid, parity, v in built
+        ],
+        "builds": {
+            "cold": {"returncode": 0, "seconds": 40.0},
+            "warm": {"returncode": 0, "seconds": 2.0},
+            "same-job": {"returncode": 0, "seconds": 10.0},
+        },
+        "olive": {"seconds": 1.0},
+    }
+
+
+def test_the_report_sets_the_fastest_artifact_built_beside_the_pick() -> None:
+    """What accuracy costs: the fastest artifact of each cold build, passed or not, beside
+    the pick, on the build records' basis; a model whose artifacts are all slower counts
+    1.00x (the reference); and the same-job build against Olive with and without its
+    import."""
+    doc = {
+        "date": "2026-12-01",
+        "host": {"arch": "x86_64", "cpu_model": "cpu", "cpu_count": 2, "isa": ["avx2"]},
+        "load_average": [0.5],
+        "targets": "cpu",
+        "command": "python perf/picks.py",
+        "plan": {"repeats": 2},
+        "olive": {"import_seconds": 4.0},
+        "models": {
+            "a": _entry("cpu/x", [("cpu/x", "passed", 2.0), ("cpu/y", "failed", 8.0)]),
+            "b": _entry("reference", [("cpu/z", "failed", 0.5)]),
+        },
+    }
+    md = render(doc)
+    # picks: 2.0 and 1.0 (the reference) -> 1.41x; fastest: 8.0 and 1.0 -> 2.83x
+    assert "the picks 1.41x, the fastest artifacts 2.83x" in md
+    assert "| a | cpu/x: 2.00x | cpu/y (int8) | 8.00x [7.60-8.40] | failed |" in md
+    assert "| b | reference: 1.00x | cpu/z (int8) | 0.50x [0.47-0.53] | failed |" in md
+    # cold 40 s, same job 10 s, Olive's job 1 s (+ 4 s import)
+    assert "| a | 40.0 s | 2.0 s | 10.0 s | 1.0 s | 40.00x | 10.00x | 2.00x |" in md
