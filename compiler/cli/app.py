@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.text import Text
 
-from compiler.core.errors import CompilePkgError, ConfigError
+from compiler.core.errors import CompilePkgError, ConfigError, Terminated
 from compiler.core.targets import check_targets
 from compiler.serving.signing import TrustPolicy
 
@@ -289,23 +289,13 @@ def _fail(exc: CompilePkgError) -> None:
     sys.exit(exc.exit_code)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a timeout, a CI job cancelled, a closed terminal), raised where
-    Python runs, so the command stops as on Ctrl-C: workers killed, scratch and temporary
-    files removed, the output left as it was (packages are written by an atomic rename)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _terminate(signum: int, _frame: object) -> None:
     for sig in _STOP_SIGNALS:  # a second signal does not cut the cleanup short
         signal.signal(sig, signal.SIG_IGN)
     raise Terminated(signum)
-
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _stopped(exc: BaseException) -> None:

@@ -6,6 +6,8 @@ else escaping a backend is wrapped into one of these at the node or runner bound
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
     "BackendUnavailable",
     "NotApplicable",
@@ -18,6 +20,7 @@ __all__ = [
     "NoCompatibleArtifact",
     "PackageError",
     "PassError",
+    "Terminated",
     "short_message",
 ]
 
@@ -84,6 +87,17 @@ class NoCompatibleArtifact(CompilePkgError):
     """No artifact in the package can be loaded on this host."""
 
     exit_code = 4
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a timeout, a cancelled CI job, a closed terminal), raised by the
+    CLI's handler where Python runs, so a command stops as on Ctrl-C: workers killed, scratch
+    and temporary files removed, the output left as it was (packages are written by an atomic
+    rename). Not an error of the model or config, so not a CompilePkgError."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def short_message(exc: BaseException, limit: int = 500) -> str:
