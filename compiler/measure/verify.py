@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from compiler.core.contract import Contract
 from compiler.core.errors import short_message
 from compiler.core.feeds import Feeds
@@ -90,6 +92,17 @@ def judge_outputs(
                     "parity.task.metric, and labelled samples to judge it by its job)"
                 )
                 per_output[name] = dataclasses.replace(m, failures=(hint,))
+    if parity.task is None and _all_empty(outs) and _all_empty(ref_outputs):
+        return ParityRecord(
+            status="not-verified",
+            precision=precision,
+            samples=len(outs),
+            reference=REFERENCE,
+            outputs=per_output,
+            reason="nothing to compare: every output is empty on every sample, the "
+            "reference's and the artifact's (a detector that finds nothing in generated "
+            "data); give samples the model finds something in with --sample-data DIR",
+        )
     task = score_task(parity.task, outs, ref_outputs, labels) if parity.task else None
     passed, basis = verdict(per_output, task, precision, contract.data_sized_outputs())
     return ParityRecord(
@@ -101,6 +114,11 @@ def judge_outputs(
         task=task,
         basis=basis,
     )
+
+
+def _all_empty(samples: Sequence[Feeds]) -> bool:
+    """Whether every output of every sample has no element: agreement there shows nothing."""
+    return all(np.asarray(v).size == 0 for feed in samples for v in feed.values())
 
 
 def verify_artifact(

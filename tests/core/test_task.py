@@ -266,3 +266,27 @@ def test_without_a_task_a_data_sized_output_of_another_length_says_what_would_ju
     assert record.outputs["fixed"].failures == (
         "shape mismatch in sample 0: (2,) vs reference (3,)",
     )
+
+
+def test_outputs_empty_on_every_sample_give_no_verdict() -> None:
+    """A detector finds nothing in generated data: every output is empty, the reference's and
+    the artifact's, and agreeing on nothing shows nothing (not a pass). An artifact that
+    finds boxes where the reference finds none is a failure."""
+    from compiler.core.contract import Contract, TensorSpec
+    from compiler.core.tolerance import ParityPolicy
+    from compiler.measure.verify import judge_outputs
+
+    contract = Contract(
+        inputs=[TensorSpec(name="image", dtype="float32", shape=[1, 3, 8, 8])],
+        outputs=[
+            TensorSpec(name="boxes", dtype="float32", shape=["kept", 4]),
+            TensorSpec(name="scores", dtype="float32", shape=["kept"]),
+        ],
+    )
+    none = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32)}
+    record = judge_outputs([none] * 4, [none] * 4, contract, "fp32", ParityPolicy())
+    assert record.status == "not-verified"
+    assert record.reason.startswith("nothing to compare: every output is empty")
+    one = {"boxes": np.ones((1, 4), np.float32), "scores": np.ones(1, np.float32)}
+    record = judge_outputs([one] + [none] * 3, [none] * 4, contract, "fp32", ParityPolicy())
+    assert record.status == "failed"

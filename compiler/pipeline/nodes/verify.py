@@ -49,7 +49,8 @@ class VerifyKind(Kind[VerifyNode]):
     # channels of mixed scale are judged one by one (parity.py); 16 (15 was a reverted
     # change): COCO-sized heads too (up to 1024 channels; rank 4+ on axis 1 only); 17: an
     # output whose length differs between samples (data-sized) is compared, not an error,
-    # and one whose length an artifact changes says what judges it (a task metric)
+    # and one whose length an artifact changes says what judges it (a task metric); outputs
+    # empty on every sample (a detector on generated data) give no verdict
     version = "17"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
