@@ -14,7 +14,7 @@ timed against itself (the method's noise, true value 1); the pick's fraction of 
 machine peak for its precision; the held-out task set through the pick and through the
 original model on ONNX Runtime; and Olive's ONNX Runtime int8 workflow on the same
 calibration data in one Olive process (the cold build's peer), beside a cold build of that
-job alone (SAME_JOB: only the ort-int8 variant). Every artifact of the cold build is listed
+job alone (same_job_config: only the ort-int8 variant). Every artifact of the cold build is listed
 with its verdict and its build-record speedup, so the report can set the fastest artifact
 built, whatever its verdict, beside the pick (what accuracy costs). Writes
 perf/results/<date>-<host>-picks[-quick].{json,md}.
@@ -43,6 +43,7 @@ from compiler.core.contract import Contract  # noqa: E402
 from compiler.core.feeds import read_npz  # noqa: E402
 from compiler.core.host import probe_host  # noqa: E402
 from compiler.measure.workers import reference_contender  # noqa: E402
+from compiler.pipeline.pipelines import PIPELINES  # noqa: E402
 from compiler.serving.loader import load  # noqa: E402
 from compiler.serving.manifest import Manifest, read_manifest  # noqa: E402
 from compiler.serving.selection import REFERENCE  # noqa: E402
@@ -85,29 +86,24 @@ def _prepare(model: RealModel, work: Path) -> tuple[Path, Path]:
     return cal, smp
 
 
-# Olive's job as a compile-pkg build: only the cpu target's ort-int8 variant, as the default
-# pipeline makes it (compiler/pipeline/pipelines.py), with its verdict and latency; the
-# ort-int8 variant's accuracy loop may run more than Olive's single quantization does
-SAME_JOB = """targets:
-  cpu:
-    pipeline: none
-    variants:
-      ort-int8:
-        passes:
-          - {name: simplify}
-          - {name: quantize, accuracy_aware: {enabled: true}}
-        compile: {backend: onnxruntime}
-"""
+def same_job_config() -> str:
+    """Olive's job as a compile-pkg config: only the cpu target's ort-int8 variant, exactly as
+    the default pipeline makes it (the same DAG node), with its verdict and latency; its
+    accuracy loop may quantize more than once where Olive quantizes once. JSON, which YAML
+    reads."""
+    variant = PIPELINES["cpu"]["default"]()["ort-int8"].model_dump(mode="json")
+    cpu = {"pipeline": "none", "variants": {"ort-int8": variant}}
+    return json.dumps({"targets": {"cpu": cpu}}, indent=1) + "\n"
 
 
 def _builds(
     model: RealModel, work: Path, targets: str, cal: Path, smp: Path, extra: tuple[str, ...]
 ) -> dict[str, Any]:
     """Cold (empty cache) and warm builds of the default pipeline, then a cold build of
-    Olive's job alone (SAME_JOB) on a cache of its own."""
+    Olive's job alone (same_job_config) on a cache of its own."""
     default, same_job = work / "config.yaml", work / "same-job.yaml"
     default.write_text("{}\n", encoding="utf-8")
-    same_job.write_text(SAME_JOB, encoding="utf-8")
+    same_job.write_text(same_job_config(), encoding="utf-8")
     runs = (
         ("cold", targets, default, work / "cache"),
         ("warm", targets, default, work / "cache"),

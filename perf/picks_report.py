@@ -91,13 +91,10 @@ def _picked_at_build(e: dict[str, Any]) -> float | None:
     return rec["speedup"]["estimate"] if rec and rec.get("speedup") else None
 
 
-def _ceiling_row(name: str, e: dict[str, Any]) -> str:
-    best, picked = _fastest(e), _picked_at_build(e)
-    if best is None or picked is None:
-        return f"| {name} | - | - | - | - |"
+def _ceiling_row(name: str, pick: str, picked: float, best: dict[str, Any]) -> str:
     sp = best["speedup"]
     return (
-        f"| {name} | {e['pick']}: {picked:.2f}x | {best['id']} ({best['precision']}) | "
+        f"| {name} | {pick}: {picked:.2f}x | {best['id']} ({best['precision']}) | "
         f"{sp['estimate']:.2f}x [{sp['low']:.2f}-{sp['high']:.2f}] | {best['parity']} |"
     )
 
@@ -105,24 +102,28 @@ def _ceiling_row(name: str, e: dict[str, Any]) -> str:
 def _ceiling(models: dict[str, Any]) -> list[str]:
     """What accuracy costs: per model, the fastest artifact built whatever its verdict, beside
     the pick, both from the cold build's own records; the geomeans of each."""
-    rows = [e for e in models.values() if _fastest(e) and _picked_at_build(e)]
+    found = {
+        name: (name, e["pick"], picked, best)
+        for name, e in models.items()
+        if (best := _fastest(e)) and (picked := _picked_at_build(e))
+    }
+    rows = list(found.values())
     if not rows:
         return []
-    picked = geomean_of([v for e in rows if (v := _picked_at_build(e))])
-    fastest = [f["speedup"]["estimate"] for e in rows if (f := _fastest(e))]
-    best = geomean_of([max(1.0, v) for v in fastest])
+    picked_g = geomean_of([picked for _, _, picked, _ in rows])
+    best_g = geomean_of([max(1.0, best["speedup"]["estimate"]) for *_, best in rows])
     return [
         "## What accuracy costs: the fastest artifact built, whatever its verdict",
         "",
         "From the cold build's own latency records at batch 1 (one measurement each, so "
         "this table is not the pooled one above). The reference counts as 1.00x where every "
-        f"artifact is slower. Geomean over {len(rows)} models: **the picks {picked:.2f}x, the "
-        f"fastest artifacts {best:.2f}x**, which is the most serving could get on this host "
-        "from these variants if no verdict stood in the way.",
+        f"artifact is slower. Geomean over {len(rows)} models: **the picks {picked_g:.2f}x, "
+        f"the fastest artifacts {best_g:.2f}x**, which is the most serving could get on this "
+        "host from these variants if no verdict stood in the way.",
         "",
         "| model | pick at build | fastest built | its speedup | its verdict |",
         "|---|---|---|---|---|",
-        *[_ceiling_row(n, e) for n, e in models.items()],
+        *[_ceiling_row(*found[n]) if n in found else f"| {n} | - | - | - | - |" for n in models],
         "",
     ]
 
