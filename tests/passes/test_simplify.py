@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,22 @@ def test_onnxsim_failure_is_skipped_not_raised(tmp_path: Path) -> None:
 def test_check_n_must_be_positive() -> None:
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         SimplifyConfig(check_n=0)
+
+
+def test_onnxsim_is_imported_without_torch_and_torch_still_imports_after() -> None:
+    """onnxsim 0.8 imports torch for an optional PPQ bridge: seconds of every cold build's
+    simplify worker. The pass imports it with torch hidden, and torch imports afterwards."""
+    pytest.importorskip("torch")
+    code = (
+        "import sys\n"
+        "from passes.simplify import import_onnxsim\n"
+        "onnxsim = import_onnxsim()\n"
+        "assert callable(onnxsim.simplify)\n"
+        "print('torch' in sys.modules)\n"
+        "import torch\n"
+        "print(torch.zeros(2).sum().item())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
+    assert out == ["False", "0.0"]
