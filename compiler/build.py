@@ -21,6 +21,7 @@ from compiler.measure.verify import now_utc
 from compiler.packaging.assemble import assemble
 from compiler.packaging.emulated import verify_emulated
 from compiler.packaging.output import apply_umask, check_output, estimate_package_bytes
+from compiler.packaging.report_charts import warm_imports
 from compiler.packaging.retime import retime_perturbed
 from compiler.packaging.write import finish_package, rewrite_manifest, write_atomically
 from compiler.pipeline.cache import Cache, default_cache_dir
@@ -154,6 +155,7 @@ def build_package(
             gate=memory_gate(config.executor, runs_on),
             retry_failed=config.executor.retry_failed,
         )
+        warm_imports()  # the report's, while the nodes run
         try:
             host = probe_host()
             results = scheduler.run(NodeContext(inputs, g, host))

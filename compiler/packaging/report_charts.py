@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "error_svg",
     "latency_svg",
     "timeline_svg",
+    "warm_imports",
 ]
 
 _STATUS_COLORS = {
@@ -60,6 +62,25 @@ class TimelineNode:
 
 def charts_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def warm_imports() -> threading.Thread | None:
+    """Import matplotlib on a thread of its own, started while a build's nodes run (the main
+    process only waits on its workers then), so the report does not wait for it at the end:
+    0.7 s of a 7 s cold build of a small model (measured 2026-12-01, py-spy). The thread ends
+    with the import; a failed import is left to the report, which draws no pictures then."""
+    if not charts_available():
+        return None
+
+    def load() -> None:
+        try:
+            import matplotlib.figure  # noqa: F401
+        except Exception:  # a broken install: the report says so where it draws
+            return
+
+    thread = threading.Thread(target=load, name="compile-pkg-warm-imports")
+    thread.start()
+    return thread
 
 
 def _figure(width: float, height: float, left: float = 0.3) -> Any:

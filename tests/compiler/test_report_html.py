@@ -9,6 +9,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -174,3 +175,21 @@ def test_headless_chromium_renders_a_page_that_is_not_blank(package: Path, tmp_p
     assert inked > 0.01, inked  # text, table rules and bars, not an empty page
     colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 16) or []
     assert len(colours) > 50  # pictures and coloured status text, not one flat colour
+
+
+def test_the_reports_imports_are_warmed_on_a_thread_of_their_own() -> None:
+    """build_package starts the report's matplotlib import while its nodes run, so the
+    report does not wait for it: the thread imports it and ends; nothing else is loaded."""
+    pytest.importorskip("matplotlib")
+    code = (
+        "import sys\n"
+        "from compiler.packaging.report_charts import warm_imports\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        "t = warm_imports()\n"
+        "t.join(120)\n"
+        "print(t.name, t.is_alive(), 'matplotlib.figure' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=True
+    ).stdout.split()
+    assert out == ["compile-pkg-warm-imports", "False", "True"]
