@@ -159,7 +159,7 @@ class QuantizePass(Pass[QuantizeConfig]):
     # quantize" tells a quantizer that placed nothing on top-level weighted nodes apart; 12:
     # an fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 13:
     # the gate compares outputs sized by the data (an NMS's detections; parity.py)
-    version = "13"
+    version = "14"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

@@ -244,3 +244,78 @@ def test_nncf_accuracy_control_restores_the_task(tmp_path: Path) -> None:
     assert ac["gate_before"]["task"]["status"] == "failed"
     assert ac["gate_after"]["passed"] is True, ac["gate_after"]
     assert "mm1" in ac["kept_in_float"]
+
+
+def _deep_mlp(layers: int, seed: int = 0) -> onnx.ModelProto:
+    """x[N,16] -> (MatMul -> Tanh) x layers -> y: layer i's weights have one outlier column
+    of its own size, so each layer costs a different amount in int8."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        w = (rng.normal(0, 1, (16, 16)) / 4).astype(np.float32)
+        w[:, i % 16] *= 1.0 + 40.0 * rng.random()
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"], name=f"mm{i:02d}"))
+        nodes.append(helper.make_node("Tanh", [f"h{i}"], [f"t{i}"], name=f"tanh{i:02d}"))
+        prev = f"t{i}"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(
+        nodes,
+        "deep",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_many_candidates_are_ranked_in_two_rounds_with_the_same_leaders(tmp_path: Path) -> None:
+    """Beyond 32 candidates, every layer runs on half the ranking samples and the 32 that
+    cost the most on all of them: the finalists' errors are the all-sample figures exactly, and the
+    leaders (what the loop tries) are those of ranking every layer on every sample."""
+    from passes.accuracy import Gate, _error, candidate_layers, rank_layers
+    from passes.ort_quantizers import OrtSettings, static_quantizer
+    from passes.ort_tools import run_model
+
+    model = _deep_mlp(40)
+    feeds = _feeds(8, seed=3)
+    gate = Gate(INT8, feeds, run_model(model, feeds))
+    quantize = static_quantizer(
+        model,
+        _feeds(8, seed=1),
+        OrtSettings((), True, False, 99.999),
+        ("u8", "s8", False),
+        tmp_path,
+        "minmax",
+        None,
+    )
+    runs: list[int] = []  # samples each quantized model ran on, counted through the gate's feeds
+
+    def counted(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
+        runs.append(0)
+        return quantize(exclude, only)
+
+    candidates = candidate_layers(model, ["MatMul"], [])
+    assert len(candidates) == 40
+    ranked = rank_layers(candidates, counted, gate, 8)
+    assert len(runs) == 40 + 32  # the finalists quantized again for their other 4 samples
+    every = sorted(
+        (
+            (n, t, _error(run_model(quantize([], [n]), feeds), gate.references, gate.tolerance))
+            for n, t in candidates
+        ),
+        key=lambda s: (-s[2], s[0]),
+    )
+    assert [r[0] for r in ranked[:16]] == [r[0] for r in every[:16]]
+    assert sorted(r[0] for r in ranked) == sorted(n for n, _ in candidates)
+    all_samples = {n: e for n, _, e in every}
+    for name, _, err in ranked[:32]:
+        assert err == pytest.approx(all_samples[name], rel=1e-9)
+    first_round = {
+        n: _error(run_model(quantize([], [n]), feeds[:4]), gate.references[:4], gate.tolerance)
+        for n, _, _ in ranked[32:]
+    }
+    for name, _, err in ranked[32:]:
+        assert err == pytest.approx(first_round[name], rel=1e-9)
