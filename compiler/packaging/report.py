@@ -75,6 +75,47 @@ def _artifact_table(rows: list[ArtifactRow]) -> list[str]:
     return lines
 
 
+def _task(rows: list[ArtifactRow]) -> list[str]:
+    """The task metric per artifact, with what a pass on these samples says and no more."""
+    scored = [r for r in rows if r.task is not None]
+    if not scored:
+        return [
+            "",
+            "## Task",
+            "",
+            "No task metric was scored: the verdicts rest on the outputs' closeness. Give the "
+            "model's task metric (parity.task.metric) and labelled samples (labels.json beside "
+            "--sample-data) to judge the artifacts by the model's job.",
+        ]
+    lines = [
+        "",
+        "## Task",
+        "",
+        "The build's task metric on the labelled samples, the artifact's outputs against the "
+        "reference's on the same samples. `worse / better`: samples on which the artifact's "
+        "output alone lowers or raises the reference's score (the paired check). `worse on at "
+        "most`: how large the share of inputs like these on which the artifact does worse "
+        "can be, at 95 % confidence, given that count: more labelled samples narrow it.",
+        "",
+        "| artifact | task | artifact | reference | samples | worse / better "
+        "| worse on at most (95 %) | why |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in scored:
+        t = r.task
+        assert t is not None
+        paired = f"{len(t.worse)} / {t.better}" if t.worse is not None else "-"
+        bound = f"{r.task_worse_bound:.1%}" if r.task_worse_bound is not None else "-"
+        why = "; ".join(x for x in (t.reason, t.paired_reason) if x) or "-"
+        lines.append(
+            f"| {r.id} | {t.status} | {_fmt(t.artifact, '.4g')} | {_fmt(t.reference, '.4g')} "
+            f"| {t.samples} | {paired} | {bound} | {why} |"
+        )
+    metrics = sorted({r.task.metric for r in scored if r.task is not None})
+    lines += ["", "Metric: " + ", ".join(f"`{name}`" for name in metrics) + "."]
+    return lines
+
+
 def _how_made(rows: list[ArtifactRow]) -> list[str]:
     lines = ["", "## How each artifact was made", ""]
     for r in rows:
@@ -155,6 +196,7 @@ def render_markdown(m: Manifest) -> str:
         *_data_warnings(m),
         *_contract(m),
         *_artifact_table(rows),
+        *_task(rows),
     ]
     for target, note in m.target_notes.items():
         lines.append(f"\nTarget `{target}`: {note}")

@@ -97,6 +97,33 @@ def _artifacts(rows: list[ArtifactRow]) -> str:
     return _table(head, cells, set(range(7, 15)))
 
 
+def _task(rows: list[ArtifactRow]) -> str:
+    """The task metric per artifact (report.md's "Task" section says what each column is)."""
+    scored = [(r, r.task) for r in rows if r.task is not None]
+    if not scored:
+        return '<p class="note">no task metric was scored (parity.task.metric and labels)</p>'
+    head = ("artifact", "task", "artifact", "reference", "samples", "worse / better",
+            "worse on at most (95 %)", "why")  # fmt: skip
+    cells = [
+        (
+            escape(r.id), _status(t.status), _num(t.artifact, ".4g"), _num(t.reference, ".4g"),
+            str(t.samples), escape(f"{len(t.worse)} / {t.better}" if t.worse is not None else "-"),
+            escape(f"{r.task_worse_bound:.1%}" if r.task_worse_bound is not None else "-"),
+            escape("; ".join(x for x in (t.reason, t.paired_reason) if x) or "-"),
+        )
+        for r, t in scored
+    ]  # fmt: skip
+    note = (
+        '<p class="note">worse / better: samples on which the artifact\'s output alone lowers or '
+        "raises the reference's score; worse on at most: how large the share of inputs like "
+        "these on which the artifact does worse can be, at 95 % confidence: more labelled "
+        "samples narrow it. Metric: "
+        + escape(", ".join(sorted({t.metric for _, t in scored})))
+        + "</p>"
+    )
+    return _table(head, cells, {2, 3, 4, 6}) + note
+
+
 def _dag(m: Manifest) -> str:
     try:
         config = BuildConfig.model_validate(m.provenance.config)
@@ -187,6 +214,7 @@ def render_html(m: Manifest) -> str:
         ("Contract", _contract(m)),
         ("Pass DAG", _dag(m)),
         ("Artifacts", _artifacts(rows)),
+        ("Task", _task(rows)),
         ("Latency", _latency(rows)),
         ("Parity per output", _parity(m)),
         ("Build timeline", _timeline(m)),

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from compiler.core.parity import OutputParity
 from compiler.core.records import LatencyRecord, MeasuredOn, PassRecord
+from compiler.core.task import TaskScore, worse_bound
 from compiler.packaging.output import human_bytes
 from compiler.pipeline.config import BuildConfig
 from compiler.pipeline.graph import PassNode, build_graph
@@ -134,6 +135,10 @@ class ArtifactRow(_Row):
     speedup: float | None = None
     speedup_low: float | None = None  # the interval that holds the true median speedup
     speedup_high: float | None = None
+    # the task metric on the labelled samples (the decisive parity record's), and how large
+    # the share of such inputs the artifact does worse on can be (95 %, core/task.py)
+    task: TaskScore | None = None
+    task_worse_bound: float | None = None
 
     @property
     def speedup_text(self) -> str:
@@ -298,6 +303,8 @@ def artifact_rows(m: Manifest) -> list[ArtifactRow]:
                 speedup=lat.speedup_vs_reference if lat else None,
                 speedup_low=lat.speedup.low if lat and lat.speedup else None,
                 speedup_high=lat.speedup.high if lat and lat.speedup else None,
+                task=shown.task if shown else None,
+                task_worse_bound=_worse_bound(shown.task) if shown else None,
                 latency_host=describe_host(lat.host) if lat else "",
                 tuned=tuned_text(lat),
                 throughput=_batch_rows(lat),
@@ -308,6 +315,14 @@ def artifact_rows(m: Manifest) -> list[ArtifactRow]:
             )
         )
     return rows
+
+
+def _worse_bound(task: TaskScore | None) -> float | None:
+    """The 95 % bound on the share of inputs the artifact does worse on, where the paired
+    check ran (computed from its record: packages built before it was shown have it too)."""
+    if task is None or task.worse is None or task.status == "not-run":
+        return None
+    return worse_bound(len(task.worse), task.samples)
 
 
 def _worst_output(m: Manifest, aid: str) -> OutputParity | None:

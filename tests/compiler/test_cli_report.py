@@ -77,6 +77,9 @@ def test_report_says_how_each_artifact_was_made(package: Path) -> None:
     assert "calibration.samples: " in int8 and "excluded_nodes: [conv0" in int8
     assert "`arm/ort-fp32` (fp32): onnxruntime" in made
     assert "| KiB" not in report and " KiB |" in report  # sizes people read
+    # no task metric: the report says the verdicts rest on the outputs, and what would change it
+    task = report.split("## Task")[1].split("\n## ")[0]
+    assert "No task metric was scored" in task and "parity.task.metric" in task
 
 
 def test_report_says_where_each_figure_was_measured(package: Path) -> None:

@@ -209,6 +209,7 @@ def test_reverify_scores_the_task_with_the_labels_the_package_ships(
     decided at build)."""
     import json
 
+    from compiler.core.task import worse_bound
     from compiler.packaging.reverify import verify_package
     from compiler.serving.manifest import read_manifest
     from tests.passes.builders import run
@@ -224,6 +225,15 @@ def test_reverify_scores_the_task_with_the_labels_the_package_ships(
     )
     built = {a: _parity(outcome, a) for a in ("cpu/fp32", "cpu/int8")}
     assert all(r.task is not None and r.task.samples == r.samples >= 8 for r in built.values())
+    # report.md shows each task score with what its pass says: the 95 % bound on the share
+    # of such inputs the artifact does worse on, from the paired check's count
+    shown = (tmp_path / "pkg" / "reports" / "report.md").read_text().split("## Task")[1]
+    for aid, rec in built.items():
+        assert rec.task is not None and rec.task.worse is not None
+        bound = worse_bound(len(rec.task.worse), rec.task.samples)
+        row = f"| {aid} | {rec.task.status} | {rec.task.artifact:.4g} | {rec.task.reference:.4g} "
+        assert f"{row}| {rec.task.samples} | {len(rec.task.worse)} / {rec.task.better} " in shown
+        assert f"| {bound:.1%} |" in shown
     report = verify_package(tmp_path / "pkg", measure_latency=False, update=True)
     for check in report.artifacts:
         again = check.parity

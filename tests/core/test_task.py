@@ -290,3 +290,18 @@ def test_outputs_empty_on_every_sample_give_no_verdict() -> None:
     one = {"boxes": np.ones((1, 4), np.float32), "scores": np.ones(1, np.float32)}
     record = judge_outputs([one] + [none] * 3, [none] * 4, contract, "fp32", ParityPolicy())
     assert record.status == "failed"
+
+
+def test_the_worse_bound_is_clopper_pearsons_and_narrows_with_more_samples() -> None:
+    """What a pass on n samples says: none worse of 24 leaves up to 11.7 % of such inputs
+    (1 - 0.05 ** (1 / 24)); with losses, the one-sided Clopper-Pearson bound (reference values
+    from scipy.stats.beta.ppf(0.95, k + 1, n - k))."""
+    from compiler.core.task import worse_bound
+
+    assert worse_bound(0, 24) == pytest.approx(1 - 0.05 ** (1 / 24), rel=1e-12)
+    assert worse_bound(0, 24) == pytest.approx(0.117346, abs=1e-6)
+    assert worse_bound(1, 20) == pytest.approx(0.216106, abs=1e-6)
+    assert worse_bound(3, 100) == pytest.approx(0.075711, abs=1e-6)
+    assert worse_bound(5, 1000) == pytest.approx(0.010484, abs=1e-6)
+    assert worse_bound(0, 8) > worse_bound(0, 24) > worse_bound(0, 300)
+    assert worse_bound(2, 2) == 1.0 and worse_bound(0, 0) == 1.0
