@@ -48,6 +48,7 @@ def print_artifacts(rows: list[ArtifactRow]) -> None:
         )
         table.add_row(*map(Text, cells))
     out_console.print(table)
+    _print_task(rows)
     # batch 1 alone repeats the speedup column: the table is for larger batches or a sweep
     served = [r for r in rows if r.tuned or any(b.batch != 1 for b in r.throughput)]
     if served:
@@ -58,6 +59,22 @@ def print_artifacts(rows: list[ArtifactRow]) -> None:
             batches = "; ".join(f"b{b.batch}: {b.text}" for b in r.throughput) or "-"
             serving.add_row(*map(Text, (r.id, batches, r.tuned or "-")))
         out_console.print(serving)
+
+
+def _print_task(rows: list[ArtifactRow]) -> None:
+    """The task metric per artifact, where the build scored one (report.md's Task section)."""
+    scored = [(r, r.task) for r in rows if r.task is not None and r.task.status != "not-run"]
+    if not scored:
+        return
+    table = Table(title=f"task: {scored[0][1].metric} on the labelled samples")
+    for col in ("artifact", "task", "score vs reference", "worse / better of", "worse on <="):
+        table.add_column(col)
+    for r, t in scored:
+        paired = f"{len(t.worse)} / {t.better} of {t.samples}" if t.worse is not None else "-"
+        bound = f"{r.task_worse_bound:.1%} (95 %)" if r.task_worse_bound is not None else "-"
+        score = f"{_num(t.artifact, '.4g')} vs {_num(t.reference, '.4g')}"
+        table.add_row(*map(Text, (r.id, t.status, score, paired, bound)))
+    out_console.print(table)
 
 
 def print_recipes(rows: list[ArtifactRow]) -> None:

@@ -4,7 +4,10 @@ their numeric verdict, and real samples make the lossy verdict decisive."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +237,21 @@ def test_reverify_scores_the_task_with_the_labels_the_package_ships(
         row = f"| {aid} | {rec.task.status} | {rec.task.artifact:.4g} | {rec.task.reference:.4g} "
         assert f"{row}| {rec.task.samples} | {len(rec.task.worse)} / {rec.task.better} " in shown
         assert f"| {bound:.1%} |" in shown
+    # and `inspect` prints them under the artifacts table
+    inspected = subprocess.run(
+        [sys.executable, "-m", "compiler.cli", "inspect", str(tmp_path / "pkg")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    assert f"task: {__name__}:top1 on the labelled samples" in inspected.stdout
+    for aid, rec in built.items():
+        assert rec.task is not None and rec.task.worse is not None
+        bound = worse_bound(len(rec.task.worse), rec.task.samples)
+        line = next(x for x in inspected.stdout.splitlines() if f" {aid} " in x and "(95 %)" in x)
+        assert f" of {rec.task.samples} " in line and f"{bound:.1%} (95 %)" in line
     report = verify_package(tmp_path / "pkg", measure_latency=False, update=True)
     for check in report.artifacts:
         again = check.parity
