@@ -7,7 +7,10 @@ confidence interval (compiler/core/latency.py). The faster artifact (by the inte
 bound: the speed that survives a second measurement) comes first, except that a
 lossy artifact (fp16, bf16, int8) comes after a more precise one of the same target unless its
 speedup's lower bound is above the precise one's upper bound: precision that buys no
-measurable speed is not given up.
+measurable speed is not given up. Between int8 artifacts, the flavour that fits the host less
+well (`int8_fit`: preferred, native, may saturate) yields the same way: on a VNNI host the
+reduced-range one (7-bit weights, meant for AVX2) to full-range int8, on an AVX2 host
+full-range int8 (whose sums may saturate there) to the reduced-range one.
 
 Which latency records count: the build's own, on a host like the serving one (same
 architecture and ISA class, compiler/core/isa.py; for GPU artifacts, the same GPU). Records a
@@ -157,13 +160,26 @@ def _beats_reference(c: Candidate, bound: float, confidence: float) -> bool:
     return s is not None and s.confidence >= confidence - 1e-9 and s.low >= bound - 1e-9
 
 
+_FIT_RANK = {"preferred": 0, "native": 1, "saturates": 2}
+
+
+def _giving_up(a: ArtifactEntry, cls: IsaClass) -> tuple[int, int]:
+    """How much `a` gives up on a host of class `cls`: its precision's lossiness, then, for
+    int8, how well its flavour fits the class (an unrecorded flavour counts as fitting)."""
+    flavour = a.requirements.int8 if a.requirements is not None else None
+    fit = _FIT_RANK[int8_fit(flavour, cls)] if a.precision == "int8" and flavour else 0
+    return lossiness(a.precision), fit
+
+
 def _order_by_speedup(
-    cands: list[Candidate], by_id: dict[str, ArtifactEntry], confidence: float
+    cands: list[Candidate], by_id: dict[str, ArtifactEntry], confidence: float, cls: IsaClass
 ) -> list[Candidate]:
     """Fastest first by the speed one can count on (the interval's lower bound, then the
     estimate): a wide interval from a noisy run does not outrank a narrow one (magika's
-    ov-f32 at 1.62x [0.80-2.02] beside ort-fp32 at 1.00x [0.98-1.01]). A lossy candidate
-    yields to a more precise one of its target that it does not beat beyond the intervals."""
+    ov-f32 at 1.62x [0.80-2.02] beside ort-fp32 at 1.00x [0.98-1.01]). A candidate yields
+    to one of its target that gives up less (`_giving_up` on the host's class `cls`) when it
+    does not beat it beyond the intervals (magika on a VNNI host: ort-int8-rr 2.20x
+    [2.06-2.41] had gone ahead of full-range ort-int8 at 2.25x [2.05-2.47])."""
     index = {a: i for i, a in enumerate(by_id)}
 
     def key(c: Candidate) -> tuple[bool, float, float, int]:
@@ -180,7 +196,7 @@ def _order_by_speedup(
                 r
                 for r in remaining
                 if by_id[r.id].target == a.target
-                and lossiness(by_id[r.id].precision) < lossiness(a.precision)
+                and _giving_up(by_id[r.id], cls) < _giving_up(a, cls)
                 and not _beats(best, r, confidence)
             ]
             if not rivals:
@@ -188,13 +204,19 @@ def _order_by_speedup(
             rival = max(rivals, key=key)
             if "; after " not in best.reason:
                 best.reason += (
-                    f"; after {rival.id}: {a.precision} is not faster than "
-                    f"{by_id[rival.id].precision} beyond the intervals"
+                    f"; after {rival.id}: {_what(a)} is not faster than "
+                    f"{_what(by_id[rival.id])} beyond the intervals"
                 )
             best = rival
         ordered.append(best)
         remaining.remove(best)
     return ordered
+
+
+def _what(a: ArtifactEntry) -> str:
+    """`int8 (u8s8-rr)`, `bf16`: the precision, with the int8 flavour where recorded."""
+    flavour = a.requirements.int8 if a.requirements is not None else None
+    return f"{a.precision} ({flavour})" if a.precision == "int8" and flavour else a.precision
 
 
 def _prior(a: ArtifactEntry, cls: IsaClass) -> tuple[tuple[int, int, int], str]:
@@ -369,9 +391,9 @@ def rank(
                 else "nothing measured shows it faster"
             )
         rest = [
-            *_order_by_speedup(ahead, by_id, confidence),
+            *_order_by_speedup(ahead, by_id, confidence, host.isa_class),
             *reference,
-            *_order_by_speedup(behind, by_id, confidence),
+            *_order_by_speedup(behind, by_id, confidence, host.isa_class),
         ]
     ordered = [*first, *deferred, *rest]
     for c in ordered:

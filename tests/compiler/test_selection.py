@@ -419,3 +419,53 @@ def test_a_portfolio_summary_names_the_reference_where_the_build_host_serves_it(
     cpu_manifest.selection = select_order(cpu_manifest, CPU)
     (pick,) = _picks(cpu_manifest)
     assert pick.artifact == "cpu/ov-f32"
+
+
+@pytest.mark.parametrize(
+    ("isa", "first", "second"),
+    [
+        # VNNI: full-range int8 is meant for it; the reduced-range one (7-bit weights) is not
+        (["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"], "u8s8", "u8s8-rr"),
+        # AVX2: full-range int8's sums may saturate; the reduced-range one is meant for it
+        (["avx2", "fma"], "u8s8-rr", "u8s8"),
+    ],
+)
+def test_an_int8_flavour_that_fits_the_host_less_yields_within_the_intervals(
+    _built: Manifest, isa: list[str], first: str, second: str
+) -> None:
+    """magika on a VNNI host: ort-int8-rr 2.20x [2.06-2.41] had gone ahead of full-range
+    ort-int8 at 2.25x [2.05-2.47] by its lower bound. Within the intervals the flavour that
+    fits the host better goes first, either way round; beyond them the faster one does."""
+    host = HostInfo(
+        arch="x86_64", cpu_model="x", cpu_count=2, isa=isa, os="Linux", gpus=[],
+        runtimes={"onnxruntime": "1.32.0"},
+    )  # fmt: skip
+    m = _without_reference_model(_built.model_copy(deep=True))
+    base = m.artifact("cpu/ort-fp32")
+    assert base.requirements is not None
+    m.artifacts = []
+    for flavour in ("u8s8", "u8s8-rr"):
+        aid = f"cpu/int8-{flavour}"
+        m.artifacts.append(
+            base.model_copy(
+                update={
+                    "id": aid,
+                    "variant": f"int8-{flavour}",
+                    "precision": "int8",
+                    "directory": f"artifacts/cpu.int8-{flavour}",
+                    "requirements": base.requirements.model_copy(update={"int8": flavour}),
+                }
+            )
+        )
+        m.measured(aid).parity = [
+            ParityRecord(status="passed", mode="native", host=_measured(host))
+        ]
+    faster_bound = {first: _interval(2.25, 2.05, 2.47), second: _interval(2.20, 2.06, 2.41)}
+    for flavour, s in faster_bound.items():
+        m.measured(f"cpu/int8-{flavour}").latency = [_latency(s, host=host)]
+    ok, _ = rank(m, host)
+    assert [c.id for c in ok] == [f"cpu/int8-{first}", f"cpu/int8-{second}"]
+    assert f"int8 ({second}) is not faster than int8 ({first}) beyond the intervals" in ok[1].reason
+    # faster beyond the intervals, the other flavour goes first
+    m.measured(f"cpu/int8-{second}").latency = [_latency(_interval(3.0, 2.9, 3.1), host=host)]
+    assert [c.id for c in rank(m, host)[0]] == [f"cpu/int8-{second}", f"cpu/int8-{first}"]
