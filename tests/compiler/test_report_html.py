@@ -9,7 +9,6 @@ import hashlib
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from compiler.packaging.report_charts import charts_available
 from compiler.serving.integrity import check_package
 from compiler.serving.manifest import Manifest, read_manifest
 from tests.compiler.helpers import build
+from tests.fresh import stdout_words
 from tests.models import save, tiny_cnn
 
 VARIANTS = {
@@ -189,7 +189,5 @@ def test_the_reports_imports_are_warmed_on_a_thread_of_their_own() -> None:
         "t.join(120)\n"
         "print(t.name, t.is_alive(), 'matplotlib.figure' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=True
-    ).stdout.split()
+    out = stdout_words(code)
     assert out == ["compile-pkg-warm-imports", "False", "True"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from pydantic import ValidationError
 
 from passes.base import op_histogram
 from passes.simplify import SimplifyConfig, SimplifyPass
+from tests.fresh import stdout_words
 from tests.passes.builders import context, parity, small_cnn, smooth_images
 
 FP32_ATOL = 1e-5  # folding BN into Conv reorders fp32 arithmetic, nothing more
@@ -125,7 +124,5 @@ def test_onnxsim_is_imported_without_torch_and_torch_still_imports_after() -> No
         "import torch\n"
         "print(torch.zeros(2).sum().item())\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    ).stdout.split()
+    out = stdout_words(code)
     assert out == ["False", "0.0"]
