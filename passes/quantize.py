@@ -158,7 +158,8 @@ class QuantizePass(Pass[QuantizeConfig]):
     # sized heads too (up to 1024 channels; rank 4+ on axis 1 only); 11: "nothing to
     # quantize" tells a quantizer that placed nothing on top-level weighted nodes apart; 12:
     # an fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 13:
-    # the gate compares outputs sized by the data (an NMS's detections; parity.py)
+    # the gate compares outputs sized by the data (an NMS's detections; parity.py); 14: the
+    # layer ranking runs in two rounds beyond 32 candidates (passes/accuracy.py)
     version = "14"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True

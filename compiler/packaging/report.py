@@ -77,7 +77,7 @@ def _artifact_table(rows: list[ArtifactRow]) -> list[str]:
 
 def _task(rows: list[ArtifactRow]) -> list[str]:
     """The task metric per artifact, with what a pass on these samples says and no more."""
-    scored = [r for r in rows if r.task is not None]
+    scored = [(r, r.task) for r in rows if r.task is not None]
     if not scored:
         return [
             "",
@@ -101,9 +101,7 @@ def _task(rows: list[ArtifactRow]) -> list[str]:
         "| worse on at most (95 %) | why |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in scored:
-        t = r.task
-        assert t is not None
+    for r, t in scored:
         paired = f"{len(t.worse)} / {t.better}" if t.worse is not None else "-"
         bound = f"{r.task_worse_bound:.1%}" if r.task_worse_bound is not None else "-"
         why = "; ".join(x for x in (t.reason, t.paired_reason) if x) or "-"
@@ -111,7 +109,7 @@ def _task(rows: list[ArtifactRow]) -> list[str]:
             f"| {r.id} | {t.status} | {_fmt(t.artifact, '.4g')} | {_fmt(t.reference, '.4g')} "
             f"| {t.samples} | {paired} | {bound} | {why} |"
         )
-    metrics = sorted({r.task.metric for r in scored if r.task is not None})
+    metrics = sorted({t.metric for _, t in scored})
     lines += ["", "Metric: " + ", ".join(f"`{name}`" for name in metrics) + "."]
     return lines
 
