@@ -40,11 +40,15 @@ BUDGET = ["--set", "latency.max_seconds=1"]
 # (1.14-1.17x) and were not its pick; the ONNX Runtime int8 loop is checked on the other models.
 # NNCF then still ranked its ~100 quantizer groups on all 8 gate pages (300 s of 346): ranked
 # on the 4 pages int8 hurts most (NNCF's own subset choice) it kept the same one convolution
-# in float and passed the same task score, in 163 s (2026-12-01)
+# in float and passed the same task score, in 163 s (2026-12-01). That was still the longest
+# test (217-225 s) when whole CI runs took 27-29 of their 30 minutes on a slow host
+# (2026-12-02), so its ov-int8 is NNCF's plain int8 here (62 s), judged by the task like
+# every artifact: NNCF's accuracy control on a real model is checked on ppocr_det's build,
+# every artifact of layout_cdla's default pipeline in perf/picks.py.
 LIGHTER = {
     "layout_cdla": [
         *("--set", "cpu.ort-int8.enabled=false", "--set", "cpu.ort-int8-rr.enabled=false"),
-        *("--set", "cpu.ov-int8.nncf.accuracy_control.ranking_samples=4"),
+        *("--set", "cpu.ov-int8.nncf.accuracy_control.enabled=false"),
     ]
 }
 
