@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.text import Text
 
 from compiler.core.errors import CompilePkgError, ConfigError, Terminated
+from compiler.core.files import process_scratch
 from compiler.core.targets import check_targets
 from compiler.serving.signing import TrustPolicy
 
@@ -314,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, _terminate) for sig in _STOP_SIGNALS}
     try:
-        cli.main(args=argv, prog_name="compile-pkg", standalone_mode=False)
+        with process_scratch():  # what a SIGKILLed run left in the temporary folder goes next time
+            cli.main(args=argv, prog_name="compile-pkg", standalone_mode=False)
     except CompilePkgError as exc:
         _fail(exc)
     except (click.exceptions.Abort, Terminated) as exc:

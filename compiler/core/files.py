@@ -1,17 +1,28 @@
-"""Two file primitives several parts share: an exclusive fcntl lock held for a block, and a
-write that readers see whole or not at all (a temporary file in the same folder, renamed
-over the target). Standard library only."""
+"""File primitives several parts share: an exclusive fcntl lock held for a block, a write that
+readers see whole or not at all (a temporary file in the same folder, renamed over the
+target), and a process's own temporary folder that a killed process does not leave behind for
+long. Standard library only."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["locked", "write_atomically"]
+__all__ = ["locked", "process_scratch", "write_atomically"]
+
+_SCRATCH = "compile-pkg.run-"  # not "compile-pkg-": build_package's own folders are unlocked
+_BORN = "compile-pkg.born-"  # a scratch folder before its lock is taken
+_STALE_BORN = 600.0
+# multiprocessing's fork server listens on TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX, and a Unix
+# socket's path holds at most 107 bytes
+_SOCKET_TAIL = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+_SOCKET_PATH_MAX = 107
 
 
 @contextlib.contextmanager
@@ -38,3 +49,77 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _collect_scratch(base: Path) -> None:
+    """Remove the scratch folders of processes that died without cleaning up: their locks are
+    free. A live process holds its lock until it exits, so its folder is left alone."""
+    for p in base.glob(_BORN + "*"):
+        with contextlib.suppress(OSError):
+            if p.is_dir() and time.time() - p.lstat().st_mtime > _STALE_BORN:
+                shutil.rmtree(p, ignore_errors=True)
+    for p in base.glob(_SCRATCH + "*"):
+        if p.is_symlink() or not p.is_dir():
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # alive
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def _remove_scratch(root: Path, fd: int) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def process_scratch() -> Iterator[Path | None]:
+    """Point this process's temporary folder (`tempfile`, and `TMPDIR` for the processes it
+    starts) at a new folder of its own for the block, and remove it afterwards.
+
+    Libraries write to the temporary folder themselves (ONNX Runtime's quantizer, NNCF, TVM,
+    multiprocessing's fork server), and a process killed by SIGKILL runs no cleanup: its folder
+    stays. So the folder is locked while the process lives, and the next process to enter
+    collects every such folder whose lock is free. For a command-line process only: it changes
+    process-wide state. Yields None, changing nothing, where the temporary folder cannot be
+    written."""
+    import multiprocessing.util
+
+    base = Path(tempfile.gettempdir())
+    try:
+        _collect_scratch(base)
+        born = Path(tempfile.mkdtemp(prefix=_BORN, dir=base))
+        fd = os.open(born, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    root = born.with_name(born.name.replace(_BORN, _SCRATCH, 1))
+    os.rename(born, root)
+    if len(os.fsencode(root)) + _SOCKET_TAIL > _SOCKET_PATH_MAX:
+        multiprocessing.util.get_temp_dir()  # made (and kept) in `base`, where the path fits
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = str(root)
+    os.environ["TMPDIR"] = str(root)
+    forkserver_dir = Path(multiprocessing.util.get_temp_dir())  # in `root`, unless made before
+    try:
+        yield root
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        if root in forkserver_dir.parents:
+            # multiprocessing removes its folder at exit (priority -100); the scratch goes after
+            multiprocessing.util.Finalize(None, _remove_scratch, (root, fd), exitpriority=-200)
+        else:
+            _remove_scratch(root, fd)

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,7 +107,9 @@ def _valid_or_absent(pkg: Path) -> str:
     return m.core_sha256
 
 
-def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: Path) -> None:
+def test_kill_during_build_leaves_old_package_or_none(
+    cnn_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     out = tmp_path / "pkg"
     config = str(Path(__file__).with_name("ort_only.yaml"))
     cmd = [
@@ -126,7 +129,15 @@ def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: 
         "--set",
         "latency.warmup=20",
     ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    # a short temporary folder, so multiprocessing's socket fits in the run's scratch folder
+    # (compiler/core/files.py process_scratch)
+    temp = Path(tempfile.mkdtemp(prefix="cpkg-test-"))
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "TMPDIR": str(temp),
+    }
     seen = set()
     for delay in (0.5, 1.5, 3.0):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -139,8 +150,10 @@ def test_kill_during_build_leaves_old_package_or_none(cnn_path: Path, tmp_path: 
         assert all(".tmp-" in n or ".old-" in n or ".new-" in n for n in leftovers)
     subprocess.run(cmd[:-4], env=env, check=True, capture_output=True)
     assert _valid_or_absent(out) != "absent"
-    # the next build collected what the killed ones left (their locks were free)
+    # the next build collected what the killed ones left (their locks were free), beside the
+    # package and in the temporary folder (their scratch folders and captured stdout)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pkg.tmp-")]
+    assert [p.name for p in temp.iterdir()] == []
 
 
 def test_sigterm_stops_a_build_cleanly(cnn_path: Path, tmp_path: Path) -> None:

@@ -1,0 +1,96 @@
+"""A command's own temporary folder (compiler/core/files.py process_scratch): everything the
+process and its children write to the temporary folder lands in it, it is gone afterwards, and
+what a SIGKILLed process left is collected by the next one while a live one's is left alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_USE = """
+import os, subprocess, sys, tempfile
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from compiler.core.files import process_scratch
+with process_scratch() as root:
+    made = tempfile.mkstemp()[1]
+    code = "import tempfile; print(tempfile.gettempdir())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        assert pool.submit(os.getpid).result() != os.getpid()
+    print(root, made, child.strip())
+print(tempfile.gettempdir(), os.environ["TMPDIR"])
+"""
+
+_HOLD = """
+import sys, tempfile, time
+from compiler.core.files import process_scratch
+with process_scratch() as root:
+    open(tempfile.mkstemp()[1], "w").write("x")
+    print(root, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def temp() -> Iterator[Path]:
+    """A short temporary folder: under pytest's long one, multiprocessing's socket would not
+    fit in the scratch folder, and its folder would be made beside it."""
+    base = Path(tempfile.mkdtemp(prefix="cpkg-test-"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _env(temp: Path) -> dict[str, str]:
+    return {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": str(Path(__file__).parents[2])}
+
+
+def _python(code: str, temp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], env=_env(temp), capture_output=True, text=True, check=True
+    )
+
+
+def _holder(temp: Path) -> tuple[subprocess.Popen[str], Path]:
+    env = _env(temp)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_temporary_files_go_into_the_scratch_folder_and_leave_with_it(temp: Path) -> None:
+    run = _python(_USE, temp)
+    assert run.stderr == ""  # no finalizer tripped over a folder removed before it
+    out = run.stdout.split()
+    root, made, child = (Path(w) for w in out[:3])
+    assert root.parent == temp and made.parent == root and child == root
+    assert out[3:] == [str(temp), str(temp)]  # restored after the block
+    assert list(temp.iterdir()) == []  # gone once the process ended, fork server's folder too
+
+
+def test_a_killed_process_folder_is_collected_and_a_live_one_is_not(temp: Path) -> None:
+    killed, killed_root = _holder(temp)
+    live, live_root = _holder(temp)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert killed_root.is_dir() and any(killed_root.iterdir())  # no cleanup ran
+        _python(
+            "from compiler.core.files import process_scratch\nwith process_scratch(): pass", temp
+        )
+        assert not killed_root.exists()
+        assert live_root.is_dir() and any(live_root.iterdir())
+        assert sorted(temp.iterdir()) == [live_root]
+    finally:
+        live.terminate()
+        live.wait()
