@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
-from compiler.core.parity import OutputParity, compare_outputs, margin, output_metrics
+from compiler.core.parity import OutputParity, compare_outputs, margin
 from compiler.core.task import TaskMetric, TaskScore, load_callable, score_task, verdict
 from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
 from passes.base import PassContext
@@ -271,12 +271,10 @@ def _error(
     tolerance: Callable[[str], Tolerance],
 ) -> float:
     """Mean over outputs of the L2 error relative to the reference's RMS (floored at the
-    tolerance's atol, so a near-zero output does not rank on noise): the ranking metric."""
-    errs = []
-    for name in references[0]:
-        m = output_metrics([o[name] for o in outputs], [r[name] for r in references])
-        errs.append(m.err_rms / max(m.ref_rms, tolerance(name).atol or 0.0, 1e-30))
-    return float(np.mean(errs))
+    tolerance's atol, so a near-zero output does not rank on noise): the ranking metric, and
+    the gate's tie-breaker. An output that is not float, or not of the reference's shape in
+    every sample, counts 0."""
+    return _sums_error(_square_sums(outputs, references), tolerance)
 
 
 def candidate_layers(
@@ -360,23 +358,24 @@ def _add(a: _Sums, b: _Sums) -> _Sums:
     }
 
 
+def _sums_error(per_output: _Sums, tolerance: Callable[[str], Tolerance]) -> float:
+    """`_error` from the outputs' squared sums."""
+    errs = [
+        math.sqrt(sse / n) / max(math.sqrt(ssr / n), tolerance(name).atol or 0.0, 1e-30)
+        if compared and n
+        else 0.0
+        for name, (sse, ssr, n, compared) in per_output.items()
+    ]
+    return float(np.mean(errs))
+
+
 def _by_error(
     candidates: list[tuple[str, str]],
     sums: Mapping[str, _Sums],
     tolerance: Callable[[str], Tolerance],
 ) -> list[tuple[str, str, float]]:
     """`candidates` with their `_error` made from `sums`, most costly first, ties by name."""
-
-    def error(per_output: _Sums) -> float:
-        errs = [
-            math.sqrt(sse / n) / max(math.sqrt(ssr / n), tolerance(name).atol or 0.0, 1e-30)
-            if compared and n
-            else 0.0
-            for name, (sse, ssr, n, compared) in per_output.items()
-        ]
-        return float(np.mean(errs))
-
-    scored = [(name, op_type, error(sums[name])) for name, op_type in candidates]
+    scored = [(name, op_type, _sums_error(sums[name], tolerance)) for name, op_type in candidates]
     return sorted(scored, key=lambda s: (-s[2], s[0]))
 
 

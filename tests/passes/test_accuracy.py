@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.core.parity import compare_outputs
+from compiler.core.parity import compare_outputs, output_metrics
 from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
 from compiler.pipeline.output_kinds import with_output_kinds
 from passes.base import PassContext
@@ -275,7 +275,7 @@ def test_many_candidates_are_ranked_in_two_rounds_with_the_same_leaders(tmp_path
     """Beyond 32 candidates, every layer runs on half the ranking samples and the 32 that
     cost the most on all of them: the finalists' errors are the all-sample figures exactly, and the
     leaders (what the loop tries) are those of ranking every layer on every sample."""
-    from passes.accuracy import Gate, _error, candidate_layers, rank_layers
+    from passes.accuracy import Gate, candidate_layers, rank_layers
     from passes.ort_quantizers import OrtSettings, static_quantizer
     from passes.ort_tools import run_model
 
@@ -301,6 +301,16 @@ def test_many_candidates_are_ranked_in_two_rounds_with_the_same_leaders(tmp_path
     assert len(candidates) == 40
     ranked = rank_layers(candidates, counted, gate, 8)
     assert len(runs) == 40 + 32  # the finalists quantized again for their other 4 samples
+
+    def _error(outputs: list[Any], references: list[Any], _tolerance: object) -> float:
+        """The ranking metric, from compiler.core.parity's metrics (passes/accuracy.py makes
+        it from squared sums): the L2 error over the reference's RMS, averaged over outputs."""
+        errs = []
+        for name in references[0]:
+            m = output_metrics([o[name] for o in outputs], [r[name] for r in references])
+            errs.append(m.err_rms / max(m.ref_rms, INT8.atol or 0.0, 1e-30))
+        return float(np.mean(errs))
+
     every = sorted(
         (
             (n, t, _error(run_model(quantize([], [n]), feeds), gate.references, gate.tolerance))
