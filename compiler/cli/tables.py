@@ -67,13 +67,13 @@ def _print_task(rows: list[ArtifactRow]) -> None:
     if not scored:
         return
     table = Table(title=f"task: {scored[0][1].metric} on the labelled samples")
-    for col in ("artifact", "task", "score vs reference", "worse / better of", "worse on <="):
+    columns = ("artifact", "task", "score vs reference", "samples", "worse / better")
+    for col in (*columns, "worse on <= (95 %)"):
         table.add_column(col)
     for r, t in scored:
-        paired = f"{len(t.worse)} / {t.better} of {t.samples}" if t.worse is not None else "-"
-        bound = f"{r.task_worse_bound:.1%} (95 %)" if r.task_worse_bound is not None else "-"
         score = f"{_num(t.artifact, '.4g')} vs {_num(t.reference, '.4g')}"
-        table.add_row(*map(Text, (r.id, t.status, score, paired, bound)))
+        cells = (r.id, t.status, score, str(t.samples), r.task_paired_text, r.task_bound_text)
+        table.add_row(*map(Text, cells))
     out_console.print(table)
 
 

@@ -102,12 +102,9 @@ def _task(rows: list[ArtifactRow]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r, t in scored:
-        paired = f"{len(t.worse)} / {t.better}" if t.worse is not None else "-"
-        bound = f"{r.task_worse_bound:.1%}" if r.task_worse_bound is not None else "-"
-        why = "; ".join(x for x in (t.reason, t.paired_reason) if x) or "-"
         lines.append(
             f"| {r.id} | {t.status} | {_fmt(t.artifact, '.4g')} | {_fmt(t.reference, '.4g')} "
-            f"| {t.samples} | {paired} | {bound} | {why} |"
+            f"| {t.samples} | {r.task_paired_text} | {r.task_bound_text} | {r.task_why or '-'} |"
         )
     metrics = sorted({t.metric for _, t in scored})
     lines += ["", "Metric: " + ", ".join(f"`{name}`" for name in metrics) + "."]

@@ -107,9 +107,8 @@ def _task(rows: list[ArtifactRow]) -> str:
     cells = [
         (
             escape(r.id), _status(t.status), _num(t.artifact, ".4g"), _num(t.reference, ".4g"),
-            str(t.samples), escape(f"{len(t.worse)} / {t.better}" if t.worse is not None else "-"),
-            escape(f"{r.task_worse_bound:.1%}" if r.task_worse_bound is not None else "-"),
-            escape("; ".join(x for x in (t.reason, t.paired_reason) if x) or "-"),
+            str(t.samples), escape(r.task_paired_text), escape(r.task_bound_text),
+            escape(r.task_why or "-"),
         )
         for r, t in scored
     ]  # fmt: skip

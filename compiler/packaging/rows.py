@@ -152,6 +152,24 @@ class ArtifactRow(_Row):
         )
         return f"{self.speedup:.2f}x{spread}"
 
+    @property
+    def task_paired_text(self) -> str:
+        """`2 / 1`: samples on which the artifact's output alone lowers / raises the
+        reference's task score (the paired check), `-` where it did not run."""
+        t = self.task
+        return f"{len(t.worse)} / {t.better}" if t is not None and t.worse is not None else "-"
+
+    @property
+    def task_bound_text(self) -> str:
+        """`11.7%`: the 95 % bound on the share of inputs the artifact does worse on."""
+        return f"{self.task_worse_bound:.1%}" if self.task_worse_bound is not None else "-"
+
+    @property
+    def task_why(self) -> str:
+        """Why the task verdict is what it is, where a reason was recorded."""
+        t = self.task
+        return "; ".join(x for x in (t.reason, t.paired_reason) if x) if t is not None else ""
+
     latency_host: str = ""
     # the runtime settings the build's sweep adopted, and items/s by serving batch size
     tuned: str = ""

@@ -250,8 +250,10 @@ def test_reverify_scores_the_task_with_the_labels_the_package_ships(
     for aid, rec in built.items():
         assert rec.task is not None and rec.task.worse is not None
         bound = worse_bound(len(rec.task.worse), rec.task.samples)
-        line = next(x for x in inspected.stdout.splitlines() if f" {aid} " in x and "(95 %)" in x)
-        assert f" of {rec.task.samples} " in line and f"{bound:.1%} (95 %)" in line
+        line = next(x for x in inspected.stdout.splitlines() if f" {aid} " in x and " vs " in x)
+        cells = [c.strip() for c in line.split("│")]
+        paired = f"{len(rec.task.worse)} / {rec.task.better}"
+        assert cells[-4:-1] == [str(rec.task.samples), paired, f"{bound:.1%}"], line
     report = verify_package(tmp_path / "pkg", measure_latency=False, update=True)
     for check in report.artifacts:
         again = check.parity
