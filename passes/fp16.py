@@ -4,8 +4,10 @@ Uses ONNX Runtime's float16 converter (onnxruntime.transformers.float16, the sam
 onnxconverter-common ships), with a block-list of numerically fragile ops left in float32:
 reductions (sums of many fp16 values overflow or lose precision), Pow/Exp/Log, Resize and
 Range (coordinates), CumSum, and Softmax unless `keep_softmax_fp32: false`. The pass loads its
-output on ONNX Runtime CPU before returning, so a model ORT cannot run fails here, naming the
-node, instead of at packaging.
+output on ONNX Runtime CPU before returning: an op type ORT rejects in float16 (a type
+constraint, such as an already-quantized model's DynamicQuantizeLinear, which takes float32
+only) is kept float32 and the model converted again, recorded in the pass's record; a model
+ORT still cannot run fails here, naming the node, instead of at packaging.
 
 bf16 is not a graph precision here: ONNX Runtime CPU has no bf16 kernels for MatMul, Conv or
 Add. Ask the backend for it instead (OpenVINO's inference precision, TensorRT's BF16 flag).
@@ -52,6 +54,7 @@ FRAGILE_OPS = (
     "CumSum",
 )
 _FP16_MAX = 65504.0
+_MAX_REJECTED = 8  # op types kept float32 after ONNX Runtime rejected them, before giving up
 _FP16_MIN_POSITIVE = 5.96e-08
 
 
@@ -101,13 +104,15 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
 
 
 def _node_in_error(message: str) -> str:
-    found = re.search(r"node with name '([^']*)'|Node \(([^)]*)\)", message)
+    found = re.search(r"node with name '([^']*)'|node \(([^)]*)\)", message, re.IGNORECASE)
     return next((g for g in found.groups() if g), "") if found else ""
 
 
 class Fp16Pass(Pass[Fp16Config]):
     name = "fp16"
-    version = "1"
+    # 2: an op type ONNX Runtime cannot load in float16 is kept float32 and the model converted
+    # again (an int8 source's DynamicQuantizeLinear takes float32 only)
+    version = "2"
     config_cls = Fp16Config
     precision: ClassVar[str | None] = "fp16"
 
@@ -122,35 +127,50 @@ class Fp16Pass(Pass[Fp16Config]):
         extra = ["Softmax"] if self.config.keep_softmax_fp32 else []
         return sorted({*DEFAULT_OP_BLOCK_LIST, *self.config.op_block_list, *extra})
 
-    def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+    def _convert(self, model: onnx.ModelProto, blocked: list[str]) -> onnx.ModelProto:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        cfg = self.config
-        blocked = self._blocked_ops()
         candidate = onnx.ModelProto()
         candidate.CopyFrom(model)
         with quiet("", "onnxruntime.transformers"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = convert_float_to_float16(
                 candidate,
-                keep_io_types=cfg.keep_io_types,
+                keep_io_types=self.config.keep_io_types,
                 op_block_list=blocked,
-                node_block_list=list(cfg.node_block_list),
+                node_block_list=list(self.config.node_block_list),
             )
         _sort_topologically(out.graph)
-        try:
-            session(out)
-        except Exception as exc:  # onnxruntime's own Fail/NotImplemented types
-            msg = " ".join(str(exc).split())[:400]
-            node = _node_in_error(msg)
-            where = f" at node '{node}'" if node else ""
-            raise PassError(
-                f"fp16: ONNX Runtime CPU cannot load the converted model{where}: {msg}; "
-                "add that node to node_block_list or its op type to op_block_list"
-            ) from exc
+        return out
+
+    def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        blocked = self._blocked_ops()
+        # op types ONNX Runtime rejected in float16 (no fp16 kernel or type constraint, such
+        # as an int8 source's DynamicQuantizeLinear), kept float32 and converted again
+        rejected: dict[str, str] = {}
+        source_ops = set(op_histogram(model))
+        while True:
+            out = self._convert(model, blocked)
+            try:
+                session(out)
+                break
+            except Exception as exc:  # onnxruntime's own Fail/NotImplemented types
+                msg = " ".join(str(exc).split())[:400]
+                node = _node_in_error(msg)
+                op = next((n.op_type for n in out.graph.node if node and n.name == node), "")
+                if op in source_ops and op not in blocked and len(rejected) < _MAX_REJECTED:
+                    rejected[op] = msg
+                    blocked = sorted({*blocked, op})
+                    continue
+                where = f" at node '{node}'" if node else ""
+                raise PassError(
+                    f"fp16: ONNX Runtime CPU cannot load the converted model{where}: {msg}; "
+                    "add that node to node_block_list or its op type to op_block_list"
+                ) from exc
         record: dict[str, Any] = {
-            "keep_io_types": cfg.keep_io_types,
-            "blocked_op_types_present": sorted(set(op_histogram(model)) & set(blocked)),
+            "keep_io_types": self.config.keep_io_types,
+            "blocked_op_types_present": sorted(source_ops & set(blocked)),
+            "kept_float32_as_rejected_in_fp16": sorted(rejected),
             "casts_added": op_histogram(out).get("Cast", 0) - op_histogram(model).get("Cast", 0),
             **_out_of_range(model),
         }

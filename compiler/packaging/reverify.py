@@ -251,7 +251,7 @@ def _check(
     )
     calibrated = any(PASSES[p].uses_calibration for p in a.passes if p in PASSES)
     lossy = judged.get(a.id, a.precision)
-    out = unverified_on_generated(out, lossy, generated, calibrated)
+    out = unverified_on_generated(out, lossy, generated, calibrated, m.policy.parity)
     out = unverified_on_few_rows(out, lossy)
     recorded = _recorded_parity(m, a.id, out.parity.mode)
     verdicts = [judge_parity(recorded, out.parity)]

@@ -75,3 +75,25 @@ def test_deterministic(tmp_path: Path) -> None:
     a = _fp16(model, tmp_path).model.SerializeToString(deterministic=True)
     b = _fp16(model, tmp_path).model.SerializeToString(deterministic=True)
     assert a == b
+
+
+def test_an_op_onnx_runtime_rejects_in_fp16_stays_fp32(tmp_path: Path) -> None:
+    """A dynamically quantized model (ONNX Runtime's quantize_dynamic, as ddddocr's OCR model
+    ships) holds DynamicQuantizeLinear, whose input must be float32: the converter casts it to
+    float16 and ONNX Runtime refuses the model. That op type is kept float32 and the model
+    converted again; the rest runs in float16."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), source)
+    quantize_dynamic(source, tmp_path / "dyn.onnx", weight_type=QuantType.QUInt8)
+    model = onnx.load(tmp_path / "dyn.onnx")
+    assert "DynamicQuantizeLinear" in op_histogram(model)
+    result = _fp16(model, tmp_path)
+    assert result.record["kept_float32_as_rejected_in_fp16"] == ["DynamicQuantizeLinear"]
+    types = _node_input_types(result.model)
+    quant = [n.name for n in result.model.graph.node if n.op_type == "DynamicQuantizeLinear"]
+    assert quant and {types[n] for n in quant} == {onnx.TensorProto.FLOAT}
+    assert onnx.TensorProto.FLOAT16 in types.values()  # the float ops that can, in fp16
+    m = parity(model, result.model, smooth_images(8, seed=4))["y"]
+    assert judge(m, FP16) == []

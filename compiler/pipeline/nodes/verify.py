@@ -50,8 +50,10 @@ class VerifyKind(Kind[VerifyNode]):
     # change): COCO-sized heads too (up to 1024 channels; rank 4+ on axis 1 only); 17: an
     # output whose length differs between samples (data-sized) is compared, not an error,
     # and one whose length an artifact changes says what judges it (a task metric); outputs
-    # empty on every sample (a detector on generated data) give no verdict
-    version = "17"
+    # empty on every sample (a detector on generated data) give no verdict; 18: on generated
+    # samples, an artifact judged as not lossy but recorded lossy (a quantized source on
+    # another backend) keeps a pass only within the fp32 tolerance
+    version = "18"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
@@ -103,7 +105,9 @@ class VerifyKind(Kind[VerifyNode]):
         # lossy only against the reference (pipeline/variant.py, judged_precision)
         reference = ctx.output(node.normalize, NormalizeOutput).precision
         precision = judged_precision(built.precision, node.config.precision, reference)
-        measured = unverified_on_generated(measured, precision, data.generated, calibrated)
+        measured = unverified_on_generated(
+            measured, precision, data.generated, calibrated, policy.parity
+        )
         return unverified_on_few_rows(measured, precision)
 
     def digest_material(self, output: NodeOutput) -> object:
