@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["locked", "process_scratch", "write_atomically"]
+__all__ = ["locked", "process_scratch", "remove_if_unlocked", "write_atomically"]
 
 _SCRATCH = "compile-pkg.run-"  # not "compile-pkg-": build_package's own folders are unlocked
 _BORN = "compile-pkg.born-"  # a scratch folder before its lock is taken
@@ -59,20 +59,27 @@ def _collect_scratch(base: Path) -> None:
             if p.is_dir() and time.time() - p.lstat().st_mtime > _STALE_BORN:
                 shutil.rmtree(p, ignore_errors=True)
     for p in base.glob(_SCRATCH + "*"):
-        if p.is_symlink() or not p.is_dir():
-            continue
-        try:
-            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # alive
-        else:
-            shutil.rmtree(p, ignore_errors=True)
-        finally:
-            os.close(fd)
+        remove_if_unlocked(p)
+
+
+def remove_if_unlocked(folder: Path) -> bool:
+    """Remove `folder` unless a live process holds an fcntl lock on it (the kernel drops a
+    dead holder's); True when removed. Symlinks and non-folders are left alone."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its holder lives
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _remove_scratch(root: Path, fd: int) -> None:

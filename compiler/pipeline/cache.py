@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.core.errors import CompilePkgError
+from compiler.core.files import remove_if_unlocked
 from compiler.core.hashing import dir_digest
 
 __all__ = ["BUSY", "Busy", "Cache", "PruneReport", "default_cache_dir"]
@@ -340,16 +341,5 @@ def _collect_scratch(tmp: Path) -> int:
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
             continue
-        try:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # its build is running
-        shutil.rmtree(d, ignore_errors=True)
-        os.close(fd)
-        n += 1
+        n += remove_if_unlocked(d)  # not while its build is running
     return n
