@@ -256,11 +256,13 @@ def unverified_on_generated(
     if not what or not measured.parity.decisive:
         return measured
     if precision == "fp32":
-        lossy_tolerance = measured.parity.precision not in ("fp32", "")
+        # a half-precision source's reference rounds in fp16 itself: its artifacts are left
+        # to fp16's tolerance
+        int8_source = measured.parity.precision == "int8"
         departs = [
             f"'{name}': {'; '.join(why)}"
             for name, m in measured.parity.outputs.items()
-            if lossy_tolerance and (why := judge(m, parity.tolerance("fp32", name)))
+            if int8_source and (why := judge(m, parity.tolerance("fp32", name)))
         ]
         if "samples" not in generated or not departs or measured.parity.status != "passed":
             return measured
