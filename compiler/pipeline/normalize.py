@@ -15,7 +15,6 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 from google.protobuf.message import EncodeError
@@ -157,24 +156,32 @@ def export_torch(
             dynamic_axes[s.name] = sym
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export.onnx"
-        kwargs: dict[str, Any] = {
-            "input_names": [s.name for s in specs],
-            "dynamic_axes": dynamic_axes or None,
-        }
+        names = [s.name for s in specs]
+        # torch.export's own form: per positional input, axis -> the dim's name (which the
+        # ONNX graph keeps); `dynamic_axes` is the TorchScript exporter's (converted with a
+        # deprecation warning by the other)
+        shapes = tuple(dynamic_axes.get(name) for name in names)
         try:  # the torch.export-based exporter first; the TorchScript one for what it cannot take
             torch.onnx.export(
                 module,
                 tuple(args),
                 str(out),
+                input_names=names,
+                dynamic_shapes=shapes if dynamic_axes else None,
                 opset_version=18,
                 dynamo=True,
                 verbose=False,
-                **kwargs,
             )
         except Exception as first:
             try:
                 torch.onnx.export(
-                    module, tuple(args), str(out), opset_version=17, dynamo=False, **kwargs
+                    module,
+                    tuple(args),
+                    str(out),
+                    input_names=names,
+                    dynamic_axes=dynamic_axes or None,
+                    opset_version=17,
+                    dynamo=False,
                 )
             except Exception as exc:
                 raise InputModelError(

@@ -106,7 +106,9 @@ def test_input_spec_parsing() -> None:
         parse_input_spec("x:[1,2]")
 
 
-def test_torch_module_is_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torch_module_is_exported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder
+) -> None:
     torch = pytest.importorskip("torch", reason="torch is the optional [torch] extra")
     pytest.importorskip("onnxscript", reason="torch.onnx.export needs onnxscript")
     mod = tmp_path / "my_models.py"
@@ -137,6 +139,11 @@ def test_torch_module_is_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         got = s.run({"x": x})
     np.testing.assert_allclose(next(iter(got.values())), expected, atol=1e-5)
     assert out.manifest.source.kind == "torch"
+    # exported by the torch.export-based exporter (opset 18), the symbolic dim given to it in
+    # its own form; the TorchScript fallback writes opset 17
+    reference = onnx.load(str(tmp_path / "pkg" / "reference" / "model.onnx"))
+    assert {o.domain: o.version for o in reference.opset_import}[""] == 18
+    assert not [w for w in recwarn if "dynamic_axes" in str(w.message)]
 
 
 # --------------------------------------------------------------------------- dims: naming, probing
