@@ -4,9 +4,10 @@ Uses ONNX Runtime's float16 converter (onnxruntime.transformers.float16, the sam
 onnxconverter-common ships), with a block-list of numerically fragile ops left in float32:
 reductions (sums of many fp16 values overflow or lose precision), Pow/Exp/Log, Resize and
 Range (coordinates), CumSum, and Softmax unless `keep_softmax_fp32: false`. The pass loads its
-output on ONNX Runtime CPU before returning: an op type ORT rejects in float16 (a type
-constraint, such as an already-quantized model's DynamicQuantizeLinear, which takes float32
-only) is kept float32 and the model converted again, recorded in the pass's record; a model
+output on ONNX Runtime CPU before returning. An already-quantized model's integer ops
+(compiler/core/quantized.py) stay float32 around: their scales and DynamicQuantizeLinear's
+input are float32 only. An op type ORT still rejects in float16 (a type constraint, e.g.
+Celu's) is kept float32 and the model converted again, recorded in the pass's record; a model
 ORT still cannot run fails here, naming the node, instead of at packaging.
 
 bf16 is not a graph precision here: ONNX Runtime CPU has no bf16 kernels for MatMul, Conv or
@@ -25,6 +26,7 @@ from onnx import numpy_helper
 from pydantic import model_validator
 
 from compiler.core.errors import PassError
+from compiler.core.quantized import is_quantized_op
 from passes.base import (
     Pass,
     PassConfig,
@@ -110,8 +112,9 @@ def _node_in_error(message: str) -> str:
 
 class Fp16Pass(Pass[Fp16Config]):
     name = "fp16"
-    # 2: an op type ONNX Runtime cannot load in float16 is kept float32 and the model converted
-    # again (an int8 source's DynamicQuantizeLinear takes float32 only)
+    # 2: a quantized source's integer ops stay float32 around (an int8 source's
+    # DynamicQuantizeLinear takes float32 only), and an op type ONNX Runtime cannot load in
+    # float16 is kept float32 and the model converted again
     version = "2"
     config_cls = Fp16Config
     precision: ClassVar[str | None] = "fp16"
@@ -144,11 +147,13 @@ class Fp16Pass(Pass[Fp16Config]):
         return out
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        blocked = self._blocked_ops()
-        # op types ONNX Runtime rejected in float16 (no fp16 kernel or type constraint, such
-        # as an int8 source's DynamicQuantizeLinear), kept float32 and converted again
-        rejected: dict[str, str] = {}
         source_ops = set(op_histogram(model))
+        # an already-quantized model's integer ops take float32 scales and inputs
+        # (DynamicQuantizeLinear, QLinearConv's scales): they and their float inputs stay so
+        blocked = sorted({*self._blocked_ops(), *filter(is_quantized_op, source_ops)})
+        # op types ONNX Runtime still rejects in float16 (a type constraint, e.g. Celu's),
+        # kept float32 and the model converted again
+        rejected: dict[str, str] = {}
         while True:
             out = self._convert(model, blocked)
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from pydantic import ValidationError
@@ -77,11 +78,10 @@ def test_deterministic(tmp_path: Path) -> None:
     assert a == b
 
 
-def test_an_op_onnx_runtime_rejects_in_fp16_stays_fp32(tmp_path: Path) -> None:
+def test_an_already_quantized_models_integer_ops_stay_fp32(tmp_path: Path) -> None:
     """A dynamically quantized model (ONNX Runtime's quantize_dynamic, as ddddocr's OCR model
-    ships) holds DynamicQuantizeLinear, whose input must be float32: the converter casts it to
-    float16 and ONNX Runtime refuses the model. That op type is kept float32 and the model
-    converted again; the rest runs in float16."""
+    ships) holds DynamicQuantizeLinear, whose input must be float32: converted to float16,
+    ONNX Runtime refuses the model. The integer ops are blocked; the rest runs in float16."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source = tmp_path / "cnn.onnx"
@@ -90,10 +90,38 @@ def test_an_op_onnx_runtime_rejects_in_fp16_stays_fp32(tmp_path: Path) -> None:
     model = onnx.load(tmp_path / "dyn.onnx")
     assert "DynamicQuantizeLinear" in op_histogram(model)
     result = _fp16(model, tmp_path)
-    assert result.record["kept_float32_as_rejected_in_fp16"] == ["DynamicQuantizeLinear"]
+    assert "DynamicQuantizeLinear" in result.record["blocked_op_types_present"]
+    assert result.record["kept_float32_as_rejected_in_fp16"] == []
     types = _node_input_types(result.model)
     quant = [n.name for n in result.model.graph.node if n.op_type == "DynamicQuantizeLinear"]
     assert quant and {types[n] for n in quant} == {onnx.TensorProto.FLOAT}
     assert onnx.TensorProto.FLOAT16 in types.values()  # the float ops that can, in fp16
     m = parity(model, result.model, smooth_images(8, seed=4))["y"]
     assert judge(m, FP16) == []
+
+
+def test_an_op_onnx_runtime_rejects_in_fp16_stays_fp32(tmp_path: Path) -> None:
+    """Celu's schema takes float32 only: ONNX Runtime refuses the float16 model, naming the
+    node; its op type is kept float32 and the model converted again."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+            helper.make_node("Celu", ["h"], ["y"], name="celu"),
+        ],
+        "celu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = _fp16(model, tmp_path)
+    assert result.record["kept_float32_as_rejected_in_fp16"] == ["Celu"]
+    types = _node_input_types(result.model)
+    assert types["celu"] == onnx.TensorProto.FLOAT and types["mm"] == onnx.TensorProto.FLOAT16
+    feeds = [
+        {"x": np.random.default_rng(i).normal(size=(4, 8)).astype(np.float32)} for i in range(4)
+    ]
+    assert judge(parity(model, result.model, feeds)["y"], FP16) == []
