@@ -16,6 +16,7 @@ rejected is recorded in the contract's `dim_origins`.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from compiler.core.contract import Contract, DimOrigin, DimRange, ValueDomain, set_flag
-from compiler.core.errors import ConfigError, short_message
+from compiler.core.errors import ConfigError, InputModelError, short_message
 from compiler.core.feeds import Feeds
 from compiler.pipeline.data import domain_fixes, random_feed
 from targets.onnxruntime.backend import reference_session
@@ -36,12 +37,14 @@ __all__ = [
     "MAX_RUNS",
     "check_generated",
     "range_dims",
+    "reference_for",
 ]
 
 CANDIDATES = (224, 128, 256, 320, 64, 512, 48, 32, 96, 160, 192, 384, 640, 16, 8, 1024, 4, 2, 1)
 MAX_FACTOR = 8
 BUDGET_S = 120.0
 MAX_RUNS = 600
+_LOAD_FAILED = re.compile(r"Load model from \S+ failed:\s*")  # the internal copy's path
 
 
 class _Spent(Exception):
@@ -56,11 +59,32 @@ def _run_options() -> Any:
     return options
 
 
+def reference_for(model_path: Path, where: str) -> Any:
+    """The reference session of the normalized model. Where ONNX Runtime cannot load it (a
+    type mismatch, an op it lacks), InputModelError naming the source `where` and the node,
+    not the build's internal copy of the model: nothing can be measured without it."""
+    try:
+        return reference_session(model_path)
+    except Exception as exc:  # onnxruntime's own Fail/InvalidGraph/NotImplemented types
+        why = _LOAD_FAILED.sub("", " ".join(str(exc).split()))[:600].rstrip(". ")
+        raise InputModelError(
+            f"{where}: ONNX Runtime, which runs the reference every artifact is judged against, "
+            f"cannot load the model: {why}. Fix the model where it is made (for a type error, "
+            "onnx.checker.check_model(model, full_check=True) names the same node)"
+        ) from exc
+
+
 class _Prober:
     """Runs the reference on one generated feed per size assignment; remembers answers."""
 
-    def __init__(self, model_path: Path, contract: Contract, domains: Mapping[str, ValueDomain]):
-        self.session = reference_session(model_path)
+    def __init__(
+        self,
+        model_path: Path,
+        contract: Contract,
+        domains: Mapping[str, ValueDomain],
+        where: str,
+    ):
+        self.session = reference_for(model_path, where)
         self.options = _run_options()
         self.contract = contract
         self.domains = domains
@@ -224,7 +248,7 @@ def range_dims(
     ]
     if not dims and not configured:
         return contract
-    prober = _Prober(model_path, contract, domains)
+    prober = _Prober(model_path, contract, domains, where)
     found: dict[str, int] | None = {}
     if dims:
         try:
@@ -271,7 +295,7 @@ def check_generated(
 ) -> None:
     """ConfigError (one line) unless the reference runs on every generated feed with finite
     outputs; names the inputs whose values are at fault where setting one to zeros helps."""
-    session = reference_session(model_path)
+    session = reference_for(model_path, where)
     options = _run_options()
     outputs = [o.name for o in contract.outputs]
     for i, feed in enumerate(feeds):

@@ -240,3 +240,39 @@ def test_configured_ranges_keep_opt_and_pull_in_ends_the_model_rejects(tmp_path:
     assert c.dims["seq"] == given["seq"]
     assert c.dim_origins["seq"].note == "min and max accepted by the reference"
     assert {o.source for o in c.dim_origins.values()} == {"config"}
+
+
+@pytest.mark.parametrize("batch", ["N", 2])
+def test_a_model_onnx_runtime_cannot_load_is_an_input_error_naming_it(
+    tmp_path: Path, batch: str | int
+) -> None:
+    """The reference runs on ONNX Runtime: a model it refuses (here a type clash the plain
+    checker lets through) stops the build at once, exit 2, naming the user's file and the
+    node, not the build's internal copy. Dynamic dims are probed on it (range_dims), static
+    ones reach the reference node first: both say the same."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"], name="clash")],
+        "clash",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor("c", TensorProto.INT64, [4], [1, 2, 3, 4])],
+    )
+    path = tmp_path / "clash.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    run = subprocess.run(
+        [sys.executable, "-m", "compiler.cli", str(path), "--targets", "cpu"]
+        + ["-o", str(tmp_path / "pkg"), "--no-cache"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stderr
+    said = " ".join(run.stderr.split())
+    assert "clash.onnx: ONNX Runtime, which runs the reference" in said, said
+    assert "(clash)" in said and "Traceback" not in said and "Load model from" not in said
+    assert not (tmp_path / "pkg").exists()

@@ -10,7 +10,7 @@ from compiler.core.records import ReferenceOutput
 from compiler.pipeline.graph import ReferenceNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
-from targets.onnxruntime.backend import reference_session
+from compiler.pipeline.probe import reference_for
 
 __all__ = ["ReferenceKind"]
 
@@ -26,7 +26,7 @@ class ReferenceKind(Kind[ReferenceNode]):
     def run(self, node: ReferenceNode, ctx: NodeContext, out: Path) -> ReferenceOutput:
         import onnxruntime as ort
 
-        sess = reference_session(ctx.model_path(node.normalize))
+        sess = reference_for(ctx.model_path(node.normalize), ctx.inputs.source_path.name)
         names = [o.name for o in ctx.contract(node.normalize).outputs]
         outputs = [
             dict(zip(names, sess.run(names, feed), strict=True))
