@@ -51,8 +51,14 @@ def onnx_dtype_name(elem_type: int, where: str) -> str:
         return _ONNX_TO_NP[elem_type]  # type: ignore[index]
     except KeyError:
         name = onnx.TensorProto.DataType.Name(elem_type)
+        hint = (
+            ": export the model from its first numeric tensor on (token ids, not text), and "
+            "do the rest before it"
+            if elem_type == onnx.TensorProto.STRING
+            else ""
+        )
         raise ContractError(
-            f"{where}: element type {name} is not supported in a contract"
+            f"{where}: element type {name} is not supported in a contract{hint}"
         ) from None
 
 

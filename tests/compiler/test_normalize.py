@@ -250,9 +250,6 @@ def test_a_model_onnx_runtime_cannot_load_is_an_input_error_naming_it(
     checker lets through) stops the build at once, exit 2, naming the user's file and the
     node, not the build's internal copy. Dynamic dims are probed on it (range_dims), static
     ones reach the reference node first: both say the same."""
-    import subprocess
-    import sys
-
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -264,6 +261,42 @@ def test_a_model_onnx_runtime_cannot_load_is_an_input_error_naming_it(
     )
     path = tmp_path / "clash.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    said = _refused(path, tmp_path)
+    assert "clash.onnx: ONNX Runtime, which runs the reference" in said, said
+    assert "(clash)" in said and "Load model from" not in said
+
+
+def test_a_text_input_is_an_input_error_naming_the_file_and_what_to_do(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "LabelEncoder",
+                ["s"],
+                ["y"],
+                domain="ai.onnx.ml",
+                keys_strings=["a", "b"],
+                values_floats=[1.0, 2.0],
+            )
+        ],
+        "text",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    path = tmp_path / "text.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=opsets), path)
+    said = _refused(path, tmp_path)
+    assert "text.onnx: graph input 's': element type STRING is not supported" in said, said
+    assert "token ids, not text" in said
+
+
+def _refused(path: Path, tmp_path: Path) -> str:
+    """What `compile-pkg MODEL` says refusing `path`: exit 2, one message, nothing written."""
+    import subprocess
+    import sys
+
     run = subprocess.run(
         [sys.executable, "-m", "compiler.cli", str(path), "--targets", "cpu"]
         + ["-o", str(tmp_path / "pkg"), "--no-cache"],
@@ -272,7 +305,5 @@ def test_a_model_onnx_runtime_cannot_load_is_an_input_error_naming_it(
         timeout=300,
     )
     assert run.returncode == 2, run.stderr
-    said = " ".join(run.stderr.split())
-    assert "clash.onnx: ONNX Runtime, which runs the reference" in said, said
-    assert "(clash)" in said and "Traceback" not in said and "Load model from" not in said
-    assert not (tmp_path / "pkg").exists()
+    assert "Traceback" not in run.stderr and not (tmp_path / "pkg").exists()
+    return " ".join(run.stderr.split())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from compiler.core.errors import ContractError
 from compiler.core.records import NormalizeOutput, NormalizeRecord
 from compiler.pipeline.data import resolve_domains
 from compiler.pipeline.domains import infer_domains
@@ -46,7 +47,10 @@ class NormalizeKind(Kind[NormalizeNode]):
     def run(self, node: NormalizeNode, ctx: NodeContext, out: Path) -> NormalizeOutput:
         cfg, source = ctx.config, ctx.inputs.source_path
         model, record = normalize_model(load_onnx(source), source.name, cfg.normalize.min_opset)
-        contract = extract_contract(model, cfg.dims, record["named_dims"])
+        try:
+            contract = extract_contract(model, cfg.dims, record["named_dims"])
+        except ContractError as exc:
+            raise ContractError(f"{source.name}: {exc}") from None
         inferred = infer_domains(model, contract.inputs)
         contract.inputs = [
             t.model_copy(update={"domain": inferred.get(t.name)}) for t in contract.inputs
