@@ -258,6 +258,8 @@ class NormalizeRecord(_Record):
     opset_upgraded_to: int | None = None
     opset_imports: str = ""  # duplicates merged, the ONNX domain first: before -> after
     nodes_sorted: bool = False  # the source's nodes were not in topological order
+    # graph outputs that declared no shape (not even a rank), given the inferred one
+    output_shapes_inferred: list[str] = Field(default_factory=list)
 
 
 class NormalizeOutput(_Record):

@@ -204,6 +204,9 @@ def normalize_model(
     # keep_io_types append the input Casts last), and ONNX Runtime loads either order
     if sort_topologically(model.graph):
         record["nodes_sorted"] = True
+    filled = _fill_output_shapes(model)
+    if filled:
+        record["output_shapes_inferred"] = filled
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -228,6 +231,30 @@ def normalize_model(
     except Exception as exc:
         raise InputModelError(f"{where}: shape inference failed: {exc}") from exc
     return model, record
+
+
+def _fill_output_shapes(model: onnx.ModelProto) -> list[str]:
+    """Give graph outputs that declare no shape at all (not even a rank) the one ONNX shape
+    inference finds, in place; their names. ONNX Runtime runs such a model, and onnx.checker
+    refuses it ("Field 'shape' of 'type' is required")."""
+    bare = [
+        o.name
+        for o in model.graph.output
+        if o.type.HasField("tensor_type") and not o.type.tensor_type.HasField("shape")
+    ]
+    if not bare:
+        return []
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - the checker then says what is wrong
+        return []
+    found = {o.name: o for o in inferred.graph.output if o.type.tensor_type.HasField("shape")}
+    filled = []
+    for o in model.graph.output:
+        if o.name in bare and o.name in found:
+            o.type.tensor_type.shape.CopyFrom(found[o.name].type.tensor_type.shape)
+            filled.append(o.name)
+    return filled
 
 
 def canonical_opset_imports(model: onnx.ModelProto, where: str) -> str:

@@ -99,6 +99,20 @@ def test_checker_failure_names_the_model() -> None:
         normalize_model(bad, "bad.onnx")
 
 
+def test_an_output_with_no_shape_gets_the_inferred_one() -> None:
+    """ONNX Runtime runs a model whose graph output declares no shape (not even a rank);
+    onnx.checker refuses it. Normalize gives it the shape ONNX shape inference finds."""
+    model = tiny_mlp()
+    out = model.graph.output[0]
+    out.type.tensor_type.ClearField("shape")
+    with pytest.raises(onnx.checker.ValidationError, match="shape"):
+        onnx.checker.check_model(model)
+    fixed, record = normalize_model(model, "bare.onnx")
+    assert record["output_shapes_inferred"] == [out.name]
+    dims = fixed.graph.output[0].type.tensor_type.shape.dim
+    assert len(dims) == 2 and dims[1].dim_value > 0
+
+
 def test_input_spec_parsing() -> None:
     s = parse_input_spec("x:float32:[batch,3,224,224]")
     assert (s.name, s.dtype, s.shape) == ("x", "float32", ("batch", 3, 224, 224))

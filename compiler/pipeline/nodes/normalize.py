@@ -29,8 +29,9 @@ __all__ = ["NormalizeKind"]
 class NormalizeKind(Kind[NormalizeNode]):
     # 4: the source's precision (int8 for a quantized model); 5: fp16/bf16 too; 6: output
     # kinds read through (de)quantization and quantized ops; 7: opset imports made canonical;
-    # 8: nodes put in topological order
-    version = "8"
+    # 8: nodes put in topological order; 9: graph outputs with no shape get the inferred one
+    # (and a STRING input's error names the file)
+    version = "9"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
