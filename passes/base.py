@@ -187,11 +187,14 @@ def model_size_bytes(model: onnx.ModelProto) -> int:
 
 
 def _interface(model: onnx.ModelProto) -> dict[str, tuple[str, int, int]]:
+    """name -> (input|output, element type, rank): what a pass must keep. Inputs that are
+    initializers (IR < 4 lists weights as inputs) are not; an output that is a weight is (a
+    quantizer may then compute it, e.g. NNCF's DequantizeLinear)."""
     inits = {i.name for i in model.graph.initializer}
     sig = {}
     for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
         for vi in values:
-            if vi.name in inits:
+            if kind == "input" and vi.name in inits:
                 continue
             tt = vi.type.tensor_type
             rank = len(tt.shape.dim) if tt.HasField("shape") else -1

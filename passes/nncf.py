@@ -127,8 +127,9 @@ class NncfPass(Pass[NncfConfig]):
     # change): COCO-sized heads too; 9: "nothing to quantize" tells a quantizer that placed
     # nothing on top-level weighted nodes apart (ops outside the ONNX domain named); 10: an
     # fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 11: the
-    # gate compares outputs sized by the data (an NMS's detections; parity.py)
-    version = "11"
+    # gate compares outputs sized by the data (an NMS's detections; parity.py); 12: an output
+    # that is a weight counts in the interface the pass must keep (passes/base.py)
+    version = "12"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False

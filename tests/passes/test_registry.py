@@ -69,3 +69,21 @@ def test_import_passes_stays_cheap() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_interface_a_pass_keeps_counts_an_output_that_is_a_weight() -> None:
+    """An output that is an initializer is part of the model's interface (a quantizer may then
+    compute it); an input that is an initializer (IR < 4 lists weights as inputs) is not."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from passes.base import _interface
+
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in "xy")
+    weight = helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 4])
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    out = helper.make_model(helper.make_graph([node], "g", [x], [y, weight], [w]))
+    assert set(_interface(out)) == {"x", "y", "w"} and _interface(out)["w"][0] == "output"
+    listed = helper.make_model(helper.make_graph([node], "g", [x, weight], [y], [w]))
+    assert set(_interface(listed)) == {"x", "y"}
