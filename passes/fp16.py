@@ -56,8 +56,8 @@ FRAGILE_OPS = (
     "CumSum",
 )
 _FP16_MAX = 65504.0
-_MAX_REJECTED = 8  # op types kept float32 after ONNX Runtime rejected them, before giving up
 _FP16_MIN_POSITIVE = 5.96e-08
+_MAX_REJECTED = 8  # op types kept float32 after ONNX Runtime rejected them, before giving up
 
 
 class Fp16Config(PassConfig):
