@@ -58,14 +58,19 @@ class BuildError(CompilePkgError):
 
 
 class BackendUnavailable(CompilePkgError):
-    """A backend (library or hardware) is missing on this host."""
+    """A backend (library or hardware) is missing on this host, or cannot run this artifact
+    here (`what`: the runtime is there but refuses it, e.g. no kernel for it on this CPU);
+    serving then tries the next artifact either way."""
 
-    def __init__(self, backend: str, reason: str, install: str = "") -> None:
+    def __init__(
+        self, backend: str, reason: str, install: str = "", what: str = "unavailable"
+    ) -> None:
         self.backend = backend
         self.reason = reason
         self.install = install
+        self.what = what
         hint = f"; to get it: {install}" if install else ""
-        super().__init__(f"{backend} unavailable: {reason}{hint}")
+        super().__init__(f"{backend} {what}: {reason}{hint}")
 
 
 class NotApplicable(CompilePkgError):

@@ -125,7 +125,9 @@ def load(
         raise
     except Exception as exc:  # openvino raises plain RuntimeError subclasses
         raise BackendUnavailable(
-            "openvino", f"cannot compile {xml}: {openvino_message(exc)}"
+            "openvino",
+            f"cannot compile {xml}: {openvino_message(exc)}",
+            what="cannot run this artifact on this CPU",
         ) from exc
     want = settings.inference_precision
     got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()

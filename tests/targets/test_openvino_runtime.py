@@ -93,8 +93,10 @@ def test_unloadable_ir_is_unavailable_naming_the_file(
 ) -> None:
     result, out, contract = fp32_ir
     (out / "model.xml").write_text("<net>broken")
-    with pytest.raises(BackendUnavailable, match=r"cannot compile .*model\.xml"):
+    with pytest.raises(BackendUnavailable, match=r"cannot compile .*model\.xml") as info:
         open_runner("openvino", out, result.runtime, contract).load()
+    # OpenVINO is there: the artifact is what this host cannot run (serving tries the next)
+    assert str(info.value).startswith("openvino cannot run this artifact on this CPU: ")
 
 
 # ---------------------------------------------------------------- compiled-model cache

@@ -103,7 +103,7 @@ def run_node(kind: NodeKind[Any], node: NodeDef, ctx: NodeContext, out: Path) ->
     try:
         return NodeRun(output=kind.run(node, ctx, out))
     except BackendUnavailable as exc:
-        reason = f"{exc.backend} unavailable: {exc.reason}"
+        reason = f"{exc.backend} {exc.what}: {exc.reason}"
         skipped = NodeResult(status="skipped", reason=reason, install=exc.install)
         return NodeRun(failure=skipped, error=exc)
     except NotApplicable as exc:
