@@ -78,7 +78,9 @@ def test_a_slow_record_is_measured_again_and_serving_reads_the_second(package: P
     records = _latest(package)
     fastest, slow = sorted(records, key=lambda aid: records[aid].reference.p50_ms)  # type: ignore[union-attr]
     base = records[fastest].reference.p50_ms  # type: ignore[union-attr]
-    m.measured(slow).latency[-1] = _at(records[slow], base * 1.6)
+    # 100x the build's pace: the second measurement's reference runs faster than that however
+    # busy the host is (at 1.6x a contended CI host once ran it slower still, 2026-12-02)
+    m.measured(slow).latency[-1] = _at(records[slow], base * 100)
     rewrite_manifest(package, m)
 
     done = retime_perturbed(package)
