@@ -160,7 +160,7 @@ class QuantizePass(Pass[QuantizeConfig]):
     # an fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 13:
     # the gate compares outputs sized by the data (an NMS's detections; parity.py); 14: the
     # layer ranking runs in two rounds beyond 32 candidates (passes/accuracy.py)
-    version = "14"
+    version = "15"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

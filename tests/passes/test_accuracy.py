@@ -329,3 +329,73 @@ def test_many_candidates_are_ranked_in_two_rounds_with_the_same_leaders(tmp_path
     }
     for name, _, err in ranked[32:]:
         assert err == pytest.approx(first_round[name], rel=1e-9)
+
+
+def _loop_with_and_without_ceiling(tmp_path: Path, layers: int, min_cosine: float) -> list[Any]:
+    """keep_sensitive_layers_in_float on a Tanh chain of `layers` under the default ceiling
+    check and with none: per run, the quantizations it made and its record."""
+    from passes.accuracy import AccuracyAwareConfig, Gate, keep_sensitive_layers_in_float
+    from passes.ort_quantizers import OrtSettings, static_quantizer
+    from passes.ort_tools import run_model
+
+    model = _deep_mlp(layers)
+    feeds = _feeds(8, seed=3)
+    gate = Gate(dataclasses.replace(INT8, min_cosine=min_cosine), feeds, run_model(model, feeds))
+    quantize = static_quantizer(
+        model,
+        _feeds(8, seed=1),
+        OrtSettings((), True, False, 99.999),
+        ("u8", "s8", False),
+        tmp_path,
+        "minmax",
+        None,
+    )
+    calls: list[int] = []
+
+    def counted(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
+        calls.append(0)
+        return quantize(exclude, only)
+
+    runs = []
+    for ceiling_after in (3, None):
+        before = len(calls)
+        cfg = AccuracyAwareConfig(enabled=True, ceiling_after=ceiling_after)
+        _, record = keep_sensitive_layers_in_float(
+            model, quantize([], None), counted, gate, [], cfg
+        )
+        runs.append((len(calls) - before, record))
+    return runs
+
+
+def _steps(record: dict[str, Any]) -> list[str]:
+    tried = {s["layer"] for s in (*record["kept_in_float"], *record["rejected"])}
+    return [r["layer"] for r in record["ranking"] if r["layer"] in tried]
+
+
+def test_the_loop_stops_when_every_layer_it_could_give_back_still_fails(tmp_path: Path) -> None:
+    """After 3 steps the loop checks once the most it can still reach (the kept layers and
+    all 13 it has yet to try in float); under a gate nothing quantized passes, that fails,
+    and the loop stops: 20 rankings + 3 steps + 1 check, not 20 + 16, with the same first
+    steps and the same failing verdict as the loop that tries all 16."""
+    (stopped_calls, stopped), (full_calls, full) = _loop_with_and_without_ceiling(tmp_path, 20, 1.0)
+    assert full_calls == 20 + 16 and full["gate_after"]["passed"] is False
+    assert stopped_calls == 20 + 3 + 1
+    assert stopped["ceiling"] == {**stopped["ceiling"], "untried": 13, "passed": False}
+    assert _steps(stopped) == _steps(full)[:3]
+    assert stopped["gate_after"]["passed"] is False
+    assert "stopped" in stopped["budget_spent"] and "13 ranked layers" in stopped["budget_spent"]
+
+
+def test_the_loop_goes_on_where_the_ceiling_passes(tmp_path: Path) -> None:
+    """Where the kept and the untried layers in float pass the gate, the check costs one
+    quantization and the loop makes exactly the steps it makes without the check: on an
+    8-layer chain it passes at its fifth step either way."""
+    (checked_calls, checked), (full_calls, full) = _loop_with_and_without_ceiling(tmp_path, 8, 0.8)
+    assert checked["ceiling"]["passed"] is True and checked["ceiling"]["margin"] > 0.1
+    assert full["gate_after"]["passed"] is True and len(_steps(full)) > 3
+    assert checked_calls == full_calls + 1
+    assert _steps(checked) == _steps(full)
+    assert [k["layer"] for k in checked["kept_in_float"]] == [
+        k["layer"] for k in full["kept_in_float"]
+    ]
+    assert checked["gate_after"] == full["gate_after"]
