@@ -126,3 +126,73 @@ def test_onnxsim_is_imported_without_torch_and_torch_still_imports_after() -> No
     )
     out = stdout_words(code)
     assert out == ["False", "0.0"]
+
+
+def _conv_gelu_conv(seed: int = 0) -> onnx.ModelProto:
+    """Conv -> GELU written out as exporters write it (x * (1 + erf(x / sqrt 2)) * 0.5, as
+    paddle2onnx's PP-OCRv6) -> Conv."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array(1.4142135, np.float32), "sqrt2"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Div", ["c1", "sqrt2"], ["d"], name="div"),
+        helper.make_node("Erf", ["d"], ["e"], name="erf"),
+        helper.make_node("Add", ["e", "one"], ["a"], name="add"),
+        helper.make_node("Mul", ["c1", "a"], ["m"], name="mul"),
+        helper.make_node("Mul", ["m", "half"], ["g"], name="half_mul"),
+        helper.make_node("Conv", ["g", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_gelu_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _gelu_run(tmp: Path, **kw: object) -> tuple[onnx.ModelProto, dict, int]:
+    """Simplify the Conv-GELU-Conv model: its output, record, and ONNX Runtime's Gelu count."""
+    from passes.simplify import runtime_fusions
+
+    model = _conv_gelu_conv()
+    feeds = [{"x": np.random.default_rng(1).normal(0, 1, (1, 3, 16, 16)).astype(np.float32)}]
+    result = SimplifyPass(SimplifyConfig(**kw))(model, context(model, tmp, feeds))
+    fusions = runtime_fusions(result.model, tmp)
+    assert fusions is not None
+    assert parity(model, result.model, feeds)["y"].max_abs_err <= FP32_ATOL
+    return result.model, {**result.record, "skipped": result.skipped}, fusions["Gelu"]
+
+
+def test_the_default_keeps_onnx_runtimes_gelu_fusion(tmp_path: Path) -> None:
+    """onnxsim's fuse_preceding_mul_into_conv folds GELU's `* 0.5` into the next Conv and
+    ONNX Runtime then fuses no GELU (PP-OCRv6 ran 1.13-1.20x slower): it is off by default,
+    and the record says ONNX Runtime's fusions were checked."""
+    out, record, gelus = _gelu_run(tmp_path)
+    assert record["skipped"] == "" and "optimizers_off" not in record
+    assert gelus == 1 and record["runtime_fusions"] == {"Gelu": 1}
+    assert op_histogram(out)["Mul"] == 2
+
+
+def test_a_simplification_that_loses_a_fusion_falls_back_to_folding_only(tmp_path: Path) -> None:
+    """With every optimizer on, the fold happens and the check catches it: the model is
+    simplified again with folding only, and keeps its fused GELU; without the check, it
+    does not (what the check guards against)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, record, gelus = _gelu_run(tmp_path / "a", skipped_optimizers=())
+    assert gelus == 1
+    assert "Gelu 1 -> 0" in record["optimizers_off"] and record["skipped"] == ""
+    _, unchecked, lost = _gelu_run(
+        tmp_path / "b", skipped_optimizers=(), keep_runtime_fusions=False
+    )
+    assert lost == 0 and "runtime_fusions" not in unchecked
