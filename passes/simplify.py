@@ -10,12 +10,13 @@ and a fold across the edge of a pattern the runtimes fuse breaks the fusion:
 `fuse_preceding_mul_into_conv` folds GELU's closing `* 0.5` into the next Conv's weights, so
 ONNX Runtime fused none of PP-OCRv6's 10 (rec) and 13 (det) Erf GELUs, and the simplified
 recognizer ran 1.13-1.20x the reference's time on ONNX Runtime and 1.18x on OpenVINO
-(2026-12-02, AMD EPYC 2 vCPUs; every artifact built on it inherited that). It is off by
-default, and every result is checked: ONNX Runtime's own hardware-independent optimizer
-(`extended`) runs on the input and on the output, and where the output ends with fewer of the
-fused kernels that replace elementwise chains (`RUNTIME_FUSIONS`), the model is simplified
-again with constant folding and shape inference only, or passed through unchanged if that
-loses them too. Every backend fuses on its own, so the optimizers' cleanup is rarely missed.
+(2026-12-02, AMD EPYC 2 vCPUs; every artifact built on it inherited that). Elsewhere the same
+fold saves an elementwise op, so every result is checked instead: ONNX Runtime's own
+hardware-independent optimizer (`extended`) runs on the input and on the output, and where
+the output ends with fewer of the fused kernels that replace elementwise chains
+(`RUNTIME_FUSIONS`), the model is simplified again without the folds known to break them
+(`FUSION_BREAKERS`), then with constant folding and shape inference only, and passed through
+unchanged where every try loses them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from compiler.core.errors import ConfigError
 from passes.base import Pass, PassConfig, PassContext, PassResult
 
 __all__ = [
-    "DEFAULT_SKIPPED",
+    "FUSION_BREAKERS",
     "RUNTIME_FUSIONS",
     "SimplifyConfig",
     "SimplifyPass",
@@ -77,9 +78,9 @@ def import_onnxsim() -> ModuleType:
     return onnxsim
 
 
-# onnxsim optimizers off by default: each folds constants across the edge of a pattern the
-# runtimes fuse (see the module's docstring)
-DEFAULT_SKIPPED = ("fuse_preceding_mul_into_conv",)
+# onnxsim optimizers that fold constants across the edge of a pattern the runtimes fuse
+# (see the module's docstring): left out in the first retry when a result loses a fusion
+FUSION_BREAKERS = ("fuse_preceding_mul_into_conv",)
 
 # ONNX Runtime's kernels that replace a chain of elementwise ops, made by its `extended`
 # optimizer on any host: a simplified graph on which it makes fewer of them runs slower.
@@ -110,12 +111,11 @@ class SimplifyConfig(PassConfig):
     constant_folding: bool = True
     shape_inference: bool = True
     fuse_bn: bool = True
-    skipped_optimizers: tuple[str, ...] = Field(
-        default=DEFAULT_SKIPPED, description="replaces the default list: name its entries too"
-    )
+    skipped_optimizers: tuple[str, ...] = ()
     keep_runtime_fusions: bool = Field(
         default=True,
-        description="fall back to folding only where the result loses ONNX Runtime fusions",
+        description="simplify again with fewer optimizers where the result loses ONNX "
+        "Runtime fusions",
     )
 
 
@@ -136,7 +136,7 @@ def _test_shapes(model: onnx.ModelProto, ctx: PassContext) -> dict[str, list[int
 
 class SimplifyPass(Pass[SimplifyConfig]):
     name = "simplify"
-    version = "2"  # 2: fuse_preceding_mul_into_conv off, the runtime-fusion check
+    version = "2"  # 2: the runtime-fusion check
     config_cls = SimplifyConfig
 
     def libraries(self) -> dict[str, str]:
@@ -173,7 +173,7 @@ class SimplifyPass(Pass[SimplifyConfig]):
     ) -> PassResult:
         cfg = self.config
         record: dict[str, Any] = {"check_n": cfg.check_n, "check_shapes": shapes}
-        out, failure = self._onnxsim(model, shapes, optimize=True)
+        out, failure = self._onnxsim(model, shapes, cfg.skipped_optimizers)
         if failure:
             return PassResult(model=model, record=record, skipped=failure)
         record["check_passed"] = True
@@ -184,30 +184,35 @@ class SimplifyPass(Pass[SimplifyConfig]):
             record["runtime_fusions"] = "not checked: ONNX Runtime cannot load the model"
             return PassResult(model=out, record=record)
         lost = _fusion_loss(before, out, workdir)
-        if not lost:
-            record["runtime_fusions"] = dict(sorted(before.items()))
-            return PassResult(model=out, record=record)
-        folded, failure = self._onnxsim(model, shapes, optimize=False)
-        still = failure or _fusion_loss(before, folded, workdir)
-        why = f"onnxsim's optimizers cost ONNX Runtime's fusions ({lost})"
-        if still:
-            return PassResult(
-                model=model,
-                record=record,
-                skipped=f"{why}, and folding alone failed or did too ({still}): kept the input "
-                "model",
-            )
         record["runtime_fusions"] = dict(sorted(before.items()))
-        record["optimizers_off"] = (
-            f"{why}: simplified with constant folding and shape inference only; name the "
-            "optimizer in skipped_optimizers to keep the others"
+        if not lost:
+            return PassResult(model=out, record=record)
+        why = f"onnxsim's optimizers cost ONNX Runtime's fusions ({lost})"
+        fewer = tuple(dict.fromkeys([*cfg.skipped_optimizers, *FUSION_BREAKERS]))
+        retries = (
+            (fewer, f"without {', '.join(FUSION_BREAKERS)}"),
+            (None, "with constant folding and shape inference only"),
         )
-        return PassResult(model=folded, record=record)
+        tried = [why]
+        for skipped, how in retries:
+            again, failure = self._onnxsim(model, shapes, skipped)
+            still = failure or _fusion_loss(before, again, workdir)
+            if not still:
+                record["fusions_kept"] = f"{why}: simplified again {how}"
+                return PassResult(model=again, record=record)
+            tried.append(f"{how}: {still}")
+        del record["runtime_fusions"]
+        return PassResult(model=model, record=record, skipped="; ".join(tried) + "; kept the input")
 
     def _onnxsim(
-        self, model: onnx.ModelProto, shapes: dict[str, list[int]], optimize: bool
+        self,
+        model: onnx.ModelProto,
+        shapes: dict[str, list[int]],
+        skipped: tuple[str, ...] | None,
     ) -> tuple[onnx.ModelProto, str]:
-        """onnxsim's model and "", or the input and why it could not be used."""
+        """onnxsim's model with the `skipped` optimizers left out (None: every optimizer,
+        folding and shape inference only) and "", or the input and why it could not be
+        used."""
         onnxsim = import_onnxsim()
         cfg = self.config
         log = io.StringIO()
@@ -219,11 +224,11 @@ class SimplifyPass(Pass[SimplifyConfig]):
                     check_rtol=cfg.check_rtol,
                     check_atol=cfg.check_atol,
                     test_input_shapes=shapes,
-                    perform_optimization=optimize,
+                    perform_optimization=skipped is not None,
                     skip_fuse_bn=not cfg.fuse_bn,
                     skip_constant_folding=not cfg.constant_folding,
                     skip_shape_inference=not cfg.shape_inference,
-                    skipped_optimizers=list(cfg.skipped_optimizers) or None,
+                    skipped_optimizers=list(skipped or ()) or None,
                 )
         except Exception as exc:  # onnxsim raises RuntimeError/ValueError/its own types
             reason = " ".join(str(exc).split())[:400]

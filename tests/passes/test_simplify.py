@@ -173,26 +173,30 @@ def _gelu_run(tmp: Path, **kw: object) -> tuple[onnx.ModelProto, dict, int]:
     return result.model, {**result.record, "skipped": result.skipped}, fusions["Gelu"]
 
 
-def test_the_default_keeps_onnx_runtimes_gelu_fusion(tmp_path: Path) -> None:
+def test_a_fold_that_costs_a_fusion_is_undone(tmp_path: Path) -> None:
     """onnxsim's fuse_preceding_mul_into_conv folds GELU's `* 0.5` into the next Conv and
-    ONNX Runtime then fuses no GELU (PP-OCRv6 ran 1.13-1.20x slower): it is off by default,
-    and the record says ONNX Runtime's fusions were checked."""
-    out, record, gelus = _gelu_run(tmp_path)
-    assert record["skipped"] == "" and "optimizers_off" not in record
-    assert gelus == 1 and record["runtime_fusions"] == {"Gelu": 1}
-    assert op_histogram(out)["Mul"] == 2
-
-
-def test_a_simplification_that_loses_a_fusion_falls_back_to_folding_only(tmp_path: Path) -> None:
-    """With every optimizer on, the fold happens and the check catches it: the model is
-    simplified again with folding only, and keeps its fused GELU; without the check, it
-    does not (what the check guards against)."""
+    ONNX Runtime then fuses no GELU (PP-OCRv6 ran 1.13-1.20x slower): the check sees the
+    fusion lost and simplifies again without that fold, and the record says so. Without the
+    check the fold stays (what it guards against)."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    _, record, gelus = _gelu_run(tmp_path / "a", skipped_optimizers=())
-    assert gelus == 1
-    assert "Gelu 1 -> 0" in record["optimizers_off"] and record["skipped"] == ""
-    _, unchecked, lost = _gelu_run(
-        tmp_path / "b", skipped_optimizers=(), keep_runtime_fusions=False
-    )
+    out, record, gelus = _gelu_run(tmp_path / "a")
+    assert record["skipped"] == "" and gelus == 1 and record["runtime_fusions"] == {"Gelu": 1}
+    kept = record["fusions_kept"]
+    assert "Gelu 1 -> 0" in kept and "without fuse_preceding_mul_into_conv" in kept
+    assert op_histogram(out)["Mul"] == 2
+    _, unchecked, lost = _gelu_run(tmp_path / "b", keep_runtime_fusions=False)
     assert lost == 0 and "runtime_fusions" not in unchecked
+
+
+def test_folding_only_is_the_last_try_before_the_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where leaving out the known folds does not keep the fusions (here: none named), the
+    model is simplified with constant folding and shape inference only."""
+    import passes.simplify
+
+    monkeypatch.setattr(passes.simplify, "FUSION_BREAKERS", ("eliminate_nop_pad",))
+    _, record, gelus = _gelu_run(tmp_path)
+    assert gelus == 1 and record["skipped"] == ""
+    assert record["fusions_kept"].endswith("with constant folding and shape inference only")
