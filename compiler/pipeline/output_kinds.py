@@ -12,7 +12,12 @@ that only move values (Reshape, Transpose, Concat, Gather, If branches, ...) and
   logits sequence (rank 3).
 - LayerNormalization (or its decomposed form), an L2 normalization, Tanh, or a pooling of
   hidden states: an embedding.
-- MatMul / Gemm (+ bias): class scores (rank 2), a logits sequence (rank 3).
+- MatMul / Gemm (+ bias): class scores (rank 2), a logits sequence (rank 3); but not beside
+  an output the graph shows to be the model's class distribution (a Softmax, or scores an
+  ArgMax reads): such a plain linear output is a regression head beside the classifier
+  (MTCNN's ONet: face/not-face probabilities beside 4 box offsets and 10 landmark
+  coordinates), and judging it by its argmax alone would pass an artifact that moves every
+  box and landmark. It stays unknown (`other`: L2 error and cosine).
 - the shape: [.., 4] boxes at rank >= 3; rank >= 4 dense maps; an output shaped like an
   input (rank <= 3) is a recurrent state fed back.
 Anything else stays unknown and is judged as `other`.
@@ -53,7 +58,7 @@ _SPATIAL = frozenset(
     {"Conv", "ConvTranspose", "Resize", "Upsample", "BatchNormalization", "ConvInteger",
      "QLinearConv"}
 )  # fmt: skip
-_CLASS_READERS = frozenset({"ArgMax", "ArgMin", "TopK", "Softmax", "LogSoftmax"})
+_CLASS_READERS = frozenset({"ArgMax", "ArgMin", "TopK", "Softmax", "LogSoftmax", "QLinearSoftmax"})
 _FLOAT = frozenset({"float16", "float32", "float64", "bfloat16"})
 _MAX_STEPS = 256
 
@@ -172,7 +177,27 @@ def _softmax_axis(origin: _Origin, rank: int) -> int:
 
 
 def _readers(graph: onnx.GraphProto, name: str) -> set[str]:
-    return {n.op_type for n in graph.node if name in n.input}
+    """The op types that read `name`, looking through (de)quantization both ways: a QOperator
+    model's QLinearSoftmax reads the quantized tensor an output is dequantized from."""
+    producers = {o: n for n in graph.node for o in n.output}
+    values, seen = [name], {name}
+    node = producers.get(name)
+    while node is not None and node.op_type in _QDQ and node.input[0] not in seen:
+        values.append(node.input[0])
+        seen.add(node.input[0])
+        node = producers.get(node.input[0])
+    found: set[str] = set()
+    while values:
+        value = values.pop()
+        for node in graph.node:
+            if value not in node.input:
+                continue
+            if node.op_type in _QDQ:
+                values.extend(o for o in node.output if o not in seen)
+                seen.update(node.output)
+            else:
+                found.add(node.op_type)
+    return found
 
 
 def _kind_from(spec: TensorSpec, origins: list[_Origin], read_by: set[str]) -> OutputKind | None:
@@ -214,17 +239,41 @@ def _float_outputs(contract: Contract) -> Iterator[TensorSpec]:
     return (o for o in contract.outputs if o.dtype in _FLOAT)
 
 
+def _only_linear(spec: TensorSpec, origins: list[_Origin], read_by: set[str]) -> bool:
+    """Whether `spec` is called class scores on the weakest ground: rank 2, made by a
+    MatMul/Gemm, with no softmax in its making and no class reader."""
+    families = {_family(o) for o in origins}
+    return (
+        len(spec.shape) == 2
+        and "linear" in families
+        and not families & {"softmax", "logsoftmax", "sigmoid", "recurrent", "norm"}
+        and not read_by & _CLASS_READERS
+        and not any(o.pooled for o in origins)
+    )
+
+
 def infer_output_kinds(model: onnx.ModelProto, contract: Contract) -> dict[str, OutputKind]:
     """Output name -> kind, for the float outputs whose kind the graph shows."""
     walker = _Walker(model)
     kinds: dict[str, OutputKind] = {}
+    guessed: set[str] = set()  # class scores only because a MatMul/Gemm made them
     for spec in _float_outputs(contract):
         origins = walker.origins(model.graph, spec.name)
-        kind = _kind_from(spec, origins, _readers(model.graph, spec.name))
+        read_by = _readers(model.graph, spec.name)
+        kind = _kind_from(spec, origins, read_by)
         if kind is None and _like_an_input(spec, contract):
             kind = "state"
         if kind is not None:
             kinds[spec.name] = kind
+        if kind == "class_scores" and _only_linear(spec, origins, read_by):
+            guessed.add(spec.name)
+    classifier = any(
+        kind in ("probabilities", "class_scores") and name not in guessed
+        for name, kind in kinds.items()
+    )
+    if classifier:  # the linear outputs beside the model's class distribution: regression
+        for name in guessed:
+            del kinds[name]
     return kinds
 
 

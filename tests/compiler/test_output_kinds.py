@@ -103,6 +103,29 @@ def test_linear_heads_and_class_readers() -> None:
     assert _kinds(model) == {"y": "class_scores"}  # the integer output stays unknown
 
 
+def test_linear_heads_beside_the_class_distribution_are_not_class_scores() -> None:
+    """MTCNN's ONet: one trunk, a Softmax face/not-face head and two plain Gemm heads, 4 box
+    offsets and 10 landmark coordinates. Those are regressions: unknown (judged by L2 error
+    and cosine), not class scores (judged by their argmax alone). A linear head that the
+    graph reads with an ArgMax stays class scores beside it."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "wa"], ["la"]),
+        helper.make_node("Softmax", ["la"], ["prob"], axis=1),
+        helper.make_node("Gemm", ["x", "wb"], ["box"]),
+        helper.make_node("Gemm", ["x", "wc"], ["landmarks"]),
+        helper.make_node("Gemm", ["x", "wd"], ["attr"]),
+        helper.make_node("ArgMax", ["attr"], ["attr_id"], axis=1),
+    ]
+    inits = {f"w{k}": np.ones((16, n)) for k, n in zip("abcd", (2, 4, 10, 3), strict=True)}
+    shapes = {"prob": ["N", 2], "box": ["N", 4], "landmarks": ["N", 10], "attr": ["N", 3]}
+    model = _model(nodes, {"x": ["N", 16]}, shapes, inits)
+    model.graph.output.append(helper.make_tensor_value_info("attr_id", TensorProto.INT64, ["N"]))
+    assert _kinds(model) == {"prob": "probabilities", "attr": "class_scores"}
+    # without the distribution, a lone linear head is still read as class scores
+    alone = _model(nodes[2:3], {"x": ["N", 16]}, {"box": ["N", 4]}, {"wb": np.ones((16, 4))})
+    assert _kinds(alone) == {"box": "class_scores"}
+
+
 def test_embeddings_layernorm_and_tanh_pooler() -> None:
     ln = [
         helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
@@ -218,16 +241,18 @@ def test_already_quantized_models_keep_their_kinds(fmt: str, tmp_path: Path) -> 
             helper.make_node("Relu", ["h"], ["r"]),
             helper.make_node("MatMul", ["r", "w2"], ["logits"]),
             helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
-            helper.make_node("MatMul", ["r", "w2"], ["z"]),
+            helper.make_node("MatMul", ["r", "w3"], ["z"]),
         ],
         {"x": ["N", 16]},
-        {"y": ["N", 10], "z": ["N", 10]},
-        {"w": np.ones((16, 16)), "w2": np.ones((16, 10))},
+        {"y": ["N", 10], "z": ["N", 4], "logits": ["N", 10]},
+        {"w": np.ones((16, 16)), "w2": np.ones((16, 10)), "w3": np.ones((16, 4))},
     )
     quantized = _quantized_static(head, tmp_path, fmt)
     ops = {n.op_type for n in quantized.graph.node}
     assert {"QDQ": "DequantizeLinear", "QOperator": "QLinearMatMul"}[fmt] in ops
-    assert _kinds(head) == {"y": "probabilities", "z": "class_scores"}
+    # the logits the Softmax reads are class scores (through Q/DQ once quantized); z, a plain
+    # linear head beside the distribution, is a regression and stays unknown
+    assert _kinds(head) == {"y": "probabilities", "logits": "class_scores"}
     assert _kinds(quantized) == _kinds(head)
 
 
