@@ -72,6 +72,11 @@ class BackendUnavailable(CompilePkgError):
         hint = f"; to get it: {install}" if install else ""
         super().__init__(f"{backend} {what}: {reason}{hint}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str, str]]:
+        # pickle rebuilds an exception from its args (the message alone): a worker process
+        # or Ray hands it back whole
+        return type(self), (self.backend, self.reason, self.install, self.what)
+
 
 class NotApplicable(CompilePkgError):
     """A pass or variant that does not apply to this model (an int8 pass on a model that is
@@ -103,6 +108,9 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        return type(self), (self.signum,)
 
 
 def short_message(exc: BaseException, limit: int = 500) -> str:
