@@ -8,15 +8,18 @@ record or a one-line error that the parent raises as a `BuildError`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
+import inspect
 import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from compiler.core.errors import BuildError
@@ -131,11 +134,53 @@ def _register_fatbin_compiler(archs: list[str]) -> None:
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", _compile, override=True)
 
 
+# Frames whose source context TVMScript reads (`is_defined_in_class` reads the third).
+_FULL_FRAMES = 4
+
+
+@contextlib.contextmanager
+def _cheap_outer_frames() -> Iterator[None]:
+    """`inspect.getouterframes` (and so `inspect.stack`) with source context for the innermost
+    `_FULL_FRAMES` frames only; the others carry their frame, file, line and function.
+
+    TVMScript's `@T.prim_func` calls `inspect.stack()` for every function it parses, and
+    DLight's tensor-core schedule (fp16 on CUDA) imports `tvm.s_tir.tensor_intrin`, which
+    parses hundreds: for each frame of a deep stack, `inspect` looks up the source file, and
+    for `<frozen importlib>` frames scans every loaded module for it. That took 80 % of a
+    48.7 s gpu fp16 build (torchcrepe's tiny model, py-spy, 2026-12-02) and 22 s just to
+    import `tensor_intrin`. The parser uses the outer frames' locals (closure variables)
+    and, for error messages, their file and line; the library it builds is the same (the
+    test compares bytes)."""
+    real = inspect.getouterframes
+
+    def outer_frames(frame: FrameType | None, context: int = 1) -> list[inspect.FrameInfo]:
+        frames: list[inspect.FrameInfo] = []
+        while frame is not None:
+            if len(frames) < _FULL_FRAMES:
+                info = inspect.getframeinfo(frame, context)
+                frames.append(inspect.FrameInfo(frame, *info, positions=info.positions))
+            else:
+                code = frame.f_code
+                frames.append(
+                    inspect.FrameInfo(
+                        frame, code.co_filename, frame.f_lineno, code.co_name, None, None
+                    )
+                )
+            frame = frame.f_back
+        return frames
+
+    inspect.getouterframes = outer_frames  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        inspect.getouterframes = real
+
+
 def _compile(mod: Any, target: Any, tuning_dir: Path | None) -> Any:
     import tvm
     from tvm import relax
 
-    with target:
+    with target, _cheap_outer_frames():
         if tuning_dir is None:
             return tvm.compile(mod, target=target)
         mod = relax.transform.DecomposeOpsForInference()(mod)

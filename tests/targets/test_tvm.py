@@ -214,3 +214,38 @@ def test_a_library_built_for_fixed_shapes_gets_its_own_contract() -> None:
         shapes="dynamic",
     )
     assert fixed_shape_contract(contract, dynamic) is None
+
+
+@needs_tvm
+def test_cheap_outer_frames_keep_what_tvmscript_reads() -> None:
+    """Inside the build's `_cheap_outer_frames`, `inspect.stack()` lists the same frames
+    with the same file, line and function, source context for the innermost ones only; a
+    TVMScript function that reads a closure variable parses to the same script; `inspect`
+    is itself again afterwards."""
+    import inspect
+
+    from tvm.script import tirx as T
+
+    from targets.tvm._worker import _FULL_FRAMES, _cheap_outer_frames
+
+    def parse() -> str:
+        n = 16  # a closure variable the parser finds through the outer frames' locals
+
+        @T.prim_func
+        def double(a: T.Buffer((n,), "float32"), b: T.Buffer((n,), "float32")) -> None:
+            for i in range(n):
+                b[i] = a[i] * T.float32(2)
+
+        return double.script()
+
+    full = inspect.stack()
+    with _cheap_outer_frames():
+        cheap = inspect.stack()
+        parsed_cheap = parse()
+    assert inspect.getouterframes.__module__ == "inspect"
+    assert [(f.frame, f.filename, f.lineno, f.function) for f in cheap[1:]] == [
+        (f.frame, f.filename, f.lineno, f.function) for f in full[1:]
+    ]
+    assert all(f.code_context for f in cheap[:_FULL_FRAMES])
+    assert all(f.code_context is None for f in cheap[_FULL_FRAMES:])
+    assert parsed_cheap == parse() and "16" in parsed_cheap
