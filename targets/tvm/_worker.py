@@ -141,7 +141,8 @@ _FULL_FRAMES = 4
 @contextlib.contextmanager
 def _cheap_outer_frames() -> Iterator[None]:
     """`inspect.getouterframes` (and so `inspect.stack`) with source context for the innermost
-    `_FULL_FRAMES` frames only; the others carry their frame, file, line and function.
+    `_FULL_FRAMES` frames only (those with a source file); the others carry their frame,
+    file, line and function.
 
     TVMScript's `@T.prim_func` calls `inspect.stack()` for every function it parses, and
     DLight's tensor-core schedule (fp16 on CUDA) imports `tvm.s_tir.tensor_intrin`, which
@@ -156,7 +157,8 @@ def _cheap_outer_frames() -> Iterator[None]:
     def outer_frames(frame: FrameType | None, context: int = 1) -> list[inspect.FrameInfo]:
         frames: list[inspect.FrameInfo] = []
         while frame is not None:
-            if len(frames) < _FULL_FRAMES:
+            # a frozen module's frame (`<frozen importlib._bootstrap>`) has no source anyway
+            if len(frames) < _FULL_FRAMES and not frame.f_code.co_filename.startswith("<"):
                 info = inspect.getframeinfo(frame, context)
                 frames.append(inspect.FrameInfo(frame, *info, positions=info.positions))
             else:

@@ -246,6 +246,6 @@ def test_cheap_outer_frames_keep_what_tvmscript_reads() -> None:
     assert [(f.frame, f.filename, f.lineno, f.function) for f in cheap[1:]] == [
         (f.frame, f.filename, f.lineno, f.function) for f in full[1:]
     ]
-    assert all(f.code_context for f in cheap[:_FULL_FRAMES])
+    assert all(f.code_context for f in cheap[:_FULL_FRAMES] if not f.filename.startswith("<"))
     assert all(f.code_context is None for f in cheap[_FULL_FRAMES:])
     assert parsed_cheap == parse() and "16" in parsed_cheap
