@@ -288,13 +288,18 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     ex = mod = None
     for i, dynamic in enumerate(modes):
+        attempt = time.perf_counter()
         try:
             mod = import_onnx(model, req, dynamic)
             ex = _compile(mod, target, tuning_dir if tuning_dir and tuning_dir.exists() else None)
             break
         except Exception as exc:
             if i + 1 < len(modes):
-                notes.append(f"dynamic shapes failed ({tvm_message(exc, 200)}); built static")
+                spent = time.perf_counter() - attempt
+                notes.append(
+                    f"dynamic shapes failed after {spent:.0f} s ({tvm_message(exc, 200)}); "
+                    "built static (shapes: static skips the attempt)"
+                )
                 continue
             if isinstance(exc, BuildError):
                 raise
