@@ -271,26 +271,28 @@ def _deep_mlp(layers: int, seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _minmax_quantizer(model: onnx.ModelProto, tmp: Path) -> Any:  # -> Quantize
+    """ONNX Runtime's static int8 of `model` (per channel, u8/s8, min/max ranges calibrated
+    on 8 feeds) as the accuracy loops call it."""
+    from passes.ort_quantizers import OrtSettings, static_quantizer
+
+    settings = OrtSettings((), True, False, 99.999)
+    return static_quantizer(
+        model, _feeds(8, seed=1), settings, ("u8", "s8", False), tmp, "minmax", None
+    )
+
+
 def test_many_candidates_are_ranked_in_two_rounds_with_the_same_leaders(tmp_path: Path) -> None:
     """Beyond 32 candidates, every layer runs on half the ranking samples and the 32 that
     cost the most on all of them: the finalists' errors are the all-sample figures exactly, and the
     leaders (what the loop tries) are those of ranking every layer on every sample."""
     from passes.accuracy import Gate, candidate_layers, rank_layers
-    from passes.ort_quantizers import OrtSettings, static_quantizer
     from passes.ort_tools import run_model
 
     model = _deep_mlp(40)
     feeds = _feeds(8, seed=3)
     gate = Gate(INT8, feeds, run_model(model, feeds))
-    quantize = static_quantizer(
-        model,
-        _feeds(8, seed=1),
-        OrtSettings((), True, False, 99.999),
-        ("u8", "s8", False),
-        tmp_path,
-        "minmax",
-        None,
-    )
+    quantize = _minmax_quantizer(model, tmp_path)
     runs: list[int] = []  # samples each quantized model ran on, counted through the gate's feeds
 
     def counted(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
@@ -335,21 +337,12 @@ def _loop_with_and_without_ceiling(tmp_path: Path, layers: int, min_cosine: floa
     """keep_sensitive_layers_in_float on a Tanh chain of `layers` under the default ceiling
     check and with none: per run, the quantizations it made and its record."""
     from passes.accuracy import AccuracyAwareConfig, Gate, keep_sensitive_layers_in_float
-    from passes.ort_quantizers import OrtSettings, static_quantizer
     from passes.ort_tools import run_model
 
     model = _deep_mlp(layers)
     feeds = _feeds(8, seed=3)
     gate = Gate(dataclasses.replace(INT8, min_cosine=min_cosine), feeds, run_model(model, feeds))
-    quantize = static_quantizer(
-        model,
-        _feeds(8, seed=1),
-        OrtSettings((), True, False, 99.999),
-        ("u8", "s8", False),
-        tmp_path,
-        "minmax",
-        None,
-    )
+    quantize = _minmax_quantizer(model, tmp_path)
     calls: list[int] = []
 
     def counted(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
