@@ -107,13 +107,16 @@ class ValueDomain(BaseModel):
         return f"{self.low}..{self.high}"
 
 
-# What an output means, which decides how parity judges it: class scores and probabilities by
-# top-k agreement, embeddings by cosine, dense maps, boxes, logit sequences and states by
-# scale-aware error. None: not known (judged as `other`).
+# What an output means, which decides how parity judges it: class scores, probabilities and
+# logit sequences by decided top-1 agreement, embeddings by cosine, dense maps, boxes and
+# states by scale-aware error; a linear head (a MatMul/Gemm's output that nothing in the graph
+# reads as classes: class logits or a regression) by top-1 and by its values both. None: not
+# known (judged as `other`).
 OutputKind = Literal[
     "class_scores",
     "probabilities",
     "logits_sequence",
+    "linear_head",
     "embedding",
     "dense_map",
     "boxes",

@@ -8,6 +8,10 @@ The kind (the contract's: read off the graph, or set in the config) picks the me
   scores its own top class more than `top1_tie` (in probability) above the artifact's pick:
   between classes the reference cannot separate, the argmax follows the kernels' rounding and
   differs between AVX2 and AVX-512 VNNI hosts for the same model.
+- linear_head (a MatMul/Gemm's output the graph does not say the meaning of: class logits or
+  a regression): decided top-1 agreement, and L2 error and cosine as for an unknown kind,
+  both; an artifact that keeps every argmax of a regression head while it moves every
+  coordinate fails.
 - embedding: mean cosine of rows (last axis); rows whose reference is near zero are left out.
 - dense_map, boxes, state: scale-aware L2 error, ||artifact - reference|| / ||reference||.
 - unknown kind (None, `other`): L2 error and cosine; rows that are distributions (softmax
@@ -70,7 +74,7 @@ REL_EPS = 1e-6
 CHANNELS_MAX = 1024
 CHANNEL_SCALE_RATIO = 100.0
 _CHANNEL_MIN_VALUES = 16  # values per channel over all samples before channels are judged
-CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence")
+CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence", "linear_head")
 _SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability distributions
 _MAX_SLACK = 0.05  # at most this more where the values sit on a grid (_rounding_slack)
 # Below this cosine (or this exact agreement of an integer output) an output mostly carries
@@ -210,7 +214,7 @@ def _judged_kind(kind: str | None, refs: Sequence[np.ndarray]) -> str:
     classes = _stackable(refs) and refs[0].shape[-1] >= 2 and refs[0].size > 0
     if kind is None or kind == "other":
         return "probabilities" if classes and _is_distribution(_rows(refs)) else "other"
-    if kind in ("class_scores", "logits_sequence") and not classes:
+    if kind in ("class_scores", "logits_sequence", "linear_head") and not classes:
         return "other"
     return kind
 
@@ -411,10 +415,10 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
     if m.top1_decided is not None:
         note = f"flips between classes the reference separates by more than {tol.top1_tie}"
         out.append(Check("top1_decided", m.top1_decided, tol.min_top1, True, note))
-    elif m.kind == "embedding" and m.row_cosine_mean is not None:
+    if m.kind == "embedding" and m.row_cosine_mean is not None:
         out.append(Check("row_cosine", m.row_cosine_mean, tol.min_cosine, at_least=True))
-    else:
-        if m.kind == "other" and not near_zero:
+    elif m.top1_decided is None or m.kind == "linear_head":  # its values judged too
+        if m.kind in ("other", "linear_head") and not near_zero:
             out.append(Check("cosine", m.cosine, tol.min_cosine, at_least=True))
         if tol.max_rel_l2 is not None:
             out.append(_l2_check(m, tol.max_rel_l2, floor, near_zero))

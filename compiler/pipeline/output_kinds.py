@@ -12,12 +12,15 @@ that only move values (Reshape, Transpose, Concat, Gather, If branches, ...) and
   logits sequence (rank 3).
 - LayerNormalization (or its decomposed form), an L2 normalization, Tanh, or a pooling of
   hidden states: an embedding.
-- MatMul / Gemm (+ bias): class scores (rank 2), a logits sequence (rank 3); but not beside
-  an output the graph shows to be the model's class distribution (a Softmax, or scores an
-  ArgMax reads): such a plain linear output is a regression head beside the classifier
-  (MTCNN's ONet: face/not-face probabilities beside 4 box offsets and 10 landmark
-  coordinates), and judging it by its argmax alone would pass an artifact that moves every
-  box and landmark. It stays unknown (`other`: L2 error and cosine).
+- MatMul / Gemm (+ bias), rank 2 or 3, that nothing above names: a linear head. The graph
+  cannot tell class logits (ResNet's Gemm) from a regression (face landmarks, a pose, a
+  box's offsets, a frame of mel bins): it is judged by decided top-1 agreement and by its
+  values (L2 error and cosine) both, so an artifact that keeps every argmax but moves every
+  coordinate fails. `parity.kinds` names it where the user knows (class_scores: top-1 only).
+  Beside an output the graph shows to be the model's class distribution (a Softmax, or
+  scores an ArgMax reads) a linear head is a regression beside the classifier (MTCNN's ONet:
+  face/not-face probabilities beside 4 box offsets and 10 landmark coordinates): it stays
+  unknown (`other`: L2 error and cosine), whose argmax means nothing.
 - the shape: [.., 4] boxes at rank >= 3; rank >= 4 dense maps; an output shaped like an
   input (rank <= 3) is a recurrent state fed back.
 Anything else stays unknown and is judged as `other`.
@@ -223,7 +226,7 @@ def _kind_from(spec: TensorSpec, origins: list[_Origin], read_by: set[str]) -> O
     if ("norm" in families or pooled) and rank in (2, 3):
         return "embedding"
     if "linear" in families and rank in (2, 3):
-        return "class_scores" if rank == 2 else "logits_sequence"
+        return "linear_head"
     if "spatial" in families or rank >= 4:
         return "dense_map"
     return None
@@ -239,41 +242,20 @@ def _float_outputs(contract: Contract) -> Iterator[TensorSpec]:
     return (o for o in contract.outputs if o.dtype in _FLOAT)
 
 
-def _only_linear(spec: TensorSpec, origins: list[_Origin], read_by: set[str]) -> bool:
-    """Whether `spec` is called class scores on the weakest ground: rank 2, made by a
-    MatMul/Gemm, with no softmax in its making and no class reader."""
-    families = {_family(o) for o in origins}
-    return (
-        len(spec.shape) == 2
-        and "linear" in families
-        and not families & {"softmax", "logsoftmax", "sigmoid", "recurrent", "norm"}
-        and not read_by & _CLASS_READERS
-        and not any(o.pooled for o in origins)
-    )
-
-
 def infer_output_kinds(model: onnx.ModelProto, contract: Contract) -> dict[str, OutputKind]:
     """Output name -> kind, for the float outputs whose kind the graph shows."""
     walker = _Walker(model)
     kinds: dict[str, OutputKind] = {}
-    guessed: set[str] = set()  # class scores only because a MatMul/Gemm made them
     for spec in _float_outputs(contract):
         origins = walker.origins(model.graph, spec.name)
-        read_by = _readers(model.graph, spec.name)
-        kind = _kind_from(spec, origins, read_by)
+        kind = _kind_from(spec, origins, _readers(model.graph, spec.name))
         if kind is None and _like_an_input(spec, contract):
             kind = "state"
         if kind is not None:
             kinds[spec.name] = kind
-        if kind == "class_scores" and _only_linear(spec, origins, read_by):
-            guessed.add(spec.name)
-    classifier = any(
-        kind in ("probabilities", "class_scores") and name not in guessed
-        for name, kind in kinds.items()
-    )
-    if classifier:  # the linear outputs beside the model's class distribution: regression
-        for name in guessed:
-            del kinds[name]
+    if any(kind in ("probabilities", "class_scores") for kind in kinds.values()):
+        # the linear heads beside the model's class distribution: regressions
+        kinds = {name: kind for name, kind in kinds.items() if kind != "linear_head"}
     return kinds
 
 

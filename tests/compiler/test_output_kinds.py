@@ -93,7 +93,10 @@ def test_linear_heads_and_class_readers() -> None:
         helper.make_node("MatMul", ["x", "w"], ["h"]),
         helper.make_node("Add", ["h", "b"], ["y"]),
     ]
-    assert _kinds(_model(nodes, {"x": ["N", 16]}, {"y": ["N", 10]}, W)) == {"y": "class_scores"}
+    # logits or a regression: the graph does not say (judged by top-1 and values both)
+    assert _kinds(_model(nodes, {"x": ["N", 16]}, {"y": ["N", 10]}, W)) == {"y": "linear_head"}
+    seq = _model(nodes, {"x": ["N", "T", 16]}, {"y": ["N", "T", 10]}, W)  # a frame per step
+    assert _kinds(seq) == {"y": "linear_head"}
     relu = [
         helper.make_node("Relu", ["x"], ["y"]),
         helper.make_node("ArgMax", ["y"], ["i"], axis=1),
@@ -121,9 +124,9 @@ def test_linear_heads_beside_the_class_distribution_are_not_class_scores() -> No
     model = _model(nodes, {"x": ["N", 16]}, shapes, inits)
     model.graph.output.append(helper.make_tensor_value_info("attr_id", TensorProto.INT64, ["N"]))
     assert _kinds(model) == {"prob": "probabilities", "attr": "class_scores"}
-    # without the distribution, a lone linear head is still read as class scores
+    # without the distribution, a lone linear head is judged by top-1 and by its values
     alone = _model(nodes[2:3], {"x": ["N", 16]}, {"box": ["N", 4]}, {"wb": np.ones((16, 4))})
-    assert _kinds(alone) == {"box": "class_scores"}
+    assert _kinds(alone) == {"box": "linear_head"}
 
 
 def test_embeddings_layernorm_and_tanh_pooler() -> None:

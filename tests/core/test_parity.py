@@ -232,6 +232,33 @@ def test_lossy_class_output_is_not_judged_elementwise() -> None:
     assert not _judged(out, ref, "logits_sequence", FP32).passed  # fp32: elementwise too
 
 
+def test_a_linear_head_is_judged_by_its_argmax_and_its_values() -> None:
+    """A lone Gemm output: 10 face landmark coordinates (pixels) or 10 class logits, the graph
+    cannot say. An int8 artifact that keeps every row's argmax (the largest coordinate) but
+    moves every landmark by 10-50 % passed as class scores; as a linear head it fails on its
+    values, and one within int8's error passes both checks."""
+    rng = np.random.default_rng(4)
+    ref = rng.uniform(20, 90, (16, 10))
+    moved = ref * rng.uniform(0.5, 0.9, ref.shape)
+    moved[np.arange(16), ref.argmax(axis=1)] = ref.max(axis=1)  # every argmax kept
+    assert _judged(moved, ref, "class_scores", INT8).passed  # top-1 alone: passed
+    m = _judged(moved, ref, "linear_head", INT8)
+    assert not m.passed and m.top1_decided == 1.0
+    assert _metric_names(m) == ["top1_decided", "cosine", "rel_l2"]
+    assert [c.metric for c in m.checks if not c.passed] == ["rel_l2"]
+    near = ref + rng.normal(0, 0.5, ref.shape)
+    assert _judged(near, ref, "linear_head", INT8).passed
+    # class logits whose argmax flips fail as a linear head too, however close the values
+    flipped = ref.copy()
+    top2 = np.argsort(ref, axis=1)[:, -2:]
+    flipped[np.arange(16), top2[:, 1]], flipped[np.arange(16), top2[:, 0]] = (
+        ref[np.arange(16), top2[:, 0]],
+        ref[np.arange(16), top2[:, 1]],
+    )
+    m = _judged(flipped, ref, "linear_head", INT8)
+    assert [c.metric for c in m.checks if not c.passed] == ["top1_decided"]
+
+
 def test_embedding_rows_by_cosine_and_padding_rows_left_out() -> None:
     rng = np.random.default_rng(2)
     ref = rng.normal(0, 1, (2, 6, 32))

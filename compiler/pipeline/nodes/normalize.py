@@ -30,8 +30,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # 4: the source's precision (int8 for a quantized model); 5: fp16/bf16 too; 6: output
     # kinds read through (de)quantization and quantized ops; 7: opset imports made canonical;
     # 8: nodes put in topological order; 9: graph outputs with no shape get the inferred one
-    # (and a STRING input's error names the file)
-    version = "9"
+    # (and a STRING input's error names the file); 10: a lone MatMul/Gemm output is a
+    # linear head, one beside the class distribution unknown
+    version = "10"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
