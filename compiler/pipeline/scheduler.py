@@ -82,6 +82,10 @@ _REMEMBERED_NOTE = (
     "--set executor.retry_failed=true runs it again)"
 )
 
+# how much of an upstream node's reason a skipped node repeats: the whole of it is in that
+# node's own result (a TensorRT preflight lists every op its parser lacks)
+_UPSTREAM_REASON_CHARS = 200
+
 
 class StopBuild(Exception):
     """A `stop_on` node did not succeed; `error` is what it raised (None for a skip)."""
@@ -255,7 +259,10 @@ class Scheduler:
         for p in ctx.graph.parents(node.id):
             r = ctx.results[p]
             if not r.ok:
-                reason = f"upstream {p} {r.status}" + (f": {r.reason}" if r.reason else "")
+                why = r.reason or ""
+                if len(why) > _UPSTREAM_REASON_CHARS:
+                    why = f"{why[:_UPSTREAM_REASON_CHARS].rstrip()} ... (in {p}'s result)"
+                reason = f"upstream {p} {r.status}" + (f": {why}" if why else "")
                 return NodeResult(status="skipped", reason=reason, install=r.install)
         return None
 

@@ -167,6 +167,18 @@ def test_a_failure_stays_in_its_branch(tmp_path: Path) -> None:
     assert not list((tmp_path / "cache" / "tmp").rglob("node-*"))  # the failed scratch is gone
 
 
+def test_a_skip_repeats_a_long_upstream_reason_in_short(tmp_path: Path) -> None:
+    """A TensorRT preflight's failure names every op its parser lacks: the nodes after it say
+    where it failed, not all of it again (the progress log printed each such list twice)."""
+    long = "unsupported ops: " + ", ".join(f"Op{i}" for i in range(60))
+    g = _graph(ToyNode("bad", fail=long), ToyNode("after", inputs=("bad",)))
+    results = _run(g, Cache(tmp_path / "cache"))
+    assert long in results["bad"].reason
+    reason = results["after"].reason
+    assert reason.startswith("upstream bad failed: RuntimeError: unsupported ops: Op0, Op1")
+    assert reason.endswith("... (in bad's result)") and len(reason) < 260
+
+
 def test_upstream_skips_carry_the_install_hint(tmp_path: Path) -> None:
     g = _graph(ToyNode("lib", missing=True), ToyNode("uses", inputs=("lib",)))
     results = _run(g, Cache(tmp_path / "cache"))
