@@ -8,6 +8,11 @@ The kind (the contract's: read off the graph, or set in the config) picks the me
   scores its own top class more than `top1_tie` (in probability) above the artifact's pick:
   between classes the reference cannot separate, the argmax follows the kernels' rounding and
   differs between AVX2 and AVX-512 VNNI hosts for the same model.
+  Steps (rank >= 3: a row per time step, anchor or token) where one class is the top of at
+  least COMMON_SHARE of the reference's rows (CTC's blank, a detector's background, a
+  tagger's "O") are also judged over the rows where the reference or the artifact picks
+  another class (`top1_uncommon`): over all rows, an artifact that lost every character of a
+  line or every detection of an image kept 0.9 of them.
 - linear_head (a MatMul/Gemm's output the graph does not say the meaning of: class logits or
   a regression): decided top-1 agreement, and L2 error and cosine as for an unknown kind,
   both; an artifact that keeps every argmax of a regression head while it moves every
@@ -53,6 +58,7 @@ from compiler.core.tolerance import Tolerance
 
 __all__ = [
     "CHANNELS_MAX",
+    "COMMON_SHARE",
     "CHANNEL_SCALE_RATIO",
     "CLASS_KINDS",
     "SHAPE_MISMATCH",
@@ -75,6 +81,8 @@ CHANNELS_MAX = 1024
 CHANNEL_SCALE_RATIO = 100.0
 _CHANNEL_MIN_VALUES = 16  # values per channel over all samples before channels are judged
 CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence", "linear_head")
+# a class that tops at least this share of a sequence's rows is its common one (blank, background)
+COMMON_SHARE = 0.5
 _SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability distributions
 _MAX_SLACK = 0.05  # at most this more where the values sit on a grid (_rounding_slack)
 # Below this cosine (or this exact agreement of an integer output) an output mostly carries
@@ -117,6 +125,8 @@ class Check:
             "cosine": f"cosine {self.value:.6f} < {self.bound}",
             "row_cosine": f"mean row cosine {self.value:.6f} < {self.bound}",
             "top1_decided": f"decided top-1 agreement {self.value:.3f} < {self.bound}",
+            "top1_uncommon": f"decided top-1 agreement {self.value:.3f} < {self.bound} where "
+            "a class other than the common one is picked",
             "agreement": f"exact agreement {self.value:.3f} < {self.bound}",
             "channel_rel_l2": f"L2 error {self.value:.3g} per channel, each of its own scale, "
             f"> {self.bound}",
@@ -145,6 +155,12 @@ class OutputParity:
     top1_decided: float | None = None  # flips only between classes the reference separates
     top5_agreement: float | None = None
     rows: int = 0  # rows judged: class rows, or embedding rows not near zero
+    # steps with a common class (module docstring): that class, the share of the reference's
+    # rows it tops, and decided top-1 over the rows where either side picks another class
+    common_class: int | None = None
+    common_share: float | None = None
+    uncommon_rows: int = 0
+    top1_uncommon: float | None = None
     row_cosine_mean: float | None = None
     row_cosine_min: float | None = None
     agreement: float | None = None  # integer outputs: fraction of equal elements
@@ -219,19 +235,34 @@ def _judged_kind(kind: str | None, refs: Sequence[np.ndarray]) -> str:
     return kind
 
 
-def _class_metrics(outs: list[np.ndarray], refs: list[np.ndarray], tie: float) -> dict[str, Any]:
+def _class_metrics(
+    outs: list[np.ndarray], refs: list[np.ndarray], tie: float, steps: bool
+) -> dict[str, Any]:
     o2, r2 = _rows(outs), _rows(refs)
     pick, best = o2.argmax(axis=1), r2.argmax(axis=1)
     p = r2 if _is_distribution(r2) else _softmax(r2)
-    picked = p[np.arange(len(p)), pick]
+    decided = p[np.arange(len(p)), pick] >= p.max(axis=1) - tie
     k = min(5, o2.shape[1])
     top5 = (np.argpartition(-o2, k - 1, axis=1)[:, :k] == best[:, None]).any(axis=1)
-    return {
+    out = {
         "top1_agreement": float((pick == best).mean()),
-        "top1_decided": float((picked >= p.max(axis=1) - tie).mean()),
+        "top1_decided": float(decided.mean()),
         "top5_agreement": float(top5.mean()),
         "rows": len(p),
     }
+    if steps and len(best):
+        counts = np.bincount(best)
+        common = int(counts.argmax())
+        share = float(counts[common] / len(best))
+        if share >= COMMON_SHARE:
+            uncommon = (best != common) | (pick != common)
+            out |= {
+                "common_class": common,
+                "common_share": share,
+                "uncommon_rows": int(uncommon.sum()),
+                "top1_uncommon": float(decided[uncommon].mean()) if uncommon.any() else 1.0,
+            }
+    return out
 
 
 def _row_cosines(outs: list[np.ndarray], refs: list[np.ndarray], floor: float) -> dict[str, Any]:
@@ -351,7 +382,7 @@ def output_metrics(
     rows = _stackable(r64)  # the outputs' shapes equal the reference's (checked above)
     if judged in CLASS_KINDS and rows and r64[0].shape[-1] >= 2:
         if judged != "probabilities" or _is_distribution(_rows(r64)):
-            extra = _class_metrics(o64, r64, tie)
+            extra = _class_metrics(o64, r64, tie, steps=r64[0].ndim >= 3)
     elif judged == "embedding" and rows:
         floor = (tolerance.atol or 0.0) if tolerance else 0.0
         extra = _row_cosines(o64, r64, floor)
@@ -415,6 +446,13 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
     if m.top1_decided is not None:
         note = f"flips between classes the reference separates by more than {tol.top1_tie}"
         out.append(Check("top1_decided", m.top1_decided, tol.min_top1, True, note))
+    if m.top1_uncommon is not None:
+        note = (
+            f"over the {m.uncommon_rows} rows where the reference or the artifact picks a "
+            f"class other than {m.common_class}, the reference's top in "
+            f"{m.common_share or 0:.0%} of its rows"
+        )
+        out.append(Check("top1_uncommon", m.top1_uncommon, tol.min_top1, True, note))
     if m.kind == "embedding" and m.row_cosine_mean is not None:
         out.append(Check("row_cosine", m.row_cosine_mean, tol.min_cosine, at_least=True))
     elif m.top1_decided is None or m.kind == "linear_head":  # its values judged too

@@ -25,7 +25,7 @@ from compiler.core.contract import Contract
 from compiler.core.errors import short_message
 from compiler.core.feeds import Feeds
 from compiler.core.host import HostInfo, Requirements
-from compiler.core.parity import SHAPE_MISMATCH, compare_outputs, judge
+from compiler.core.parity import SHAPE_MISMATCH, Check, OutputParity, compare_outputs, judge
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import (
     GENERATED_DATA,
@@ -289,12 +289,16 @@ def unverified_on_generated(
 
 
 # the class-output checks whose bound is a rate over rows
-RATE_CHECKS = ("top1_decided", "agreement")
+RATE_CHECKS = ("top1_decided", "top1_uncommon", "agreement")
 
 
 def _rows_needed(bound: float) -> int:
     """Rows before one flip can show a rate below `bound`: 1 / (1 - bound), 20 for 0.95."""
     return math.ceil(1.0 / (1.0 - bound) - 1e-9)
+
+
+def _rows_of(m: OutputParity, check: Check) -> int:
+    return m.uncommon_rows if check.metric == "top1_uncommon" else m.rows
 
 
 def unverified_on_few_rows(measured: VerifyOutput, precision: str) -> VerifyOutput:
@@ -306,11 +310,11 @@ def unverified_on_few_rows(measured: VerifyOutput, precision: str) -> VerifyOutp
     if precision == "fp32" or parity.status != "passed" or task_decides(parity.task, precision):
         return measured  # a task scored on enough labelled samples is the evidence (task.py)
     short = [
-        f"{name}: {c.metric} {c.value:.3f} >= {c.bound} on {m.rows} row(s), needs "
+        f"{name}: {c.metric} {c.value:.3f} >= {c.bound} on {_rows_of(m, c)} row(s), needs "
         f"{_rows_needed(c.bound)}"
         for name, m in parity.outputs.items()
         for c in m.checks
-        if c.metric in RATE_CHECKS and c.bound < 1.0 and m.rows < _rows_needed(c.bound)
+        if c.metric in RATE_CHECKS and c.bound < 1.0 and _rows_of(m, c) < _rows_needed(c.bound)
     ]
     if not short:
         return measured

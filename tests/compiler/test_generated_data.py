@@ -108,6 +108,32 @@ def test_a_task_scored_on_enough_samples_is_the_verdict_on_few_rows() -> None:
     assert record(task).status == "passed"
 
 
+def test_steps_pass_on_their_uncommon_rows_only_with_enough_of_them() -> None:
+    """A sequence of 64 steps per sample, nearly all blank: 256 rows are plenty for the whole
+    output, but the 4 steps that read something cannot show bf16's 95% bound: no verdict."""
+    from compiler.core.parity import compare_outputs
+    from compiler.core.records import ParityRecord, VerifyOutput
+    from compiler.core.tolerance import DEFAULT_TOLERANCES
+    from compiler.measure.verify import unverified_on_few_rows
+
+    refs = []
+    for i in range(4):
+        y = np.zeros((1, 64, 5), np.float32)
+        y[0, :, 0] = 8.0  # blank on top
+        y[0, 10 + i, 0], y[0, 10 + i, 1 + i] = 0.0, 8.0  # one character per sample
+        refs.append({"y": y})
+    outs = [{"y": r["y"] + np.float32(0.01)} for r in refs]
+    ok, per_output = compare_outputs(
+        outs, refs, lambda _n: DEFAULT_TOLERANCES["bf16"], {"y": "logits_sequence"}
+    )
+    assert ok and per_output["y"].rows == 256 and per_output["y"].uncommon_rows == 4
+    parity = ParityRecord(status="passed", precision="bf16", outputs=per_output)
+    judged = unverified_on_few_rows(VerifyOutput(parity=parity), "bf16").parity
+    assert judged.status == "not-verified"
+    assert "top1_uncommon 1.000 >= 0.95 on 4 row(s), needs 20" in judged.reason
+    assert "top1_decided" not in judged.reason  # 256 rows are enough for that one
+
+
 def test_a_lossy_source_on_another_backend_keeps_a_pass_on_generated_data_only_within_fp32() -> (
     None
 ):

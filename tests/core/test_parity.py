@@ -259,6 +259,42 @@ def test_a_linear_head_is_judged_by_its_argmax_and_its_values() -> None:
     assert [c.metric for c in m.checks if not c.passed] == ["top1_decided"]
 
 
+def _ctc_steps(rng: np.random.Generator, chars: list[int], steps: int = 40) -> np.ndarray:
+    """A CTC recognizer's probabilities [1, steps, 6]: blank (class 0) clearly on top of every
+    step but the ones that read `chars` (one step each, spread over the line)."""
+    probs = np.full((steps, 6), 0.02) + rng.uniform(0, 0.01, (steps, 6))
+    probs[:, 0] = 0.9
+    at = np.linspace(2, steps - 3, len(chars)).astype(int)
+    probs[at, 0], probs[at, chars] = 0.02, 0.9
+    return (probs / probs.sum(axis=1, keepdims=True))[None]
+
+
+def test_steps_are_judged_where_a_class_other_than_the_common_one_is_read() -> None:
+    """8 text lines of 40 CTC steps, 4 characters each. An artifact that reads every line as
+    blank keeps 0.9 of all steps (int8's bound: it passed); over the 32 steps that hold a
+    character it kept none. One misread character in 32 passes."""
+    rng = np.random.default_rng(5)
+    refs = [{"y": _ctc_steps(rng, list(rng.integers(1, 6, 4)))} for _ in range(8)]
+    blank = [{"y": _ctc_steps(rng, [])} for _ in range(8)]
+    ok, per = compare_outputs(blank, refs, lambda _n: INT8, {"y": "logits_sequence"})
+    m = per["y"]
+    assert not ok and m.top1_decided == pytest.approx(0.9) and m.top1_decided >= INT8.min_top1
+    assert (m.common_class, m.uncommon_rows, m.top1_uncommon) == (0, 32, 0.0)
+    assert [c.metric for c in m.checks if not c.passed] == ["top1_uncommon"]
+    assert "where a class other than the common one is picked" in m.failures[0]
+    one = [{"y": r["y"].copy()} for r in refs]
+    row = one[0]["y"][0]
+    step = int(np.flatnonzero(row.argmax(axis=1))[0])  # the line's first character
+    char = int(row[step].argmax())
+    other = 1 + char % 5  # another character
+    row[step, [char, other]] = row[step, [other, char]]
+    ok, per = compare_outputs(one, refs, lambda _n: INT8, {"y": "logits_sequence"})
+    assert ok and per["y"].top1_uncommon == pytest.approx(31 / 32)
+    # one row per sample (a classifier's batch): no steps, no common class
+    rows = [r["y"][0, :1] for r in refs]
+    assert output_metrics(rows, rows, "class_scores").common_class is None
+
+
 def test_embedding_rows_by_cosine_and_padding_rows_left_out() -> None:
     rng = np.random.default_rng(2)
     ref = rng.normal(0, 1, (2, 6, 32))
