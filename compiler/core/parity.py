@@ -21,7 +21,10 @@ The kind (the contract's: read off the graph, or set in the config) picks the me
 - dense_map, boxes, state: scale-aware L2 error, ||artifact - reference|| / ||reference||.
 - unknown kind (None, `other`): L2 error and cosine; rows that are distributions (softmax
   outputs) are judged as probabilities even where the graph did not say so.
-- integer and bool outputs: exact agreement.
+- integer and bool outputs: exact agreement; where one value is at least COMMON_SHARE of
+  the reference's elements (a label map's background, a decoded sequence's blank, a mask's
+  False) and a sample holds more than one, also over the elements where either side holds
+  another value (`agreement_uncommon`): a segmentation that lost its only object kept 0.9.
 fp32 tolerances add an elementwise bound (atol + rtol * peak) on every float output.
 
 Near zero: a reference whose RMS is so small that max_rel_l2 of it is below the tolerance's
@@ -128,6 +131,8 @@ class Check:
             "top1_uncommon": f"decided top-1 agreement {self.value:.3f} < {self.bound} where "
             "a class other than the common one is picked",
             "agreement": f"exact agreement {self.value:.3f} < {self.bound}",
+            "agreement_uncommon": f"exact agreement {self.value:.3f} < {self.bound} where a "
+            "value other than the common one is output",
             "channel_rel_l2": f"L2 error {self.value:.3g} per channel, each of its own scale, "
             f"> {self.bound}",
         }.get(self.metric, f"{self.metric} {self.value:.6g} vs bound {self.bound}")
@@ -155,15 +160,17 @@ class OutputParity:
     top1_decided: float | None = None  # flips only between classes the reference separates
     top5_agreement: float | None = None
     rows: int = 0  # rows judged: class rows, or embedding rows not near zero
-    # steps with a common class (module docstring): that class, the share of the reference's
-    # rows it tops, and decided top-1 over the rows where either side picks another class
+    # steps with a common class, or an integer output with a common value (module docstring):
+    # that class or value, the share of the reference's rows (elements) it tops, how many
+    # rows (elements) either side has another in, and decided top-1 (exact agreement) there
     common_class: int | None = None
     common_share: float | None = None
     uncommon_rows: int = 0
     top1_uncommon: float | None = None
+    agreement: float | None = None  # integer outputs: fraction of equal elements
+    agreement_uncommon: float | None = None  # ... of those where either side is uncommon
     row_cosine_mean: float | None = None
     row_cosine_min: float | None = None
-    agreement: float | None = None  # integer outputs: fraction of equal elements
     # channels of mixed scale (module docstring): the axis, how many, their RMS spread, the
     # RMS over channels of each one's relative L2 error, and the worst channel with its error
     channel_axis: int | None = None
@@ -417,7 +424,25 @@ def _integer_metrics(
         agreement=float((a == r).mean()) if r.size else 1.0,
         cosine=_cosine(a.astype(np.float64), r.astype(np.float64)),
         rows=int(r.size),  # agreement is over every element
+        **(_common_value(a, r) if refs and min(x.size for x in refs) >= 2 else {}),
     )
+
+
+def _common_value(a: np.ndarray, r: np.ndarray) -> dict[str, Any]:
+    """The common value of an integer output (module docstring) and the exact agreement
+    where either side holds another; {} where no value is that common."""
+    values, counts = np.unique(r, return_counts=True)
+    top = int(counts.argmax())
+    share = float(counts[top] / r.size)
+    if share < COMMON_SHARE:
+        return {}
+    uncommon = (r != values[top]) | (a != values[top])
+    return {
+        "common_class": int(values[top]),
+        "common_share": share,
+        "uncommon_rows": int(uncommon.sum()),
+        "agreement_uncommon": float((a[uncommon] == r[uncommon]).mean()) if uncommon.any() else 1.0,
+    }
 
 
 def _is_probability(m: OutputParity) -> bool:
@@ -435,7 +460,14 @@ def near_zero_scale(tol: Tolerance) -> float:
 def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
     """The metrics that judge `m`'s kind, each against its bound in `tol`."""
     if m.agreement is not None:
-        return (Check("agreement", m.agreement, tol.min_top1, at_least=True),)
+        whole = Check("agreement", m.agreement, tol.min_top1, at_least=True)
+        if m.agreement_uncommon is None:
+            return (whole,)
+        note = (
+            f"over the {m.uncommon_rows} elements where the reference or the artifact holds a "
+            f"value other than {m.common_class}, {m.common_share or 0:.0%} of the reference's"
+        )
+        return whole, Check("agreement_uncommon", m.agreement_uncommon, tol.min_top1, True, note)
     floor = near_zero_scale(tol)
     near_zero = not _is_probability(m) and m.ref_rms <= floor
     out: list[Check] = []

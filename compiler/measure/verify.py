@@ -289,7 +289,7 @@ def unverified_on_generated(
 
 
 # the class-output checks whose bound is a rate over rows
-RATE_CHECKS = ("top1_decided", "top1_uncommon", "agreement")
+RATE_CHECKS = ("top1_decided", "top1_uncommon", "agreement", "agreement_uncommon")
 
 
 def _rows_needed(bound: float) -> int:
@@ -298,7 +298,7 @@ def _rows_needed(bound: float) -> int:
 
 
 def _rows_of(m: OutputParity, check: Check) -> int:
-    return m.uncommon_rows if check.metric == "top1_uncommon" else m.rows
+    return m.uncommon_rows if check.metric.endswith("_uncommon") else m.rows
 
 
 def unverified_on_few_rows(measured: VerifyOutput, precision: str) -> VerifyOutput:

@@ -334,6 +334,28 @@ def test_integer_outputs_by_exact_agreement() -> None:
     assert _judged(out, ref, None, INT8).passed
 
 
+def test_a_label_map_is_also_judged_where_it_holds_something_other_than_background() -> None:
+    """A segmentation's ArgMax label map, 16x16 per image, background 0 but for one 5x5
+    object: an artifact that lost the object agrees on 0.9 of the pixels (int8's bound), and
+    on none of the 25 that hold it. One whose object moved a pixel to the side keeps 20 of the
+    30 pixels either holds (an IoU of 0.67): it fails too, where all pixels gave 0.96."""
+    refs, lost, moved = [], [], []
+    for i in range(4):
+        ref = np.zeros((1, 16, 16), np.int64)
+        ref[0, 4 + i : 9 + i, 5:10] = 1 + i
+        refs.append({"y": ref})
+        lost.append({"y": np.zeros_like(ref)})
+        moved.append({"y": np.roll(ref, 1, axis=2)})
+    ok, per = compare_outputs(lost, refs, lambda _n: INT8, {"y": None})
+    m = per["y"]
+    assert not ok and m.agreement == pytest.approx(1 - 25 / 256) and m.agreement >= 0.9
+    assert (m.common_class, m.uncommon_rows, m.agreement_uncommon) == (0, 100, 0.0)
+    assert [c.metric for c in m.checks if not c.passed] == ["agreement_uncommon"]
+    ok, per = compare_outputs(moved, refs, lambda _n: INT8, {"y": None})
+    assert not ok and per["y"].agreement_uncommon == pytest.approx(20 / 30)
+    assert compare_outputs(refs, refs, lambda _n: INT8, {"y": None})[0]
+
+
 def test_judge_applies_atol_plus_rtol_of_the_peak() -> None:
     tol = Tolerance(atol=0.1, rtol=0.1, min_cosine=0.9, min_top1=0.0)
     ref = np.array([10.0, 0.0])
