@@ -260,6 +260,8 @@ class NormalizeRecord(_Record):
     nodes_sorted: bool = False  # the source's nodes were not in topological order
     # graph outputs that declared no shape (not even a rank), given the inferred one
     output_shapes_inferred: list[str] = Field(default_factory=list)
+    # graph outputs whose declared shape the reference does not return, declared as returned
+    output_shapes_corrected: list[str] = Field(default_factory=list)
 
 
 class NormalizeOutput(_Record):

@@ -4,6 +4,10 @@ Every dynamic dim the source leaves without a name of its own (unnamed, `?`, or 
 -1 some exporters store) gets a distinct, stable name `<tensor>_d<axis>`, so two `?` dims are
 two dims and each can be ranged; that naming is recorded. A scalar input stays a scalar.
 
+An output whose declared shape the reference does not return (another rank, a fixed dim of
+another size: compiler/pipeline/probe.py `returned_shapes`) gets the returned rank, its
+disagreeing dims named the same way, in the model and the contract (`as_returned`).
+
 Ranges: the config's (`dims:`), else the batch default for a dim that is axis 0 of an input of
 rank >= 2 (1..64, opt 1). Other input dims are left for probing (compiler/pipeline/probe.py).
 """
@@ -19,6 +23,7 @@ from compiler.core.errors import ConfigError, ContractError
 
 __all__ = [
     "BATCH_RANGE",
+    "as_returned",
     "extract_contract",
     "is_batch_dim",
     "name_unnamed_dims",
@@ -120,6 +125,52 @@ def name_unnamed_dims(model: onnx.ModelProto) -> dict[str, str]:
                 d.Clear()
                 d.dim_param = given[(vi.name, axis)][0]
     return {name: where for name, where in given.values()}
+
+
+def as_returned(
+    model: onnx.ModelProto, contract: Contract, returned: Mapping[str, tuple[int, ...]]
+) -> tuple[Contract, list[str]]:
+    """`contract` with each output in `returned` declared as the reference returns it, in
+    place in `model` too: the declared dims that hold (a name, or the returned size) stay,
+    the others (all of them where the rank differs) get `<tensor>_d<axis>` names; and what
+    changed, one line per output, for the record."""
+    taken = set(contract.symbolic_dims())
+    named, notes, outputs = dict(contract.named_dims), [], []
+    for spec in contract.outputs:
+        got = returned.get(spec.name)
+        if got is None:
+            outputs.append(spec)
+            continue
+        same_rank = len(got) == len(spec.shape)
+        shape: list[int | str] = []
+        for axis, size in enumerate(got):
+            declared = spec.shape[axis] if same_rank else None
+            if declared is not None and (isinstance(declared, str) or declared == size):
+                shape.append(declared)
+                continue
+            base = name = f"{spec.name}_d{axis}"
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{base}_{n}"
+            taken.add(name)
+            named[name] = f"output '{spec.name}' axis {axis} (returned {size})"
+            shape.append(name)
+        notes.append(
+            f"{spec.name}: declared {list(spec.shape)}, returns {list(got)} at the dims' opt "
+            f"sizes; now {shape}"
+        )
+        outputs.append(spec.model_copy(update={"shape": shape}))
+        vi = next(o for o in model.graph.output if o.name == spec.name)
+        vi.type.tensor_type.ClearField("shape")
+        dims = vi.type.tensor_type.shape.dim
+        for d in shape:
+            dim = dims.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            else:
+                dim.dim_param = d
+    return contract.model_copy(update={"outputs": outputs, "named_dims": named}), notes
 
 
 def _tensor_spec(

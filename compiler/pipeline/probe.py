@@ -38,6 +38,7 @@ __all__ = [
     "check_generated",
     "range_dims",
     "reference_for",
+    "returned_shapes",
 ]
 
 CANDIDATES = (224, 128, 256, 320, 64, 512, 48, 32, 96, 160, 192, 384, 640, 16, 8, 1024, 4, 2, 1)
@@ -270,6 +271,31 @@ def range_dims(
         ranges[d], note = _check_configured(prober, opts, d, contract.dims[d])
         origins[d] = DimOrigin(source="config", probes=prober.runs - before, note=note)
     return contract.model_copy(update={"dims": ranges, "dim_origins": origins})
+
+
+def returned_shapes(
+    model_path: Path, contract: Contract, domains: Mapping[str, ValueDomain], where: str
+) -> dict[str, tuple[int, ...]]:
+    """The shapes the reference returns for one generated feed at the dims' opt sizes, of
+    the outputs whose declared shape disagrees (another rank, or a fixed dim of another
+    size): a converter may declare what the graph does not compute (ddddocr's recognizer
+    declares [1, seqlen] and returns [steps, 1, 8210]). {} where they agree, or where the
+    feed does not run (the data node says why, with what to do)."""
+    shapes = contract.input_shapes("opt")
+    feed = random_feed(contract.inputs, shapes, domains, np.random.default_rng(0))
+    names = [o.name for o in contract.outputs]
+    try:
+        values = reference_for(model_path, where).run(names, feed, _run_options())
+    except Exception:  # noqa: BLE001 - check_generated reports it with its fix
+        return {}
+    wrong = {}
+    for spec, value in zip(contract.outputs, values, strict=True):
+        got = tuple(np.shape(value))
+        if len(got) != len(spec.shape) or any(
+            isinstance(d, int) and d != g for d, g in zip(spec.shape, got, strict=True)
+        ):
+            wrong[spec.name] = got
+    return wrong
 
 
 def _fails(session: Any, options: Any, outputs: list[str], feed: Feeds) -> str:

@@ -9,7 +9,7 @@ import pytest
 from compiler.core.contract import Contract, DimRange
 from compiler.core.errors import ConfigError, InputModelError
 from compiler.pipeline.data import resolve_domains
-from compiler.pipeline.interface import extract_contract
+from compiler.pipeline.interface import as_returned, extract_contract
 from compiler.pipeline.normalize import (
     load_onnx,
     normalize_model,
@@ -17,7 +17,7 @@ from compiler.pipeline.normalize import (
     save_model,
     source_digest,
 )
-from compiler.pipeline.probe import CANDIDATES, MAX_FACTOR, range_dims
+from compiler.pipeline.probe import CANDIDATES, MAX_FACTOR, range_dims, returned_shapes
 from tests.models import tiny_mlp
 
 
@@ -321,3 +321,55 @@ def _refused(path: Path, tmp_path: Path) -> str:
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "pkg").exists()
     return " ".join(run.stderr.split())
+
+
+def test_an_output_declared_otherwise_than_returned_is_declared_as_returned(
+    tmp_path: Path,
+) -> None:
+    """ddddocr's recognizer declares its output [1, seqlen] and returns [steps, 1, 8210]: a
+    Reshape to a computed shape, which ONNX shape inference cannot follow. Made small: x
+    [1, W] reshaped to [W / 2, 1, 2], declared [1, seqlen]. The contract (and so a Triton
+    config) said [1, seqlen]; now it says the returned rank, each dim that disagreed named."""
+    h = onnx.helper
+    nodes = [
+        h.make_node("Shape", ["x"], ["s"]),
+        h.make_node("Gather", ["s", "one"], ["w"], axis=0),
+        h.make_node("Div", ["w", "two"], ["half"]),
+        h.make_node("Concat", ["half", "one", "two"], ["shape"], axis=0),
+        h.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(np.array([v], np.int64), n)
+        for n, v in (("one", 1), ("two", 2))
+    ]
+    graph = h.make_graph(
+        nodes,
+        "g",
+        [h.make_tensor_value_info("x", 1, [1, "W"])],
+        [h.make_tensor_value_info("y", 1, [1, "seqlen"])],
+        inits,
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    model, record = normalize_model(model, "m.onnx")
+    contract = extract_contract(model, {"W": DimRange(min=2, opt=16, max=64)}, record["named_dims"])
+    path = save_model(model, tmp_path / "norm")
+    domains = resolve_domains(contract, {})
+    returned = returned_shapes(path, contract, domains, "m.onnx")
+    assert returned == {"y": (8, 1, 2)}
+    fixed, notes = as_returned(model, contract, returned)
+    assert fixed.outputs[0].shape == ["y_d0", "y_d1", "y_d2"]
+    assert notes == [
+        "y: declared [1, 'seqlen'], returns [8, 1, 2] at the dims' opt sizes; "
+        "now ['y_d0', 'y_d1', 'y_d2']"
+    ]
+    assert fixed.named_dims["y_d2"] == "output 'y' axis 2 (returned 2)"
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["y_d0", "y_d1", "y_d2"]
+    save_model(model, tmp_path / "fixed")
+    assert returned_shapes(tmp_path / "fixed" / "model.onnx", fixed, domains, "m.onnx") == {}
+    # a model whose outputs are as declared is left alone
+    mlp = tiny_mlp()
+    mlp_contract = extract_contract(mlp)
+    mlp_path = save_model(mlp, tmp_path / "mlp")
+    assert returned_shapes(mlp_path, mlp_contract, resolve_domains(mlp_contract, {}), "m") == {}

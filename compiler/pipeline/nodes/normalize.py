@@ -14,12 +14,19 @@ from compiler.core.records import NormalizeOutput, NormalizeRecord
 from compiler.pipeline.data import resolve_domains
 from compiler.pipeline.domains import infer_domains
 from compiler.pipeline.graph import NormalizeNode
-from compiler.pipeline.interface import extract_contract
+from compiler.pipeline.interface import as_returned, extract_contract
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
 from compiler.pipeline.normalize import MODEL_FILE, load_onnx, normalize_model, save_model
 from compiler.pipeline.output_kinds import with_output_kinds
-from compiler.pipeline.probe import BUDGET_S, CANDIDATES, MAX_FACTOR, MAX_RUNS, range_dims
+from compiler.pipeline.probe import (
+    BUDGET_S,
+    CANDIDATES,
+    MAX_FACTOR,
+    MAX_RUNS,
+    range_dims,
+    returned_shapes,
+)
 from passes.base import source_precision
 from targets.onnxruntime.runtime import version as ort_version
 
@@ -31,8 +38,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # kinds read through (de)quantization and quantized ops; 7: opset imports made canonical;
     # 8: nodes put in topological order; 9: graph outputs with no shape get the inferred one
     # (and a STRING input's error names the file); 10: a lone MatMul/Gemm output is a
-    # linear head, one beside the class distribution unknown
-    version = "10"
+    # linear head, one beside the class distribution unknown; 11: outputs declared otherwise
+    # than the reference returns them are declared as returned
+    version = "11"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
@@ -60,6 +68,10 @@ class NormalizeKind(Kind[NormalizeNode]):
         domains = resolve_domains(contract, cfg.inputs)
         save_model(model, out)
         contract = range_dims(out / MODEL_FILE, contract, domains, source.name)
+        returned = returned_shapes(out / MODEL_FILE, contract, domains, source.name)
+        if returned:
+            contract, record["output_shapes_corrected"] = as_returned(model, contract, returned)
+            save_model(model, out)
         contract = with_output_kinds(contract, model, cfg.parity.kinds)
         ctx.hold(node.id, model, out)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
