@@ -258,18 +258,26 @@ def _class_metrics(
         "rows": len(p),
     }
     if steps and len(best):
-        counts = np.bincount(best)
-        common = int(counts.argmax())
-        share = float(counts[common] / len(best))
-        if share >= COMMON_SHARE:
-            uncommon = (best != common) | (pick != common)
-            out |= {
-                "common_class": common,
-                "common_share": share,
-                "uncommon_rows": int(uncommon.sum()),
-                "top1_uncommon": float(decided[uncommon].mean()) if uncommon.any() else 1.0,
-            }
+        out |= _uncommon(best, pick, decided, "top1_uncommon")
     return out
+
+
+def _uncommon(ref: np.ndarray, got: np.ndarray, agree: np.ndarray, metric: str) -> dict[str, Any]:
+    """Where one label (a class, an integer value) is at least COMMON_SHARE of the
+    reference's `ref`: that label, its share, and the rate of `agree` over the entries where
+    the reference or the artifact (`got`) holds another, as `metric`; {} where none is."""
+    values, counts = np.unique(ref, return_counts=True)
+    top = int(counts.argmax())
+    share = float(counts[top] / ref.size)
+    if share < COMMON_SHARE:
+        return {}
+    uncommon = (ref != values[top]) | (got != values[top])
+    return {
+        "common_class": int(values[top]),
+        "common_share": share,
+        "uncommon_rows": int(uncommon.sum()),
+        metric: float(agree[uncommon].mean()) if uncommon.any() else 1.0,
+    }
 
 
 def _row_cosines(outs: list[np.ndarray], refs: list[np.ndarray], floor: float) -> dict[str, Any]:
@@ -424,25 +432,12 @@ def _integer_metrics(
         agreement=float((a == r).mean()) if r.size else 1.0,
         cosine=_cosine(a.astype(np.float64), r.astype(np.float64)),
         rows=int(r.size),  # agreement is over every element
-        **(_common_value(a, r) if refs and min(x.size for x in refs) >= 2 else {}),
+        **(
+            _uncommon(r, a, a == r, "agreement_uncommon")
+            if refs and min(x.size for x in refs) >= 2
+            else {}
+        ),
     )
-
-
-def _common_value(a: np.ndarray, r: np.ndarray) -> dict[str, Any]:
-    """The common value of an integer output (module docstring) and the exact agreement
-    where either side holds another; {} where no value is that common."""
-    values, counts = np.unique(r, return_counts=True)
-    top = int(counts.argmax())
-    share = float(counts[top] / r.size)
-    if share < COMMON_SHARE:
-        return {}
-    uncommon = (r != values[top]) | (a != values[top])
-    return {
-        "common_class": int(values[top]),
-        "common_share": share,
-        "uncommon_rows": int(uncommon.sum()),
-        "agreement_uncommon": float((a[uncommon] == r[uncommon]).mean()) if uncommon.any() else 1.0,
-    }
 
 
 def _is_probability(m: OutputParity) -> bool:

@@ -182,7 +182,7 @@ def _softmax_axis(origin: _Origin, rank: int) -> int:
 def _readers(graph: onnx.GraphProto, name: str) -> set[str]:
     """The op types that read `name`, looking through (de)quantization both ways: a QOperator
     model's QLinearSoftmax reads the quantized tensor an output is dequantized from."""
-    producers = {o: n for n in graph.node for o in n.output}
+    producers = _producers(graph, {})
     values, seen = [name], {name}
     node = producers.get(name)
     while node is not None and node.op_type in _QDQ and node.input[0] not in seen:
