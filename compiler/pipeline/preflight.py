@@ -155,6 +155,7 @@ def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
 
 def _domains(path: Path, model: onnx.ModelProto) -> None:
     local = {f.domain for f in model.functions}
+    functions = {(f.domain, f.name) for f in model.functions}
     for node in _all_nodes(model):
         if node.domain not in KNOWN_DOMAINS and node.domain not in local:
             raise _fail(
@@ -163,6 +164,44 @@ def _domains(path: Path, model: onnx.ModelProto) -> None:
                 f"'{node.domain}', which neither ONNX nor ONNX Runtime implements; replace the "
                 "op or export it as standard ONNX ops",
             )
+        if node.domain in _ONNX_DOMAINS and (node.domain, node.op_type) not in functions:
+            _known_op(path, model, node)
+
+
+# the domains whose operators onnx.defs lists (ONNX Runtime's own are its business)
+_ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+
+
+def _known_op(path: Path, model: onnx.ModelProto, node: onnx.NodeProto) -> None:
+    """A standard-domain node whose op ONNX does not define, or not yet at the model's opset:
+    an exporter's leftover (tf2onnx writes a TensorFlow Lite op it cannot convert, such as
+    TFL_Convolution2DTransposeBias, as a node of the default domain) or an opset too old."""
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    name = f"node '{node.name or node.op_type}' ({node.op_type})"
+    if not onnx.defs.has(node.op_type, domain):
+        raise _fail(
+            path,
+            f"{name} is not an ONNX operator{' of ' + domain if domain else ''}: the exporter "
+            "left a framework op unconverted; export the model with that layer replaced by "
+            "standard ops (or convert it with a converter that supports it)",
+        )
+    imports = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+    imported = imports.get(domain, 0)
+    if not imported:
+        return  # no opset for its domain: onnx.checker says so
+    try:
+        onnx.defs.get_schema(node.op_type, imported, domain)
+    except onnx.defs.SchemaError:
+        since = min(
+            s.since_version
+            for s in onnx.defs.get_all_schemas_with_history()
+            if s.name == node.op_type and s.domain == domain
+        )
+        raise _fail(
+            path,
+            f"{name} came in opset {since}{' of ' + domain if domain else ''}, and the model "
+            f"imports opset {imported}; export it with opset {since} or later",
+        ) from None
 
 
 def _outputs(path: Path, model: onnx.ModelProto) -> None:

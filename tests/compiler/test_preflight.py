@@ -57,6 +57,22 @@ def _unknown_domain(d: Path) -> Path:
     return save(m, d / "m.onnx")
 
 
+def _unconverted_op(d: Path) -> Path:
+    """tf2onnx's leftover: a TensorFlow Lite op it could not convert, in the default domain
+    (mediapipe's selfie segmentation: TFL_Convolution2DTransposeBias)."""
+    m = tiny_mlp()
+    m.graph.node.append(helper.make_node("TFL_Convolution2DTransposeBias", ["y"], ["z"], "seg"))
+    m.graph.output[0].name = "z"
+    return save(m, d / "m.onnx")
+
+
+def _op_newer_than_opset(d: Path) -> Path:
+    m = tiny_mlp()
+    m.graph.node.append(helper.make_node("Gelu", ["y"], ["z"], "act"))  # opset 20
+    m.graph.output[0].name = "z"
+    return save(m, d / "m.onnx")
+
+
 def _zero_dim(d: Path) -> Path:
     m = tiny_mlp()
     m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 0
@@ -117,6 +133,12 @@ BAD: list[tuple[str, Callable[[Path], Path], str]] = [
     ("not ONNX", _garbage, "not an ONNX model"),
     ("no shapes", _no_shape, "graph input 'x' has no shape"),
     ("unknown domain", _unknown_domain, "operator domain 'com.example.ops'"),
+    (
+        "unconverted op",
+        _unconverted_op,
+        "node 'seg' (TFL_Convolution2DTransposeBias) is not an ONNX operator",
+    ),
+    ("op newer than the opset", _op_newer_than_opset, "node 'act' (Gelu) came in opset 20"),
     ("0-sized dim", _zero_dim, "graph input 'x' axis 1 is 0-sized"),
     ("missing external data", _missing_data, "external data file w.bin is missing"),
     ("escaping external data", _escaping_data, "'../w.bin', outside the model's folder"),
