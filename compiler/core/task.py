@@ -20,7 +20,10 @@ TASK_DECIDES_MIN_SAMPLES labelled samples is judged by the task: its outputs' cl
 are proxies for the task where none is scored, and they misjudge outputs whose job is a
 decision downstream (a text detector's probability map moved by 0.3 of its scale at region
 borders under int8 while it found the same 28 of 28 held-out lines). Its outputs are still
-recorded and a gross departure (parity.departure) still fails it. Standard library and numpy
+recorded and a gross departure (parity.departure) still fails it. The task decides only the
+outputs its metric reads (`TaskScore.read`, recorded as the metric runs on the reference's
+outputs): a metric that reads a face landmarker's presence flag says nothing of its 468
+landmarks, which keep their closeness bounds. Standard library and numpy
 only (the GPU verification script may use it).
 """
 
@@ -65,8 +68,9 @@ TaskMetric = Callable[[Outputs, Sequence[Any]], float]
 PAIRED_BUDGET_S = 60.0
 _EPS = 1e-12
 # in the cache keys of what the rule judges: a new rule, new verdicts. 2: the task decides
-# lossy artifacts (`verdict`); the int8 searches see only part of the labelled samples
-TASK_RULE = "paired-2"
+# lossy artifacts (`verdict`); the int8 searches see only part of the labelled samples; 3: it
+# decides only the outputs the metric reads
+TASK_RULE = "paired-3"
 # the fewest labelled samples on which a passing task score decides a lossy artifact
 TASK_DECIDES_MIN_SAMPLES = 8
 
@@ -92,6 +96,64 @@ class TaskScore:
     better: int | None = None  # samples whose artifact output alone raises it
     loss_drop: float | None = None  # the drop with the artifact's outputs on `worse` only
     paired_reason: str = ""
+    # the outputs the metric read on the reference's outputs (every output where it iterated
+    # over them); None where it did not run. The task decides these only (`verdict`).
+    read: tuple[str, ...] | None = None
+
+    def reads(self, output: str) -> bool:
+        """Whether the metric read `output` (True where that is not known)."""
+        return self.read is None or output in self.read
+
+
+class _Reading(dict):  # type: ignore[type-arg]
+    """An output mapping that notes which outputs a metric reads: by name, or all of them
+    where it iterates, copies or unpacks the mapping (dict(out), out.values(), **out)."""
+
+    def __init__(self, outputs: Mapping[str, np.ndarray], seen: set[str]) -> None:
+        super().__init__(outputs)
+        self._seen = seen
+
+    def _all(self) -> None:
+        self._seen.update(super().keys())
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self._seen.add(key)
+        return super().__getitem__(key)  # type: ignore[no-any-return]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._seen.add(key)
+        return super().get(key, default)
+
+    def __iter__(self) -> Any:
+        self._all()
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self._all()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._all()
+        return super().values()
+
+    def items(self) -> Any:
+        self._all()
+        return super().items()
+
+    def copy(self) -> dict[str, np.ndarray]:
+        self._all()
+        return dict(super().items())
+
+    def __reduce__(self) -> Any:  # pickled (a metric handing outputs to a pool): plain dict
+        self._all()
+        return (dict, (dict(super().items()),))
+
+
+def _read_by(fn: TaskMetric, references: Outputs, labels: Sequence[Any]) -> tuple[float, tuple]:
+    """The metric's score of the reference's outputs and the names of the outputs it read."""
+    seen: set[str] = set()
+    score = float(fn([_Reading(o, seen) for o in references], labels))
+    return score, tuple(sorted(seen))
 
 
 def load_callable(spec: str) -> Callable[..., Any]:
@@ -146,7 +208,7 @@ def score_task(
     try:
         fn = metric or load_callable(task.metric)
         started = time.monotonic()
-        ref = float(fn(references, labels))
+        ref, read = _read_by(fn, references, labels)
         took = time.monotonic() - started
     except Exception as exc:  # the user's metric: say what it did, never crash the verdict
         return replace(base, reason=f"metric failed on the reference outputs: {_short(exc)}")
@@ -154,7 +216,9 @@ def score_task(
         art = float(fn(outputs, labels))
         paired = _paired(base, task, fn, outputs, references, labels, ref, took, paired_budget_s)
     except Exception as exc:
-        return replace(base, status="failed", reference=ref, reason=f"metric failed: {_short(exc)}")
+        return replace(
+            base, status="failed", reference=ref, read=read, reason=f"metric failed: {_short(exc)}"
+        )
     drop = task.drop(ref, art)
     reasons = []
     if not (math.isfinite(art) and drop <= task.max_drop + _EPS):
@@ -172,6 +236,7 @@ def score_task(
     return replace(
         paired,
         status=status,
+        read=read,
         reference=ref,
         artifact=art,
         drop=drop,
@@ -289,18 +354,23 @@ def verdict(
         return False, ""
     if closeness or not task_decides(task, precision):
         return closeness, ""
+    assert task is not None
+    if any(not m.passed and not task.reads(name) for name, m in outputs.items()):
+        return False, ""  # an output the metric never read keeps its closeness bounds
     if any(
         departure(m) and not (name in data_sized and m.error.startswith(SHAPE_MISMATCH))
         for name, m in outputs.items()
     ):
         return False, ""
-    assert task is not None
     outside = "; ".join(
         f"{name}: {', '.join(m.failures)}" for name, m in sorted(outputs.items()) if m.failures
     )
+    unread = sorted(name for name in outputs if not task.reads(name))
+    kept = f"; {', '.join(unread)}, which it does not read, within them" if unread else ""
     return True, (
         f"decided by the task metric: on {task.samples} labelled samples it scores "
         f"{task.artifact:.4g} vs the reference's {task.reference:.4g} and the paired check "
-        f"finds no loss beyond max_drop {task.max_drop:g}; the outputs are outside the "
-        f"{precision} closeness bounds ({outside}), proxies for the task where none is scored"
+        f"finds no loss beyond max_drop {task.max_drop:g}; the outputs it reads are outside the "
+        f"{precision} closeness bounds ({outside}), proxies for the task where none is "
+        f"scored{kept}"
     )

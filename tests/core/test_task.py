@@ -213,6 +213,54 @@ def test_the_task_decides_a_lossy_map_that_moved_at_its_borders() -> None:
     assert verdict(per_output, task, "int8") == (False, "")
 
 
+def mean_iou_of_all(outputs: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> float:
+    """mask_iou reading its output as many metrics do: the only value, whatever its name."""
+    return mask_iou([{"map": next(iter(o.values()))} for o in outputs], labels)
+
+
+def test_the_task_decides_only_the_outputs_its_metric_reads() -> None:
+    """A face landmarker's task metric reads its presence flag, not its landmarks. Where the
+    flag's map moved outside int8's bounds and the task holds, the task decides the flag; the
+    landmarks keep their own bounds: moved by up to 50 % they fail the artifact, within int8's error
+    they pass it and the reason says the task does not read them. A metric that iterates over
+    an artifact's outputs reads them all."""
+    from compiler.core.parity import compare_outputs
+    from compiler.core.task import TASK_DECIDES_MIN_SAMPLES, verdict
+    from compiler.core.tolerance import DEFAULT_TOLERANCES
+
+    refs, labels = _maps(TASK_DECIDES_MIN_SAMPLES)
+    rng = np.random.default_rng(1)
+    for ref in refs:
+        ref["points"] = rng.uniform(10, 190, size=(1, 936)).astype(np.float32)
+    soft = []
+    for ref in refs:
+        m = ref["map"].copy()
+        m[m > 0.5] = 0.55  # outside int8's L2 bound, the same regions found
+        soft.append({"map": m, "points": ref["points"] * rng.uniform(0.5, 1.5, size=(1, 936))})
+
+    def judged(outs, metric):  # type: ignore[no-untyped-def]
+        kinds = {"map": "dense_map", "points": "other"}
+        tol = lambda _n: DEFAULT_TOLERANCES["int8"]  # noqa: E731
+        _, per_output = compare_outputs(outs, refs, tol, kinds)
+        spec = TaskSpec(f"{__name__}:{metric.__name__}", max_drop=0.0)
+        return per_output, score_task(spec, outs, refs, labels, metric)
+
+    per_output, task = judged(soft, mask_iou)
+    assert task.status == "passed" and task.read == ("map",)
+    assert not per_output["map"].passed and not per_output["points"].passed
+    assert verdict(per_output, task, "int8") == (False, "")
+
+    close = [{**s, "points": r["points"] * 1.001} for s, r in zip(soft, refs, strict=True)]
+    per_output, task = judged(close, mask_iou)
+    assert per_output["points"].passed and not per_output["map"].passed
+    passed, basis = verdict(per_output, task, "int8")
+    assert passed and basis.endswith("; points, which it does not read, within them")
+
+    per_output, task = judged(soft, mean_iou_of_all)
+    assert task.read == ("map", "points")
+    assert verdict(per_output, task, "int8")[0]
+
+
 def found(outputs: list[dict[str, np.ndarray]], labels: list[int]) -> float:
     """Detections [N, 2] (class, score) after suppression: share of samples whose confident
     detections (score > 0.5) are exactly the labelled count."""

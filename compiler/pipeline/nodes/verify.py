@@ -52,8 +52,9 @@ class VerifyKind(Kind[VerifyNode]):
     # and one whose length an artifact changes says what judges it (a task metric); outputs
     # empty on every sample (a detector on generated data) give no verdict; 18: on generated
     # samples, an artifact judged as not lossy but recorded lossy (a quantized source on
-    # another backend) keeps a pass only within the fp32 tolerance
-    version = "18"
+    # another backend) keeps a pass only within the fp32 tolerance; 19: the task decides
+    # only the outputs its metric reads (task.py)
+    version = "19"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
