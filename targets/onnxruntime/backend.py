@@ -1,7 +1,8 @@
 """ONNX Runtime backend: `cpu` (x86-64) and `arm` (aarch64) artifacts.
 
-The artifact is the pipeline's ONNX model plus the session options to load it with. The
-model stays portable (only hardware-independent graph rewrites happen at build time);
+The artifact is the pipeline's ONNX model plus the session options to load it with, with the
+exact rewrites of rewrites.py (PRelu as Mul and Max/Min). The model stays portable (only
+hardware-independent graph rewrites happen at build time);
 hardware-specific optimization (`all`: layout transforms, NCHWc) is applied by ONNX Runtime
 on the serving host at load time, where the host is known.
 """
@@ -17,6 +18,7 @@ from compiler.core.host import Requirements
 from compiler.core.settings import OnnxRuntimeSettings
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
 from targets.int8_flavour import with_int8_flavour
+from targets.onnxruntime.rewrites import rewrite_for_ort
 from targets.onnxruntime.runtime import session
 from targets.onnxruntime.runtime import version as ort_version
 
@@ -36,7 +38,9 @@ class OnnxRuntimeOptions(BackendOptions):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    version = "2"  # 2: requirements say an int8 model's flavour and the classes it is meant for
+    # 2: requirements say an int8 model's flavour and the classes it is meant for; 3: PRelu
+    # rewritten for ONNX Runtime's kernels (rewrites.py)
+    version = "3"
     targets = frozenset({"cpu", "arm"})
     options_cls = OnnxRuntimeOptions
 
@@ -66,6 +70,7 @@ class OnnxRuntimeBackend(Backend):
             if src.is_file():
                 shutil.copyfile(src, out_dir / src.name)
                 files.append(src.name)
+        notes = rewrite_for_ort(model_path, out_dir / model_path.name)
         # Load once here so a model ONNX Runtime cannot run fails its own build, not serving.
         try:
             session(out_dir / model_path.name, opts.graph_optimization_level, 1, "sequential")
@@ -83,6 +88,7 @@ class OnnxRuntimeBackend(Backend):
             ),
             requirements=_requirements(request, out_dir / model_path.name),
             precision=request.precision,
+            notes=notes,
             portable=True,
         )
 
