@@ -8,14 +8,17 @@ dims at once, combinations are tried by the sum of their ranks, so the preferred
 first and dims that must agree (an LSTM state's batch) are still found. The first accepted
 combination gives each dim its `opt`; then each dim's `min` walks down the candidates below
 `opt` and its `max` up those above (to MAX_FACTOR x opt) while the model accepts them, the
-other dims at their opt. A configured range is checked the same way: an end the reference
-rejects is pulled in toward opt. Probing stops after MAX_RUNS runs (BUDGET_S seconds is a
+other dims at their opt. Dims that cannot move alone (a decoder's past, new and total
+lengths, where total = past + new) are then walked together, scaled by the same power of two
+(`_coupled`: 128/128/256 down to 1/1/2), which keeps sums and equalities. A configured range
+is checked the same way: an end the reference rejects is pulled in toward opt. Probing stops after MAX_RUNS runs (BUDGET_S seconds is a
 safety net for very slow models; a range it cuts short says so). What was accepted and
 rejected is recorded in the contract's `dim_origins`.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -176,6 +179,72 @@ def _range(prober: _Prober, found: Mapping[str, int], dim: str) -> tuple[DimRang
     return DimRange(min=low, opt=opt, max=high), note
 
 
+def _together(
+    prober: _Prober, found: Mapping[str, int], group: Sequence[str], down: bool
+) -> dict[str, int]:
+    """The furthest sizes, every dim of `group` scaled by one power of two (exactly, so sums
+    and equalities between them hold), that the reference accepts; {} where none is."""
+    best: dict[str, int] = {}
+    for k in range(1, 11) if down else range(1, MAX_FACTOR.bit_length()):
+        if down and any(found[d] % 2**k for d in group):
+            break
+        sizes = {d: found[d] // 2**k if down else found[d] * 2**k for d in group}
+        try:
+            if not prober.accepts({**found, **sizes}):
+                break
+        except _Spent:
+            break
+        best = sizes
+    return best
+
+
+def _coupled(
+    prober: _Prober, found: Mapping[str, int], stuck: Sequence[str], down: bool
+) -> dict[str, int]:
+    """Of the dims that could not move alone in one direction, the largest group (two or
+    more) that moves together, and how far; {} where none does. Up to 6 dims are tried in
+    every grouping, more only all together (the probe's runs are bounded)."""
+    sizes = range(len(stuck), 1, -1) if len(stuck) <= 6 else [len(stuck)]
+    for size in sizes:
+        for group in itertools.combinations(stuck, size):
+            moved = _together(prober, found, group, down)
+            if moved:
+                return moved
+    return {}
+
+
+def _range_coupled(
+    prober: _Prober,
+    found: Mapping[str, int],
+    ranges: dict[str, DimRange],
+    origins: dict[str, DimOrigin],
+) -> None:
+    """Widens, in place, the ranges of probed dims that moved only together (`_coupled`)."""
+    for down in (True, False):
+        stuck = [
+            d
+            for d, v in found.items()
+            if ((ranges[d].min == v and v > 1) if down else ranges[d].max == v)
+        ]
+        if len(stuck) < 2:
+            continue
+        before = prober.runs
+        moved = _coupled(prober, found, stuck, down)
+        for d, v in moved.items():
+            others = ", ".join(f"{o}={w}" for o, w in moved.items() if o != d)
+            end = "min" if down else "max"
+            r = ranges[d]
+            ranges[d] = r.model_copy(update={end: v})
+            origins[d] = origins[d].model_copy(
+                update={
+                    "probes": origins[d].probes + prober.runs - before,
+                    "note": f"{origins[d].note}; {end} {v} together with {others} (the "
+                    "reference accepts these dims only when they move together, as a "
+                    "decoder's past + new = total lengths)",
+                }
+            )
+
+
 def _no_size_error(
     prober: _Prober,
     contract: Contract,
@@ -265,6 +334,7 @@ def range_dims(
         ranges[d], note = _range(prober, found, d)
         probes = searched + prober.runs - before
         origins[d] = DimOrigin(source="probed", probes=probes, note=note)
+    _range_coupled(prober, found, ranges, origins)
     opts = {**prober.fixed, **found}
     for d in configured:
         before = prober.runs

@@ -226,6 +226,49 @@ def test_probing_a_dim_the_model_takes_at_any_size(tmp_path: Path) -> None:
     assert c.dim_origins["batch"].source == "batch"  # axis 0: the batch default, not probed
 
 
+def _kv_step() -> onnx.ModelProto:
+    """A decoder step's lengths: the cache [1, past, 4] and the new keys [1, new, 4] are
+    concatenated and masked by an attention mask [1, total]: total must be past + new."""
+    h = onnx.helper
+    nodes = [
+        h.make_node("Concat", ["past", "new"], ["keys"], axis=1),
+        h.make_node("Unsqueeze", ["mask", "last"], ["mask3"]),
+        h.make_node("Add", ["keys", "mask3"], ["y"]),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "kv",
+        [
+            h.make_tensor_value_info("past", 1, [1, "past", 4]),
+            h.make_tensor_value_info("new", 1, [1, "new", 4]),
+            h.make_tensor_value_info("mask", 1, [1, "total"]),
+        ],
+        [h.make_tensor_value_info("y", 1, [1, "total", 4])],
+        [onnx.numpy_helper.from_array(np.asarray([2], np.int64), "last")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_dims_that_move_only_together_are_ranged_together(tmp_path: Path) -> None:
+    """No length of a decoder step moves alone (total = past + new); scaled together by
+    powers of two they do, so the package takes one new token on a short cache, not only
+    the opt sizes."""
+    c = _probed(_kv_step(), tmp_path)
+    assert c.dims["past"] == DimRange(min=1, opt=128, max=1024)
+    assert c.dims["new"] == DimRange(min=1, opt=128, max=1024)
+    assert c.dims["total"] == DimRange(min=2, opt=256, max=2048)
+    note = c.dim_origins["past"].note
+    assert "min 128 (96 rejected)" in note and "min 1 together with new=1, total=2" in note
+    step = {
+        "past": np.zeros((1, 5, 4), np.float32),
+        "new": np.zeros((1, 1, 4), np.float32),
+        "mask": np.zeros((1, 6), np.float32),
+    }
+    assert set(c.validate_feeds(step)) == {"past", "new", "mask"}
+
+
 def test_dims_no_size_fits_fail_in_one_line_naming_each_and_its_set(tmp_path: Path) -> None:
     model = _reshaped(
         {"x": [1, "p2o.DynamicDimension.1"], "y": [1, "seq"]}, {"x": [1, 47], "y": [1, 47]}

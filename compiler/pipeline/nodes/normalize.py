@@ -39,8 +39,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # 8: nodes put in topological order; 9: graph outputs with no shape get the inferred one
     # (and a STRING input's error names the file); 10: a lone MatMul/Gemm output is a
     # linear head, one beside the class distribution unknown; 11: outputs declared otherwise
-    # than the reference returns them are declared as returned
-    version = "11"
+    # than the reference returns them are declared as returned; 12: dims that move only
+    # together (a decoder's past + new = total) are ranged together (probe.py)
+    version = "12"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
