@@ -87,8 +87,9 @@ class _Prober:
         contract: Contract,
         domains: Mapping[str, ValueDomain],
         where: str,
+        session: Any = None,
     ):
-        self.session = reference_for(model_path, where)
+        self.session = session or reference_for(model_path, where)
         self.options = _run_options()
         self.contract = contract
         self.domains = domains
@@ -305,11 +306,16 @@ def _check_configured(
 
 
 def range_dims(
-    model_path: Path, contract: Contract, domains: Mapping[str, ValueDomain], where: str
+    model_path: Path,
+    contract: Contract,
+    domains: Mapping[str, ValueDomain],
+    where: str,
+    session: Any = None,
 ) -> Contract:
     """`contract` with every unranged input dim ranged by probing, and each configured range's
     ends checked on the reference (an end it rejects is pulled in toward opt, and noted);
-    ConfigError naming every dim it could not range, with the `--set` for each."""
+    ConfigError naming every dim it could not range, with the `--set` for each. `session`:
+    the reference's, where the caller holds one (else it is loaded when needed)."""
     dims = contract.unranged_dims()
     configured = [
         d
@@ -318,7 +324,7 @@ def range_dims(
     ]
     if not dims and not configured:
         return contract
-    prober = _Prober(model_path, contract, domains, where)
+    prober = _Prober(model_path, contract, domains, where, session)
     found: dict[str, int] | None = {}
     if dims:
         try:
@@ -344,7 +350,11 @@ def range_dims(
 
 
 def returned_shapes(
-    model_path: Path, contract: Contract, domains: Mapping[str, ValueDomain], where: str
+    model_path: Path,
+    contract: Contract,
+    domains: Mapping[str, ValueDomain],
+    where: str,
+    session: Any = None,
 ) -> dict[str, tuple[int, ...]]:
     """The shapes the reference returns for one generated feed at the dims' opt sizes, of
     the outputs whose declared shape disagrees (another rank, or a fixed dim of another
@@ -355,7 +365,7 @@ def returned_shapes(
     feed = random_feed(contract.inputs, shapes, domains, np.random.default_rng(0))
     names = [o.name for o in contract.outputs]
     try:
-        values = reference_for(model_path, where).run(names, feed, _run_options())
+        values = (session or reference_for(model_path, where)).run(names, feed, _run_options())
     except Exception:  # noqa: BLE001 - check_generated reports it with its fix
         return {}
     wrong = {}

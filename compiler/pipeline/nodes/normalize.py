@@ -25,6 +25,7 @@ from compiler.pipeline.probe import (
     MAX_FACTOR,
     MAX_RUNS,
     range_dims,
+    reference_for,
     returned_shapes,
 )
 from passes.base import source_precision
@@ -68,8 +69,10 @@ class NormalizeKind(Kind[NormalizeNode]):
         ]
         domains = resolve_domains(contract, cfg.inputs)
         save_model(model, out)
-        contract = range_dims(out / MODEL_FILE, contract, domains, source.name)
-        returned = returned_shapes(out / MODEL_FILE, contract, domains, source.name)
+        reference = reference_for(out / MODEL_FILE, source.name)  # loaded once for both
+        contract = range_dims(out / MODEL_FILE, contract, domains, source.name, reference)
+        returned = returned_shapes(out / MODEL_FILE, contract, domains, source.name, reference)
+        del reference
         if returned:
             contract, record["output_shapes_corrected"] = as_returned(model, contract, returned)
             save_model(model, out)
