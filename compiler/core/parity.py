@@ -13,6 +13,13 @@ The kind (the contract's: read off the graph, or set in the config) picks the me
   tagger's "O") are also judged over the rows where the reference or the artifact picks
   another class (`top1_uncommon`): over all rows, an artifact that lost every character of a
   line or every detection of an image kept 0.9 of them.
+- probabilities that are no distribution (a Sigmoid's: a presence flag, a VAD's speech
+  probability, multi-label tags): read as decisions at 0.5, decided agreement over every
+  element (a flip counts where the reference lies more than `top1_tie` from 0.5), and where
+  one decision is COMMON_SHARE of the reference's elements also over those where either side
+  decides the other way (`top1_uncommon`); and their RMS error in probability units, both.
+  A flag at 0.6 that int8 moves to 0.45 is a decision lost, which an RMS error over many
+  samples near 0 and 1 does not show.
 - linear_head (a MatMul/Gemm's output the graph does not say the meaning of: class logits or
   a regression): decided top-1 agreement, and L2 error and cosine as for an unknown kind,
   both; an artifact that keeps every argmax of a regression head while it moves every
@@ -86,6 +93,8 @@ _CHANNEL_MIN_VALUES = 16  # values per channel over all samples before channels 
 CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence", "linear_head")
 # a class that tops at least this share of a sequence's rows is its common one (blank, background)
 COMMON_SHARE = 0.5
+# probabilities that are no distribution (a Sigmoid's) are read as decisions at this value
+THRESHOLD = 0.5
 _SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability distributions
 _MAX_SLACK = 0.05  # at most this more where the values sit on a grid (_rounding_slack)
 # Below this cosine (or this exact agreement of an integer output) an output mostly carries
@@ -167,6 +176,9 @@ class OutputParity:
     common_share: float | None = None
     uncommon_rows: int = 0
     top1_uncommon: float | None = None
+    # probabilities that are no distribution: the value the top-1 metrics read decisions at
+    # (each element one decision); None where top-1 is an argmax over classes
+    threshold: float | None = None
     agreement: float | None = None  # integer outputs: fraction of equal elements
     agreement_uncommon: float | None = None  # ... of those where either side is uncommon
     row_cosine_mean: float | None = None
@@ -260,6 +272,21 @@ def _class_metrics(
     if steps and len(best):
         out |= _uncommon(best, pick, decided, "top1_uncommon")
     return out
+
+
+def _decision_metrics(a: np.ndarray, r: np.ndarray, tie: float) -> dict[str, Any]:
+    """Probabilities that are no distribution (`a`, `r`: every element of every sample) read
+    as decisions at THRESHOLD (module docstring)."""
+    got, ref = a > THRESHOLD, r > THRESHOLD
+    agree = got == ref
+    decided = agree | (np.abs(r - THRESHOLD) <= tie)
+    return {
+        "threshold": THRESHOLD,
+        "top1_agreement": float(agree.mean()),
+        "top1_decided": float(decided.mean()),
+        "rows": int(r.size),
+        **_uncommon(ref.astype(np.int64), got.astype(np.int64), decided, "top1_uncommon"),
+    }
 
 
 def _uncommon(ref: np.ndarray, got: np.ndarray, agree: np.ndarray, metric: str) -> dict[str, Any]:
@@ -395,9 +422,12 @@ def output_metrics(
     extra: dict[str, Any] = {}
     tie = tolerance.top1_tie if tolerance else 0.01
     rows = _stackable(r64)  # the outputs' shapes equal the reference's (checked above)
-    if judged in CLASS_KINDS and rows and r64[0].shape[-1] >= 2:
-        if judged != "probabilities" or _is_distribution(_rows(r64)):
-            extra = _class_metrics(o64, r64, tie, steps=r64[0].ndim >= 3)
+    classes = rows and r64[0].shape[-1] >= 2
+    if judged == "probabilities" and not (classes and _is_distribution(_rows(r64))):
+        if r.size and bool(((r >= 0) & (r <= 1)).all()):
+            extra = _decision_metrics(a, r, tie)
+    elif judged in CLASS_KINDS and classes:
+        extra = _class_metrics(o64, r64, tie, steps=r64[0].ndim >= 3)
     elif judged == "embedding" and rows:
         floor = (tolerance.atol or 0.0) if tolerance else 0.0
         extra = _row_cosines(o64, r64, floor)
@@ -472,6 +502,8 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
         out.append(Check("max_abs_err", m.max_abs_err, tol.atol + tol.rtol * peak, at_least=False))
     if m.top1_decided is not None:
         note = f"flips between classes the reference separates by more than {tol.top1_tie}"
+        if m.threshold is not None:
+            note = f"decisions at {m.threshold}: flips where the reference is more than {tol.top1_tie} from it"
         out.append(Check("top1_decided", m.top1_decided, tol.min_top1, True, note))
     if m.top1_uncommon is not None:
         note = (
@@ -479,10 +511,18 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
             f"class other than {m.common_class}, the reference's top in "
             f"{m.common_share or 0:.0%} of its rows"
         )
+        if m.threshold is not None:
+            side = "above" if m.common_class == 0 else "at or below"
+            note = (
+                f"over the {m.uncommon_rows} elements where the reference or the artifact is "
+                f"{side} {m.threshold}; the reference is otherwise in {m.common_share or 0:.0%} "
+                "of its elements"
+            )
         out.append(Check("top1_uncommon", m.top1_uncommon, tol.min_top1, True, note))
     if m.kind == "embedding" and m.row_cosine_mean is not None:
         out.append(Check("row_cosine", m.row_cosine_mean, tol.min_cosine, at_least=True))
-    elif m.top1_decided is None or m.kind == "linear_head":  # its values judged too
+    elif m.top1_decided is None or m.kind == "linear_head" or m.threshold is not None:
+        # its values judged too
         if m.kind in ("other", "linear_head") and not near_zero:
             out.append(Check("cosine", m.cosine, tol.min_cosine, at_least=True))
         if tol.max_rel_l2 is not None:

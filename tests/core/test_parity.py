@@ -308,12 +308,39 @@ def test_embedding_rows_by_cosine_and_padding_rows_left_out() -> None:
 
 
 def test_independent_probabilities_in_probability_units() -> None:
-    """A VAD's speech probability [N,1]: near-silence 0.002 vs 0.004 is a small error."""
+    """A VAD's speech probability [N,1]: near-silence 0.002 vs 0.004 is a small error, and
+    every decision at 0.5 holds."""
     ref = np.array([[0.002], [0.003], [0.91]])
     out = np.array([[0.004], [0.001], [0.93]])
     m = _judged(out, ref, "probabilities", INT8)
-    assert m.passed and m.top1_decided is None
-    assert m.checks[0].metric == "rel_l2" and m.checks[0].value == pytest.approx(m.err_rms)
+    assert m.passed and m.threshold == 0.5 and m.top1_decided == 1.0 and m.rows == 3
+    assert _metric_names(m) == ["top1_decided", "top1_uncommon", "rel_l2"]
+    assert m.checks[-1].value == pytest.approx(m.err_rms)
+
+
+def test_independent_probabilities_are_judged_as_decisions_too() -> None:
+    """A presence flag over 40 samples, mostly confident: int8 that moves the four
+    uncertain ones across 0.5 (0.6 -> 0.45, 0.4 -> 0.55) keeps an RMS error of 0.05 in
+    probability units, far inside int8's 0.2, and loses 4 of its 40 decisions, 4 of the 6
+    where a face was found: it fails. Noise that keeps every decision passes, and a flip
+    where the reference itself sits at 0.5 is no disagreement."""
+    rng = np.random.default_rng(4)
+    ref = np.where(rng.random((40, 1)) < 0.9, 0.02, 0.98)
+    ref[:4] = [[0.6], [0.4], [0.62], [0.58]]
+    out = ref.copy()
+    out[:4] = [[0.45], [0.55], [0.44], [0.42]]
+    m = _judged(out, ref, "probabilities", INT8)
+    assert m.checks[-1].metric == "rel_l2" and m.checks[-1].value < 0.06
+    assert m.top1_decided == pytest.approx(36 / 40) and not m.passed
+    assert any("top1_uncommon" in f or "0.5" in f for f in m.failures)
+    noisy = np.clip(ref + rng.normal(0, 0.03, ref.shape), 0, 1)
+    noisy[:4] = ref[:4] + 0.02 * np.sign(ref[:4] - 0.5)
+    assert _judged(noisy, ref, "probabilities", INT8).passed
+    tied = ref.copy()
+    tied[0] = 0.505
+    flip = tied.copy()
+    flip[0] = 0.49
+    assert _judged(flip, tied, "probabilities", INT8).top1_decided == 1.0
 
 
 def test_state_and_unknown_outputs() -> None:
@@ -395,7 +422,11 @@ def test_a_data_sized_output_is_compared_across_samples_of_different_lengths(
         )
         assert ok and per["y"].max_abs_err <= 1e-5
         if refs is scores:  # no fixed last axis: no rows of classes or embeddings
-            assert per["y"].top1_agreement is None and per["y"].row_cosine_min is None
+            assert per["y"].row_cosine_min is None
+            # probabilities' elements are decisions at 0.5 whatever the rows
+            decisions = kind == "probabilities"
+            assert (per["y"].top1_agreement is None) != decisions
+            assert per["y"].threshold == (0.5 if decisions else None)
         shifted = [r + np.float32(1.0) for r in refs]  # beyond fp32's bounds: still judged
         ok, per = compare_outputs(
             [{"y": o} for o in shifted], [{"y": r} for r in refs], lambda _n: FP32, {"y": kind}

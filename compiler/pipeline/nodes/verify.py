@@ -53,8 +53,9 @@ class VerifyKind(Kind[VerifyNode]):
     # empty on every sample (a detector on generated data) give no verdict; 18: on generated
     # samples, an artifact judged as not lossy but recorded lossy (a quantized source on
     # another backend) keeps a pass only within the fp32 tolerance; 19: the task decides
-    # only the outputs its metric reads (task.py)
-    version = "19"
+    # only the outputs its metric reads (task.py); 20: probabilities that are no
+    # distribution (a Sigmoid's) are also judged as decisions at 0.5 (parity.py)
+    version = "20"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
