@@ -18,6 +18,7 @@ as well. OpenVINO fuses PRelu into its convolutions itself: its artifacts keep t
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,11 +101,19 @@ def rewrite_prelu(graph: onnx.GraphProto) -> int:
     return count
 
 
+def _mentions(path: Path, token: bytes) -> bool:
+    """Whether the file holds `token` anywhere (an op type is stored as its plain name)."""
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        return view.find(token) >= 0
+
+
 def rewrite_for_ort(source: Path, dest: Path) -> list[str]:
     """Writes the model at `source` to `dest` with the rewrites applied, where any applies
     (its external data files are the caller's to place beside it: their names are kept);
     returns what was done, for the artifact's notes ([] and nothing written where nothing
     applies)."""
+    if not _mentions(source, b"PRelu"):
+        return []  # the common case, without parsing the model
     model = onnx.load(source, load_external_data=False)
     count = rewrite_prelu(model.graph)
     if not count:
