@@ -5,9 +5,8 @@ the speedup's 95 % interval (compiler/core/latency.py) and the largest output di
     python perf/ort_rewrites.py MODEL.onnx [MODEL.onnx ...] [--threads 0,1] [--out STEM]
 
 Symbolic input dims are taken as 1; inputs are standard normal (floats) or zeros (integers):
-latency does not depend on the values of these models. Without a model it times a PRelu
-network built here (`prelu_cnn`: 8 Conv + PRelu blocks on 1x3x192x192), so the run needs no
-download. `--out STEM` writes STEM.json and STEM.md with the host's CPU and ISA flags.
+latency does not depend on the values of these models. It times a PRelu network built here
+first (`prelu_cnn`: 8 Conv + PRelu blocks on 1x3x192x192), so a run needs no download. `--out STEM` writes STEM.json and STEM.md with the host's CPU and ISA flags.
 """
 
 from __future__ import annotations
@@ -159,7 +158,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", default="0,1", help="comma-separated; 0: ORT's default")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
-    models = [(p.stem, onnx.load(p)) for p in args.models] or [("prelu_cnn", prelu_cnn())]
+    models = [("prelu_cnn", prelu_cnn()), *((p.stem, onnx.load(p)) for p in args.models)]
     results = []
     for name, model in models:
         for threads in (int(t) for t in args.threads.split(",")):

@@ -1,19 +1,19 @@
-"""Exact rewrites of ops that ONNX Runtime's CPU kernels run slowly, applied to the model an
-ONNX Runtime artifact loads (never to the reference, which is the normalized model as it is).
+"""Exact rewrites of ops that ONNX Runtime's CPU kernels run slowly, applied to the model an ONNX
+Runtime artifact loads (never to the reference, which is the normalized model as it is).
 
-PRelu with constant slopes becomes Mul and Max (every slope <= 1: prelu(x) = max(x, s*x)),
-Mul and Min (every slope >= 1: min(x, s*x)), or Relu(x) + s*Min(x, 0) where slopes lie on both
+PRelu with constant slopes becomes Mul and Max (every slope <= 1: prelu(x) = max(x, s*x)), Mul
+and Min (every slope >= 1: min(x, s*x)), or Relu(x) + s*Min(x, 0) where slopes lie on both
 sides of 1. Each form computes the same float operations as PRelu (x, or x*s), so the outputs
-hold the same values (a zero's sign aside). Why: ONNX Runtime's PRelu kernel is not one its NCHWc layout transformer
-handles, so on x86 every PRelu between two convolutions costs two layout reorders and a slow
-broadcast; Mul, Max, Min, Relu and Add stay in the blocked layout. Measured on a 2-vCPU
-AVX-512 host (AMD EPYC), 15 interleaved rounds, the model as tf2onnx converts mediapipe
-0.10.14's tflite files, batch 1, 2 threads (1 thread alike): face landmark (23 PRelu between
-45 Conv) 2.70 -> 1.03 ms, 2.70x [1.92-3.25]; iris landmark (53 PRelu) 2.28x [1.13-2.61];
-palm detection (26 PRelu) 1.51x [1.13-1.55]; with the NCHWc transformer off, as on hosts where
-it does not apply, 2.12x, 1.96x, 1.18x. A static int8 QDQ model keeps PRelu in float between
-DequantizeLinear and QuantizeLinear (ONNX Runtime's quantizer does not quantize it) and gains
-as well. OpenVINO fuses PRelu into its convolutions itself: its artifacts keep the op.
+hold the same values (a zero's sign aside). Why: ONNX Runtime's PRelu kernel is not one its
+NCHWc layout transformer handles, so on x86 every PRelu between two convolutions costs two
+layout reorders and a slow broadcast; Mul, Max, Min, Relu and Add stay in the blocked layout.
+Measured by perf/ort_rewrites.py (perf/results/2026-12-02-vm-ort-prelu.md: a 2-vCPU AVX-512
+host, one thread, paired interleaved blocks): mediapipe's face landmark model as tf2onnx
+converts it (23 PRelu between 45 Conv) 2.69x [2.57-2.75] faster, iris landmark (53) 2.30x, palm
+detection (26, slopes on both sides of 1) 1.60x, a synthetic 8-block PRelu CNN 2.82x. A static
+int8 QDQ model keeps PRelu in float between DequantizeLinear and QuantizeLinear (ONNX Runtime's
+quantizer does not quantize it) and gains as well. OpenVINO fuses PRelu into its convolutions
+itself: its artifacts keep the op.
 """
 
 from __future__ import annotations
