@@ -56,6 +56,9 @@ class OpenVinoSettings:
     num_threads: int = 0
     num_streams: int = 0
     cpu_pinning: bool = False
+    # input shapes, each seen twice, that get a compile of their own with every dim fixed
+    # (targets/openvino/runtime.py); 0: the model runs as built, its dims dynamic
+    static_shapes: int = 4
 
 
 @dataclass(frozen=True)

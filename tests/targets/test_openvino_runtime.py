@@ -99,6 +99,39 @@ def test_unloadable_ir_is_unavailable_naming_the_file(
     assert str(info.value).startswith("openvino cannot run this artifact on this CPU: ")
 
 
+# ---------------------------------------------------------------- static shapes
+
+
+def test_a_shape_seen_twice_gets_a_static_compile_up_to_the_limit(
+    fp32_ir: tuple[BuildResult, Path, Contract],
+) -> None:
+    """conv_net's batch is dynamic: batch 1 runs as built twice, then on a compile with every
+    dim fixed, with the same outputs; a second shape takes the last place the limit leaves,
+    a third runs as built; `static_shapes: 0` keeps the model as built."""
+    import dataclasses
+
+    result, out, contract = fp32_ir
+    one = smooth_images(1, seed=3)[0]
+    two = {"x": np.concatenate([one["x"], smooth_images(1, seed=4)[0]["x"]])}
+    three = {"x": np.concatenate([two["x"], one["x"]])}
+    limited = dataclasses.replace(result.runtime, static_shapes=2)
+    with open_runner("openvino", out, limited, contract) as runner:
+        first = runner.run(one)["y"]
+        assert runner.describe()["static_shapes"] == ""
+        runner.run(one)
+        assert runner.describe()["static_shapes"] == "x 1x3x32x32"
+        np.testing.assert_allclose(runner.run(one)["y"], first, rtol=1e-5, atol=1e-6)
+        for feed in (two, two, three, three):
+            got = runner.run(feed)["y"]
+        np.testing.assert_allclose(got[:2], runner.run(two)["y"], rtol=1e-5, atol=1e-6)
+        assert runner.describe()["static_shapes"] == "x 1x3x32x32; x 2x3x32x32"
+    off = dataclasses.replace(result.runtime, static_shapes=0)
+    with open_runner("openvino", out, off, contract) as runner:
+        for _ in range(3):
+            runner.run(one)
+        assert runner.describe()["static_shapes"] == ""
+
+
 # ---------------------------------------------------------------- compiled-model cache
 
 
