@@ -20,6 +20,7 @@ import onnx
 
 from compiler.core.contract import Contract, DimOrigin, DimRange, TensorSpec, set_flag
 from compiler.core.errors import ConfigError, ContractError
+from compiler.core.names import free_name
 
 __all__ = [
     "BATCH_RANGE",
@@ -105,19 +106,9 @@ def _new_names(model: onnx.ModelProto) -> dict[tuple[str, int], tuple[str, str]]
         for axis, d in enumerate(_dims(vi)):
             if not _is_unnamed(d):
                 continue
-            name = _free_name(f"{vi.name}_d{axis}", taken)
+            name = free_name(f"{vi.name}_d{axis}", taken)
             given[(vi.name, axis)] = (name, f"{kind} '{vi.name}' axis {axis} ({_describe(d)})")
     return given
-
-
-def _free_name(base: str, taken: set[str]) -> str:
-    """`base`, or `base_N` where that is taken; added to `taken`."""
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}_{n}"
-    taken.add(name)
-    return name
 
 
 def name_unnamed_dims(model: onnx.ModelProto) -> dict[str, str]:
@@ -153,7 +144,7 @@ def as_returned(
             if declared is not None and (isinstance(declared, str) or declared == size):
                 shape.append(declared)
                 continue
-            name = _free_name(f"{spec.name}_d{axis}", taken)
+            name = free_name(f"{spec.name}_d{axis}", taken)
             named[name] = f"output '{spec.name}' axis {axis} (returned {size})"
             shape.append(name)
         notes.append(

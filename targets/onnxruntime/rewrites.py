@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compiler.core.names import free_name
+
 __all__ = ["rewrite_for_ort", "rewrite_prelu"]
 
 
@@ -56,12 +58,7 @@ def rewrite_prelu(graph: onnx.GraphProto) -> int:
     taken = set(_names(graph))
 
     def fresh(base: str) -> str:
-        name, i = base, 0
-        while name in taken:
-            i += 1
-            name = f"{base}_{i}"
-        taken.add(name)
-        return name
+        return free_name(base, taken)
 
     nodes: list[onnx.NodeProto] = []
     zeros: dict[int, str] = {}  # one 0 scalar per element type
