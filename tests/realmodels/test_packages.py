@@ -53,6 +53,16 @@ LIGHTER = {
 }
 
 
+# basic_pitch's ov-int8 passes its verdict (outputs within 0.04 of their scale, no sample worse
+# on its 8 or on 16 parity samples) and still finds 3 pitches that were not played on the
+# held-out chords where the original finds 1 and ov-bf16 none. Which of the two is served
+# rests on their timing: with the 1 s budget one CI run (2026-12-02) measured ov-bf16 at 1.40x
+# [0.81-1.92], not shown faster than the reference, and served ov-int8 at 1.32x [1.05-1.34].
+# The default budget (3 s) is what a user's build times with; it keeps this choice out of the
+# host's noise. The verdict's blind spot is said in docs/decisions.md.
+STEADIER = {"basic_pitch": ["--set", "latency.max_seconds=3"]}
+
+
 @pytest.mark.parametrize("model_id", list(MODELS))
 def test_serving_pick_does_the_task_as_well_as_the_original(model_id: str, tmp_path: Path) -> None:
     model = MODELS[model_id]
@@ -63,7 +73,7 @@ def test_serving_pick_does_the_task_as_well_as_the_original(model_id: str, tmp_p
     write_model_data(model_id, calibration, "calibration", CALIBRATION)
     write_model_data(model_id, samples, "sample")
     package = tmp_path / "pkg"
-    extra = BUDGET + LIGHTER.get(model_id, [])
+    extra = BUDGET + LIGHTER.get(model_id, []) + STEADIER.get(model_id, [])
     cmd = build_command(model, package, TARGETS, tmp_path / "cache", (calibration, samples), extra)
     done = run_build(cmd, tmp_path / "build.log")
     assert done.returncode == 0, (
