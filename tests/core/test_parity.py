@@ -321,9 +321,10 @@ def test_independent_probabilities_in_probability_units() -> None:
 def test_independent_probabilities_are_judged_as_decisions_too() -> None:
     """A presence flag over 40 samples, mostly confident: int8 that moves the four
     uncertain ones across 0.5 (0.6 -> 0.45, 0.4 -> 0.55) keeps an RMS error of 0.05 in
-    probability units, far inside int8's 0.2, and loses 4 of its 40 decisions, 4 of the 6
-    where a face was found: it fails. Noise that keeps every decision passes, and a flip
-    where the reference itself sits at 0.5 is no disagreement."""
+    probability units, far inside int8's 0.2, and loses 4 of its 40 decisions (3 of the
+    reference's 11 positives, one false positive; 8 of the 12 where either side says yes):
+    it fails. Noise that keeps every decision passes, and a flip where the reference itself
+    sits at 0.5 is no disagreement."""
     rng = np.random.default_rng(4)
     ref = np.where(rng.random((40, 1)) < 0.9, 0.02, 0.98)
     ref[:4] = [[0.6], [0.4], [0.62], [0.58]]
