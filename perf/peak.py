@@ -1,8 +1,11 @@
 """The machine's limit, measured once per run: the best fp32 and int8 matrix-product rate.
 
 fp32: numpy's BLAS sgemm, ONNX Runtime MatMul and OpenVINO MatMul. int8: ONNX Runtime
-MatMulInteger (u8 x s8 -> s32, the x86 VPMADDUBSW/VNNI kernels) and OpenVINO running a QDQ
-MatMul as an int8 FullyConnected. Each kernel runs `repeats` times on square n x n inputs,
+MatMulInteger (u8 x s8 -> s32, the x86 VPMADDUBSW/VNNI/AMX kernels) and OpenVINO running a QDQ
+MatMul as an int8 FullyConnected. bf16, where the CPU has it natively (AVX512_BF16 or AMX-BF16,
+its ISA class's traits): OpenVINO's MatMul at inference precision bf16, the kernel a
+bf16 artifact runs; on an AMX host it is several times the fp32 rate, so a bf16 artifact's
+fraction of peak is taken against it, never against fp32 (`peak_for`). Each kernel runs `repeats` times on square n x n inputs,
 with the runtime's default threads and with one; its rate is 2 n^3 / the fastest run (the
 limit is what the hardware can do, so the least disturbed run counts), the median beside it.
 """
@@ -17,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["measure_peak"]
+__all__ = ["measure_peak", "peak_for"]
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> list[float]:
@@ -78,14 +81,16 @@ def _ort(model: onnx.ModelProto, threads: int = 0) -> Callable[[np.ndarray], Any
     return lambda a: sess.run(None, {"a": a})
 
 
-def _openvino(model: onnx.ModelProto, threads: int = 0) -> Callable[[np.ndarray], Any]:
+def _openvino(
+    model: onnx.ModelProto, threads: int = 0, precision: str = "f32"
+) -> Callable[[np.ndarray], Any]:
     import openvino as ov
 
     core = ov.Core()
     cfg: dict[str, Any] = {
         "PERFORMANCE_HINT": "LATENCY",
         "ENABLE_CPU_PINNING": False,
-        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_PRECISION_HINT": precision,
     }
     if threads:
         cfg["INFERENCE_NUM_THREADS"] = threads
@@ -96,6 +101,19 @@ def _openvino(model: onnx.ModelProto, threads: int = 0) -> Callable[[np.ndarray]
 
 def _bind(fn: Callable[[np.ndarray], Any], a: np.ndarray) -> Callable[[], Any]:
     return lambda: fn(a)
+
+
+def _native_bf16() -> bool:
+    from compiler.core.host import probe_host
+    from compiler.core.isa import traits
+
+    return traits(probe_host().isa_class).bf16
+
+
+def peak_for(precision: str, peak: dict[str, Any]) -> str:
+    """The peak a `precision` artifact is measured against: its own where this run measured
+    one (int8, bf16), else fp32 (fp16 and bf16 on a host without native bf16)."""
+    return precision if precision in ("int8", "bf16") and precision in peak else "fp32"
 
 
 def _kernels(n: int) -> dict[str, tuple[str, Callable[[], Any]]]:
@@ -117,11 +135,15 @@ def _kernels(n: int) -> dict[str, tuple[str, Callable[[], Any]]]:
             continue
         kernels[f"openvino MatMul fp32{tag}"] = ("fp32", _bind(ov32, a32))
         kernels[f"openvino int8 MatMul (QDQ){tag}"] = ("int8", _bind(ov8, a32))
+        if _native_bf16():
+            ov16 = _openvino(_matmul_model(n, False), threads, "bf16")
+            kernels[f"openvino MatMul bf16{tag}"] = ("bf16", _bind(ov16, a32))
     return kernels
 
 
 def measure_peak(n: int = 1024, repeats: int = 15) -> dict[str, Any]:
-    """{"fp32": {...best...}, "int8": {...}, "kernels": {name: {...}}} in FLOP/s (ops/s)."""
+    """{"fp32": {...best...}, "int8": {...}, ["bf16": {...},] "kernels": {name: {...}}}, rates
+    in GFLOP/s (GOP/s); "bf16" only where the host runs it natively."""
     flop = 2.0 * n**3
     kernels: dict[str, Any] = {}
     best: dict[str, dict[str, Any]] = {}

@@ -50,7 +50,7 @@ from compiler.serving.selection import REFERENCE  # noqa: E402
 from perf.builds import cli_build, run_olive  # noqa: E402
 from perf.flops import count_flops  # noqa: E402
 from perf.measure import a_a_control, latency_repeats, package_contenders  # noqa: E402
-from perf.peak import measure_peak  # noqa: E402
+from perf.peak import measure_peak, peak_for  # noqa: E402
 from perf.picks_report import render  # noqa: E402
 from perf.plan import Plan, library_versions, parse_models  # noqa: E402
 from scripts.make_data import write_model_data  # noqa: E402
@@ -210,7 +210,7 @@ def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, wa
         if pick == REFERENCE:  # served as itself: 1.00x by definition, the A/A is its noise
             mine = {**lat.get("reference (A/A)", {}), "itself": True, "speedup": ITSELF}
         pooled = mine.get("pooled") or {}
-        key = "int8" if entry["precision"] == "int8" else "fp32"
+        key = peak_for(entry["precision"], peak)
         frac = (
             flops * batch / (pooled["p50_ms"] / 1e3) / (peak[key]["gflops"] * 1e9)
             if pooled.get("p50_ms")

@@ -156,7 +156,7 @@ def render(doc: dict[str, Any]) -> str:
         f"{doc['plan']['repeats']} independent measurements; `A/A` is the reference timed "
         "against itself the same way (true value 1: the method's noise in this run). % of peak: "
         "the model's FLOPs per item x batch / p50 / the machine peak measured in this run for "
-        "the pick's precision (fp32 peak for fp32/bf16).",
+        "the pick's precision (bf16: the bf16 peak where the host has native bf16, else fp32).",
         "",
         "| model | pick | speedup b1 | A/A b1 | larger batch | % of peak b1 | held-out task: "
         "pick vs original | why picked |",
@@ -185,6 +185,11 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(
             f"Machine peak in this run: fp32 {peak['fp32']['gflops']:.1f} GFLOP/s "
             f"({peak['fp32'].get('kernel', '')}), int8 {peak['int8']['gflops']:.1f} GOP/s "
-            f"({peak['int8'].get('kernel', '')})."
+            f"({peak['int8'].get('kernel', '')})"
+            + (
+                f", bf16 {peak['bf16']['gflops']:.1f} GFLOP/s ({peak['bf16'].get('kernel', '')})."
+                if "bf16" in peak
+                else "."
+            )
         )
     return "\n".join(lines) + "\n"

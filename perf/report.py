@@ -96,7 +96,12 @@ def _header(doc: dict[str, Any]) -> list[str]:
         "",
         f"Machine peak (measured in this run, {peak['method']}): fp32 "
         f"{peak['fp32']['gflops']:.1f} GFLOP/s ({peak['fp32']['kernel']}), int8 "
-        f"{peak['int8']['gflops']:.1f} GOP/s ({peak['int8']['kernel']}).",
+        f"{peak['int8']['gflops']:.1f} GOP/s ({peak['int8']['kernel']})"
+        + (
+            f", bf16 {peak['bf16']['gflops']:.1f} GFLOP/s ({peak['bf16']['kernel']})."
+            if "bf16" in peak
+            else "."
+        ),
         "",
         f"Run: `{doc['command']}`, {doc['wall_seconds']:.0f} s wall. {doc['plan']['note']}",
     ]
@@ -154,7 +159,8 @@ def _artifact_table(doc: dict[str, Any]) -> list[str]:
         "largest distance of one from the pooled estimate. `reference (A/A)` is the reference "
         "timed against itself in two workers: the method's own noise, true value 1. "
         "% of peak = the model's FLOPs / p50 / the measured peak of the artifact's precision "
-        "(fp32 peak for fp32/bf16, int8 peak for int8). Parity: compile-pkg's artifacts from the "
+        "(fp32 peak for fp32, int8 peak for int8, bf16 peak for bf16 where the host has native "
+        "bf16, else fp32). Parity: compile-pkg's artifacts from the "
         "package's own report; Olive's measured here against the same reference outputs with "
         "the same metrics (worst output: cosine, top-1 agreement). Task: accuracy on real data "
         "(real models only).",

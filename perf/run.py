@@ -190,6 +190,8 @@ def _measure(
 
 def _row(c: Any, latency: dict[str, Any], peak: dict[str, Any], flops: float) -> dict[str, Any]:
     """One contender's line (None: the reference): latency, and the fraction of peak."""
+    from perf.peak import peak_for
+
     origin, precision = (c.origin, c.precision) if c else ("reference", "fp32")
     row: dict[str, Any] = {
         "id": c.id if c else "reference",
@@ -202,7 +204,7 @@ def _row(c: Any, latency: dict[str, Any], peak: dict[str, Any], flops: float) ->
         row["error"] = "latency: " + latency["error"]
     pooled = latency.get("pooled")
     if pooled:
-        key = "int8" if precision == "int8" else "fp32"
+        key = peak_for(precision, peak)
         row["fraction_of_peak"] = flops / (pooled["p50_ms"] / 1e3) / (peak[key]["gflops"] * 1e9)
         row["peak_used"] = key
     return row
