@@ -120,6 +120,9 @@ class ParityRecord(_Record):
 
 # the host facts tuned settings hold on: where they differ, serving uses the core's defaults
 TUNED_HOST_FIELDS = ("arch", "cpu_count", "cpu_model")
+# other work keeping more than this share of the host's cores busy during a runtime-settings
+# sweep makes its winner suspect: under contention fewer threads win (TunedSettings.busy)
+BUSY_SHARE = 0.25
 
 
 class TuningCandidate(_Record):
@@ -151,11 +154,18 @@ class TunedSettings(_Record):
     method: str = ""
     seconds: float = 0.0
     host_load: float | None = None  # the higher 1-minute load average, at start or end
+    # CPUs' worth of other work on the host, the lower of two short windows before and after
+    # the sweep while the build waited (compiler/measure/contention.py); None: not known
+    others_cpus: float | None = None
 
     @property
     def busy(self) -> bool:
-        """Swept while other work kept every core busy: nothing is adopted from it (settings
-        that win under contention, fewer threads, lose on a quiet host)."""
+        """Swept while other work kept more than BUSY_SHARE of the cores busy: nothing is
+        adopted from it (settings that win under contention, fewer threads, lose on a quiet
+        host). Sweeps recorded before `others_cpus`: the load average above the cpu count
+        (which counts the sweep's own workers' threads)."""
+        if self.others_cpus is not None:
+            return self.others_cpus > BUSY_SHARE * max(1, self.host.cpu_count)
         return self.host_load is not None and self.host_load > max(1, self.host.cpu_count)
 
     def host_mismatch(self, host: HostInfo) -> str:

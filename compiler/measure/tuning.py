@@ -6,7 +6,9 @@ settings by the latency method (each in a worker of its own, paired ABBA blocks,
 speedup's distribution-free interval). A candidate is adopted only when its interval's lower
 bound is above 1, so noise never picks one; the best such estimate wins. Nothing is adopted
 from a sweep on a busy host (load above its cpus): under contention fewer threads win, which
-a quiet serving host would pay for. The sweep stops starting candidates once its time cap is
+a quiet serving host would pay for; "busy" is other processes' CPU time in short windows
+before and after the sweep while the build waits (compiler/measure/contention.py), never the
+load average, which counts the sweep's own workers. The sweep stops starting candidates once its time cap is
 spent (the rest are recorded as skipped).
 
 What it returns is a measurement (`TunedSettings`), kept outside the manifest's core: serving
@@ -27,6 +29,7 @@ from compiler.core.feeds import Feeds, write_feeds_npz
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import MeasuredOn, TunedSettings, TuningCandidate
 from compiler.core.settings import OnnxRuntimeSettings, OpenVinoSettings, RuntimeSettings
+from compiler.measure.contention import others_cpus
 from compiler.measure.timing import describe_method, time_workers
 from compiler.measure.workers import Contender, WorkerFailed, WorkerProcess
 
@@ -184,7 +187,7 @@ def tune(
         return skipped_tuning(
             default, on, f"no runtime settings to try for {artifact.backend}", method
         )
-    started, load = time.perf_counter(), os.getloadavg()[0]
+    started, load, others = time.perf_counter(), os.getloadavg()[0], others_cpus()
     records = [TuningCandidate(name="default", settings=default, status="baseline")]
     reason = ""
     opts = {"threads": policy.threads, "warmup": policy.warmup}
@@ -212,6 +215,13 @@ def tune(
                     name, artifact, settings, base, contract, feeds, work, each, budget
                 )
                 records.append(record)
+    # the workers are stopped: what runs now is other work. The lower of the two readings:
+    # contention that lasts shows in both, while the first can catch this build's own
+    # workers of the step before still exiting (OpenVINO's parity and latency workers read
+    # as 1.3 cpus there, and as 0.0 after the sweep, on a quiet 2-cpu host)
+    after = others_cpus()
+    if others is not None and after is not None:
+        others = min(others, after)
     swept = TunedSettings(
         reason=reason,
         host=on,
@@ -221,6 +231,7 @@ def tune(
         method=method,
         seconds=round(time.perf_counter() - started, 3),
         host_load=round(max(load, os.getloadavg()[0]), 2),
+        others_cpus=others,
     )
     return settle(swept, policy.confidence)
 
@@ -234,12 +245,18 @@ def settle(swept: TunedSettings, confidence: float) -> TunedSettings:
     if swept.busy:
         why = (
             f"{chosen.name} was faster beyond its interval, but not adopted: the host was busy "
-            f"(load {swept.host_load:g} on {swept.host.cpu_count} cpus), where fewer threads "
+            f"({_load(swept)} on {swept.host.cpu_count} cpus), where fewer threads "
             "win and the intervals may not hold"
         )
         reason = "; ".join(r for r in (swept.reason, why) if r)
         return swept.model_copy(update={"reason": reason})
     return swept.model_copy(update={"adopted": chosen.name, "settings": chosen.settings})
+
+
+def _load(swept: TunedSettings) -> str:
+    if swept.others_cpus is not None:
+        return f"other work kept {swept.others_cpus:g} cpus busy"
+    return f"load {swept.host_load:g}"
 
 
 def _try(

@@ -103,7 +103,9 @@ def tuned_text(lat: LatencyRecord | None) -> str:
     tried = [c for c in tuned.candidates if c.status != "baseline"]
     timed = sum(c.status == "measured" for c in tried)
     what = f"{timed} of {len(tried)} candidate(s) timed in {tuned.seconds:.1f} s"
-    if tuned.host_load is not None:
+    if tuned.others_cpus is not None:
+        what += f", other work {tuned.others_cpus:g} of {tuned.host.cpu_count} cpus"
+    elif tuned.host_load is not None:
         what += f", load {tuned.host_load:g} on {tuned.host.cpu_count} cpus"
     chosen = next((c for c in tried if c.name == tuned.adopted), None)
     if chosen is None or chosen.speedup is None:
