@@ -24,6 +24,7 @@ from compiler.core.host import HostInfo
 from compiler.core.latency import speedup_interval, summarize
 from compiler.core.parity import OutputParity, compare_outputs
 from compiler.core.policies import LatencyPolicy
+from compiler.core.records import tuned_runtime
 from compiler.core.settings import OnnxRuntimeSettings, OpenVinoSettings
 from compiler.measure import workers
 from compiler.measure.timing import measure_pair
@@ -71,7 +72,10 @@ def package_contenders(
             skipped.append({"id": a.id, "precision": a.precision, "why": why[:300]})
             continue
         assert a.runtime is not None
-        spec = workers.Contender(a.id, a.backend, package / a.directory, a.runtime)
+        # the settings serving runs it with here: a sweep's adopted ones on a host like the
+        # build host, else the manifest's (compiler/serving/loader.py does the same)
+        runtime, _ = tuned_runtime(a.runtime, manifest.measured(a.id).latency, host)
+        spec = workers.Contender(a.id, a.backend, package / a.directory, runtime)
         runnable.append(Contender(a.id, "compile-pkg", a.precision, spec))
     return runnable, skipped
 
