@@ -5,11 +5,12 @@ the THROUGHPUT hint with its streams, threads), each timed against the artifact'
 settings by the latency method (each in a worker of its own, paired ABBA blocks, the
 speedup's distribution-free interval). A candidate is adopted only when its interval's lower
 bound is above 1, so noise never picks one; the best such estimate wins. Nothing is adopted
-from a sweep on a busy host (load above its cpus): under contention fewer threads win, which
-a quiet serving host would pay for; "busy" is other processes' CPU time in short windows
-before and after the sweep while the build waits (compiler/measure/contention.py), never the
-load average, which counts the sweep's own workers. The sweep stops starting candidates once its time cap is
-spent (the rest are recorded as skipped).
+from a sweep on a busy host (other work keeping more than a quarter of its cpus busy): under
+contention fewer threads win, which a quiet serving host would pay for. "Busy" is other
+processes' CPU time in short windows before and after the sweep while the build waits
+(compiler/measure/contention.py), never the load average, which counts the sweep's own
+workers. The sweep stops starting candidates once its time cap is spent (the rest are
+recorded as skipped).
 
 What it returns is a measurement (`TunedSettings`), kept outside the manifest's core: serving
 applies it on a host like the build host (`compiler.core.records.tuned_runtime`).

@@ -355,7 +355,8 @@ def test_a_lossy_pick_on_few_labelled_samples_says_what_its_task_check_leaves_op
     assert rows["cpu/int8"].task_worse_bound is not None and rows["cpu/int8"].task_worse_bound > 0.2
     for aid in ("cpu/fp32", "cpu/int8"):  # as if the host picked it first
         first = sorted(m.selection.order + m.selection.excluded, key=lambda c: c.id != aid)
-        picked = m.model_copy(update={"selection": m.selection.model_copy(update={"order": first})})
+        selection = m.selection.model_copy(update={"order": first})
+        picked = m.model_copy(update={"selection": selection})
         row = rows[aid]
         assert row.task is not None and row.task.worse is not None and row.task.samples >= 8
         bound = worse_bound(len(row.task.worse), row.task.samples)
