@@ -154,9 +154,15 @@ class TunedSettings(_Record):
     method: str = ""
     seconds: float = 0.0
     host_load: float | None = None  # the higher 1-minute load average, at start or end
-    # CPUs' worth of other work on the host, the lower of two short windows before and after
-    # the sweep while the build waited (compiler/measure/contention.py); None: not known
+    # CPUs' worth of other work on the `others_of` CPUs the build may use, the lower of two
+    # short windows before and after the sweep while the build waited
+    # (compiler/measure/contention.py); None: not known
     others_cpus: float | None = None
+    others_of: int | None = None
+
+    @property
+    def cpus_watched(self) -> int:
+        return self.others_of or self.host.cpu_count
 
     @property
     def busy(self) -> bool:
@@ -165,7 +171,7 @@ class TunedSettings(_Record):
         host). Sweeps recorded before `others_cpus`: the load average above the cpu count
         (which counts the sweep's own workers' threads)."""
         if self.others_cpus is not None:
-            return self.others_cpus > BUSY_SHARE * max(1, self.host.cpu_count)
+            return self.others_cpus > BUSY_SHARE * max(1, self.cpus_watched)
         return self.host_load is not None and self.host_load > max(1, self.host.cpu_count)
 
     def host_mismatch(self, host: HostInfo) -> str:

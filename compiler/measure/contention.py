@@ -6,8 +6,8 @@ processes whose spinning threads alone put it above the cpu count of a 2-vCPU ho
 sweep there read as "busy" and none was adopted (ppocr_cls on a quiet AMX host, 2026-12-02:
 load 2.9-3.7 on 2 cpus, from the sweep's own workers). Instead, the build sleeps for a short
 window with its measurement workers stopped and reads /proc/stat: the busy time (user, nice,
-system, irq, softirq, and steal, the time the hypervisor gave the vCPUs to other guests) all
-CPUs accrued over the window is other work's (`TunedSettings.busy` judges it). Linux only;
+system, irq, softirq, and steal, the time the hypervisor gave the vCPUs to other guests) the
+CPUs this process may run on accrued over the window, less this process's own, is other work's (`TunedSettings.busy` judges it). Linux only;
 elsewhere nothing is known (None).
 """
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["busy_jiffies", "others_cpus", "own_jiffies"]
+__all__ = ["OtherWork", "busy_jiffies", "other_work", "own_jiffies"]
 
 _STAT = Path("/proc/stat")
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal guest guest_nice;
@@ -25,14 +27,22 @@ _STAT = Path("/proc/stat")
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 
 
-def busy_jiffies(stat: str) -> int | None:
-    """The busy clock ticks of all CPUs together in a /proc/stat text (its `cpu` line)."""
+def busy_jiffies(stat: str, cpus: Collection[int] | None = None) -> int | None:
+    """The busy clock ticks in a /proc/stat text: of the CPUs numbered `cpus` (its `cpuN`
+    lines), or of all of them (its `cpu` line)."""
+    total, seen = 0, False
     for line in stat.splitlines():
         parts = line.split()
-        if parts and parts[0] == "cpu":
+        if not parts or not parts[0].startswith("cpu"):
+            continue
+        name = parts[0]
+        if (cpus is None and name == "cpu") or (
+            cpus is not None and name[3:].isdigit() and int(name[3:]) in cpus
+        ):
             values = [int(v) for v in parts[1:]]
-            return sum(values[i] for i in _BUSY_FIELDS if i < len(values))
-    return None
+            total += sum(values[i] for i in _BUSY_FIELDS if i < len(values))
+            seen = True
+    return total if seen else None
 
 
 def own_jiffies(stat: str) -> int:
@@ -41,21 +51,35 @@ def own_jiffies(stat: str) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def others_cpus(window_s: float = 0.3) -> float | None:
-    """CPUs' worth of work the rest of the host did over `window_s` while this process slept
-    (call it with no measurement of its own running); this process's own threads are left
-    out (a runtime's pool spinning after an in-process parity run: OpenVINO's read as 1.0-1.4
-    cpus of a 2-cpu host). None where /proc is unreadable."""
+@dataclass(frozen=True)
+class OtherWork:
+    """CPUs' worth of other work (`cpus`) on the `of` CPUs this process may run on."""
+
+    cpus: float
+    of: int
+
+
+def other_work(window_s: float = 0.3) -> OtherWork | None:
+    """What the rest of the host did over `window_s` on the CPUs this process may use (its
+    affinity: a container pinned to 2 of a host's 64 CPUs reads those 2), while this process
+    slept; call it with no measurement of its own running. This process's own threads are
+    left out (a runtime's pool spinning after an in-process parity run: OpenVINO's read as
+    1.0-1.4 cpus of a 2-cpu host). None where /proc is unreadable."""
     own = Path("/proc/self/stat")
     try:
-        before, mine = busy_jiffies(_STAT.read_text()), own_jiffies(own.read_text())
+        cpus: set[int] | None = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = None
+    try:
+        before, mine = busy_jiffies(_STAT.read_text(), cpus), own_jiffies(own.read_text())
         t0 = time.perf_counter()
         time.sleep(window_s)
-        after, mine_after = busy_jiffies(_STAT.read_text()), own_jiffies(own.read_text())
+        after, mine_after = busy_jiffies(_STAT.read_text(), cpus), own_jiffies(own.read_text())
         elapsed = time.perf_counter() - t0
     except (OSError, ValueError, IndexError):
         return None
     if before is None or after is None or elapsed <= 0:
         return None
     others = (after - before) - (mine_after - mine)
-    return round(max(0, others) / os.sysconf("SC_CLK_TCK") / elapsed, 2)
+    busy = round(max(0, others) / os.sysconf("SC_CLK_TCK") / elapsed, 2)
+    return OtherWork(busy, len(cpus) if cpus else os.cpu_count() or 1)

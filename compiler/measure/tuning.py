@@ -30,7 +30,7 @@ from compiler.core.feeds import Feeds, write_feeds_npz
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import MeasuredOn, TunedSettings, TuningCandidate
 from compiler.core.settings import OnnxRuntimeSettings, OpenVinoSettings, RuntimeSettings
-from compiler.measure.contention import others_cpus
+from compiler.measure.contention import other_work
 from compiler.measure.timing import describe_method, time_workers
 from compiler.measure.workers import Contender, WorkerFailed, WorkerProcess
 
@@ -188,7 +188,7 @@ def tune(
         return skipped_tuning(
             default, on, f"no runtime settings to try for {artifact.backend}", method
         )
-    started, load, others = time.perf_counter(), os.getloadavg()[0], others_cpus()
+    started, load, others = time.perf_counter(), os.getloadavg()[0], other_work()
     records = [TuningCandidate(name="default", settings=default, status="baseline")]
     reason = ""
     opts = {"threads": policy.threads, "warmup": policy.warmup}
@@ -220,9 +220,9 @@ def tune(
     # contention that lasts shows in both, while the first can catch this build's own
     # workers of the step before still exiting (OpenVINO's parity and latency workers read
     # as 1.3 cpus there, and as 0.0 after the sweep, on a quiet 2-cpu host)
-    after = others_cpus()
-    if others is not None and after is not None:
-        others = min(others, after)
+    after = other_work()
+    if others is None or (after is not None and after.cpus < others.cpus):
+        others = after
     swept = TunedSettings(
         reason=reason,
         host=on,
@@ -232,7 +232,8 @@ def tune(
         method=method,
         seconds=round(time.perf_counter() - started, 3),
         host_load=round(max(load, os.getloadavg()[0]), 2),
-        others_cpus=others,
+        others_cpus=others.cpus if others else None,
+        others_of=others.of if others else None,
     )
     return settle(swept, policy.confidence)
 
@@ -246,7 +247,7 @@ def settle(swept: TunedSettings, confidence: float) -> TunedSettings:
     if swept.busy:
         why = (
             f"{chosen.name} was faster beyond its interval, but not adopted: the host was busy "
-            f"({_load(swept)} on {swept.host.cpu_count} cpus), where fewer threads "
+            f"({_load(swept)}), where fewer threads "
             "win and the intervals may not hold"
         )
         reason = "; ".join(r for r in (swept.reason, why) if r)
@@ -256,8 +257,10 @@ def settle(swept: TunedSettings, confidence: float) -> TunedSettings:
 
 def _load(swept: TunedSettings) -> str:
     if swept.others_cpus is not None:
-        return f"other work kept {swept.others_cpus:g} cpus busy"
-    return f"load {swept.host_load:g}"
+        return (
+            f"other work kept {swept.others_cpus:g} of the build's {swept.cpus_watched} cpus busy"
+        )
+    return f"load {swept.host_load:g} on {swept.host.cpu_count} cpus"
 
 
 def _try(

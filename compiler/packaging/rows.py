@@ -104,7 +104,7 @@ def tuned_text(lat: LatencyRecord | None) -> str:
     timed = sum(c.status == "measured" for c in tried)
     what = f"{timed} of {len(tried)} candidate(s) timed in {tuned.seconds:.1f} s"
     if tuned.others_cpus is not None:
-        what += f", other work {tuned.others_cpus:g} of {tuned.host.cpu_count} cpus"
+        what += f", other work {tuned.others_cpus:g} of {tuned.cpus_watched} cpus"
     elif tuned.host_load is not None:
         what += f", load {tuned.host_load:g} on {tuned.host.cpu_count} cpus"
     chosen = next((c for c in tried if c.name == tuned.adopted), None)
