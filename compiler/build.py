@@ -150,6 +150,9 @@ def build_package(
             cache,
             instruments,
             stop_on=heads,
+            # the data checks (files against the contract) before any pass or compile: bad
+            # input is refused before work starts, not raced by a compile beside it
+            first=(g.normalize.id, g.data.id),
             executor=runs_on,
             exclusive=config.executor.exclusive,
             gate=memory_gate(config.executor, runs_on),

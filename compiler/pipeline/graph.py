@@ -214,6 +214,10 @@ class NodeGraph:
     def children(self, nid: str) -> list[str]:
         return sorted(self._g.successors(nid))
 
+    def ancestors(self, nid: str) -> set[str]:
+        """Every node `nid` depends on, however far up."""
+        return set(nx.ancestors(self._g, nid))
+
     def handoff_children(self, nid: str) -> list[str]:
         """The children that take `nid`'s model in memory."""
         return sorted(c for c in self._g.successors(nid) if self._g.edges[nid, c]["handoff"])

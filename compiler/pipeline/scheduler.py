@@ -109,8 +109,9 @@ class _Submitted:
 class Scheduler:
     """Runs graphs with `kinds`, `cache`, and `instruments` around every node, on `executor`
     (in this process by default); stops the run when a node in `stop_on` fails or is
-    skipped. Nodes of the kinds in `exclusive` run with no other node beside them, after
-    the others. `durations` estimates how long nodes run (default: from the stats file in
+    skipped. Nodes in `first` run before any other node starts (their parents aside).
+    Nodes of the kinds in `exclusive` run with no other node beside them, after the
+    others. `durations` estimates how long nodes run (default: from the stats file in
     the cache root, which the run updates, also with each node's peak memory). With `gate`,
     a node runs beside others only when its estimated peak memory fits."""
 
@@ -126,11 +127,13 @@ class Scheduler:
         gate: MemoryGate | None = None,
         remember: Collection[str] = REMEMBERED,
         retry_failed: bool = False,
+        first: Collection[str] = (),
     ) -> None:
         self.kinds = kinds
         self.cache = cache
         self.instruments = tuple(instruments)
         self.stop_on = frozenset(stop_on)
+        self.first = frozenset(first)
         self.executor = executor or InProcessExecutor()
         self.exclusive = frozenset(exclusive)
         self.durations = durations
@@ -218,11 +221,16 @@ class Scheduler:
 
     def _start_some(self, pending: list[NodeDef], ctx: NodeContext, exclusive: bool) -> bool:
         """Start the ready nodes that are (not) exclusive; whether any settled at once."""
+        # until every `first` node is done, only those (and what they wait on) start
+        waiting = {n.id for n in pending if n.id in self.first}
+        for node_id in list(waiting):
+            waiting |= ctx.graph.ancestors(node_id)
         ready = [
             n
             for n in pending
             if (n.kind in self.exclusive) == exclusive
             and all(p in ctx.results for p in ctx.graph.parents(n.id))
+            and (not waiting or n.id in waiting)
         ]
         settled = False
         for node in sorted(ready, key=lambda n: self._priority[n.id]):

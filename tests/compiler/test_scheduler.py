@@ -316,6 +316,27 @@ def test_exclusive_nodes_run_alone_once_nothing_else_can(tmp_path: Path) -> None
     assert log.index("i.before z") < log.index("i.after x")  # the others share the slots
 
 
+def test_first_nodes_run_before_any_other_node_starts(tmp_path: Path) -> None:
+    # the data checks refuse bad input before a compile beside them starts (a CI run under
+    # load saw ort-fp32's compile start and finish beside the data node that refused the file):
+    # with two slots, c is ready with d, but starts only once d is done; d fails and stops
+    # nothing here (no stop_on), so c runs after it
+    g = _graph(
+        ToyNode("a", 1),
+        ToyNode("d", 2, ("a",), sleep=0.3, fail="samples.npz: missing inputs ['x']"),
+        ToyNode("c", 3, ("a",)),
+    )
+    for first, c_before_d_ends in ((("a", "d"), False), ((), True)):
+        log: list[str] = []
+        inputs = BuildInputs(Path("unused.onnx"), "0", BuildConfig(), ())
+        scheduler = _scheduler(
+            Cache(tmp_path / f"cache-{len(first)}"), log, executor=ProcessExecutor(2), first=first
+        )
+        results = scheduler.run(NodeContext(inputs, g, HOST))
+        assert results["d"].status == "failed" and results["c"].status == "ran"
+        assert (log.index("i.before c") < log.index("i.after d")) is c_before_d_ends, log
+
+
 def test_holdings_hand_a_copy_to_all_but_the_last_taker() -> None:
     g = NodeGraph()
     g.add(ToyNode("src"))
