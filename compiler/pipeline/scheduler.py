@@ -20,6 +20,10 @@ build (its own estimate plus its longest chain of descendants; pipeline/estimate
 builds' durations from the cache, else static hints), so the TVM gpu compiles that dominate a
 release build start first instead of last, and the short nodes fill the other slots.
 
+`first` nodes (the build's normalize and data: the checks of the user's files against the
+contract) run before any other node starts, so bad input is refused before any pass or
+compile has begun, however the host's load orders the workers (compiler/build.py).
+
 Exclusive nodes (verify: `executor.exclusive`) run alone, and only once no other node is
 ready or running: they time latency with every core of the host (the runtimes' default
 threads), so a compile beside them would skew the artifact's figures against the
