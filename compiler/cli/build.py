@@ -161,8 +161,8 @@ def _would_serve(m: Manifest, rows: list[ArtifactRow]) -> str:
     if first.id == REFERENCE and rest:  # say why the best artifact is not served
         after = [p for p in rest[0].why.split("; ") if p.startswith("after the reference")]
         line += f"; {rest[0].id} comes {after[0]}" if after else ""
-    row = next((r for r in rows if r.id == first.id), None)
-    bound = row.task_worse_bound if row is not None and row.precision != "fp32" else None
+    row = next((r for r in rows if r.id == first.id and r.precision != "fp32"), None)
+    bound = row.task_worse_bound if row is not None else None
     if row is not None and row.task is not None and bound is not None and bound > WIDE_TASK_BOUND:
         line += (
             f"; its task check found {len(row.task.worse or ())} of {row.task.samples} labelled "

@@ -7,8 +7,8 @@ sweep there read as "busy" and none was adopted (ppocr_cls on a quiet AMX host, 
 load 2.9-3.7 on 2 cpus, from the sweep's own workers). Instead, the build sleeps for a short
 window with its measurement workers stopped and reads /proc/stat: the busy time (user, nice,
 system, irq, softirq, and steal, the time the hypervisor gave the vCPUs to other guests) the
-CPUs this process may run on accrued over the window, less this process's own, is other work's (`TunedSettings.busy` judges it). Linux only;
-elsewhere nothing is known (None).
+CPUs this process may run on accrued over the window, less this process's own, is other
+work's (`TunedSettings.busy` judges it). Linux only; elsewhere nothing is known (None).
 """
 
 from __future__ import annotations

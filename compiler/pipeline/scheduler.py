@@ -147,6 +147,7 @@ class Scheduler:
         self.errors: dict[str, BaseException] = {}  # node id -> what a failed node raised
         self._running: dict[str, _Submitted] = {}
         self._begun: set[str] = set()  # nodes whose instruments have started
+        self._head: set[str] = set()  # the `first` nodes and their ancestors, per run
         self._keys: dict[str, str] = {}  # node id -> its cache key, once computed
         self._priority: dict[str, tuple[float, int]] = {}  # node id -> its sort key when ready
         self._estimates = Durations(None, 0)  # this run's, set by `run`
@@ -167,6 +168,10 @@ class Scheduler:
         ctx.scratch = self.cache.scratch()
         order = ctx.graph.order()
         self._priority = self._priorities(order, ctx, durations)
+        # the `first` nodes and what they wait on: until they are done, only these start
+        self._head = {f for f in self.first if f in ctx.graph}
+        for f in list(self._head):
+            self._head |= ctx.graph.ancestors(f)
         pending = list(order)
         self._begun.clear()
         self._keys.clear()
@@ -225,16 +230,13 @@ class Scheduler:
 
     def _start_some(self, pending: list[NodeDef], ctx: NodeContext, exclusive: bool) -> bool:
         """Start the ready nodes that are (not) exclusive; whether any settled at once."""
-        # until every `first` node is done, only those (and what they wait on) start
-        waiting = {n.id for n in pending if n.id in self.first}
-        for node_id in list(waiting):
-            waiting |= ctx.graph.ancestors(node_id)
+        heads_left = any(n.id in self._head for n in pending)
         ready = [
             n
             for n in pending
             if (n.kind in self.exclusive) == exclusive
             and all(p in ctx.results for p in ctx.graph.parents(n.id))
-            and (not waiting or n.id in waiting)
+            and (not heads_left or n.id in self._head)
         ]
         settled = False
         for node in sorted(ready, key=lambda n: self._priority[n.id]):
