@@ -1,5 +1,7 @@
 """Count a model's multiply-accumulate work from its ONNX graph: Conv, ConvTranspose,
-MatMul (attention's Q.K^T and P.V included), Gemm. One multiply-add is 2 FLOPs.
+MatMul (attention's Q.K^T and P.V included), Gemm, and the recurrent cells' matrix products
+(LSTM, GRU, RNN: every step multiplies the input by W and the hidden state by R, in each
+direction). One multiply-add is 2 FLOPs.
 
 Shapes come from ONNX shape inference with the graph inputs fixed to one concrete feed;
 tensors that inference leaves unresolved (data-dependent Reshape targets and the like) are
@@ -20,7 +22,8 @@ from onnx import shape_inference
 
 __all__ = ["FlopCount", "count_flops"]
 
-COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN")
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}  # W: [directions, gates * hidden, input]
 
 
 @dataclass
@@ -105,12 +108,20 @@ def _node_flops(node: onnx.NodeProto, s: Mapping[str, tuple[int, ...]]) -> int:
         a, out = s[node.input[0]], s[node.output[0]]
         k = a[0] if attrs.get("transA", 0) else a[1]
         return 2 * math.prod(out) * k
+    if node.op_type in _GATES:
+        x, w = s[node.input[0]], s[node.input[1]]
+        steps, batch = (x[1], x[0]) if attrs.get("layout", 0) else (x[0], x[1])
+        directions, gated, inputs = w
+        hidden = gated // _GATES[node.op_type]
+        return 2 * steps * batch * directions * gated * (inputs + hidden)
     return 0
 
 
 def _needed(node: onnx.NodeProto) -> list[str]:
     if node.op_type in ("Conv", "ConvTranspose"):
         return [node.input[0], node.input[1], node.output[0]]
+    if node.op_type in _GATES:
+        return [node.input[0], node.input[1]]
     return [node.input[0], node.output[0]]
 
 

@@ -100,3 +100,31 @@ def test_flops_of_a_grouped_strided_conv(tmp_path: Path) -> None:
     onnx.save(model, str(path))
     count = count_flops(path, {"x": np.zeros((2, 4, 16, 16), np.float32)})
     assert count.total == 2 * (2 * 8 * 8 * 8) * (2 * 3 * 3)  # 2 * out elements * Cin/g * k*k
+
+
+@pytest.mark.parametrize(("op", "gates", "layout"), [("LSTM", 4, 0), ("GRU", 3, 1)])
+def test_flops_of_a_bidirectional_recurrent_cell(
+    tmp_path: Path, op: str, gates: int, layout: int
+) -> None:
+    hidden, features, steps, batch = 16, 12, 7, 3
+    w = numpy_helper.from_array(np.zeros((2, gates * hidden, features), np.float32), "w")
+    r = numpy_helper.from_array(np.zeros((2, gates * hidden, hidden), np.float32), "r")
+    node = helper.make_node(
+        op, ["x", "w", "r"], ["y"], hidden_size=hidden, direction="bidirectional", layout=layout
+    )
+    x_dims = ["n", "t", features] if layout else ["t", "n", features]
+    graph = helper.make_graph(
+        [node],
+        "rnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, r],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "rnn.onnx"
+    onnx.save(model, str(path))
+    x = np.zeros((batch, steps, features) if layout else (steps, batch, features), np.float32)
+    count = count_flops(path, {"x": x})
+    # every step, both directions: the input times W and the hidden state times R, per gate
+    want = 2 * steps * batch * 2 * gates * hidden * (features + hidden)
+    assert count.total == want and count.by_op == {op: want} and not count.skipped
