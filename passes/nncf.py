@@ -128,8 +128,9 @@ class NncfPass(Pass[NncfConfig]):
     # nothing on top-level weighted nodes apart (ops outside the ONNX domain named); 10: an
     # fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 11: the
     # gate compares outputs sized by the data (an NMS's detections; parity.py); 12: an output
-    # that is a weight counts in the interface the pass must keep (passes/base.py)
-    version = "12"
+    # that is a weight counts in the interface the pass must keep (passes/base.py); 13: the
+    # gate reads a dense map's score channels as decisions at 0.5 (parity.py)
+    version = "13"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False

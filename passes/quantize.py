@@ -159,8 +159,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # quantize" tells a quantizer that placed nothing on top-level weighted nodes apart; 12:
     # an fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 13:
     # the gate compares outputs sized by the data (an NMS's detections; parity.py); 14: the
-    # layer ranking runs in two rounds beyond 32 candidates (passes/accuracy.py)
-    version = "15"
+    # layer ranking runs in two rounds beyond 32 candidates (passes/accuracy.py); 16: the
+    # gate reads a dense map's score channels as decisions at 0.5 (parity.py)
+    version = "16"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

@@ -52,6 +52,15 @@ own RMS (or to the near-zero floor, for a channel that carries nothing), combine
 root mean square over channels (`channel_rel_l2`), against max_rel_l2. fp32 keeps its
 elementwise bound, whose errors are rounding, not range.
 
+Score channels of a dense map: a detector's head may keep every channel at one scale (raw
+box offsets and log sizes beside a sigmoid objectness, YOLOX's [1, anchors, 4 + 1 +
+classes]) and its L2 error then says nothing of the few anchors that hold the objects. On
+the channel axis above, a channel whose reference lies in [0, 1] everywhere and is above 0.5
+in at most SCORE_SHARE of its elements, and in some, is a score channel: its elements are
+read as decisions at 0.5 like independent probabilities (decided agreement, and over the
+elements where either side is above 0.5), beside the map's L2 error. Box coordinates
+normalized to [0, 1] are above 0.5 on about half of the anchors and stay values.
+
 What the model is for (its task metric on labelled samples) is compiler/core/task.py.
 """
 
@@ -71,6 +80,7 @@ __all__ = [
     "COMMON_SHARE",
     "CHANNEL_SCALE_RATIO",
     "CLASS_KINDS",
+    "SCORE_SHARE",
     "SHAPE_MISMATCH",
     "Check",
     "OutputParity",
@@ -93,6 +103,9 @@ _CHANNEL_MIN_VALUES = 16  # values per channel over all samples before channels 
 CLASS_KINDS = ("class_scores", "probabilities", "logits_sequence", "linear_head")
 # a class that tops at least this share of a sequence's rows is its common one (blank, background)
 COMMON_SHARE = 0.5
+# a dense map's channel is a score channel when every reference value lies in [0, 1] and at
+# most this share of them is above THRESHOLD, and some are (module docstring)
+SCORE_SHARE = 0.1
 # probabilities that are no distribution (a Sigmoid's) are read as decisions at this value
 THRESHOLD = 0.5
 _SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability distributions
@@ -191,6 +204,9 @@ class OutputParity:
     channel_rel_l2: float | None = None
     channel_worst: int | None = None
     channel_worst_rel_l2: float | None = None
+    # a dense map's score channels (module docstring): the channels read as decisions at
+    # `threshold`, whose top-1 metrics above are over their elements
+    decision_channels: tuple[int, ...] = ()
     error: str = ""  # the output could not be compared at all (shape mismatch)
     tolerance: Tolerance | None = None
     checks: tuple[Check, ...] = ()
@@ -373,6 +389,32 @@ def _channel_metrics(
     }
 
 
+def _score_channels(outs: list[np.ndarray], refs: list[np.ndarray], tie: float) -> dict[str, Any]:
+    """A dense map's score channels read as decisions at THRESHOLD (module docstring): the
+    channels on its channel axis whose reference lies in [0, 1] everywhere and is above the
+    threshold in some elements, at most SCORE_SHARE of them; {} where it has none."""
+    axis = _channel_axis(refs)
+    if axis is None:
+        return {}
+    count = refs[0].shape[axis]
+
+    def by_channel(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.moveaxis(a, axis, 0).reshape(count, -1) for a in arrays], 1)
+
+    r = by_channel(refs)
+    if not np.isfinite(r).all():
+        return {}
+    above = (r > THRESHOLD).mean(axis=1)
+    inside = ((r >= 0) & (r <= 1)).all(axis=1)
+    scores = np.flatnonzero(inside & (above > 0) & (above <= SCORE_SHARE))
+    if not scores.size:
+        return {}
+    a = by_channel(outs)
+    return _decision_metrics(a[scores].ravel(), r[scores].ravel(), tie) | {
+        "decision_channels": tuple(int(c) for c in scores)
+    }
+
+
 def _l2(x: np.ndarray) -> float:
     """Euclidean norm by ufuncs, not BLAS: a build's verify node once spun forever inside
     OpenBLAS's thread pool (exec_blas) on a 150k-element norm after other libraries had run
@@ -433,6 +475,8 @@ def output_metrics(
         extra = _row_cosines(o64, r64, floor)
     elif judged not in CLASS_KINDS and judged != "embedding":
         extra = _channel_metrics(o64, r64, near_zero_scale(tolerance) if tolerance else 0.0)
+        if judged == "dense_map":
+            extra |= _score_channels(o64, r64, tie)
     return OutputParity(
         kind=judged,
         max_abs_err=float(diff.max()) if diff.size else 0.0,
@@ -504,6 +548,8 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
         note = f"flips between classes the reference separates by more than {tol.top1_tie}"
         if m.threshold is not None:
             note = f"decisions at {m.threshold}: flips where the reference is more than {tol.top1_tie} from it"
+        if m.decision_channels:
+            note = f"score channels {list(m.decision_channels)}, read as {note}"
         out.append(Check("top1_decided", m.top1_decided, tol.min_top1, True, note))
     if m.top1_uncommon is not None:
         note = (
@@ -513,8 +559,9 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
         )
         if m.threshold is not None:
             side = "above" if m.common_class == 0 else "at or below"
+            where = f"score channels {list(m.decision_channels)}' " if m.decision_channels else ""
             note = (
-                f"over the {m.uncommon_rows} elements where the reference or the artifact is "
+                f"over the {m.uncommon_rows} {where}elements where the reference or the artifact is "
                 f"{side} {m.threshold}; the reference is otherwise in {m.common_share or 0:.0%} "
                 "of its elements"
             )

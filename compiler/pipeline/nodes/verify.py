@@ -55,8 +55,9 @@ class VerifyKind(Kind[VerifyNode]):
     # another backend) keeps a pass only within the fp32 tolerance; 19: the task decides
     # only the outputs its metric reads (task.py); 20: probabilities that are no
     # distribution (a Sigmoid's) are also judged as decisions at 0.5 (parity.py); 21:
-    # OpenVINO's runner can run a shape seen twice on a compile of its own (off by default)
-    version = "21"
+    # OpenVINO's runner can run a shape seen twice on a compile of its own (off by default);
+    # 22: a dense map's score channels are judged as decisions at 0.5 (parity.py)
+    version = "22"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
