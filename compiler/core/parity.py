@@ -353,6 +353,12 @@ def _channel_axis(refs: Sequence[np.ndarray]) -> int | None:
     return min(axes, key=lambda ax: (shape[ax], ax)) if axes else None
 
 
+def _by_channel(arrays: Sequence[np.ndarray], axis: int) -> np.ndarray:
+    """Samples' values channel by channel: [channels, every other value of every sample]."""
+    count = arrays[0].shape[axis]
+    return np.concatenate([np.moveaxis(a, axis, 0).reshape(count, -1) for a in arrays], 1)
+
+
 def _channel_metrics(
     outs: list[np.ndarray], refs: list[np.ndarray], floor: float
 ) -> dict[str, Any]:
@@ -362,15 +368,11 @@ def _channel_metrics(
     if axis is None:
         return {}
     count = refs[0].shape[axis]
-
-    def by_channel(arrays: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.moveaxis(a, axis, 0).reshape(count, -1) for a in arrays], 1)
-
-    r = by_channel(refs)
+    r = _by_channel(refs, axis)
     if r.shape[1] < _CHANNEL_MIN_VALUES:
         return {}
     ref_rms = np.sqrt(np.mean(r * r, axis=1))
-    err_rms = np.sqrt(np.mean((by_channel(outs) - r) ** 2, axis=1))
+    err_rms = np.sqrt(np.mean((_by_channel(outs, axis) - r) ** 2, axis=1))
     live = ref_rms[ref_rms > floor]
     if live.size < 2 or not np.isfinite(ref_rms).all():
         return {}
@@ -396,12 +398,7 @@ def _score_channels(outs: list[np.ndarray], refs: list[np.ndarray], tie: float) 
     axis = _channel_axis(refs)
     if axis is None:
         return {}
-    count = refs[0].shape[axis]
-
-    def by_channel(arrays: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.moveaxis(a, axis, 0).reshape(count, -1) for a in arrays], 1)
-
-    r = by_channel(refs)
+    r = _by_channel(refs, axis)
     if not np.isfinite(r).all():
         return {}
     above = (r > THRESHOLD).mean(axis=1)
@@ -409,7 +406,7 @@ def _score_channels(outs: list[np.ndarray], refs: list[np.ndarray], tie: float) 
     scores = np.flatnonzero(inside & (above > 0) & (above <= SCORE_SHARE))
     if not scores.size:
         return {}
-    a = by_channel(outs)
+    a = _by_channel(outs, axis)
     return _decision_metrics(a[scores].ravel(), r[scores].ravel(), tie) | {
         "decision_channels": tuple(int(c) for c in scores)
     }
