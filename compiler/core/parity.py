@@ -360,15 +360,11 @@ def _by_channel(arrays: Sequence[np.ndarray], axis: int) -> np.ndarray:
 
 
 def _channel_metrics(
-    outs: list[np.ndarray], refs: list[np.ndarray], floor: float
+    outs: list[np.ndarray], r: np.ndarray, axis: int, floor: float
 ) -> dict[str, Any]:
-    """The channel-by-channel error of an output whose channels differ widely in scale
-    (module docstring); {} where no short axis has such channels."""
-    axis = _channel_axis(refs)
-    if axis is None:
-        return {}
-    count = refs[0].shape[axis]
-    r = _by_channel(refs, axis)
+    """The channel-by-channel error of an output whose channels (on `axis`; `r`: the
+    reference by channel) differ widely in scale (module docstring); {} where they do not."""
+    count = r.shape[0]
     if r.shape[1] < _CHANNEL_MIN_VALUES:
         return {}
     ref_rms = np.sqrt(np.mean(r * r, axis=1))
@@ -391,14 +387,11 @@ def _channel_metrics(
     }
 
 
-def _score_channels(outs: list[np.ndarray], refs: list[np.ndarray], tie: float) -> dict[str, Any]:
+def _score_channels(outs: list[np.ndarray], r: np.ndarray, axis: int, tie: float) -> dict[str, Any]:
     """A dense map's score channels read as decisions at THRESHOLD (module docstring): the
-    channels on its channel axis whose reference lies in [0, 1] everywhere and is above the
-    threshold in some elements, at most SCORE_SHARE of them; {} where it has none."""
-    axis = _channel_axis(refs)
-    if axis is None:
-        return {}
-    r = _by_channel(refs, axis)
+    channels on `axis` (`r`: the reference by channel) whose reference lies in [0, 1]
+    everywhere and is above the threshold in some elements, at most SCORE_SHARE of them; {}
+    where it has none."""
     if not np.isfinite(r).all():
         return {}
     above = (r > THRESHOLD).mean(axis=1)
@@ -471,9 +464,13 @@ def output_metrics(
         floor = (tolerance.atol or 0.0) if tolerance else 0.0
         extra = _row_cosines(o64, r64, floor)
     elif judged not in CLASS_KINDS and judged != "embedding":
-        extra = _channel_metrics(o64, r64, near_zero_scale(tolerance) if tolerance else 0.0)
-        if judged == "dense_map":
-            extra |= _score_channels(o64, r64, tie)
+        axis = _channel_axis(r64)
+        if axis is not None:
+            channels = _by_channel(r64, axis)  # the reference, reshaped once for both
+            floor = near_zero_scale(tolerance) if tolerance else 0.0
+            extra = _channel_metrics(o64, channels, axis, floor)
+            if judged == "dense_map":
+                extra |= _score_channels(o64, channels, axis, tie)
     return OutputParity(
         kind=judged,
         max_abs_err=float(diff.max()) if diff.size else 0.0,
@@ -558,9 +555,9 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
             side = "above" if m.common_class == 0 else "at or below"
             where = f"score channels {list(m.decision_channels)}' " if m.decision_channels else ""
             note = (
-                f"over the {m.uncommon_rows} {where}elements where the reference or the artifact is "
-                f"{side} {m.threshold}; the reference is otherwise in {m.common_share or 0:.0%} "
-                "of its elements"
+                f"over the {m.uncommon_rows} {where}elements where the reference or the "
+                f"artifact is {side} {m.threshold}; the reference is otherwise in "
+                f"{m.common_share or 0:.0%} of its elements"
             )
         out.append(Check("top1_uncommon", m.top1_uncommon, tol.min_top1, True, note))
     if m.kind == "embedding" and m.row_cosine_mean is not None:

@@ -60,10 +60,10 @@ _GROWING = ("perf/results",)
 def _hidden(path: Path, root: Path) -> bool:
     """Under `_GROWING`, or under a folder whose name starts with a dot: .git, and the caches
     tools write beside the code (.grimp_cache, .import_linter_cache, .pytest_cache,
-    .mypy_cache, perf/.work), whose files come and go and change with each run. One of them (.grimp_cache's
-    targets.meta.json, rewritten by each lint-imports run) was a held-out file of the task
-    set that int8 read as jsonl where the original said json by 0.53 to 0.46: the test's
-    verdict then changed from run to run with no change of code."""
+    .mypy_cache, perf/.work), whose files come and go and change with each run. One of them
+    (.grimp_cache's targets.meta.json, rewritten by each lint-imports run) was a held-out
+    file of the task set that int8 read as jsonl where the original said json by 0.53 to
+    0.46: the test's verdict then changed from run to run with no change of code."""
     rel = path.relative_to(root)
     if any(rel.as_posix().startswith(f"{g}/") for g in _GROWING):
         return True
