@@ -181,6 +181,7 @@ class Gate:
         references: Outputs,
         kinds: Mapping[str, str | None] | None = None,
         task: TaskGate | None = None,
+        precision: str = "int8",
     ) -> None:
         fixed = tolerance if isinstance(tolerance, Tolerance) else None
         self.tolerance: Callable[[str], Tolerance] = (
@@ -190,6 +191,7 @@ class Gate:
         self.references = references
         self.kinds = dict(kinds or {})
         self.task = task
+        self.precision = precision  # the verdict's rule for this precision decides
         self.note = ""  # why the task is not scored, when the build names one
         self.data_sized: set[str] = set()  # outputs whose size depends on the data
 
@@ -207,7 +209,7 @@ class Gate:
             task = score_task(self.task.spec, outputs, refs, labels, self.task.metric)
             # the verdict's own rule: a passing task decides where it is scored on enough
             # samples, and the outputs' closeness then only guards against a gross departure
-            ok, basis = verdict(per_output, task, "int8", self.data_sized)
+            ok, basis = verdict(per_output, task, self.precision, self.data_sized)
             if basis:
                 margins = [1.0]
             if task.drop is not None:  # losses that gains offset still count (core/task.py)
@@ -243,11 +245,12 @@ def make_gate(
     calibration: Feeds,
     min_cosine: float | None = None,
     min_top1: float | None = None,
+    precision: str = "int8",
 ) -> Gate:
-    """The int8 gate a pass judges its result by: on the first part of the labelled parity
-    samples (`search_share`) with the task metric when the build names one and the samples
-    have labels, else on `calibration`."""
-    tolerance = gate_tolerance(ctx, min_cosine, min_top1)
+    """The gate of `precision` a pass judges its result by: on the first part of the
+    labelled parity samples (`search_share`) with the task metric when the build names one
+    and the samples have labels, else on `calibration`."""
+    tolerance = gate_tolerance(ctx, min_cosine, min_top1, precision)
     kinds = {o.name: o.kind for o in ctx.contract.outputs}
     feeds, task, note = list(calibration), None, ""
     if ctx.task is not None:
@@ -258,7 +261,8 @@ def make_gate(
             seen = search_share(len(samples))
             feeds = samples[:seen]
             task = TaskGate(ctx.task, load_callable(ctx.task.metric), list(labels[:seen]))
-    gate = Gate(tolerance, feeds, gate_references(model, feeds, ctx.reference), kinds, task)
+    references = gate_references(model, feeds, ctx.reference)
+    gate = Gate(tolerance, feeds, references, kinds, task, precision)
     gate.note = note
     gate.data_sized = ctx.contract.data_sized_outputs()
     return gate

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -30,6 +30,8 @@ __all__ = [
     "BackendOptions",
     "BuildRequest",
     "BuildResult",
+    "Judge",
+    "Judgement",
 ]
 
 
@@ -45,6 +47,25 @@ class BackendOptions(BaseModel):
         return "fp32"
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """A gate's verdict on an artifact's outputs: `margin` >= 0 exactly when it passed."""
+
+    passed: bool
+    margin: float
+    summary: str  # what decided, for the artifact's notes
+
+
+class Judge(Protocol):
+    """The package's gate for one precision, for backends that choose between builds by
+    accuracy (`Backend.judged`): the verdict's checks per output kind against the reference,
+    and the task metric where the samples have labels, on `feeds` (user data only)."""
+
+    feeds: list[dict[str, np.ndarray]]
+
+    def __call__(self, outputs: list[dict[str, np.ndarray]]) -> Judgement: ...
+
+
 @dataclass
 class BuildRequest:
     target: str  # cpu | arm | gpu
@@ -55,6 +76,9 @@ class BuildRequest:
     workdir: Path  # scratch space, deleted after the build
     calibration: Callable[[], list[dict[str, np.ndarray]]] = lambda: []
     calibration_source: str = "generated"
+    # the gate of `precision` where the backend asks for one (`Backend.judged`) and the build
+    # has user data to judge on; None otherwise
+    judge: Judge | None = None
 
 
 @dataclass
@@ -89,6 +113,12 @@ class Backend(ABC):
     # True when build() reads request.calibration(): enters the cache key. No backend does
     # since int8 became a pass (quantize, nncf); the DAG still reads it.
     uses_calibration: ClassVar[bool] = False
+
+    @classmethod
+    def judged(cls, options: BackendOptions) -> bool:
+        """True when build() with these options reads request.judge (it chooses between
+        builds by accuracy): the gate's data, tolerances and task then enter the cache key."""
+        return False
 
     @classmethod
     @abstractmethod

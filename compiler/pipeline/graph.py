@@ -125,7 +125,8 @@ class CompileNode(NodeDef):
     source: str
     normalize: str
     data: str
-    uses_calibration: bool = False  # the backend reads calibration data (a parent then)
+    # the backend reads calibration data, or judges its builds on the samples (a parent then)
+    uses_calibration: bool = False
 
     @property
     def parents(self) -> tuple[str, ...]:
@@ -274,6 +275,7 @@ class BuildGraph(NodeGraph):
         for pcfg in config.passes:
             source = self.add_pass(source, pcfg, target).id
         aid = f"{target}/{variant}"
+        backend = get_backend(config.compile.backend)
         compile_node = self.add(
             CompileNode(
                 id=f"{aid}:compile",
@@ -283,7 +285,7 @@ class BuildGraph(NodeGraph):
                 source=source,
                 normalize=self.normalize.id,
                 data=self.data.id,
-                uses_calibration=get_backend(config.compile.backend).uses_calibration,
+                uses_calibration=backend.uses_calibration or backend.judged(config.compile),
             )
         )
         verify_node = self.add(

@@ -29,6 +29,7 @@ from compiler.core.quantized import quantized_ops
 from compiler.core.settings import OpenVinoSettings
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
 from targets.int8_flavour import with_int8_flavour
+from targets.openvino.float_layers import keep_in_f32
 from targets.openvino.runtime import INSTALL, compile_ir, openvino_message
 
 __all__ = ["OpenVinoBackend", "OpenVinoOptions"]
@@ -64,6 +65,10 @@ class OpenVinoOptions(BackendOptions):
     # opt-in, a second measurement did not hold its gain)
     static_shapes: int = Field(default=0, ge=0, description="0: run the model as built")
     min_runtime_version: str = ""  # "": the year.minor of the OpenVINO that built the IR
+    # bf16 only: where bf16 throughout fails the package's bf16 gate at build (user data
+    # only), the first run of conv/matmul layers from the inputs or the outputs, up to this
+    # many, whose f32 makes it pass runs f32 (targets/openvino/float_layers.py); 0: never
+    float_layers: int = Field(default=16, ge=0)
 
     def compute_precision(self) -> str:
         return {"f32": "fp32", "bf16": "bf16"}[self.inference_precision]
@@ -75,9 +80,10 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "4"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "5"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
-    # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes
+    # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
+    # 5: bf16 keeps the layers its gate needs in f32
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -88,6 +94,11 @@ class OpenVinoBackend(Backend):
         if importlib.util.find_spec("openvino") is None:
             return Availability(ok=False, reason="openvino is not installed", install=INSTALL)
         return Availability(ok=True)
+
+    @classmethod
+    def judged(cls, options: BackendOptions) -> bool:
+        assert isinstance(options, OpenVinoOptions)
+        return options.inference_precision == "bf16" and options.float_layers > 0
 
     @classmethod
     def runtime_availability(cls) -> Availability:
@@ -128,6 +139,12 @@ class OpenVinoBackend(Backend):
         except Exception as exc:  # openvino raises plain RuntimeError subclasses
             msg = f"openvino cannot compile the IR of {model_path.name}: {openvino_message(exc)}"
             raise BuildError(msg) from exc
+        if request.judge is not None and self.judged(opts):
+            outputs = [o.name for o in request.contract.outputs]
+            xml = out_dir / _XML
+            notes.append(
+                keep_in_f32(xml, request.judge, outputs, opts.float_layers, request.workdir).note
+            )
         return BuildResult(
             files=[_XML, _BIN],
             runtime=OpenVinoSettings(

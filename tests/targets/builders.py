@@ -25,6 +25,8 @@ __all__ = [
     "conv_net",
     "lstm_net",
     "max_abs",
+    "offset_diff_net",
+    "offset_images",
     "qdq_mlp",
     "qdq_model",
     "reference",
@@ -156,6 +158,46 @@ def lstm_net(hidden: int = 2) -> onnx.ModelProto:
         inits,
     )
     return _model(graph)
+
+
+def offset_diff_net(seed: int = 0) -> onnx.ModelProto:
+    """A net bf16 cannot run throughout: x[1,1,16,17] (raw counts near 1000, as a sensor's)
+    -> Conv "diff" (neighbour differences, 1x2) -> Conv 3x3 -> Relu -> Conv 3x3 -> y. bf16
+    keeps 8 significant bits, so it rounds the input to steps of 4-8 and the differences
+    (about 1) are lost; with "diff" in f32 the rest is fine in bf16."""
+    rng = np.random.default_rng(seed)
+    diff = np.zeros((4, 1, 1, 2), np.float32)
+    diff[:, 0, 0, 0], diff[:, 0, 0, 1] = 1.0, -1.0
+    diff *= np.arange(1, 5, dtype=np.float32)[:, None, None, None]
+    inits = [
+        numpy_helper.from_array(diff, "wd"),
+        _init(rng, "w2", 0.3, (8, 4, 3, 3)),
+        _init(rng, "w3", 0.3, (4, 8, 3, 3)),
+    ]
+    pad = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["x", "wd"], ["d"], name="diff"),
+        helper.make_node("Conv", ["d", "w2"], ["c2"], name="conv2", **pad),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3", **pad),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "offset_diff",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 17])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        inits,
+    )
+    return _model(graph)
+
+
+def offset_images(n: int, seed: int) -> list[Feeds]:
+    """Inputs of offset_diff_net: unit noise on an offset of 1000-1050."""
+    rng = np.random.default_rng(seed)
+    return [
+        {"x": (1000 + 50 * rng.random() + rng.normal(size=(1, 1, 16, 17))).astype(np.float32)}
+        for _ in range(n)
+    ]
 
 
 def smooth_images(n: int, seed: int, size: int = 32) -> list[Feeds]:

@@ -17,18 +17,21 @@ import pytest
 from onnx import helper
 
 from compiler.core.errors import BuildError
-from compiler.core.parity import output_metrics
+from compiler.core.parity import compare_outputs, margin, output_metrics
 from compiler.core.tolerance import DEFAULT_TOLERANCES
 from compiler.pipeline.interface import extract_contract
-from targets.base import BuildRequest
+from targets.base import BuildRequest, Judgement
 from tests.targets.builders import (
     attention_block,
     build_openvino,
     conv_net,
     dynamic_int8_model,
     max_abs,
+    offset_diff_net,
+    offset_images,
     qdq_model,
     reference,
+    request,
     run_all,
     save,
     smooth_images,
@@ -39,6 +42,7 @@ ov = pytest.importorskip("openvino")
 
 from targets.openvino import runtime as ov_runtime  # noqa: E402
 from targets.openvino.backend import OpenVinoBackend, OpenVinoOptions  # noqa: E402
+from targets.openvino.float_layers import compute_layers, mark_precise  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,6 +153,106 @@ def test_bf16_records_its_isa_and_is_not_portable(tmp_path: Path) -> None:
     assert result.runtime.inference_precision == "bf16" and result.precision == "bf16"
     assert result.requirements.isa == ["avx512bw", "avx512f", "avx512vl"]
     assert not result.portable  # elsewhere it would run f32: no cross-host check of bf16
+
+
+# ------------------------------------------------------ bf16 with layers kept in f32
+
+
+def _native_bf16() -> bool:
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+native_bf16 = pytest.mark.skipif(
+    not _native_bf16(), reason="this CPU has no native bf16 (OpenVINO would run f32)"
+)
+
+
+class _ParityJudge:
+    """The bf16 gate on parity alone, as the compile node hands it (targets/base.py Judge)."""
+
+    def __init__(self, model: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self.references = reference(model, feeds)
+        self.calls = 0
+
+    def __call__(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
+        self.calls += 1
+        tol = DEFAULT_TOLERANCES["bf16"]
+        ok, per = compare_outputs(outputs, self.references, lambda _name: tol)
+        return Judgement(ok, min(margin(m) for m in per.values()), "parity")
+
+
+def _precisions(out: Path, result: object, contract: object) -> dict[str, str]:
+    """What each layer of the artifact compiles to, as serving loads it (runtime.load)."""
+    runner = ov_runtime.load(out, result.runtime, [o.name for o in contract.outputs])
+    ops = runner.compiled.get_runtime_model().get_ops()
+    return {op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str) for op in ops}
+
+
+@native_bf16
+def test_bf16_keeps_the_layers_its_gate_needs_in_f32(tmp_path: Path) -> None:
+    path = save(offset_diff_net(), tmp_path / "src")
+    feeds = offset_images(8, seed=1)
+    judge = _ParityJudge(path, feeds)
+    opts = OpenVinoOptions(inference_precision="bf16")
+    req, contract = request(path, opts, tmp_path / "work", precision="bf16")
+    (tmp_path / "work").mkdir()
+    req.judge = judge
+    out = tmp_path / "mixed"
+    out.mkdir()
+    result = OpenVinoBackend().build(path, req, out)
+    assert any(
+        n.startswith("1 of 3 conv/matmul layers kept in f32 (the first 1: diff)")
+        for n in result.notes
+    )
+    # the mark is in the IR, so serving compiles diff in f32 and the rest in bf16
+    precisions = _precisions(out, result, contract)
+    assert precisions["diff"] == "f32" and precisions["conv2"] == "bf16"
+    held_out = _ParityJudge(path, offset_images(8, seed=2))
+    assert held_out(run_all(result, out, contract, held_out.feeds)).passed
+    # bf16 throughout, as built without a judge, is what the gate refused
+    plain, plain_out, _ = build_openvino(path, tmp_path, "bf16", inference_precision="bf16")
+    assert not any("f32" in n for n in plain.notes)
+    assert _precisions(plain_out, plain, contract)["diff"] == "bf16"
+    assert not held_out(run_all(plain, plain_out, contract, held_out.feeds)).passed
+
+
+@native_bf16
+def test_bf16_that_passes_its_gate_keeps_nothing_in_f32(tmp_path: Path) -> None:
+    path = save(conv_net(), tmp_path / "src")
+    judge = _ParityJudge(path, smooth_images(4, seed=3))
+    opts = OpenVinoOptions(inference_precision="bf16")
+    req, _ = request(path, opts, tmp_path, precision="bf16")
+    req.judge = judge
+    out = tmp_path / "out"
+    out.mkdir()
+    result = OpenVinoBackend().build(path, req, out)
+    assert "bf16 throughout passed the bf16 gate at build on 4 samples" in result.notes
+    assert judge.calls == 1 and b"precise" not in (out / "model.xml").read_bytes()
+
+
+def test_float_layers_zero_asks_for_no_judge() -> None:
+    assert OpenVinoBackend.judged(OpenVinoOptions(inference_precision="bf16"))
+    assert not OpenVinoBackend.judged(OpenVinoOptions(inference_precision="bf16", float_layers=0))
+    assert not OpenVinoBackend.judged(OpenVinoOptions(inference_precision="f32"))
+
+
+def test_marks_name_layers_the_ir_has(tmp_path: Path) -> None:
+    path = save(offset_diff_net(), tmp_path / "src")
+    _, out, _ = build_openvino(path, tmp_path)
+    xml = out / "model.xml"
+    # OpenVINO names a layer by its ONNX node, the last by the output it makes
+    assert compute_layers(ov.Core().read_model(str(xml))) == ["diff", "conv2", "y"]
+    with pytest.raises(ValueError, match="no layers \\['nope'\\]"):
+        mark_precise(xml, ["nope"], tmp_path / "x.xml")
+    mark_precise(xml, ["y"], xml)
+    marked = ov.Core().read_model(str(xml))
+    kept = [
+        op.get_friendly_name()
+        for op in marked.get_ops()
+        if "DisablePrecisionConversion_0" in op.get_rt_info()
+    ]
+    assert kept == ["y"]
 
 
 def test_fp16_weight_compression_is_explicit(tmp_path: Path) -> None:

@@ -1,16 +1,27 @@
 """compile: one variant's artifact, built by its backend from its source's model file (backends
-take paths); a backend missing on this host makes the node a skip that says how to get it."""
+take paths); a backend missing on this host makes the node a skip that says how to get it.
+
+A backend that chooses between builds by accuracy (`Backend.judged`: OpenVINO bf16 keeping the
+layers bf16 cannot compute in f32) gets the package's gate of the variant's precision as its
+`judge`, on user data only: a choice fitted to generated noise would be judged on noise too.
+"""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
-from compiler.core.records import Availability, CompileOutput, NormalizeOutput
+import numpy as np
+import onnx
+
+from compiler.core.records import Availability, CompileOutput, DataOutput, NormalizeOutput
 from compiler.pipeline.graph import CompileNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
+from compiler.pipeline.nodes.passes import gate_material, pass_context
 from compiler.pipeline.variant import lossiest
+from passes.accuracy import Gate, make_gate
+from targets.base import Judgement
 from targets.registry import BuildRequest, get_backend
 
 __all__ = ["CompileKind"]
@@ -18,8 +29,8 @@ __all__ = ["CompileKind"]
 
 class CompileKind(Kind[CompileNode]):
     # 3: CompileOutput records the artifact's own contract (fixed-shape libraries); 4: int8
-    # when the source is already quantized
-    version = "4"
+    # when the source is already quantized; 5: a judged backend gets the gate
+    version = "5"
 
     def key(self, node: CompileNode, ctx: NodeContext) -> KeyMaterial:
         v = node.config
@@ -34,6 +45,7 @@ class CompileKind(Kind[CompileNode]):
             "source_precision": ctx.output(node.normalize, NormalizeOutput).precision,
             "contract": ctx.contract_key(node.normalize, kinds=False),
             "libs": cls.library_versions(),
+            "gate": gate_material(v.precision, ctx) if cls.judged(v.compile) else None,
         }
 
     def skip(self, node: CompileNode, ctx: NodeContext) -> Availability | None:
@@ -45,16 +57,19 @@ class CompileKind(Kind[CompileNode]):
         cls = get_backend(v.compile.backend)
         # an artifact computes at least as lossily as its source (int8 for a quantized model)
         source = ctx.output(node.normalize, NormalizeOutput).precision
+        precision = lossiest([v.precision, source])
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            judge = _judge(node, ctx, precision, Path(tmp)) if cls.judged(v.compile) else None
             request = BuildRequest(
                 target=node.target,
                 variant=node.variant,
-                precision=lossiest([v.precision, source]),
+                precision=precision,
                 options=v.compile,
                 contract=ctx.contract(node.normalize),
                 workdir=Path(tmp),
                 calibration=lambda: ctx.feeds(node.data, "calibration"),
                 calibration_source=ctx.calibration_source(node.data),
+                judge=judge,
             )
             result = cls().build(ctx.model_path(node.source), request, out)
         return CompileOutput(
@@ -69,3 +84,33 @@ class CompileKind(Kind[CompileNode]):
             status=result.status,  # type: ignore[arg-type]
             contract=result.contract,
         )
+
+
+class _GateJudge:
+    """passes/accuracy.py's gate in the shape backends take (targets/base.py `Judge`)."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.feeds = gate.feeds
+
+    def __call__(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
+        result = self.gate.judge(outputs)
+        said = [
+            f"{name}: {o['failures'][0]}" for name, o in result.outputs.items() if o["failures"]
+        ]
+        task = result.task
+        if task is not None and task.artifact is not None and task.reference is not None:
+            said.insert(0, f"task {task.artifact:.4g} vs the reference's {task.reference:.4g}")
+        return Judgement(result.passed, result.margin, "; ".join(said) or "within every bound")
+
+
+def _judge(node: CompileNode, ctx: NodeContext, precision: str, scratch: Path) -> _GateJudge | None:
+    """The gate of `precision` on the build's user data; None where either data set was
+    generated (nothing to judge a choice on)."""
+    data = ctx.output(node.data, DataOutput)
+    if data.samples_source == "generated" or data.calibration_source == "generated":
+        return None
+    pctx = pass_context(ctx, node.normalize, node.data, node.target, scratch)
+    model = onnx.load(str(ctx.model_path(node.normalize)), load_external_data=False)
+    gate = make_gate(model, pctx, pctx.calibration(), precision=precision)
+    return _GateJudge(gate)

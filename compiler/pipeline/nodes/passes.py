@@ -18,18 +18,18 @@ from compiler.pipeline.graph import PassNode
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
 from compiler.pipeline.normalize import save_model
-from passes.registry import Pass, PassContext, make_pass
+from passes.registry import PassContext, make_pass
 from targets.onnxruntime.backend import reference_session
 
-__all__ = ["PassKind"]
+__all__ = ["PassKind", "gate_material", "pass_context"]
 
 
-def _target_isa(node: PassNode, ctx: NodeContext) -> tuple[str, ...]:
-    """The host's ISA when the pass's target runs on this host's CPU architecture (a gpu
-    target's CPU features say nothing about the device); else nothing."""
-    if node.target is None or node.target == "gpu":
+def _target_isa(target: str | None, ctx: NodeContext) -> tuple[str, ...]:
+    """The host's ISA when the target runs on this host's CPU architecture (a gpu target's
+    CPU features say nothing about the device); else nothing."""
+    if target is None or target == "gpu":
         return ()
-    return tuple(ctx.host.isa) if TARGET_ARCH[node.target] == ctx.host.arch else ()
+    return tuple(ctx.host.isa) if TARGET_ARCH[target] == ctx.host.arch else ()
 
 
 class PassKind(Kind[PassNode]):
@@ -42,9 +42,9 @@ class PassKind(Kind[PassNode]):
             "version": p.version,
             "params": node.config.model_dump(mode="json"),
             "target": node.target,
-            "isa": list(_target_isa(node, ctx)) if p.target_dependent else None,
+            "isa": list(_target_isa(node.target, ctx)) if p.target_dependent else None,
             "libs": p.libraries(),
-            "gate": _gate(p, ctx) if p.uses_reference else None,
+            "gate": gate_material(p.precision, ctx) if p.uses_reference else None,
             "contract": ctx.contract_key(node.normalize),
         }
 
@@ -52,19 +52,21 @@ class PassKind(Kind[PassNode]):
         p = make_pass(node.config)
         model = ctx.model(node.source, node.id)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            result = p(model, _pass_context(node, ctx, Path(tmp)))
+            scratch = Path(tmp)
+            result = p(model, pass_context(ctx, node.normalize, node.data, node.target, scratch))
         save_model(result.model, out)
         ctx.hold(node.id, result.model, out)
         assert result.summary is not None  # Pass.__call__ fills it
         return PassOutput(record=result.summary)
 
 
-def _gate(p: Pass, ctx: NodeContext) -> object:
-    """What a reference-gated pass judges its own output by: the tolerances of its output
-    precision (a numerics-preserving one may read any, so all of them), per precision and per
-    output, and the task metric (whose labels come in through the data node's digest)."""
+def gate_material(precision: str | None, ctx: NodeContext) -> object:
+    """What a reference-gated node judges its own output by: the tolerances of its output
+    precision (None: a numerics-preserving pass may read any, so all of them), per precision
+    and per output, and the task metric (whose labels come in through the data node's
+    digest)."""
     policy = ctx.config.parity.policy()
-    precisions = [p.precision] if p.precision is not None else sorted(policy.tolerances)
+    precisions = [precision] if precision is not None else sorted(policy.tolerances)
     return {
         "tolerances": {k: dataclasses.asdict(policy.tolerances[k]) for k in precisions},
         "outputs": {
@@ -81,10 +83,14 @@ def _gate(p: Pass, ctx: NodeContext) -> object:
     }
 
 
-def _pass_context(node: PassNode, ctx: NodeContext, scratch: Path) -> PassContext:
-    contract = ctx.contract(node.normalize)
+def pass_context(
+    ctx: NodeContext, normalize: str, data: str, target: str | None, scratch: Path
+) -> PassContext:
+    """What a node judging models against the package's reference reads: the contract of
+    `normalize`'s model, `data`'s feeds and labels, the build's tolerances and task."""
+    contract = ctx.contract(normalize)
     names = [o.name for o in contract.outputs]
-    ref_model = ctx.model_path(node.normalize)
+    ref_model = ctx.model_path(normalize)
     session: list[object] = []
 
     def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -97,16 +103,16 @@ def _pass_context(node: PassNode, ctx: NodeContext, scratch: Path) -> PassContex
     return PassContext(
         contract=contract,
         workdir=scratch,
-        target=node.target,
-        target_isa=_target_isa(node, ctx),
-        calibration=lambda: ctx.feeds(node.data, "calibration"),
-        calibration_source=ctx.calibration_source(node.data),
+        target=target,
+        target_isa=_target_isa(target, ctx),
+        calibration=lambda: ctx.feeds(data, "calibration"),
+        calibration_source=ctx.calibration_source(data),
         reference=reference,
         tolerances=tolerances,
         output_tolerances=policy.outputs,
         task=policy.task,
-        validation=lambda: ctx.feeds(node.data, "samples"),
-        labels=lambda: ctx.labels(node.data),
+        validation=lambda: ctx.feeds(data, "samples"),
+        labels=lambda: ctx.labels(data),
         shared=_shared(ctx),
     )
 
