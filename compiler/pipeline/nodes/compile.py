@@ -45,7 +45,10 @@ class CompileKind(Kind[CompileNode]):
             "source_precision": ctx.output(node.normalize, NormalizeOutput).precision,
             "contract": ctx.contract_key(node.normalize, kinds=False),
             "libs": cls.library_versions(),
-            "gate": gate_material(v.precision, ctx) if cls.judged(v.compile) else None,
+            # a judged build runs on this host and is judged there: its CPU features too
+            "gate": {"bounds": gate_material(v.precision, ctx), "isa": list(ctx.host.isa)}
+            if cls.judged(v.compile)
+            else None,
         }
 
     def skip(self, node: CompileNode, ctx: NodeContext) -> Availability | None:
