@@ -43,13 +43,14 @@ __all__ = [
     "AccuracyAwareConfig",
     "Gate",
     "GateResult",
+    "Gates",
     "Quantize",
     "Ranker",
     "TaskGate",
     "gate_references",
     "gate_tolerance",
     "keep_sensitive_layers_in_float",
-    "make_gate",
+    "make_gates",
     "search_share",
     "shared_ranker",
 ]
@@ -239,33 +240,85 @@ def search_share(labelled: int) -> int:
     return max(1, math.ceil(labelled / 2))
 
 
-def make_gate(
+@dataclass(frozen=True)
+class Gates:
+    """One gate on two sample sets. `whole`: every labelled sample, the verdict's own; the
+    unchanged model (plain int8, bf16 throughout) is judged there, which fits nothing, so a
+    search starts exactly when the verdict would fail it. `search`: the first
+    `search_share` of them, what a search chooses its changes on (the rest held out for the
+    verdict). Without labelled samples and a task both are the one gate on the pass's
+    feeds."""
+
+    whole: Gate
+    search: Gate
+
+    def first_check(self, model: onnx.ModelProto) -> tuple[GateResult, GateResult]:
+        """The unchanged model's verdict on `whole` and on `search`, from one run."""
+        return self.judge_both(run_model(model, self.whole.feeds))
+
+    def judge_both(
+        self, outputs: Sequence[Mapping[str, np.ndarray]]
+    ) -> tuple[GateResult, GateResult]:
+        """Outputs of `whole.feeds` judged by `whole` and by `search` (their first part)."""
+        return self.whole.judge(outputs), self.search.judge(outputs[: len(self.search.feeds)])
+
+    def unsearchable(self, whole: GateResult, search: GateResult) -> str:
+        """Why no search can help a model failing on `whole` ('' where one can): it passes on
+        the samples a search chooses on, so no change there looks better."""
+        if whole.passed or not search.passed:
+            return ""
+        return (
+            f"fails on all {len(self.whole.feeds)} labelled samples but passes on the first "
+            f"{len(self.search.feeds)} a search chooses on: nothing to choose by, so no search "
+            "ran; the verdict judges it as it is"
+        )
+
+    def unchanged(self, whole: GateResult, why: str) -> dict[str, Any]:
+        """The record of a search that did not run: the model passes (`why` '') or no
+        search can help it (`why`, from `unsearchable`)."""
+        record: dict[str, Any] = {"gate_before": whole.record(), "kept_in_float": []}
+        if self.whole.note:
+            record["note"] = self.whole.note
+        if why:
+            record["unsearched"] = why
+        return record
+
+
+def make_gates(
     model: onnx.ModelProto,
     ctx: PassContext,
     calibration: Feeds,
     min_cosine: float | None = None,
     min_top1: float | None = None,
     precision: str = "int8",
-) -> Gate:
-    """The gate of `precision` a pass judges its result by: on the first part of the
-    labelled parity samples (`search_share`) with the task metric when the build names one
-    and the samples have labels, else on `calibration`."""
+) -> Gates:
+    """The gates of `precision` a pass judges its result by: on the labelled parity samples
+    with the task metric when the build names one and the samples have labels (the search's
+    on their first `search_share`), else one gate on `calibration`."""
     tolerance = gate_tolerance(ctx, min_cosine, min_top1, precision)
     kinds = {o.name: o.kind for o in ctx.contract.outputs}
-    feeds, task, note = list(calibration), None, ""
+    feeds, labels, note = list(calibration), None, ""
     if ctx.task is not None:
-        samples, labels = ctx.validation(), ctx.labels()
-        if labels is None or len(labels) != len(samples) or not samples:
+        samples, given = ctx.validation(), ctx.labels()
+        if given is None or len(given) != len(samples) or not samples:
             note = "task metric not scored: the samples have no labels (labels.json)"
         else:
-            seen = search_share(len(samples))
-            feeds = samples[:seen]
-            task = TaskGate(ctx.task, load_callable(ctx.task.metric), list(labels[:seen]))
+            feeds, labels = list(samples), list(given)
     references = gate_references(model, feeds, ctx.reference)
-    gate = Gate(tolerance, feeds, references, kinds, task, precision)
-    gate.note = note
-    gate.data_sized = ctx.contract.data_sized_outputs()
-    return gate
+
+    def gate(n: int) -> Gate:
+        task = None
+        if ctx.task is not None and labels is not None:
+            task = TaskGate(ctx.task, load_callable(ctx.task.metric), labels[:n])
+        made = Gate(tolerance, feeds[:n], references[:n], kinds, task, precision)
+        made.note = note
+        made.data_sized = ctx.contract.data_sized_outputs()
+        return made
+
+    if labels is None:
+        one = gate(len(feeds))
+        return Gates(one, one)
+    return Gates(gate(len(feeds)), gate(search_share(len(feeds))))
 
 
 def _summary(m: OutputParity) -> dict[str, Any]:

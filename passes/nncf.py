@@ -13,9 +13,10 @@ transformer quantizer placement; `fast_bias_correction` corrects each layer's ou
 
 `accuracy_control` (`enabled: auto`: on when the calibration data is the user's; on generated
 data no gate verdict means anything, so it stays off and the record says so): when the plain
-result fails the int8 gate (passes/accuracy.py's `Gate`: the package's parity metrics and
-int8 tolerance per output kind, and the task metric when the samples have labels, against
-the package's reference), first the coarse step of passes/int8_search.py (elementwise and
+result fails the int8 gate on every labelled sample (passes/accuracy.py's `Gates`: the
+package's parity metrics and int8 tolerance per output kind, and the task metric when the
+samples have labels, against the package's reference; the search then chooses on their
+first half), first the coarse step of passes/int8_search.py (elementwise and
 normalization arithmetic kept float, one more quantization), then
 `nncf.quantize_with_accuracy_control` (NNCF 3.4 runs it on ONNX models: its ONNX backend has
 the accuracy restorer), whose validation function is the gate's margin (>= 0: passes) and
@@ -35,7 +36,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from compiler.core.errors import NotApplicable, PassError
-from passes.accuracy import Gate, make_gate
+from passes.accuracy import Gate, make_gates
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
 from passes.int8_search import search_int8
@@ -129,8 +130,9 @@ class NncfPass(Pass[NncfConfig]):
     # fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 11: the
     # gate compares outputs sized by the data (an NMS's detections; parity.py); 12: an output
     # that is a weight counts in the interface the pass must keep (passes/base.py); 13: the
-    # gate reads a dense map's score channels as decisions at 0.5 (parity.py)
-    version = "13"
+    # gate reads a dense map's score channels as decisions at 0.5 (parity.py); 14: plain int8
+    # is judged on every labelled sample, accuracy control only where it fails there
+    version = "14"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False
@@ -261,14 +263,15 @@ class NncfPass(Pass[NncfConfig]):
     ) -> tuple[onnx.ModelProto, dict[str, Any]]:
         """The plain result if it passes the gate, else NNCF's accuracy-controlled one."""
         ac = self.config.accuracy_control
-        gate = make_gate(model, ctx, feeds, ac.min_cosine, ac.min_top1)
-        before = gate.check(plain)
-        record: dict[str, Any] = {"gate_before": before.record()}
+        gates = make_gates(model, ctx, feeds, ac.min_cosine, ac.min_top1)
+        verdict, before = gates.first_check(plain)
+        blind = gates.unsearchable(verdict, before)
+        if verdict.passed or blind:
+            return plain, gates.unchanged(verdict, blind)
+        gate = gates.search
+        record: dict[str, Any] = {"gate_before": verdict.record()}
         if gate.note:
             record["note"] = gate.note
-        if before.passed:
-            record["kept_in_float"] = []
-            return plain, record
         float_outputs = run_model(model, gate.feeds)
         float_result = gate.judge(float_outputs)
         # room under the outputs' tolerances (a task with max_drop 0 leaves the float model

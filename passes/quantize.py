@@ -27,7 +27,7 @@ from passes.accuracy import (
     AccuracyAwareConfig,
     Quantize,
     keep_sensitive_layers_in_float,
-    make_gate,
+    make_gates,
     shared_ranker,
 )
 from passes.base import (
@@ -160,8 +160,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # an fp16 model is widened to float32 and quantized (passes/upcast.py), not skipped; 13:
     # the gate compares outputs sized by the data (an NMS's detections; parity.py); 14: the
     # layer ranking runs in two rounds beyond 32 candidates (passes/accuracy.py); 16: the
-    # gate reads a dense map's score channels as decisions at 0.5 (parity.py)
-    version = "16"
+    # gate reads a dense map's score channels as decisions at 0.5 (parity.py); 17: plain int8
+    # is judged on every labelled sample, the search only where it fails there
+    version = "17"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -309,8 +310,13 @@ class QuantizePass(Pass[QuantizeConfig]):
         aa = self.config.accuracy_aware
         if not feeds:
             raise PassError("quantize: accuracy_aware needs sample data; none was given")
-        gate = make_gate(model, ctx, feeds, aa.min_cosine, aa.min_top1)
-        plain = gate.check(out)
+        gates = make_gates(model, ctx, feeds, aa.min_cosine, aa.min_top1)
+        verdict, plain = gates.first_check(out)
+        blind = gates.unsearchable(verdict, plain)
+        if verdict.passed or blind:
+            first = next(iter(quantizers))
+            return out, {**gates.unchanged(verdict, blind), "quantizer": {"chosen": first}}
+        gate = gates.search
         found = search_int8(
             model, quantizers, gate, exclude, aa.arithmetic_float and static, (out, plain)
         )
@@ -333,9 +339,9 @@ class QuantizePass(Pass[QuantizeConfig]):
             found.result,
             ranker,
         )
-        record = {**found.record, **loop, "gate_before": plain.record()}
-        if not plain.passed:  # the plain model's verdict before, the kept model's after
-            record["gate_after"] = loop.get("gate_after", loop["gate_before"])
+        # the plain model's verdict on every sample before, the kept model's on the search's after
+        record = {**found.record, **loop, "gate_before": verdict.record()}
+        record["gate_after"] = loop.get("gate_after", loop["gate_before"])
         return out, record
 
     def _calibration(self, ctx: PassContext, record: dict[str, Any]) -> list[dict[str, np.ndarray]]:

@@ -59,11 +59,22 @@ class Judgement:
 class Judge(Protocol):
     """The package's gate for one precision, for backends that choose between builds by
     accuracy (`Backend.judged`): the verdict's checks per output kind against the reference,
-    and the task metric where the samples have labels, on `feeds` (user data only)."""
+    and the task metric where the samples have labels, on `feeds` (user data only).
+
+    The unchanged build is judged on all of `feeds` (the verdict's samples: judging it there
+    fits nothing); a search chooses its changes on the first `search` of them only
+    (`searched`), the rest held out for the verdict."""
 
     feeds: list[dict[str, np.ndarray]]
+    search: int
 
-    def __call__(self, outputs: list[dict[str, np.ndarray]]) -> Judgement: ...
+    def __call__(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
+        """The verdict on the outputs of all of `feeds`."""
+        ...
+
+    def searched(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
+        """The search's judgement on the outputs of the first `search` feeds."""
+        ...
 
 
 @dataclass

@@ -17,8 +17,10 @@ Its last 1-8 layers, the 2-20 layers whose own output error grew most over their
 and the 5-20 with the largest output error did not restore it. So the candidates are runs of
 layers from the inputs and from the outputs, doubling: the first k, then the last k, for k =
 1, 2, 4 ... up to `limit` and at most half the layers; the first the gate passes is kept.
-Each costs one compile and one run over the gate's samples, and only where bf16 throughout
-fails the gate.
+bf16 throughout is judged on all the labelled samples, as its verdict will be (which fits
+nothing); a search runs only where it fails there, and chooses on the first half of them
+(passes/accuracy.py `Gates`), the rest held out for the verdict. Each candidate costs one
+compile and one run over those samples.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from targets.base import Judge, Judgement
+from targets.base import Judge
 from targets.openvino.runtime import OpenVinoArtifact, compile_ir
 
 __all__ = ["FloatSearch", "compute_layers", "keep_in_f32", "mark_precise"]
@@ -89,8 +91,10 @@ def _candidates(layers: Sequence[str], limit: int) -> list[tuple[str, list[str]]
     return out
 
 
-def _judge(xml: Path, weights: Path, judge: Judge, outputs: Sequence[str]) -> Judgement | None:
-    """The gate's verdict on the IR compiled bf16; None where this CPU compiles it f32."""
+def _run(
+    xml: Path, weights: Path, feeds: Sequence[dict[str, Any]], outputs: Sequence[str]
+) -> list[dict[str, Any]] | None:
+    """The IR compiled bf16 on `feeds`; None where this CPU compiles it f32."""
     from openvino import Core
 
     compiled = compile_ir(Core().read_model(str(xml), str(weights)), _BF16)
@@ -98,7 +102,7 @@ def _judge(xml: Path, weights: Path, judge: Judge, outputs: Sequence[str]) -> Ju
         return None
     runner = OpenVinoArtifact(compiled, outputs)
     try:
-        return judge([runner.run(f) for f in judge.feeds])
+        return [runner.run(f) for f in feeds]
     finally:
         runner.close()
 
@@ -106,35 +110,43 @@ def _judge(xml: Path, weights: Path, judge: Judge, outputs: Sequence[str]) -> Ju
 def keep_in_f32(
     xml: Path, judge: Judge, outputs: Sequence[str], limit: int, scratch: Path
 ) -> FloatSearch:
-    """Judge the IR at `xml` in bf16; where it fails, mark in `xml` the first run of layers
-    (module docstring) whose f32 makes it pass."""
+    """Judge the IR at `xml` in bf16 on all the judge's samples; where it fails, mark in
+    `xml` the first run of layers (module docstring) whose f32 makes it pass on the samples
+    the search chooses on (`judge.search`)."""
     from openvino import Core
 
     weights = xml.with_suffix(".bin")
-    samples = f"{len(judge.feeds)} samples"
-    plain = _judge(xml, weights, judge, outputs)
-    if plain is None:
+    ran = _run(xml, weights, judge.feeds, outputs)
+    if ran is None:
         return FloatSearch([], "bf16 not judged at build: this CPU compiles bf16 as f32")
+    plain = judge(ran)
+    whole, part = f"{len(judge.feeds)} samples", f"the first {judge.search}"
     if plain.passed:
-        return FloatSearch([], f"bf16 throughout passed the bf16 gate at build on {samples}")
+        return FloatSearch([], f"bf16 throughout passed the bf16 gate at build on {whole}")
+    failed = f"bf16 throughout failed the bf16 gate at build on {whole} ({plain.summary})"
+    if judge.search < len(judge.feeds) and judge.searched(ran[: judge.search]).passed:
+        return FloatSearch(
+            [], f"{failed} but passed on {part}, where a search chooses: no search ran"
+        )
     layers = compute_layers(Core().read_model(str(xml), str(weights)))
-    failed = f"bf16 throughout failed the bf16 gate at build on {samples} ({plain.summary})"
     candidates = _candidates(layers, limit)
+    chosen_on = f" on {part}" if judge.search < len(judge.feeds) else ""
     for i, (which, names) in enumerate(candidates):
         trial = scratch / f"float-{i}.xml"
         mark_precise(xml, names, trial)
-        result = _judge(trial, weights, judge, outputs)
+        tried = _run(trial, weights, judge.feeds[: judge.search], outputs)
+        result = judge.searched(tried) if tried is not None else None
         if result is not None and result.passed:
             mark_precise(xml, names, xml)
             shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
             return FloatSearch(
                 names,
                 f"{len(names)} of {len(layers)} conv/matmul layers kept in f32 ({which}: "
-                f"{shown}): {failed}; with them in f32 it passed ({result.summary})",
+                f"{shown}): {failed}; with them in f32 it passed{chosen_on} ({result.summary})",
             )
     return FloatSearch(
         [],
         f"{failed}; none of {len(candidates)} runs of up to {min(limit, len(layers) // 2)} "
-        "layers from the inputs or the outputs kept in f32 passed it: bf16 throughout, "
-        "for the verdict to judge",
+        f"layers from the inputs or the outputs kept in f32 passed it{chosen_on}: bf16 "
+        "throughout, for the verdict to judge",
     )

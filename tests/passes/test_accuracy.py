@@ -198,8 +198,9 @@ def test_gate_judges_class_scores_by_decided_top1(tmp_path: Path) -> None:
 
 def test_task_metric_decides_the_loop(tmp_path: Path) -> None:
     """Outputs alone would pass anything here; the labelled task fails plain int8 (most rows
-    flip) and passes once the outlier layer is float. The loop chooses on the first half of
-    the 16 labelled samples only: the verdict's other half is held out from it."""
+    flip) and passes once the outlier layer is float. Plain int8 is judged on all 16 labelled
+    samples; the loop chooses on the first half only: the verdict's other half is held out
+    from it."""
     model = outlier_mlp()
     samples = _feeds(16, seed=2)
     labels = [o["y"].argmax(axis=1).tolist() for o in run(model, samples)]
@@ -215,7 +216,26 @@ def test_task_metric_decides_the_loop(tmp_path: Path) -> None:
     assert [k["layer"] for k in aa["kept_in_float"]] == ["mm1"]
     after = aa["gate_after"]["task"]
     assert aa["gate_after"]["passed"] is True and after["drop"] <= TASK.max_drop
-    assert after["samples"] == before["task"]["samples"] == 8
+    # plain int8 is judged on all 16 (as its verdict will be), the search on the first 8
+    assert before["task"]["samples"] == 16 and after["samples"] == 8
+
+
+def test_no_search_where_plain_int8_passes_the_search_share(tmp_path: Path) -> None:
+    """Plain int8 fails on all 16 labelled samples but passes on the first 8 (inputs of zero,
+    which int8 computes as well as float): a search there has nothing to choose by, so none
+    runs and the record says why; the verdict judges plain int8."""
+    model = outlier_mlp()
+    samples = [{"x": np.zeros((4, 16), np.float32)} for _ in range(8)] + _feeds(8, seed=2)
+    labels = [o["y"].argmax(axis=1).tolist() for o in run(model, samples)]
+    ctx = _ctx(
+        model, tmp_path, tolerances={"int8": NO_PARITY}, task=TASK,
+        validation=lambda: samples, labels=lambda: labels,
+    )  # fmt: skip
+    cfg = QuantizeConfig(mode="static", accuracy_aware={"enabled": True})
+    aa = QuantizePass(cfg)(model, ctx).record["accuracy_aware"]
+    assert aa["gate_before"]["passed"] is False and aa["gate_before"]["task"]["samples"] == 16
+    assert "passes on the first 8 a search chooses on" in aa["unsearched"]
+    assert aa["kept_in_float"] == [] and "ranking" not in aa
 
 
 def test_task_without_labels_is_noted_and_the_outputs_judge(tmp_path: Path) -> None:

@@ -168,18 +168,28 @@ native_bf16 = pytest.mark.skipif(
 
 
 class _ParityJudge:
-    """The bf16 gate on parity alone, as the compile node hands it (targets/base.py Judge)."""
+    """The bf16 gate on parity alone, as the compile node hands it (targets/base.py Judge):
+    a search chooses on the first `search` feeds (all by default)."""
 
-    def __init__(self, model: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(
+        self, model: Path, feeds: list[dict[str, np.ndarray]], search: int | None = None
+    ) -> None:
         self.feeds = feeds
+        self.search = len(feeds) if search is None else search
         self.references = reference(model, feeds)
         self.calls = 0
+        self.searched_on: list[int] = []  # how many outputs each search judgement was given
 
     def __call__(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
         self.calls += 1
         tol = DEFAULT_TOLERANCES["bf16"]
-        ok, per = compare_outputs(outputs, self.references, lambda _name: tol)
+        ok, per = compare_outputs(outputs, self.references[: len(outputs)], lambda _name: tol)
         return Judgement(ok, min(margin(m) for m in per.values()), "parity")
+
+    def searched(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
+        assert len(outputs) == self.search
+        self.searched_on.append(len(outputs))
+        return self(outputs)
 
 
 def _precisions(out: Path, result: object, contract: object) -> dict[str, str]:
@@ -215,6 +225,40 @@ def test_bf16_keeps_the_layers_its_gate_needs_in_f32(tmp_path: Path) -> None:
     assert not any("f32" in n for n in plain.notes)
     assert _precisions(plain_out, plain, contract)["diff"] == "bf16"
     assert not held_out(run_all(plain, plain_out, contract, held_out.feeds)).passed
+
+
+@native_bf16
+def test_bf16_search_chooses_on_its_share(tmp_path: Path) -> None:
+    """bf16 throughout is judged on every sample; the layers it keeps in f32 are chosen on
+    the first `search` samples only."""
+    path = save(offset_diff_net(), tmp_path / "src")
+    judge = _ParityJudge(path, offset_images(8, seed=1), search=4)
+    req, _ = request(path, OpenVinoOptions(inference_precision="bf16"), tmp_path, precision="bf16")
+    req.judge = judge
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = OpenVinoBackend().build(path, req, out).notes
+    assert any("on 8 samples" in n and "(the first 1: diff)" in n for n in notes), notes
+    assert any("it passed on the first 4" in n for n in notes), notes
+    # bf16 throughout on the search's 4 (it fails there too), then the first candidate
+    assert judge.searched_on == [4, 4]
+
+
+@native_bf16
+def test_bf16_passing_on_the_search_share_is_not_searched(tmp_path: Path) -> None:
+    """Where bf16 throughout fails on all samples but passes on the ones a search would
+    choose on, no choice can be made there: nothing is searched or kept in f32."""
+    path = save(offset_diff_net(), tmp_path / "src")
+    near_zero = [{"x": f["x"] - 1000} for f in offset_images(4, seed=4)]
+    judge = _ParityJudge(path, near_zero + offset_images(4, seed=1), search=4)
+    req, _ = request(path, OpenVinoOptions(inference_precision="bf16"), tmp_path, precision="bf16")
+    req.judge = judge
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = OpenVinoBackend().build(path, req, out).notes
+    assert any("failed the bf16 gate at build on 8 samples" in n for n in notes), notes
+    assert any("passed on the first 4, where a search chooses: no search ran" in n for n in notes)
+    assert judge.searched_on == [4] and b"precise" not in (out / "model.xml").read_bytes()
 
 
 @native_bf16

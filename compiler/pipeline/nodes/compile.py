@@ -20,7 +20,7 @@ from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
 from compiler.pipeline.nodes.passes import gate_material, pass_context
 from compiler.pipeline.variant import lossiest
-from passes.accuracy import Gate, make_gate
+from passes.accuracy import GateResult, Gates, make_gates
 from targets.base import Judgement
 from targets.registry import BuildRequest, get_backend
 
@@ -29,8 +29,9 @@ __all__ = ["CompileKind"]
 
 class CompileKind(Kind[CompileNode]):
     # 3: CompileOutput records the artifact's own contract (fixed-shape libraries); 4: int8
-    # when the source is already quantized; 5: a judged backend gets the gate
-    version = "5"
+    # when the source is already quantized; 5: a judged backend gets the gate; 6: and judges the
+    # unchanged build on every labelled sample, a search on the first half
+    version = "6"
 
     def key(self, node: CompileNode, ctx: NodeContext) -> KeyMaterial:
         v = node.config
@@ -95,31 +96,37 @@ JUDGE_SAMPLES = 32
 
 
 class _GateJudge:
-    """passes/accuracy.py's gate in the shape backends take (targets/base.py `Judge`)."""
+    """passes/accuracy.py's gates in the shape backends take (targets/base.py `Judge`)."""
 
-    def __init__(self, gate: Gate) -> None:
-        self.gate = gate
-        self.feeds = gate.feeds
+    def __init__(self, gates: Gates) -> None:
+        self.gates = gates
+        self.feeds = gates.whole.feeds
+        self.search = len(gates.search.feeds)
 
     def __call__(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
-        result = self.gate.judge(outputs)
-        said = [
-            f"{name}: {o['failures'][0]}" for name, o in result.outputs.items() if o["failures"]
-        ]
-        task = result.task
-        if task is not None and task.artifact is not None and task.reference is not None:
-            said.insert(0, f"task {task.artifact:.4g} vs the reference's {task.reference:.4g}")
-        return Judgement(result.passed, result.margin, "; ".join(said) or "within every bound")
+        return _judgement(self.gates.whole.judge(outputs))
+
+    def searched(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
+        return _judgement(self.gates.search.judge(outputs))
+
+
+def _judgement(result: GateResult) -> Judgement:
+    said = [f"{name}: {o['failures'][0]}" for name, o in result.outputs.items() if o["failures"]]
+    task = result.task
+    if task is not None and task.artifact is not None and task.reference is not None:
+        said.insert(0, f"task {task.artifact:.4g} vs the reference's {task.reference:.4g}")
+    return Judgement(result.passed, result.margin, "; ".join(said) or "within every bound")
 
 
 def _judge(node: CompileNode, ctx: NodeContext, precision: str, scratch: Path) -> _GateJudge | None:
-    """The gate of `precision` on the build's user data (the first half of the labelled
-    samples with the task, else up to JUDGE_SAMPLES calibration feeds); None where either data
-    set was generated (nothing to judge a choice on)."""
+    """The gates of `precision` on the build's user data (the labelled samples with the task,
+    a search on their first half; else up to JUDGE_SAMPLES calibration feeds); None where
+    either data set was generated (nothing to judge a choice on)."""
     data = ctx.output(node.data, DataOutput)
     if data.samples_source == "generated" or data.calibration_source == "generated":
         return None
     pctx = pass_context(ctx, node.normalize, node.data, node.target, scratch)
     model = onnx.load(str(ctx.model_path(node.normalize)), load_external_data=False)
-    gate = make_gate(model, pctx, pctx.calibration()[:JUDGE_SAMPLES], precision=precision)
-    return _GateJudge(gate)
+    return _GateJudge(
+        make_gates(model, pctx, pctx.calibration()[:JUDGE_SAMPLES], precision=precision)
+    )
