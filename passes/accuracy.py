@@ -253,13 +253,9 @@ class Gates:
     search: Gate
 
     def first_check(self, model: onnx.ModelProto) -> tuple[GateResult, GateResult]:
-        """The unchanged model's verdict on `whole` and on `search`, from one run."""
-        return self.judge_both(run_model(model, self.whole.feeds))
-
-    def judge_both(
-        self, outputs: Sequence[Mapping[str, np.ndarray]]
-    ) -> tuple[GateResult, GateResult]:
-        """Outputs of `whole.feeds` judged by `whole` and by `search` (their first part)."""
+        """The unchanged model's verdict on `whole` and on `search` (a prefix of it), from one
+        run."""
+        outputs = run_model(model, self.whole.feeds)
         return self.whole.judge(outputs), self.search.judge(outputs[: len(self.search.feeds)])
 
     def unsearchable(self, whole: GateResult, search: GateResult) -> str:
