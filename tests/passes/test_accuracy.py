@@ -196,6 +196,18 @@ def test_gate_judges_class_scores_by_decided_top1(tmp_path: Path) -> None:
     assert "rel_l2" not in y and all("cosine" not in f for f in y["failures"])
 
 
+def _task_ctx(
+    model: onnx.ModelProto, tmp: Path, samples: list[dict[str, np.ndarray]]
+) -> PassContext:
+    """A context whose samples are labelled with the float model's own answers, judged by
+    the task alone (outputs within any bound)."""
+    labels = [o["y"].argmax(axis=1).tolist() for o in run(model, samples)]
+    return _ctx(
+        model, tmp, tolerances={"int8": NO_PARITY}, task=TASK,
+        validation=lambda: samples, labels=lambda: labels,
+    )  # fmt: skip
+
+
 def test_task_metric_decides_the_loop(tmp_path: Path) -> None:
     """Outputs alone would pass anything here; the labelled task fails plain int8 (most rows
     flip) and passes once the outlier layer is float. Plain int8 is judged on all 16 labelled
@@ -203,11 +215,7 @@ def test_task_metric_decides_the_loop(tmp_path: Path) -> None:
     from it."""
     model = outlier_mlp()
     samples = _feeds(16, seed=2)
-    labels = [o["y"].argmax(axis=1).tolist() for o in run(model, samples)]
-    ctx = _ctx(
-        model, tmp_path, tolerances={"int8": NO_PARITY}, task=TASK,
-        validation=lambda: samples, labels=lambda: labels,
-    )  # fmt: skip
+    ctx = _task_ctx(model, tmp_path, samples)
     cfg = QuantizeConfig(mode="static", accuracy_aware={"enabled": True})
     aa = QuantizePass(cfg)(model, ctx).record["accuracy_aware"]
     before = aa["gate_before"]
@@ -226,11 +234,7 @@ def test_no_search_where_plain_int8_passes_the_search_share(tmp_path: Path) -> N
     runs and the record says why; the verdict judges plain int8."""
     model = outlier_mlp()
     samples = [{"x": np.zeros((4, 16), np.float32)} for _ in range(8)] + _feeds(8, seed=2)
-    labels = [o["y"].argmax(axis=1).tolist() for o in run(model, samples)]
-    ctx = _ctx(
-        model, tmp_path, tolerances={"int8": NO_PARITY}, task=TASK,
-        validation=lambda: samples, labels=lambda: labels,
-    )  # fmt: skip
+    ctx = _task_ctx(model, tmp_path, samples)
     cfg = QuantizeConfig(mode="static", accuracy_aware={"enabled": True})
     aa = QuantizePass(cfg)(model, ctx).record["accuracy_aware"]
     assert aa["gate_before"]["passed"] is False and aa["gate_before"]["task"]["samples"] == 16
@@ -254,11 +258,7 @@ def test_nncf_accuracy_control_restores_the_task(tmp_path: Path) -> None:
 
     model = outlier_mlp()
     samples = _feeds(16, seed=2)
-    labels = [o["y"].argmax(axis=1).tolist() for o in run(model, samples)]
-    ctx = _ctx(
-        model, tmp_path, tolerances={"int8": NO_PARITY}, task=TASK,
-        validation=lambda: samples, labels=lambda: labels,
-    )  # fmt: skip
+    ctx = _task_ctx(model, tmp_path, samples)
     cfg = NncfConfig(accuracy_control={"enabled": True, "max_iterations": 4})
     ac = NncfPass(cfg)(model, ctx).record["accuracy_control"]
     assert ac["gate_before"]["task"]["status"] == "failed"
