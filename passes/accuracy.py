@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ from passes.ort_tools import run_model
 
 __all__ = [
     "AccuracyAwareConfig",
+    "Budget",
     "Gate",
     "GateResult",
     "Gates",
@@ -104,6 +106,13 @@ class AccuracyAwareConfig(BaseModel):
         ge=1,
         description="steps after which the loop checks once that it can pass at all (every "
         "layer it may still give back in float, in float) and stops when not; null: never",
+    )
+    max_seconds: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="wall-clock cap on the search after the plain model's check: no step "
+        "starts after it (a ranking under way finishes); null: none. Where it stops the "
+        "search, the result depends on the host's speed, and the record says so",
     )
 
 
@@ -238,6 +247,26 @@ def search_share(labelled: int) -> int:
     of a model fitted to the other half (layout_cdla: NNCF's accuracy control passed an int8
     model on the 8 pages it chose on that drew a stray box more on held-out pages)."""
     return max(1, math.ceil(labelled / 2))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A search's wall-clock cap (`max_seconds` of the accuracy loops): `seconds` from when
+    it was made, None for none. Steps check it before they start, so a step under way ends."""
+
+    seconds: float | None
+    start: float = field(default_factory=time.monotonic)
+
+    def spent(self) -> bool:
+        return self.seconds is not None and time.monotonic() - self.start > self.seconds
+
+    def stopped(self, what: str) -> str:
+        """The record's line for a search this budget stopped: `what` it had then."""
+        took = time.monotonic() - self.start
+        return (
+            f"stopped after {took:.0f} s, over max_seconds {self.seconds:g}, {what}; the "
+            "result depends on this host's speed: raise max_seconds (null: no cap)"
+        )
 
 
 @dataclass(frozen=True)
@@ -481,19 +510,27 @@ def keep_sensitive_layers_in_float(
     cfg: AccuracyAwareConfig,
     before: GateResult | None = None,
     ranker: Ranker | None = None,
+    budget: Budget | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Return the first model in the loop that passes the gate, else the best one kept.
 
     A layer whose float copy does not improve the gate is left int8 and listed as rejected;
     at most 2 * max_float_layers layers are tried. `before`: the gate's verdict on
     `quantized`, when the caller has it. `ranker`: how candidates are ranked (default:
-    `rank_layers` with `quantize` on `cfg.ranking_samples`)."""
+    `rank_layers` with `quantize` on `cfg.ranking_samples`). `budget`: the search's time cap
+    (default: `cfg.max_seconds` from now)."""
+    budget = budget if budget is not None else Budget(cfg.max_seconds)
     before = before if before is not None else gate.check(quantized)
     record: dict[str, Any] = {"gate_before": before.record()}
     if gate.note:
         record["note"] = gate.note
     if before.passed:
         record["kept_in_float"] = []
+        return quantized, record
+    if budget.spent():
+        record["kept_in_float"] = []
+        record["gate_after"] = before.record()
+        record["budget_spent"] = budget.stopped("before ranking layers, still failing")
         return quantized, record
     candidates = candidate_layers(float_model, cfg.candidate_op_types, base_exclude)
     ranked = (
@@ -508,8 +545,12 @@ def keep_sensitive_layers_in_float(
     rejected: list[dict[str, Any]] = []
     model = quantized
     tries = ranked[: 2 * cfg.max_float_layers]
+    out_of_time = False
     for rank, (name, op_type, err) in enumerate(tries, 1):
         if len(kept) >= cfg.max_float_layers:
+            break
+        if budget.spent():
+            out_of_time = True
             break
         if rank - 1 == cfg.ceiling_after and rank < len(tries):
             rest = [n for n, _, _ in tries[rank - 1 :]]
@@ -537,7 +578,11 @@ def keep_sensitive_layers_in_float(
     record["kept_in_float"] = kept
     record["gate_after"] = before.record()
     ceiling = record.get("ceiling")
-    if not before.passed and ceiling is not None and not ceiling["passed"]:
+    if not before.passed and out_of_time:
+        record["budget_spent"] = budget.stopped(
+            f"with {len(kept)} layers kept in float, still failing"
+        )
+    elif not before.passed and ceiling is not None and not ceiling["passed"]:
         record["budget_spent"] = (
             f"still failing after keeping {len(kept)} layers in float, and stopped: with "
             f"those and the {ceiling['untried']} ranked layers it had yet to try in float, "

@@ -25,7 +25,7 @@ from typing import Any
 
 import onnx
 
-from passes.accuracy import Gate, GateResult, Quantize
+from passes.accuracy import Budget, Gate, GateResult, Quantize
 
 __all__ = ["FLOAT_ARITHMETIC", "SearchResult", "arithmetic_nodes", "search_int8"]
 
@@ -100,12 +100,14 @@ def search_int8(
     exclude: Sequence[str],
     arithmetic_float: bool = True,
     first: tuple[onnx.ModelProto, GateResult] | None = None,
+    budget: Budget | None = None,
 ) -> SearchResult:
     """The first of the quantizers (in order) whose model passes the gate, else the best by
     the gate; then, if that still fails, the same with the arithmetic ops float, kept when
     it passes or is closer to passing. `first`: the first quantizer's model and verdict,
     when the caller has them already. Unusable quantizers (a histogram method on samples
-    of several shapes) raise ValueError and are recorded as skipped."""
+    of several shapes) raise ValueError and are recorded as skipped, as are the steps that
+    would start once `budget` is spent (one quantizer always runs)."""
     base = list(exclude)
     names = list(quantizers)
     best: SearchResult | None = None
@@ -113,6 +115,9 @@ def search_int8(
     for i, name in enumerate(names):
         if i == 0 and first is not None:
             model, result = first
+        elif best is not None and budget is not None and budget.spent():
+            tried[name] = {"skipped": "max_seconds spent"}
+            continue
         else:
             try:
                 model = quantizers[name](base, None)
@@ -132,6 +137,9 @@ def search_int8(
         return best
     floated = arithmetic_nodes(float_model, base)
     if not floated:
+        return best
+    if budget is not None and budget.spent():
+        best.record["arithmetic_float"] = {"skipped": "max_seconds spent"}
         return best
     trial_exclude = [*base, *floated]
     model = quantizers[best.method](trial_exclude, None)

@@ -36,7 +36,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from compiler.core.errors import NotApplicable, PassError
-from passes.accuracy import Gate, make_gates
+from passes.accuracy import Budget, Gate, make_gates
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
 from passes.int8_search import search_int8
@@ -88,6 +88,13 @@ class NncfAccuracyControl(_Strict):
     )
     ranking_samples: int | None = Field(
         default=None, ge=1, description="samples NNCF ranks quantizer groups on; None: all"
+    )
+    max_seconds: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="wall-clock cap on the search after the plain model's check: NNCF is "
+        "stopped at its next validation after it and the search's best so far kept; null: "
+        "none. Where it stops the search, the result depends on the host's speed",
     )
     min_cosine: float | None = Field(
         default=None, ge=-1, le=1, description="None: the build's int8 parity tolerance"
@@ -268,7 +275,7 @@ class NncfPass(Pass[NncfConfig]):
         blind = gates.unsearchable(verdict, before)
         if verdict.passed or blind:
             return plain, gates.unchanged(verdict, blind)
-        gate = gates.search
+        gate, budget = gates.search, Budget(ac.max_seconds)
         record: dict[str, Any] = {"gate_before": verdict.record()}
         if gate.note:
             record["note"] = gate.note
@@ -289,7 +296,7 @@ class NncfPass(Pass[NncfConfig]):
             return self._quantize(model, feeds, _ignoring(kwargs, exclude))
 
         found = search_int8(
-            model, {"nncf": quantize}, gate, [], ac.arithmetic_float, (plain, before)
+            model, {"nncf": quantize}, gate, [], ac.arithmetic_float, (plain, before), budget
         )
         if "arithmetic_float" in found.record:
             record["arithmetic_float"] = found.record["arithmetic_float"]
@@ -304,7 +311,13 @@ class NncfPass(Pass[NncfConfig]):
             max(float_result.margin, 0.0),
             ac,
             _ignoring(kwargs, found.exclude),
+            budget,
         )
+        if controlled is None:  # out of time: the coarse step's model, the best so far
+            record["kept_in_float"] = _float_nodes(found.model, plain)
+            record["gate_after"] = found.result.record()
+            record["budget_spent"] = budget.stopped("in NNCF's accuracy control, still failing")
+            return found.model, record
         after = gate.check(controlled)
         record["kept_in_float"] = _float_nodes(controlled, plain)
         record["gate_after"] = after.record()
@@ -350,14 +363,18 @@ def _restore_accuracy(
     max_drop: float,
     ac: NncfAccuracyControl,
     kwargs: dict[str, Any],
-) -> onnx.ModelProto:
-    """`nncf.quantize_with_accuracy_control` with the gate's margin as its metric."""
+    budget: Budget,
+) -> onnx.ModelProto | None:
+    """`nncf.quantize_with_accuracy_control` with the gate's margin as its metric; None where
+    `budget` ran out first (checked at each of NNCF's validations)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     def validate(
         candidate: onnx.ModelProto, data: Iterable[tuple[int, dict[str, np.ndarray]]]
     ) -> tuple[float, list[float]]:
+        if budget.spent():
+            raise _OutOfTime
         items = list(data)
         outs = run_model(candidate, [f for _, f in items])
         at = [i for i, _ in items]
@@ -388,6 +405,13 @@ def _restore_accuracy(
     except nncf.ValidationError as exc:
         msg = " ".join(str(exc).split())
         raise PassError(f"nncf accuracy control refused the model: {msg}") from exc
+    except _OutOfTime:
+        return None
+
+
+class _OutOfTime(Exception):
+    """Raised in NNCF's validation callback once the search's budget is spent: NNCF has no
+    time cap of its own, and lets the callback's exception through."""
 
 
 def _dequantized_inputs(model: onnx.ModelProto) -> set[str]:

@@ -25,6 +25,7 @@ from pydantic import Field
 from compiler.core.errors import NotApplicable, PassError
 from passes.accuracy import (
     AccuracyAwareConfig,
+    Budget,
     Quantize,
     keep_sensitive_layers_in_float,
     make_gates,
@@ -316,9 +317,9 @@ class QuantizePass(Pass[QuantizeConfig]):
         if verdict.passed or blind:
             first = next(iter(quantizers))
             return out, {**gates.unchanged(verdict, blind), "quantizer": {"chosen": first}}
-        gate = gates.search
+        gate, budget = gates.search, Budget(aa.max_seconds)
         found = search_int8(
-            model, quantizers, gate, exclude, aa.arithmetic_float and static, (out, plain)
+            model, quantizers, gate, exclude, aa.arithmetic_float and static, (out, plain), budget
         )
         rankers, settings = ranking
         ranker = shared_ranker(
@@ -338,6 +339,7 @@ class QuantizePass(Pass[QuantizeConfig]):
             aa,
             found.result,
             ranker,
+            budget,
         )
         # the plain model's verdict on every sample before, the kept model's on the search's after
         record = {**found.record, **loop, "gate_before": verdict.record()}

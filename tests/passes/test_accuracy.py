@@ -242,6 +242,22 @@ def test_no_search_where_plain_int8_passes_the_search_share(tmp_path: Path) -> N
     assert aa["kept_in_float"] == [] and "ranking" not in aa
 
 
+def test_a_spent_time_budget_stops_the_search_and_says_so(tmp_path: Path) -> None:
+    """max_seconds caps the search after plain int8's check: with no time left no step
+    starts (no other calibration, no arithmetic step, no ranking), plain int8 stays, and
+    the record says where it stopped and that the result depends on the host's speed."""
+    model = outlier_mlp()
+    ctx = _task_ctx(model, tmp_path, _feeds(16, seed=2))
+    aa_cfg = {"enabled": True, "max_seconds": 1e-9}
+    aa = QuantizePass(QuantizeConfig(mode="static", accuracy_aware=aa_cfg))(model, ctx).record[
+        "accuracy_aware"
+    ]
+    assert aa["gate_before"]["passed"] is False and aa["kept_in_float"] == []
+    assert "before ranking layers" in aa["budget_spent"] and "max_seconds" in aa["budget_spent"]
+    assert aa["quantizer"]["tried"]["percentile"] == {"skipped": "max_seconds spent"}
+    assert aa["arithmetic_float"] == {"skipped": "max_seconds spent"} and "ranking" not in aa
+
+
 def test_task_without_labels_is_noted_and_the_outputs_judge(tmp_path: Path) -> None:
     model = outlier_mlp(outlier=1.0)
     ctx = _ctx(model, tmp_path, task=TASK, validation=lambda: _feeds(4, seed=2))
@@ -264,6 +280,18 @@ def test_nncf_accuracy_control_restores_the_task(tmp_path: Path) -> None:
     assert ac["gate_before"]["task"]["status"] == "failed"
     assert ac["gate_after"]["passed"] is True, ac["gate_after"]
     assert "mm1" in ac["kept_in_float"]
+
+
+def test_nncf_accuracy_control_stops_when_its_time_is_spent(tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    from passes.nncf import NncfConfig, NncfPass
+
+    model = outlier_mlp()
+    ctx = _task_ctx(model, tmp_path, _feeds(16, seed=2))
+    cfg = NncfConfig(accuracy_control={"enabled": True, "max_seconds": 1e-9})
+    ac = NncfPass(cfg)(model, ctx).record["accuracy_control"]
+    assert ac["gate_after"]["passed"] is False
+    assert "in NNCF's accuracy control" in ac["budget_spent"]
 
 
 def _deep_mlp(layers: int, seed: int = 0) -> onnx.ModelProto:
