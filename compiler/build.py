@@ -23,6 +23,7 @@ from compiler.packaging.emulated import verify_emulated
 from compiler.packaging.output import apply_umask, check_output, estimate_package_bytes
 from compiler.packaging.report_charts import warm_imports
 from compiler.packaging.retime import retime_perturbed
+from compiler.packaging.tune_pick import tune_pick
 from compiler.packaging.write import finish_package, rewrite_manifest, write_atomically
 from compiler.pipeline.cache import Cache, default_cache_dir
 from compiler.pipeline.config import BuildConfig
@@ -184,6 +185,11 @@ def build_package(
             store = local_cache / "retime" if local_cache is not None else None
             if config.verify.retime_slow and retime_perturbed(staging, store, host):
                 m = read_manifest(staging)
+            if config.tuning.pick and not config.tuning.enabled:
+                seconds = config.tuning.seconds_per_artifact
+                store = local_cache / "tune-pick" if local_cache is not None else None
+                if tune_pick(staging, seconds, store, host):
+                    m = read_manifest(staging)
             if config.verify.emulate_arm and any(
                 a.status == "built" and a.target == "arm" for a in m.artifacts
             ):

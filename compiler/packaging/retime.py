@@ -42,7 +42,7 @@ from compiler.packaging.write import rewrite_manifest
 from compiler.pipeline.normalize import MODEL_FILE
 from compiler.serving.manifest import Manifest, read_manifest
 
-__all__ = ["DRIFT", "Retimed", "perturbed", "retime_perturbed"]
+__all__ = ["DRIFT", "Retimed", "perturbed", "record_feed", "retime_perturbed"]
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +159,18 @@ def _measure_again(
     runtime = (
         first.tuning.settings if first.tuning and first.tuning.status == "tuned" else a.runtime
     )
-    feed = next(
-        (f for f in feeds if {k: list(v.shape) for k, v in f.items()} == first.input_shapes),
-        feeds[0],
-    )
+    feed = record_feed(feeds, first)
     contender = Contender(aid, a.backend, package / a.directory, runtime)
     ref_model = package / "reference" / MODEL_FILE
     return measure_latency(contender, feed, m.contract, ref_model, m.policy.latency, on)
+
+
+def record_feed(feeds: list[Feeds], first: LatencyRecord) -> Feeds:
+    """The reference input `first` was timed on (by its shapes), else the first."""
+    return next(
+        (f for f in feeds if {k: list(v.shape) for k, v in f.items()} == first.input_shapes),
+        feeds[0],
+    )
 
 
 def _key(m: Manifest, aid: str, first: LatencyRecord) -> str:

@@ -102,14 +102,21 @@ class VerifyConfig(_Strict):
 
 
 class TuningConfig(_Strict):
-    """Runtime settings chosen by measurement (compiler/measure/tuning.py): a short sweep per
-    ONNX Runtime and OpenVINO artifact at build, recorded outside the manifest's core and
-    applied by serving on a host like the build host."""
+    """Runtime settings chosen by measurement (compiler/measure/tuning.py): a short sweep of
+    ONNX Runtime and OpenVINO artifacts at build (by default only of serving's pick on the
+    build host; every artifact that passes parity with `enabled`), recorded outside the
+    manifest's core and applied by serving on a host like the build host."""
 
     enabled: bool = Field(
         default=False,
         description="sweep threads, spinning, execution mode (ORT), hint, streams and threads "
         "(OpenVINO) per artifact that passes parity; adopted only when faster beyond the interval",
+    )
+    pick: bool = Field(
+        default=True,
+        description="where `enabled` is off: after the build, sweep only the artifact serving "
+        "picks on the build host (the first after the reference where that is the pick), "
+        "and time it again with what the sweep adopted (compiler/packaging/tune_pick.py)",
     )
     seconds_per_artifact: float = Field(
         default=10.0,

@@ -38,6 +38,7 @@ def build(
     given = {**ORT_ONLY, **raw.get("targets", {})}
     raw = {
         "latency": {"runs": 5, "warmup": 1},
+        "tuning": {"pick": False},  # the pick's sweep after the build: test_tune_pick.py
         **raw,
         # only the variants a test names: no target takes its default pipeline's
         "targets": {t: {"pipeline": "none", **entry} for t, entry in given.items()},
