@@ -39,7 +39,7 @@ from compiler.core.hashing import sha256_json
 from compiler.core.host import HostInfo, probe_host
 from compiler.core.records import LatencyRecord, TunedSettings
 from compiler.measure.timing import measure_latency
-from compiler.measure.tuning import TUNABLE, tune
+from compiler.measure.tuning import TUNABLE, skipped_tuning, tune
 from compiler.measure.verify import measured_on
 from compiler.measure.workers import Contender
 from compiler.packaging.retime import record_feed
@@ -118,15 +118,23 @@ def tune_pick(
         feed = record_feed(read_feeds_npz(package / "reference" / "inputs.npz"), first)
         contender = Contender(aid, a.backend, package / a.directory, a.runtime)
         on = measured_on(host)
-        swept = tune(contender, feed, m.contract, m.policy.latency, seconds, on)
-        second = None
-        if swept.adopted != "default":
-            tuned = Contender(aid, a.backend, package / a.directory, swept.settings)
-            ref_model = package / "reference" / MODEL_FILE
-            second = measure_latency(tuned, feed, m.contract, ref_model, m.policy.latency, on)
-        done = _Stored(tuning=swept, second=second)
-        if store is not None:
-            write_atomically(store / f"{key}.json", done.model_dump_json().encode())
+        try:
+            swept = tune(contender, feed, m.contract, m.policy.latency, seconds, on)
+            second = None
+            if swept.adopted != "default":
+                tuned = Contender(aid, a.backend, package / a.directory, swept.settings)
+                ref_model = package / "reference" / MODEL_FILE
+                policy = m.policy.latency
+                second = measure_latency(tuned, feed, m.contract, ref_model, policy, on)
+        except Exception as exc:  # a measurement, never worth the package: recorded, not kept
+            why = f"the sweep after the build failed: {type(exc).__name__}: {exc}"
+            log.warning("%s: %s", aid, why)
+            swept, second = skipped_tuning(a.runtime, on, why), None
+            done = _Stored(tuning=swept)
+        else:
+            done = _Stored(tuning=swept, second=second)
+            if store is not None:
+                write_atomically(store / f"{key}.json", done.model_dump_json().encode())
     records = m.measured(aid).latency
     at = len(records) - 1 - records[::-1].index(first)
     if done.second is not None and done.second.measured:
@@ -135,10 +143,11 @@ def tune_pick(
                 update={
                     "reason": (
                         "measured again after the build with the runtime settings the pick's "
-                        f"sweep adopted ({done.tuning.adopted})"
+                        f"sweep adopted ({done.tuning.adopted}); its throughput figures are the "
+                        "build's, with the defaults"
                     ),
                     "tuning": done.tuning,
-                    "throughput": first.throughput,  # at the default settings
+                    "throughput": first.throughput,
                 }
             )
         )

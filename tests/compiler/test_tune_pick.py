@@ -131,3 +131,20 @@ def test_an_unreadable_stored_sweep_is_taken_again(tmp_path: Path) -> None:
     assert again is not None and again.id == first.id
     assert [p.name for p in store.iterdir()] == [path.name]
     assert json.loads(path.read_text())["tuning"]["candidates"]
+
+
+def test_a_sweep_that_fails_is_recorded_and_the_package_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kw: object) -> TunedSettings:
+        raise RuntimeError("worker pool gone")
+
+    monkeypatch.setattr(tp, "tune", broken)
+    store = tmp_path / "store"
+    pkg = _built(tmp_path, pick=False)
+    done = tp.tune_pick(pkg, 3.0, store)
+    assert done is not None and done.tuning.status == "skipped"
+    assert "RuntimeError: worker pool gone" in done.tuning.reason
+    (record,) = read_manifest(pkg).measured(done.id).latency
+    assert record.tuning == done.tuning and record.measured  # the build's own timing stands
+    assert not store.exists() or not any(store.iterdir())  # a failure is not cached
