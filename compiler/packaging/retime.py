@@ -29,6 +29,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from compiler.core.feeds import Feeds, read_feeds_npz
 from compiler.core.files import write_atomically
@@ -41,6 +44,8 @@ from compiler.measure.workers import Contender
 from compiler.packaging.write import rewrite_manifest
 from compiler.pipeline.normalize import MODEL_FILE
 from compiler.serving.manifest import Manifest, read_manifest
+
+_M = TypeVar("_M", bound=BaseModel)
 
 __all__ = ["DRIFT", "Retimed", "perturbed", "record_feed", "retime_perturbed"]
 
@@ -116,7 +121,7 @@ def retime_perturbed(
         for aid, why in slow.items():
             first = here[aid]
             key = _key(m, aid, first)
-            second = _stored(store, key)
+            second = read_stored(store, key, LatencyRecord)
             if second is None:
                 feeds = feeds or read_feeds_npz(package / "reference" / "inputs.npz")
                 second = _measure_again(package, m, aid, first, feeds, on)
@@ -179,13 +184,15 @@ def _key(m: Manifest, aid: str, first: LatencyRecord) -> str:
     return sha256_json([RETIME_VERSION, aid, files, first.model_dump(mode="json")])
 
 
-def _stored(store: Path | None, key: str) -> LatencyRecord | None:
+def read_stored(store: Path | None, key: str, kind: type[_M]) -> _M | None:
+    """The measurement stored under `key`, or None where there is no store, nothing stored,
+    or what is stored is unreadable (then it is measured again and written anew)."""
     path = store / f"{key}.json" if store is not None else None
     if path is None or not path.is_file():
         return None
     try:
-        return LatencyRecord.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # unreadable: measure again, and write it anew
+        return kind.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
 
 

@@ -42,7 +42,7 @@ from compiler.measure.timing import measure_latency
 from compiler.measure.tuning import TUNABLE, skipped_tuning, tune
 from compiler.measure.verify import measured_on
 from compiler.measure.workers import Contender
-from compiler.packaging.retime import record_feed
+from compiler.packaging.retime import read_stored, record_feed
 from compiler.packaging.write import rewrite_manifest
 from compiler.pipeline.normalize import MODEL_FILE
 from compiler.serving.manifest import Manifest, read_manifest
@@ -113,7 +113,7 @@ def tune_pick(
             seconds,
         ]
     )
-    done = _stored(store, key)
+    done = read_stored(store, key, _Stored)
     if done is None:
         feed = record_feed(read_feeds_npz(package / "reference" / "inputs.npz"), first)
         contender = Contender(aid, a.backend, package / a.directory, a.runtime)
@@ -172,13 +172,3 @@ def _kept(done: _Stored) -> TunedSettings:
             "reason": "; ".join(r for r in (t.reason, why) if r),
         }
     )
-
-
-def _stored(store: Path | None, key: str) -> _Stored | None:
-    path = store / f"{key}.json" if store is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return _Stored.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # unreadable: sweep again, and write it anew
-        return None
