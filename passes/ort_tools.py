@@ -3,6 +3,16 @@
 Quantization and fp16 passes check their own output (accuracy-aware loop, "ORT can load
 it"); they share this one way of doing it: one thread, so results do not depend on the
 build host's core count, and library log chatter kept out of build output.
+
+Nor on the build host's int8 kernels: on an x86 host without VNNI (AVX2, AVX-512 without
+VNNI) ONNX Runtime's u8 x s8 GEMM sums pairs of products in 16 bits, which saturate at full
+range weights (compiler/core/isa.py), so a search run there judged this host's kernels, not
+the quantization (tests/passes/test_accuracy.py's 8-layer MLP on an AVX2 EPYC, 2026-12-03:
+natively the search kept 5 of 8 layers in float and still failed the gate; simulated it
+passes with 5 kept, as natively on AVX-512 VNNI and AMX hosts). There, a model with Q/DQ
+nodes runs with graph optimizations off: each DequantizeLinear -> float op -> QuantizeLinear runs as
+written, the integer arithmetic of an int8 host without its 16-bit limit (up to float
+rounding). The artifact itself is still timed and judged natively on its host by verify.
 """
 
 from __future__ import annotations
@@ -16,7 +26,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-__all__ = ["quiet", "run_model", "session"]
+from compiler.core.host import probe_host
+from compiler.core.isa import traits
+
+__all__ = ["quiet", "run_model", "session", "simulates_int8"]
 
 
 @contextlib.contextmanager
@@ -54,7 +67,21 @@ def session(model: onnx.ModelProto, optimization: str = "all") -> Any:
 def run_model(
     model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]
 ) -> list[dict[str, np.ndarray]]:
-    """Outputs of `model` for each feed, by output name."""
-    sess = session(model)
+    """Outputs of `model` for each feed, by output name; int8 as an int8 host without
+    saturation computes it (the module docstring)."""
+    sess = session(model, "disable" if _has_qdq(model) and simulates_int8() else "all")
     names = [o.name for o in sess.get_outputs()]
     return [dict(zip(names, sess.run(names, feed), strict=True)) for feed in feeds]
+
+
+_QDQ = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def _has_qdq(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in _QDQ for n in model.graph.node)
+
+
+def simulates_int8() -> bool:
+    """Whether this host's int8 kernels may saturate, so quantized models are run as
+    Q/DQ in float here (the module docstring)."""
+    return bool(traits(probe_host().isa_class).saturating)

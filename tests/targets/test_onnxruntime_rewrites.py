@@ -91,11 +91,14 @@ def test_prelu_with_constant_slopes_is_rewritten_and_returns_the_same_bits(
 
 def test_a_quantized_model_keeps_its_quantization_and_its_bits(tmp_path: Path) -> None:
     """Static QDQ int8 leaves PRelu in float between DequantizeLinear and QuantizeLinear (ONNX
-    Runtime's quantizer does not quantize it); the rewrite there is as exact."""
+    Runtime's quantizer does not quantize it); the rewrite there is as exact. With 7-bit
+    weights: on x86 without VNNI, full-range int8 sums may saturate in 16 bits, and which do
+    depends on the kernels the graph's groups become (an AVX2 EPYC, 2026-12-03: 662 of 2048
+    values differed at full range, none at 7 bits; none either way on VNNI and AMX hosts)."""
     src = save(_prelu_net(), tmp_path / "src")
     rng = np.random.default_rng(5)
     calib = [{"x": rng.normal(0, 2, (1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
-    int8 = qdq_model(src, calib)
+    int8 = qdq_model(src, calib, reduce_range=True)
     assert _ops(int8)["PRelu"] == 4
     built, notes = _build(int8, tmp_path, "int8")
     assert (

@@ -1,0 +1,68 @@
+"""The passes' own ONNX Runtime runs judge the quantization, not the build host's int8
+kernels: on x86 without VNNI, ONNX Runtime's u8 x s8 GEMM sums pairs of products in 16 bits
+(compiler/core/isa.py), and a search run there natively would judge saturated sums."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.ort_tools import run_model
+
+K = 64  # 255 * 127 per product: every pair of them overflows 16 bits
+SCALE_Y = K * 255 * 127 / 200  # the exact sum quantizes to 200
+
+
+def _saturating_matmul() -> onnx.ModelProto:
+    """x[1,64] -> Q(u8) -> DQ -> MatMul(DQ(w: s8, all 127)) -> Q(u8) -> DQ -> y[1,8]."""
+    inits = [
+        numpy_helper.from_array(np.array(1.0, np.float32), "sx"),
+        numpy_helper.from_array(np.array(0, np.uint8), "zx"),
+        numpy_helper.from_array(np.full((K, 8), 127, np.int8), "wq"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "sw"),
+        numpy_helper.from_array(np.array(0, np.int8), "zw"),
+        numpy_helper.from_array(np.array(SCALE_Y, np.float32), "sy"),
+        numpy_helper.from_array(np.array(0, np.uint8), "zy"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"]),
+        helper.make_node("MatMul", ["xd", "wd"], ["m"]),
+        helper.make_node("QuantizeLinear", ["m", "sy", "zy"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "saturating",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_int8_runs_without_16_bit_saturation_on_every_host() -> None:
+    """The exact sum, 64 x 255 x 127, quantizes to 200. Natively on an AVX2 EPYC (2026-12-03)
+    ONNX Runtime returned 101 (every pair clamped to 32767); VNNI and AMX hosts sum in 32
+    bits. The passes' runner returns 200 on every host."""
+    x = {"x": np.full((1, K), 255.0, np.float32)}
+    (out,) = run_model(_saturating_matmul(), [x])
+    np.testing.assert_allclose(out["y"] / SCALE_Y, 200.0, rtol=0, atol=1e-3)
+
+
+def test_a_float_model_runs_as_it_is() -> None:
+    """No Q/DQ: the model's own float result, whatever the host."""
+    w = np.random.default_rng(0).normal(size=(K, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "float",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(1).normal(size=(1, K)).astype(np.float32)
+    (out,) = run_model(model, [{"x": x}])
+    np.testing.assert_allclose(out["y"], x @ w, rtol=1e-4, atol=1e-4)
