@@ -25,6 +25,7 @@ from compiler.core.contract import Contract
 from compiler.core.errors import short_message
 from compiler.core.feeds import Feeds
 from compiler.core.host import HostInfo, Requirements
+from compiler.core.isa import int8_fit
 from compiler.core.parity import SHAPE_MISMATCH, Check, OutputParity, compare_outputs, judge
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import (
@@ -174,6 +175,7 @@ def verify_artifact(
         with runner:
             outs = [runner.run(feed) for feed in inputs]
             record = judge_outputs(outs, ref_outputs, contract, precision, parity, labels)
+            note = "; ".join(n for n in (note, _saturation_note(requirements, host)) if n)
             record = record.model_copy(update={"mode": mode, "note": note, "host": on})
             timing = None
             if measure_latency and mode == "native":
@@ -187,6 +189,23 @@ def verify_artifact(
         )
         return VerifyOutput(parity=record)
     return VerifyOutput(parity=record, latency=timing)
+
+
+def _saturation_note(requirements: Requirements, host: HostInfo) -> str:
+    """What a verdict on this host says of an int8 artifact whose sums may saturate here
+    and not on the hosts it is meant for (compiler/core/isa.py); '' for any other."""
+    flavour = requirements.int8
+    if flavour is None or requirements.arch != host.arch:
+        return ""
+    cls = host.isa_class
+    if int8_fit(flavour, cls) != "saturates":
+        return ""
+    meant = ", ".join(requirements.meant_for) or "hosts with int8 dot products"
+    return (
+        f"{flavour} int8 may saturate on {cls} (no VNNI): this verdict is this class's; "
+        f"on a host it is meant for ({meant}) `compile-pkg verify --update` records that "
+        "host's own"
+    )
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from compiler.core.host import HostInfo, probe_host
-from compiler.core.isa import IsaClass, int8_fit, traits
+from compiler.core.isa import Int8Flavour, IsaClass, int8_fit, traits
 from compiler.core.latency import SpeedupInterval
 from compiler.core.records import ArtifactMeasurements, LatencyRecord, ParityRecord
 from compiler.serving.manifest import ArtifactEntry, Manifest, SelectionChoice, SelectionRecord
@@ -97,19 +97,55 @@ def _parity_records(
 
 
 def parity_verdict(
-    manifest: Manifest, aid: str, verify: Mapping[str, ArtifactMeasurements] | None = None
+    manifest: Manifest,
+    aid: str,
+    verify: Mapping[str, ArtifactMeasurements] | None = None,
+    host: HostInfo | None = None,
 ) -> tuple[str, str]:
     """('passed'|'failed'|'not-verified', how) from the latest decisive parity record (those
-    of `verify`, a verify records file, after the manifest's own)."""
+    of `verify`, a verify records file, after the manifest's own). For serving on `host`, a
+    verdict on an int8 artifact counts only if taken natively on a host where its sums
+    saturate exactly when they do on `host` (`_same_sums`): a u8s8 verdict on an AVX2 host
+    says nothing of a VNNI one, and back."""
     records = _parity_records(manifest, aid, verify)
+    if host is not None:
+        a = manifest.artifact(aid)
+        flavour = a.requirements.int8 if a.requirements is not None else None
+        if flavour is not None:
+            kept = [r for r in records if _same_sums(r, flavour, host)]
+            dropped = [r for r in records if r.decisive and not _same_sums(r, flavour, host)]
+            if dropped and not any(r.decisive for r in kept):
+                other = dropped[-1]
+                cls = other.host.isa_class if other.host is not None else "?"
+                there, here = (cls, host.isa_class)
+                if int8_fit(flavour, here) == "saturates":
+                    there, here = here, there
+                why = (
+                    f"its {flavour} int8 sums may saturate on {there} (no VNNI), not on {here}: "
+                    f"the verdict on {cls} ({other.status}) does not hold on {host.isa_class}; "
+                    "`compile-pkg verify --update` on a host of this class records one"
+                )
+                return "not-verified", why
+            records = kept
     for rec in reversed(records):
         if rec.decisive:
-            host = rec.host
-            where = f"{rec.mode} on {host.arch if host else '?'}" + (
-                f" ({host.emulated})" if host and host.emulated else ""
+            where = rec.host
+            how = f"{rec.mode} on {where.arch if where else '?'}" + (
+                f" ({where.emulated})" if where and where.emulated else ""
             )
-            return rec.status, where
+            return rec.status, how
     return "not-verified", records[-1].reason if records else "no parity record"
+
+
+def _same_sums(rec: ParityRecord, flavour: Int8Flavour, host: HostInfo) -> bool:
+    """Whether `rec`, a verdict on an int8 artifact of `flavour`, holds on `host`: taken
+    natively on its arch, on a class where the sums saturate exactly when they do on
+    `host`'s (compiler/core/isa.py). Other records (cross-host, emulated) stand as they are."""
+    on = rec.host
+    if on is None or rec.mode != "native" or on.arch != host.arch:
+        return True
+    saturates = int8_fit(flavour, host.isa_class) == "saturates"
+    return (int8_fit(flavour, on.isa_class) == "saturates") == saturates
 
 
 def _like(rec: LatencyRecord, a: ArtifactEntry, host: HostInfo) -> bool:
@@ -295,7 +331,7 @@ def _candidate(
     why = a.requirements.mismatches(host)
     if why:
         return Candidate(a.id, False, "incompatible: " + "; ".join(m.message for m in why))
-    verdict, how = parity_verdict(manifest, a.id, verify if use_verify_records else None)
+    verdict, how = parity_verdict(manifest, a.id, verify if use_verify_records else None, host)
     if a.status == "deferred" and verdict != "failed":
         # built on this host at first load (TensorRT); the loader serves the next candidate
         # until it is ready, so it must come first to be started at all

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -199,3 +200,25 @@ def test_cli_exit_codes_and_json(pkg: Path, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "arm/ort-fp32 newly-failed" in bad.stderr
     both = _cli("verify", str(pkg), "--records", str(records), "--update")
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_a_verdict_on_int8_that_may_saturate_here_says_whose_it_is() -> None:
+    """u8s8 judged on an AVX2 host: the verdict is that class's, and the note says how a host
+    it is meant for records its own; on VNNI, and for 7-bit weights anywhere, nothing."""
+    from compiler.core.host import HostInfo, Requirements
+    from compiler.core.isa import meant_for
+    from compiler.measure.verify import _saturation_note
+    from tests.core.test_isa import AVX2, VNNI
+
+    def host(flags: list[str]) -> HostInfo:
+        return HostInfo(arch="x86_64", cpu_model="described", cpu_count=2, isa=flags, os="Linux")
+
+    def req(flavour: Literal["u8s8", "u8s8-rr"]) -> Requirements:
+        classes = meant_for("x86_64", int8=flavour)
+        return Requirements(arch="x86_64", runtime="onnxruntime", int8=flavour, meant_for=classes)
+
+    note = _saturation_note(req("u8s8"), host(AVX2))
+    assert note.startswith("u8s8 int8 may saturate on avx2 (no VNNI): this verdict is this class's")
+    assert "(avx-vnni, avx512-vnni, avx512-bf16, amx) `compile-pkg verify --update`" in note
+    assert _saturation_note(req("u8s8"), host(VNNI)) == ""
+    assert _saturation_note(req("u8s8-rr"), host(AVX2)) == ""

@@ -17,7 +17,7 @@ import pytest
 from compiler.core.host import HostInfo
 from compiler.serving.loader import load
 from compiler.serving.manifest import manifest_json, read_manifest
-from compiler.serving.selection import rank, select_order
+from compiler.serving.selection import Candidate, rank, select_order
 from tests.compiler.helpers import build
 from tests.core.test_isa import AMX, AVX2, BF16, VNNI
 from tests.models import save, tiny_mlp
@@ -169,3 +169,70 @@ def test_an_old_manifest_gets_its_records_classes_on_read_and_keeps_them(tmp_pat
     assert [r.host.isa_class for v in again.measurements.values() for r in v.latency] == [
         h.isa_class for h in hosts
     ]
+
+
+def _with_int8_verdicts(package: Path, tmp_path: Path, verdicts: dict[str, list[str]]) -> Path:
+    """A copy of `package` whose int8 artifacts' parity records are replaced by one native
+    verdict per (status, host flags) named, oldest first."""
+    flags = {"avx2": AVX2, "vnni": VNNI}
+    copy = tmp_path / "pkg"
+    shutil.copytree(package, copy)
+    m = read_manifest(copy)
+    for aid, taken in verdicts.items():
+        measured = m.measurements[aid]
+        base = measured.parity[-1]
+        on = measured.latency[-1].host
+        measured.parity = [
+            base.model_copy(
+                update={
+                    "status": status,
+                    "mode": "native",
+                    "host": on.model_copy(update={"isa": flags[cls]}),
+                }
+            )
+            for status, cls in (t.split("@") for t in taken)
+        ]
+    (copy / "manifest.json").write_text(manifest_json(m))
+    return copy
+
+
+def _judged(package: Path, flags: list[str]) -> dict[str, Candidate]:
+    """Every artifact as serving judges it on a host with these flags, by id."""
+    ranked, excluded = rank(read_manifest(package), _host(flags))
+    return {c.id: c for c in [*ranked, *excluded]}
+
+
+def test_an_int8_verdict_holds_only_where_its_sums_saturate_alike(
+    package: Path, tmp_path: Path
+) -> None:
+    """Full-range u8s8 sums may saturate on AVX2 and not on VNNI: its verdict on one class
+    does not decide on the other, where it is not verified (and so not served); 7-bit
+    weights (u8s8-rr) saturate nowhere, so their verdict holds on both."""
+    pkg = _with_int8_verdicts(
+        package,
+        tmp_path,
+        {"cpu/ort-int8": ["failed@avx2"], "cpu/ort-int8-rr": ["passed@avx2"]},
+    )
+    on_vnni = _judged(pkg, VNNI)
+    assert not on_vnni["cpu/ort-int8"].ok
+    assert on_vnni["cpu/ort-int8"].reason.startswith(
+        "parity not verified: its u8s8 int8 sums may saturate on avx2 (no VNNI), not on "
+        "avx512-vnni: the verdict on avx2 (failed) does not hold on avx512-vnni"
+    )
+    assert on_vnni["cpu/ort-int8-rr"].ok
+    assert on_vnni["cpu/ort-int8-rr"].reason.startswith("parity passed")
+    on_avx2 = _judged(pkg, AVX2)
+    assert on_avx2["cpu/ort-int8"].reason.startswith("parity failed")
+    assert on_avx2["cpu/ort-int8-rr"].ok
+
+
+def test_a_verdict_of_the_hosts_own_class_decides_over_a_later_one_of_another(
+    package: Path, tmp_path: Path
+) -> None:
+    """Passed on a VNNI host (its `verify --update`), failed on an AVX2 one later: each
+    class is served by its own verdict, whichever came last."""
+    pkg = _with_int8_verdicts(package, tmp_path, {"cpu/ort-int8": ["passed@vnni", "failed@avx2"]})
+    on_vnni = _judged(pkg, VNNI)
+    assert on_vnni["cpu/ort-int8"].ok
+    assert on_vnni["cpu/ort-int8"].reason.startswith("parity passed")
+    assert _judged(pkg, AVX2)["cpu/ort-int8"].reason.startswith("parity failed")
