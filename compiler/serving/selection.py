@@ -104,17 +104,24 @@ def parity_verdict(
 ) -> tuple[str, str]:
     """('passed'|'failed'|'not-verified', how) from the latest decisive parity record (those
     of `verify`, a verify records file, after the manifest's own). For serving on `host`, a
-    verdict on an int8 artifact counts only if taken natively on a host where its sums
-    saturate exactly when they do on `host` (`_same_sums`): a u8s8 verdict on an AVX2 host
-    says nothing of a VNNI one, and back."""
+    verdict on an int8 artifact taken on a host whose sums may saturate where `host`'s do
+    not, or the other way, counts only where it still holds: the host's own class decides
+    (`_sums_alike`), else a pass where the sums may saturate carries to a host where they do
+    not (`_pass_carries`); a u8s8 failure on AVX2 says nothing of VNNI, a pass on VNNI
+    nothing of AVX2."""
     records = _parity_records(manifest, aid, verify)
     if host is not None:
         a = manifest.artifact(aid)
         flavour = a.requirements.int8 if a.requirements is not None else None
         if flavour is not None:
-            kept = [r for r in records if _same_sums(r, flavour, host)]
-            dropped = [r for r in records if r.decisive and not _same_sums(r, flavour, host)]
-            if dropped and not any(r.decisive for r in kept):
+            own = [r for r in records if _sums_alike(r, flavour, host)]
+            carried = [r for r in records if _pass_carries(r, flavour, host)]
+            dropped = [r for r in records if r.decisive and not _sums_alike(r, flavour, host)]
+            if any(r.decisive for r in own) or not dropped:
+                records = own
+            elif carried:
+                records = carried
+            else:
                 other = dropped[-1]
                 cls = other.host.isa_class if other.host is not None else "?"
                 there, here = (cls, host.isa_class)
@@ -122,11 +129,10 @@ def parity_verdict(
                     there, here = here, there
                 why = (
                     f"its {flavour} int8 sums may saturate on {there} (no VNNI), not on {here}: "
-                    f"the verdict on {cls} ({other.status}) does not hold on {host.isa_class}; "
+                    f"the {other.status} verdict on {cls} does not hold on {host.isa_class}; "
                     "`compile-pkg verify --update` on a host of this class records one"
                 )
                 return "not-verified", why
-            records = kept
     for rec in reversed(records):
         if rec.decisive:
             where = rec.host
@@ -137,15 +143,31 @@ def parity_verdict(
     return "not-verified", records[-1].reason if records else "no parity record"
 
 
-def _same_sums(rec: ParityRecord, flavour: Int8Flavour, host: HostInfo) -> bool:
-    """Whether `rec`, a verdict on an int8 artifact of `flavour`, holds on `host`: taken
-    natively on its arch, on a class where the sums saturate exactly when they do on
-    `host`'s (compiler/core/isa.py). Other records (cross-host, emulated) stand as they are."""
+def _saturates_on(flavour: Int8Flavour, cls: IsaClass) -> bool:
+    return int8_fit(flavour, cls) == "saturates"
+
+
+def _sums_alike(rec: ParityRecord, flavour: Int8Flavour, host: HostInfo) -> bool:
+    """Whether `rec`, a verdict on an int8 artifact of `flavour`, was taken natively where its
+    sums saturate exactly when they do on `host` (compiler/core/isa.py); cross-host and
+    emulated records count as they are."""
     on = rec.host
     if on is None or rec.mode != "native" or on.arch != host.arch:
         return True
-    saturates = int8_fit(flavour, host.isa_class) == "saturates"
-    return (int8_fit(flavour, on.isa_class) == "saturates") == saturates
+    return _saturates_on(flavour, on.isa_class) == _saturates_on(flavour, host.isa_class)
+
+
+def _pass_carries(rec: ParityRecord, flavour: Int8Flavour, host: HostInfo) -> bool:
+    """A pass taken where the sums may saturate, for a host where they do not: it stands
+    there when that host has no verdict of its own (it sums exactly what was clamped). A
+    failure does not carry (it may be the clamping), nor anything the other way."""
+    on = rec.host
+    return (
+        not _sums_alike(rec, flavour, host)
+        and on is not None
+        and _saturates_on(flavour, on.isa_class)
+        and rec.status == "passed"
+    )
 
 
 def _like(rec: LatencyRecord, a: ArtifactEntry, host: HostInfo) -> bool:

@@ -205,9 +205,9 @@ def _judged(package: Path, flags: list[str]) -> dict[str, Candidate]:
 def test_an_int8_verdict_holds_only_where_its_sums_saturate_alike(
     package: Path, tmp_path: Path
 ) -> None:
-    """Full-range u8s8 sums may saturate on AVX2 and not on VNNI: its verdict on one class
-    does not decide on the other, where it is not verified (and so not served); 7-bit
-    weights (u8s8-rr) saturate nowhere, so their verdict holds on both."""
+    """Full-range u8s8 sums may saturate on AVX2 and not on VNNI: its failure on AVX2 does
+    not decide on VNNI, where it is not verified (and so not served); 7-bit weights
+    (u8s8-rr) saturate nowhere, so their verdict holds on both."""
     pkg = _with_int8_verdicts(
         package,
         tmp_path,
@@ -217,7 +217,7 @@ def test_an_int8_verdict_holds_only_where_its_sums_saturate_alike(
     assert not on_vnni["cpu/ort-int8"].ok
     assert on_vnni["cpu/ort-int8"].reason.startswith(
         "parity not verified: its u8s8 int8 sums may saturate on avx2 (no VNNI), not on "
-        "avx512-vnni: the verdict on avx2 (failed) does not hold on avx512-vnni"
+        "avx512-vnni: the failed verdict on avx2 does not hold on avx512-vnni"
     )
     assert on_vnni["cpu/ort-int8-rr"].ok
     assert on_vnni["cpu/ort-int8-rr"].reason.startswith("parity passed")
@@ -236,3 +236,25 @@ def test_a_verdict_of_the_hosts_own_class_decides_over_a_later_one_of_another(
     assert on_vnni["cpu/ort-int8"].ok
     assert on_vnni["cpu/ort-int8"].reason.startswith("parity passed")
     assert _judged(pkg, AVX2)["cpu/ort-int8"].reason.startswith("parity failed")
+
+
+def test_a_pass_where_sums_may_saturate_holds_where_they_do_not(
+    package: Path, tmp_path: Path
+) -> None:
+    """u8s8 passed on AVX2: a VNNI host sums exactly what was clamped there, so the pass
+    stands on both, unless VNNI has a verdict of its own; passed on VNNI only, an AVX2 host
+    has none."""
+    pkg = _with_int8_verdicts(package, tmp_path, {"cpu/ort-int8": ["passed@avx2"]})
+    assert _judged(pkg, VNNI)["cpu/ort-int8"].reason.startswith("parity passed")
+    assert _judged(pkg, AVX2)["cpu/ort-int8"].reason.startswith("parity passed")
+    pkg = _with_int8_verdicts(
+        package, tmp_path / "own", {"cpu/ort-int8": ["failed@vnni", "passed@avx2"]}
+    )
+    assert _judged(pkg, VNNI)["cpu/ort-int8"].reason.startswith("parity failed")  # its own
+    pkg = _with_int8_verdicts(package, tmp_path / "vnni", {"cpu/ort-int8": ["passed@vnni"]})
+    on_avx2 = _judged(pkg, AVX2)["cpu/ort-int8"]
+    assert not on_avx2.ok
+    assert on_avx2.reason.startswith(
+        "parity not verified: its u8s8 int8 sums may saturate on avx2 (no VNNI), not on "
+        "avx512-vnni: the passed verdict on avx512-vnni does not hold on avx2"
+    )
