@@ -49,7 +49,7 @@ from passes.quantize import (
 )
 from passes.upcast import widen_for_int8
 
-__all__ = ["NncfAccuracyControl", "NncfConfig", "NncfIgnoredScope", "NncfPass"]
+__all__ = ["NncfAccuracyControl", "NncfConfig", "NncfIgnoredScope", "NncfPass", "OverflowFix"]
 
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 # a float model this close to the outputs' tolerances leaves int8 no room (rounding decides)
@@ -104,6 +104,10 @@ class NncfAccuracyControl(_Strict):
     )
 
 
+# NNCF's OverflowFix values: 7-bit weights in the first layer, in every layer, in none
+OverflowFix = Literal["first_layer_only", "enable", "disable"]
+
+
 class NncfConfig(PassConfig):
     name: Literal["nncf"] = "nncf"
     preset: Literal["performance", "mixed"] = "performance"
@@ -114,6 +118,11 @@ class NncfConfig(PassConfig):
         default=None,
         le=1,
         description="transformers' SmoothQuant alpha for MatMuls; None: NNCF's; < 0: off",
+    )
+    overflow_fix: OverflowFix = Field(
+        default="first_layer_only",
+        description="NNCF's 7-bit weights against 16-bit saturation on x86 without VNNI: in "
+        "the first layer (NNCF's default), every layer (u8s8-rr, AVX2-safe), or none",
     )
     ignored_scope: NncfIgnoredScope = Field(default_factory=NncfIgnoredScope)
     accuracy_control: NncfAccuracyControl = Field(default_factory=NncfAccuracyControl)
@@ -224,10 +233,11 @@ class NncfPass(Pass[NncfConfig]):
             AdvancedQuantizationParameters,
             AdvancedSmoothQuantParameters,
         )
+        from nncf.quantization.advanced_parameters import OverflowFix as NncfOverflowFix
 
         cfg = self.config
         scope = cfg.ignored_scope
-        advanced = AdvancedQuantizationParameters()
+        advanced = AdvancedQuantizationParameters(overflow_fix=NncfOverflowFix(cfg.overflow_fix))
         if cfg.smooth_quant_alpha is not None:
             alpha = cfg.smooth_quant_alpha
             advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(

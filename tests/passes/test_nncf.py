@@ -254,3 +254,28 @@ def test_a_graph_nncf_fails_on_names_its_foreign_ops(tmp_path: Path) -> None:
         match=r"placed nothing on the model's 1 Conv/MatMul.* domain .*: ai\.onnx\.ml\.Scaler\)",
     ):
         _nncf(_scaled_matmul(cast=False), tmp_path / "plain", feeds=feeds)
+
+
+def test_overflow_fix_everywhere_makes_7_bit_weights(tmp_path: Path) -> None:
+    """NNCF's default fixes the first layer's weights to 7 bits, `enable` every layer's: the
+    flavour read off the graph (targets/int8_flavour.py) is then the AVX2-safe one."""
+    from targets.int8_flavour import int8_flavour
+
+    model = small_cnn()
+    flavours = {
+        fix: int8_flavour(_nncf(model, tmp_path / fix, overflow_fix=fix).model, tmp_path)
+        for fix in ("first_layer_only", "enable")
+    }
+    assert flavours == {"first_layer_only": "u8s8", "enable": "u8s8-rr"}
+
+
+def test_the_cpu_pipeline_fixes_every_layer_only_on_hosts_whose_sums_saturate() -> None:
+    from compiler.core.host import HostInfo
+    from compiler.pipeline.pipelines import cpu_overflow_fix
+    from tests.core.test_isa import AMX, AVX2, VNNI
+
+    def fix(flags: list[str], arch: str = "x86_64") -> str:
+        return cpu_overflow_fix(HostInfo(arch=arch, cpu_model="d", cpu_count=2, isa=flags, os="L"))
+
+    assert fix(AVX2) == "enable"
+    assert fix(VNNI) == fix(AMX) == fix(["asimd", "asimddp"], "aarch64") == "first_layer_only"
