@@ -36,24 +36,39 @@ _FLAVOURS: dict[tuple[str, str, bool], Int8Flavour] = {
 }
 
 
-def _weights(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+def _weights(model: onnx.ModelProto) -> tuple[list[onnx.TensorProto], set[str]]:
     """The quantized weights of the GEMM-like ops (not constants of Add and the like, which
-    are quantized as activations)."""
+    are quantized as activations), and the names of those only depthwise convolutions read
+    (one input channel per group). A depthwise kernel sums each output's products itself,
+    not in pairs of u8 x s8 products: NNCF's overflow fix leaves their weights at full range
+    (its ONNX backend's `overflow_fix_metatypes`: convolution, transposed convolution and
+    MatMul, not depthwise convolution), so they say nothing of saturation."""
     inits = {t.name: t for t in model.graph.initializer if t.data_type in _INT8}
     dequantized = {
         n.output[0]: n.input[0]
         for n in model.graph.node
         if n.op_type == "DequantizeLinear" and n.input[0] in inits
     }
-    names = set()
+    names: set[str] = set()
+    depthwise: set[str] = set()
+    other: set[str] = set()
     for n in model.graph.node:
+        name = None
         if (i := _GEMM_WEIGHT.get(n.op_type)) is not None and len(n.input) > i:
-            if n.input[i] in dequantized:
-                names.add(dequantized[n.input[i]])
+            name = dequantized.get(n.input[i])
         elif (i := _INT_WEIGHT.get(n.op_type)) is not None and len(n.input) > i:
-            if n.input[i] in inits:
-                names.add(n.input[i])
-    return [inits[n] for n in sorted(names)]
+            name = n.input[i] if n.input[i] in inits else None
+        if name is None:
+            continue
+        names.add(name)
+        dims = list(inits[name].dims)
+        is_dw = n.op_type in ("Conv", "ConvInteger", "QLinearConv") and _group(n) > 1
+        (depthwise if is_dw and len(dims) > 1 and dims[1] == 1 else other).add(name)
+    return [inits[n] for n in sorted(names)], depthwise - other
+
+
+def _group(node: onnx.NodeProto) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == "group"), 1)
 
 
 def _activation_type(model: onnx.ModelProto) -> str | None:
@@ -74,14 +89,15 @@ def _activation_type(model: onnx.ModelProto) -> str | None:
 
 def int8_flavour(model: onnx.ModelProto, base_dir: Path) -> Int8Flavour | None:
     """The model's int8 flavour; None when it quantizes no weights (nothing to say)."""
-    weights = _weights(model)
+    weights, depthwise = _weights(model)
     act = _activation_type(model)
     if not weights or act is None:
         return None
     kinds = {_INT8[t.data_type] for t in weights}
     weight = "s8" if kinds == {"s8"} else "u8"
     low, high = _SEVEN_BITS[weight]
-    arrays = [numpy_helper.to_array(t, base_dir=str(base_dir)) for t in weights]
+    summed_in_pairs = [t for t in weights if t.name not in depthwise] or weights
+    arrays = [numpy_helper.to_array(t, base_dir=str(base_dir)) for t in summed_in_pairs]
     seven = all(a.size == 0 or (int(np.min(a)) >= low and int(np.max(a)) <= high) for a in arrays)
     return _FLAVOURS.get((act, weight, seven))  # s8u8: no CPU kernel is built for it
 

@@ -72,3 +72,53 @@ def test_requirements_name_the_classes_the_flavour_is_meant_for(tmp_path: Path) 
     req = with_int8_flavour(Requirements(arch="x86_64", runtime="onnxruntime"), path)
     assert req.int8 == "u8s8-rr" and req.meant_for == ["x86-64", "avx2", "avx512"]
     assert req.isa == []  # meant for, not needed: it runs on a VNNI host too
+
+
+def _two_convs(conv_max: int, depthwise_max: int) -> onnx.ModelProto:
+    """x[1,4,8,8] -> Q/DQ -> Conv(4->4, 3x3) -> Q/DQ -> depthwise Conv(group 4) -> y, with
+    int8 weights reaching `conv_max` and `depthwise_max` (NNCF's overflow fix leaves the
+    depthwise one at full range)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def weight(shape: tuple[int, ...], top: int) -> np.ndarray:
+        w = np.ones(shape, np.int8)
+        w.flat[0] = top
+        return w
+
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "z"),
+        numpy_helper.from_array(np.array(0, np.int8), "zw"),
+        numpy_helper.from_array(weight((4, 4, 3, 3), conv_max), "w1"),
+        numpy_helper.from_array(weight((4, 1, 3, 3), depthwise_max), "w2"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w1", "s", "zw"], ["w1d"]),
+        helper.make_node("Conv", ["xd", "w1d"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["h", "s", "z"], ["hq"]),
+        helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["hd"]),
+        helper.make_node("DequantizeLinear", ["w2", "s", "zw"], ["w2d"]),
+        helper.make_node("Conv", ["hd", "w2d"], ["y"], pads=[1, 1, 1, 1], group=4),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    ("conv_max", "depthwise_max", "flavour"),
+    [(64, 127, "u8s8-rr"), (127, 64, "u8s8"), (64, 64, "u8s8-rr"), (127, 127, "u8s8")],
+)
+def test_depthwise_weights_do_not_decide_saturation(
+    tmp_path: Path, conv_max: int, depthwise_max: int, flavour: str
+) -> None:
+    """Only weights whose products are summed in pairs decide whether the sums may saturate:
+    7-bit convolution weights beside a full-range depthwise one are the AVX2-safe flavour."""
+    assert int8_flavour(_two_convs(conv_max, depthwise_max), tmp_path) == flavour
