@@ -13,13 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from compiler.core.host import HostInfo, probe_host
-from compiler.core.isa import traits
 from compiler.pipeline.variant import VariantConfig
 from passes.accuracy import AccuracyAwareConfig
 from passes.fp16 import Fp16Config
 from passes.fuse import FuseConfig
-from passes.nncf import NncfConfig, OverflowFix
+from passes.nncf import NncfConfig
 from passes.quantize import QuantizeConfig
 from passes.registry import AnyPassConfig
 from passes.simplify import SimplifyConfig
@@ -28,7 +26,7 @@ from targets.openvino.backend import OpenVinoOptions
 from targets.tensorrt.options import TensorRTOptions
 from targets.tvm.backend import TvmOptions
 
-__all__ = ["PIPELINES", "cpu_overflow_fix"]
+__all__ = ["PIPELINES"]
 
 
 def _ort() -> VariantConfig:
@@ -61,32 +59,15 @@ def _ort_int8_tf() -> VariantConfig:
     return VariantConfig(passes=[fuse, quantize], compile=OnnxRuntimeOptions())
 
 
-def _ov(
-    inference_precision: Literal["f32", "bf16"] = "f32",
-    int8: bool = False,
-    overflow_fix: OverflowFix = "first_layer_only",
-) -> VariantConfig:
+def _ov(inference_precision: Literal["f32", "bf16"] = "f32", int8: bool = False) -> VariantConfig:
     # No fuse pass: OpenVINO fuses on its own and cannot read ONNX Runtime's com.microsoft ops.
     # int8 is the nncf pass's QDQ model, which OpenVINO runs as int8 (docs/passes.md); simplify
     # first folds BatchNormalization into Conv as OpenVINO's converter does, which NNCF's ONNX
     # backend does not (unfolded: top-1 0.75 vs 1.0 on examples/tiny_cnn.onnx).
     return VariantConfig(
-        passes=[SimplifyConfig(), NncfConfig(overflow_fix=overflow_fix)] if int8 else [],
+        passes=[SimplifyConfig(), NncfConfig()] if int8 else [],
         compile=OpenVinoOptions(inference_precision=inference_precision),
     )
-
-
-def cpu_overflow_fix(host: HostInfo | None = None) -> OverflowFix:
-    """NNCF's overflow fix for the cpu target's OpenVINO int8, by the build host, where that
-    artifact is judged and timed: on x86 without VNNI (whose int8 sums may saturate in 16
-    bits) 7-bit weights in every layer, else NNCF's default (the first layer). Measured on an
-    AVX2 EPYC (2026-12-03): ppocr_rec's ov-int8 failed parity with the default and passed with
-    every layer fixed, 1.58x [1.42-1.83] the reference. Resolved here, not in the pass, so the
-    config (and the cache key) says which was built."""
-    host = host or probe_host()
-    if host.arch != "x86_64" or not traits(host.isa_class).saturating:
-        return "first_layer_only"
-    return "enable"
 
 
 def _tvm(fp16: bool = False, tuning_trials: int = 0) -> VariantConfig:
@@ -103,7 +84,7 @@ def default_cpu() -> dict[str, VariantConfig]:
         "ort-int8-rr": _ort_int8(reduce_range=True),
         "ov-f32": _ov(),
         "ov-bf16": _ov(inference_precision="bf16"),
-        "ov-int8": _ov(int8=True, overflow_fix=cpu_overflow_fix()),
+        "ov-int8": _ov(int8=True),
     }
 
 

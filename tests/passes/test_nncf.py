@@ -267,15 +267,3 @@ def test_overflow_fix_everywhere_makes_7_bit_weights(tmp_path: Path) -> None:
         for fix in ("first_layer_only", "enable")
     }
     assert flavours == {"first_layer_only": "u8s8", "enable": "u8s8-rr"}
-
-
-def test_the_cpu_pipeline_fixes_every_layer_only_on_hosts_whose_sums_saturate() -> None:
-    from compiler.core.host import HostInfo
-    from compiler.pipeline.pipelines import cpu_overflow_fix
-    from tests.core.test_isa import AMX, AVX2, VNNI
-
-    def fix(flags: list[str], arch: str = "x86_64") -> str:
-        return cpu_overflow_fix(HostInfo(arch=arch, cpu_model="d", cpu_count=2, isa=flags, os="L"))
-
-    assert fix(AVX2) == "enable"
-    assert fix(VNNI) == fix(AMX) == fix(["asimd", "asimddp"], "aarch64") == "first_layer_only"
