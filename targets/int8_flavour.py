@@ -49,7 +49,6 @@ def _weights(model: onnx.ModelProto) -> tuple[list[onnx.TensorProto], set[str]]:
         for n in model.graph.node
         if n.op_type == "DequantizeLinear" and n.input[0] in inits
     }
-    names: set[str] = set()
     depthwise: set[str] = set()
     other: set[str] = set()
     for n in model.graph.node:
@@ -60,11 +59,10 @@ def _weights(model: onnx.ModelProto) -> tuple[list[onnx.TensorProto], set[str]]:
             name = n.input[i] if n.input[i] in inits else None
         if name is None:
             continue
-        names.add(name)
         dims = list(inits[name].dims)
         is_dw = n.op_type in ("Conv", "ConvInteger", "QLinearConv") and _group(n) > 1
         (depthwise if is_dw and len(dims) > 1 and dims[1] == 1 else other).add(name)
-    return [inits[n] for n in sorted(names)], depthwise - other
+    return [inits[n] for n in sorted(depthwise | other)], depthwise - other
 
 
 def _group(node: onnx.NodeProto) -> int:
