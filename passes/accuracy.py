@@ -243,7 +243,8 @@ class Gate:
 
 def search_share(labelled: int) -> int:
     """How many of the labelled samples (the first) an int8 search chooses on: half, rounded
-    up. The verdict judges all of them, so the half the search never saw can show the losses
+    up (the others where the unchanged model passes on these: Gates.first_check). The
+    verdict judges all of them, so the half the search never saw can show the losses
     of a model fitted to the other half (layout_cdla: NNCF's accuracy control passed an int8
     model on the 8 pages it chose on that drew a stray box more on held-out pages)."""
     return max(1, math.ceil(labelled / 2))
@@ -270,42 +271,65 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class FirstCheck:
+    """The unchanged model's check (Gates.first_check): its verdict on every labelled sample,
+    and the gate a search would choose on with the model's result there."""
+
+    whole: GateResult  # the verdict's own check, on every sample
+    gate: Gate  # the half a search chooses on
+    result: GateResult  # the unchanged model on that half
+    chosen: str = ""  # why that half, where it is not the first
+    blind: str = ""  # why no search can help, where none can (it passes on both halves)
+
+
+@dataclass(frozen=True)
 class Gates:
-    """One gate on two sample sets. `whole`: every labelled sample, the verdict's own; the
-    unchanged model (plain int8, bf16 throughout) is judged there, which fits nothing, so a
-    search starts exactly when the verdict would fail it. `search`: the first
-    `search_share` of them, what a search chooses its changes on (the rest held out for the
-    verdict). Without labelled samples and a task both are the one gate on the pass's
-    feeds."""
+    """One gate on every labelled sample and on its two halves. `whole`: every labelled
+    sample, the verdict's own; the unchanged model (plain int8, bf16 throughout) is judged
+    there, which fits nothing, so a search starts exactly when the verdict would fail it.
+    `search`: the first `search_share` of them, what a search chooses its changes on, the
+    rest held out for the verdict; `rest`: those others, where the search chooses instead
+    when the unchanged model passes on the first half and fails on the rest (the verdict then
+    holds out the first half). Without labelled samples and a task all are the one gate on
+    the pass's feeds and `rest` is None."""
 
     whole: Gate
     search: Gate
+    rest: Gate | None = None
 
-    def first_check(self, model: onnx.ModelProto) -> tuple[GateResult, GateResult]:
-        """The unchanged model's verdict on `whole` and on `search` (a prefix of it), from one
-        run."""
+    def first_check(self, model: onnx.ModelProto) -> FirstCheck:
+        """The unchanged model's verdict on `whole` and on the half a search would choose on
+        (the first where it fails there, or where it passes the whole), from one run."""
         outputs = run_model(model, self.whole.feeds)
-        return self.whole.judge(outputs), self.search.judge(outputs[: len(self.search.feeds)])
-
-    def unsearchable(self, whole: GateResult, search: GateResult) -> str:
-        """Why no search can help a model failing on `whole` ('' where one can): it passes on
-        the samples a search chooses on, so no change there looks better."""
-        if whole.passed or not search.passed:
-            return ""
-        return (
-            f"fails on all {len(self.whole.feeds)} labelled samples but passes on the first "
-            f"{len(self.search.feeds)} a search chooses on: nothing to choose by, so no search "
-            "ran; the verdict judges it as it is"
+        whole = self.whole.judge(outputs)
+        n, total = len(self.search.feeds), len(self.whole.feeds)
+        first = self.search.judge(outputs[:n])
+        if whole.passed or not first.passed:
+            return FirstCheck(whole, self.search, first)
+        if self.rest is not None:
+            rest = self.rest.judge(outputs[n:])
+            if not rest.passed:
+                chosen = (
+                    f"fails on all {total} labelled samples and on the last {total - n} but "
+                    f"passes on the first {n}: the search chose on the last {total - n}, the "
+                    f"first {n} held out for the verdict"
+                )
+                return FirstCheck(whole, self.rest, rest, chosen=chosen)
+        halves = f"on the first {n}" + ("" if self.rest is None else f" and the last {total - n}")
+        blind = (
+            f"fails on all {total} labelled samples but passes {halves} a search chooses on: "
+            "nothing to choose by, so no search ran; the verdict judges it as it is"
         )
+        return FirstCheck(whole, self.search, first, blind=blind)
 
-    def unchanged(self, whole: GateResult, why: str) -> dict[str, Any]:
-        """The record of a search that did not run: the model passes (`why` '') or no
-        search can help it (`why`, from `unsearchable`)."""
-        record: dict[str, Any] = {"gate_before": whole.record(), "kept_in_float": []}
+    def unchanged(self, check: FirstCheck) -> dict[str, Any]:
+        """The record of a search that did not run: the model passes, or no search can help
+        it (`check.blind`)."""
+        record: dict[str, Any] = {"gate_before": check.whole.record(), "kept_in_float": []}
         if self.whole.note:
             record["note"] = self.whole.note
-        if why:
-            record["unsearched"] = why
+        if check.blind:
+            record["unsearched"] = check.blind
         return record
 
 
@@ -331,19 +355,21 @@ def make_gates(
             feeds, labels = list(samples), list(given)
     references = gate_references(model, feeds, ctx.reference)
 
-    def gate(n: int) -> Gate:
+    def gate(at: slice) -> Gate:
         task = None
         if ctx.task is not None and labels is not None:
-            task = TaskGate(ctx.task, load_callable(ctx.task.metric), labels[:n])
-        made = Gate(tolerance, feeds[:n], references[:n], kinds, task, precision)
+            task = TaskGate(ctx.task, load_callable(ctx.task.metric), labels[at])
+        made = Gate(tolerance, feeds[at], references[at], kinds, task, precision)
         made.note = note
         made.data_sized = ctx.contract.data_sized_outputs()
         return made
 
     if labels is None:
-        one = gate(len(feeds))
+        one = gate(slice(None))
         return Gates(one, one)
-    return Gates(gate(len(feeds)), gate(search_share(len(feeds))))
+    n = search_share(len(feeds))
+    rest = gate(slice(n, None)) if n < len(feeds) else None
+    return Gates(gate(slice(None)), gate(slice(n)), rest)
 
 
 def _summary(m: OutputParity) -> dict[str, Any]:

@@ -147,8 +147,9 @@ class NncfPass(Pass[NncfConfig]):
     # gate compares outputs sized by the data (an NMS's detections; parity.py); 12: an output
     # that is a weight counts in the interface the pass must keep (passes/base.py); 13: the
     # gate reads a dense map's score channels as decisions at 0.5 (parity.py); 14: plain int8
-    # is judged on every labelled sample, accuracy control only where it fails there
-    version = "14"
+    # is judged on every labelled sample, accuracy control only where it fails there; 15: it
+    # chooses on the second half where plain int8 passes the first and fails the second
+    version = "15"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False
@@ -281,12 +282,13 @@ class NncfPass(Pass[NncfConfig]):
         """The plain result if it passes the gate, else NNCF's accuracy-controlled one."""
         ac = self.config.accuracy_control
         gates = make_gates(model, ctx, feeds, ac.min_cosine, ac.min_top1)
-        verdict, before = gates.first_check(plain)
-        blind = gates.unsearchable(verdict, before)
-        if verdict.passed or blind:
-            return plain, gates.unchanged(verdict, blind)
-        gate, budget = gates.search, Budget(ac.max_seconds)
-        record: dict[str, Any] = {"gate_before": verdict.record()}
+        check = gates.first_check(plain)
+        if check.whole.passed or check.blind:
+            return plain, gates.unchanged(check)
+        gate, budget = check.gate, Budget(ac.max_seconds)
+        record: dict[str, Any] = {"gate_before": check.whole.record()}
+        if check.chosen:
+            record["searched_on"] = check.chosen
         if gate.note:
             record["note"] = gate.note
         float_outputs = run_model(model, gate.feeds)
@@ -306,7 +308,7 @@ class NncfPass(Pass[NncfConfig]):
             return self._quantize(model, feeds, _ignoring(kwargs, exclude))
 
         found = search_int8(
-            model, {"nncf": quantize}, gate, [], ac.arithmetic_float, (plain, before), budget
+            model, {"nncf": quantize}, gate, [], ac.arithmetic_float, (plain, check.result), budget
         )
         if "arithmetic_float" in found.record:
             record["arithmetic_float"] = found.record["arithmetic_float"]

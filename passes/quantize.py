@@ -162,8 +162,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # the gate compares outputs sized by the data (an NMS's detections; parity.py); 14: the
     # layer ranking runs in two rounds beyond 32 candidates (passes/accuracy.py); 16: the
     # gate reads a dense map's score channels as decisions at 0.5 (parity.py); 17: plain int8
-    # is judged on every labelled sample, the search only where it fails there
-    version = "17"
+    # is judged on every labelled sample, the search only where it fails there; 18: it
+    # chooses on the second half where plain int8 passes the first and fails the second
+    version = "18"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -312,14 +313,19 @@ class QuantizePass(Pass[QuantizeConfig]):
         if not feeds:
             raise PassError("quantize: accuracy_aware needs sample data; none was given")
         gates = make_gates(model, ctx, feeds, aa.min_cosine, aa.min_top1)
-        verdict, plain = gates.first_check(out)
-        blind = gates.unsearchable(verdict, plain)
-        if verdict.passed or blind:
+        check = gates.first_check(out)
+        if check.whole.passed or check.blind:
             first = next(iter(quantizers))
-            return out, {**gates.unchanged(verdict, blind), "quantizer": {"chosen": first}}
-        gate, budget = gates.search, Budget(aa.max_seconds)
+            return out, {**gates.unchanged(check), "quantizer": {"chosen": first}}
+        gate, budget = check.gate, Budget(aa.max_seconds)
         found = search_int8(
-            model, quantizers, gate, exclude, aa.arithmetic_float and static, (out, plain), budget
+            model,
+            quantizers,
+            gate,
+            exclude,
+            aa.arithmetic_float and static,
+            (out, check.result),
+            budget,
         )
         rankers, settings = ranking
         ranker = shared_ranker(
@@ -342,7 +348,9 @@ class QuantizePass(Pass[QuantizeConfig]):
             budget,
         )
         # the plain model's verdict on every sample before, the kept model's on the search's after
-        record = {**found.record, **loop, "gate_before": verdict.record()}
+        record = {**found.record, **loop, "gate_before": check.whole.record()}
+        if check.chosen:
+            record["searched_on"] = check.chosen
         record["gate_after"] = loop.get("gate_after", loop["gate_before"])
         return out, record
 

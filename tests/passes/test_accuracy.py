@@ -15,6 +15,7 @@ import pytest
 from compiler.core.parity import compare_outputs, output_metrics
 from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
 from compiler.pipeline.output_kinds import with_output_kinds
+from passes.accuracy import Gates, make_gates
 from passes.base import PassContext
 from passes.quantize import QuantizeConfig, QuantizePass
 from tests.passes.builders import context, outlier_lstm, outlier_mlp, run
@@ -228,18 +229,42 @@ def test_task_metric_decides_the_loop(tmp_path: Path) -> None:
     assert before["task"]["samples"] == 16 and after["samples"] == 8
 
 
-def test_no_search_where_plain_int8_passes_the_search_share(tmp_path: Path) -> None:
+def test_the_search_chooses_on_the_last_half_where_plain_int8_passes_the_first(
+    tmp_path: Path,
+) -> None:
     """Plain int8 fails on all 16 labelled samples but passes on the first 8 (inputs of zero,
-    which int8 computes as well as float): a search there has nothing to choose by, so none
-    runs and the record says why; the verdict judges plain int8."""
+    which int8 computes as well as float): the search chooses on the last 8, where it fails,
+    and holds the first 8 out for the verdict; the record says which half and why."""
     model = outlier_mlp()
     samples = [{"x": np.zeros((4, 16), np.float32)} for _ in range(8)] + _feeds(8, seed=2)
     ctx = _task_ctx(model, tmp_path, samples)
     cfg = QuantizeConfig(mode="static", accuracy_aware={"enabled": True})
     aa = QuantizePass(cfg)(model, ctx).record["accuracy_aware"]
     assert aa["gate_before"]["passed"] is False and aa["gate_before"]["task"]["samples"] == 16
-    assert "passes on the first 8 a search chooses on" in aa["unsearched"]
-    assert aa["kept_in_float"] == [] and "ranking" not in aa
+    assert "unsearched" not in aa
+    assert "passes on the first 8: the search chose on the last 8" in aa["searched_on"]
+    assert [k["layer"] for k in aa["kept_in_float"]] == ["mm1"]
+    assert aa["gate_after"]["passed"] is True and aa["gate_after"]["task"]["samples"] == 8
+
+
+def test_no_search_where_plain_int8_passes_every_half_a_search_could_choose_on(
+    tmp_path: Path,
+) -> None:
+    """Where the unchanged model fails the whole set but passes on the samples a search could
+    choose on, no change there can look better: no search, and the check says why."""
+    model = outlier_mlp()
+    zeros = [{"x": np.zeros((4, 16), np.float32)} for _ in range(8)]
+    samples = zeros + _feeds(8, seed=2)
+    gates = make_gates(model, _task_ctx(model, tmp_path, samples), samples)
+    assert gates.rest is not None and len(gates.rest.feeds) == 8
+    plain = QuantizePass(QuantizeConfig(mode="static"))(model, _ctx(model, tmp_path)).model
+    check = gates.first_check(plain)
+    assert not check.whole.passed and check.gate is gates.rest and not check.blind
+    # the same gates with no other half to choose on
+    halves = Gates(gates.whole, gates.search)
+    check = halves.first_check(plain)
+    assert not check.whole.passed and check.result.passed and check.gate is gates.search
+    assert "passes on the first 8 a search chooses on: nothing to choose by" in check.blind
 
 
 def test_a_spent_time_budget_stops_the_search_and_says_so(tmp_path: Path) -> None:
