@@ -60,7 +60,7 @@ fi
 
 # --- Python packages ----------------------------------------------------------------
 # torch==2.13.0 pinned in the same install: a bare 'torch' would pull a multi-GB CUDA build.
-$PY -m pip install -q --disable-pip-version-check -e ".[passes,torch,openvino,tvm,signing,report,export,ray,dev]" "torch==2.13.0" "fsspec>=2024.2"
+$PY -m pip install -q --disable-pip-version-check -e ".[passes,torch,openvino,tvm,tvm-tuning,signing,report,export,ray,dev]" "torch==2.13.0" "fsspec>=2024.2"
 # only its grpc/model_config_pb2 (needs protobuf) is used, to parse exported Triton configs
 $PY -m pip install -q --disable-pip-version-check --no-deps "tritonclient==2.73.0"
 echo "setup: done ($($PY -c 'import compiler; print("compile-pkg", compiler.__version__)'))"
