@@ -141,7 +141,16 @@ def build_package(
         plan.require_free_space(estimate_package_bytes(model_bytes, len(g.artifacts)))
         # a folder, or an fsspec URL mirrored locally (pipeline/remote_cache.py)
         cache = open_cache(cache_root) if cache_root else Cache(tmpdir / "cache")
-        inputs = BuildInputs(src_path, digest, config, targets, sample_data, calibration_data)
+        inputs = BuildInputs(
+            src_path,
+            digest,
+            config,
+            targets,
+            sample_data,
+            calibration_data,
+            # absolute: backends build in child processes of their own folders (TVM)
+            local_cache.absolute() if local_cache else None,
+        )
         # progress outermost, so each event carries the node's time
         instruments = (ProgressInstrument(on_event), TimingInstrument())
         heads = (g.normalize.id, g.data.id, g.reference.id)

@@ -90,6 +90,10 @@ class BuildRequest:
     # the gate of `precision` where the backend asks for one (`Backend.judged`) and the build
     # has user data to judge on; None otherwise
     judge: Judge | None = None
+    # the build's local cache folder (--cache-dir), where a backend keeps what it reuses
+    # across builds (tuning databases, timing caches); None: the default root
+    # (compiler.core.files.default_cache_root). Never part of a cache key.
+    cache_root: Path | None = None
 
 
 @dataclass

@@ -264,7 +264,8 @@ def _report(
 )
 @click.option(
     "--cache-dir",
-    help="node cache: a folder (default ~/.cache/compile-pkg or $COMPILE_PKG_CACHE), or an "
+    help="node cache: a folder (default $COMPILE_PKG_CACHE, else ~/.cache/compile-pkg), which "
+    "also holds the backends' own caches (TVM tuning databases, TensorRT timing caches), or an "
     "fsspec URL shared by a cluster (s3://bucket/prefix; pip install 'compile-pkg[cluster]')",
 )
 @click.option("--no-cache", is_flag=True, help="neither read nor write the node cache")

@@ -14,7 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["locked", "process_scratch", "remove_if_unlocked", "write_atomically"]
+__all__ = [
+    "default_cache_root",
+    "locked",
+    "process_scratch",
+    "remove_if_unlocked",
+    "write_atomically",
+]
 
 _SCRATCH = "compile-pkg.run-"  # not "compile-pkg-": build_package's own folders are unlocked
 _BORN = "compile-pkg.born-"  # a scratch folder before its lock is taken
@@ -23,6 +29,16 @@ _STALE_BORN = 600.0
 # socket's path holds at most 107 bytes
 _SOCKET_TAIL = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 _SOCKET_PATH_MAX = 107
+
+
+def default_cache_root() -> Path:
+    """Where compile-pkg keeps what it may reuse across builds when no folder is given: the
+    node cache, and the backends' own (TVM tuning databases, TensorRT timing caches):
+    $COMPILE_PKG_CACHE, else $XDG_CACHE_HOME/compile-pkg, else ~/.cache/compile-pkg."""
+    env = os.environ.get("COMPILE_PKG_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compile-pkg"
 
 
 @contextlib.contextmanager

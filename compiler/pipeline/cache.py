@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.core.errors import CompilePkgError
-from compiler.core.files import remove_if_unlocked
+from compiler.core.files import default_cache_root, remove_if_unlocked
 from compiler.core.hashing import dir_digest
 
 __all__ = ["BUSY", "Busy", "Cache", "PruneReport", "default_cache_dir"]
@@ -47,11 +47,7 @@ _STALE_NEW = 600.0  # a scratch folder still named new-* after this long lost it
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("COMPILE_PKG_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "compile-pkg"
+    return default_cache_root()
 
 
 class Busy(enum.Enum):

@@ -94,7 +94,9 @@ class TensorRTBackend(Backend):
         runtime: dict[str, Any] = {"engine": None, "compatibility": None}
         if mode == "prebuilt":
             try:
-                files += self._prebuild(model_path, out_dir, settings, host, runtime)
+                files += self._prebuild(
+                    model_path, out_dir, settings, host, runtime, request.cache_root
+                )
             except BackendUnavailable as exc:  # e.g. a CUDA 13 TensorRT on a CUDA 12 driver
                 if opts.build != "auto":
                     raise
@@ -186,10 +188,12 @@ class TensorRTBackend(Backend):
         settings: BuilderSettings,
         host: HostInfo,
         runtime: dict[str, Any],
+        cache_root: Path | None,
     ) -> list[str]:
-        """Build the engine here; the timing cache is reused from and stored to the host cache."""
+        """Build the engine here; the timing cache is reused from and stored to the build's
+        cache folder (the default root without one)."""
         gpu, version = host.gpus[0], host.runtimes["tensorrt"]
-        cache = EngineCache(default_cache_dir())
+        cache = EngineCache(cache_root or default_cache_dir())
         timing = cache.timing_cache_path(gpu, version) if settings.timing_cache else None
         with cache.build_lock():  # one build per host, as on serving hosts
             built = build_engine(model_path, settings, gpu, timing)

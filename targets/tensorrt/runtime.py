@@ -51,7 +51,9 @@ RAW_BUFFERS_POLYGRAPHY = "0.49.18"  # TrtRunner.infer(return_raw_buffers=...) ap
 
 
 def default_cache_dir() -> Path:
-    """Same root as the compile cache: $COMPILE_PKG_CACHE, else $XDG_CACHE_HOME/compile-pkg."""
+    """Same root as the compile cache: $COMPILE_PKG_CACHE, else $XDG_CACHE_HOME/compile-pkg
+    (compiler.core.files.default_cache_root's rule, restated: serving's runtime modules
+    import only the bare modules, tests/targets/test_runtime_modules.py)."""
     env = os.environ.get("COMPILE_PKG_CACHE")
     if env:
         return Path(env)

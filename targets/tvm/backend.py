@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 
 from compiler.core.contract import Contract, DimRange
 from compiler.core.errors import BuildError, ConfigError
+from compiler.core.files import default_cache_root
 from compiler.core.host import Requirements
 from compiler.core.settings import TvmSettings, settings_from_json
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
@@ -86,11 +87,10 @@ class TvmOptions(BackendOptions):
         return tuple(sorted(set(v), key=lambda a: int(a[3:])))
 
 
-def default_cache_dir() -> Path:
-    """Where tuning databases and the libcuda.so.1 stand-in live (never inside artifacts)."""
-    root = os.environ.get("COMPILE_PKG_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "compile-pkg"
-    return base / "tvm"
+def default_cache_dir(root: Path | None = None) -> Path:
+    """Where tuning databases and the libcuda.so.1 stand-in live (never inside artifacts):
+    `tvm/` in the build's cache folder (`BuildRequest.cache_root`), else in the default one."""
+    return (root or default_cache_root()) / "tvm"
 
 
 @functools.lru_cache(maxsize=1)
@@ -184,7 +184,7 @@ class TvmBackend(Backend):
             "outputs": [s.model_dump() for s in contract.outputs],
             "dims": {k: v.model_dump() for k, v in contract.dims.items()},
             "out_dir": str(out_dir),
-            "cache_dir": str(default_cache_dir()),
+            "cache_dir": str(default_cache_dir(request.cache_root)),
         }
         for name in {d for s in contract.inputs for d in s.shape if isinstance(d, str)}:
             if name not in contract.dims:

@@ -265,6 +265,7 @@ def request(
     workdir: Path,
     target: str = "cpu",
     precision: str = "fp32",
+    cache_root: Path | None = None,
 ) -> tuple[BuildRequest, Contract]:
     """A build request for `model_path` (its contract read off the model)."""
     contract = extract_contract(onnx.load(str(model_path)))
@@ -275,6 +276,7 @@ def request(
         options=options,
         contract=contract,
         workdir=workdir,
+        cache_root=cache_root,
     )
     return req, contract
 

@@ -16,12 +16,18 @@ Built = tuple[Path, BuildResult, Contract, Path]  # artifact dir, result, contra
 
 
 def build_tvm(
-    model_path: Path, target: str, root: Path, precision: str = "fp32", **options: object
+    model_path: Path,
+    target: str,
+    root: Path,
+    precision: str = "fp32",
+    cache_root: Path | None = None,
+    **options: object,
 ) -> Built:
     out = root / f"{target}-{precision}-out"
     out.mkdir(parents=True)
+    work = root / f"{target}-{precision}-work"
     req, contract = request(
-        model_path, TvmOptions(**options), root / f"{target}-{precision}-work", target, precision
+        model_path, TvmOptions(**options), work, target, precision, cache_root=cache_root
     )
     return out, TvmBackend().build(model_path, req, out), contract, model_path
 

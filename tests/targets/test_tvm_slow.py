@@ -11,9 +11,11 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from compiler.serving.manifest import read_manifest
 from targets.runner import open_runner
 from targets.tvm.backend import TvmBackend
 from targets.tvm.cuda import cuda_source_markers, fatbin_entries
+from tests.compiler.helpers import build
 from tests.models import shared_model
 from tests.targets.builders import reference, save
 from tests.targets.conftest import build_tvm
@@ -76,12 +78,25 @@ def test_tuning_database_is_cached_and_reused(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = save(model, tmp_path / "src")
     opts: dict[str, object] = {"tuning_trials": 2, "tuning_seconds": 150.0}
-    # the autouse fixture points COMPILE_PKG_CACHE at tmp_path / "default-cache"
-    out, first, contract, _ = build_tvm(path, "cpu", tmp_path / "a", "fp32", **opts)
-    _, second, _, _ = build_tvm(path, "cpu", tmp_path / "b", "fp32", **opts)
+    # the first build through the pipeline, with a cache folder of its own: the database goes
+    # there, not to the default root (the autouse fixture points COMPILE_PKG_CACHE at
+    # tmp_path / "default-cache")
+    given = tmp_path / "given-cache"
+    tvm = {"backend": "tvm", **opts}
+    outcome = build(
+        path,
+        tmp_path / "pkg",
+        given,
+        ("cpu",),
+        {"targets": {"cpu": {"variants": {"tvm-fp32": {"compile": tvm}}}}},
+    )
+    first = read_manifest(outcome.package).artifact("cpu/tvm-fp32")
+    out = outcome.package / first.directory
+    _, second, contract, _ = build_tvm(path, "cpu", tmp_path / "b", "fp32", given, **opts)
     assert any(n.startswith("tuned (") for n in first.notes), first.notes
     assert any(n.startswith("tuning database reused (") for n in second.notes), second.notes
-    dbs = list((tmp_path / "default-cache" / "tvm" / "tuning").iterdir())
+    assert not (tmp_path / "default-cache" / "tvm").exists()
+    dbs = list((given / "tvm" / "tuning").iterdir())
     assert len(dbs) == 1
     info = json.loads((dbs[0] / "tuning.json").read_text())
     records = dbs[0] / "database_tuning_record.json"

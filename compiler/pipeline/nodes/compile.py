@@ -74,6 +74,7 @@ class CompileKind(Kind[CompileNode]):
                 calibration=lambda: ctx.feeds(node.data, "calibration"),
                 calibration_source=ctx.calibration_source(node.data),
                 judge=judge,
+                cache_root=ctx.inputs.cache_root,
             )
             result = cls().build(ctx.model_path(node.source), request, out)
         return CompileOutput(

@@ -33,6 +33,9 @@ class BuildInputs:
     targets: tuple[str, ...]
     sample_data: Path | None = None
     calibration_data: Path | None = None
+    # the local cache folder (--cache-dir when it is a folder): backends keep their own caches
+    # in it (BuildRequest.cache_root); None: the default root. Never part of a key.
+    cache_root: Path | None = None
 
 
 class Holdings:
