@@ -50,7 +50,13 @@ from compiler.serving.selection import REFERENCE  # noqa: E402
 from perf.builds import cli_build, run_olive  # noqa: E402
 from perf.flops import count_flops  # noqa: E402
 from perf.measure import a_a_control, latency_repeats, package_contenders  # noqa: E402
-from perf.peak import measure_peak, peak_for  # noqa: E402
+from perf.peak import (  # noqa: E402
+    fraction_of_peak,
+    measure_peak,
+    peak_for,
+    refresh_fractions,
+    remeasure_peak,
+)
 from perf.picks_report import render  # noqa: E402
 from perf.plan import Plan, library_versions, parse_models  # noqa: E402
 from scripts.make_data import write_model_data  # noqa: E402
@@ -212,16 +218,13 @@ def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, wa
             mine = {**lat.get("reference (A/A)", {}), "itself": True, "speedup": ITSELF}
         pooled = mine.get("pooled") or {}
         key = peak_for(entry["precision"], peak)
-        frac = (
-            flops * batch / (pooled["p50_ms"] / 1e3) / (peak[key]["gflops"] * 1e9)
-            if pooled.get("p50_ms")
-            else None
-        )
+        achieved = flops * batch / (pooled["p50_ms"] / 1e3) / 1e9 if pooled.get("p50_ms") else None
         entry["batches"][str(batch)] = {
             "pick": mine,
             "control": lat.get("reference (A/A)", {}),
             "reference": lat.get("reference", {}),
-            "fraction_of_peak": frac,
+            "achieved_gflops": achieved,
+            "fraction_of_peak": fraction_of_peak(achieved, key, peak) if achieved else None,
             "peak_used": key,
         }
         _log(f"{model.id}: batch {batch}: {pick} {mine.get('speedup', {})}")
@@ -301,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - one model's failure must not lose the rest
             entry["error"] = f"{type(exc).__name__}: {exc}"[:400]
             _log(f"{name}: {entry['error']}")
+    _log("peak: a second round after the models")  # a round alone can under-read (peak.py)
+    doc["peak"] = remeasure_peak(doc["peak"])
+    refresh_fractions(
+        [b for m in doc["models"].values() for b in m.get("batches", {}).values()], doc["peak"]
+    )
     doc["load_average_end"] = list(os.getloadavg())
     doc["wall_seconds"] = round(time.perf_counter() - started, 1)
     stem = f"{doc['date']}-{host.hostname or 'host'}-picks{'-quick' if plan.quick else ''}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from perf.peak import over_peak, peak_rounds
 from perf.report import speedup_cell
 
 __all__ = ["geomean_of", "render"]
@@ -42,6 +43,8 @@ def _row(name: str, e: dict[str, Any]) -> str:
     big_cell = f"b{big}: {_pick_cell(e['batches'][big]['pick'])}" if big else "-"
     frac = one.get("fraction_of_peak")
     frac_cell = f"{frac * 100:.1f} % ({one.get('peak_used')})" if frac else "-"
+    if over_peak(frac):
+        frac_cell += ": over peak, the probe under-read"
     t = e["task"]
     task = f"{t['pick']} vs {t['original']} ({'as well' if t['as_well'] else 'WORSE'})"
     return (
@@ -191,5 +194,6 @@ def render(doc: dict[str, Any]) -> str:
                 if "bf16" in peak
                 else "."
             )
+            + peak_rounds(peak)
         )
     return "\n".join(lines) + "\n"

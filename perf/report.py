@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from perf.peak import over_peak, peak_rounds
+
 __all__ = ["render_markdown", "render_plot", "speedup_cell", "spread_cell"]
 
 TICKS = (0.125, 0.25, 0.5, 1, 2, 4, 8, 16)  # the plot's speedup axis
@@ -101,7 +103,8 @@ def _header(doc: dict[str, Any]) -> list[str]:
             f", bf16 {peak['bf16']['gflops']:.1f} GFLOP/s ({peak['bf16']['kernel']})."
             if "bf16" in peak
             else "."
-        ),
+        )
+        + peak_rounds(peak),
         "",
         f"Run: `{doc['command']}`, {doc['wall_seconds']:.0f} s wall. {doc['plan']['note']}",
     ]
@@ -181,7 +184,8 @@ def _artifact_table(doc: dict[str, Any]) -> list[str]:
                 f"| {name} | {c['id']} | {c['origin']} | {c['precision']} "
                 f"| {_f(pooled.get('p50_ms'))} | {_f(pooled.get('p99_ms'))} "
                 f"| {_f(pooled.get('throughput_per_s'), '.1f')} | {speed} | {spread_cell(lat)} "
-                f"| {_f(peak * 100 if peak is not None else None, '.1f')} "
+                f"| {_f(peak * 100 if peak is not None else None, '.1f')}"
+                f"{' (over peak: the probe under-read)' if over_peak(peak) else ''} "
                 f"| {_parity(c.get('parity'))} | {_task(c.get('task'))} |"
             )
     return lines
