@@ -7,6 +7,10 @@ lazily by the modules that need them. Serving code loads a package with
 
 from __future__ import annotations
 
+from compiler.core.telemetry import ort_telemetry_off
+
+ort_telemetry_off()  # before any module of ours imports onnxruntime (core/telemetry.py)
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -36,6 +36,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from compiler.core.errors import NotApplicable, PassError
+from compiler.core.telemetry import telemetry_off
 from passes.accuracy import Budget, Gate, make_gates
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
@@ -49,7 +50,14 @@ from passes.quantize import (
 )
 from passes.upcast import widen_for_int8
 
-__all__ = ["NncfAccuracyControl", "NncfConfig", "NncfIgnoredScope", "NncfPass", "OverflowFix"]
+__all__ = [
+    "NncfAccuracyControl",
+    "NncfConfig",
+    "NncfIgnoredScope",
+    "NncfPass",
+    "OverflowFix",
+    "import_nncf",
+]
 
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 # a float model this close to the outputs' tolerances leaves int8 no room (rounding decides)
@@ -58,6 +66,14 @@ AUTO_OFF = (
     "accuracy control off: the calibration data is generated, so no gate verdict on it means "
     "anything; give real data (--calibration-data, --sample-data) to turn it on"
 )
+
+
+def import_nncf() -> Any:
+    """The nncf module, imported with its usage telemetry off (compiler/core/telemetry.py):
+    the first import decides for the process."""
+    with telemetry_off():
+        import nncf
+    return nncf
 
 
 class _Strict(BaseModel):
@@ -229,7 +245,7 @@ class NncfPass(Pass[NncfConfig]):
             )
 
     def _kwargs(self, model_type: str, samples: int) -> dict[str, Any]:
-        import nncf
+        nncf = import_nncf()
         from nncf.quantization.advanced_parameters import (
             AdvancedQuantizationParameters,
             AdvancedSmoothQuantParameters,
@@ -259,8 +275,7 @@ class NncfPass(Pass[NncfConfig]):
     def _quantize(
         self, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], kwargs: dict[str, Any]
     ) -> onnx.ModelProto:
-        import nncf
-
+        nncf = import_nncf()
         try:
             with quiet("", "nncf"):
                 return nncf.quantize(model, nncf.Dataset(feeds), **kwargs)
@@ -357,7 +372,7 @@ def _foreign_ops(model: onnx.ModelProto) -> str:
 
 def _ignoring(kwargs: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """NNCF's options with `names` added to the ignored scope."""
-    import nncf
+    nncf = import_nncf()
 
     if not names:
         return kwargs
@@ -379,7 +394,7 @@ def _restore_accuracy(
 ) -> onnx.ModelProto | None:
     """`nncf.quantize_with_accuracy_control` with the gate's margin as its metric; None where
     `budget` ran out first (checked at each of NNCF's validations)."""
-    import nncf
+    nncf = import_nncf()
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     def validate(

@@ -103,9 +103,9 @@ def _ort(model: onnx.ModelProto, threads: int = 0) -> Callable[[np.ndarray], Any
 def _openvino(
     model: onnx.ModelProto, threads: int = 0, precision: str = "f32"
 ) -> Callable[[np.ndarray], Any]:
-    import openvino as ov
+    from targets.openvino.runtime import import_openvino
 
-    core = ov.Core()
+    core = import_openvino().Core()
     cfg: dict[str, Any] = {
         "PERFORMANCE_HINT": "LATENCY",
         "ENABLE_CPU_PINNING": False,

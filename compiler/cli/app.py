@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.text import Text
 
 from compiler.core.errors import CompilePkgError, ConfigError, Terminated
-from compiler.core.files import process_scratch
+from compiler.core.files import default_cache_root, process_scratch
 from compiler.core.targets import check_targets
 from compiler.serving.signing import TrustPolicy
 
@@ -311,6 +311,10 @@ def _stopped(exc: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ui.reset()
+    # the report's charts: matplotlib keeps its font cache (and reads its rc file) in our cache
+    # root, not in ~/.cache/matplotlib, unless the user points it elsewhere; with the
+    # libraries' telemetry off (core/telemetry.py) a build writes its output and the cache root
+    os.environ.setdefault("MPLCONFIGDIR", str(default_cache_root() / "matplotlib"))
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, _terminate) for sig in _STOP_SIGNALS}

@@ -22,15 +22,16 @@ from typing import Any, Literal
 import onnx
 from pydantic import Field
 
-from compiler.core.errors import BuildError
+from compiler.core.errors import BackendUnavailable, BuildError
 from compiler.core.host import Requirements
 from compiler.core.isa import BF16_FLAGS, meant_for
 from compiler.core.quantized import quantized_ops
 from compiler.core.settings import OpenVinoSettings
+from compiler.core.telemetry import telemetry_off
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
 from targets.int8_flavour import with_int8_flavour
 from targets.openvino.float_layers import keep_in_f32
-from targets.openvino.runtime import INSTALL, compile_ir, openvino_message
+from targets.openvino.runtime import INSTALL, compile_ir, import_openvino, openvino_message
 
 __all__ = ["OpenVinoBackend", "OpenVinoOptions"]
 
@@ -103,9 +104,9 @@ class OpenVinoBackend(Backend):
     @classmethod
     def runtime_availability(cls) -> Availability:
         try:
-            import openvino  # noqa: F401
-        except ImportError as exc:
-            return Availability(ok=False, reason=f"cannot import openvino: {exc}", install=INSTALL)
+            import_openvino()
+        except BackendUnavailable as exc:
+            return Availability(ok=False, reason=exc.reason, install=INSTALL)
         return Availability(ok=True)
 
     @classmethod
@@ -207,10 +208,10 @@ def _check_quantization(request: BuildRequest, integer: dict[str, int], path: Pa
 
 
 def _convert(model_path: Path, source: onnx.ModelProto) -> Any:
-    import openvino as ov
-
+    ov = import_openvino()
     try:
-        return ov.convert_model(str(model_path))
+        with telemetry_off():  # each conversion re-initialises OpenVINO's telemetry
+            return ov.convert_model(str(model_path))
     except Exception as exc:  # OpConversionFailure, GeneralFailure: not exported as one base
         msg = openvino_message(exc)
         ops = re.findall(r"No conversion rule found for operations: (.+)", str(exc))
@@ -244,8 +245,7 @@ def _stable_names(model: Any) -> None:
 
 
 def _save(model: Any, out_dir: Path, compress_to_fp16: bool) -> None:
-    import openvino as ov
-
+    ov = import_openvino()
     _stable_names(model)
     # save_model compresses to f16 unless told otherwise; the option decides, explicitly.
     ov.save_model(model, str(out_dir / _XML), compress_to_fp16=compress_to_fp16)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from targets.base import Judge
-from targets.openvino.runtime import OpenVinoArtifact, compile_ir
+from targets.openvino.runtime import OpenVinoArtifact, compile_ir, import_openvino
 
 __all__ = ["FloatSearch", "compute_layers", "keep_in_f32", "mark_precise"]
 
@@ -95,7 +95,7 @@ def _run(
     xml: Path, weights: Path, feeds: Sequence[dict[str, Any]], outputs: Sequence[str]
 ) -> list[dict[str, Any]] | None:
     """The IR compiled bf16 on `feeds`; None where this CPU compiles it f32."""
-    from openvino import Core
+    Core = import_openvino().Core  # noqa: N806
 
     compiled = compile_ir(Core().read_model(str(xml), str(weights)), _BF16)
     if compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() != "bf16":
@@ -113,7 +113,7 @@ def keep_in_f32(
     """Judge the IR at `xml` in bf16 on all the judge's samples; where it fails, mark in
     `xml` the first run of layers (module docstring) whose f32 makes it pass on the samples
     the search chooses on (`judge.search`)."""
-    from openvino import Core
+    Core = import_openvino().Core  # noqa: N806
 
     weights = xml.with_suffix(".bin")
     ran = _run(xml, weights, judge.feeds, outputs)

@@ -33,6 +33,7 @@ import numpy as np
 from compiler.core.errors import BackendUnavailable
 from compiler.core.runtime import RunnerInfo
 from compiler.core.settings import OpenVinoSettings
+from compiler.core.telemetry import telemetry_off
 
 __all__ = ["INSTALL", "OpenVinoArtifact", "compile_ir", "load", "openvino_message", "version"]
 
@@ -41,9 +42,12 @@ INSTALL = "pip install 'compile-pkg[openvino]'"
 _NOISE = ("Check '", "FrontEnd API failed with", "Summary:", "Exception from src/", "[ GENERAL")
 
 
-def _ov() -> Any:
+def import_openvino() -> Any:
+    """The openvino module, imported with its usage telemetry off (compiler/core/telemetry.py);
+    BackendUnavailable where it cannot be imported."""
     try:
-        import openvino
+        with telemetry_off():
+            import openvino
     except ImportError as exc:
         raise BackendUnavailable("openvino", f"cannot import openvino: {exc}", INSTALL) from exc
     return openvino
@@ -51,7 +55,7 @@ def _ov() -> Any:
 
 def version() -> str:
     """'2026.4.1' (without the build suffix) of the openvino this process imports."""
-    return str(_ov().__version__).split("-")[0]
+    return str(import_openvino().__version__).split("-")[0]
 
 
 def openvino_message(exc: BaseException, limit: int = 400, lines: int = 4) -> str:
@@ -67,7 +71,7 @@ def openvino_message(exc: BaseException, limit: int = 400, lines: int = 4) -> st
 
 def compile_ir(model: Any, config: Mapping[str, Any]) -> Any:
     """Compile an IR file (a Path) or an `openvino.Model` for the CPU with `config`."""
-    core = _ov().Core()
+    core = import_openvino().Core()
     if isinstance(model, Path):
         model = core.read_model(str(model))
     return core.compile_model(model, "CPU", dict(config))
@@ -122,7 +126,7 @@ class OpenVinoArtifact:
         if self._seen[key] < 2 or len(self._static) >= self._limit:
             return self._request, self._ports
         try:
-            ov = _ov()
+            ov = import_openvino()
             model = ov.Core().read_model(str(self._xml))
             model.reshape({name: ov.PartialShape(list(shape)) for name, shape in key})
             compiled = compile_ir(model, self._config)

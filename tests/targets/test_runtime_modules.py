@@ -23,7 +23,12 @@ from tests.targets.builders import reference, request, save
 REPO = Path(__file__).resolve().parents[2]
 # what a runtime module may import of the project: the bare vocabulary only (TensorRT's device
 # buffers are Polygraphy's TrtRunner's, imported with the runtime library)
-BARE = {"compiler.core.errors", "compiler.core.settings", "compiler.core.runtime"}
+BARE = {
+    "compiler.core.errors",
+    "compiler.core.settings",
+    "compiler.core.runtime",
+    "compiler.core.telemetry",
+}
 # bare helpers of one backend's own (standard library and numpy only)
 OWN_HELPERS: dict[str, set[str]] = {
     "tensorrt": {"targets.tensorrt.dtypes", "targets.tensorrt.install"}
