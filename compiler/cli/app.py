@@ -309,12 +309,25 @@ def _stopped(exc: BaseException) -> None:
     sys.exit(130)
 
 
+_CHARTS_HOME = {"ours": False}  # main pointed MPLCONFIGDIR at a cache root (the user had not)
+
+
+def charts_home(cache_dir: str | Path | None = None) -> None:
+    """The report's charts: matplotlib keeps its font cache (and reads its rc file) under the
+    build's cache folder (`cache_dir`; the default root for none or a URL), not in
+    ~/.cache/matplotlib, unless the user set MPLCONFIGDIR: with the libraries' telemetry off
+    (core/telemetry.py) a build writes its output and its cache folder only."""
+    if "MPLCONFIGDIR" in os.environ and not _CHARTS_HOME["ours"]:
+        return
+    local = cache_dir is not None and "://" not in str(cache_dir)
+    root = Path(cache_dir).absolute() if local else default_cache_root()  # type: ignore[arg-type]
+    os.environ["MPLCONFIGDIR"] = str(root / "matplotlib")
+    _CHARTS_HOME["ours"] = True
+
+
 def main(argv: list[str] | None = None) -> None:
     ui.reset()
-    # the report's charts: matplotlib keeps its font cache (and reads its rc file) in our cache
-    # root, not in ~/.cache/matplotlib, unless the user points it elsewhere; with the
-    # libraries' telemetry off (core/telemetry.py) a build writes its output and the cache root
-    os.environ.setdefault("MPLCONFIGDIR", str(default_cache_root() / "matplotlib"))
+    charts_home()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, _terminate) for sig in _STOP_SIGNALS}

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from compiler.build import BuildOutcome, build_package
 from compiler.cli.app import (
     JsonDoc,
+    charts_home,
     cli,
     console,
     detail,
@@ -334,6 +335,7 @@ def build(
         raise click.UsageError("give the package folder with -o/--output")
     heads = frozenset((graph.normalize.id, graph.data.id, graph.reference.id))
     progress = _Progress(len(graph), heads, log_path)
+    charts_home(None if no_cache else cache_dir)
     try:
         with (
             third_party_output(log_path, to_stderr=ui.level >= 1 and not log_path) as captured,

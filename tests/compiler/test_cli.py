@@ -18,10 +18,16 @@ EXAMPLE = ROOT / "examples" / "tiny_cnn.onnx"
 ORT_ONLY = str(Path(__file__).with_name("ort_only.yaml"))
 
 
-def cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cache: Path | None = None, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if cache:
         env["COMPILE_PKG_CACHE"] = str(cache)
+    if home:  # a home folder of its own, and none of the variables that hush telemetry
+        env["HOME"] = str(home)
+        for hush in ("CI", "NNCF_CI", "ORT_DISABLE_TELEMETRY", "MPLCONFIGDIR", "XDG_CACHE_HOME"):
+            env.pop(hush, None)
     return subprocess.run(
         [sys.executable, "-m", "compiler.cli", *args],
         env=env,
@@ -32,7 +38,8 @@ def cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[st
 
 
 def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
-    pkg = tmp_path / "pkg"
+    pkg, home = tmp_path / "pkg", tmp_path / "home"
+    home.mkdir()
     r = cli(
         str(EXAMPLE),
         "--targets",
@@ -42,8 +49,13 @@ def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
         "--set",
         "latency.runs=5",
         cache=tmp_path / "c",
+        home=home,
     )
     assert r.returncode == 0, r.stderr
+    # the build wrote its package and its cache, nothing under the home folder (no library
+    # telemetry, matplotlib's font cache in the cache root: core/telemetry.py)
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
+    assert (tmp_path / "c" / "matplotlib").is_dir()
     assert "ran normalize" in r.stderr and "cpu/ort-fp32" in r.stdout
     assert re.search(r"this host would serve (cpu/\S+|reference): ", r.stderr)
     manifest = json.loads((pkg / "manifest.json").read_text())
