@@ -79,6 +79,9 @@ def connect(address: str, cpus: int = 0) -> None:
     options: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
     if not address:
         options |= {"include_dashboard": False, "object_store_memory": 80 * _MIB}
+        # a cluster of our own reports no usage to Ray's servers unless the user asks
+        # (Ray 2.x reports by default; core/telemetry.py says why a build sends nothing)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if cpus:
             options["num_cpus"] = cpus
     try:
