@@ -36,6 +36,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from compiler.core.errors import NotApplicable, PassError
+from compiler.core.quantized import QDQ_OPS
 from compiler.core.telemetry import telemetry_off
 from passes.accuracy import Budget, Gate, make_gates
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
@@ -59,7 +60,6 @@ __all__ = [
     "import_nncf",
 ]
 
-_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 # a float model this close to the outputs' tolerances leaves int8 no room (rounding decides)
 _NO_MARGIN = 1e-9
 AUTO_OFF = (
@@ -214,7 +214,7 @@ class NncfPass(Pass[NncfConfig]):
         out = self._quantize(model, feeds, kwargs)
         scope = cfg.ignored_scope
         if not (scope.names or scope.patterns or scope.types) and not any(
-            n.op_type in _QDQ for n in out.graph.node
+            n.op_type in QDQ_OPS for n in out.graph.node
         ):
             raise NotApplicable(nothing_to_quantize(model, "NNCF"))
         enabled = cfg.accuracy_control.enabled
@@ -222,7 +222,7 @@ class NncfPass(Pass[NncfConfig]):
             record["accuracy_control_off"] = AUTO_OFF
         elif enabled:
             out, record["accuracy_control"] = self._accuracy_control(model, out, feeds, ctx, kwargs)
-        record["quantized_ops"] = {k: v for k, v in op_histogram(out).items() if k in _QDQ}
+        record["quantized_ops"] = {k: v for k, v in op_histogram(out).items() if k in QDQ_OPS}
         if not record["quantized_ops"]:
             why = (
                 "accuracy control kept every node in float to meet the int8 gate; loosen "
@@ -445,7 +445,9 @@ def _dequantized_inputs(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes that read an input through a DequantizeLinear."""
     dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     return {
-        n.name for n in model.graph.node if n.op_type not in _QDQ and any(i in dq for i in n.input)
+        n.name
+        for n in model.graph.node
+        if n.op_type not in QDQ_OPS and any(i in dq for i in n.input)
     }
 
 

@@ -28,6 +28,7 @@ import onnx
 
 from compiler.core.host import probe_host
 from compiler.core.isa import traits
+from compiler.core.quantized import QDQ_OPS
 
 __all__ = ["quiet", "run_model", "session", "simulates_int8"]
 
@@ -74,11 +75,8 @@ def run_model(
     return [dict(zip(names, sess.run(names, feed), strict=True)) for feed in feeds]
 
 
-_QDQ = {"QuantizeLinear", "DequantizeLinear"}
-
-
 def _has_qdq(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in _QDQ for n in model.graph.node)
+    return any(n.op_type in QDQ_OPS for n in model.graph.node)
 
 
 def simulates_int8() -> bool:

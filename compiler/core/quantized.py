@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["QUANTIZED_OPS", "is_quantized_op", "quantized_ops"]
+__all__ = ["QDQ_OPS", "QUANTIZED_OPS", "is_quantized_op", "quantized_ops"]
 
-QUANTIZED_OPS = frozenset(
+# the pair around float ops in QDQ form
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+QUANTIZED_OPS = QDQ_OPS | frozenset(
     {
-        "QuantizeLinear",
-        "DequantizeLinear",
         "DynamicQuantizeLinear",
         "MatMulInteger",
         "ConvInteger",

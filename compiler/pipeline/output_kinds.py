@@ -35,6 +35,7 @@ import onnx
 
 from compiler.core.contract import Contract, OutputKind, TensorSpec
 from compiler.core.errors import ConfigError
+from compiler.core.quantized import QDQ_OPS
 
 __all__ = ["infer_output_kinds", "with_output_kinds"]
 
@@ -50,7 +51,6 @@ _POOL = frozenset(
     {"ReduceMean", "ReduceMax", "ReduceMin", "GlobalAveragePool", "GlobalMaxPool", "MaxPool",
      "AveragePool"}
 )  # fmt: skip
-_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _RECURRENT = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
 _LINEAR = frozenset(
     {"MatMul", "Gemm", "MatMulInteger", "QGemm", "FusedMatMul", "QLinearMatMul",
@@ -121,7 +121,7 @@ def _source(origin: _Origin, value: str) -> onnx.NodeProto | None:
     model puts a QuantizeLinear/DequantizeLinear pair between most ops."""
     node = origin.producers.get(value)
     for _ in range(_MAX_STEPS):
-        if node is None or node.op_type not in _QDQ:
+        if node is None or node.op_type not in QDQ_OPS:
             break
         node = origin.producers.get(node.input[0])
     return node
@@ -185,7 +185,7 @@ def _readers(graph: onnx.GraphProto, name: str) -> set[str]:
     producers = _producers(graph, {})
     values, seen = [name], {name}
     node = producers.get(name)
-    while node is not None and node.op_type in _QDQ and node.input[0] not in seen:
+    while node is not None and node.op_type in QDQ_OPS and node.input[0] not in seen:
         values.append(node.input[0])
         seen.add(node.input[0])
         node = producers.get(node.input[0])
@@ -195,7 +195,7 @@ def _readers(graph: onnx.GraphProto, name: str) -> set[str]:
         for node in graph.node:
             if value not in node.input:
                 continue
-            if node.op_type in _QDQ:
+            if node.op_type in QDQ_OPS:
                 values.extend(o for o in node.output if o not in seen)
                 seen.update(node.output)
             else:

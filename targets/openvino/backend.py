@@ -25,7 +25,7 @@ from pydantic import Field
 from compiler.core.errors import BackendUnavailable, BuildError
 from compiler.core.host import Requirements
 from compiler.core.isa import BF16_FLAGS, meant_for
-from compiler.core.quantized import quantized_ops
+from compiler.core.quantized import QDQ_OPS, quantized_ops
 from compiler.core.settings import OpenVinoSettings
 from compiler.core.telemetry import telemetry_off
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
@@ -44,7 +44,6 @@ _PRECISIONS = ("bf16", "fp32", "int8")
 # bf16 guide, compiler/core/isa.py). So a bf16 artifact needs AVX-512 and one of the native
 # bf16 flags (`isa_any`): AMX hosts qualify by either.
 _BF16_ISA = {"x86_64": ["avx512bw", "avx512f", "avx512vl"]}
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 class OpenVinoOptions(BackendOptions):
@@ -180,9 +179,9 @@ def _integer_ops(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _quantization_notes(integer: dict[str, int]) -> list[str]:
-    qdq = sum(integer.get(op, 0) for op in _QDQ_OPS)
+    qdq = sum(integer.get(op, 0) for op in QDQ_OPS)
     notes = [f"{qdq} QuantizeLinear/DequantizeLinear nodes run as FakeQuantize"] if qdq else []
-    other = {op: n for op, n in integer.items() if op not in _QDQ_OPS}
+    other = {op: n for op, n in integer.items() if op not in QDQ_OPS}
     if other:
         shown = ", ".join(f"{n} {op}" for op, n in sorted(other.items()))
         notes.append(f"the source's own integer ops converted as they are ({shown})")

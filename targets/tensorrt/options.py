@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compiler.core.contract import Contract, DimRange
 from compiler.core.errors import ConfigError
+from compiler.core.quantized import QDQ_OPS
 from targets.base import BackendOptions
 
 __all__ = [
@@ -43,7 +44,6 @@ HW_LEVELS = {
     "ampere_plus": "AMPERE_PLUS",
     "same_compute_capability": "SAME_COMPUTE_CAPABILITY",
 }
-_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _MIB = 1 << 20
 
 
@@ -173,7 +173,7 @@ class BuilderSettings(BaseModel):
 
 def is_qdq_model(model: onnx.ModelProto) -> bool:
     """True when the graph carries QuantizeLinear/DequantizeLinear (explicit quantization)."""
-    return any(n.op_type in _QDQ_OPS for n in model.graph.node)
+    return any(n.op_type in QDQ_OPS for n in model.graph.node)
 
 
 def derive_profiles(
