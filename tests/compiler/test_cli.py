@@ -11,6 +11,7 @@ import pytest
 
 from compiler.cli import main
 from compiler.core.host import probe_host
+from compiler.measure.emulation import EMU_DIR_ENV, default_environment_dir
 from tests.models import shared_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +26,8 @@ def cli(
     if cache:
         env["COMPILE_PKG_CACHE"] = str(cache)
     if home:  # a home folder of its own, and none of the variables that hush telemetry
+        # the arm emulation set up under the real home stays in use (scripts/setup_emulation.sh)
+        env.setdefault(EMU_DIR_ENV, str(default_environment_dir()))
         env["HOME"] = str(home)
         for hush in ("CI", "NNCF_CI", "ORT_DISABLE_TELEMETRY", "MPLCONFIGDIR", "XDG_CACHE_HOME"):
             env.pop(hush, None)
