@@ -235,7 +235,8 @@ def refresh_fractions(rows: list[dict[str, Any]], peak: dict[str, Any]) -> None:
 
 
 def peak_rounds(peak: dict[str, Any]) -> str:
-    """' Rounds: fp32 171 / 181, int8 258 / 371.' (empty for one round): each round's best."""
+    """' Best of each round (before / after the models): fp32 145 / 133 GFLOP/s, int8 265 /
+    238 GOP/s.' (empty for one round): each precision's best in each round."""
     rounds = peak.get("rounds", [])
     if len(rounds) < 2:
         return ""
