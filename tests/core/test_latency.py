@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from compiler.core.latency import (
+    BUDGET_CEILING,
+    PairedBlocks,
     SpeedupInterval,
     measure_paired,
     median_interval,
@@ -113,18 +115,34 @@ def test_noisy_pairs_run_to_the_pair_limit() -> None:
     assert got.speedup.low < 1.5 < 2.0 <= got.speedup.high
 
 
-def test_budget_ends_measurement_with_the_coverage_it_reached() -> None:
+def _noisy(budget_s: float, seconds_per_pair: float) -> PairedBlocks:
     ticks = itertools.count()
-    got = measure_paired(
+    return measure_paired(
         _blocks([1e-3, 1.5e-3], [], "a"),
         _blocks([2e-3], [], "r"),
         confidence=0.95,
         target_halfwidth=0.03,
         max_pairs=100,
-        budget_s=3,
-        clock=lambda: float(next(ticks)),  # one "second" per clock read
+        budget_s=budget_s,
+        clock=lambda: seconds_per_pair * next(ticks),  # one clock read a pair
     )
-    assert got.stopped == "budget" and got.speedup.pairs < pairs_needed(0.95)
+
+
+def test_budget_ends_measurement_once_the_confidence_is_reachable() -> None:
+    """A model slower than the budget allows still gets the pairs a verdict at the policy's
+    confidence needs (6 at 95 %: serving counts no speedup short of it); a budget that
+    holds more pairs ends where it ends."""
+    slow = _noisy(budget_s=3, seconds_per_pair=1.0)  # 3 pairs would fit the budget
+    assert slow.stopped == "budget" and slow.speedup.pairs == pairs_needed(0.95)
+    assert slow.speedup.confidence >= 0.95
+    quick = _noisy(budget_s=3, seconds_per_pair=0.25)
+    assert quick.stopped == "budget" and quick.speedup.pairs == 12  # 3 s
+    assert quick.speedup.confidence >= 0.95
+
+
+def test_past_the_ceiling_the_budget_ends_it_with_the_coverage_reached() -> None:
+    got = _noisy(budget_s=3, seconds_per_pair=BUDGET_CEILING)  # 3 pairs reach the ceiling
+    assert got.stopped == "budget" and got.speedup.pairs == 3 < pairs_needed(0.95)
     assert got.speedup.confidence < 0.95
 
 
