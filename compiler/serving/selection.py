@@ -218,6 +218,18 @@ def _beats_reference(c: Candidate, bound: float, confidence: float) -> bool:
     return s is not None and s.confidence >= confidence - 1e-9 and s.low >= bound - 1e-9
 
 
+def _why_behind(s: SpeedupInterval | None, bound: float, confidence: float) -> str:
+    """Why a candidate does not beat the reference (`_beats_reference` said no)."""
+    if s is None:
+        return "nothing measured shows it faster"
+    if s.low < bound - 1e-9:
+        return f"its speedup's lower bound {s.low:.2f}x is under 1 + min_gain ({bound:.2f}x)"
+    return (
+        f"its speedup's interval holds at {s.confidence:.0%}, under the policy's "
+        f"{confidence:.0%} ({s.pairs} pairs: too few to count on)"
+    )
+
+
 _FIT_RANK = {"preferred": 0, "native": 1, "saturates": 2}
 
 
@@ -442,12 +454,7 @@ def rank(
         ahead = [c for c in rest if _beats_reference(c, bound, confidence)]
         behind = [c for c in rest if c not in ahead]
         for c in behind:
-            c.reason += "; after the reference: " + (
-                f"its speedup's lower bound {c.speedup.low:.2f}x is under 1 + min_gain "
-                f"({bound:.2f}x)"
-                if c.speedup is not None
-                else "nothing measured shows it faster"
-            )
+            c.reason += "; after the reference: " + _why_behind(c.speedup, bound, confidence)
         rest = [
             *_order_by_speedup(ahead, by_id, confidence, host.isa_class),
             *reference,

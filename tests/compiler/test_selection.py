@@ -219,6 +219,9 @@ def test_an_interval_below_the_policys_confidence_never_displaces_a_precise_arti
         "cpu/ov-bf16",
         "cpu/ort-int8",
     ]
+    why = {c.id: c.reason for c in rank(cpu_manifest, CPU)[0]}["cpu/ort-int8"]
+    assert "after the reference: its speedup's interval holds at 75%, under the policy's 95%" in why
+    assert "lower bound" not in why  # 1.90x is not under 1 + min_gain: the coverage is short
     _give(cpu_manifest, ort_int8=_interval(2.0, 1.9, 2.1, confidence=0.97))
     assert _order(cpu_manifest)[0] == "cpu/ort-int8"
 
