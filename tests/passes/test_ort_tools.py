@@ -4,10 +4,14 @@ kernels: on x86 without VNNI, ONNX Runtime's u8 x s8 GEMM sums pairs of products
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from passes import ort_tools
 from passes.ort_tools import run_model
 
 K = 64  # 255 * 127 per product: every pair of them overflows 16 bits
@@ -66,3 +70,49 @@ def test_a_float_model_runs_as_it_is() -> None:
     x = np.random.default_rng(1).normal(size=(1, K)).astype(np.float32)
     (out,) = run_model(model, [{"x": x}])
     np.testing.assert_allclose(out["y"], x @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_feeds_run_at_once_on_the_cores_given_with_the_same_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One thread per feed and a feed per core: the outputs are those of running the feeds
+    one by one, bit for bit, in the feeds' order, whatever the core count."""
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(256, 256)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.normal(size=(64, 256)).astype(np.float32)} for _ in range(7)]
+    threads: set[str] = set()
+    run = ort_tools.session
+
+    def watched(*args: object) -> object:
+        sess = run(*args)  # type: ignore[arg-type]
+
+        class Watched:
+            def get_outputs(self) -> object:
+                return sess.get_outputs()
+
+            def run(self, *a: object) -> object:
+                threads.add(threading.current_thread().name)
+                return sess.run(*a)
+
+        return Watched()
+
+    monkeypatch.setattr(ort_tools, "session", watched)
+    monkeypatch.setattr(ort_tools.os, "sched_getaffinity", lambda pid: {0})
+    alone = run_model(model, feeds)
+    assert threads == {threading.current_thread().name}
+    monkeypatch.setattr(ort_tools.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    threads.clear()
+    together = run_model(model, feeds)
+    assert 1 < len(threads) <= 3 and all(t.startswith("run_model") for t in threads)
+    for a, b, f in zip(alone, together, feeds, strict=True):
+        assert np.array_equal(a["y"], b["y"])
+        np.testing.assert_allclose(a["y"], np.tanh(f["x"] @ w), rtol=1e-4, atol=1e-4)
