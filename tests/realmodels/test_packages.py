@@ -53,13 +53,15 @@ BUDGET = ["--set", "latency.max_seconds=1", "--set", "tuning.seconds_per_artifac
 # saturate on that class), while CI runs took 31 of their 30 minutes; `ort-int8-rr` runs
 # the same loop on them (the other seven models build both), and the full pipeline of every
 # model runs in perf/picks.py.
+# ppocr_det's reduced-range ONNX Runtime int8 then ran its loop for 108 s beside NNCF's
+# accuracy control (120 s) and still failed its task (one page of 8 worse, 2026-12-03, AVX2;
+# it is not its pick on any class measured): that build keeps NNCF's accuracy control, the one
+# real-model run of it, and leaves both ONNX Runtime int8 variants to the other models.
 NO_FULL_RANGE_ORT_INT8 = ["--set", "cpu.ort-int8.enabled=false"]
+NO_ORT_INT8 = [*NO_FULL_RANGE_ORT_INT8, "--set", "cpu.ort-int8-rr.enabled=false"]
 LIGHTER = {
-    "layout_cdla": [
-        *("--set", "cpu.ort-int8.enabled=false", "--set", "cpu.ort-int8-rr.enabled=false"),
-        *("--set", "cpu.ov-int8.nncf.accuracy_control.enabled=false"),
-    ],
-    "ppocr_det": NO_FULL_RANGE_ORT_INT8,
+    "layout_cdla": [*NO_ORT_INT8, "--set", "cpu.ov-int8.nncf.accuracy_control.enabled=false"],
+    "ppocr_det": NO_ORT_INT8,
     "basic_pitch": NO_FULL_RANGE_ORT_INT8,
     "ppocr_rec": NO_FULL_RANGE_ORT_INT8,
 }
