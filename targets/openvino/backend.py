@@ -12,10 +12,13 @@ is converted as it is, its integer ops included.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+import logging
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -206,10 +209,28 @@ def _check_quantization(request: BuildRequest, integer: dict[str, int], path: Pa
         )
 
 
+@contextlib.contextmanager
+def root_logger_kept() -> Iterator[None]:
+    """The root logger's level, filters and handlers as they were before: OpenVINO's
+    converter (2026.4, `ovc.logger.init_logger`) sets the root logger to ERROR and adds a
+    filter to it for each `convert_model` and puts them back only when the conversion
+    succeeds, so after a model it could not convert every warning of the process
+    (serving's integrity fallback, the cache's notes) was dropped."""
+    root = logging.getLogger()
+    level, filters, handlers = root.level, list(root.filters), list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.filters[:] = filters
+        root.handlers[:] = handlers
+
+
 def _convert(model_path: Path, source: onnx.ModelProto) -> Any:
     ov = import_openvino()
     try:
-        with telemetry_off():  # each conversion re-initialises OpenVINO's telemetry
+        # each conversion re-initialises OpenVINO's telemetry and resets the root logger
+        with telemetry_off(), root_logger_kept():
             return ov.convert_model(str(model_path))
     except Exception as exc:  # OpConversionFailure, GeneralFailure: not exported as one base
         msg = openvino_message(exc)

@@ -7,6 +7,7 @@ models) is test_openvino_runtime.py.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,29 @@ def test_the_ir_does_not_depend_on_what_the_process_converted_before(tmp_path: P
     assert [(out1 / f).read_bytes() for f in first.files] == [
         (out2 / f).read_bytes() for f in second.files
     ]
+
+
+def test_a_conversion_leaves_the_processs_logging_as_it_was(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenVINO's converter sets the root logger to ERROR (and filters it) for each
+    conversion and puts it back only when the conversion succeeds: after a model it could
+    not convert, every later warning of the process was dropped, serving's integrity
+    fallback's among them (tests/serving/test_integrity.py failed after this module)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        before = (list(root.filters), list(root.handlers))
+        with pytest.raises(BuildError, match="no conversion rule"):
+            build_openvino(save(_unconvertible(), tmp_path / "bad"), tmp_path)
+        build_openvino(save(conv_net(), tmp_path / "src"), tmp_path)
+        assert (root.level, list(root.filters), list(root.handlers)) == (logging.WARNING, *before)
+        logging.getLogger("compile_pkg.loader").warning("still heard")
+    finally:
+        root.setLevel(level)
+        root.filters[:] = before[0]
+    assert "still heard" in caplog.text
 
 
 def test_attention_block_f32_matches_onnxruntime(tmp_path: Path) -> None:
@@ -374,7 +398,7 @@ def test_a_source_quantized_in_operator_form_converts_as_int8(tmp_path: Path) ->
 # ---------------------------------------------------------------- failures
 
 
-def test_unconvertible_op_fails_naming_it(tmp_path: Path) -> None:
+def _unconvertible() -> onnx.ModelProto:
     nodes = [
         helper.make_node("Relu", ["x"], ["r"], name="relu"),
         helper.make_node("FancyOp", ["r"], ["y"], domain="com.example", name="fancy_1"),
@@ -385,11 +409,14 @@ def test_unconvertible_op_fails_naming_it(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
     )
-    model = helper.make_model(
+    return helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
     )
-    path = save(model, tmp_path / "src")
+
+
+def test_unconvertible_op_fails_naming_it(tmp_path: Path) -> None:
+    path = save(_unconvertible(), tmp_path / "src")
     with pytest.raises(BuildError) as info:
         build_openvino(path, tmp_path)
     msg = str(info.value)
