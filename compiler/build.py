@@ -141,6 +141,11 @@ def build_package(
         plan.require_free_space(estimate_package_bytes(model_bytes, len(g.artifacts)))
         # a folder, or an fsspec URL mirrored locally (pipeline/remote_cache.py)
         cache = open_cache(cache_root) if cache_root else Cache(tmpdir / "cache")
+        # the backends' own caches (TVM tuning databases, the libcuda stand-in, TensorRT
+        # timing caches) beside the node cache; with no cache, in this build's temporary
+        # folder, so `--no-cache` leaves nothing behind but the package; for a remote cache,
+        # the default root. Absolute: backends build in child processes of their own folders
+        backend_cache = local_cache or (None if use_cache else tmpdir / "backends")
         inputs = BuildInputs(
             src_path,
             digest,
@@ -148,8 +153,7 @@ def build_package(
             targets,
             sample_data,
             calibration_data,
-            # absolute: backends build in child processes of their own folders (TVM)
-            local_cache.absolute() if local_cache else None,
+            backend_cache.absolute() if backend_cache else None,
         )
         # progress outermost, so each event carries the node's time
         instruments = (ProgressInstrument(on_event), TimingInstrument())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -335,7 +336,9 @@ def build(
         raise click.UsageError("give the package folder with -o/--output")
     heads = frozenset((graph.normalize.id, graph.data.id, graph.reference.id))
     progress = _Progress(len(graph), heads, log_path)
-    charts_home(None if no_cache else cache_dir)
+    # with no cache, matplotlib's font cache goes to this process's temporary folder (removed
+    # when it ends, core/files.py process_scratch): a `--no-cache` build writes its package only
+    charts_home(tempfile.mkdtemp(prefix="charts-") if no_cache else cache_dir)
     try:
         with (
             third_party_output(log_path, to_stderr=ui.level >= 1 and not log_path) as captured,

@@ -5,6 +5,7 @@ build host would serve with its speedup over the reference."""
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from rich.text import Text
 
 from compiler.cli.app import (
     JsonDoc,
+    charts_home,
     cli,
     console,
     emit_json,
@@ -148,6 +150,7 @@ def build_many(
     targets, sample_data...), one package each under OUTPUT. All entries are checked first."""
 
     plan = load_portfolio(portfolio, output, executor=executor, cache_dir=cache_dir)
+    charts_home(tempfile.mkdtemp(prefix="charts-") if no_cache else cache_dir)  # as `build`
     where = plan.executor.kind + (f" at {plan.executor.address}" if plan.executor.address else "")
     say(f"building {len(plan.models)} model(s) on the {where} executor")
     with third_party_output(log_path, to_stderr=ui.level >= 1 and not log_path):

@@ -111,7 +111,8 @@ def test_build_inspect_run_verify_pack_end_to_end(tmp_path: Path) -> None:
 
 
 def test_verify_flags_a_tampered_package(tmp_path: Path) -> None:
-    pkg = tmp_path / "pkg"
+    pkg, home = tmp_path / "pkg", tmp_path / "home"
+    home.mkdir()
     r = cli(
         str(EXAMPLE),
         "--targets",
@@ -123,8 +124,14 @@ def test_verify_flags_a_tampered_package(tmp_path: Path) -> None:
         ORT_ONLY,
         "--set",
         "latency.runs=3",
+        cache=tmp_path / "c",
+        home=home,
     )
     assert r.returncode == 0, r.stderr
+    # no cache: nothing under the default cache root either (matplotlib's font cache went
+    # there), nor under the home folder; the package is all the build wrote
+    assert not (tmp_path / "c").exists()
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
     model = pkg / "artifacts/cpu.ort-fp32/model.onnx"
     model.write_bytes(model.read_bytes() + b"x")
     r = cli("verify", str(pkg))

@@ -258,6 +258,39 @@ def test_no_cache_leaves_no_cache_entries(mlp_path: Path, tmp_path: Path, cache_
     assert not cache_dir.exists()
 
 
+class _SeesCacheRoot(InProcessExecutor):
+    """In-process, noting the folder each node was given for the backends' own caches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.roots: dict[str, Path | None] = {}
+
+    def submit(self, node, kind, ctx, out) -> None:  # type: ignore[no-untyped-def]
+        self.roots[node.id] = ctx.inputs.cache_root
+        super().submit(node, kind, ctx, out)
+
+
+def test_without_a_cache_the_backends_caches_live_and_die_with_the_build(
+    mlp_path: Path, tmp_path: Path
+) -> None:
+    """TVM's tuning databases and libcuda stand-in, TensorRT's timing caches: with a node
+    cache, beside it; with none, in the build's temporary folder, never the default cache
+    root (where a `--no-cache` build used to leave them)."""
+    seen = _SeesCacheRoot()
+    build(mlp_path, tmp_path / "p", None, executor=seen)
+    roots = {seen.roots[n] for n in seen.roots if n.endswith(":compile")}
+    assert len(roots) == 1 and None not in roots
+    (root,) = roots
+    assert root.is_absolute() and not root.exists()  # removed with the build's temporary folder
+    assert not (tmp_path / "default-cache").exists()  # tests/conftest.py's default root
+
+    cached = _SeesCacheRoot()
+    build(mlp_path, tmp_path / "q", tmp_path / "c", executor=cached)
+    assert {cached.roots[n] for n in cached.roots if n.endswith(":compile")} == {
+        (tmp_path / "c").absolute()
+    }
+
+
 def test_compile_nodes_read_calibration_only_when_their_backend_does() -> None:
     g = build_graph(resolve_config(_two_variant_raw(), ["cpu"]), ("cpu",))
     compiles = [n for n in g if isinstance(n, CompileNode)]
