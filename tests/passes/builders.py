@@ -230,6 +230,59 @@ def in_if_branches(inner: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def if_reads_if(seed: int = 0) -> onnx.ModelProto:
+    """x[1,8], flag -> MatMul -> If on the sum's sign (Relu | Neg) -> `a`; If on `flag`
+    (Sigmoid | Tanh of `a`, read from the outer graph) -> MatMul -> y[1,8]. The second If
+    lists only `flag` as input, so a sort by listed inputs may put it before the first
+    (silero_vad_half's decoder: ONNX Runtime's quantizer does)."""
+    rng = np.random.default_rng(seed)
+
+    def branch(op: str, src: str, out: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node(op, [src], [out])],
+            out,
+            [],
+            [helper.make_tensor_value_info(out, _F, None)],
+        )
+
+    nodes = [
+        helper.make_node("MatMul", ["x0", "w"], ["x"], name="mm0"),
+        helper.make_node("ReduceSum", ["x0"], ["s"], name="sum", keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["c"], name="gt"),
+        helper.make_node(
+            "If",
+            ["c"],
+            ["a"],
+            name="if_a",
+            then_branch=branch("Relu", "x", "a_then"),
+            else_branch=branch("Neg", "x", "a_else"),
+        ),
+        helper.make_node(
+            "If",
+            ["flag"],
+            ["b"],
+            name="if_b",
+            then_branch=branch("Sigmoid", "a", "b_then"),
+            else_branch=branch("Tanh", "a", "b_else"),
+        ),
+        helper.make_node("MatMul", ["b", "w"], ["y"], name="mm1"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "if_reads_if",
+        [
+            helper.make_tensor_value_info("x0", _F, [1, 8]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", _F, [1, 8])],
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def cancelling_layernorm(seed: int = 0, shift: float = 8.0) -> onnx.ModelProto:
     """x[N,32] -> MatMul(+shift) -> LayerNorm as tf2onnx writes it, the variance as
     E[h^2] - E[h]^2 -> MatMul -> y[N,10] (class scores).
