@@ -164,8 +164,10 @@ class NncfPass(Pass[NncfConfig]):
     # that is a weight counts in the interface the pass must keep (passes/base.py); 13: the
     # gate reads a dense map's score channels as decisions at 0.5 (parity.py); 14: plain int8
     # is judged on every labelled sample, accuracy control only where it fails there; 15: it
-    # chooses on the second half where plain int8 passes the first and fails the second
-    version = "15"
+    # chooses on the second half where plain int8 passes the first and fails the second;
+    # 16: Casts of constants folded first (NNCF failed on them), the nodes sorted again
+    # after (ORT's quantizer put an If before the If whose output its branch reads)
+    version = "16"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False

@@ -127,7 +127,50 @@ def prepare_for_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     if moved:
         del graph.node[:]
         graph.node.extend(keep)
-    return out, {"named_unnamed_nodes": named, "constants_to_initializers": moved}
+    folded = _fold_constant_casts(graph)
+    return out, {
+        "named_unnamed_nodes": named,
+        "constants_to_initializers": moved,
+        "constant_casts_folded": folded,
+    }
+
+
+def _fold_constant_casts(graph: onnx.GraphProto) -> int:
+    """Casts of initializers become initializers of the cast type, the same values (in
+    place; how many). NNCF 3.4's no-op-Cast pass reads a Cast's input as a typed value and
+    fails on an initializer (`AttributeError: type`), and the Constants above are now
+    initializers: silero_vad_16k_op15's STFT padding was. A Cast to a type numpy does not
+    hold (bfloat16, float8, string) or to a graph output is left as it is."""
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    keep, folded = [], 0
+    for node in graph.node:
+        src = inits.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        dtype = _numpy_dtype(to) if src is not None and node.domain in ("", "ai.onnx") else None
+        if dtype is None or src is None or node.output[0] in outputs:
+            keep.append(node)
+            continue
+        value = onnx.numpy_helper.to_array(src).astype(dtype)
+        tensor = onnx.numpy_helper.from_array(value, node.output[0])
+        graph.initializer.append(tensor)
+        inits[tensor.name] = tensor
+        folded += 1
+    if folded:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return folded
+
+
+def _numpy_dtype(onnx_type: int | None) -> np.dtype | None:
+    """The numpy dtype of an ONNX tensor type, where numpy holds it natively."""
+    if onnx_type is None:
+        return None
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(onnx_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dtype if dtype.kind in "biuf" and dtype.name != "bfloat16" else None
 
 
 def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -163,8 +206,10 @@ class QuantizePass(Pass[QuantizeConfig]):
     # layer ranking runs in two rounds beyond 32 candidates (passes/accuracy.py); 16: the
     # gate reads a dense map's score channels as decisions at 0.5 (parity.py); 17: plain int8
     # is judged on every labelled sample, the search only where it fails there; 18: it
-    # chooses on the second half where plain int8 passes the first and fails the second
-    version = "18"
+    # chooses on the second half where plain int8 passes the first and fails the second;
+    # 19: Casts of constants folded first (NNCF failed on them), the nodes sorted again
+    # after (ORT's quantizer put an If before the If whose output its branch reads)
+    version = "19"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

@@ -267,3 +267,41 @@ def test_overflow_fix_everywhere_makes_7_bit_weights(tmp_path: Path) -> None:
         for fix in ("first_layer_only", "enable")
     }
     assert flavours == {"first_layer_only": "u8s8", "enable": "u8s8-rr"}
+
+
+def _constant_cast_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[4,16] -> MatMul -> + Cast(Constant int64 -> float) -> y[4,16]: a Constant that the
+    int8 preparation makes an initializer, under a Cast (silero_vad_16k_op15's STFT padding)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (16, 16)).astype(np.float32), "w")
+    shift = numpy_helper.from_array(np.arange(16, dtype=np.int64) % 3, "shift_value")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+        helper.make_node("Constant", [], ["shift_i"], name="shift", value=shift),
+        helper.make_node("Cast", ["shift_i"], ["shift_f"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Add", ["h", "shift_f"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constant_cast",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
+        [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_cast_of_a_constant_is_folded_before_nncf(tmp_path: Path) -> None:
+    """NNCF 3.4's no-op-Cast pass fails on a Cast whose input is an initializer
+    (`AttributeError: type`); the int8 preparation turns Constants into initializers, so it
+    folds such Casts into initializers of the cast type, and NNCF quantizes the model."""
+    model = _constant_cast_mlp()
+    feeds = _mlp_feeds(16, seed=1)
+    result = _nncf(model, tmp_path, feeds=feeds, accuracy_control={"enabled": False})
+    assert result.record["constant_casts_folded"] == 1
+    assert "Cast" not in op_histogram(result.model)
+    assert op_histogram(result.model)["QuantizeLinear"] >= 1
+    held_out = parity(model, result.model, _mlp_feeds(8, seed=2))["y"]
+    assert held_out.cosine is not None and held_out.cosine >= INT8.min_cosine, held_out
