@@ -299,7 +299,8 @@ def unverified_on_generated(
         )
     else:
         reason = (
-            f"{GENERATED_DATA}: a {precision} artifact {' and '.join(what)} (on those it "
+            f"{GENERATED_DATA}: {'an' if precision in ('int8', 'fp16', 'fp32') else 'a'} "
+            f"{precision} artifact {' and '.join(what)} (on those it "
             f"{measured.parity.status}); give real inputs with --sample-data DIR "
             "(or --calibration-data DIR, or --data-loader module:function)"
         )
