@@ -24,5 +24,9 @@ def cache_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never touch the user's ~/.cache from tests."""
+    """Never touch the user's ~/.cache from tests; no MPLCONFIGDIR, and none left behind:
+    an in-process `main()` sets it (compiler/cli/app.py charts_home) and the CLI processes
+    later tests start would take it for the user's."""
     monkeypatch.setenv("COMPILE_PKG_CACHE", str(tmp_path / "default-cache"))
+    monkeypatch.setenv("MPLCONFIGDIR", "")  # remembers the value to restore after the test
+    monkeypatch.delenv("MPLCONFIGDIR")
