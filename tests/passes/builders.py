@@ -237,34 +237,25 @@ def if_reads_if(seed: int = 0) -> onnx.ModelProto:
     (silero_vad_half's decoder: ONNX Runtime's quantizer does)."""
     rng = np.random.default_rng(seed)
 
-    def branch(op: str, src: str, out: str) -> onnx.GraphProto:
-        return helper.make_graph(
-            [helper.make_node(op, [src], [out])],
-            out,
-            [],
-            [helper.make_tensor_value_info(out, _F, None)],
-        )
+    def if_node(cond: str, src: str, out: str, then_op: str, else_op: str) -> onnx.NodeProto:
+        """`out` = then_op(src) if cond else else_op(src), `src` read from the outer graph."""
+        branches = {
+            f"{part}_branch": helper.make_graph(
+                [helper.make_node(op, [src], [f"{out}_{part}"])],
+                f"{out}_{part}",
+                [],
+                [helper.make_tensor_value_info(f"{out}_{part}", _F, None)],
+            )
+            for part, op in (("then", then_op), ("else", else_op))
+        }
+        return helper.make_node("If", [cond], [out], name=f"if_{out}", **branches)
 
     nodes = [
         helper.make_node("MatMul", ["x0", "w"], ["x"], name="mm0"),
         helper.make_node("ReduceSum", ["x0"], ["s"], name="sum", keepdims=0),
         helper.make_node("Greater", ["s", "zero"], ["c"], name="gt"),
-        helper.make_node(
-            "If",
-            ["c"],
-            ["a"],
-            name="if_a",
-            then_branch=branch("Relu", "x", "a_then"),
-            else_branch=branch("Neg", "x", "a_else"),
-        ),
-        helper.make_node(
-            "If",
-            ["flag"],
-            ["b"],
-            name="if_b",
-            then_branch=branch("Sigmoid", "a", "b_then"),
-            else_branch=branch("Tanh", "a", "b_else"),
-        ),
+        if_node("c", "x", "a", "Relu", "Neg"),
+        if_node("flag", "a", "b", "Sigmoid", "Tanh"),
         helper.make_node("MatMul", ["b", "w"], ["y"], name="mm1"),
     ]
     graph = helper.make_graph(
