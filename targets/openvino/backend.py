@@ -6,8 +6,9 @@ and targets/openvino/runtime.py compiles exactly that, or refuses.
 
 The backend converts whatever ONNX the pipeline hands it: a QDQ model (from the `quantize` or
 `nncf` pass) becomes FakeQuantize and runs its quantized ops in int8, the rest in f32; a source
-quantized in operator form (ConvInteger/MatMulInteger after DynamicQuantizeLinear, QLinear*)
-is converted as it is, its integer ops included.
+quantized in operator form is converted with its integer ops (ConvInteger/MatMulInteger after
+DynamicQuantizeLinear) or, for the QLinear* ops OpenVINO's frontend does not read, first
+rewritten into QDQ form (targets/openvino/qdq.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from compiler.core.telemetry import telemetry_off
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
 from targets.int8_flavour import with_int8_flavour
 from targets.openvino.float_layers import keep_in_f32
+from targets.openvino.qdq import QdqRewrite, operator_form_ops, to_qdq
 from targets.openvino.runtime import INSTALL, compile_ir, import_openvino, openvino_message
 
 __all__ = ["OpenVinoBackend", "OpenVinoOptions"]
@@ -83,10 +86,10 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "5"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "6"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
-    # 5: bf16 keeps the layers its gate needs in f32
+    # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -133,8 +136,9 @@ class OpenVinoBackend(Backend):
             requirements = with_int8_flavour(requirements, model_path)
         integer = _integer_ops(source)
         _check_quantization(request, integer, model_path)
-        model = _convert(model_path, source)
-        notes = _quantization_notes(integer)
+        convertible, rewrite = _operator_form_as_qdq(model_path, source, request.workdir)
+        model = _convert(convertible, source, model_path.name)
+        notes = _quantization_notes(integer, rewrite)
         _save(model, out_dir, opts.compress_to_fp16)
         # Compile once here so an IR the CPU plugin rejects fails its build, not serving.
         try:
@@ -181,10 +185,14 @@ def _integer_ops(model: onnx.ModelProto) -> dict[str, int]:
     return quantized_ops(Counter(n.op_type for n in model.graph.node))
 
 
-def _quantization_notes(integer: dict[str, int]) -> list[str]:
+def _quantization_notes(integer: dict[str, int], rewrite: QdqRewrite | None) -> list[str]:
     qdq = sum(integer.get(op, 0) for op in QDQ_OPS)
     notes = [f"{qdq} QuantizeLinear/DequantizeLinear nodes run as FakeQuantize"] if qdq else []
-    other = {op: n for op, n in integer.items() if op not in QDQ_OPS}
+    if rewrite is not None:
+        notes.append(rewrite.note())
+    done = rewrite.rewritten if rewrite is not None else {}
+    other = {op: n - done.get(op, 0) for op, n in integer.items() if op not in QDQ_OPS}
+    other = {op: n for op, n in other.items() if n}
     if other:
         shown = ", ".join(f"{n} {op}" for op, n in sorted(other.items()))
         notes.append(f"the source's own integer ops converted as they are ({shown})")
@@ -226,7 +234,30 @@ def root_logger_kept() -> Iterator[None]:
         root.handlers[:] = handlers
 
 
-def _convert(model_path: Path, source: onnx.ModelProto) -> Any:
+def _operator_form_as_qdq(
+    model_path: Path, source: onnx.ModelProto, workdir: Path
+) -> tuple[Path, QdqRewrite | None]:
+    """The model OpenVINO converts: the source, or where it holds QOperator int8 (QLinearConv,
+    com.microsoft QGemm...) a copy in QDQ form in `workdir` (targets/openvino/qdq.py)."""
+    if not operator_form_ops(source):
+        return model_path, None
+    try:
+        rewritten, rewrite = to_qdq(onnx.load(str(model_path)))
+    except Exception as exc:  # unreadable external data: the message names the file
+        raise BuildError(f"cannot read ONNX model {model_path}: {openvino_message(exc)}") from exc
+    path = Path(tempfile.mkdtemp(prefix="openvino-qdq-", dir=workdir)) / model_path.name
+    onnx.save_model(
+        rewritten,
+        str(path),
+        save_as_external_data=True,
+        location=f"{path.name}.data",
+        size_threshold=1024,
+    )
+    return path, rewrite
+
+
+def _convert(model_path: Path, source: onnx.ModelProto, shown: str) -> Any:
+    """`model_path` as an OpenVINO model; failures name the source file `shown`."""
     ov = import_openvino()
     try:
         # each conversion re-initialises OpenVINO's telemetry and resets the root logger
@@ -247,7 +278,7 @@ def _convert(model_path: Path, source: onnx.ModelProto) -> Any:
             if nodes
             else "; fix the model for OpenVINO's ONNX frontend, or disable this variant"
         )
-        raise BuildError(f"openvino cannot convert {model_path.name}: {msg}{todo}") from None
+        raise BuildError(f"openvino cannot convert {shown}: {msg}{todo}") from None
 
 
 # a layer name OpenVINO made up ("Multiply_2634"): numbered by a counter of the process

@@ -31,6 +31,7 @@ from tests.targets.builders import (
     offset_diff_net,
     offset_images,
     qdq_model,
+    qoperator_model,
     reference,
     request,
     run_all,
@@ -393,6 +394,28 @@ def test_a_source_quantized_in_operator_form_converts_as_int8(tmp_path: Path) ->
         assert within_fp32(g["y"], ref["y"])
     with pytest.raises(BuildError, match=r"integer ops \(.*ConvInteger.*precision is fp32"):
         build_openvino(src, tmp_path, "fp32")
+
+
+def test_a_source_in_qlinear_form_converts_through_qdq(tmp_path: Path) -> None:
+    """QLinearConv, QLinearMatMul and com.microsoft's QLinear ops (the ONNX model zoo's int8
+    form, which OpenVINO's frontend reads only in part) are rewritten into QDQ form in the
+    build's scratch folder: the artifact is int8, says what was rewritten, and computes what
+    ONNX Runtime computes from the source (7-bit weights: no host saturates)."""
+    src = qoperator_model(save(conv_net(), tmp_path / "src"), smooth_images(8, seed=3))
+    before = sorted(p.name for p in src.parent.iterdir())
+    result, out, contract = build_openvino(src, tmp_path, "int8")
+    assert result.precision == "int8"
+    assert any(
+        "rewritten as QuantizeLinear/DequantizeLinear (2 QLinearConv" in n for n in result.notes
+    )
+    assert not any("converted as they are" in n for n in result.notes)
+    assert sorted(p.name for p in src.parent.iterdir()) == before
+    feeds = smooth_images(4, seed=17)
+    got = run_all(result, out, contract, feeds)
+    for g, ref in zip(got, reference(src, feeds), strict=True):
+        # y is a probability dequantized at 1/256: a step or two where rounding differs
+        assert max_abs(g["y"], ref["y"]) <= 2 / 256 + 1e-6
+        assert np.argmax(g["y"]) == np.argmax(ref["y"])
 
 
 # ---------------------------------------------------------------- failures
