@@ -176,21 +176,45 @@ class _Rewriter:
         self, x: str, scale: str, zp: str, nodes: list[onnx.NodeProto], axis: int | None = None
     ) -> str | None:
         """`x` in float, from one DequantizeLinear per (tensor, scale, zero point) in the
-        graph; None where a per-channel scale needs an axis this model's opset lacks."""
+        graph; None where a scale per channel has no axis or no constant to apply it to."""
         key = (x, scale, zp)
         if key in self._dq:
             return self._dq[key]
-        per_channel = not self._scalar(scale)
-        if per_channel and (axis is None or self.opset < 13):
-            return None
         out = self._name(f"{x}_dequantized")
-        inputs = [x, scale] + ([zp] if zp else [])
-        dq = helper.make_node("DequantizeLinear", inputs, [out], name=out)
-        if per_channel:
-            dq.attribute.append(helper.make_attribute("axis", axis))
-        nodes.append(dq)
+        if self._scalar(scale):
+            inputs = [x, scale] + ([zp] if zp else [])
+            nodes.append(helper.make_node("DequantizeLinear", inputs, [out], name=out))
+        elif axis is None or scale not in self.consts:
+            return None
+        elif self.opset >= 13:
+            inputs = [x, scale] + ([zp] if zp else [])
+            nodes.append(helper.make_node("DequantizeLinear", inputs, [out], name=out, axis=axis))
+        elif x in self.consts and (not zp or zp in self.consts):
+            nodes.extend(self._weights_by_channel(x, scale, zp, axis, out))
+        else:
+            return None
         self._dq[key] = out
         return out
+
+    def _weights_by_channel(
+        self, w: str, scale: str, zp: str, axis: int, out: str
+    ) -> list[onnx.NodeProto]:
+        """Constant weights with a scale per channel before opset 13 (whose DequantizeLinear
+        has no axis): Cast, Sub of the zero points, Mul by the scales, broadcast along `axis`:
+        the Convert-Subtract-Multiply OpenVINO itself makes of a DequantizeLinear."""
+        rank = self.consts[w].ndim
+        shape = [1] * rank
+        shape[axis % rank] = -1
+        cast = self._name(f"{w}_float")
+        nodes = [helper.make_node("Cast", [w], [cast], name=cast, to=onnx.TensorProto.FLOAT)]
+        if zp and np.any(self.consts[zp]):
+            zero = self._const(f"{zp}_float", self.consts[zp].astype(np.float32).reshape(shape))
+            shifted = self._name(f"{w}_shifted")
+            nodes.append(helper.make_node("Sub", [cast, zero], [shifted], name=shifted))
+            cast = shifted
+        scales = self._const(f"{scale}_by_channel", self.consts[scale].reshape(shape))
+        nodes.append(helper.make_node("Mul", [cast, scales], [out], name=out))
+        return nodes
 
     def _requantized(
         self, float_out: str, out: str, scale: str, zp: str, like_zp: str
@@ -270,8 +294,10 @@ class _Rewriter:
         if attrs.pop("channels_last", 0):
             return None
         if node.op_type == "QLinearSoftmax":
-            # its `opset` attribute says which Softmax it means; only the model's own is safe
-            if (attrs.pop("opset", self.opset) >= 13) != (self.opset >= 13):
+            # its `opset` attribute says which Softmax its axis means (before 13: the axes
+            # from `axis` on, flattened); the last axis means the same in both
+            attrs["axis"] = attrs.get("axis", -1)  # its default; Softmax-11's is 1
+            if (attrs.pop("opset", self.opset) >= 13) != (self.opset >= 13) and attrs["axis"] != -1:
                 return None
         nodes: list[onnx.NodeProto] = []
         xf = self._dequantize(x, xs, xz, nodes)
