@@ -41,6 +41,7 @@ from passes.calibration_store import shared_json
 from passes.ort_tools import run_model
 
 __all__ = [
+    "AUTO_OFF",
     "AccuracyAwareConfig",
     "Budget",
     "Gate",
@@ -65,11 +66,19 @@ Quantize = Callable[[list[str], list[str] | None], onnx.ModelProto]
 Ranker = Callable[[list[tuple[str, str]]], list[tuple[str, str, float]]]
 
 
+AUTO_OFF = (
+    "accuracy-aware search off: the calibration data is generated, so no gate verdict on it "
+    "means anything; give real data (--calibration-data, --sample-data) to turn it on"
+)
+
+
 class AccuracyAwareConfig(BaseModel):
     """`accuracy_aware:` block of the quantize pass."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    enabled: bool = False
+    enabled: bool | Literal["auto"] = Field(
+        default=False, description="auto: on when the calibration data is the user's"
+    )
     max_float_layers: int = Field(default=8, ge=1, description="budget: layers kept in float")
     ranking_samples: int = Field(default=8, ge=1, description="samples for sensitivity ranking")
     # recurrent ops too: dynamic int8 quantizes an LSTM's input with one scale for the

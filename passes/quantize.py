@@ -24,6 +24,7 @@ from pydantic import Field
 
 from compiler.core.errors import NotApplicable, PassError
 from passes.accuracy import (
+    AUTO_OFF,
     AccuracyAwareConfig,
     Budget,
     Quantize,
@@ -208,8 +209,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # is judged on every labelled sample, the search only where it fails there; 18: it
     # chooses on the second half where plain int8 passes the first and fails the second;
     # 19: Casts of constants folded first (NNCF failed on them), the nodes sorted again
-    # after (ORT's quantizer put an If before the If whose output its branch reads)
-    version = "19"
+    # after (ORT's quantizer put an If before the If whose output its branch reads); 20:
+    # `accuracy_aware.enabled: auto` searches on the user's data only, as NNCF's control does
+    version = "20"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -276,13 +278,18 @@ class QuantizePass(Pass[QuantizeConfig]):
             else:
                 feeds = ctx.calibration()[: cfg.calibration_samples]
             types = (act, weight, symmetric)
-            quantizers = self._quantizers(model, feeds, settings, types, Path(tmp), ctx, mode)
+            search = self._searches(ctx)
+            if not search and cfg.accuracy_aware.enabled == "auto":
+                record["accuracy_aware_off"] = AUTO_OFF
+            quantizers = self._quantizers(
+                model, feeds, settings, types, Path(tmp), ctx, mode, search
+            )
             first = next(iter(quantizers.values()))
             out = first(exclude, None)
             if not quantized_ops(op_histogram(out)) and not cfg.op_types and not cfg.exclude_nodes:
                 raise NotApplicable(nothing_to_quantize(model, "ONNX Runtime"))
             self._check_quantized(out)
-            if cfg.accuracy_aware.enabled:
+            if search:
                 # layers are ranked with 8-bit weights, as ort-int8 ranks them: the two nodes
                 # of the default pipeline then share one ranking (calibration_store.py)
                 rank_settings = replace(settings, reduce_range=False)
@@ -291,7 +298,7 @@ class QuantizePass(Pass[QuantizeConfig]):
                     ranking = Path(tmp) / "ranking"
                     ranking.mkdir()
                     rankers = self._quantizers(
-                        model, feeds, rank_settings, types, ranking, ctx, mode
+                        model, feeds, rank_settings, types, ranking, ctx, mode, search
                     )
                 shared = {"mode": mode, "types": types, "settings": repr(rank_settings)}
                 out, record["accuracy_aware"] = self._accuracy_aware(
@@ -309,7 +316,7 @@ class QuantizePass(Pass[QuantizeConfig]):
                     record["calibration"]["method"] = record["accuracy_aware"]["quantizer"][
                         "chosen"
                     ]
-        uses_data = mode == "static" or cfg.accuracy_aware.enabled
+        uses_data = mode == "static" or search
         record["quantized_ops"] = quantized_ops(op_histogram(out))
         generated = ctx.calibration_source == "generated"
         warnings = [GENERATED_DATA_WARNING] if generated and uses_data else []
@@ -324,6 +331,7 @@ class QuantizePass(Pass[QuantizeConfig]):
         tmp: Path,
         ctx: PassContext,
         mode: str,
+        search: bool,
     ) -> dict[str, Quantize]:
         """The quantizers the search tries, by name: one static per calibration method (the
         config's first), or the dynamic one."""
@@ -331,13 +339,19 @@ class QuantizePass(Pass[QuantizeConfig]):
             return {"dynamic": dynamic_quantizer(model, settings, types[1], tmp)}
         return {
             method: static_quantizer(model, feeds, settings, types, tmp, method, ctx.shared)
-            for method in self._methods()
+            for method in self._methods(search)
         }
 
-    def _methods(self) -> list[str]:
+    def _searches(self, ctx: PassContext) -> bool:
+        """Whether the accuracy-aware search runs: `auto` on the user's data only (a choice
+        fitted to generated noise would be judged on noise; the artifact is unverified)."""
+        enabled = self.config.accuracy_aware.enabled
+        return enabled is True or (enabled == "auto" and ctx.calibration_source == "user")
+
+    def _methods(self, search: bool) -> list[str]:
         """Calibration methods in the order the accuracy loop tries them: the config's first."""
         cfg = self.config
-        others = cfg.accuracy_aware.calibration_methods if cfg.accuracy_aware.enabled else ()
+        others = cfg.accuracy_aware.calibration_methods if search else ()
         return list(dict.fromkeys([cfg.calibration_method, *others]))
 
     def _accuracy_aware(

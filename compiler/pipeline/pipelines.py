@@ -42,7 +42,7 @@ def _ort_int8(reduce_range: bool = False) -> VariantConfig:
     # Runtime fuses into its int8 kernels on Arm). `reduce_range`: 7-bit weights, the flavour
     # meant for x86 hosts without VNNI, whose u8s8 kernels saturate (docs/hosts.md).
     quantize = QuantizeConfig(
-        reduce_range=reduce_range, accuracy_aware=AccuracyAwareConfig(enabled=True)
+        reduce_range=reduce_range, accuracy_aware=AccuracyAwareConfig(enabled="auto")
     )
     return VariantConfig(passes=[SimplifyConfig(), quantize], compile=OnnxRuntimeOptions())
 
@@ -55,7 +55,7 @@ def _ort_int8_tf() -> VariantConfig:
     # onnxsim turns MatMul+Add into Reshape-Gemm-Reshape, which ORT's Attention fusion does
     # not match (perf/models.py bert: Attention 6 without it, 0 after it); fuse folds itself.
     fuse = FuseConfig(level="basic", transformer="require")
-    quantize = QuantizeConfig(mode="dynamic", accuracy_aware=AccuracyAwareConfig(enabled=True))
+    quantize = QuantizeConfig(mode="dynamic", accuracy_aware=AccuracyAwareConfig(enabled="auto"))
     return VariantConfig(passes=[fuse, quantize], compile=OnnxRuntimeOptions())
 
 

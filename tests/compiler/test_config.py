@@ -68,7 +68,7 @@ def test_default_variant_names() -> None:
     }
     ort_int8 = cfg.targets["cpu"].variants["ort-int8"].passes[1]
     trt_int8 = cfg.targets["gpu"].variants["trt-int8"].passes[0]
-    assert ort_int8.accuracy_aware.enabled is True  # type: ignore[union-attr]
+    assert ort_int8.accuracy_aware.enabled == "auto"  # type: ignore[union-attr]
     assert trt_int8.mode == "static"  # type: ignore[union-attr]
 
 
@@ -243,12 +243,12 @@ def test_listing_a_variant_keeps_the_settings_it_does_not_mention() -> None:
     variant = resolve_config(raw, ["cpu"]).targets["cpu"].variants["ort-int8"]
     q = variant.passes[1]
     assert q.calibration_method == "entropy"  # type: ignore[union-attr]
-    assert q.accuracy_aware.enabled is True  # type: ignore[union-attr]
+    assert q.accuracy_aware.enabled == "auto"  # type: ignore[union-attr]
     assert variant.compile.backend == "onnxruntime"
     nested = {"name": "quantize", "accuracy_aware": {"max_float_layers": 2}}
     raw = {"targets": {"cpu": {"variants": {"ort-int8": {"passes": [nested]}}}}}
     q = resolve_config(raw, ["cpu"]).targets["cpu"].variants["ort-int8"].passes[0]
-    assert q.accuracy_aware.enabled is True and q.accuracy_aware.max_float_layers == 2  # type: ignore[union-attr]
+    assert q.accuracy_aware.enabled == "auto" and q.accuracy_aware.max_float_layers == 2  # type: ignore[union-attr]
     other = {"compile": {"backend": "openvino"}}  # another backend: its own defaults
     raw = {"targets": {"cpu": {"variants": {"ort-fp32": other}}}}
     compiled = resolve_config(raw, ["cpu"]).targets["cpu"].variants["ort-fp32"].compile

@@ -75,6 +75,29 @@ def test_keeps_the_costly_layer_in_float_and_passes(tmp_path: Path) -> None:
     assert _held_out_ok(model, result.model)
 
 
+@pytest.mark.parametrize("source", ["user", "generated"])
+def test_auto_searches_on_the_users_data_only(tmp_path: Path, source: str) -> None:
+    """`enabled: auto` (the default pipeline's): the search runs where the calibration data is
+    the user's and keeps the costly layer in float; on generated data it is off, says why,
+    and every layer is int8 (the artifact is unverified there: nothing to fit a choice to)."""
+    model = outlier_mlp()
+    cfg = QuantizeConfig(mode="static", accuracy_aware={"enabled": "auto"})
+    ctx = context(model, tmp_path, _feeds(8, seed=1), source=source)
+    result = QuantizePass(cfg)(model, ctx)
+    searched = "accuracy_aware" in result.record
+    assert searched == (source == "user")
+    assert ("accuracy_aware_off" in result.record) == (source == "generated")
+    if searched:
+        assert [k["layer"] for k in result.record["accuracy_aware"]["kept_in_float"]] == ["mm1"]
+    else:
+        assert "generated" in result.record["accuracy_aware_off"] and result.warnings
+        dq_outputs = {
+            n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"
+        }
+        weights = [n.input[1] for n in result.model.graph.node if n.name in ("mm1", "mm2")]
+        assert all(w in dq_outputs for w in weights)
+
+
 def _sequences(count: int, seed: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [{"x": rng.normal(0, 1, (6, 4, 8)).astype(np.float32)} for _ in range(count)]
