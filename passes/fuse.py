@@ -44,6 +44,7 @@ FUSED_OPS = frozenset(
         "MultiHeadAttention",
         "SkipLayerNormalization",
         "SkipSimplifiedLayerNormalization",
+        "SimplifiedLayerNormalization",
         "EmbedLayerNormalization",
         "Gelu",
         "BiasGelu",
@@ -88,7 +89,8 @@ def _ort_optimize(
 
 class FusePass(Pass[FuseConfig]):
     name = "fuse"
-    version = "3"  # 3: fused_ops in the record, transformer: require
+    version = "4"  # 3: fused_ops in the record, transformer: require; 4: ONNX Runtime's own
+    # default-domain ops (SimplifiedLayerNormalization) pass its check (ONNX's does not know them)
     config_cls = FuseConfig
 
     def libraries(self) -> dict[str, str]:
