@@ -89,8 +89,9 @@ def _ort_optimize(
 
 class FusePass(Pass[FuseConfig]):
     name = "fuse"
-    version = "4"  # 3: fused_ops in the record, transformer: require; 4: ONNX Runtime's own
-    # default-domain ops (SimplifiedLayerNormalization) pass its check (ONNX's does not know them)
+    version = "5"  # 3: fused_ops in the record, transformer: require; 4: ONNX Runtime's own
+    # default-domain ops (SimplifiedLayerNormalization) pass its check (ONNX's does not know them);
+    # 5: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py)
     config_cls = FuseConfig
 
     def libraries(self) -> dict[str, str]:

@@ -17,9 +17,14 @@ RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
 FUSED_ATTENTION_OPS = frozenset(
     {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention"}
 )
-# Ops that may sit between QK^T and Softmax, or between Softmax and the V product.
-_SCORE_ELEMENTWISE = frozenset({"Add", "Mul", "Div", "Where", "Cast", "Sub"})
-_PASS_THROUGH = frozenset({"Cast", "Dropout", "Identity"})
+# Ops that only move or reshape values: tf2onnx's Keras MultiHeadAttention reshapes and
+# squeezes the scores around its Softmax
+_SHAPE_ONLY = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast"})
+# Ops that may sit between QK^T and Softmax, or between Softmax and the V product: torch's
+# dynamo exporter (the default since torch 2.9) guards the probabilities with
+# Where(IsNaN(p), 0, p) before the V product
+_SCORE_ELEMENTWISE = frozenset({"Add", "Mul", "Div", "Where", "Sub"}) | _SHAPE_ONLY
+_PASS_THROUGH = frozenset({"Dropout", "Where"}) | _SHAPE_ONLY
 
 
 @dataclass(frozen=True)

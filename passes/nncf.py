@@ -166,8 +166,9 @@ class NncfPass(Pass[NncfConfig]):
     # is judged on every labelled sample, accuracy control only where it fails there; 15: it
     # chooses on the second half where plain int8 passes the first and fails the second;
     # 16: Casts of constants folded first (NNCF failed on them), the nodes sorted again
-    # after (ORT's quantizer put an If before the If whose output its branch reads)
-    version = "16"
+    # after (ORT's quantizer put an If before the If whose output its branch reads); 17:
+    # attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py)
+    version = "17"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False

@@ -210,8 +210,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # chooses on the second half where plain int8 passes the first and fails the second;
     # 19: Casts of constants folded first (NNCF failed on them), the nodes sorted again
     # after (ORT's quantizer put an If before the If whose output its branch reads); 20:
-    # `accuracy_aware.enabled: auto` searches on the user's data only, as NNCF's control does
-    version = "20"
+    # `accuracy_aware.enabled: auto` searches on the user's data only, as NNCF's control does;
+    # 21: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py)
+    version = "21"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

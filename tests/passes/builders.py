@@ -312,8 +312,12 @@ def cancelling_layernorm(seed: int = 0, shift: float = 8.0) -> onnx.ModelProto:
     )
 
 
-def attention_block(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
-    """x[N,8,16] -> decomposed LayerNorm -> single-head self-attention -> residual [N,8,16]."""
+def attention_block(seed: int = 0, opset: int = 17, around_softmax: str = "") -> onnx.ModelProto:
+    """x[N,8,16] -> decomposed LayerNorm -> single-head self-attention -> residual [N,8,16].
+
+    `around_softmax`: "nan_guard", the probabilities through Where(IsNaN(p), 0, p) as torch's
+    dynamo exporter writes attention; "reshaped", the scores reshaped into Softmax and the
+    probabilities unsqueezed and squeezed after it, as tf2onnx writes Keras' attention."""
     rng = np.random.default_rng(seed)
     d = 16
 
@@ -357,6 +361,8 @@ def attention_block(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
         helper.make_node("MatMul", ["ctx", "wo"], ["proj"], name="o"),
         helper.make_node("Add", ["proj", "x"], ["y"], name="residual"),
     ]
+    if around_softmax:
+        _around_softmax(nodes, inits, around_softmax)
     return _model(
         nodes,
         [helper.make_tensor_value_info("x", _F, ["N", 8, d])],
@@ -364,6 +370,32 @@ def attention_block(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
         inits,
         opset=opset,
     )
+
+
+def _around_softmax(nodes: list[onnx.NodeProto], inits: list, style: str) -> None:
+    """attention_block's Softmax as the dynamo exporter or tf2onnx surround it (opset >= 13)."""
+    at = next(i for i, n in enumerate(nodes) if n.op_type == "Softmax")
+    pv = next(n for n in nodes if n.name == "pv")
+    if style == "nan_guard":
+        inits.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+        pv.input[0] = "probs_safe"
+        nodes[at + 1 : at + 1] = [
+            helper.make_node("IsNaN", ["probs"], ["probs_nan"], name="isnan"),
+            helper.make_node("Where", ["probs_nan", "zero", "probs"], ["probs_safe"], name="where"),
+        ]
+        return
+    assert style == "reshaped", style
+    inits += [
+        numpy_helper.from_array(np.array([0, 8, 8], np.int64), "scores_shape"),
+        numpy_helper.from_array(np.array([1], np.int64), "one_axis"),
+    ]
+    nodes[at].input[0] = "scaled_r"
+    pv.input[0] = "probs_sq"
+    nodes[at:at] = [helper.make_node("Reshape", ["scaled", "scores_shape"], ["scaled_r"])]
+    nodes[at + 2 : at + 2] = [
+        helper.make_node("Unsqueeze", ["probs", "one_axis"], ["probs_un"], name="unsqueeze"),
+        helper.make_node("Squeeze", ["probs_un", "one_axis"], ["probs_sq"], name="squeeze"),
+    ]
 
 
 def context(
