@@ -170,7 +170,8 @@ def int8_loop(manifest: Manifest, artifact_id: str) -> str:
     if quantize is not None:
         loop = quantize.get("accuracy_aware")
         if not isinstance(loop, dict):
-            return "quantize: accuracy_aware not enabled"
+            off = quantize.get("accuracy_aware_off")
+            return f"quantize: {off}" if off else "quantize: accuracy_aware not enabled"
         kept = loop.get("kept_in_float") or []
         return (
             f"quantize accuracy_aware: gate before {_gate(loop.get('gate_before'))}; "
