@@ -83,6 +83,32 @@ class OrtSettings:
     percentile: float
 
 
+def _without_passed_inputs(
+    model: onnx.ModelProto,
+) -> tuple[onnx.ModelProto, list[tuple[int, onnx.ValueInfoProto]]]:
+    """`model` without the outputs that are its own inputs passed through, and those outputs
+    by position: ONNX Runtime 1.32's quantizer asserts "Graph is not a DAG" on them."""
+    inputs = {i.name for i in model.graph.input}
+    passed = [(k, o) for k, o in enumerate(model.graph.output) if o.name in inputs]
+    if not passed:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [o for o in model.graph.output if o.name not in inputs]
+    del out.graph.output[:]
+    out.graph.output.extend(kept)
+    return out, passed
+
+
+def _with_passed_inputs(
+    model: onnx.ModelProto, passed: list[tuple[int, onnx.ValueInfoProto]]
+) -> onnx.ModelProto:
+    """The outputs `_without_passed_inputs` took out, back at their positions."""
+    for k, output in passed:
+        model.graph.output.insert(k, output)
+    return model
+
+
 def _qtype(name: str) -> Any:
     from onnxruntime.quantization import QuantType
 
@@ -146,6 +172,7 @@ def static_quantizer(
     # A path, not the ModelProto: given a proto, quantize_static saves it with
     # save_as_external_data=True, which rewrites the caller's proto in place.
     src = tmp / "float.onnx"
+    model, passed = _without_passed_inputs(model)
     if not src.exists():
         onnx.save(unshare_biases(model), src)
     calls = [0]
@@ -169,7 +196,7 @@ def static_quantizer(
             digest = calibration_digest(src, feeds, settings)
             if shared_calibration(store, digest, cache, lambda: made.append(run(exclude, only))):
                 log.info("quantize: %s calibration ranges from another node", method_name)
-        return onnx.load(made[0] if made else run(exclude, only))
+        return _with_passed_inputs(onnx.load(made[0] if made else run(exclude, only)), passed)
 
     def run(exclude: list[str], only: list[str] | None) -> Path:
         calls[0] += 1
@@ -202,6 +229,7 @@ def dynamic_quantizer(
     from onnxruntime.quantization import quantize_dynamic
 
     src = tmp / "float.onnx"
+    model, passed = _without_passed_inputs(model)
     onnx.save(model, src)
     calls = [0]
 
@@ -222,6 +250,6 @@ def dynamic_quantizer(
                 # graph's Attention, SkipLayerNormalization) untyped: they are float
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
-        return onnx.load(dst)
+        return _with_passed_inputs(onnx.load(dst), passed)
 
     return quantize

@@ -211,8 +211,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # 19: Casts of constants folded first (NNCF failed on them), the nodes sorted again
     # after (ORT's quantizer put an If before the If whose output its branch reads); 20:
     # `accuracy_aware.enabled: auto` searches on the user's data only, as NNCF's control does;
-    # 21: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py)
-    version = "21"
+    # 21: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py);
+    # 22: outputs that pass an input through are kept out of ORT's quantizer ("not a DAG")
+    version = "22"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

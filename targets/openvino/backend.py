@@ -86,10 +86,11 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "6"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "7"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
-    # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form
+    # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
+    # 7: outputs that pass an input through are left out of the IR (the runtime returns feeds)
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -136,7 +137,7 @@ class OpenVinoBackend(Backend):
             requirements = with_int8_flavour(requirements, model_path)
         integer = _integer_ops(source)
         _check_quantization(request, integer, model_path)
-        convertible, rewrite = _operator_form_as_qdq(model_path, source, request.workdir)
+        convertible, rewrite = _for_openvino(model_path, source, request.workdir)
         model = _convert(convertible, source, model_path.name)
         notes = _quantization_notes(integer, rewrite)
         _save(model, out_dir, opts.compress_to_fp16)
@@ -234,20 +235,30 @@ def root_logger_kept() -> Iterator[None]:
         root.handlers[:] = handlers
 
 
-def _operator_form_as_qdq(
+def _for_openvino(
     model_path: Path, source: onnx.ModelProto, workdir: Path
 ) -> tuple[Path, QdqRewrite | None]:
-    """The model OpenVINO converts: the source, or where it holds QOperator int8 (QLinearConv,
-    com.microsoft QGemm...) a copy in QDQ form in `workdir` (targets/openvino/qdq.py)."""
-    if not operator_form_ops(source):
+    """The model OpenVINO converts: the source, or a copy in `workdir` where it holds
+    QOperator int8 (QLinearConv, com.microsoft QGemm...: rewritten in QDQ form,
+    targets/openvino/qdq.py) or outputs that pass an input through (left out: OpenVINO's
+    frontend made a second input of such a tensor, and the runtime returns the feed)."""
+    inputs = {i.name for i in source.graph.input}
+    passed = [o.name for o in source.graph.output if o.name in inputs]
+    if not operator_form_ops(source) and not passed:
         return model_path, None
     try:
-        rewritten, rewrite = to_qdq(onnx.load(str(model_path)))
+        model = onnx.load(str(model_path))
     except Exception as exc:  # unreadable external data: the message names the file
         raise BuildError(f"cannot read ONNX model {model_path}: {openvino_message(exc)}") from exc
-    path = Path(tempfile.mkdtemp(prefix="openvino-qdq-", dir=workdir)) / model_path.name
+    rewrite = None
+    if operator_form_ops(model):
+        model, rewrite = to_qdq(model)
+    kept = [o for o in model.graph.output if o.name not in inputs]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    path = Path(tempfile.mkdtemp(prefix="openvino-", dir=workdir)) / model_path.name
     onnx.save_model(
-        rewritten,
+        model,
         str(path),
         save_as_external_data=True,
         location=f"{path.name}.data",

@@ -107,8 +107,13 @@ class OpenVinoArtifact:
     ) -> None:
         self.compiled = compiled
         self._request = compiled.create_infer_request()
-        self._outputs = list(outputs)
-        self._ports = {name: compiled.output(name) for name in outputs}
+        # an output that is one of the model's inputs passed through has no port of its own
+        # (OpenVINO's frontend keeps one tensor under the input's name): it is the feed
+        given = {name for port in compiled.inputs for name in port.get_names()}
+        self._passed = [name for name in outputs if name in given]
+        self._outputs = [name for name in outputs if name not in given]
+        self._order = list(outputs)
+        self._ports = {name: compiled.output(name) for name in self._outputs}
         dynamic = any(i.get_partial_shape().is_dynamic for i in compiled.inputs)
         self._xml, self._config = xml, dict(config or {})
         self._limit = static_shapes if dynamic and xml is not None else 0
@@ -139,7 +144,9 @@ class OpenVinoArtifact:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         request, ports = self._for_shape(feeds)
         result = request.infer(dict(feeds))
-        return {name: np.array(result[port], copy=True) for name, port in ports.items()}
+        out = {name: np.array(result[port], copy=True) for name, port in ports.items()}
+        out.update((name, np.array(feeds[name], copy=True)) for name in self._passed)
+        return {name: out[name] for name in self._order}
 
     def describe(self) -> RunnerInfo:
         c = self.compiled

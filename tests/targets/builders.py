@@ -27,6 +27,7 @@ __all__ = [
     "max_abs",
     "offset_diff_net",
     "offset_images",
+    "passthrough_net",
     "qdq_mlp",
     "qdq_model",
     "qoperator_model",
@@ -82,6 +83,32 @@ def conv_net(
         "conv_net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, classes])],
+        inits,
+    )
+    return _model(graph)
+
+
+def passthrough_net(seed: int = 0) -> onnx.ModelProto:
+    """x[N,16] -> MatMul -> Softmax -> p[N,4], and the input `x` itself and a constant
+    [4] as outputs too (exporters write both: an input passed through, a constant output)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init(rng, "w", 1.0, (16, 4)),
+        numpy_helper.from_array(np.arange(4, dtype=np.float32), "const_out"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc"),
+        helper.make_node("Softmax", ["logits"], ["p"], axis=-1, name="softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "passthrough",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [
+            helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+            helper.make_tensor_value_info("const_out", TensorProto.FLOAT, [4]),
+        ],
         inits,
     )
     return _model(graph)

@@ -30,6 +30,7 @@ from tests.targets.builders import (
     max_abs,
     offset_diff_net,
     offset_images,
+    passthrough_net,
     qdq_model,
     qoperator_model,
     reference,
@@ -422,6 +423,24 @@ def test_a_source_in_qlinear_form_converts_through_qdq(tmp_path: Path, opset: in
         # y is a probability dequantized at 1/256: a step or two where rounding differs
         assert max_abs(g["y"], ref["y"]) <= 2 / 256 + 1e-6
         assert np.argmax(g["y"]) == np.argmax(ref["y"])
+
+
+def test_an_output_that_passes_an_input_through_is_the_feed(tmp_path: Path) -> None:
+    """OpenVINO's frontend made a second input of a tensor that is both an input and an
+    output (the real input fed, the other left empty: `p` came out with 0 rows). The IR leaves
+    such outputs out and the runner returns the feed; every output in the contract's order,
+    as ONNX Runtime computes them."""
+    src = save(passthrough_net(), tmp_path / "src")
+    result, out, contract = build_openvino(src, tmp_path)
+    names = [p.get_names() for p in ov.Core().read_model(str(out / "model.xml")).inputs]
+    assert names == [{"x"}]
+    feeds = [
+        {"x": np.random.default_rng(i).normal(0, 1, (3, 16)).astype(np.float32)} for i in (1, 2)
+    ]
+    for got, ref in zip(run_all(result, out, contract, feeds), reference(src, feeds), strict=True):
+        assert list(got) == ["p", "x", "const_out"]
+        for name in ref:
+            assert got[name].shape == ref[name].shape and within_fp32(got[name], ref[name])
 
 
 # ---------------------------------------------------------------- failures
