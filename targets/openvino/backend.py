@@ -267,8 +267,10 @@ def _for_openvino(
     return path, rewrite
 
 
-def _convert(model_path: Path, source: onnx.ModelProto, shown: str) -> Any:
-    """`model_path` as an OpenVINO model; failures name the source file `shown`."""
+def _convert(model_path: Path, source: onnx.ModelProto, shown: str = "") -> Any:
+    """`model_path` as an OpenVINO model; failures name the source file `shown` (default:
+    `model_path`'s name)."""
+    shown = shown or Path(model_path).name
     ov = import_openvino()
     try:
         # each conversion re-initialises OpenVINO's telemetry and resets the root logger
