@@ -32,6 +32,7 @@ __all__ = [
     "BuildResult",
     "Judge",
     "Judgement",
+    "SearchShare",
 ]
 
 
@@ -56,24 +57,37 @@ class Judgement:
     summary: str  # what decided, for the artifact's notes
 
 
+@dataclass(frozen=True)
+class SearchShare:
+    """The samples a search chooses its changes on, `feeds[start:stop]` of a `Judge`, and its
+    judgement of outputs there; the judge's other samples are held out for the verdict."""
+
+    start: int
+    stop: int
+    where: str  # "the first 20", "the last 20"; "" where it is every sample
+    judge: Callable[[list[dict[str, np.ndarray]]], Judgement]
+
+
 class Judge(Protocol):
     """The package's gate for one precision, for backends that choose between builds by
     accuracy (`Backend.judged`): the verdict's checks per output kind against the reference,
     and the task metric where the samples have labels, on `feeds` (user data only).
 
     The unchanged build is judged on all of `feeds` (the verdict's samples: judging it there
-    fits nothing); a search chooses its changes on the first `search` of them only
-    (`searched`), the rest held out for the verdict."""
+    fits nothing); a search chooses its changes on one share of them only (`share`), the
+    rest held out for the verdict."""
 
     feeds: list[dict[str, np.ndarray]]
-    search: int
 
     def __call__(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
         """The verdict on the outputs of all of `feeds`."""
         ...
 
-    def searched(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
-        """The search's judgement on the outputs of the first `search` feeds."""
+    def share(self, outputs: list[dict[str, np.ndarray]]) -> SearchShare | None:
+        """Where a search chooses, from the unchanged build's `outputs` on all of `feeds`
+        (which failed): the first share where it fails there, else the other share where it
+        fails there (the first then held out); None where it passes on every share a search
+        may choose on, so nothing can be chosen by."""
         ...
 
 

@@ -86,11 +86,12 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "7"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "8"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
     # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
-    # 7: outputs that pass an input through are left out of the IR (the runtime returns feeds)
+    # 7: outputs that pass an input through are left out of the IR (the runtime returns feeds);
+    # 8: bf16's f32-layer search chooses on the other half where bf16 passes the first
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 

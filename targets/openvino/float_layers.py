@@ -18,8 +18,9 @@ and the 5-20 with the largest output error did not restore it. So the candidates
 layers from the inputs and from the outputs, doubling: the first k, then the last k, for k =
 1, 2, 4 ... up to `limit` and at most half the layers; the first the gate passes is kept.
 bf16 throughout is judged on all the labelled samples, as its verdict will be (which fits
-nothing); a search runs only where it fails there, and chooses on the first half of them
-(passes/accuracy.py `Gates`), the rest held out for the verdict. Each candidate costs one
+nothing); a search runs only where it fails there, and chooses on the first half of them,
+or on the other half where bf16 throughout passes on the first (passes/accuracy.py `Gates`,
+as the int8 searches), the rest held out for the verdict. Each candidate costs one
 compile and one run over those samples.
 """
 
@@ -111,8 +112,8 @@ def keep_in_f32(
     xml: Path, judge: Judge, outputs: Sequence[str], limit: int, scratch: Path
 ) -> FloatSearch:
     """Judge the IR at `xml` in bf16 on all the judge's samples; where it fails, mark in
-    `xml` the first run of layers (module docstring) whose f32 makes it pass on the samples
-    the search chooses on (`judge.search`)."""
+    `xml` the first run of layers (module docstring) whose f32 makes it pass on the share of
+    them the search chooses on (`judge.share`: where bf16 throughout fails)."""
     Core = import_openvino().Core  # noqa: N806
 
     weights = xml.with_suffix(".bin")
@@ -120,22 +121,23 @@ def keep_in_f32(
     if ran is None:
         return FloatSearch([], "bf16 not judged at build: this CPU compiles bf16 as f32")
     plain = judge(ran)
-    whole, part = f"{len(judge.feeds)} samples", f"the first {judge.search}"
+    whole = f"{len(judge.feeds)} samples"
     if plain.passed:
         return FloatSearch([], f"bf16 throughout passed the bf16 gate at build on {whole}")
     failed = f"bf16 throughout failed the bf16 gate at build on {whole} ({plain.summary})"
-    if judge.search < len(judge.feeds) and judge.searched(ran[: judge.search]).passed:
+    share = judge.share(ran)
+    if share is None:
         return FloatSearch(
-            [], f"{failed} but passed on {part}, where a search chooses: no search ran"
+            [], f"{failed} but passed on each share of them a search chooses on: no search ran"
         )
     layers = compute_layers(Core().read_model(str(xml), str(weights)))
     candidates = _candidates(layers, limit)
-    chosen_on = f" on {part}" if judge.search < len(judge.feeds) else ""
+    chosen_on = f" on {share.where}" if share.where else ""
     for i, (which, names) in enumerate(candidates):
         trial = scratch / f"float-{i}.xml"
         mark_precise(xml, names, trial)
-        tried = _run(trial, weights, judge.feeds[: judge.search], outputs)
-        result = judge.searched(tried) if tried is not None else None
+        tried = _run(trial, weights, judge.feeds[share.start : share.stop], outputs)
+        result = share.judge(tried) if tried is not None else None
         if result is not None and result.passed:
             mark_precise(xml, names, xml)
             shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")

@@ -290,6 +290,32 @@ def test_no_search_where_plain_int8_passes_every_half_a_search_could_choose_on(
     assert "passes on the first 8 a search chooses on: nothing to choose by" in check.blind
 
 
+def test_a_backends_judge_chooses_the_half_where_the_build_fails(tmp_path: Path) -> None:
+    """The judge a compile node hands a backend (OpenVINO's bf16 f32-layer search) picks its
+    share as the int8 searches do: the first half where the unchanged build fails there, else
+    the last half, else none."""
+    from compiler.pipeline.nodes.compile import _GateJudge
+    from passes.ort_tools import run_model
+
+    model = outlier_mlp()
+    zeros = [{"x": np.zeros((4, 16), np.float32)} for _ in range(8)]
+    samples = zeros + _feeds(8, seed=2)
+    gates = make_gates(model, _task_ctx(model, tmp_path, samples), samples)
+    plain = QuantizePass(QuantizeConfig(mode="static"))(model, _ctx(model, tmp_path)).model
+    outputs = run_model(plain, samples)
+    judge = _GateJudge(gates)
+    assert not judge(outputs).passed
+    share = judge.share(outputs)
+    assert share is not None and (share.start, share.stop, share.where) == (8, 16, "the last 8")
+    assert not share.judge(outputs[8:]).passed
+    assert share.judge(run_model(model, samples[8:])).passed  # the float model passes there
+    assert _GateJudge(Gates(gates.whole, gates.search)).share(outputs) is None
+    swapped = _feeds(8, seed=2) + zeros
+    first = _GateJudge(make_gates(model, _task_ctx(model, tmp_path, swapped), swapped))
+    share = first.share(run_model(plain, swapped))
+    assert share is not None and (share.start, share.stop, share.where) == (0, 8, "the first 8")
+
+
 def test_a_spent_time_budget_stops_the_search_and_says_so(tmp_path: Path) -> None:
     """max_seconds caps the search after plain int8's check: with no time left no step
     starts (no other calibration, no arithmetic step, no ranking), plain int8 stays, and

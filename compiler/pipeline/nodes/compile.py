@@ -9,6 +9,7 @@ layers bf16 cannot compute in f32) gets the package's gate of the variant's prec
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,8 @@ from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
 from compiler.pipeline.nodes.passes import gate_material, pass_context
 from compiler.pipeline.variant import lossiest
-from passes.accuracy import GateResult, Gates, make_gates
-from targets.base import Judgement
+from passes.accuracy import Gate, GateResult, Gates, make_gates
+from targets.base import Judgement, SearchShare
 from targets.registry import BuildRequest, get_backend
 
 __all__ = ["CompileKind"]
@@ -102,13 +103,24 @@ class _GateJudge:
     def __init__(self, gates: Gates) -> None:
         self.gates = gates
         self.feeds = gates.whole.feeds
-        self.search = len(gates.search.feeds)
 
     def __call__(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
         return _judgement(self.gates.whole.judge(outputs))
 
-    def searched(self, outputs: list[dict[str, np.ndarray]]) -> Judgement:
-        return _judgement(self.gates.search.judge(outputs))
+    def share(self, outputs: list[dict[str, np.ndarray]]) -> SearchShare | None:
+        # as Gates.first_check: the first half where the build fails there, else the rest
+        n, total = len(self.gates.search.feeds), len(self.feeds)
+        shares = [(self.gates.search, 0, n, f"the first {n}" if n < total else "")]
+        if self.gates.rest is not None:
+            shares.append((self.gates.rest, n, total, f"the last {total - n}"))
+        for gate, start, stop, where in shares:
+            if not gate.judge(outputs[start:stop]).passed:
+                return SearchShare(start, stop, where, partial(_judged, gate))
+        return None
+
+
+def _judged(gate: Gate, outputs: list[dict[str, np.ndarray]]) -> Judgement:
+    return _judgement(gate.judge(outputs))
 
 
 def _judgement(result: GateResult) -> Judgement:
