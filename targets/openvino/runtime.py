@@ -143,7 +143,12 @@ class OpenVinoArtifact:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         request, ports = self._for_shape(feeds)
-        result = request.infer(dict(feeds))
+        # share_outputs: the request's own output tensors, copied out once here. Without it
+        # `infer` copies them into new arrays and the copy below made a second: a dynamic
+        # Conv/ConvTranspose net with a 1x8x224x224 output ran 2.85 ms a call against 1.40 ms
+        # (2026-12-04, AVX-512 EPYC, interleaved blocks in one process), ONNX Runtime 0.39 ms;
+        # the ten real models' served artifacts moved 0.99-1.02x (outputs up to 1.7 MB).
+        result = request.infer(dict(feeds), share_outputs=True)
         out = {name: np.array(result[port], copy=True) for name, port in ports.items()}
         out.update((name, np.array(feeds[name], copy=True)) for name in self._passed)
         return {name: out[name] for name in self._order}

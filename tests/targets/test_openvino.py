@@ -370,6 +370,21 @@ def test_marks_name_layers_the_ir_has(tmp_path: Path) -> None:
     assert kept == ["y"]
 
 
+def test_a_result_stays_what_it_was_after_the_next_run(tmp_path: Path) -> None:
+    """run() hands out copies of the request's output tensors, which the next run
+    overwrites in place."""
+    path = save(conv_net(), tmp_path / "src")
+    result, out, contract = build_openvino(path, tmp_path)
+    runner = ov_runtime.load(out, result.runtime, [o.name for o in contract.outputs])
+    a, b = smooth_images(2, seed=5)
+    first = runner.run(a)
+    kept = {name: value.copy() for name, value in first.items()}
+    second = runner.run(b)
+    for name, value in first.items():
+        assert not np.array_equal(value, second[name])  # the feeds differ, so do the outputs
+        np.testing.assert_array_equal(value, kept[name])
+
+
 def test_fp16_weight_compression_is_explicit(tmp_path: Path) -> None:
     path = save(conv_net(), tmp_path / "src")
     plain, plain_dir, contract = build_openvino(path, tmp_path)
