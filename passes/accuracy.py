@@ -309,7 +309,11 @@ class Gates:
     def first_check(self, model: onnx.ModelProto) -> FirstCheck:
         """The unchanged model's verdict on `whole` and on the half a search would choose on
         (the first where it fails there, or where it passes the whole), from one run."""
-        outputs = run_model(model, self.whole.feeds)
+        return self.check_outputs(run_model(model, self.whole.feeds))
+
+    def check_outputs(self, outputs: Sequence[Mapping[str, np.ndarray]]) -> FirstCheck:
+        """`first_check` on the unchanged build's outputs on `whole`'s feeds, where the
+        build is not an ONNX model (an OpenVINO bf16 IR: targets/base.py `Judge.share`)."""
         whole = self.whole.judge(outputs)
         n, total = len(self.search.feeds), len(self.whole.feeds)
         first = self.search.judge(outputs[:n])

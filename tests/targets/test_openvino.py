@@ -21,7 +21,7 @@ from compiler.core.errors import BuildError
 from compiler.core.parity import compare_outputs, margin, output_metrics
 from compiler.core.tolerance import DEFAULT_TOLERANCES
 from compiler.pipeline.interface import extract_contract
-from targets.base import BuildRequest, Judgement, SearchShare
+from targets.base import BuildRequest, BuildResult, Judgement, SearchShare
 from tests.targets.builders import (
     attention_block,
     build_openvino,
@@ -233,6 +233,14 @@ class _ParityJudge:
         return None
 
 
+def _build_judged(path: Path, judge: _ParityJudge, work: Path, out: Path) -> BuildResult:
+    """OpenVINO bf16 of `path` built into the new folder `out` with `judge` as its gate."""
+    req, _ = request(path, OpenVinoOptions(inference_precision="bf16"), work, precision="bf16")
+    req.judge = judge
+    out.mkdir()
+    return OpenVinoBackend().build(path, req, out)
+
+
 def _precisions(out: Path, result: object, contract: object) -> dict[str, str]:
     """What each layer of the artifact compiles to, as serving loads it (runtime.load)."""
     runner = ov_runtime.load(out, result.runtime, [o.name for o in contract.outputs])
@@ -274,11 +282,8 @@ def test_bf16_search_chooses_on_its_share(tmp_path: Path) -> None:
     the first `search` samples only."""
     path = save(offset_diff_net(), tmp_path / "src")
     judge = _ParityJudge(path, offset_images(8, seed=1), search=4)
-    req, _ = request(path, OpenVinoOptions(inference_precision="bf16"), tmp_path, precision="bf16")
-    req.judge = judge
     out = tmp_path / "out"
-    out.mkdir()
-    notes = OpenVinoBackend().build(path, req, out).notes
+    notes = _build_judged(path, judge, tmp_path, out).notes
     assert any("on 8 samples" in n and "(the first 1: diff)" in n for n in notes), notes
     assert any("it passed on the first 4" in n for n in notes), notes
     # bf16 throughout on the search's 4 (it fails there too), then the first candidate
@@ -294,11 +299,8 @@ def test_bf16_passing_on_the_first_share_searches_on_the_rest(tmp_path: Path) ->
     path = save(offset_diff_net(), tmp_path / "src")
     near_zero = [{"x": f["x"] - 1000} for f in offset_images(4, seed=4)]
     judge = _ParityJudge(path, near_zero + offset_images(4, seed=1), search=4)
-    req, _ = request(path, OpenVinoOptions(inference_precision="bf16"), tmp_path, precision="bf16")
-    req.judge = judge
     out = tmp_path / "out"
-    out.mkdir()
-    notes = OpenVinoBackend().build(path, req, out).notes
+    notes = _build_judged(path, judge, tmp_path, out).notes
     assert any("failed the bf16 gate at build on 8 samples" in n for n in notes), notes
     assert any("(the first 1: diff)" in n and "it passed on the last 4" in n for n in notes)
     # the first share (passes), the last (fails), then the first candidate there
@@ -319,11 +321,8 @@ def test_bf16_passing_on_every_share_is_not_searched(tmp_path: Path) -> None:
     nothing is searched or kept in f32, and the note says so."""
     path = save(offset_diff_net(), tmp_path / "src")
     judge = _BlindJudge(path, offset_images(8, seed=1), search=4)
-    req, _ = request(path, OpenVinoOptions(inference_precision="bf16"), tmp_path, precision="bf16")
-    req.judge = judge
     out = tmp_path / "out"
-    out.mkdir()
-    notes = OpenVinoBackend().build(path, req, out).notes
+    notes = _build_judged(path, judge, tmp_path, out).notes
     assert any(
         "failed the bf16 gate at build on 8 samples" in n
         and "passed on each share of them a search chooses on: no search ran" in n
@@ -336,12 +335,8 @@ def test_bf16_passing_on_every_share_is_not_searched(tmp_path: Path) -> None:
 def test_bf16_that_passes_its_gate_keeps_nothing_in_f32(tmp_path: Path) -> None:
     path = save(conv_net(), tmp_path / "src")
     judge = _ParityJudge(path, smooth_images(4, seed=3))
-    opts = OpenVinoOptions(inference_precision="bf16")
-    req, _ = request(path, opts, tmp_path, precision="bf16")
-    req.judge = judge
     out = tmp_path / "out"
-    out.mkdir()
-    result = OpenVinoBackend().build(path, req, out)
+    result = _build_judged(path, judge, tmp_path, out)
     assert "bf16 throughout passed the bf16 gate at build on 4 samples" in result.notes
     assert judge.calls == 1 and b"precise" not in (out / "model.xml").read_bytes()
 

@@ -108,15 +108,14 @@ class _GateJudge:
         return _judgement(self.gates.whole.judge(outputs))
 
     def share(self, outputs: list[dict[str, np.ndarray]]) -> SearchShare | None:
-        # as Gates.first_check: the first half where the build fails there, else the rest
+        check = self.gates.check_outputs(outputs)
+        if check.blind:
+            return None
         n, total = len(self.gates.search.feeds), len(self.feeds)
-        shares = [(self.gates.search, 0, n, f"the first {n}" if n < total else "")]
-        if self.gates.rest is not None:
-            shares.append((self.gates.rest, n, total, f"the last {total - n}"))
-        for gate, start, stop, where in shares:
-            if not gate.judge(outputs[start:stop]).passed:
-                return SearchShare(start, stop, where, partial(_judged, gate))
-        return None
+        judge = partial(_judged, check.gate)
+        if check.gate is self.gates.search:
+            return SearchShare(0, n, f"the first {n}" if n < total else "", judge)
+        return SearchShare(n, total, f"the last {total - n}", judge)
 
 
 def _judged(gate: Gate, outputs: list[dict[str, np.ndarray]]) -> Judgement:
