@@ -11,7 +11,11 @@ stdin is a command and each answer one JSON line on the reply channel:
     {"op": "block", "runs": N, "settle_s": S} -> {"ok": true, "times_s": [...]}
     {"op": "exit"} (or end of input)           -> the process ends
 
-The first answer, after loading, is {"ok": true, "ready": {"describe", "load_s", "warmup_s"}}.
+The first answer, after loading, is {"ok": true, "ready": {"describe", "load_s", "warmup_s",
+"steady_s"}}: `steady_s` are runs timed after the warm-up until STEADY_S have passed (at least
+three), whose median is what the parent sizes its blocks by; a warm-up run may hold one-off work (a
+first run's allocations, OpenVINO's compile for a shape seen twice: 83 ms of 3 warm-up runs
+of 0.6 ms each), and blocks sized by it held 3 runs instead of 30.
 A failure is {"ok": false, "stage": "load"|"run", "error": "..."}. The reply channel is the
 original stdout; stdout itself is pointed at stderr first, so a runtime that prints cannot
 corrupt the protocol. The worker pins nothing: threads are the runtime's own choice (or
@@ -33,9 +37,10 @@ from compiler.core.feeds import Feeds, read_feeds_npz
 from compiler.core.settings import settings_from_json
 from targets.runner import Runner, open_runner
 
-__all__ = ["PROTOCOL", "main"]
+__all__ = ["PROTOCOL", "STEADY_S", "main"]
 
 PROTOCOL = 1
+STEADY_S = 0.05  # the steady runs' total time after the warm-up
 
 
 def _send(reply: IO[str], message: dict[str, Any]) -> None:
@@ -67,7 +72,11 @@ def _open(job: dict[str, Any]) -> tuple[Runner, Feeds, dict[str, Any]]:
     runner.load()
     load_s = time.perf_counter() - t0
     warmup = _timed(runner, feed, max(1, int(job.get("warmup", 1))))
-    return runner, feed, {"describe": runner.describe(), "load_s": load_s, "warmup_s": warmup}
+    steady: list[float] = []
+    while len(steady) < 3 or (sum(steady) < STEADY_S and len(steady) < 1000):
+        steady += _timed(runner, feed, 1)
+    ready = {"describe": runner.describe(), "load_s": load_s, "warmup_s": warmup}
+    return runner, feed, {**ready, "steady_s": steady}
 
 
 def serve(job: dict[str, Any], commands: IO[str], reply: IO[str]) -> int:

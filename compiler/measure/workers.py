@@ -130,8 +130,8 @@ class WorkerProcess:
 
     @property
     def run_s(self) -> float:
-        """A typical run's time, from the warm-up runs."""
-        times = sorted(self.ready.get("warmup_s", [])) or [0.0]
+        """A typical run's time: the median of the runs timed after the warm-up."""
+        times = sorted(self.ready.get("steady_s") or self.ready.get("warmup_s") or [0.0])
         return float(times[len(times) // 2])
 
     def block(self, runs: int, settle_s: float, timeout_s: float | None = None) -> list[float]:

@@ -16,6 +16,7 @@ import pytest
 from compiler.core.feeds import read_feeds_npz, write_feeds_npz
 from compiler.core.host import probe_host
 from compiler.core.policies import LatencyPolicy
+from compiler.measure.latency_worker import STEADY_S
 from compiler.measure.timing import block_runs, measure_latency
 from compiler.measure.verify import measured_on
 from compiler.measure.workers import Contender, WorkerFailed, WorkerProcess
@@ -71,6 +72,10 @@ def test_worker_times_blocks_and_says_what_the_runtime_used(package: Path, tmp_p
     with _start(package, tmp_path) as w:
         assert w.describe["runtime"].startswith("onnxruntime") and w.describe["threads"] >= 1
         assert len(w.ready["warmup_s"]) == 2 and w.run_s > 0
+        # blocks are sized by runs after the warm-up (at least 3, STEADY_S in all), not by it
+        steady = sorted(w.ready["steady_s"])
+        assert len(steady) >= 3 and (sum(steady) >= STEADY_S or len(steady) == 1000)
+        assert w.run_s == steady[len(steady) // 2]
         times = w.block(3, settle_s=0.0)
         assert len(times) == 3 and all(t > 0 for t in times)
     assert w.proc.returncode == 0 and _children() == before

@@ -59,8 +59,9 @@ class VerifyKind(Kind[VerifyNode]):
     # 22: a dense map's score channels are judged as decisions at 0.5 (parity.py); 23:
     # OpenVINO's runner returns an output that passes an input through (the runner's code is
     # not in the key: a runner fix bumps this); 24: OpenVINO's runner copies its outputs out
-    # once (its latency changes)
-    version = "24"
+    # once (its latency changes); 25: latency workers size their blocks by runs after the
+    # warm-up, not by it (a warm-up that held a compile made 3-run blocks)
+    version = "25"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
