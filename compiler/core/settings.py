@@ -57,7 +57,8 @@ class OpenVinoSettings:
     num_streams: int = 0
     cpu_pinning: bool = False
     # input shapes, each seen twice, that get a compile of their own with every dim fixed
-    # (targets/openvino/runtime.py); 0 (the default): the model runs as built
+    # (targets/openvino/runtime.py); 0: the model runs as built (what a settings record
+    # without the field means; the backend's option writes 2 since OpenVINO backend 9)
     static_shapes: int = 0
 
 

@@ -1,7 +1,8 @@
 """Runtime settings chosen by measurement: a short sweep per artifact at build.
 
 A handful of candidates (ONNX Runtime: intra-op threads, spinning, execution mode; OpenVINO:
-the THROUGHPUT hint with its streams, threads), each timed against the artifact's default
+the THROUGHPUT hint with its streams, threads, and for a model with dynamic input dims a
+compile per input shape, `static_shapes`), each timed against the artifact's default
 settings by the latency method (each in a worker of its own, paired ABBA blocks, the
 speedup's distribution-free interval). A candidate is adopted only when its interval's lower
 bound is above 1, so noise never picks one; the best such estimate wins. Nothing is adopted
@@ -48,6 +49,9 @@ __all__ = [
 
 TUNABLE = ("onnxruntime", "openvino")  # the backends with settings worth a sweep
 ADOPT_ABOVE = 1.0  # a candidate's interval must lie above this to replace the default
+# OpenVINO: the input shapes a dynamic model's runner compiles static when its settings say
+# none (targets/openvino/runtime.py: a compile and its memory per shape, once)
+STATIC_SHAPES = 2
 _MIN_BLOCKS_S = 0.3  # the least timed-block budget a candidate gets
 
 
@@ -73,11 +77,17 @@ def physical_cores() -> int:
 
 
 def candidates(
-    default: RuntimeSettings, *, pinned_threads: bool, cpus: int, cores: int
+    default: RuntimeSettings,
+    *,
+    pinned_threads: bool,
+    cpus: int,
+    cores: int,
+    dynamic: bool = False,
 ) -> list[tuple[str, RuntimeSettings]]:
     """The settings worth trying for an artifact, each differing from `default` in one
     setting (never one equal to it in effect). `pinned_threads`: the latency policy fixes
-    threads, so thread counts are not tried."""
+    threads, so thread counts are not tried; `dynamic`: the model has dynamic input dims, so
+    OpenVINO's compile per input shape is tried."""
     tried: list[tuple[str, RuntimeSettings]] = []
     if isinstance(default, OnnxRuntimeSettings):
         current = default.intra_op_num_threads or cores  # 0: one per physical core
@@ -112,6 +122,9 @@ def candidates(
             for n in sorted({1, cpus}):
                 if n != (default.num_threads or cores):  # 0: one per core
                     tried.append((f"num_threads={n}", _with(default, n_ov=n)))
+        if dynamic:  # the other way: as built where shapes compile static, and back
+            n = 0 if default.static_shapes else STATIC_SHAPES
+            tried.append((f"static_shapes={n}", dataclasses.replace(default, static_shapes=n)))
     return tried
 
 
@@ -172,7 +185,11 @@ def tune(
     default = artifact.runtime
     cpus = len(os.sched_getaffinity(0))
     tried = candidates(
-        default, pinned_threads=policy.threads > 0, cpus=cpus, cores=physical_cores()
+        default,
+        pinned_threads=policy.threads > 0,
+        cpus=cpus,
+        cores=physical_cores(),
+        dynamic=bool(contract.input_dims()),
     )
     each = policy.model_copy(
         update={"confidence": family_confidence(policy.confidence, len(tried))}

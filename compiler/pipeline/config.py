@@ -109,8 +109,9 @@ class TuningConfig(_Strict):
 
     enabled: bool = Field(
         default=False,
-        description="sweep threads, spinning, execution mode (ORT), hint, streams and threads "
-        "(OpenVINO) per artifact that passes parity; adopted only when faster beyond the interval",
+        description="sweep threads, spinning, execution mode (ORT), hint, streams, threads and a "
+        "compile per input shape (OpenVINO) per artifact that passes parity; adopted only when "
+        "faster beyond the interval",
     )
     pick: bool = Field(
         default=True,

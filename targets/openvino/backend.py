@@ -67,9 +67,12 @@ class OpenVinoOptions(BackendOptions):
     # OpenVINO pins its threads to cores by default on Linux; on a host shared with other
     # processes that made p50 8-13x worse (docs/openvino.md). Pin only on a dedicated host.
     cpu_pinning: bool = False
-    # input shapes, each seen twice, the runner compiles with every dim fixed (runtime.py:
-    # opt-in, a second measurement did not hold its gain)
-    static_shapes: int = Field(default=0, ge=0, description="0: run the model as built")
+    # a model with dynamic input dims: input shapes, each on its second run, the runner
+    # compiles with every dim fixed, at most this many (runtime.py; each a compile and its
+    # memory, once); 0: run the model as built. The build's sweep tries the other way.
+    static_shapes: int = Field(
+        default=2, ge=0, description="input shapes compiled static; 0: run the model as built"
+    )
     min_runtime_version: str = ""  # "": the year.minor of the OpenVINO that built the IR
     # bf16 only: where bf16 throughout fails the package's bf16 gate at build (user data
     # only), the first run of conv/matmul layers from the inputs or the outputs, up to this
@@ -86,12 +89,13 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "8"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "9"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
     # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
     # 7: outputs that pass an input through are left out of the IR (the runtime returns feeds);
-    # 8: bf16's f32-layer search chooses on the other half where bf16 passes the first
+    # 8: bf16's f32-layer search chooses on the other half where bf16 passes the first;
+    # 9: a dynamic model's runner compiles 2 input shapes static by default
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 

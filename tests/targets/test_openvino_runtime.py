@@ -111,6 +111,7 @@ def test_a_shape_seen_twice_gets_a_static_compile_up_to_the_limit(
     import dataclasses
 
     result, out, contract = fp32_ir
+    assert result.runtime.static_shapes == 2  # the backend's default since version 9
     one = smooth_images(1, seed=3)[0]
     two = {"x": np.concatenate([one["x"], smooth_images(1, seed=4)[0]["x"]])}
     three = {"x": np.concatenate([two["x"], one["x"]])}
@@ -130,6 +131,25 @@ def test_a_shape_seen_twice_gets_a_static_compile_up_to_the_limit(
         for _ in range(3):
             runner.run(one)
         assert runner.describe()["static_shapes"] == ""
+
+
+def test_a_latency_worker_compiles_its_shape_static_in_the_warm_up(
+    fp32_ir: tuple[BuildResult, Path, Contract], tmp_path: Path
+) -> None:
+    """The shape's second run, its compile included, is in the warm-up: the timed blocks run
+    the static compile and are sized by the runs after the warm-up, not by the compile."""
+    from compiler.core.feeds import write_feeds_npz
+    from compiler.measure.workers import Contender, WorkerProcess
+
+    result, out, contract = fp32_ir
+    feeds = tmp_path / "feed.npz"
+    write_feeds_npz(feeds, [smooth_images(1, seed=3)[0]])
+    contender = Contender("cpu/ov-f32", "openvino", out, result.runtime)
+    with WorkerProcess.start(contender, contract, feeds, tmp_path, threads=0, warmup=2) as w:
+        assert w.describe["static_shapes"] == "x 1x3x32x32"
+        steady = sorted(w.ready["steady_s"])
+        assert len(steady) >= 3 and w.run_s == steady[len(steady) // 2]
+        assert len(w.block(3, settle_s=0.0)) == 3
 
 
 # ---------------------------------------------------------------- compiled-model cache
