@@ -30,7 +30,8 @@ class LoadedArtifact(Protocol):
     def describe(self) -> RunnerInfo: ...
 
     def sync(self) -> None:
-        """Wait for queued device work (GPU runtimes); a no-op on CPUs."""
+        """Wait for work under way: queued device work (GPU runtimes), a compile for an input
+        shape (OpenVINO's static shapes); a no-op where there is none."""
         ...
 
     def close(self) -> None: ...

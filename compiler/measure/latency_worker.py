@@ -72,6 +72,7 @@ def _open(job: dict[str, Any]) -> tuple[Runner, Feeds, dict[str, Any]]:
     runner.load()
     load_s = time.perf_counter() - t0
     warmup = _timed(runner, feed, max(1, int(job.get("warmup", 1))))
+    runner.sync()  # work the warm-up started (OpenVINO's compile for the shape) is done
     steady: list[float] = []
     while len(steady) < 3 or (sum(steady) < STEADY_S and len(steady) < 1000):
         steady += _timed(runner, feed, 1)

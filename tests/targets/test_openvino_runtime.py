@@ -120,10 +120,12 @@ def test_a_shape_seen_twice_gets_a_static_compile_up_to_the_limit(
         first = runner.run(one)["y"]
         assert runner.describe()["static_shapes"] == ""
         runner.run(one)
+        runner.sync()  # the compile the second run started
         assert runner.describe()["static_shapes"] == "x 1x3x32x32"
         np.testing.assert_allclose(runner.run(one)["y"], first, rtol=1e-5, atol=1e-6)
         for feed in (two, two, three, three):
             got = runner.run(feed)["y"]
+            runner.sync()
         np.testing.assert_allclose(got[:2], runner.run(two)["y"], rtol=1e-5, atol=1e-6)
         assert runner.describe()["static_shapes"] == "x 1x3x32x32; x 2x3x32x32"
     off = dataclasses.replace(result.runtime, static_shapes=0)
@@ -131,6 +133,33 @@ def test_a_shape_seen_twice_gets_a_static_compile_up_to_the_limit(
         for _ in range(3):
             runner.run(one)
         assert runner.describe()["static_shapes"] == ""
+
+
+def test_a_static_compile_runs_beside_the_runs_until_it_is_ready(
+    fp32_ir: tuple[BuildResult, Path, Contract],
+) -> None:
+    """The second run of a shape starts its compile and returns; runs go on as built while
+    it is under way (here held back until released), and use it once it is ready."""
+    import threading
+
+    result, out, contract = fp32_ir
+    loaded = ov_runtime.load(out, result.runtime, ["y"])
+    release = threading.Event()
+    compile_static = loaded._compile_static  # the real compile, started once released
+    loaded._compile_static = lambda key: (release.wait(60), compile_static(key))[1]  # type: ignore[method-assign]
+    one = smooth_images(1, seed=3)[0]
+    try:
+        first = loaded.run(one)["y"]
+        for _ in range(4):  # the second starts the compile; none of them waits for it
+            np.testing.assert_array_equal(loaded.run(one)["y"], first)
+        assert loaded.describe()["static_shapes"] == ""
+        release.set()
+        loaded.sync()
+        assert loaded.describe()["static_shapes"] == "x 1x3x32x32"
+        np.testing.assert_allclose(loaded.run(one)["y"], first, rtol=1e-5, atol=1e-6)
+    finally:
+        release.set()
+        loaded.close()
 
 
 def test_a_latency_worker_compiles_its_shape_static_in_the_warm_up(
