@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -168,9 +169,19 @@ def verify_artifact(
         f"{host.runtimes.get(requirements.runtime)}; NOT run on {requirements.arch}: "
         f"this shows the artifact's graph is right, not how the {requirements.arch} build behaves"
     )
+    # compiled blobs shared by every process that runs this artifact here (OpenVINO: the
+    # parity run's compiles, as built and for the sample shape, are the timing workers'
+    # imports); keyed by the runtime on the model's content and config, removed after
+    blobs = tempfile.TemporaryDirectory(prefix="compile-pkg-blobs-")
+    cache = Path(blobs.name) if backend == "openvino" else None
     try:
         runner = open_runner(
-            backend, artifact_dir, runtime, contract, threads=latency.threads or None
+            backend,
+            artifact_dir,
+            runtime,
+            contract,
+            threads=latency.threads or None,
+            cache_dir=cache,
         )
         with runner:
             # each run's background work done before the next (OpenVINO's compile for a shape
@@ -182,7 +193,9 @@ def verify_artifact(
             timing = None
             if measure_latency and mode == "native":
                 runner.close()  # the timing workers load their own; this one would sit idle
-                artifact = Contender(str(artifact_dir.name), backend, artifact_dir, runtime)
+                artifact = Contender(
+                    str(artifact_dir.name), backend, artifact_dir, runtime, cache_dir=cache
+                )
                 timing = _timing(artifact, record, inputs, contract, ref_model, latency, on, serve)
     except Exception as exc:  # a runtime failing on this artifact is a verdict, not a crash
         reason = f"could not run: {short_message(exc)}"
@@ -190,6 +203,8 @@ def verify_artifact(
             status="error", reason=reason, precision=precision, host=on, mode=mode
         )
         return VerifyOutput(parity=record)
+    finally:
+        blobs.cleanup()
     return VerifyOutput(parity=record, latency=timing)
 
 

@@ -4,6 +4,7 @@ the compiled-model cache, and real models from ../shared/models (`slow`)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,39 @@ def test_a_latency_worker_compiles_its_shape_static_in_the_warm_up(
         steady = sorted(w.ready["steady_s"])
         assert len(steady) >= 3 and w.run_s == steady[len(steady) // 2]
         assert len(w.block(3, settle_s=0.0)) == 3
+
+
+def test_verify_s_timing_workers_import_what_its_parity_run_compiled(tmp_path: Path) -> None:
+    """One artifact's verification shares a compiled-model cache between its processes: the
+    latency worker loads the model as built and its shape's static compile from blobs the
+    parity run wrote, and nothing of the cache is left after."""
+    from compiler.core.policies import LatencyPolicy
+    from compiler.core.tolerance import ParityPolicy
+    from compiler.measure.verify import verify_artifact
+
+    src = save(conv_net(), tmp_path / "src")
+    result, out, contract = build_openvino(src, tmp_path)
+    feeds = smooth_images(3, seed=5)
+    before = set(Path(tempfile.gettempdir()).glob("compile-pkg-blobs-*"))
+    done = verify_artifact(
+        backend="openvino",
+        runtime=result.runtime,
+        requirements=result.requirements,
+        portable=False,
+        artifact_dir=out,
+        precision="fp32",
+        contract=contract,
+        inputs=feeds,
+        ref_outputs=reference(src, feeds),
+        ref_model=src,
+        parity=ParityPolicy(),
+        latency=LatencyPolicy(warmup=2, runs=2, max_seconds=0.5, block_ms=2, settle_ms=1),
+        host=probe_host(),
+    )
+    assert done.parity.status == "passed" and done.latency is not None
+    assert done.latency.runner["loaded_from_cache"] is True
+    assert done.latency.runner["static_shapes"] == "x 1x3x32x32"
+    assert set(Path(tempfile.gettempdir()).glob("compile-pkg-blobs-*")) == before
 
 
 # ---------------------------------------------------------------- compiled-model cache
