@@ -12,10 +12,10 @@ stdin is a command and each answer one JSON line on the reply channel:
     {"op": "exit"} (or end of input)           -> the process ends
 
 The first answer, after loading, is {"ok": true, "ready": {"describe", "load_s", "warmup_s",
-"steady_s"}}: `steady_s` are runs timed after the warm-up until STEADY_S have passed (at least
-three), whose median is what the parent sizes its blocks by; a warm-up run may hold one-off work (a
-first run's allocations, OpenVINO's compile for a shape seen twice: 83 ms of 3 warm-up runs
-of 0.6 ms each), and blocks sized by it held 3 runs instead of 30.
+"steady_s"}}: `steady_s` are runs timed after the warm-up until STEADY_S have passed (at
+least three), whose median is what the parent sizes its blocks by; a warm-up run may hold
+one-off work (a first run's allocations, OpenVINO's compile for a shape seen twice: 83 ms
+of 3 warm-up runs of 0.6 ms each), and blocks sized by it held 3 runs instead of 30.
 A failure is {"ok": false, "stage": "load"|"run", "error": "..."}. The reply channel is the
 original stdout; stdout itself is pointed at stderr first, so a runtime that prints cannot
 corrupt the protocol. The worker pins nothing: threads are the runtime's own choice (or

