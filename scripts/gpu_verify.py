@@ -11,11 +11,17 @@ Two steps, on two machines:
 
 `verify` loads every built gpu/tvm-* artifact with targets/tvm/runtime.py on the runtime-only
 TVM (TVM_USE_RUNTIME_LIB=1), checks the files' sha256 against manifest.json (schema 2),
-judges outputs against reference/outputs.npz with compiler.core.parity and the package's
-recorded tolerances (`policy.parity`), times it CUDA-synchronized (warm-up, then p50/p99 with
-compiler.core.latency), and writes one JSON record naming the GPU. Besides the carried TVM
-copy it needs numpy and the project's bare modules (standard library and numpy only), and
-exits non-zero when an artifact fails parity or cannot run.
+judges outputs against reference/outputs.npz as the build does: compiler.core.parity with the
+package's recorded tolerances (`policy.parity`), and, where the policy names a task metric and
+reference/labels.json holds the samples' labels, compiler.core.task's paired task check and
+verdict (the metric must import here; where it cannot, the record says why and the outputs'
+closeness decides). It times each artifact CUDA-synchronized (warm-up, then p50/p99 with
+compiler.core.latency) and, where onnxruntime imports, times the package's reference
+(reference/model.onnx on ONNX Runtime CPU, default settings) beside it in paired ABBA blocks on
+the same host: the speedup with its interval (numpy in, numpy out on both sides). It writes one
+JSON record naming the GPU and the host's CPU. Besides the carried TVM copy it needs numpy and
+the project's bare modules (standard library and numpy only), and exits non-zero when an
+artifact fails its verdict or cannot run.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -36,17 +43,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's bare modules
 
-from compiler.core.feeds import Feeds, read_feeds_npz  # noqa: E402
+from compiler.core.feeds import Feeds, read_feeds_npz, read_labels  # noqa: E402
 from compiler.core.hashing import file_sha256  # noqa: E402
-from compiler.core.latency import summarize  # noqa: E402
+from compiler.core.latency import measure_paired, summarize  # noqa: E402
 from compiler.core.parity import compare_outputs  # noqa: E402
 from compiler.core.settings import TvmSettings, settings_from_json  # noqa: E402
+from compiler.core.task import score_task, verdict  # noqa: E402
 from compiler.core.tolerance import ParityPolicy  # noqa: E402
 from targets.tvm import runtime as tvm_runtime  # noqa: E402
 from targets.tvm.runtime_pack import main as pack_main  # noqa: E402
 
-SCHEMA = "compile-pkg.gpu-verification.v2"
+SCHEMA = "compile-pkg.gpu-verification.v3"
 MANIFEST_SCHEMA = 2
+# the paired timing against the reference: as the build's (compiler/measure/timing.py)
+CONFIDENCE = 0.95
+TARGET_HALFWIDTH = 0.03
+MAX_PAIRS = 20
+PAIRED_BUDGET_S = 20.0
+BLOCK_S = 0.05  # each block holds enough runs to last about this long (at least 3)
 
 
 def _gpu_info() -> dict[str, Any]:
@@ -65,6 +79,133 @@ def _gpu_info() -> dict[str, Any]:
             first = out.splitlines()[0].split(",")
             info = dict(zip(keys, (v.strip() for v in first), strict=False))
     return info
+
+
+def _cpu_info() -> dict[str, Any]:
+    """The host's CPU model and the cores this process may use (the reference's threads)."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"model": model, "cores": cores}
+
+
+@dataclasses.dataclass
+class _Reference:
+    """The package's reference model on ONNX Runtime CPU, default settings, as the build ran it;
+    `run` is None where it cannot run here (`reason` says why)."""
+
+    run: Callable[[Feeds], object] | None
+    record: dict[str, Any]
+
+
+def _reference(pkg: Path) -> _Reference:
+    model = pkg / "reference" / "model.onnx"
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return _Reference(
+            None,
+            {
+                "status": "skipped",
+                "reason": "onnxruntime does not import here; pip install onnxruntime to time "
+                "the package's reference beside each artifact",
+            },
+        )
+    if not model.is_file():
+        return _Reference(None, {"status": "skipped", "reason": f"{model} is missing"})
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return _Reference(
+        lambda feed: session.run(names, feed),
+        {
+            "status": "timed",
+            "model": "reference/model.onnx",
+            "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider, default settings",
+            "cpu": _cpu_info(),
+        },
+    )
+
+
+def _block(fn: Callable[[], object], sync: Callable[[], None], runs: int) -> Callable[[], list]:
+    return lambda: _timed(fn, sync, runs)
+
+
+def _runs_per_block(fn: Callable[[], object], sync: Callable[[], None]) -> int:
+    """Runs that last about BLOCK_S (at least 3), from the median of 3 runs."""
+    once = sorted(_timed(fn, sync, 3))[1]
+    return max(3, min(1000, math.ceil(BLOCK_S / max(once, 1e-6))))
+
+
+def _paired_speedup(
+    artifact: Callable[[], object], sync: Callable[[], None], reference: Callable[[], object]
+) -> dict[str, Any]:
+    """The reference's time over the artifact's in ABBA-paired blocks (numpy in and out on
+    both sides), with its interval, as compiler.core.latency measures a build's speedups."""
+    nothing = lambda: None  # noqa: E731
+    art_runs = _runs_per_block(artifact, sync)
+    ref_runs = _runs_per_block(reference, nothing)
+    paired = measure_paired(
+        _block(artifact, sync, art_runs),
+        _block(reference, nothing, ref_runs),
+        confidence=CONFIDENCE,
+        target_halfwidth=TARGET_HALFWIDTH,
+        max_pairs=MAX_PAIRS,
+        budget_s=PAIRED_BUDGET_S,
+    )
+    art_all = [t for b in paired.artifact for t in b]
+    ref_all = [t for b in paired.reference for t in b]
+    return {
+        "speedup": dataclasses.asdict(paired.speedup),
+        "stopped": paired.stopped,
+        "runs_per_block": {"artifact": art_runs, "reference": ref_runs},
+        "artifact": dataclasses.asdict(summarize(art_all, 1, keep_samples=False)),
+        "reference": dataclasses.asdict(summarize(ref_all, 1, keep_samples=False)),
+        "what": "reference p50 / artifact p50 per pair of blocks (numpy in, numpy out, the "
+        "artifact synchronized), the median over pairs and its order-statistic interval",
+    }
+
+
+def _shape_of(feed: Feeds, settings: TvmSettings) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(feed[t.name].shape) for t in settings.inputs)
+
+
+def _fitting(settings: TvmSettings, samples: list[Feeds]) -> list[int]:
+    """The samples a static library can run (its input shapes exactly); all for dynamic."""
+    if settings.shapes != "static":
+        return list(range(len(samples)))
+    built = tuple(tuple(t.shape) for t in settings.inputs)
+    return [i for i, feed in enumerate(samples) if _shape_of(feed, settings) == built]
+
+
+def _shapes(settings: TvmSettings) -> str:
+    return ", ".join(f"{t.name}{list(t.shape)}" for t in settings.inputs)
+
+
+def _sample_shapes(samples: list[Feeds]) -> str:
+    seen: dict[str, int] = {}
+    for feed in samples:
+        key = ", ".join(f"{name}{list(v.shape)}" for name, v in feed.items())
+        seen[key] = seen.get(key, 0) + 1
+    shown = sorted(seen.items(), key=lambda kv: -kv[1])[:4]
+    more = f", {len(seen) - 4} more" if len(seen) > 4 else ""
+    return "; ".join(f"{key} x{n}" for key, n in shown) + more
+
+
+def _data_sized(contract: dict[str, Any]) -> set[str]:
+    """Contract.data_sized_outputs from the manifest's JSON (that class needs pydantic)."""
+    inputs, outputs = contract.get("inputs", []), contract.get("outputs", [])
+    given = {d for t in inputs for d in t.get("shape", ()) if isinstance(d, str)}
+    return {
+        t["name"]
+        for t in outputs
+        if any(isinstance(d, str) and d not in given for d in t.get("shape", ()))
+    }
 
 
 def _use_runtime_copy(runtime_dir: Path) -> None:
@@ -88,42 +229,61 @@ def _batch(settings: TvmSettings, feed: Feeds) -> int:
     return int(feed[first.name].shape[0]) if first.shape and isinstance(first.shape[0], str) else 1
 
 
-def _manifest_outputs(pkg: Path) -> list[dict[str, Any]]:
-    """The contract's outputs (name, kind: what parity judges each by)."""
-    doc = json.loads((pkg / "manifest.json").read_text())
-    return list(doc.get("contract", {}).get("outputs", []))
-
-
 def _verify_artifact(
     pkg: Path,
     art: dict[str, Any],
     policy: ParityPolicy,
     samples: list[Feeds],
     refs: list[Feeds],
-    runs: int,
-    warmup: int,
+    labels: list[Any] | None,
+    reference: _Reference,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
+    runs, warmup = args.runs, args.warmup
     bad = [f["path"] for f in art["files"] if file_sha256(pkg / f["path"]) != f["sha256"]]
     if bad:
         return {"id": art["id"], "status": "failed", "reason": f"sha256 mismatch: {bad}"}
     settings = settings_from_json(art["runtime"])
     assert isinstance(settings, TvmSettings)
     names = [t.name for t in settings.outputs]
+    contract = json.loads((pkg / "manifest.json").read_text()).get("contract", {})
+    judged, total = _fitting(settings, samples), len(samples)
+    if not judged:
+        return {
+            "id": art["id"],
+            "precision": art["precision"],
+            "status": "failed",
+            "reason": f"built static for {_shapes(settings)}; none of the package's "
+            f"{len(samples)} reference samples has that shape ({_sample_shapes(samples)}), so "
+            "it cannot run the model's own data: set the dims to the data's sizes "
+            "(--set dims.NAME.opt=SIZE) and build again",
+        }
+    if len(judged) < len(samples):
+        samples, refs = [samples[i] for i in judged], [refs[i] for i in judged]
+        labels = [labels[i] for i in judged] if labels is not None else None
     loaded = tvm_runtime.load(pkg / art["directory"], settings, names)
     try:
         outs = [loaded.run(feed) for feed in samples]
-        ok, per_output = compare_outputs(
+        _, per_output = compare_outputs(
             outs,
             refs,
             lambda name: policy.tolerance(art["precision"], name),
-            {o["name"]: o.get("kind") for o in _manifest_outputs(pkg)},
+            {o["name"]: o.get("kind") for o in contract.get("outputs", [])},
         )
+        task = score_task(policy.task, outs, refs, labels) if policy.task else None
+        ok, basis = verdict(per_output, task, art["precision"], _data_sized(contract))
         resident = loaded.resident_call(samples[0])
         for _ in range(warmup):
             resident()
         loaded.sync()
         device_s = _timed(resident, loaded.sync, runs)  # inputs on the device: kernels + launch
         host_s = _timed(lambda: loaded.run(samples[0]), loaded.sync, runs)  # numpy in and out
+        against = dict(reference.record)
+        if reference.run is not None:
+            ref_run = reference.run
+            against |= _paired_speedup(
+                lambda: loaded.run(samples[0]), loaded.sync, lambda: ref_run(samples[0])
+            )
         runner = loaded.describe()
     finally:
         loaded.close()
@@ -132,7 +292,12 @@ def _verify_artifact(
         "id": art["id"],
         "precision": art["precision"],
         "status": "passed" if ok else "failed",
+        "basis": basis,
+        # a static library is judged on the samples of its shape only (which ones: `judged`)
+        "samples": {"judged": judged, "of": total},
         "parity": {name: dataclasses.asdict(p) for name, p in per_output.items()},
+        "task": dataclasses.asdict(task) if task is not None else None,
+        "against_reference": against,
         "runner": runner,
         "latency": {
             "runs": runs,
@@ -181,11 +346,13 @@ def verify(args: argparse.Namespace) -> int:
     policy = ParityPolicy.from_json(manifest["policy"]["parity"])
     samples = read_feeds_npz(pkg / "reference" / "inputs.npz")
     refs = read_feeds_npz(pkg / "reference" / "outputs.npz")
+    labels = read_labels(pkg / "reference" / "labels.json") if policy.task else None
+    reference = _reference(pkg)
     results = []
     for art in arts:
         try:
             results.append(
-                _verify_artifact(pkg, art, policy, samples, refs, args.runs, args.warmup)
+                _verify_artifact(pkg, art, policy, samples, refs, labels, reference, args)
             )
         except Exception as exc:  # record the failure; other artifacts still get verified
             reason = f"{type(exc).__name__}: {exc}"[:800]
@@ -195,7 +362,9 @@ def verify(args: argparse.Namespace) -> int:
         "package": {"path": str(pkg), "core_sha256": manifest.get("core_sha256", "")},
         "gpu": _gpu_info() if args.target == "gpu" else {},
         "device": args.target,
+        "reference": reference.record,
         "host": {
+            "cpu": _cpu_info(),
             "hostname": platform.node(),
             "python": platform.python_version(),
             "machine": platform.machine(),
@@ -209,12 +378,19 @@ def verify(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(record, indent=1, sort_keys=True))
     for r in results:
         p50 = r.get("latency", {}).get("device_resident", {}).get("p50_ms", float("nan"))
-        print(f"{r['id']}: {r['status']} {r.get('reason', '')} p50 {p50:.3f} ms")
+        speedup = r.get("against_reference", {}).get("speedup")
+        versus = (
+            f"; {speedup['estimate']:.2f}x [{speedup['low']:.2f}-{speedup['high']:.2f}] the "
+            "reference on this host's CPU"
+            if speedup
+            else ""
+        )
+        print(f"{r['id']}: {r['status']} {r.get('reason', '')} p50 {p50:.3f} ms{versus}")
     return 0 if all(r["status"] == "passed" for r in results) else 1
 
 
 def pack_runtime(args: argparse.Namespace) -> int:
-    return pack_main([args.out])
+    return pack_main([args.out], Path(args.wheels) if args.wheels else None)
 
 
 def main() -> int:
@@ -224,6 +400,11 @@ def main() -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     pr = sub.add_parser("pack-runtime", help="assemble the runtime-only TVM copy (build host)")
     pr.add_argument("out", nargs="?", default="build/tvm_runtime")
+    pr.add_argument(
+        "--wheels",
+        help="a folder of another CPython's wheels of apache-tvm, apache-tvm-ffi, ml_dtypes and "
+        "typing_extensions to pack from (targets/tvm/runtime_pack.py)",
+    )
     pr.set_defaults(func=pack_runtime)
     v = sub.add_parser("verify", help="verify gpu/tvm-* artifacts of a package (GPU host)")
     v.add_argument("package")

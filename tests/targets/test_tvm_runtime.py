@@ -20,8 +20,9 @@ import pytest
 
 from compiler.core.errors import ContractError
 from compiler.core.feeds import write_feeds_npz
+from compiler.core.latency import pairs_needed
 from compiler.core.settings import settings_to_json
-from compiler.core.tolerance import ParityPolicy, Tolerance
+from compiler.core.tolerance import ParityPolicy, TaskSpec, Tolerance
 from targets.runner import open_runner
 from targets.tvm.runtime_pack import assemble_runtime
 from tests.targets.builders import Feeds, reference
@@ -93,19 +94,38 @@ np.save({str(tmp_path / "y.npy")!r}, y)
 # ---------------------------------------------------------------- runtime-only copy, gpu_verify
 
 
-def _mini_package(root: Path, built: Built, name: str, refs_scale: float = 1.0) -> Path:
+# a task metric for the mini package: the share of samples whose argmax is the label
+_ACCURACY = """
+import numpy as np
+
+def accuracy(outputs, labels):
+    return float(np.mean([int(np.argmax(o["y"])) == label for o, label in zip(outputs, labels)]))
+"""
+
+
+def _mini_package(
+    root: Path, built: Built, name: str, refs_scale: float = 1.0, task: bool = False
+) -> Path:
     """A package folder with what scripts/gpu_verify.py reads: a schema-2 manifest (artifact
-    entry, recorded parity policy), the artifact, reference inputs and outputs."""
+    entry, recorded parity policy), the artifact, the reference model, inputs and outputs;
+    with `task`, labels (the reference's argmax) and a task metric in the policy."""
     out, result, _, model = built
     pkg = root / name
     art = pkg / "artifacts" / "cpu.tvm-fp32"
     art.mkdir(parents=True)
     shutil.copyfile(out / "model.so", art / "model.so")
     (pkg / "reference").mkdir()
-    feeds = [_feeds(1, seed=s) for s in (1, 2)]
+    shutil.copyfile(model, pkg / "reference" / "model.onnx")
+    feeds = [_feeds(1, seed=s) for s in range(1, 9 if task else 3)]
     outs = [{"y": r["y"] * refs_scale} for r in reference(model, feeds)]
     write_feeds_npz(pkg / "reference" / "inputs.npz", feeds)
     write_feeds_npz(pkg / "reference" / "outputs.npz", outs)
+    metric = None
+    if task:
+        (root / "metric.py").write_text(_ACCURACY)
+        labels = [int(np.argmax(o["y"])) for o in outs]
+        (pkg / "reference" / "labels.json").write_text(json.dumps(labels))
+        metric = TaskSpec(metric=f"{root / 'metric.py'}:accuracy", max_drop=0.0)
     lib = art / "model.so"
     entry = {
         "id": "cpu/tvm-fp32",
@@ -124,7 +144,9 @@ def _mini_package(root: Path, built: Built, name: str, refs_scale: float = 1.0) 
         "runtime": settings_to_json(result.runtime),
     }
     # a tighter fp32 bound than the default, to see that the recorded policy is what judges
-    policy = ParityPolicy(tolerances={"fp32": Tolerance(atol=1e-5, min_cosine=0.9999, min_top1=1)})
+    policy = ParityPolicy(
+        tolerances={"fp32": Tolerance(atol=1e-5, min_cosine=0.9999, min_top1=1)}, task=metric
+    )
     manifest = {
         "schema_version": 2,
         "contract": {"outputs": [{"name": "y", "kind": "class_scores"}]},
@@ -136,9 +158,13 @@ def _mini_package(root: Path, built: Built, name: str, refs_scale: float = 1.0) 
     return pkg
 
 
-def _gpu_verify(pkg: Path, runtime: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+def _gpu_verify(
+    pkg: Path, runtime: Path, env: dict[str, str], site: bool = False
+) -> tuple[int, dict[str, Any]]:
+    """Run the script; without `site` the interpreter sees no installed packages (-S)."""
     out = pkg / "gpu_verification.json"
-    cmd = [sys.executable, "-S", str(REPO / "scripts" / "gpu_verify.py"), "verify", str(pkg),
+    python = [sys.executable] if site else [sys.executable, "-S"]
+    cmd = [*python, str(REPO / "scripts" / "gpu_verify.py"), "verify", str(pkg),
            "--tvm-runtime", str(runtime), "--out", str(out), "--target", "cpu",
            "--runs", "3", "--warmup", "1"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=pkg.parent, env=env, capture_output=True, text=True)
@@ -171,9 +197,60 @@ def test_runtime_copy_runs_gpu_verify_without_installed_tvm(
     assert y["tolerance"]["atol"] == 1e-5  # the package's recorded policy judged it
     assert art["latency"]["device_resident"]["p50_ms"] > 0
     assert art["latency"]["device_resident"]["runs"] == 3 and art["latency"]["batch"] == 1
+    assert art["task"] is None and art["basis"] == ""
+    # no onnxruntime to time the reference with: said, not guessed
+    assert record["reference"]["status"] == "skipped"
+    assert "onnxruntime does not import" in record["reference"]["reason"]
+    assert art["against_reference"] == record["reference"]
 
     bad = _mini_package(tmp_path, tvm_cpu_fp32, "wrong-refs", refs_scale=1.5)
     rc, record = _gpu_verify(bad, runtime, env)
     art = record["artifacts"][0]
     assert rc == 1 and art["status"] == "failed"
     assert any("max abs err" in f for f in art["parity"]["y"]["failures"])
+
+
+def test_gpu_verify_scores_the_task_and_times_the_reference_beside_the_artifact(
+    tvm_cpu_fp32: Built, tmp_path: Path
+) -> None:
+    """Where onnxruntime imports, the record holds the reference timed on the same host in
+    paired blocks (a speedup with its interval), and the package's task metric scores the
+    artifact on the labelled samples as the build's verdict does."""
+    runtime = assemble_runtime(tmp_path / "tvm_runtime")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TVM_LIBRARY_PATH")}
+    env["PYTHONPATH"] = str(REPO)  # the metric file imports numpy only; REPO for nothing else
+
+    rc, record = _gpu_verify(_mini_package(tmp_path, tvm_cpu_fp32, "task", task=True), runtime,
+                             env, site=True)  # fmt: skip
+    art = record["artifacts"][0]
+    assert rc == 0 and art["status"] == "passed", art
+    task = art["task"]
+    assert task["status"] == "passed" and task["samples"] == 8
+    assert task["reference"] == task["artifact"] == 1.0 and task["worse"] == []
+    against = art["against_reference"]
+    assert against["status"] == "timed" and against["runtime"].startswith("onnxruntime ")
+    speedup = against["speedup"]
+    assert speedup["pairs"] >= pairs_needed(0.95) and len(speedup["ratios"]) == speedup["pairs"]
+    assert 0 < speedup["low"] <= speedup["estimate"] <= speedup["high"]
+    assert against["runs_per_block"]["artifact"] >= 3 and against["reference"]["p50_ms"] > 0
+    assert record["host"]["cpu"]["cores"] >= 1
+
+
+def test_gpu_verify_says_when_a_static_library_fits_none_of_the_samples(
+    tvm_cpu_fp32: Built, tmp_path: Path
+) -> None:
+    """A library built static at a shape none of the package's samples has (ppocr_rec's gpu
+    artifacts at the probed x[1, 3, 64, 224] beside 48-pixel text lines) fails with the shapes
+    on both sides and the fix, before anything is loaded."""
+    pkg = _mini_package(tmp_path, tvm_cpu_fp32, "static")
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    runtime = manifest["artifacts"][0]["runtime"]
+    runtime["shapes"] = "static"
+    runtime["inputs"][0]["shape"] = [1, 3, 32, 32]  # the samples are [1, 3, 16, 16]
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TVM_LIBRARY_PATH")}
+    rc, record = _gpu_verify(pkg, assemble_runtime(tmp_path / "tvm_runtime"), env, site=True)
+    art = record["artifacts"][0]
+    assert rc == 1 and art["status"] == "failed" and "latency" not in art
+    assert art["reason"].startswith("built static for x[1, 3, 32, 32]; none of the package's 2")
+    assert "(x[1, 3, 16, 16] x2)" in art["reason"] and "--set dims.NAME.opt=SIZE" in art["reason"]
