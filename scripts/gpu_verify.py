@@ -7,7 +7,9 @@ Two steps, on two machines:
       python scripts/gpu_verify.py pack-runtime build/tvm_runtime      # ~22 MB runtime-only TVM
   there (GPU host: NVIDIA driver, Python 3.11, numpy, this source tree; no TVM, no pydantic):
       python scripts/gpu_verify.py verify PACKAGE --tvm-runtime build/tvm_runtime \
-          --out PACKAGE/reports/gpu_verification.json
+          --out gpu_verification.json   # beside, not inside, the package
+  back here:
+      compile-pkg verify PACKAGE --gpu-record gpu_verification.json   # serving ranks by it
 
 `verify` loads every built gpu/tvm-* artifact with targets/tvm/runtime.py on the runtime-only
 TVM (TVM_USE_RUNTIME_LIB=1), checks the files' sha256 against manifest.json (schema 2),
@@ -79,6 +81,53 @@ def _gpu_info() -> dict[str, Any]:
             first = out.splitlines()[0].split(",")
             info = dict(zip(keys, (v.strip() for v in first), strict=False))
     return info
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("flags", "features"):
+                return sorted(set(value.split()))
+    except OSError:
+        pass
+    return []
+
+
+def _measured_on(target: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """This host as compile-pkg's records name one (compiler/core/host.py HostInfo; the
+    importer keeps the ISA flags that matter)."""
+    gpu = _gpu_info() if target == "gpu" else {}
+    memory = str(gpu.get("memory_mib", "0")).split(".")[0]
+    runtimes = {}
+    if (tvm := _runtime_record(results).get("tvm")) is not None:
+        runtimes["tvm"] = tvm
+    try:
+        import onnxruntime
+
+        runtimes["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return {
+        "arch": platform.machine(),
+        "cpu_model": _cpu_info()["model"],
+        "cpu_count": os.cpu_count() or 1,
+        "isa": _cpu_flags(),
+        "os": f"{platform.system()} {platform.release()}",
+        "hostname": platform.node(),
+        "gpus": [
+            {
+                "name": gpu["name"],
+                "compute_capability": gpu.get("compute_capability", ""),
+                "driver": gpu.get("driver", ""),
+                "memory_mib": int(memory) if memory.isdigit() else 0,
+            }
+        ]
+        if gpu.get("name")
+        else [],
+        "runtimes": runtimes,
+        "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 def _cpu_info() -> dict[str, Any]:
@@ -356,7 +405,8 @@ def verify(args: argparse.Namespace) -> int:
             )
         except Exception as exc:  # record the failure; other artifacts still get verified
             reason = f"{type(exc).__name__}: {exc}"[:800]
-            results.append({"id": art["id"], "status": "failed", "reason": reason})
+            # no verdict on the artifact: it could not run here (a missing driver, a crash)
+            results.append({"id": art["id"], "status": "error", "reason": reason})
     record = {
         "schema": SCHEMA,
         "package": {"path": str(pkg), "core_sha256": manifest.get("core_sha256", "")},
@@ -369,6 +419,8 @@ def verify(args: argparse.Namespace) -> int:
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
+        # the host in compile-pkg's HostInfo shape (compile-pkg verify --gpu-record reads it)
+        "measured_on": _measured_on(args.target, results),
         "runtime": _runtime_record(results),
         "artifacts": results,
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -25,7 +25,7 @@ from compiler.cli.app import (
     ui,
 )
 from compiler.core.latency import SpeedupInterval
-from compiler.packaging.reverify import VerifyReport, verify_package
+from compiler.packaging.reverify import VerifyReport, import_gpu_records, verify_package
 from compiler.packaging.write import pack as pack_
 
 __all__ = ["pack", "verify"]
@@ -61,6 +61,14 @@ class VerifyDoc(VerifyReport, JsonDoc):
     is_flag=True,
     help="append the records to the package's own manifest instead (the package changes)",
 )
+@click.option(
+    "--gpu-record",
+    "gpu_records",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="instead of measuring here: record and judge a scripts/gpu_verify.py run taken on a "
+    "GPU host (its JSON; repeatable), so serving there can rank by it",
+)
 @trust_options()
 @output_options()
 def verify(
@@ -69,6 +77,7 @@ def verify(
     emulate: str | None,
     records: Path | None,
     update: bool,
+    gpu_records: tuple[Path, ...],
     trusted_keys: tuple[Path, ...],
     allow_unsigned_native: bool,
 ) -> None:
@@ -78,18 +87,23 @@ def verify(
 
     if update and records is not None:
         raise click.UsageError("--records and --update exclude each other")
-    report = verify_package(
-        package,
-        measure_latency=not no_latency,
-        records=records,
-        update=update,
-        emulate=emulate,
-        trust=trust_policy(trusted_keys, allow_unsigned_native),
-    )
+    if gpu_records and (emulate or no_latency):
+        raise click.UsageError("--gpu-record measures nothing here: drop --emulate/--no-latency")
+    if gpu_records:
+        report = import_gpu_records(package, list(gpu_records), records=records, update=update)
+    else:
+        report = verify_package(
+            package,
+            measure_latency=not no_latency,
+            records=records,
+            update=update,
+            emulate=emulate,
+            trust=trust_policy(trusted_keys, allow_unsigned_native),
+        )
     if ui.json:
         emit_json(VerifyDoc.model_validate({**report.model_dump(), "command": "verify"}))
     else:
-        _print_checks(report)
+        _print_checks(report, "the GPU host" if gpu_records else "this host")
         if emulate:
             _verify_emulated(report, emulate)
     say(f"records written to {report.records}")
@@ -105,9 +119,11 @@ def _speedup(s: SpeedupInterval | None) -> str:
     return "-" if s is None else f"{s.estimate:.2f}x [{s.low:.2f}-{s.high:.2f}]"
 
 
-def _print_checks(report: VerifyReport) -> None:
+def _print_checks(report: VerifyReport, where: str) -> None:
     """The table, then one unwrapped line per artifact whose verdict is not plain `ok`."""
-    table = Table(title=f"verification on this host ({report.host.arch} {report.host.cpu_model})")
+    on = report.host
+    gpu = f", {on.gpus[0].name}" if on.gpus else ""
+    table = Table(title=f"verification on {where} ({on.arch} {on.cpu_model}{gpu})")
     for col in ("artifact", "verdict", "files", "parity", "recorded", "speedup", "at build"):
         table.add_column(col)
     for c in report.artifacts:

@@ -25,6 +25,7 @@ from compiler.core.isa import Int8Flavour, IsaClass
 from compiler.core.isa import isa_class as classify_isa
 
 __all__ = [
+    "INTERESTING_FLAGS",
     "GpuInfo",
     "HostInfo",
     "IsaClass",
@@ -55,7 +56,7 @@ RUNTIME_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 # CPU flags worth recording: the ones kernels dispatch on.
-_INTERESTING_FLAGS = {
+INTERESTING_FLAGS = {
     "sse4_2",
     "avx",
     "avx2",
@@ -155,7 +156,7 @@ def _cpuinfo() -> tuple[str, list[str]]:
                     flags = set(value.split())
     except OSError:
         pass
-    return model, sorted(flags & _INTERESTING_FLAGS)
+    return model, sorted(flags & INTERESTING_FLAGS)
 
 
 def _cuda_order(gpus: list[GpuInfo], device_order: str) -> list[GpuInfo]:

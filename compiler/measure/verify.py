@@ -158,7 +158,10 @@ def verify_artifact(
         m.kind in ("arch", "isa") for m in mismatches
     )
     if mismatches and not (portable and arch_only and host.runtimes.get(requirements.runtime)):
-        reason = "cannot run here: " + "; ".join(m.message for m in mismatches)
+        # said of the building host: the record travels to serving hosts that may have it all
+        reason = f"cannot run on the build host ({host.describe()}): " + "; ".join(
+            m.message for m in mismatches
+        )
         record = ParityRecord(status="not-verified", reason=reason, precision=precision, host=on)
         return VerifyOutput(parity=record)
     mode: ParityMode = "native" if not mismatches else "cross-host"

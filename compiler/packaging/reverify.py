@@ -14,20 +14,27 @@ rewritten: the records go to a file beside it (compiler/serving/verify_records.p
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import onnx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compiler.core.errors import ConfigError, IntegrityError, PackageError
 from compiler.core.feeds import read_feeds_npz, read_labels
-from compiler.core.host import HostInfo, probe_host
-from compiler.core.latency import SpeedupInterval
-from compiler.core.records import LatencyRecord, MeasuredOn, ParityRecord
+from compiler.core.host import INTERESTING_FLAGS, HostInfo, probe_host
+from compiler.core.latency import LatencyStats, SpeedupInterval
+from compiler.core.records import (
+    LatencyRecord,
+    MeasuredOn,
+    ParityRecord,
+    ParityStatus,
+    VerifyOutput,
+)
 from compiler.measure.verify import (
     measured_on,
     unverified_on_few_rows,
@@ -57,10 +64,12 @@ from passes.base import source_precision
 from passes.registry import PASSES
 
 __all__ = [
+    "GPU_RECORD_SCHEMAS",
     "ArtifactCheck",
     "VerifyReport",
     "VerifyVerdict",
     "judge_latency",
+    "import_gpu_records",
     "judge_parity",
     "verify_package",
 ]
@@ -241,18 +250,7 @@ def _check(
             # the task metric judges here as at build (a lossy artifact it decided there)
             labels=read_labels(reference / "labels.json") if m.policy.parity.task else None,
         )
-    generated = tuple(
-        g
-        for g, src in (
-            ("samples", m.reference.samples_source),
-            ("calibration", m.reference.calibration_source),
-        )
-        if src == "generated"
-    )
-    calibrated = any(PASSES[p].uses_calibration for p in a.passes if p in PASSES)
-    lossy = judged.get(a.id, a.precision)
-    out = unverified_on_generated(out, lossy, generated, calibrated, m.policy.parity)
-    out = unverified_on_few_rows(out, lossy)
+    out = _as_the_build_rules(m, a, out, judged)
     recorded = _recorded_parity(m, a.id, out.parity.mode)
     verdicts = [judge_parity(recorded, out.parity)]
     latency = out.latency.model_copy(update={"source": "verify"}) if out.latency else None
@@ -269,6 +267,25 @@ def _check(
         recorded_speedup=before.speedup if before else None,
         latency=latency,
     )
+
+
+def _as_the_build_rules(
+    m: Manifest, a: ArtifactEntry, out: VerifyOutput, judged: Mapping[str, str]
+) -> VerifyOutput:
+    """What the build's rules leave of a measured verdict: no verdict on a lossy artifact
+    judged on generated data, or that passed a top-1 bound on too few rows."""
+    generated = tuple(
+        g
+        for g, src in (
+            ("samples", m.reference.samples_source),
+            ("calibration", m.reference.calibration_source),
+        )
+        if src == "generated"
+    )
+    calibrated = any(PASSES[p].uses_calibration for p in a.passes if p in PASSES)
+    lossy = judged.get(a.id, a.precision)
+    out = unverified_on_generated(out, lossy, generated, calibrated, m.policy.parity)
+    return unverified_on_few_rows(out, lossy)
 
 
 def _judged_precisions(m: Manifest, ref_model: Path) -> dict[str, str]:
@@ -374,3 +391,171 @@ def _record(package: Path, m: Manifest, checks: list[ArtifactCheck], target: Pat
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     tmp.write_text(log.to_json(), encoding="utf-8")
     os.replace(tmp, target)
+
+
+# the records scripts/gpu_verify.py writes that carry what a verdict needs (v3: the task
+# score and the host in HostInfo's shape)
+GPU_RECORD_SCHEMAS = ("compile-pkg.gpu-verification.v3",)
+
+
+def import_gpu_records(
+    package: Path,
+    paths: list[Path],
+    *,
+    records: Path | None = None,
+    update: bool = False,
+) -> VerifyReport:
+    """Record `scripts/gpu_verify.py` runs (taken on a GPU host that has neither TVM's
+    compiler nor pydantic) as this package's verify records, judged against the package's
+    verdicts as `verify_package` judges its own measurements: serving on such a host then
+    ranks by them (`load(..., use_verify_records=True)`), and a gpu artifact that failed
+    there is not served. Each record must be of this build (`core_sha256`)."""
+    m = read_manifest(package)
+    target = None if update else (records or default_records_path(package))
+    if target is not None:
+        _writable(target)
+    with VerifiedCopy(package, m.reference) as reference:
+        judged = _judged_precisions(m, reference.artifact_dir / MODEL_FILE)
+    checks: dict[str, ArtifactCheck] = {}
+    hosts: list[MeasuredOn] = []
+    for path in paths:
+        doc = _gpu_record(path, m.core_sha256)
+        host = MeasuredOn.model_validate(_known_flags(_host_of(doc)))
+        hosts.append(host)
+        for row in doc["artifacts"]:
+            try:
+                a = m.artifact(row["id"])
+            except PackageError as exc:
+                raise PackageError(f"{path}: {exc}") from None
+            out = _as_the_build_rules(m, a, _gpu_output(row, host, doc), judged)
+            recorded = _recorded_parity(m, a.id, out.parity.mode)
+            verdict, why = judge_parity(recorded, out.parity)
+            checks[a.id] = ArtifactCheck(
+                id=a.id,
+                verdict=verdict,
+                why=why,
+                recorded_parity=recorded,
+                parity=out.parity,
+                latency=out.latency,
+            )
+    _record(package, m, list(checks.values()), target)
+    bad = [c.id for c in checks.values() if c.bad]
+    return VerifyReport(
+        package=str(package),
+        core_sha256=m.core_sha256,
+        host=hosts[-1],
+        records=str(target) if target is not None else "manifest",
+        ok=not bad,
+        regressions=bad,
+        artifacts=list(checks.values()),
+    )
+
+
+def _gpu_record(path: Path, core_sha256: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable gpu verification record ({exc})") from None
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if schema not in GPU_RECORD_SCHEMAS:
+        raise ConfigError(
+            f"{path}: a record of schema {schema!r}; this compile-pkg imports "
+            f"{', '.join(GPU_RECORD_SCHEMAS)}: run this version's scripts/gpu_verify.py again"
+        )
+    theirs = str(doc.get("package", {}).get("core_sha256", ""))
+    if theirs != core_sha256:
+        raise PackageError(
+            f"{path}: this record is of another build of the package (core {theirs[:12]}…, the "
+            f"package's is {core_sha256[:12]}…); verify this build on the GPU host"
+        )
+    return doc
+
+
+def _host_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The record's host in HostInfo's shape; the first v3 records (2026-12-04) name less of it
+    (no ISA flags or OS), which the GPU artifacts' matching does not read."""
+    if "measured_on" in doc:
+        return dict(doc["measured_on"])
+    host, gpu = doc.get("host", {}), doc.get("gpu", {})
+    memory = str(gpu.get("memory_mib", "0")).split(".")[0]
+    return {
+        "arch": host.get("machine", ""),
+        "cpu_model": host.get("cpu", {}).get("model", ""),
+        "cpu_count": int(host.get("cpu", {}).get("cores", 1)),
+        "isa": [],
+        "os": "",
+        "hostname": host.get("hostname", ""),
+        "gpus": [
+            {
+                "name": gpu["name"],
+                "compute_capability": gpu.get("compute_capability", ""),
+                "driver": gpu.get("driver", ""),
+                "memory_mib": int(memory) if memory.isdigit() else 0,
+            }
+        ]
+        if gpu.get("name")
+        else [],
+        "runtimes": {"tvm": str(doc.get("runtime", {}).get("tvm", ""))},
+        "measured_at": str(doc.get("measured_at", "")),
+    }
+
+
+def _known_flags(host: dict[str, Any]) -> dict[str, Any]:
+    """The host as HostInfo keeps it: the ISA flags that decide (the script records all)."""
+    return {**host, "isa": sorted(set(host.get("isa", [])) & INTERESTING_FLAGS)}
+
+
+def _gpu_output(row: dict[str, Any], host: MeasuredOn, doc: dict[str, Any]) -> VerifyOutput:
+    """One artifact's row of a gpu verification record as the build's records hold it."""
+    status: ParityStatus = "passed" if row["status"] == "passed" else "failed"
+    if row["status"] not in ("passed", "failed"):
+        status = "error"  # it could not run there: no verdict on the artifact
+    what = f"scripts/gpu_verify.py on {host.describe()}"
+    samples = row.get("samples", {})
+    judged = len(samples.get("judged", [])) if samples else 0
+    if judged and judged < samples.get("of", judged):
+        what += f"; judged on the {judged} of {samples['of']} samples of its static shape"
+    parity = ParityRecord(
+        status=status,
+        precision=row.get("precision", ""),
+        samples=judged,
+        mode="native",
+        note=what,
+        reason=row.get("reason", "") if status != "passed" else "",
+        basis=row.get("basis", ""),
+        reference="reference/outputs.npz",
+        host=host,
+        outputs=row.get("parity", {}),
+        runtime_details=row.get("runner", {}),
+        task=row.get("task"),
+    )
+    return VerifyOutput(parity=parity, latency=_gpu_latency(row, host, doc))
+
+
+def _stats(doc: dict[str, Any]) -> LatencyStats:
+    return LatencyStats(**{**doc, "samples_ms": tuple(doc.get("samples_ms", ()))})
+
+
+def _gpu_latency(
+    row: dict[str, Any], host: MeasuredOn, doc: dict[str, Any]
+) -> LatencyRecord | None:
+    timing, against = row.get("latency"), row.get("against_reference", {})
+    if not timing or "speedup" not in against:
+        return None
+    speedup = SpeedupInterval(
+        **{**against["speedup"], "ratios": tuple(against["speedup"]["ratios"])}
+    )
+    return LatencyRecord(
+        host=host,
+        batch=int(timing["batch"]),
+        input_shapes=timing["input_shapes"],
+        source="verify",
+        runner=row.get("runner", {}),
+        reference_runner={"runtime": str(against.get("runtime", ""))},
+        artifact=_stats(against["artifact"]),
+        reference=_stats(against["reference"]),
+        speedup=speedup,
+        speedup_vs_reference=speedup.estimate,
+        stopped=against.get("stopped", ""),
+        method=f"scripts/gpu_verify.py: {against.get('what', '')}",
+    )
