@@ -31,6 +31,7 @@ from compiler.core.contract import Contract, DimOrigin, DimRange, ValueDomain, s
 from compiler.core.errors import ConfigError, InputModelError, short_message
 from compiler.core.feeds import Feeds
 from compiler.pipeline.data import domain_fixes, random_feed
+from compiler.pipeline.userdata import most_common
 from targets.onnxruntime.backend import reference_session
 
 __all__ = [
@@ -180,6 +181,30 @@ def _range(prober: _Prober, found: Mapping[str, int], dim: str) -> tuple[DimRang
     return DimRange(min=low, opt=opt, max=high), note
 
 
+def _takes_data_sizes(prober: _Prober, seen: Mapping[str, Sequence[int]]) -> bool:
+    """Whether the reference takes every dim at its most common size in the data at once
+    (each feed ran, but dims of different inputs may never have met at these sizes)."""
+    try:
+        return prober.accepts({d: most_common(v)[0] for d, v in seen.items()})
+    except _Spent:
+        return False
+
+
+def _reaching(r: DimRange, sizes: Sequence[int], note: str) -> tuple[DimRange, str]:
+    """The probed range around the data's most common size, widened to every size the data
+    has (the user's feeds run: they are the sizes served), and the note saying so."""
+    size, count = most_common(sizes)
+    low, high = min(r.min, *sizes), max(r.max, *sizes)
+    head = f"opt {size}: the size {count} of the user's {len(sizes)} feeds have"
+    rest = ";" + note.split(";", 1)[1] if ";" in note else ""
+    widened = (
+        f"; widened to {low}..{high}, the sizes the data has"
+        if (low, high) != (r.min, r.max)
+        else ""
+    )
+    return DimRange(min=low, opt=size, max=high), head + rest + widened
+
+
 def _together(
     prober: _Prober, found: Mapping[str, int], group: Sequence[str], down: bool
 ) -> dict[str, int]:
@@ -311,11 +336,15 @@ def range_dims(
     domains: Mapping[str, ValueDomain],
     where: str,
     session: Any = None,
+    observed: Mapping[str, Sequence[int]] | None = None,
 ) -> Contract:
     """`contract` with every unranged input dim ranged by probing, and each configured range's
     ends checked on the reference (an end it rejects is pulled in toward opt, and noted);
     ConfigError naming every dim it could not range, with the `--set` for each. `session`:
-    the reference's, where the caller holds one (else it is loaded when needed)."""
+    the reference's, where the caller holds one (else it is loaded when needed). `observed`:
+    each dim's sizes in the user's data (userdata.observed_sizes); where every unranged dim
+    has some and the reference takes their most common sizes together, those are the opts
+    (the shapes a static build is made for), and each range reaches every size observed."""
     dims = contract.unranged_dims()
     configured = [
         d
@@ -326,7 +355,11 @@ def range_dims(
         return contract
     prober = _Prober(model_path, contract, domains, where, session)
     found: dict[str, int] | None = {}
-    if dims:
+    seen = {d: observed[d] for d in dims if observed and observed.get(d)}
+    from_data = bool(dims) and len(seen) == len(dims) and _takes_data_sizes(prober, seen)
+    if from_data:
+        found = {d: most_common(v)[0] for d, v in seen.items()}
+    elif dims:
         try:
             found = _first_accepted(prober, dims)
         except _Spent:
@@ -338,6 +371,8 @@ def range_dims(
     for d in dims:
         before = prober.runs
         ranges[d], note = _range(prober, found, d)
+        if from_data:
+            ranges[d], note = _reaching(ranges[d], seen[d], note)
         probes = searched + prober.runs - before
         origins[d] = DimOrigin(source="probed", probes=probes, note=note)
     _range_coupled(prober, found, ranges, origins)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,17 @@ from compiler.core.errors import ConfigError, ContractError, short_message
 from compiler.core.feeds import Feeds, feeds_digest, read_json, read_npz
 from compiler.core.task import load_callable
 
-__all__ = ["Labelled", "UserData", "load_user_data", "read_source", "run_loader", "split_evenly"]
+__all__ = [
+    "Labelled",
+    "UserData",
+    "data_shapes",
+    "load_user_data",
+    "most_common",
+    "observed_sizes",
+    "read_source",
+    "run_loader",
+    "split_evenly",
+]
 
 LABELS_FILE = "labels.json"
 Label = Any  # a JSON value
@@ -254,3 +266,67 @@ def load_user_data(
     if one is None:
         return UserData(None, None)
     return _split(read_source(one, contract), validation_fraction)
+
+
+# ------------------------------------------------------------------ the sizes the data has
+
+
+def data_shapes(paths: Iterable[Path]) -> dict[str, dict[str, list[int]]]:
+    """Every array's shape in the user's .npz files (file name -> array name -> shape), read
+    from the arrays' headers only: what the normalize node ranges dims by, and keys on.
+    Files it cannot read are left out (the data node names them when it reads them)."""
+    shapes: dict[str, dict[str, list[int]]] = {}
+    for path in paths:
+        files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+        for f in files:
+            try:
+                shapes[str(f)] = _npz_shapes(f)
+            except (OSError, ValueError, zipfile.BadZipFile):
+                continue
+    return shapes
+
+
+def _npz_shapes(path: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with z.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, _ = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, _ = np.lib.format.read_array_header_2_0(f)
+            out[name.removesuffix(".npy")] = [int(d) for d in shape]
+    return out
+
+
+def observed_sizes(
+    shapes: Mapping[str, Mapping[str, Sequence[int]]], contract: Contract
+) -> dict[str, list[int]]:
+    """Symbolic input dim -> its size in each of the user's feeds (a file of stacked feeds
+    counts each). Files that do not hold every input at its rank, or at its rank + 1, say
+    nothing (the data node reports them)."""
+    ranks = {t.name: len(t.shape) for t in contract.inputs}
+    sizes: dict[str, list[int]] = {}
+    for arrays in shapes.values():
+        if not set(ranks) <= set(arrays):
+            continue
+        lead = {len(arrays[n]) - ranks[n] for n in ranks}
+        if lead not in ({0}, {1}):
+            continue
+        count = arrays[next(iter(ranks))][0] if lead == {1} else 1
+        for t in contract.inputs:
+            shape = arrays[t.name][1:] if lead == {1} else arrays[t.name]
+            for dim, size in zip(t.shape, shape, strict=True):
+                if isinstance(dim, str):
+                    sizes.setdefault(dim, []).extend([int(size)] * count)
+    return sizes
+
+
+def most_common(sizes: Sequence[int]) -> tuple[int, int]:
+    """(the size most feeds have, how many have it); the smaller size where counts tie."""
+    counted = Counter(sizes)
+    size = min(counted, key=lambda v: (-counted[v], v))
+    return size, counted[size]

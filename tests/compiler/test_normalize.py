@@ -18,6 +18,7 @@ from compiler.pipeline.normalize import (
     source_digest,
 )
 from compiler.pipeline.probe import CANDIDATES, MAX_FACTOR, range_dims, returned_shapes
+from compiler.pipeline.userdata import data_shapes, observed_sizes
 from tests.models import tiny_mlp
 
 
@@ -224,6 +225,40 @@ def test_probing_a_dim_the_model_takes_at_any_size(tmp_path: Path) -> None:
     c = _probed(model, tmp_path)
     assert c.dims["x_d1"] == DimRange(min=1, opt=CANDIDATES[0], max=CANDIDATES[0] * MAX_FACTOR)
     assert c.dim_origins["batch"].source == "batch"  # axis 0: the batch default, not probed
+
+
+def test_a_dim_s_opt_is_the_size_most_of_the_user_s_data_has(tmp_path: Path) -> None:
+    """A static build is made at the dims' opts: the data's sizes, not the first size the
+    reference took (ppocr_rec's gpu libraries were built for 64-pixel lines beside 48-pixel
+    data). The range still reaches what probing finds, and every size the data has."""
+    model, record = normalize_model(_reshaped({"x": ["batch", "?"]}, {"x": [-1]}), "m.onnx")
+    contract = extract_contract(model, {}, record["named_dims"])
+    path = save_model(model, tmp_path / "norm")
+    domains = resolve_domains(contract, {})
+    sizes = [48, 100, 100, 2000, 37]  # 2000: beyond 8x the opt that probing stops at
+    c = range_dims(path, contract, domains, "m.onnx", observed={"x_d1": sizes})
+    assert c.dims["x_d1"] == DimRange(min=1, opt=100, max=2000)
+    note = c.dim_origins["x_d1"].note
+    assert note.startswith("opt 100: the size 2 of the user's 5 feeds have; min 1")
+    assert note.endswith("; widened to 1..2000, the sizes the data has")
+    tie = range_dims(path, contract, domains, "m.onnx", observed={"x_d1": [64, 32]})
+    assert tie.dims["x_d1"].opt == 32  # the smaller where counts tie: deterministic
+
+
+def test_the_data_s_sizes_are_read_from_the_npz_headers(tmp_path: Path) -> None:
+    model, record = normalize_model(_reshaped({"x": ["batch", "?"]}, {"x": [-1]}), "m.onnx")
+    contract = extract_contract(model, {}, record["named_dims"])
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.savez(folder / "a.npz", x=np.zeros((1, 48), np.float32))  # one feed
+    np.savez(folder / "b.npz", x=np.zeros((3, 1, 20), np.float32))  # three stacked feeds
+    np.savez(folder / "c.npz", y=np.zeros((1, 5), np.float32))  # not this model's: ignored
+    (folder / "d.npz").write_bytes(b"not a zip")  # unreadable: the data node names it
+    shapes = data_shapes([folder])
+    assert (
+        shapes[str(folder / "b.npz")] == {"x": [3, 1, 20]} and str(folder / "d.npz") not in shapes
+    )
+    assert observed_sizes(shapes, contract) == {"batch": [1, 1, 1, 1], "x_d1": [48, 20, 20, 20]}
 
 
 def _kv_step() -> onnx.ModelProto:

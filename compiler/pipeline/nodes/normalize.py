@@ -1,10 +1,12 @@
 """normalize: the source model, checked, opset-upgraded, dims named, saved deterministically;
 its interface contract is read off the result: the value domains the graph states for its
 inputs, and a range for every input dim (the config's, the batch default, or probed on the
-reference). A dim no size can be found for stops the build here, before any compile."""
+reference, around the size most of the user's data has). A dim no size can be found for
+stops the build here, before any compile."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -28,6 +30,7 @@ from compiler.pipeline.probe import (
     reference_for,
     returned_shapes,
 )
+from compiler.pipeline.userdata import data_shapes, observed_sizes
 from passes.base import source_precision
 from targets.onnxruntime.runtime import version as ort_version
 
@@ -41,8 +44,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # (and a STRING input's error names the file); 10: a lone MatMul/Gemm output is a
     # linear head, one beside the class distribution unknown; 11: outputs declared otherwise
     # than the reference returns them are declared as returned; 12: dims that move only
-    # together (a decoder's past + new = total) are ranged together (probe.py)
-    version = "12"
+    # together (a decoder's past + new = total) are ranged together (probe.py); 13: an
+    # unranged dim's opt is its most common size in the user's data, where there is some
+    version = "13"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
@@ -54,6 +58,8 @@ class NormalizeKind(Kind[NormalizeNode]):
             "probe": [list(CANDIDATES), MAX_FACTOR, MAX_RUNS, BUDGET_S],
             "kinds": dict(cfg.parity.kinds),
             "libs": {"onnx": onnx.__version__, "onnxruntime": ort_version()},
+            # the shapes of the user's data (headers only): its sizes are the dims' opts
+            "data_shapes": sorted(map(_shapes_only, _data_shapes(ctx).values())),
         }
 
     def run(self, node: NormalizeNode, ctx: NodeContext, out: Path) -> NormalizeOutput:
@@ -70,7 +76,10 @@ class NormalizeKind(Kind[NormalizeNode]):
         domains = resolve_domains(contract, cfg.inputs)
         save_model(model, out)
         reference = reference_for(out / MODEL_FILE, source.name)  # loaded once for both
-        contract = range_dims(out / MODEL_FILE, contract, domains, source.name, reference)
+        observed = observed_sizes(_data_shapes(ctx), contract)
+        contract = range_dims(
+            out / MODEL_FILE, contract, domains, source.name, reference, observed=observed
+        )
         returned = returned_shapes(out / MODEL_FILE, contract, domains, source.name, reference)
         del reference
         if returned:
@@ -87,3 +96,15 @@ class NormalizeKind(Kind[NormalizeNode]):
             producer=f"{model.producer_name} {model.producer_version}".strip(),
             precision=source_precision(model),
         )
+
+
+def _data_shapes(ctx: NodeContext) -> dict[str, dict[str, list[int]]]:
+    """The array shapes of the user's sample and calibration files (a data loader's feeds
+    are made after the contract, so they range nothing)."""
+    given = [p for p in (ctx.inputs.sample_data, ctx.inputs.calibration_data) if p is not None]
+    return data_shapes(given)
+
+
+def _shapes_only(arrays: dict[str, list[int]]) -> str:
+    """One file's array shapes as a key: the file's name and content do not range a dim."""
+    return json.dumps(arrays, sort_keys=True)
