@@ -10,6 +10,18 @@ input are float32 only. An op type ORT still rejects in float16 (a type constrai
 Celu's) is kept float32 and the model converted again, recorded in the pass's record; a model
 ORT still cannot run fails here, naming the node, instead of at packaging.
 
+**Values fp16 cannot hold stay float32** (`_hot_nodes`): the float32 model runs on a few of
+the build's calibration feeds with every intermediate float tensor as an output; a tensor whose
+largest magnitude passes FP16_SAFE (a quarter of fp16's 65504: headroom for inputs the probe
+did not see) keeps its producer and its consumers in float32 (`node_block_list`). Why: a
+block-listed reduction computes in float32 but the converter casts its result back to fp16
+for the next op. magika's LayerNorm sums 512 squares into more than 65504: the cast makes it
+inf, and the artifact's every answer was the same class on an H200 (and on TVM's CPU code,
+which computes fp16 as fp16). ONNX Runtime CPU hid it: it has no fp16 Mul, computes such ops
+in float32 and removes the cast pair, so the same model was correct there. Where the probe
+cannot run (a model ORT cannot run with all its tensors exposed), the record says so and the
+conversion goes on without it.
+
 bf16 is not a graph precision here: ONNX Runtime CPU has no bf16 kernels for MatMul, Conv or
 Add. Ask the backend for it instead (OpenVINO's inference precision, TensorRT's BF16 flag).
 """
@@ -37,7 +49,7 @@ from passes.base import (
 )
 from passes.ort_tools import quiet, session
 
-__all__ = ["FRAGILE_OPS", "Fp16Config", "Fp16Pass"]
+__all__ = ["FP16_SAFE", "FRAGILE_OPS", "Fp16Config", "Fp16Pass"]
 
 FRAGILE_OPS = (
     "ReduceMean",
@@ -56,6 +68,9 @@ FRAGILE_OPS = (
     "CumSum",
 )
 _FP16_MAX = 65504.0
+# a tensor the probe saw above this keeps float32 around it (4x headroom for unseen inputs)
+FP16_SAFE = _FP16_MAX / 4
+_PROBE_FEEDS = 4  # calibration feeds the range probe runs
 _FP16_MIN_POSITIVE = 5.96e-08
 _MAX_REJECTED = 8  # op types kept float32 after ONNX Runtime rejected them, before giving up
 
@@ -110,14 +125,125 @@ def _node_in_error(message: str) -> str:
     return next((g for g in found.groups() if g), "") if found else ""
 
 
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose every node has a name (node_block_list names nodes)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {n.name for n in out.graph.node if n.name}
+    for i, node in enumerate(out.graph.node):
+        if not node.name:
+            name = f"fp16_node_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return out
+
+
+def _float_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float32 tensor a node makes (shape inference's types), graph outputs aside."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # onnx's InferenceError and friends: no types, no probe
+        return []
+    outputs = {o.name for o in model.graph.output}
+    made = {o for n in model.graph.node for o in n.output}
+    return sorted(
+        v.name
+        for v in inferred.graph.value_info
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        and v.name in made
+        and v.name not in outputs
+    )
+
+
+def _hot_nodes(
+    model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
+) -> tuple[list[str], dict[str, Any]]:
+    """The nodes that make or read a float tensor larger than FP16_SAFE on `feeds` (run on
+    the float32 `model`, every node named), and what the probe found, for the record."""
+    if not feeds:
+        return [], {"range_probe": "not run: no calibration feeds"}
+    names = _float_tensors(model)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    try:
+        sess = session(probe, optimization="disable")
+        largest: dict[str, float] = {}
+        for feed in feeds[:_PROBE_FEEDS]:
+            for name, value in zip(names, sess.run(names, feed), strict=True):
+                finite = np.abs(value[np.isfinite(value)]) if np.size(value) else value
+                if np.size(finite):
+                    largest[name] = max(largest.get(name, 0.0), float(finite.max()))
+    except Exception as exc:  # onnxruntime's own error types
+        why = " ".join(str(exc).split())[:200]
+        return [], {"range_probe": f"not run: ONNX Runtime could not run every tensor ({why})"}
+    hot = {n for n, v in largest.items() if v > FP16_SAFE}
+    nodes = [n.name for n in model.graph.node if hot & {*n.input, *n.output}]
+    shown = sorted(hot, key=lambda n: -largest[n])[:5]
+    return nodes, {
+        "range_probe": f"{min(len(feeds), _PROBE_FEEDS)} calibration feeds, {len(names)} tensors",
+        "kept_float32_for_range": {
+            "nodes": len(nodes),
+            "tensors": {n: round(largest[n], 1) for n in shown},
+        },
+    }
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    if node.op_type != "Cast":
+        return None
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def _drop_round_trips(model: onnx.ModelProto) -> int:
+    """Remove float32 -> fp16 -> float32 Cast pairs the converter puts between two nodes it
+    keeps in float32 (it casts every kept node's output to fp16 and every kept node's input to
+    float32): the value would pass through fp16, where a sum fp16 cannot hold becomes inf. The
+    fp32 consumers read the first Cast's input instead. Returns the pairs removed."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    dropped: list[onnx.NodeProto] = []
+    renamed: dict[str, str] = {}
+    for down in graph.node:
+        if _cast_to(down) != fp16 or down.output[0] in outputs:
+            continue
+        ups = readers.get(down.output[0], [])
+        if not ups or any(_cast_to(u) != fp32 or u.output[0] in outputs for u in ups):
+            continue
+        dropped += [down, *ups]
+        for up in ups:
+            renamed[up.output[0]] = down.input[0]
+    if not dropped:
+        return 0
+    gone = {id(n) for n in dropped}
+    kept = [n for n in graph.node if id(n) not in gone]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(dropped) - len(renamed)
+
+
 class Fp16Pass(Pass[Fp16Config]):
     name = "fp16"
     # 2: a quantized source's integer ops stay float32 around (an int8 source's
     # DynamicQuantizeLinear takes float32 only), and an op type ONNX Runtime cannot load in
-    # float16 is kept float32 and the model converted again
-    version = "2"
+    # float16 is kept float32 and the model converted again; 3: values fp16 cannot hold on
+    # the calibration feeds stay float32 (_hot_nodes), and float32 -> fp16 -> float32 Cast
+    # pairs between two float32 nodes are removed (_drop_round_trips)
+    version = "3"
     config_cls = Fp16Config
     precision: ClassVar[str | None] = "fp16"
+    uses_calibration: ClassVar[bool] = True
 
     def libraries(self) -> dict[str, str]:
         import onnxruntime as ort
@@ -130,7 +256,11 @@ class Fp16Pass(Pass[Fp16Config]):
         extra = ["Softmax"] if self.config.keep_softmax_fp32 else []
         return sorted({*DEFAULT_OP_BLOCK_LIST, *self.config.op_block_list, *extra})
 
-    def _convert(self, model: onnx.ModelProto, blocked: list[str]) -> onnx.ModelProto:
+    _round_trips = 0
+
+    def _convert(
+        self, model: onnx.ModelProto, blocked: list[str], hot: list[str]
+    ) -> onnx.ModelProto:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         candidate = onnx.ModelProto()
@@ -141,12 +271,17 @@ class Fp16Pass(Pass[Fp16Config]):
                 candidate,
                 keep_io_types=self.config.keep_io_types,
                 op_block_list=blocked,
-                node_block_list=list(self.config.node_block_list),
+                node_block_list=sorted({*self.config.node_block_list, *hot}),
             )
+        self._round_trips = _drop_round_trips(out)
         _sort_topologically(out.graph)
         return out
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        model = _named(model)
+        hot, probed = _hot_nodes(model, ctx.calibration())
+        if ctx.calibration_source == "generated" and "kept_float32_for_range" in probed:
+            probed["range_probe"] += " (generated: real inputs may run larger)"
         source_ops = set(op_histogram(model))
         # an already-quantized model's integer ops take float32 scales and inputs
         # (DynamicQuantizeLinear, QLinearConv's scales): they and their float inputs stay so
@@ -155,7 +290,7 @@ class Fp16Pass(Pass[Fp16Config]):
         # kept float32 and the model converted again
         rejected: dict[str, str] = {}
         while True:
-            out = self._convert(model, blocked)
+            out = self._convert(model, blocked, hot)
             try:
                 session(out)
                 break
@@ -177,6 +312,8 @@ class Fp16Pass(Pass[Fp16Config]):
             "blocked_op_types_present": sorted(source_ops & set(blocked)),
             "kept_float32_as_rejected_in_fp16": sorted(rejected),
             "casts_added": op_histogram(out).get("Cast", 0) - op_histogram(model).get("Cast", 0),
+            "fp32_round_trips_removed": self._round_trips,
+            **probed,
             **_out_of_range(model),
         }
         return PassResult(model=out, record=record)

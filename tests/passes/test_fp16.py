@@ -125,3 +125,55 @@ def test_an_op_onnx_runtime_rejects_in_fp16_stays_fp32(tmp_path: Path) -> None:
         {"x": np.random.default_rng(i).normal(size=(4, 8)).astype(np.float32)} for i in range(4)
     ]
     assert judge(parity(model, result.model, feeds)["y"], FP16) == []
+
+
+def _sum_of_squares() -> onnx.ModelProto:
+    """y = sqrt(mean(x^2)) over 512 values: a norm's statistics. The block-listed ReduceSum
+    computes in float32, but its sum (~460800 for x ~ 30) is more than fp16 holds."""
+    h = onnx.helper
+    nodes = [
+        h.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+        h.make_node("ReduceSum", ["sq", "axes"], ["total"], name="sum", keepdims=1),
+        h.make_node("Mul", ["total", "inv_n"], ["mean"], name="mean"),
+        h.make_node("Sqrt", ["mean"], ["rms"], name="root"),
+        h.make_node("Mul", ["rms", "one"], ["y"], name="scale"),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(np.asarray([1], np.int64), "axes"),
+        onnx.numpy_helper.from_array(np.asarray([1 / 512], np.float32), "inv_n"),
+        onnx.numpy_helper.from_array(np.asarray([1.0], np.float32), "one"),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "rms",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 512])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1])],
+        inits,
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_value_fp16_cannot_hold_stays_float32_on_the_calibration_data(tmp_path: Path) -> None:
+    """Judged in fp16 arithmetic (onnx's reference evaluator: numpy, fp16 as fp16, as a GPU
+    or TVM computes it; ONNX Runtime CPU computes such ops in float32 and hides the overflow).
+    Without calibration feeds the sum is cast to fp16 and is inf; with them, the nodes around
+    it stay float32, and no float32 -> fp16 -> float32 round trip is left between them."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = _sum_of_squares()
+    feed = {"x": np.random.default_rng(0).normal(30.0, 1.0, (1, 512)).astype(np.float32)}
+    want = float(np.sqrt(np.mean(feed["x"].astype(np.float64) ** 2)))
+
+    blind = Fp16Pass(Fp16Config())(model, context(model, tmp_path, []))
+    assert blind.record["range_probe"] == "not run: no calibration feeds"
+    assert np.isinf(ReferenceEvaluator(blind.model).run(None, feed)[0]).all()
+
+    guarded = Fp16Pass(Fp16Config())(model, context(model, tmp_path, [feed]))
+    got = float(ReferenceEvaluator(guarded.model).run(None, feed)[0].ravel()[0])
+    assert abs(got - want) <= 1e-2 * want
+    kept = guarded.record["kept_float32_for_range"]
+    assert kept["nodes"] >= 2 and list(kept["tensors"]) == ["total"]  # made by sum, read by mean
+    assert guarded.record["fp32_round_trips_removed"] >= 1
+    assert not [n for n in guarded.model.graph.node if n.op_type == "Cast" and "total" in n.input]
