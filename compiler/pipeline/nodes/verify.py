@@ -60,8 +60,10 @@ class VerifyKind(Kind[VerifyNode]):
     # OpenVINO's runner returns an output that passes an input through (the runner's code is
     # not in the key: a runner fix bumps this); 24: OpenVINO's runner copies its outputs out
     # once (its latency changes); 25: latency workers size their blocks by runs after the
-    # warm-up, not by it (a warm-up that held a compile made 3-run blocks)
-    version = "25"
+    # warm-up, not by it (a warm-up that held a compile made 3-run blocks); 26: an artifact
+    # this host cannot run says "cannot run on the build host (...)", not "here": serving
+    # hosts read the record
+    version = "26"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
