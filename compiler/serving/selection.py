@@ -136,8 +136,10 @@ def parity_verdict(
     for rec in reversed(records):
         if rec.decisive:
             where = rec.host
-            how = f"{rec.mode} on {where.arch if where else '?'}" + (
-                f" ({where.emulated})" if where and where.emulated else ""
+            how = (
+                f"{rec.mode} on {where.arch if where else '?'}"
+                + (f" ({where.emulated})" if where and where.emulated else "")
+                + (f", {where.gpus[0].name}" if where and where.gpus else "")
             )
             return rec.status, how
     return "not-verified", records[-1].reason if records else "no parity record"
@@ -465,9 +467,12 @@ def rank(
         if c.id in order:
             c.reason += "; listed in the selection order"
         if c.speedup is not None:
+            a = by_id.get(c.id)
+            gpu = a is not None and a.requirements is not None and a.requirements.gpu
+            like = host.gpus[0].name if gpu and host.gpus else host.isa_class
             c.reason += (
                 f"; speedup {c.speedup.describe()} over the reference "
-                f"({c.latency_source} record, a host like this: {host.isa_class})"
+                f"({c.latency_source} record, a host like this: {like})"
             )
         elif c.prior:
             c.reason += c.prior
