@@ -24,7 +24,7 @@ from typing import Any, Literal
 import onnx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from compiler.core.errors import ConfigError, IntegrityError, PackageError
+from compiler.core.errors import ConfigError, IntegrityError, PackageError, short_message
 from compiler.core.feeds import read_feeds_npz, read_labels
 from compiler.core.host import INTERESTING_FLAGS, HostInfo, probe_host
 from compiler.core.latency import LatencyStats, SpeedupInterval
@@ -418,16 +418,30 @@ def import_gpu_records(
         judged = _judged_precisions(m, reference.artifact_dir / MODEL_FILE)
     checks: dict[str, ArtifactCheck] = {}
     hosts: list[MeasuredOn] = []
+    if not paths:
+        raise ConfigError("no gpu verification record given")
     for path in paths:
         doc = _gpu_record(path, m.core_sha256)
-        host = MeasuredOn.model_validate(_known_flags(_host_of(doc)))
+        try:
+            host = MeasuredOn.model_validate(_known_flags(_host_of(doc)))
+        except (ValidationError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{path}: its host is unreadable ({short_message(exc, 300)})"
+            ) from None
         hosts.append(host)
-        for row in doc["artifacts"]:
+        for row in doc.get("artifacts", []):
             try:
                 a = m.artifact(row["id"])
+                measured = _gpu_output(row, host, doc)
             except PackageError as exc:
                 raise PackageError(f"{path}: {exc}") from None
-            out = _as_the_build_rules(m, a, _gpu_output(row, host, doc), judged)
+            except (KeyError, TypeError, ValueError, ValidationError) as exc:
+                where = row.get("id", "?") if isinstance(row, dict) else "?"
+                raise ConfigError(
+                    f"{path}: artifact {where}: an unreadable record ({short_message(exc, 300)}); "
+                    "write it again with this version's scripts/gpu_verify.py"
+                ) from None
+            out = _as_the_build_rules(m, a, measured, judged)
             recorded = _recorded_parity(m, a.id, out.parity.mode)
             verdict, why = judge_parity(recorded, out.parity)
             checks[a.id] = ArtifactCheck(

@@ -124,4 +124,7 @@ def test_records_of_another_build_or_schema_are_refused(
     )
     with pytest.raises(ConfigError, match="run this version's scripts/gpu_verify.py again"):
         import_gpu_records(pkg, [old])
+    broken = _edited(record[1], tmp_path / "broken.json", lambda d: d["artifacts"][0].pop("status"))
+    with pytest.raises(ConfigError, match=f"artifact {ID}: an unreadable record"):
+        import_gpu_records(pkg, [broken])
     assert not default_records_path(pkg).exists()  # nothing recorded from a refused file

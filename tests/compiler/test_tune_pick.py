@@ -7,6 +7,7 @@ candidate) because no candidate can be made faster on demand."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -148,3 +149,66 @@ def test_a_sweep_that_fails_is_recorded_and_the_package_stands(
     (record,) = read_manifest(pkg).measured(done.id).latency
     assert record.tuning == done.tuning and record.measured  # the build's own timing stands
     assert not store.exists() or not any(store.iterdir())  # a failure is not cached
+
+
+def _adopting_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real sweep, with its first timed candidate adopted whatever it measured."""
+    real = tp.tune
+
+    def chosen_first(*args: object, **kw: object) -> TunedSettings:
+        swept = real(*args, **kw)  # type: ignore[arg-type]
+        c = next(c for c in swept.candidates if c.status == "measured")
+        return swept.model_copy(update={"adopted": c.name, "settings": c.settings})
+
+    monkeypatch.setattr(tp, "tune", chosen_first)
+
+
+def _slow_first(monkeypatch: pytest.MonkeyPatch, slow_calls: int) -> list[float]:
+    """Real timings against the reference, the first `slow_calls` of them as if the reference
+    had run 100x slower (a busy host); returns the reference p50s the pick's code saw."""
+    real, seen = tp.measure_latency, list[float]()
+
+    def timed(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+        record = real(*args, **kw)  # type: ignore[arg-type]
+        if len(seen) < slow_calls and record.reference is not None:
+            ref = dataclasses.replace(record.reference, p50_ms=record.reference.p50_ms * 100)
+            record = record.model_copy(update={"reference": ref})
+        seen.append(record.reference.p50_ms if record.reference else float("nan"))
+        return record
+
+    monkeypatch.setattr(tp, "measure_latency", timed)
+    return seen
+
+
+def test_a_timing_of_adopted_settings_while_the_host_was_slow_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = _built(tmp_path, pick=False)
+    _adopting_first(monkeypatch)
+    seen = _slow_first(monkeypatch, slow_calls=1)
+    done = tp.tune_pick(pkg, 3.0)
+    assert done is not None and done.second is not None and len(seen) == 2
+    m = read_manifest(pkg)
+    first, second = m.measured(done.id).latency
+    assert second.reference is not None and second.reference.p50_ms == seen[1]  # the 2nd kept
+    assert tp.slow_beside_build(m, second) == ""
+
+
+def test_adopted_settings_timed_slow_twice_leave_the_defaults_record_standing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = _built(tmp_path, pick=False)
+    _adopting_first(monkeypatch)
+    seen = _slow_first(monkeypatch, slow_calls=2)
+    done = tp.tune_pick(pkg, 3.0)
+    assert done is not None and done.second is None and len(seen) == 2
+    m = read_manifest(pkg)
+    (only,) = m.measured(done.id).latency  # nothing appended
+    assert only.tuning is not None and only.tuning.adopted == "default"
+    assert "both timings of it against the reference ran while the host was slow" in (
+        only.tuning.reason
+    )
+    a = m.artifact(done.id)
+    assert a.runtime is not None
+    settings, _ = tuned_runtime(a.runtime, m.measured(done.id).latency, probe_host())
+    assert settings == a.runtime  # serving keeps the defaults
