@@ -11,7 +11,8 @@ Celu's) is kept float32 and the model converted again, recorded in the pass's re
 ORT still cannot run fails here, naming the node, instead of at packaging.
 
 **Values fp16 cannot hold stay float32** (`_hot_nodes`): the float32 model runs on a few of
-the build's calibration feeds with every intermediate float tensor as an output; a tensor whose
+the build's calibration feeds and parity samples (inputs like those served) with every
+intermediate float tensor as an output; a tensor whose
 largest magnitude passes FP16_SAFE (a quarter of fp16's 65504: headroom for inputs the probe
 did not see) keeps its producer and its consumers in float32 (`node_block_list`). Why: a
 block-listed reduction computes in float32 but the converter casts its result back to fp16
@@ -70,7 +71,7 @@ FRAGILE_OPS = (
 _FP16_MAX = 65504.0
 # a tensor the probe saw above this keeps float32 around it (4x headroom for unseen inputs)
 FP16_SAFE = _FP16_MAX / 4
-_PROBE_FEEDS = 4  # calibration feeds the range probe runs
+_PROBE_FEEDS = 4  # calibration feeds the range probe runs, and as many parity samples
 _FP16_MIN_POSITIVE = 5.96e-08
 _MAX_REJECTED = 8  # op types kept float32 after ONNX Runtime rejected them, before giving up
 
@@ -163,7 +164,7 @@ def _hot_nodes(
     """The nodes that make or read a float tensor larger than FP16_SAFE on `feeds` (run on
     the float32 `model`, every node named), and what the probe found, for the record."""
     if not feeds:
-        return [], {"range_probe": "not run: no calibration feeds"}
+        return [], {"range_probe": "not run: no calibration feeds or samples"}
     names = _float_tensors(model)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -171,7 +172,7 @@ def _hot_nodes(
     try:
         sess = session(probe, optimization="disable")
         largest: dict[str, float] = {}
-        for feed in feeds[:_PROBE_FEEDS]:
+        for feed in feeds:
             for name, value in zip(names, sess.run(names, feed), strict=True):
                 finite = np.abs(value[np.isfinite(value)]) if np.size(value) else value
                 if np.size(finite):
@@ -183,7 +184,7 @@ def _hot_nodes(
     nodes = [n.name for n in model.graph.node if hot & {*n.input, *n.output}]
     shown = sorted(hot, key=lambda n: -largest[n])[:5]
     return nodes, {
-        "range_probe": f"{min(len(feeds), _PROBE_FEEDS)} calibration feeds, {len(names)} tensors",
+        "range_probe": f"{len(feeds)} feeds (calibration and samples), {len(names)} tensors",
         "kept_float32_for_range": {
             "nodes": len(nodes),
             "tensors": {n: round(largest[n], 1) for n in shown},
@@ -238,8 +239,8 @@ class Fp16Pass(Pass[Fp16Config]):
     # 2: a quantized source's integer ops stay float32 around (an int8 source's
     # DynamicQuantizeLinear takes float32 only), and an op type ONNX Runtime cannot load in
     # float16 is kept float32 and the model converted again; 3: values fp16 cannot hold on
-    # the calibration feeds stay float32 (_hot_nodes), and float32 -> fp16 -> float32 Cast
-    # pairs between two float32 nodes are removed (_drop_round_trips)
+    # the calibration feeds and samples stay float32 (_hot_nodes), and float32 -> fp16 ->
+    # float32 Cast pairs between two float32 nodes are removed (_drop_round_trips)
     version = "3"
     config_cls = Fp16Config
     precision: ClassVar[str | None] = "fp16"
@@ -279,7 +280,8 @@ class Fp16Pass(Pass[Fp16Config]):
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         model = _named(model)
-        hot, probed = _hot_nodes(model, ctx.calibration())
+        feeds = ctx.calibration()[:_PROBE_FEEDS] + ctx.validation()[:_PROBE_FEEDS]
+        hot, probed = _hot_nodes(model, feeds)
         if ctx.calibration_source == "generated" and "kept_float32_for_range" in probed:
             probed["range_probe"] += " (generated: real inputs may run larger)"
         source_ops = set(op_histogram(model))
