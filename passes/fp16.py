@@ -2,8 +2,9 @@
 
 Uses ONNX Runtime's float16 converter (onnxruntime.transformers.float16, the same converter
 onnxconverter-common ships), with a block-list of numerically fragile ops left in float32:
-reductions (sums of many fp16 values overflow or lose precision), Pow/Exp/Log, Resize and
-Range (coordinates), CumSum, and Softmax unless `keep_softmax_fp32: false`. The pass loads its
+reductions and average pools (sums of many fp16 values overflow or lose precision),
+Pow/Exp/Log, Resize and Range (coordinates), CumSum, and Softmax unless
+`keep_softmax_fp32: false`. The pass loads its
 output on ONNX Runtime CPU before returning. An already-quantized model's integer ops
 (compiler/core/quantized.py) stay float32 around: their scales and DynamicQuantizeLinear's
 input are float32 only. An op type ORT still rejects in float16 (a type constraint, e.g.
@@ -61,6 +62,10 @@ FRAGILE_OPS = (
     "ReduceL2",
     "ReduceLogSum",
     "ReduceLogSumExp",
+    # averages are sums: a backend that sums in the storage type overflows (TVM made
+    # ppocr_det's GlobalAveragePool of a 32x32 map inf in fp16, on the H200 and on the CPU)
+    "GlobalAveragePool",
+    "AveragePool",
     "Pow",
     "Exp",
     "Log",
@@ -240,8 +245,9 @@ class Fp16Pass(Pass[Fp16Config]):
     # DynamicQuantizeLinear takes float32 only), and an op type ONNX Runtime cannot load in
     # float16 is kept float32 and the model converted again; 3: values fp16 cannot hold on
     # the calibration feeds and samples stay float32 (_hot_nodes), and float32 -> fp16 ->
-    # float32 Cast pairs between two float32 nodes are removed (_drop_round_trips)
-    version = "3"
+    # float32 Cast pairs between two float32 nodes are removed (_drop_round_trips); 4: average
+    # pools are block-listed (TVM sums them in fp16)
+    version = "4"
     config_cls = Fp16Config
     precision: ClassVar[str | None] = "fp16"
     uses_calibration: ClassVar[bool] = True

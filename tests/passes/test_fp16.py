@@ -58,6 +58,8 @@ def test_fragile_ops_stay_fp32(tmp_path: Path) -> None:
     assert types["ln_mean"] == onnx.TensorProto.FLOAT  # reduction
     assert types["ln_pow"] == onnx.TensorProto.FLOAT
     assert types["softmax"] == onnx.TensorProto.FLOAT
+    cnn = _node_input_types(_fp16(small_cnn(), tmp_path).model)
+    assert cnn["gap"] == onnx.TensorProto.FLOAT  # an average is a sum: TVM sums it in fp16
     assert types["q"] == onnx.TensorProto.FLOAT16  # MatMul runs in fp16
 
 
