@@ -92,15 +92,7 @@ def test_adopted_settings_are_timed_again_and_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pkg = _built(tmp_path, pick=False)
-    real = tp.tune
-
-    def chosen_first(*args: object, **kw: object) -> TunedSettings:
-        """The real sweep, with its first timed candidate adopted whatever it measured."""
-        swept = real(*args, **kw)  # type: ignore[arg-type]
-        c = next(c for c in swept.candidates if c.status == "measured")
-        return swept.model_copy(update={"adopted": c.name, "settings": c.settings})
-
-    monkeypatch.setattr(tp, "tune", chosen_first)
+    _adopting_first(monkeypatch)
     done = tp.tune_pick(pkg, 3.0)
     assert done is not None and done.second is not None
     m = read_manifest(pkg)
