@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
 from compiler import __version__
 from compiler.core.errors import PackageError
+from compiler.core.git import head_commit
 from compiler.core.hashing import file_sha256
 from compiler.core.records import (
     ArtifactMeasurements,
@@ -65,19 +65,6 @@ def _files(root: Path, folder: str) -> list[FileEntry]:
         for p in sorted(base.rglob("*"))
         if p.is_file()
     ]
-
-
-def _git_commit(path: Path) -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(path.parent), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def _head(results: Mapping[str, NodeResult], nid: str, what: str) -> Path:
@@ -230,7 +217,7 @@ def assemble(
             libraries=dict(sorted(libs.items())),
             config=config.model_dump(mode="json"),
             config_sha256=config.digest(),
-            source_git_commit=_git_commit(source_path),
+            source_git_commit=head_commit(source_path),
         ),
         policy=config.policy(),
         contract=norm.contract,
