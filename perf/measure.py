@@ -40,6 +40,7 @@ __all__ = [
     "open_in_process",
     "package_contenders",
     "package_parity",
+    "tile_batch",
 ]
 
 Feed = dict[str, np.ndarray]
@@ -232,3 +233,17 @@ def olive_parity(runner: Runner, package: Path, manifest: Manifest) -> dict[str,
         "samples": len(inputs),
         **_worst(per_output),
     }
+
+
+def tile_batch(contract: Contract, feed: dict[str, np.ndarray], want: int) -> tuple[dict, int]:
+    """`feed` repeated along the batch dim to the largest size <= `want` the contract admits
+    (every input's first dim the same symbolic dim with a range); (feed, batch) or the feed
+    unchanged with batch 1 when the model has no batch dim."""
+    firsts = {s.shape[0] if s.shape else None for s in contract.inputs}
+    dim = next(iter(firsts)) if len(firsts) == 1 else None
+    if not isinstance(dim, str) or dim not in contract.dims:
+        return feed, 1
+    size = min(want, contract.dims[dim].max)
+    if size <= 1 or any(v.shape[0] != 1 for v in feed.values()):
+        return feed, 1
+    return {k: np.repeat(v, size, axis=0) for k, v in feed.items()}, size

@@ -32,7 +32,7 @@ __all__ = [
     "resnet18_like",
 ]
 
-BUILDER_VERSION = "1"  # bump when a builder's output changes: exported files are cached by it
+BUILDER_VERSION = "2"  # 2: the CNNs take a dynamic batch; bump when a builder's output changes: exported files are cached by it
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 OPSET = 17
 
@@ -224,7 +224,10 @@ def _export(
     input_names: list[str],
     output_names: list[str],
     out: Path,
+    batch: str | None = None,
 ) -> Path:
+    """The module exported with fixed shapes, or with the first dim of every input and output
+    named `batch` (dynamic)."""
     import torch
 
     torch.manual_seed(seed)
@@ -242,6 +245,9 @@ def _export(
                 output_names=output_names,
                 opset_version=OPSET,
                 dynamo=False,
+                dynamic_axes={n: {0: batch} for n in [*input_names, *output_names]}
+                if batch
+                else None,
             )
         model = onnx.load(str(raw))
     model.producer_name = f"perf/models.py:{name} (random weights, seed {seed})"
@@ -250,17 +256,19 @@ def _export(
 
 
 def resnet18_like(out: Path, seed: int = 0) -> Path:
-    """ResNet-18 topology, [1,3,224,224] float32 -> [1,1000] softmax."""
+    """ResNet-18 topology, [batch,3,224,224] float32 -> [batch,1000] softmax."""
     import torch
 
-    return _export("resnet18", seed, (torch.zeros(1, 3, 224, 224),), ["x"], ["probs"], out)
+    x = torch.zeros(1, 3, 224, 224)
+    return _export("resnet18", seed, (x,), ["x"], ["probs"], out, batch="batch")
 
 
 def mobilenet_v2_like(out: Path, seed: int = 0) -> Path:
-    """MobileNetV2 (width 1.0) topology, [1,3,224,224] float32 -> [1,1000] softmax."""
+    """MobileNetV2 (width 1.0) topology, [batch,3,224,224] float32 -> [batch,1000] softmax."""
     import torch
 
-    return _export("mobilenet_v2", seed, (torch.zeros(1, 3, 224, 224),), ["x"], ["probs"], out)
+    x = torch.zeros(1, 3, 224, 224)
+    return _export("mobilenet_v2", seed, (x,), ["x"], ["probs"], out, batch="batch")
 
 
 def bert_like(out: Path, seed: int = 0, seq: int = 128) -> Path:
@@ -320,12 +328,27 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
 }
 
 _RANDOM = "random (seeded 0): numeric parity only, no task accuracy"
+# the CNNs serve one image at a time and batches up to 32: built for batch 1 (opt), timed at
+# batch 1 and at run.py's --batch
+_SERVED_BATCHES = {"dims": {"batch": {"min": 1, "opt": 1, "max": 32}}}
 MODELS: dict[str, BenchModel] = {
     m.name: m
     for m in (
-        BenchModel("resnet18", "synthetic", "ResNet-18-like CNN, 224x224", _RANDOM, "resnet18"),
         BenchModel(
-            "mobilenet_v2", "synthetic", "MobileNetV2-like CNN, 224x224", _RANDOM, "mobilenet_v2"
+            "resnet18",
+            "synthetic",
+            "ResNet-18-like CNN, 224x224",
+            _RANDOM,
+            "resnet18",
+            config=_SERVED_BATCHES,
+        ),
+        BenchModel(
+            "mobilenet_v2",
+            "synthetic",
+            "MobileNetV2-like CNN, 224x224",
+            _RANDOM,
+            "mobilenet_v2",
+            config=_SERVED_BATCHES,
         ),
         BenchModel(
             "bert", "synthetic", "BERT-like encoder, 6 layers, hidden 384, seq 128", _RANDOM, "bert"

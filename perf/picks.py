@@ -39,7 +39,6 @@ if str(ROOT) not in sys.path:  # `python perf/picks.py` puts perf/, not the repo
 
 import numpy as np  # noqa: E402
 
-from compiler.core.contract import Contract  # noqa: E402
 from compiler.core.feeds import read_npz  # noqa: E402
 from compiler.core.host import probe_host  # noqa: E402
 from compiler.measure.workers import reference_contender  # noqa: E402
@@ -49,7 +48,12 @@ from compiler.serving.manifest import Manifest, read_manifest  # noqa: E402
 from compiler.serving.selection import REFERENCE  # noqa: E402
 from perf.builds import cli_build, run_olive  # noqa: E402
 from perf.flops import count_flops  # noqa: E402
-from perf.measure import a_a_control, latency_repeats, package_contenders  # noqa: E402
+from perf.measure import (  # noqa: E402
+    a_a_control,
+    latency_repeats,
+    package_contenders,
+    tile_batch,
+)
 from perf.peak import (  # noqa: E402
     fraction_of_peak,
     measure_peak,
@@ -64,25 +68,11 @@ from scripts.realdata.catalog import MODELS  # noqa: E402
 from scripts.realdata.packages import task_options  # noqa: E402
 from scripts.realdata.task import RealModel, ort_runner  # noqa: E402
 
-__all__ = ["main", "tile_batch"]
+__all__ = ["main"]
 
 
 def _log(msg: str) -> None:
     print(f"[picks {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def tile_batch(contract: Contract, feed: dict[str, np.ndarray], want: int) -> tuple[dict, int]:
-    """`feed` repeated along the batch dim to the largest size <= `want` the contract admits
-    (every input's first dim the same symbolic dim with a range); (feed, batch) or the feed
-    unchanged with batch 1 when the model has no batch dim."""
-    firsts = {s.shape[0] if s.shape else None for s in contract.inputs}
-    dim = next(iter(firsts)) if len(firsts) == 1 else None
-    if not isinstance(dim, str) or dim not in contract.dims:
-        return feed, 1
-    size = min(want, contract.dims[dim].max)
-    if size <= 1 or any(v.shape[0] != 1 for v in feed.values()):
-        return feed, 1
-    return {k: np.repeat(v, size, axis=0) for k, v in feed.items()}, size
 
 
 def _prepare(model: RealModel, work: Path) -> tuple[Path, Path]:

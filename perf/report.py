@@ -7,7 +7,7 @@ from typing import Any
 
 from perf.peak import over_peak, peak_rounds
 
-__all__ = ["render_markdown", "render_plot", "speedup_cell", "spread_cell"]
+__all__ = ["larger_batch_table", "render_markdown", "render_plot", "speedup_cell", "spread_cell"]
 
 TICKS = (0.125, 0.25, 0.5, 1, 2, 4, 8, 16)  # the plot's speedup axis
 
@@ -191,6 +191,45 @@ def _artifact_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def larger_batch_table(doc: dict[str, Any]) -> list[str]:
+    """The fastest artifact of each precision timed again at the larger batch (run.py)."""
+    timed = [(n, m["larger_batch"]) for n, m in _models(doc) if m.get("larger_batch")]
+    if not timed:
+        return []
+    lines = [
+        "",
+        "## At a larger batch: the fastest artifact of each precision",
+        "",
+        "The fastest of the package's artifacts of each precision at batch 1 (by p50), timed "
+        "again by the same method with the first sample tiled to the batch, beside the "
+        "reference at the same batch. % of peak as above, with the model's FLOPs times the "
+        "batch.",
+        "",
+        "| model | batch | artifact | precision | p50 ms | items/s | speedup vs ref | repeats "
+        "| % of peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, lb in timed:
+        if lb.get("skipped"):
+            lines.append(f"| {name} | - | not timed: {lb['skipped']} | | | | | | |")
+            continue
+        for c in lb["contenders"]:
+            lat = c.get("latency", {})
+            pooled = lat.get("pooled", {})
+            peak = c.get("fraction_of_peak")
+            speed = speedup_cell(lat) if not c.get("error") else f"error: {c['error'][:80]}"
+            if c["id"] == "reference":
+                speed = "-"
+            lines.append(
+                f"| {name} | {lb['batch']} | {c['id']} | {c['precision']} "
+                f"| {_f(pooled.get('p50_ms'))} | {_f(pooled.get('throughput_per_s'), '.1f')} "
+                f"| {speed} | {spread_cell(lat) if c['id'] != 'reference' else '-'} "
+                f"| {_f(peak * 100 if peak is not None else None, '.1f')}"
+                f"{' (over peak: the probe under-read)' if over_peak(peak) else ''} |"
+            )
+    return lines
+
+
 def _confidence(doc: dict[str, Any]) -> str:
     """The confidence the run asked of each interval (fewer pairs than it needs: less)."""
     return f"{doc['plan'].get('latency_confidence', 0.95):.0%}"
@@ -248,7 +287,8 @@ def _not_measured(doc: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(doc: dict[str, Any], plot_name: str | None) -> str:
-    lines = _header(doc) + _build_table(doc) + _artifact_table(doc) + _control_summary(doc)
+    lines = _header(doc) + _build_table(doc) + _artifact_table(doc) + larger_batch_table(doc)
+    lines += _control_summary(doc)
     lines += _not_measured(doc)
     if plot_name:
         lines += ["", f"![speedup over the reference per artifact per model]({plot_name})"]

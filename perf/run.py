@@ -39,7 +39,7 @@ from perf.plan import (  # noqa: E402
     pick_one_change,
 )
 
-__all__ = ["main"]
+__all__ = ["fastest_per_precision", "main"]
 
 
 def _rel(p: Path) -> Path:
@@ -121,6 +121,7 @@ def _measure(
     work: Path,
     peak: dict[str, Any],
     olive_jobs: dict[str, dict[str, Any]],
+    want: int,
 ) -> dict[str, Any]:
     from compiler.core.host import probe_host
     from compiler.measure.timing import batch_size, describe_method
@@ -177,14 +178,80 @@ def _measure(
                 row["task"] = _task(data, runner)
         finally:
             runner.close()
+    larger = (
+        _larger_batch(pkg, rows, ours, feed, plan, peak, flops.total, want)
+        if want > 1
+        else {"skipped": "--batch 1"}
+    )
     return {
         "flops": flops.as_dict(),
         "batch": batch,
+        "larger_batch": larger,
         "input_shapes": {k: list(v.shape) for k, v in feed.items()},
         "latency_method": describe_method(policy),
         "contenders": rows,
         "not_measured": not_measured,
         "task_set": data.task.description if data.task else None,
+    }
+
+
+def fastest_per_precision(rows: list[dict[str, Any]], ours: list[Any]) -> list[Any]:
+    """Of the package's contenders `ours`, the one with the lowest pooled p50 in `rows` (the
+    batch-1 table) for each precision, by id; those without a time are left out."""
+    p50 = {
+        r["id"]: r["latency"]["pooled"]["p50_ms"]
+        for r in rows
+        if r["origin"] == "compile-pkg" and not r.get("error") and r["latency"].get("pooled")
+    }
+    fastest: dict[str, Any] = {}
+    for c in ours:
+        if c.id in p50 and (c.precision not in fastest or p50[c.id] < p50[fastest[c.precision].id]):
+            fastest[c.precision] = c
+    return sorted(fastest.values(), key=lambda c: c.id)
+
+
+def _larger_batch(
+    pkg: Path,
+    rows: list[dict[str, Any]],
+    ours: list[Any],
+    feed: dict[str, Any],
+    plan: Plan,
+    peak: dict[str, Any],
+    flops: float,
+    want: int,
+) -> dict[str, Any]:
+    """The fastest of the package's artifacts of each precision at batch 1 (by pooled p50),
+    timed again with the feed tiled to the largest batch <= `want` the contract admits,
+    beside the reference and its A/A control: how near each precision comes to its peak once
+    a batch spreads the per-call costs."""
+    from compiler.measure.workers import reference_contender
+    from compiler.serving.manifest import read_manifest
+    from perf.measure import a_a_control, latency_repeats, tile_batch
+
+    manifest = read_manifest(pkg)
+    tiled, batch = tile_batch(manifest.contract, feed, want)
+    if batch == 1:
+        return {"skipped": "the contract admits no batch > 1"}
+    fastest = fastest_per_precision(rows, ours)
+    if not fastest:
+        return {"skipped": "no artifact of the package was timed at batch 1"}
+    contenders = [a_a_control(pkg), *fastest]
+    reference = reference_contender(pkg / "reference" / "model.onnx")
+    latency = latency_repeats(
+        contenders,
+        reference,
+        tiled,
+        manifest.contract,
+        plan.latency_policy(),
+        repeats=plan.repeats,
+        batch=batch,
+    )
+    return {
+        "batch": batch,
+        "contenders": [
+            _row(None, latency["reference"], peak, flops * batch),
+            *(_row(c, latency.get(c.id, {}), peak, flops * batch) for c in contenders),
+        ],
     }
 
 
@@ -238,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats and data, all models")
     ap.add_argument("--models", default=",".join(MODELS), help=f"subset of {list(MODELS)}")
     ap.add_argument("--no-olive", action="store_true", help="skip the Olive peer")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="the larger batch the fastest artifact of each precision is timed at (1: none)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     ap.add_argument("--workdir", type=Path, default=ROOT / "perf" / ".work")
     ap.add_argument(
@@ -351,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         olive_for = by_model.get(name, {})
         try:
             doc["models"][name].update(
-                _measure(MODELS[name], data, plan, work, doc["peak"], olive_for)
+                _measure(MODELS[name], data, plan, work, doc["peak"], olive_for, args.batch)
             )
         except Exception as exc:  # noqa: BLE001 - one model's failure must not lose the rest
             doc["models"][name]["error"] = f"measurement failed: {type(exc).__name__}: {exc}"
@@ -360,7 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     _log("peak: a second round after the models")  # a round alone can under-read (peak.py)
     doc["peak"] = remeasure_peak(doc["peak"])
     refresh_fractions(
-        [c for m in doc["models"].values() for c in m.get("contenders", [])], doc["peak"]
+        [
+            c
+            for m in doc["models"].values()
+            for c in [*m.get("contenders", []), *m.get("larger_batch", {}).get("contenders", [])]
+        ],
+        doc["peak"],
     )
     doc["load_average_end"] = list(os.getloadavg())
     doc["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from compiler.core.contract import Contract, DimRange, TensorSpec
-from perf.picks import tile_batch
+from perf.measure import tile_batch
 from perf.picks_report import geomean_of, render
 
 
