@@ -307,6 +307,8 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
             raise BuildError(f"tvm compile ({what} shapes) failed: {tvm_message(exc)}") from exc
     assert ex is not None and mod is not None
     compile_s = time.perf_counter() - t0
+    if req["precision"] == "fp16":
+        notes.append("fp16 convolutions and matrix products sum in float32")
     out = Path(req["out_dir"]) / LIBRARY
     _export(ex, out, linker)
     checks = _check_library(out, arch, target_name, opts)

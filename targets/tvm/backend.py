@@ -132,7 +132,7 @@ def _digest(model_path: Path) -> str:
 
 class TvmBackend(Backend):
     name = "tvm"
-    version = "1"
+    version = "2"  # 2: fp16 convolutions and matrix products sum in float32
     targets = frozenset({"cpu", "arm", "gpu"})
     options_cls = TvmOptions
 

@@ -139,6 +139,34 @@ def test_cpu_fp16_static_parity_and_shape_guard(tvm_root: Path, clip_model: Path
     assert not np.array_equal(got, ref)  # it really computed in fp16
 
 
+@needs_tvm
+def test_fp16_convolutions_sum_in_float32(tmp_path: Path) -> None:
+    """A 1x1 convolution over 4096 fp16 channels of 0.125 each: 512. Summed in fp16, every
+    partial sum from 256 on rounds the next 0.125 away (a tie, to even) and TVM's CPU code
+    returned 256; summed in float32 and cast once, 512, as ONNX Runtime's fp16 Conv."""
+    k = 4096
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["x16"], to=onnx.TensorProto.FLOAT16),
+            helper.make_node("Conv", ["x16", "w"], ["y16"]),
+            helper.make_node("Cast", ["y16"], ["y"], to=onnx.TensorProto.FLOAT),
+        ],
+        "wide_sum",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", k, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 1, 4, 4])],
+        [onnx.numpy_helper.from_array(np.full((1, k, 1, 1), 0.125, np.float16), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    src = save(model, tmp_path / "src")
+    out, result, contract, _ = build_tvm(src, "cpu", tmp_path, "fp16", shapes="static")
+    assert "fp16 convolutions and matrix products sum in float32" in result.notes
+    x = np.ones((1, k, 4, 4), np.float32)
+    with open_runner("tvm", out, result.runtime, contract, threads=1) as runner:
+        got = runner.run({"x": x})["y"]
+    np.testing.assert_array_equal(got, np.full((1, 1, 4, 4), 512.0, np.float32))
+    assert np.array_equal(reference(src, [{"x": x}])[0]["y"], got)  # ONNX Runtime agrees
+
+
 # ---------------------------------------------------------------- arm (aarch64)
 
 
