@@ -34,6 +34,7 @@ from targets.runner import Runner, open_runner
 __all__ = [
     "Contender",
     "a_a_control",
+    "beside_reference",
     "latency_repeats",
     "olive_contender",
     "olive_parity",
@@ -87,6 +88,30 @@ def a_a_control(package: Path) -> Contender:
     ref = workers.reference_contender(package / "reference" / "model.onnx")
     spec = dataclasses.replace(ref, name="reference (A/A)", role="artifact")
     return Contender("reference (A/A)", "reference", "fp32", spec)
+
+
+def beside_reference(
+    package: Path,
+    contenders: list[Contender],
+    feed: Feed,
+    contract: Contract,
+    policy: LatencyPolicy,
+    *,
+    repeats: int,
+    batch: int,
+) -> dict[str, dict[str, Any]]:
+    """`contenders` and the A/A control, each timed against the package's reference
+    (`latency_repeats`), the A/A first."""
+    reference = workers.reference_contender(package / "reference" / "model.onnx")
+    return latency_repeats(
+        [a_a_control(package), *contenders],
+        reference,
+        feed,
+        contract,
+        policy,
+        repeats=repeats,
+        batch=batch,
+    )
 
 
 def olive_contender(job: dict[str, Any]) -> Contender:

@@ -41,19 +41,13 @@ import numpy as np  # noqa: E402
 
 from compiler.core.feeds import read_npz  # noqa: E402
 from compiler.core.host import probe_host  # noqa: E402
-from compiler.measure.workers import reference_contender  # noqa: E402
 from compiler.pipeline.pipelines import PIPELINES  # noqa: E402
 from compiler.serving.loader import load  # noqa: E402
 from compiler.serving.manifest import Manifest, read_manifest  # noqa: E402
 from compiler.serving.selection import REFERENCE  # noqa: E402
 from perf.builds import cli_build, run_olive  # noqa: E402
 from perf.flops import count_flops  # noqa: E402
-from perf.measure import (  # noqa: E402
-    a_a_control,
-    latency_repeats,
-    package_contenders,
-    tile_batch,
-)
+from perf.measure import beside_reference, package_contenders, tile_batch  # noqa: E402
 from perf.peak import (  # noqa: E402
     fraction_of_peak,
     measure_peak,
@@ -161,11 +155,9 @@ def _timed(
     manifest = read_manifest(pkg)
     ours, _ = package_contenders(pkg, probe_host())
     chosen = [c for c in ours if c.id == pick]
-    contenders = [a_a_control(pkg), *chosen]
-    reference = reference_contender(pkg / "reference" / "model.onnx")
-    return latency_repeats(
-        contenders,
-        reference,
+    return beside_reference(
+        pkg,
+        chosen,
         feed,
         manifest.contract,
         plan.latency_policy(),

@@ -178,17 +178,26 @@ def _artifact_table(doc: dict[str, Any]) -> list[str]:
         for c in m["contenders"]:
             lat = c.get("latency", {})
             pooled = lat.get("pooled", {})
-            peak = c.get("fraction_of_peak")
-            speed = speedup_cell(lat) if not c.get("error") else f"error: {c['error'][:80]}"
             lines.append(
                 f"| {name} | {c['id']} | {c['origin']} | {c['precision']} "
                 f"| {_f(pooled.get('p50_ms'))} | {_f(pooled.get('p99_ms'))} "
-                f"| {_f(pooled.get('throughput_per_s'), '.1f')} | {speed} | {spread_cell(lat)} "
-                f"| {_f(peak * 100 if peak is not None else None, '.1f')}"
-                f"{' (over peak: the probe under-read)' if over_peak(peak) else ''} "
+                f"| {_f(pooled.get('throughput_per_s'), '.1f')} | {_speed_cell(c)} "
+                f"| {spread_cell(lat)} | {_peak_cell(c)} "
                 f"| {_parity(c.get('parity'))} | {_task(c.get('task'))} |"
             )
     return lines
+
+
+def _speed_cell(c: dict[str, Any]) -> str:
+    """A contender row's speedup with its interval, or why it has none."""
+    return speedup_cell(c.get("latency", {})) if not c.get("error") else f"error: {c['error'][:80]}"
+
+
+def _peak_cell(c: dict[str, Any]) -> str:
+    """A contender row's percentage of its precision's peak, flagged where it is over 100."""
+    peak = c.get("fraction_of_peak")
+    flag = " (over peak: the probe under-read)" if over_peak(peak) else ""
+    return _f(peak * 100 if peak is not None else None, ".1f") + flag
 
 
 def larger_batch_table(doc: dict[str, Any]) -> list[str]:
@@ -216,16 +225,12 @@ def larger_batch_table(doc: dict[str, Any]) -> list[str]:
         for c in lb["contenders"]:
             lat = c.get("latency", {})
             pooled = lat.get("pooled", {})
-            peak = c.get("fraction_of_peak")
-            speed = speedup_cell(lat) if not c.get("error") else f"error: {c['error'][:80]}"
-            if c["id"] == "reference":
-                speed = "-"
+            itself = c["id"] == "reference"
             lines.append(
                 f"| {name} | {lb['batch']} | {c['id']} | {c['precision']} "
                 f"| {_f(pooled.get('p50_ms'))} | {_f(pooled.get('throughput_per_s'), '.1f')} "
-                f"| {speed} | {spread_cell(lat) if c['id'] != 'reference' else '-'} "
-                f"| {_f(peak * 100 if peak is not None else None, '.1f')}"
-                f"{' (over peak: the probe under-read)' if over_peak(peak) else ''} |"
+                f"| {'-' if itself else _speed_cell(c)} | {'-' if itself else spread_cell(lat)} "
+                f"| {_peak_cell(c)} |"
             )
     return lines
 

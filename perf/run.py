@@ -179,7 +179,7 @@ def _measure(
         finally:
             runner.close()
     larger = (
-        _larger_batch(pkg, rows, ours, feed, plan, peak, flops.total, want)
+        _larger_batch(pkg, manifest.contract, rows, ours, feed, plan, peak, flops.total, want)
         if want > 1
         else {"skipped": "--batch 1"}
     )
@@ -212,6 +212,7 @@ def fastest_per_precision(rows: list[dict[str, Any]], ours: list[Any]) -> list[A
 
 def _larger_batch(
     pkg: Path,
+    contract: Any,
     rows: list[dict[str, Any]],
     ours: list[Any],
     feed: dict[str, Any],
@@ -224,33 +225,26 @@ def _larger_batch(
     timed again with the feed tiled to the largest batch <= `want` the contract admits,
     beside the reference and its A/A control: how near each precision comes to its peak once
     a batch spreads the per-call costs."""
-    from compiler.measure.workers import reference_contender
-    from compiler.serving.manifest import read_manifest
-    from perf.measure import a_a_control, latency_repeats, tile_batch
+    from perf.measure import a_a_control, beside_reference, tile_batch
 
-    manifest = read_manifest(pkg)
-    tiled, batch = tile_batch(manifest.contract, feed, want)
+    tiled, batch = tile_batch(contract, feed, want)
     if batch == 1:
         return {"skipped": "the contract admits no batch > 1"}
     fastest = fastest_per_precision(rows, ours)
     if not fastest:
         return {"skipped": "no artifact of the package was timed at batch 1"}
-    contenders = [a_a_control(pkg), *fastest]
-    reference = reference_contender(pkg / "reference" / "model.onnx")
-    latency = latency_repeats(
-        contenders,
-        reference,
-        tiled,
-        manifest.contract,
-        plan.latency_policy(),
-        repeats=plan.repeats,
-        batch=batch,
+    policy = plan.latency_policy()
+    latency = beside_reference(
+        pkg, fastest, tiled, contract, policy, repeats=plan.repeats, batch=batch
     )
     return {
         "batch": batch,
         "contenders": [
             _row(None, latency["reference"], peak, flops * batch),
-            *(_row(c, latency.get(c.id, {}), peak, flops * batch) for c in contenders),
+            *(
+                _row(c, latency.get(c.id, {}), peak, flops * batch)
+                for c in [a_a_control(pkg), *fastest]
+            ),
         ],
     }
 

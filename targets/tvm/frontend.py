@@ -72,9 +72,9 @@ def _clip_to_min_max(mod: Any) -> Any:
     return rewrite.builder_.get()
 
 
-def fp32_accumulation(mod: Any) -> tuple[Any, int]:
+def fp32_accumulation(mod: Any) -> Any:
     """Every convolution and matrix product that reads and writes fp16 sums in float32 and
-    casts its result to fp16 (TVM fuses the cast into the kernel); with how many.
+    casts its result to fp16 (TVM fuses the cast into the kernel).
 
     An fp16 op in Relax accumulates in fp16 unless its `out_dtype` says otherwise, and TVM's
     CPU code then rounds each partial sum to 11 bits. ppocr_det (DBNet) in fp16 on TVM's
@@ -89,8 +89,6 @@ def fp32_accumulation(mod: Any) -> tuple[Any, int]:
 
     @mutator
     class _Widen(PyExprMutator):  # type: ignore[misc]
-        widened = 0
-
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
             attrs = getattr(call, "attrs", None)
@@ -111,7 +109,6 @@ def fp32_accumulation(mod: Any) -> tuple[Any, int]:
                 tvm.ir.make_node(info.type_key, **{**fields, "out_dtype": "float32"}),
                 call.ty_args,
             )
-            self.widened += 1
             return self.builder_.normalize(
                 relax.op.astype(self.builder_.normalize(wide), "float16")
             )
@@ -120,7 +117,7 @@ def fp32_accumulation(mod: Any) -> tuple[Any, int]:
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
             widen.builder_.update_func(gv, widen.visit_expr(func))
-    return widen.builder_.get(), widen.widened
+    return widen.builder_.get()
 
 
 def _dtype(expr: Any) -> str:
@@ -194,7 +191,7 @@ def import_onnx(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
     if req["precision"] == "fp16":
         if not has_fp16_compute(model):
             mod = _to_fp16(mod)
-        mod, _ = fp32_accumulation(mod)
+        mod = fp32_accumulation(mod)
     elif req["precision"] != "fp32":
         raise BuildError(
             f"tvm builds fp32 and fp16 artifacts, not {req['precision']}; "
