@@ -143,7 +143,7 @@ def test_cpu_fp16_static_parity_and_shape_guard(tvm_root: Path, clip_model: Path
 def test_fp16_convolutions_sum_in_float32(tmp_path: Path) -> None:
     """A 1x1 convolution over 4096 fp16 channels of 0.125 each: 512. Summed in fp16, every
     partial sum from 256 on rounds the next 0.125 away (a tie, to even) and TVM's CPU code
-    returned 256; summed in float32 and cast once, 512, as ONNX Runtime's fp16 Conv."""
+    returned 256; summed in float32 and cast once, 512."""
     k = 4096
     graph = helper.make_graph(
         [
@@ -163,8 +163,9 @@ def test_fp16_convolutions_sum_in_float32(tmp_path: Path) -> None:
     x = np.ones((1, k, 4, 4), np.float32)
     with open_runner("tvm", out, result.runtime, contract, threads=1) as runner:
         got = runner.run({"x": x})["y"]
+    # exact on any CPU: 4096 sums of 0.125 are exact in float32 in any order (ONNX Runtime is
+    # not asked: whether its fp16 Conv sums wide depends on the host's kernels)
     np.testing.assert_array_equal(got, np.full((1, 1, 4, 4), 512.0, np.float32))
-    assert np.array_equal(reference(src, [{"x": x}])[0]["y"], got)  # ONNX Runtime agrees
 
 
 # ---------------------------------------------------------------- arm (aarch64)
