@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 __all__ = [
     "OnnxRuntimeSettings",
+    "OnnxRuntimeSpecialization",
     "OpenVinoSettings",
     "RuntimeSettings",
     "TensorRTSettings",
@@ -26,6 +27,19 @@ __all__ = [
 ]
 
 _FORBID = {"extra": "forbid"}
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeSpecialization:
+    """A model bound to values of some inputs (targets/onnxruntime/specialize.py): the runner
+    runs it for a call whose `inputs` hold exactly `values` (one element each), in order."""
+
+    __pydantic_config__ = _FORBID  # read by pydantic where embedded
+
+    model: str
+    inputs: tuple[str, ...]
+    values: tuple[int | float, ...]
+    folded: int = 0  # If nodes the binding removed (nested ones included)
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,8 @@ class OnnxRuntimeSettings:
     # intra-op threads busy-wait between ops (ONNX Runtime's default); off can win where
     # cores are shared
     allow_spinning: bool = True
+    # models bound to values their If selectors take; a call with other values runs `model`
+    specializations: tuple[OnnxRuntimeSpecialization, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,13 @@ def settings_from_json(doc: Mapping[str, Any]) -> RuntimeSettings:
                 TensorShape(t["name"], t["dtype"], tuple(t["shape"])) for t in values.get(key, ())
             )
         values["cuda_archs"] = tuple(values.get("cuda_archs", ()))
+    if cls is OnnxRuntimeSettings:
+        values["specializations"] = tuple(
+            OnnxRuntimeSpecialization(
+                s["model"], tuple(s["inputs"]), tuple(s["values"]), s.get("folded", 0)
+            )
+            for s in values.get("specializations", ())
+        )
     for key, value in values.items():
         if isinstance(value, list):
             values[key] = tuple(value)

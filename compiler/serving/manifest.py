@@ -117,7 +117,7 @@ class FileEntry(_M):
 def runtime_files(runtime: RuntimeSettings) -> list[str]:
     """The files a runtime opens by name, relative to its artifact's folder."""
     if runtime.backend == "onnxruntime":
-        return [runtime.model]
+        return [runtime.model, *(s.model for s in runtime.specializations)]
     if runtime.backend == "openvino":
         return [runtime.xml]
     if runtime.backend == "tvm":

@@ -15,12 +15,13 @@ from typing import Any, Literal
 
 from compiler.core.errors import BackendUnavailable, BuildError, short_message
 from compiler.core.host import Requirements
-from compiler.core.settings import OnnxRuntimeSettings
+from compiler.core.settings import OnnxRuntimeSettings, OnnxRuntimeSpecialization
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
 from targets.int8_flavour import with_int8_flavour
 from targets.onnxruntime.rewrites import rewrite_for_ort
 from targets.onnxruntime.runtime import session
 from targets.onnxruntime.runtime import version as ort_version
+from targets.onnxruntime.specialize import bindings, describe_all, file_name, specialize
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "reference_session"]
 
@@ -34,13 +35,17 @@ class OnnxRuntimeOptions(BackendOptions):
     intra_op_num_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     min_runtime_version: str = "1.20"
+    # also carry the model bound to the values the contract states for its If selectors
+    # (specialize.py); the runner guards each call and runs the general model otherwise
+    specialize: bool = True
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     # 2: requirements say an int8 model's flavour and the classes it is meant for; 3: PRelu
-    # rewritten for ONNX Runtime's kernels (rewrites.py)
-    version = "3"
+    # rewritten for ONNX Runtime's kernels (rewrites.py); 4: If selectors' guarded
+    # specializations (specialize.py)
+    version = "4"
     targets = frozenset({"cpu", "arm"})
     options_cls = OnnxRuntimeOptions
 
@@ -78,6 +83,11 @@ class OnnxRuntimeBackend(Backend):
             raise BuildError(
                 f"onnxruntime cannot load {model_path.name}: {short_message(exc, 400)}"
             ) from exc
+        specializations: list[OnnxRuntimeSpecialization] = []
+        if opts.specialize:
+            specializations, more = _specialize(out_dir / model_path.name, request, opts)
+            files += [s.model for s in specializations]
+            notes += more
         return BuildResult(
             files=files,
             runtime=OnnxRuntimeSettings(
@@ -85,12 +95,37 @@ class OnnxRuntimeBackend(Backend):
                 graph_optimization_level=opts.graph_optimization_level,
                 intra_op_num_threads=opts.intra_op_num_threads,
                 execution_mode=opts.execution_mode,
+                specializations=tuple(specializations),
             ),
             requirements=_requirements(request, out_dir / model_path.name),
             precision=request.precision,
             notes=notes,
             portable=True,
         )
+
+
+def _specialize(
+    model: Path, request: BuildRequest, opts: OnnxRuntimeOptions
+) -> tuple[list[OnnxRuntimeSpecialization], list[str]]:
+    """The model bound to each combination of its If selectors' values, next to it; each one
+    ONNX Runtime loads is kept. Returns them and the artifact's notes."""
+    made: list[OnnxRuntimeSpecialization] = []
+    why_not: list[str] = []
+    for binding in bindings(request.contract):
+        name = file_name(model.name, len(made))
+        folded, why = specialize(model, binding, model.parent / name)
+        if folded:
+            try:
+                session(model.parent / name, opts.graph_optimization_level, 1, "sequential")
+            except Exception as exc:  # onnxruntime's own types: the general model serves
+                (model.parent / name).unlink()
+                folded, why = 0, f"onnxruntime cannot load it: {short_message(exc, 200)}"
+        if folded:
+            made.append(OnnxRuntimeSpecialization(name, binding.inputs, binding.values, folded))
+        else:
+            why_not.append(f"not specialized for {binding.describe()}: {why}")
+    notes = [describe_all(made)] if made else []
+    return made, notes + why_not
 
 
 def _requirements(request: BuildRequest, model: Path) -> Requirements:

@@ -15,7 +15,7 @@ import numpy as np
 
 from compiler.core.errors import BackendUnavailable
 from compiler.core.runtime import RunnerInfo
-from compiler.core.settings import OnnxRuntimeSettings
+from compiler.core.settings import OnnxRuntimeSettings, OnnxRuntimeSpecialization
 
 __all__ = ["INSTALL", "OnnxRuntimeArtifact", "load", "session", "version"]
 
@@ -67,15 +67,53 @@ def session(
     return ort.InferenceSession(str(path), so, providers=list(providers))
 
 
-class OnnxRuntimeArtifact:
-    """One InferenceSession; `run` returns the named outputs."""
+class _Guarded:
+    """A specialization's session and the one-element values its call must feed."""
 
-    def __init__(self, sess: Any, outputs: Sequence[str], info: RunnerInfo) -> None:
-        self._session = sess
+    def __init__(self, sess: Any, spec: OnnxRuntimeSpecialization) -> None:
+        self.session = sess
+        self.bound = tuple(zip(spec.inputs, spec.values, strict=True))
+        self.names = frozenset(spec.inputs)
+
+    def admits(self, feeds: Mapping[str, np.ndarray]) -> bool:
+        for name, value in self.bound:
+            fed = feeds.get(name)
+            if fed is None or np.size(fed) != 1 or np.asarray(fed).reshape(-1)[0] != value:
+                return False
+        return True
+
+
+class OnnxRuntimeArtifact:
+    """One InferenceSession (`general`), or several: a call whose bound inputs hold a
+    specialization's values runs that one (specialize.py); `run` returns the named outputs.
+    `general` is a callable that opens the general session, called at the first call that
+    needs it where specializations exist."""
+
+    def __init__(
+        self,
+        general: Any,
+        outputs: Sequence[str],
+        info: RunnerInfo,
+        special: Sequence[_Guarded] = (),
+    ) -> None:
+        self._open = general if special else None
+        self._session = None if special else general
+        self._special = list(special)
         self._outputs = list(outputs)
         self._info = info
+        self.general_calls = 0  # calls no specialization admitted
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for guarded in self._special:
+            if guarded.admits(feeds):
+                rest = {k: v for k, v in feeds.items() if k not in guarded.names}
+                outs = guarded.session.run(self._outputs, rest)
+                return dict(zip(self._outputs, outs, strict=True))
+        if self._session is None:
+            assert self._open is not None
+            self._session = self._open()
+        if self._special:
+            self.general_calls += 1
         outs = self._session.run(self._outputs, dict(feeds))
         return dict(zip(self._outputs, outs, strict=True))
 
@@ -87,6 +125,7 @@ class OnnxRuntimeArtifact:
 
     def close(self) -> None:
         self._session = None
+        self._special = []
 
 
 def load(
@@ -99,14 +138,18 @@ def load(
 ) -> OnnxRuntimeArtifact:
     """A session on `settings.model`; `threads` (if given) overrides the artifact's own."""
     n = settings.intra_op_num_threads if threads is None else threads
-    sess = session(
-        artifact_dir / settings.model,
-        settings.graph_optimization_level,
-        n,
-        settings.execution_mode,
-        settings.providers,
-        settings.allow_spinning,
-    )
+
+    def open_model(name: str) -> Any:
+        return session(
+            artifact_dir / name,
+            settings.graph_optimization_level,
+            n,
+            settings.execution_mode,
+            settings.providers,
+            settings.allow_spinning,
+        )
+
+    special = [_Guarded(open_model(s.model), s) for s in settings.specializations]
     info: RunnerInfo = {
         "runtime": f"onnxruntime {version()}",
         "device": "cpu",
@@ -115,4 +158,10 @@ def load(
         "execution_mode": settings.execution_mode,
         "allow_spinning": settings.allow_spinning,
     }
-    return OnnxRuntimeArtifact(sess, outputs, info)
+    if special:
+        info["specialized"] = (
+            "; ".join(", ".join(f"{i} == {v}" for i, v in g.bound) for g in special)
+            + " (other values: the general graph, opened at its first call)"
+        )
+        return OnnxRuntimeArtifact(lambda: open_model(settings.model), outputs, info, special)
+    return OnnxRuntimeArtifact(open_model(settings.model), outputs, info)
