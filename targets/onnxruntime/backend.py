@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from compiler.core.errors import BackendUnavailable, BuildError, short_message
 from compiler.core.host import Requirements
 from compiler.core.settings import OnnxRuntimeSettings, OnnxRuntimeSpecialization
@@ -21,11 +23,18 @@ from targets.int8_flavour import with_int8_flavour
 from targets.onnxruntime.rewrites import rewrite_for_ort
 from targets.onnxruntime.runtime import session
 from targets.onnxruntime.runtime import version as ort_version
-from targets.onnxruntime.specialize import bindings, describe_all, file_name, specialize
+from targets.onnxruntime.specialize import (
+    Binding,
+    bindings,
+    describe_all,
+    file_name,
+    specialize,
+)
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "reference_session"]
 
 _ARCH = {"cpu": "x86_64", "arm": "aarch64"}
+SPECIAL_CHECKS = 4  # calibration feeds each specialization is compared on at build
 
 
 class OnnxRuntimeOptions(BackendOptions):
@@ -115,17 +124,69 @@ def _specialize(
         name = file_name(model.name, len(made))
         folded, why = specialize(model, binding, model.parent / name)
         if folded:
-            try:
-                session(model.parent / name, opts.graph_optimization_level, 1, "sequential")
-            except Exception as exc:  # onnxruntime's own types: the general model serves
+            why = _differs(model, model.parent / name, binding, request, opts)
+            if why:
                 (model.parent / name).unlink()
-                folded, why = 0, f"onnxruntime cannot load it: {short_message(exc, 200)}"
+                folded = 0
         if folded:
             made.append(OnnxRuntimeSpecialization(name, binding.inputs, binding.values, folded))
         else:
             why_not.append(f"not specialized for {binding.describe()}: {why}")
     notes = [describe_all(made)] if made else []
     return made, notes + why_not
+
+
+def _differs(
+    general: Path,
+    special: Path,
+    binding: Binding,
+    request: BuildRequest,
+    opts: OnnxRuntimeOptions,
+) -> str:
+    """Why the specialization cannot stand in for the general model ("" where it can): ONNX
+    Runtime cannot load it, or on up to SPECIAL_CHECKS calibration feeds with the bound
+    inputs set to the binding's values its outputs are not the general model's (within fp32
+    rounding: max |a - b| <= 1e-5 + 1e-4 * max |b|, the same non-finite elements). A feed the
+    general model cannot run (a value its other inputs do not fit) is not counted; with no
+    check run it is kept, as the artifact's parity verdict still runs every sample through
+    the runner."""
+    try:
+        sess = session(special, opts.graph_optimization_level, 1, "sequential")
+    except Exception as exc:  # onnxruntime's own types: the general model serves
+        return f"onnxruntime cannot load it: {short_message(exc, 200)}"
+    ref = session(general, opts.graph_optimization_level, 1, "sequential")
+    names = [o.name for o in ref.get_outputs()]
+    bound = dict(zip(binding.inputs, binding.values, strict=True))
+    for feeds in request.calibration()[:SPECIAL_CHECKS]:
+        feeds = {k: np.full_like(v, bound[k]) if k in bound else v for k, v in feeds.items()}
+        try:
+            want = ref.run(names, feeds)
+        except Exception:  # noqa: BLE001 - onnxruntime's types; see the docstring
+            continue
+        try:
+            got = sess.run(names, {k: v for k, v in feeds.items() if k not in bound})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's types
+            return f"it fails where the general model runs: {short_message(exc, 200)}"
+        for name, a, b in zip(names, got, want, strict=True):
+            why = _unlike(name, np.asarray(a), np.asarray(b))
+            if why:
+                return why
+    return ""
+
+
+def _unlike(name: str, a: np.ndarray, b: np.ndarray) -> str:
+    """Why output `name` of the specialization (`a`) is not the general model's (`b`)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return f"output {name!r} is {a.dtype}{list(a.shape)}, not {b.dtype}{list(b.shape)}"
+    if a.dtype.kind not in "fc":
+        return "" if np.array_equal(a, b) else f"output {name!r} differs from the general model's"
+    if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return f"output {name!r} is not finite where the general model's is"
+    finite = np.isfinite(b)
+    diff = np.abs(a[finite].astype(np.float64) - b[finite].astype(np.float64))
+    tol = 1e-5 + 1e-4 * float(np.max(np.abs(b[finite]), initial=0.0))
+    worst = float(np.max(diff, initial=0.0))
+    return f"output {name!r} differs from the general model's by {worst:.3g}" if worst > tol else ""
 
 
 def _requirements(request: BuildRequest, model: Path) -> Requirements:

@@ -18,7 +18,7 @@ from compiler.pipeline.domains import infer_domains
 from compiler.pipeline.interface import extract_contract
 from compiler.serving.manifest import runtime_files
 from targets.base import BuildRequest
-from targets.onnxruntime import runtime
+from targets.onnxruntime import backend, runtime
 from targets.onnxruntime.backend import OnnxRuntimeBackend, OnnxRuntimeOptions
 from targets.onnxruntime.specialize import MAX_SPECIALIZATIONS, bindings, count_ifs
 
@@ -76,7 +76,10 @@ def _contract(model: onnx.ModelProto) -> Contract:
 
 
 def _build(
-    model: onnx.ModelProto, tmp_path: Path, **options: bool
+    model: onnx.ModelProto,
+    tmp_path: Path,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+    **options: bool,
 ) -> tuple[Path, OnnxRuntimeSettings, list[str], list[str]]:
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
@@ -89,6 +92,7 @@ def _build(
         options=OnnxRuntimeOptions(**options),
         contract=_contract(model),
         workdir=tmp_path,
+        calibration=lambda: list(calibration or []),
     )
     result = OnnxRuntimeBackend().build(src / "model.onnx", req, out)
     assert isinstance(result.runtime, OnnxRuntimeSettings)
@@ -180,3 +184,43 @@ def test_bindings_are_every_combination_up_to_the_cap() -> None:
     assert 2**3 > MAX_SPECIALIZATIONS and bindings(_flag_contract(3, [0, 1])) == []
     assert bindings(_flag_contract(1, [0, 1, 2])) == []  # more values than a selector has
     assert bindings(_flag_contract(1, [0.5], dtype="float32")) == []  # not a selector's dtype
+
+
+def _feeds(mode: int) -> list[dict[str, np.ndarray]]:
+    return [{"x": _x() + i, "mode": np.array(mode, dtype=np.int64)} for i in range(3)]
+
+
+def test_a_specialization_that_matches_the_general_model_is_kept(tmp_path: Path) -> None:
+    """Calibration feeds with another mode are compared with the bound value set."""
+    _, settings, _, _ = _build(_selector_net(), tmp_path, calibration=_feeds(7))
+    assert [s.values for s in settings.specializations] == [(3,)]
+
+
+def test_a_specialization_that_computes_otherwise_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folding that took the wrong branch (x + 1 where mode == 3 means x * 2) is caught by
+    the build's comparison with the general model, and the general model serves alone."""
+
+    def wrong_branch(model_path: Path, binding: object, out_path: Path) -> tuple[int, str]:
+        graph = helper.make_graph(
+            [
+                helper.make_node("Constant", [], ["one"], value_float=1.0),
+                helper.make_node("Add", ["x", "one"], ["y"]),
+                helper.make_node("Relu", ["y"], ["z"]),
+            ],
+            "wrong",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+            [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
+        )
+        wrong = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        wrong.ir_version = 8
+        onnx.save(wrong, str(out_path))
+        return 1, ""
+
+    monkeypatch.setattr(backend, "specialize", wrong_branch)
+    out, settings, files, notes = _build(_selector_net(), tmp_path, calibration=_feeds(3))
+    assert settings.specializations == () and files == ["model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
+    (note,) = notes
+    assert note.startswith("not specialized for mode == 3: output 'z' differs from the general")
