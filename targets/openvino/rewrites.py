@@ -1,0 +1,147 @@
+"""Exact rewrites of the ONNX model an OpenVINO artifact converts (never the reference).
+
+**A layout Transpose moved above an innermost-axis Concat.** A model exported from an NHWC
+framework (tf2onnx, Keras) stacks feature maps on the last axis (`tf.stack(..., axis=-1)`,
+a Concat of pieces with one channel each) and then transposes to NCHW for its convolutions,
+sometimes through a Slice. OpenVINO's CPU plugin runs a Concat on the innermost axis with its
+reference kernel, element by element, while a Concat on an outer axis is a copy of blocks
+(or none: it writes its inputs in place). So
+
+    Concat(axis=last)(x1..xk) -> [Slice]* -> Transpose(perm), perm moving the last axis
+
+becomes
+
+    Transpose(perm)(x1)..Transpose(perm)(xk) -> Concat(axis=perm.index(last)) -> [Slice]*
+
+with each Slice's axes mapped through perm. The same values land in the same places (a
+Transpose, Concat and Slice only move elements); the Transposes now move pieces, whose sizes
+add up to the Concat's output (a Slice after it cuts a part that is now moved too), and a
+piece with one element on the concat axis is a pure reshape. Measured on basic_pitch
+(tf2onnx, a harmonic stack of 8 maps of 172x309 on the last axis, then a Slice and an NCHW
+Transpose): OpenVINO's per-layer counts read that Concat at 693 us of a 4.9 ms bf16 run;
+rewritten, the Concats of the run take 303-409 us instead of 930-1240 and the model runs 9 %
+faster in f32 (8.51 -> 7.75 ms) and 14-24 % faster in bf16 (2-vCPU AVX-512 BF16 EPYC,
+2026-12-04); its f32 outputs are the same bits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compiler.core.names import free_name
+
+__all__ = ["sink_layout_transposes", "sinkable"]
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """An initializer's or a Constant node's value (None: computed, or kept outside)."""
+    for t in graph.initializer:
+        if t.name == name:
+            return None if t.external_data else numpy_helper.to_array(t)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and len(node.attribute) == 1:
+            attr = node.attribute[0]
+            return numpy_helper.to_array(attr.t) if attr.name == "value" else None
+    return None
+
+
+def _perm(node: onnx.NodeProto) -> list[int] | None:
+    for attr in node.attribute:
+        if attr.name == "perm":
+            return list(attr.ints)
+    return None  # no perm: reverses the axes; the input's rank is not known here
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next(a.i for a in node.attribute if a.name == "axis")
+
+
+def _matches(
+    graph: onnx.GraphProto,
+) -> Iterator[tuple[onnx.NodeProto, list[onnx.NodeProto], onnx.NodeProto, list[int]]]:
+    """(Transpose, Slices from the Concat down, Concat, perm) for each place to rewrite."""
+    producer = {o: n for n in graph.node for o in n.output}
+    uses = Counter(i for n in graph.node for i in n.input)
+    uses.update(o.name for o in graph.output)
+    for node in graph.node:
+        perm = _perm(node) if node.op_type == "Transpose" else None
+        if perm is None or perm[-1] == len(perm) - 1:
+            continue
+        slices: list[onnx.NodeProto] = []
+        x = node.input[0]
+        while uses[x] == 1 and x in producer:
+            up = producer[x]
+            if up.op_type != "Slice" or len(up.input) < 3:
+                break
+            if any(_constant(graph, i) is None for i in up.input[1:] if i):
+                break
+            slices.insert(0, up)
+            x = up.input[0]
+        up = producer.get(x)
+        if up is None or up.op_type != "Concat" or uses[x] != 1 or len(up.input) < 2:
+            continue
+        if _axis(up) % len(perm) == len(perm) - 1:
+            yield node, slices, up, perm
+
+
+def sinkable(graph: onnx.GraphProto) -> int:
+    """How many places `sink_layout_transposes` would rewrite (reads no weights)."""
+    return sum(1 for _ in _matches(graph))
+
+
+def sink_layout_transposes(graph: onnx.GraphProto) -> int:
+    """Rewrites the main graph in place (module docstring); returns how many Transposes moved."""
+    taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
+    taken |= {t.name for t in graph.initializer} | {i.name for i in graph.input}
+
+    def fresh(base: str) -> str:
+        return free_name(base, taken)
+
+    # nodes by their first output: a Transpose's -> the nodes in its place; those removed
+    replaced: dict[str, list[onnx.NodeProto]] = {}
+    gone: set[str] = set()
+    for transpose, slices, concat, perm in list(_matches(graph)):
+        rank = len(perm)
+        new: list[onnx.NodeProto] = []
+        pieces = []
+        for piece in concat.input:
+            out = fresh(f"{piece}_transposed")
+            new.append(helper.make_node("Transpose", [piece], [out], perm=perm, name=out))
+            pieces.append(out)
+        current = fresh(f"{concat.output[0]}_transposed")
+        axis = perm.index(_axis(concat) % rank)
+        new.append(helper.make_node("Concat", pieces, [current], axis=axis, name=current))
+        for index, s in enumerate(slices):
+            starts = _constant(graph, s.input[1])
+            assert starts is not None
+            given = _constant(graph, s.input[3]) if len(s.input) > 3 and s.input[3] else None
+            axes = np.arange(starts.size) if given is None else given.reshape(-1)
+            mapped = np.array([perm.index(int(a) % rank) for a in axes], dtype=np.int64)
+            axes_name = fresh(f"{s.name or s.output[0]}_axes_transposed")
+            graph.initializer.append(numpy_helper.from_array(mapped, axes_name))
+            out = transpose.output[0] if index == len(slices) - 1 else fresh(f"{s.output[0]}_t")
+            inputs = [current, s.input[1], s.input[2], axes_name, *s.input[4:5]]
+            new.append(helper.make_node("Slice", inputs, [out], name=fresh(f"{s.name}_t")))
+            current = out
+        if not slices:
+            new[-1].output[0] = transpose.output[0]
+        replaced[transpose.output[0]] = new
+        gone.update(n.output[0] for n in (concat, *slices))
+    if not replaced:
+        return 0
+    order: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.output[0] in gone:
+            continue
+        if node.op_type == "Transpose" and node.output[0] in replaced:
+            order.extend(replaced[node.output[0]])
+        else:
+            order.append(node)
+    del graph.node[:]
+    graph.node.extend(order)
+    return len(replaced)

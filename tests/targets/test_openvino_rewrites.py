@@ -1,0 +1,133 @@
+"""The OpenVINO backend's exact rewrites (targets/openvino/rewrites.py): a layout Transpose
+after an innermost-axis Concat (through Slices) moves above the Concat, the model computes the
+same bits, and what does not match the pattern stays."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from targets.onnxruntime.runtime import session
+from targets.openvino.rewrites import sink_layout_transposes, sinkable
+from tests.targets.builders import build_openvino, reference, run_all, save, within_fp32
+
+
+def _stack_net(
+    perm: tuple[int, ...] = (0, 3, 1, 2), axis: int = -1, slice_axes: bool = True
+) -> onnx.ModelProto:
+    """x[N,6,8,1] -> Relu, Neg, Sigmoid stacked on the last axis (as tf.stack(axis=-1)
+    exports) -> Slice (W 1..7) -> Transpose(perm) -> y; a 1x1 Conv after an NCHW perm."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "starts"),
+        numpy_helper.from_array(np.array([7], np.int64), "ends"),
+    ]
+    slice_inputs = ["stacked", "starts", "ends"]
+    if slice_axes:
+        inits.append(numpy_helper.from_array(np.array([-2], np.int64), "axes"))
+        slice_inputs.append("axes")
+    else:  # the default axes (0..): slice the batch axis, which keeps every row here
+        inits[1] = numpy_helper.from_array(np.array([8], np.int64), "ends")
+        inits[0] = numpy_helper.from_array(np.array([0], np.int64), "starts")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Neg", ["x"], ["b"]),
+        helper.make_node("Sigmoid", ["x"], ["c"]),
+        helper.make_node("Concat", ["a", "b", "c"], ["stacked"], axis=axis),
+        helper.make_node("Slice", slice_inputs, ["sliced"]),
+        helper.make_node("Transpose", ["sliced"], ["t"], perm=list(perm), name="to_nchw"),
+    ]
+    if perm == (0, 3, 1, 2) and axis in (-1, 3):
+        w = rng.normal(0, 0.5, (2, 3, 1, 1)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, "w"))
+        nodes.append(helper.make_node("Conv", ["t", "w"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["t"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "stack_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 8, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "C", "H", "W"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _feeds() -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [{"x": rng.normal(0, 1, (n, 6, 8, 1)).astype(np.float32)} for n in (1, 3)]
+
+
+def _run(model: onnx.ModelProto, tmp_path: Path, name: str) -> list[np.ndarray]:
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    sess = session(path, threads=1)
+    return [sess.run(None, f)[0] for f in _feeds()]
+
+
+@pytest.mark.parametrize("slice_axes", [True, False])
+def test_the_transpose_moves_above_the_concat_and_the_bits_stay(
+    tmp_path: Path, slice_axes: bool
+) -> None:
+    model = _stack_net(slice_axes=slice_axes)
+    before = _run(model, tmp_path, "before.onnx")
+    assert sinkable(model.graph) == 1
+    assert sink_layout_transposes(model.graph) == 1
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Relu", "Neg", "Sigmoid", *["Transpose"] * 3, "Concat", "Slice", "Conv"]
+    (concat,) = [n for n in model.graph.node if n.op_type == "Concat"]
+    assert concat.attribute[0].i == 1  # the channel axis of NCHW, an outer axis
+    (sliced,) = [n for n in model.graph.node if n.op_type == "Slice"]
+    axes = numpy_helper.to_array(
+        next(t for t in model.graph.initializer if t.name == sliced.input[3])
+    )
+    assert axes.tolist() == ([3] if slice_axes else [0])  # W moved from axis 2 to 3
+    assert sinkable(model.graph) == 0
+    for got, want in zip(_run(model, tmp_path, "after.onnx"), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("perm", "axis"),
+    [((0, 2, 1, 3), -1), ((0, 3, 1, 2), 1)],
+    ids=["the perm keeps the last axis last", "the concat is on an outer axis"],
+)
+def test_other_shapes_of_the_pattern_stay(perm: tuple[int, ...], axis: int) -> None:
+    model = _stack_net(perm=perm, axis=axis)
+    assert sinkable(model.graph) == 0
+    assert sink_layout_transposes(model.graph) == 0
+
+
+def test_a_concat_read_elsewhere_stays() -> None:
+    model = _stack_net()
+    model.graph.node.append(helper.make_node("Identity", ["stacked"], ["also"]))
+    model.graph.output.append(helper.make_tensor_value_info("also", TensorProto.FLOAT, None))
+    assert sink_layout_transposes(model.graph) == 0
+
+
+def test_the_openvino_artifact_carries_the_rewrite_and_matches_the_reference(
+    tmp_path: Path,
+) -> None:
+    src = save(_stack_net(), tmp_path / "src")
+    result, out, contract = build_openvino(src, tmp_path)
+    assert (
+        "1 layout Transpose(s) moved above an innermost-axis Concat (rewrites.py)" in result.notes
+    )
+    feeds = _feeds()
+    for got, want in zip(run_all(result, out, contract, feeds), reference(src, feeds), strict=True):
+        assert within_fp32(got["y"], want["y"])
+    ir = (out / "model.xml").read_text()
+    assert (
+        Counter(
+            line.split('type="')[1].split('"')[0] for line in ir.splitlines() if "<layer " in line
+        )["Concat"]
+        == 1
+    )
