@@ -27,6 +27,7 @@ from compiler.core.policies import LatencyPolicy
 from compiler.core.records import tuned_runtime
 from compiler.core.settings import OnnxRuntimeSettings, OpenVinoSettings
 from compiler.measure import workers
+from compiler.measure.contention import OtherWorkMeter
 from compiler.measure.timing import measure_pair
 from compiler.serving.manifest import Manifest, read_manifest
 from targets.runner import Runner, open_runner
@@ -101,17 +102,22 @@ def beside_reference(
     batch: int,
 ) -> dict[str, dict[str, Any]]:
     """`contenders` and the A/A control, each timed against the package's reference
-    (`latency_repeats`), the A/A first."""
+    (`latency_repeats`), the A/A first; `other_work`: the CPUs' worth of other work on the
+    host over the whole of it (`OtherWorkMeter`), where /proc says."""
     reference = workers.reference_contender(package / "reference" / "model.onnx")
-    return latency_repeats(
-        [a_a_control(package), *contenders],
-        reference,
-        feed,
-        contract,
-        policy,
-        repeats=repeats,
-        batch=batch,
-    )
+    with OtherWorkMeter() as meter:
+        out = latency_repeats(
+            [a_a_control(package), *contenders],
+            reference,
+            feed,
+            contract,
+            policy,
+            repeats=repeats,
+            batch=batch,
+        )
+    if meter.result is not None:
+        out["other_work"] = {"cpus": meter.result.cpus, "of": meter.result.of}
+    return out
 
 
 def olive_contender(job: dict[str, Any]) -> Contender:

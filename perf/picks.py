@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 from compiler.core.feeds import read_npz  # noqa: E402
 from compiler.core.host import probe_host  # noqa: E402
+from compiler.core.records import BUSY_SHARE, ArtifactMeasurements  # noqa: E402
 from compiler.pipeline.pipelines import PIPELINES  # noqa: E402
 from compiler.serving.loader import load  # noqa: E402
 from compiler.serving.manifest import Manifest, read_manifest  # noqa: E402
@@ -166,6 +167,91 @@ def _timed(
     )
 
 
+# a reference that ran this much slower or faster than at build (batch 1) was not timed on the
+# host the build saw: ppocr_cls's (2 threads) read 1.08 ms in one full run against 0.50 ms at
+# build and in three runs alone, while the pick (1 thread) ran 0.27 ms in all: 4.04x there
+# against 1.80-1.85x. The bound is wider than the drift between runs seen on the other models
+# (up to 1.15x between two full runs).
+REFERENCE_DRIFT = 1.3
+
+
+def _build_reference_ms(manifest: Manifest, pick: str) -> float | None:
+    """The reference's p50 at batch 1 in the build's own latency records: the pick's, else
+    the first artifact's that has one."""
+    ids = [pick] + [a.id for a in manifest.artifacts if a.id != pick]
+    for artifact_id in ids:
+        for rec in manifest.measurements.get(artifact_id, ArtifactMeasurements()).latency:
+            if rec.source == "build" and rec.batch == 1 and rec.reference is not None:
+                return float(rec.reference.p50_ms)
+    return None
+
+
+def _unsteady(lat: dict[str, Any], build_ref_ms: float | None) -> str:
+    """Why this timing may not hold ("" where nothing says so): other work kept more than
+    BUSY_SHARE of the cpus busy over it, or (batch 1) its reference ran more than
+    REFERENCE_DRIFT times slower or faster than at build. Neither reads the pick's time."""
+    why = []
+    other = lat.get("other_work")
+    if other and other["cpus"] > BUSY_SHARE * other["of"]:
+        why.append(f"other work kept {other['cpus']:g} of {other['of']} cpus busy")
+    ref_ms = (lat.get("reference", {}).get("pooled") or {}).get("p50_ms")
+    if build_ref_ms and ref_ms:
+        drift = ref_ms / build_ref_ms
+        if not 1 / REFERENCE_DRIFT <= drift <= REFERENCE_DRIFT:
+            why.append(f"the reference ran {ref_ms:.3g} ms against {build_ref_ms:.3g} ms at build")
+    return "; ".join(why)
+
+
+def _steady_timing(
+    name: str,
+    pkg: Path,
+    pick: str,
+    feed: dict[str, np.ndarray],
+    batch: int,
+    plan: Plan,
+    build_ref_ms: float | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`_timed`, and once more where the first timing is unsteady (`_unsteady`). Kept: the
+    first steady one, else the one whose reference ran closer to its build time; the other
+    stays in the record. The choice never looks at the pick's own time."""
+    ref_at_build = build_ref_ms if batch == 1 else None
+    attempts = []
+    for _ in range(2):
+        lat = _timed(pkg, pick, feed, batch, plan)
+        why = _unsteady(lat, ref_at_build)
+        attempts.append((lat, why))
+        if not why:
+            break
+        _log(f"{name}: batch {batch}: unsteady ({why}); timed again")
+
+    def distance(attempt: tuple[dict[str, Any], str]) -> float:
+        lat, why = attempt
+        if not why:
+            return -1.0
+        ref_ms = (lat.get("reference", {}).get("pooled") or {}).get("p50_ms")
+        return abs(np.log(ref_ms / ref_at_build)) if ref_ms and ref_at_build else 0.0
+
+    kept = min(range(len(attempts)), key=lambda i: distance(attempts[i]))
+    lat, why = attempts[kept]
+    others = [
+        {
+            "speedup": a.get(pick, {}).get("speedup"),
+            "unsteady": w,
+            "other_work": a.get("other_work"),
+        }
+        for i, (a, w) in enumerate(attempts)
+        if i != kept
+    ]
+    steadiness = {
+        "other_work": lat.get("other_work"),
+        "reference_p50_ms": (lat.get("reference", {}).get("pooled") or {}).get("p50_ms"),
+        "reference_p50_ms_at_build": ref_at_build,
+        "unsteady": why,
+        "other_attempts": others,
+    }
+    return lat, steadiness
+
+
 def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, want: int) -> dict:
     pkg = work / "pkg-cold"
     manifest = read_manifest(pkg)
@@ -187,6 +273,7 @@ def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, wa
         "batches": {},
         "built": _built(manifest),
     }
+    build_ref = _build_reference_ms(manifest, pick)
     first = manifest.contract.validate_feeds(read_npz(sorted(smp.glob("*.npz"))[0]))
     flops = count_flops(pkg / "reference" / "model.onnx", first).total
     for want_b in sorted({1, want}):
@@ -194,7 +281,7 @@ def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, wa
         if want_b > 1 and batch == 1:
             entry["batches"][str(want_b)] = {"skipped": "the contract admits no batch > 1"}
             continue
-        lat = _timed(pkg, pick, feed, batch, plan)
+        lat, steadiness = _steady_timing(model.id, pkg, pick, feed, batch, plan, build_ref)
         mine = lat.get(pick, {})
         if pick == REFERENCE:  # served as itself: 1.00x by definition, the A/A is its noise
             mine = {**lat.get("reference (A/A)", {}), "itself": True, "speedup": ITSELF}
@@ -208,6 +295,7 @@ def _measure(model: RealModel, work: Path, smp: Path, plan: Plan, peak: dict, wa
             "achieved_gflops": achieved,
             "fraction_of_peak": fraction_of_peak(achieved, key, peak) if achieved else None,
             "peak_used": key,
+            "steadiness": steadiness,
         }
         _log(f"{model.id}: batch {batch}: {pick} {mine.get('speedup', {})}")
     entry["gflop_per_item"] = flops / 1e9

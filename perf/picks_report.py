@@ -131,6 +131,50 @@ def _ceiling(models: dict[str, Any]) -> list[str]:
     ]
 
 
+def _steadiness_row(name: str, batch: str, b: dict[str, Any]) -> str:
+    st = b.get("steadiness") or {}
+    other = st.get("other_work")
+    here, build = st.get("reference_p50_ms"), st.get("reference_p50_ms_at_build")
+    before = "; ".join(
+        f"{a['speedup']['estimate']:.2f}x, {a['unsteady']}" if a.get("speedup") else a["unsteady"]
+        for a in st.get("other_attempts", [])
+    )
+    work = f"{other['cpus']:g} of {other['of']}" if other else "-"
+    here_ms = f"{here:.3g}" if here else "-"
+    build_ms = f"{build:.3g}" if build else "-"
+    verdict = st.get("unsteady") or "steady"
+    return f"| {name} | b{batch} | {work} | {here_ms} | {build_ms} | {verdict} | {before or '-'} |"
+
+
+def _steadiness(models: dict[str, Any]) -> list[str]:
+    """Per timing: the other work over it, its reference beside the build's, and any first
+    attempt that was timed again (perf/picks.py `_steady_timing`)."""
+    rows = [
+        _steadiness_row(name, batch, b)
+        for name, e in models.items()
+        for batch, b in e.get("batches", {}).items()
+        if "steadiness" in b
+    ]
+    if not rows:
+        return []
+    return [
+        "## Was the host steady while it timed?",
+        "",
+        "Other work: CPUs' worth of busy time on the host (steal included) that was not this "
+        "benchmark's, over the whole timing. A timing is done again, once, where other work "
+        "kept more than a quarter of the cpus busy or (batch 1) the reference ran more than "
+        "1.3x slower or faster than at build; the table above keeps the steady attempt (else "
+        "the one whose reference ran closer to its build time), never choosing by the pick's "
+        "own time.",
+        "",
+        "| model | batch | other work (cpus) | reference p50 ms | at build | verdict | "
+        "attempt not kept |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def render(doc: dict[str, Any]) -> str:
     host = doc["host"]
     flags = ", ".join(sorted(host.get("isa", [])))
@@ -167,6 +211,7 @@ def render(doc: dict[str, Any]) -> str:
         *[_row(n, e) for n, e in models.items()],
         "",
         *_ceiling(models),
+        *_steadiness(models),
         "## Cold builds beside Olive",
         "",
         f"`compile-pkg MODEL --targets {doc['targets']}` (default pipeline, labelled data, task "

@@ -19,7 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OtherWork", "busy_jiffies", "other_work", "own_jiffies"]
+__all__ = ["OtherWork", "OtherWorkMeter", "busy_jiffies", "other_work", "own_jiffies"]
 
 _STAT = Path("/proc/stat")
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal guest guest_nice;
@@ -83,3 +83,44 @@ def other_work(window_s: float = 0.3) -> OtherWork | None:
     others = (after - before) - (mine_after - mine)
     busy = round(max(0, others) / os.sysconf("SC_CLK_TCK") / elapsed, 2)
     return OtherWork(busy, len(cpus) if cpus else os.cpu_count() or 1)
+
+
+class OtherWorkMeter:
+    """Other work over a stretch of this process's own measuring, not a quiet window: the busy
+    time of the CPUs this process may use, less this process's and its reaped children's
+    (`os.times`), so every worker the stretch starts must be reaped by its end (the latency
+    workers are: `WorkerProcess.close`). `result` after the `with` block; None where /proc is
+    unreadable. A 2-vCPU guest whose second vCPU the hypervisor lends elsewhere reads it as
+    steal, which counts as other work."""
+
+    def __init__(self) -> None:
+        try:
+            self._cpus: set[int] | None = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self._cpus = None
+        self._start: tuple[int, float, float] | None = None
+        self.result: OtherWork | None = None
+
+    def _read(self) -> tuple[int, float, float] | None:
+        try:
+            busy = busy_jiffies(_STAT.read_text(), self._cpus)
+        except OSError:
+            return None
+        if busy is None:
+            return None
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        return busy, own, time.perf_counter()
+
+    def __enter__(self) -> OtherWorkMeter:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._read()
+        if self._start is None or end is None or end[2] <= self._start[2]:
+            return
+        busy_s = (end[0] - self._start[0]) / os.sysconf("SC_CLK_TCK")
+        others = busy_s - (end[1] - self._start[1])
+        of = len(self._cpus) if self._cpus else os.cpu_count() or 1
+        self.result = OtherWork(round(max(0.0, others) / (end[2] - self._start[2]), 2), of)

@@ -4,12 +4,14 @@ table. No timing."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
 from compiler.core.contract import Contract, DimRange, TensorSpec
 from perf.measure import tile_batch
 from perf.picks_report import geomean_of, render
+from perf.plan import Plan
 
 
 def _contract(shape: list[int | str], dims: dict[str, DimRange]) -> Contract:
@@ -88,3 +90,44 @@ def test_the_report_sets_the_fastest_artifact_built_beside_the_pick() -> None:
     assert "| b | reference: 1.00x | cpu/z (int8) | 0.50x [0.47-0.53] | failed |" in md
     # cold 40 s, same job 10 s, Olive's job 1 s (+ 4 s import)
     assert "| a | 40.0 s | 2.0 s | 10.0 s | 1.0 s | 40.00x | 10.00x | 2.00x |" in md
+
+
+def _lat(ref_ms: float, speedup: float, other: float = 0.0) -> dict:
+    return {
+        "cpu/ov-bf16": {"speedup": {"estimate": speedup}},
+        "reference": {"pooled": {"p50_ms": ref_ms}},
+        "other_work": {"cpus": other, "of": 2},
+    }
+
+
+def test_a_timing_is_unsteady_by_other_work_or_a_drifted_reference_never_by_the_pick() -> None:
+    from perf.picks import _unsteady
+
+    assert _unsteady(_lat(0.50, 1.8), 0.50) == ""
+    assert _unsteady(_lat(0.50, 9.9), 0.50) == ""  # the pick's time is not read
+    assert _unsteady(_lat(1.08, 4.0), 0.50) == "the reference ran 1.08 ms against 0.5 ms at build"
+    assert _unsteady(_lat(0.30, 1.1), 0.50).startswith("the reference ran 0.3 ms")
+    assert _unsteady(_lat(0.55, 1.8, other=0.8), 0.50) == "other work kept 0.8 of 2 cpus busy"
+    assert _unsteady(_lat(1.08, 4.0), None) == ""  # batch 8: no build time to compare with
+
+
+def test_an_unsteady_timing_is_timed_again_and_the_steady_attempt_kept(monkeypatch) -> None:
+    import perf.picks as picks
+
+    def replay(*results: dict):
+        it = iter(results)
+        monkeypatch.setattr(picks, "_timed", lambda *a, **k: next(it))
+
+    replay(_lat(1.08, 4.04), _lat(0.50, 1.82))  # ppocr_cls in one full run, then alone
+    lat, st = picks._steady_timing("m", Path("pkg"), "cpu/ov-bf16", {}, 1, Plan(quick=True), 0.50)
+    assert lat["cpu/ov-bf16"]["speedup"]["estimate"] == 1.82 and st["unsteady"] == ""
+    (first,) = st["other_attempts"]
+    assert first["speedup"]["estimate"] == 4.04 and first["unsteady"].startswith("the reference")
+
+    replay(_lat(0.50, 1.8))  # steady: timed once
+    lat, st = picks._steady_timing("m", Path("pkg"), "cpu/ov-bf16", {}, 1, Plan(quick=True), 0.50)
+    assert st["other_attempts"] == [] and st["unsteady"] == ""
+
+    replay(_lat(1.50, 5.0), _lat(0.70, 2.5))  # neither steady: the reference nearer its build
+    lat, st = picks._steady_timing("m", Path("pkg"), "cpu/ov-bf16", {}, 1, Plan(quick=True), 0.50)
+    assert lat["cpu/ov-bf16"]["speedup"]["estimate"] == 2.5 and st["unsteady"]
