@@ -212,8 +212,10 @@ def _steady_timing(
     build_ref_ms: float | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """`_timed`, and once more where the first timing is unsteady (`_unsteady`). Kept: the
-    first steady one, else the one whose reference ran closer to its build time; the other
-    stays in the record. The choice never looks at the pick's own time."""
+    attempt without other work, else the one whose reference ran faster (the less disturbed:
+    other work only slows a run down); the other stays in the record. Where the two
+    references agree within REFERENCE_DRIFT, the build's was the odd one out and the kept
+    attempt counts as steady. The choice never looks at the pick's own time."""
     ref_at_build = build_ref_ms if batch == 1 else None
     attempts = []
     for _ in range(2):
@@ -224,15 +226,19 @@ def _steady_timing(
             break
         _log(f"{name}: batch {batch}: unsteady ({why}); timed again")
 
-    def distance(attempt: tuple[dict[str, Any], str]) -> float:
-        lat, why = attempt
-        if not why:
-            return -1.0
-        ref_ms = (lat.get("reference", {}).get("pooled") or {}).get("p50_ms")
-        return abs(np.log(ref_ms / ref_at_build)) if ref_ms and ref_at_build else 0.0
+    def ref_ms(lat: dict[str, Any]) -> float:
+        return float((lat.get("reference", {}).get("pooled") or {}).get("p50_ms") or np.inf)
 
-    kept = min(range(len(attempts)), key=lambda i: distance(attempts[i]))
+    def busy(lat: dict[str, Any]) -> bool:
+        other = lat.get("other_work")
+        return bool(other and other["cpus"] > BUSY_SHARE * other["of"])
+
+    kept = min(range(len(attempts)), key=lambda i: (busy(attempts[i][0]), ref_ms(attempts[i][0])))
     lat, why = attempts[kept]
+    if len(attempts) == 2 and not any(busy(a) for a, _ in attempts):
+        low, high = sorted(ref_ms(a) for a, _ in attempts)
+        if high <= low * REFERENCE_DRIFT:
+            why = ""  # two timings agree: the build's reference time was the odd one out
     others = [
         {
             "speedup": a.get(pick, {}).get("speedup"),

@@ -163,9 +163,10 @@ def _steadiness(models: dict[str, Any]) -> list[str]:
         "Other work: CPUs' worth of busy time on the host (steal included) that was not this "
         "benchmark's, over the whole timing. A timing is done again, once, where other work "
         "kept more than a quarter of the cpus busy or (batch 1) the reference ran more than "
-        "1.3x slower or faster than at build; the table above keeps the steady attempt (else "
-        "the one whose reference ran closer to its build time), never choosing by the pick's "
-        "own time.",
+        "1.3x slower or faster than at build; the table above keeps the attempt without other "
+        "work, else the one whose reference ran faster (other work only slows a run), never "
+        "choosing by the pick's own time; two attempts whose references agree within 1.3x "
+        "count as steady (the build's time was the odd one).",
         "",
         "| model | batch | other work (cpus) | reference p50 ms | at build | verdict | "
         "attempt not kept |",

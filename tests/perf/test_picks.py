@@ -128,6 +128,15 @@ def test_an_unsteady_timing_is_timed_again_and_the_steady_attempt_kept(monkeypat
     lat, st = picks._steady_timing("m", Path("pkg"), "cpu/ov-bf16", {}, 1, Plan(quick=True), 0.50)
     assert st["other_attempts"] == [] and st["unsteady"] == ""
 
-    replay(_lat(1.50, 5.0), _lat(0.70, 2.5))  # neither steady: the reference nearer its build
+    replay(_lat(1.50, 5.0), _lat(0.90, 2.5))  # neither steady: the faster reference
     lat, st = picks._steady_timing("m", Path("pkg"), "cpu/ov-bf16", {}, 1, Plan(quick=True), 0.50)
     assert lat["cpu/ov-bf16"]["speedup"]["estimate"] == 2.5 and st["unsteady"]
+
+    replay(_lat(0.36, 2.8), _lat(0.35, 2.8))  # both agree, the build's time (0.50) was odd
+    lat, st = picks._steady_timing("m", Path("pkg"), "cpu/ov-bf16", {}, 1, Plan(quick=True), 0.50)
+    assert st["unsteady"] == "" and st["reference_p50_ms"] == 0.35
+    assert st["other_attempts"][0]["unsteady"].startswith("the reference ran 0.36 ms")
+
+    replay(_lat(0.50, 1.8, other=1.0), _lat(0.60, 1.7))  # other work outranks a faster one
+    lat, st = picks._steady_timing("m", Path("pkg"), "cpu/ov-bf16", {}, 1, Plan(quick=True), 0.50)
+    assert lat["cpu/ov-bf16"]["speedup"]["estimate"] == 1.7 and st["unsteady"] == ""
