@@ -47,8 +47,10 @@ def _row(name: str, e: dict[str, Any]) -> str:
         frac_cell += ": over peak, the probe under-read"
     t = e["task"]
     task = f"{t['pick']} vs {t['original']} ({'as well' if t['as_well'] else 'WORSE'})"
+    unsteady = (one.get("steadiness") or {}).get("unsteady")
+    mark = " **unsteady**" if unsteady else ""
     return (
-        f"| {name} | {e['pick']} ({e['precision']}) | {_pick_cell(one.get('pick', {}))} | "
+        f"| {name} | {e['pick']} ({e['precision']}) | {_pick_cell(one.get('pick', {}))}{mark} | "
         f"{speedup_cell(one.get('control', {}))} | {big_cell} | {frac_cell} | {task} | "
         f"{e['reason'][:160]} |"
     )
@@ -131,6 +133,24 @@ def _ceiling(models: dict[str, Any]) -> list[str]:
     ]
 
 
+def _steady_geomean(models: dict[str, Any]) -> str:
+    """ " Over the steady timings only: ..." where some batch-1 timing was unsteady."""
+    unsteady = [
+        n
+        for n, e in models.items()
+        if ((e.get("batches", {}).get("1") or {}).get("steadiness") or {}).get("unsteady")
+    ]
+    if not unsteady:
+        return ""
+    steady = [v for n, e in models.items() if n not in unsteady if (v := _speed(e, "1"))]
+    g = geomean_of(steady)
+    return (
+        f" **Unsteady** at batch 1 ({', '.join(unsteady)}: their timing may not hold, see "
+        f"'Was the host steady'); over the {len(steady)} steady ones: "
+        + (f"{g:.2f}x." if g else "none.")
+    )
+
+
 def _steadiness_row(name: str, batch: str, b: dict[str, Any]) -> str:
     st = b.get("steadiness") or {}
     other = st.get("other_work")
@@ -196,6 +216,7 @@ def render(doc: dict[str, Any]) -> str:
         f"**Geomean of the pick's speedup at batch 1 over {len([v for v in ones if v])} "
         f"models: {g:.2f}x** (geomean of the intervals' lower bounds {g_low:.2f}x). "
         f"Task as well as the original: {sum(e['task']['as_well'] for e in ok)} of {len(ok)}."
+        + _steady_geomean(models)
         if g and g_low
         else "No model was measured.",
         "",

@@ -140,3 +140,44 @@ def test_an_unsteady_timing_is_timed_again_and_the_steady_attempt_kept(monkeypat
     replay(_lat(0.50, 1.8, other=1.0), _lat(0.60, 1.7))  # other work outranks a faster one
     lat, st = picks._steady_timing("m", Path("pkg"), "cpu/ov-bf16", {}, 1, Plan(quick=True), 0.50)
     assert lat["cpu/ov-bf16"]["speedup"]["estimate"] == 1.7 and st["unsteady"] == ""
+
+
+def _timed_entry(speedup: float, unsteady: str) -> dict:
+    e = _entry("cpu/x", [("cpu/x", "passed", speedup)])
+    sp = {"estimate": speedup, "low": speedup * 0.95, "high": speedup * 1.05, "pairs": 9}
+    e["batches"] = {
+        "1": {
+            "pick": {"speedup": sp},
+            "control": {"speedup": {"estimate": 1.0, "low": 0.99, "high": 1.01, "pairs": 9}},
+            "steadiness": {
+                "other_work": {"cpus": 0.0, "of": 2},
+                "reference_p50_ms": 1.1,
+                "reference_p50_ms_at_build": 0.5 if unsteady else 1.1,
+                "unsteady": unsteady,
+                "other_attempts": [],
+            },
+        }
+    }
+    return e
+
+
+def test_the_report_marks_unsteady_timings_and_gives_the_geomean_of_the_steady_ones() -> None:
+    doc = {
+        "date": "2026-12-04",
+        "host": {"arch": "x86_64", "cpu_model": "cpu", "cpu_count": 2, "isa": ["avx2"]},
+        "load_average": [0.5],
+        "targets": "cpu",
+        "command": "python perf/picks.py",
+        "plan": {"repeats": 2},
+        "models": {
+            "calm": _timed_entry(2.0, ""),
+            "also": _timed_entry(8.0, ""),
+            "noisy": _timed_entry(4.0, "the reference ran 1.1 ms against 0.5 ms at build"),
+        },
+    }
+    md = render(doc)
+    assert "over 3 models: 4.00x**" in md  # all three, as measured
+    assert "**Unsteady** at batch 1 (noisy: " in md and "over the 2 steady ones: 4.00x." in md
+    (noisy,) = [ln for ln in md.splitlines() if ln.startswith("| noisy | cpu/x (int8)")]
+    assert "**unsteady**" in noisy
+    assert "| noisy | b1 | 0 of 2 | 1.1 | 0.5 | the reference ran 1.1 ms" in md
