@@ -186,15 +186,26 @@ def _build_reference_ms(manifest: Manifest, pick: str) -> float | None:
     return None
 
 
+def _reference_ms(lat: dict[str, Any]) -> float | None:
+    """The reference's p50 in a timing (`_timed`), where it has one."""
+    return (lat.get("reference", {}).get("pooled") or {}).get("p50_ms")
+
+
+def _busy(lat: dict[str, Any]) -> bool:
+    """Other work kept more than BUSY_SHARE of the cpus busy over the timing."""
+    other = lat.get("other_work")
+    return bool(other and other["cpus"] > BUSY_SHARE * other["of"])
+
+
 def _unsteady(lat: dict[str, Any], build_ref_ms: float | None) -> str:
     """Why this timing may not hold ("" where nothing says so): other work kept more than
     BUSY_SHARE of the cpus busy over it, or (batch 1) its reference ran more than
     REFERENCE_DRIFT times slower or faster than at build. Neither reads the pick's time."""
     why = []
-    other = lat.get("other_work")
-    if other and other["cpus"] > BUSY_SHARE * other["of"]:
+    if _busy(lat):
+        other = lat["other_work"]
         why.append(f"other work kept {other['cpus']:g} of {other['of']} cpus busy")
-    ref_ms = (lat.get("reference", {}).get("pooled") or {}).get("p50_ms")
+    ref_ms = _reference_ms(lat)
     if build_ref_ms and ref_ms:
         drift = ref_ms / build_ref_ms
         if not 1 / REFERENCE_DRIFT <= drift <= REFERENCE_DRIFT:
@@ -227,15 +238,11 @@ def _steady_timing(
         _log(f"{name}: batch {batch}: unsteady ({why}); timed again")
 
     def ref_ms(lat: dict[str, Any]) -> float:
-        return float((lat.get("reference", {}).get("pooled") or {}).get("p50_ms") or np.inf)
+        return _reference_ms(lat) or np.inf
 
-    def busy(lat: dict[str, Any]) -> bool:
-        other = lat.get("other_work")
-        return bool(other and other["cpus"] > BUSY_SHARE * other["of"])
-
-    kept = min(range(len(attempts)), key=lambda i: (busy(attempts[i][0]), ref_ms(attempts[i][0])))
+    kept = min(range(len(attempts)), key=lambda i: (_busy(attempts[i][0]), ref_ms(attempts[i][0])))
     lat, why = attempts[kept]
-    if len(attempts) == 2 and not any(busy(a) for a, _ in attempts):
+    if len(attempts) == 2 and not any(_busy(a) for a, _ in attempts):
         low, high = sorted(ref_ms(a) for a, _ in attempts)
         if high <= low * REFERENCE_DRIFT:
             why = ""  # two timings agree: the build's reference time was the odd one out
@@ -250,7 +257,7 @@ def _steady_timing(
     ]
     steadiness = {
         "other_work": lat.get("other_work"),
-        "reference_p50_ms": (lat.get("reference", {}).get("pooled") or {}).get("p50_ms"),
+        "reference_p50_ms": _reference_ms(lat),
         "reference_p50_ms_at_build": ref_at_build,
         "unsteady": why,
         "other_attempts": others,

@@ -65,24 +65,9 @@ def other_work(window_s: float = 0.3) -> OtherWork | None:
     slept; call it with no measurement of its own running. This process's own threads are
     left out (a runtime's pool spinning after an in-process parity run: OpenVINO's read as
     1.0-1.4 cpus of a 2-cpu host). None where /proc is unreadable."""
-    own = Path("/proc/self/stat")
-    try:
-        cpus: set[int] | None = set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = None
-    try:
-        before, mine = busy_jiffies(_STAT.read_text(), cpus), own_jiffies(own.read_text())
-        t0 = time.perf_counter()
+    with OtherWorkMeter() as meter:
         time.sleep(window_s)
-        after, mine_after = busy_jiffies(_STAT.read_text(), cpus), own_jiffies(own.read_text())
-        elapsed = time.perf_counter() - t0
-    except (OSError, ValueError, IndexError):
-        return None
-    if before is None or after is None or elapsed <= 0:
-        return None
-    others = (after - before) - (mine_after - mine)
-    busy = round(max(0, others) / os.sysconf("SC_CLK_TCK") / elapsed, 2)
-    return OtherWork(busy, len(cpus) if cpus else os.cpu_count() or 1)
+    return meter.result
 
 
 class OtherWorkMeter:

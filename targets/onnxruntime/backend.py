@@ -87,14 +87,16 @@ class OnnxRuntimeBackend(Backend):
         notes = rewrite_for_ort(model_path, out_dir / model_path.name)
         # Load once here so a model ONNX Runtime cannot run fails its own build, not serving.
         try:
-            session(out_dir / model_path.name, opts.graph_optimization_level, 1, "sequential")
+            general = session(
+                out_dir / model_path.name, opts.graph_optimization_level, 1, "sequential"
+            )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BuildError(
                 f"onnxruntime cannot load {model_path.name}: {short_message(exc, 400)}"
             ) from exc
         specializations: list[OnnxRuntimeSpecialization] = []
         if opts.specialize:
-            specializations, more = _specialize(out_dir / model_path.name, request, opts)
+            specializations, more = _specialize(out_dir / model_path.name, general, request, opts)
             files += [s.model for s in specializations]
             notes += more
         return BuildResult(
@@ -114,17 +116,21 @@ class OnnxRuntimeBackend(Backend):
 
 
 def _specialize(
-    model: Path, request: BuildRequest, opts: OnnxRuntimeOptions
+    model: Path, general: Any, request: BuildRequest, opts: OnnxRuntimeOptions
 ) -> tuple[list[OnnxRuntimeSpecialization], list[str]]:
     """The model bound to each combination of its If selectors' values, next to it; each one
-    ONNX Runtime loads is kept. Returns them and the artifact's notes."""
+    that stands in for the general model (its session `general`) is kept. Returns them and
+    the artifact's notes."""
     made: list[OnnxRuntimeSpecialization] = []
     why_not: list[str] = []
+    feeds: list[dict[str, np.ndarray]] | None = None  # read at the first folded binding
     for binding in bindings(request.contract):
         name = file_name(model.name, len(made))
         folded, why = specialize(model, binding, model.parent / name)
         if folded:
-            why = _differs(model, model.parent / name, binding, request, opts)
+            if feeds is None:
+                feeds = request.calibration()[:SPECIAL_CHECKS]
+            why = _differs(general, model.parent / name, binding, feeds, opts)
             if why:
                 (model.parent / name).unlink()
                 folded = 0
@@ -137,14 +143,14 @@ def _specialize(
 
 
 def _differs(
-    general: Path,
+    general: Any,
     special: Path,
     binding: Binding,
-    request: BuildRequest,
+    checks: list[dict[str, np.ndarray]],
     opts: OnnxRuntimeOptions,
 ) -> str:
     """Why the specialization cannot stand in for the general model ("" where it can): ONNX
-    Runtime cannot load it, or on up to SPECIAL_CHECKS calibration feeds with the bound
+    Runtime cannot load it, or on the `checks` (calibration feeds) with the bound
     inputs set to the binding's values its outputs are not the general model's (within fp32
     rounding: max |a - b| <= 1e-5 + 1e-4 * max |b|, the same non-finite elements). A feed the
     general model cannot run (a value its other inputs do not fit) is not counted; with no
@@ -154,13 +160,12 @@ def _differs(
         sess = session(special, opts.graph_optimization_level, 1, "sequential")
     except Exception as exc:  # onnxruntime's own types: the general model serves
         return f"onnxruntime cannot load it: {short_message(exc, 200)}"
-    ref = session(general, opts.graph_optimization_level, 1, "sequential")
-    names = [o.name for o in ref.get_outputs()]
+    names = [o.name for o in general.get_outputs()]
     bound = dict(zip(binding.inputs, binding.values, strict=True))
-    for feeds in request.calibration()[:SPECIAL_CHECKS]:
-        feeds = {k: np.full_like(v, bound[k]) if k in bound else v for k, v in feeds.items()}
+    for check in checks:
+        feeds = {k: np.full_like(v, bound[k]) if k in bound else v for k, v in check.items()}
         try:
-            want = ref.run(names, feeds)
+            want = general.run(names, feeds)
         except Exception:  # noqa: BLE001 - onnxruntime's types; see the docstring
             continue
         try:

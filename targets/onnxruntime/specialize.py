@@ -24,7 +24,7 @@ than `MAX_SPECIALIZATIONS`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from onnx import numpy_helper
 
 from compiler.core.contract import Contract, TensorSpec
 from compiler.core.errors import short_message
+from compiler.core.graphs import graphs, nodes
 from compiler.core.settings import OnnxRuntimeSpecialization
 
 __all__ = [
@@ -91,20 +92,9 @@ def bindings(contract: Contract) -> list[Binding]:
     return [Binding(names, tuple(combo)) for combo in combos]
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _graphs(sub)
-
-
 def count_ifs(model: onnx.ModelProto) -> int:
     """`If` nodes in the model, nested ones included."""
-    return sum(n.op_type == "If" for g in _graphs(model.graph) for n in g.node)
+    return sum(n.op_type == "If" for n in nodes(model.graph))
 
 
 def _bind(model: onnx.ModelProto, binding: Binding) -> onnx.ModelProto:
@@ -128,7 +118,7 @@ def specialize(model_path: Path, binding: Binding, out_path: Path) -> tuple[int,
     model = onnx.load(str(model_path), load_external_data=False)
     if any(
         t.data_location == onnx.TensorProto.EXTERNAL
-        for g in _graphs(model.graph)
+        for g in graphs(model.graph)
         for t in g.initializer
     ):
         return 0, "its weights are in external data (a specialization would copy them)"

@@ -7,9 +7,9 @@ when the table cannot be read. Subgraphs (If/Loop/Scan bodies) are searched too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import onnx
+
+from compiler.core.graphs import nodes
 
 __all__ = ["KNOWN_UNSUPPORTED", "topological_order", "unsupported_ops"]
 
@@ -37,17 +37,6 @@ KNOWN_UNSUPPORTED = frozenset(
 _HANDLED_DIRECTLY = frozenset({"If"})
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _nodes(g)
-
-
 def _converter_names() -> frozenset[str] | None:
     try:
         from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
@@ -60,7 +49,7 @@ def unsupported_ops(model: onnx.ModelProto) -> dict[str, str]:
     """Op type -> name of the first node using it, for every op the frontend cannot import."""
     known = _converter_names()
     bad: dict[str, str] = {}
-    for node in _nodes(model.graph):
+    for node in nodes(model.graph):
         op = node.op_type
         missing = op in KNOWN_UNSUPPORTED or (
             known is not None and op not in known and op not in _HANDLED_DIRECTLY

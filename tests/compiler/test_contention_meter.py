@@ -1,5 +1,5 @@
 """compiler/measure/contention.py's OtherWorkMeter: busy time of this process and the children
-it reaps is its own; a process it did not start is other work."""
+it reaps is its own; a process it has not reaped is other work."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_a_reaped_child_is_this_process_own_work() -> None:
     assert meter.result.cpus < 0.5
 
 
-def test_a_process_it_did_not_start_is_other_work() -> None:
+def test_a_process_it_has_not_reaped_is_other_work() -> None:
     other = subprocess.Popen([sys.executable, "-c", _SPIN.format(s=3.0)])
     try:
         time.sleep(0.3)  # the interpreter is up and spinning

@@ -65,24 +65,32 @@ def _entry(pick: str, built: list[tuple[str, str, float]]) -> dict:
     }
 
 
-def test_the_report_sets_the_fastest_artifact_built_beside_the_pick() -> None:
-    """What accuracy costs: the fastest artifact of each cold build, passed or not, beside
-    the pick, on the build records' basis; a model whose artifacts are all slower counts
-    1.00x (the reference); and the same-job build against Olive with and without its
-    import."""
-    doc = {
-        "date": "2026-12-01",
+def _doc(models: dict, **more: object) -> dict:
+    """A picks run's document around `models`, as perf/picks.py writes it."""
+    return {
+        "date": "2026-12-04",
         "host": {"arch": "x86_64", "cpu_model": "cpu", "cpu_count": 2, "isa": ["avx2"]},
         "load_average": [0.5],
         "targets": "cpu",
         "command": "python perf/picks.py",
         "plan": {"repeats": 2},
-        "olive": {"import_seconds": 4.0},
-        "models": {
+        "models": models,
+        **more,
+    }
+
+
+def test_the_report_sets_the_fastest_artifact_built_beside_the_pick() -> None:
+    """What accuracy costs: the fastest artifact of each cold build, passed or not, beside
+    the pick, on the build records' basis; a model whose artifacts are all slower counts
+    1.00x (the reference); and the same-job build against Olive with and without its
+    import."""
+    doc = _doc(
+        {
             "a": _entry("cpu/x", [("cpu/x", "passed", 2.0), ("cpu/y", "failed", 8.0)]),
             "b": _entry("reference", [("cpu/z", "failed", 0.5)]),
         },
-    }
+        olive={"import_seconds": 4.0},
+    )
     md = render(doc)
     # picks: 2.0 and 1.0 (the reference) -> 1.41x; fastest: 8.0 and 1.0 -> 2.83x
     assert "the picks 1.41x, the fastest artifacts 2.83x" in md
@@ -162,19 +170,13 @@ def _timed_entry(speedup: float, unsteady: str) -> dict:
 
 
 def test_the_report_marks_unsteady_timings_and_gives_the_geomean_of_the_steady_ones() -> None:
-    doc = {
-        "date": "2026-12-04",
-        "host": {"arch": "x86_64", "cpu_model": "cpu", "cpu_count": 2, "isa": ["avx2"]},
-        "load_average": [0.5],
-        "targets": "cpu",
-        "command": "python perf/picks.py",
-        "plan": {"repeats": 2},
-        "models": {
+    doc = _doc(
+        {
             "calm": _timed_entry(2.0, ""),
             "also": _timed_entry(8.0, ""),
             "noisy": _timed_entry(4.0, "the reference ran 1.1 ms against 0.5 ms at build"),
-        },
-    }
+        }
+    )
     md = render(doc)
     assert "over 3 models: 4.00x**" in md  # all three, as measured
     assert "**Unsteady** at batch 1 (noisy: " in md and "over the 2 steady ones: 4.00x." in md

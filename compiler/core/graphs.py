@@ -1,0 +1,33 @@
+"""Walking an ONNX graph with its subgraphs (If branches, Loop and Scan bodies)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx
+
+__all__ = ["graphs", "nodes"]
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph`, then every subgraph of its nodes, depth first."""
+    yield graph
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            yield from graphs(sub)
+
+
+def nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node, each followed by its subgraphs' nodes (depth first)."""
+    for node in graph.node:
+        yield node
+        for sub in _subgraphs(node):
+            yield from nodes(sub)
