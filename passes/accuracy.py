@@ -116,6 +116,17 @@ class AccuracyAwareConfig(BaseModel):
         description="steps after which the loop checks once that it can pass at all (every "
         "layer it may still give back in float, in float) and stops when not; null: never",
     )
+    # layout_cdla (YOLO-like, SiLU): ONNX Runtime int8 ran 1.16x its float model, 0.95x with
+    # the arithmetic (Sigmoid/Mul) float, and the search went on for 120 s to an artifact
+    # 0.96x the reference that failed anyway (2026-12-05, AVX-512 VNNI EPYC)
+    min_speedup: float | None = Field(
+        default=1.1,
+        gt=0,
+        description="the search starts, and goes on past its coarse steps, only while its "
+        "int8 model runs at least this many times faster than the float model on this host "
+        "(giving layers back to float only slows it further); checked where the target is "
+        "this host's architecture and its int8 kernels run natively; null: never",
+    )
     max_seconds: float | None = Field(
         default=600.0,
         gt=0,
@@ -289,6 +300,32 @@ class FirstCheck:
     result: GateResult  # the unchanged model on that half
     chosen: str = ""  # why that half, where it is not the first
     blind: str = ""  # why no search can help, where none can (it passes on both halves)
+
+
+@dataclass(frozen=True)
+class SpeedFloor:
+    """`AccuracyAwareConfig.min_speedup` where it applies: `measure(model)` -> (how many
+    times faster than the float model it runs on this host, pairs of blocks timed)."""
+
+    minimum: float
+    measure: Callable[[onnx.ModelProto], tuple[float, int]]
+
+    def below(self, model: onnx.ModelProto, what: str) -> dict[str, Any] | None:
+        """The record of a search this floor stops at `model` (`what` it is), None where
+        `model` runs fast enough to search on."""
+        ratio, pairs = self.measure(model)
+        if ratio >= self.minimum:
+            return None
+        return {
+            "speedup": round(ratio, 3),
+            "pairs": pairs,
+            "stopped": (
+                f"{what} runs {ratio:.2f}x its float model on this host (ONNX Runtime, "
+                f"median of {pairs} interleaved pairs), under min_speedup {self.minimum:g}: "
+                "giving layers back to float would only slow it further, so the search "
+                "stopped there; the artifact is judged as it is"
+            ),
+        }
 
 
 @dataclass(frozen=True)

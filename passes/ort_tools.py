@@ -25,6 +25,8 @@ import contextlib
 import io
 import logging
 import os
+import statistics
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,7 +38,7 @@ from compiler.core.host import probe_host
 from compiler.core.isa import traits
 from compiler.core.quantized import QDQ_OPS
 
-__all__ = ["quiet", "run_model", "session", "simulates_int8"]
+__all__ = ["quiet", "relative_speed", "run_model", "session", "simulates_int8"]
 
 
 @contextlib.contextmanager
@@ -55,12 +57,13 @@ def quiet(*names: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def session(model: onnx.ModelProto, optimization: str = "all") -> Any:
-    """An ONNX Runtime CPU session on one thread for a model held in memory."""
+def session(model: onnx.ModelProto, optimization: str = "all", threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session for a model held in memory, on one thread (0: ONNX
+    Runtime's default, the cores, as the reference and a served artifact run)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     so.graph_optimization_level = {
@@ -87,6 +90,48 @@ def run_model(
         return [one(feed) for feed in feeds]
     with ThreadPoolExecutor(workers, thread_name_prefix="run_model") as pool:
         return list(pool.map(one, feeds))  # ONNX Runtime lets go of the GIL while it runs
+
+
+# relative_speed: a block is about this long, and the pairs last about this in all
+_BLOCK_S = 0.025
+_SPEED_PAIRS = (3, 20)  # the fewest and the most pairs of blocks
+
+
+def relative_speed(
+    model: onnx.ModelProto, baseline: onnx.ModelProto, feed: dict[str, np.ndarray], seconds: float
+) -> tuple[float, int]:
+    """How many times faster `model` runs than `baseline` on ONNX Runtime's CPU at its default
+    threads, on one feed: blocks of about 25 ms of runs, alternating between the two (ABBA) after
+    a warm-up run each, for about `seconds` (3 to 20 pairs); the median of the pairs' ratios
+    (baseline block / model block, each a median), and the pairs. In one process, interleaved,
+    so a host that is busier for a while slows both alike; a build-time estimate for a
+    search's decisions, not the artifact's latency (verify measures that, in workers)."""
+    sessions = [session(m, "all", 0) for m in (model, baseline)]
+    runs = []
+    for sess in sessions:
+        start = time.perf_counter()
+        sess.run(None, feed)
+        runs.append(max(1, int(_BLOCK_S / max(time.perf_counter() - start, 1e-6))))
+
+    def block(sess: Any, n: int) -> float:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    ratios: list[float] = []
+    end = time.monotonic() + seconds
+    while len(ratios) < _SPEED_PAIRS[1] and (
+        len(ratios) < _SPEED_PAIRS[0] or time.monotonic() < end
+    ):
+        if len(ratios) % 2:  # ABBA: neither always runs first
+            base, mine = block(sessions[1], runs[1]), block(sessions[0], runs[0])
+        else:
+            mine, base = block(sessions[0], runs[0]), block(sessions[1], runs[1])
+        ratios.append(base / mine)
+    return statistics.median(ratios), len(ratios)
 
 
 def _has_qdq(model: onnx.ModelProto) -> bool:

@@ -28,6 +28,7 @@ from passes.accuracy import (
     AccuracyAwareConfig,
     Budget,
     Quantize,
+    SpeedFloor,
     keep_sensitive_layers_in_float,
     make_gates,
     shared_ranker,
@@ -50,6 +51,7 @@ from passes.ort_quantizers import (
     histogram_refusal,
     static_quantizer,
 )
+from passes.ort_tools import relative_speed, simulates_int8
 from passes.upcast import widen_for_int8
 
 __all__ = [
@@ -70,6 +72,9 @@ AUTO_TYPES: dict[str | None, tuple[IntType, IntType, bool]] = {
     "gpu": ("s8", "s8", True),
     None: ("u8", "s8", False),
 }
+# min_speedup's timing of an int8 model against its float model, in seconds (3 pairs at least)
+_SPEED_SECONDS = 1.0
+
 GENERATED_DATA_WARNING = (
     "calibration used GENERATED data (random feeds from the contract), not real inputs: "
     "activation ranges, and any accuracy figure measured on them, are not meaningful; "
@@ -212,8 +217,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # after (ORT's quantizer put an If before the If whose output its branch reads); 20:
     # `accuracy_aware.enabled: auto` searches on the user's data only, as NNCF's control does;
     # 21: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py);
-    # 22: outputs that pass an input through are kept out of ORT's quantizer ("not a DAG")
-    version = "22"
+    # 22: outputs that pass an input through are kept out of ORT's quantizer ("not a DAG");
+    # 23: the search stops where its int8 model is no faster than float (min_speedup)
+    version = "23"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -379,6 +385,11 @@ class QuantizePass(Pass[QuantizeConfig]):
             first = next(iter(quantizers))
             return out, {**gates.unchanged(check), "quantizer": {"chosen": first}}
         gate, budget = check.gate, Budget(aa.max_seconds)
+        floor = self._speed_floor(model, gate.feeds[0], ctx)
+        slow = floor.below(out, "the int8 model as first quantized") if floor else None
+        if slow is not None:
+            first = next(iter(quantizers))
+            return out, {**gates.unchanged(check), "quantizer": {"chosen": first}, "speed": slow}
         found = search_int8(
             model,
             quantizers,
@@ -388,6 +399,14 @@ class QuantizePass(Pass[QuantizeConfig]):
             (out, check.result),
             budget,
         )
+        slow = None
+        if floor is not None and found.exclude != exclude and not found.result.passed:
+            slow = floor.below(found.model, "the int8 model its coarse steps found")
+        if slow is not None:
+            record = {**found.record, "gate_before": check.whole.record(), "speed": slow}
+            record["gate_after"] = found.result.record()
+            record["kept_in_float"] = []
+            return found.model, record
         rankers, settings = ranking
         ranker = shared_ranker(
             rankers[found.method],
@@ -414,6 +433,17 @@ class QuantizePass(Pass[QuantizeConfig]):
             record["searched_on"] = check.chosen
         record["gate_after"] = loop.get("gate_after", loop["gate_before"])
         return out, record
+
+    def _speed_floor(
+        self, model: onnx.ModelProto, feed: dict[str, np.ndarray], ctx: PassContext
+    ) -> SpeedFloor | None:
+        """min_speedup against `model`, the float model, where this host can tell: the target
+        runs on its architecture (ctx.target_isa) and its int8 kernels run natively (where
+        they may saturate, the search runs Q/DQ unfused and its speed says nothing)."""
+        minimum = self.config.accuracy_aware.min_speedup
+        if minimum is None or not ctx.target_isa or simulates_int8():
+            return None
+        return SpeedFloor(minimum, lambda m: relative_speed(m, model, feed, _SPEED_SECONDS))
 
     def _calibration(self, ctx: PassContext, record: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         feeds = ctx.calibration()[: self.config.calibration_samples]

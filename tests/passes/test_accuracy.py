@@ -15,8 +15,9 @@ import pytest
 from compiler.core.parity import compare_outputs, output_metrics
 from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
 from compiler.pipeline.output_kinds import with_output_kinds
-from passes.accuracy import Gates, make_gates
+from passes.accuracy import Gates, SpeedFloor, make_gates
 from passes.base import PassContext
+from passes.ort_tools import simulates_int8
 from passes.quantize import QuantizeConfig, QuantizePass
 from tests.passes.builders import context, outlier_lstm, outlier_mlp, run
 
@@ -514,3 +515,62 @@ def test_the_loop_goes_on_where_the_ceiling_passes(tmp_path: Path) -> None:
         k["layer"] for k in full["kept_in_float"]
     ]
     assert checked["gate_after"] == full["gate_after"]
+
+
+@pytest.mark.parametrize("floor", [1000.0, None])
+def test_a_search_starts_only_on_an_int8_model_faster_than_float(
+    tmp_path: Path, floor: float | None
+) -> None:
+    """min_speedup: where the target is this host's (target_isa) and its int8 kernels run
+    natively, plain int8 slower than min_speedup times its float model is judged as it is, no
+    search run (a search only gives layers back to float). 1000x is out of any int8 model's
+    reach, so the floor stops it on every such host; null never checks. Where the host's
+    int8 kernels may saturate, the search runs unfused Q/DQ, whose speed says nothing: the
+    floor is not checked there and the search runs."""
+    model = outlier_mlp()
+    ctx = context(model, tmp_path, _feeds(8, seed=1), target_isa=("avx2",))
+    aa_cfg = {"enabled": True, "min_speedup": floor}
+    aa = QuantizePass(QuantizeConfig(mode="static", accuracy_aware=aa_cfg))(model, ctx).record[
+        "accuracy_aware"
+    ]
+    assert aa["gate_before"]["passed"] is False
+    if floor is not None and not simulates_int8():
+        speed = aa["speed"]
+        assert 0 < speed["speedup"] < floor and speed["pairs"] >= 3
+        assert "as first quantized" in speed["stopped"] and "min_speedup 1000" in speed["stopped"]
+        assert aa["kept_in_float"] == [] and "ranking" not in aa and "arithmetic_float" not in aa
+    else:
+        assert "speed" not in aa
+        assert [k["layer"] for k in aa["kept_in_float"]] == ["mm1"]
+
+
+def test_the_speed_floor_is_not_checked_for_a_target_of_another_architecture(
+    tmp_path: Path,
+) -> None:
+    """No target_isa (an arm or gpu target built here): this host's int8 speed says nothing
+    of the target's, so even an unreachable floor leaves the search to run."""
+    model = outlier_mlp()
+    ctx = context(model, tmp_path, _feeds(8, seed=1), target="arm")
+    aa_cfg = {"enabled": True, "min_speedup": 1000.0}
+    aa = QuantizePass(QuantizeConfig(mode="static", accuracy_aware=aa_cfg))(model, ctx).record[
+        "accuracy_aware"
+    ]
+    assert "speed" not in aa and aa["ranking"]
+
+
+def test_the_speed_floor_stops_after_the_coarse_steps_it_measures() -> None:
+    """SpeedFloor.below reads its measure: at or over the floor the search goes on (None);
+    under it the record says what was measured and where the search stopped."""
+    measured: list[onnx.ModelProto] = []
+
+    def measure(m: onnx.ModelProto) -> tuple[float, int]:
+        measured.append(m)
+        return (1.1 if len(measured) == 1 else 0.95), 7
+
+    floor = SpeedFloor(1.1, measure)
+    model = outlier_mlp()
+    assert floor.below(model, "plain") is None
+    stop = floor.below(model, "the int8 model its coarse steps found")
+    assert stop is not None and stop["speedup"] == 0.95 and stop["pairs"] == 7
+    assert stop["stopped"].startswith("the int8 model its coarse steps found runs 0.95x")
+    assert measured == [model, model]
