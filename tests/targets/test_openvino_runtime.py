@@ -136,6 +136,31 @@ def test_a_shape_seen_twice_gets_a_static_compile_up_to_the_limit(
         assert runner.describe()["static_shapes"] == ""
 
 
+def test_the_runner_reads_each_calls_feeds_and_leaves_them_as_they_were(
+    fp32_ir: tuple[BuildResult, Path, Contract],
+) -> None:
+    """The request reads the feeds' own memory (share_inputs): every call answers for its own
+    feeds, not an earlier call's, through the as-built and the static compiles alike; a
+    feed that is a strided view answers as its contiguous copy; no feed is written to."""
+    result, out, contract = fp32_ir
+    a, b = smooth_images(1, seed=11)[0], smooth_images(1, seed=12)[0]
+    kept = {name: {k: v.copy() for k, v in f.items()} for name, f in (("a", a), ("b", b))}
+    with open_runner("openvino", out, result.runtime, contract) as runner:
+        first_a, first_b = runner.run(a)["y"], runner.run(b)["y"]
+        assert not np.array_equal(first_a, first_b)
+        for _ in range(3):  # the second call of a shape starts its static compile
+            runner.run(a)
+        runner.sync()
+        assert runner.describe()["static_shapes"]
+        np.testing.assert_allclose(runner.run(b)["y"], first_b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(runner.run(a)["y"], first_a, rtol=1e-5, atol=1e-6)
+        flipped = np.ascontiguousarray(a["x"][..., ::-1])[..., ::-1]  # a's values, strided
+        assert not flipped.flags.c_contiguous
+        np.testing.assert_allclose(runner.run({"x": flipped})["y"], first_a, rtol=1e-5, atol=1e-6)
+    for name, feed in (("a", a), ("b", b)):
+        assert all(np.array_equal(feed[k], kept[name][k]) for k in feed)
+
+
 def test_a_static_compile_runs_beside_the_runs_until_it_is_ready(
     fp32_ir: tuple[BuildResult, Path, Contract],
 ) -> None:
