@@ -398,6 +398,26 @@ def _around_softmax(nodes: list[onnx.NodeProto], inits: list, style: str) -> Non
     ]
 
 
+def matmul_chain(depth: int) -> onnx.ModelProto:
+    """x[64,256] through `depth` MatMuls by one 256x256 weight: work grows with depth."""
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).normal(0, 0.05, (256, 256)).astype(np.float32), "w"
+    )
+    names = ["x", *(f"h{i}" for i in range(depth))]
+    nodes = [
+        helper.make_node("MatMul", [a, "w"], [b])
+        for a, b in zip(names[:-1], names[1:], strict=True)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+        [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [64, 256])],
+        [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def context(
     model: onnx.ModelProto,
     tmp: Path,

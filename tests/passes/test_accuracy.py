@@ -17,9 +17,9 @@ from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
 from compiler.pipeline.output_kinds import with_output_kinds
 from passes.accuracy import Gates, SpeedFloor, make_gates
 from passes.base import PassContext
-from passes.ort_tools import simulates_int8
+from passes.ort_tools import relative_speed, simulates_int8
 from passes.quantize import QuantizeConfig, QuantizePass
-from tests.passes.builders import context, outlier_lstm, outlier_mlp, run
+from tests.passes.builders import context, matmul_chain, outlier_lstm, outlier_mlp, run
 
 INT8 = DEFAULT_TOLERANCES["int8"]
 # a gate the outputs alone always pass: only the task decides
@@ -558,19 +558,16 @@ def test_the_speed_floor_is_not_checked_for_a_target_of_another_architecture(
     assert "speed" not in aa and aa["ranking"]
 
 
-def test_the_speed_floor_stops_after_the_coarse_steps_it_measures() -> None:
-    """SpeedFloor.below reads its measure: at or over the floor the search goes on (None);
-    under it the record says what was measured and where the search stopped."""
-    measured: list[onnx.ModelProto] = []
-
-    def measure(m: onnx.ModelProto) -> tuple[float, int]:
-        measured.append(m)
-        return (1.1 if len(measured) == 1 else 0.95), 7
-
-    floor = SpeedFloor(1.1, measure)
-    model = outlier_mlp()
-    assert floor.below(model, "plain") is None
-    stop = floor.below(model, "the int8 model its coarse steps found")
-    assert stop is not None and stop["speedup"] == 0.95 and stop["pairs"] == 7
-    assert stop["stopped"].startswith("the int8 model its coarse steps found runs 0.95x")
-    assert measured == [model, model]
+def test_the_speed_floor_reads_a_real_timing_against_the_float_model() -> None:
+    """SpeedFloor.below on relative_speed itself: a model that does 1/16 of its float
+    model's work clears a 1.1 floor (None: the search goes on); sixteen times the work falls
+    under it, and the record says what was measured and where the search stopped."""
+    feed = {"x": np.random.default_rng(1).normal(0, 1, (64, 256)).astype(np.float32)}
+    one, sixteen = matmul_chain(1), matmul_chain(16)
+    assert SpeedFloor(1.1, lambda m: relative_speed(m, sixteen, feed, 0.05)).below(one, "x") is None
+    stop = SpeedFloor(1.1, lambda m: relative_speed(m, one, feed, 0.05)).below(
+        sixteen, "the int8 model its coarse steps found"
+    )
+    assert stop is not None and stop["speedup"] < 1.1 and stop["pairs"] >= 3
+    assert stop["stopped"].startswith("the int8 model its coarse steps found runs ")
+    assert "under min_speedup 1.1" in stop["stopped"]

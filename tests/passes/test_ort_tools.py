@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from passes import ort_tools
 from passes.ort_tools import run_model
+from tests.passes.builders import matmul_chain
 
 K = 64  # 255 * 127 per product: every pair of them overflows 16 bits
 SCALE_Y = K * 255 * 127 / 200  # the exact sum quantizes to 200
@@ -118,33 +119,13 @@ def test_feeds_run_at_once_on_the_cores_given_with_the_same_results(
         np.testing.assert_allclose(a["y"], np.tanh(f["x"] @ w), rtol=1e-4, atol=1e-4)
 
 
-def _matmul_chain(depth: int) -> onnx.ModelProto:
-    """x[64,256] through `depth` MatMuls by one 256x256 weight: work grows with depth."""
-    w = numpy_helper.from_array(
-        np.random.default_rng(0).normal(0, 0.05, (256, 256)).astype(np.float32), "w"
-    )
-    names = ["x", *(f"h{i}" for i in range(depth))]
-    nodes = [
-        helper.make_node("MatMul", [a, "w"], [b])
-        for a, b in zip(names[:-1], names[1:], strict=True)
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
-        [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [64, 256])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 def test_relative_speed_reads_which_model_does_less_work() -> None:
     """One MatMul against sixteen of the same size: the one runs faster than the sixteen
     (ratio > 1) and the sixteen slower than the one (< 1), whatever the host's speed, from
     at least 3 interleaved pairs of blocks; a model against itself is neither 2x faster nor
     slower."""
     feed = {"x": np.random.default_rng(1).normal(0, 1, (64, 256)).astype(np.float32)}
-    one, sixteen = _matmul_chain(1), _matmul_chain(16)
+    one, sixteen = matmul_chain(1), matmul_chain(16)
     faster, pairs = ort_tools.relative_speed(one, sixteen, feed, 0.05)
     slower, _ = ort_tools.relative_speed(sixteen, one, feed, 0.05)
     same, _ = ort_tools.relative_speed(one, one, feed, 0.05)
