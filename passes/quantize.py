@@ -375,7 +375,8 @@ class QuantizePass(Pass[QuantizeConfig]):
     ) -> tuple[onnx.ModelProto, dict[str, Any]]:
         """Calibration method and float arithmetic first (passes/int8_search.py; dynamic
         int8 leaves arithmetic float anyway), then single layers back to float
-        (passes/accuracy.py), all judged by one gate."""
+        (passes/accuracy.py), all judged by one gate; not started, or stopped after the
+        coarse steps, where the model runs under min_speedup times its float model."""
         aa = self.config.accuracy_aware
         if not feeds:
             raise PassError("quantize: accuracy_aware needs sample data; none was given")
@@ -399,14 +400,14 @@ class QuantizePass(Pass[QuantizeConfig]):
             (out, check.result),
             budget,
         )
-        slow = None
         if floor is not None and found.exclude != exclude and not found.result.passed:
             slow = floor.below(found.model, "the int8 model its coarse steps found")
-        if slow is not None:
-            record = {**found.record, "gate_before": check.whole.record(), "speed": slow}
-            record["gate_after"] = found.result.record()
-            record["kept_in_float"] = []
-            return found.model, record
+            if slow is not None:
+                record = {**found.record, "gate_before": check.whole.record(), "speed": slow}
+                record.update(kept_in_float=[], gate_after=found.result.record())
+                if check.chosen:
+                    record["searched_on"] = check.chosen
+                return found.model, record
         rankers, settings = ranking
         ranker = shared_ranker(
             rankers[found.method],
