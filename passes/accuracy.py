@@ -323,9 +323,8 @@ class SpeedFloor:
             "stopped": (
                 f"{what} runs {ratio:.2f}x its float model on this host (ONNX Runtime, one "
                 f"thread, median of {pairs} interleaved pairs), under min_speedup "
-                f"{self.minimum:g}: "
-                "giving layers back to float would only slow it further, so the search "
-                "stopped there; the artifact is judged as it is"
+                f"{self.minimum:g}: giving layers back to float would only slow it further, "
+                "so the search stopped there; the artifact is judged as it is"
             ),
         }
 

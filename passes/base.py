@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
 from compiler.core.errors import NotApplicable, PassError
+from compiler.core.graphs import nodes
 from compiler.core.quantized import quantized_ops
 from compiler.core.records import PassRecord
 from compiler.core.tolerance import Precision, TaskSpec, Tolerance
@@ -32,7 +33,6 @@ __all__ = [
     "PassConfig",
     "PassContext",
     "PassResult",
-    "all_nodes",
     "model_size_bytes",
     "op_histogram",
     "half_precision",
@@ -97,19 +97,9 @@ class PassResult:
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     hist: dict[str, int] = {}
-    for node in all_nodes(model.graph):
+    for node in nodes(model.graph):
         hist[node.op_type] = hist.get(node.op_type, 0) + 1
     return dict(sorted(hist.items()))
-
-
-def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from all_nodes(attr.g)
-            for g in attr.graphs:
-                yield from all_nodes(g)
 
 
 _HALF: dict[int, Precision] = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}

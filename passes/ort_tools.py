@@ -57,13 +57,12 @@ def quiet(*names: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def session(model: onnx.ModelProto, optimization: str = "all", threads: int = 1) -> Any:
-    """An ONNX Runtime CPU session for a model held in memory, on one thread (0: ONNX
-    Runtime's default, the cores, as the reference and a served artifact run)."""
+def session(model: onnx.ModelProto, optimization: str = "all") -> Any:
+    """An ONNX Runtime CPU session on one thread for a model held in memory."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
+    so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     so.graph_optimization_level = {
@@ -110,7 +109,7 @@ def relative_speed(
     steady while the build's other nodes share the cores. At ONNX Runtime's default threads
     the same ratio was not: layout_cdla's int8 against its float model read 1.13-1.16x on
     one thread three times over, and 1.00-1.11x on two (quiet host, 2026-12-05)."""
-    sessions = [session(m, "all", 1) for m in (model, baseline)]
+    sessions = [session(m) for m in (model, baseline)]
     runs = []
     for sess in sessions:
         start = time.perf_counter()

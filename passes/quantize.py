@@ -23,6 +23,7 @@ import onnx
 from pydantic import Field
 
 from compiler.core.errors import NotApplicable, PassError
+from compiler.core.graphs import nodes
 from passes.accuracy import (
     AUTO_OFF,
     AccuracyAwareConfig,
@@ -38,7 +39,6 @@ from passes.base import (
     PassConfig,
     PassContext,
     PassResult,
-    all_nodes,
     op_histogram,
     quantized_ops,
 )
@@ -490,7 +490,7 @@ def nothing_to_quantize(model: onnx.ModelProto, tool: str) -> str:
     """Why int8 does not apply to a model where `tool`'s default quantizer found nothing
     (silero_vad: every Conv and LSTM sits inside an If branch)."""
     top = sum(n.op_type in _WEIGHTED for n in model.graph.node)
-    inner = sum(n.op_type in _WEIGHTED for n in all_nodes(model.graph)) - top
+    inner = sum(n.op_type in _WEIGHTED for n in nodes(model.graph)) - top
     if inner and not top:
         where = (
             f"its {inner} Conv/MatMul/Gemm/recurrent nodes are all inside If/Loop/Scan "

@@ -14,13 +14,12 @@ widened the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from passes.base import PassContext, all_nodes, half_precision
+from compiler.core.graphs import graphs
+from passes.base import PassContext, half_precision
 from passes.simplify import SimplifyConfig, SimplifyPass
 
 __all__ = ["UPCAST_NOTE", "float32_copy", "widen_for_int8"]
@@ -60,7 +59,7 @@ def float32_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     weights = {t.name for t in graph.initializer}  # IR < 4 lists them as inputs too
     inputs = [vi for vi in graph.input if _elem(vi) == _F16 and vi.name not in weights]
     outputs = [vi for vi in graph.output if _elem(vi) == _F16]
-    for g in _graphs(graph):
+    for g in graphs(graph):
         _widen(g)
     taken = _names(graph)
     entry = []
@@ -105,7 +104,7 @@ def _drop_noop_casts(model: onnx.ModelProto) -> None:
     outputs = {vi.name for vi in graph.output}
     fixed = outputs | {vi.name for vi in graph.input}
     uses: dict[str, int] = {}
-    for g in _graphs(graph):
+    for g in graphs(graph):
         for node in g.node:
             for i in node.input:
                 uses[i] = uses.get(i, 0) + 1
@@ -127,14 +126,6 @@ def _drop_noop_casts(model: onnx.ModelProto) -> None:
     if len(keep) != len(graph.node):
         del graph.node[:]
         graph.node.extend(keep)
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """`graph` and every subgraph in it, at any depth (all_nodes reaches the nested nodes)."""
-    yield graph
-    for node in all_nodes(graph):
-        for attr in node.attribute:
-            yield from ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)
 
 
 def _elem(vi: onnx.ValueInfoProto) -> int:
@@ -164,7 +155,7 @@ def _widen(graph: onnx.GraphProto) -> None:
 def _names(graph: onnx.GraphProto) -> set[str]:
     names = {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)}
     names |= {t.name for t in graph.initializer}
-    for g in _graphs(graph):
+    for g in graphs(graph):
         for node in g.node:
             names.update((*node.input, *node.output, node.name))
     return names
@@ -179,6 +170,6 @@ def _fresh(name: str, taken: set[str]) -> str:
 
 def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Every node input named `old`, in `graph` and the subgraphs that see it, reads `new`."""
-    for g in _graphs(graph):
+    for g in graphs(graph):
         for node in g.node:
             node.input[:] = [new if i == old else i for i in node.input]
