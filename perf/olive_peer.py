@@ -9,7 +9,8 @@ ov-int8). Usage:
     python perf/olive_peer.py JOBS.json RESULTS.json
 
 JOBS.json lists {id, workflow, model, calibration, out}; every job runs in this one process
-(Olive's import costs tens of seconds, paid once and reported apart as `import_seconds`).
+(Olive's import, 3-12 s, is reported apart as `import_seconds`). The benchmarks pass one job
+per process (perf/builds.py `run_olive`), so each job's process is Olive's wall time for it.
 RESULTS.json gets, per job, the artifact path (or the error), the workflow's wall time and
 its peak RSS. Telemetry is switched off (OLIVE_DISABLE_TELEMETRY=1, CI=1).
 """

@@ -3,7 +3,8 @@
     python perf/run.py [--quick] [--models resnet18,magika] [--no-olive]
 
 Per model: three builds through the CLI (cold, warm, one quantization parameter changed),
-Olive's closest workflows on the same model and calibration data, then, in one process,
+Olive's closest workflows on the same model and calibration data (a fresh process per
+workflow, as `olive run`), then, in one process,
 every artifact that runs on this host interleaved with the ONNX Runtime fp32 reference,
 repeated, with parity, task accuracy and the fraction of the machine's measured peak.
 Writes perf/results/<date>-<host>[-quick].json (every raw sample), .md (the table, also
@@ -397,11 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                     "out": str((work / "olive" / name / wf).resolve()),
                 }
             )
-    _log(f"Olive: {len(olive_jobs)} jobs in one process")  # phase 2: the peer
+    _log(f"Olive: {len(olive_jobs)} jobs, a process each")  # phase 2: the peer
     for name in prepared:
         for wf in plan.olive_workflows:
             shutil.rmtree(work / "olive" / name / wf, ignore_errors=True)
-    olive = run_olive(olive_jobs, work, timeout_s=300 + 240 * len(olive_jobs))
+    olive = run_olive(olive_jobs, work, timeout_s=540)
     doc["olive"] = {k: v for k, v in olive.items() if k != "jobs"}
     by_model: dict[str, dict[str, dict[str, Any]]] = {}
     for job in olive.get("jobs", []):
