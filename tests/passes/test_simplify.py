@@ -111,21 +111,28 @@ def test_check_n_must_be_positive() -> None:
         SimplifyConfig(check_n=0)
 
 
-def test_onnxsim_is_imported_without_torch_and_torch_still_imports_after() -> None:
-    """onnxsim 0.8 imports torch for an optional PPQ bridge: seconds of every cold build's
-    simplify worker. The pass imports it with torch hidden, and torch imports afterwards."""
+def test_onnxsim_is_imported_without_torch_and_sympy_and_both_still_import_after() -> None:
+    """onnxsim 0.8 imports torch for an optional PPQ bridge and sympy for symbolic FLOP
+    counts: seconds of every cold build's simplify worker. The pass imports it with both
+    hidden, it still simplifies, and both import afterwards."""
     pytest.importorskip("torch")
+    pytest.importorskip("sympy")
     code = (
         "import sys\n"
         "from passes.simplify import import_onnxsim\n"
         "onnxsim = import_onnxsim()\n"
-        "assert callable(onnxsim.simplify)\n"
-        "print('torch' in sys.modules)\n"
-        "import torch\n"
-        "print(torch.zeros(2).sum().item())\n"
+        "print('torch' in sys.modules, 'sympy' in sys.modules)\n"
+        "from onnx import helper, TensorProto\n"
+        "g = helper.make_graph([helper.make_node('Identity', ['x'], ['y'])], 'g',\n"
+        "    [helper.make_tensor_value_info('x', TensorProto.FLOAT, [2])],\n"
+        "    [helper.make_tensor_value_info('y', TensorProto.FLOAT, [2])])\n"
+        "m, ok = onnxsim.simplify(helper.make_model(g))\n"
+        "print(ok, len(m.graph.node))\n"
+        "import torch, sympy\n"
+        "print(torch.zeros(2).sum().item(), sympy.Symbol('n') + 1)\n"
     )
     out = stdout_words(code)
-    assert out == ["False", "0.0"]
+    assert out == ["False", "False", "True", "1", "0.0", "n", "+", "1"]
 
 
 def _conv_gelu_conv(seed: int = 0) -> onnx.ModelProto:
