@@ -204,9 +204,8 @@ def run_olive(jobs: list[dict[str, Any]], work: Path, timeout_s: float) -> dict[
                 rc = f"killed after {timeout_s:.0f} s"
         wall = round(time.perf_counter() - begun, 3)
         got = json.loads(results_path.read_text()) if results_path.is_file() else {"jobs": []}
-        for key in ("olive_version",):
-            if key in got:
-                doc[key] = got[key]
+        if "olive_version" in got:
+            doc["olive_version"] = got["olive_version"]
         if got["jobs"]:
             result = {**got["jobs"][0], "import_seconds": got.get("import_seconds")}
         else:

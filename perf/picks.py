@@ -13,10 +13,10 @@ batch 1 and at the largest batch the contract admits up to `--batch`, beside the
 timed against itself (the method's noise, true value 1); the pick's fraction of the measured
 machine peak for its precision; the held-out task set through the pick and through the
 original model on ONNX Runtime; and Olive's ONNX Runtime int8 workflow on the same
-calibration data, each job in a fresh Olive process (the cold build's peer), beside a cold build of that
-job alone (same_job_config: only the ort-int8 variant). Every artifact of the cold build is listed
-with its verdict and its build-record speedup, so the report can set the fastest artifact
-built, whatever its verdict, beside the pick (what accuracy costs). Writes
+calibration data, each job in a fresh Olive process (the cold build's peer), beside a cold
+build of that job alone (same_job_config: only the ort-int8 variant). Every artifact of the
+cold build is listed with its verdict and its build-record speedup, so the report can set the
+fastest artifact built, whatever its verdict, beside the pick (what accuracy costs). Writes
 perf/results/<date>-<host>-picks[-quick].{json,md}.
 """
 

@@ -218,6 +218,7 @@ def render(doc: dict[str, Any]) -> str:
     ok = [e for e in models.values() if "task" in e and isinstance(e["task"], dict)]
     g, g_low = geomean_of([v for v in ones if v]), geomean_of([v for v in lows if v])
     olive_import = doc.get("olive", {}).get("import_seconds")
+    imported = olive_import if olive_import is not None else "?"
     lines = [
         f"# Serving's pick on the real models: {doc['date']}",
         "",
@@ -257,13 +258,12 @@ def render(doc: dict[str, Any]) -> str:
         + (
             "each model's in a fresh Olive process, as `olive run` runs it; the column gives "
             "the workflow's seconds and, in brackets, the whole process's (interpreter start, "
-            f"Olive's import, median {olive_import if olive_import is not None else '?'} s, "
-            "the workflow, exit): Olive's wall time, which the last column divides by."
+            f"Olive's import, median {imported} s, the workflow, exit): Olive's wall time, "
+            "which the last column divides by."
             if doc.get("olive", {}).get("per_process")
-            else "every model's in one Olive process, its import "
-            f"({olive_import if olive_import is not None else '?'} s) paid once; in brackets "
-            "and in the last column the workflow's seconds with the import added, as a fresh "
-            "`olive run` pays it."
+            else f"every model's in one Olive process, its import ({imported} s) paid once; "
+            "in brackets and in the last column the workflow's seconds with the import added, "
+            "as a fresh `olive run` pays it."
         ),
         "",
         "| model | cold | warm | same job, cold | Olive ort-int8 (wall) | cold / Olive | "
