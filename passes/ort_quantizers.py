@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from passes.accuracy import Quantize
-from passes.calibration_store import calibration_digest, shared_calibration
+from passes.calibration_store import calibration_digest, shared_calibration, shared_json
 from passes.ort_tools import quiet
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "IntType",
     "OrtSettings",
     "dynamic_quantizer",
+    "float_tensor_bytes",
     "histogram_refusal",
     "static_quantizer",
     "unshare_biases",
@@ -81,6 +82,7 @@ class OrtSettings:
     per_channel: bool
     reduce_range: bool
     percentile: float
+    histogram_memory_mib: int = 2048
 
 
 def _without_passed_inputs(
@@ -144,6 +146,64 @@ def histogram_refusal(method: str, feeds: list[dict[str, np.ndarray]]) -> str:
     )
 
 
+def float_tensor_bytes(model_file: Path, feed: dict[str, np.ndarray]) -> int | None:
+    """Bytes of the float tensors one run of `model_file` on `feed` makes, every node's
+    outputs kept, unoptimized: what ONNX Runtime's histogram calibrators hold per sample
+    (their augmented model outputs every tensor they calibrate, on a session with graph
+    optimizations off). None where that model cannot run (a tensor that cannot be an
+    output, a model over protobuf's 2 GB)."""
+    import onnxruntime as ort
+
+    try:
+        model = onnx.load(str(model_file))
+        have = {o.name for o in model.graph.output}
+        for node in model.graph.node:
+            for name in node.output:
+                if name and name not in have:
+                    model.graph.output.add().name = name
+                    have.add(name)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        outputs = session.run(None, feed)
+    except Exception as exc:  # noqa: BLE001 - a measurement that cannot run caps nothing
+        log.info("quantize: float tensor sizes not measured (%s)", exc)
+        return None
+    return sum(o.nbytes for o in outputs if isinstance(o, np.ndarray) and o.dtype.kind == "f")
+
+
+def histogram_share(
+    method: str, per_sample: int | None, samples: int, memory_mib: int
+) -> tuple[int, str]:
+    """How many of `samples` feeds a histogram calibrator (`method`) takes so that the float
+    tensors it holds, `per_sample` bytes each, stay within `memory_mib`, and why ("" for all).
+
+    ONNX Runtime 1.32's HistogramCalibrater.collect_data keeps every calibrated tensor of
+    every sample until the last has run, then histograms each tensor over all of them:
+    ppocr_det's normalized graph at 480x640 holds 523 MB a sample, 9.0 GB (peak RSS) and
+    32 s for 16 samples, 2.4 GB and 5.3 s for 4, the ranges' median width within 2 % of the
+    16-sample ones (AMX host, 2026-12-05). In the build (simplified graphs) ppocr_det's
+    428 MiB a sample takes 4 of 16 and its int8 search 15 s, not 39; layout_cdla's 833 MiB
+    takes 2 and the same job 38 s, not 92. Its incremental path (collect_data once per chunk, as CalibStridedMinMax
+    does) fails on an empty tensor (np.nanmax of a zero-size array) and re-bins with
+    explicit edges, so fewer samples it is. Min/max calibration reduces each tensor in the
+    graph and holds no more than its ranges: never capped."""
+    if per_sample is None or per_sample <= 0 or samples <= 1:
+        return samples, ""
+    fit = max(1, (memory_mib << 20) // per_sample)
+    if fit >= samples:
+        return samples, ""
+    return fit, (
+        f"{method} calibrated on the first {fit} of {samples} samples: one sample's float "
+        f"tensors take {per_sample / 2**20:.0f} MiB and ONNX Runtime's histogram calibrator "
+        f"holds them all until the last sample has run; histogram_memory_mib "
+        f"{memory_mib} holds {fit}"
+    )
+
+
 def static_quantizer(
     model: onnx.ModelProto,
     feeds: list[dict[str, np.ndarray]],
@@ -152,10 +212,13 @@ def static_quantizer(
     tmp: Path,
     method_name: str,
     store: Path | None,
+    notes: dict[str, tuple[int, str]] | None = None,
 ) -> Quantize:
     """A function (exclude, only) -> quantized model; calibrates once (or reads the ranges
     another node of the build computed: passes/calibration_store.py), then reuses them.
-    It raises ValueError where the method cannot calibrate these samples."""
+    It raises ValueError where the method cannot calibrate these samples. A histogram
+    method calibrates on as many samples as `cfg.histogram_memory_mib` holds
+    (histogram_share); `notes` gets the method's count and why where that is fewer than all."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
@@ -188,12 +251,28 @@ def static_quantizer(
         "onnxruntime": ort.__version__,
     }
 
+    chosen = [feeds]  # the samples calibrated on: histogram methods take a share
+
+    def share() -> list[dict[str, np.ndarray]]:
+        if method_name == "minmax" or len(feeds) <= 1:
+            return feeds
+        # one measurement per model and sample shape, shared by the build's nodes
+        key = f"float-tensor-bytes-{calibration_digest(src, feeds[:1], {})}"
+        per_sample = shared_json(store, key, lambda: float_tensor_bytes(src, feeds[0]))
+        n, why = histogram_share(method_name, per_sample, len(feeds), cfg.histogram_memory_mib)
+        if why:
+            log.info("quantize: %s", why)
+            if notes is not None:
+                notes[method_name] = (n, why)
+        return feeds[:n]
+
     def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
         if refusal:
             raise ValueError(refusal)
         made: list[Path] = []  # the first call calibrates, unless another node has
         if not cache.exists():
-            digest = calibration_digest(src, feeds, settings)
+            chosen[0] = share()
+            digest = calibration_digest(src, chosen[0], settings)
             if shared_calibration(store, digest, cache, lambda: made.append(run(exclude, only))):
                 log.info("quantize: %s calibration ranges from another node", method_name)
         return _with_passed_inputs(onnx.load(made[0] if made else run(exclude, only)), passed)
@@ -205,7 +284,7 @@ def static_quantizer(
             quantize_static(
                 src,
                 dst,
-                _Reader(feeds) if not cache.exists() else None,
+                _Reader(chosen[0]) if not cache.exists() else None,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(cfg.op_types) or None,
                 per_channel=cfg.per_channel,

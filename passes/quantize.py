@@ -88,6 +88,15 @@ class QuantizeConfig(PassConfig):
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = Field(default=99.999, gt=90, le=100)
     calibration_samples: int = Field(default=32, ge=1, le=10_000)
+    histogram_memory_mib: int = Field(
+        default=2048,
+        ge=1,
+        description=(
+            "entropy and percentile calibration: the most memory ONNX Runtime's histogram "
+            "calibrator may hold (it keeps every float tensor of every sample until the last "
+            "has run); it calibrates on the first samples that fit, and the record says so"
+        ),
+    )
     activation_type: Literal["auto", "u8", "s8"] = "auto"
     weight_type: Literal["auto", "u8", "s8"] = "auto"
     per_channel: bool = True
@@ -218,8 +227,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # `accuracy_aware.enabled: auto` searches on the user's data only, as NNCF's control does;
     # 21: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py);
     # 22: outputs that pass an input through are kept out of ORT's quantizer ("not a DAG");
-    # 23: the search stops where its int8 model is no faster than float (min_speedup)
-    version = "23"
+    # 23: the search stops where its int8 model is no faster than float (min_speedup); 24:
+    # histogram calibration takes the samples histogram_memory_mib holds (ort_quantizers.py)
+    version = "24"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -268,7 +278,14 @@ class QuantizePass(Pass[QuantizeConfig]):
             }
         )
         act, weight, symmetric = self._types(ctx.target)
-        settings = OrtSettings(cfg.op_types, cfg.per_channel, cfg.reduce_range, cfg.percentile)
+        settings = OrtSettings(
+            cfg.op_types,
+            cfg.per_channel,
+            cfg.reduce_range,
+            cfg.percentile,
+            cfg.histogram_memory_mib,
+        )
+        notes: dict[str, tuple[int, str]] = {}  # method -> the samples it took where not all, why
         record: dict[str, Any] = {
             "mode": mode,
             "mode_rule": f"{cfg.mode}: {facts.describe()}",
@@ -290,7 +307,7 @@ class QuantizePass(Pass[QuantizeConfig]):
             if not search and cfg.accuracy_aware.enabled == "auto":
                 record["accuracy_aware_off"] = AUTO_OFF
             quantizers = self._quantizers(
-                model, feeds, settings, types, Path(tmp), ctx, mode, search
+                model, feeds, settings, types, Path(tmp), ctx, mode, search, notes
             )
             first = next(iter(quantizers.values()))
             out = first(exclude, None)
@@ -306,7 +323,7 @@ class QuantizePass(Pass[QuantizeConfig]):
                     ranking = Path(tmp) / "ranking"
                     ranking.mkdir()
                     rankers = self._quantizers(
-                        model, feeds, rank_settings, types, ranking, ctx, mode, search
+                        model, feeds, rank_settings, types, ranking, ctx, mode, search, notes
                     )
                 shared = {"mode": mode, "types": types, "settings": repr(rank_settings)}
                 out, record["accuracy_aware"] = self._accuracy_aware(
@@ -324,6 +341,9 @@ class QuantizePass(Pass[QuantizeConfig]):
                     record["calibration"]["method"] = record["accuracy_aware"]["quantizer"][
                         "chosen"
                     ]
+            if mode == "static" and record["calibration"]["method"] in notes:
+                taken, why = notes[record["calibration"]["method"]]
+                record["calibration"].update(samples=taken, note=why)
         uses_data = mode == "static" or search
         record["quantized_ops"] = quantized_ops(op_histogram(out))
         generated = ctx.calibration_source == "generated"
@@ -340,13 +360,14 @@ class QuantizePass(Pass[QuantizeConfig]):
         ctx: PassContext,
         mode: str,
         search: bool,
+        notes: dict[str, tuple[int, str]] | None = None,
     ) -> dict[str, Quantize]:
         """The quantizers the search tries, by name: one static per calibration method (the
-        config's first), or the dynamic one."""
+        config's first), or the dynamic one. `notes`: what calibrated on fewer samples."""
         if mode != "static":
             return {"dynamic": dynamic_quantizer(model, settings, types[1], tmp)}
         return {
-            method: static_quantizer(model, feeds, settings, types, tmp, method, ctx.shared)
+            method: static_quantizer(model, feeds, settings, types, tmp, method, ctx.shared, notes)
             for method in self._methods(search)
         }
 

@@ -96,6 +96,42 @@ def test_histogram_calibration_methods(tmp_path: Path, method: str) -> None:
     assert m.cosine >= INT8.min_cosine
 
 
+def _activation_scales(model: onnx.ModelProto) -> dict[str, float]:
+    """Each quantized activation's scale, by tensor name."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {
+        n.input[0]: float(inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits
+    }
+
+
+def test_histogram_calibration_takes_the_samples_its_memory_holds(tmp_path: Path) -> None:
+    """ONNX Runtime's histogram calibrator holds every float tensor of every sample: under
+    histogram_memory_mib it calibrates on the first samples that fit (here one batch of 64
+    images, ~3 MiB of tensors, against 1 MiB), says so, and its ranges are those of that
+    sample alone; min/max calibration holds only ranges and takes every sample."""
+    model = small_cnn()
+    for folder in ("capped", "first", "whole", "minmax"):
+        (tmp_path / folder).mkdir()
+    images = [f["x"] for f in smooth_images(256, seed=5)]
+    feeds = [{"x": np.concatenate(images[i * 64 : (i + 1) * 64])} for i in range(4)]
+    feeds[3]["x"] = feeds[3]["x"] * 3.0  # a brighter batch: it widens the ranges it is in
+    capped = _quantize(
+        model, tmp_path / "capped", feeds, calibration_method="percentile", histogram_memory_mib=1
+    )
+    calibration = capped.record["calibration"]
+    assert calibration["samples"] == 1
+    assert calibration["note"].startswith("percentile calibrated on the first 1 of 4 samples")
+    first = _quantize(model, tmp_path / "first", feeds[:1], calibration_method="percentile")
+    assert _activation_scales(capped.model) == _activation_scales(first.model)
+    whole = _quantize(model, tmp_path / "whole", feeds, calibration_method="percentile")
+    assert whole.record["calibration"] == {"method": "percentile", "samples": 4, "source": "user"}
+    assert _activation_scales(whole.model)["x_id"] > 2 * _activation_scales(capped.model)["x_id"]
+    minmax = _quantize(model, tmp_path / "minmax", feeds, histogram_memory_mib=1)
+    assert minmax.record["calibration"] == {"method": "minmax", "samples": 4, "source": "user"}
+
+
 def test_auto_picks_dynamic_for_attention(tmp_path: Path) -> None:
     model = attention_block()
     rng = np.random.default_rng(0)
