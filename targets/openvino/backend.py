@@ -37,7 +37,12 @@ from targets.base import Availability, Backend, BackendOptions, BuildRequest, Bu
 from targets.int8_flavour import with_int8_flavour
 from targets.openvino.float_layers import keep_in_f32
 from targets.openvino.qdq import QdqRewrite, operator_form_ops, to_qdq
-from targets.openvino.rewrites import sink_layout_transposes, sinkable
+from targets.openvino.rewrites import (
+    scalar_if_conditions,
+    sink_layout_transposes,
+    sinkable,
+    wide_if_conditions,
+)
 from targets.openvino.runtime import INSTALL, compile_ir, import_openvino, openvino_message
 
 __all__ = ["OpenVinoBackend", "OpenVinoOptions"]
@@ -90,14 +95,15 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "10"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "11"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
     # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
     # 7: outputs that pass an input through are left out of the IR (the runtime returns feeds);
     # 8: bf16's f32-layer search chooses on the other half where bf16 passes the first;
     # 9: a dynamic model's runner compiles 2 input shapes static by default; 10: layout
-    # Transposes after an innermost-axis Concat move above it (rewrites.py)
+    # Transposes after an innermost-axis Concat move above it (rewrites.py); 11: If
+    # conditions of rank 2 or more are squeezed to scalars (rewrites.py)
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -144,13 +150,9 @@ class OpenVinoBackend(Backend):
             requirements = with_int8_flavour(requirements, model_path)
         integer = _integer_ops(source)
         _check_quantization(request, integer, model_path)
-        convertible, rewrite, sunk = _for_openvino(model_path, source, request.workdir)
+        convertible, rewrite, rewritten = _for_openvino(model_path, source, request.workdir)
         model = _convert(convertible, source, model_path.name)
-        notes = _quantization_notes(integer, rewrite)
-        if sunk:
-            notes.append(
-                f"{sunk} layout Transpose(s) moved above an innermost-axis Concat (rewrites.py)"
-            )
+        notes = [*_quantization_notes(integer, rewrite), *rewritten]
         _save(model, out_dir, opts.compress_to_fp16)
         # Compile once here so an IR the CPU plugin rejects fails its build, not serving.
         try:
@@ -248,17 +250,18 @@ def root_logger_kept() -> Iterator[None]:
 
 def _for_openvino(
     model_path: Path, source: onnx.ModelProto, workdir: Path
-) -> tuple[Path, QdqRewrite | None, int]:
+) -> tuple[Path, QdqRewrite | None, list[str]]:
     """The model OpenVINO converts: the source, or a copy in `workdir` where it holds
     QOperator int8 (QLinearConv, com.microsoft QGemm...: rewritten in QDQ form,
     targets/openvino/qdq.py), outputs that pass an input through (left out: OpenVINO's
-    frontend made a second input of such a tensor, and the runtime returns the feed), or
-    layout Transposes after an innermost-axis Concat (moved above it: rewrites.py). Also
-    returns how many Transposes moved."""
+    frontend made a second input of such a tensor, and the runtime returns the feed), layout
+    Transposes after an innermost-axis Concat (moved above it) or If conditions of rank 2 or
+    more (squeezed to scalars: rewrites.py). Also returns the notes on those rewrites."""
     inputs = {i.name for i in source.graph.input}
     passed = [o.name for o in source.graph.output if o.name in inputs]
-    if not operator_form_ops(source) and not passed and not sinkable(source.graph):
-        return model_path, None, 0
+    wide = wide_if_conditions(source)
+    if not operator_form_ops(source) and not passed and not sinkable(source.graph) and not wide:
+        return model_path, None, []
     try:
         model = onnx.load(str(model_path))
     except Exception as exc:  # unreadable external data: the message names the file
@@ -266,7 +269,18 @@ def _for_openvino(
     rewrite = None
     if operator_form_ops(model):
         model, rewrite = to_qdq(model)
+    notes = []
     sunk = sink_layout_transposes(model.graph)
+    if sunk:
+        notes.append(
+            f"{sunk} layout Transpose(s) moved above an innermost-axis Concat (rewrites.py)"
+        )
+    squeezed = scalar_if_conditions(model)
+    if squeezed:
+        notes.append(
+            f"If condition(s) of rank 2 or more squeezed to a scalar, as OpenVINO's frontend "
+            f"needs (rewrites.py): {', '.join(squeezed[:5])}"
+        )
     kept = [o for o in model.graph.output if o.name not in inputs]
     del model.graph.output[:]
     model.graph.output.extend(kept)
@@ -278,7 +292,7 @@ def _for_openvino(
         location=f"{path.name}.data",
         size_threshold=1024,
     )
-    return path, rewrite, sunk
+    return path, rewrite, notes
 
 
 def _convert(model_path: Path, source: onnx.ModelProto, shown: str = "") -> Any:

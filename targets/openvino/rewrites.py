@@ -22,6 +22,14 @@ Transpose): OpenVINO's per-layer counts read that Concat at 693 us of a 4.9 ms b
 rewritten, the Concats of the run take 303-409 us instead of 930-1240 and the model runs 9 %
 faster in f32 (8.51 -> 7.75 ms) and 14-24 % faster in bf16 (2-vCPU AVX-512 BF16 EPYC,
 2026-12-04); its f32 outputs are the same bits.
+
+**A one-element If condition of rank 2 or more squeezed to a scalar.** ONNX asks only that
+an If's condition hold one element, and ONNX Runtime runs it at any rank; OpenVINO's ONNX
+frontend refuses a rank over 1 (`if_condition_rank.compatible(1) || ...compatible(0)` in
+If-13), so a model converted whole by ONNX Runtime failed all three OpenVINO variants. A
+torch export of `if p >= t:` on a [1, 1] score writes exactly that (openwakeword 0.4.0's
+wake-word classifiers, PyPI: `Cast(GreaterOrEqual(p, t))` of shape [1, 1] into an If). A
+Squeeze with no axes drops only the size-1 dims: the one element, the same value, rank 0.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from onnx import helper, numpy_helper
 
 from compiler.core.names import free_name
 
-__all__ = ["sink_layout_transposes", "sinkable"]
+__all__ = ["scalar_if_conditions", "sink_layout_transposes", "sinkable", "wide_if_conditions"]
 
 
 def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
@@ -145,3 +153,65 @@ def sink_layout_transposes(graph: onnx.GraphProto) -> int:
     del graph.node[:]
     graph.node.extend(order)
     return len(replaced)
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph under it (If branches, Loop and Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graphs(g)
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Each tensor's rank where ONNX shape inference (or, where it fails, the graph's own
+    value infos) knows it, over the main graph and its subgraphs."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - the value infos the model states are all there is
+        inferred = model
+    ranks: dict[str, int] = {}
+    for graph in _graphs(inferred.graph):
+        for info in (*graph.input, *graph.output, *graph.value_info):
+            tensor = info.type.tensor_type
+            if info.type.HasField("tensor_type") and tensor.HasField("shape"):
+                ranks[info.name] = len(tensor.shape.dim)
+        for t in graph.initializer:
+            ranks[t.name] = len(t.dims)
+    return ranks
+
+
+def wide_if_conditions(model: onnx.ModelProto) -> list[str]:
+    """The If nodes (names, or first outputs) whose condition has a known rank of 2 or more,
+    main graph and subgraphs: what `scalar_if_conditions` would rewrite."""
+    ifs = [n for g in _graphs(model.graph) for n in g.node if n.op_type == "If"]
+    if not ifs:
+        return []
+    ranks = _ranks(model)
+    return [n.name or n.output[0] for n in ifs if ranks.get(n.input[0], 0) >= 2]
+
+
+def scalar_if_conditions(model: onnx.ModelProto) -> list[str]:
+    """Squeeze each wide If condition (`wide_if_conditions`) to a scalar just before its If,
+    in place (module docstring); the Ifs rewritten."""
+    wide = set(wide_if_conditions(model))
+    if not wide:
+        return []
+    taken = {t for g in _graphs(model.graph) for n in g.node for t in (n.name, *n.output)}
+    taken |= {t.name for g in _graphs(model.graph) for t in (*g.initializer, *g.input)}
+    for graph in _graphs(model.graph):
+        nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            if node.op_type == "If" and (node.name or node.output[0]) in wide:
+                scalar = free_name(f"{node.input[0]}_scalar", taken)
+                nodes.append(helper.make_node("Squeeze", [node.input[0]], [scalar], name=scalar))
+                node.input[0] = scalar
+            nodes.append(node)
+        if len(nodes) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(nodes)
+    return sorted(wide)

@@ -13,7 +13,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from targets.onnxruntime.runtime import session
-from targets.openvino.rewrites import sink_layout_transposes, sinkable
+from targets.openvino.rewrites import (
+    scalar_if_conditions,
+    sink_layout_transposes,
+    sinkable,
+    wide_if_conditions,
+)
 from tests.targets.builders import build_openvino, reference, run_all, save, within_fp32
 
 
@@ -131,3 +136,111 @@ def test_the_openvino_artifact_carries_the_rewrite_and_matches_the_reference(
         )["Concat"]
         == 1
     )
+
+
+def _gated_net(keep_dims: bool = True) -> onnx.ModelProto:
+    """x [1, 4] -> If(sum(x) >= 0, then: sigmoid(x) * 2, else: -x), the condition [1, 1] (a
+    torch export's `if p >= t:`) or, without `keep_dims`, a scalar."""
+    then = helper.make_graph(
+        [
+            helper.make_node("Sigmoid", ["x"], ["s"]),
+            helper.make_node("Add", ["s", "s"], ["y_then"]),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, [1, 4])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["y_else"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, [1, 4])],
+    )
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=int(keep_dims)),
+        helper.make_node("GreaterOrEqual", ["total", "zero"], ["ge"]),
+        helper.make_node("Cast", ["ge"], ["cond"], to=TensorProto.BOOL),
+        helper.make_node("If", ["cond"], ["y"], name="gate", then_branch=then, else_branch=other),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gated",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+# one feed takes each branch
+_GATED_FEEDS = [
+    {"x": np.array([[0.5, -0.1, 0.3, 0.2]], np.float32)},
+    {"x": np.array([[-0.5, 0.1, -0.3, -0.2]], np.float32)},
+]
+
+
+def test_a_wide_if_condition_is_squeezed_and_both_branches_compute_the_same(
+    tmp_path: Path,
+) -> None:
+    model = _gated_net()
+    save(model, tmp_path, "before.onnx")
+    before = reference(tmp_path / "before.onnx", _GATED_FEEDS)
+    assert wide_if_conditions(model) == ["gate"]
+    assert scalar_if_conditions(model) == ["gate"]
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["ReduceSum", "GreaterOrEqual", "Cast", "Squeeze", "If"]
+    squeeze, gate = model.graph.node[3], model.graph.node[4]
+    assert squeeze.input[0] == "cond" and gate.input[0] == squeeze.output[0]
+    inferred = onnx.shape_inference.infer_shapes(model)
+    (info,) = [v for v in inferred.graph.value_info if v.name == squeeze.output[0]]
+    assert len(info.type.tensor_type.shape.dim) == 0  # a scalar
+    assert wide_if_conditions(model) == []
+    save(model, tmp_path, "after.onnx")
+    after = reference(tmp_path / "after.onnx", _GATED_FEEDS)
+    for got, want in zip(after, before, strict=True):
+        np.testing.assert_array_equal(got["y"], want["y"])
+    assert not np.array_equal(before[0]["y"], before[1]["y"])  # the two branches ran
+
+
+def test_a_scalar_if_condition_stays() -> None:
+    model = _gated_net(keep_dims=False)
+    assert wide_if_conditions(model) == []
+    assert scalar_if_conditions(model) == []
+    assert [n.op_type for n in model.graph.node][-1] == "If"
+
+
+def test_an_if_nested_in_a_branch_is_squeezed_too() -> None:
+    inner = _gated_net().graph.node[3]  # the If, reading "cond" from the outer scope
+    outer = _gated_net()
+    branch = helper.make_graph(
+        [inner], "outer_then", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["x_out"])],
+        "outer_else",
+        [],
+        [helper.make_tensor_value_info("x_out", TensorProto.FLOAT, [1, 4])],
+    )
+    outer.graph.node[3].name = "outer"
+    del outer.graph.node[3].attribute[:]
+    outer.graph.node[3].attribute.extend(
+        [helper.make_attribute("then_branch", branch), helper.make_attribute("else_branch", other)]
+    )
+    assert scalar_if_conditions(outer) == ["gate", "outer"]
+    then_branch = next(a.g for a in outer.graph.node[-1].attribute if a.name == "then_branch")
+    assert [n.op_type for n in then_branch.node] == ["Squeeze", "If"]
+    assert then_branch.node[0].input[0] == "cond"
+    assert then_branch.node[1].input[0] == then_branch.node[0].output[0]
+    onnx.checker.check_model(outer, full_check=True)
+
+
+def test_openvino_converts_a_model_with_a_wide_if_condition_and_matches_the_reference(
+    tmp_path: Path,
+) -> None:
+    src = save(_gated_net(), tmp_path / "src")
+    result, out, contract = build_openvino(src, tmp_path)
+    assert any(n.startswith("If condition(s) of rank 2 or more squeezed") for n in result.notes)
+    got = run_all(result, out, contract, _GATED_FEEDS)
+    for g, want in zip(got, reference(src, _GATED_FEEDS), strict=True):
+        assert within_fp32(g["y"], want["y"])
