@@ -178,8 +178,9 @@ def float_tensor_bytes(model_file: Path, feed: dict[str, np.ndarray]) -> int | N
 def histogram_share(
     method: str, per_sample: int | None, samples: int, memory_mib: int
 ) -> tuple[int, str]:
-    """How many of `samples` feeds a histogram calibrator (`method`) takes so that the float
-    tensors it holds, `per_sample` bytes each, stay within `memory_mib`, and why ("" for all).
+    """How many of `samples` feeds (evenly spaced) a histogram calibrator (`method`) takes so
+    that the float tensors it holds, `per_sample` bytes each, stay within `memory_mib`, and
+    why ("" for all).
 
     ONNX Runtime 1.32's HistogramCalibrater.collect_data keeps every calibrated tensor of
     every sample until the last has run, then histograms each tensor over all of them:
@@ -187,9 +188,9 @@ def histogram_share(
     32 s for 16 samples, 2.4 GB and 5.3 s for 4, the ranges' median width within 2 % of the
     16-sample ones (AMX host, 2026-12-05). In the build (simplified graphs) ppocr_det's
     428 MiB a sample takes 4 of 16 and its int8 search 15 s, not 39; layout_cdla's 833 MiB
-    takes 2 and the same job 38 s, not 92. Its incremental path (collect_data once per chunk, as CalibStridedMinMax
-    does) fails on an empty tensor (np.nanmax of a zero-size array) and re-bins with
-    explicit edges, so fewer samples it is. Min/max calibration reduces each tensor in the
+    takes 2 and the same job 38 s, not 92. Its incremental path (collect_data once per
+    chunk, as CalibStridedMinMax does) fails on an empty tensor (np.nanmax of a zero-size
+    array) and re-bins with explicit edges, so fewer samples it is. Min/max calibration reduces each tensor in the
     graph and holds no more than its ranges: never capped."""
     if per_sample is None or per_sample <= 0 or samples <= 1:
         return samples, ""
@@ -197,7 +198,7 @@ def histogram_share(
     if fit >= samples:
         return samples, ""
     return fit, (
-        f"{method} calibrated on the first {fit} of {samples} samples: one sample's float "
+        f"{method} calibrated on {fit} of {samples} samples, evenly spaced: one sample's float "
         f"tensors take {per_sample / 2**20:.0f} MiB and ONNX Runtime's histogram calibrator "
         f"holds them all until the last sample has run; histogram_memory_mib "
         f"{memory_mib} holds {fit}"
@@ -264,7 +265,8 @@ def static_quantizer(
             log.info("quantize: %s", why)
             if notes is not None:
                 notes[method_name] = (n, why)
-        return feeds[:n]
+        # evenly spaced, not the first n: data sorted by class or source stays represented
+        return [feeds[int(i)] for i in np.linspace(0, len(feeds) - 1, n).round()]
 
     def quantize(exclude: list[str], only: list[str] | None) -> onnx.ModelProto:
         if refusal:

@@ -94,7 +94,7 @@ class QuantizeConfig(PassConfig):
         description=(
             "entropy and percentile calibration: the most memory ONNX Runtime's histogram "
             "calibrator may hold (it keeps every float tensor of every sample until the last "
-            "has run); it calibrates on the first samples that fit, and the record says so"
+            "has run); it calibrates on as many samples as fit, evenly spaced, and the record says so"
         ),
     )
     activation_type: Literal["auto", "u8", "s8"] = "auto"

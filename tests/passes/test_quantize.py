@@ -108,7 +108,7 @@ def _activation_scales(model: onnx.ModelProto) -> dict[str, float]:
 
 def test_histogram_calibration_takes_the_samples_its_memory_holds(tmp_path: Path) -> None:
     """ONNX Runtime's histogram calibrator holds every float tensor of every sample: under
-    histogram_memory_mib it calibrates on the first samples that fit (here one batch of 64
+    histogram_memory_mib it calibrates on as many samples as fit (here one batch of 64
     images, ~3 MiB of tensors, against 1 MiB), says so, and its ranges are those of that
     sample alone; min/max calibration holds only ranges and takes every sample."""
     model = small_cnn()
@@ -122,7 +122,7 @@ def test_histogram_calibration_takes_the_samples_its_memory_holds(tmp_path: Path
     )
     calibration = capped.record["calibration"]
     assert calibration["samples"] == 1
-    assert calibration["note"].startswith("percentile calibrated on the first 1 of 4 samples")
+    assert calibration["note"].startswith("percentile calibrated on 1 of 4 samples")
     first = _quantize(model, tmp_path / "first", feeds[:1], calibration_method="percentile")
     assert _activation_scales(capped.model) == _activation_scales(first.model)
     whole = _quantize(model, tmp_path / "whole", feeds, calibration_method="percentile")
