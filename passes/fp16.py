@@ -24,6 +24,13 @@ in float32 and removes the cast pair, so the same model was correct there. Where
 cannot run (a model ORT cannot run with all its tensors exposed), the record says so and the
 conversion goes on without it.
 
+**An If (Loop, Scan) whose branches hold a block-listed op is kept float32 whole** where the
+converted model does not load: ONNX Runtime's converter puts the Casts around a block-listed
+node inside a branch into the main graph, where the tensor they read does not exist (both
+silero_vad versions, openwakeword's wake-word classifiers). The node is then block-listed,
+its branches read float32 copies of the outer tensors they read (the converter leaves those
+as it made them: fp16 where their producer was converted), and the record names it.
+
 bf16 is not a graph precision here: ONNX Runtime CPU has no bf16 kernels for MatMul, Conv or
 Add. Ask the backend for it instead (OpenVINO's inference precision, TensorRT's BF16 flag).
 """
@@ -40,6 +47,7 @@ from onnx import numpy_helper
 from pydantic import model_validator
 
 from compiler.core.errors import PassError
+from compiler.core.names import free_name
 from compiler.core.quantized import is_quantized_op
 from passes.base import (
     Pass,
@@ -131,6 +139,91 @@ def _node_in_error(message: str) -> str:
     return next((g for g in found.groups() if g), "") if found else ""
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            out.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            out.extend(attr.graphs)
+    return out
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Tensor names the nodes of `graph` and of its subgraphs read, at any depth."""
+    names = {t for n in graph.node for t in n.input if t}
+    for node in graph.node:
+        for g in _subgraphs(node):
+            names |= _names_read(g)
+    return names
+
+
+def _branch_holders(model: onnx.ModelProto, ops: set[str], names: set[str]) -> list[str]:
+    """Main-graph nodes with subgraphs (If, Loop, Scan) whose branches hold, at any depth, an
+    op of `ops` or a node of `names`. ONNX Runtime's converter puts the Casts around such a
+    block-listed node into the main graph, where the tensor they read does not exist, and
+    the model does not load (silero_vad's STFT Cast; openwakeword's wake-word classifiers'
+    ReduceMean in an If branch). Such a node is then kept float32 whole (`_float32_reads`)."""
+
+    def holds(graph: onnx.GraphProto) -> bool:
+        for node in graph.node:
+            if node.op_type in ops or (node.name and node.name in names):
+                return True
+            if any(holds(g) for g in _subgraphs(node)):
+                return True
+        return False
+
+    return [n.name for n in model.graph.node if any(holds(g) for g in _subgraphs(n))]
+
+
+def _float32_reads(model: onnx.ModelProto, holders: set[str]) -> None:
+    """Give the block-listed `holders`' branches float32 copies of the outer float tensors they
+    read, in place: the converter keeps a block-listed node's branches float32 but leaves the
+    outer tensors they read as it made them (fp16 where their producer was converted)."""
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    }
+    types |= {t.name: t.data_type for t in graph.initializer}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    taken = {t for n in graph.node for t in (n.name, *n.output)} | set(types)
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.name in holders:
+            renamed: dict[str, str] = {}
+            for name in sorted(t for g in _subgraphs(node) for t in _names_read(g)):
+                if types.get(name) in floats:
+                    copy = free_name(f"{name}_fp32_for_{node.name}", taken)
+                    nodes.append(
+                        onnx.helper.make_node(
+                            "Cast", [name], [copy], name=copy, to=onnx.TensorProto.FLOAT
+                        )
+                    )
+                    renamed[name] = copy
+            for g in _subgraphs(node):
+                _rename_reads(g, renamed)
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _rename_reads(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
+    """Reads of `renamed`'s keys in `graph` and its subgraphs read the values instead (names
+    the graph makes itself shadow the outer ones and stay; a branch output that names an
+    outer tensor is a read by name, left as it is)."""
+    own = {t for n in graph.node for t in n.output} | {i.name for i in graph.input}
+    own |= {t.name for t in graph.initializer}
+    outer = {k: v for k, v in renamed.items() if k not in own}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in outer:
+                node.input[i] = outer[name]
+        for g in _subgraphs(node):
+            _rename_reads(g, outer)
+
+
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose every node has a name (node_block_list names nodes)."""
     out = onnx.ModelProto()
@@ -212,7 +305,8 @@ def _drop_round_trips(model: onnx.ModelProto) -> int:
     outputs = {o.name for o in graph.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
-        for name in node.input:
+        # a node with branches reads the outer tensors they read, too
+        for name in {*node.input, *(t for g in _subgraphs(node) for t in _names_read(g))}:
             readers.setdefault(name, []).append(node)
     fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     dropped: list[onnx.NodeProto] = []
@@ -246,8 +340,10 @@ class Fp16Pass(Pass[Fp16Config]):
     # float16 is kept float32 and the model converted again; 3: values fp16 cannot hold on
     # the calibration feeds and samples stay float32 (_hot_nodes), and float32 -> fp16 ->
     # float32 Cast pairs between two float32 nodes are removed (_drop_round_trips); 4: average
-    # pools are block-listed (TVM sums them in fp16)
-    version = "4"
+    # pools are block-listed (TVM sums them in fp16); 5: where the converted model does not
+    # load, nodes whose branches hold block-listed ops are kept float32 whole, reading float32
+    # copies of the outer tensors (_branch_holders, _float32_reads)
+    version = "5"
     config_cls = Fp16Config
     precision: ClassVar[str | None] = "fp16"
     uses_calibration: ClassVar[bool] = True
@@ -266,7 +362,7 @@ class Fp16Pass(Pass[Fp16Config]):
     _round_trips = 0
 
     def _convert(
-        self, model: onnx.ModelProto, blocked: list[str], hot: list[str]
+        self, model: onnx.ModelProto, blocked: list[str], hot: list[str], holders: list[str]
     ) -> onnx.ModelProto:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -278,8 +374,10 @@ class Fp16Pass(Pass[Fp16Config]):
                 candidate,
                 keep_io_types=self.config.keep_io_types,
                 op_block_list=blocked,
-                node_block_list=sorted({*self.config.node_block_list, *hot}),
+                node_block_list=sorted({*self.config.node_block_list, *hot, *holders}),
             )
+        if holders:
+            _float32_reads(out, set(holders))
         self._round_trips = _drop_round_trips(out)
         _sort_topologically(out.graph)
         return out
@@ -297,8 +395,9 @@ class Fp16Pass(Pass[Fp16Config]):
         # op types ONNX Runtime still rejects in float16 (a type constraint, e.g. Celu's),
         # kept float32 and the model converted again
         rejected: dict[str, str] = {}
+        holders: list[str] = []  # kept float32 whole for what their branches hold
         while True:
-            out = self._convert(model, blocked, hot)
+            out = self._convert(model, blocked, hot, holders)
             try:
                 session(out)
                 break
@@ -310,6 +409,10 @@ class Fp16Pass(Pass[Fp16Config]):
                     rejected[op] = msg
                     blocked = sorted({*blocked, op})
                     continue
+                held = _branch_holders(model, set(blocked), {*self.config.node_block_list, *hot})
+                if held and not holders:
+                    holders = held
+                    continue
                 where = f" at node '{node}'" if node else ""
                 raise PassError(
                     f"fp16: ONNX Runtime CPU cannot load the converted model{where}: {msg}; "
@@ -319,6 +422,7 @@ class Fp16Pass(Pass[Fp16Config]):
             "keep_io_types": self.config.keep_io_types,
             "blocked_op_types_present": sorted(source_ops & set(blocked)),
             "kept_float32_as_rejected_in_fp16": sorted(rejected),
+            "kept_float32_for_blocked_ops_in_branches": holders,
             "casts_added": op_histogram(out).get("Cast", 0) - op_histogram(model).get("Cast", 0),
             "fp32_round_trips_removed": self._round_trips,
             **probed,

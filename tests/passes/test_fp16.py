@@ -185,3 +185,80 @@ def test_a_value_fp16_cannot_hold_stays_float32_on_the_calibration_data(tmp_path
     by_samples = Fp16Pass(Fp16Config())(model, ctx)
     got = float(ReferenceEvaluator(by_samples.model).run(None, feed)[0].ravel()[0])
     assert abs(got - want) <= 1e-2 * want and by_samples.record["range_probe"].startswith("2 feeds")
+
+
+def _gated_mlp() -> onnx.ModelProto:
+    """x [1, 4] -> MatMul w0 -> If(sum >= 0, then: MatMul w1 -> ReduceMean, else: ReduceMax):
+    a block-listed op in each branch, as silero_vad's STFT and openwakeword's classifiers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    then = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["h", "w1"], ["g"], name="mm1"),
+            helper.make_node("ReduceMean", ["g"], ["y_then"], keepdims=1, name="mean"),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("ReduceMax", ["h"], ["y_else"], keepdims=1, name="max")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h"], name="mm0"),
+        helper.make_node("ReduceSum", ["h"], ["total"], keepdims=1, name="sum"),
+        helper.make_node("GreaterOrEqual", ["total", "zero"], ["cond"], name="ge"),
+        helper.make_node("If", ["cond"], ["y"], name="gate", then_branch=then, else_branch=other),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (4, 4)).astype(np.float32), "w0"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (4, 4)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gated",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_an_if_whose_branches_hold_blocked_ops_stays_float32_whole(tmp_path: Path) -> None:
+    """ONNX Runtime's converter puts the Casts around a block-listed node in an If branch into
+    the main graph, where the tensor they read does not exist; the pass then keeps that If
+    float32 whole, reading float32 copies of the outer tensors, the rest fp16, and says so."""
+    import onnxruntime as ort
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = _gated_mlp()
+    blocked = Fp16Pass(Fp16Config())._blocked_ops()
+    plain = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
+    with pytest.raises(Exception, match="does not exist|is not a graph input"):
+        ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
+    result = _fp16(model, tmp_path)
+    assert result.record["kept_float32_for_blocked_ops_in_branches"] == ["gate"]
+    inits = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert inits["w0"] == onnx.TensorProto.FLOAT16  # the main graph's MatMul runs in fp16
+    feeds = [{"x": np.array([[s, 0.5 * s, -0.25 * s, s]], np.float32)} for s in (1.0, -1.0)]
+    reference = [dict(zip(["y"], ort_run(model, f), strict=True)) for f in feeds]
+    assert reference[0]["y"].item() != reference[1]["y"].item()  # each feed takes a branch
+    outputs = parity(model, result.model, feeds)
+    assert judge(outputs["y"], FP16) == []
+
+
+def ort_run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def test_a_model_without_branches_records_none_kept_for_them(tmp_path: Path) -> None:
+    result = _fp16(small_cnn(), tmp_path)
+    assert result.record["kept_float32_for_blocked_ops_in_branches"] == []
