@@ -23,12 +23,13 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
 from compiler.core.errors import NotApplicable, PassError
-from compiler.core.graphs import nodes
+from compiler.core.graphs import nodes, subgraphs
 from compiler.core.quantized import quantized_ops
 from compiler.core.records import PassRecord
 from compiler.core.tolerance import Precision, TaskSpec, Tolerance
 
 __all__ = [
+    "node_reads",
     "Pass",
     "PassConfig",
     "PassContext",
@@ -116,15 +117,13 @@ def half_precision(model: onnx.ModelProto) -> Precision | None:
     return _HALF[half] if counts.get(half, 0) * 2 > sum(counts.values()) else None
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
+def node_reads(node: onnx.NodeProto) -> set[str]:
     """The names a node reads: its inputs and what its subgraphs read from outside them."""
     names = {i for i in node.input if i}
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            inner = {o for n in g.node for o in n.output} | {i.name for i in g.input}
-            inner |= {t.name for t in g.initializer}
-            names |= {x for n in g.node for x in _reads(n)} - inner
+    for g in subgraphs(node):
+        inner = {o for n in g.node for o in n.output} | {i.name for i in g.input}
+        inner |= {t.name for t in g.initializer}
+        names |= {x for n in g.node for x in node_reads(n)} - inner
     return names
 
 
@@ -137,7 +136,7 @@ def sort_topologically(graph: onnx.GraphProto) -> bool | None:
     nodes = list(graph.node)
     produced_by = {out: i for i, n in enumerate(nodes) for out in n.output if out}
     deps = [
-        {produced_by[x] for x in _reads(n) if x in produced_by and produced_by[x] != i}
+        {produced_by[x] for x in node_reads(n) if x in produced_by and produced_by[x] != i}
         for i, n in enumerate(nodes)
     ]
     users: dict[int, list[int]] = {}

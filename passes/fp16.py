@@ -47,6 +47,7 @@ from onnx import numpy_helper
 from pydantic import model_validator
 
 from compiler.core.errors import PassError
+from compiler.core.graphs import nodes, subgraphs
 from compiler.core.names import free_name
 from compiler.core.quantized import is_quantized_op
 from passes.base import (
@@ -54,6 +55,7 @@ from passes.base import (
     PassConfig,
     PassContext,
     PassResult,
+    node_reads,
     op_histogram,
     sort_topologically,
 )
@@ -139,25 +141,6 @@ def _node_in_error(message: str) -> str:
     return next((g for g in found.groups() if g), "") if found else ""
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    out: list[onnx.GraphProto] = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            out.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            out.extend(attr.graphs)
-    return out
-
-
-def _names_read(graph: onnx.GraphProto) -> set[str]:
-    """Tensor names the nodes of `graph` and of its subgraphs read, at any depth."""
-    names = {t for n in graph.node for t in n.input if t}
-    for node in graph.node:
-        for g in _subgraphs(node):
-            names |= _names_read(g)
-    return names
-
-
 def _branch_holders(model: onnx.ModelProto, ops: set[str], names: set[str]) -> list[str]:
     """Main-graph nodes with subgraphs (If, Loop, Scan) whose branches hold, at any depth, an
     op of `ops` or a node of `names`. ONNX Runtime's converter puts the Casts around such a
@@ -165,15 +148,11 @@ def _branch_holders(model: onnx.ModelProto, ops: set[str], names: set[str]) -> l
     the model does not load (silero_vad's STFT Cast; openwakeword's wake-word classifiers'
     ReduceMean in an If branch). Such a node is then kept float32 whole (`_float32_reads`)."""
 
-    def holds(graph: onnx.GraphProto) -> bool:
-        for node in graph.node:
-            if node.op_type in ops or (node.name and node.name in names):
-                return True
-            if any(holds(g) for g in _subgraphs(node)):
-                return True
-        return False
+    def holds(node: onnx.NodeProto) -> bool:
+        inner = (n for g in subgraphs(node) for n in nodes(g))
+        return any(n.op_type in ops or (n.name and n.name in names) for n in inner)
 
-    return [n.name for n in model.graph.node if any(holds(g) for g in _subgraphs(n))]
+    return [n.name for n in model.graph.node if holds(n)]
 
 
 def _float32_reads(model: onnx.ModelProto, holders: set[str]) -> None:
@@ -193,7 +172,7 @@ def _float32_reads(model: onnx.ModelProto, holders: set[str]) -> None:
     for node in graph.node:
         if node.name in holders:
             renamed: dict[str, str] = {}
-            for name in sorted(t for g in _subgraphs(node) for t in _names_read(g)):
+            for name in sorted(node_reads(node)):
                 if types.get(name) in floats:
                     copy = free_name(f"{name}_fp32_for_{node.name}", taken)
                     nodes.append(
@@ -202,7 +181,7 @@ def _float32_reads(model: onnx.ModelProto, holders: set[str]) -> None:
                         )
                     )
                     renamed[name] = copy
-            for g in _subgraphs(node):
+            for g in subgraphs(node):
                 _rename_reads(g, renamed)
         nodes.append(node)
     del graph.node[:]
@@ -220,7 +199,7 @@ def _rename_reads(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
         for i, name in enumerate(node.input):
             if name in outer:
                 node.input[i] = outer[name]
-        for g in _subgraphs(node):
+        for g in subgraphs(node):
             _rename_reads(g, outer)
 
 
@@ -306,7 +285,7 @@ def _drop_round_trips(model: onnx.ModelProto) -> int:
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         # a node with branches reads the outer tensors they read, too
-        for name in {*node.input, *(t for g in _subgraphs(node) for t in _names_read(g))}:
+        for name in node_reads(node):
             readers.setdefault(name, []).append(node)
     fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     dropped: list[onnx.NodeProto] = []

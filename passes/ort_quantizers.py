@@ -188,10 +188,11 @@ def histogram_share(
     32 s for 16 samples, 2.4 GB and 5.3 s for 4, the ranges' median width within 2 % of the
     16-sample ones (AMX host, 2026-12-05). In the build (simplified graphs) ppocr_det's
     428 MiB a sample takes 4 of 16, its percentile collection 5.0 s, not 30.0 (0.25 s more
-    to measure the 428 MiB); layout_cdla's 833 MiB takes 2. Its incremental path (collect_data once per
-    chunk, as CalibStridedMinMax does) fails on an empty tensor (np.nanmax of a zero-size
-    array) and re-bins with explicit edges, so fewer samples it is. Min/max calibration reduces each tensor in the
-    graph and holds no more than its ranges: never capped."""
+    to measure the 428 MiB); layout_cdla's 833 MiB takes 2. Its incremental path
+    (collect_data once per chunk, as CalibStridedMinMax does) fails on an empty tensor
+    (np.nanmax of a zero-size array) and re-bins with explicit edges, so fewer samples it
+    is. Min/max calibration reduces each tensor in the graph and holds no more than its
+    ranges: never capped."""
     if per_sample is None or per_sample <= 0 or samples <= 1:
         return samples, ""
     fit = max(1, (memory_mib << 20) // per_sample)

@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 import onnx
 
-__all__ = ["graphs", "nodes"]
+__all__ = ["graphs", "nodes", "subgraphs"]
 
 
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """A node's own subgraphs (If branches, a Loop or Scan body), not theirs."""
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g
@@ -21,7 +22,7 @@ def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`graph`, then every subgraph of its nodes, depth first."""
     yield graph
     for node in graph.node:
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             yield from graphs(sub)
 
 
@@ -29,5 +30,5 @@ def nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Every node, each followed by its subgraphs' nodes (depth first)."""
     for node in graph.node:
         yield node
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             yield from nodes(sub)

@@ -275,7 +275,7 @@ def _for_openvino(
         notes.append(
             f"{sunk} layout Transpose(s) moved above an innermost-axis Concat (rewrites.py)"
         )
-    squeezed = scalar_if_conditions(model)
+    squeezed = scalar_if_conditions(model, wide)  # the same graph, read before from the source
     if squeezed:
         notes.append(
             f"If condition(s) of rank 2 or more squeezed to a scalar, as OpenVINO's frontend "

@@ -41,6 +41,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compiler.core.graphs import graphs
 from compiler.core.names import free_name
 
 __all__ = ["scalar_if_conditions", "sink_layout_transposes", "sinkable", "wide_if_conditions"]
@@ -155,18 +156,6 @@ def sink_layout_transposes(graph: onnx.GraphProto) -> int:
     return len(replaced)
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """`graph` and every subgraph under it (If branches, Loop and Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
-
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     """Each tensor's rank where ONNX shape inference (or, where it fails, the graph's own
     value infos) knows it, over the main graph and its subgraphs."""
@@ -175,7 +164,7 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     except Exception:  # noqa: BLE001 - the value infos the model states are all there is
         inferred = model
     ranks: dict[str, int] = {}
-    for graph in _graphs(inferred.graph):
+    for graph in graphs(inferred.graph):
         for info in (*graph.input, *graph.output, *graph.value_info):
             tensor = info.type.tensor_type
             if info.type.HasField("tensor_type") and tensor.HasField("shape"):
@@ -188,25 +177,27 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
 def wide_if_conditions(model: onnx.ModelProto) -> list[str]:
     """The If nodes (names, or first outputs) whose condition has a known rank of 2 or more,
     main graph and subgraphs: what `scalar_if_conditions` would rewrite."""
-    ifs = [n for g in _graphs(model.graph) for n in g.node if n.op_type == "If"]
+    ifs = [n for g in graphs(model.graph) for n in g.node if n.op_type == "If"]
     if not ifs:
         return []
     ranks = _ranks(model)
     return [n.name or n.output[0] for n in ifs if ranks.get(n.input[0], 0) >= 2]
 
 
-def scalar_if_conditions(model: onnx.ModelProto) -> list[str]:
-    """Squeeze each wide If condition (`wide_if_conditions`) to a scalar just before its If,
-    in place (module docstring); the Ifs rewritten."""
-    wide = set(wide_if_conditions(model))
+def scalar_if_conditions(model: onnx.ModelProto, wide: list[str] | None = None) -> list[str]:
+    """Squeeze each wide If condition (`wide`, what `wide_if_conditions` finds, where the
+    caller has it already) to a scalar just before its If, in place (module docstring); the
+    Ifs rewritten."""
+    wide = sorted(wide_if_conditions(model) if wide is None else wide)
+    chosen = set(wide)
     if not wide:
         return []
-    taken = {t for g in _graphs(model.graph) for n in g.node for t in (n.name, *n.output)}
-    taken |= {t.name for g in _graphs(model.graph) for t in (*g.initializer, *g.input)}
-    for graph in _graphs(model.graph):
+    taken = {t for g in graphs(model.graph) for n in g.node for t in (n.name, *n.output)}
+    taken |= {t.name for g in graphs(model.graph) for t in (*g.initializer, *g.input)}
+    for graph in graphs(model.graph):
         nodes: list[onnx.NodeProto] = []
         for node in graph.node:
-            if node.op_type == "If" and (node.name or node.output[0]) in wide:
+            if node.op_type == "If" and (node.name or node.output[0]) in chosen:
                 scalar = free_name(f"{node.input[0]}_scalar", taken)
                 nodes.append(helper.make_node("Squeeze", [node.input[0]], [scalar], name=scalar))
                 node.input[0] = scalar
@@ -214,4 +205,4 @@ def scalar_if_conditions(model: onnx.ModelProto) -> list[str]:
         if len(nodes) != len(graph.node):
             del graph.node[:]
             graph.node.extend(nodes)
-    return sorted(wide)
+    return wide
