@@ -1,14 +1,18 @@
 """The peer: the same model through Microsoft Olive, in its own process (run by perf/run.py).
 
-Two Olive workflows, the closest equivalents of what compile-pkg's cpu target builds:
+Three Olive workflows, the closest equivalents of what compile-pkg's cpu target builds:
 `ort-int8` (OnnxStaticQuantization: ONNX Runtime static QDQ int8, u8 activations, s8
-per-channel weights, MinMax calibration on the same calibration feeds) and `ov-int8`
-(OpenVINOConversion then OpenVINOQuantization: NNCF post-training int8, as compile-pkg's
-ov-int8). Usage:
+per-channel weights, MinMax calibration on the same calibration feeds), `ort-int8-eval`
+(the same pass with Olive's evaluator on the input model and on the result: the task metric
+on the labelled samples, perf/olive_task.py, and Olive's latency metric on the first of them;
+what compile-pkg's verdict measures, so a build with its verdict is set against Olive doing
+that much) and `ov-int8` (OpenVINOConversion then OpenVINOQuantization: NNCF post-training
+int8, as compile-pkg's ov-int8). Usage:
 
     python perf/olive_peer.py JOBS.json RESULTS.json
 
-JOBS.json lists {id, workflow, model, calibration, out}; every job runs in this one process
+JOBS.json lists {id, workflow, model, calibration, out} (`ort-int8-eval` also `samples`,
+the labelled folder, and `metric`, `module:function`); every job runs in this one process
 (Olive's import, 3-12 s, is reported apart as `import_seconds`). The benchmarks pass one job
 per process (perf/builds.py `run_olive`), so each job's process is Olive's wall time for it.
 RESULTS.json gets, per job, the artifact path (or the error), the workflow's wall time and
@@ -31,7 +35,7 @@ os.environ.setdefault("CI", "1")
 
 __all__ = ["WORKFLOWS", "main", "run_job", "workflow_config"]
 
-WORKFLOWS = ("ort-int8", "ov-int8")
+WORKFLOWS = ("ort-int8", "ort-int8-eval", "ov-int8")
 _DATASET = "compile_pkg_perf_npz"
 
 
@@ -59,14 +63,60 @@ def _register_dataset() -> None:
         return NpzFeeds(data_dir)
 
 
-def workflow_config(workflow: str, model: Path, calibration: Path, out: Path) -> dict[str, Any]:
-    data = {
-        "name": "calibration",
+def _npz_data(name: str, folder: Path) -> dict[str, Any]:
+    return {
+        "name": name,
         "type": "DataContainer",
-        "load_dataset_config": {"type": _DATASET, "params": {"data_dir": str(calibration)}},
+        "load_dataset_config": {"type": _DATASET, "params": {"data_dir": str(folder)}},
         "dataloader_config": {"type": "no_auto_batch_dataloader"},
     }
-    if workflow == "ort-int8":
+
+
+def _metrics(samples: Path, metric: str) -> list[dict[str, Any]]:
+    """Olive's verdict on a model: the task metric over the labelled samples (higher is
+    better) and the latency of the first sample (Olive's defaults: 10 warm-up runs, 20
+    timed)."""
+    return [
+        {
+            "name": "task",
+            "type": "custom",
+            "sub_types": [{"name": "score", "priority": 1, "higher_is_better": True}],
+            "user_config": {
+                "user_script": str(Path(__file__).with_name("olive_task.py")),
+                "evaluate_func": "evaluate",
+                "evaluate_func_kwargs": {"metric": metric, "samples": str(samples)},
+            },
+        },
+        {
+            "name": "latency",
+            "type": "latency",
+            "data_config": _npz_data("samples", samples),
+            "sub_types": [{"name": "avg", "priority": 2}],
+        },
+    ]
+
+
+def evaluate(model: Path, samples: Path, metric: str) -> dict[str, float]:
+    """Olive's evaluator (OnnxEvaluator, the CPU provider) on one ONNX model: {"task-score",
+    "latency-avg" (ms)}. Called on the input model and on the workflow's result, as a run
+    config's `evaluator` with `evaluate_input_model` would; that route cannot run a custom
+    metric in Olive 0.13 (its config serialiser calls `model_dump` on the custom metric's
+    backend, which it set to None)."""
+    from olive.evaluator.metric import Metric
+    from olive.evaluator.olive_evaluator import OnnxEvaluator
+    from olive.hardware import Device
+    from olive.model import ONNXModelHandler
+
+    metrics = [Metric(**m) for m in _metrics(samples, metric)]
+    handler = ONNXModelHandler(model_path=str(model))
+    result = OnnxEvaluator().evaluate(handler, metrics, Device.CPU, ["CPUExecutionProvider"])
+    return {key: float(value.value) for key, value in result.items()}
+
+
+def workflow_config(workflow: str, model: Path, calibration: Path, out: Path) -> dict[str, Any]:
+    """The run config of `workflow`'s passes (`ort-int8-eval`: those of `ort-int8`; its
+    evaluation is `evaluate`)."""
+    if workflow in ("ort-int8", "ort-int8-eval"):
         passes: dict[str, Any] = {
             "quantize": {
                 "type": "OnnxStaticQuantization",
@@ -100,7 +150,7 @@ def workflow_config(workflow: str, model: Path, calibration: Path, out: Path) ->
                 "accelerators": [{"device": "cpu", "execution_providers": providers}],
             }
         },
-        "data_configs": [data],
+        "data_configs": [_npz_data("calibration", calibration)],
         "passes": passes,
         "host": "local",
         "target": "local",
@@ -159,6 +209,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 workflow_config(job["workflow"], Path(job["model"]), Path(job["calibration"]), out)
             )
             result["artifact"] = str(_find_artifact(out, job["workflow"]))
+            if job["workflow"] == "ort-int8-eval":
+                samples, metric = Path(job["samples"]), job["metric"]
+                result["evaluation"] = {
+                    "input": evaluate(Path(job["model"]), samples, metric),
+                    "output": evaluate(Path(result["artifact"]), samples, metric),
+                }
             result["format"] = "openvino-ir" if job["workflow"] == "ov-int8" else "onnx"
         except Exception as exc:  # recorded as the peer's failure, with its reason
             result["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:600]}"

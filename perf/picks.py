@@ -13,8 +13,10 @@ batch 1 and at the largest batch the contract admits up to `--batch`, beside the
 timed against itself (the method's noise, true value 1); the pick's fraction of the measured
 machine peak for its precision; the held-out task set through the pick and through the
 original model on ONNX Runtime; and Olive's ONNX Runtime int8 workflow on the same
-calibration data, each job in a fresh Olive process (the cold build's peer), beside a cold
-build of that job alone (same_job_config: only the ort-int8 variant). Every artifact of the
+calibration data, each job in a fresh Olive process (the cold build's peer), alone and then
+with Olive's evaluator on the input model and the result (the task metric on the same
+labelled samples, Olive's latency metric: what our verdict measures), beside a cold build of
+that job alone (same_job_config: only the ort-int8 variant, its verdict included). Every artifact of the
 cold build is listed with its verdict and its build-record speedup, so the report can set the
 fastest artifact built, whatever its verdict, beside the pick (what accuracy costs). Writes
 perf/results/<date>-<host>-picks[-quick].{json,md}.
@@ -64,6 +66,10 @@ from scripts.realdata.packages import task_options  # noqa: E402
 from scripts.realdata.task import RealModel, ort_runner  # noqa: E402
 
 __all__ = ["main"]
+
+
+# where each Olive workflow's result goes in a model's entry
+OLIVE_KEYS = {"ort-int8": "olive", "ort-int8-eval": "olive_eval"}
 
 
 def _log(msg: str) -> None:
@@ -359,13 +365,23 @@ def main(argv: list[str] | None = None) -> int:
         cal, smp = _prepare(model, work)
         builds = _builds(model, work, args.targets, cal, smp, tuple(args.set))
         doc["models"][name] = {"task": model.task, "source": model.source, "builds": builds}
+        job = {"model": str(model.path.resolve()), "calibration": str(cal.resolve())}
         jobs.append(
-            {
+            job
+            | {
                 "id": f"{name}/ort-int8",
-                "model": str(model.path.resolve()),
                 "workflow": "ort-int8",
-                "calibration": str(cal.resolve()),
                 "out": str((work / "olive").resolve()),
+            }
+        )
+        jobs.append(  # the same, then Olive's evaluator where our same job has its verdict
+            job
+            | {
+                "id": f"{name}/ort-int8-eval",
+                "workflow": "ort-int8-eval",
+                "samples": str(smp.resolve()),
+                "metric": model.metric,
+                "out": str((work / "olive-eval").resolve()),
             }
         )
     if not args.no_olive:
@@ -374,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         olive = run_olive(jobs, args.workdir, timeout_s=420)
         doc["olive"] = {k: v for k, v in olive.items() if k != "jobs"}
         for job in olive.get("jobs", []):
-            doc["models"][job["id"].split("/")[0]]["olive"] = job
+            name, workflow = job["id"].split("/")
+            doc["models"][name][OLIVE_KEYS[workflow]] = job
     _log("peak: the machine's fp32 and int8 matrix-product rate")
     doc["peak"] = measure_peak(plan.peak_n, plan.peak_repeats)
     for name, entry in doc["models"].items():

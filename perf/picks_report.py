@@ -74,13 +74,19 @@ def _olive_wall(olive: dict[str, Any], olive_import: float | None) -> float | No
 def _build_row(name: str, e: dict[str, Any], olive_import: float | None) -> str:
     b = e.get("builds")
     if not b:
-        return f"| {name} | - | - | - | - | - | - | - |"
+        return f"| {name} | - | - | - | - | - | - | - | - | - |"
     olive = e.get("olive") or {}
     job = float(olive["seconds"]) if olive.get("seconds") and not olive.get("error") else None
     o = f"{job:.1f} s" if job else (olive.get("error", "not run")[:80])
     wall = _olive_wall(olive, olive_import)
     if job and wall is not None:
         o += f" ({wall:.1f} s)"
+    evaluated = e.get("olive_eval") or {}
+    eval_wall = _olive_wall(evaluated, olive_import)
+    ev = f"{eval_wall:.1f} s" if eval_wall is not None else evaluated.get("error", "-")[:80]
+    scores = evaluated.get("evaluation") or {}
+    if eval_wall is not None and "task-score" in scores.get("output", {}):
+        ev += f" (task {scores['output']['task-score']:.3g} vs {scores['input']['task-score']:.3g})"
     cold, same = _seconds(b.get("cold")), _seconds(b.get("same-job"))
 
     def cell(v: float | None) -> str:
@@ -91,7 +97,8 @@ def _build_row(name: str, e: dict[str, Any], olive_import: float | None) -> str:
 
     return (
         f"| {name} | {cell(cold)} | {cell(_seconds(b.get('warm')))} | {cell(same)} | {o} | "
-        f"{ratio(cold, job)} | {ratio(same, job)} | {ratio(same, wall)} |"
+        f"{ratio(cold, job)} | {ratio(same, job)} | {ratio(same, wall)} | {ev} | "
+        f"{ratio(same, eval_wall)} |"
     )
 
 
@@ -264,11 +271,18 @@ def render(doc: dict[str, Any]) -> str:
             else f"every model's in one Olive process, its import ({imported} s) paid once; "
             "in brackets and in the last column the workflow's seconds with the import added, "
             "as a fresh `olive run` pays it."
-        ),
+        )
+        + " `Olive ort-int8 + evaluation`: the same workflow in a fresh process, then Olive's "
+        "evaluator (OnnxEvaluator, perf/olive_peer.py `evaluate`) on the input model and on "
+        "the result: the task metric on the same labelled samples and Olive's latency metric "
+        "(10 warm-up runs, 20 timed, unpaired): the work our same job's verdict does, Olive's "
+        "way; its wall time is the whole process's, and the task scores of Olive's int8 model "
+        "and of the original follow it.",
         "",
         "| model | cold | warm | same job, cold | Olive ort-int8 (wall) | cold / Olive | "
-        "same job / Olive | same job / Olive's wall |",
-        "|---|---|---|---|---|---|---|---|",
+        "same job / Olive | same job / Olive's wall | Olive ort-int8 + evaluation, wall | "
+        "same job / that |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *[_build_row(n, e, olive_import) for n, e in models.items()],
         "",
     ]

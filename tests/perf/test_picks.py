@@ -97,18 +97,29 @@ def test_the_report_sets_the_fastest_artifact_built_beside_the_pick() -> None:
     assert "| a | cpu/x: 2.00x | cpu/y (int8) | 8.00x [7.60-8.40] | failed |" in md
     assert "| b | reference: 1.00x | cpu/z (int8) | 0.50x [0.47-0.53] | failed |" in md
     # cold 40 s, same job 10 s, Olive's job 1 s (+ 4 s import: a run of one Olive process)
-    assert "| a | 40.0 s | 2.0 s | 10.0 s | 1.0 s (5.0 s) | 40.00x | 10.00x | 2.00x |" in md
+    assert "| a | 40.0 s | 2.0 s | 10.0 s | 1.0 s (5.0 s) | 40.00x | 10.00x | 2.00x | - | - |" in md
     assert "paid once" in md
 
     # A fresh Olive process per job: its whole wall time is Olive's, import or not.
     doc["models"]["a"]["olive"] = {"seconds": 1.0, "process_seconds": 8.0, "import_seconds": 3.5}
     doc["olive"] = {"import_seconds": 3.5, "per_process": True}
     md = render(doc)
-    assert "| a | 40.0 s | 2.0 s | 10.0 s | 1.0 s (8.0 s) | 40.00x | 10.00x | 1.25x |" in md
+    assert "| a | 40.0 s | 2.0 s | 10.0 s | 1.0 s (8.0 s) | 40.00x | 10.00x | 1.25x | - | - |" in md
     assert "each model's in a fresh Olive process" in md and "paid once" not in md
+    # Olive's workflow with its evaluator: its process's wall time, and what its task said.
+    doc["models"]["a"]["olive_eval"] = {
+        "seconds": 2.5,
+        "process_seconds": 12.5,
+        "evaluation": {
+            "input": {"task-score": 1.0, "latency-avg": 2.0},
+            "output": {"task-score": 0.75, "latency-avg": 1.0},
+        },
+    }
+    assert "| 1.25x | 12.5 s (task 0.75 vs 1) | 0.80x |" in render(doc)
     # A failed Olive job has no wall time to divide by.
     doc["models"]["a"]["olive"] = {"seconds": 0.0, "process_seconds": 2.0, "error": "boom"}
-    assert "| a | 40.0 s | 2.0 s | 10.0 s | boom | - | - | - |" in render(doc)
+    doc["models"]["a"]["olive_eval"] = {"seconds": 0.0, "error": "bang"}
+    assert "| a | 40.0 s | 2.0 s | 10.0 s | boom | - | - | - | bang | - |" in render(doc)
 
 
 def _lat(ref_ms: float, speedup: float, other: float = 0.0) -> dict:
