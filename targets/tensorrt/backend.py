@@ -34,6 +34,19 @@ ENGINE_FILE = "model.plan"
 TIMING_FILE = "timing.cache"
 
 
+def _count(errors: list[Finding]) -> str:
+    """What the preflight's errors are about: '19 nodes of 2 op types', 'the model as a
+    whole' (an opset, a tensor type) or both."""
+    nodes = [f for f in errors if f.node != "<model>"]
+    said = []
+    if nodes:
+        ops = len({f.op for f in nodes})
+        said.append(f"{len(nodes)} node(s) of {ops} op type(s)")
+    if len(nodes) < len(errors):
+        said.append("the model as a whole")
+    return " and ".join(said)
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
     version = "1"
@@ -71,7 +84,8 @@ class TensorRTBackend(Backend):
         errors = [f for f in findings if f.severity == "error"]
         if errors and opts.preflight == "error":
             raise BuildError(
-                f"{model_path.name}: TensorRT's ONNX parser is documented not to support:\n  "
+                f"{model_path.name}: TensorRT's ONNX parser is documented not to support "
+                f"{_count(errors)}:\n  "
                 f"{format_findings(errors)}\n(set compile.preflight: warn to try anyway)"
             )
         # fp16/bf16 are builder flags from the options; int8 is the quantize pass's QDQ model

@@ -199,8 +199,24 @@ def preflight(model: onnx.ModelProto) -> list[Finding]:
     return sorted(found, key=lambda f: f.severity != "error")
 
 
-def format_findings(findings: list[Finding], limit: int = 20) -> str:
-    lines = [f.line() for f in findings[:limit]]
-    if len(findings) > limit:
-        lines.append(f"... and {len(findings) - limit} more")
+def format_findings(findings: list[Finding], limit: int = 20, named: int = 3) -> str:
+    """One line per distinct finding, in order: findings that say the same of several nodes
+    (an ORT-optimized transformer's 13 SkipLayerNormalization nodes) are one line with their
+    count and the first `named` nodes, so the kinds of trouble show, not a page of one kind.
+    At most `limit` lines, then how many more there are."""
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for f in findings:
+        groups.setdefault((f.severity, f.message), []).append(f)
+    lines = []
+    for (severity, message), same in list(groups.items())[:limit]:
+        if len(same) == 1:
+            lines.append(same[0].line())
+            continue
+        names = ", ".join(f"'{f.node}'" for f in same[:named])
+        more = f" and {len(same) - named} more" if len(same) > named else ""
+        ops = sorted({f.op for f in same})
+        lines.append(f"{severity}: {len(same)} {'/'.join(ops)} nodes ({names}{more}): {message}")
+    if len(groups) > limit:
+        rest = sum(len(g) for g in list(groups.values())[limit:])
+        lines.append(f"... and {len(groups) - limit} more kinds ({rest} findings)")
     return "\n  ".join(lines)

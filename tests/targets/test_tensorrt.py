@@ -28,7 +28,7 @@ from targets.tensorrt.cache import file_digest
 from targets.tensorrt.compat import CompatibilityRecord
 from targets.tensorrt.install import install_advice
 from targets.tensorrt.options import TensorRTOptions, builder_settings
-from targets.tensorrt.preflight import preflight
+from targets.tensorrt.preflight import format_findings, preflight
 from targets.tensorrt.spec import SPEC_FILE, BuildSpec, read_spec
 from tests.models import tiny_mlp
 from tests.targets.builders import qdq_mlp, reference
@@ -65,6 +65,25 @@ def test_preflight_flags_unsupported_ops_per_node() -> None:
     assert found == {("uniq", "error"), ("custom", "error"), ("future", "warning")}
     msgs = " ".join(f.message for f in preflight(m))
     assert "Unique is not supported" in msgs and "com.acme::MyOp" in msgs and "plugin" in msgs
+
+
+def test_findings_that_say_the_same_of_many_nodes_are_one_line() -> None:
+    # an ORT-optimized transformer: a contrib op at every layer, and one other kind
+    m = _model([
+        *(helper.make_node("SkipLayerNormalization", ["x"], [f"s{i}"], name=f"sln{i}",
+                           domain="com.microsoft") for i in range(5)),
+        helper.make_node("Unique", ["x"], ["y"], name="uniq"),
+    ])  # fmt: skip
+    text = format_findings([f for f in preflight(m) if f.severity == "error"])
+    lines = text.split("\n  ")
+    assert len(lines) == 2
+    assert lines[0].startswith(
+        "error: 5 SkipLayerNormalization nodes ('sln0', 'sln1', 'sln2' and 2 more): "
+        "custom-domain op 'com.microsoft::SkipLayerNormalization' needs a TensorRT plugin"
+    )
+    assert lines[1].startswith("error: node 'uniq' (Unique): Unique is not supported")
+    # past the limit, the kinds left out and their findings are counted
+    assert format_findings(preflight(m), limit=1).endswith("... and 1 more kinds (1 findings)")
 
 
 def test_preflight_restrictions_opset_and_subgraphs() -> None:
