@@ -87,6 +87,8 @@ def _build_row(name: str, e: dict[str, Any], olive_import: float | None) -> str:
     scores = evaluated.get("evaluation") or {}
     if eval_wall is not None and "task-score" in scores.get("output", {}):
         ev += f" (task {scores['output']['task-score']:.3g} vs {scores['input']['task-score']:.3g})"
+    elif eval_wall is not None and scores.get("output", {}).get("error"):
+        ev += f" (its int8 model fails: {scores['output']['error'][:90]})"
     cold, same = _seconds(b.get("cold")), _seconds(b.get("same-job"))
 
     def cell(v: float | None) -> str:

@@ -116,6 +116,9 @@ def test_the_report_sets_the_fastest_artifact_built_beside_the_pick() -> None:
         },
     }
     assert "| 1.25x | 12.5 s (task 0.75 vs 1) | 0.80x |" in render(doc)
+    # Olive's int8 model that does not run is Olive's verdict, not a failed job
+    doc["models"]["a"]["olive_eval"]["evaluation"]["output"] = {"error": "Fail: QLinearConv"}
+    assert "| 12.5 s (its int8 model fails: Fail: QLinearConv) | 0.80x |" in render(doc)
     # A failed Olive job has no wall time to divide by.
     doc["models"]["a"]["olive"] = {"seconds": 0.0, "process_seconds": 2.0, "error": "boom"}
     doc["models"]["a"]["olive_eval"] = {"seconds": 0.0, "error": "bang"}
