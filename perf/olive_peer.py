@@ -116,7 +116,7 @@ def evaluate(model: Path, samples: Path, metric: str) -> dict[str, float]:
 def _evaluated(model: Path, samples: Path, metric: str) -> dict[str, Any]:
     """`evaluate` on Olive's result, or {"error"} where that model does not load or run:
     a verdict on it (ppocr_det's, layout_cdla's and basic_pitch's int8 from Olive 0.13 on
-    ONNX Runtime 1.23, 2026-12-05), not a failure of the workflow."""
+    ONNX Runtime 1.32, 2026-12-05), not a failure of the workflow."""
     try:
         return evaluate(model, samples, metric)
     except Exception as exc:  # noqa: BLE001 - the model's failure is the finding

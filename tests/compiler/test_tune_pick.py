@@ -93,6 +93,9 @@ def test_adopted_settings_are_timed_again_and_served(
 ) -> None:
     pkg = _built(tmp_path, pick=False)
     _adopting_first(monkeypatch)
+    # what a timing on a slow host does is the next two tests'; here a busy CI host must
+    # not drop the second timing this test is about (it did once, 2026-12-05)
+    monkeypatch.setattr(tp, "slow_beside_build", lambda m, timed: "")
     done = tp.tune_pick(pkg, 3.0)
     assert done is not None and done.second is not None
     m = read_manifest(pkg)
@@ -157,18 +160,26 @@ def _adopting_first(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _slow_first(monkeypatch: pytest.MonkeyPatch, slow_calls: int) -> list[float]:
     """Real timings against the reference, the first `slow_calls` of them as if the reference
-    had run 100x slower (a busy host); returns the reference p50s the pick's code saw."""
-    real, seen = tp.measure_latency, list[float]()
+    had run 100x slower (a busy host); returns the reference p50s the pick's code saw. The
+    real check judges those; the others count as steady whatever this host did while they
+    ran, so a busy CI host cannot add a slow timing the test did not make."""
+    real, real_slow, seen = tp.measure_latency, tp.slow_beside_build, list[float]()
+    made_slow: list[object] = []
 
     def timed(*args: object, **kw: object):  # type: ignore[no-untyped-def]
         record = real(*args, **kw)  # type: ignore[arg-type]
         if len(seen) < slow_calls and record.reference is not None:
             ref = dataclasses.replace(record.reference, p50_ms=record.reference.p50_ms * 100)
             record = record.model_copy(update={"reference": ref})
+            made_slow.append(record)
         seen.append(record.reference.p50_ms if record.reference else float("nan"))
         return record
 
+    def slow(m: object, record: object) -> str:
+        return real_slow(m, record) if any(record is r for r in made_slow) else ""  # type: ignore[arg-type]
+
     monkeypatch.setattr(tp, "measure_latency", timed)
+    monkeypatch.setattr(tp, "slow_beside_build", slow)
     return seen
 
 
@@ -183,7 +194,7 @@ def test_a_timing_of_adopted_settings_while_the_host_was_slow_is_taken_again(
     m = read_manifest(pkg)
     first, second = m.measured(done.id).latency
     assert second.reference is not None and second.reference.p50_ms == seen[1]  # the 2nd kept
-    assert tp.slow_beside_build(m, second) == ""
+    assert first.reference is not None and second.reference.p50_ms < 10 * first.reference.p50_ms
 
 
 def test_adopted_settings_timed_slow_twice_leave_the_defaults_record_standing(
