@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
 from compiler.core.errors import NotApplicable, PassError
-from compiler.core.graphs import nodes, subgraphs
+from compiler.core.graphs import defined, nodes, subgraphs
 from compiler.core.quantized import quantized_ops
 from compiler.core.records import PassRecord
 from compiler.core.tolerance import Precision, TaskSpec, Tolerance
@@ -121,9 +121,7 @@ def node_reads(node: onnx.NodeProto) -> set[str]:
     """The names a node reads: its inputs and what its subgraphs read from outside them."""
     names = {i for i in node.input if i}
     for g in subgraphs(node):
-        inner = {o for n in g.node for o in n.output} | {i.name for i in g.input}
-        inner |= {t.name for t in g.initializer}
-        names |= {x for n in g.node for x in node_reads(n)} - inner
+        names |= {x for n in g.node for x in node_reads(n)} - defined(g)
     return names
 
 

@@ -47,7 +47,7 @@ from onnx import numpy_helper
 from pydantic import model_validator
 
 from compiler.core.errors import PassError
-from compiler.core.graphs import nodes, subgraphs
+from compiler.core.graphs import defined, nodes, subgraphs
 from compiler.core.names import free_name
 from compiler.core.quantized import is_quantized_op
 from passes.base import (
@@ -168,14 +168,14 @@ def _float32_reads(model: onnx.ModelProto, holders: set[str]) -> None:
     types |= {t.name: t.data_type for t in graph.initializer}
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
     taken = {t for n in graph.node for t in (n.name, *n.output)} | set(types)
-    nodes: list[onnx.NodeProto] = []
+    rewritten: list[onnx.NodeProto] = []
     for node in graph.node:
         if node.name in holders:
             renamed: dict[str, str] = {}
             for name in sorted(node_reads(node)):
                 if types.get(name) in floats:
                     copy = free_name(f"{name}_fp32_for_{node.name}", taken)
-                    nodes.append(
+                    rewritten.append(
                         onnx.helper.make_node(
                             "Cast", [name], [copy], name=copy, to=onnx.TensorProto.FLOAT
                         )
@@ -183,17 +183,16 @@ def _float32_reads(model: onnx.ModelProto, holders: set[str]) -> None:
                     renamed[name] = copy
             for g in subgraphs(node):
                 _rename_reads(g, renamed)
-        nodes.append(node)
+        rewritten.append(node)
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(rewritten)
 
 
 def _rename_reads(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
     """Reads of `renamed`'s keys in `graph` and its subgraphs read the values instead (names
     the graph makes itself shadow the outer ones and stay; a branch output that names an
     outer tensor is a read by name, left as it is)."""
-    own = {t for n in graph.node for t in n.output} | {i.name for i in graph.input}
-    own |= {t.name for t in graph.initializer}
+    own = defined(graph)
     outer = {k: v for k, v in renamed.items() if k not in own}
     for node in graph.node:
         for i, name in enumerate(node.input):

@@ -13,8 +13,6 @@ hook scores them (compiler/core/task.py).
 
 from __future__ import annotations
 
-import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,21 +28,20 @@ def evaluate(
     model: Any, device: Any, execution_providers: Any, *, metric: str, samples: str
 ) -> float:
     """The task score of `model` (an Olive ONNX model handler) on the labelled samples."""
-    import numpy as np
     import onnxruntime as ort
 
+    from compiler.core.feeds import read_json, read_npz
+    from compiler.core.task import load_callable
+
     del device, execution_providers  # the CPU provider, as compile-pkg's reference runs
-    module, _, name = metric.partition(":")
-    fn = getattr(importlib.import_module(module), name)
+    fn = load_callable(metric)  # as compile-pkg's task hook loads it
     folder = Path(samples)
-    by_file = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    by_file = read_json(folder / "labels.json")
+    if not isinstance(by_file, dict):
+        raise ValueError(f"{folder}: no labels.json with a label per file name")
     files = sorted(folder.glob("*.npz"))
     labels = [by_file[f.name] for f in files]
     session = ort.InferenceSession(str(model.model_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    outputs = []
-    for path in files:
-        with np.load(path) as z:
-            feed = {k: z[k] for k in z.files}
-        outputs.append(dict(zip(names, session.run(names, feed), strict=True)))
+    outputs = [dict(zip(names, session.run(names, read_npz(f)), strict=True)) for f in files]
     return float(fn(outputs, labels))

@@ -16,9 +16,10 @@ original model on ONNX Runtime; and Olive's ONNX Runtime int8 workflow on the sa
 calibration data, each job in a fresh Olive process (the cold build's peer), alone and then
 with Olive's evaluator on the input model and the result (the task metric on the same
 labelled samples, Olive's latency metric: what our verdict measures), beside a cold build of
-that job alone (same_job_config: only the ort-int8 variant, its verdict included). Every artifact of the
-cold build is listed with its verdict and its build-record speedup, so the report can set the
-fastest artifact built, whatever its verdict, beside the pick (what accuracy costs). Writes
+that job alone (same_job_config: only the ort-int8 variant, its verdict included). Every
+artifact of the cold build is listed with its verdict and its build-record speedup, so the
+report can set the fastest artifact built, whatever its verdict, beside the pick (what
+accuracy costs). Writes
 perf/results/<date>-<host>-picks[-quick].{json,md}.
 """
 

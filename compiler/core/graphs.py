@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import onnx
 
-__all__ = ["graphs", "nodes", "subgraphs"]
+__all__ = ["defined", "graphs", "nodes", "subgraphs"]
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -32,3 +32,10 @@ def nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
         yield node
         for sub in subgraphs(node):
             yield from nodes(sub)
+
+
+def defined(graph: onnx.GraphProto) -> set[str]:
+    """The names `graph` itself defines (its nodes' outputs, its inputs, its initializers):
+    inside it they shadow the outer tensors of the same name."""
+    names = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    return names | {t.name for t in graph.initializer}

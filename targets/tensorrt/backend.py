@@ -35,8 +35,8 @@ TIMING_FILE = "timing.cache"
 
 
 def _count(errors: list[Finding]) -> str:
-    """What the preflight's errors are about: '19 nodes of 2 op types', 'the model as a
-    whole' (an opset, a tensor type) or both."""
+    """What the preflight's errors are about: '19 node(s) of 2 op type(s)', 'the model as
+    a whole' (an opset, a tensor type) or both."""
     nodes = [f for f in errors if f.node != "<model>"]
     said = []
     if nodes:
