@@ -456,6 +456,29 @@ def test_many_candidates_are_ranked_in_two_rounds_with_the_same_leaders(tmp_path
         assert err == pytest.approx(first_round[name], rel=1e-9)
 
 
+def test_a_quantizer_call_made_before_is_read_back_not_quantized_again(tmp_path: Path) -> None:
+    """The ranking's finalists come back with the same call: the quantizer reads the model it
+    wrote then (the same bytes), and ONNX Runtime quantizes only calls it has not seen."""
+    model = _deep_mlp(6)
+    quantize = _minmax_quantizer(model, tmp_path)
+
+    def written() -> list[str]:
+        return sorted(p.name for p in tmp_path.glob("q-minmax-*.onnx"))
+
+    first = quantize([], ["mm02"])
+    assert written() == ["q-minmax-1.onnx"]
+    again = quantize([], ["mm02"])
+    assert written() == ["q-minmax-1.onnx"]
+    assert again.SerializeToString() == first.SerializeToString()
+    assert again is not first  # a caller's edits to one never reach the other
+    other = quantize([], ["mm03"])
+    whole = quantize(["mm02"], None)
+    assert written() == ["q-minmax-1.onnx", "q-minmax-2.onnx", "q-minmax-3.onnx"]
+    assert other.SerializeToString() != first.SerializeToString()
+    dq = [n for n in whole.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) > len([n for n in first.graph.node if n.op_type == "DequantizeLinear"])
+
+
 def _loop_with_and_without_ceiling(tmp_path: Path, layers: int, min_cosine: float) -> list[Any]:
     """keep_sensitive_layers_in_float on a Tanh chain of `layers` under the default ceiling
     check and with none: per run, the quantizations it made and its record."""
