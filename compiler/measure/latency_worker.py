@@ -2,16 +2,20 @@
 
     python -m compiler.measure.latency_worker JOB.json
 
-JOB.json (protocol 1): {"protocol", "backend", "dir", "runtime" (settings JSON as the manifest
+JOB.json (protocol 2): {"protocol", "backend", "dir", "runtime" (settings JSON as the manifest
 stores them), "contract" (JSON), "feeds" (.npz, compiler.core.feeds format: the first feed is
 timed), "threads" (0: the runtime's default), "cache_dir", "warmup"}. The artifact is loaded
-through `targets.runner.open_runner`, as serving loads it, and warmed up; then each line on
-stdin is a command and each answer one JSON line on the reply channel:
+through `targets.runner.open_runner`, as serving loads it, and warmed up once the first line
+on stdin asks for it; each line on stdin is a command and each answer one JSON line on the
+reply channel:
 
+    {"op": "load"}                             -> {"ok": true, "ready": {...}} (first only)
     {"op": "block", "runs": N, "settle_s": S} -> {"ok": true, "times_s": [...]}
     {"op": "exit"} (or end of input)           -> the process ends
 
-The first answer, after loading, is {"ok": true, "ready": {"describe", "load_s", "warmup_s",
+A parent starts both contenders' workers at once and has them load one at a time: their
+interpreters start and import side by side, and no load or warm-up shares the cores.
+The answer to `load` is {"ok": true, "ready": {"describe", "load_s", "warmup_s",
 "steady_s"}}: `steady_s` are runs timed after the warm-up until STEADY_S have passed (at
 least three), whose median is what the parent sizes its blocks by; a warm-up run may hold
 one-off work (a first run's allocations, OpenVINO's compile for a shape seen twice: 83 ms
@@ -39,7 +43,7 @@ from targets.runner import Runner, open_runner
 
 __all__ = ["PROTOCOL", "STEADY_S", "main"]
 
-PROTOCOL = 1
+PROTOCOL = 2
 STEADY_S = 0.05  # the steady runs' total time after the warm-up
 
 
@@ -81,7 +85,11 @@ def _open(job: dict[str, Any]) -> tuple[Runner, Feeds, dict[str, Any]]:
 
 
 def serve(job: dict[str, Any], commands: IO[str], reply: IO[str]) -> int:
-    """Load the contender, answer commands until `exit` or the end of input."""
+    """On `load`, load the contender, then answer commands until `exit` or the end of
+    input."""
+    first = commands.readline()
+    if not first or json.loads(first).get("op") != "load":
+        return 0
     try:
         runner, feed, ready = _open(job)
     except Exception as exc:  # the contender's failure is the answer, not a crash

@@ -91,9 +91,11 @@ def measure_pair(
         write_feeds_npz(feeds, [feed])
         opts = {"threads": policy.threads, "warmup": policy.warmup}
         with (
-            WorkerProcess.start(artifact, contract, feeds, work, **opts) as art,
-            WorkerProcess.start(reference, contract, feeds, work, **opts) as ref,
+            WorkerProcess.spawn(artifact, contract, feeds, work, **opts) as art,
+            WorkerProcess.spawn(reference, contract, feeds, work, **opts) as ref,
         ):
+            art.load()  # one at a time: neither's load or warm-up shares the cores
+            ref.load()
             return PairedMeasurement(
                 time_workers(art, ref, policy),
                 art.describe,

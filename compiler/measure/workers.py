@@ -82,6 +82,26 @@ class WorkerProcess:
         threads: int,
         warmup: int,
     ) -> WorkerProcess:
+        """A worker started and loaded: `spawn`, then `load`."""
+        worker = cls.spawn(contender, contract, feeds, workdir, threads=threads, warmup=warmup)
+        worker.load()
+        return worker
+
+    @classmethod
+    def spawn(
+        cls,
+        contender: Contender,
+        contract: Contract,
+        feeds: Path,
+        workdir: Path,
+        *,
+        threads: int,
+        warmup: int,
+    ) -> WorkerProcess:
+        """A worker process started: its interpreter starts and imports its runtime while the
+        caller goes on (spawn two, then load one after the other: the second's start, ~0.3 s,
+        is paid while the first starts, and no load or warm-up shares the cores); it loads
+        nothing until `load`."""
         job = {
             "protocol": PROTOCOL,
             "backend": contender.backend,
@@ -110,13 +130,20 @@ class WorkerProcess:
             env=env,
             start_new_session=True,  # its own process group: close() can end all of it
         )
-        worker = cls(contender, proc, stderr)
+        return cls(contender, proc, stderr)
+
+    def load(self) -> None:
+        """Load the contender and warm it up; `ready` then says what it reported. Raises
+        WorkerFailed (the worker closed) where it cannot."""
         try:
-            worker.ready = worker._reply("load", LOAD_TIMEOUT_S)["ready"]
+            try:
+                self._send({"op": "load"})
+            except OSError:  # it is gone: say how it died
+                self._died("load")
+            self.ready = self._reply("load", LOAD_TIMEOUT_S)["ready"]
         except BaseException:
-            worker.close()
+            self.close()
             raise
-        return worker
 
     def __enter__(self) -> WorkerProcess:
         return self

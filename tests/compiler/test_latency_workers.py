@@ -81,6 +81,36 @@ def test_worker_times_blocks_and_says_what_the_runtime_used(package: Path, tmp_p
     assert w.proc.returncode == 0 and _children() == before
 
 
+def test_a_spawned_worker_loads_only_when_asked(package: Path, tmp_path: Path) -> None:
+    """Spawned, a worker starts its interpreter and waits: nothing answers before `load`
+    (the parent starts both contenders' workers at once and loads them one at a time); one
+    closed unloaded exits cleanly, and one asked to load a broken artifact says so."""
+    m, artifact = _artifact(package)
+    feeds = tmp_path / "feed.npz"
+    write_feeds_npz(feeds, [_feed(package)])
+    before = _children()
+    with WorkerProcess.spawn(artifact, m.contract, feeds, tmp_path, threads=0, warmup=1) as w:
+        assert w.ready == {}
+        with pytest.raises(WorkerFailed, match="no answer in"):
+            w._readline("load", 3.0)  # started and waiting, not loading on its own
+    assert _children() == before
+    with WorkerProcess.spawn(artifact, m.contract, feeds, tmp_path, threads=0, warmup=1) as w:
+        pass  # never loaded: asked to exit, it does
+    assert w.proc.returncode == 0 and _children() == before
+    broken = tmp_path / "broken"
+    shutil.copytree(artifact.directory, broken)
+    for f in broken.glob("*.onnx"):
+        f.write_bytes(b"not an onnx model")
+    bad = Contender(artifact.name, artifact.backend, broken, artifact.runtime)
+    w = WorkerProcess.spawn(bad, m.contract, feeds, tmp_path, threads=0, warmup=1)
+    with pytest.raises(WorkerFailed) as info:
+        w.load()
+    assert info.value.stage == "load" and w.proc.returncode is not None
+    assert _children() == before
+    with _start(package, tmp_path) as w:  # start: spawned and loaded
+        assert w.run_s > 0 and len(w.ready["warmup_s"]) == 2
+
+
 def test_a_worker_killed_mid_block_is_reported_and_reaped(package: Path, tmp_path: Path) -> None:
     before = _children()
     w = _start(package, tmp_path)
