@@ -274,6 +274,8 @@ class NormalizeRecord(_Record):
     opset_upgraded_to: int | None = None
     opset_imports: str = ""  # duplicates merged, the ONNX domain first: before -> after
     nodes_sorted: bool = False  # the source's nodes were not in topological order
+    # initializers the source also listed as graph inputs, taken out of the inputs
+    initializer_inputs_dropped: int = 0
     # graph outputs that declared no shape (not even a rank), given the inferred one
     output_shapes_inferred: list[str] = Field(default_factory=list)
     # graph outputs whose declared shape the reference does not return, declared as returned

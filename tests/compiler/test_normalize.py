@@ -53,6 +53,58 @@ def test_old_opset_is_upgraded(tmp_path: Path) -> None:
     assert next(o.version for o in model.opset_import if o.domain == "") == 13
 
 
+def test_initializers_listed_as_inputs_are_taken_out_so_the_reference_folds_them(
+    tmp_path: Path,
+) -> None:
+    """An export that lists every weight as a graph input too at IR 4 or later (torch's
+    keep_initializers_as_inputs): ONNX Runtime then reads each as a default a caller may
+    override and folds nothing through it (here a weight's Mul by 2 stays a node; at
+    IR 3, where every initializer had to be an input, it folds them). Normalized, the inputs
+    are the contract's, the outputs are the same, and the Mul is folded away."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 1, (8, 4)).astype(np.float32), "w")
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["w", "two"], ["w2"]),
+            helper.make_node("MatMul", ["x", "w2"], ["y"]),
+        ],
+        "zoo",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 4]),
+            helper.make_tensor_value_info("two", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [w, two],
+    )
+    old = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    old.ir_version = 4
+    onnx.checker.check_model(old)
+
+    def optimized(model: onnx.ModelProto, name: str) -> tuple[list[str], np.ndarray]:
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / name)
+        sess = ort.InferenceSession(
+            model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+        )
+        y = sess.run(None, {"x": np.ones((2, 8), np.float32)})[0]
+        return [n.op_type for n in onnx.load(tmp_path / name).graph.node], y
+
+    ops_before, y_before = optimized(old, "before.onnx")
+    assert "Mul" in ops_before  # the overridable weight is not folded
+    model, record = normalize_model(old, "zoo.onnx", min_opset=13)
+    assert record["initializer_inputs_dropped"] == 2
+    assert [i.name for i in model.graph.input] == ["x"] and model.ir_version >= 4
+    assert [i.name for i in extract_contract(model).inputs] == ["x"]
+    ops_after, y_after = optimized(model, "after.onnx")
+    assert "Mul" not in ops_after
+    np.testing.assert_allclose(y_after, y_before, rtol=1e-6)
+
+
 def _imports(model: onnx.ModelProto) -> list[tuple[str, int]]:
     return [(o.domain, o.version) for o in model.opset_import]
 

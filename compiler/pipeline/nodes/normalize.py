@@ -45,8 +45,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # linear head, one beside the class distribution unknown; 11: outputs declared otherwise
     # than the reference returns them are declared as returned; 12: dims that move only
     # together (a decoder's past + new = total) are ranged together (probe.py); 13: an
-    # unranged dim's opt is its most common size in the user's data, where there is some
-    version = "13"
+    # unranged dim's opt is its most common size in the user's data, where there is some;
+    # 14: initializers listed as graph inputs too are taken out of the inputs
+    version = "14"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
