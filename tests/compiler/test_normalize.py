@@ -105,6 +105,55 @@ def test_initializers_listed_as_inputs_are_taken_out_so_the_reference_folds_them
     np.testing.assert_allclose(y_after, y_before, rtol=1e-6)
 
 
+def test_model_local_functions_are_inlined_so_every_backend_reads_the_model() -> None:
+    """A module exported as a model-local function (torch's export_modules_as_functions):
+    OpenVINO cannot read the model, ONNX Runtime runs it. Normalized, the function's nodes
+    are in the graph, its domain's import is gone, the outputs are the same, and OpenVINO
+    reads it."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    ov = pytest.importorskip("openvino")
+    body = [
+        helper.make_node("Mul", ["a", "a"], ["sq"]),
+        helper.make_node("Add", ["sq", "a"], ["out"]),
+    ]
+    fn = helper.make_function(
+        "local", "SqPlus", ["a"], ["out"], body, [helper.make_opsetid("", 17)]
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("SqPlus", ["x"], ["h"], domain="local", name="f1"),
+            helper.make_node("SqPlus", ["h"], ["y"], domain="local", name="f2"),
+        ],
+        "with_functions",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=[fn],
+    )
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x})[0]
+
+    core = ov.Core()
+    with pytest.raises(Exception):  # noqa: B017 - OpenVINO's own error types
+        core.read_model(model.SerializeToString(), b"")
+    expected = run(model)
+    normalized, record = normalize_model(model, "fn.onnx")
+    assert record["functions_inlined"] == ["local:SqPlus"]
+    assert not normalized.functions
+    assert [o.domain for o in normalized.opset_import] == [""]
+    assert sorted(n.op_type for n in normalized.graph.node) == ["Add", "Add", "Mul", "Mul"]
+    np.testing.assert_allclose(run(normalized), expected, rtol=1e-6)
+    core.read_model(normalized.SerializeToString(), b"")
+
+
 def _imports(model: onnx.ModelProto) -> list[tuple[str, int]]:
     return [(o.domain, o.version) for o in model.opset_import]
 

@@ -46,7 +46,8 @@ class NormalizeKind(Kind[NormalizeNode]):
     # than the reference returns them are declared as returned; 12: dims that move only
     # together (a decoder's past + new = total) are ranged together (probe.py); 13: an
     # unranged dim's opt is its most common size in the user's data, where there is some;
-    # 14: initializers listed as graph inputs too are taken out of the inputs
+    # 14: initializers listed as graph inputs too are taken out of the inputs, and
+    # model-local functions are inlined
     version = "14"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
