@@ -5,7 +5,8 @@ Peak memory is the CLI's ru_maxrss from wait4(2): the largest resident set of th
 child's ru_maxrss starts at its parent's resident set when it was forked, so the CLI is
 started by a small launcher (this module run as a script: stdlib only, about 10 MiB), not
 straight from the benchmark process and its hundreds of MiB of loaded runtimes.
-Node counts come from the package's manifest (`build.nodes`: ran / cached / skipped / failed).
+Node counts come from the package's manifest (`build.nodes`: ran / cached / skipped / failed),
+and so do the seconds of each node that ran (where a build's time went).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BuildRun", "cli_build", "node_counts", "run_olive"]
+__all__ = ["BuildRun", "cli_build", "node_counts", "node_seconds", "run_olive"]
 
 
 @dataclass
@@ -33,6 +34,7 @@ class BuildRun:
     nodes: dict[str, int]
     reran: list[str]  # nodes that ran (not cached)
     log_tail: str
+    node_seconds: dict[str, float] = field(default_factory=dict)  # of the nodes that ran
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class BuildRun:
             "nodes": self.nodes,
             "reran": self.reran,
             "log_tail": self.log_tail,
+            "node_seconds": self.node_seconds,
         }
 
 
@@ -57,6 +60,17 @@ def node_counts(package: Path) -> tuple[dict[str, int], list[str]]:
         if node["status"] == "ran":
             ran.append(node["node"])
     return dict(sorted(counts.items())), ran
+
+
+def node_seconds(package: Path) -> dict[str, float]:
+    """{node id: seconds} of the nodes that ran, from the package's manifest: a node's own
+    time in its worker, whatever ran beside it (the build's wall time is not their sum)."""
+    manifest = json.loads((package / "manifest.json").read_text(encoding="utf-8"))
+    return {
+        node["node"]: float(node["seconds"])
+        for node in manifest["build"]["nodes"]
+        if node["status"] == "ran"
+    }
 
 
 def cli_build(
@@ -106,9 +120,8 @@ def cli_build(
     usage = json.loads(usage_path.read_text(encoding="utf-8"))
     returncode = int(usage["returncode"])
     tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-12:])
-    nodes, ran = (
-        node_counts(out) if (out / "manifest.json").is_file() and returncode == 0 else ({}, [])
-    )
+    built = (out / "manifest.json").is_file() and returncode == 0
+    nodes, ran = node_counts(out) if built else ({}, [])
     root = str(Path.cwd()) + os.sep
     shown = ["python" if a == sys.executable else a.replace(root, "") for a in argv]
     return BuildRun(
@@ -120,6 +133,7 @@ def cli_build(
         nodes=nodes,
         reran=ran,
         log_tail=tail,
+        node_seconds=node_seconds(out) if built else {},
     )
 
 

@@ -104,6 +104,56 @@ def _build_row(name: str, e: dict[str, Any], olive_import: float | None) -> str:
     )
 
 
+# the same job's nodes, in the order they run: a node id's kind ("cpu:quantize#60fbcd7f" ->
+# quantize, "cpu/ort-int8:verify" -> verify)
+_JOB_NODES = ("normalize", "data", "reference", "simplify", "quantize", "compile", "verify")
+
+
+def _node_kind(node: str) -> str:
+    return node.rsplit(":", 1)[-1].split("#", 1)[0]
+
+
+def _job_row(name: str, e: dict[str, Any]) -> str | None:
+    run = (e.get("builds") or {}).get("same-job") or {}
+    spent = run.get("node_seconds")
+    if run.get("returncode") != 0 or not spent:
+        return None
+    by_kind: dict[str, float] = {}
+    for node, seconds in spent.items():
+        kind = _node_kind(node)
+        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+    cells = [f"{by_kind[k]:.2f}" if k in by_kind else "-" for k in _JOB_NODES]
+    others = sum(v for k, v in by_kind.items() if k not in _JOB_NODES)
+    rest = float(run["seconds"]) - sum(by_kind.values())
+    return (
+        f"| {name} | {float(run['seconds']):.1f} | {' | '.join(cells)} | "
+        f"{others:.2f} | {rest:.2f} |"
+    )
+
+
+def _job_time(models: dict[str, Any]) -> list[str]:
+    """Where the same job's wall time went: each node's own seconds (the manifest's), and
+    what is outside them (interpreter start, imports, planning, hashing, packaging)."""
+    rows = [r for name, e in models.items() if (r := _job_row(name, e))]
+    if not rows:
+        return []
+    return [
+        "## Where the same job's time went",
+        "",
+        "Seconds of each node of the cold same-job build (the manifest's `build.nodes`: the "
+        "node's own time in its worker process), and the wall time outside them: the CLI's "
+        "interpreter start and imports, planning, hashing, the executor's workers, writing "
+        "the package (negative where nodes ran side by side). `quantize` holds the int8 "
+        "calibration and its accuracy search; `verify` the artifact's parity and task check "
+        "on the samples and its paired latency against the reference.",
+        "",
+        f"| model | wall s | {' | '.join(_JOB_NODES)} | other nodes | outside the nodes |",
+        "|---|---|" + "---|" * (len(_JOB_NODES) + 2),
+        *rows,
+        "",
+    ]
+
+
 def _fastest(e: dict[str, Any]) -> dict[str, Any] | None:
     timed = [a for a in e.get("built", []) if a.get("speedup")]
     return max(timed, key=lambda a: a["speedup"]["estimate"]) if timed else None
@@ -301,4 +351,7 @@ def render(doc: dict[str, Any]) -> str:
             )
             + peak_rounds(peak)
         )
+    job = _job_time(models)
+    if job:
+        lines += ["", *job]
     return "\n".join(lines) + "\n"

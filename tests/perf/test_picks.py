@@ -3,6 +3,7 @@ table. No timing."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -123,6 +124,42 @@ def test_the_report_sets_the_fastest_artifact_built_beside_the_pick() -> None:
     doc["models"]["a"]["olive"] = {"seconds": 0.0, "process_seconds": 2.0, "error": "boom"}
     doc["models"]["a"]["olive_eval"] = {"seconds": 0.0, "error": "bang"}
     assert "| a | 40.0 s | 2.0 s | 10.0 s | boom | - | - | - | bang | - |" in render(doc)
+
+
+def test_the_report_says_where_the_same_jobs_time_went() -> None:
+    """Each node kind's seconds of the same job from its manifest, and the wall time outside
+    them; a run without node seconds (before 2026-12-05) or that failed has no row."""
+    doc = _doc({"a": _entry("cpu/x", []), "b": _entry("cpu/x", []), "c": _entry("cpu/x", [])})
+    doc["models"]["a"]["builds"]["same-job"]["node_seconds"] = {
+        "normalize": 0.5,
+        "data": 0.25,
+        "reference": 0.25,
+        "simplify#ee3974f2": 1.0,
+        "cpu:quantize#60fbcd7f": 4.0,
+        "cpu/ort-int8:compile": 0.125,
+        "cpu/ort-int8:verify": 2.0,
+    }
+    doc["models"]["c"]["builds"]["same-job"] = {"returncode": 1, "seconds": 3.0}
+    md = render(doc)
+    assert "## Where the same job's time went" in md
+    # wall 10 s, nodes 8.125 s: 1.875 s outside them
+    assert "| a | 10.0 | 0.50 | 0.25 | 0.25 | 1.00 | 4.00 | 0.12 | 2.00 | 0.00 | 1.88 |" in md
+    assert "| b | 10.0 |" not in md and "| c | 3.0 |" not in md
+    del doc["models"]["a"]["builds"]["same-job"]["node_seconds"]
+    assert "## Where the same job's time went" not in render(doc)
+
+
+def test_a_build_run_reads_its_nodes_seconds_from_the_manifest(tmp_path: Path) -> None:
+    from perf.builds import node_counts, node_seconds
+
+    nodes = [
+        {"node": "normalize", "status": "ran", "seconds": 0.5},
+        {"node": "simplify#1", "status": "cached", "seconds": 0.0},
+        {"node": "cpu:quantize#2", "status": "ran", "seconds": 3.25},
+    ]
+    (tmp_path / "manifest.json").write_text(json.dumps({"build": {"nodes": nodes}}))
+    assert node_seconds(tmp_path) == {"normalize": 0.5, "cpu:quantize#2": 3.25}
+    assert node_counts(tmp_path) == ({"cached": 1, "ran": 2}, ["normalize", "cpu:quantize#2"])
 
 
 def _lat(ref_ms: float, speedup: float, other: float = 0.0) -> dict:
