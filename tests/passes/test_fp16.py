@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from pydantic import ValidationError
 
-from compiler.core.parity import judge
+from compiler.core.parity import judge, output_metrics
 from compiler.core.tolerance import DEFAULT_TOLERANCES
 from passes.base import op_histogram
 from passes.fp16 import Fp16Config, Fp16Pass
@@ -262,3 +263,52 @@ def ort_run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndar
 def test_a_model_without_branches_records_none_kept_for_them(tmp_path: Path) -> None:
     result = _fp16(small_cnn(), tmp_path)
     assert result.record["kept_float32_for_blocked_ops_in_branches"] == []
+
+
+def test_a_transformer_with_a_bool_padding_mask_converts(tmp_path: Path) -> None:
+    """torch's TransformerEncoder with a bool padding mask, exported: ONNX Runtime 1.32
+    crashed (SIGSEGV) loading its fp16 conversion with every optimization on (an AMX host);
+    the pass checks each node has a kernel for its types at the basic level, and the model
+    it returns runs there and keeps the float model's outputs within fp16's bounds."""
+    import io
+
+    import onnxruntime as ort
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(1000, 16)
+            layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+            self.enc = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+
+        def forward(self, ids: Any, pad: Any) -> Any:
+            return self.enc(self.emb(ids), src_key_padding_mask=pad)
+
+    ids = torch.randint(0, 1000, (1, 16))
+    pad = torch.zeros(1, 16, dtype=torch.bool)
+    pad[0, 12:] = True
+    buf = io.BytesIO()
+    torch.onnx.export(
+        Encoder().eval(),
+        (ids, pad),
+        buf,
+        opset_version=17,
+        dynamo=False,
+        input_names=["ids", "pad"],
+        output_names=["h"],
+        dynamic_axes={"ids": {0: "N", 1: "T"}, "pad": {0: "N", 1: "T"}},
+    )
+    model = onnx.load_from_string(buf.getvalue())
+    result = _fp16(model, tmp_path)
+    assert result.model is not None and not result.skipped
+    types = _node_input_types(result.model)
+    assert any(t == onnx.TensorProto.FLOAT16 for n, t in types.items() if "MatMul" in n)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    feed = {"ids": ids.numpy(), "pad": pad.numpy()}
+    half = ort.InferenceSession(result.model.SerializeToString(), so).run(None, feed)[0]
+    full = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    assert judge(output_metrics([half], [full]), FP16) == []
