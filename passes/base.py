@@ -36,6 +36,7 @@ __all__ = [
     "PassResult",
     "model_size_bytes",
     "op_histogram",
+    "double_precision",
     "half_precision",
     "quantized_ops",
     "source_precision",
@@ -115,6 +116,15 @@ def half_precision(model: onnx.ModelProto) -> Precision | None:
             counts[t.data_type] = counts.get(t.data_type, 0) + int(np.prod(t.dims, dtype=np.int64))
     half = max(_HALF, key=lambda d: counts.get(d, 0))
     return _HALF[half] if counts.get(half, 0) * 2 > sum(counts.values()) else None
+
+
+def double_precision(model: onnx.ModelProto) -> bool:
+    """Whether most of the model's float weights (by element count) are float64."""
+    counts = {d: 0 for d in _FLOATS}
+    for t in model.graph.initializer:
+        if t.data_type in counts:
+            counts[t.data_type] += int(np.prod(t.dims, dtype=np.int64))
+    return counts[onnx.TensorProto.DOUBLE] * 2 > sum(counts.values())
 
 
 def node_reads(node: onnx.NodeProto) -> set[str]:
@@ -257,6 +267,13 @@ class Pass(ABC, Generic[C]):
                 f"pass '{self.name}': the model is already quantized ({shown}): int8 is the "
                 "source's own, and this target's other variants carry it; disable this "
                 "variant (--set TARGET.VARIANT.enabled=false) to leave it out"
+            )
+        if self.precision is not None and double_precision(model):
+            raise NotApplicable(
+                f"pass '{self.name}': the model computes in float64 (most of its weights are "
+                f"double); {self.precision} here starts from float32 models: export it in "
+                "float32 (torch: module.float(); skl2onnx: float inputs), or disable this "
+                "variant (--set TARGET.VARIANT.enabled=false)"
             )
         model, prepared = self._prepare(model, ctx)
         if self.precision == "int8" and (half := half_precision(model)):

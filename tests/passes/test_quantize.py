@@ -321,3 +321,41 @@ def test_an_output_that_passes_an_input_through_is_kept(tmp_path: Path, mode: st
         np.testing.assert_array_equal(got["x"], want["x"])
         np.testing.assert_array_equal(got["const_out"], want["const_out"])
         assert got["p"].shape == want["p"].shape  # int8's error is the gate's to judge
+
+
+def test_lossy_passes_on_a_float64_model_say_so_and_what_to_do(tmp_path: Path) -> None:
+    """A model exported in float64 (torch's .double(), skl2onnx's double inputs): ONNX
+    Runtime's quantizer placed nothing on it and NNCF failed inside ONNX Runtime (double
+    into QuantizeLinear). Each lossy pass now skips it, naming float64 and the way out."""
+    from onnx import numpy_helper
+
+    from passes.base import double_precision
+    from passes.fp16 import Fp16Config, Fp16Pass
+
+    def mlp(dtype: type, elem: int) -> onnx.ModelProto:
+        rng = np.random.default_rng(0)
+        inits = [
+            numpy_helper.from_array(rng.normal(0, 1, (16, 32)).astype(dtype), "w1"),
+            numpy_helper.from_array(rng.normal(0, 1, (32, 4)).astype(dtype), "w2"),
+        ]
+        nodes = [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "mlp",
+            [helper.make_tensor_value_info("x", elem, ["batch", 16])],
+            [helper.make_tensor_value_info("y", elem, ["batch", 4])],
+            inits,
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    double = mlp(np.float64, TensorProto.DOUBLE)
+    assert double_precision(double) and not double_precision(mlp(np.float32, TensorProto.FLOAT))
+    feeds = [{"x": np.ones((1, 16), np.float64)}]
+    with pytest.raises(NotApplicable, match=r"'quantize': the model computes in float64.*float32"):
+        _quantize(double, tmp_path, feeds)
+    with pytest.raises(NotApplicable, match=r"'fp16': the model computes in float64.*disable"):
+        Fp16Pass(Fp16Config())(double, context(double, tmp_path, feeds))
