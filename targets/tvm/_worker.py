@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from compiler.core.errors import BuildError
+from compiler.core.errors import BuildError, NotApplicable
 from targets.tvm.cuda import cuda_source_markers, ensure_libcuda, fatbin_entries, have_real_driver
 from targets.tvm.frontend import import_onnx, tvm_message
 from targets.tvm.preflight import topological_order, unsupported_ops
@@ -241,7 +241,8 @@ def _check_preflight(model: Any) -> None:
     bad = unsupported_ops(model)
     if bad:
         listed = ", ".join(f"{op} (node '{node}')" for op, node in sorted(bad.items()))
-        raise BuildError(
+        # not applicable, not failed: nothing broke, this backend cannot take the model
+        raise NotApplicable(
             f"unsupported ops: {listed}; TVM's ONNX frontend cannot import them. "
             "Use the onnxruntime or openvino artifact for this model"
         )
@@ -352,6 +353,8 @@ def main(argv: list[str]) -> int:
     req = json.loads(request.read_text())
     try:
         payload: dict[str, Any] = {"ok": True, **build(req)}
+    except NotApplicable as exc:
+        payload = {"ok": False, "error": str(exc), "not_applicable": True}
     except BuildError as exc:
         payload = {"ok": False, "error": str(exc)}
     except Exception as exc:  # anything else from TVM: keep the message, log the trace

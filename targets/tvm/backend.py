@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from compiler.core.contract import Contract, DimRange
-from compiler.core.errors import BuildError, ConfigError
+from compiler.core.errors import BuildError, ConfigError, NotApplicable
 from compiler.core.files import default_cache_root
 from compiler.core.host import Requirements
 from compiler.core.settings import TvmSettings, settings_from_json
@@ -242,6 +242,8 @@ def _run_worker(
             f"tvm build of {model_name} for {req['target']} crashed (exit {proc.returncode}): {tail}"
         )
     payload: dict[str, Any] = json.loads(result.read_text())
+    if not payload["ok"] and payload.get("not_applicable"):
+        raise NotApplicable(f"{model_name} -> tvm {req['target']}: {payload['error']}")
     if not payload["ok"]:
         raise BuildError(f"{model_name} -> tvm {req['target']}: {payload['error']}")
     return payload
