@@ -1,6 +1,9 @@
 """Which ONNX ops compute in integers. A model holding any of them is already quantized, in
-QDQ form (QuantizeLinear/DequantizeLinear around float ops) or in operator form (ConvInteger
-and MatMulInteger after DynamicQuantizeLinear, QLinear*, com.microsoft's fused int8 ops).
+QDQ form (QuantizeLinear/DequantizeLinear around float ops), in operator form (ConvInteger
+and MatMulInteger after DynamicQuantizeLinear, QLinear*, com.microsoft's fused int8 ops) or
+weight-only (com.microsoft's 4-bit MatMulNBits, MatMulBnb4 and GatherBlockQuantized, which
+ONNX Runtime's MatMulNBitsQuantizer and model builders write: float activations, blocks of
+int4 weights with their scales).
 Passes read it to leave such a model's int8 alone; backends, to know an artifact is int8.
 Standard library only."""
 
@@ -22,6 +25,11 @@ QUANTIZED_OPS = QDQ_OPS | frozenset(
         "DynamicQuantizeMatMul",
         "MatMulIntegerToFloat",
         "DynamicQuantizeLSTM",
+        # weight-only
+        "MatMulNBits",
+        "MatMulBnb4",
+        "MatMulFpQ4",
+        "GatherBlockQuantized",
     }
 )
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 
-from compiler.core.errors import BackendUnavailable, BuildError, ConfigError
+from compiler.core.errors import BackendUnavailable, BuildError, ConfigError, NotApplicable
 from compiler.core.host import HostInfo, Requirements, probe_host
 from compiler.core.settings import settings_from_json
 from targets.base import Availability, Backend, BuildRequest, BuildResult
@@ -83,7 +83,8 @@ class TensorRTBackend(Backend):
         findings = preflight(model)
         errors = [f for f in findings if f.severity == "error"]
         if errors and opts.preflight == "error":
-            raise BuildError(
+            # not applicable, not failed: nothing broke, the parser cannot take the model
+            raise NotApplicable(
                 f"{model_path.name}: TensorRT's ONNX parser is documented not to support "
                 f"{_count(errors)}:\n  "
                 f"{format_findings(errors)}\n(set compile.preflight: warn to try anyway)"

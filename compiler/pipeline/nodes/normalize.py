@@ -47,8 +47,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # together (a decoder's past + new = total) are ranged together (probe.py); 13: an
     # unranged dim's opt is its most common size in the user's data, where there is some;
     # 14: initializers listed as graph inputs too are taken out of the inputs, and
-    # model-local functions are inlined
-    version = "14"
+    # model-local functions are inlined; 15: a source with com.microsoft's weight-only ops
+    # (4-bit MatMulNBits) is a quantized one
+    version = "15"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
