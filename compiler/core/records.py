@@ -277,6 +277,7 @@ class NormalizeRecord(_Record):
     # initializers the source also listed as graph inputs, taken out of the inputs
     initializer_inputs_dropped: int = 0
     functions_inlined: list[str] = Field(default_factory=list)  # model-local, domain:name
+    functions_kept: str = ""  # model-local functions left as they are, and why
     # graph outputs that declared no shape (not even a rank), given the inferred one
     output_shapes_inferred: list[str] = Field(default_factory=list)
     # graph outputs whose declared shape the reference does not return, declared as returned

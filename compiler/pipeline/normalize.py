@@ -205,9 +205,11 @@ def normalize_model(
     dropped = drop_initializer_inputs(model)
     if dropped:
         record["initializer_inputs_dropped"] = len(dropped)
-    model, inlined = inline_functions(model, where)
+    model, inlined, kept = inline_functions(model)
     if inlined:
         record["functions_inlined"] = inlined
+    if kept:
+        record["functions_kept"] = kept
     # onnx.checker requires producers before consumers; converters do not always write them
     # so (onnxruntime's and onnxconverter-common's convert_float_to_float16 with
     # keep_io_types append the input Casts last), and ONNX Runtime loads either order
@@ -242,37 +244,34 @@ def normalize_model(
     return model, record
 
 
-def inline_functions(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, list[str]]:
-    """`model` with its model-local functions inlined (onnx.inliner), and their
-    `domain:name`s; the opset imports of their domains go where no node is left in them.
-    torch's `export_modules_as_functions` and some converters write a module as a function:
-    ONNX Runtime runs it, but OpenVINO ("cannot create ... __main__:Block"), NNCF and TVM
-    refused the model, and ONNX Runtime's quantizer left the function's Convs in float (a
-    CNN whose blocks were functions: its int8 ran 0.64x the reference, 2026-12-05)."""
+def inline_functions(
+    model: onnx.ModelProto,
+) -> tuple[onnx.ModelProto, list[str], str]:
+    """`model` with its model-local functions inlined (onnx.inliner), their `domain:name`s,
+    and "" (or the model as it is, no names, and why not, where they cannot be inlined: the
+    runtimes that take functions still build it); the opset imports of their domains go
+    where no node is left in them. torch's `export_modules_as_functions` and some converters
+    write a module as a function: ONNX Runtime runs it, but OpenVINO could not read it
+    ("__main__:Block"), NNCF and TVM refused it, and ONNX Runtime's quantizer left the
+    function's Convs in float (a CNN whose blocks were functions, 2026-12-05)."""
     if not model.functions:
-        return model, []
+        return model, [], ""
     names = [f"{f.domain}:{f.name}" for f in model.functions]
+    listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     if too_big(model):
-        raise InputModelError(
-            f"{where}: holds model-local functions ({', '.join(names[:4])}) and is over 2 GB, "
-            "which the ONNX inliner cannot read in one message; re-export without functions "
-            "(torch: leave export_modules_as_functions off)"
-        )
+        return model, [], f"{listed} kept: the model is over 2 GB, more than the inliner reads"
     from onnx import inliner
 
     try:
         inlined = inliner.inline_local_functions(model)
     except Exception as exc:  # the C++ inliner raises RuntimeError and its own types
-        raise InputModelError(
-            f"{where}: its model-local functions ({', '.join(names[:4])}) could not be "
-            f"inlined ({' '.join(str(exc).split())[:300]}); re-export without functions"
-        ) from exc
+        return model, [], f"{listed} kept: the inliner failed ({' '.join(str(exc).split())[:200]})"
     used = {n.domain for n in nodes(inlined.graph)}
     gone = {f.domain for f in model.functions} - used
     kept = [o for o in inlined.opset_import if o.domain not in gone]
     del inlined.opset_import[:]
     inlined.opset_import.extend(kept)
-    return inlined, names
+    return inlined, names, ""
 
 
 def drop_initializer_inputs(model: onnx.ModelProto) -> list[str]:
