@@ -323,37 +323,40 @@ def test_an_output_that_passes_an_input_through_is_kept(tmp_path: Path, mode: st
         assert got["p"].shape == want["p"].shape  # int8's error is the gate's to judge
 
 
+def _two_matmuls(width: int, out: int, dtype: type = np.float32, scale: float = 1.0):
+    """x[batch, width] -> MatMul -> Relu -> MatMul -> y[batch, out], weights of `dtype`."""
+    from onnx import numpy_helper
+
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, scale, (width, 2 * out)).astype(dtype), "w1"),
+        numpy_helper.from_array(rng.normal(0, scale, (2 * out, out)).astype(dtype), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", elem, ["batch", width])],
+        [helper.make_tensor_value_info("y", elem, ["batch", out])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_lossy_passes_on_a_float64_model_say_so_and_what_to_do(tmp_path: Path) -> None:
     """A model exported in float64 (torch's .double(), skl2onnx's double inputs): ONNX
     Runtime's quantizer placed nothing on it and NNCF failed inside ONNX Runtime (double
     into QuantizeLinear). Each lossy pass now skips it, naming float64 and the way out."""
-    from onnx import numpy_helper
-
     from passes.base import double_precision
     from passes.fp16 import Fp16Config, Fp16Pass
 
-    def mlp(dtype: type, elem: int) -> onnx.ModelProto:
-        rng = np.random.default_rng(0)
-        inits = [
-            numpy_helper.from_array(rng.normal(0, 1, (16, 32)).astype(dtype), "w1"),
-            numpy_helper.from_array(rng.normal(0, 1, (32, 4)).astype(dtype), "w2"),
-        ]
-        nodes = [
-            helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
-            helper.make_node("Relu", ["h"], ["r"], name="relu"),
-            helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
-        ]
-        graph = helper.make_graph(
-            nodes,
-            "mlp",
-            [helper.make_tensor_value_info("x", elem, ["batch", 16])],
-            [helper.make_tensor_value_info("y", elem, ["batch", 4])],
-            inits,
-        )
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-    double = mlp(np.float64, TensorProto.DOUBLE)
-    assert double_precision(double) and not double_precision(mlp(np.float32, TensorProto.FLOAT))
+    double = _two_matmuls(16, 4, np.float64)
+    assert double_precision(double) and not double_precision(_two_matmuls(16, 4))
     feeds = [{"x": np.ones((1, 16), np.float64)}]
     with pytest.raises(NotApplicable, match=r"'quantize': the model computes in float64.*float32"):
         _quantize(double, tmp_path, feeds)
@@ -367,29 +370,12 @@ def test_a_4_bit_weight_only_source_is_already_quantized(tmp_path: Path) -> None
     skip it, naming the op, and its artifacts are judged as lossy, not by fp32's bounds
     (OpenVINO's f32 artifact of such a MiniLM differed from ONNX Runtime by 5e-3 and failed
     fp32 parity)."""
-    from onnx import numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from passes.base import source_precision
 
     rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.normal(0, 0.2, (64, 64)).astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.normal(0, 0.2, (64, 32)).astype(np.float32), "w2"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
-        helper.make_node("Relu", ["h"], ["r"], name="relu"),
-        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _two_matmuls(64, 32, scale=0.2)
     assert source_precision(model) == "fp32"
     q = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=True)
     q.process()
