@@ -67,7 +67,8 @@ class SelectionPolicy(_Strict):
     """How serving orders artifacts: an explicit order of artifact ids first (if given), then
     by speedup over the reference measured in one run on a host like the serving one. A lossy
     artifact (fp16, bf16, int8) comes before a more precise one of the same target only when
-    its speedup's lower bound is above the precise one's upper bound.
+    its speedup's lower bound is above the precise one's upper bound and at least `1 +
+    min_gain` times its estimate.
 
     The package's reference (the normalized fp32 model on ONNX Runtime, when the package
     ships it) is a candidate too: an artifact is served ahead of it only when its speedup's
@@ -82,9 +83,11 @@ class SelectionPolicy(_Strict):
         ge=0,
         lt=1,
         description="an artifact is served ahead of the reference itself only when its "
-        "speedup's lower bound is at least 1 + this: a gain smaller than what a second "
-        "measurement moves (silero_vad's ort-fp32: 1.02x [1.01-1.03] at build, 0.98x "
-        "[0.97-0.99] an hour later on the same host) is not worth serving a different model",
+        "speedup's lower bound is at least 1 + this, and a lossier one ahead of a more "
+        "precise one of its target only when its lower bound is at least 1 + this times the "
+        "other's speedup: a gain smaller than what a second measurement moves (silero_vad's "
+        "ort-fp32: 1.02x [1.01-1.03] at build, 0.98x [0.97-0.99] an hour later on the same "
+        "host) is not worth serving a different model, nor giving up precision for",
     )
 
     @model_validator(mode="before")

@@ -202,6 +202,34 @@ def test_a_lossy_artifact_within_a_precise_ones_interval_comes_after_it(cpu_mani
     assert "after cpu/ov-f32: int8 is not faster than fp32 beyond the intervals" in ok[1].reason
 
 
+def test_precision_is_given_up_only_for_min_gain_beyond_the_intervals(cpu_manifest) -> None:  # type: ignore[no-untyped-def]
+    """layout_cdla on AMX: ov-int8 4.87x [4.79-5.11] beat ov-bf16 4.71x [4.63-4.76] beyond the
+    intervals, 3 % faster, and was served; it found one spurious box more on the held-out
+    task. A lossier artifact now goes ahead only when its lower bound is also 1 + min_gain
+    times the more precise one's speedup, the margin any artifact needs over the reference."""
+    _give(
+        cpu_manifest,
+        ort_fp32=_interval(1.0, 0.97, 1.03),
+        ov_f32=_interval(2.33, 2.30, 2.36),
+        ov_bf16=_interval(4.71, 4.63, 4.76),
+        ort_int8=_interval(4.87, 4.79, 5.11),
+    )
+    ok, _ = rank(cpu_manifest, CPU)
+    assert [c.id for c in ok][:2] == ["cpu/ov-bf16", "cpu/ort-int8"]
+    assert (
+        "after cpu/ov-bf16: int8 is not faster than bf16 beyond the intervals and by 1.03x "
+        "(1 + min_gain)" in ok[1].reason
+    )
+    # 4.86x is 1.03 x 4.71x: int8 goes ahead at that lower bound, not below it
+    _give(cpu_manifest, ort_int8=_interval(5.0, 4.86, 5.2))
+    assert _order(cpu_manifest)[:2] == ["cpu/ort-int8", "cpu/ov-bf16"]
+    _give(cpu_manifest, ort_int8=_interval(5.0, 4.84, 5.2))
+    assert _order(cpu_manifest)[:2] == ["cpu/ov-bf16", "cpu/ort-int8"]
+    # the policy's margin is the package's own: none asked, beyond the intervals is enough
+    cpu_manifest.policy.selection.min_gain = 0.0
+    assert _order(cpu_manifest)[:2] == ["cpu/ort-int8", "cpu/ov-bf16"]
+
+
 def test_an_interval_below_the_policys_confidence_never_displaces_a_precise_artifact(
     cpu_manifest,
 ) -> None:  # type: ignore[no-untyped-def]
