@@ -108,22 +108,25 @@ _HALF: dict[int, Precision] = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProt
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, *_HALF)
 
 
+def _float_weights(model: onnx.ModelProto) -> dict[int, int]:
+    """Elements of the model's float initializers, by element type."""
+    counts = dict.fromkeys(_FLOATS, 0)
+    for t in model.graph.initializer:
+        if t.data_type in counts:
+            counts[t.data_type] += int(np.prod(t.dims, dtype=np.int64))
+    return counts
+
+
 def half_precision(model: onnx.ModelProto) -> Precision | None:
     """fp16/bf16 when most of the model's float weights (by element count) are, else None."""
-    counts: dict[int, int] = {}
-    for t in model.graph.initializer:
-        if t.data_type in _FLOATS:
-            counts[t.data_type] = counts.get(t.data_type, 0) + int(np.prod(t.dims, dtype=np.int64))
-    half = max(_HALF, key=lambda d: counts.get(d, 0))
-    return _HALF[half] if counts.get(half, 0) * 2 > sum(counts.values()) else None
+    counts = _float_weights(model)
+    half = max(_HALF, key=lambda d: counts[d])
+    return _HALF[half] if counts[half] * 2 > sum(counts.values()) else None
 
 
 def double_precision(model: onnx.ModelProto) -> bool:
     """Whether most of the model's float weights (by element count) are float64."""
-    counts = {d: 0 for d in _FLOATS}
-    for t in model.graph.initializer:
-        if t.data_type in counts:
-            counts[t.data_type] += int(np.prod(t.dims, dtype=np.int64))
+    counts = _float_weights(model)
     return counts[onnx.TensorProto.DOUBLE] * 2 > sum(counts.values())
 
 

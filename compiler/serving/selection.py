@@ -207,7 +207,7 @@ def latency_for(
     return builds[-1] if builds else None
 
 
-def _beats(x: Candidate, y: Candidate, confidence: float, gain: float = 1.0) -> bool:
+def _beats(x: Candidate, y: Candidate, confidence: float, gain: float) -> bool:
     """x is faster than y beyond both intervals, at the policy's confidence, and its lower
     bound is at least `gain` times y's estimate."""
     if x.speedup is None or y.speedup is None:
