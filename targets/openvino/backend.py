@@ -27,7 +27,7 @@ from typing import Any, Literal
 import onnx
 from pydantic import Field
 
-from compiler.core.errors import BackendUnavailable, BuildError
+from compiler.core.errors import BackendUnavailable, BuildError, NotApplicable
 from compiler.core.host import Requirements
 from compiler.core.isa import BF16_FLAGS, meant_for
 from compiler.core.quantized import QDQ_OPS, quantized_ops
@@ -95,7 +95,7 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "11"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "12"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
     # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
@@ -103,7 +103,8 @@ class OpenVinoBackend(Backend):
     # 8: bf16's f32-layer search chooses on the other half where bf16 passes the first;
     # 9: a dynamic model's runner compiles 2 input shapes static by default; 10: layout
     # Transposes after an innermost-axis Concat move above it (rewrites.py); 11: If
-    # conditions of rank 2 or more are squeezed to scalars (rewrites.py)
+    # conditions of rank 2 or more are squeezed to scalars (rewrites.py); 12: ops with no
+    # conversion rule are not applicable (a remembered failure is not reused)
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -313,12 +314,14 @@ def _convert(model_path: Path, source: onnx.ModelProto, shown: str = "") -> Any:
             for n in source.graph.node
             if f"{n.domain}.{n.op_type}" in unsupported or n.op_type in unsupported
         ]
-        todo = (
-            f" (no conversion rule for {', '.join(sorted(unsupported))}: nodes {nodes[:5]}); "
-            "replace those ops before this variant, or disable it"
-            if nodes
-            else "; fix the model for OpenVINO's ONNX frontend, or disable this variant"
-        )
+        if nodes:
+            # not applicable, not failed: nothing broke, OpenVINO has no rule for these ops
+            raise NotApplicable(
+                f"openvino cannot convert {shown}: {msg} (no conversion rule for "
+                f"{', '.join(sorted(unsupported))}: nodes {nodes[:5]}); replace those ops "
+                "before this variant, or use the onnxruntime artifact for this model"
+            ) from None
+        todo = "; fix the model for OpenVINO's ONNX frontend, or disable this variant"
         raise BuildError(f"openvino cannot convert {shown}: {msg}{todo}") from None
 
 
