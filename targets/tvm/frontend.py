@@ -5,6 +5,7 @@ tuning (targets/tvm/tuning.py), which must tune the module the build compiles.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from compiler.core.errors import BuildError
@@ -25,6 +26,7 @@ def _shape_dict(req: dict[str, Any], dynamic: bool) -> tuple[dict[str, list[Any]
 
     dims = req["dims"]
     symbols: dict[str, Any] = {}
+    names = symbols.keys()  # the shape variables' names are unique in the C source
     upper: dict[str, int] = {}
     shapes: dict[str, list[Any]] = {}
     for spec in req["inputs"]:
@@ -33,7 +35,7 @@ def _shape_dict(req: dict[str, Any], dynamic: bool) -> tuple[dict[str, list[Any]
             if isinstance(d, int):
                 shape.append(d)
             elif dynamic:
-                shape.append(symbols.setdefault(d, tvm.tirx.Var(d, "int64")))
+                shape.append(symbols.setdefault(d, tvm.tirx.Var(_c_name(d, names), "int64")))
                 upper[d] = dims[d]["max"]
             else:
                 shape.append(dims[d]["opt"])
@@ -172,6 +174,48 @@ def _fold_static(model: Any, shapes: dict[str, list[Any]]) -> Any:
     return folded if ok else model
 
 
+# TVM writes input and shape-variable names into the kernels' C source as they are
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _c_name(name: str, taken: Any) -> str:
+    """`name` where it is a C identifier, else one made from it that `taken` lacks."""
+    if _IDENTIFIER.match(name):
+        return name
+    base = "v_" + re.sub(r"\W", "_", name)
+    made, k = base, 1
+    while made in taken:
+        made, k = f"{base}_{k}", k + 1
+    return made
+
+
+def _c_inputs(
+    model: Any, shapes: dict[str, list[Any]], dtypes: dict[str, str]
+) -> tuple[Any, dict[str, list[Any]], dict[str, str]]:
+    """The model with each input whose name is not a C identifier (tf2onnx's
+    'serving_default/input_1:0') fed through an Identity from one that is: TVM puts input
+    names into the CUDA and C source it compiles, where '/' does not compile. The inputs keep
+    their order, which is how the artifact's runtime passes them."""
+    import onnx
+    from onnx import helper
+
+    bad = [i.name for i in model.graph.input if not _IDENTIFIER.match(i.name)]
+    if not bad:
+        return model, shapes, dtypes
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    taken = {i.name for i in model.graph.input} | {v for n in model.graph.node for v in n.output}
+    shapes, dtypes = dict(shapes), dict(dtypes)
+    for inp in renamed.graph.input:
+        if inp.name not in bad:
+            continue
+        old, inp.name = inp.name, _c_name(inp.name, taken)
+        taken.add(inp.name)
+        renamed.graph.node.insert(0, helper.make_node("Identity", [inp.name], [old]))
+        shapes[inp.name], dtypes[inp.name] = shapes.pop(old), dtypes.pop(old)
+    return renamed, shapes, dtypes
+
+
 def import_onnx(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -181,6 +225,7 @@ def import_onnx(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
     if not dynamic and symbolic:
         model = _fold_static(model, shapes)
     dtypes = {s["name"]: s["dtype"] for s in req["inputs"]}
+    model, shapes, dtypes = _c_inputs(model, shapes, dtypes)
     try:
         mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as exc:

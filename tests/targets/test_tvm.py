@@ -208,6 +208,41 @@ def test_gpu_library_has_sass_per_arch_and_no_source(tvm_gpu_fp32: Built) -> Non
         assert "libcuda.so" not in dyn.stdout
 
 
+def _tf2onnx_names() -> onnx.ModelProto:
+    """A dense layer named as tf2onnx names it: '/' and ':' in the input, a dim 'unk__12:0'."""
+    w = np.random.default_rng(3).normal(0, 1, (8, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["serving_default/input_1:0", "dense/kernel:0"], ["y:0"])],
+        "tf2onnx",
+        [helper.make_tensor_value_info("serving_default/input_1:0", 1, ["unk__12:0", 8])],
+        [helper.make_tensor_value_info("y:0", 1, ["unk__12:0", 4])],
+        [onnx.numpy_helper.from_array(w, "dense/kernel:0")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_input_and_dim_names_that_are_not_c_identifiers_compile(tmp_path: Path) -> None:
+    """TVM writes input and shape-variable names into the CUDA source it compiles: a tf2onnx
+    input 'serving_default/input_1:0' made nvcc fail ("expected an expression") and the gpu
+    artifacts with it. The names are made C identifiers for TVM; the artifact keeps the
+    contract's names and takes its inputs in their order."""
+    path = save(_tf2onnx_names(), tmp_path / "src")
+    gpu = TvmBackend.availability("gpu")
+    if gpu.ok:
+        with pytest.MonkeyPatch.context() as mp:  # the libcuda.so.1 stand-in: out of ~/.cache
+            mp.setenv("COMPILE_PKG_CACHE", str(tmp_path / "cache"))
+            _, result, _, _ = build_tvm(path, "gpu", tmp_path, cuda_archs=("sm_80",))
+        assert result.runtime.inputs[0].name == "serving_default/input_1:0"
+    if not HAVE_TVM:
+        pytest.skip("apache-tvm is not installed")
+    out, result, contract, _ = build_tvm(path, "cpu", tmp_path)
+    x = np.random.default_rng(4).normal(0, 1, (3, 8)).astype(np.float32)
+    with open_runner("tvm", out, result.runtime, contract, threads=1) as runner:
+        got = runner.run({"serving_default/input_1:0": x})["y:0"]
+    ref = reference(path, [{"serving_default/input_1:0": x}])[0]["y:0"]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_source_only_cuda_library_is_refused(tmp_path: Path) -> None:
     fake = tmp_path / "model.so"
     header = b"\x7fELF" + bytes(14) + (62).to_bytes(2, "little")
