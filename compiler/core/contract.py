@@ -110,8 +110,9 @@ class ValueDomain(BaseModel):
 # What an output means, which decides how parity judges it: class scores, probabilities and
 # logit sequences by decided top-1 agreement, embeddings by cosine, dense maps, boxes and
 # states by scale-aware error; a linear head (a MatMul/Gemm's output that nothing in the graph
-# reads as classes: class logits or a regression) by top-1 and by its values both. None: not
-# known (judged as `other`).
+# reads as classes: class logits or a regression) by top-1 and by its values both; a sampled
+# output (one a random draw in the graph reaches) by its distribution. None: not known (judged
+# as `other`).
 OutputKind = Literal[
     "class_scores",
     "probabilities",
@@ -121,6 +122,7 @@ OutputKind = Literal[
     "dense_map",
     "boxes",
     "state",
+    "sampled",
     "other",
 ]
 

@@ -28,6 +28,13 @@ The kind (the contract's: read off the graph, or set in the config) picks the me
 - dense_map, boxes, state: scale-aware L2 error, ||artifact - reference|| / ||reference||.
 - unknown kind (None, `other`): L2 error and cosine; rows that are distributions (softmax
   outputs) are judged as probabilities even where the graph did not say so.
+- sampled (an output a random draw in the graph reaches: a VAE's sample, a TTS model's noise;
+  two runs of the reference differ there): by its distribution over all elements and samples,
+  not value by value: the artifact's mean within SAMPLED_MEAN_SHIFT of the reference's spread
+  from the reference's mean, and its spread within SAMPLED_SPREAD of the reference's (the
+  smaller over the larger). A gross check, the only one one draw allows: an artifact that
+  zeroes, saturates or rescales the output fails; one that draws other numbers passes.
+  Shapes may differ (a sampled duration). The model's other outputs are judged as usual.
 - integer and bool outputs: exact agreement; where one value is at least COMMON_SHARE of
   the reference's elements (a label map's background, a decoded sequence's blank, a mask's
   False) and a sample holds more than one, also over the elements where either side holds
@@ -80,6 +87,8 @@ __all__ = [
     "COMMON_SHARE",
     "CHANNEL_SCALE_RATIO",
     "CLASS_KINDS",
+    "SAMPLED_MEAN_SHIFT",
+    "SAMPLED_SPREAD",
     "SCORE_SHARE",
     "SHAPE_MISMATCH",
     "Check",
@@ -108,6 +117,15 @@ COMMON_SHARE = 0.5
 SCORE_SHARE = 0.1
 # probabilities that are no distribution (a Sigmoid's) are read as decisions at this value
 THRESHOLD = 0.5
+# a sampled output (module docstring): the artifact's mean at most this many of the
+# reference's standard deviations from the reference's, and its standard deviation at least
+# this share of the reference's (or the reference's of its). A gross check: the elements of
+# one output share their draws (a VAE's 8 latent values make all 16 of its outputs), and two
+# runs of the reference itself on 8 samples, 2000 times over, came as far apart as spread
+# 0.61 and mean shift 0.58 (medians 0.91 and 0.08); an artifact that zeroes or saturates the
+# output, or loses the noise's term, is further apart
+SAMPLED_MEAN_SHIFT = 0.75
+SAMPLED_SPREAD = 0.5
 _SUM_TOL = 1e-3  # rows summing to 1 within this (and >= 0) are probability distributions
 _MAX_SLACK = 0.05  # at most this more where the values sit on a grid (_rounding_slack)
 # Below this cosine (or this exact agreement of an integer output) an output mostly carries
@@ -157,6 +175,10 @@ class Check:
             "value other than the common one is output",
             "channel_rel_l2": f"L2 error {self.value:.3g} per channel, each of its own scale, "
             f"> {self.bound}",
+            "mean_shift": f"mean {self.value:.3g} of the reference's spread from its mean "
+            f"> {self.bound}",
+            "spread_ratio": f"spread {self.value:.3f} of the reference's (or it of this) "
+            f"< {self.bound}",
         }.get(self.metric, f"{self.metric} {self.value:.6g} vs bound {self.bound}")
         return f"{text} ({self.note})" if self.note else text
 
@@ -207,6 +229,10 @@ class OutputParity:
     # a dense map's score channels (module docstring): the channels read as decisions at
     # `threshold`, whose top-1 metrics above are over their elements
     decision_channels: tuple[int, ...] = ()
+    # a sampled output (module docstring): |mean - reference mean| / reference spread, and the
+    # smaller standard deviation over the larger
+    mean_shift: float | None = None
+    spread_ratio: float | None = None
     error: str = ""  # the output could not be compared at all (shape mismatch)
     tolerance: Tolerance | None = None
     checks: tuple[Check, ...] = ()
@@ -430,6 +456,8 @@ def output_metrics(
     """Metrics over several samples of one output; not yet judged. `tolerance` sets the
     top-1 tie and the near-zero floor of embedding rows (defaults: 0.01, none)."""
     o_list, r_list = [np.asarray(o) for o in outs], [np.asarray(x) for x in refs]
+    if kind == "sampled":
+        return _sampled_metrics(o_list, r_list)
     bad = [i for i, (o, x) in enumerate(zip(o_list, r_list, strict=True)) if o.shape != x.shape]
     if bad:
         i = bad[0]
@@ -486,6 +514,31 @@ def output_metrics(
     )
 
 
+def _sampled_metrics(outs: list[np.ndarray], refs: list[np.ndarray]) -> OutputParity:
+    """A sampled output's distribution against the reference's (module docstring)."""
+    a = np.concatenate([o.astype(np.float64).ravel() for o in outs]) if outs else np.zeros(0)
+    r = np.concatenate([x.astype(np.float64).ravel() for x in refs]) if refs else np.zeros(0)
+    if not np.isfinite(a).all():
+        return OutputParity(
+            kind="sampled", finite=False, error="non-finite values (NaN/Inf) in the output"
+        )
+    if not a.size or not r.size:
+        if a.size == r.size:
+            return OutputParity(kind="sampled", mean_shift=0.0, spread_ratio=1.0)
+        empty = "the artifact's" if not a.size else "the reference's"
+        return OutputParity(kind="sampled", error=f"{empty} output is empty, the other's not")
+    mean_a, mean_r = float(a.mean()), float(r.mean())
+    std_a, std_r = float(a.std()), float(r.std())
+    scale = std_r if std_r > 0 else max(abs(mean_r), REL_EPS)
+    return OutputParity(
+        kind="sampled",
+        ref_max_abs=float(np.abs(r).max()),
+        ref_rms=_l2(r) / math.sqrt(r.size),
+        mean_shift=abs(mean_a - mean_r) / scale,
+        spread_ratio=1.0 if std_a == std_r else min(std_a, std_r) / max(std_a, std_r),
+    )
+
+
 def _integer_metrics(
     outs: list[np.ndarray], refs: list[np.ndarray], kind: str | None
 ) -> OutputParity:
@@ -522,6 +575,12 @@ def near_zero_scale(tol: Tolerance) -> float:
 
 def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
     """The metrics that judge `m`'s kind, each against its bound in `tol`."""
+    if m.mean_shift is not None and m.spread_ratio is not None:
+        note = "a sampled output: two runs of the reference differ, its distribution is judged"
+        return (
+            Check("mean_shift", m.mean_shift, SAMPLED_MEAN_SHIFT, False, note),
+            Check("spread_ratio", m.spread_ratio, SAMPLED_SPREAD, True),
+        )
     if m.agreement is not None:
         whole = Check("agreement", m.agreement, tol.min_top1, at_least=True)
         if m.agreement_uncommon is None:

@@ -24,6 +24,11 @@ that only move values (Reshape, Transpose, Concat, Gather, If branches, ...) and
 - the shape: [.., 4] boxes at rank >= 3; rank >= 4 dense maps; an output shaped like an
   input (rank <= 3) is a recurrent state fed back.
 Anything else stays unknown and is judged as `other`.
+
+Outputs a random draw reaches (RandomNormal/Uniform(Like), Multinomial, Bernoulli, a Dropout
+in training mode, in any body too) are `sampled`, whatever they would be otherwise: two runs of
+the reference differ there (a VAE's sample, a TTS model's noise), and parity compares their
+distribution, not their values (compiler/core/parity.py).
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import onnx
+from onnx import numpy_helper
 
 from compiler.core.contract import Contract, OutputKind, TensorSpec
 from compiler.core.errors import ConfigError
 from compiler.core.quantized import QDQ_OPS
 
-__all__ = ["infer_output_kinds", "with_output_kinds"]
+__all__ = ["infer_output_kinds", "sampled_outputs", "with_output_kinds"]
 
 # ops whose output holds (a selection of) the values of their first input
 _MOVE = frozenset(
@@ -60,6 +66,11 @@ _NORM = frozenset({"LayerNormalization", "LpNormalization", "SkipLayerNormalizat
 _SPATIAL = frozenset(
     {"Conv", "ConvTranspose", "Resize", "Upsample", "BatchNormalization", "ConvInteger",
      "QLinearConv"}
+)  # fmt: skip
+# ops that draw random numbers: outputs they reach are `sampled`
+_RANDOM = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+     "Bernoulli"}
 )  # fmt: skip
 _CLASS_READERS = frozenset({"ArgMax", "ArgMin", "TopK", "Softmax", "LogSoftmax", "QLinearSoftmax"})
 _FLOAT = frozenset({"float16", "float32", "float64", "bfloat16"})
@@ -242,11 +253,66 @@ def _float_outputs(contract: Contract) -> Iterator[TensorSpec]:
     return (o for o in contract.outputs if o.dtype in _FLOAT)
 
 
+def _samples(node: onnx.NodeProto, constants: Mapping[str, bool]) -> bool:
+    """Whether `node` draws random numbers: a Random* op, Multinomial, Bernoulli, a Dropout
+    whose training_mode is not a constant false, or a control-flow node whose body does."""
+    if node.op_type in _RANDOM:
+        return True
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        return constants.get(node.input[2], True)
+    return any(
+        _samples(inner, constants)
+        for attr in node.attribute
+        for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs))
+        for inner in g.node
+    )
+
+
+def sampled_outputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Output name -> the random node it depends on ("RandomNormalLike '/RandomNormalLike'"),
+    for the outputs a random draw reaches (a VAE's sample, a TTS model's noise): two runs of
+    the reference itself differ there, so parity cannot compare them value by value."""
+    graph = model.graph
+    constants = {
+        t.name: bool(numpy_helper.to_array(t).any())
+        for t in graph.initializer
+        if t.data_type == onnx.TensorProto.BOOL
+    }
+    constants |= {
+        n.output[0]: bool(numpy_helper.to_array(a.t).any())
+        for n in graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value" and a.t.data_type == onnx.TensorProto.BOOL
+    }
+    random: dict[str, str] = {}  # value -> the random node it comes from
+    for node in graph.node:  # topologically sorted (the checker's order)
+        why = next((random[i] for i in node.input if i in random), "")
+        if not why and _samples(node, constants):
+            why = f"{node.op_type} '{node.name or node.output[0]}'"
+        if not why:  # a body reading a random value of the scope around it
+            outer = {
+                i
+                for attr in node.attribute
+                for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs))
+                for inner in g.node
+                for i in inner.input
+            }
+            why = next((random[i] for i in outer if i in random), "")
+        if why:
+            random.update(dict.fromkeys((o for o in node.output if o), why))
+    return {o.name: random[o.name] for o in graph.output if o.name in random}
+
+
 def infer_output_kinds(model: onnx.ModelProto, contract: Contract) -> dict[str, OutputKind]:
-    """Output name -> kind, for the float outputs whose kind the graph shows."""
+    """Output name -> kind, for the outputs whose kind the graph shows: `sampled` for every
+    output a random draw reaches, else the float outputs' meaning."""
     walker = _Walker(model)
-    kinds: dict[str, OutputKind] = {}
+    sampled = sampled_outputs(model)
+    kinds: dict[str, OutputKind] = dict.fromkeys(sampled, "sampled")
     for spec in _float_outputs(contract):
+        if spec.name in sampled:
+            continue
         origins = walker.origins(model.graph, spec.name)
         kind = _kind_from(spec, origins, _readers(model.graph, spec.name))
         if kind is None and _like_an_input(spec, contract):

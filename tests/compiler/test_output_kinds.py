@@ -183,6 +183,51 @@ def test_boxes_maps_and_fed_back_outputs() -> None:
     assert _kinds(_model(unknown, {"x": ["N", 16]}, {"y": [16]})) == {}
 
 
+def test_outputs_a_random_draw_reaches_are_sampled() -> None:
+    """A VAE's sample (mu + sigma * noise) is `sampled` whatever op makes it, and the mean
+    beside it keeps its kind; so is what a Dropout in training mode or a body that draws
+    (an If branch) reaches. A Dropout whose training_mode is a constant false draws nothing."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["mu"]),
+        helper.make_node("RandomNormalLike", ["mu"], ["eps"], name="noise"),
+        helper.make_node("Add", ["mu", "eps"], ["z"]),
+        helper.make_node("MatMul", ["z", "w2"], ["recon"]),
+    ]
+    inits = {"w": np.ones((16, 10)), "w2": np.ones((10, 16))}
+    model = _model(nodes, {"x": ["N", 16]}, {"recon": ["N", 16], "mu": ["N", 10]}, inits)
+    assert _kinds(model) == {"recon": "sampled", "mu": "linear_head"}
+    contract = with_output_kinds(extract_contract(model), model, {})
+    assert [o.kind for o in contract.outputs] == ["sampled", "linear_head"]
+
+    def dropout(training: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node("Dropout", ["x", "ratio", "train"], ["y"])]
+        inits = {"ratio": np.array(0.5), "train": np.array(training)}
+        return _model(nodes, {"x": ["N", 16]}, {"y": ["N", 16]}, inits)
+
+    assert _kinds(dropout(True)) == {"y": "sampled"}
+    assert _kinds(dropout(False)).get("y") != "sampled"  # (shaped like its input: a state)
+    branch = helper.make_graph(
+        [helper.make_node("RandomUniform", [], ["u"], shape=[16])],
+        "draw",
+        [],
+        [helper.make_tensor_value_info("u", _F, [16])],
+    )
+    keep = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["k"])],
+        "keep",
+        [],
+        [helper.make_tensor_value_info("k", _F, [16])],
+    )
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["c"]),
+        helper.make_node("If", ["c"], ["v"], then_branch=branch, else_branch=keep),
+        helper.make_node("Relu", ["v"], ["y"]),
+    ]
+    model = _model(nodes, {"x": [16]}, {"y": [16]}, {"zero": np.array(0.0)})
+    assert _kinds(model) == {"y": "sampled"}
+
+
 def test_config_overrides_the_graph_and_names_are_checked() -> None:
     model = _model([helper.make_node("Softmax", ["x"], ["y"])], {"x": ["N", 4]}, {"y": ["N", 4]})
     contract = extract_contract(model)

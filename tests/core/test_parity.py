@@ -532,3 +532,37 @@ def test_policy_json_round_trip_and_older_manifests() -> None:
     int8 = ParityPolicy.from_json(old).tolerance("int8", "y")
     assert not int8.elementwise and int8.max_rel_l2 is None
     assert ParityPolicy.from_json(old).task is None
+
+
+def test_a_sampled_output_is_judged_by_its_distribution() -> None:
+    """Two runs of a model that draws random numbers differ value by value: a sampled
+    output passes on another draw of the same distribution (fp32's elementwise bound would
+    fail it) and fails where the artifact saturates it, loses its noise or shifts it; its
+    shape may differ from the reference's (a sampled length)."""
+    rng = np.random.default_rng(5)
+
+    def draw(n: int = 8, scale: float = 1.0, shift: float = 0.0) -> list[np.ndarray]:
+        return [
+            (rng.normal(0.3, 1.0, (1, 64)) * scale + shift).astype(np.float32) for _ in range(n)
+        ]
+
+    def run(outs: list[np.ndarray], refs: list[np.ndarray]) -> OutputParity:
+        ok, per = compare_outputs(
+            [{"y": o} for o in outs], [{"y": r} for r in refs], lambda _n: FP32, {"y": "sampled"}
+        )
+        assert ok == per["y"].passed
+        return per["y"]
+
+    refs = draw()
+    other = run(draw(), refs)
+    assert other.passed and _metric_names(other) == ["mean_shift", "spread_ratio"]
+    assert not run(draw(), refs).failures
+    assert not _judged(draw(1)[0], refs[0], "other", FP32).passed  # value by value: fails
+    saturated = run([np.clip(o, -0.2, 0.2) for o in draw()], refs)
+    assert not saturated.passed and "spread" in saturated.failures[-1]
+    assert not run(draw(shift=1.5), refs).passed
+    assert not run(draw(scale=0.0, shift=0.3), refs).passed  # the noise's term lost
+    longer = run([rng.normal(0.3, 1.0, (1, 80)).astype(np.float32) for _ in range(8)], refs)
+    assert longer.passed and longer.error == ""
+    nan = run([np.full((1, 64), np.nan, np.float32)] * 8, refs)
+    assert not nan.passed and "non-finite" in nan.failures[0]
