@@ -15,6 +15,12 @@ before any work), and so is one where the fusions fail. The record's `fused_ops`
 fused operators in the output (Attention, SkipLayerNormalization, Gelu/BiasGelu/FastGelu,
 EmbedLayerNormalization...), so a report shows whether the fusions fired.
 com.microsoft ops run only on ONNX Runtime: put `fuse` in ONNX Runtime variants only.
+
+A fused model must not grow: ONNX Runtime's constant folding materializes an Expand, Tile or
+ConstantOfShape of a constant as onnxsim's does (passes/simplify.py). Where the output is
+more than twice the input's size (and 1 MiB more), it is optimized again without
+`ConstantFolding`, which the simplify pass before it has done within bounds; the runtime
+folds it in memory at load.
 """
 
 from __future__ import annotations
@@ -66,7 +72,25 @@ class FuseConfig(PassConfig):
     hidden_size: int = Field(default=0, ge=0, description="0: detect from the graph")
 
 
+# an optimized model more than this many times its input's size, and _GROWTH_MIN_BYTES
+# more, grew by folding (module docstring)
+_GROWTH = 2
+_GROWTH_MIN_BYTES = 2**20
+
+
 def _ort_optimize(
+    model: onnx.ModelProto, level: str, disabled: list[str], workdir: Path
+) -> onnx.ModelProto:
+    """ONNX Runtime's offline optimization at `level`, without constant folding where
+    folding grows the model (module docstring)."""
+    out = _ort_optimized(model, level, disabled, workdir)
+    if out.ByteSize() > _GROWTH * model.ByteSize() + _GROWTH_MIN_BYTES:
+        if "ConstantFolding" not in disabled:
+            return _ort_optimized(model, level, [*disabled, "ConstantFolding"], workdir)
+    return out
+
+
+def _ort_optimized(
     model: onnx.ModelProto, level: str, disabled: list[str], workdir: Path
 ) -> onnx.ModelProto:
     import onnxruntime as ort
@@ -89,9 +113,10 @@ def _ort_optimize(
 
 class FusePass(Pass[FuseConfig]):
     name = "fuse"
-    version = "5"  # 3: fused_ops in the record, transformer: require; 4: ONNX Runtime's own
+    version = "6"  # 3: fused_ops in the record, transformer: require; 4: ONNX Runtime's own
     # default-domain ops (SimplifiedLayerNormalization) pass its check (ONNX's does not know them);
-    # 5: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py)
+    # 5: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py); 6: no
+    # growth by constant folding (module docstring)
     config_cls = FuseConfig
 
     def libraries(self) -> dict[str, str]:

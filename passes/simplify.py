@@ -17,6 +17,14 @@ the output ends with fewer of the fused kernels that replace elementwise chains
 (`RUNTIME_FUSIONS`), the model is simplified again without the folds known to break them
 (`FUSION_BREAKERS`), then with constant folding and shape inference only, and passed through
 unchanged where every try loses them.
+
+A simplified model must not grow either. Constant folding materializes what an Expand, Tile
+or ConstantOfShape of a constant computes (onnxsim's own CLI warns of it): a 16 KiB model
+adding a constant broadcast to [1, 64, 256, 256] came out at 16 MiB, and every artifact and
+the package with it. Where the output is more than twice the input's size (and 1 MiB more),
+it is simplified again with no folded constant larger than the largest the model already
+had (onnxsim's `tensor_size_threshold`): weights still fold (a BatchNorm into its Conv, a
+transposed weight), broadcasts are left to the runtimes.
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ __all__ = [
 
 # protobuf cannot serialize a message of 2 GiB or more; leave headroom for the graph.
 _PROTO_LIMIT = 2**31 - 64 * 2**20
+# a simplified model more than this many times its input's size, and _GROWTH_MIN_BYTES more,
+# grew by folding (module docstring)
+_GROWTH = 2
+_GROWTH_MIN_BYTES = 2**20
 
 
 def import_onnxsim() -> ModuleType:
@@ -141,9 +153,20 @@ def _test_shapes(model: onnx.ModelProto, ctx: PassContext) -> dict[str, list[int
         return {k: list(np.asarray(v).shape) for k, v in samples[0].items()}
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _largest_constant(model: onnx.ModelProto) -> int:
+    """Bytes of the model's largest initializer or Constant value."""
+    tensors = [*model.graph.initializer]
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute]
+    return max((t.ByteSize() for t in tensors), default=0)
+
+
 class SimplifyPass(Pass[SimplifyConfig]):
     name = "simplify"
-    version = "2"  # 2: the runtime-fusion check
+    version = "3"  # 2: the runtime-fusion check; 3: no growth by folding (module docstring)
     config_cls = SimplifyConfig
 
     def libraries(self) -> dict[str, str]:
@@ -183,6 +206,17 @@ class SimplifyPass(Pass[SimplifyConfig]):
         out, failure = self._onnxsim(model, shapes, cfg.skipped_optimizers)
         if failure:
             return PassResult(model=model, record=record, skipped=failure)
+        size, grown, threshold = model.ByteSize(), out.ByteSize(), 0
+        if grown > _GROWTH * size + _GROWTH_MIN_BYTES:
+            threshold = max(_largest_constant(model), 1024)
+            out, failure = self._onnxsim(model, shapes, cfg.skipped_optimizers, threshold)
+            if failure:
+                return PassResult(model=model, record=record, skipped=failure)
+            record["folding_limited"] = (
+                f"folding made the model {_size(grown)} from {_size(size)}: simplified again "
+                f"with no folded constant over {_size(threshold)} (the largest the model "
+                f"had): {_size(out.ByteSize())}"
+            )
         record["check_passed"] = True
         if not cfg.keep_runtime_fusions:
             return PassResult(model=out, record=record)
@@ -202,7 +236,7 @@ class SimplifyPass(Pass[SimplifyConfig]):
         )
         tried = [why]
         for skipped, how in retries:
-            again, failure = self._onnxsim(model, shapes, skipped)
+            again, failure = self._onnxsim(model, shapes, skipped, threshold)
             still = failure or _fusion_loss(before, again, workdir)
             if not still:
                 record["fusions_kept"] = f"{why}: simplified again {how}"
@@ -216,12 +250,14 @@ class SimplifyPass(Pass[SimplifyConfig]):
         model: onnx.ModelProto,
         shapes: dict[str, list[int]],
         skipped: tuple[str, ...] | None,
+        threshold: int = 0,
     ) -> tuple[onnx.ModelProto, str]:
         """onnxsim's model with the `skipped` optimizers left out (None: every optimizer,
-        folding and shape inference only) and "", or the input and why it could not be
-        used."""
+        folding and shape inference only), no folded constant over `threshold` bytes (0:
+        onnxsim's default), and "", or the input and why it could not be used."""
         onnxsim = import_onnxsim()
         cfg = self.config
+        limit = {"tensor_size_threshold": f"{threshold}B"} if threshold else {}
         log = io.StringIO()
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -236,6 +272,7 @@ class SimplifyPass(Pass[SimplifyConfig]):
                     skip_constant_folding=not cfg.constant_folding,
                     skip_shape_inference=not cfg.shape_inference,
                     skipped_optimizers=list(skipped or ()) or None,
+                    **limit,
                 )
         except Exception as exc:  # onnxsim raises RuntimeError/ValueError/its own types
             reason = " ".join(str(exc).split())[:400]

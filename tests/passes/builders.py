@@ -456,3 +456,34 @@ def parity(
 
     ra, rb = run(a, feeds), run(b, feeds)
     return {k: output_metrics([o[k] for o in rb], [o[k] for o in ra]) for k in ra[0]}
+
+
+def broadcast_constant() -> onnx.ModelProto:
+    """x + Expand(0.5, [1, 32, 128, 128]) -> a 1x1 Conv: 2 MiB once the Expand is folded,
+    from a model of 5 KiB."""
+    rng = np.random.default_rng(2)
+    shape = [1, 32, 128, 128]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Expand", ["c", "shape"], ["big"]),
+            helper.make_node("Add", ["x", "big"], ["a"]),
+            helper.make_node("Conv", ["a", "w"], ["y"]),
+            helper.make_node("Mul", ["w", "two"], ["w2"]),  # a fold that stays
+            helper.make_node("Conv", ["a", "w2"], ["z"]),
+        ],
+        "broadcast",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, shape),
+        ],
+        [
+            numpy_helper.from_array(np.array([0.5], np.float32), "c"),
+            numpy_helper.from_array(np.array(shape, np.int64), "shape"),
+            numpy_helper.from_array(rng.normal(0, 0.1, (32, 32, 1, 1)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

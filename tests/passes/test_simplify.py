@@ -13,7 +13,13 @@ from pydantic import ValidationError
 from passes.base import op_histogram
 from passes.simplify import SimplifyConfig, SimplifyPass
 from tests.fresh import stdout_words
-from tests.passes.builders import context, parity, small_cnn, smooth_images
+from tests.passes.builders import (
+    broadcast_constant,
+    context,
+    parity,
+    small_cnn,
+    smooth_images,
+)
 
 FP32_ATOL = 1e-5  # folding BN into Conv reorders fp32 arithmetic, nothing more
 
@@ -55,6 +61,27 @@ def test_constant_node_weights_survive(tmp_path: Path) -> None:
     conv_weights = [n.input[1] for n in out.graph.node if n.op_type == "Conv"]
     assert len(conv_weights) == 2 and all(w in weights for w in conv_weights)
     assert parity(model, out, smooth_images(4, seed=3))["y"].max_abs_err <= FP32_ATOL
+
+
+def test_folding_that_grows_the_model_is_limited(tmp_path: Path) -> None:
+    """Constant folding materialized a broadcast constant: 5 KiB in, 2 MiB out, in every
+    artifact after it. The fold that grows the model is left to the runtime; the weight's
+    fold (w * 2) still happens; the values are the same."""
+    model = broadcast_constant()
+    feeds = [{"x": np.random.default_rng(3).normal(0, 1, (1, 32, 128, 128)).astype(np.float32)}]
+    result = SimplifyPass(SimplifyConfig())(model, context(model, tmp_path, feeds))
+    out = result.model
+    assert out.ByteSize() < model.ByteSize() + 2**16, out.ByteSize()  # not 2 MiB
+    assert "Expand" in op_histogram(out) and "Mul" not in op_histogram(out)
+    assert result.record["folding_limited"].startswith("folding made the model 2.0 MiB from 4.3")
+    assert (
+        "no folded constant over 4.0 KiB (the largest the model had)"
+        in result.record["folding_limited"]
+    )
+    got = parity(model, out, feeds)
+    assert all(m.max_abs_err <= FP32_ATOL for m in got.values())
+    unlimited = SimplifyPass(SimplifyConfig())(small_cnn(), context(small_cnn(), tmp_path))
+    assert "folding_limited" not in unlimited.record
 
 
 def test_deterministic(tmp_path: Path) -> None:
