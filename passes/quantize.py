@@ -13,6 +13,7 @@ on x86-64 (the u8 x s8 VPMADDUBSW/VNNI kernels), s8/s8 on arm, symmetric s8/s8 o
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -206,6 +207,64 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
     return upgraded, f"upgraded opset {opset} -> {_PER_CHANNEL_OPSET} for per-channel weights"
 
 
+_INT_MAX = 2**31 - 1
+# the ops ONNX Runtime's quantizers insert (static QDQ, dynamic)
+_INSERTED = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
+
+@functools.cache
+def _cpu_kernels() -> dict[str, list[tuple[int, int]]]:
+    """ONNX Runtime's CPU kernels of the ONNX domain: op -> registered version ranges."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    found: dict[str, list[tuple[int, int]]] = {}
+    for d in ort_c.get_all_opkernel_def():
+        if d.domain in ("", "ai.onnx") and d.provider == "CPUExecutionProvider":
+            found.setdefault(d.op_name, []).append(tuple(d.version_range))
+    return found
+
+
+def _has_kernel(op: str, opset: int) -> bool:
+    """Whether ONNX Runtime runs ONNX op `op` in a model of `opset`: a kernel for the version
+    that opset resolves to. A kernel registered from a version on (end INT_MAX) runs that
+    version only, as ONNX Runtime matches it: QuantizeLinear-25's kernel not QuantizeLinear-28."""
+    try:
+        since = onnx.defs.get_schema(op, opset).since_version
+    except onnx.defs.SchemaError:
+        return False
+    return any(
+        start == since or (start < since <= end and end != _INT_MAX)
+        for start, end in _cpu_kernels().get(op, [])
+    )
+
+
+def _within_runtime_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """`model` at an opset whose quantization ops ONNX Runtime runs: an opset newer than the
+    installed runtime's (QuantizeLinear-28 on ONNX Runtime 1.32) is converted down to the
+    newest it runs, since the quantizers insert their ops at the model's opset and the int8
+    model would not load; NotApplicable where the converter cannot."""
+    import onnxruntime as ort
+    from onnx import version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    runs = lambda v: all(_has_kernel(op, v) for op in _INSERTED)  # noqa: E731
+    if opset < _PER_CHANNEL_OPSET or runs(opset):
+        return model, ""
+    target = next((v for v in range(opset - 1, _PER_CHANNEL_OPSET - 1, -1) if runs(v)), 0)
+    why = (
+        f"ONNX Runtime {ort.__version__} has no kernel for QuantizeLinear/DequantizeLinear "
+        f"at opset {opset}"
+    )
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as exc:  # the converter raises bare RuntimeErrors per op
+        raise NotApplicable(
+            f"{why}, and the model cannot be converted to opset {target} ({exc}); export it "
+            f"at opset {target} or lower"
+        ) from exc
+    return converted, f"converted opset {opset} -> {target}: {why}"
+
+
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
     # also covers passes/accuracy.py and int8_search.py: bump on changes there; 4: skips a
@@ -228,8 +287,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # 21: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py);
     # 22: outputs that pass an input through are kept out of ORT's quantizer ("not a DAG");
     # 23: the search stops where its int8 model is no faster than float (min_speedup); 24:
-    # histogram calibration takes the samples histogram_memory_mib holds (ort_quantizers.py)
-    version = "24"
+    # histogram calibration takes the samples histogram_memory_mib holds (ort_quantizers.py);
+    # 25: an opset newer than ONNX Runtime's quantization kernels is converted down to theirs
+    version = "25"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -261,6 +321,8 @@ class QuantizePass(Pass[QuantizeConfig]):
         upgraded = ""
         if cfg.per_channel:
             model, upgraded = _upgrade_for_per_channel(model)
+        model, converted = _within_runtime_opset(model)
+        upgraded = upgraded or converted
         facts = graph_facts(model)
         mode = cfg.mode
         if mode == "auto":

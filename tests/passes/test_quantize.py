@@ -385,3 +385,28 @@ def test_a_4_bit_weight_only_source_is_already_quantized(tmp_path: Path) -> None
     feeds = [{"x": rng.normal(size=(1, 64)).astype(np.float32)}]
     with pytest.raises(NotApplicable, match=r"already quantized \(2 MatMulNBits\)"):
         _quantize(four_bit, tmp_path, feeds)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_a_model_at_the_newest_opset_quantizes_into_a_model_onnx_runtime_loads(
+    tmp_path: Path, mode: str
+) -> None:
+    """The quantizers insert QuantizeLinear/DequantizeLinear at the model's opset: a model of
+    opset 28 (the newest onnx 1.23 knows) made int8 models ONNX Runtime 1.32 could not load
+    ("no implementation for DequantizeLinear(28)"), and every ort-int8 artifact failed. The
+    pass converts such a model down to the newest opset the runtime runs them at."""
+    import onnxruntime as ort
+
+    from passes.quantize import _has_kernel
+
+    newest = onnx.defs.onnx_opset_version()
+    model = _two_matmuls(64, 16)
+    model.opset_import[0].version = newest
+    feeds = [
+        {"x": np.random.default_rng(i).normal(0, 1, (1, 64)).astype(np.float32)} for i in range(4)
+    ]
+    result = QuantizePass(QuantizeConfig(mode=mode))(model, context(model, tmp_path, feeds))
+    session = ort.InferenceSession(result.model.SerializeToString())  # loads
+    assert session.run(None, feeds[0])[0].shape == (1, 16)
+    if not _has_kernel("DequantizeLinear", newest):
+        assert "-> " in result.record["opset"] and "no kernel" in result.record["opset"]
