@@ -207,35 +207,36 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
     return upgraded, f"upgraded opset {opset} -> {_PER_CHANNEL_OPSET} for per-channel weights"
 
 
-_INT_MAX = 2**31 - 1
-# the ops ONNX Runtime's quantizers insert (static QDQ, dynamic)
-_INSERTED = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
-
-
 @functools.cache
-def _cpu_kernels() -> dict[str, list[tuple[int, int]]]:
-    """ONNX Runtime's CPU kernels of the ONNX domain: op -> registered version ranges."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+def runs_quantization_ops(opset: int) -> bool:
+    """Whether ONNX Runtime loads the ops its quantizers insert (QuantizeLinear,
+    DequantizeLinear, DynamicQuantizeLinear) in a model of `opset`: tried on a model of
+    those three, as its kernel registry and type constraints decide (QuantizeLinear-25's
+    kernel does not take QuantizeLinear-28 on ONNX Runtime 1.32)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
 
-    found: dict[str, list[tuple[int, int]]] = {}
-    for d in ort_c.get_all_opkernel_def():
-        if d.domain in ("", "ai.onnx") and d.provider == "CPUExecutionProvider":
-            found.setdefault(d.op_name, []).append(tuple(d.version_range))
-    return found
-
-
-def _has_kernel(op: str, opset: int) -> bool:
-    """Whether ONNX Runtime runs ONNX op `op` in a model of `opset`: a kernel for the version
-    that opset resolves to. A kernel registered from a version on (end INT_MAX) runs that
-    version only, as ONNX Runtime matches it: QuantizeLinear-25's kernel not QuantizeLinear-28."""
-    try:
-        since = onnx.defs.get_schema(op, opset).since_version
-    except onnx.defs.SchemaError:
-        return False
-    return any(
-        start == since or (start < since <= end and end != _INT_MAX)
-        for start, end in _cpu_kernels().get(op, [])
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+            helper.make_node("DynamicQuantizeLinear", ["d"], ["y", "ys", "yz"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [4])],
+        [
+            numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+            numpy_helper.from_array(np.array(128, np.uint8), "z"),
+        ],
     )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - NOT_IMPLEMENTED, an opset it does not know
+        return False
+    return True
 
 
 def _within_runtime_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -247,10 +248,10 @@ def _within_runtime_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]
     from onnx import version_converter
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    runs = lambda v: all(_has_kernel(op, v) for op in _INSERTED)  # noqa: E731
-    if opset < _PER_CHANNEL_OPSET or runs(opset):
+    if opset < _PER_CHANNEL_OPSET or runs_quantization_ops(opset):
         return model, ""
-    target = next((v for v in range(opset - 1, _PER_CHANNEL_OPSET - 1, -1) if runs(v)), 0)
+    lower = range(opset - 1, _PER_CHANNEL_OPSET - 1, -1)
+    target = next((v for v in lower if runs_quantization_ops(v)), _PER_CHANNEL_OPSET)
     why = (
         f"ONNX Runtime {ort.__version__} has no kernel for QuantizeLinear/DequantizeLinear "
         f"at opset {opset}"
