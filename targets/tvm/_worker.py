@@ -25,7 +25,7 @@ from typing import Any
 from compiler.core.errors import BuildError, NotApplicable
 from targets.tvm.cuda import cuda_source_markers, ensure_libcuda, fatbin_entries, have_real_driver
 from targets.tvm.frontend import import_onnx, tvm_message
-from targets.tvm.preflight import topological_order, unsupported_ops
+from targets.tvm.preflight import narrow_tensors, topological_order, unsupported_ops
 from targets.tvm.tuning import tuning_database
 
 __all__ = ["build", "main"]
@@ -238,6 +238,13 @@ def _check_library(path: Path, arch: str, target: str, opts: dict[str, Any]) -> 
 
 
 def _check_preflight(model: Any) -> None:
+    narrow = narrow_tensors(model)
+    if narrow:
+        listed = ", ".join(f"{t} ('{name}')" for t, name in sorted(narrow.items()))
+        raise NotApplicable(
+            f"tensors of types TVM cannot read: {listed} (4-bit and 8-bit float weights); "
+            "use the onnxruntime or openvino artifact for this model"
+        )
     bad = unsupported_ops(model)
     if bad:
         listed = ", ".join(f"{op} (node '{node}')" for op, node in sorted(bad.items()))
@@ -294,6 +301,8 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
             mod = import_onnx(model, req, dynamic)
             ex = _compile(mod, target, tuning_dir if tuning_dir and tuning_dir.exists() else None)
             break
+        except NotApplicable:
+            raise  # the model, not the shapes: no other attempt takes it
         except Exception as exc:
             if i + 1 < len(modes):
                 spent = time.perf_counter() - attempt

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from compiler.core.errors import BuildError
+from compiler.core.errors import BuildError, NotApplicable
 
 __all__ = ["fp32_accumulation", "has_fp16_compute", "import_onnx", "tvm_message"]
 
@@ -237,6 +237,12 @@ def import_onnx(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
         if not has_fp16_compute(model):
             mod = _to_fp16(mod)
         mod = fp32_accumulation(mod)
+    elif req["precision"] == "int8":
+        # not applicable, not failed: an already-quantized source's variants are int8
+        raise NotApplicable(
+            "the model is already quantized (int8); tvm builds fp32 and fp16 artifacts: the "
+            "onnxruntime and openvino artifacts run its int8"
+        )
     elif req["precision"] != "fp32":
         raise BuildError(
             f"tvm builds fp32 and fp16 artifacts, not {req['precision']}; "

@@ -11,7 +11,7 @@ import onnx
 
 from compiler.core.graphs import nodes
 
-__all__ = ["KNOWN_UNSUPPORTED", "topological_order", "unsupported_ops"]
+__all__ = ["KNOWN_UNSUPPORTED", "narrow_tensors", "topological_order", "unsupported_ops"]
 
 # Missing from the Relax ONNX frontend in apache-tvm 0.27.
 KNOWN_UNSUPPORTED = frozenset(
@@ -57,6 +57,40 @@ def unsupported_ops(model: onnx.ModelProto) -> dict[str, str]:
         if missing and op not in bad:
             bad[op] = node.name or f"#{op}"
     return bad
+
+
+# element types below a byte or of 8-bit floats, which TVM 0.27's importer copies with the
+# wrong size ("TensorCopyFromBytes: size mismatch") or does not know
+_NARROW = frozenset(
+    {
+        onnx.TensorProto.FLOAT8E4M3FN,
+        onnx.TensorProto.FLOAT8E4M3FNUZ,
+        onnx.TensorProto.FLOAT8E5M2,
+        onnx.TensorProto.FLOAT8E5M2FNUZ,
+        onnx.TensorProto.UINT4,
+        onnx.TensorProto.INT4,
+        *(getattr(onnx.TensorProto, t) for t in ("FLOAT4E2M1", "UINT2", "INT2", "FLOAT8E8M0")
+          if hasattr(onnx.TensorProto, t)),
+    }
+)  # fmt: skip
+
+
+def narrow_tensors(model: onnx.ModelProto) -> dict[str, str]:
+    """Element type name -> the first constant of it (an initializer or a Constant's value),
+    for the types TVM cannot read: an int4-weight QDQ model's."""
+    found: dict[str, str] = {}
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    tensors += [
+        (n.output[0], a.t)
+        for n in nodes(model.graph)
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    ]
+    for name, t in tensors:
+        if t.data_type in _NARROW:
+            found.setdefault(onnx.TensorProto.DataType.Name(t.data_type), name)
+    return found
 
 
 def topological_order(model: onnx.ModelProto) -> bool:

@@ -82,6 +82,37 @@ def test_lstm_is_not_applicable_with_unsupported_ops(tmp_path: Path) -> None:
     assert not (tmp_path / "cpu-fp32-out" / "model.so").exists()
 
 
+def _qdq_matmul(weight_type: int) -> onnx.ModelProto:
+    """x -> MatMul with a DequantizeLinear weight of `weight_type` (INT8, INT4): an
+    already-quantized QDQ model, opset 21."""
+    w = np.array([[1, -2, 3, -4]] * 8, np.int8)
+    weight = helper.make_tensor("wq", weight_type, [8, 4], w.ravel().tolist())
+    graph = helper.make_graph(
+        [
+            helper.make_node("DequantizeLinear", ["wq", "s"], ["w"]),
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+        [weight, onnx.numpy_helper.from_array(np.array(0.05, np.float32), "s")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+@needs_tvm
+def test_already_quantized_and_4_bit_sources_are_not_applicable(tmp_path: Path) -> None:
+    """An already-quantized source makes its tvm variants int8, which tvm does not build,
+    and TVM's importer cannot read 4-bit weights ("TensorCopyFromBytes: size mismatch"):
+    both were failed artifacts; neither is a failure of the build."""
+    int8 = save(_qdq_matmul(onnx.TensorProto.INT8), tmp_path / "int8")
+    with pytest.raises(NotApplicable, match=r"already quantized \(int8\)"):
+        build_tvm(int8, "cpu", tmp_path / "a", "int8")
+    int4 = save(_qdq_matmul(onnx.TensorProto.INT4), tmp_path / "int4")
+    with pytest.raises(NotApplicable, match=r"types TVM cannot read: INT4 \('wq'\)"):
+        build_tvm(int4, "cpu", tmp_path / "b")
+
+
 @needs_tvm
 def test_preflight_finds_ops_inside_subgraphs() -> None:
     inner = helper.make_graph(
