@@ -57,11 +57,11 @@ def _print_package(m: Manifest, rows: list[ArtifactRow], signatures: str) -> Non
     )
     out_console.print(f"signatures: {signatures}", markup=False, soft_wrap=True)
     table = Table(title="contract")
-    for col in ("io", "name", "dtype", "shape"):
+    for col in ("io", "name", "dtype", "shape", "kind"):  # kind: what parity judges it as
         table.add_column(col)
-    for kind, specs in (("input", m.contract.inputs), ("output", m.contract.outputs)):
+    for io, specs in (("input", m.contract.inputs), ("output", m.contract.outputs)):
         for t in specs:
-            table.add_row(kind, t.name, t.dtype, str(t.shape))
+            table.add_row(io, t.name, t.dtype, str(t.shape), t.kind or "-")
     out_console.print(table)
     if m.contract.dims:
         out_console.print(

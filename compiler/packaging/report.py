@@ -43,10 +43,10 @@ def _data_warnings(m: Manifest) -> list[str]:
 
 
 def _contract(m: Manifest) -> list[str]:
-    lines = ["", "## Contract", "", "| io | name | dtype | shape |", "|---|---|---|---|"]
-    for kind, specs in (("in", m.contract.inputs), ("out", m.contract.outputs)):
+    lines = ["", "## Contract", "", "| io | name | dtype | shape | kind |", "|---|---|---|---|---|"]
+    for io, specs in (("in", m.contract.inputs), ("out", m.contract.outputs)):
         for t in specs:
-            lines.append(f"| {kind} | {t.name} | {t.dtype} | {t.shape} |")
+            lines.append(f"| {io} | {t.name} | {t.dtype} | {t.shape} | {t.kind or '-'} |")
     if m.contract.dims:
         dims = ", ".join(
             f"`{k}` {v.min}..{v.max} (opt {v.opt})" for k, v in m.contract.dims.items()

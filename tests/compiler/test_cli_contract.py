@@ -315,3 +315,8 @@ def test_a_model_that_draws_random_numbers_passes_strict(tmp_path: Path) -> None
     judged = parity["cpu/ort-fp32"][0]["outputs"]
     assert [c["metric"] for c in judged["recon"]["checks"]] == ["mean_shift", "spread_ratio"]
     assert "max_abs_err" in [c["metric"] for c in judged["mu"]["checks"]]
+    # what each output is judged as is shown where the contract is
+    report = (tmp_path / "out" / "reports" / "report.md").read_text()
+    assert "| out | recon | float32 | ['N', 16] | sampled |" in report
+    shown = cli("inspect", str(tmp_path / "out"))
+    assert shown.returncode == 0 and "sampled" in shown.stdout and "linear_head" in shown.stdout
