@@ -134,7 +134,8 @@ class TvmBackend(Backend):
     name = "tvm"
     version = "4"  # 2: fp16 convolutions and matrix products sum in float32; 3: names that
     # are not C identifiers are renamed for TVM (a remembered failure is not reused); 4: an
-    # already-quantized source and 4-bit or 8-bit-float weights are not applicable
+    # already-quantized source, 4-bit or 8-bit-float weights and forms the frontend does not
+    # implement are not applicable
     targets = frozenset({"cpu", "arm", "gpu"})
     options_cls = TvmOptions
 

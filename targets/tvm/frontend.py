@@ -216,6 +216,22 @@ def _c_inputs(
     return renamed, shapes, dtypes
 
 
+def _unimplemented(exc: BaseException) -> bool:
+    """Whether the ONNX frontend refused what it does not implement: its OpNotImplemented and
+    OpAttributeUnImplemented, a NotImplementedError, or one of its asserts on a form it does
+    not take ("SkipLayerNormalization import currently only supports required beta and
+    bias"), rather than failing on a model it should take."""
+    import tvm
+
+    unimplemented = (
+        NotImplementedError,
+        AssertionError,
+        tvm.error.OpNotImplemented,
+        tvm.error.OpAttributeUnImplemented,
+    )
+    return isinstance(exc, unimplemented)
+
+
 def import_onnx(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -229,6 +245,12 @@ def import_onnx(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
     try:
         mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as exc:
+        if _unimplemented(exc):
+            # not applicable, not failed: the frontend says it does not take this model
+            raise NotApplicable(
+                f"TVM's ONNX frontend cannot import the model: {tvm_message(exc)}; use the "
+                "onnxruntime or openvino artifact for this model"
+            ) from exc
         raise BuildError(f"tvm ONNX import failed: {tvm_message(exc)}") from exc
     if upper:
         mod["main"] = mod["main"].with_attr("tir_var_upper_bound", upper)
