@@ -207,6 +207,15 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
     return upgraded, f"upgraded opset {opset} -> {_PER_CHANNEL_OPSET} for per-channel weights"
 
 
+def _standard_attention(model: onnx.ModelProto) -> list[str]:
+    """The names of the main graph's ONNX-domain Attention nodes (opset 23; the dynamo
+    exporter writes them for scaled_dot_product_attention)."""
+    return [n.name for n in model.graph.node if n.op_type == "Attention" and n.domain in _ONNX]
+
+
+_ONNX = ("", "ai.onnx")
+
+
 @functools.cache
 def runs_quantization_ops(opset: int) -> bool:
     """Whether ONNX Runtime loads the ops its quantizers insert (QuantizeLinear,
@@ -289,8 +298,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # 22: outputs that pass an input through are kept out of ORT's quantizer ("not a DAG");
     # 23: the search stops where its int8 model is no faster than float (min_speedup); 24:
     # histogram calibration takes the samples histogram_memory_mib holds (ort_quantizers.py);
-    # 25: an opset newer than ONNX Runtime's quantization kernels is converted down to theirs
-    version = "25"
+    # 25: an opset newer than ONNX Runtime's quantization kernels is converted down to theirs;
+    # 26: ONNX-domain Attention nodes (opset 23) are kept in float
+    version = "26"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -334,10 +344,12 @@ class QuantizePass(Pass[QuantizeConfig]):
                 f"quantize: exclude_nodes {unknown} are not nodes of the model; "
                 "names are the node names in the input graph (see the build log's ops)"
             )
+        standard_attention = _standard_attention(model)
         exclude = sorted(
             {
                 *cfg.exclude_nodes,
                 *(n.name for n in model.graph.node if n.op_type in cfg.exclude_op_types),
+                *standard_attention,
             }
         )
         act, weight, symmetric = self._types(ctx.target)
@@ -358,6 +370,13 @@ class QuantizePass(Pass[QuantizeConfig]):
             "excluded_nodes": exclude,
         }
         record.update({k: v for k, v in prepared.items() if v})
+        if standard_attention:
+            record["attention_kept_float"] = (
+                f"{len(standard_attention)} ONNX Attention node(s) (opset 23) kept in float: "
+                "ONNX Runtime's quantizer takes every 'Attention' for its own com.microsoft "
+                "op and wrote a QAttention the runtime refused; the MatMuls around them are "
+                "quantized"
+            )
         if upgraded:
             record["opset"] = upgraded
         with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:

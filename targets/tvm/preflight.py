@@ -35,6 +35,10 @@ KNOWN_UNSUPPORTED = frozenset(
 )
 # Handled by the frontend outside its converter table.
 _HANDLED_DIRECTLY = frozenset({"If"})
+# Converted as com.microsoft's op of the name only: ONNX's own (Attention, opset 23, which
+# the dynamo exporter writes for scaled_dot_product_attention) fails inside the converter
+# (KeyError 'num_heads').
+_CONTRIB_ONLY = frozenset({"Attention"})
 
 
 def _converter_names() -> frozenset[str] | None:
@@ -51,8 +55,10 @@ def unsupported_ops(model: onnx.ModelProto) -> dict[str, str]:
     bad: dict[str, str] = {}
     for node in nodes(model.graph):
         op = node.op_type
-        missing = op in KNOWN_UNSUPPORTED or (
-            known is not None and op not in known and op not in _HANDLED_DIRECTLY
+        missing = (
+            op in KNOWN_UNSUPPORTED
+            or (op in _CONTRIB_ONLY and node.domain in ("", "ai.onnx"))
+            or (known is not None and op not in known and op not in _HANDLED_DIRECTLY)
         )
         if missing and op not in bad:
             bad[op] = node.name or f"#{op}"

@@ -410,3 +410,51 @@ def test_a_model_at_the_newest_opset_quantizes_into_a_model_onnx_runtime_loads(
     assert session.run(None, feeds[0])[0].shape == (1, 16)
     if not runs_quantization_ops(newest):
         assert "-> " in result.record["opset"] and "no kernel" in result.record["opset"]
+
+
+def _onnx_attention() -> onnx.ModelProto:
+    """x -> three MatMuls -> ONNX's own Attention (opset 23, 2 heads) -> MatMul: what the
+    dynamo exporter writes for scaled_dot_product_attention at opset 23."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (16, 16)).astype(np.float32), name)
+        for name in ("wq", "wk", "wv", "wo")
+    ]
+    nodes = [helper.make_node("MatMul", ["x", w], [w[1]]) for w in ("wq", "wk", "wv")]
+    nodes += [
+        helper.make_node("Attention", ["q", "k", "v"], ["a"], q_num_heads=2, kv_num_heads=2),
+        helper.make_node("MatMul", ["a", "wo"], ["y"]),
+    ]
+    f = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "sdpa",
+        [helper.make_tensor_value_info("x", f, ["N", "T", 16])],
+        [helper.make_tensor_value_info("y", f, ["N", "T", 16])],
+        weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_onnx_attention_stays_float_and_the_int8_model_loads(tmp_path: Path, mode: str) -> None:
+    """ONNX Runtime's quantizer took ONNX's Attention (opset 23) for its own com.microsoft
+    Attention and wrote a QAttention ONNX Runtime refused to load ("This is an invalid
+    model"): every ort-int8 artifact of such a model failed. Those nodes stay float, the
+    MatMuls around them are quantized."""
+    import onnxruntime as ort
+
+    model = _onnx_attention()
+    feeds = [
+        {"x": np.random.default_rng(i).normal(0, 1, (1, 6, 16)).astype(np.float32)}
+        for i in range(4)
+    ]
+    result = QuantizePass(QuantizeConfig(mode=mode))(model, context(model, tmp_path, feeds))
+    session = ort.InferenceSession(result.model.SerializeToString())
+    assert session.run(None, feeds[0])[0].shape == (1, 6, 16)
+    ops = op_histogram(result.model)
+    assert ops["Attention"] == 1 and "QAttention" not in ops
+    assert quantized_ops(ops), ops
+    assert "1 ONNX Attention node(s)" in result.record["attention_kept_float"]

@@ -160,6 +160,25 @@ def test_preflight_finds_ops_inside_subgraphs() -> None:
     assert unsupported_ops(helper.make_model(outer)) == {"QLinearMatMul": "qmm"}
 
 
+def test_preflight_tells_onnx_attention_from_onnx_runtime_s() -> None:
+    """TVM converts com.microsoft's Attention; ONNX's own (opset 23, the dynamo exporter's
+    scaled_dot_product_attention) failed inside that converter (KeyError 'num_heads')."""
+
+    def attention(domain: str) -> onnx.ModelProto:
+        node = helper.make_node("Attention", ["q", "k", "v"], ["y"], name="sdpa", domain=domain)
+        f = onnx.TensorProto.FLOAT
+        graph = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info(n, f, [1, 4, 8]) for n in "qkv"],
+            [helper.make_tensor_value_info("y", f, [1, 4, 8])],
+        )
+        return helper.make_model(graph)
+
+    assert unsupported_ops(attention("")) == {"Attention": "sdpa"}
+    assert "Attention" not in unsupported_ops(attention("com.microsoft"))
+
+
 # ---------------------------------------------------------------- cpu (x86-64)
 
 
