@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from pydantic import model_validator
 
 from compiler.core.errors import PassError
@@ -203,9 +203,17 @@ def _rename_reads(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
 
 
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose every node has a name (node_block_list names nodes)."""
+    """A copy whose every node has a name (node_block_list names nodes), and whose outputs
+    are all made by nodes: an output that is an initializer (a detector's anchors) is read
+    through an Identity, as the float16 converter, which casts an fp16 initializer back to
+    float32 under the output's name, wrote a model with that name defined twice."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    constants = {t.name: t for t in out.graph.initializer}
+    for i, output in enumerate(o for o in out.graph.output if o.name in constants):
+        renamed = f"{output.name}__fp16_const_{i}"
+        constants[output.name].name = renamed
+        out.graph.node.insert(0, helper.make_node("Identity", [renamed], [output.name]))
     taken = {n.name for n in out.graph.node if n.name}
     for i, node in enumerate(out.graph.node):
         if not node.name:
@@ -322,8 +330,8 @@ class Fp16Pass(Pass[Fp16Config]):
     # load, nodes whose branches hold block-listed ops are kept float32 whole, reading float32
     # copies of the outer tensors (_branch_holders, _float32_reads); 6: the converted model's
     # load check runs ONNX Runtime's basic optimizations, not all (a crash in its layout
-    # optimizers)
-    version = "6"
+    # optimizers); 7: an output that is an initializer is read through an Identity (_named)
+    version = "7"
     config_cls = Fp16Config
     precision: ClassVar[str | None] = "fp16"
     uses_calibration: ClassVar[bool] = True
