@@ -330,7 +330,8 @@ class Fp16Pass(Pass[Fp16Config]):
     # load, nodes whose branches hold block-listed ops are kept float32 whole, reading float32
     # copies of the outer tensors (_branch_holders, _float32_reads); 6: the converted model's
     # load check runs ONNX Runtime's basic optimizations, not all (a crash in its layout
-    # optimizers); 7: an output that is an initializer is read through an Identity (_named)
+    # optimizers); 7: an output that is an initializer is read through an Identity (_named),
+    # one that passes an input through is left out while converting
     version = "7"
     config_cls = Fp16Config
     precision: ClassVar[str | None] = "fp16"
@@ -372,6 +373,12 @@ class Fp16Pass(Pass[Fp16Config]):
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         model = _named(model)
+        # an input passed through as an output is left out while converting: keep_io_types
+        # casts it in and back out under its own name, defined twice (ONNX Runtime refused)
+        inputs = {i.name for i in model.graph.input}
+        passed = [(i, o) for i, o in enumerate(model.graph.output) if o.name in inputs]
+        for _, o in reversed(passed):
+            model.graph.output.remove(o)
         feeds = ctx.calibration()[:_PROBE_FEEDS] + ctx.validation()[:_PROBE_FEEDS]
         hot, probed = _hot_nodes(model, feeds)
         if ctx.calibration_source == "generated" and "kept_float32_for_range" in probed:
@@ -409,6 +416,9 @@ class Fp16Pass(Pass[Fp16Config]):
                     f"fp16: ONNX Runtime CPU cannot load the converted model{where}: {msg}; "
                     "add that node to node_block_list or its op type to op_block_list"
                 ) from exc
+        for i, o in passed:
+            out.graph.output.insert(i, o)
+            model.graph.output.insert(i, o)
         record: dict[str, Any] = {
             "keep_io_types": self.config.keep_io_types,
             "blocked_op_types_present": sorted(source_ops & set(blocked)),

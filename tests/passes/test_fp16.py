@@ -314,11 +314,11 @@ def test_a_transformer_with_a_bool_padding_mask_converts(tmp_path: Path) -> None
     assert judge(output_metrics([half], [full]), FP16) == []
 
 
-def test_an_output_that_is_an_initializer_converts(tmp_path: Path) -> None:
-    """A detector that returns its anchors, an initializer, as an output: the float16
-    converter cast the fp16 initializer back to float32 under the output's own name, and
-    ONNX Runtime refused the model ("Duplicate definition of name (anchors)"): the fp16
-    pass, and tvm-fp16 with it, failed."""
+def test_outputs_that_are_an_initializer_or_an_input_convert(tmp_path: Path) -> None:
+    """A detector that returns its anchors, an initializer, as an output, and a model that
+    passes an input through: the float16 converter cast each back to float32 under the
+    output's own name, and ONNX Runtime refused the model ("Duplicate definition of name
+    (anchors)", "... (x)"): the fp16 pass, and tvm-fp16 with it, failed."""
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -331,6 +331,7 @@ def test_an_output_that_is_an_initializer_converts(tmp_path: Path) -> None:
         [
             helper.make_tensor_value_info("y", f, ["N", 4]),
             helper.make_tensor_value_info("anchors", f, [6, 4]),
+            helper.make_tensor_value_info("x", f, ["N", 8]),
         ],
         [
             numpy_helper.from_array(rng.normal(0, 1, (8, 4)).astype(np.float32), "w"),
@@ -340,6 +341,7 @@ def test_an_output_that_is_an_initializer_converts(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     feeds = [{"x": rng.normal(0, 1, (2, 8)).astype(np.float32)}]
     out = Fp16Pass(Fp16Config())(model, context(model, tmp_path, feeds)).model
-    assert [o.name for o in out.graph.output] == ["y", "anchors"]
+    assert [o.name for o in out.graph.output] == ["y", "anchors", "x"]
     got = parity(model, out, feeds)
     assert got["anchors"].max_abs_err < 1e-3 and got["y"].max_abs_err < 1e-2
+    assert got["x"].max_abs_err == 0
