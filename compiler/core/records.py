@@ -274,6 +274,7 @@ class NormalizeRecord(_Record):
     opset_upgraded_to: int | None = None
     opset_imports: str = ""  # duplicates merged, the ONNX domain first: before -> after
     nodes_sorted: bool = False  # the source's nodes were not in topological order
+    nodes_renamed: int = 0  # nodes that shared a name with an earlier one, renamed
     # initializers the source also listed as graph inputs, taken out of the inputs
     initializer_inputs_dropped: int = 0
     functions_inlined: list[str] = Field(default_factory=list)  # model-local, domain:name

@@ -35,6 +35,7 @@ __all__ = [
     "parse_input_spec",
     "save_model",
     "source_digest",
+    "unique_node_names",
 ]
 
 MODEL_FILE = "model.onnx"
@@ -215,6 +216,9 @@ def normalize_model(
     # keep_io_types append the input Casts last), and ONNX Runtime loads either order
     if sort_topologically(model.graph):
         record["nodes_sorted"] = True
+    renamed = unique_node_names(model.graph)
+    if renamed:
+        record["nodes_renamed"] = renamed
     filled = _fill_output_shapes(model)
     if filled:
         record["output_shapes_inferred"] = filled
@@ -242,6 +246,27 @@ def normalize_model(
     except Exception as exc:
         raise InputModelError(f"{where}: shape inference failed: {exc}") from exc
     return model, record
+
+
+def unique_node_names(graph: onnx.GraphProto) -> int:
+    """Give each node that shares its name with an earlier one (in any graph of the model) a
+    name of its own, in place; how many. Node names mean nothing to the computation, but
+    ONNX Runtime refuses a model with two of one name ("two nodes with same node name"), and
+    the int8 searches and node_block_list name nodes; some converters name every node alike.
+    Unnamed nodes stay unnamed."""
+    taken: set[str] = set()
+    repeats: list[onnx.NodeProto] = []
+    for node in nodes(graph):
+        if node.name and node.name in taken:
+            repeats.append(node)
+        taken.add(node.name)
+    for node in repeats:
+        base, k = node.name, 1
+        while f"{base}_{k}" in taken:
+            k += 1
+        node.name = f"{base}_{k}"
+        taken.add(node.name)
+    return len(repeats)
 
 
 def inline_functions(

@@ -105,6 +105,37 @@ def test_initializers_listed_as_inputs_are_taken_out_so_the_reference_folds_them
     np.testing.assert_allclose(y_after, y_before, rtol=1e-6)
 
 
+def test_nodes_that_share_a_name_get_names_of_their_own() -> None:
+    """A converter that names every node alike ('node'): ONNX Runtime refused the model
+    ("two nodes with same node name") and the build stopped at the reference. Normalized,
+    each name is unique, an unnamed node stays unnamed, and the model runs as before."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="node"),
+        helper.make_node("Neg", ["a"], ["b"], name="node"),
+        helper.make_node("Abs", ["b"], ["c"]),
+        helper.make_node("Relu", ["c"], ["y"], name="node"),
+    ]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "alike",
+        [helper.make_tensor_value_info("x", f, ["N", 4])],
+        [helper.make_tensor_value_info("y", f, ["N", 4])],
+    )
+    alike = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(Exception, match="same node name"):
+        ort.InferenceSession(alike.SerializeToString(), providers=["CPUExecutionProvider"])
+    model, record = normalize_model(alike, "alike.onnx")
+    assert record["nodes_renamed"] == 2
+    assert [n.name for n in model.graph.node] == ["node", "node_1", "", "node_2"]
+    x = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], [[0.0, 2.0, 0.0, 4.0]])
+
+
 def test_model_local_functions_are_inlined_so_every_backend_reads_the_model() -> None:
     """A module exported as a model-local function (torch's export_modules_as_functions):
     OpenVINO cannot read the model, ONNX Runtime runs it. Normalized, the function's nodes

@@ -48,8 +48,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # unranged dim's opt is its most common size in the user's data, where there is some;
     # 14: initializers listed as graph inputs too are taken out of the inputs, and
     # model-local functions are inlined; 15: a source with com.microsoft's weight-only ops
-    # (4-bit MatMulNBits) is a quantized one; 16: outputs a random draw reaches are `sampled`
-    version = "16"
+    # (4-bit MatMulNBits) is a quantized one; 16: outputs a random draw reaches are `sampled`;
+    # 17: nodes that share a name are given names of their own
+    version = "17"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
