@@ -189,21 +189,28 @@ def _numpy_dtype(onnx_type: int | None) -> np.dtype | None:
     return dtype if dtype.kind in "biuf" and dtype.name != "bfloat16" else None
 
 
+def _at_opset(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto | None, str]:
+    """`model` converted to `opset` by onnx's version converter and "", or None and why not."""
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, opset), ""
+    except Exception as exc:  # the converter raises bare RuntimeErrors per op
+        return None, str(exc)
+
+
 def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Per-channel QDQ needs DequantizeLinear's `axis` (opset 13); upgrade older models."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset >= _PER_CHANNEL_OPSET:
         return model, ""
-    from onnx import version_converter
-
-    try:
-        upgraded = version_converter.convert_version(model, _PER_CHANNEL_OPSET)
-    except Exception as exc:  # the converter raises bare RuntimeErrors per op
+    upgraded, why_not = _at_opset(model, _PER_CHANNEL_OPSET)
+    if upgraded is None:
         raise PassError(
             f"quantize: per-channel int8 needs opset >= {_PER_CHANNEL_OPSET}, the model has "
-            f"{opset} and cannot be upgraded ({exc}); set normalize.min_opset: "
+            f"{opset} and cannot be upgraded ({why_not}); set normalize.min_opset: "
             f"{_PER_CHANNEL_OPSET} or per_channel: false"
-        ) from exc
+        )
     return upgraded, f"upgraded opset {opset} -> {_PER_CHANNEL_OPSET} for per-channel weights"
 
 
@@ -254,7 +261,6 @@ def _within_runtime_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]
     newest it runs, since the quantizers insert their ops at the model's opset and the int8
     model would not load; NotApplicable where the converter cannot."""
     import onnxruntime as ort
-    from onnx import version_converter
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < _PER_CHANNEL_OPSET or runs_quantization_ops(opset):
@@ -265,13 +271,12 @@ def _within_runtime_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]
         f"ONNX Runtime {ort.__version__} has no kernel for QuantizeLinear/DequantizeLinear "
         f"at opset {opset}"
     )
-    try:
-        converted = version_converter.convert_version(model, target)
-    except Exception as exc:  # the converter raises bare RuntimeErrors per op
+    converted, why_not = _at_opset(model, target)
+    if converted is None:
         raise NotApplicable(
-            f"{why}, and the model cannot be converted to opset {target} ({exc}); export it "
-            f"at opset {target} or lower"
-        ) from exc
+            f"{why}, and the model cannot be converted to opset {target} ({why_not}); export "
+            f"it at opset {target} or lower"
+        )
     return converted, f"converted opset {opset} -> {target}: {why}"
 
 

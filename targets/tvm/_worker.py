@@ -238,20 +238,19 @@ def _check_library(path: Path, arch: str, target: str, opts: dict[str, Any]) -> 
 
 
 def _check_preflight(model: Any) -> None:
+    why = []
     narrow = narrow_tensors(model)
     if narrow:
         listed = ", ".join(f"{t} ('{name}')" for t, name in sorted(narrow.items()))
-        raise NotApplicable(
-            f"tensors of types TVM cannot read: {listed} (4-bit and 8-bit float weights); "
-            "use the onnxruntime or openvino artifact for this model"
-        )
+        why.append(f"tensors of types TVM cannot read: {listed} (4-bit and 8-bit float weights)")
     bad = unsupported_ops(model)
     if bad:
         listed = ", ".join(f"{op} (node '{node}')" for op, node in sorted(bad.items()))
+        why.append(f"unsupported ops: {listed}; TVM's ONNX frontend cannot import them")
+    if why:
         # not applicable, not failed: nothing broke, this backend cannot take the model
         raise NotApplicable(
-            f"unsupported ops: {listed}; TVM's ONNX frontend cannot import them. "
-            "Use the onnxruntime or openvino artifact for this model"
+            "; ".join(why) + ". Use the onnxruntime or openvino artifact for this model"
         )
 
 
