@@ -11,7 +11,11 @@ combination gives each dim its `opt`; then each dim's `min` walks down the candi
 other dims at their opt. Dims that cannot move alone (a decoder's past, new and total
 lengths, where total = past + new) are then walked together, scaled by the same power of two
 (`_coupled`: 128/128/256 down to 1/1/2), which keeps sums and equalities. A configured range
-is checked the same way: an end the reference rejects is pulled in toward opt. Probing stops after MAX_RUNS runs (BUDGET_S seconds is a
+is checked the same way: an end the reference rejects is pulled in toward opt. The batch
+default (1..64 for an input's axis 0) is checked at 2, every batch dim at once and, where
+that is rejected, with the other dims at 1 at 2 too (a state's batch): an export that
+reshapes to a fixed batch of 1 inside, rejected there or returning another size on a
+declared batch axis, gets 1..1 and says why. Probing stops after MAX_RUNS runs (BUDGET_S seconds is a
 safety net for very slow models; a range it cuts short says so). What was accepted and
 rejected is recorded in the contract's `dim_origins`.
 """
@@ -103,8 +107,13 @@ class _Prober:
 
     def accepts(self, sizes: Mapping[str, int]) -> bool:
         key = tuple(sorted(sizes.items()))
-        if key in self._seen:
-            return self._seen[key]
+        if key not in self._seen:
+            self._seen[key] = self.returns(sizes) is not None
+        return self._seen[key]
+
+    def returns(self, sizes: Mapping[str, int]) -> list[np.ndarray] | None:
+        """The reference's outputs on a generated feed of these sizes; None where it
+        rejects them (`last_error` says why)."""
         if self.runs >= MAX_RUNS or time.monotonic() > self.deadline:
             raise _Spent
         dims = {**self.fixed, **sizes}
@@ -115,13 +124,10 @@ class _Prober:
         feed = random_feed(self.contract.inputs, shapes, self.domains, np.random.default_rng(0))
         self.runs += 1
         try:
-            self.session.run(self.outputs, feed, self.options)
-            ok = True
+            return list(self.session.run(self.outputs, feed, self.options))
         except Exception as exc:  # ONNX Runtime says no in many ways; the message is kept
             self.last_error = short_message(exc, 200)
-            ok = False
-        self._seen[key] = ok
-        return ok
+            return None
 
 
 def _by_rank_sum(k: int, n: int) -> Iterator[tuple[int, ...]]:
@@ -330,6 +336,35 @@ def _check_configured(
     return DimRange(min=low, opt=r.opt, max=high), note
 
 
+def _check_batch(prober: _Prober, opts: Mapping[str, int], dims: Sequence[str]) -> str:
+    """Why the model does not run with each batch dim of `dims` at 2, all at once (inputs
+    that each name their own batch may have to agree), nor with the other dims at 1 at 2 too
+    (a state's batch): '' where it does; else the reference rejects it, or an output that
+    declares one of them comes back with another size there.
+    An export that declares a dynamic batch but reshapes to a fixed 1 inside claimed 1..64
+    by the batch default, and a batch of 8 failed only when served."""
+    # the dims at 1 may have to follow the batch (an LSTM state's batch, probed at 1)
+    ones = [d for d, v in opts.items() if v == 1 and d not in dims]
+    try:
+        outs = prober.returns({**opts, **dict.fromkeys(dims, 2)})
+        if outs is None and ones:
+            outs = prober.returns({**opts, **dict.fromkeys([*dims, *ones], 2)})
+    except _Spent:
+        return ""
+    at = ", ".join(f"{d}=2" for d in dims)
+    if outs is None:
+        also = f" (and with {', '.join(ones)} at 2 too)" if ones else ""
+        return f"the reference rejects {at}{also} ({prober.last_error})"
+    for spec, out in zip(prober.contract.outputs, outs, strict=True):
+        for axis, d in enumerate(spec.shape):
+            if d in dims and (np.ndim(out) <= axis or np.shape(out)[axis] != 2):
+                return (
+                    f"at {at} output '{spec.name}' comes back {list(np.shape(out))}, not 2 on "
+                    f"axis {axis}"
+                )
+    return ""
+
+
 def range_dims(
     model_path: Path,
     contract: Contract,
@@ -351,7 +386,14 @@ def range_dims(
         for d in contract.input_dims()
         if d in contract.dims and contract.dim_origins[d].source == "config"
     ]
-    if not dims and not configured:
+    batch = [
+        d
+        for d in contract.input_dims()
+        if d in contract.dims
+        and contract.dim_origins[d].source == "batch"
+        and contract.dims[d].min <= 1 < contract.dims[d].max
+    ]
+    if not dims and not configured and not batch:
         return contract
     prober = _Prober(model_path, contract, domains, where, session)
     found: dict[str, int] | None = {}
@@ -381,6 +423,17 @@ def range_dims(
         before = prober.runs
         ranges[d], note = _check_configured(prober, opts, d, contract.dims[d])
         origins[d] = DimOrigin(source="config", probes=prober.runs - before, note=note)
+    before = prober.runs
+    why = _check_batch(prober, opts, batch) if batch else ""
+    for d in batch:
+        note = origins[d].note
+        if why:
+            ranges[d] = DimRange(min=1, opt=1, max=1)
+            note = (
+                f"axis 0 of an input, but the model runs at batch 1 only: {why}; fix the "
+                "export (a Reshape or Expand to a fixed batch of 1) to serve batches"
+            )
+        origins[d] = DimOrigin(source="batch", probes=prober.runs - before, note=note)
     return contract.model_copy(update={"dims": ranges, "dim_origins": origins})
 
 

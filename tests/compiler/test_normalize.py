@@ -359,6 +359,50 @@ def test_probing_a_dim_the_model_takes_at_any_size(tmp_path: Path) -> None:
     assert c.dim_origins["batch"].source == "batch"  # axis 0: the batch default, not probed
 
 
+def test_a_batch_the_model_cannot_take_is_found_at_2(tmp_path: Path) -> None:
+    """An export that declares a dynamic batch but reshapes to a fixed 1 inside, or returns
+    one row whatever the batch: the batch default claimed 1..64 and a batch of 8 failed only
+    when served. Both are checked at 2 and given 1..1, saying why; batches that must agree
+    across inputs (each named its own) are checked together and keep the default."""
+    fixed = _probed(_reshaped({"x": ["N", 4]}, {"x": [1, 4]}), tmp_path / "a")
+    assert fixed.dims["N"] == DimRange(min=1, opt=1, max=1)
+    note = fixed.dim_origins["N"].note
+    assert "runs at batch 1 only: the reference rejects N=2" in note and "fix the export" in note
+
+    f = onnx.TensorProto.FLOAT
+    one = onnx.numpy_helper.from_array(np.array([1], np.int64), "one")
+    zero = onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")
+    one_row = onnx.helper.make_model(  # y = x[0:1], declared [N, 4]
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Slice", ["x", "zero", "one"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", f, ["N", 4])],
+            [onnx.helper.make_tensor_value_info("y", f, ["N", 4])],
+            [zero, one],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+    )
+    c = _probed(one_row, tmp_path / "b")
+    assert c.dims["N"].max == 1
+    assert "output 'y' comes back [1, 4], not 2 on axis 0" in c.dim_origins["N"].note
+
+    together = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Add", ["x", "y"], ["z"])],
+            "g",
+            [
+                onnx.helper.make_tensor_value_info("x", f, ["B1", 4]),
+                onnx.helper.make_tensor_value_info("y", f, ["B2", 4]),
+            ],
+            [onnx.helper.make_tensor_value_info("z", f, ["B1", 4])],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+    )
+    c = _probed(together, tmp_path / "c")
+    assert c.dims["B1"] == c.dims["B2"] == DimRange(min=1, opt=1, max=64)
+    assert c.dim_origins["B1"].probes == 1 and "batch default" in c.dim_origins["B1"].note
+
+
 def test_a_dim_s_opt_is_the_size_most_of_the_user_s_data_has(tmp_path: Path) -> None:
     """A static build is made at the dims' opts: the data's sizes, not the first size the
     reference took (ppocr_rec's gpu libraries were built for 64-pixel lines beside 48-pixel
