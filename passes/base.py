@@ -34,6 +34,8 @@ __all__ = [
     "PassConfig",
     "PassContext",
     "PassResult",
+    "default_opset",
+    "grew_by_folding",
     "model_size_bytes",
     "op_histogram",
     "double_precision",
@@ -184,6 +186,22 @@ def source_precision(model: onnx.ModelProto) -> Precision:
 
 def model_size_bytes(model: onnx.ModelProto) -> int:
     return model.ByteSize()
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset of the ONNX domain (0 where it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+# a pass's output more than this many times its input's size, and _GROWTH_MIN_BYTES more,
+# grew by constant folding (an Expand, Tile or ConstantOfShape of a constant materialized)
+_GROWTH = 2
+_GROWTH_MIN_BYTES = 2**20
+
+
+def grew_by_folding(before: onnx.ModelProto, after: onnx.ModelProto) -> bool:
+    """Whether `after` is so much larger than `before` that folding grew it (simplify, fuse)."""
+    return after.ByteSize() > _GROWTH * before.ByteSize() + _GROWTH_MIN_BYTES
 
 
 def _interface(model: onnx.ModelProto) -> dict[str, tuple[str, int, int]]:

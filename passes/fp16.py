@@ -418,7 +418,6 @@ class Fp16Pass(Pass[Fp16Config]):
                 ) from exc
         for i, o in passed:
             out.graph.output.insert(i, o)
-            model.graph.output.insert(i, o)
         record: dict[str, Any] = {
             "keep_io_types": self.config.keep_io_types,
             "blocked_op_types_present": sorted(source_ops & set(blocked)),

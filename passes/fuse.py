@@ -33,7 +33,15 @@ import onnx
 from pydantic import Field
 
 from compiler.core.errors import NotApplicable
-from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
+from passes.base import (
+    Pass,
+    PassConfig,
+    PassContext,
+    PassResult,
+    default_opset,
+    grew_by_folding,
+    op_histogram,
+)
 from passes.graph_facts import graph_facts
 from passes.ort_tools import quiet
 
@@ -72,21 +80,14 @@ class FuseConfig(PassConfig):
     hidden_size: int = Field(default=0, ge=0, description="0: detect from the graph")
 
 
-# an optimized model more than this many times its input's size, and _GROWTH_MIN_BYTES
-# more, grew by folding (module docstring)
-_GROWTH = 2
-_GROWTH_MIN_BYTES = 2**20
-
-
 def _ort_optimize(
     model: onnx.ModelProto, level: str, disabled: list[str], workdir: Path
 ) -> onnx.ModelProto:
     """ONNX Runtime's offline optimization at `level`, without constant folding where
     folding grows the model (module docstring)."""
     out = _ort_optimized(model, level, disabled, workdir)
-    if out.ByteSize() > _GROWTH * model.ByteSize() + _GROWTH_MIN_BYTES:
-        if "ConstantFolding" not in disabled:
-            return _ort_optimized(model, level, [*disabled, "ConstantFolding"], workdir)
+    if grew_by_folding(model, out) and "ConstantFolding" not in disabled:
+        return _ort_optimized(model, level, [*disabled, "ConstantFolding"], workdir)
     return out
 
 
@@ -148,7 +149,7 @@ class FusePass(Pass[FuseConfig]):
             cfg.transformer == "auto" and facts.transformer_like()
         )
         record: dict[str, Any] = {"level": cfg.level, "graph": facts.describe()}
-        opset = _default_opset(model)
+        opset = default_opset(model)
         layer_norm = opset >= _LAYER_NORM_OPSET
         if not layer_norm:
             disabled += [o for o in _LAYER_NORM_FUSIONS if o not in disabled]
@@ -205,10 +206,6 @@ class FusePass(Pass[FuseConfig]):
                 "skipped": "transformer fusions changed the model interface; kept the graph"
             }
         return optimizer.model, {"model_type": cfg.transformer_model_type, "fused": fused}
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _interface(model: onnx.ModelProto) -> list[tuple[str, int, int]]:

@@ -40,6 +40,7 @@ from passes.base import (
     PassConfig,
     PassContext,
     PassResult,
+    default_opset,
     op_histogram,
     quantized_ops,
 )
@@ -201,7 +202,7 @@ def _at_opset(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto | Non
 
 def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Per-channel QDQ needs DequantizeLinear's `axis` (opset 13); upgrade older models."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model)
     if opset >= _PER_CHANNEL_OPSET:
         return model, ""
     upgraded, why_not = _at_opset(model, _PER_CHANNEL_OPSET)
@@ -217,10 +218,9 @@ def _upgrade_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
 def _standard_attention(model: onnx.ModelProto) -> list[str]:
     """The names of the main graph's ONNX-domain Attention nodes (opset 23; the dynamo
     exporter writes them for scaled_dot_product_attention)."""
-    return [n.name for n in model.graph.node if n.op_type == "Attention" and n.domain in _ONNX]
-
-
-_ONNX = ("", "ai.onnx")
+    return [
+        n.name for n in model.graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")
+    ]
 
 
 @functools.cache
@@ -247,7 +247,6 @@ def runs_quantization_ops(opset: int) -> bool:
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
     try:
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - NOT_IMPLEMENTED, an opset it does not know
@@ -262,7 +261,7 @@ def _within_runtime_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]
     model would not load; NotApplicable where the converter cannot."""
     import onnxruntime as ort
 
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model)
     if opset < _PER_CHANNEL_OPSET or runs_quantization_ops(opset):
         return model, ""
     lower = range(opset - 1, _PER_CHANNEL_OPSET - 1, -1)

@@ -44,7 +44,7 @@ import onnx
 from pydantic import Field
 
 from compiler.core.errors import ConfigError
-from passes.base import Pass, PassConfig, PassContext, PassResult
+from passes.base import Pass, PassConfig, PassContext, PassResult, grew_by_folding
 
 __all__ = [
     "FUSION_BREAKERS",
@@ -57,10 +57,6 @@ __all__ = [
 
 # protobuf cannot serialize a message of 2 GiB or more; leave headroom for the graph.
 _PROTO_LIMIT = 2**31 - 64 * 2**20
-# a simplified model more than this many times its input's size, and _GROWTH_MIN_BYTES more,
-# grew by folding (module docstring)
-_GROWTH = 2
-_GROWTH_MIN_BYTES = 2**20
 
 
 def import_onnxsim() -> ModuleType:
@@ -207,7 +203,7 @@ class SimplifyPass(Pass[SimplifyConfig]):
         if failure:
             return PassResult(model=model, record=record, skipped=failure)
         size, grown, threshold = model.ByteSize(), out.ByteSize(), 0
-        if grown > _GROWTH * size + _GROWTH_MIN_BYTES:
+        if grew_by_folding(model, out):
             threshold = max(_largest_constant(model), 1024)
             out, failure = self._onnxsim(model, shapes, cfg.skipped_optimizers, threshold)
             if failure:

@@ -41,6 +41,7 @@ from onnx import numpy_helper
 
 from compiler.core.contract import Contract, OutputKind, TensorSpec
 from compiler.core.errors import ConfigError
+from compiler.core.graphs import nodes, subgraphs
 from compiler.core.quantized import QDQ_OPS
 
 __all__ = ["infer_output_kinds", "sampled_outputs", "with_output_kinds"]
@@ -260,12 +261,7 @@ def _samples(node: onnx.NodeProto, constants: Mapping[str, bool]) -> bool:
         return True
     if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
         return constants.get(node.input[2], True)
-    return any(
-        _samples(inner, constants)
-        for attr in node.attribute
-        for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs))
-        for inner in g.node
-    )
+    return any(_samples(inner, constants) for sub in subgraphs(node) for inner in sub.node)
 
 
 def sampled_outputs(model: onnx.ModelProto) -> dict[str, str]:
@@ -291,14 +287,8 @@ def sampled_outputs(model: onnx.ModelProto) -> dict[str, str]:
         if not why and _samples(node, constants):
             why = f"{node.op_type} '{node.name or node.output[0]}'"
         if not why:  # a body reading a random value of the scope around it
-            outer = {
-                i
-                for attr in node.attribute
-                for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs))
-                for inner in g.node
-                for i in inner.input
-            }
-            why = next((random[i] for i in outer if i in random), "")
+            reads = {i for sub in subgraphs(node) for inner in nodes(sub) for i in inner.input}
+            why = next((random[i] for i in reads if i in random), "")
         if why:
             random.update(dict.fromkeys((o for o in node.output if o), why))
     return {o.name: random[o.name] for o in graph.output if o.name in random}

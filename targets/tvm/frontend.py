@@ -26,7 +26,7 @@ def _shape_dict(req: dict[str, Any], dynamic: bool) -> tuple[dict[str, list[Any]
 
     dims = req["dims"]
     symbols: dict[str, Any] = {}
-    names = symbols.keys()  # the shape variables' names are unique in the C source
+    names: set[str] = set()  # the shape variables' names, unique in the C source
     upper: dict[str, int] = {}
     shapes: dict[str, list[Any]] = {}
     for spec in req["inputs"]:
@@ -35,7 +35,10 @@ def _shape_dict(req: dict[str, Any], dynamic: bool) -> tuple[dict[str, list[Any]
             if isinstance(d, int):
                 shape.append(d)
             elif dynamic:
-                shape.append(symbols.setdefault(d, tvm.tirx.Var(_c_name(d, names), "int64")))
+                if d not in symbols:
+                    names.add(name := _c_name(d, names))
+                    symbols[d] = tvm.tirx.Var(name, "int64")
+                shape.append(symbols[d])
                 upper[d] = dims[d]["max"]
             else:
                 shape.append(dims[d]["opt"])
@@ -178,7 +181,7 @@ def _fold_static(model: Any, shapes: dict[str, list[Any]]) -> Any:
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def _c_name(name: str, taken: Any) -> str:
+def _c_name(name: str, taken: set[str]) -> str:
     """`name` where it is a C identifier, else one made from it that `taken` lacks."""
     if _IDENTIFIER.match(name):
         return name
