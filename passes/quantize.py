@@ -303,8 +303,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # 23: the search stops where its int8 model is no faster than float (min_speedup); 24:
     # histogram calibration takes the samples histogram_memory_mib holds (ort_quantizers.py);
     # 25: an opset newer than ONNX Runtime's quantization kernels is converted down to theirs;
-    # 26: ONNX-domain Attention nodes (opset 23) are kept in float
-    version = "26"
+    # 26: ONNX-domain Attention nodes (opset 23) are kept in float; 27: the gate lets the
+    # reference's own NaN and infinities agree (parity.py)
+    version = "27"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

@@ -45,6 +45,13 @@ Near zero: a reference whose RMS is so small that max_rel_l2 of it is below the 
 atol carries no scale of its own: its L2 error passes when within atol (the floor every
 precision has), and cosine is not used. Probabilities have a natural scale, 1.
 
+Non-finite values: a reference may hold NaN or +-inf by design (logits masked with -inf past
+a sequence's length, a log of a silent frame). Where the artifact holds the same value at the
+same position, the position agrees and is left out of the value metrics (for the kind's own
+metrics, -inf and NaN read as below every finite value and +inf above); any position where
+one side holds NaN or an infinity and the other another value fails the output at every
+precision, and the metrics are those of the positions finite on both sides.
+
 Channels of mixed scale: one tensor may hold quantities in different units along a short
 axis, a detector's raw head above all ([1, 4 + classes, anchors]: box coordinates in pixels
 beside class probabilities). Its L2 error is the pixels' error; int8 that zeroes every class
@@ -233,6 +240,11 @@ class OutputParity:
     # smaller standard deviation over the larger
     mean_shift: float | None = None
     spread_ratio: float | None = None
+    # NaN or +-inf (module docstring): positions where the artifact holds the reference's own
+    # value, left out of the value metrics, and positions where one side holds one and the
+    # other another value (any fails)
+    nonfinite_matched: int = 0
+    nonfinite_differ: int = 0
     error: str = ""  # the output could not be compared at all (shape mismatch)
     tolerance: Tolerance | None = None
     checks: tuple[Check, ...] = ()
@@ -472,6 +484,14 @@ def output_metrics(
     r64 = [x.astype(np.float64) for x in r_list]
     a = np.concatenate([o.ravel() for o in o64])
     r = np.concatenate([x.ravel() for x in r64])
+    a_bad, r_bad = ~np.isfinite(a), ~np.isfinite(r)
+    matched = differ = 0
+    if a_bad.any() or r_bad.any():
+        same = a_bad & r_bad & ((a == r) | (np.isnan(a) & np.isnan(r)))
+        matched, differ = int(same.sum()), int((a_bad | r_bad).sum() - same.sum())
+        o64, r64 = _ordered_fill(o64, r64, a[~a_bad], r[~r_bad])
+        keep = ~(a_bad | r_bad)
+        a, r = a[keep], r[keep]
     judged = _judged_kind(kind, r64)
     diff = np.abs(a - r)
     n = max(r.size, 1)
@@ -508,10 +528,29 @@ def output_metrics(
         ref_rms=ref_rms,
         err_rms=err_rms,
         rel_l2=err_rms / ref_rms if ref_rms > 0 else None,
-        finite=bool(np.isfinite(a).all()),
+        finite=differ == 0,
         cosine=_cosine(a, r),
+        nonfinite_matched=matched,
+        nonfinite_differ=differ,
         **extra,
     )
+
+
+def _ordered_fill(
+    outs: list[np.ndarray], refs: list[np.ndarray], a_fin: np.ndarray, r_fin: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Both sides with NaN and -inf put below every finite value of either and +inf above
+    (`a_fin`, `r_fin`: their finite values), for the kind's own metrics: a masked class stays
+    the least likely, and the argmax, softmax and row metrics stay finite."""
+    fin = np.concatenate([a_fin, r_fin])
+    lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
+    span = hi - lo + 1.0
+    low, high = lo - span, hi + span
+
+    def fill(x: np.ndarray) -> np.ndarray:
+        return np.where(np.isposinf(x), high, np.where(np.isfinite(x), x, low))
+
+    return [fill(o) for o in outs], [fill(x) for x in refs]
 
 
 def _sampled_metrics(outs: list[np.ndarray], refs: list[np.ndarray]) -> OutputParity:
@@ -654,11 +693,22 @@ def _l2_check(m: OutputParity, bound: float, floor: float, near_zero: bool) -> C
     return Check("rel_l2", m.err_rms / floor, bound, False, note)
 
 
+def _nonfinite_text(m: OutputParity) -> str:
+    n = m.nonfinite_differ
+    if not n:
+        return "non-finite values (NaN/Inf) in the output"
+    where = "1 position" if n == 1 else f"{n} positions"
+    return (
+        f"non-finite values (NaN/Inf) in the output or the reference at {where} where the "
+        "other holds another value"
+    )
+
+
 def judge(m: OutputParity, tol: Tolerance) -> list[str]:
     """Reasons the output fails `tol`; empty when it passes."""
     if m.error:
         return [m.error]
-    why = [] if m.finite else ["non-finite values (NaN/Inf) in the output"]
+    why = [] if m.finite else [_nonfinite_text(m)]
     return why + [c.describe() for c in checks(m, tol) if not c.passed]
 
 
@@ -694,7 +744,7 @@ def departure(m: OutputParity) -> str:
     if m.error:
         return m.error
     if not m.finite:
-        return "non-finite values (NaN/Inf) in the output"
+        return _nonfinite_text(m)
     if m.agreement is not None:
         low = m.agreement < GROSS_FLOOR
         return f"only {m.agreement:.3f} of its elements agree (< {GROSS_FLOOR})" if low else ""

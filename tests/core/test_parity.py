@@ -15,6 +15,7 @@ from compiler.core.parity import (
     OutputParity,
     checks,
     compare_outputs,
+    departure,
     judge,
     margin,
     output_metrics,
@@ -449,7 +450,40 @@ def test_judge_applies_atol_plus_rtol_of_the_peak() -> None:
 def test_nan_fails_every_precision() -> None:
     for tol in DEFAULT_TOLERANCES.values():
         m = output_metrics([np.array([np.nan, 1.0])], [np.array([1.0, 1.0])], None, tol)
-        assert "non-finite values (NaN/Inf) in the output" in judge(m, tol)
+        assert judge(m, tol)[0] == (
+            "non-finite values (NaN/Inf) in the output or the reference at 1 position where "
+            "the other holds another value"
+        )
+
+
+def test_the_references_own_infinities_and_nans_agree_where_the_artifact_holds_them() -> None:
+    """Logits masked with -inf past a sequence's length (a masked_fill export): every fp32
+    artifact failed ('non-finite values', max abs err nan) against the reference's own -inf,
+    and the manifest held NaN. Matching non-finite positions agree and are left out of the
+    value metrics; a position where only one side holds one fails at every precision."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(4, 6, 10))
+    ref[:, 4:, :] = -np.inf  # masked steps
+    ref[0, 0, 3] = np.nan
+    ref[1, 1, 2] = np.inf
+    close = np.where(np.isfinite(ref), ref + 1e-6, ref)
+    for tol in DEFAULT_TOLERANCES.values():
+        for kind in (None, "class_scores", "dense_map", "logits_sequence"):
+            m = output_metrics([close], [ref], kind, tol)
+            assert judge(m, tol) == [], (kind, judge(m, tol))
+            assert m.nonfinite_matched == 4 * 2 * 10 + 2 and m.nonfinite_differ == 0
+            assert math.isfinite(m.max_abs_err) and m.max_abs_err == pytest.approx(1e-6)
+            assert m.rel_l2 is not None and math.isfinite(m.rel_l2) and m.cosine > 0.999
+        for broken, where in ((0.0, (0, 5, 0)), (-np.inf, (0, 0, 0)), (np.inf, (2, 5, 1))):
+            bad = close.copy()
+            bad[where] = broken
+            m = output_metrics([bad], [ref], "class_scores", tol)
+            assert m.nonfinite_differ == 1 and not m.finite
+            assert judge(m, tol)[0].startswith("non-finite values (NaN/Inf)")
+            assert departure(dataclasses.replace(m, tolerance=tol)).startswith("non-finite")
+    # a masked class stays below every finite one: the argmax is the reference's
+    m = output_metrics([close], [ref], "logits_sequence", DEFAULT_TOLERANCES["int8"])
+    assert m.top1_agreement == 1.0 and m.rows == 4 * 6
 
 
 def test_shape_mismatch_names_the_sample() -> None:

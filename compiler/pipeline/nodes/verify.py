@@ -62,8 +62,9 @@ class VerifyKind(Kind[VerifyNode]):
     # once (its latency changes); 25: latency workers size their blocks by runs after the
     # warm-up, not by it (a warm-up that held a compile made 3-run blocks); 26: an artifact
     # this host cannot run says "cannot run on the build host (...)", not "here": serving
-    # hosts read the record
-    version = "26"
+    # hosts read the record; 27: the reference's own NaN and infinities agree where the
+    # artifact holds them (parity.py)
+    version = "27"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
