@@ -34,6 +34,7 @@ from compiler.core.quantized import QDQ_OPS, quantized_ops
 from compiler.core.settings import OpenVinoSettings
 from compiler.core.telemetry import telemetry_off
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
+from targets.frontend_gaps import antialiased_downsamples
 from targets.int8_flavour import with_int8_flavour
 from targets.openvino.float_layers import keep_in_f32
 from targets.openvino.qdq import QdqRewrite, operator_form_ops, to_qdq
@@ -95,7 +96,7 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "12"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "13"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
     # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
@@ -104,7 +105,8 @@ class OpenVinoBackend(Backend):
     # 9: a dynamic model's runner compiles 2 input shapes static by default; 10: layout
     # Transposes after an innermost-axis Concat move above it (rewrites.py); 11: If
     # conditions of rank 2 or more are squeezed to scalars (rewrites.py); 12: ops with no
-    # conversion rule are not applicable (a remembered failure is not reused)
+    # conversion rule are not applicable (a remembered failure is not reused); 13: antialiased
+    # downsampling Resizes, whose antialias OpenVINO ignores, are not applicable
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -151,6 +153,13 @@ class OpenVinoBackend(Backend):
             requirements = with_int8_flavour(requirements, model_path)
         integer = _integer_ops(source)
         _check_quantization(request, integer, model_path)
+        blurred = antialiased_downsamples(source)
+        if blurred:
+            raise NotApplicable(
+                f"openvino would compute {model_path.name} otherwise: its ONNX frontend ignores "
+                f"Resize's antialias (opset 18), and nodes {blurred[:5]} downsample with it "
+                "(targets/frontend_gaps.py); use the onnxruntime artifact for this model"
+            )
         convertible, rewrite, rewritten = _for_openvino(model_path, source, request.workdir)
         model = _convert(convertible, source, model_path.name)
         notes = [*_quantization_notes(integer, rewrite), *rewritten]

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from compiler.core.errors import BuildError, NotApplicable
+from targets.frontend_gaps import antialiased_downsamples
 from targets.tvm.cuda import cuda_source_markers, ensure_libcuda, fatbin_entries, have_real_driver
 from targets.tvm.frontend import import_onnx, tvm_message
 from targets.tvm.preflight import narrow_tensors, topological_order, unsupported_ops
@@ -243,6 +244,12 @@ def _check_preflight(model: Any) -> None:
     if narrow:
         listed = ", ".join(f"{t} ('{name}')" for t, name in sorted(narrow.items()))
         why.append(f"tensors of types TVM cannot read: {listed} (4-bit and 8-bit float weights)")
+    blurred = antialiased_downsamples(model)
+    if blurred:
+        why.append(
+            f"TVM's ONNX frontend ignores Resize's antialias (opset 18), and nodes "
+            f"{blurred[:5]} downsample with it (targets/frontend_gaps.py)"
+        )
     bad = unsupported_ops(model)
     if bad:
         listed = ", ".join(f"{op} (node '{node}')" for op, node in sorted(bad.items()))

@@ -1,0 +1,79 @@
+"""What the ONNX frontends of OpenVINO and TVM compute otherwise than ONNX defines it, with no
+error, found before a build converts the model: the backend refuses the model (not
+applicable) rather than build an artifact that fails parity, or, with no GPU to verify it
+on, one nobody finds wrong until it is served.
+
+**Resize's antialias (opset 18).** OpenVINO's ONNX frontend (2026.4) reads Resize as opset 11
+defined it, and TVM's Relax frontend (0.27) does not read the attribute either: a bicubic
+64 -> 32 downsample exported from `F.interpolate(..., antialias=True)` came out 1.27 (max
+abs) from ONNX Runtime's output through OpenVINO and 0.83 through TVM (llvm), where ONNX
+Runtime and PyTorch agree to 2e-7 (2026-12-05).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compiler.core.graphs import graphs
+
+__all__ = ["antialiased_downsamples"]
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """An initializer's or a Constant node's value (None: computed, or kept outside)."""
+    for t in graph.initializer:
+        if t.name == name:
+            return None if t.external_data else numpy_helper.to_array(t)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and len(node.attribute) == 1:
+            attr = node.attribute[0]
+            return numpy_helper.to_array(attr.t) if attr.name == "value" else None
+    return None
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """The main graph's tensors whose every dim ONNX shape inference knows as a number."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - then no shape is known, and nothing is assumed
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    g = inferred.graph
+    for info in (*g.input, *g.output, *g.value_info):
+        tensor = info.type.tensor_type
+        if not (info.type.HasField("tensor_type") and tensor.HasField("shape")):
+            continue
+        dims = tensor.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[info.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
+def antialiased_downsamples(model: onnx.ModelProto) -> list[str]:
+    """The Resize nodes (names, or first outputs; main graph and subgraphs) whose antialias
+    a frontend that ignores it would drop: linear or cubic ones that may shrink an axis. A
+    resize that only enlarges (constant scales of at least 1, or known shapes that do not
+    shrink) is the same with or without it."""
+    found = [
+        n
+        for n in (node for g in graphs(model.graph) for node in g.node)
+        if n.op_type == "Resize"
+        and any(a.name == "antialias" and a.i for a in n.attribute)
+        and not any(a.name == "mode" and a.s == b"nearest" for a in n.attribute)
+    ]
+    if not found:
+        return []
+    shapes = _static_shapes(model)
+    shrinking = []
+    for n in found:
+        scales = _constant(model.graph, n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if scales is not None and scales.size and bool((scales >= 1).all()):
+            continue
+        before, after = shapes.get(n.input[0]), shapes.get(n.output[0])
+        if before and after and len(before) == len(after):
+            if all(b >= a for a, b in zip(before, after, strict=True)):
+                continue
+        shrinking.append(n.name or n.output[0])
+    return shrinking
