@@ -8,6 +8,11 @@ defined it, and TVM's Relax frontend (0.27) does not read the attribute either: 
 64 -> 32 downsample exported from `F.interpolate(..., antialias=True)` came out 1.27 (max
 abs) from ONNX Runtime's output through OpenVINO and 0.83 through TVM (llvm), where ONNX
 Runtime and PyTorch agree to 2e-7 (2026-12-05).
+
+**A cubic Resize with exclude_outside (OpenVINO).** tf2onnx writes TensorFlow's bicubic
+resize so (cubic_coeff_a -0.5, exclude_outside 1). OpenVINO (2026.4) keeps the weights of the
+taps outside the input, as exclude_outside 0 does: a 2x upsample came out 0.11-0.20 from ONNX
+Runtime's, which agrees with ONNX's reference implementation to 4e-7.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from onnx import numpy_helper
 
 from compiler.core.graphs import graphs
 
-__all__ = ["antialiased_downsamples"]
+__all__ = ["antialiased_downsamples", "excluding_cubic_resizes"]
 
 
 def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
@@ -77,3 +82,16 @@ def antialiased_downsamples(model: onnx.ModelProto) -> list[str]:
                 continue
         shrinking.append(n.name or n.output[0])
     return shrinking
+
+
+def excluding_cubic_resizes(model: onnx.ModelProto) -> list[str]:
+    """The cubic Resize nodes with exclude_outside 1 (names, or first outputs; main graph
+    and subgraphs), which OpenVINO computes as if it were 0."""
+    return [
+        n.name or n.output[0]
+        for g in graphs(model.graph)
+        for n in g.node
+        if n.op_type == "Resize"
+        and any(a.name == "mode" and a.s == b"cubic" for a in n.attribute)
+        and any(a.name == "exclude_outside" and a.i for a in n.attribute)
+    ]

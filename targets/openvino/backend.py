@@ -34,14 +34,18 @@ from compiler.core.quantized import QDQ_OPS, quantized_ops
 from compiler.core.settings import OpenVinoSettings
 from compiler.core.telemetry import telemetry_off
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
-from targets.frontend_gaps import antialiased_downsamples
+from targets.frontend_gaps import antialiased_downsamples, excluding_cubic_resizes
 from targets.int8_flavour import with_int8_flavour
 from targets.openvino.float_layers import keep_in_f32
 from targets.openvino.qdq import QdqRewrite, operator_form_ops, to_qdq
 from targets.openvino.rewrites import (
+    coerced_softmaxes,
+    flatten_coerced_softmaxes,
+    fractional_lrn_biases,
     scalar_if_conditions,
     sink_layout_transposes,
     sinkable,
+    unit_lrn_biases,
     wide_if_conditions,
 )
 from targets.openvino.runtime import INSTALL, compile_ir, import_openvino, openvino_message
@@ -96,7 +100,7 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "13"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "14"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
     # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
@@ -106,7 +110,8 @@ class OpenVinoBackend(Backend):
     # Transposes after an innermost-axis Concat move above it (rewrites.py); 11: If
     # conditions of rank 2 or more are squeezed to scalars (rewrites.py); 12: ops with no
     # conversion rule are not applicable (a remembered failure is not reused); 13: antialiased
-    # downsampling Resizes, whose antialias OpenVINO ignores, are not applicable
+    # downsampling Resizes, whose antialias OpenVINO ignores, are not applicable; 14: cubic
+    # Resizes with exclude_outside too; Softmaxes before opset 13 spelled out, LRN biases made 1
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -153,13 +158,7 @@ class OpenVinoBackend(Backend):
             requirements = with_int8_flavour(requirements, model_path)
         integer = _integer_ops(source)
         _check_quantization(request, integer, model_path)
-        blurred = antialiased_downsamples(source)
-        if blurred:
-            raise NotApplicable(
-                f"openvino would compute {model_path.name} otherwise: its ONNX frontend ignores "
-                f"Resize's antialias (opset 18), and nodes {blurred[:5]} downsample with it "
-                "(targets/frontend_gaps.py); use the onnxruntime artifact for this model"
-            )
+        _check_frontend_gaps(source, model_path.name)
         convertible, rewrite, rewritten = _for_openvino(model_path, source, request.workdir)
         model = _convert(convertible, source, model_path.name)
         notes = [*_quantization_notes(integer, rewrite), *rewritten]
@@ -258,6 +257,24 @@ def root_logger_kept() -> Iterator[None]:
         root.handlers[:] = handlers
 
 
+def _check_frontend_gaps(source: onnx.ModelProto, shown: str) -> None:
+    """NotApplicable where OpenVINO would compute the model otherwise than ONNX defines it
+    and no exact rewrite helps (targets/frontend_gaps.py)."""
+    why = []
+    blurred = antialiased_downsamples(source)
+    if blurred:
+        why.append(f"ignores Resize's antialias (opset 18), and {blurred[:5]} downsample with it")
+    cubic = excluding_cubic_resizes(source)
+    if cubic:
+        why.append(f"keeps the outside taps of cubic Resize {cubic[:5]} (exclude_outside 1)")
+    if why:
+        raise NotApplicable(
+            f"openvino would compute {shown} otherwise than ONNX defines it: its ONNX frontend "
+            f"{'; and '.join(why)} (targets/frontend_gaps.py); use the onnxruntime artifact "
+            "for this model"
+        )
+
+
 def _for_openvino(
     model_path: Path, source: onnx.ModelProto, workdir: Path
 ) -> tuple[Path, QdqRewrite | None, list[str]]:
@@ -265,12 +282,17 @@ def _for_openvino(
     QOperator int8 (QLinearConv, com.microsoft QGemm...: rewritten in QDQ form,
     targets/openvino/qdq.py), outputs that pass an input through (left out: OpenVINO's
     frontend made a second input of such a tensor, and the runtime returns the feed), layout
-    Transposes after an innermost-axis Concat (moved above it) or If conditions of rank 2 or
-    more (squeezed to scalars: rewrites.py). Also returns the notes on those rewrites."""
+    Transposes after an innermost-axis Concat (moved above it), If conditions of rank 2 or
+    more (squeezed to scalars), Softmaxes before opset 13 on an axis not the last (spelled
+    out) or LRNs with a fractional bias (made bias 1: rewrites.py). Also returns the notes on
+    those rewrites."""
     inputs = {i.name for i in source.graph.input}
     passed = [o.name for o in source.graph.output if o.name in inputs]
     wide = wide_if_conditions(source)
-    if not operator_form_ops(source) and not passed and not sinkable(source.graph) and not wide:
+    softmaxes, lrns = coerced_softmaxes(source), fractional_lrn_biases(source)
+    if not (
+        operator_form_ops(source) or passed or sinkable(source.graph) or wide or softmaxes or lrns
+    ):
         return model_path, None, []
     try:
         model = onnx.load(str(model_path))
@@ -290,6 +312,17 @@ def _for_openvino(
         notes.append(
             f"If condition(s) of rank 2 or more squeezed to a scalar, as OpenVINO's frontend "
             f"needs (rewrites.py): {', '.join(squeezed[:5])}"
+        )
+    if flatten_coerced_softmaxes(model, softmaxes):
+        notes.append(
+            "Softmax(es) before opset 13 on an axis that is not the last spelled out as "
+            "Flatten -> Softmax -> Reshape, as ONNX defined them; OpenVINO's frontend reads "
+            f"them as opset 13's (rewrites.py): {', '.join(softmaxes[:5])}"
+        )
+    if unit_lrn_biases(model, lrns):
+        notes.append(
+            "LRN(s) with a bias that is not a whole number rewritten to bias 1 and a scale, "
+            f"which OpenVINO computes right (rewrites.py): {', '.join(lrns[:5])}"
         )
     kept = [o for o in model.graph.output if o.name not in inputs]
     del model.graph.output[:]

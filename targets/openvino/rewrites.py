@@ -30,6 +30,20 @@ If-13), so a model converted whole by ONNX Runtime failed all three OpenVINO var
 torch export of `if p >= t:` on a [1, 1] score writes exactly that (openwakeword 0.4.0's
 wake-word classifiers, PyPI: `Cast(GreaterOrEqual(p, t))` of shape [1, 1] into an If). A
 Squeeze with no axes drops only the size-1 dims: the one element, the same value, rank 0.
+
+**Softmax before opset 13, on an axis that is not the last.** ONNX defined it then on the
+input flattened to 2-D at the axis (one softmax over all the trailing dims together);
+OpenVINO's frontend (2026.4) computes it over the axis alone, as opset 13 does, with no
+error: a Softmax(axis=1) of opset 11 on [1, 8, 6, 6] came out 0.65 (max abs) from ONNX
+Runtime's, which follows the definition (LogSoftmax and Hardmax are read right). It is spelled
+out as Flatten(axis) -> Softmax(axis=1) -> Reshape to the input's shape, which means the same
+in every opset.
+
+**LRN with a bias that is not a whole number.** OpenVINO's CPU plugin (2026.4) computes LRN
+as if its bias were cut to a whole number: bias 1.5 came out 0.73 from ONNX Runtime's, 0.5
+gave 3e3, while 1, 2, 3, 4 and 8 agree to 2e-7. With s the window's sum of squares, x / (b +
+a/n * s)^beta = b^-beta * x / (1 + (a/b)/n * s)^beta: the LRN takes bias 1 and alpha a/b,
+and a Mul by b^-beta follows it.
 """
 
 from __future__ import annotations
@@ -206,3 +220,119 @@ def scalar_if_conditions(model: onnx.ModelProto, wide: list[str] | None = None) 
             del graph.node[:]
             graph.node.extend(nodes)
     return wide
+
+
+def _main_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def coerced_softmaxes(model: onnx.ModelProto) -> list[str]:
+    """The Softmax nodes (names, or first outputs; main graph and subgraphs) of a model
+    before opset 13 whose axis is known not to be the last: what `flatten_coerced_softmaxes`
+    rewrites (module docstring). One of unknown rank stays as it is: parity judges it."""
+    if _main_opset(model) >= 13:
+        return []
+    found = [n for g in graphs(model.graph) for n in g.node if n.op_type == "Softmax"]
+    if not found:
+        return []
+    ranks = _ranks(model)
+    out = []
+    for n in found:
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        rank = ranks.get(n.input[0])
+        if rank is not None and rank > 1 and axis % rank != rank - 1:
+            out.append(n.name or n.output[0])
+    return out
+
+
+def flatten_coerced_softmaxes(model: onnx.ModelProto, found: list[str]) -> list[str]:
+    """Each Softmax in `found` (what `coerced_softmaxes` finds) as ONNX before opset 13
+    defines it, spelled out for OpenVINO, in place: Flatten(axis) -> Softmax(axis=1) ->
+    Reshape to the input's shape. The Softmaxes rewritten."""
+    chosen = set(found)
+    if not chosen:
+        return []
+    taken = {t for g in graphs(model.graph) for n in g.node for t in (n.name, *n.output)}
+    taken |= {t.name for g in graphs(model.graph) for t in (*g.initializer, *g.input)}
+    for graph in graphs(model.graph):
+        nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            if node.op_type != "Softmax" or (node.name or node.output[0]) not in chosen:
+                nodes.append(node)
+                continue
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            base = node.name or node.output[0]
+            flat, soft, shape = (free_name(f"{base}_{s}", taken) for s in ("2d", "sm", "shape"))
+            for t in (flat, soft, shape):
+                taken.add(t)
+            nodes += [
+                helper.make_node("Flatten", [node.input[0]], [flat], name=flat, axis=axis),
+                helper.make_node("Softmax", [flat], [soft], name=soft, axis=1),
+                helper.make_node("Shape", [node.input[0]], [shape], name=shape),
+                helper.make_node("Reshape", [soft, shape], list(node.output), name=base),
+            ]
+        if len(nodes) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(nodes)
+    return found
+
+
+def fractional_lrn_biases(model: onnx.ModelProto) -> list[str]:
+    """The LRN nodes (names, or first outputs; main graph and subgraphs) whose bias is not a
+    whole number: what `unit_lrn_biases` rewrites (module docstring)."""
+    return [
+        n.name or n.output[0]
+        for g in graphs(model.graph)
+        for n in g.node
+        if n.op_type == "LRN"
+        and _fractional(next((a.f for a in n.attribute if a.name == "bias"), 1.0))
+    ]
+
+
+def _fractional(bias: float) -> bool:
+    return bias > 0 and not float(bias).is_integer()
+
+
+def unit_lrn_biases(model: onnx.ModelProto, found: list[str]) -> list[str]:
+    """Each LRN in `found` (what `fractional_lrn_biases` finds) with bias 1, in place:
+    x / (b + a/n * s)^beta = b^-beta * x / (1 + (a/b)/n * s)^beta, so the LRN takes alpha
+    a/b and bias 1 and a Mul by b^-beta follows it. The LRNs rewritten."""
+    chosen = set(found)
+    if not chosen:
+        return []
+    taken = {t for g in graphs(model.graph) for n in g.node for t in (n.name, *n.output)}
+    taken |= {t.name for g in graphs(model.graph) for t in (*g.initializer, *g.input)}
+    for graph in graphs(model.graph):
+        nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            nodes.append(node)
+            if node.op_type != "LRN" or (node.name or node.output[0]) not in chosen:
+                continue
+            attrs = {a.name: a for a in node.attribute}
+            bias = attrs["bias"].f
+            alpha = attrs["alpha"].f if "alpha" in attrs else 1e-4
+            beta = attrs["beta"].f if "beta" in attrs else 0.75
+            base = node.name or node.output[0]
+            unit, scale = free_name(f"{base}_unit_bias", taken), free_name(f"{base}_scale", taken)
+            taken |= {unit, scale}
+            out = node.output[0]
+            kept = [a for a in node.attribute if a.name not in ("bias", "alpha")]
+            del node.attribute[:]
+            node.attribute.extend(
+                [
+                    *kept,
+                    helper.make_attribute("bias", 1.0),
+                    helper.make_attribute("alpha", alpha / bias),
+                ]
+            )
+            node.output[0] = unit
+            graph.initializer.append(
+                numpy_helper.from_array(np.array(bias**-beta, np.float32), scale)
+            )
+            mul = free_name(f"{base}_bias", taken)
+            taken.add(mul)
+            nodes.append(helper.make_node("Mul", [unit, scale], [out], name=mul))
+        if len(nodes) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(nodes)
+    return found

@@ -380,13 +380,15 @@ def qdq_mlp() -> onnx.ModelProto:
     return m
 
 
-def resize_net(scales: list[float], antialias: int = 1, mode: str = "cubic") -> onnx.ModelProto:
+def resize_net(
+    scales: list[float], antialias: int = 1, mode: str = "cubic", **attrs: object
+) -> onnx.ModelProto:
     """x [N, 3, 32, 32] through one opset-18 Resize by constant `scales`."""
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 32, 32])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3, "h", "w"])
     s = onnx.numpy_helper.from_array(np.array(scales, np.float32), "scales")
     node = helper.make_node(
-        "Resize", ["x", "", "scales"], ["y"], name="shrink", mode=mode, antialias=antialias
+        "Resize", ["x", "", "scales"], ["y"], name="shrink", mode=mode, antialias=antialias, **attrs
     )
     graph = helper.make_graph([node], "resize", [x], [y], [s])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
