@@ -9,6 +9,13 @@ defined it, and TVM's Relax frontend (0.27) does not read the attribute either: 
 abs) from ONNX Runtime's output through OpenVINO and 0.83 through TVM (llvm), where ONNX
 Runtime and PyTorch agree to 2e-7 (2026-12-05).
 
+**A Resize by scales that do not land on whole sizes (TVM).** ONNX maps an output pixel back
+through the scale it is given; TVM's Relax frontend (0.27) through output size / input size,
+which is the same only where input size x scale is a whole number. A linear 0.55 x 0.8
+downsample of 8 x 8 came out 1.39 from ONNX Runtime's (1.3 nearest: 3.2); 0.5, 0.75, 1.5, 2
+and 2.5 of 8 agree to 1e-7, and align_corners, which is defined by the sizes, agrees always.
+With a dynamic dim only a whole-number scale is safe (0.5 of an odd size is not).
+
 **A cubic Resize with exclude_outside (OpenVINO).** tf2onnx writes TensorFlow's bicubic
 resize so (cubic_coeff_a -0.5, exclude_outside 1). OpenVINO (2026.4) keeps the weights of the
 taps outside the input, as exclude_outside 0 does: a 2x upsample came out 0.11-0.20 from ONNX
@@ -23,7 +30,7 @@ from onnx import numpy_helper
 
 from compiler.core.graphs import graphs
 
-__all__ = ["antialiased_downsamples", "excluding_cubic_resizes"]
+__all__ = ["antialiased_downsamples", "excluding_cubic_resizes", "off_grid_scale_resizes"]
 
 
 def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
@@ -38,21 +45,22 @@ def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     return None
 
 
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """The main graph's tensors whose every dim ONNX shape inference knows as a number."""
+def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """The main graph's tensors of known rank, each dim's size where ONNX shape inference
+    knows it as a number (None where not)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - then no shape is known, and nothing is assumed
         return {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    shapes: dict[str, tuple[int | None, ...]] = {}
     g = inferred.graph
     for info in (*g.input, *g.output, *g.value_info):
         tensor = info.type.tensor_type
-        if not (info.type.HasField("tensor_type") and tensor.HasField("shape")):
-            continue
-        dims = tensor.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            shapes[info.name] = tuple(d.dim_value for d in dims)
+        if info.type.HasField("tensor_type") and tensor.HasField("shape"):
+            dims = tensor.shape.dim
+            shapes[info.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else None for d in dims
+            )
     return shapes
 
 
@@ -70,7 +78,7 @@ def antialiased_downsamples(model: onnx.ModelProto) -> list[str]:
     ]
     if not found:
         return []
-    shapes = _static_shapes(model)
+    shapes = _known_shapes(model)
     shrinking = []
     for n in found:
         scales = _constant(model.graph, n.input[2]) if len(n.input) > 2 and n.input[2] else None
@@ -78,7 +86,8 @@ def antialiased_downsamples(model: onnx.ModelProto) -> list[str]:
             continue
         before, after = shapes.get(n.input[0]), shapes.get(n.output[0])
         if before and after and len(before) == len(after):
-            if all(b >= a for a, b in zip(before, after, strict=True)):
+            pairs = zip(before, after, strict=True)
+            if all(a is not None and b is not None and b >= a for a, b in pairs):
                 continue
         shrinking.append(n.name or n.output[0])
     return shrinking
@@ -95,3 +104,34 @@ def excluding_cubic_resizes(model: onnx.ModelProto) -> list[str]:
         and any(a.name == "mode" and a.s == b"cubic" for a in n.attribute)
         and any(a.name == "exclude_outside" and a.i for a in n.attribute)
     ]
+
+
+def off_grid_scale_resizes(model: onnx.ModelProto) -> list[str]:
+    """The main graph's Resize nodes (names, or first outputs) with constant scales that may
+    not land on whole sizes: on an axis a scale other than 1 where the input's size times it
+    is not a whole number, or, for a size not known, where the scale is not one. Scales read
+    against align_corners' grid, which is the sizes', are the same either way."""
+    shapes: dict[str, tuple[int | None, ...]] | None = None
+    found = []
+    for n in model.graph.node:
+        if n.op_type != "Resize" or len(n.input) < 3 or not n.input[2]:
+            continue
+        if any(
+            a.name == "coordinate_transformation_mode" and a.s == b"align_corners"
+            for a in n.attribute
+        ):
+            continue
+        scales = _constant(model.graph, n.input[2])
+        if scales is None or not scales.size:
+            continue
+        if shapes is None:
+            shapes = _known_shapes(model)
+        dims = shapes.get(n.input[0])
+        for axis, scale in enumerate(scales.astype(np.float64).ravel()):
+            if scale == 1:
+                continue
+            size = dims[axis] if dims is not None and axis < len(dims) else None
+            if not float(scale * size if size is not None else scale).is_integer():
+                found.append(n.name or n.output[0])
+                break
+    return found
