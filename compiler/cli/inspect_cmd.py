@@ -65,8 +65,7 @@ def _print_package(m: Manifest, rows: list[ArtifactRow], signatures: str) -> Non
     out_console.print(table)
     if m.contract.dims:
         out_console.print(
-            "dims: "
-            + ", ".join(f"{k}={v.min}..{v.max} (opt {v.opt})" for k, v in m.contract.dims.items())
+            "dims: " + ", ".join(f"{k}={v.describe()}" for k, v in m.contract.dims.items())
         )
     print_artifacts(rows)
     print_recipes(rows)

@@ -33,13 +33,25 @@ class DimRange(BaseModel):
     """Allowed values of one symbolic dim; `opt` is what samples and benchmarks use.
 
     Given `opt` alone, min and max default around it: min = opt // 2 (at least 1), max =
-    2 * opt; so `--set dims.NAME.opt=N` is a complete range.
+    2 * opt; so `--set dims.NAME.opt=N` is a complete range. `step`: the sizes between min
+    and max the model takes are opt plus or minus a multiple of it (a detector's feature
+    pyramid: multiples of 32; frames stacked by 4).
     """
 
     model_config = ConfigDict(extra="forbid")
     min: int = Field(ge=0)
     opt: int = Field(ge=0)
     max: int = Field(ge=0)
+    step: int = Field(default=1, ge=1, description="sizes taken: opt +- a multiple of it")
+
+    def takes(self, size: int) -> bool:
+        """Whether `size` is in the range and on its step."""
+        return self.min <= size <= self.max and (size - self.opt) % self.step == 0
+
+    def describe(self) -> str:
+        """`1..64 (opt 1)`, or `32..3840 (opt 480, step 32)`, for messages and reports."""
+        step = f", step {self.step}" if self.step > 1 else ""
+        return f"{self.min}..{self.max} (opt {self.opt}{step})"
 
     @model_validator(mode="before")
     @classmethod
@@ -61,6 +73,11 @@ class DimRange(BaseModel):
         if not self.min <= self.opt <= self.max:
             raise ValueError(
                 f"need min <= opt <= max, got min {self.min}, opt {self.opt}, max {self.max}"
+            )
+        if (self.min - self.opt) % self.step or (self.max - self.opt) % self.step:
+            raise ValueError(
+                f"min {self.min} and max {self.max} must be opt {self.opt} plus or minus a "
+                f"multiple of step {self.step}"
             )
         return self
 
@@ -177,6 +194,12 @@ class Contract(BaseModel):
     dim_origins: dict[str, DimOrigin] = Field(
         default_factory=dict, description="how each ranged dim got its range"
     )
+    equal_dims: list[list[str]] = Field(
+        default_factory=list,
+        description="groups of dims a feed must give one size: dims named apart that the "
+        "reference takes only together (a tf2onnx export names each input's batch and length "
+        "apart; an LSTM state's batch follows the input's)",
+    )
 
     def symbolic_dims(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -261,10 +284,29 @@ class Contract(BaseModel):
                             f"{set_flag('dims', want, 'max' if got > r.max else 'min', value=str(got))}"
                             f" allows it)"
                         )
+                    if not r.takes(got):
+                        below = got - (got - r.opt) % r.step
+                        near = [v for v in (below, below + r.step) if r.min <= v <= r.max]
+                        raise ContractError(
+                            f"input '{spec.name}' axis {axis} ('{want}'): size {got} is not one "
+                            f"the model takes: it takes {r.opt} plus or minus multiples of "
+                            f"{r.step} (nearest: {' or '.join(map(str, near))}); pad or resize "
+                            "the input to one of them"
+                        )
                 if bound.setdefault(want, got) != got:
                     raise ContractError(
                         f"input '{spec.name}' axis {axis}: dim '{want}' is {got} here but "
                         f"{bound[want]} in another input"
                     )
             out[spec.name] = arr
+        for group in self.equal_dims:
+            sizes = {d: bound[d] for d in group if d in bound}
+            if len(set(sizes.values())) > 1:
+                shown = ", ".join(
+                    f"'{d}' {v} ({'; '.join(self.dim_axes(d))})" for d, v in sizes.items()
+                )
+                raise ContractError(
+                    f"dims {shown} differ: the model takes them only at one size (named apart "
+                    "in the model, they must be equal); feed them at one size"
+                )
         return out

@@ -48,9 +48,7 @@ def _contract(m: Manifest) -> list[str]:
         for t in specs:
             lines.append(f"| {io} | {t.name} | {t.dtype} | {t.shape} | {t.kind or '-'} |")
     if m.contract.dims:
-        dims = ", ".join(
-            f"`{k}` {v.min}..{v.max} (opt {v.opt})" for k, v in m.contract.dims.items()
-        )
+        dims = ", ".join(f"`{k}` {v.describe()}" for k, v in m.contract.dims.items())
         lines += ["", f"Dims: {dims}"]
     return lines
 

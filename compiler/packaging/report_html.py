@@ -72,11 +72,11 @@ def _contract(m: Manifest) -> str:
     html = _table(("io", "name", "dtype", "shape", "kind"), rows, set())
     if m.contract.dims:
         dims = [
-            (escape(k), str(v.min), str(v.opt), str(v.max),
+            (escape(k), str(v.min), str(v.opt), str(v.max), str(v.step),
              escape(m.contract.dim_origins[k].source) if k in m.contract.dim_origins else "-")
             for k, v in m.contract.dims.items()
         ]  # fmt: skip
-        html += _table(("dim", "min", "opt", "max", "from"), dims, {1, 2, 3})
+        html += _table(("dim", "min", "opt", "max", "step", "from"), dims, {1, 2, 3, 4})
     return html
 
 

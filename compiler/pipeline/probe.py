@@ -15,7 +15,12 @@ is checked the same way: an end the reference rejects is pulled in toward opt. T
 default (1..64 for an input's axis 0) is checked at 2, every batch dim at once and, where
 that is rejected, with the other dims at 1 at 2 too (a state's batch): an export that
 reshapes to a fixed batch of 1 inside, rejected there or returning another size on a
-declared batch axis, gets 1..1 and says why. Probing stops after MAX_RUNS runs (BUDGET_S seconds is a
+declared batch axis, gets 1..1 and says why. A probed dim that does not take opt + 1 gets the least step of STEPS it takes (opt + step
+accepted: a feature pyramid's 32, a frame stack's 4), and its range is walked on that step;
+serving refuses a size off it, naming the sizes near. Dims that move only together from one
+opt (named apart in the model, equal in it), and a dim at 1 the batch check had to move with
+the batch (an LSTM state's batch, which then takes the batch's range), are `equal_dims`.
+Probing stops after MAX_RUNS runs (BUDGET_S seconds is a
 safety net for very slow models; a range it cuts short says so). What was accepted and
 rejected is recorded in the contract's `dim_origins`.
 """
@@ -23,6 +28,7 @@ rejected is recorded in the contract's `dim_origins`.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,6 +57,9 @@ __all__ = [
 
 CANDIDATES = (224, 128, 256, 320, 64, 512, 48, 32, 96, 160, 192, 384, 640, 16, 8, 1024, 4, 2, 1)
 MAX_FACTOR = 8
+# the steps a dim that does not take opt + 1 is tried at (`_step`): strides of feature
+# pyramids, frame stacks, patch and window sizes
+STEPS = (2, 3, 4, 8, 14, 16, 28, 32, 64)
 BUDGET_S = 120.0
 MAX_RUNS = 600
 _LOAD_FAILED = re.compile(r"Load model from \S+ failed:\s*")  # the internal copy's path
@@ -169,11 +178,35 @@ def _walk(
     return last, "the last size tried"
 
 
-def _range(prober: _Prober, found: Mapping[str, int], dim: str) -> tuple[DimRange, str]:
+def _step(prober: _Prober, found: Mapping[str, int], dim: str) -> tuple[int, str]:
+    """The step of the sizes `dim` takes around its opt (DimRange.step) and how it was found:
+    1 where opt + 1 is accepted; else the least of STEPS whose opt + step is (a detector's
+    feature pyramid takes multiples of 32 only: 481 failed in an Add deep inside, once
+    served); 1 where none is (the dim may not move alone: `_coupled`)."""
+    opt = found[dim]
+    try:
+        if prober.accepts({**found, dim: opt + 1}):
+            return 1, ""
+        # a multiple's step divides opt: those first, the least first
+        for k in sorted(STEPS, key=lambda k: (opt % k != 0, k)):
+            if prober.accepts({**found, dim: opt + k}):
+                return k, f"step {k}: {opt + 1} rejected, {opt + k} accepted"
+    except _Spent:
+        return 1, ""
+    return 1, ""
+
+
+def _range(
+    prober: _Prober, found: Mapping[str, int], dim: str, step: int = 1
+) -> tuple[DimRange, str]:
     opt = found[dim]
     cap = opt * MAX_FACTOR
-    down = sorted((c for c in CANDIDATES if c < opt), reverse=True)
-    up = sorted({c for c in CANDIDATES if opt < c <= cap} | {opt * 2**k for k in (1, 2, 3)})
+    on_step = {c for c in CANDIDATES if (c - opt) % step == 0}
+    down = sorted((c for c in on_step if c < opt), reverse=True)
+    up = sorted(
+        {c for c in on_step if opt < c <= cap}
+        | {v for v in (opt * 2**k for k in (1, 2, 3)) if (v - opt) % step == 0}
+    )
     low, why_low = _walk(prober, found, dim, down)
     high, why_high = _walk(prober, found, dim, [v for v in up if v <= cap])
     others = ", ".join(f"{d}={v}" for d, v in found.items() if d != dim)
@@ -184,7 +217,7 @@ def _range(prober: _Prober, found: Mapping[str, int], dim: str) -> tuple[DimRang
         + (f", {MAX_FACTOR}x opt is the cap" if high == cap else "")
         + ")"
     )
-    return DimRange(min=low, opt=opt, max=high), note
+    return DimRange(min=low, opt=opt, max=high, step=step), note
 
 
 def _takes_data_sizes(prober: _Prober, seen: Mapping[str, Sequence[int]]) -> bool:
@@ -198,9 +231,16 @@ def _takes_data_sizes(prober: _Prober, seen: Mapping[str, Sequence[int]]) -> boo
 
 def _reaching(r: DimRange, sizes: Sequence[int], note: str) -> tuple[DimRange, str]:
     """The probed range around the data's most common size, widened to every size the data
-    has (the user's feeds run: they are the sizes served), and the note saying so."""
+    has (the user's feeds run: they are the sizes served), and the note saying so. A step
+    every size of the data is not on is narrowed to one it is."""
     size, count = most_common(sizes)
     low, high = min(r.min, *sizes), max(r.max, *sizes)
+    step = math.gcd(r.step, *(abs(s - size) for s in sizes))
+    if step != r.step:
+        note += f"; step {step}, as the data's sizes are"
+    if step > 1:  # the probed ends, off the narrowed step, give way to the data's
+        low = min(s for s in (r.min, *sizes) if (s - size) % step == 0)
+        high = max(s for s in (r.max, *sizes) if (s - size) % step == 0)
     head = f"opt {size}: the size {count} of the user's {len(sizes)} feeds have"
     rest = ";" + note.split(";", 1)[1] if ";" in note else ""
     widened = (
@@ -208,7 +248,7 @@ def _reaching(r: DimRange, sizes: Sequence[int], note: str) -> tuple[DimRange, s
         if (low, high) != (r.min, r.max)
         else ""
     )
-    return DimRange(min=low, opt=size, max=high), head + rest + widened
+    return DimRange(min=low, opt=size, max=high, step=step), head + rest + widened
 
 
 def _together(
@@ -250,8 +290,10 @@ def _range_coupled(
     found: Mapping[str, int],
     ranges: dict[str, DimRange],
     origins: dict[str, DimOrigin],
-) -> None:
-    """Widens, in place, the ranges of probed dims that moved only together (`_coupled`)."""
+) -> list[list[str]]:
+    """Widens, in place, the ranges of probed dims that moved only together (`_coupled`);
+    returns the groups of them at one opt, which must be equal (dims named apart)."""
+    equal: list[list[str]] = []
     for down in (True, False):
         stuck = [
             d
@@ -275,6 +317,10 @@ def _range_coupled(
                     "decoder's past + new = total lengths)",
                 }
             )
+        group = sorted(moved)
+        if len({found[d] for d in group}) == 1 and group not in equal:
+            equal.append(group)
+    return equal
 
 
 def _no_size_error(
@@ -336,33 +382,47 @@ def _check_configured(
     return DimRange(min=low, opt=r.opt, max=high), note
 
 
-def _check_batch(prober: _Prober, opts: Mapping[str, int], dims: Sequence[str]) -> str:
+def _check_batch(
+    prober: _Prober, opts: Mapping[str, int], dims: Sequence[str]
+) -> tuple[str, list[str]]:
     """Why the model does not run with each batch dim of `dims` at 2, all at once (inputs
     that each name their own batch may have to agree), nor with the other dims at 1 at 2 too
     (a state's batch): '' where it does; else the reference rejects it, or an output that
     declares one of them comes back with another size there.
     An export that declares a dynamic batch but reshapes to a fixed 1 inside claimed 1..64
-    by the batch default, and a batch of 8 failed only when served."""
+    by the batch default, and a batch of 8 failed only when served.
+    Also the dims that must be one size with the batch: the other dims at 1 where only they
+    at 2 too let the model run (silero_vad's state, [2, batch, 128], named apart from its
+    input's batch), and the batch dims the model rejects at 2 alone (each at 2, the others
+    at their opt) where it runs them at 2 together."""
     # the dims at 1 may have to follow the batch (an LSTM state's batch, probed at 1)
     ones = [d for d, v in opts.items() if v == 1 and d not in dims]
+    followers: list[str] = []
     try:
         outs = prober.returns({**opts, **dict.fromkeys(dims, 2)})
         if outs is None and ones:
             outs = prober.returns({**opts, **dict.fromkeys([*dims, *ones], 2)})
+            followers = ones if outs is not None else []
     except _Spent:
-        return ""
+        return "", []
     at = ", ".join(f"{d}=2" for d in dims)
     if outs is None:
         also = f" (and with {', '.join(ones)} at 2 too)" if ones else ""
-        return f"the reference rejects {at}{also} ({prober.last_error})"
+        return f"the reference rejects {at}{also} ({prober.last_error})", []
     for spec, out in zip(prober.contract.outputs, outs, strict=True):
         for axis, d in enumerate(spec.shape):
             if d in dims and (np.ndim(out) <= axis or np.shape(out)[axis] != 2):
                 return (
                     f"at {at} output '{spec.name}' comes back {list(np.shape(out))}, not 2 on "
                     f"axis {axis}"
-                )
-    return ""
+                ), []
+    if followers:
+        return "", [*dims, *followers]
+    try:
+        alone = [d for d in dims if len(dims) > 1 and not prober.accepts({**opts, d: 2})]
+    except _Spent:
+        alone = []
+    return "", alone if len(alone) > 1 else []
 
 
 def range_dims(
@@ -412,19 +472,21 @@ def range_dims(
     searched = prober.runs
     for d in dims:
         before = prober.runs
-        ranges[d], note = _range(prober, found, d)
+        step, why_step = _step(prober, found, d)
+        ranges[d], note = _range(prober, found, d, step)
+        note += f"; {why_step}" if why_step else ""
         if from_data:
             ranges[d], note = _reaching(ranges[d], seen[d], note)
         probes = searched + prober.runs - before
         origins[d] = DimOrigin(source="probed", probes=probes, note=note)
-    _range_coupled(prober, found, ranges, origins)
+    equal = _range_coupled(prober, found, ranges, origins)
     opts = {**prober.fixed, **found}
     for d in configured:
         before = prober.runs
         ranges[d], note = _check_configured(prober, opts, d, contract.dims[d])
         origins[d] = DimOrigin(source="config", probes=prober.runs - before, note=note)
     before = prober.runs
-    why = _check_batch(prober, opts, batch) if batch else ""
+    why, tied = _check_batch(prober, opts, batch) if batch else ("", [])
     for d in batch:
         note = origins[d].note
         if why:
@@ -434,7 +496,23 @@ def range_dims(
                 "export (a Reshape or Expand to a fixed batch of 1) to serve batches"
             )
         origins[d] = DimOrigin(source="batch", probes=prober.runs - before, note=note)
-    return contract.model_copy(update={"dims": ranges, "dim_origins": origins})
+    if tied:
+        lead = next(d for d in tied if d in batch)
+        for d in tied:
+            if d not in batch:  # a dim at 1 that follows the batch takes the batch's range
+                ranges[d] = ranges[lead]
+                origins[d] = origins[d].model_copy(
+                    update={"note": f"{origins[d].note}; follows batch dim '{lead}' (the "
+                            f"model runs {lead}=2 only with it at 2 too): {ranges[lead].describe()}"}
+                )  # fmt: skip
+        equal.append(sorted(tied))
+    update: dict[str, Any] = {"dims": ranges, "dim_origins": origins}
+    if equal:
+        update["equal_dims"] = [
+            *contract.equal_dims,
+            *(g for g in equal if g not in contract.equal_dims),
+        ]
+    return contract.model_copy(update=update)
 
 
 def returned_shapes(

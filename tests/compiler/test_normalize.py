@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from compiler.core.contract import Contract, DimRange
-from compiler.core.errors import ConfigError, InputModelError
+from compiler.core.errors import ConfigError, ContractError, InputModelError
 from compiler.pipeline.data import resolve_domains
 from compiler.pipeline.interface import as_returned, extract_contract
 from compiler.pipeline.normalize import (
@@ -400,7 +400,9 @@ def test_a_batch_the_model_cannot_take_is_found_at_2(tmp_path: Path) -> None:
     )
     c = _probed(together, tmp_path / "c")
     assert c.dims["B1"] == c.dims["B2"] == DimRange(min=1, opt=1, max=64)
-    assert c.dim_origins["B1"].probes == 1 and "batch default" in c.dim_origins["B1"].note
+    # together, then each alone (at 2 beside 1 it broadcasts: not tied)
+    assert c.dim_origins["B1"].probes == 3 and "batch default" in c.dim_origins["B1"].note
+    assert c.equal_dims == []
 
 
 def test_a_dim_s_opt_is_the_size_most_of_the_user_s_data_has(tmp_path: Path) -> None:
@@ -627,3 +629,82 @@ def test_an_output_declared_otherwise_than_returned_is_declared_as_returned(
     mlp_contract = extract_contract(mlp)
     mlp_path = save_model(mlp, tmp_path / "mlp")
     assert returned_shapes(mlp_path, mlp_contract, resolve_domains(mlp_contract, {}), "m") == {}
+
+
+def _graph(
+    nodes: list, inputs: dict[str, list], outputs: dict[str, list], inits=()
+) -> onnx.ModelProto:
+    f = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        nodes,
+        "g",
+        [onnx.helper.make_tensor_value_info(n, f, s) for n, s in inputs.items()],
+        [onnx.helper.make_tensor_value_info(n, f, s) for n, s in outputs.items()],
+        list(inits),
+    )
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_a_dim_that_takes_multiples_only_gets_its_step(tmp_path: Path) -> None:
+    """A detector's feature pyramid takes multiples of 32 (ppocr_det: 481 failed in an Add
+    deep inside, once served, where the contract said 64..3840); frames stacked by 4 take
+    multiples of 4. The probe finds the step (opt + 1 rejected, opt + step accepted), walks
+    the range on it, and a feed off it gets an error naming the dim and the sizes near it."""
+    stacked = _graph(  # [N, T, 16] -> [N, T/4, 64]: T a multiple of 4
+        [onnx.helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        {"x": ["N", "T", 16]},
+        {"y": ["N", "T4", 64]},
+        [onnx.numpy_helper.from_array(np.array([0, -1, 64], np.int64), "shape")],
+    )
+    c = _probed(stacked, tmp_path / "a")
+    t = c.dims["T"]
+    assert (t.step, t.opt % 4, t.min % 4, t.max % 4) == (4, 0, 0, 0), t
+    assert (
+        t.min == 4
+        and f"step 4: {t.opt + 1} rejected, {t.opt + 4} accepted" in c.dim_origins["T"].note
+    )
+    assert t.takes(t.opt + 4) and not t.takes(t.opt + 2) and t.describe().endswith("step 4)")
+    ok = {"x": np.zeros((1, 8, 16), np.float32)}
+    assert c.validate_feeds(ok)["x"].shape == (1, 8, 16)
+    with pytest.raises(ContractError, match=r"'T'\): size 10 is not one the model takes: .* "
+                       r"multiples of 4 \(nearest: 8 or 12\)"):  # fmt: skip
+        c.validate_feeds({"x": np.zeros((1, 10, 16), np.float32)})
+    free = _probed(
+        _graph([onnx.helper.make_node("Relu", ["x"], ["y"])], {"x": ["N", "T"]}, {"y": ["N", "T"]}),
+        tmp_path / "b",
+    )
+    assert free.dims["T"].step == 1 and "step" not in free.dim_origins["T"].note
+    with pytest.raises(ValueError, match="multiple of step 4"):
+        DimRange(min=1, opt=8, max=16, step=4)
+
+
+def test_dims_named_apart_that_must_be_equal_are_one_group(tmp_path: Path) -> None:
+    """tf2onnx names each input's dims apart (unk__2, unk__4) where the model needs them
+    equal; an LSTM state's batch ([2, S, 4], silero_vad's) follows the input's batch, and
+    was ranged 1..1 beside a batch of 1..64 nobody could feed. Both are found, the contract
+    says the group, and a feed that gives them two sizes gets an error naming both."""
+    pair = _graph(  # x [N, A] * y [N, B]: A and B must agree (1 would broadcast)
+        [onnx.helper.make_node("Mul", ["x", "y"], ["z"])],
+        {"x": ["N", "A"], "y": ["N", "B"]},
+        {"z": ["N", "A"]},
+    )
+    c = _probed(pair, tmp_path / "a")
+    assert ["A", "B"] in c.equal_dims and c.dims["A"] == c.dims["B"]
+    with pytest.raises(ContractError, match=r"dims 'A' 8 \(input 'x' axis 1\), 'B' 16 .* differ"):
+        c.validate_feeds({"x": np.zeros((1, 8), np.float32), "y": np.zeros((1, 16), np.float32)})
+    state = _graph(  # x [N, 4] beside h [2, S, 4] -> h[0] [S, 4]: concat needs S == N
+        [
+            onnx.helper.make_node("Gather", ["h", "zero"], ["h0"], axis=0),
+            onnx.helper.make_node("Concat", ["x", "h0"], ["y"], axis=1),
+        ],
+        {"x": ["N", 4], "h": [2, "S", 4]},
+        {"y": ["N", 8]},
+        [onnx.numpy_helper.from_array(np.array(0, np.int64), "zero")],
+    )
+    c = _probed(state, tmp_path / "b")
+    assert c.dims["N"] == c.dims["S"] == DimRange(min=1, opt=1, max=64)
+    assert ["N", "S"] in c.equal_dims and "follows batch dim 'N'" in c.dim_origins["S"].note
+    feeds = {"x": np.zeros((3, 4), np.float32), "h": np.zeros((2, 3, 4), np.float32)}
+    assert set(c.validate_feeds(feeds)) == {"x", "h"}
+    with pytest.raises(ContractError, match="differ"):
+        c.validate_feeds({**feeds, "h": np.zeros((2, 1, 4), np.float32)})

@@ -35,7 +35,7 @@ def test_set_one_tolerance_field_keeps_its_siblings() -> None:
 def test_set_one_dim_bound_keeps_the_others() -> None:
     raw = {"dims": {"batch": {"min": 1, "opt": 2, "max": 4}}}
     cfg = resolve_config(raw, ["cpu"], ["dims.batch.max=8"])
-    assert cfg.dims["batch"].model_dump() == {"min": 1, "opt": 2, "max": 8}
+    assert cfg.dims["batch"].model_dump() == {"min": 1, "opt": 2, "max": 8, "step": 1}
 
 
 def test_set_a_new_per_output_tolerance_starts_from_the_build_tolerance() -> None:

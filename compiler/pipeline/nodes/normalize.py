@@ -50,8 +50,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # model-local functions are inlined; 15: a source with com.microsoft's weight-only ops
     # (4-bit MatMulNBits) is a quantized one; 16: outputs a random draw reaches are `sampled`;
     # 17: nodes that share a name are given names of their own; 18: a batch default is
-    # checked at 2 (a model that runs at batch 1 only gets 1..1)
-    version = "18"
+    # checked at 2 (a model that runs at batch 1 only gets 1..1); 19: a probed dim's step
+    # (sizes opt +- a multiple of it), and dims that must be equal (`equal_dims`)
+    version = "19"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
