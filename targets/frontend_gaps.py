@@ -20,6 +20,14 @@ With a dynamic dim only a whole-number scale is safe (0.5 of an odd size is not)
 resize so (cubic_coeff_a -0.5, exclude_outside 1). OpenVINO (2026.4) keeps the weights of the
 taps outside the input, as exclude_outside 0 does: a 2x upsample came out 0.11-0.20 from ONNX
 Runtime's, which agrees with ONNX's reference implementation to 4e-7.
+
+**Smaller ones, from the same sweep (ONNX's reference implementation agreeing with ONNX
+Runtime in each):** OpenVINO leaves out an LSTM's peephole weights (input P: 0.083 off) and
+numbers a MaxPool's indices row-major where storage_order 1 asks for column-major; TVM
+computes RoiAlign's half_pixel (opset 16's default) as output_half_pixel (0.57 off) and
+ignores ConvTranspose's output_shape (its output had another shape).
+
+`openvino_gaps` and `tvm_gaps` give each backend's reasons for a model, in one list.
 """
 
 from __future__ import annotations
@@ -30,7 +38,13 @@ from onnx import numpy_helper
 
 from compiler.core.graphs import graphs
 
-__all__ = ["antialiased_downsamples", "excluding_cubic_resizes", "off_grid_scale_resizes"]
+__all__ = [
+    "antialiased_downsamples",
+    "excluding_cubic_resizes",
+    "off_grid_scale_resizes",
+    "openvino_gaps",
+    "tvm_gaps",
+]
 
 
 def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
@@ -135,3 +149,80 @@ def off_grid_scale_resizes(model: onnx.ModelProto) -> list[str]:
                 found.append(n.name or n.output[0])
                 break
     return found
+
+
+def _named(nodes: list[onnx.NodeProto]) -> list[str]:
+    return [n.name or n.output[0] for n in nodes]
+
+
+def _all_nodes(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
+    return [n for g in graphs(model.graph) for n in g.node if n.op_type == op]
+
+
+def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
+    return next((a for a in node.attribute if a.name == name), None)
+
+
+def peephole_lstms(model: onnx.ModelProto) -> list[str]:
+    """LSTM nodes given peephole weights (input P) that are not all zero."""
+    found = []
+    for n in _all_nodes(model, "LSTM"):
+        if len(n.input) > 7 and n.input[7]:
+            p = _constant(model.graph, n.input[7])
+            if p is None or bool(np.any(p)):
+                found.append(n)
+    return _named(found)
+
+
+def column_major_pool_indices(model: onnx.ModelProto) -> list[str]:
+    """MaxPool nodes whose indices output is read, numbered column-major (storage_order 1)."""
+    return _named(
+        [
+            n
+            for n in _all_nodes(model, "MaxPool")
+            if len(n.output) > 1 and n.output[1] and (a := _attr(n, "storage_order")) and a.i == 1
+        ]
+    )
+
+
+def half_pixel_roi_aligns(model: onnx.ModelProto) -> list[str]:
+    """RoiAlign nodes of opset 16 or later in half_pixel mode (its default there)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 16:
+        return []
+    return _named(
+        [
+            n
+            for n in _all_nodes(model, "RoiAlign")
+            if (a := _attr(n, "coordinate_transformation_mode")) is None or a.s == b"half_pixel"
+        ]
+    )
+
+
+def shaped_conv_transposes(model: onnx.ModelProto) -> list[str]:
+    """ConvTranspose nodes that state their output_shape."""
+    return _named([n for n in _all_nodes(model, "ConvTranspose") if _attr(n, "output_shape")])
+
+
+def openvino_gaps(model: onnx.ModelProto) -> list[str]:
+    """Why OpenVINO would compute `model` otherwise than ONNX defines it (module docstring);
+    [] where nothing found says so."""
+    checks = (
+        (antialiased_downsamples, "ignores Resize's antialias (opset 18), and {} downsample with it"),
+        (excluding_cubic_resizes, "keeps the outside taps of cubic Resize {} (exclude_outside 1)"),
+        (peephole_lstms, "leaves out the peephole weights of LSTM {}"),
+        (column_major_pool_indices, "numbers the indices of MaxPool {} row-major, not column-major"),
+    )  # fmt: skip
+    return [text.format(found[:5]) for check, text in checks if (found := check(model))]
+
+
+def tvm_gaps(model: onnx.ModelProto) -> list[str]:
+    """Why TVM would compute `model` otherwise than ONNX defines it (module docstring); []
+    where nothing found says so."""
+    checks = (
+        (antialiased_downsamples, "ignores Resize's antialias (opset 18), and {} downsample with it"),
+        (off_grid_scale_resizes, "maps Resize {} through output size / input size, not the scales given, which differ where they do not land on whole sizes"),
+        (half_pixel_roi_aligns, "computes RoiAlign {} as output_half_pixel, not half_pixel"),
+        (shaped_conv_transposes, "ignores the output_shape of ConvTranspose {}"),
+    )  # fmt: skip
+    return [text.format(found[:5]) for check, text in checks if (found := check(model))]

@@ -34,7 +34,7 @@ from compiler.core.quantized import QDQ_OPS, quantized_ops
 from compiler.core.settings import OpenVinoSettings
 from compiler.core.telemetry import telemetry_off
 from targets.base import Availability, Backend, BackendOptions, BuildRequest, BuildResult
-from targets.frontend_gaps import antialiased_downsamples, excluding_cubic_resizes
+from targets.frontend_gaps import openvino_gaps
 from targets.int8_flavour import with_int8_flavour
 from targets.openvino.float_layers import keep_in_f32
 from targets.openvino.qdq import QdqRewrite, operator_form_ops, to_qdq
@@ -100,7 +100,7 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "14"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "15"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
     # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
@@ -111,7 +111,8 @@ class OpenVinoBackend(Backend):
     # conditions of rank 2 or more are squeezed to scalars (rewrites.py); 12: ops with no
     # conversion rule are not applicable (a remembered failure is not reused); 13: antialiased
     # downsampling Resizes, whose antialias OpenVINO ignores, are not applicable; 14: cubic
-    # Resizes with exclude_outside too; Softmaxes before opset 13 spelled out, LRN biases made 1
+    # Resizes with exclude_outside too; Softmaxes before opset 13 spelled out, LRN biases made 1;
+    # 15: LSTM peepholes and column-major MaxPool indices are not applicable
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -260,13 +261,7 @@ def root_logger_kept() -> Iterator[None]:
 def _check_frontend_gaps(source: onnx.ModelProto, shown: str) -> None:
     """NotApplicable where OpenVINO would compute the model otherwise than ONNX defines it
     and no exact rewrite helps (targets/frontend_gaps.py)."""
-    why = []
-    blurred = antialiased_downsamples(source)
-    if blurred:
-        why.append(f"ignores Resize's antialias (opset 18), and {blurred[:5]} downsample with it")
-    cubic = excluding_cubic_resizes(source)
-    if cubic:
-        why.append(f"keeps the outside taps of cubic Resize {cubic[:5]} (exclude_outside 1)")
+    why = openvino_gaps(source)
     if why:
         raise NotApplicable(
             f"openvino would compute {shown} otherwise than ONNX defines it: its ONNX frontend "

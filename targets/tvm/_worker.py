@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from compiler.core.errors import BuildError, NotApplicable
-from targets.frontend_gaps import antialiased_downsamples, off_grid_scale_resizes
+from targets.frontend_gaps import tvm_gaps
 from targets.tvm.cuda import cuda_source_markers, ensure_libcuda, fatbin_entries, have_real_driver
 from targets.tvm.frontend import import_onnx, tvm_message
 from targets.tvm.preflight import narrow_tensors, topological_order, unsupported_ops
@@ -244,19 +244,7 @@ def _check_preflight(model: Any) -> None:
     if narrow:
         listed = ", ".join(f"{t} ('{name}')" for t, name in sorted(narrow.items()))
         why.append(f"tensors of types TVM cannot read: {listed} (4-bit and 8-bit float weights)")
-    blurred = antialiased_downsamples(model)
-    if blurred:
-        why.append(
-            f"TVM's ONNX frontend ignores Resize's antialias (opset 18), and nodes "
-            f"{blurred[:5]} downsample with it (targets/frontend_gaps.py)"
-        )
-    off_grid = off_grid_scale_resizes(model)
-    if off_grid:
-        why.append(
-            f"TVM's ONNX frontend maps Resize {off_grid[:5]} through output size / input size, "
-            "not the scales given, which differ where they do not land on whole sizes "
-            "(targets/frontend_gaps.py)"
-        )
+    why += [f"TVM's ONNX frontend {gap} (targets/frontend_gaps.py)" for gap in tvm_gaps(model)]
     bad = unsupported_ops(model)
     if bad:
         listed = ", ".join(f"{op} (node '{node}')" for op, node in sorted(bad.items()))

@@ -1,0 +1,150 @@
+"""What OpenVINO's and TVM's ONNX frontends compute otherwise than ONNX defines it
+(targets/frontend_gaps.py): each check finds the node in a model that shows the gap and not
+in its twin that does not, and the library's own output shows the gap (the 'why': a test
+here that starts to fail means the library was fixed and its check can go)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from targets.frontend_gaps import openvino_gaps, tvm_gaps
+from tests.targets.builders import reference, save
+
+
+def _model(node: onnx.NodeProto, inputs: dict[str, list[int]], outputs: list[str],
+           inits: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:  # fmt: skip
+    graph = helper.make_graph(
+        [node],
+        "gap",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _lstm(peephole: bool) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(1, 20, 4)) * 0.3).astype(np.float32)
+    r = (rng.normal(size=(1, 20, 5)) * 0.3).astype(np.float32)
+    p = (rng.normal(size=(1, 15)) * 0.5 * peephole).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "W"), (r, "R"), (p, "P"))]
+    node = helper.make_node("LSTM", ["x", "W", "R", "", "", "", "", "P"], ["y"], hidden_size=5)
+    return _model(node, {"x": [7, 2, 4]}, ["y"], inits, 14)
+
+
+def _roi_align(mode: str) -> onnx.ModelProto:
+    rois = np.array([[1, 2, 10, 12], [0, 0, 15, 15]], np.float32)
+    inits = [
+        numpy_helper.from_array(rois, "rois"),
+        numpy_helper.from_array(np.zeros(2, np.int64), "bi"),
+    ]
+    node = helper.make_node(
+        "RoiAlign", ["x", "rois", "bi"], ["y"], output_height=3, output_width=3,
+        sampling_ratio=2, spatial_scale=0.5, coordinate_transformation_mode=mode,
+    )  # fmt: skip
+    return _model(node, {"x": [1, 3, 8, 8]}, ["y"], inits, 16)
+
+
+def _maxpool(order: int) -> onnx.ModelProto:
+    node = helper.make_node(
+        "MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 2], storage_order=order
+    )
+    model = _model(node, {"x": [1, 3, 8, 8]}, ["y"], [], 12)
+    model.graph.output.append(helper.make_tensor_value_info("i", TensorProto.INT64, None))
+    return model
+
+
+def _conv_transpose(shaped: bool) -> onnx.ModelProto:
+    w = np.random.default_rng(1).normal(size=(6, 2, 3, 3)).astype(np.float32)
+    attrs = {"output_shape": [9, 10]} if shaped else {"output_padding": [0, 1]}
+    node = helper.make_node(
+        "ConvTranspose", ["x", "w"], ["y"], group=3, strides=[2, 2], kernel_shape=[3, 3], **attrs
+    )
+    return _model(node, {"x": [1, 6, 4, 4]}, ["y"], [numpy_helper.from_array(w, "w")], 11)
+
+
+def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(2)
+    return {
+        i.name: rng.normal(size=[d.dim_value for d in i.type.tensor_type.shape.dim]).astype(
+            np.float32
+        )
+        for i in model.graph.input
+    }
+
+
+def _openvino(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(
+        ov.convert_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    got = compiled(feeds)
+    return [np.asarray(got[o]) for o in compiled.outputs]
+
+
+def _tvm(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    tvm = pytest.importorskip("tvm")
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(onnx.load(path), shape_dict={k: list(v.shape) for k, v in feeds.items()})
+    mod = relax.transform.LegalizeOps()(relax.transform.DecomposeOpsForInference()(mod))
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    return [vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()]
+
+
+def _off(got: list[np.ndarray], want: dict[str, np.ndarray]) -> float:
+    """The largest difference over the outputs (inf where a shape differs)."""
+    return max(
+        float(np.abs(g.astype(np.float64) - w.astype(np.float64)).max()) if g.shape == w.shape
+        else float("inf")
+        for g, w in zip(got, want.values(), strict=False)
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("make", "gap", "twin", "text"),
+    [
+        (_lstm, True, False, "peephole weights of LSTM ['y']"),
+        (_maxpool, 1, 0, "indices of MaxPool ['y'] row-major"),
+    ],
+)
+def test_openvino_gaps(
+    tmp_path: Path, make: Callable[[Any], onnx.ModelProto], gap: object, twin: object, text: str
+) -> None:
+    shown = make(gap)
+    assert any(text in why for why in openvino_gaps(shown)), openvino_gaps(shown)
+    assert openvino_gaps(make(twin)) == []
+    for model, differs in ((shown, True), (make(twin), False)):
+        path = save(model, tmp_path / f"m{differs}")
+        feeds = _feeds(model)
+        off = _off(_openvino(path, feeds), reference(path, [feeds])[0])
+        assert (off > 0.01) == differs, off
+
+
+@pytest.mark.parametrize(
+    ("make", "gap", "twin", "text"),
+    [
+        (_roi_align, "half_pixel", "output_half_pixel", "RoiAlign ['y'] as output_half_pixel"),
+        (_conv_transpose, True, False, "output_shape of ConvTranspose ['y']"),
+    ],
+)
+def test_tvm_gaps(
+    tmp_path: Path, make: Callable[[Any], onnx.ModelProto], gap: object, twin: object, text: str
+) -> None:
+    shown = make(gap)
+    assert any(text in why for why in tvm_gaps(shown)), tvm_gaps(shown)
+    assert tvm_gaps(make(twin)) == []
+    for model, differs in ((shown, True), (make(twin), False)):
+        path = save(model, tmp_path / f"m{differs}")
+        feeds = _feeds(model)
+        off = _off(_tvm(path, feeds), reference(path, [feeds])[0])
+        assert (off > 0.01) == differs, off
