@@ -48,6 +48,13 @@ class DimRange(BaseModel):
         """Whether `size` is in the range and on its step."""
         return self.min <= size <= self.max and (size - self.opt) % self.step == 0
 
+    def step_only(self) -> DimRange:
+        """This range's step with no bounds of its own (every positive size on it, to 2**31):
+        what serving enforces of a range the config did not set."""
+        low = self.opt - self.step * ((self.opt - 1) // self.step) if self.opt else self.step
+        high = self.opt + self.step * ((2**31 - 1 - self.opt) // self.step)
+        return DimRange(min=min(low, self.opt), opt=self.opt, max=high, step=self.step)
+
     def describe(self) -> str:
         """`1..64 (opt 1)`, or `32..3840 (opt 480, step 32)`, for messages and reports."""
         step = f", step {self.step}" if self.step > 1 else ""
@@ -277,14 +284,7 @@ class Contract(BaseModel):
                     continue
                 if want in self.dims:
                     r = self.dims[want]
-                    if not r.min <= got <= r.max:
-                        raise ContractError(
-                            f"input '{spec.name}' axis {axis} ('{want}'): size {got} outside "
-                            f"the allowed range [{r.min}, {r.max}] (a build with "
-                            f"{set_flag('dims', want, 'max' if got > r.max else 'min', value=str(got))}"
-                            f" allows it)"
-                        )
-                    if not r.takes(got):
+                    if (got - r.opt) % r.step:
                         below = got - (got - r.opt) % r.step
                         near = [v for v in (below, below + r.step) if r.min <= v <= r.max]
                         raise ContractError(
@@ -292,6 +292,13 @@ class Contract(BaseModel):
                             f"the model takes: it takes {r.opt} plus or minus multiples of "
                             f"{r.step} (nearest: {' or '.join(map(str, near))}); pad or resize "
                             "the input to one of them"
+                        )
+                    if not r.min <= got <= r.max:
+                        raise ContractError(
+                            f"input '{spec.name}' axis {axis} ('{want}'): size {got} outside "
+                            f"the allowed range [{r.min}, {r.max}] (a build with "
+                            f"{set_flag('dims', want, 'max' if got > r.max else 'min', value=str(got))}"
+                            f" allows it)"
                         )
                 if bound.setdefault(want, got) != got:
                     raise ContractError(

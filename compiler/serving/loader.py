@@ -267,9 +267,14 @@ def _pick(
     cache_dir: str | Path | None,
 ) -> Session:
     m = state.manifest
-    contract = m.contract.model_copy(
-        update={"dims": {k: v for k, v in m.contract.dims.items() if k in m.configured_dims}}
-    )
+    # the config's ranges are enforced; a probed one was only tried so far, but a step is a
+    # size the reference was seen to reject (and equal_dims are checked as they are)
+    dims = {
+        k: v if k in m.configured_dims else v.step_only()
+        for k, v in m.contract.dims.items()
+        if k in m.configured_dims or v.step > 1
+    }
+    contract = m.contract.model_copy(update={"dims": dims})
     pending: Runner | None = None  # a runner whose TensorRT engine builds in the background
     pending_id = ""
     unwanted = {

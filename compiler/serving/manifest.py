@@ -15,7 +15,8 @@ as read. Every failure is a `PackageError` (or `IntegrityError` for a core that 
 Schema 2 (from 1): runtime settings are typed per backend (`runtime.backend` names it), the
 policies that decide verdicts are recorded (`policy`), the node cache key moved from each
 artifact to the build log, reports are hashed, and `configured_dims` says which dim ranges the
-config set (serving enforces only those).
+config set (serving enforces only those ranges; of the others, a probed step, and
+`equal_dims`, which are sizes the reference was seen to reject).
 """
 
 from __future__ import annotations

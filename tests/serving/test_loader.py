@@ -155,3 +155,51 @@ def test_the_reference_is_served_where_no_artifact_beats_it_and_says_so(
         assert "not requested (target='cpu'" in str(
             {d.artifact: d for d in s.decisions}["reference"]
         )
+
+
+def test_a_probed_step_and_equal_dims_are_enforced_where_probed_ranges_are_not(
+    tmp_path: Path,
+) -> None:
+    """A probed range is only what was tried, so serving leaves it to the model; a step and
+    dims that must be equal are sizes the reference was seen to reject (ppocr_det off its 32
+    failed deep in an Add), so a feed off them gets the contract's error, naming the dim."""
+    import onnx
+
+    f = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Reshape", ["x", "shape"], ["y"]),  # T a multiple of 4
+            onnx.helper.make_node("Mul", ["a", "b"], ["z"]),  # A and B equal
+        ],
+        "g",
+        [
+            onnx.helper.make_tensor_value_info("x", f, ["N", "T", 16]),
+            onnx.helper.make_tensor_value_info("a", f, ["N", "A"]),
+            onnx.helper.make_tensor_value_info("b", f, ["N", "B"]),
+        ],
+        [
+            onnx.helper.make_tensor_value_info("y", f, ["N", "T4", 64]),
+            onnx.helper.make_tensor_value_info("z", f, ["N", "A"]),
+        ],
+        [onnx.numpy_helper.from_array(np.array([0, -1, 64], np.int64), "shape")],
+    )
+    src = tmp_path / "m.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), src)
+    build(src, tmp_path / "pkg", None, targets=("cpu",))
+
+    def feeds(t: int, a: int, b: int) -> dict[str, np.ndarray]:
+        return {
+            "x": np.ones((1, t, 16), np.float32),
+            "a": np.ones((1, a), np.float32),
+            "b": np.ones((1, b), np.float32),
+        }
+
+    with load(tmp_path / "pkg") as s:
+        assert s.manifest.contract.dims["T"].step == 4
+        assert ["A", "B"] in s.contract.equal_dims
+        far = s.manifest.contract.dims["T"].max * 2  # beyond the probed range: served
+        assert s.run(feeds(far, 8, 8))["y"].shape == (1, far // 4, 64)
+        with pytest.raises(ContractError, match=r"size 10 is not one .* \(nearest: 8 or 12\)"):
+            s.run(feeds(10, 8, 8))
+        with pytest.raises(ContractError, match=r"'A' 8 .*'B' 9 .* differ"):
+            s.run(feeds(12, 8, 9))
