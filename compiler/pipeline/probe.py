@@ -15,14 +15,17 @@ is checked the same way: an end the reference rejects is pulled in toward opt. T
 default (1..64 for an input's axis 0) is checked at 2, every batch dim at once and, where
 that is rejected, with the other dims at 1 at 2 too (a state's batch): an export that
 reshapes to a fixed batch of 1 inside, rejected there or returning another size on a
-declared batch axis, gets 1..1 and says why. A probed dim that does not take opt + 1 gets the least step of STEPS it takes (opt + step
+declared batch axis, gets 1..1 and says why.
+
+A probed dim that does not take opt + 1 gets the least step of STEPS it takes (opt + step
 accepted: a feature pyramid's 32, a frame stack's 4), and its range is walked on that step;
 serving refuses a size off it, naming the sizes near. Dims that move only together from one
 opt (named apart in the model, equal in it), and a dim at 1 the batch check had to move with
 the batch (an LSTM state's batch, which then takes the batch's range), are `equal_dims`.
-Probing stops after MAX_RUNS runs (BUDGET_S seconds is a
-safety net for very slow models; a range it cuts short says so). What was accepted and
-rejected is recorded in the contract's `dim_origins`.
+
+Probing stops after MAX_RUNS runs (BUDGET_S seconds is a safety net for very slow models; a
+range it cuts short says so). What was accepted and rejected is recorded in the contract's
+`dim_origins`.
 """
 
 from __future__ import annotations
