@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from compiler.core.contract import Contract, DimOrigin, DimRange, ValueDomain, set_flag
 from compiler.core.errors import ConfigError, InputModelError, short_message
@@ -158,12 +159,46 @@ def _by_rank_sum(k: int, n: int) -> Iterator[tuple[int, ...]]:
         yield from compositions(total, k)
 
 
-def _first_accepted(prober: _Prober, dims: Sequence[str]) -> dict[str, int] | None:
-    for ranks in _by_rank_sum(len(dims), len(CANDIDATES)):
-        sizes = {d: CANDIDATES[r] for d, r in zip(dims, ranks, strict=True)}
-        if prober.accepts(sizes):
-            return sizes
+def _first_accepted(
+    prober: _Prober, dims: Sequence[str], seed: Mapping[str, int] | None = None
+) -> dict[str, int] | None:
+    """The first combination of CANDIDATES the reference accepts, by rank sum; first with the
+    dims of `seed` at its sizes (a recurrent state's batch at the batch's), then without."""
+    for fixed in ({**(seed or {})}, {}) if seed else ({},):
+        free = [d for d in dims if d not in fixed]
+        for ranks in _by_rank_sum(len(free), len(CANDIDATES)):
+            sizes = {**fixed, **{d: CANDIDATES[r] for d, r in zip(free, ranks, strict=True)}}
+            if prober.accepts(sizes):
+                return sizes
+            if fixed and prober.runs >= MAX_RUNS // 2:
+                break  # the seed is a guess: half the runs at most
     return None
+
+
+# the inputs of a recurrent op that hold its initial state, [directions, batch, hidden]
+_STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
+_KEEPS_AXIS_1 = frozenset({"Identity", "Cast", "Slice"})  # a layer's slice of a state
+
+
+def _state_batches(model_path: Path, contract: Contract) -> list[str]:
+    """The input dims on axis 1 of an input that reaches a recurrent op's initial state (in
+    the main graph, directly or through an Identity, Cast or Slice): that op's batch, which
+    the model takes only at its input's batch. A streaming LSTM whose states come in as
+    inputs named their batch apart ([1, hb, 16]): the rank-sum search had to reach 1 (the
+    last candidate) for every state at once and spent its 600 runs first."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    shapes = {t.name: t.shape for t in contract.inputs}
+    found: list[str] = []
+    for node in graph.node:
+        for i in _STATE_INPUTS.get(node.op_type, ()):
+            name = node.input[i] if len(node.input) > i else ""
+            while name in made_by and made_by[name].op_type in _KEEPS_AXIS_1:
+                name = made_by[name].input[0]
+            shape = shapes.get(name, [])
+            if len(shape) == 3 and isinstance(shape[1], str) and shape[1] not in found:
+                found.append(shape[1])
+    return found
 
 
 def _walk(
@@ -465,8 +500,10 @@ def range_dims(
     if from_data:
         found = {d: most_common(v)[0] for d, v in seen.items()}
     elif dims:
+        batch_opt = min((contract.dims[d].opt for d in batch), default=1)
+        seed = {d: batch_opt for d in _state_batches(model_path, contract) if d in dims}
         try:
-            found = _first_accepted(prober, dims)
+            found = _first_accepted(prober, dims, seed)
         except _Spent:
             found = None
     if found is None:

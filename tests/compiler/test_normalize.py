@@ -708,3 +708,28 @@ def test_dims_named_apart_that_must_be_equal_are_one_group(tmp_path: Path) -> No
     assert set(c.validate_feeds(feeds)) == {"x", "h"}
     with pytest.raises(ContractError, match="differ"):
         c.validate_feeds({**feeds, "h": np.zeros((2, 1, 4), np.float32)})
+
+
+def test_a_recurrent_state_s_batch_is_probed_at_the_batch_s(tmp_path: Path) -> None:
+    """A streaming LSTM whose states come in as inputs ([1, hb, 16], [1, cb, 16]), their
+    batch named apart from the input's: the search over CANDIDATES by rank sum had to reach
+    1, the last, for both states at once, spent its 600 runs and stopped the default build
+    ('no size the model accepts was found'). The states' batch dims are tried at the batch's
+    opt first, and follow the batch."""
+    rng = np.random.default_rng(0)
+    w = [(rng.normal(size=s) * 0.3).astype(np.float32) for s in ((1, 64, 10), (1, 64, 16))]
+    lstm = _graph(
+        [
+            onnx.helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+            onnx.helper.make_node(
+                "LSTM", ["xt", "W", "R", "", "", "h0", "c0"], ["y", "h1", "c1"], hidden_size=16
+            ),
+        ],
+        {"x": ["batch", "T", 10], "h0": [1, "hb", 16], "c0": [1, "cb", 16]},
+        {"h1": [1, "hb", 16], "c1": [1, "cb", 16]},
+        [onnx.numpy_helper.from_array(a, n) for a, n in zip(w, ("W", "R"), strict=True)],
+    )
+    c = _probed(lstm, tmp_path)
+    assert c.dims["hb"] == c.dims["cb"] == c.dims["batch"] == DimRange(min=1, opt=1, max=64)
+    assert ["batch", "cb", "hb"] in c.equal_dims
+    assert c.dims["T"].opt == CANDIDATES[0]
