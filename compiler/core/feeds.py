@@ -62,16 +62,20 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
-def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Like np.savez, but byte-identical for identical arrays (fixed zip timestamps)."""
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray], compress: bool = False) -> None:
+    """Like np.savez, but byte-identical for identical arrays (fixed zip timestamps);
+    `compress`: deflated at a fixed level, as np.savez_compressed (sample inputs: images
+    padded to a size, tokens padded to a length, compress 30-90x; model outputs hardly)."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", compression=method) as zf:
         for name in sorted(arrays):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             arr = io.BytesIO()
             np.lib.format.write_array(arr, np.asarray(arrays[name], order="C"), allow_pickle=False)
-            zf.writestr(info, arr.getvalue())
+            info.compress_type = method  # a ZipInfo's own, not the archive's default
+            zf.writestr(info, arr.getvalue(), compresslevel=6 if compress else None)
     path.write_bytes(buf.getvalue())
 
 

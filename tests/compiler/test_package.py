@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import jsonschema
@@ -39,6 +40,8 @@ def test_two_builds_without_cache_are_byte_identical(cnn_path: Path, tmp_path: P
         ).read_bytes()
     assert a.manifest.core_sha256 == b.manifest.core_sha256
     assert a.manifest.build.started_at  # run-to-run fields exist, outside the core
+    with zipfile.ZipFile(tmp_path / "a/reference/inputs.npz") as z:  # deflated: padding
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
 
 
 def test_manifest_validates_against_the_shipped_schema(mlp_path: Path, tmp_path: Path) -> None:
