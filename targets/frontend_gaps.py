@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from compiler.core.graphs import graphs
+from compiler.core.graphs import constant, graphs
 
 __all__ = [
     "antialiased_downsamples",
@@ -45,18 +44,6 @@ __all__ = [
     "openvino_gaps",
     "tvm_gaps",
 ]
-
-
-def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """An initializer's or a Constant node's value (None: computed, or kept outside)."""
-    for t in graph.initializer:
-        if t.name == name:
-            return None if t.external_data else numpy_helper.to_array(t)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name and len(node.attribute) == 1:
-            attr = node.attribute[0]
-            return numpy_helper.to_array(attr.t) if attr.name == "value" else None
-    return None
 
 
 def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
@@ -95,7 +82,7 @@ def antialiased_downsamples(model: onnx.ModelProto) -> list[str]:
     shapes = _known_shapes(model)
     shrinking = []
     for n in found:
-        scales = _constant(model.graph, n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        scales = constant(model.graph, n.input[2]) if len(n.input) > 2 and n.input[2] else None
         if scales is not None and scales.size and bool((scales >= 1).all()):
             continue
         before, after = shapes.get(n.input[0]), shapes.get(n.output[0])
@@ -135,7 +122,7 @@ def off_grid_scale_resizes(model: onnx.ModelProto) -> list[str]:
             for a in n.attribute
         ):
             continue
-        scales = _constant(model.graph, n.input[2])
+        scales = constant(model.graph, n.input[2])
         if scales is None or not scales.size:
             continue
         if shapes is None:
@@ -168,7 +155,7 @@ def peephole_lstms(model: onnx.ModelProto) -> list[str]:
     found = []
     for n in _all_nodes(model, "LSTM"):
         if len(n.input) > 7 and n.input[7]:
-            p = _constant(model.graph, n.input[7])
+            p = constant(model.graph, n.input[7])
             if p is None or bool(np.any(p)):
                 found.append(n)
     return _named(found)

@@ -49,28 +49,16 @@ and a Mul by b^-beta follows it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler.core.graphs import graphs
+from compiler.core.graphs import constant, graphs
 from compiler.core.names import free_name
 
 __all__ = ["scalar_if_conditions", "sink_layout_transposes", "sinkable", "wide_if_conditions"]
-
-
-def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """An initializer's or a Constant node's value (None: computed, or kept outside)."""
-    for t in graph.initializer:
-        if t.name == name:
-            return None if t.external_data else numpy_helper.to_array(t)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name and len(node.attribute) == 1:
-            attr = node.attribute[0]
-            return numpy_helper.to_array(attr.t) if attr.name == "value" else None
-    return None
 
 
 def _perm(node: onnx.NodeProto) -> list[int] | None:
@@ -101,7 +89,7 @@ def _matches(
             up = producer[x]
             if up.op_type != "Slice" or len(up.input) < 3:
                 break
-            if any(_constant(graph, i) is None for i in up.input[1:] if i):
+            if any(constant(graph, i) is None for i in up.input[1:] if i):
                 break
             slices.insert(0, up)
             x = up.input[0]
@@ -140,9 +128,9 @@ def sink_layout_transposes(graph: onnx.GraphProto) -> int:
         axis = perm.index(_axis(concat) % rank)
         new.append(helper.make_node("Concat", pieces, [current], axis=axis, name=current))
         for index, s in enumerate(slices):
-            starts = _constant(graph, s.input[1])
+            starts = constant(graph, s.input[1])
             assert starts is not None
-            given = _constant(graph, s.input[3]) if len(s.input) > 3 and s.input[3] else None
+            given = constant(graph, s.input[3]) if len(s.input) > 3 and s.input[3] else None
             axes = np.arange(starts.size) if given is None else given.reshape(-1)
             mapped = np.array([perm.index(int(a) % rank) for a in axes], dtype=np.int64)
             axes_name = fresh(f"{s.name or s.output[0]}_axes_transposed")
@@ -198,6 +186,31 @@ def wide_if_conditions(model: onnx.ModelProto) -> list[str]:
     return [n.name or n.output[0] for n in ifs if ranks.get(n.input[0], 0) >= 2]
 
 
+def _replace_nodes(
+    model: onnx.ModelProto,
+    op: str,
+    chosen: set[str],
+    replace: Callable[[onnx.GraphProto, onnx.NodeProto, set[str]], list[onnx.NodeProto]],
+) -> None:
+    """Each `op` node named in `chosen` (its name, or first output), main graph and
+    subgraphs, replaced in place by the nodes `replace(graph, node, taken)` gives; `taken`
+    holds every name in the model, and the names it makes (free_name adds them)."""
+    taken = {t for g in graphs(model.graph) for n in g.node for t in (n.name, *n.output)}
+    taken |= {t.name for g in graphs(model.graph) for t in (*g.initializer, *g.input)}
+    for graph in graphs(model.graph):
+        nodes: list[onnx.NodeProto] = []
+        changed = False
+        for node in graph.node:
+            if node.op_type == op and (node.name or node.output[0]) in chosen:
+                nodes += replace(graph, node, taken)
+                changed = True
+            else:
+                nodes.append(node)
+        if changed:
+            del graph.node[:]
+            graph.node.extend(nodes)
+
+
 def scalar_if_conditions(model: onnx.ModelProto, wide: list[str] | None = None) -> list[str]:
     """Squeeze each wide If condition (`wide`, what `wide_if_conditions` finds, where the
     caller has it already) to a scalar just before its If, in place (module docstring); the
@@ -206,19 +219,16 @@ def scalar_if_conditions(model: onnx.ModelProto, wide: list[str] | None = None) 
     chosen = set(wide)
     if not wide:
         return []
-    taken = {t for g in graphs(model.graph) for n in g.node for t in (n.name, *n.output)}
-    taken |= {t.name for g in graphs(model.graph) for t in (*g.initializer, *g.input)}
-    for graph in graphs(model.graph):
-        nodes: list[onnx.NodeProto] = []
-        for node in graph.node:
-            if node.op_type == "If" and (node.name or node.output[0]) in chosen:
-                scalar = free_name(f"{node.input[0]}_scalar", taken)
-                nodes.append(helper.make_node("Squeeze", [node.input[0]], [scalar], name=scalar))
-                node.input[0] = scalar
-            nodes.append(node)
-        if len(nodes) != len(graph.node):
-            del graph.node[:]
-            graph.node.extend(nodes)
+
+    def squeezed(
+        graph: onnx.GraphProto, node: onnx.NodeProto, taken: set[str]
+    ) -> list[onnx.NodeProto]:
+        scalar = free_name(f"{node.input[0]}_scalar", taken)
+        squeeze = helper.make_node("Squeeze", [node.input[0]], [scalar], name=scalar)
+        node.input[0] = scalar
+        return [squeeze, node]
+
+    _replace_nodes(model, "If", chosen, squeezed)
     return wide
 
 
@@ -252,28 +262,21 @@ def flatten_coerced_softmaxes(model: onnx.ModelProto, found: list[str]) -> list[
     chosen = set(found)
     if not chosen:
         return []
-    taken = {t for g in graphs(model.graph) for n in g.node for t in (n.name, *n.output)}
-    taken |= {t.name for g in graphs(model.graph) for t in (*g.initializer, *g.input)}
-    for graph in graphs(model.graph):
-        nodes: list[onnx.NodeProto] = []
-        for node in graph.node:
-            if node.op_type != "Softmax" or (node.name or node.output[0]) not in chosen:
-                nodes.append(node)
-                continue
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            base = node.name or node.output[0]
-            flat, soft, shape = (free_name(f"{base}_{s}", taken) for s in ("2d", "sm", "shape"))
-            for t in (flat, soft, shape):
-                taken.add(t)
-            nodes += [
-                helper.make_node("Flatten", [node.input[0]], [flat], name=flat, axis=axis),
-                helper.make_node("Softmax", [flat], [soft], name=soft, axis=1),
-                helper.make_node("Shape", [node.input[0]], [shape], name=shape),
-                helper.make_node("Reshape", [soft, shape], list(node.output), name=base),
-            ]
-        if len(nodes) != len(graph.node):
-            del graph.node[:]
-            graph.node.extend(nodes)
+
+    def spelled_out(
+        graph: onnx.GraphProto, node: onnx.NodeProto, taken: set[str]
+    ) -> list[onnx.NodeProto]:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        base = node.name or node.output[0]
+        flat, soft, shape = (free_name(f"{base}_{s}", taken) for s in ("2d", "sm", "shape"))
+        return [
+            helper.make_node("Flatten", [node.input[0]], [flat], name=flat, axis=axis),
+            helper.make_node("Softmax", [flat], [soft], name=soft, axis=1),
+            helper.make_node("Shape", [node.input[0]], [shape], name=shape),
+            helper.make_node("Reshape", [soft, shape], list(node.output), name=base),
+        ]
+
+    _replace_nodes(model, "Softmax", chosen, spelled_out)
     return found
 
 
@@ -300,39 +303,28 @@ def unit_lrn_biases(model: onnx.ModelProto, found: list[str]) -> list[str]:
     chosen = set(found)
     if not chosen:
         return []
-    taken = {t for g in graphs(model.graph) for n in g.node for t in (n.name, *n.output)}
-    taken |= {t.name for g in graphs(model.graph) for t in (*g.initializer, *g.input)}
-    for graph in graphs(model.graph):
-        nodes: list[onnx.NodeProto] = []
-        for node in graph.node:
-            nodes.append(node)
-            if node.op_type != "LRN" or (node.name or node.output[0]) not in chosen:
-                continue
-            attrs = {a.name: a for a in node.attribute}
-            bias = attrs["bias"].f
-            alpha = attrs["alpha"].f if "alpha" in attrs else 1e-4
-            beta = attrs["beta"].f if "beta" in attrs else 0.75
-            base = node.name or node.output[0]
-            unit, scale = free_name(f"{base}_unit_bias", taken), free_name(f"{base}_scale", taken)
-            taken |= {unit, scale}
-            out = node.output[0]
-            kept = [a for a in node.attribute if a.name not in ("bias", "alpha")]
-            del node.attribute[:]
-            node.attribute.extend(
-                [
-                    *kept,
-                    helper.make_attribute("bias", 1.0),
-                    helper.make_attribute("alpha", alpha / bias),
-                ]
-            )
-            node.output[0] = unit
-            graph.initializer.append(
-                numpy_helper.from_array(np.array(bias**-beta, np.float32), scale)
-            )
-            mul = free_name(f"{base}_bias", taken)
-            taken.add(mul)
-            nodes.append(helper.make_node("Mul", [unit, scale], [out], name=mul))
-        if len(nodes) != len(graph.node):
-            del graph.node[:]
-            graph.node.extend(nodes)
+
+    def unit_bias(
+        graph: onnx.GraphProto, node: onnx.NodeProto, taken: set[str]
+    ) -> list[onnx.NodeProto]:
+        attrs = {a.name: a for a in node.attribute}
+        bias = attrs["bias"].f
+        alpha = attrs["alpha"].f if "alpha" in attrs else 1e-4
+        beta = attrs["beta"].f if "beta" in attrs else 0.75
+        base = node.name or node.output[0]
+        unit, scale, mul = (free_name(f"{base}_{s}", taken) for s in ("unit_bias", "scale", "bias"))
+        kept = [a for a in node.attribute if a.name not in ("bias", "alpha")]
+        del node.attribute[:]
+        node.attribute.extend(
+            [
+                *kept,
+                helper.make_attribute("bias", 1.0),
+                helper.make_attribute("alpha", alpha / bias),
+            ]
+        )
+        out, node.output[0] = node.output[0], unit
+        graph.initializer.append(numpy_helper.from_array(np.array(bias**-beta, np.float32), scale))
+        return [node, helper.make_node("Mul", [unit, scale], [out], name=mul)]
+
+    _replace_nodes(model, "LRN", chosen, unit_bias)
     return found
