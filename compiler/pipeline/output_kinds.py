@@ -6,7 +6,9 @@ The graph says it through the op that makes the output, found by walking back th
 that only move values (Reshape, Transpose, Concat, Gather, If branches, ...) and poolings:
 - Softmax (or Exp / sum), LogSoftmax: probabilities over classes; one distribution per step
   for rank 3 (a logits sequence); a per-pixel distribution for rank >= 4 (a dense map).
-- Sigmoid: probabilities; for rank >= 3 a dense map (a detection map).
+- Sigmoid: probabilities; for rank >= 3 a dense map (a detection map). Scaled or shifted
+  (a box decoded from a sigmoid, in pixels) or times something else (SiLU) it is none;
+  a product of probabilities (objectness times class score) stays one.
 - LSTM / GRU / RNN: a state.
 - an ArgMax, TopK or Softmax inside the graph reading the output: class scores (rank 2) or a
   logits sequence (rank 3).
@@ -73,6 +75,7 @@ _RANDOM = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
      "Bernoulli"}
 )  # fmt: skip
+_PROBABILITY = frozenset({"sigmoid", "softmax"})  # families whose values are probabilities
 _CLASS_READERS = frozenset({"ArgMax", "ArgMin", "TopK", "Softmax", "LogSoftmax", "QLinearSoftmax"})
 _FLOAT = frozenset({"float16", "float32", "float64", "bfloat16"})
 _MAX_STEPS = 256
@@ -164,12 +167,20 @@ def _family(origin: _Origin, depth: int = 4) -> str:
         if _reaches(origin, bottom, {"ReduceL2", "Sqrt", "LpNormalization"}):
             return "norm"
     if op in ("Add", "Mul") and depth > 0:
-        for value in node.input:
-            inner = _source(origin, value)
-            if inner is None or inner.op_type == "Constant":
-                continue
-            family = _family(_Origin(inner, origin.producers, origin.opset, False), depth - 1)
-            if family:
+        operands = [_source(origin, value) for value in node.input]
+        families = [
+            ""
+            if inner is None or inner.op_type == "Constant"
+            else _family(_Origin(inner, origin.producers, origin.opset, False), depth - 1)
+            for inner in operands
+        ]
+        # A probability scaled or shifted is no probability: a box decoded from a sigmoid
+        # (sigmoid(x) * 64, YOLO's (2 sigmoid - 0.5 + grid) * stride) is in pixels, and x *
+        # sigmoid(x) (SiLU) is an activation. Only a product of probabilities (objectness
+        # times class score) stays one.
+        product = op == "Mul" and all(f in _PROBABILITY for f in families)
+        for family in families:
+            if family and (family not in _PROBABILITY or product):
                 return family
     return ""
 

@@ -88,6 +88,29 @@ def test_sigmoid_map_and_pooled_sigmoid() -> None:
     assert _kinds(_model(nodes, {"x": ["N", 1, "T"]}, {"y": ["N", 1]})) == {"y": "probabilities"}
 
 
+def test_a_scaled_sigmoid_is_no_probability() -> None:
+    """A box decoded from a sigmoid (x64: pixels) was judged in probability units, and the
+    int8 artifact of a detector failed on 1.3 px of RMS error; SiLU with its operands either
+    way round is no probability either. Objectness times class score is one."""
+
+    def head(nodes: list[onnx.NodeProto]) -> str:
+        model = _model(
+            [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Sigmoid", ["z"], ["t"])]
+            + nodes,
+            {"x": ["N", 4], "z": ["N", 4]},
+            {"y": ["K", 4]},
+            {"scale": np.array(64.0), "half": np.array(0.5)},
+        )
+        return _kinds(model).get("y", "")
+
+    assert head([helper.make_node("Mul", ["s", "scale"], ["y"])]) == ""
+    assert head([helper.make_node("Mul", ["scale", "s"], ["y"])]) == ""
+    assert head([helper.make_node("Add", ["s", "half"], ["y"])]) == ""
+    assert head([helper.make_node("Mul", ["s", "x"], ["y"])]) == ""  # SiLU
+    assert head([helper.make_node("Mul", ["s", "t"], ["y"])]) == "probabilities"
+    assert head([helper.make_node("Identity", ["s"], ["y"])]) == "probabilities"
+
+
 def test_linear_heads_and_class_readers() -> None:
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"]),
