@@ -5,8 +5,8 @@ loader `data.loader: module:function`; compiler/pipeline/userdata.py) or generat
 the contract. Generated data uses a fixed seed and the dims' `opt` sizes, and draws each
 input from its value domain: the config's (`inputs: {sr: {values: [16000]}}`), else the one
 the graph states (compiler/pipeline/domains.py), else the dtype's default (floats in [0, 1),
-integers 0..9, bools {0, 1}). So it is the same on every run and host, and the model can run
-on it. Generated data tells nothing about a lossy artifact's accuracy: such an artifact is
+uint8 0..255, other integers 0..9, bools {0, 1}). So it is the same on every run and host,
+and the model can run on it. Generated data tells nothing about a lossy artifact's accuracy: such an artifact is
 recorded `unverified: generated data` (`generated_data_notice` tells the user once).
 """
 
@@ -91,6 +91,8 @@ def default_domain(spec: TensorSpec) -> ValueDomain:
         return ValueDomain(low=0, high=1, source="default for bool")
     if kind == "f":
         return ValueDomain(low=0.0, high=1.0, source=f"default for {spec.dtype}")
+    if spec.dtype == "uint8":  # an image's pixels (tf2onnx's detectors) or a file's bytes
+        return ValueDomain(low=0, high=255, source="default for uint8 (pixels, bytes)")
     return ValueDomain(low=0, high=9, source=f"default for {spec.dtype}")
 
 

@@ -56,6 +56,23 @@ def test_generated_feeds_draw_from_each_domain_and_keep_scalars_scalar() -> None
     assert _same(feeds, generate_feeds(c, 4, 0, domains))  # a fixed seed: the same every run
 
 
+def test_uint8_inputs_span_their_range_by_default() -> None:
+    """A uint8 input is an image's pixels (tf2onnx's detectors take uint8 NHWC) or a file's
+    bytes: 0..9 drew near-black images; the other integers keep 0..9 (ids, lengths)."""
+    c = Contract(
+        inputs=[
+            TensorSpec(name="image", dtype="uint8", shape=["n", 8, 8, 3]),
+            TensorSpec(name="ids", dtype="int64", shape=["n", 3]),
+        ],
+        outputs=[],
+        dims={"n": DimRange(opt=4)},
+    )
+    feeds = generate_feeds(c, 2, 0, resolve_domains(c, {}))
+    pixels = np.concatenate([f["image"].ravel() for f in feeds])
+    assert pixels.dtype == np.uint8 and pixels.min() < 32 and pixels.max() > 224
+    assert max(int(f["ids"].max()) for f in feeds) <= 9
+
+
 def _same(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]]) -> bool:
     return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
 
