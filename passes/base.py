@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
 from compiler.core.errors import NotApplicable, PassError
-from compiler.core.graphs import defined, nodes, subgraphs
+from compiler.core.graphs import defined, float_weights, nodes, subgraphs, weights_precision
 from compiler.core.quantized import quantized_ops
 from compiler.core.records import PassRecord
 from compiler.core.tolerance import Precision, TaskSpec, Tolerance
@@ -106,29 +106,14 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(hist.items()))
 
 
-_HALF: dict[int, Precision] = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
-_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, *_HALF)
-
-
-def _float_weights(model: onnx.ModelProto) -> dict[int, int]:
-    """Elements of the model's float initializers, by element type."""
-    counts = dict.fromkeys(_FLOATS, 0)
-    for t in model.graph.initializer:
-        if t.data_type in counts:
-            counts[t.data_type] += int(np.prod(t.dims, dtype=np.int64))
-    return counts
-
-
 def half_precision(model: onnx.ModelProto) -> Precision | None:
     """fp16/bf16 when most of the model's float weights (by element count) are, else None."""
-    counts = _float_weights(model)
-    half = max(_HALF, key=lambda d: counts[d])
-    return _HALF[half] if counts[half] * 2 > sum(counts.values()) else None
+    return weights_precision(model)
 
 
 def double_precision(model: onnx.ModelProto) -> bool:
     """Whether most of the model's float weights (by element count) are float64."""
-    counts = _float_weights(model)
+    counts = float_weights(model)
     return counts[onnx.TensorProto.DOUBLE] * 2 > sum(counts.values())
 
 

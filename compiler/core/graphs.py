@@ -1,15 +1,24 @@
-"""Walking an ONNX graph with its subgraphs (If branches, Loop and Scan bodies), and reading
-the value of a constant tensor in it."""
+"""Walking an ONNX graph with its subgraphs (If branches, Loop and Scan bodies), reading the
+value of a constant tensor in it, and the element types its weights are held in."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["constant", "defined", "graphs", "nodes", "subgraphs"]
+__all__ = [
+    "constant",
+    "defined",
+    "float_weights",
+    "graphs",
+    "nodes",
+    "subgraphs",
+    "weights_precision",
+]
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -55,3 +64,36 @@ def constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
             attr = node.attribute[0]
             return numpy_helper.to_array(attr.t) if attr.name == "value" else None
     return None
+
+
+_HALF: dict[int, Literal["fp16", "bf16"]] = {
+    onnx.TensorProto.FLOAT16: "fp16",
+    onnx.TensorProto.BFLOAT16: "bf16",
+}
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, *_HALF)
+
+
+def float_weights(model: onnx.ModelProto) -> dict[int, int]:
+    """Elements of the model's float weights, by element type: its initializers and its
+    Constant nodes' tensors (paddle2onnx's models hold every weight in a Constant), in every
+    graph."""
+    counts = dict.fromkeys(_FLOATS, 0)
+    tensors = [t for g in graphs(model.graph) for t in g.initializer]
+    tensors += [
+        a.t
+        for n in nodes(model.graph)
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR
+    ]
+    for t in tensors:
+        if t.data_type in counts:
+            counts[t.data_type] += int(np.prod(t.dims, dtype=np.int64))
+    return counts
+
+
+def weights_precision(model: onnx.ModelProto) -> Literal["fp16", "bf16"] | None:
+    """fp16/bf16 when most of the model's float weights (by element count) are, else None."""
+    counts = float_weights(model)
+    half = max(_HALF, key=lambda d: counts[d])
+    return _HALF[half] if counts[half] * 2 > sum(counts.values()) else None

@@ -28,6 +28,7 @@ import onnx
 from pydantic import Field
 
 from compiler.core.errors import BackendUnavailable, BuildError, NotApplicable
+from compiler.core.graphs import weights_precision
 from compiler.core.host import Requirements
 from compiler.core.isa import BF16_FLAGS, meant_for
 from compiler.core.quantized import QDQ_OPS, quantized_ops
@@ -148,7 +149,7 @@ class OpenVinoBackend(Backend):
             raise BuildError(f"openvino builds for {sorted(self.targets)}, not '{request.target}'")
         source = _load_onnx(model_path)
         # fp16 only as a model's own weights (an fp16 source or pass): OpenVINO runs them as is
-        half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in source.graph.initializer)
+        half = weights_precision(source) == "fp16"  # in initializers or Constant nodes
         if request.precision not in _PRECISIONS and not (request.precision == "fp16" and half):
             raise BuildError(
                 f"variant '{request.variant}': openvino has no '{request.precision}' artifact; "

@@ -51,8 +51,10 @@ class NormalizeKind(Kind[NormalizeNode]):
     # (4-bit MatMulNBits) is a quantized one; 16: outputs a random draw reaches are `sampled`;
     # 17: nodes that share a name are given names of their own; 18: a batch default is
     # checked at 2 (a model that runs at batch 1 only gets 1..1); 19: a probed dim's step
-    # (sizes opt +- a multiple of it), and dims that must be equal (`equal_dims`)
-    version = "19"
+    # (sizes opt +- a multiple of it), and dims that must be equal (`equal_dims`); 20: a
+    # probability scaled or shifted is no probability (output kinds), and weights held in
+    # Constant nodes count for the source's precision (a paddle2onnx model in fp16)
+    version = "20"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
