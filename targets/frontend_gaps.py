@@ -27,6 +27,15 @@ numbers a MaxPool's indices row-major where storage_order 1 asks for column-majo
 computes RoiAlign's half_pixel (opset 16's default) as output_half_pixel (0.57 off) and
 ignores ConvTranspose's output_shape (its output had another shape).
 
+**sequence_lens of LSTM, GRU and RNN where the input has a dynamic dim (OpenVINO).** A speech
+or text encoder fed padded batches says each sequence's length in sequence_lens; ONNX stops
+each sequence there (Y zero past it, Y_h its last valid step). OpenVINO (2026.4) does so
+where X's shape is static, and where any of its dims is dynamic (time, batch or features)
+runs every sequence to X's end: Y_h 0.16-1.9 off from ONNX Runtime's (lengths 2, 4, 5 of 5,
+forward and bidirectional, all three ops), the same at full lengths. ONNX's reference
+implementation ignores sequence_lens itself; ONNX Runtime's output equals running each
+sequence cut to its length (2026-12-05).
+
 `openvino_gaps` and `tvm_gaps` give each backend's reasons for a model, in one list.
 """
 
@@ -39,6 +48,7 @@ from compiler.core.graphs import constant, graphs
 
 __all__ = [
     "antialiased_downsamples",
+    "dynamic_sequence_lens",
     "excluding_cubic_resizes",
     "off_grid_scale_resizes",
     "openvino_gaps",
@@ -161,6 +171,20 @@ def peephole_lstms(model: onnx.ModelProto) -> list[str]:
     return _named(found)
 
 
+def dynamic_sequence_lens(model: onnx.ModelProto) -> list[str]:
+    """LSTM, GRU and RNN nodes given sequence_lens whose input X is not known to be of one
+    static shape (any dynamic dim, or a node in a subgraph, whose shapes are not read)."""
+    shapes = _known_shapes(model)
+    found = []
+    for op in ("LSTM", "GRU", "RNN"):
+        for n in _all_nodes(model, op):
+            if len(n.input) > 4 and n.input[4]:
+                x = shapes.get(n.input[0])
+                if x is None or any(d is None for d in x):
+                    found.append(n)
+    return _named(found)
+
+
 def column_major_pool_indices(model: onnx.ModelProto) -> list[str]:
     """MaxPool nodes whose indices output is read, numbered column-major (storage_order 1)."""
     return _named(
@@ -198,6 +222,7 @@ def openvino_gaps(model: onnx.ModelProto) -> list[str]:
         (antialiased_downsamples, "ignores Resize's antialias (opset 18), and {} downsample with it"),
         (excluding_cubic_resizes, "keeps the outside taps of cubic Resize {} (exclude_outside 1)"),
         (peephole_lstms, "leaves out the peephole weights of LSTM {}"),
+        (dynamic_sequence_lens, "ignores the sequence_lens of recurrent node(s) {} when their input has a dynamic dim (each sequence runs to the input's end)"),
         (column_major_pool_indices, "numbers the indices of MaxPool {} row-major, not column-major"),
     )  # fmt: skip
     return [text.format(found[:5]) for check, text in checks if (found := check(model))]

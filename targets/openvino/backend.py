@@ -101,7 +101,7 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "15"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "16"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
     # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
@@ -113,7 +113,8 @@ class OpenVinoBackend(Backend):
     # conversion rule are not applicable (a remembered failure is not reused); 13: antialiased
     # downsampling Resizes, whose antialias OpenVINO ignores, are not applicable; 14: cubic
     # Resizes with exclude_outside too; Softmaxes before opset 13 spelled out, LRN biases made 1;
-    # 15: LSTM peepholes and column-major MaxPool indices are not applicable
+    # 15: LSTM peepholes and column-major MaxPool indices are not applicable; 16: recurrent
+    # ops given sequence_lens on a dynamic input too; an fp16 source's weights in Constants
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 

@@ -110,6 +110,32 @@ def _off(got: list[np.ndarray], want: dict[str, np.ndarray]) -> float:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(("op", "gates"), [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+def test_sequence_lens_on_a_dynamic_input_is_found_and_openvino_shows_it(
+    tmp_path: Path, op: str, gates: int
+) -> None:
+    """Padded sequences of lengths 2, 4 and 5 of 5: OpenVINO stops each at its length where
+    X's shape is static, and runs all to X's end where a dim of it is dynamic."""
+    rng = np.random.default_rng(3)
+    weights = [
+        numpy_helper.from_array((rng.normal(size=shape) * 0.5).astype(np.float32), name)
+        for name, shape in (("W", (1, gates * 6, 4)), ("R", (1, gates * 6, 6)))
+    ]
+    node = helper.make_node(op, ["x", "W", "R", "", "lens"], ["y", "y_h"], hidden_size=6)
+    feeds = {
+        "x": rng.uniform(size=(5, 3, 4)).astype(np.float32),
+        "lens": np.array([2, 4, 5], np.int32),
+    }
+    for x_shape, gap in ((["T", 3, 4], True), ([5, 3, 4], False)):
+        model = _model(node, {"x": x_shape}, ["y", "y_h"], weights, 14)
+        model.graph.input.append(helper.make_tensor_value_info("lens", TensorProto.INT32, [3]))
+        found = [why for why in openvino_gaps(model) if "sequence_lens" in why]
+        assert bool(found) == gap, found
+        path = save(model, tmp_path / f"{op}{gap}")
+        off = _off(_openvino(path, feeds), reference(path, [feeds])[0])
+        assert (off > 0.01) == gap, off
+
+
 @pytest.mark.parametrize(
     ("backend", "make", "gap", "twin", "text"),
     [
