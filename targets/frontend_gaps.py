@@ -27,6 +27,12 @@ numbers a MaxPool's indices row-major where storage_order 1 asks for column-majo
 computes RoiAlign's half_pixel (opset 16's default) as output_half_pixel (0.57 off) and
 ignores ConvTranspose's output_shape (its output had another shape).
 
+**Resize's keep_aspect_ratio_policy (opset 18; OpenVINO, TVM) and IsInf's one-sided
+detection (TVM).** Given sizes with not_larger or not_smaller, ONNX scales every axis by one
+factor that keeps the result within (or around) the sizes; both frontends resize to the sizes
+as given (4 x 6 to 8 x 8 where ONNX Runtime and the reference make 5 x 8). TVM reads IsInf as
+detecting both infinities whatever detect_positive and detect_negative say.
+
 **sequence_lens of LSTM, GRU and RNN where the input has a dynamic dim (OpenVINO).** A speech
 or text encoder fed padded batches says each sequence's length in sequence_lens; ONNX stops
 each sequence there (Y zero past it, Y_h its last valid step). OpenVINO (2026.4) does so
@@ -48,9 +54,11 @@ from compiler.core.graphs import constant, graphs
 
 __all__ = [
     "antialiased_downsamples",
+    "aspect_kept_resizes",
     "dynamic_sequence_lens",
     "excluding_cubic_resizes",
     "off_grid_scale_resizes",
+    "one_sided_isinfs",
     "openvino_gaps",
     "tvm_gaps",
 ]
@@ -185,6 +193,35 @@ def dynamic_sequence_lens(model: onnx.ModelProto) -> list[str]:
     return _named(found)
 
 
+def aspect_kept_resizes(model: onnx.ModelProto) -> list[str]:
+    """Resize nodes given sizes with a keep_aspect_ratio_policy other than stretch (opset
+    18): the sizes are then a bound, and the output's shape is the input's scaled by one
+    factor."""
+    return _named(
+        [
+            n
+            for n in _all_nodes(model, "Resize")
+            if len(n.input) > 3
+            and n.input[3]
+            and (a := _attr(n, "keep_aspect_ratio_policy")) is not None
+            and a.s != b"stretch"
+        ]
+    )
+
+
+def one_sided_isinfs(model: onnx.ModelProto) -> list[str]:
+    """IsInf nodes that detect only one of +inf and -inf."""
+    return _named(
+        [
+            n
+            for n in _all_nodes(model, "IsInf")
+            if any(
+                a.name in ("detect_positive", "detect_negative") and a.i == 0 for a in n.attribute
+            )
+        ]
+    )
+
+
 def column_major_pool_indices(model: onnx.ModelProto) -> list[str]:
     """MaxPool nodes whose indices output is read, numbered column-major (storage_order 1)."""
     return _named(
@@ -221,6 +258,7 @@ def openvino_gaps(model: onnx.ModelProto) -> list[str]:
     checks = (
         (antialiased_downsamples, "ignores Resize's antialias (opset 18), and {} downsample with it"),
         (excluding_cubic_resizes, "keeps the outside taps of cubic Resize {} (exclude_outside 1)"),
+        (aspect_kept_resizes, "ignores the keep_aspect_ratio_policy of Resize {}, and resizes to the sizes given"),
         (peephole_lstms, "leaves out the peephole weights of LSTM {}"),
         (dynamic_sequence_lens, "ignores the sequence_lens of recurrent node(s) {} when their input has a dynamic dim (each sequence runs to the input's end)"),
         (column_major_pool_indices, "numbers the indices of MaxPool {} row-major, not column-major"),
@@ -236,5 +274,7 @@ def tvm_gaps(model: onnx.ModelProto) -> list[str]:
         (off_grid_scale_resizes, "maps Resize {} through output size / input size, not the scales given, which differ where they do not land on whole sizes"),
         (half_pixel_roi_aligns, "computes RoiAlign {} as output_half_pixel, not half_pixel"),
         (shaped_conv_transposes, "ignores the output_shape of ConvTranspose {}"),
+        (aspect_kept_resizes, "ignores the keep_aspect_ratio_policy of Resize {}, and resizes to the sizes given"),
+        (one_sided_isinfs, "ignores detect_positive/detect_negative of IsInf {}, and detects both infinities"),
     )  # fmt: skip
     return [text.format(found[:5]) for check, text in checks if (found := check(model))]

@@ -114,7 +114,8 @@ class OpenVinoBackend(Backend):
     # downsampling Resizes, whose antialias OpenVINO ignores, are not applicable; 14: cubic
     # Resizes with exclude_outside too; Softmaxes before opset 13 spelled out, LRN biases made 1;
     # 15: LSTM peepholes and column-major MaxPool indices are not applicable; 16: recurrent
-    # ops given sequence_lens on a dynamic input too; an fp16 source's weights in Constants
+    # ops given sequence_lens on a dynamic input, and Resizes keeping the aspect ratio, too;
+    # an fp16 source's weights in Constants
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 

@@ -71,6 +71,14 @@ def _conv_transpose(shaped: bool) -> onnx.ModelProto:
     return _model(node, {"x": [1, 6, 4, 4]}, ["y"], [numpy_helper.from_array(w, "w")], 11)
 
 
+def _aspect_resize(policy: str) -> onnx.ModelProto:
+    sizes = numpy_helper.from_array(np.array([8, 8], np.int64), "sizes")
+    node = helper.make_node(
+        "Resize", ["x", "", "", "sizes"], ["y"], axes=[2, 3], keep_aspect_ratio_policy=policy
+    )
+    return _model(node, {"x": [1, 2, 4, 6]}, ["y"], [sizes], 18)
+
+
 def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(2)
     return {
@@ -110,6 +118,22 @@ def _off(got: list[np.ndarray], want: dict[str, np.ndarray]) -> float:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("detect", ["detect_positive", "detect_negative"])
+def test_a_one_sided_isinf_is_found_and_tvm_shows_it(tmp_path: Path, detect: str) -> None:
+    """TVM detects both infinities whatever IsInf's attributes say (a model that masks -inf
+    padding and keeps +inf, or the other way round)."""
+    feeds = {"x": np.array([np.inf, -np.inf, 1.0, np.nan], np.float32)}
+    for value, gap in ((0, True), (1, False)):
+        node = helper.make_node("IsInf", ["x"], ["y"], **{detect: value})
+        model = _model(node, {"x": [4]}, [], [], 10)
+        model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.BOOL, None))
+        found = [why for why in tvm_gaps(model) if "IsInf" in why]
+        assert bool(found) == gap, found
+        path = save(model, tmp_path / f"{detect}{value}")
+        off = _off(_tvm(path, feeds), reference(path, [feeds])[0])
+        assert (off > 0) == gap, off
+
+
 @pytest.mark.parametrize(("op", "gates"), [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
 def test_sequence_lens_on_a_dynamic_input_is_found_and_openvino_shows_it(
     tmp_path: Path, op: str, gates: int
@@ -141,6 +165,7 @@ def test_sequence_lens_on_a_dynamic_input_is_found_and_openvino_shows_it(
     [
         ("openvino", _lstm, True, False, "peephole weights of LSTM ['y']"),
         ("openvino", _maxpool, 1, 0, "indices of MaxPool ['y'] row-major"),
+        ("openvino", _aspect_resize, "not_larger", "stretch", "keep_aspect_ratio_policy of Resize ['y']"),
         ("tvm", _roi_align, "half_pixel", "output_half_pixel", "RoiAlign ['y'] as output_half_pixel"),
         ("tvm", _conv_transpose, True, False, "output_shape of ConvTranspose ['y']"),
     ],
