@@ -115,7 +115,7 @@ class OpenVinoBackend(Backend):
     # Resizes with exclude_outside too; Softmaxes before opset 13 spelled out, LRN biases made 1;
     # 15: LSTM peepholes and column-major MaxPool indices are not applicable; 16: recurrent
     # ops given sequence_lens on a dynamic input, and Resizes keeping the aspect ratio, too;
-    # an fp16 source's weights in Constants
+    # an fp16 source's weights in Constants; a bf16 IR is compiled in bf16 where the CPU can
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -179,6 +179,18 @@ class OpenVinoBackend(Backend):
             notes.append(
                 keep_in_f32(xml, request.judge, outputs, opts.float_layers, request.workdir).note
             )
+        elif opts.inference_precision == "bf16" and _cpu_runs_bf16():
+            # The plugin can lack a bf16 kernel the f32 compile did not need (an int8 source
+            # with int8 inputs and outputs: "No suitable implementations"): found here, the
+            # artifact fails its build rather than its every run.
+            try:
+                compile_ir(out_dir / _XML, {"INFERENCE_PRECISION_HINT": "bf16"})
+            except Exception as exc:  # openvino raises plain RuntimeError subclasses
+                msg = (
+                    f"openvino cannot compile the IR of {model_path.name} in bf16 on this CPU: "
+                    f"{openvino_message(exc)}"
+                )
+                raise BuildError(msg) from exc
         return BuildResult(
             files=[_XML, _BIN],
             runtime=OpenVinoSettings(
@@ -198,6 +210,13 @@ class OpenVinoBackend(Backend):
             # checking it there would measure something else, so it is not a cross-host check.
             portable=opts.inference_precision != "bf16",
         )
+
+
+def _cpu_runs_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 on this host (elsewhere a bf16 hint runs
+    f32, and a compile says nothing of the bf16 kernels)."""
+    core = import_openvino().Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _load_onnx(path: Path) -> onnx.ModelProto:

@@ -424,6 +424,85 @@ def test_int8_from_qdq_model_runs_int8(tmp_path: Path) -> None:
     assert 0 < max(max_abs(g, r) for g, r in zip(got, ref, strict=True)) < 0.1
 
 
+def _s8s8_qdq(src: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
+    """`src` quantized by ONNX Runtime with signed int8 activations (s8s8, the symmetric
+    form TensorRT takes)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    dst = src.with_name("model_s8s8.onnx")
+    quantize_static(
+        str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    return dst
+
+
+def _integer_io(path: Path) -> Path:
+    """A QDQ model that takes and gives its quantized tensors, as TFLite's int8 models do: the
+    input's QuantizeLinear and the output's DequantizeLinear taken out."""
+    model = onnx.load(path)
+    g = model.graph
+    q_in = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    dq_out = next(n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] == "y")
+    for n in g.node:
+        n.input[:] = ["xq" if i == q_in.output[0] else i for i in n.input]
+    kept = [n for n in g.node if n is not q_in and n is not dq_out]
+    del g.node[:]
+    g.node.extend(kept)
+    zero_point = {t.name: t.data_type for t in g.initializer}
+    x, y = g.input[0], g.output[0]
+    x.name, x.type.tensor_type.elem_type = "xq", zero_point[q_in.input[2]]
+    y.name, y.type.tensor_type.elem_type = dq_out.input[0], zero_point[dq_out.input[2]]
+    return save(model, path.parent / "integer_io", "model_s8s8.onnx")
+
+
+def test_a_bf16_ir_the_cpu_cannot_compile_in_bf16_fails_its_build(tmp_path: Path) -> None:
+    """OpenVINO 2026.4's CPU plugin compiles a QDQ convolution with signed int8 activations
+    that takes and gives int8 in f32, and on an AMX Xeon not in bf16 ("No suitable
+    implementations"; models converted from TFLite are such): on a CPU that
+    computes bf16 the build compiles the IR in bf16 too, and fails where that fails, rather
+    than make an artifact no run can use. The IR is the f32 artifact's: compiled directly, it
+    says what the bf16 build must do on this host."""
+    rng = np.random.default_rng(18)
+    weight = onnx.numpy_helper.from_array(rng.normal(size=(8, 8, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "conv",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    conv = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    samples = [{"x": rng.normal(size=(1, 8, 8, 8)).astype(np.float32)} for _ in range(4)]
+    src = _integer_io(_s8s8_qdq(save(conv, tmp_path / "src"), samples))
+    _, out, _ = build_openvino(src, tmp_path, "int8")
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU does not compute bf16: a bf16 hint runs f32, nothing to check")
+    try:
+        core.compile_model(str(out / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+        compiles = True
+    except RuntimeError:
+        compiles = False
+    if compiles:
+        build_openvino(src, tmp_path, "int8", inference_precision="bf16")
+    else:
+        with pytest.raises(BuildError, match=r"cannot compile the IR of model_s8s8.onnx in bf16"):
+            build_openvino(src, tmp_path, "int8", inference_precision="bf16")
+
+
 def test_quantization_and_precision_must_agree(tmp_path: Path) -> None:
     fp32 = save(conv_net(), tmp_path / "src")
     with pytest.raises(BuildError, match="variant 'openvino-int8'.*add a quantize or nncf pass"):
