@@ -42,7 +42,7 @@ from passes.accuracy import Budget, Gate, make_gates
 from passes.base import Pass, PassConfig, PassContext, PassResult, op_histogram
 from passes.graph_facts import graph_facts
 from passes.int8_search import search_int8
-from passes.ort_tools import quiet, run_model
+from passes.ort_tools import drop_stale_value_info, quiet, run_model
 from passes.quantize import (
     GENERATED_DATA_WARNING,
     foreign_ops,
@@ -167,8 +167,9 @@ class NncfPass(Pass[NncfConfig]):
     # chooses on the second half where plain int8 passes the first and fails the second;
     # 16: Casts of constants folded first (NNCF failed on them), the nodes sorted again
     # after (ORT's quantizer put an If before the If whose output its branch reads); 17:
-    # attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py)
-    version = "17"
+    # attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py); 18:
+    # value_info sizes the model's own run contradicts are dropped first (ort_tools.py)
+    version = "18"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False
@@ -197,6 +198,9 @@ class NncfPass(Pass[NncfConfig]):
                 "(--calibration-data) or drop this variant"
             )
         model, prepared = prepare_for_int8(model)
+        stale = drop_stale_value_info(model, feeds[0])
+        if stale:
+            prepared["stale_shapes_dropped"] = len(stale)
         self._check_names(model)
         facts = graph_facts(model)
         model_type = cfg.model_type

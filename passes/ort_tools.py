@@ -38,7 +38,14 @@ from compiler.core.host import probe_host
 from compiler.core.isa import traits
 from compiler.core.quantized import QDQ_OPS
 
-__all__ = ["quiet", "relative_speed", "run_model", "session", "simulates_int8"]
+__all__ = [
+    "drop_stale_value_info",
+    "quiet",
+    "relative_speed",
+    "run_model",
+    "session",
+    "simulates_int8",
+]
 
 
 @contextlib.contextmanager
@@ -89,6 +96,55 @@ def run_model(
         return [one(feed) for feed in feeds]
     with ThreadPoolExecutor(workers, thread_name_prefix="run_model") as pool:
         return list(pool.map(one, feeds))  # ONNX Runtime lets go of the GIL while it runs
+
+
+def drop_stale_value_info(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[str]:
+    """Take out, in place, the main graph's value_info entries whose stated sizes the model's
+    own run on `feed` does not give; their names. torch's dynamo exporter writes the traced
+    size for tensors past an LSTM whose length is dynamic (11 where the feed's is 224): ONNX
+    Runtime runs the whole model, and NNCF, which cuts the graph there and feeds the cut,
+    failed ('Got invalid dimensions for input ... Got: 224 Expected: 11'). Only entries with a
+    number among their dims, in a model with a dynamic input, are run for."""
+    graph = model.graph
+    dynamic = any(
+        not d.HasField("dim_value") for i in graph.input for d in i.type.tensor_type.shape.dim
+    )
+    outputs = {o.name for o in graph.output}
+    stated = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        for v in graph.value_info
+        if v.type.HasField("tensor_type")
+        and (dims := v.type.tensor_type.shape.dim)
+        and any(d.HasField("dim_value") for d in dims)
+        and v.name not in outputs
+    }
+    if not dynamic or not stated:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in stated)
+    try:
+        sess = session(probe, "disable")
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
+    except Exception:  # noqa: BLE001 - a model that cannot run so says it where it is quantized
+        return []
+    stale = [
+        name
+        for name, dims in stated.items()
+        if name in got
+        and (
+            np.ndim(got[name]) != len(dims)
+            or any(
+                d is not None and d != n for d, n in zip(dims, np.shape(got[name]), strict=False)
+            )
+        )
+    ]
+    if stale:
+        gone = set(stale)
+        keep = [v for v in graph.value_info if v.name not in gone]
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+    return stale
 
 
 # relative_speed: a block is about this long, and the pairs last about this in all

@@ -305,3 +305,43 @@ def test_a_cast_of_a_constant_is_folded_before_nncf(tmp_path: Path) -> None:
     assert op_histogram(result.model)["QuantizeLinear"] >= 1
     held_out = parity(model, result.model, _mlp_feeds(8, seed=2))["y"]
     assert held_out.cosine is not None and held_out.cosine >= INT8.min_cosine, held_out
+
+
+def test_sizes_the_model_does_not_run_at_are_dropped_before_nncf(tmp_path: Path) -> None:
+    """torch's dynamo exporter states the traced size (11) for tensors past an LSTM whose
+    length is dynamic: NNCF's bias correction cut the graph there and fed the cut the data's
+    length (5), and failed ('Got invalid dimensions ... Got: 5 Expected: 11'). The pass runs
+    the model once and drops what its run contradicts; a right entry stays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+        for n, s in (("w1", (8, 8)), ("w2", (8, 4)), ("b2", (4,)))
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["m"]),
+        helper.make_node("Add", ["m", "b2"], ["y"]),
+    ]
+    f = TensorProto.FLOAT
+    stated = [
+        helper.make_tensor_value_info("h", f, ["N", 11, 8]),
+        helper.make_tensor_value_info("r", f, ["N", 11, 8]),
+        helper.make_tensor_value_info("m", f, ["N", "T", 4]),  # right: kept
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stale",
+        [helper.make_tensor_value_info("x", f, ["N", "T", 8])],
+        [helper.make_tensor_value_info("y", f, ["N", "T", 4])],
+        inits,
+        value_info=stated,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.normal(size=(2, 5, 8)).astype(np.float32)} for _ in range(8)]
+    result = _nncf(model, tmp_path, feeds=feeds)
+    assert result.record["stale_shapes_dropped"] == 2
+    assert {v.name for v in result.model.graph.value_info} >= {"m"}
+    assert op_histogram(result.model)["QuantizeLinear"] >= 2
