@@ -44,6 +44,7 @@ import onnx
 from compiler.core.contract import Contract, DimOrigin, DimRange, ValueDomain, set_flag
 from compiler.core.errors import ConfigError, InputModelError, short_message
 from compiler.core.feeds import Feeds
+from compiler.core.graphs import graphs, nodes
 from compiler.pipeline.data import domain_fixes, random_feed
 from compiler.pipeline.userdata import most_common
 from targets.onnxruntime.backend import reference_session
@@ -57,6 +58,7 @@ __all__ = [
     "range_dims",
     "reference_for",
     "returned_shapes",
+    "stated_sizes",
 ]
 
 CANDIDATES = (224, 128, 256, 320, 64, 512, 48, 32, 96, 160, 192, 384, 640, 16, 8, 1024, 4, 2, 1)
@@ -160,19 +162,57 @@ def _by_rank_sum(k: int, n: int) -> Iterator[tuple[int, ...]]:
 
 
 def _first_accepted(
-    prober: _Prober, dims: Sequence[str], seed: Mapping[str, int] | None = None
+    prober: _Prober,
+    dims: Sequence[str],
+    seed: Mapping[str, int] | None = None,
+    candidates: Sequence[int] = CANDIDATES,
 ) -> dict[str, int] | None:
-    """The first combination of CANDIDATES the reference accepts, by rank sum; first with the
-    dims of `seed` at its sizes (a recurrent state's batch at the batch's), then without."""
+    """The first combination of `candidates` the reference accepts, by rank sum; first with
+    the dims of `seed` at its sizes (a recurrent state's batch at the batch's), then without."""
     for fixed in ({**(seed or {})}, {}) if seed else ({},):
         free = [d for d in dims if d not in fixed]
-        for ranks in _by_rank_sum(len(free), len(CANDIDATES)):
-            sizes = {**fixed, **{d: CANDIDATES[r] for d, r in zip(free, ranks, strict=True)}}
+        for ranks in _by_rank_sum(len(free), len(candidates)):
+            sizes = {**fixed, **{d: candidates[r] for d, r in zip(free, ranks, strict=True)}}
             if prober.accepts(sizes):
                 return sizes
             if fixed and prober.runs >= MAX_RUNS // 2:
                 break  # the seed is a guess: half the runs at most
     return None
+
+
+_STATED_MAX = 8  # elements: a shape or a few sizes, not a table
+
+
+def stated_sizes(model_path: Path) -> list[int]:
+    """Sizes the graph itself states: the integers, 2..MAX_FACTOR x the largest candidate,
+    of its small integer constants (shapes given to Reshape or Expand, slice ends), most
+    often stated first, less those in CANDIDATES. TorchScript's exporter bakes the traced
+    length into such a shape where a module computes one from it (nn.MultiheadAttention's
+    view to [length, batch x heads, head size]): the model then runs at that length only,
+    which is none of the candidates."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    tensors = [t for g in graphs(model.graph) for t in g.initializer]
+    tensors += [
+        a.t
+        for n in nodes(model.graph)
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.type == onnx.AttributeProto.TENSOR
+    ]
+    counts: dict[int, int] = {}
+    for t in tensors:
+        if (
+            t.data_type in _INTEGERS
+            and 0 < math.prod(t.dims) <= _STATED_MAX
+            and not t.data_location
+        ):
+            for v in onnx.numpy_helper.to_array(t).ravel().tolist():
+                if 2 <= v <= MAX_FACTOR * max(CANDIDATES) and v not in CANDIDATES:
+                    counts[int(v)] = counts.get(int(v), 0) + 1
+    return sorted(counts, key=lambda v: (-counts[v], v))
+
+
+_INTEGERS = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32})
 
 
 # the inputs of a recurrent op that hold its initial state, [directions, batch, hidden]
@@ -367,6 +407,7 @@ def _no_size_error(
     dims: Sequence[str],
     domains: Mapping[str, ValueDomain],
     where: str,
+    stated: Sequence[int] = (),
 ) -> ConfigError:
     ints = [
         t.name
@@ -379,7 +420,9 @@ def _no_size_error(
         f"{where}: no size the model accepts was found for the dims "
         + ", ".join(f"'{d}' ({'; '.join(contract.dim_axes(d))})" for d in dims)
         + f" in {prober.runs} reference runs over the sizes {min(CANDIDATES)}.."
-        f"{max(CANDIDATES)} (last error: {prober.last_error or 'none'}); give each a size: "
+        f"{max(CANDIDATES)}"
+        + (f" and those the graph states ({', '.join(map(str, stated[:8]))})" if stated else "")
+        + f" (last error: {prober.last_error or 'none'}); give each a size: "
         + " ".join(set_flag("dims", d, "opt") for d in dims)
         + (
             f" (or, if an input's values are the cause, {domain_fixes(contract, ints)})"
@@ -495,6 +538,7 @@ def range_dims(
         return contract
     prober = _Prober(model_path, contract, domains, where, session)
     found: dict[str, int] | None = {}
+    stated_opt, stated = False, []
     seen = {d: observed[d] for d in dims if observed and observed.get(d)}
     from_data = bool(dims) and len(seen) == len(dims) and _takes_data_sizes(prober, seen)
     if from_data:
@@ -504,10 +548,13 @@ def range_dims(
         seed = {d: batch_opt for d in _state_batches(model_path, contract) if d in dims}
         try:
             found = _first_accepted(prober, dims, seed)
+            if found is None and (stated := stated_sizes(model_path)):
+                found = _first_accepted(prober, dims, None, stated)
+                stated_opt = found is not None
         except _Spent:
             found = None
     if found is None:
-        raise _no_size_error(prober, contract, dims, domains, where)
+        raise _no_size_error(prober, contract, dims, domains, where, stated)
     ranges, origins = dict(contract.dims), dict(contract.dim_origins)
     searched = prober.runs
     for d in dims:
@@ -515,6 +562,13 @@ def range_dims(
         step, why_step = _step(prober, found, d)
         ranges[d], note = _range(prober, found, d, step)
         note += f"; {why_step}" if why_step else ""
+        if stated_opt:
+            note += (
+                f"; none of the usual sizes ran, and {found[d]} is one the graph states (a "
+                "shape constant): an export that traced a fixed size (TorchScript's, of a "
+                "module that computes a shape from it) runs at that size only; export again "
+                "with the dynamo exporter (dynamo=True) to take others"
+            )
         if from_data:
             ranges[d], note = _reaching(ranges[d], seen[d], note)
         probes = searched + prober.runs - before

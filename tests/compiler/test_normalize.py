@@ -483,8 +483,8 @@ def test_dims_that_move_only_together_are_ranged_together(tmp_path: Path) -> Non
 
 
 def test_dims_no_size_fits_fail_in_one_line_naming_each_and_its_set(tmp_path: Path) -> None:
-    model = _reshaped(
-        {"x": [1, "p2o.DynamicDimension.1"], "y": [1, "seq"]}, {"x": [1, 47], "y": [1, 47]}
+    model = _reshaped(  # [1, d, 2] into [1, 47]: no d fits, not even the stated 47
+        {"x": [1, "p2o.DynamicDimension.1", 2], "y": [1, "seq", 2]}, {"x": [1, 47], "y": [1, 47]}
     )
     with pytest.raises(ConfigError) as err:
         _probed(model, tmp_path)
@@ -496,6 +496,20 @@ def test_dims_no_size_fits_fail_in_one_line_naming_each_and_its_set(tmp_path: Pa
     )
     assert """--set 'dims."p2o.DynamicDimension.1".opt=N' --set dims.seq.opt=N""" in msg
     assert "Reshape" in msg  # the last error the reference gave
+    assert "and those the graph states (47)" in msg
+
+
+def test_a_traced_size_the_graph_states_is_tried_where_no_usual_size_runs(
+    tmp_path: Path,
+) -> None:
+    """TorchScript's export of nn.MultiheadAttention bakes the traced length into a view's
+    shape, and the model then runs at that length only (7), none of the candidates: the
+    default build stopped with 'no size the model accepts'. The sizes the graph's small
+    integer constants state are tried next, and the contract says why its range is 7..7."""
+    model = _reshaped({"x": [1, "T", 4]}, {"x": [1, 7, 2, 2]})
+    c = _probed(model, tmp_path)
+    assert c.dims["T"] == DimRange(min=7, opt=7, max=7)
+    assert "one the graph states" in c.dim_origins["T"].note
 
 
 def test_configured_ranges_keep_opt_and_pull_in_ends_the_model_rejects(tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ class NormalizeKind(Kind[NormalizeNode]):
     # checked at 2 (a model that runs at batch 1 only gets 1..1); 19: a probed dim's step
     # (sizes opt +- a multiple of it), and dims that must be equal (`equal_dims`); 20: a
     # probability scaled or shifted is no probability (output kinds), and weights held in
-    # Constant nodes count for the source's precision (a paddle2onnx model in fp16)
+    # Constant nodes count for the source's precision (a paddle2onnx model in fp16), and a dim
+    # no usual size fits is tried at the sizes the graph's shape constants state
     version = "20"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
