@@ -23,6 +23,7 @@ __all__ = [
     "IntType",
     "OrtSettings",
     "dynamic_quantizer",
+    "finite_ranges",
     "float_tensor_bytes",
     "histogram_refusal",
     "static_quantizer",
@@ -206,6 +207,35 @@ def histogram_share(
     )
 
 
+def finite_ranges(cache: Path, model: onnx.ModelProto, tmp: Path) -> tuple[Path, list[str]]:
+    """`cache` (ONNX Runtime's calibration cache) as it may be quantized with, and the nodes
+    to keep in float for it. A tensor NaN in every calibration sample (the branch a Where
+    does not take: sqrt(-x) where x > 0) gets a NaN range, and ONNX Runtime's quantizer stops
+    on it ("AssertionError: scale issue"), losing the variant. Such ranges are left out of a
+    copy of the cache, and the nodes that make or read those tensors stay float."""
+    import json
+
+    data = json.loads(cache.read_text(encoding="utf-8"))
+
+    def all_finite(value: Any) -> bool:  # a number, a list, or {"data": [...], "dtype": ...}
+        if isinstance(value, dict):
+            keys = ("data", "lowest", "highest")
+            return all(all_finite(v) for k, v in value.items() if k in keys)
+        try:
+            return bool(np.isfinite(np.asarray(value, np.float64)).all())
+        except (TypeError, ValueError):
+            return True  # not a range: nothing to say
+
+    bad = {name for name, entry in data.get("data", {}).items() if not all_finite(entry)}
+    if not bad:
+        return cache, []
+    data["data"] = {k: v for k, v in data["data"].items() if k not in bad}
+    finite = tmp / f"{cache.stem}-finite.json"
+    finite.write_text(json.dumps(data), encoding="utf-8")
+    nodes = [n.name for n in model.graph.node if bad & {*n.input, *n.output} and n.name]
+    return finite, nodes
+
+
 def static_quantizer(
     model: onnx.ModelProto,
     feeds: list[dict[str, np.ndarray]],
@@ -254,6 +284,7 @@ def static_quantizer(
     }
 
     chosen = [feeds]  # the samples calibrated on: histogram methods take a share
+    finite: list[tuple[Path, list[str]]] = []  # the cache to quantize with, nodes kept float
 
     def share() -> list[dict[str, np.ndarray]]:
         if method_name == "minmax" or len(feeds) <= 1:
@@ -283,22 +314,38 @@ def static_quantizer(
     def run(exclude: list[str], only: list[str] | None) -> Path:
         calls[0] += 1
         dst = tmp / f"q-{method_name}-{calls[0]}.onnx"
-        with quiet():
-            quantize_static(
-                src,
-                dst,
-                _Reader(chosen[0]) if not cache.exists() else None,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(cfg.op_types) or None,
-                per_channel=cfg.per_channel,
-                reduce_range=cfg.reduce_range,
-                activation_type=_qtype(act),
-                weight_type=_qtype(weight),
-                nodes_to_quantize=only,
-                nodes_to_exclude=exclude,
-                calibrate_method=method,
-                extra_options=extra,
-                calibration_cache_path=cache,
+        calibrated = cache.exists()
+        if calibrated and not finite:  # the cache does not change once written: read once
+            finite.append(finite_ranges(cache, model, tmp))
+        ranges, unranged = finite[0] if calibrated else (cache, [])
+        try:
+            with quiet():
+                quantize_static(
+                    src,
+                    dst,
+                    _Reader(chosen[0]) if not calibrated else None,
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(cfg.op_types) or None,
+                    per_channel=cfg.per_channel,
+                    reduce_range=cfg.reduce_range,
+                    activation_type=_qtype(act),
+                    weight_type=_qtype(weight),
+                    nodes_to_quantize=only,
+                    nodes_to_exclude=[*exclude, *unranged],
+                    calibrate_method=method,
+                    extra_options=extra,
+                    calibration_cache_path=ranges,
+                )
+        except AssertionError:  # "scale issue": a range ONNX Runtime calibrated as NaN
+            if calibrated or not cache.exists() or not finite_ranges(cache, model, tmp)[1]:
+                raise
+            return run(exclude, only)  # the ranges are in the cache now: without the NaN ones
+        if unranged and notes is not None:
+            notes[f"{method_name}:unranged"] = (
+                len(unranged),
+                f"{', '.join(unranged[:8])}{' and more' if len(unranged) > 8 else ''} kept "
+                "in float: a tensor they make or read was NaN in every calibration sample "
+                "(no finite range to quantize it with)",
             )
         return dst
 

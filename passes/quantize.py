@@ -304,8 +304,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # histogram calibration takes the samples histogram_memory_mib holds (ort_quantizers.py);
     # 25: an opset newer than ONNX Runtime's quantization kernels is converted down to theirs;
     # 26: ONNX-domain Attention nodes (opset 23) are kept in float; 27: the gate lets the
-    # reference's own NaN and infinities agree (parity.py)
-    version = "27"
+    # reference's own NaN and infinities agree (parity.py); 28: nodes making or reading a
+    # tensor NaN in every calibration sample stay float (ort_quantizers.py finite_ranges)
+    version = "28"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True
@@ -431,6 +432,10 @@ class QuantizePass(Pass[QuantizeConfig]):
             if mode == "static" and record["calibration"]["method"] in notes:
                 taken, why = notes[record["calibration"]["method"]]
                 record["calibration"].update(samples=taken, note=why)
+            if mode == "static" and f"{record['calibration']['method']}:unranged" in notes:
+                record["calibration"]["kept_float"] = notes[
+                    f"{record['calibration']['method']}:unranged"
+                ][1]
         uses_data = mode == "static" or search
         record["quantized_ops"] = quantized_ops(op_histogram(out))
         generated = ctx.calibration_source == "generated"

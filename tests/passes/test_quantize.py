@@ -458,3 +458,41 @@ def test_onnx_attention_stays_float_and_the_int8_model_loads(tmp_path: Path, mod
     assert ops["Attention"] == 1 and "QAttention" not in ops
     assert quantized_ops(ops), ops
     assert "1 ONNX Attention node(s)" in result.record["attention_kept_float"]
+
+
+def test_a_tensor_nan_in_every_calibration_sample_keeps_its_nodes_float(tmp_path: Path) -> None:
+    """A signed square root written as where(y > 0, sqrt(y), -sqrt(-y)): on samples where y
+    is positive, sqrt(-y) is NaN everywhere, ONNX Runtime calibrates a NaN range and its
+    quantizer stopped ('AssertionError: scale issue'), losing every ort-int8 artifact. The
+    nodes that make or read such a tensor stay float, the record says which, and the rest is
+    quantized; the model computes what the float one does where it is defined."""
+    f = TensorProto.FLOAT
+    rng = np.random.default_rng(3)
+    w = helper.make_tensor("w", f, [8, 8], np.abs(rng.normal(size=64)).astype(np.float32))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        helper.make_node("Greater", ["y", "zero"], ["pos"], name="gt"),
+        helper.make_node("Sqrt", ["y"], ["root"], name="sqrt"),
+        helper.make_node("Neg", ["y"], ["minus"], name="neg"),
+        helper.make_node("Sqrt", ["minus"], ["root_minus"], name="sqrt_minus"),
+        helper.make_node("Neg", ["root_minus"], ["negative_root"], name="neg_root"),
+        helper.make_node("Where", ["pos", "root", "negative_root"], ["z"], name="where"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "signed_sqrt",
+        [helper.make_tensor_value_info("x", f, ["N", 8])],
+        [helper.make_tensor_value_info("z", f, ["N", 8])],
+        [w, helper.make_tensor("zero", f, [], [0.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.uniform(0.1, 1, (4, 8)).astype(np.float32)} for _ in range(8)]
+    result = _quantize(model, tmp_path, feeds, accuracy_aware={"enabled": False})
+    assert "QuantizeLinear" in op_histogram(result.model)
+    kept = result.record["calibration"]["kept_float"]
+    assert "where" in kept and "NaN in every calibration sample" in kept
+    got = run(result.model, feeds)
+    want = run(model, feeds)
+    assert all(
+        np.allclose(g["z"], r["z"], rtol=0.1, atol=0.05) for g, r in zip(got, want, strict=True)
+    )
