@@ -283,6 +283,9 @@ class NormalizeRecord(_Record):
     output_shapes_inferred: list[str] = Field(default_factory=list)
     # graph outputs whose declared shape the reference does not return, declared as returned
     output_shapes_corrected: list[str] = Field(default_factory=list)
+    # dilated convolutions whose auto_pad SAME_* (stride 1) became explicit pads: ONNX Runtime
+    # refuses SAME with dilation
+    same_pads_made_explicit: list[str] = Field(default_factory=list)
 
 
 class NormalizeOutput(_Record):

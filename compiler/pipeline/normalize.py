@@ -20,7 +20,7 @@ import onnx
 from google.protobuf.message import EncodeError
 
 from compiler.core.errors import InputModelError
-from compiler.core.graphs import nodes
+from compiler.core.graphs import graphs, nodes
 from compiler.pipeline.interface import name_unnamed_dims
 from passes.base import sort_topologically
 
@@ -28,6 +28,7 @@ __all__ = [
     "InputSpec",
     "Source",
     "drop_initializer_inputs",
+    "explicit_same_pads",
     "export_torch",
     "inline_functions",
     "load_onnx",
@@ -219,6 +220,9 @@ def normalize_model(
     renamed = unique_node_names(model.graph)
     if renamed:
         record["nodes_renamed"] = renamed
+    padded = explicit_same_pads(model)
+    if padded:
+        record["same_pads_made_explicit"] = padded
     filled = _fill_output_shapes(model)
     if filled:
         record["output_shapes_inferred"] = filled
@@ -297,6 +301,43 @@ def inline_functions(
     del inlined.opset_import[:]
     inlined.opset_import.extend(kept)
     return inlined, names, ""
+
+
+def explicit_same_pads(model: onnx.ModelProto) -> list[str]:
+    """Dilated convolutions with auto_pad SAME_UPPER/SAME_LOWER and stride 1 given the same
+    padding as explicit pads, in place (every graph); their names. TorchScript's exporter
+    writes `nn.Conv1d(padding="same", dilation=2)` (a TCN's, a vocoder's) so, and ONNX
+    Runtime refuses it at every size ("Dilation not supported for AutoPadType::SAME_UPPER").
+    At stride 1 the padding does not depend on the input's size: (kernel - 1) x dilation in
+    all, the odd one at the end for SAME_UPPER and at the start for SAME_LOWER, as ONNX
+    defines them. Other strides, whose padding does, are left as they are."""
+    done = []
+    for graph in graphs(model.graph):
+        weights = {t.name: list(t.dims) for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type not in ("Conv", "ConvInteger"):
+                continue
+            attrs = {a.name: a for a in node.attribute}
+            mode = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+            dilations = list(attrs["dilations"].ints) if "dilations" in attrs else []
+            strides = list(attrs["strides"].ints) if "strides" in attrs else []
+            if mode not in ("SAME_UPPER", "SAME_LOWER") or all(d == 1 for d in dilations):
+                continue
+            kernel = list(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else []
+            if not kernel and len(node.input) > 1 and node.input[1] in weights:
+                kernel = weights[node.input[1]][2:]
+            if not kernel or any(s != 1 for s in strides) or len(dilations) != len(kernel):
+                continue
+            total = [(k - 1) * d for k, d in zip(kernel, dilations, strict=True)]
+            small = [t // 2 for t in total]
+            big = [t - b for t, b in zip(total, small, strict=True)]
+            begin, end = (small, big) if mode == "SAME_UPPER" else (big, small)
+            kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.append(onnx.helper.make_attribute("pads", begin + end))
+            done.append(node.name or node.output[0])
+    return done
 
 
 def drop_initializer_inputs(model: onnx.ModelProto) -> list[str]:

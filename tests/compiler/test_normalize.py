@@ -747,3 +747,32 @@ def test_a_recurrent_state_s_batch_is_probed_at_the_batch_s(tmp_path: Path) -> N
     assert c.dims["hb"] == c.dims["cb"] == c.dims["batch"] == DimRange(min=1, opt=1, max=64)
     assert ["batch", "cb", "hb"] in c.equal_dims
     assert c.dims["T"].opt == CANDIDATES[0]
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+def test_a_dilated_same_convolution_gets_explicit_pads(mode: str) -> None:
+    """TorchScript writes nn.Conv1d(padding="same", dilation=3) as auto_pad SAME_* with
+    dilations, which ONNX Runtime refuses at every size; at stride 1 normalize writes the same
+    padding out (ONNX's reference implementation computes the source, ONNX Runtime the
+    result, alike); a strided one, whose padding depends on the size, is left alone."""
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.normal(size=(2, 3, 4)).astype(np.float32), "w")
+
+    def conv(**attrs: object) -> onnx.ModelProto:
+        node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], auto_pad=mode, **attrs)
+        return _graph([node], {"x": ["N", 3, "T"]}, {"y": ["N", 2, "T"]}, [w])
+
+    source = conv(dilations=[3])
+    x = rng.normal(size=(1, 3, 11)).astype(np.float32)
+    want = ReferenceEvaluator(source).run(None, {"x": x})[0]
+    with pytest.raises(Exception, match="Dilation not supported"):
+        ort.InferenceSession(source.SerializeToString()).run(None, {"x": x})
+    model, record = normalize_model(source, "m.onnx")
+    assert record["same_pads_made_explicit"] == ["y"]
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
+    _, strided = normalize_model(conv(dilations=[3], strides=[2]), "m.onnx")
+    assert "same_pads_made_explicit" not in strided

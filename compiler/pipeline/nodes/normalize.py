@@ -54,7 +54,8 @@ class NormalizeKind(Kind[NormalizeNode]):
     # (sizes opt +- a multiple of it), and dims that must be equal (`equal_dims`); 20: a
     # probability scaled or shifted is no probability (output kinds), and weights held in
     # Constant nodes count for the source's precision (a paddle2onnx model in fp16), and a dim
-    # no usual size fits is tried at the sizes the graph's shape constants state
+    # no usual size fits is tried at the sizes the graph's shape constants state, and a
+    # dilated SAME convolution at stride 1 gets explicit pads (ONNX Runtime refuses it)
     version = "20"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
