@@ -4,7 +4,8 @@ can run on and takes its usual paths.
 Each input is followed through value-preserving ops (Cast, Reshape, Unsqueeze, Expand, ...)
 into every graph and subgraph that reads it. What the graph says, strongest first:
 
-- indices: the input selects rows of a table (`Gather` indices: 0..rows-1), is one-hot
+- indices: the input selects rows of a table (`Gather`, `GatherElements` and
+  `ScatterElements` indices: 0..rows-1 along their axis, where its size is known), is one-hot
   encoded (`OneHot`: 0..depth-1), or is compared with many constants (`Equal` against
   0..256, one-hot by comparison): an integer interval;
 - selector: an `If` condition tests the input for equality with a constant (`sr == 16000`):
@@ -69,7 +70,8 @@ class _Graph:
         self._walk(model.graph)
         for vi in [*model.graph.value_info, *model.graph.input]:
             dims = vi.type.tensor_type.shape.dim
-            if all(d.HasField("dim_value") for d in dims) and vi.name not in self.shapes:
+            if vi.type.tensor_type.HasField("shape") and vi.name not in self.shapes:
+                # 0 for a dim not known as a number: an axis lookup there finds nothing
                 self.shapes[vi.name] = [int(d.dim_value) for d in dims]
 
     def _walk(self, graph: onnx.GraphProto) -> None:
@@ -142,13 +144,18 @@ def _scalars(values: np.ndarray) -> list[int | float]:
 
 
 def _gather(g: _Graph, node: onnx.NodeProto) -> _Finding | None:
+    """Indices of Gather, GatherElements or ScatterElements (input 1) into their data (input
+    0) along `axis`, where that axis' size is known."""
     table = node.input[0]
     shape = g.shapes.get(table)
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
     if not shape or not -len(shape) <= axis < len(shape) or shape[axis] <= 0:
         return None
     rows = shape[axis]
-    why = f"indices into Gather '{node.name or node.output[0]}' table '{table}' of {rows} rows"
+    why = (
+        f"indices into {node.op_type} '{node.name or node.output[0]}' table '{table}' of "
+        f"{rows} rows"
+    )
     return _Finding(_INDEX, ValueDomain(low=0, high=rows - 1, source=why))
 
 
@@ -203,7 +210,7 @@ def _findings(g: _Graph, spec: TensorSpec) -> Iterator[_Finding]:
     integral = np.dtype(spec.dtype).kind in "iu"
     for node, i in g.reach(spec.name):
         found: _Finding | None = None
-        if node.op_type == "Gather" and i == 1:
+        if node.op_type in ("Gather", "GatherElements", "ScatterElements") and i == 1:
             found = _gather(g, node)
         elif node.op_type == "OneHot" and i == 0:
             found = _one_hot(g, node)

@@ -87,6 +87,32 @@ def test_gather_indices_take_the_tables_rows() -> None:
     assert not _runs(m, defaults)  # what the default integer domain did to a BERT
 
 
+@pytest.mark.parametrize("op", ["GatherElements", "ScatterElements"])
+def test_element_indices_take_their_axis_size(op: str) -> None:
+    """A scatter-add of per-token scores into 8 slots (indices an input): the default 0..9
+    drew indices past the axis ('indices element out of data bounds') and stopped the build.
+    The axis' size is read where it is known, though another dim is dynamic."""
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    inputs = ["data", "idx"] + (["upd"] if op == "ScatterElements" else [])
+    m = _model(
+        [helper.make_node(op, inputs, ["y"], axis=1)],
+        [
+            helper.make_tensor_value_info("data", f, ["N", 8]),
+            helper.make_tensor_value_info("idx", i64, ["N", 8]),
+            *(
+                [helper.make_tensor_value_info("upd", f, ["N", 8])]
+                if op == "ScatterElements"
+                else []
+            ),
+        ],
+        [helper.make_tensor_value_info("y", f, ["N", 8])],
+    )
+    d = _infer(m)
+    assert (d["idx"].low, d["idx"].high) == (0, 7) and op in d["idx"].source
+    assert _runs(m, resolve_domains(_inferred(m), {}))
+    assert not _runs(m, {**resolve_domains(_inferred(m), {}), "idx": ValueDomain(low=0, high=9)})
+
+
 def test_an_input_used_by_two_tables_takes_the_smaller() -> None:
     rng = np.random.default_rng(0)
     inits = [

@@ -55,7 +55,8 @@ class NormalizeKind(Kind[NormalizeNode]):
     # probability scaled or shifted is no probability (output kinds), and weights held in
     # Constant nodes count for the source's precision (a paddle2onnx model in fp16), and a dim
     # no usual size fits is tried at the sizes the graph's shape constants state, and a
-    # dilated SAME convolution at stride 1 gets explicit pads (ONNX Runtime refuses it)
+    # dilated SAME convolution at stride 1 gets explicit pads (ONNX Runtime refuses it), and
+    # GatherElements/ScatterElements indices take their axis' size as a domain
     version = "20"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
