@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 __all__ = [
     "constant",
+    "constant_tensors",
     "defined",
     "float_weights",
     "graphs",
@@ -73,11 +74,9 @@ _HALF: dict[int, Literal["fp16", "bf16"]] = {
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, *_HALF)
 
 
-def float_weights(model: onnx.ModelProto) -> dict[int, int]:
-    """Elements of the model's float weights, by element type: its initializers and its
-    Constant nodes' tensors (paddle2onnx's models hold every weight in a Constant), in every
-    graph."""
-    counts = dict.fromkeys(_FLOATS, 0)
+def constant_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The model's constant tensors in every graph: initializers, and Constant nodes' values
+    (paddle2onnx's models hold every weight in a Constant, TorchScript's every shape)."""
     tensors = [t for g in graphs(model.graph) for t in g.initializer]
     tensors += [
         a.t
@@ -86,7 +85,13 @@ def float_weights(model: onnx.ModelProto) -> dict[int, int]:
         for a in n.attribute
         if a.name == "value" and a.type == onnx.AttributeProto.TENSOR
     ]
-    for t in tensors:
+    return tensors
+
+
+def float_weights(model: onnx.ModelProto) -> dict[int, int]:
+    """Elements of the model's float weights (constant_tensors), by element type."""
+    counts = dict.fromkeys(_FLOATS, 0)
+    for t in constant_tensors(model):
         if t.data_type in counts:
             counts[t.data_type] += int(np.prod(t.dims, dtype=np.int64))
     return counts

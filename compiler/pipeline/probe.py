@@ -44,7 +44,7 @@ import onnx
 from compiler.core.contract import Contract, DimOrigin, DimRange, ValueDomain, set_flag
 from compiler.core.errors import ConfigError, InputModelError, short_message
 from compiler.core.feeds import Feeds
-from compiler.core.graphs import graphs, nodes
+from compiler.core.graphs import constant_tensors
 from compiler.pipeline.data import domain_fixes, random_feed
 from compiler.pipeline.userdata import most_common
 from targets.onnxruntime.backend import reference_session
@@ -191,16 +191,8 @@ def stated_sizes(model_path: Path) -> list[int]:
     view to [length, batch x heads, head size]): the model then runs at that length only,
     which is none of the candidates."""
     model = onnx.load(str(model_path), load_external_data=False)
-    tensors = [t for g in graphs(model.graph) for t in g.initializer]
-    tensors += [
-        a.t
-        for n in nodes(model.graph)
-        if n.op_type == "Constant"
-        for a in n.attribute
-        if a.type == onnx.AttributeProto.TENSOR
-    ]
     counts: dict[int, int] = {}
-    for t in tensors:
+    for t in constant_tensors(model):
         if (
             t.data_type in _INTEGERS
             and 0 < math.prod(t.dims) <= _STATED_MAX
