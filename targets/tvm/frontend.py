@@ -219,6 +219,38 @@ def _c_inputs(
     return renamed, shapes, dtypes
 
 
+def _empty_resize_inputs_absent(model: Any) -> Any:
+    """The model with Resize's roi and scales given as empty constants (tf2onnx writes them
+    so beside sizes, and opset 10-12 models converted up carry them) left out instead, which
+    ONNX defines as the same. TVM's frontend (0.27) takes an empty scales for given and
+    refuses the node ("Only one of scales and sizes can be provided in Resize"); without
+    them it computes what ONNX Runtime does (0 to 4e-7 on linear, nearest and
+    tf_half_pixel_for_nn resizes, 2026-12-05)."""
+    import onnx
+
+    empty = {t.name for t in model.graph.initializer if 0 in t.dims}
+    empty |= {
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "Constant" and any(a.name == "value" and 0 in a.t.dims for a in n.attribute)
+    }
+    resizes = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Resize" and any(i in empty for i in n.input[1:3])
+    ]
+    if not resizes:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        if node.op_type == "Resize":
+            for i in (1, 2):
+                if len(node.input) > i and node.input[i] in empty:
+                    node.input[i] = ""
+    return out
+
+
 def _unimplemented(exc: BaseException) -> bool:
     """Whether the ONNX frontend refused what it does not implement: its OpNotImplemented and
     OpAttributeUnImplemented, a NotImplementedError, or one of its asserts on a form it does
@@ -245,6 +277,7 @@ def import_onnx(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
         model = _fold_static(model, shapes)
     dtypes = {s["name"]: s["dtype"] for s in req["inputs"]}
     model, shapes, dtypes = _c_inputs(model, shapes, dtypes)
+    model = _empty_resize_inputs_absent(model)
     try:
         mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as exc:

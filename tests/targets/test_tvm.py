@@ -438,3 +438,33 @@ def test_cheap_outer_frames_keep_what_tvmscript_reads() -> None:
     assert all(f.code_context for f in cheap[:_FULL_FRAMES] if not f.filename.startswith("<"))
     assert all(f.code_context is None for f in cheap[_FULL_FRAMES:])
     assert parsed_cheap == parse() and "16" in parsed_cheap
+
+
+def test_a_resize_given_empty_scales_beside_its_sizes_builds(tmp_path: Path) -> None:
+    """tf2onnx writes Resize with an empty roi and scales beside its sizes (and opset 10-12
+    models converted up carry them): TVM's frontend took the empty scales for given and
+    refused the node ("Only one of scales and sizes can be provided"), failing every TVM
+    artifact of such a model. They are left out, as ONNX defines them, and the artifact
+    computes what ONNX Runtime does."""
+    if not HAVE_TVM:
+        pytest.skip("apache-tvm is not installed")
+    empty = np.zeros(0, np.float32)
+    inits = [
+        onnx.numpy_helper.from_array(empty, "roi"),
+        onnx.numpy_helper.from_array(empty, "scales"),
+        onnx.numpy_helper.from_array(np.array([1, 1, 7, 9], np.int64), "sizes"),
+    ]
+    node = helper.make_node("Resize", ["x", "roi", "scales", "sizes"], ["y"], mode="linear")
+    graph = helper.make_graph(
+        [node],
+        "tf2onnx_resize",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, 7, 9])],
+        inits,
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path)
+    x = np.random.default_rng(5).normal(0, 1, (1, 1, 4, 4)).astype(np.float32)
+    out, result, contract, _ = build_tvm(path, "cpu", tmp_path)
+    with open_runner("tvm", out, result.runtime, contract, threads=1) as runner:
+        got = runner.run({"x": x})["y"]
+    np.testing.assert_allclose(got, reference(path, [{"x": x}])[0]["y"], rtol=1e-5, atol=1e-5)
