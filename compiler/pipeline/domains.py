@@ -64,9 +64,11 @@ class _Graph:
     and subgraphs read outer values by name)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
         self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
         self.shapes: dict[str, list[int]] = {}
         self.values: dict[str, np.ndarray] = {}
+        self._propagated: dict[str, list[int]] | None = None
         self._walk(model.graph)
         for vi in [*model.graph.value_info, *model.graph.input]:
             dims = vi.type.tensor_type.shape.dim
@@ -105,6 +107,22 @@ class _Graph:
                 vals = list(attr.ints) if attr.name == "value_ints" else list(attr.floats)
                 self.values[node.output[0]] = np.asarray(vals)
                 self.shapes[node.output[0]] = [len(vals)]
+
+    def propagated_shape(self, name: str) -> list[int]:
+        """`name`'s shape (0 for a dim not known as a number) as shape inference with data
+        propagation gives it: a tensor made by ConstantOfShape(Shape(x)) (TorchScript's
+        zeros_like) has the shape of x there, and none without. Computed once, when asked."""
+        if self._propagated is None:
+            self._propagated = {}
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
+            except Exception:  # noqa: BLE001 - then nothing more is known
+                return []
+            for vi in inferred.graph.value_info:
+                if vi.type.tensor_type.HasField("shape"):
+                    dims = vi.type.tensor_type.shape.dim
+                    self._propagated[vi.name] = [int(d.dim_value) for d in dims]
+        return self._propagated.get(name, [])
 
     def reach(self, start: str) -> Iterator[tuple[onnx.NodeProto, int]]:
         """(node, input index) for every use of `start`'s values, through pass-through ops."""
@@ -147,9 +165,15 @@ def _gather(g: _Graph, node: onnx.NodeProto) -> _Finding | None:
     """Indices of Gather, GatherElements or ScatterElements (input 1) into their data (input
     0) along `axis`, where that axis' size is known."""
     table = node.input[0]
-    shape = g.shapes.get(table)
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-    if not shape or not -len(shape) <= axis < len(shape) or shape[axis] <= 0:
+
+    def known(shape: list[int]) -> bool:
+        return bool(shape) and -len(shape) <= axis < len(shape) and shape[axis] > 0
+
+    shape = g.shapes.get(table, [])
+    if not known(shape) and node.op_type != "Gather":
+        shape = g.propagated_shape(table)
+    if not known(shape):
         return None
     rows = shape[axis]
     why = (

@@ -113,6 +113,28 @@ def test_element_indices_take_their_axis_size(op: str) -> None:
     assert not _runs(m, {**resolve_domains(_inferred(m), {}), "idx": ValueDomain(low=0, high=9)})
 
 
+def test_scatter_into_zeros_like_takes_the_size_data_propagation_gives() -> None:
+    """TorchScript writes torch.zeros_like(y).scatter_add(1, idx, y) with the zeros made by
+    ConstantOfShape(Shape(y)), whose shape plain shape inference leaves unknown: data
+    propagation gives [N, 8], so idx takes 0..7."""
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    m = _model(
+        [
+            helper.make_node("Shape", ["y"], ["shape"]),
+            helper.make_node("ConstantOfShape", ["shape"], ["zeros"]),
+            helper.make_node("ScatterElements", ["zeros", "idx", "y"], ["z"], axis=1),
+        ],
+        [
+            helper.make_tensor_value_info("y", f, ["N", 8]),
+            helper.make_tensor_value_info("idx", i64, ["N", 8]),
+        ],
+        [helper.make_tensor_value_info("z", f, ["N", 8])],
+    )
+    d = _infer(m)
+    assert (d["idx"].low, d["idx"].high) == (0, 7)
+    assert _runs(m, resolve_domains(_inferred(m), {}))
+
+
 def test_an_input_used_by_two_tables_takes_the_smaller() -> None:
     rng = np.random.default_rng(0)
     inits = [
