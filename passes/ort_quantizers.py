@@ -337,7 +337,10 @@ def static_quantizer(
                     calibration_cache_path=ranges,
                 )
         except AssertionError:  # "scale issue": a range ONNX Runtime calibrated as NaN
-            if calibrated or not cache.exists() or not finite_ranges(cache, model, tmp)[1]:
+            if calibrated or not cache.exists():
+                raise
+            finite.append(finite_ranges(cache, model, tmp))
+            if not finite[0][1]:
                 raise
             return run(exclude, only)  # the ranges are in the cache now: without the NaN ones
         if unranged and notes is not None:
