@@ -29,6 +29,7 @@ _STALE_BORN = 600.0
 # socket's path holds at most 107 bytes
 _SOCKET_TAIL = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 _SOCKET_PATH_MAX = 107
+_SHORT_TEMP = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
 
 
 def default_cache_root() -> Path:
@@ -103,6 +104,34 @@ def _remove_scratch(root: Path, fd: int) -> None:
     os.close(fd)
 
 
+def _socket_fits(folder: Path) -> bool:
+    return len(os.fsencode(folder)) + _SOCKET_TAIL <= _SOCKET_PATH_MAX
+
+
+def _socket_folder(base: Path) -> Path:
+    """Where multiprocessing's fork server may put its socket folder: `base`, or where `base`
+    (TMPDIR) is itself too deep for a Unix socket's 107 bytes, the first of the system's
+    temporary folders that is short enough and writable (Python 3.11's multiprocessing would
+    fail with "AF_UNIX path too long" there: a CI job's or pytest-xdist's deep TMPDIR)."""
+    for folder in (base, *_SHORT_TEMP):
+        if _socket_fits(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return base
+
+
+def _fork_server_folder_in(folder: Path) -> None:
+    """Make multiprocessing's own temporary folder (`get_temp_dir`, made once per process and
+    removed by it at exit) in `folder`."""
+    import multiprocessing.util
+
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        multiprocessing.util.get_temp_dir()
+    finally:
+        tempfile.tempdir = saved
+
+
 @contextlib.contextmanager
 def process_scratch() -> Iterator[Path | None]:
     """Point this process's temporary folder (`tempfile`, and `TMPDIR` for the processes it
@@ -127,8 +156,8 @@ def process_scratch() -> Iterator[Path | None]:
     fcntl.flock(fd, fcntl.LOCK_EX)
     root = born.with_name(born.name.replace(_BORN, _SCRATCH, 1))
     os.rename(born, root)
-    if len(os.fsencode(root)) + _SOCKET_TAIL > _SOCKET_PATH_MAX:
-        multiprocessing.util.get_temp_dir()  # made (and kept) in `base`, where the path fits
+    if not _socket_fits(root):
+        _fork_server_folder_in(_socket_folder(base))  # made (and kept) where the path fits
     saved = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir = str(root)
     os.environ["TMPDIR"] = str(root)

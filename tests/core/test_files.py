@@ -94,3 +94,28 @@ def test_a_killed_process_folder_is_collected_and_a_live_one_is_not(temp: Path) 
     finally:
         live.terminate()
         live.wait()
+
+
+_FORK_SERVER = """
+import multiprocessing, multiprocessing.util
+from multiprocessing import forkserver
+from compiler.core.files import process_scratch
+with process_scratch() as root:
+    multiprocessing.get_context("forkserver")
+    forkserver.ensure_running()
+    print(root, multiprocessing.util.get_temp_dir(), flush=True)
+"""
+
+
+def test_a_temporary_folder_too_deep_for_a_socket_still_starts_the_fork_server(temp: Path) -> None:
+    """Under a TMPDIR so deep that the fork server's socket path would pass 107 bytes (a CI
+    job's, pytest-xdist's), its folder is made in a short system temporary folder instead of
+    failing the build with "AF_UNIX path too long", and is gone after the process."""
+    deep = temp / ("d" * 90)
+    deep.mkdir()
+    run = _python(_FORK_SERVER, deep)
+    root, fork_dir = (Path(w) for w in run.stdout.split())
+    assert root.parent == deep
+    assert deep not in fork_dir.parents and len(os.fsencode(fork_dir)) + 25 <= 107
+    assert not fork_dir.exists()
+    assert list(deep.iterdir()) == []
