@@ -10,7 +10,16 @@ combination gives each dim its `opt`; then each dim's `min` walks down the candi
 `opt` and its `max` up those above (to MAX_FACTOR x opt) while the model accepts them, the
 other dims at their opt. Dims that cannot move alone (a decoder's past, new and total
 lengths, where total = past + new) are then walked together, scaled by the same power of two
-(`_coupled`: 128/128/256 down to 1/1/2), which keeps sums and equalities. A configured range
+(`_coupled`: 128/128/256 down to 1/1/2), which keeps sums and equalities, or else moved by
+one amount (128/129 down to 1/2: one new token a step), which keeps differences.
+
+Outputs check the sizes too: a decoder that slices its attention mask to its keys runs
+with a mask longer than past + new, and its present keys, declared [.., total, ..], come
+back with past + new. Where the first sizes accepted contradict the dims the outputs declare
+(an axis named after an input dim, of another size), the sizes the outputs give are taken
+(`_consistent`); once the outputs agree, sizes whose outputs contradict their declared dims
+are rejections. A model whose outputs never agree (an axis named after its input's but
+downsampled) is probed as before. A configured range
 is checked the same way: an end the reference rejects is pulled in toward opt. The batch
 default (1..64 for an input's axis 0) is checked at 2, every batch dim at once and, where
 that is rejected, with the other dims at 1 at 2 too (a state's batch): an export that
@@ -68,6 +77,7 @@ MAX_FACTOR = 8
 STEPS = (2, 3, 4, 8, 14, 16, 28, 32, 64)
 BUDGET_S = 120.0
 MAX_RUNS = 600
+_AGREE_ROUNDS = 4  # runs `_consistent` takes at most to make outputs agree with their dims
 _LOAD_FAILED = re.compile(r"Load model from \S+ failed:\s*")  # the internal copy's path
 
 
@@ -118,6 +128,9 @@ class _Prober:
         self.runs = 0
         self.deadline = time.monotonic() + BUDGET_S
         self.last_error = ""
+        # consistent: a run whose outputs contradict their declared dims is a rejection
+        self.consistent = False
+        self._inputs_dims = set(contract.input_dims())
         self._seen: dict[tuple[tuple[str, int], ...], bool] = {}
 
     def accepts(self, sizes: Mapping[str, int]) -> bool:
@@ -139,10 +152,40 @@ class _Prober:
         feed = random_feed(self.contract.inputs, shapes, self.domains, np.random.default_rng(0))
         self.runs += 1
         try:
-            return list(self.session.run(self.outputs, feed, self.options))
+            values = list(self.session.run(self.outputs, feed, self.options))
         except Exception as exc:  # ONNX Runtime says no in many ways; the message is kept
             self.last_error = short_message(exc, 200)
             return None
+        if self.consistent and (wrong := self.contradictions(dims, values)):
+            self.last_error = wrong[0][2]
+            return None
+        return values
+
+    def contradictions(
+        self, dims: Mapping[str, int], values: Sequence[Any]
+    ) -> list[tuple[str, int, str]]:
+        """Where outputs come back with another size on an axis their declared shape names
+        after an input dim than that dim has in the run: (the dim, the size returned, what
+        says so), [] where none does. A decoder's attention mask longer than its past + new
+        keys runs (the model slices it), and its present keys then give the total length."""
+        found = []
+        for spec, value in zip(self.contract.outputs, values, strict=True):
+            got = np.shape(value)
+            if len(got) != len(spec.shape):
+                continue  # a converter's declared shape the graph does not compute
+            for axis, (d, size) in enumerate(zip(spec.shape, got, strict=True)):
+                if isinstance(d, str) and d in self._inputs_dims and size != dims[d]:
+                    why = (
+                        f"output '{spec.name}' came back with {size} on axis {axis}, which "
+                        f"it declares as input dim '{d}', given {dims[d]}"
+                    )
+                    found.append((d, int(size), why))
+        return found
+
+    def restart(self, consistent: bool) -> None:
+        """Judge runs anew, consistent or not (the answers so far are forgotten)."""
+        self.consistent = consistent
+        self._seen.clear()
 
 
 def _by_rank_sum(k: int, n: int) -> Iterator[tuple[int, ...]]:
@@ -178,6 +221,33 @@ def _first_accepted(
             if fixed and prober.runs >= MAX_RUNS // 2:
                 break  # the seed is a guess: half the runs at most
     return None
+
+
+def _consistent(prober: _Prober, found: dict[str, int]) -> tuple[dict[str, int], str]:
+    """`found`, or where the reference's outputs at those sizes contradict their declared
+    dims (`_Prober.contradictions`), the sizes the outputs give those dims instead, once they
+    run and agree, with what the first contradiction was ('' where none was). Once the
+    outputs agree, the prober rejects sizes whose outputs contradict their dims (a decoder's
+    past alone made shorter under a mask it slices). Up to _AGREE_ROUNDS runs: a model whose
+    outputs never agree with their declared names (an export that named a downsampled axis
+    after its input's) keeps `found` and lenient probing."""
+    sizes, first = dict(found), ""
+    try:
+        for _ in range(_AGREE_ROUNDS):
+            values = prober.returns(sizes)
+            if values is None:
+                break
+            wrong = prober.contradictions({**prober.fixed, **sizes}, values)
+            if not wrong:
+                prober.restart(consistent=True)
+                return sizes, first
+            first = first or wrong[0][2]
+            if any(d not in sizes for d, _, _ in wrong):
+                break  # a configured or batch dim: not the probe's to move
+            sizes.update({d: size for d, size, _ in reversed(wrong)})  # the first one wins
+    except _Spent:
+        pass
+    return found, ""
 
 
 _STATED_MAX = 8  # elements: a shape or a few sizes, not a table
@@ -340,16 +410,41 @@ def _together(
     return best
 
 
+def _shifted(
+    prober: _Prober, found: Mapping[str, int], group: Sequence[str], down: bool
+) -> dict[str, int]:
+    """The furthest sizes, every dim of `group` moved by one amount (so differences between
+    them hold: a decoder's total = past + 1 for one new token a step), that the reference
+    accepts; {} where none is. Down: the least of them to each smaller candidate, then 1;
+    up: to 2, 4 and 8 times itself."""
+    least = min(found[d] for d in group)
+    if down:
+        targets = [*sorted((c for c in CANDIDATES if 1 < c < least), reverse=True), 1]
+    else:
+        targets = [least * 2**k for k in range(1, MAX_FACTOR.bit_length())]
+    best: dict[str, int] = {}
+    for target in targets if least > 1 or not down else []:
+        sizes = {d: found[d] + target - least for d in group}
+        try:
+            if not prober.accepts({**found, **sizes}):
+                break
+        except _Spent:
+            break
+        best = sizes
+    return best
+
+
 def _coupled(
     prober: _Prober, found: Mapping[str, int], stuck: Sequence[str], down: bool
 ) -> dict[str, int]:
     """Of the dims that could not move alone in one direction, the largest group (two or
-    more) that moves together, and how far; {} where none does. Up to 6 dims are tried in
-    every grouping, more only all together (the probe's runs are bounded)."""
+    more) that moves together, scaled by one power of two or else moved by one amount, and
+    how far; {} where none does. Up to 6 dims are tried in every grouping, more only all
+    together (the probe's runs are bounded)."""
     sizes = range(len(stuck), 1, -1) if len(stuck) <= 6 else [len(stuck)]
     for size in sizes:
         for group in itertools.combinations(stuck, size):
-            moved = _together(prober, found, group, down)
+            moved = _together(prober, found, group, down) or _shifted(prober, found, group, down)
             if moved:
                 return moved
     return {}
@@ -530,7 +625,8 @@ def range_dims(
         return contract
     prober = _Prober(model_path, contract, domains, where, session)
     found: dict[str, int] | None = {}
-    stated_opt, stated = False, []
+    stated_opt, stated, inconsistent = False, [], ""
+    ran: Mapping[str, int] = {}
     seen = {d: observed[d] for d in dims if observed and observed.get(d)}
     from_data = bool(dims) and len(seen) == len(dims) and _takes_data_sizes(prober, seen)
     if from_data:
@@ -543,6 +639,9 @@ def range_dims(
             if found is None and (stated := stated_sizes(model_path)):
                 found = _first_accepted(prober, dims, None, stated)
                 stated_opt = found is not None
+            if found is not None and not stated_opt:
+                ran = found
+                found, inconsistent = _consistent(prober, found)
         except _Spent:
             found = None
     if found is None:
@@ -563,6 +662,17 @@ def range_dims(
             )
         if from_data:
             ranges[d], note = _reaching(ranges[d], seen[d], note)
+        if inconsistent:
+            if ran[d] != found[d]:
+                note = note.replace(
+                    "the first size tried that the reference accepts",
+                    f"the size the outputs give it where {ran[d]} ran first",
+                    1,
+                )
+            note += (
+                f"; sizes whose outputs contradict the dims they declare are rejected: at "
+                f"the first sizes accepted, {inconsistent}"
+            )
         probes = searched + prober.runs - before
         origins[d] = DimOrigin(source="probed", probes=probes, note=note)
     equal = _range_coupled(prober, found, ranges, origins)

@@ -482,6 +482,76 @@ def test_dims_that_move_only_together_are_ranged_together(tmp_path: Path) -> Non
     assert set(c.validate_feeds(step)) == {"past", "new", "mask"}
 
 
+def _sliced_kv_step(one_new: bool = False) -> onnx.ModelProto:
+    """`_kv_step` whose mask is cut to the keys' length first (GPT-2's causal mask is): a
+    mask longer than past + new runs, and only the declared `total` of the output says it
+    was not the total. `one_new`: one new token a step ([1, 1, 4])."""
+    model = _kv_step()
+    h = onnx.helper
+    cut = [
+        h.make_node("Shape", ["keys"], ["keys_shape"]),
+        h.make_node("Slice", ["keys_shape", "one", "two"], ["length"]),
+        h.make_node("Slice", ["mask", "zero", "length", "one"], ["mask_cut"]),
+    ]
+    model.graph.node[1].input[0] = "mask_cut"
+    for node in reversed(cut):
+        model.graph.node.insert(1, node)
+    model.graph.initializer.extend(
+        onnx.numpy_helper.from_array(np.asarray([v], np.int64), name)
+        for name, v in (("zero", 0), ("one", 1), ("two", 2))
+    )
+    if one_new:
+        model.graph.input[1].type.tensor_type.shape.dim[1].dim_value = 1
+    return model
+
+
+def test_sizes_whose_outputs_contradict_their_declared_dims_are_not_taken(
+    tmp_path: Path,
+) -> None:
+    """A decoder step that runs with a mask longer than past + new (it slices the mask)
+    returns y with past + new rows where it declares `total`. One new token a step: the
+    first sizes that run (past 128, total 224) contradict the model's own shapes, so the
+    probe takes the size the output gives (total 129) and rejects contradicting sizes from
+    then on; past and total range together, moved by one amount (129 does not halve). With
+    new as long as past, the first sizes agree; a past made shorter alone
+    under the same mask (which ran) is rejected too: the lengths range together, as for
+    `_kv_step`, instead of past 1..128 beside total 256..2048 (a GPT-2 export did)."""
+    c = _probed(_sliced_kv_step(one_new=True), tmp_path / "one")
+    assert c.dims["past"] == DimRange(min=1, opt=128, max=1024)
+    assert c.dims["total"] == DimRange(min=2, opt=129, max=1025)  # moved by one amount
+    note = c.dim_origins["total"].note
+    assert "output 'y' came back with 129 on axis 1, which it declares as input dim " in note
+    assert "'total', given 224" in note and "contradict the dims they declare" in note
+
+    c = _probed(_sliced_kv_step(), tmp_path / "many")
+    assert c.dims["past"] == DimRange(min=1, opt=128, max=1024)
+    assert c.dims["total"] == DimRange(min=2, opt=256, max=2048)
+    assert "contradict" not in c.dim_origins["total"].note
+
+
+def test_outputs_that_never_agree_with_their_declared_dims_leave_the_probe_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """An export that names a downsampled axis after its input's (y = x[:, ::2] declared
+    [1, 'n']) never agrees with it at any size: the probe keeps what ran."""
+    h = onnx.helper
+    graph = h.make_graph(
+        [h.make_node("Slice", ["x", "zero", "big", "one", "two"], ["y"])],
+        "strided",
+        [h.make_tensor_value_info("x", 1, [1, "n"])],
+        [h.make_tensor_value_info("y", 1, [1, "n"])],
+        [
+            onnx.numpy_helper.from_array(np.asarray([v], np.int64), name)
+            for name, v in (("zero", 0), ("big", 1 << 30), ("one", 1), ("two", 2))
+        ],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    c = _probed(model, tmp_path)
+    assert c.dims["n"].opt == 224
+    assert "contradict" not in c.dim_origins["n"].note
+
+
 def test_dims_no_size_fits_fail_in_one_line_naming_each_and_its_set(tmp_path: Path) -> None:
     model = _reshaped(  # [1, d, 2] into [1, 47]: no d fits, not even the stated 47
         {"x": [1, "p2o.DynamicDimension.1", 2], "y": [1, "seq", 2]}, {"x": [1, 47], "y": [1, 47]}

@@ -57,7 +57,7 @@ class NormalizeKind(Kind[NormalizeNode]):
     # no usual size fits is tried at the sizes the graph's shape constants state, and a
     # dilated SAME convolution at stride 1 gets explicit pads (ONNX Runtime refuses it), and
     # GatherElements/ScatterElements indices take their axis' size as a domain
-    version = "20"
+    version = "21"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
