@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
-from compiler.core.parity import OutputParity, compare_outputs, margin
+from compiler.core.parity import IndexScores, OutputParity, compare_outputs, margin
 from compiler.core.task import TaskMetric, TaskScore, load_callable, score_task, verdict
 from compiler.core.tolerance import DEFAULT_TOLERANCES, TaskSpec, Tolerance
 from passes.base import PassContext
@@ -225,6 +225,8 @@ class Gate:
         self.precision = precision  # the verdict's rule for this precision decides
         self.note = ""  # why the task is not scored, when the build names one
         self.data_sized: set[str] = set()  # outputs whose size depends on the data
+        # the reference's scores behind index outputs, per feed (as `references`), or None
+        self.scores: list[dict[str, IndexScores]] | None = None
 
     def judge(
         self, outputs: Sequence[Mapping[str, np.ndarray]], indices: Sequence[int] | None = None
@@ -232,7 +234,8 @@ class Gate:
         """The gate's verdict on outputs of `self.feeds` (of the feeds at `indices`)."""
         at = list(range(len(self.feeds))) if indices is None else list(indices)
         refs = [self.references[i] for i in at]
-        ok, per_output = compare_outputs(outputs, refs, self.tolerance, self.kinds)
+        scores = [self.scores[i] for i in at] if self.scores is not None else None
+        ok, per_output = compare_outputs(outputs, refs, self.tolerance, self.kinds, scores)
         margins = [margin(m) for m in per_output.values()]
         task = None
         if self.task is not None:
@@ -258,7 +261,8 @@ class Gate:
     def margin(self, outputs: Sequence[Mapping[str, np.ndarray]], references: Outputs) -> float:
         """The worst output's margin of `outputs` against `references` (>= 0: passes), for
         searches that need a metric per sample; the task is not scored here."""
-        _, per_output = compare_outputs(outputs, references, self.tolerance, self.kinds)
+        scores = self.scores if references is self.references else None
+        _, per_output = compare_outputs(outputs, references, self.tolerance, self.kinds, scores)
         return min(margin(m) for m in per_output.values())
 
 
@@ -405,6 +409,9 @@ def make_gates(
         else:
             feeds, labels = list(samples), list(given)
     references = gate_references(model, feeds, ctx.reference)
+    scores = None
+    if ctx.reference is not None and ctx.reference_scores is not None:
+        scores = ctx.reference_scores(feeds)
 
     def gate(at: slice) -> Gate:
         task = None
@@ -413,6 +420,7 @@ def make_gates(
         made = Gate(tolerance, feeds[at], references[at], kinds, task, precision)
         made.note = note
         made.data_sized = ctx.contract.data_sized_outputs()
+        made.scores = scores[at] if scores is not None else None
         return made
 
     if labels is None:

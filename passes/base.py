@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler.core.contract import Contract
 from compiler.core.errors import NotApplicable, PassError
+from compiler.core.feeds import Feeds
 from compiler.core.graphs import defined, float_weights, nodes, subgraphs, weights_precision
+from compiler.core.parity import IndexScores
 from compiler.core.quantized import quantized_ops
 from compiler.core.records import PassRecord
 from compiler.core.tolerance import Precision, TaskSpec, Tolerance
@@ -63,7 +65,8 @@ class PassContext:
     prefix. `calibration` returns sample feeds for calibration (user data when given, else
     generated from the contract); `calibration_source` says which ("user" or "generated").
     `reference` runs the normalized fp32 model on ONNX Runtime for given feeds, so
-    accuracy-aware passes can gate on the same reference the package reports against, with
+    accuracy-aware passes can gate on the same reference the package reports against (and
+    `reference_scores` gives the scores behind its index outputs, as the verdict reads), with
     the build's `tolerances` per precision and `output_tolerances` per output (parity.outputs)
     and each output's kind (`contract`). `task` is the build's task metric; `validation`
     returns the parity samples and `labels` their labels (None without labels), which an
@@ -79,6 +82,9 @@ class PassContext:
     calibration: Callable[[], list[dict[str, np.ndarray]]] = lambda: []
     calibration_source: str = "generated"
     reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    # the reference's scores behind index outputs for given feeds (compiler.core.parity
+    # IndexScores, per feed), None where the model has none or they do not fit
+    reference_scores: Callable[[Sequence[Feeds]], list[dict[str, IndexScores]] | None] | None = None
     tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
     output_tolerances: Mapping[str, Mapping[str, Tolerance]] = field(default_factory=dict)
     task: TaskSpec | None = None

@@ -168,8 +168,9 @@ class NncfPass(Pass[NncfConfig]):
     # 16: Casts of constants folded first (NNCF failed on them), the nodes sorted again
     # after (ORT's quantizer put an If before the If whose output its branch reads); 17:
     # attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py); 18:
-    # value_info sizes the model's own run contradicts are dropped first (ort_tools.py)
-    version = "18"
+    # value_info sizes the model's own run contradicts are dropped first (ort_tools.py); 19:
+    # the gate judges index outputs by decided agreement with the reference's scores
+    version = "19"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False

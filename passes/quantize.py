@@ -305,8 +305,9 @@ class QuantizePass(Pass[QuantizeConfig]):
     # 25: an opset newer than ONNX Runtime's quantization kernels is converted down to theirs;
     # 26: ONNX-domain Attention nodes (opset 23) are kept in float; 27: the gate lets the
     # reference's own NaN and infinities agree (parity.py); 28: nodes making or reading a
-    # tensor NaN in every calibration sample stay float (ort_quantizers.py finite_ranges)
-    version = "28"
+    # tensor NaN in every calibration sample stay float (ort_quantizers.py finite_ranges); 29:
+    # the gate judges index outputs by decided agreement with the reference's scores
+    version = "29"
     config_cls = QuantizeConfig
     target_dependent: ClassVar[bool] = True
     uses_calibration: ClassVar[bool] = True

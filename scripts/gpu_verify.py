@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's ba
 from compiler.core.feeds import Feeds, read_feeds_npz, read_labels  # noqa: E402
 from compiler.core.hashing import file_sha256  # noqa: E402
 from compiler.core.latency import measure_paired, summarize  # noqa: E402
-from compiler.core.parity import compare_outputs  # noqa: E402
+from compiler.core.parity import IndexScores, compare_outputs, read_scores  # noqa: E402
 from compiler.core.settings import TvmSettings, settings_from_json  # noqa: E402
 from compiler.core.task import score_task, verdict  # noqa: E402
 from compiler.core.tolerance import ParityPolicy  # noqa: E402
@@ -287,6 +287,7 @@ def _verify_artifact(
     labels: list[Any] | None,
     reference: _Reference,
     args: argparse.Namespace,
+    scores: list[dict[str, IndexScores]] | None = None,
 ) -> dict[str, Any]:
     runs, warmup = args.runs, args.warmup
     bad = [f["path"] for f in art["files"] if file_sha256(pkg / f["path"]) != f["sha256"]]
@@ -310,6 +311,7 @@ def _verify_artifact(
     if len(judged) < len(samples):
         samples, refs = [samples[i] for i in judged], [refs[i] for i in judged]
         labels = [labels[i] for i in judged] if labels is not None else None
+        scores = [scores[i] for i in judged] if scores is not None else None
     loaded = tvm_runtime.load(pkg / art["directory"], settings, names)
     try:
         outs = [loaded.run(feed) for feed in samples]
@@ -318,6 +320,7 @@ def _verify_artifact(
             refs,
             lambda name: policy.tolerance(art["precision"], name),
             {o["name"]: o.get("kind") for o in contract.get("outputs", [])},
+            scores,
         )
         task = score_task(policy.task, outs, refs, labels) if policy.task else None
         ok, basis = verdict(per_output, task, art["precision"], _data_sized(contract))
@@ -396,12 +399,13 @@ def verify(args: argparse.Namespace) -> int:
     samples = read_feeds_npz(pkg / "reference" / "inputs.npz")
     refs = read_feeds_npz(pkg / "reference" / "outputs.npz")
     labels = read_labels(pkg / "reference" / "labels.json") if policy.task else None
+    scores = read_scores(pkg / "reference")  # behind index outputs, where it has them
     reference = _reference(pkg)
     results = []
     for art in arts:
         try:
             results.append(
-                _verify_artifact(pkg, art, policy, samples, refs, labels, reference, args)
+                _verify_artifact(pkg, art, policy, samples, refs, labels, reference, args, scores)
             )
         except Exception as exc:  # record the failure; other artifacts still get verified
             reason = f"{type(exc).__name__}: {exc}"[:800]

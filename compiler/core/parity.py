@@ -35,6 +35,11 @@ The kind (the contract's: read off the graph, or set in the config) picks the me
   smaller over the larger). A gross check, the only one one draw allows: an artifact that
   zeroes, saturates or rescales the output fails; one that draws other numbers passes.
   Shapes may differ (a sampled duration). The model's other outputs are judged as usual.
+- index outputs (an ArgMax's class, a TopK's k best: compiler/pipeline/index_scores.py),
+  where the reference's scores behind them are given (IndexScores): decided agreement, a
+  flip counting only where the reference scores the artifact's pick more than `top1_tie` (in
+  probability) below its own, as decided top-1 does for class scores: a TopK's tail ranks,
+  all near zero, come in any order from any two kernels. Without scores, as integers.
 - integer and bool outputs: exact agreement; where one value is at least COMMON_SHARE of
   the reference's elements (a label map's background, a decoded sequence's blank, a mask's
   False) and a sample holds more than one, also over the elements where either side holds
@@ -83,6 +88,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,14 +105,20 @@ __all__ = [
     "SCORE_SHARE",
     "SHAPE_MISMATCH",
     "Check",
+    "IndexScores",
+    "SCORES_FILE",
     "OutputParity",
     "checks",
     "compare_outputs",
+    "index_agreement",
     "departure",
     "judge",
     "margin",
     "near_zero_scale",
     "output_metrics",
+    "pack_scores",
+    "read_scores",
+    "unpack_scores",
     "worst_output",
 ]
 
@@ -178,6 +190,7 @@ class Check:
             "top1_uncommon": f"decided top-1 agreement {self.value:.3f} < {self.bound} where "
             "a class other than the common one is picked",
             "agreement": f"exact agreement {self.value:.3f} < {self.bound}",
+            "agreement_decided": f"decided agreement {self.value:.3f} < {self.bound}",
             "agreement_uncommon": f"exact agreement {self.value:.3f} < {self.bound} where a "
             "value other than the common one is output",
             "channel_rel_l2": f"L2 error {self.value:.3g} per channel, each of its own scale, "
@@ -222,6 +235,8 @@ class OutputParity:
     # (each element one decision); None where top-1 is an argmax over classes
     threshold: float | None = None
     agreement: float | None = None  # integer outputs: fraction of equal elements
+    # index outputs with the reference's scores: fraction agreeing as decisions (docstring)
+    agreement_decided: float | None = None
     agreement_uncommon: float | None = None  # ... of those where either side is uncommon
     row_cosine_mean: float | None = None
     row_cosine_min: float | None = None
@@ -250,6 +265,73 @@ class OutputParity:
     checks: tuple[Check, ...] = ()
     passed: bool = False
     failures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IndexScores:
+    """The reference's scores behind an index output, for one sample (module docstring;
+    compiler/pipeline/index_scores.py makes them): `probs` [positions, classes] as
+    probabilities, the best the largest, and for each element of the output, flattened, the
+    row of `probs` it was picked from (`rows`)."""
+
+    probs: np.ndarray
+    rows: np.ndarray
+
+
+SCORES_FILE = "scores.npz"  # beside a reference's outputs.npz: IndexScores by output
+_ROWS = "#rows"
+
+
+def pack_scores(samples: Sequence[Mapping[str, IndexScores]]) -> list[dict[str, np.ndarray]]:
+    """IndexScores per sample as arrays (for compiler.core.feeds.write_feeds_npz)."""
+    return [
+        {k: v for name, sc in per.items() for k, v in ((name, sc.probs), (name + _ROWS, sc.rows))}
+        for per in samples
+    ]
+
+
+def unpack_scores(samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, IndexScores]]:
+    """`pack_scores` undone (arrays read from SCORES_FILE)."""
+    return [
+        {
+            name: IndexScores(probs=arrays[name], rows=arrays[name + _ROWS])
+            for name in arrays
+            if not name.endswith(_ROWS) and name + _ROWS in arrays
+        }
+        for arrays in samples
+    ]
+
+
+def read_scores(folder: Path) -> list[dict[str, IndexScores]] | None:
+    """The IndexScores a reference folder holds (SCORES_FILE), or None where it holds none."""
+    from compiler.core.feeds import read_feeds_npz
+
+    path = folder / SCORES_FILE
+    return unpack_scores(read_feeds_npz(path)) if path.is_file() else None
+
+
+def index_agreement(
+    outs: Sequence[np.ndarray],
+    refs: Sequence[np.ndarray],
+    scores: Sequence[IndexScores],
+    tie: float,
+) -> np.ndarray | None:
+    """Per element of every sample (flattened, in order), whether the artifact's pick agrees
+    with the reference's as a decision: the same, or scored by the reference no more than
+    `tie` below the reference's own pick. None where the scores do not fit the outputs."""
+    parts = []
+    for o, r, sc in zip(outs, refs, scores, strict=True):
+        got, ref = o.reshape(-1).astype(np.int64), r.reshape(-1).astype(np.int64)
+        classes = sc.probs.shape[1] if sc.probs.ndim == 2 else 0
+        if sc.rows.shape != ref.shape or not classes or ((ref < 0) | (ref >= classes)).any():
+            return None
+        if sc.rows.size and (sc.rows.min() < 0 or sc.rows.max() >= sc.probs.shape[0]):
+            return None
+        inside = (got >= 0) & (got < classes)
+        mine = sc.probs[sc.rows, ref].astype(np.float64)
+        theirs = np.where(inside, sc.probs[sc.rows, np.clip(got, 0, classes - 1)], -np.inf)
+        parts.append((got == ref) | (theirs >= mine - tie))
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
 def _rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -464,9 +546,11 @@ def output_metrics(
     refs: Sequence[np.ndarray],
     kind: str | None = None,
     tolerance: Tolerance | None = None,
+    scores: Sequence[IndexScores] | None = None,
 ) -> OutputParity:
     """Metrics over several samples of one output; not yet judged. `tolerance` sets the
-    top-1 tie and the near-zero floor of embedding rows (defaults: 0.01, none)."""
+    top-1 tie and the near-zero floor of embedding rows (defaults: 0.01, none); `scores`,
+    per sample, the reference's scores behind an index output (IndexScores)."""
     o_list, r_list = [np.asarray(o) for o in outs], [np.asarray(x) for x in refs]
     if kind == "sampled":
         return _sampled_metrics(o_list, r_list)
@@ -479,7 +563,8 @@ def output_metrics(
             finite=False,
         )
     if not r_list or r_list[0].dtype.kind not in "fc":
-        return _integer_metrics(o_list, r_list, kind)
+        tie = tolerance.top1_tie if tolerance else 0.01
+        return _integer_metrics(o_list, r_list, kind, scores, tie)
     o64 = [o.astype(np.float64) for o in o_list]
     r64 = [x.astype(np.float64) for x in r_list]
     a = np.concatenate([o.ravel() for o in o64])
@@ -579,21 +664,32 @@ def _sampled_metrics(outs: list[np.ndarray], refs: list[np.ndarray]) -> OutputPa
 
 
 def _integer_metrics(
-    outs: list[np.ndarray], refs: list[np.ndarray], kind: str | None
+    outs: list[np.ndarray],
+    refs: list[np.ndarray],
+    kind: str | None,
+    scores: Sequence[IndexScores] | None = None,
+    tie: float = 0.01,
 ) -> OutputParity:
     a = np.concatenate([o.ravel() for o in outs]) if outs else np.zeros(0)
     r = np.concatenate([x.ravel() for x in refs]) if refs else np.zeros(0)
     diff = np.abs(a.astype(np.float64) - r.astype(np.float64))
+    agree = a == r
+    decided = None
+    if scores is not None and len(scores) == len(refs):
+        decided = index_agreement(outs, refs, scores, tie)
+    if decided is not None:
+        agree = decided
     return OutputParity(
         kind=kind or "other",
         max_abs_err=float(diff.max()) if diff.size else 0.0,
         mean_abs_err=float(diff.mean()) if diff.size else 0.0,
         ref_max_abs=float(np.abs(r.astype(np.float64)).max()) if r.size else 0.0,
         agreement=float((a == r).mean()) if r.size else 1.0,
+        agreement_decided=None if decided is None else float(decided.mean()) if r.size else 1.0,
         cosine=_cosine(a.astype(np.float64), r.astype(np.float64)),
         rows=int(r.size),  # agreement is over every element
         **(
-            _uncommon(r, a, a == r, "agreement_uncommon")
+            _uncommon(r, a, agree, "agreement_uncommon")
             if refs and min(x.size for x in refs) >= 2
             else {}
         ),
@@ -622,11 +718,19 @@ def checks(m: OutputParity, tol: Tolerance) -> tuple[Check, ...]:
         )
     if m.agreement is not None:
         whole = Check("agreement", m.agreement, tol.min_top1, at_least=True)
+        decided = ""
+        if m.agreement_decided is not None:
+            decided = (
+                f"flips between picks the reference scores within {tol.top1_tie} of each "
+                "other (in probability) not counted"
+            )
+            whole = Check("agreement_decided", m.agreement_decided, tol.min_top1, True, decided)
         if m.agreement_uncommon is None:
             return (whole,)
         note = (
             f"over the {m.uncommon_rows} elements where the reference or the artifact holds a "
             f"value other than {m.common_class}, {m.common_share or 0:.0%} of the reference's"
+            + (f"; {decided}" if decided else "")
         )
         return whole, Check("agreement_uncommon", m.agreement_uncommon, tol.min_top1, True, note)
     floor = near_zero_scale(tol)
@@ -717,14 +821,23 @@ def compare_outputs(
     references: Outputs,
     tolerance: Callable[[str], Tolerance],
     kinds: Mapping[str, str | None] | None = None,
+    scores: Sequence[Mapping[str, IndexScores]] | None = None,
 ) -> tuple[bool, dict[str, OutputParity]]:
     """Per-output metrics and verdicts over all samples: `tolerance(name)` gives the bounds,
-    `kinds` (the contract's, by output name) what each output means."""
+    `kinds` (the contract's, by output name) what each output means, `scores` (per sample,
+    as the references) the reference's scores behind index outputs."""
     per_output: dict[str, OutputParity] = {}
     for name in references[0]:
         tol = tolerance(name)
         kind = (kinds or {}).get(name)
-        m = output_metrics([o[name] for o in outputs], [r[name] for r in references], kind, tol)
+        given = (
+            [s[name] for s in scores]
+            if scores and len(scores) == len(references) and all(name in s for s in scores)
+            else None
+        )
+        m = output_metrics(
+            [o[name] for o in outputs], [r[name] for r in references], kind, tol, given
+        )
         why = judge(m, tol)
         per_output[name] = replace(
             m,
@@ -746,8 +859,9 @@ def departure(m: OutputParity) -> str:
     if not m.finite:
         return _nonfinite_text(m)
     if m.agreement is not None:
-        low = m.agreement < GROSS_FLOOR
-        return f"only {m.agreement:.3f} of its elements agree (< {GROSS_FLOOR})" if low else ""
+        value = m.agreement if m.agreement_decided is None else m.agreement_decided
+        low = value < GROSS_FLOOR
+        return f"only {value:.3f} of its elements agree (< {GROSS_FLOOR})" if low else ""
     scaled = m.tolerance is None or _is_probability(m) or m.ref_rms > near_zero_scale(m.tolerance)
     if scaled and m.cosine < GROSS_FLOOR:
         return f"cosine {m.cosine:.3f} to the reference (< {GROSS_FLOOR})"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,14 @@ from compiler.core.errors import short_message
 from compiler.core.feeds import Feeds
 from compiler.core.host import HostInfo, Requirements
 from compiler.core.isa import int8_fit
-from compiler.core.parity import SHAPE_MISMATCH, Check, OutputParity, compare_outputs, judge
+from compiler.core.parity import (
+    SHAPE_MISMATCH,
+    Check,
+    IndexScores,
+    OutputParity,
+    compare_outputs,
+    judge,
+)
 from compiler.core.policies import LatencyPolicy
 from compiler.core.records import (
     GENERATED_DATA,
@@ -76,12 +83,14 @@ def judge_outputs(
     precision: str,
     parity: ParityPolicy,
     labels: Sequence[Any] | None = None,
+    scores: Sequence[Mapping[str, IndexScores]] | None = None,
 ) -> ParityRecord:
     """The parity record of an artifact's outputs: each output judged by its kind's metrics
-    and the precision's tolerance, and the task metric when the policy has one."""
+    and the precision's tolerance, and the task metric when the policy has one. `scores`:
+    the reference's scores behind index outputs (the reference folder's SCORES_FILE)."""
     kinds = {o.name: o.kind for o in contract.outputs}
     _, per_output = compare_outputs(
-        outs, ref_outputs, lambda name: parity.tolerance(precision, name), kinds
+        outs, ref_outputs, lambda name: parity.tolerance(precision, name), kinds, scores
     )
     if parity.task is None:
         for name in contract.data_sized_outputs() & set(per_output):
@@ -142,6 +151,7 @@ def verify_artifact(
     measure_latency: bool = True,
     labels: Sequence[Any] | None = None,
     serve: ServeMeasures | None = None,
+    scores: Sequence[Mapping[str, IndexScores]] | None = None,
 ) -> VerifyOutput:
     """Parity (and, natively, latency) of one artifact; `labels` (one per sample) let the
     policy's task metric score it; `serve`: the runtime-settings sweep and the batch sizes
@@ -190,7 +200,7 @@ def verify_artifact(
             # each run's background work done before the next (OpenVINO's compile for a shape
             # seen twice): which samples run on it does not depend on how fast it compiled
             outs = [_run_synced(runner, feed) for feed in inputs]
-            record = judge_outputs(outs, ref_outputs, contract, precision, parity, labels)
+            record = judge_outputs(outs, ref_outputs, contract, precision, parity, labels, scores)
             note = "; ".join(n for n in (note, _saturation_note(requirements, host)) if n)
             record = record.model_copy(update={"mode": mode, "note": note, "host": on})
             timing = None
@@ -335,7 +345,13 @@ def unverified_on_generated(
 
 
 # the class-output checks whose bound is a rate over rows
-RATE_CHECKS = ("top1_decided", "top1_uncommon", "agreement", "agreement_uncommon")
+RATE_CHECKS = (
+    "top1_decided",
+    "top1_uncommon",
+    "agreement",
+    "agreement_decided",
+    "agreement_uncommon",
+)
 
 
 def _rows_needed(bound: float) -> int:

@@ -7,6 +7,7 @@ Layout:
     reference/inputs.npz, outputs.npz     sample inputs and fp32 reference outputs
     reference/model.onnx                  the normalized fp32 model (optional)
     reference/labels.json                 the samples' labels, when the user gave them
+    reference/scores.npz                  the scores behind index outputs (core/parity.py)
     reports/parity.json, latency.json, report.md
 
 Every file is listed in the manifest with its sha256 (reports by `write.finish_package`).
@@ -26,6 +27,7 @@ from compiler.core.errors import PackageError
 from compiler.core.feeds import read_npz, write_npz
 from compiler.core.git import head_commit
 from compiler.core.hashing import file_sha256
+from compiler.core.parity import SCORES_FILE
 from compiler.core.records import (
     ArtifactMeasurements,
     CompileOutput,
@@ -87,6 +89,8 @@ def _copy_reference(
     # the outputs are not (0.9x), and are copied as they are
     write_npz(staging / "reference" / "inputs.npz", read_npz(data / "samples.npz"), compress=True)
     shutil.copyfile(reference / "outputs.npz", staging / "reference" / "outputs.npz")
+    if (reference / SCORES_FILE).is_file():  # the scores behind index outputs (parity.py)
+        shutil.copyfile(reference / SCORES_FILE, staging / "reference" / SCORES_FILE)
     if (data / LABELS_FILE).is_file():  # the task metric's labels, one per sample
         shutil.copyfile(data / LABELS_FILE, staging / "reference" / LABELS_FILE)
     if with_model:

@@ -18,6 +18,7 @@ import numpy as np
 
 from compiler.core.errors import IntegrityError, PackageError
 from compiler.core.feeds import read_feeds_npz, read_labels
+from compiler.core.parity import IndexScores, read_scores
 from compiler.core.records import EmulationInfo, MeasuredOn, ParityRecord
 from compiler.measure.emulation import (
     ArtifactJob,
@@ -79,6 +80,7 @@ def verify_emulated(
         inputs = read_feeds_npz(reference / "inputs.npz")
         refs = read_feeds_npz(reference / "outputs.npz")
         labels = read_labels(reference / "labels.json") if m.policy.parity.task else None
+        scores = read_scores(reference)
         for a in chosen:
             refusal = native_refusal(a, signatures, policy)
             if refusal:
@@ -101,7 +103,7 @@ def verify_emulated(
             precision[a.id] = a.precision
         results = run_emulated(env, jobs, inputs, cpu=cpu, threads=threads) if jobs else []
     for res in results:
-        record = _record(precision[res.id], res, refs, labels, m, env, cpu)
+        record = _record(precision[res.id], res, refs, labels, m, env, cpu, scores)
         rows.append(EmulatedRow(res.id, record))
     if write:
         for row in rows:
@@ -119,6 +121,7 @@ def _record(
     m: Manifest,
     env: EmulationEnv,
     cpu: str,
+    scores: list[dict[str, IndexScores]] | None = None,
 ) -> ParityRecord:
     assert res.host is not None
     on = MeasuredOn(**res.host.model_dump(), measured_at=now_utc())
@@ -145,7 +148,9 @@ def _record(
         )
     assert res.outputs is not None
     # the same verdict as a native check: outputs by kind, and the task where labels ship
-    judged = judge_outputs(res.outputs, refs, m.contract, precision, m.policy.parity, labels)
+    judged = judge_outputs(
+        res.outputs, refs, m.contract, precision, m.policy.parity, labels, scores
+    )
     return judged.model_copy(
         update={
             "mode": "emulated",

@@ -28,6 +28,7 @@ from compiler.core.errors import ConfigError, IntegrityError, PackageError, shor
 from compiler.core.feeds import read_feeds_npz, read_labels
 from compiler.core.host import INTERESTING_FLAGS, HostInfo, probe_host
 from compiler.core.latency import LatencyStats, SpeedupInterval
+from compiler.core.parity import read_scores
 from compiler.core.records import (
     LatencyRecord,
     MeasuredOn,
@@ -249,6 +250,7 @@ def _check(
             measure_latency=measure_latency,
             # the task metric judges here as at build (a lossy artifact it decided there)
             labels=read_labels(reference / "labels.json") if m.policy.parity.task else None,
+            scores=read_scores(reference),
         )
     out = _as_the_build_rules(m, a, out, judged)
     recorded = _recorded_parity(m, a.id, out.parity.mode)

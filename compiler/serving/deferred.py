@@ -20,7 +20,7 @@ import numpy as np
 
 from compiler.core.errors import short_message
 from compiler.core.feeds import Feeds, read_feeds_npz
-from compiler.core.parity import compare_outputs, judge
+from compiler.core.parity import IndexScores, compare_outputs, judge, read_scores
 from compiler.serving.manifest import Manifest
 from compiler.serving.selection import REFERENCE, Candidate
 from targets.runner import Runner, SwitchingRunner
@@ -59,20 +59,23 @@ class ParityGate:
     def __init__(self, root: Path, manifest: Manifest, artifact: str) -> None:
         self.root, self.manifest, self.artifact = root, manifest, artifact
 
-    def _reference(self) -> tuple[list[Feeds], list[Feeds]] | None:
+    def _reference(
+        self,
+    ) -> tuple[list[Feeds], list[Feeds], list[dict[str, IndexScores]] | None] | None:
         paths = {f.path for f in self.manifest.reference.files}
         if not {"reference/inputs.npz", "reference/outputs.npz"} <= paths:
             return None
         inputs = read_feeds_npz(self.root / "reference" / "inputs.npz")[:MAX_SAMPLES]
         outputs = read_feeds_npz(self.root / "reference" / "outputs.npz")[:MAX_SAMPLES]
-        return inputs, outputs
+        scores = read_scores(self.root / "reference")
+        return inputs, outputs, scores[:MAX_SAMPLES] if scores is not None else None
 
     def check(self, runner: Runner) -> str:
         """'' when `runner` passes parity on the package's reference samples; else why not."""
         ref = self._reference()
         if ref is None:
             return "the package has no reference inputs and outputs to check the engine against"
-        inputs, expected = ref
+        inputs, expected, scores = ref
         a = self.manifest.artifact(self.artifact)
         kinds = {o.name: o.kind for o in self.manifest.contract.outputs}
         policy = self.manifest.policy.parity
@@ -81,7 +84,11 @@ class ParityGate:
         except Exception as exc:  # noqa: BLE001 - an engine that cannot run fails the gate
             return f"the engine failed on the reference samples: {short_message(exc, 200)}"
         ok, per_output = compare_outputs(
-            [dict(o) for o in outs], expected, lambda n: policy.tolerance(a.precision, n), kinds
+            [dict(o) for o in outs],
+            expected,
+            lambda n: policy.tolerance(a.precision, n),
+            kinds,
+            scores,
         )
         if ok:
             return ""

@@ -23,6 +23,7 @@ from typing import Literal
 from compiler.core.contract import Contract
 from compiler.core.errors import IntegrityError, NoCompatibleArtifact, PackageError, short_message
 from compiler.core.host import HostInfo, probe_host
+from compiler.core.parity import SCORES_FILE
 from compiler.core.records import tuned_runtime
 from compiler.serving.archive import extract_package, is_archive
 from compiler.serving.deferred import DeferredSwitch, ParityGate, order_deferred
@@ -42,7 +43,7 @@ log = logging.getLogger("compile_pkg.loader")
 IntegrityMode = Literal["strict", "fallback"]
 # the reference's sample data (compiler/packaging/assemble.py), which serving its model
 # does not need
-_DATA = frozenset({"inputs.npz", "outputs.npz", "labels.json"})
+_DATA = frozenset({"inputs.npz", "outputs.npz", "labels.json", SCORES_FILE})
 
 
 def _open_source(path: Path, workdir: Path | None) -> tuple[Path, Path | None]:

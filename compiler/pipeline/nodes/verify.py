@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compiler.core.feeds import read_feeds_npz
+from compiler.core.parity import read_scores
 from compiler.core.records import (
     CompileOutput,
     DataOutput,
@@ -63,8 +64,9 @@ class VerifyKind(Kind[VerifyNode]):
     # warm-up, not by it (a warm-up that held a compile made 3-run blocks); 26: an artifact
     # this host cannot run says "cannot run on the build host (...)", not "here": serving
     # hosts read the record; 27: the reference's own NaN and infinities agree where the
-    # artifact holds them (parity.py)
-    version = "27"
+    # artifact holds them (parity.py); 28: index outputs are judged by decided agreement
+    # with the reference's scores (reference.py writes them)
+    version = "28"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
@@ -100,6 +102,7 @@ class VerifyKind(Kind[VerifyNode]):
             contract=ctx.contract(node.normalize),
             inputs=ctx.feeds(node.data, "samples"),
             ref_outputs=read_feeds_npz(ctx.out_dir(node.reference) / "outputs.npz"),
+            scores=read_scores(ctx.out_dir(node.reference)),
             ref_model=ctx.model_path(node.normalize),
             parity=policy.parity,
             latency=policy.latency,
