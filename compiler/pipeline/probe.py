@@ -43,7 +43,7 @@ import itertools
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -391,16 +391,13 @@ def _reaching(r: DimRange, sizes: Sequence[int], note: str) -> tuple[DimRange, s
     return DimRange(min=low, opt=size, max=high, step=step), head + rest + widened
 
 
-def _together(
-    prober: _Prober, found: Mapping[str, int], group: Sequence[str], down: bool
+def _furthest(
+    prober: _Prober, found: Mapping[str, int], steps: Iterable[dict[str, int]]
 ) -> dict[str, int]:
-    """The furthest sizes, every dim of `group` scaled by one power of two (exactly, so sums
-    and equalities between them hold), that the reference accepts; {} where none is."""
+    """The last of `steps` (sizes of some dims, each further from `found`) the reference
+    accepts before the first it rejects; {} where it rejects the first."""
     best: dict[str, int] = {}
-    for k in range(1, 11) if down else range(1, MAX_FACTOR.bit_length()):
-        if down and any(found[d] % 2**k for d in group):
-            break
-        sizes = {d: found[d] // 2**k if down else found[d] * 2**k for d in group}
+    for sizes in steps:
         try:
             if not prober.accepts({**found, **sizes}):
                 break
@@ -408,6 +405,21 @@ def _together(
             break
         best = sizes
     return best
+
+
+def _together(
+    prober: _Prober, found: Mapping[str, int], group: Sequence[str], down: bool
+) -> dict[str, int]:
+    """The furthest sizes, every dim of `group` scaled by one power of two (exactly, so sums
+    and equalities between them hold), that the reference accepts; {} where none is."""
+
+    def steps() -> Iterator[dict[str, int]]:
+        for k in range(1, 11) if down else range(1, MAX_FACTOR.bit_length()):
+            if down and any(found[d] % 2**k for d in group):
+                return
+            yield {d: found[d] // 2**k if down else found[d] * 2**k for d in group}
+
+    return _furthest(prober, found, steps())
 
 
 def _shifted(
@@ -420,18 +432,10 @@ def _shifted(
     least = min(found[d] for d in group)
     if down:
         targets = [*sorted((c for c in CANDIDATES if 1 < c < least), reverse=True), 1]
+        targets = targets if least > 1 else []
     else:
         targets = [least * 2**k for k in range(1, MAX_FACTOR.bit_length())]
-    best: dict[str, int] = {}
-    for target in targets if least > 1 or not down else []:
-        sizes = {d: found[d] + target - least for d in group}
-        try:
-            if not prober.accepts({**found, **sizes}):
-                break
-        except _Spent:
-            break
-        best = sizes
-    return best
+    return _furthest(prober, found, ({d: found[d] + t - least for d in group} for t in targets))
 
 
 def _coupled(
