@@ -88,7 +88,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,7 +116,6 @@ __all__ = [
     "near_zero_scale",
     "output_metrics",
     "pack_scores",
-    "read_scores",
     "unpack_scores",
     "worst_output",
 ]
@@ -300,14 +298,6 @@ def unpack_scores(samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str,
         }
         for arrays in samples
     ]
-
-
-def read_scores(folder: Path) -> list[dict[str, IndexScores]] | None:
-    """The IndexScores a reference folder holds (SCORES_FILE), or None where it holds none."""
-    from compiler.core.feeds import read_feeds_npz
-
-    path = folder / SCORES_FILE
-    return unpack_scores(read_feeds_npz(path)) if path.is_file() else None
 
 
 def index_agreement(

@@ -8,8 +8,9 @@ where the reference separates the two picks by more than `top1_tie` (compiler/co
 
 An output is an index output when it is a TopK's indices or an ArgMax/ArgMin's output, seen
 through ops that keep its elements' order (Identity, Cast, Reshape, Squeeze, Unsqueeze,
-Flatten), in the main graph. The scores tensor is the op's input. For each index output the
-reference node writes, per sample, the scores as probabilities (`as_probabilities`)
+Flatten), in the main graph. The scores tensor is the op's input. Normalize writes the model
+returning those scores too (`write_scores_model`), and for each index output the reference
+node writes, per sample, the scores as probabilities (`as_probabilities`)
 arranged [positions, classes], and for each element of the output the row it was picked
 from (compiler.core.parity.IndexScores, in SCORES_FILE beside the reference's outputs).
 Where they would hold more than MAX_ELEMENTS values over the samples (a segmentation map's
@@ -18,14 +19,18 @@ per-pixel classes), none are kept and exact agreement judges the output.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from compiler.core.feeds import Feeds
 from compiler.core.parity import IndexScores
+from targets.onnxruntime.backend import reference_session
 
 __all__ = [
     "MAX_ELEMENTS",
@@ -35,10 +40,14 @@ __all__ = [
     "index_sources",
     "reference_scores",
     "scores_model",
+    "scores_of",
+    "write_scores_model",
 ]
 
 # scores kept over all samples, at most (float32: 16 MiB)
 MAX_ELEMENTS = 1 << 22
+SCORES_MODEL = "scores.onnx"  # normalize's model returning the scores too
+SOURCES_FILE = "index_outputs.json"
 _ORDER_KEEPING = frozenset({"Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 _INTEGER = frozenset(
     {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
@@ -90,6 +99,37 @@ def index_sources(model: onnx.ModelProto) -> dict[str, IndexSource]:
                 )
             break
     return found
+
+
+def write_scores_model(model: onnx.ModelProto, folder: Path) -> None:
+    """Where `model` has index outputs and no external data: SCORES_MODEL (`scores_model`)
+    and SOURCES_FILE (where each output's picks come from) in `folder` (normalize's output,
+    beside the model); nothing otherwise (a copy of a model over 2 GB is another 2 GB)."""
+    sources = index_sources(model)
+    if not sources or any(
+        init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer
+    ):
+        return
+    (folder / SCORES_MODEL).write_bytes(scores_model(model, sources).SerializeToString())
+    doc = {name: dataclasses.asdict(source) for name, source in sorted(sources.items())}
+    (folder / SOURCES_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True))
+
+
+def scores_of(
+    folder: Path, output_names: Sequence[str], feeds: Sequence[Feeds]
+) -> list[dict[str, IndexScores]] | None:
+    """The reference's IndexScores of `feeds` from the scores model normalize wrote in
+    `folder` (`write_scores_model`); None where it wrote none, where they do not fit, or where
+    ONNX Runtime cannot run it (exact agreement judges then: never a failed build)."""
+    if not (folder / SOURCES_FILE).is_file():
+        return None
+    doc = json.loads((folder / SOURCES_FILE).read_text())
+    sources = {name: IndexSource(**fields) for name, fields in doc.items()}
+    try:
+        session = reference_session(folder / SCORES_MODEL)
+        return reference_scores(session, output_names, sources, feeds)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
 
 
 def scores_model(model: onnx.ModelProto, sources: Mapping[str, IndexSource]) -> onnx.ModelProto:

@@ -16,6 +16,7 @@ from compiler.core.records import NormalizeOutput, NormalizeRecord
 from compiler.pipeline.data import resolve_domains
 from compiler.pipeline.domains import infer_domains
 from compiler.pipeline.graph import NormalizeNode
+from compiler.pipeline.index_scores import write_scores_model
 from compiler.pipeline.interface import as_returned, extract_contract
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
@@ -57,7 +58,7 @@ class NormalizeKind(Kind[NormalizeNode]):
     # no usual size fits is tried at the sizes the graph's shape constants state, and a
     # dilated SAME convolution at stride 1 gets explicit pads (ONNX Runtime refuses it), and
     # GatherElements/ScatterElements indices take their axis' size as a domain
-    version = "21"
+    version = "22"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
@@ -97,6 +98,7 @@ class NormalizeKind(Kind[NormalizeNode]):
             contract, record["output_shapes_corrected"] = as_returned(model, contract, returned)
             save_model(model, out)
         contract = with_output_kinds(contract, model, cfg.parity.kinds)
+        write_scores_model(model, out)  # where outputs are indices: the reference's scores
         ctx.hold(node.id, model, out)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         return NormalizeOutput(

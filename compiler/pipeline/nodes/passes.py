@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from compiler.core.feeds import Feeds
 from compiler.core.parity import IndexScores
@@ -19,8 +18,7 @@ from compiler.core.targets import TARGET_ARCH
 from compiler.core.task import TASK_RULE, metric_digest
 from compiler.core.tolerance import Tolerance
 from compiler.pipeline.graph import PassNode
-from compiler.pipeline.index_scores import index_sources, scores_model
-from compiler.pipeline.index_scores import reference_scores as reference_scores_of
+from compiler.pipeline.index_scores import scores_of
 from compiler.pipeline.nodes.base import KeyMaterial, Kind
 from compiler.pipeline.nodes.context import NodeContext
 from compiler.pipeline.normalize import save_model
@@ -105,20 +103,7 @@ def pass_context(
         return dict(zip(names, session[0].run(names, feeds), strict=True))  # type: ignore[attr-defined]
 
     def reference_scores(feeds: Sequence[Feeds]) -> list[dict[str, IndexScores]] | None:
-        model = onnx.load(ref_model, load_external_data=False)
-        sources = index_sources(model)
-        if not sources or any(
-            init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer
-        ):
-            return None
-        path = scratch / "reference-scores.onnx"
-        path.write_bytes(scores_model(model, sources).SerializeToString())
-        try:
-            return reference_scores_of(reference_session(path), names, sources, feeds)
-        except Exception:  # noqa: BLE001 - as the reference node: exact agreement then
-            return None
-        finally:
-            path.unlink()
+        return scores_of(ctx.out_dir(normalize), names, feeds)
 
     policy = ctx.config.parity.policy()
     tolerances: dict[str, Tolerance] = dict(policy.tolerances)
