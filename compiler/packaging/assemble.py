@@ -43,6 +43,7 @@ from compiler.measure.verify import now_utc
 from compiler.packaging.write import library_versions
 from compiler.pipeline.config import BuildConfig
 from compiler.pipeline.graph import ArtifactNodes, BuildGraph
+from compiler.pipeline.index_scores import SCORES_MODEL, SOURCES_FILE
 from compiler.pipeline.normalize import MODEL_FILE
 from compiler.pipeline.userdata import LABELS_FILE
 from compiler.serving.manifest import (
@@ -95,7 +96,8 @@ def _copy_reference(
         shutil.copyfile(data / LABELS_FILE, staging / "reference" / LABELS_FILE)
     if with_model:
         for f in sorted(normalized.iterdir()):
-            shutil.copyfile(f, staging / "reference" / f.name)
+            if f.name not in (SCORES_MODEL, SOURCES_FILE):  # the build's own: scores.npz is made
+                shutil.copyfile(f, staging / "reference" / f.name)
 
 
 def _failed_cause(g: BuildGraph, results: Mapping[str, NodeResult], nid: str) -> str:

@@ -154,6 +154,8 @@ def test_a_package_carries_the_scores_and_verify_judges_by_them(tmp_path: Path) 
     built = build(model, tmp_path / "pkg", None, targets=("cpu",))
     scores = read_scores(built.package / "reference")
     assert scores is not None and set(scores[0]) == {"top", "label"}
+    shipped = {p.name for p in (built.package / "reference").iterdir()}
+    assert shipped == {"inputs.npz", "outputs.npz", "scores.npz", "model.onnx"}
     record = built.manifest.measured("cpu/ort-fp32").parity[-1]
     assert record.outputs["top"].agreement_decided == 1.0
     assert record.outputs["label"].agreement_decided == 1.0
