@@ -49,11 +49,10 @@ from compiler.core.feeds import (  # noqa: E402
     Feeds,
     read_feeds_npz,
     read_labels,
-    read_scores,  # noqa: E402
 )
 from compiler.core.hashing import file_sha256  # noqa: E402
 from compiler.core.latency import measure_paired, summarize  # noqa: E402
-from compiler.core.parity import IndexScores, compare_outputs  # noqa: E402
+from compiler.core.parity import IndexScores, compare_outputs, read_scores  # noqa: E402
 from compiler.core.settings import TvmSettings, settings_from_json  # noqa: E402
 from compiler.core.task import score_task, verdict  # noqa: E402
 from compiler.core.tolerance import ParityPolicy  # noqa: E402

@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 
 from compiler.core.errors import ConfigError
-from compiler.core.parity import SCORES_FILE, IndexScores, unpack_scores
 
 __all__ = [
-    "read_scores",
     "Feeds",
     "feeds_digest",
     "pack_feeds",
@@ -111,10 +109,3 @@ def feeds_digest(feeds: Sequence[Mapping[str, np.ndarray]]) -> str:
             h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
             h.update(a.tobytes())
     return h.hexdigest()
-
-
-def read_scores(folder: Path) -> list[dict[str, IndexScores]] | None:
-    """The IndexScores a reference folder holds (SCORES_FILE: the scores behind index
-    outputs, compiler/core/parity.py), or None where it holds none."""
-    path = folder / SCORES_FILE
-    return unpack_scores(read_feeds_npz(path)) if path.is_file() else None

@@ -1,6 +1,7 @@
 """Parity of an artifact's outputs against the reference outputs, judged by what each output
 means: the one implementation the build, `compile-pkg verify`, the emulated aarch64 check and
-the GPU verification script use. Standard library and numpy only.
+the GPU verification script use. Standard library and numpy only (and the feeds reader, for
+the reference's scores file).
 
 The kind (the contract's: read off the graph, or set in the config) picks the metrics:
 - class_scores, probabilities over classes, logits_sequence (one distribution per step):
@@ -88,10 +89,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from compiler.core.feeds import read_feeds_npz
 from compiler.core.tolerance import Tolerance
 
 __all__ = [
@@ -116,6 +119,7 @@ __all__ = [
     "near_zero_scale",
     "output_metrics",
     "pack_scores",
+    "read_scores",
     "unpack_scores",
     "worst_output",
 ]
@@ -298,6 +302,12 @@ def unpack_scores(samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str,
         }
         for arrays in samples
     ]
+
+
+def read_scores(folder: Path) -> list[dict[str, IndexScores]] | None:
+    """The IndexScores a reference folder holds (SCORES_FILE), or None where it holds none."""
+    path = folder / SCORES_FILE
+    return unpack_scores(read_feeds_npz(path)) if path.is_file() else None
 
 
 def index_agreement(

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from compiler.core.errors import IntegrityError, PackageError
-from compiler.core.feeds import read_feeds_npz, read_labels, read_scores
-from compiler.core.parity import IndexScores
+from compiler.core.feeds import read_feeds_npz, read_labels
+from compiler.core.parity import IndexScores, read_scores
 from compiler.core.records import EmulationInfo, MeasuredOn, ParityRecord
 from compiler.measure.emulation import (
     ArtifactJob,

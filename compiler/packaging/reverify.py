@@ -25,9 +25,10 @@ import onnx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compiler.core.errors import ConfigError, IntegrityError, PackageError, short_message
-from compiler.core.feeds import read_feeds_npz, read_labels, read_scores
+from compiler.core.feeds import read_feeds_npz, read_labels
 from compiler.core.host import INTERESTING_FLAGS, HostInfo, probe_host
 from compiler.core.latency import LatencyStats, SpeedupInterval
+from compiler.core.parity import read_scores
 from compiler.core.records import (
     LatencyRecord,
     MeasuredOn,

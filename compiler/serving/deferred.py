@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from compiler.core.errors import short_message
-from compiler.core.feeds import Feeds, read_feeds_npz, read_scores
-from compiler.core.parity import IndexScores, compare_outputs, judge
+from compiler.core.feeds import Feeds, read_feeds_npz
+from compiler.core.parity import IndexScores, compare_outputs, judge, read_scores
 from compiler.serving.manifest import Manifest
 from compiler.serving.selection import REFERENCE, Candidate
 from targets.runner import Runner, SwitchingRunner

@@ -13,13 +13,13 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.core.feeds import read_scores
 from compiler.core.parity import (
     GROSS_FLOOR,
     IndexScores,
     compare_outputs,
     departure,
     pack_scores,
+    read_scores,
     unpack_scores,
 )
 from compiler.core.tolerance import DEFAULT_TOLERANCES

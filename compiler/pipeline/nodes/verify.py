@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compiler.core.feeds import read_feeds_npz, read_scores
+from compiler.core.feeds import read_feeds_npz
+from compiler.core.parity import read_scores
 from compiler.core.records import (
     CompileOutput,
     DataOutput,
