@@ -33,7 +33,7 @@ from compiler.packaging.output import check_output
 from compiler.packaging.rows import artifact_rows
 from compiler.pipeline.config import BuildConfig, ExecutorConfig, load_config
 from compiler.pipeline.executors.base import Executor
-from compiler.pipeline.executors.ray_executor import RayExecutor, connect
+from compiler.pipeline.executors.ray_executor import RayExecutor, connect, disconnect
 from compiler.pipeline.executors.registry import make_executor as registry_executor
 from compiler.pipeline.graph import build_graph
 from compiler.pipeline.normalize import Source
@@ -329,11 +329,16 @@ def build_portfolio(
         return [
             _build_one(p, make(config), cache_dir, use_cache, on_event) for p in portfolio.models
         ]
-    connect(config.address, config.workers)  # once, before the threads: its error is one line
-    at_once = max(1, min(len(portfolio.models), RayExecutor(config).slots))
-    with ThreadPoolExecutor(at_once, thread_name_prefix="compile-pkg build") as pool:
-        futures = [
-            pool.submit(_build_one, p, make(config), cache_dir, use_cache, on_event)
-            for p in portfolio.models
-        ]
-        return [f.result() for f in futures]
+    # once, before the threads (its error is one line), and ended after them
+    connected = connect(config.address, config.workers)
+    try:
+        at_once = max(1, min(len(portfolio.models), RayExecutor(config).slots))
+        with ThreadPoolExecutor(at_once, thread_name_prefix="compile-pkg build") as pool:
+            futures = [
+                pool.submit(_build_one, p, make(config), cache_dir, use_cache, on_event)
+                for p in portfolio.models
+            ]
+            return [f.result() for f in futures]
+    finally:
+        if connected:
+            disconnect()

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 _SCRATCH = "compile-pkg.run-"  # not "compile-pkg-": build_package's own folders are unlocked
-_BORN = "compile-pkg.born-"  # a scratch folder before its lock is taken
+_BORN = "compile-pkg.born-"  # earlier versions made their folder under this name first
 _STALE_BORN = 600.0
 # multiprocessing's fork server listens on TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX, and a Unix
 # socket's path holds at most 107 bytes
@@ -68,15 +68,29 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _collect_scratch(base: Path) -> None:
-    """Remove the scratch folders of processes that died without cleaning up: their locks are
-    free. A live process holds its lock until it exits, so its folder is left alone."""
-    for p in base.glob(_BORN + "*"):
-        with contextlib.suppress(OSError):
-            if p.is_dir() and time.time() - p.lstat().st_mtime > _STALE_BORN:
-                shutil.rmtree(p, ignore_errors=True)
-    for p in base.glob(_SCRATCH + "*"):
-        remove_if_unlocked(p)
+def _new_scratch(base: Path) -> tuple[Path, int]:
+    """Collect in `base` the scratch folders of processes that died without cleaning up
+    (their locks are free; a live process holds its lock until it exits), then make this
+    process's own, locked: the folder and the descriptor that holds its lock.
+
+    Both happen under a lock on `base` itself, so no other process collects a new folder in
+    the moment between its making and its locking, and a process killed at any point leaves
+    nothing the next cannot collect (the kernel drops a dead holder's locks)."""
+    base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(base_fd, fcntl.LOCK_EX)
+        for p in base.glob(_SCRATCH + "*"):
+            remove_if_unlocked(p)
+        for p in base.glob(_BORN + "*"):  # an earlier version's, killed before its lock
+            with contextlib.suppress(OSError):
+                if p.is_dir() and time.time() - p.lstat().st_mtime > _STALE_BORN:
+                    shutil.rmtree(p, ignore_errors=True)
+        root = Path(tempfile.mkdtemp(prefix=_SCRATCH, dir=base))
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return root, fd
+    finally:
+        os.close(base_fd)  # and with it the lock on `base`
 
 
 def remove_if_unlocked(folder: Path) -> bool:
@@ -147,15 +161,10 @@ def process_scratch() -> Iterator[Path | None]:
 
     base = Path(tempfile.gettempdir())
     try:
-        _collect_scratch(base)
-        born = Path(tempfile.mkdtemp(prefix=_BORN, dir=base))
-        fd = os.open(born, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        root, fd = _new_scratch(base)
     except OSError:
         yield None
         return
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    root = born.with_name(born.name.replace(_BORN, _SCRATCH, 1))
-    os.rename(born, root)
     if not _socket_fits(root):
         _fork_server_folder_in(_socket_folder(base))  # made (and kept) where the path fits
     saved = tempfile.tempdir, os.environ.get("TMPDIR")

@@ -182,9 +182,10 @@ class _Prober:
                     found.append((d, int(size), why))
         return found
 
-    def restart(self, consistent: bool) -> None:
-        """Judge runs anew, consistent or not (the answers so far are forgotten)."""
-        self.consistent = consistent
+    def judge_consistency(self) -> None:
+        """From now on, a run whose outputs contradict their declared dims is a refusal (the
+        answers so far, judged leniently, are forgotten)."""
+        self.consistent = True
         self._seen.clear()
 
 
@@ -239,7 +240,7 @@ def _consistent(prober: _Prober, found: dict[str, int]) -> tuple[dict[str, int],
                 break
             wrong = prober.contradictions({**prober.fixed, **sizes}, values)
             if not wrong:
-                prober.restart(consistent=True)
+                prober.judge_consistency()
                 return sizes, first
             first = first or wrong[0][2]
             if any(d not in sizes for d, _, _ in wrong):

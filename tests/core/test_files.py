@@ -4,6 +4,7 @@ what a SIGKILLed process left is collected by the next one while a live one's is
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -119,3 +120,33 @@ def test_a_temporary_folder_too_deep_for_a_socket_still_starts_the_fork_server(t
     assert deep not in fork_dir.parents and len(os.fsencode(fork_dir)) + 25 <= 107
     assert not fork_dir.exists()
     assert list(deep.iterdir()) == []
+
+
+_ENTER = """
+from compiler.core.files import process_scratch
+with process_scratch() as root:
+    print(root, flush=True)
+"""
+
+
+def test_a_folder_is_made_and_locked_under_a_lock_on_the_temporary_folder(temp: Path) -> None:
+    """While another process holds the lock on the temporary folder (it is between making its
+    folder and locking it), a process collects and makes nothing; a folder left unlocked in
+    that moment by a killed process is collected by the next (the CI failure: a build killed
+    there left its folder for ten minutes)."""
+    half_made = Path(tempfile.mkdtemp(prefix="compile-pkg.run-", dir=temp))  # never locked
+    fd = os.open(temp, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        waiting = subprocess.Popen(
+            [sys.executable, "-c", _ENTER], env=_env(temp), stdout=subprocess.PIPE, text=True
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(timeout=3)
+        assert sorted(temp.iterdir()) == [half_made]  # neither collected nor made
+    finally:
+        os.close(fd)
+    out, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0
+    assert Path(out.strip()).parent == temp
+    assert list(temp.iterdir()) == []  # the half-made folder collected, its own removed

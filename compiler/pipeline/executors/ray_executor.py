@@ -45,7 +45,7 @@ from compiler.pipeline.graph import NodeDef, NodeGraph
 from compiler.pipeline.nodes.base import NodeKind
 from compiler.pipeline.nodes.context import BuildInputs, NodeContext
 
-__all__ = ["INSTALL", "RayExecutor", "connect", "node_resources", "run_job"]
+__all__ = ["INSTALL", "RayExecutor", "connect", "disconnect", "node_resources", "run_job"]
 
 INSTALL = "pip install 'compile-pkg[ray]'"
 OUTCOME_FILE = "ray-outcome.pkl"  # beside the node's out/, in its scratch folder
@@ -69,13 +69,14 @@ def _ray() -> Any:
     return ray
 
 
-def connect(address: str, cpus: int = 0) -> None:
+def connect(address: str, cpus: int = 0) -> bool:
     """Join the Ray cluster at `address` once per process (`HOST:PORT`, `ray://HOST:PORT`;
     empty: $RAY_ADDRESS, else the cluster `ray start` started on this machine, else a new
-    local one with `cpus` CPUs (0: all))."""
+    local one with `cpus` CPUs (0: all)). True when this call made the connection: its
+    caller then ends it (`disconnect`)."""
     ray = _ray()
     if ray.is_initialized():
-        return
+        return False
     options: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
     if not address:
         options |= {"include_dashboard": False, "object_store_memory": 80 * _MIB}
@@ -97,6 +98,16 @@ def connect(address: str, cpus: int = 0) -> None:
             f"{where}: cannot connect ({short_message(exc)}); start the head with "
             "`ray start --head` and give its HOST:PORT, or ray://HOST:PORT for Ray Client"
         ) from None
+    return True
+
+
+def disconnect() -> None:
+    """End this process's connection to Ray. Ray's driver prints what the cluster reports
+    (a worker that died, a raylet's advice) to `sys.stdout` from a thread of its own until the
+    connection ends; ended while the command's stdout is still redirected, none of it can
+    land after a `--json` document (compiler/cli/capture.py)."""
+    with contextlib.suppress(Exception):
+        _ray().shutdown()
 
 
 def node_resources(node: NodeDef, config: ExecutorConfig, model_bytes: int) -> dict[str, float]:
@@ -196,7 +207,7 @@ class RayExecutor:
             if bad:
                 raise ConfigError(f"executor.resources.{key}: amounts must be positive: {bad}")
         self.config = config
-        connect(config.address, config.workers)
+        self._connected = connect(config.address, config.workers)  # ended by close()
         self._ray = _ray()
         self.slots = config.workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
         self._home = self._ray.get_runtime_context().get_node_id()
@@ -356,3 +367,6 @@ class RayExecutor:
                 self._ray.cancel(ref, force=True)
         self._running.clear()
         self._settled.clear()
+        if self._connected:
+            disconnect()
+            self._connected = False
