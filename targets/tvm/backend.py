@@ -132,14 +132,16 @@ def _digest(model_path: Path) -> str:
 
 class TvmBackend(Backend):
     name = "tvm"
-    version = "10"  # 2: fp16 convolutions and matrix products sum in float32; 3: names that
+    version = "11"  # 2: fp16 convolutions and matrix products sum in float32; 3: names that
     # are not C identifiers are renamed for TVM (a remembered failure is not reused); 4: an
     # already-quantized source, 4-bit or 8-bit-float weights and forms the frontend does not
     # implement are not applicable; 5: ONNX's own Attention (opset 23) is unsupported; 6:
     # antialiased downsampling Resizes, whose antialias TVM ignores, are not applicable; 7:
     # Resizes by scales that do not land on whole sizes too; 8: half_pixel RoiAlign and
     # ConvTranspose with output_shape too; 9: Resizes keeping the aspect ratio, one-sided IsInf
-    # too; 10: a Resize's empty roi and scales are left out (the frontend refused them)
+    # too; 10: a Resize's empty roi and scales are left out (the frontend refused them); 11:
+    # a Pow's integer exponent is cast to its float base's type, a MaxPool's unread Indices
+    # output left out (both refused)
     targets = frozenset({"cpu", "arm", "gpu"})
     options_cls = TvmOptions
 

@@ -251,6 +251,84 @@ def _empty_resize_inputs_absent(model: Any) -> Any:
     return out
 
 
+def _elem_types(model: Any) -> dict[str, int]:
+    """Element type of each value of the main graph that shape inference can tell."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - then only what the model states is known
+        inferred = model
+    graph = inferred.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+def _tvm_forms(model: Any) -> Any:
+    """The model in forms TVM's frontend (0.27) imports, each computing what the original
+    does on ONNX Runtime:
+
+    - a Pow of a float base to an integer exponent (`x ** 2` as some exporters write it):
+      the exponent cast to the base's type first. TVM refused the node ("Binary operators
+      must have the same datatype for both operands").
+    - a MaxPool whose Indices output nothing reads: that output left out. TVM computes no
+      indices and refused every MaxPool that names them ("Missing outputs during
+      conversion. Expected 2 but Got 1"), read or not.
+
+    The rewrite is for the TVM import only; the reference keeps the model as it came."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    read |= {
+        i
+        for n in graph.node
+        for a in n.attribute
+        for sub in [*([a.g] if a.type == onnx.AttributeProto.GRAPH else []), *a.graphs]
+        for m in sub.node
+        for i in m.input
+    }  # a subgraph reads outer values by name
+    pools = [
+        k
+        for k, n in enumerate(graph.node)
+        if n.op_type == "MaxPool" and len(n.output) > 1 and n.output[1] and n.output[1] not in read
+    ]
+    pows = [k for k, n in enumerate(graph.node) if n.op_type == "Pow" and len(n.input) == 2]
+    types = _elem_types(model) if pows else {}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    floats.add(onnx.TensorProto.BFLOAT16)
+    casts = [
+        k
+        for k in pows
+        if types.get(graph.node[k].input[0]) in floats
+        and types.get(graph.node[k].input[1]) not in (None, *floats)
+    ]
+    if not pools and not casts:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = out.graph.node
+    for k in pools:
+        del nodes[k].output[1:]
+    taken = {v for n in nodes for v in n.output} | {i.name for i in out.graph.input}
+    taken |= {t.name for t in out.graph.initializer}
+    for k in reversed(casts):  # from the last, so the indices before stay right
+        pow_node = nodes[k]
+        name, n = f"{pow_node.input[1]}_as_base", 1
+        while name in taken:
+            name, n = f"{pow_node.input[1]}_as_base_{n}", n + 1
+        taken.add(name)
+        base = types[pow_node.input[0]]
+        cast = helper.make_node("Cast", [pow_node.input[1]], [name], to=base)
+        pow_node.input[1] = name
+        nodes.insert(k, cast)
+    return out
+
+
 def _unimplemented(exc: BaseException) -> bool:
     """Whether the ONNX frontend refused what it does not implement: its OpNotImplemented and
     OpAttributeUnImplemented, a NotImplementedError, or one of its asserts on a form it does
@@ -277,7 +355,7 @@ def import_onnx(model: Any, req: dict[str, Any], dynamic: bool) -> Any:
         model = _fold_static(model, shapes)
     dtypes = {s["name"]: s["dtype"] for s in req["inputs"]}
     model, shapes, dtypes = _c_inputs(model, shapes, dtypes)
-    model = _empty_resize_inputs_absent(model)
+    model = _tvm_forms(_empty_resize_inputs_absent(model))
     try:
         mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as exc:

@@ -468,3 +468,56 @@ def test_a_resize_given_empty_scales_beside_its_sizes_builds(tmp_path: Path) -> 
     with open_runner("tvm", out, result.runtime, contract, threads=1) as runner:
         got = runner.run({"x": x})["y"]
     np.testing.assert_allclose(got, reference(path, [{"x": x}])[0]["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_an_integer_exponent_and_unread_pool_indices_build(tmp_path: Path) -> None:
+    """A Pow of a float to an integer exponent and a MaxPool that names an Indices output
+    nothing reads are valid ONNX that TVM's frontend refused ("Binary operators must have the
+    same datatype", "Missing outputs during conversion"), failing every TVM artifact of such
+    a model: the exponent is cast to the base's type and the unread output left out for the
+    import, and the artifact computes what ONNX Runtime does."""
+    if not HAVE_TVM:
+        pytest.skip("apache-tvm is not installed")
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p", "unread"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Pow", ["p", "two"], ["sq"]),
+        helper.make_node("Pow", ["sq", "half"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "int_exponent",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 3, 3])],
+        [
+            onnx.numpy_helper.from_array(np.array(2, np.int64), "two"),
+            onnx.numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        ],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path)
+    x = np.random.default_rng(6).normal(0, 1, (1, 2, 6, 6)).astype(np.float32)
+    out, result, contract, _ = build_tvm(path, "cpu", tmp_path)
+    with open_runner("tvm", out, result.runtime, contract, threads=1) as runner:
+        got = runner.run({"x": x})["y"]
+    want = reference(path, [{"x": x}])[0]["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(want).max() > 0.1  # |max pool| itself: not a vacuous comparison
+
+
+def test_pool_indices_a_model_reads_still_say_tvm_cannot(tmp_path: Path) -> None:
+    """Indices the model reads (a MaxUnpool's) are kept: TVM computes none, and the artifact
+    is not applicable with TVM's reason, never built without them."""
+    if not HAVE_TVM:
+        pytest.skip("apache-tvm is not installed")
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 2])
+    graph = helper.make_graph(
+        [node],
+        "read_indices",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 6, 6])],
+        [
+            helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 3, 3]),
+            helper.make_tensor_value_info("i", onnx.TensorProto.INT64, [1, 2, 3, 3]),
+        ],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path)
+    with pytest.raises(NotApplicable, match="Missing outputs during conversion"):
+        build_tvm(path, "cpu", tmp_path)
