@@ -267,9 +267,34 @@ def _elem_types(model: Any) -> dict[str, int]:
     return types
 
 
+# ops TVM's ONNX frontend (0.27) lets read a shape (its `shape_compatible_ops`): it refuses
+# every other op a shape reaches ("cannot handle ShapeExpr inputs"); the first group returns a
+# shape again, the others a tensor
+_SHAPE_KEEPING = frozenset({"Concat", "Where", "Slice", "Squeeze"})
+_SHAPE_READING = _SHAPE_KEEPING | {
+    "Reshape", "Resize", "ConstantOfShape", "Gather", "Shape", "Expand", "Equal", "Cast",
+    "CastLike",
+}  # fmt: skip
+
+
+def _read_values(graph: Any) -> set[str]:
+    """The values some node (a subgraph's too: they read outer values by name) or a graph
+    output reads."""
+    import onnx
+
+    read = {o.name for o in graph.output}
+    for node in graph.node:
+        read.update(node.input)
+        for a in node.attribute:
+            for sub in [*([a.g] if a.type == onnx.AttributeProto.GRAPH else []), *a.graphs]:
+                read |= _read_values(sub)
+    return read
+
+
 def _tvm_forms(model: Any) -> Any:
     """The model in forms TVM's frontend (0.27) imports, each computing what the original
-    does on ONNX Runtime:
+    does on ONNX Runtime (the rewrite is for the TVM import only; the reference keeps the
+    model as it came):
 
     - a Pow of a float base to an integer exponent (`x ** 2` as some exporters write it):
       the exponent cast to the base's type first. TVM refused the node ("Binary operators
@@ -277,55 +302,67 @@ def _tvm_forms(model: Any) -> Any:
     - a MaxPool whose Indices output nothing reads: that output left out. TVM computes no
       indices and refused every MaxPool that names them ("Missing outputs during
       conversion. Expected 2 but Got 1"), read or not.
-
-    The rewrite is for the TVM import only; the reference keeps the model as it came."""
+    - a shape (a Shape's output, kept through Concat, Where, Slice, Squeeze) that reaches an
+      op TVM takes no shape in (`Add`, `Mul`, `Identity`...) or a graph output: cast to
+      int64 on the way, which makes it a tensor. A symbolic model failed its dynamic import
+      ("cannot handle ShapeExpr inputs": built static only) and one that returns a shape
+      failed its build."""
     import onnx
     from onnx import helper
 
     graph = model.graph
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    read |= {
-        i
-        for n in graph.node
-        for a in n.attribute
-        for sub in [*([a.g] if a.type == onnx.AttributeProto.GRAPH else []), *a.graphs]
-        for m in sub.node
-        for i in m.input
-    }  # a subgraph reads outer values by name
+    read = _read_values(graph)
     pools = [
         k
         for k, n in enumerate(graph.node)
         if n.op_type == "MaxPool" and len(n.output) > 1 and n.output[1] and n.output[1] not in read
     ]
+    casts: list[tuple[int, int, int]] = []  # (node, its input, the type that input is cast to)
     pows = [k for k, n in enumerate(graph.node) if n.op_type == "Pow" and len(n.input) == 2]
     types = _elem_types(model) if pows else {}
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
     floats.add(onnx.TensorProto.BFLOAT16)
-    casts = [
-        k
-        for k in pows
-        if types.get(graph.node[k].input[0]) in floats
-        and types.get(graph.node[k].input[1]) not in (None, *floats)
-    ]
-    if not pools and not casts:
+    for k in pows:
+        base, exponent = (types.get(name) for name in graph.node[k].input)
+        if base in floats and exponent not in (None, *floats):
+            casts.append((k, 1, int(base)))  # type: ignore[arg-type]
+    shapes: set[str] = set()
+    for k, n in enumerate(graph.node):
+        if n.op_type not in _SHAPE_READING:
+            casts.extend(
+                (k, i, onnx.TensorProto.INT64) for i, v in enumerate(n.input) if v in shapes
+            )
+        if n.op_type == "Shape" or (n.op_type in _SHAPE_KEEPING and shapes & set(n.input)):
+            shapes.update(n.output[:1])
+    returned = [o.name for o in graph.output if o.name in shapes]
+    if not pools and not casts and not returned:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes = out.graph.node
+    taken = _read_values(out.graph) | {v for n in nodes for v in n.output}
+    taken |= {t.name for t in out.graph.initializer}
+
+    def fresh(name: str) -> str:
+        made, n = name, 1
+        while made in taken:
+            made, n = f"{name}_{n}", n + 1
+        taken.add(made)
+        return made
+
     for k in pools:
         del nodes[k].output[1:]
-    taken = {v for n in nodes for v in n.output} | {i.name for i in out.graph.input}
-    taken |= {t.name for t in out.graph.initializer}
-    for k in reversed(casts):  # from the last, so the indices before stay right
-        pow_node = nodes[k]
-        name, n = f"{pow_node.input[1]}_as_base", 1
-        while name in taken:
-            name, n = f"{pow_node.input[1]}_as_base_{n}", n + 1
-        taken.add(name)
-        base = types[pow_node.input[0]]
-        cast = helper.make_node("Cast", [pow_node.input[1]], [name], to=base)
-        pow_node.input[1] = name
-        nodes.insert(k, cast)
+    for name in returned:  # made under another name, which its readers read, and cast
+        shape = fresh(f"{name}_shape")
+        for node in nodes:
+            node.input[:] = [shape if v == name else v for v in node.input]
+            node.output[:] = [shape if v == name else v for v in node.output]
+        nodes.append(helper.make_node("Cast", [shape], [name], to=onnx.TensorProto.INT64))
+    for k, i, to in sorted(casts, reverse=True):  # from the last, so earlier indices hold
+        node = nodes[k]
+        cast = fresh(f"{node.input[i]}_as_{onnx.TensorProto.DataType.Name(to).lower()}")
+        nodes.insert(k, helper.make_node("Cast", [node.input[i]], [cast], to=to))
+        node.input[i] = cast
     return out
 
 

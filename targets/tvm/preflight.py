@@ -107,6 +107,13 @@ def topological_order(model: onnx.ModelProto) -> bool:
     """
     graph = model.graph
     known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    made = set(known)
+    for n in graph.node:
+        if not all(i in made for i in n.input):
+            break
+        made.update(n.output)
+    else:
+        return False  # in order already (a level-by-level sort would reorder it all the same)
     pending = list(graph.node)
     ordered: list[onnx.NodeProto] = []
     while pending:

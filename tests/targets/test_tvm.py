@@ -24,7 +24,7 @@ from targets.runner import open_runner
 from targets.tvm._worker import _check_library
 from targets.tvm.backend import TvmBackend, TvmOptions
 from targets.tvm.cuda import cuda_source_markers, fatbin_entries
-from targets.tvm.preflight import unsupported_ops
+from targets.tvm.preflight import topological_order, unsupported_ops
 from tests.targets.builders import lstm_net, reference, resize_net, save
 from tests.targets.conftest import Built, build_tvm
 
@@ -521,3 +521,73 @@ def test_pool_indices_a_model_reads_still_say_tvm_cannot(tmp_path: Path) -> None
     path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path)
     with pytest.raises(NotApplicable, match="Missing outputs during conversion"):
         build_tvm(path, "cpu", tmp_path)
+
+
+def test_shape_arithmetic_and_a_returned_shape_build_dynamic(tmp_path: Path) -> None:
+    """A symbolic model that computes with a shape (Shape -> Mul: sizes from the batch) and
+    returns one: TVM's frontend takes a shape in a few ops only ("cannot handle ShapeExpr
+    inputs": the build fell back to static shapes), and a returned shape failed the build.
+    Cast to int64 on the way, the artifact is dynamic (its Reshape still reads the shape)
+    and computes what ONNX Runtime does at two batch sizes."""
+    if not HAVE_TVM:
+        pytest.skip("apache-tvm is not installed")
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["rows"]),
+        helper.make_node("Concat", ["rows", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+        helper.make_node("Mul", ["shape", "two"], ["doubled"]),
+        helper.make_node("Shape", ["y"], ["size"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shape_arithmetic",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 6])],
+        [
+            helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 24]),
+            helper.make_tensor_value_info("doubled", onnx.TensorProto.INT64, [3]),
+            helper.make_tensor_value_info("size", onnx.TensorProto.INT64, [2]),
+        ],
+        [
+            onnx.numpy_helper.from_array(np.array([2], np.int64), "two"),
+            onnx.numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
+            onnx.numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+        ],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path)
+    out, result, contract, _ = build_tvm(path, "cpu", tmp_path)
+    assert result.runtime.shapes == "dynamic", result.notes
+    rng = np.random.default_rng(7)
+    with open_runner("tvm", out, result.runtime, contract, threads=1) as runner:
+        for n in (1, 3):
+            x = rng.normal(0, 1, (n, 4, 6)).astype(np.float32)
+            got = runner.run({"x": x})
+            want = reference(path, [{"x": x}])[0]
+            assert got["doubled"].tolist() == want["doubled"].tolist() == [2 * n, 8, 12]
+            assert got["size"].tolist() == want["size"].tolist() == [n, 24]
+            np.testing.assert_array_equal(got["y"], want["y"])
+    assert not any("topological order" in n for n in result.notes)  # it was in order
+
+
+def test_only_a_graph_out_of_order_is_sorted_and_noted() -> None:
+    """A graph in a valid order is left as it is, though a level-by-level sort would reorder
+    it (the note "not in topological order" was on artifacts of graphs that were); one with
+    a consumer before its producer is sorted."""
+    relu = helper.make_node("Relu", ["x"], ["a"])
+    late = helper.make_node("Neg", ["a"], ["b"])
+    side = helper.make_node("Abs", ["x"], ["c"])  # level 1, after a level-2 node
+    add = helper.make_node("Add", ["b", "c"], ["y"])
+
+    def model(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])
+        return helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+
+    ordered = model([relu, late, side, add])
+    assert topological_order(ordered) is False
+    assert [n.op_type for n in ordered.graph.node] == ["Relu", "Neg", "Abs", "Add"]
+    shuffled = model([add, late, relu, side])
+    assert topological_order(shuffled) is True
+    ops = [n.op_type for n in shuffled.graph.node]
+    assert ops.index("Relu") < ops.index("Neg") < ops.index("Add") and ops.index("Abs") < 3
