@@ -141,8 +141,8 @@ class TvmBackend(Backend):
     # ConvTranspose with output_shape too; 9: Resizes keeping the aspect ratio, one-sided IsInf
     # too; 10: a Resize's empty roi and scales are left out (the frontend refused them); 11:
     # a Pow's integer exponent is cast to its float base's type, a MaxPool's unread Indices
-    # output left out (both refused), a shape cast to int64 where TVM takes none; a graph in
-    # order is not noted as out of order
+    # output left out (both refused), a shape cast to int64 where TVM takes none, a OneHot's
+    # float64 cast to its values' type; a graph in order is not noted as out of order
     targets = frozenset({"cpu", "arm", "gpu"})
     options_cls = TvmOptions
 

@@ -306,7 +306,10 @@ def _tvm_forms(model: Any) -> Any:
       op TVM takes no shape in (`Add`, `Mul`, `Identity`...) or a graph output: cast to
       int64 on the way, which makes it a tensor. A symbolic model failed its dynamic import
       ("cannot handle ShapeExpr inputs": built static only) and one that returns a shape
-      failed its build."""
+      failed its build.
+    - a OneHot (tf2onnx's token-type embeddings: a one-hot MatMul): its output cast to its
+      values' type. TVM's is float64 whatever the values, and every float32 op reading it
+      refused the model ("Binary operators must have the same datatype")."""
     import onnx
     from onnx import helper
 
@@ -319,7 +322,14 @@ def _tvm_forms(model: Any) -> Any:
     ]
     casts: list[tuple[int, int, int]] = []  # (node, its input, the type that input is cast to)
     pows = [k for k, n in enumerate(graph.node) if n.op_type == "Pow" and len(n.input) == 2]
-    types = _elem_types(model) if pows else {}
+    hots = [k for k, n in enumerate(graph.node) if n.op_type == "OneHot" and len(n.input) == 3]
+    types = _elem_types(model) if pows or hots else {}
+    # (node, the type its output is cast to): TVM's OneHot returns float64 whatever its values
+    hot_casts = [
+        (k, types[graph.node[k].input[2]])
+        for k in hots
+        if types.get(graph.node[k].input[2]) not in (None, onnx.TensorProto.DOUBLE)
+    ]
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
     floats.add(onnx.TensorProto.BFLOAT16)
     for k in pows:
@@ -335,7 +345,7 @@ def _tvm_forms(model: Any) -> Any:
         if n.op_type == "Shape" or (n.op_type in _SHAPE_KEEPING and shapes & set(n.input)):
             shapes.update(n.output[:1])
     returned = [o.name for o in graph.output if o.name in shapes]
-    if not pools and not casts and not returned:
+    if not pools and not casts and not returned and not hot_casts:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -358,11 +368,21 @@ def _tvm_forms(model: Any) -> Any:
             node.input[:] = [shape if v == name else v for v in node.input]
             node.output[:] = [shape if v == name else v for v in node.output]
         nodes.append(helper.make_node("Cast", [shape], [name], to=onnx.TensorProto.INT64))
-    for k, i, to in sorted(casts, reverse=True):  # from the last, so earlier indices hold
+    # (where, 0 for a cast after a node and 1 before one, the Cast): inserted from the last,
+    # so the indices before stay right, and a cast after node k comes before one that node
+    # k + 1 reads
+    inserts: list[tuple[int, int, onnx.NodeProto]] = []
+    for k, to in hot_casts:
+        node = nodes[k]
+        name, node.output[0] = node.output[0], fresh(f"{node.output[0]}_float64")
+        inserts.append((k + 1, 0, helper.make_node("Cast", [node.output[0]], [name], to=to)))
+    for k, i, to in casts:
         node = nodes[k]
         cast = fresh(f"{node.input[i]}_as_{onnx.TensorProto.DataType.Name(to).lower()}")
-        nodes.insert(k, helper.make_node("Cast", [node.input[i]], [cast], to=to))
+        inserts.append((k, 1, helper.make_node("Cast", [node.input[i]], [cast], to=to)))
         node.input[i] = cast
+    for k, _, cast_node in sorted(inserts, key=lambda e: (e[0], e[1]), reverse=True):
+        nodes.insert(k, cast_node)
     return out
 
 

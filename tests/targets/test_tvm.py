@@ -591,3 +591,34 @@ def test_only_a_graph_out_of_order_is_sorted_and_noted() -> None:
     assert topological_order(shuffled) is True
     ops = [n.op_type for n in shuffled.graph.node]
     assert ops.index("Relu") < ops.index("Neg") < ops.index("Add") and ops.index("Abs") < 3
+
+
+def test_a_one_hot_embedding_builds(tmp_path: Path) -> None:
+    """tf2onnx writes token-type embeddings as OneHot -> MatMul: TVM's OneHot returned
+    float64 whatever its values' type, and the float32 MatMul reading it refused the model.
+    Cast back to the values' type, the artifact computes what ONNX Runtime does."""
+    if not HAVE_TVM:
+        pytest.skip("apache-tvm is not installed")
+    nodes = [
+        helper.make_node("OneHot", ["ids", "depth", "values"], ["hot"], axis=-1),
+        helper.make_node("MatMul", ["hot", "table"], ["y"]),
+    ]
+    table = np.random.default_rng(8).normal(0, 1, (3, 5)).astype(np.float32)
+    graph = helper.make_graph(
+        nodes,
+        "one_hot_embedding",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["N", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 5])],
+        [
+            onnx.numpy_helper.from_array(np.array(3, np.int64), "depth"),
+            onnx.numpy_helper.from_array(np.array([0, 1], np.float32), "values"),
+            onnx.numpy_helper.from_array(table, "table"),
+        ],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path)
+    ids = np.array([[0, 1, 2, 1], [2, 2, 0, 1]], np.int64)
+    out, result, contract, _ = build_tvm(path, "cpu", tmp_path)
+    with open_runner("tvm", out, result.runtime, contract, threads=1) as runner:
+        got = runner.run({"ids": ids})["y"]
+    np.testing.assert_allclose(got, table[ids], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, reference(path, [{"ids": ids}])[0]["y"], rtol=1e-6)
