@@ -32,12 +32,10 @@ class ReferenceKind(Kind[ReferenceNode]):
 
         sess = reference_for(ctx.model_path(node.normalize), ctx.inputs.source_path.name)
         names = [o.name for o in ctx.contract(node.normalize).outputs]
-        outputs = [
-            dict(zip(names, sess.run(names, feed), strict=True))
-            for feed in ctx.feeds(node.data, "samples")
-        ]
+        samples = ctx.feeds(node.data, "samples")
+        outputs = [dict(zip(names, sess.run(names, feed), strict=True)) for feed in samples]
         write_feeds_npz(out / "outputs.npz", outputs)
-        scores = scores_of(ctx.out_dir(node.normalize), names, ctx.feeds(node.data, "samples"))
+        scores = scores_of(ctx.out_dir(node.normalize), names, samples)
         if scores is not None:
             write_feeds_npz(out / SCORES_FILE, pack_scores(scores))
         return ReferenceOutput(
