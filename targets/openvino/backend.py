@@ -43,9 +43,11 @@ from targets.openvino.rewrites import (
     coerced_softmaxes,
     flatten_coerced_softmaxes,
     fractional_lrn_biases,
+    ignored_reduction_axes,
     scalar_if_conditions,
     sink_layout_transposes,
     sinkable,
+    spelled_out_reductions,
     unit_lrn_biases,
     wide_if_conditions,
 )
@@ -101,7 +103,7 @@ def _ov_version() -> str:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    version = "16"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
+    version = "17"  # 2: auto-named layers renamed by position (byte-stable IR); 3: requirements
     # say the int8 flavour, and bf16 needs native bf16 (isa_any); 4: a source quantized in
     # operator form (ConvInteger, QLinear*) is int8, not refused for lacking Q/DQ nodes;
     # 5: bf16 keeps the layers its gate needs in f32; 6: QLinear* sources go through QDQ form;
@@ -115,7 +117,8 @@ class OpenVinoBackend(Backend):
     # Resizes with exclude_outside too; Softmaxes before opset 13 spelled out, LRN biases made 1;
     # 15: LSTM peepholes and column-major MaxPool indices are not applicable; 16: recurrent
     # ops given sequence_lens on a dynamic input, and Resizes keeping the aspect ratio, too;
-    # an fp16 source's weights in Constants; a bf16 IR is compiled in bf16 where the CPU can
+    # an fp16 source's weights in Constants; a bf16 IR is compiled in bf16 where the CPU can;
+    # 17: ReduceL1, ReduceLogSum and ReduceLogSumExp given axes at opsets 13-17 spelled out
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -301,14 +304,21 @@ def _for_openvino(
     frontend made a second input of such a tensor, and the runtime returns the feed), layout
     Transposes after an innermost-axis Concat (moved above it), If conditions of rank 2 or
     more (squeezed to scalars), Softmaxes before opset 13 on an axis not the last (spelled
-    out) or LRNs with a fractional bias (made bias 1: rewrites.py). Also returns the notes on
-    those rewrites."""
+    out), LRNs with a fractional bias (made bias 1) or reductions whose axes OpenVINO ignores
+    (spelled out: rewrites.py). Also returns the notes on those rewrites."""
     inputs = {i.name for i in source.graph.input}
     passed = [o.name for o in source.graph.output if o.name in inputs]
     wide = wide_if_conditions(source)
     softmaxes, lrns = coerced_softmaxes(source), fractional_lrn_biases(source)
+    reductions = ignored_reduction_axes(source)
     if not (
-        operator_form_ops(source) or passed or sinkable(source.graph) or wide or softmaxes or lrns
+        operator_form_ops(source)
+        or passed
+        or sinkable(source.graph)
+        or wide
+        or softmaxes
+        or lrns
+        or reductions
     ):
         return model_path, None, []
     try:
@@ -340,6 +350,12 @@ def _for_openvino(
         notes.append(
             "LRN(s) with a bias that is not a whole number rewritten to bias 1 and a scale, "
             f"which OpenVINO computes right (rewrites.py): {', '.join(lrns[:5])}"
+        )
+    if spelled_out_reductions(model, reductions):
+        notes.append(
+            "ReduceL1 / ReduceLogSum / ReduceLogSumExp given axes spelled out from ReduceSum "
+            "and ReduceMax, whose axes OpenVINO's frontend reads (it ignores theirs at opsets "
+            f"13-17: rewrites.py): {', '.join(reductions[:5])}"
         )
     kept = [o for o in model.graph.output if o.name not in inputs]
     del model.graph.output[:]

@@ -44,6 +44,16 @@ as if its bias were cut to a whole number: bias 1.5 came out 0.73 from ONNX Runt
 gave 3e3, while 1, 2, 3, 4 and 8 agree to 2e-7. With s the window's sum of squares, x / (b +
 a/n * s)^beta = b^-beta * x / (1 + (a/b)/n * s)^beta: the LRN takes bias 1 and alpha a/b,
 and a Mul by b^-beta follows it.
+
+**ReduceL1, ReduceLogSum and ReduceLogSumExp given axes, opsets 13 to 17.** OpenVINO's
+frontend (2026.4) reads their `axes` attribute at opset 11 and ignores it from 13 on,
+reducing over every axis with no error: a ReduceLogSumExp(axes=[1]) of [2, 3, 4] came back
+of shape () where ONNX Runtime returns [2, 4] (ReduceSum, ReduceMean, ReduceMax, ReduceMin,
+ReduceProd, ReduceL2 and ReduceSumSquare are read right). Normalize upgrades older models
+to opset 13, so an opset-11 model holding them met it too. They are spelled out from the
+reductions it reads right: ReduceSum(Abs(x)); Log(ReduceSum(x)); and m + Log(ReduceSum(
+Exp(x - m))) with m = ReduceMax(x) kept where finite (0 where infinite), the stable form
+ONNX Runtime computes too.
 """
 
 from __future__ import annotations
@@ -58,7 +68,14 @@ from onnx import helper, numpy_helper
 from compiler.core.graphs import constant, graphs
 from compiler.core.names import free_name
 
-__all__ = ["scalar_if_conditions", "sink_layout_transposes", "sinkable", "wide_if_conditions"]
+__all__ = [
+    "ignored_reduction_axes",
+    "scalar_if_conditions",
+    "sink_layout_transposes",
+    "sinkable",
+    "spelled_out_reductions",
+    "wide_if_conditions",
+]
 
 
 def _perm(node: onnx.NodeProto) -> list[int] | None:
@@ -174,6 +191,22 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
         for t in graph.initializer:
             ranks[t.name] = len(t.dims)
     return ranks
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Each tensor's element type where ONNX shape inference (or the graph's own value infos)
+    knows it, over the main graph and its subgraphs."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - the value infos the model states are all there is
+        inferred = model
+    types: dict[str, int] = {}
+    for graph in graphs(inferred.graph):
+        for info in (*graph.input, *graph.output, *graph.value_info):
+            if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+                types[info.name] = info.type.tensor_type.elem_type
+        types.update({t.name: t.data_type for t in graph.initializer})
+    return types
 
 
 def wide_if_conditions(model: onnx.ModelProto) -> list[str]:
@@ -327,4 +360,81 @@ def unit_lrn_biases(model: onnx.ModelProto, found: list[str]) -> list[str]:
         return [node, helper.make_node("Mul", [unit, scale], [out], name=mul)]
 
     _replace_nodes(model, "LRN", chosen, unit_bias)
+    return found
+
+
+_AXES_IGNORED = frozenset({"ReduceL1", "ReduceLogSum", "ReduceLogSumExp"})
+
+
+def ignored_reduction_axes(model: onnx.ModelProto) -> list[str]:
+    """The ReduceL1, ReduceLogSum and ReduceLogSumExp nodes (names, or first outputs; main
+    graph and subgraphs) of a model at opset 13 to 17 given an `axes` attribute, which
+    OpenVINO's frontend ignores: what `spelled_out_reductions` rewrites (module docstring)."""
+    if not 13 <= _main_opset(model) < 18:
+        return []
+    return [
+        n.name or n.output[0]
+        for g in graphs(model.graph)
+        for n in g.node
+        if n.op_type in _AXES_IGNORED and any(a.name == "axes" for a in n.attribute)
+    ]
+
+
+def spelled_out_reductions(model: onnx.ModelProto, found: list[str]) -> list[str]:
+    """Each reduction in `found` (what `ignored_reduction_axes` finds) spelled out from ones
+    OpenVINO reads right, in place (module docstring). The reductions rewritten."""
+    chosen = set(found)
+    if not chosen:
+        return []
+    types = _elem_types(model)
+
+    def spelled_out(
+        graph: onnx.GraphProto, node: onnx.NodeProto, taken: set[str]
+    ) -> list[onnx.NodeProto]:
+        attrs = {a.name: a for a in node.attribute}
+        axes = list(attrs["axes"].ints)
+        keep = attrs["keepdims"].i if "keepdims" in attrs else 1
+        base = node.name or node.output[0]
+
+        def name(suffix: str) -> str:
+            return free_name(f"{base}_{suffix}", taken)
+
+        axes_name = name("axes")
+        graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
+        x, (y,) = node.input[0], node.output
+
+        def reduce_sum(data: str, out: str) -> onnx.NodeProto:
+            return helper.make_node("ReduceSum", [data, axes_name], [out], name=out, keepdims=keep)
+
+        if node.op_type == "ReduceL1":
+            magnitude = name("abs")
+            return [
+                helper.make_node("Abs", [x], [magnitude], name=magnitude),
+                reduce_sum(magnitude, y),
+            ]
+        if node.op_type == "ReduceLogSum":
+            total = name("sum")
+            return [reduce_sum(x, total), helper.make_node("Log", [total], [y], name=base)]
+        peak, infinite, zero, shift, shifted, exp, total, log = (
+            name(s) for s in ("max", "inf", "zero", "shift", "shifted", "exp", "sum", "log")
+        )
+        dtype = helper.tensor_dtype_to_np_dtype(types.get(x, onnx.TensorProto.FLOAT))
+        graph.initializer.append(numpy_helper.from_array(np.zeros((), dtype), zero))
+        nodes = [
+            helper.make_node("ReduceMax", [x], [peak], name=peak, axes=axes, keepdims=1),
+            helper.make_node("IsInf", [peak], [infinite], name=infinite),
+            helper.make_node("Where", [infinite, zero, peak], [shift], name=shift),
+            helper.make_node("Sub", [x, shift], [shifted], name=shifted),
+            helper.make_node("Exp", [shifted], [exp], name=exp),
+            reduce_sum(exp, total),
+            helper.make_node("Log", [total], [log], name=log),
+        ]
+        if not keep:
+            squeezed = name("shift_squeezed")
+            nodes.append(helper.make_node("Squeeze", [shift, axes_name], [squeezed], name=squeezed))
+            shift = squeezed
+        return [*nodes, helper.make_node("Add", [log, shift], [y], name=base)]
+
+    for op in sorted(_AXES_IGNORED):
+        _replace_nodes(model, op, chosen, spelled_out)
     return found
