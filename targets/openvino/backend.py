@@ -41,9 +41,11 @@ from targets.openvino.float_layers import keep_in_f32
 from targets.openvino.qdq import QdqRewrite, operator_form_ops, to_qdq
 from targets.openvino.rewrites import (
     coerced_softmaxes,
+    explicit_pool_padding,
     flatten_coerced_softmaxes,
     fractional_lrn_biases,
     ignored_reduction_axes,
+    padded_ceil_average_pools,
     scalar_if_conditions,
     sink_layout_transposes,
     sinkable,
@@ -118,7 +120,8 @@ class OpenVinoBackend(Backend):
     # 15: LSTM peepholes and column-major MaxPool indices are not applicable; 16: recurrent
     # ops given sequence_lens on a dynamic input, and Resizes keeping the aspect ratio, too;
     # an fp16 source's weights in Constants; a bf16 IR is compiled in bf16 where the CPU can;
-    # 17: ReduceL1, ReduceLogSum and ReduceLogSumExp given axes at opsets 13-17 spelled out
+    # 17: ReduceL1, ReduceLogSum and ReduceLogSumExp given axes at opsets 13-17 spelled out,
+    # AveragePools counting their padding with ceil_mode given it explicitly
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 
@@ -304,13 +307,14 @@ def _for_openvino(
     frontend made a second input of such a tensor, and the runtime returns the feed), layout
     Transposes after an innermost-axis Concat (moved above it), If conditions of rank 2 or
     more (squeezed to scalars), Softmaxes before opset 13 on an axis not the last (spelled
-    out), LRNs with a fractional bias (made bias 1) or reductions whose axes OpenVINO ignores
-    (spelled out: rewrites.py). Also returns the notes on those rewrites."""
+    out), LRNs with a fractional bias (made bias 1), reductions whose axes OpenVINO ignores
+    (spelled out) or AveragePools counting their padding with ceil_mode (the padding made
+    explicit: rewrites.py). Also returns the notes on those rewrites."""
     inputs = {i.name for i in source.graph.input}
     passed = [o.name for o in source.graph.output if o.name in inputs]
     wide = wide_if_conditions(source)
     softmaxes, lrns = coerced_softmaxes(source), fractional_lrn_biases(source)
-    reductions = ignored_reduction_axes(source)
+    reductions, pools = ignored_reduction_axes(source), padded_ceil_average_pools(source)
     if not (
         operator_form_ops(source)
         or passed
@@ -319,6 +323,7 @@ def _for_openvino(
         or softmaxes
         or lrns
         or reductions
+        or pools
     ):
         return model_path, None, []
     try:
@@ -356,6 +361,12 @@ def _for_openvino(
             "ReduceL1 / ReduceLogSum / ReduceLogSumExp given axes spelled out from ReduceSum "
             "and ReduceMax, whose axes OpenVINO's frontend reads (it ignores theirs at opsets "
             f"13-17: rewrites.py): {', '.join(reductions[:5])}"
+        )
+    if explicit_pool_padding(model, pools):
+        notes.append(
+            "AveragePool(s) counting their padding with ceil_mode given it as a Pad of zeros, "
+            "counting what they cover of the padded input, which OpenVINO computes as ONNX "
+            f"Runtime does (rewrites.py): {', '.join(pools[:5])}"
         )
     kept = [o for o in model.graph.output if o.name not in inputs]
     del model.graph.output[:]

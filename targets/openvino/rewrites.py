@@ -54,6 +54,15 @@ to opset 13, so an opset-11 model holding them met it too. They are spelled out 
 reductions it reads right: ReduceSum(Abs(x)); Log(ReduceSum(x)); and m + Log(ReduceSum(
 Exp(x - m))) with m = ReduceMax(x) kept where finite (0 where infinite), the stable form
 ONNX Runtime computes too.
+
+**AveragePool counting its padding, with ceil_mode.** Where ceil_mode lets the last window
+run past the padding, ONNX Runtime (as PyTorch) divides by the window's part inside the
+padded input; OpenVINO (2026.4) by another count: PyTorch's `AvgPool2d(3, 2, 1,
+ceil_mode=True)` on an even size came out 0.08 off on its last row and column. The padding
+is made explicit (a Pad of zeros) and the pool counts what it covers of the padded input
+(`count_include_pad` 0, no pads), which OpenVINO computes right. Only where no last window
+can start in the end padding (kernel >= end pad + stride on every axis, as in that layer):
+there both sizes agree; elsewhere parity judges the artifact.
 """
 
 from __future__ import annotations
@@ -69,10 +78,12 @@ from compiler.core.graphs import constant, graphs
 from compiler.core.names import free_name
 
 __all__ = [
+    "explicit_pool_padding",
     "ignored_reduction_axes",
     "scalar_if_conditions",
     "sink_layout_transposes",
     "sinkable",
+    "padded_ceil_average_pools",
     "spelled_out_reductions",
     "wide_if_conditions",
 ]
@@ -437,4 +448,67 @@ def spelled_out_reductions(model: onnx.ModelProto, found: list[str]) -> list[str
 
     for op in sorted(_AXES_IGNORED):
         _replace_nodes(model, op, chosen, spelled_out)
+    return found
+
+
+def _ints(node: onnx.NodeProto, name: str) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == name), [])
+
+
+def _int(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def padded_ceil_average_pools(model: onnx.ModelProto) -> list[str]:
+    """The AveragePool nodes (names, or first outputs; main graph and subgraphs) that count
+    their explicit padding with ceil_mode, where no last window can start in the end padding:
+    what `explicit_pool_padding` rewrites (module docstring)."""
+    found = []
+    for n in (n for g in graphs(model.graph) for n in g.node if n.op_type == "AveragePool"):
+        kernel, pads = _ints(n, "kernel_shape"), _ints(n, "pads")
+        strides = _ints(n, "strides") or [1] * len(kernel)
+        auto = next((a.s for a in n.attribute if a.name == "auto_pad"), b"NOTSET")
+        if (
+            _int(n, "count_include_pad", 0) == 1
+            and _int(n, "ceil_mode", 0) == 1
+            and auto in (b"NOTSET", b"")
+            and any(pads)
+            and len(pads) == 2 * len(kernel)
+            and not any(d != 1 for d in _ints(n, "dilations"))
+            and all(
+                k >= end + s for k, end, s in zip(kernel, pads[len(kernel) :], strides, strict=True)
+            )
+        ):
+            found.append(n.name or n.output[0])
+    return found
+
+
+def explicit_pool_padding(model: onnx.ModelProto, found: list[str]) -> list[str]:
+    """Each AveragePool in `found` (what `padded_ceil_average_pools` finds) after a Pad of
+    zeros that makes its padding explicit, counting what it covers of the padded input, in
+    place (module docstring). The pools rewritten."""
+    chosen = set(found)
+    if not chosen:
+        return []
+    types = _elem_types(model)
+
+    def padded(
+        graph: onnx.GraphProto, node: onnx.NodeProto, taken: set[str]
+    ) -> list[onnx.NodeProto]:
+        pads = _ints(node, "pads")
+        spatial = len(pads) // 2
+        base = node.name or node.output[0]
+        widths, zero, out = (free_name(f"{base}_{s}", taken) for s in ("pads", "zero", "padded"))
+        full = [0, 0, *pads[:spatial], 0, 0, *pads[spatial:]]  # N and C unpadded
+        graph.initializer.append(numpy_helper.from_array(np.array(full, np.int64), widths))
+        dtype = helper.tensor_dtype_to_np_dtype(types.get(node.input[0], onnx.TensorProto.FLOAT))
+        graph.initializer.append(numpy_helper.from_array(np.zeros((), dtype), zero))
+        kept = [a for a in node.attribute if a.name not in ("pads", "count_include_pad")]
+        del node.attribute[:]
+        node.attribute.extend([*kept, helper.make_attribute("count_include_pad", 0)])
+        x, node.input[0] = node.input[0], out
+        pad = helper.make_node("Pad", [x, widths, zero], [out], name=out, mode="constant")
+        return [pad, node]
+
+    _replace_nodes(model, "AveragePool", chosen, padded)
     return found
