@@ -42,6 +42,11 @@ forward and bidirectional, all three ops), the same at full lengths. ONNX's refe
 implementation ignores sequence_lens itself; ONNX Runtime's output equals running each
 sequence cut to its length (2026-12-05).
 
+**LSTM's input_forget, and a reverse direction's own activations (OpenVINO).** OpenVINO
+(2026.4) ignores input_forget (0.24 off on a 5-step LSTM) and runs a bidirectional LSTM, GRU
+or RNN given other activations for its reverse direction (Relu forward, Tanh reverse) with
+the forward ones on both (1.2 off), with no error (2026-12-06).
+
 `openvino_gaps` and `tvm_gaps` give each backend's reasons for a model, in one list.
 """
 
@@ -55,12 +60,14 @@ from compiler.core.graphs import constant, graphs
 __all__ = [
     "antialiased_downsamples",
     "aspect_kept_resizes",
+    "coupled_gate_lstms",
     "dynamic_sequence_lens",
     "excluding_cubic_resizes",
     "off_grid_scale_resizes",
     "one_sided_isinfs",
     "openvino_gaps",
     "tvm_gaps",
+    "two_way_activations",
 ]
 
 
@@ -179,6 +186,33 @@ def peephole_lstms(model: onnx.ModelProto) -> list[str]:
     return _named(found)
 
 
+def coupled_gate_lstms(model: onnx.ModelProto) -> list[str]:
+    """LSTM nodes with input_forget 1 (the input and forget gates coupled)."""
+    found = [n for n in _all_nodes(model, "LSTM") if (a := _attr(n, "input_forget")) and a.i]
+    return _named(found)
+
+
+_ACTIVATIONS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
+
+
+def two_way_activations(model: onnx.ModelProto) -> list[str]:
+    """Bidirectional LSTM, GRU and RNN nodes whose reverse direction is given other
+    activations (or activation alphas and betas) than the forward one."""
+    found = []
+    for op, per in _ACTIVATIONS_PER_DIRECTION.items():
+        for n in _all_nodes(model, op):
+            direction = _attr(n, "direction")
+            if direction is None or direction.s != b"bidirectional":
+                continue
+            for name in ("activations", "activation_alpha", "activation_beta"):
+                a = _attr(n, name)
+                values = list(a.strings or a.floats) if a else []
+                if len(values) == 2 * per and values[:per] != values[per:]:
+                    found.append(n)
+                    break
+    return _named(found)
+
+
 def dynamic_sequence_lens(model: onnx.ModelProto) -> list[str]:
     """LSTM, GRU and RNN nodes given sequence_lens whose input X is not known to be of one
     static shape (any dynamic dim, or a node in a subgraph, whose shapes are not read)."""
@@ -260,6 +294,8 @@ def openvino_gaps(model: onnx.ModelProto) -> list[str]:
         (excluding_cubic_resizes, "keeps the outside taps of cubic Resize {} (exclude_outside 1)"),
         (aspect_kept_resizes, "ignores the keep_aspect_ratio_policy of Resize {}, and resizes to the sizes given"),
         (peephole_lstms, "leaves out the peephole weights of LSTM {}"),
+        (coupled_gate_lstms, "ignores input_forget of LSTM {} (its input and forget gates coupled)"),
+        (two_way_activations, "applies the forward direction's activations to both directions of {}"),
         (dynamic_sequence_lens, "ignores the sequence_lens of recurrent node(s) {} when their input has a dynamic dim (each sequence runs to the input's end)"),
         (column_major_pool_indices, "numbers the indices of MaxPool {} row-major, not column-major"),
     )  # fmt: skip

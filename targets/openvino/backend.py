@@ -121,7 +121,8 @@ class OpenVinoBackend(Backend):
     # ops given sequence_lens on a dynamic input, and Resizes keeping the aspect ratio, too;
     # an fp16 source's weights in Constants; a bf16 IR is compiled in bf16 where the CPU can;
     # 17: ReduceL1, ReduceLogSum and ReduceLogSumExp given axes at opsets 13-17 spelled out,
-    # AveragePools counting their padding with ceil_mode given it explicitly
+    # AveragePools counting their padding with ceil_mode given it explicitly; LSTMs with
+    # input_forget and recurrent ops with per-direction activations are not applicable
     targets = frozenset({"cpu", "arm"})
     options_cls = OpenVinoOptions
 

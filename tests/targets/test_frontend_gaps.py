@@ -40,6 +40,28 @@ def _lstm(peephole: bool) -> onnx.ModelProto:
     return _model(node, {"x": [7, 2, 4]}, ["y"], inits, 14)
 
 
+def _recurrent(op: str, **attrs: Any) -> onnx.ModelProto:
+    """A 7-step LSTM, GRU or RNN of hidden size 5 over x[7, 2, 4], with a bias."""
+    rng = np.random.default_rng(1)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    sides = 2 if attrs.get("direction") == "bidirectional" else 1
+    w, r, b = ((rng.normal(size=s) * 0.5).astype(np.float32) for s in (
+        (sides, gates * 5, 4), (sides, gates * 5, 5), (sides, 2 * gates * 5)))  # fmt: skip
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "W"), (r, "R"), (b, "B"))]
+    node = helper.make_node(op, ["x", "W", "R", "B"], ["y"], hidden_size=5, **attrs)
+    return _model(node, {"x": [7, 2, 4]}, ["y"], inits, 14)
+
+
+def _coupled_lstm(coupled: bool) -> onnx.ModelProto:
+    return _recurrent("LSTM", input_forget=int(coupled))
+
+
+def _two_way_rnn(differ: bool) -> onnx.ModelProto:
+    return _recurrent(
+        "RNN", direction="bidirectional", activations=["Relu", "Tanh" if differ else "Relu"]
+    )
+
+
 def _roi_align(mode: str) -> onnx.ModelProto:
     rois = np.array([[1, 2, 10, 12], [0, 0, 15, 15]], np.float32)
     inits = [
@@ -164,6 +186,8 @@ def test_sequence_lens_on_a_dynamic_input_is_found_and_openvino_shows_it(
     ("backend", "make", "gap", "twin", "text"),
     [
         ("openvino", _lstm, True, False, "peephole weights of LSTM ['y']"),
+        ("openvino", _coupled_lstm, True, False, "input_forget of LSTM ['y']"),
+        ("openvino", _two_way_rnn, True, False, "activations to both directions of ['y']"),
         ("openvino", _maxpool, 1, 0, "indices of MaxPool ['y'] row-major"),
         ("openvino", _aspect_resize, "not_larger", "stretch", "keep_aspect_ratio_policy of Resize ['y']"),
         ("tvm", _roi_align, "half_pixel", "output_half_pixel", "RoiAlign ['y'] as output_half_pixel"),
