@@ -346,29 +346,38 @@ def _for_openvino(
             f"If condition(s) of rank 2 or more squeezed to a scalar, as OpenVINO's frontend "
             f"needs (rewrites.py): {', '.join(squeezed[:5])}"
         )
-    if flatten_coerced_softmaxes(model, softmaxes):
-        notes.append(
+    exact = (
+        (
+            flatten_coerced_softmaxes,
+            softmaxes,
             "Softmax(es) before opset 13 on an axis that is not the last spelled out as "
             "Flatten -> Softmax -> Reshape, as ONNX defined them; OpenVINO's frontend reads "
-            f"them as opset 13's (rewrites.py): {', '.join(softmaxes[:5])}"
-        )
-    if unit_lrn_biases(model, lrns):
-        notes.append(
+            "them as opset 13's (rewrites.py): {}",
+        ),
+        (
+            unit_lrn_biases,
+            lrns,
             "LRN(s) with a bias that is not a whole number rewritten to bias 1 and a scale, "
-            f"which OpenVINO computes right (rewrites.py): {', '.join(lrns[:5])}"
-        )
-    if spelled_out_reductions(model, reductions):
-        notes.append(
+            "which OpenVINO computes right (rewrites.py): {}",
+        ),
+        (
+            spelled_out_reductions,
+            reductions,
             "ReduceL1 / ReduceLogSum / ReduceLogSumExp given axes spelled out from ReduceSum "
             "and ReduceMax, whose axes OpenVINO's frontend reads (it ignores theirs at opsets "
-            f"13-17: rewrites.py): {', '.join(reductions[:5])}"
-        )
-    if explicit_pool_padding(model, pools):
-        notes.append(
+            "13-17: rewrites.py): {}",
+        ),
+        (
+            explicit_pool_padding,
+            pools,
             "AveragePool(s) counting their padding with ceil_mode given it as a Pad of zeros, "
             "counting what they cover of the padded input, which OpenVINO computes as ONNX "
-            f"Runtime does (rewrites.py): {', '.join(pools[:5])}"
-        )
+            "Runtime does (rewrites.py): {}",
+        ),
+    )
+    for apply, found, text in exact:
+        if apply(model, found):
+            notes.append(text.format(", ".join(found[:5])))
     kept = [o for o in model.graph.output if o.name not in inputs]
     del model.graph.output[:]
     model.graph.output.extend(kept)
