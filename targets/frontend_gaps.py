@@ -47,6 +47,10 @@ sequence cut to its length (2026-12-05).
 or RNN given other activations for its reverse direction (Relu forward, Tanh reverse) with
 the forward ones on both (1.2 off), with no error (2026-12-06).
 
+**A strided MaxPool with auto_pad SAME_LOWER (TVM).** TVM (0.27) gives it another output
+size than ONNX asks (ceil(input / stride)): 3 rows of a 7-row input at stride 2 where ONNX
+Runtime gives 4 (2026-12-06). Convolutions and AveragePools with SAME_LOWER agree.
+
 `openvino_gaps` and `tvm_gaps` give each backend's reasons for a model, in one list.
 """
 
@@ -65,6 +69,7 @@ __all__ = [
     "excluding_cubic_resizes",
     "off_grid_scale_resizes",
     "one_sided_isinfs",
+    "strided_same_lower_max_pools",
     "openvino_gaps",
     "tvm_gaps",
     "two_way_activations",
@@ -286,6 +291,16 @@ def shaped_conv_transposes(model: onnx.ModelProto) -> list[str]:
     return _named([n for n in _all_nodes(model, "ConvTranspose") if _attr(n, "output_shape")])
 
 
+def strided_same_lower_max_pools(model: onnx.ModelProto) -> list[str]:
+    """MaxPool nodes with auto_pad SAME_LOWER and a stride over 1 on some axis."""
+    found = []
+    for n in _all_nodes(model, "MaxPool"):
+        auto, strides = _attr(n, "auto_pad"), _attr(n, "strides")
+        if auto is not None and auto.s == b"SAME_LOWER" and strides and max(strides.ints) > 1:
+            found.append(n)
+    return _named(found)
+
+
 def openvino_gaps(model: onnx.ModelProto) -> list[str]:
     """Why OpenVINO would compute `model` otherwise than ONNX defines it (module docstring);
     [] where nothing found says so."""
@@ -312,5 +327,6 @@ def tvm_gaps(model: onnx.ModelProto) -> list[str]:
         (shaped_conv_transposes, "ignores the output_shape of ConvTranspose {}"),
         (aspect_kept_resizes, "ignores the keep_aspect_ratio_policy of Resize {}, and resizes to the sizes given"),
         (one_sided_isinfs, "ignores detect_positive/detect_negative of IsInf {}, and detects both infinities"),
+        (strided_same_lower_max_pools, "pads MaxPool {} (auto_pad SAME_LOWER, strided) to another output size"),
     )  # fmt: skip
     return [text.format(found[:5]) for check, text in checks if (found := check(model))]

@@ -142,7 +142,8 @@ class TvmBackend(Backend):
     # too; 10: a Resize's empty roi and scales are left out (the frontend refused them); 11:
     # a Pow's integer exponent is cast to its float base's type, a MaxPool's unread Indices
     # output left out (both refused), a shape cast to int64 where TVM takes none, a OneHot's
-    # float64 cast to its values' type; a graph in order is not noted as out of order
+    # float64 cast to its values' type; a graph in order is not noted as out of order; a
+    # strided SAME_LOWER MaxPool is not applicable
     targets = frozenset({"cpu", "arm", "gpu"})
     options_cls = TvmOptions
 

@@ -62,6 +62,14 @@ def _two_way_rnn(differ: bool) -> onnx.ModelProto:
     )
 
 
+def _same_lower_pool(lower: bool) -> onnx.ModelProto:
+    auto = "SAME_LOWER" if lower else "SAME_UPPER"
+    node = helper.make_node(
+        "MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], auto_pad=auto
+    )
+    return _model(node, {"x": [1, 3, 7, 8]}, ["y"], [], 13)
+
+
 def _roi_align(mode: str) -> onnx.ModelProto:
     rois = np.array([[1, 2, 10, 12], [0, 0, 15, 15]], np.float32)
     inits = [
@@ -192,6 +200,7 @@ def test_sequence_lens_on_a_dynamic_input_is_found_and_openvino_shows_it(
         ("openvino", _aspect_resize, "not_larger", "stretch", "keep_aspect_ratio_policy of Resize ['y']"),
         ("tvm", _roi_align, "half_pixel", "output_half_pixel", "RoiAlign ['y'] as output_half_pixel"),
         ("tvm", _conv_transpose, True, False, "output_shape of ConvTranspose ['y']"),
+        ("tvm", _same_lower_pool, True, False, "pads MaxPool ['y'] (auto_pad SAME_LOWER"),
     ],
 )  # fmt: skip
 def test_the_gap_is_found_and_the_library_shows_it(
