@@ -14,6 +14,7 @@ __all__ = [
     "constant",
     "constant_tensors",
     "defined",
+    "elem_types",
     "float_weights",
     "graphs",
     "nodes",
@@ -45,6 +46,23 @@ def nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
         yield node
         for sub in subgraphs(node):
             yield from nodes(sub)
+
+
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Each tensor's element type (an onnx.TensorProto data type) where ONNX shape inference
+    (or, where it fails, the graph's own value infos) knows it, over the main graph and its
+    subgraphs."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - the value infos the model states are all there is
+        inferred = model
+    types: dict[str, int] = {}
+    for graph in graphs(inferred.graph):
+        for info in (*graph.input, *graph.output, *graph.value_info):
+            if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+                types[info.name] = info.type.tensor_type.elem_type
+        types.update({t.name: t.data_type for t in graph.initializer})
+    return types
 
 
 def defined(graph: onnx.GraphProto) -> set[str]:

@@ -74,7 +74,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler.core.graphs import constant, graphs
+from compiler.core.graphs import constant, elem_types, graphs
 from compiler.core.names import free_name
 
 __all__ = [
@@ -202,22 +202,6 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
         for t in graph.initializer:
             ranks[t.name] = len(t.dims)
     return ranks
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Each tensor's element type where ONNX shape inference (or the graph's own value infos)
-    knows it, over the main graph and its subgraphs."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - the value infos the model states are all there is
-        inferred = model
-    types: dict[str, int] = {}
-    for graph in graphs(inferred.graph):
-        for info in (*graph.input, *graph.output, *graph.value_info):
-            if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-                types[info.name] = info.type.tensor_type.elem_type
-        types.update({t.name: t.data_type for t in graph.initializer})
-    return types
 
 
 def wide_if_conditions(model: onnx.ModelProto) -> list[str]:
@@ -397,7 +381,7 @@ def spelled_out_reductions(model: onnx.ModelProto, found: list[str]) -> list[str
     chosen = set(found)
     if not chosen:
         return []
-    types = _elem_types(model)
+    types = elem_types(model)
 
     def spelled_out(
         graph: onnx.GraphProto, node: onnx.NodeProto, taken: set[str]
@@ -490,7 +474,7 @@ def explicit_pool_padding(model: onnx.ModelProto, found: list[str]) -> list[str]
     chosen = set(found)
     if not chosen:
         return []
-    types = _elem_types(model)
+    types = elem_types(model)
 
     def padded(
         graph: onnx.GraphProto, node: onnx.NodeProto, taken: set[str]

@@ -9,6 +9,8 @@ import re
 from typing import Any
 
 from compiler.core.errors import BuildError, NotApplicable
+from compiler.core.graphs import elem_types, nodes
+from compiler.core.names import free_name
 
 __all__ = ["fp32_accumulation", "has_fp16_compute", "import_onnx", "tvm_message"]
 
@@ -251,22 +253,6 @@ def _empty_resize_inputs_absent(model: Any) -> Any:
     return out
 
 
-def _elem_types(model: Any) -> dict[str, int]:
-    """Element type of each value of the main graph that shape inference can tell."""
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - then only what the model states is known
-        inferred = model
-    graph = inferred.graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    return types
-
-
 # ops TVM's ONNX frontend (0.27) lets read a shape (its `shape_compatible_ops`): it refuses
 # every other op a shape reaches ("cannot handle ShapeExpr inputs"); the first group returns a
 # shape again, the others a tensor
@@ -280,15 +266,7 @@ _SHAPE_READING = _SHAPE_KEEPING | {
 def _read_values(graph: Any) -> set[str]:
     """The values some node (a subgraph's too: they read outer values by name) or a graph
     output reads."""
-    import onnx
-
-    read = {o.name for o in graph.output}
-    for node in graph.node:
-        read.update(node.input)
-        for a in node.attribute:
-            for sub in [*([a.g] if a.type == onnx.AttributeProto.GRAPH else []), *a.graphs]:
-                read |= _read_values(sub)
-    return read
+    return {o.name for o in graph.output} | {i for n in nodes(graph) for i in n.input}
 
 
 def _tvm_forms(model: Any) -> Any:
@@ -323,7 +301,7 @@ def _tvm_forms(model: Any) -> Any:
     casts: list[tuple[int, int, int]] = []  # (node, its input, the type that input is cast to)
     pows = [k for k, n in enumerate(graph.node) if n.op_type == "Pow" and len(n.input) == 2]
     hots = [k for k, n in enumerate(graph.node) if n.op_type == "OneHot" and len(n.input) == 3]
-    types = _elem_types(model) if pows or hots else {}
+    types = elem_types(model) if pows or hots else {}
     # (node, the type its output is cast to): TVM's OneHot returns float64 whatever its values
     hot_casts = [
         (k, types[graph.node[k].input[2]])
@@ -349,40 +327,33 @@ def _tvm_forms(model: Any) -> Any:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    nodes = out.graph.node
-    taken = _read_values(out.graph) | {v for n in nodes for v in n.output}
+    edited = out.graph.node
+    taken = read | {v for n in edited for v in n.output}  # the copy reads what the model does
     taken |= {t.name for t in out.graph.initializer}
 
-    def fresh(name: str) -> str:
-        made, n = name, 1
-        while made in taken:
-            made, n = f"{name}_{n}", n + 1
-        taken.add(made)
-        return made
-
     for k in pools:
-        del nodes[k].output[1:]
+        del edited[k].output[1:]
     for name in returned:  # made under another name, which its readers read, and cast
-        shape = fresh(f"{name}_shape")
-        for node in nodes:
+        shape = free_name(f"{name}_shape", taken)
+        for node in edited:
             node.input[:] = [shape if v == name else v for v in node.input]
             node.output[:] = [shape if v == name else v for v in node.output]
-        nodes.append(helper.make_node("Cast", [shape], [name], to=onnx.TensorProto.INT64))
+        edited.append(helper.make_node("Cast", [shape], [name], to=onnx.TensorProto.INT64))
     # (where, 0 for a cast after a node and 1 before one, the Cast): inserted from the last,
     # so the indices before stay right, and a cast after node k comes before one that node
     # k + 1 reads
     inserts: list[tuple[int, int, onnx.NodeProto]] = []
     for k, to in hot_casts:
-        node = nodes[k]
-        name, node.output[0] = node.output[0], fresh(f"{node.output[0]}_float64")
+        node = edited[k]
+        name, node.output[0] = node.output[0], free_name(f"{node.output[0]}_float64", taken)
         inserts.append((k + 1, 0, helper.make_node("Cast", [node.output[0]], [name], to=to)))
     for k, i, to in casts:
-        node = nodes[k]
-        cast = fresh(f"{node.input[i]}_as_{onnx.TensorProto.DataType.Name(to).lower()}")
+        node = edited[k]
+        cast = free_name(f"{node.input[i]}_as_{onnx.TensorProto.DataType.Name(to).lower()}", taken)
         inserts.append((k, 1, helper.make_node("Cast", [node.input[i]], [cast], to=to)))
         node.input[i] = cast
     for k, _, cast_node in sorted(inserts, key=lambda e: (e[0], e[1]), reverse=True):
-        nodes.insert(k, cast_node)
+        edited.insert(k, cast_node)
     return out
 
 

@@ -125,8 +125,6 @@ def topological_order(model: onnx.ModelProto) -> bool:
         ordered.extend(ready)
         ready_ids = {id(n) for n in ready}
         pending = [n for n in pending if id(n) not in ready_ids]
-    if [id(n) for n in ordered] == [id(n) for n in graph.node]:
-        return False
     nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
     del graph.node[:]
     graph.node.extend(nodes)
