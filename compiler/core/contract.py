@@ -103,12 +103,15 @@ class DimOrigin(BaseModel):
 class ValueDomain(BaseModel):
     """The values an input takes: a set (`values`) or an interval (`low`..`high`; integers
     include `high`, floats draw from [low, high)). Generated sample data draws from it.
-    `source` says where it comes from (the config, the graph, or the dtype's default)."""
+    `source` says where it comes from (the config, the graph, or the dtype's default).
+    `high_dim`: the interval ends at the size a feed gives this symbolic dim where that is
+    lower than `high` (an LSTM's sequence_lens: no sequence runs past its input's end)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     values: list[int | float] | None = None
     low: int | float | None = None
     high: int | float | None = None
+    high_dim: str = ""
     source: str = ""
 
     @model_validator(mode="after")
@@ -128,7 +131,13 @@ class ValueDomain(BaseModel):
         if self.values is not None:
             shown = ", ".join(str(v) for v in self.values[:8])
             return "{" + shown + (", ..." if len(self.values) > 8 else "") + "}"
-        return f"{self.low}..{self.high}"
+        return f"{self.low}..{self.high_dim or self.high}"
+
+    def high_at(self, sizes: Mapping[str, int]) -> int | float | None:
+        """`high` for a feed whose symbolic dims have these sizes."""
+        if self.high_dim in sizes and self.high is not None:
+            return min(self.high, sizes[self.high_dim])
+        return self.high
 
 
 # What an output means, which decides how parity judges it: class scores, probabilities and

@@ -116,11 +116,15 @@ def resolve_domains(
 
 
 def _draw(
-    domain: ValueDomain, dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator
+    domain: ValueDomain,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    sizes: Mapping[str, int],
 ) -> np.ndarray:
     if domain.values is not None:
         return np.asarray(rng.choice(np.asarray(domain.values), size=shape)).astype(dtype)
-    low, high = domain.low, domain.high
+    low, high = domain.low, domain.high_at(sizes)
     assert low is not None and high is not None  # ValueDomain guarantees one form
     if dtype.kind == "f":
         return np.asarray(rng.uniform(low, high, size=shape)).astype(dtype)
@@ -137,11 +141,18 @@ def random_feed(
     domains: Mapping[str, ValueDomain],
     rng: np.random.Generator,
 ) -> Feeds:
-    """One feed: each input at its shape, drawn from its domain (a scalar stays 0-d)."""
+    """One feed: each input at its shape, drawn from its domain (a scalar stays 0-d; a
+    domain that ends at a dim's size ends at the size it has in this feed)."""
+    sizes = {
+        d: n
+        for t in inputs
+        for d, n in zip(t.shape, shapes[t.name], strict=False)
+        if isinstance(d, str)
+    }
     feed: Feeds = {}
     for t in inputs:
         dtype = np.dtype(t.dtype) if t.dtype != "bfloat16" else np.dtype("float32")
-        feed[t.name] = _draw(domains[t.name], dtype, shapes[t.name], rng)
+        feed[t.name] = _draw(domains[t.name], dtype, shapes[t.name], rng, sizes)
     return feed
 
 

@@ -10,6 +10,9 @@ into every graph and subgraph that reads it. What the graph says, strongest firs
   0..256, one-hot by comparison): an integer interval;
 - selector: an `If` condition tests the input for equality with a constant (`sr == 16000`):
   that constant, so every sample takes the same, intended branch;
+- lengths: the input gives the sequence lengths of an LSTM, GRU, RNN or ReverseSequence:
+  1 up to its sequence's length (a number, or a symbolic dim of the inputs: each feed's
+  size of it);
 - flag: an integer input compared with 0 or 1, negated (`Not`, `1 - x`) or cast to bool:
   {0, 1}.
 
@@ -68,7 +71,7 @@ class _Graph:
         self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
         self.shapes: dict[str, list[int]] = {}
         self.values: dict[str, np.ndarray] = {}
-        self._propagated: dict[str, list[int]] | None = None
+        self._propagated: dict[str, list[int | str]] | None = None
         self._walk(model.graph)
         for vi in [*model.graph.value_info, *model.graph.input]:
             dims = vi.type.tensor_type.shape.dim
@@ -112,16 +115,23 @@ class _Graph:
         """`name`'s shape (0 for a dim not known as a number) as shape inference with data
         propagation gives it: a tensor made by ConstantOfShape(Shape(x)) (TorchScript's
         zeros_like) has the shape of x there, and none without. Computed once, when asked."""
+        return [d if isinstance(d, int) else 0 for d in self.propagated_dims(name)]
+
+    def propagated_dims(self, name: str) -> list[int | str]:
+        """`name`'s dims as the graph input or shape inference states them: a number, the
+        name of a symbolic dim, or 0 where neither is known."""
         if self._propagated is None:
             self._propagated = {}
             try:
                 inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
             except Exception:  # noqa: BLE001 - then nothing more is known
-                return []
-            for vi in inferred.graph.value_info:
-                if vi.type.tensor_type.HasField("shape"):
+                inferred = self.model
+            for vi in [*inferred.graph.input, *inferred.graph.value_info]:
+                if vi.type.tensor_type.HasField("shape") and vi.name not in self._propagated:
                     dims = vi.type.tensor_type.shape.dim
-                    self._propagated[vi.name] = [int(d.dim_value) for d in dims]
+                    self._propagated[vi.name] = [
+                        d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in dims
+                    ]
         return self._propagated.get(name, [])
 
     def reach(self, start: str) -> Iterator[tuple[onnx.NodeProto, int]]:
@@ -230,12 +240,43 @@ def _flag(g: _Graph, node: onnx.NodeProto, i: int) -> _Finding | None:
     return None
 
 
-def _findings(g: _Graph, spec: TensorSpec) -> Iterator[_Finding]:
+# ops that read sequence lengths, by their input index: no length may pass the end of the
+# sequence they count in (ONNX Runtime refuses the run), and a length of 0 leaves a sequence
+# out (its outputs are zeros, which any artifact matches)
+_LENGTHS = {"LSTM": 4, "GRU": 4, "RNN": 4, "ReverseSequence": 1}
+
+
+def _lengths(g: _Graph, node: onnx.NodeProto, dims: set[str]) -> _Finding | None:
+    """sequence_lens of a recurrent node, or ReverseSequence's: 1 up to the length of its
+    input's time axis, a number or a symbolic dim of the model's inputs (then each feed's
+    size of it)."""
+    attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+    if node.op_type == "ReverseSequence":
+        axis = attrs.get("time_axis", 0)
+    else:
+        axis = 1 if attrs.get("layout", 0) == 1 else 0
+    shape = g.propagated_dims(node.input[0])
+    if axis >= len(shape):
+        return None
+    time = shape[axis]
+    label = f"sequence lengths of {node.op_type} '{node.name or node.output[0]}'"
+    if isinstance(time, int) and time > 0:
+        why = f"{label}, whose input is {time} steps long"
+        return _Finding(_INDEX, ValueDomain(low=1, high=time, source=why))
+    if isinstance(time, str) and time in dims:
+        why = f"{label}, whose input is '{time}' steps long"
+        return _Finding(_INDEX, ValueDomain(low=1, high=2**31 - 1, high_dim=time, source=why))
+    return None
+
+
+def _findings(g: _Graph, spec: TensorSpec, dims: set[str]) -> Iterator[_Finding]:
     integral = np.dtype(spec.dtype).kind in "iu"
     for node, i in g.reach(spec.name):
         found: _Finding | None = None
         if node.op_type in ("Gather", "GatherElements", "ScatterElements") and i == 1:
             found = _gather(g, node)
+        elif _LENGTHS.get(node.op_type) == i:
+            found = _lengths(g, node, dims)
         elif node.op_type == "OneHot" and i == 0:
             found = _one_hot(g, node)
         elif node.op_type == "Equal":
@@ -259,18 +300,20 @@ def _merge(findings: Sequence[_Finding]) -> ValueDomain | None:
     high = min(d.high or 0 for d in best)
     if low > high:
         return tightest
-    return ValueDomain(low=low, high=high, source=tightest.source)
+    high_dim = next((d.high_dim for d in best if d.high_dim), "")
+    return ValueDomain(low=low, high=high, high_dim=high_dim, source=tightest.source)
 
 
 def infer_domains(model: onnx.ModelProto, inputs: Sequence[TensorSpec]) -> dict[str, ValueDomain]:
     """Input name -> the value domain the graph states for it (inputs it says nothing about
     are left out)."""
     g = _Graph(model)
+    dims = {d for spec in inputs for d in spec.shape if isinstance(d, str)}
     out: dict[str, ValueDomain] = {}
     for spec in inputs:
         if spec.dtype == "bool":
             continue
-        domain = _merge(list(_findings(g, spec)))
+        domain = _merge(list(_findings(g, spec, dims)))
         if domain is not None:
             out[spec.name] = domain
     return out

@@ -9,7 +9,9 @@ another size: compiler/pipeline/probe.py `returned_shapes`) gets the returned ra
 disagreeing dims named the same way, in the model and the contract (`as_returned`).
 
 Ranges: the config's (`dims:`), else the batch default for a dim that is axis 0 of an input of
-rank >= 2 (1..64, opt 1). Other input dims are left for probing (compiler/pipeline/probe.py).
+rank >= 2 (1..64, opt 1) or a recurrent op's batch axis; the time axis of a time-major
+recurrent op ([time, batch, features]) is no batch. Other input dims are left for probing
+(compiler/pipeline/probe.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "is_batch_dim",
     "name_unnamed_dims",
     "onnx_dtype_name",
+    "recurrent_axes",
 ]
 
 BATCH_RANGE = DimRange(min=1, opt=1, max=64)
@@ -186,10 +189,50 @@ def _tensor_spec(
     return TensorSpec(name=vi.name, dtype=onnx_dtype_name(tt.elem_type, where), shape=shape)
 
 
-def is_batch_dim(contract: Contract, dim: str) -> bool:
+def is_batch_dim(contract: Contract, dim: str, time_major: Mapping[str, str] | None = None) -> bool:
     """A dim at axis 0 of some input of rank >= 2 is taken as a batch dim (wherever else it
-    appears: an LSTM state carries the batch at axis 1)."""
+    appears: an LSTM state carries the batch at axis 1), unless `time_major` (recurrent_axes)
+    says it is a recurrent op's time axis; a dim it names that op's batch axis is one."""
+    roles = time_major or {}
+    if roles.get(dim) == "batch":
+        return True
+    if roles.get(dim) == "time":
+        return False
     return any(len(t.shape) >= 2 and t.shape[0] == dim for t in contract.inputs)
+
+
+_RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def recurrent_axes(model: onnx.ModelProto, dims: set[str]) -> dict[str, str]:
+    """Symbolic input dims the main graph's LSTM, GRU and RNN ops read as their input's time
+    axis ('time') or batch axis ('batch'), as shape inference carries the dims' names to
+    them. A time-major recurrent model (PyTorch's default, `batch_first=False`) takes
+    [time, batch, features]: its axis 0 is no batch."""
+    nodes = [n for n in model.graph.node if n.op_type in _RECURRENT]
+    if not nodes or not dims:
+        return {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - a model shape inference fails on: nothing known
+        return {}
+    shapes = {
+        vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim]
+        for vi in [*inferred.graph.input, *inferred.graph.value_info]
+        if vi.type.tensor_type.HasField("shape")
+    }
+    roles: dict[str, str] = {}
+    for node in nodes:
+        shape = shapes.get(node.input[0], [])
+        if len(shape) != 3:
+            continue
+        batch_first = any(a.name == "layout" and a.i == 1 for a in node.attribute)
+        time, batch = (shape[1], shape[0]) if batch_first else (shape[0], shape[1])
+        if time in dims and time != batch:
+            roles.setdefault(time, "time")
+        if batch in dims and time != batch:
+            roles.setdefault(batch, "batch")
+    return roles
 
 
 def extract_contract(
@@ -217,14 +260,20 @@ def extract_contract(
         )
     ranges: dict[str, DimRange] = {}
     origins: dict[str, DimOrigin] = {}
+    roles = recurrent_axes(model, set(known) - set(dims))
     for d in known:
         if d in dims:
             ranges[d], origins[d] = dims[d], DimOrigin(source="config")
-        elif is_batch_dim(contract, d):
+        elif is_batch_dim(contract, d, roles):
+            where = (
+                "the batch axis of a recurrent op's input"
+                if roles.get(d) == "batch"
+                else "axis 0 of an input"
+            )
             ranges[d] = BATCH_RANGE
             origins[d] = DimOrigin(
                 source="batch",
-                note=f"axis 0 of an input: the batch default {BATCH_RANGE.min}..{BATCH_RANGE.max}"
+                note=f"{where}: the batch default {BATCH_RANGE.min}..{BATCH_RANGE.max}"
                 f" (opt {BATCH_RANGE.opt}); change it with {set_flag('dims', d, 'max')}",
             )
     contract.dims = ranges

@@ -45,6 +45,31 @@ def test_contract_reads_names_dtypes_and_symbolic_dims() -> None:
     assert c.dim_origins["batch"].source == "batch"
 
 
+def _recurrent(layout: int, x_shape: list) -> onnx.ModelProto:
+    """A GRU over the input x (layout 0: [time, batch, 4], PyTorch's batch_first=False)."""
+    w = onnx.numpy_helper.from_array(np.ones((1, 24, 4), np.float32), "w")
+    r = onnx.numpy_helper.from_array(np.ones((1, 24, 8), np.float32), "r")
+    gru = helper.make_node("GRU", ["x", "w", "r"], ["", "h"], hidden_size=8, layout=layout)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
+    batch = x_shape[1 - layout]
+    h_shape = [1, batch, 8] if layout == 0 else [batch, 1, 8]
+    h = helper.make_tensor_value_info("h", TensorProto.FLOAT, h_shape)
+    graph = helper.make_graph([gru], "g", [x], [h], [w, r])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("layout", "x_shape"), [(0, ["t", "b", 4]), (1, ["b", "t", 4])])
+def test_a_recurrent_ops_time_axis_is_no_batch(layout: int, x_shape: list) -> None:
+    """A time-major input's axis 0 is its sequence: taken as batch it was served and judged
+    one step long (opt 1, max 64); its batch, at axis 1, was probed as a length (opt 224)."""
+    c = extract_contract(_recurrent(layout, x_shape))
+    assert c.dims["b"] == DimRange(min=1, opt=1, max=64)
+    assert c.dim_origins["b"].source == "batch"
+    assert "t" not in c.dims  # left to probing, as any length
+    if layout == 0:
+        assert "batch axis of a recurrent op" in c.dim_origins["b"].note
+
+
 def test_config_ranges_apply_and_unknown_dims_are_rejected() -> None:
     c = extract_contract(tiny_mlp(), {"batch": DimRange(min=2, opt=4, max=8)})
     assert c.input_shapes() == {"x": (4, 8)}

@@ -257,3 +257,62 @@ def test_uninformative_graph_leaves_the_default(dtype: int) -> None:
     domains = resolve_domains(extract_contract(m), {})
     assert (domains["x"].low, domains["x"].high) == (0, 9)
     assert domains["x"].source.startswith("default for int")
+
+
+def _lstm(layout: int, x_shape: list) -> onnx.ModelProto:
+    """An LSTM reading its sequence lengths from the input `lens` (int32, one per batch row)."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(1, 32, 4)).astype(np.float32), "w")
+    r = numpy_helper.from_array(rng.normal(size=(1, 32, 8)).astype(np.float32), "r")
+    batch = x_shape[1 - layout] if layout == 0 else x_shape[0]
+    node = helper.make_node(
+        "LSTM", ["x", "w", "r", "", "lens"], ["", "h"], name="rnn", hidden_size=8, layout=layout
+    )
+    h_shape = [1, batch, 8] if layout == 0 else [batch, 1, 8]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
+        helper.make_tensor_value_info("lens", TensorProto.INT32, [batch]),
+    ]
+    out = helper.make_tensor_value_info("h", TensorProto.FLOAT, h_shape)
+    return _model([node], inputs, [out], [w, r])
+
+
+@pytest.mark.parametrize(
+    ("layout", "x_shape"), [(0, ["t", "b", 4]), (1, ["b", "t", 4]), (0, [6, "b", 4])]
+)
+def test_sequence_lengths_end_at_their_sequence(layout: int, x_shape: list) -> None:
+    """ONNX Runtime refuses a length past the sequence's end, and the int default 0..9 has
+    them: generated data failed on the reference at any sequence shorter than 9. Lengths now
+    run 1..the sequence's length, in each feed (a symbolic length) or fixed."""
+    m = _lstm(layout, x_shape)
+    d = _infer(m)["lens"]
+    assert d.low == 1 and "sequence lengths of LSTM 'rnn'" in d.source
+    if "t" in x_shape:
+        assert d.high_dim == "t" and d.describe() == "1..t"
+    else:
+        assert (d.high, d.high_dim) == (6, "")
+    if layout == 1:
+        return  # ONNX Runtime runs no batch-first recurrent op (its LSTM refuses layout 1)
+    inferred = _inferred(m)
+    domains = resolve_domains(inferred, {})
+    assert _runs(m, domains)  # every dim at 4
+    assert not _runs(m, {**domains, "lens": ValueDomain(low=0, high=9)})
+    if "t" in x_shape:
+        inferred.dims = {"t": DimRange(opt=3), "b": DimRange(opt=16)}
+        lens = np.concatenate([f["lens"] for f in generate_feeds(inferred, 4, 0, domains)])
+        assert lens.min() >= 1 and lens.max() == 3
+
+
+def test_reverse_sequence_lengths_end_at_the_time_axis() -> None:
+    node = helper.make_node(
+        "ReverseSequence", ["x", "lens"], ["y"], name="rev", batch_axis=0, time_axis=1
+    )
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t"]),
+        helper.make_tensor_value_info("lens", TensorProto.INT64, ["b"]),
+    ]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t"])
+    m = _model([node], inputs, [y])
+    d = _infer(m)["lens"]
+    assert (d.low, d.high_dim) == (1, "t") and "ReverseSequence 'rev'" in d.source
+    assert _runs(m, resolve_domains(_inferred(m), {}))

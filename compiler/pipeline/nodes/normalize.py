@@ -57,8 +57,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # Constant nodes count for the source's precision (a paddle2onnx model in fp16), and a dim
     # no usual size fits is tried at the sizes the graph's shape constants state, and a
     # dilated SAME convolution at stride 1 gets explicit pads (ONNX Runtime refuses it), and
-    # GatherElements/ScatterElements indices take their axis' size as a domain
-    version = "22"
+    # GatherElements/ScatterElements indices take their axis' size as a domain; 23: sequence
+    # lengths (LSTM/GRU/RNN sequence_lens, ReverseSequence) range 1..their sequence's length
+    version = "23"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
