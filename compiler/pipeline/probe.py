@@ -18,8 +18,11 @@ with a mask longer than past + new, and its present keys, declared [.., total, .
 back with past + new. Where the first sizes accepted contradict the dims the outputs declare
 (an axis named after an input dim, of another size), the sizes the outputs give are taken
 (`_consistent`); once the outputs agree, sizes whose outputs contradict their declared dims
-are rejections. A model whose outputs never agree (an axis named after its input's but
-downsampled) is probed as before. A configured range
+are rejections. Where the contradiction is on a dim the probe does not move (a batch of 1
+coming back as 32: an export that reshapes by a traced length runs at its multiples and
+folds the rest into the batch), the first sizes whose outputs agree are searched for, then
+the sizes the graph states (`_first_consistent`). A model whose outputs never agree (an
+axis named after its input's but downsampled) is probed as before. A configured range
 is checked the same way: an end the reference rejects is pulled in toward opt. The batch
 default (1..64 for an input's axis 0) is checked at 2, every batch dim at once and, where
 that is rejected, with the other dims at 1 at 2 too (a state's batch): an export that
@@ -210,28 +213,33 @@ def _first_accepted(
     dims: Sequence[str],
     seed: Mapping[str, int] | None = None,
     candidates: Sequence[int] = CANDIDATES,
+    until: int = MAX_RUNS,
 ) -> dict[str, int] | None:
     """The first combination of `candidates` the reference accepts, by rank sum; first with
-    the dims of `seed` at its sizes (a recurrent state's batch at the batch's), then without."""
+    the dims of `seed` at its sizes (a recurrent state's batch at the batch's), then without.
+    None once the prober has made `until` runs."""
     for fixed in ({**(seed or {})}, {}) if seed else ({},):
         free = [d for d in dims if d not in fixed]
         for ranks in _by_rank_sum(len(free), len(candidates)):
             sizes = {**fixed, **{d: candidates[r] for d, r in zip(free, ranks, strict=True)}}
             if prober.accepts(sizes):
                 return sizes
+            if prober.runs >= until:
+                return None
             if fixed and prober.runs >= MAX_RUNS // 2:
                 break  # the seed is a guess: half the runs at most
     return None
 
 
-def _consistent(prober: _Prober, found: dict[str, int]) -> tuple[dict[str, int], str]:
+def _consistent(prober: _Prober, found: dict[str, int]) -> tuple[dict[str, int], str, str]:
     """`found`, or where the reference's outputs at those sizes contradict their declared
     dims (`_Prober.contradictions`), the sizes the outputs give those dims instead, once they
     run and agree, with what the first contradiction was ('' where none was). Once the
     outputs agree, the prober rejects sizes whose outputs contradict their dims (a decoder's
     past alone made shorter under a mask it slices). Up to _AGREE_ROUNDS runs: a model whose
     outputs never agree with their declared names (an export that named a downsampled axis
-    after its input's) keeps `found` and lenient probing."""
+    after its input's) keeps `found` and lenient probing. The third value: the contradiction
+    where it is on a dim the probe does not move (a batch or configured dim), else ''."""
     sizes, first = dict(found), ""
     try:
         for _ in range(_AGREE_ROUNDS):
@@ -241,14 +249,42 @@ def _consistent(prober: _Prober, found: dict[str, int]) -> tuple[dict[str, int],
             wrong = prober.contradictions({**prober.fixed, **sizes}, values)
             if not wrong:
                 prober.judge_consistency()
-                return sizes, first
+                return sizes, first, ""
             first = first or wrong[0][2]
-            if any(d not in sizes for d, _, _ in wrong):
-                break  # a configured or batch dim: not the probe's to move
+            fixed = [why for d, _, why in wrong if d not in sizes]
+            if fixed:  # a configured or batch dim: not the probe's to move
+                return found, "", fixed[0]
             sizes.update({d: size for d, size, _ in reversed(wrong)})  # the first one wins
     except _Spent:
         pass
-    return found, ""
+    return found, "", ""
+
+
+def _sizes(sizes: Mapping[str, int]) -> str:
+    return ", ".join(f"{d}={n}" for d, n in sizes.items())
+
+
+def _first_consistent(
+    prober: _Prober, dims: Sequence[str], seed: Mapping[str, int], stated: Sequence[int]
+) -> tuple[dict[str, int], bool] | None:
+    """Where the first sizes accepted make an output contradict a dim the probe does not
+    move (a batch of 1 coming back as 16: an export that reshapes by a length it traced,
+    whose multiples run and fold the rest into the batch), the first sizes whose outputs
+    agree with their dims, from the candidates, then the sizes the graph states (True when
+    from those); None where none do within half the runs left, the prober lenient again."""
+    until = prober.runs + (MAX_RUNS - prober.runs) // 2
+    prober.judge_consistency()
+    try:
+        found = _first_accepted(prober, dims, seed, until=until)
+        if found is not None:
+            return found, False
+        if stated and (found := _first_accepted(prober, dims, None, stated, until=until)):
+            return found, True
+    except _Spent:
+        pass
+    prober.consistent = False
+    prober._seen.clear()
+    return None
 
 
 _STATED_MAX = 8  # elements: a shape or a few sizes, not a table
@@ -630,7 +666,7 @@ def range_dims(
         return contract
     prober = _Prober(model_path, contract, domains, where, session)
     found: dict[str, int] | None = {}
-    stated_opt, stated, inconsistent = False, [], ""
+    stated_opt, stated, inconsistent, refound = False, [], "", ""
     ran: Mapping[str, int] = {}
     seen = {d: observed[d] for d in dims if observed and observed.get(d)}
     from_data = bool(dims) and len(seen) == len(dims) and _takes_data_sizes(prober, seen)
@@ -646,7 +682,15 @@ def range_dims(
                 stated_opt = found is not None
             if found is not None and not stated_opt:
                 ran = found
-                found, inconsistent = _consistent(prober, found)
+                found, inconsistent, blocked = _consistent(prober, found)
+                if blocked and not stated:
+                    stated = stated_sizes(model_path)
+                if blocked and (again := _first_consistent(prober, dims, seed, stated)):
+                    found, stated_opt = again
+                    refound = (
+                        f"sizes whose outputs contradict the dims they declare are rejected: "
+                        f"at {_sizes(ran)}, the first sizes accepted, {blocked}"
+                    )
         except _Spent:
             found = None
     if found is None:
@@ -658,12 +702,17 @@ def range_dims(
         step, why_step = _step(prober, found, d)
         ranges[d], note = _range(prober, found, d, step)
         note += f"; {why_step}" if why_step else ""
+        if refound:
+            note = note.replace("the first size tried that the reference accepts", refound, 1)
+            note = note if refound in note else f"{note}; {refound}"
         if stated_opt:
+            ran_how = " with outputs that agree with their dims" if refound else ""
             note += (
-                f"; none of the usual sizes ran, and {found[d]} is one the graph states (a "
-                "shape constant): an export that traced a fixed size (TorchScript's, of a "
-                "module that computes a shape from it) runs at that size only; export again "
-                "with the dynamo exporter (dynamo=True) to take others"
+                f"; none of the usual sizes ran{ran_how}, and {found[d]} is one the graph "
+                "states (a shape constant): an export that traced a fixed size (TorchScript's, "
+                "of a module that computes a shape from it) runs at that size only; export "
+                "again with the dynamo exporter (dynamo=True), or with that shape computed "
+                "from the input's size, to take others"
             )
         if from_data:
             ranges[d], note = _reaching(ranges[d], seen[d], note)

@@ -582,6 +582,38 @@ def test_a_traced_size_the_graph_states_is_tried_where_no_usual_size_runs(
     assert "one the graph states" in c.dim_origins["T"].note
 
 
+def test_sizes_that_fold_into_the_batch_are_rejected_for_those_whose_outputs_agree(
+    tmp_path: Path,
+) -> None:
+    """An export that reshapes by the length it traced (7) into [-1, 7] runs at every
+    multiple of it and folds the rest into the batch: at the first size accepted (224) a
+    batch of 1 came back as 32. The probe took 224, then found the model 'runs at batch 1
+    only'. Sizes whose outputs contradict the batch they declare are now rejections: the
+    length is 7..7 (the size the graph states) and the batch keeps its default range."""
+    h = onnx.helper
+    graph = h.make_graph(
+        [
+            h.make_node("Reshape", ["x", "shape"], ["rows"]),
+            h.make_node("ReduceSum", ["rows", "axis"], ["y"], keepdims=0),
+        ],
+        "folded",
+        [h.make_tensor_value_info("x", 1, ["B", "T"])],
+        [h.make_tensor_value_info("y", 1, ["B"])],
+        [
+            onnx.numpy_helper.from_array(np.asarray([-1, 7], np.int64), "shape"),
+            onnx.numpy_helper.from_array(np.asarray([1], np.int64), "axis"),
+        ],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    c = _probed(model, tmp_path)
+    assert c.dims["T"] == DimRange(min=7, opt=7, max=7)
+    note = c.dim_origins["T"].note
+    assert "at T=224, the first sizes accepted, output 'y' came back with 32" in note
+    assert "one the graph states" in note
+    assert c.dims["B"] == DimRange(min=1, opt=1, max=64)
+
+
 def test_configured_ranges_keep_opt_and_pull_in_ends_the_model_rejects(tmp_path: Path) -> None:
     model = _reshaped({"x": [1, "?"], "y": [1, "seq"]}, {"x": [1, 47], "y": [1, -1]})
     model, record = normalize_model(model, "m.onnx")

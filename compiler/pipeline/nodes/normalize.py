@@ -58,7 +58,9 @@ class NormalizeKind(Kind[NormalizeNode]):
     # no usual size fits is tried at the sizes the graph's shape constants state, and a
     # dilated SAME convolution at stride 1 gets explicit pads (ONNX Runtime refuses it), and
     # GatherElements/ScatterElements indices take their axis' size as a domain; 23: sequence
-    # lengths (LSTM/GRU/RNN sequence_lens, ReverseSequence) range 1..their sequence's length
+    # lengths (LSTM/GRU/RNN sequence_lens, ReverseSequence) range 1..their sequence's length,
+    # a time-major recurrent input's axis 0 is no batch, and sizes whose outputs contradict
+    # a batch dim are rejections (probe.py `_first_consistent`)
     version = "23"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
