@@ -81,6 +81,7 @@ STEPS = (2, 3, 4, 8, 14, 16, 28, 32, 64)
 BUDGET_S = 120.0
 MAX_RUNS = 600
 _AGREE_ROUNDS = 4  # runs `_consistent` takes at most to make outputs agree with their dims
+_AGREE_SEARCH = 64  # runs `_first_consistent` takes at most to find sizes whose outputs agree
 _LOAD_FAILED = re.compile(r"Load model from \S+ failed:\s*")  # the internal copy's path
 
 
@@ -271,8 +272,9 @@ def _first_consistent(
     move (a batch of 1 coming back as 16: an export that reshapes by a length it traced,
     whose multiples run and fold the rest into the batch), the first sizes whose outputs
     agree with their dims, from the candidates, then the sizes the graph states (True when
-    from those); None where none do within half the runs left, the prober lenient again."""
-    until = prober.runs + (MAX_RUNS - prober.runs) // 2
+    from those); None where none do within _AGREE_SEARCH runs (a model whose outputs never
+    agree costs no more), the prober lenient again."""
+    until = prober.runs + min(_AGREE_SEARCH, (MAX_RUNS - prober.runs) // 2)
     prober.judge_consistency()
     try:
         found = _first_accepted(prober, dims, seed, until=until)
