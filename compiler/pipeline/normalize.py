@@ -13,8 +13,10 @@ import hashlib
 import importlib
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.message import EncodeError
@@ -125,6 +127,20 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         ) from exc
 
 
+# the size an example input gives a symbolic dim at axis 0 (a batch) and elsewhere (a
+# length, an image side), where the config gives it no opt of 2 or more: torch.export takes
+# a dim an example gives 0 or 1 as that constant, and a transformer exported at batch 1 and
+# length 1 then ran at those sizes only (its attention's reshapes baked them in)
+_EXAMPLE_BATCH, _EXAMPLE_LENGTH = 2, 64
+
+
+def _example_size(dim: str, axis: int, dims_opt: dict[str, int]) -> int:
+    opt = dims_opt.get(dim, 0)
+    if opt >= 2:
+        return opt
+    return _EXAMPLE_BATCH if axis == 0 else _EXAMPLE_LENGTH
+
+
 def export_torch(
     factory: str, specs: tuple[InputSpec, ...], dims_opt: dict[str, int]
 ) -> onnx.ModelProto:
@@ -152,48 +168,92 @@ def export_torch(
             f"torch source {factory!r}: give --input-spec NAME:DTYPE:[dims] for each input"
         )
     module.eval()
-    args, dynamic_axes = [], {}
-    for s in specs:
-        shape = [d if isinstance(d, int) else dims_opt.get(d, 1) for d in s.shape]
-        args.append(torch.zeros(shape, dtype=getattr(torch, s.dtype)))
-        sym = {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
-        if sym:
-            dynamic_axes[s.name] = sym
+    names = [s.name for s in specs]
+    dynamic_axes = {
+        s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
+        for s in specs
+        if any(isinstance(d, str) for d in s.shape)
+    }
+
+    def examples(size: Callable[[str, int], int]) -> tuple[Any, ...]:
+        return tuple(
+            torch.zeros(
+                [d if isinstance(d, int) else size(d, axis) for axis, d in enumerate(s.shape)],
+                dtype=getattr(torch, s.dtype),
+            )
+            for s in specs
+        )
+
+    args = examples(lambda d, axis: _example_size(d, axis, dims_opt))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export.onnx"
-        names = [s.name for s in specs]
-        # torch.export's own form: per positional input, axis -> the dim's name (which the
-        # ONNX graph keeps); `dynamic_axes` is the TorchScript exporter's (converted with a
-        # deprecation warning by the other)
-        shapes = tuple(dynamic_axes.get(name) for name in names)
-        try:  # the torch.export-based exporter first; the TorchScript one for what it cannot take
+        try:
+            _export(torch, module, args, names, dynamic_axes, out)
+        except _ExportFailed as exc:
+            if not dynamic_axes:
+                raise InputModelError(f"torch.onnx.export failed for {factory}: {exc}") from None
+            try:  # a module that takes no other size: at 1, where torch.export fixes the dims
+                _export(torch, module, examples(lambda d, axis: 1), names, dynamic_axes, out)
+            except _ExportFailed:
+                sizes = ", ".join(
+                    f"{d}={n}"
+                    for s, a in zip(specs, args, strict=True)
+                    for d, n in zip(s.shape, a.shape, strict=True)
+                    if isinstance(d, str)
+                )
+                raise InputModelError(
+                    f"torch.onnx.export failed for {factory} (the example inputs' sizes: "
+                    f"{sizes}, then all 1; give a dim the size the module takes with --set "
+                    f"dims.NAME.opt=N): {exc}"
+                ) from None
+        return onnx.load(out, load_external_data=True)
+
+
+class _ExportFailed(Exception):
+    """Both of torch's exporters refused the module; the message says what each said."""
+
+
+def _export(
+    torch: Any,
+    module: Any,
+    args: tuple[Any, ...],
+    names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    out: Path,
+) -> None:
+    """torch.onnx.export to `out`: the torch.export-based exporter first, the TorchScript one
+    for what it cannot take."""
+    # torch.export's own form: per positional input, axis -> the dim's name (which the ONNX
+    # graph keeps); `dynamic_axes` is the TorchScript exporter's (converted with a
+    # deprecation warning by the other)
+    shapes = tuple(dynamic_axes.get(name) for name in names)
+    try:
+        torch.onnx.export(
+            module,
+            args,
+            str(out),
+            input_names=names,
+            dynamic_shapes=shapes if dynamic_axes else None,
+            opset_version=18,
+            dynamo=True,
+            verbose=False,
+        )
+    except Exception as first:
+        try:
             torch.onnx.export(
                 module,
-                tuple(args),
+                args,
                 str(out),
                 input_names=names,
-                dynamic_shapes=shapes if dynamic_axes else None,
-                opset_version=18,
-                dynamo=True,
-                verbose=False,
+                dynamic_axes=dynamic_axes or None,
+                opset_version=17,
+                dynamo=False,
             )
-        except Exception as first:
-            try:
-                torch.onnx.export(
-                    module,
-                    tuple(args),
-                    str(out),
-                    input_names=names,
-                    dynamic_axes=dynamic_axes or None,
-                    opset_version=17,
-                    dynamo=False,
-                )
-            except Exception as exc:
-                raise InputModelError(
-                    f"torch.onnx.export failed for {factory}: {' '.join(str(exc).split())[:400]} "
-                    f"(torch.export-based exporter: {' '.join(str(first).split())[:200]})"
-                ) from exc
-        return onnx.load(out, load_external_data=True)
+        except Exception as exc:
+            raise _ExportFailed(
+                f"{' '.join(str(exc).split())[:400]} (torch.export-based exporter: "
+                f"{' '.join(str(first).split())[:200]})"
+            ) from exc
 
 
 def normalize_model(

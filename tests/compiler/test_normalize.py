@@ -293,6 +293,48 @@ def test_torch_module_is_exported(
     assert not [w for w in recwarn if "dynamic_axes" in str(w.message)]
 
 
+def test_torch_module_is_exported_at_sizes_torch_export_keeps_dynamic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.export takes a dim an example input gives 1 as the constant 1: a transformer
+    layer exported from size-1 examples (the default opt) ran at batch 1 and length 1 only,
+    and the package said so. Examples are now 2 at axis 0 and 64 elsewhere; a module that
+    takes none of those is exported at 1 as before, and the probe finds what it takes."""
+    torch = pytest.importorskip("torch", reason="torch is the optional [torch] extra")
+    pytest.importorskip("onnxscript", reason="torch.onnx.export needs onnxscript")
+    (tmp_path / "layers.py").write_text(
+        "import torch\n"
+        "def encoder():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, dropout=0.0)\n"
+        "class Positions(torch.nn.Module):  # adds a [1, 16, 8] table: length 16 only\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.table = torch.nn.Parameter(torch.ones(1, 16, 8))\n"
+        "    def forward(self, x):\n"
+        "        return x + self.table\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from compiler.pipeline.config import load_config
+    from compiler.serving.loader import load
+    from tests.compiler.helpers import build_source
+
+    cfg = load_config(Path(__file__).with_name("ort_only.yaml"), ["cpu"])
+    out = build_source("layers:encoder", ["x:float32:[batch,seq,8]"], tmp_path / "enc", cfg)
+    dims = out.manifest.contract.dims
+    assert dims["batch"].max == 64 and dims["seq"].max > 64, dims
+    x = np.random.default_rng(0).normal(size=(3, 5, 8)).astype(np.float32)
+    import layers  # type: ignore[import-not-found]
+
+    expected = layers.encoder().eval()(torch.from_numpy(x)).detach().numpy()
+    with load(tmp_path / "enc") as s:
+        got = s.run({"x": x})
+    np.testing.assert_allclose(next(iter(got.values())), expected, atol=1e-5)
+
+    out = build_source("layers:Positions", ["x:float32:[batch,seq,8]"], tmp_path / "pos", cfg)
+    assert out.manifest.contract.dims["seq"] == DimRange(min=16, opt=16, max=16)
+
+
 # --------------------------------------------------------------------------- dims: naming, probing
 
 
