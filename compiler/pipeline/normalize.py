@@ -227,33 +227,23 @@ def _export(
     # graph keeps); `dynamic_axes` is the TorchScript exporter's (converted with a
     # deprecation warning by the other)
     shapes = tuple(dynamic_axes.get(name) for name in names)
-    try:
-        torch.onnx.export(
-            module,
-            args,
-            str(out),
-            input_names=names,
-            dynamic_shapes=shapes if dynamic_axes else None,
-            opset_version=18,
-            dynamo=True,
-            verbose=False,
-        )
-    except Exception as first:
+    exporters: tuple[dict[str, Any], ...] = (
+        {
+            "dynamo": True,
+            "opset_version": 18,
+            "dynamic_shapes": shapes if dynamic_axes else None,
+            "verbose": False,
+        },
+        {"dynamo": False, "opset_version": 17, "dynamic_axes": dynamic_axes or None},
+    )
+    said = []
+    for options in exporters:
         try:
-            torch.onnx.export(
-                module,
-                args,
-                str(out),
-                input_names=names,
-                dynamic_axes=dynamic_axes or None,
-                opset_version=17,
-                dynamo=False,
-            )
-        except Exception as exc:
-            raise _ExportFailed(
-                f"{' '.join(str(exc).split())[:400]} (torch.export-based exporter: "
-                f"{' '.join(str(first).split())[:200]})"
-            ) from exc
+            torch.onnx.export(module, args, str(out), input_names=names, **options)
+            return
+        except Exception as exc:  # each exporter refuses in its own way; the message is kept
+            said.append(" ".join(str(exc).split()))
+    raise _ExportFailed(f"{said[1][:400]} (torch.export-based exporter: {said[0][:200]})")
 
 
 def normalize_model(
