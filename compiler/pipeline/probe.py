@@ -192,6 +192,11 @@ class _Prober:
         self.consistent = True
         self._seen.clear()
 
+    def judge_leniently(self) -> None:
+        """From now on, outputs that contradict their declared dims are no refusal."""
+        self.consistent = False
+        self._seen.clear()
+
 
 def _by_rank_sum(k: int, n: int) -> Iterator[tuple[int, ...]]:
     """All k-tuples of ranks 0..n-1, lowest rank sum first."""
@@ -284,8 +289,7 @@ def _first_consistent(
             return found, True
     except _Spent:
         pass
-    prober.consistent = False
-    prober._seen.clear()
+    prober.judge_leniently()
     return None
 
 
