@@ -189,15 +189,13 @@ def _tensor_spec(
     return TensorSpec(name=vi.name, dtype=onnx_dtype_name(tt.elem_type, where), shape=shape)
 
 
-def is_batch_dim(contract: Contract, dim: str, time_major: Mapping[str, str] | None = None) -> bool:
+def is_batch_dim(contract: Contract, dim: str, roles: Mapping[str, str] | None = None) -> bool:
     """A dim at axis 0 of some input of rank >= 2 is taken as a batch dim (wherever else it
-    appears: an LSTM state carries the batch at axis 1), unless `time_major` (recurrent_axes)
-    says it is a recurrent op's time axis; a dim it names that op's batch axis is one."""
-    roles = time_major or {}
-    if roles.get(dim) == "batch":
-        return True
-    if roles.get(dim) == "time":
-        return False
+    appears: an LSTM state carries the batch at axis 1), unless `roles` (recurrent_axes) says
+    it is a recurrent op's time axis; a dim it names that op's batch axis is one."""
+    role = (roles or {}).get(dim)
+    if role is not None:
+        return role == "batch"
     return any(len(t.shape) >= 2 and t.shape[0] == dim for t in contract.inputs)
 
 
