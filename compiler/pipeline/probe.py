@@ -363,17 +363,31 @@ def _walk(
 
 def _step(prober: _Prober, found: Mapping[str, int], dim: str) -> tuple[int, str]:
     """The step of the sizes `dim` takes around its opt (DimRange.step) and how it was found:
-    1 where opt + 1 is accepted; else the least of STEPS whose opt + step is (a detector's
-    feature pyramid takes multiples of 32 only: 481 failed in an Add deep inside, once
-    served); 1 where none is (the dim may not move alone: `_coupled`)."""
+    1 where opt + 1 and opt - 1 are accepted; else the least of STEPS whose opt + step and
+    opt - step are (a detector's feature pyramid takes multiples of 32 only: 481 failed in
+    an Add deep inside, once served); 1 where none is (the dim may not move alone:
+    `_coupled`). Both sides, since a strided stem floors: a model that windows its 4x
+    downsampled features by 7 takes 224 to 227, then 252, and one side alone read as step 1
+    (or 2), its range stuck at 224 and its dims 'moving together'."""
     opt = found[dim]
+
+    def takes(k: int) -> bool:
+        return prober.accepts({**found, dim: opt + k}) and (
+            opt - k < 1 or prober.accepts({**found, dim: opt - k})
+        )
+
     try:
-        if prober.accepts({**found, dim: opt + 1}):
+        if takes(1):
             return 1, ""
         # a multiple's step divides opt: those first, the least first
         for k in sorted(STEPS, key=lambda k: (opt % k != 0, k)):
-            if prober.accepts({**found, dim: opt + k}):
-                return k, f"step {k}: {opt + 1} rejected, {opt + k} accepted"
+            if takes(k):
+                return (
+                    k,
+                    f"step {k}: {opt + 1} or {opt - 1} rejected, {opt - k} and {opt + k} accepted",
+                )
+        if prober.accepts({**found, dim: opt + 1}):
+            return 1, ""  # no step both ways: opt + 1 alone, as before
     except _Spent:
         return 1, ""
     return 1, ""
@@ -385,6 +399,8 @@ def _range(
     opt = found[dim]
     cap = opt * MAX_FACTOR
     on_step = {c for c in CANDIDATES if (c - opt) % step == 0}
+    if step > 1:  # opt halved, where on the step (224 on a step of 28: 112, 56, 28)
+        on_step |= {v for v in (opt >> k for k in (1, 2, 3)) if v and (v - opt) % step == 0}
     down = sorted((c for c in on_step if c < opt), reverse=True)
     up = sorted(
         {c for c in on_step if opt < c <= cap}

@@ -803,6 +803,25 @@ def _graph(
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
 
 
+def test_a_floored_downsample_does_not_hide_the_step(tmp_path: Path) -> None:
+    """Windows of 7 over features a stride-4 stem made: the model takes 224 to 227 (the
+    stem floors), then 252. Taking 225 as step 1 stuck the range at 224..224 (and two such
+    dims 'moved together', equal); the step must hold on both sides of opt: 28."""
+    windowed = _graph(
+        [
+            onnx.helper.make_node("MaxPool", ["x"], ["f"], kernel_shape=[4], strides=[4]),
+            onnx.helper.make_node("Reshape", ["f", "shape"], ["w"]),
+            onnx.helper.make_node("ReduceMax", ["w"], ["y"], axes=[3], keepdims=0),
+        ],
+        {"x": ["N", 1, "H"]},
+        {"y": ["N", 1, "windows"]},
+        [onnx.numpy_helper.from_array(np.array([0, 0, -1, 7], np.int64), "shape")],
+    )
+    c = _probed(windowed, tmp_path)
+    assert c.dims["H"] == DimRange(min=28, opt=224, max=1792, step=28), c.dims["H"]
+    assert "step 28: 225 or 223 rejected, 196 and 252 accepted" in c.dim_origins["H"].note
+
+
 def test_a_dim_that_takes_multiples_only_gets_its_step(tmp_path: Path) -> None:
     """A detector's feature pyramid takes multiples of 32 (ppocr_det: 481 failed in an Add
     deep inside, once served, where the contract said 64..3840); frames stacked by 4 take
@@ -819,7 +838,8 @@ def test_a_dim_that_takes_multiples_only_gets_its_step(tmp_path: Path) -> None:
     assert (t.step, t.opt % 4, t.min % 4, t.max % 4) == (4, 0, 0, 0), t
     assert (
         t.min == 4
-        and f"step 4: {t.opt + 1} rejected, {t.opt + 4} accepted" in c.dim_origins["T"].note
+        and f"step 4: {t.opt + 1} or {t.opt - 1} rejected, {t.opt - 4} and {t.opt + 4} accepted"
+        in c.dim_origins["T"].note
     )
     assert t.takes(t.opt + 4) and not t.takes(t.opt + 2) and t.describe().endswith("step 4)")
     ok = {"x": np.zeros((1, 8, 16), np.float32)}

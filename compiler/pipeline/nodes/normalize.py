@@ -60,7 +60,8 @@ class NormalizeKind(Kind[NormalizeNode]):
     # GatherElements/ScatterElements indices take their axis' size as a domain; 23: sequence
     # lengths (LSTM/GRU/RNN sequence_lens, ReverseSequence) range 1..their sequence's length,
     # a time-major recurrent input's axis 0 is no batch, and sizes whose outputs contradict
-    # a batch dim are rejections (probe.py `_first_consistent`)
+    # a batch dim are rejections (probe.py `_first_consistent`), and a step holds on both
+    # sides of opt
     version = "23"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
