@@ -91,6 +91,7 @@ def test_feeds_run_at_once_on_the_cores_given_with_the_same_results(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     feeds = [{"x": rng.normal(size=(64, 256)).astype(np.float32)} for _ in range(7)]
     threads: set[str] = set()
+    second = threading.Event()
     run = ort_tools.session
 
     def watched(*args: object) -> object:
@@ -101,7 +102,15 @@ def test_feeds_run_at_once_on_the_cores_given_with_the_same_results(
                 return sess.get_outputs()
 
             def run(self, *a: object) -> object:
-                threads.add(threading.current_thread().name)
+                name = threading.current_thread().name
+                threads.add(name)
+                if len(threads) > 1:
+                    second.set()
+                elif name.startswith("run_model"):
+                    # the pool starts a thread only while the others are busy: on a loaded
+                    # host one fast thread took every feed (CI, 2026-12-06); held until a
+                    # second one runs, the first cannot
+                    second.wait(10)
                 return sess.run(*a)
 
         return Watched()
