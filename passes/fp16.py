@@ -47,7 +47,7 @@ from onnx import helper, numpy_helper
 from pydantic import model_validator
 
 from compiler.core.errors import PassError
-from compiler.core.graphs import defined, nodes, subgraphs
+from compiler.core.graphs import defined, elem_types, nodes, subgraphs
 from compiler.core.names import free_name
 from compiler.core.quantized import is_quantized_op
 from passes.base import (
@@ -160,12 +160,7 @@ def _float32_reads(model: onnx.ModelProto, holders: set[str]) -> None:
     read, in place: the converter keeps a block-listed node's branches float32 but leaves the
     outer tensors they read as it made them (fp16 where their producer was converted)."""
     graph = model.graph
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {
-        v.name: v.type.tensor_type.elem_type
-        for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-    }
-    types |= {t.name: t.data_type for t in graph.initializer}
+    types = elem_types(model)
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
     taken = {t for n in graph.node for t in (n.name, *n.output)} | set(types)
     rewritten: list[onnx.NodeProto] = []

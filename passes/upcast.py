@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compiler.core.graphs import graphs
+from compiler.core.graphs import elem_types, graphs
 from passes.base import PassContext, half_precision
 from passes.simplify import SimplifyConfig, SimplifyPass
 
@@ -94,13 +94,8 @@ def _drop_noop_casts(model: onnx.ModelProto) -> None:
     converter's Casts around its fp16 region and its block-listed ops. Left in, they sit
     between quantizable ops (ONNX Runtime's int8 model ran at 0.4x the fp16 reference), and
     NNCF's own Cast elimination dropped one that made a graph output, breaking the model."""
-    try:
-        typed = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
-    except Exception:  # noqa: BLE001 - > 2 GB, or a shape rule that fails: keep the Casts
-        return
     graph = model.graph
-    types = {vi.name: _elem(vi) for vi in (*typed.input, *typed.value_info, *typed.output)}
-    types.update({t.name: t.data_type for t in graph.initializer})
+    types = elem_types(model)
     outputs = {vi.name for vi in graph.output}
     fixed = outputs | {vi.name for vi in graph.input}
     uses: dict[str, int] = {}

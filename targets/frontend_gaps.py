@@ -59,7 +59,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compiler.core.graphs import constant, graphs
+from compiler.core.graphs import constant, graphs, shapes
 
 __all__ = [
     "antialiased_downsamples",
@@ -77,22 +77,12 @@ __all__ = [
 
 
 def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """The main graph's tensors of known rank, each dim's size where ONNX shape inference
+    """The tensors of known rank (`shapes`), each dim's size where ONNX shape inference
     knows it as a number (None where not)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - then no shape is known, and nothing is assumed
-        return {}
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    g = inferred.graph
-    for info in (*g.input, *g.output, *g.value_info):
-        tensor = info.type.tensor_type
-        if info.type.HasField("tensor_type") and tensor.HasField("shape"):
-            dims = tensor.shape.dim
-            shapes[info.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else None for d in dims
-            )
-    return shapes
+    return {
+        name: tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
+        for name, dims in shapes(model).items()
+    }
 
 
 def antialiased_downsamples(model: onnx.ModelProto) -> list[str]:
@@ -109,13 +99,13 @@ def antialiased_downsamples(model: onnx.ModelProto) -> list[str]:
     ]
     if not found:
         return []
-    shapes = _known_shapes(model)
+    known = _known_shapes(model)
     shrinking = []
     for n in found:
         scales = constant(model.graph, n.input[2]) if len(n.input) > 2 and n.input[2] else None
         if scales is not None and scales.size and bool((scales >= 1).all()):
             continue
-        before, after = shapes.get(n.input[0]), shapes.get(n.output[0])
+        before, after = known.get(n.input[0]), known.get(n.output[0])
         if before and after and len(before) == len(after):
             pairs = zip(before, after, strict=True)
             if all(a is not None and b is not None and b >= a for a, b in pairs):
@@ -142,7 +132,7 @@ def off_grid_scale_resizes(model: onnx.ModelProto) -> list[str]:
     not land on whole sizes: on an axis a scale other than 1 where the input's size times it
     is not a whole number, or, for a size not known, where the scale is not one. Scales read
     against align_corners' grid, which is the sizes', are the same either way."""
-    shapes: dict[str, tuple[int | None, ...]] | None = None
+    known: dict[str, tuple[int | None, ...]] | None = None
     found = []
     for n in model.graph.node:
         if n.op_type != "Resize" or len(n.input) < 3 or not n.input[2]:
@@ -155,9 +145,9 @@ def off_grid_scale_resizes(model: onnx.ModelProto) -> list[str]:
         scales = constant(model.graph, n.input[2])
         if scales is None or not scales.size:
             continue
-        if shapes is None:
-            shapes = _known_shapes(model)
-        dims = shapes.get(n.input[0])
+        if known is None:
+            known = _known_shapes(model)
+        dims = known.get(n.input[0])
         for axis, scale in enumerate(scales.astype(np.float64).ravel()):
             if scale == 1:
                 continue
@@ -221,12 +211,12 @@ def two_way_activations(model: onnx.ModelProto) -> list[str]:
 def dynamic_sequence_lens(model: onnx.ModelProto) -> list[str]:
     """LSTM, GRU and RNN nodes given sequence_lens whose input X is not known to be of one
     static shape (any dynamic dim, or a node in a subgraph, whose shapes are not read)."""
-    shapes = _known_shapes(model)
+    known = _known_shapes(model)
     found = []
     for op in ("LSTM", "GRU", "RNN"):
         for n in _all_nodes(model, op):
             if len(n.input) > 4 and n.input[4]:
-                x = shapes.get(n.input[0])
+                x = known.get(n.input[0])
                 if x is None or any(d is None for d in x):
                     found.append(n)
     return _named(found)

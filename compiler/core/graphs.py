@@ -1,5 +1,6 @@
 """Walking an ONNX graph with its subgraphs (If branches, Loop and Scan bodies), reading the
-value of a constant tensor in it, and the element types its weights are held in."""
+value of a constant tensor in it, the types and shapes shape inference finds for its
+tensors, and the element types its weights are held in."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ __all__ = [
     "float_weights",
     "graphs",
     "nodes",
+    "shapes",
     "subgraphs",
+    "value_infos",
     "weights_precision",
 ]
 
@@ -48,21 +51,53 @@ def nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
             yield from nodes(sub)
 
 
-def elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Each tensor's element type (an onnx.TensorProto data type) where ONNX shape inference
-    (or, where it fails, the graph's own value infos) knows it, over the main graph and its
-    subgraphs."""
+def value_infos(model: onnx.ModelProto, *, data_prop: bool = False) -> dict[str, onnx.TypeProto]:
+    """Each tensor's type (element type and shape) as ONNX shape inference states it, or,
+    where inference fails, as the model's own value infos do: graph inputs, outputs and
+    value infos, of the main graph and then its subgraphs. A name stated twice keeps its
+    first statement: a graph input's declared type, and the main graph's over a subgraph's
+    tensor of the same name. `data_prop` lets inference compute shapes from shape
+    arithmetic (Shape, Gather, Concat ... feeding a Reshape)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
     except Exception:  # noqa: BLE001 - the value infos the model states are all there is
         inferred = model
-    types: dict[str, int] = {}
+    types: dict[str, onnx.TypeProto] = {}
     for graph in graphs(inferred.graph):
         for info in (*graph.input, *graph.output, *graph.value_info):
-            if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-                types[info.name] = info.type.tensor_type.elem_type
+            types.setdefault(info.name, info.type)
+    return types
+
+
+def shapes(model: onnx.ModelProto, *, data_prop: bool = False) -> dict[str, list[int | str]]:
+    """Each tensor of known rank's dims (`value_infos`), initializers included: a number, a
+    symbolic dim's name, or 0 where the dim is neither."""
+    found = {
+        name: [d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in t.shape.dim]
+        for name, t in _tensor_types(value_infos(model, data_prop=data_prop))
+        if t.HasField("shape")
+    }
+    for graph in graphs(model.graph):
+        found.update({t.name: list(t.dims) for t in graph.initializer})
+    return found
+
+
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Each tensor's element type (an onnx.TensorProto data type) where `value_infos` or an
+    initializer states it, over the main graph and its subgraphs."""
+    types = {name: t.elem_type for name, t in _tensor_types(value_infos(model)) if t.elem_type}
+    for graph in graphs(model.graph):
         types.update({t.name: t.data_type for t in graph.initializer})
     return types
+
+
+def _tensor_types(
+    types: dict[str, onnx.TypeProto],
+) -> Iterator[tuple[str, onnx.TypeProto.Tensor]]:
+    """The tensors among `types` (sequences, maps and optionals aside)."""
+    for name, t in types.items():
+        if t.HasField("tensor_type"):
+            yield name, t.tensor_type
 
 
 def defined(graph: onnx.GraphProto) -> set[str]:

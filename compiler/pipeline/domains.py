@@ -30,6 +30,7 @@ import onnx
 from onnx import numpy_helper
 
 from compiler.core.contract import TensorSpec, ValueDomain
+from compiler.core.graphs import shapes
 
 __all__ = ["infer_domains"]
 
@@ -121,17 +122,7 @@ class _Graph:
         """`name`'s dims as the graph input or shape inference states them: a number, the
         name of a symbolic dim, or 0 where neither is known."""
         if self._propagated is None:
-            self._propagated = {}
-            try:
-                inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
-            except Exception:  # noqa: BLE001 - then nothing more is known
-                inferred = self.model
-            for vi in [*inferred.graph.input, *inferred.graph.value_info]:
-                if vi.type.tensor_type.HasField("shape") and vi.name not in self._propagated:
-                    dims = vi.type.tensor_type.shape.dim
-                    self._propagated[vi.name] = [
-                        d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in dims
-                    ]
+            self._propagated = shapes(self.model, data_prop=True)
         return self._propagated.get(name, [])
 
     def reach(self, start: str) -> Iterator[tuple[onnx.NodeProto, int]]:

@@ -22,6 +22,7 @@ import onnx
 
 from compiler.core.contract import Contract, DimOrigin, DimRange, TensorSpec, set_flag
 from compiler.core.errors import ConfigError, ContractError
+from compiler.core.graphs import shapes
 from compiler.core.names import free_name
 
 __all__ = [
@@ -210,18 +211,10 @@ def recurrent_axes(model: onnx.ModelProto, dims: set[str]) -> dict[str, str]:
     nodes = [n for n in model.graph.node if n.op_type in _RECURRENT]
     if not nodes or not dims:
         return {}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - a model shape inference fails on: nothing known
-        return {}
-    shapes = {
-        vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim]
-        for vi in [*inferred.graph.input, *inferred.graph.value_info]
-        if vi.type.tensor_type.HasField("shape")
-    }
+    known = shapes(model)
     roles: dict[str, str] = {}
     for node in nodes:
-        shape = shapes.get(node.input[0], [])
+        shape = known.get(node.input[0], [])
         if len(shape) != 3:
             continue
         batch_first = any(a.name == "layout" and a.i == 1 for a in node.attribute)

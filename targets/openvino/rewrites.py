@@ -74,7 +74,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler.core.graphs import constant, elem_types, graphs
+from compiler.core.graphs import constant, elem_types, graphs, shapes
 from compiler.core.names import free_name
 
 __all__ = [
@@ -186,31 +186,13 @@ def sink_layout_transposes(graph: onnx.GraphProto) -> int:
     return len(replaced)
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Each tensor's rank where ONNX shape inference (or, where it fails, the graph's own
-    value infos) knows it, over the main graph and its subgraphs."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - the value infos the model states are all there is
-        inferred = model
-    ranks: dict[str, int] = {}
-    for graph in graphs(inferred.graph):
-        for info in (*graph.input, *graph.output, *graph.value_info):
-            tensor = info.type.tensor_type
-            if info.type.HasField("tensor_type") and tensor.HasField("shape"):
-                ranks[info.name] = len(tensor.shape.dim)
-        for t in graph.initializer:
-            ranks[t.name] = len(t.dims)
-    return ranks
-
-
 def wide_if_conditions(model: onnx.ModelProto) -> list[str]:
     """The If nodes (names, or first outputs) whose condition has a known rank of 2 or more,
     main graph and subgraphs: what `scalar_if_conditions` would rewrite."""
     ifs = [n for g in graphs(model.graph) for n in g.node if n.op_type == "If"]
     if not ifs:
         return []
-    ranks = _ranks(model)
+    ranks = {name: len(dims) for name, dims in shapes(model).items()}
     return [n.name or n.output[0] for n in ifs if ranks.get(n.input[0], 0) >= 2]
 
 
@@ -273,7 +255,7 @@ def coerced_softmaxes(model: onnx.ModelProto) -> list[str]:
     found = [n for g in graphs(model.graph) for n in g.node if n.op_type == "Softmax"]
     if not found:
         return []
-    ranks = _ranks(model)
+    ranks = {name: len(dims) for name, dims in shapes(model).items()}
     out = []
     for n in found:
         axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
