@@ -46,6 +46,7 @@ import itertools
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ import onnx
 from compiler.core.contract import Contract, DimOrigin, DimRange, ValueDomain, set_flag
 from compiler.core.errors import ConfigError, InputModelError, short_message
 from compiler.core.feeds import Feeds
-from compiler.core.graphs import constant_tensors
+from compiler.core.graphs import constant_tensors, nodes
 from compiler.pipeline.data import domain_fixes, random_feed
 from compiler.pipeline.userdata import most_common
 from targets.onnxruntime.backend import reference_session
@@ -346,6 +347,84 @@ def _state_batches(model_path: Path, contract: Contract) -> list[str]:
     return found
 
 
+_KEEPS_AXES = frozenset({"Identity", "Cast"})
+
+
+def concatenated_dims(model_path: Path, contract: Contract) -> list[str]:
+    """The input dims a Concat extends: a symbolic dim of an input that reaches a Concat
+    (directly or through an Identity or Cast, in the main graph or a subgraph) as the axis
+    it concatenates on. A decoder's cache, [batch, heads, past, head size], concatenated
+    with the new keys: its first step has none (past 0), which the probe's sizes, 1 and up,
+    never try."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    made_by = {o: n for n in nodes(model.graph) for o in n.output}
+    shapes = {t.name: t.shape for t in contract.inputs}
+    found: list[str] = []
+    for node in nodes(model.graph):
+        if node.op_type != "Concat":
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        for name in node.input:
+            while name in made_by and made_by[name].op_type in _KEEPS_AXES:
+                name = made_by[name].input[0]
+            shape = shapes.get(name, [])
+            dim = shape[axis] if -len(shape) <= axis < len(shape) else None
+            if isinstance(dim, str) and dim not in found:
+                found.append(dim)
+    return found
+
+
+def _empty(
+    prober: _Prober, ranges: Mapping[str, DimRange], dims: Sequence[str], dim: str
+) -> dict[str, int]:
+    """Sizes with `dim` at 0 the reference accepts (outputs agreeing with their dims), the
+    other dims at their mins with one of them less `dim`'s min (a decoder's total = past +
+    new: past 1 -> 0 makes the total one less), or else all at their mins (a total kept
+    can broadcast against keys of one less); {} where none is."""
+    base = {d: ranges[d].min for d in dims}
+    less = base[dim]
+    tries = [{**base, dim: 0, o: base[o] - less} for o in dims if o != dim and base[o] > less]
+    tries.append({**base, dim: 0})
+    for sizes in tries:
+        try:
+            if prober.accepts(sizes):
+                return sizes
+        except _Spent:
+            return {}
+    return {}
+
+
+def _range_empty(
+    prober: _Prober,
+    concatenated: Sequence[str],
+    dims: Sequence[str],
+    ranges: dict[str, DimRange],
+    origins: dict[str, DimOrigin],
+) -> None:
+    """Widens, in place, the ranges of the probed `concatenated` dims (concatenated_dims)
+    down to 0 where the reference takes them empty (`_empty`), and the other dims' mins to
+    what they took with it."""
+    for d in (d for d in concatenated if d in dims):
+        before = prober.runs
+        if ranges[d].min != 1 or not (empty := _empty(prober, ranges, dims, d)):
+            continue
+        with_others = ", ".join(f"{o}={v}" for o, v in empty.items() if o != d)
+        for o, v in empty.items():
+            if o != d and v < ranges[o].min:
+                ranges[o] = ranges[o].model_copy(update={"min": v})
+                why = f"; min {v} with {d}=0, as an empty {d} takes it"
+                origins[o] = origins[o].model_copy(update={"note": origins[o].note + why})
+        ranges[d] = ranges[d].model_copy(update={"min": 0})
+        origins[d] = origins[d].model_copy(
+            update={
+                "probes": origins[d].probes + prober.runs - before,
+                "note": f"{origins[d].note}; min 0 (with {with_others}): a Concat extends "
+                f"the input along '{d}', and the reference takes it empty (a decoder's first "
+                "step, on an empty cache)",
+            }
+        )
+
+
 def _walk(
     prober: _Prober, found: Mapping[str, int], dim: str, steps: Sequence[int]
 ) -> tuple[int, str]:
@@ -419,20 +498,48 @@ def _range(
     return DimRange(min=low, opt=opt, max=high, step=step), note
 
 
-def _takes_data_sizes(prober: _Prober, seen: Mapping[str, Sequence[int]]) -> bool:
-    """Whether the reference takes every dim at its most common size in the data at once
-    (each feed ran, but dims of different inputs may never have met at these sizes)."""
+def _data_opts(seen: Mapping[str, Sequence[int]]) -> tuple[dict[str, int], str]:
+    """The dims' sizes in the data to take as opts, and how they were chosen: the sizes the
+    most feeds have together (one feed's, so they ran together: a decoder's past, new and
+    total lengths are no three most common sizes), the smallest where counts tie; each dim's
+    most common size where the lists do not line up by feed. Never a size of 0 (a decoder's
+    first step, on an empty cache: nothing to time or compile for); {} where every feed has
+    one."""
+    if len({len(v) for v in seen.values()}) == 1:
+        together = Counter(s for s in zip(*seen.values(), strict=True) if 0 not in s)
+        if not together:
+            return {}, ""
+        best = min(together, key=lambda sizes: (-together[sizes], sizes))
+        many = len(next(iter(seen.values())))
+        kind = "size" if len(seen) == 1 else "sizes"
+        how = f"the {kind} {together[best]} of the user's {many} feeds have"
+        how += " together" if len(seen) > 1 else ""
+        return dict(zip(seen, best, strict=True)), how
+    nonzero = {d: [s for s in v if s] for d, v in seen.items()}
+    if not all(nonzero.values()):
+        return {}, ""
+    return {
+        d: most_common(v)[0] for d, v in nonzero.items()
+    }, "its most common size in the user's feeds"
+
+
+def _takes_data_sizes(prober: _Prober, opts: Mapping[str, int]) -> bool:
+    """Whether the reference takes every dim at its size in `opts` at once (each feed ran,
+    but dims of different inputs may never have met at each one's most common size)."""
     try:
-        return prober.accepts({d: most_common(v)[0] for d, v in seen.items()})
+        return prober.accepts(opts)
     except _Spent:
         return False
 
 
-def _reaching(r: DimRange, sizes: Sequence[int], note: str) -> tuple[DimRange, str]:
-    """The probed range around the data's most common size, widened to every size the data
-    has (the user's feeds run: they are the sizes served), and the note saying so. A step
-    every size of the data is not on is narrowed to one it is."""
-    size, count = most_common(sizes)
+def _reaching(
+    r: DimRange, sizes: Sequence[int], note: str, opt: int | None = None, how: str = ""
+) -> tuple[DimRange, str]:
+    """The probed range widened to every size the data has (the user's feeds run: they are
+    the sizes served), and the note saying so; around the data's `opt` where the data gave
+    the opts (`how` says how), else around the probed one. A step every size of the data is
+    not on is narrowed to one it is."""
+    size = r.opt if opt is None else opt
     low, high = min(r.min, *sizes), max(r.max, *sizes)
     step = math.gcd(r.step, *(abs(s - size) for s in sizes))
     if step != r.step:
@@ -440,14 +547,14 @@ def _reaching(r: DimRange, sizes: Sequence[int], note: str) -> tuple[DimRange, s
     if step > 1:  # the probed ends, off the narrowed step, give way to the data's
         low = min(s for s in (r.min, *sizes) if (s - size) % step == 0)
         high = max(s for s in (r.max, *sizes) if (s - size) % step == 0)
-    head = f"opt {size}: the size {count} of the user's {len(sizes)} feeds have"
-    rest = ";" + note.split(";", 1)[1] if ";" in note else ""
+    if opt is not None:
+        note = f"opt {size}: {how}" + (";" + note.split(";", 1)[1] if ";" in note else "")
     widened = (
         f"; widened to {low}..{high}, the sizes the data has"
         if (low, high) != (r.min, r.max)
         else ""
     )
-    return DimRange(min=low, opt=size, max=high, step=step), head + rest + widened
+    return DimRange(min=low, opt=size, max=high, step=step), note + widened
 
 
 def _furthest(
@@ -691,9 +798,10 @@ def range_dims(
     stated_opt, stated, inconsistent, refound = False, [], "", ""
     ran: Mapping[str, int] = {}
     seen = {d: observed[d] for d in dims if observed and observed.get(d)}
-    from_data = bool(dims) and len(seen) == len(dims) and _takes_data_sizes(prober, seen)
+    data_opts, how = _data_opts(seen) if seen else ({}, "")
+    from_data = bool(dims) and len(data_opts) == len(dims) and _takes_data_sizes(prober, data_opts)
     if from_data:
-        found = {d: most_common(v)[0] for d, v in seen.items()}
+        found = data_opts
     elif dims:
         batch_opt = min((contract.dims[d].opt for d in batch), default=1)
         seed = {d: batch_opt for d in _state_batches(model_path, contract) if d in dims}
@@ -736,8 +844,6 @@ def range_dims(
                 "again with the dynamo exporter (dynamo=True), or with that shape computed "
                 "from the input's size, to take others"
             )
-        if from_data:
-            ranges[d], note = _reaching(ranges[d], seen[d], note)
         if inconsistent:
             if ran[d] != found[d]:
                 note = note.replace(
@@ -752,6 +858,11 @@ def range_dims(
         probes = searched + prober.runs - before
         origins[d] = DimOrigin(source="probed", probes=probes, note=note)
     equal = _range_coupled(prober, found, ranges, origins)
+    _range_empty(prober, concatenated_dims(model_path, contract), dims, ranges, origins)
+    for d in seen:  # the data's sizes widen the ends (after the coupled dims moved)
+        opt = found[d] if from_data else None
+        ranges[d], note = _reaching(ranges[d], seen[d], origins[d].note, opt, how)
+        origins[d] = origins[d].model_copy(update={"note": note})
     opts = {**prober.fixed, **found}
     for d in configured:
         before = prober.runs

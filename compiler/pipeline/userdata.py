@@ -306,8 +306,10 @@ def observed_sizes(
     shapes: Mapping[str, Mapping[str, Sequence[int]]], contract: Contract
 ) -> dict[str, list[int]]:
     """Symbolic input dim -> its size in each of the user's feeds (a file of stacked feeds
-    counts each). Files that do not hold every input at its rank, or at its rank + 1, say
-    nothing (the data node reports them)."""
+    counts each), one entry a feed: the lists line up, the i-th sizes of every dim being one
+    feed's. A dim two inputs carry at different sizes in a feed takes the first input's (the
+    data node refuses that feed). Files that do not hold every input at its rank, or at its
+    rank + 1, say nothing (the data node reports them)."""
     ranks = {t.name: len(t.shape) for t in contract.inputs}
     sizes: dict[str, list[int]] = {}
     for arrays in shapes.values():
@@ -317,11 +319,14 @@ def observed_sizes(
         if lead not in ({0}, {1}):
             continue
         count = arrays[next(iter(ranks))][0] if lead == {1} else 1
+        feed: dict[str, int] = {}
         for t in contract.inputs:
             shape = arrays[t.name][1:] if lead == {1} else arrays[t.name]
             for dim, size in zip(t.shape, shape, strict=True):
                 if isinstance(dim, str):
-                    sizes.setdefault(dim, []).extend([int(size)] * count)
+                    feed.setdefault(dim, int(size))
+        for dim, size in feed.items():
+            sizes.setdefault(dim, []).extend([size] * count)
     return sizes
 
 

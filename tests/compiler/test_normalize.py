@@ -17,7 +17,13 @@ from compiler.pipeline.normalize import (
     save_model,
     source_digest,
 )
-from compiler.pipeline.probe import CANDIDATES, MAX_FACTOR, range_dims, returned_shapes
+from compiler.pipeline.probe import (
+    CANDIDATES,
+    MAX_FACTOR,
+    concatenated_dims,
+    range_dims,
+    returned_shapes,
+)
 from compiler.pipeline.userdata import data_shapes, observed_sizes
 from tests.models import tiny_mlp
 
@@ -511,9 +517,10 @@ def test_dims_that_move_only_together_are_ranged_together(tmp_path: Path) -> Non
     powers of two they do, so the package takes one new token on a short cache, not only
     the opt sizes."""
     c = _probed(_kv_step(), tmp_path)
-    assert c.dims["past"] == DimRange(min=1, opt=128, max=1024)
+    # past's min 0, and total's 1 with it: test_an_empty_cache_is_taken...
+    assert c.dims["past"] == DimRange(min=0, opt=128, max=1024)
     assert c.dims["new"] == DimRange(min=1, opt=128, max=1024)
-    assert c.dims["total"] == DimRange(min=2, opt=256, max=2048)
+    assert c.dims["total"] == DimRange(min=1, opt=256, max=2048)
     note = c.dim_origins["past"].note
     assert "min 128 (96 rejected)" in note and "min 1 together with new=1, total=2" in note
     step = {
@@ -522,6 +529,50 @@ def test_dims_that_move_only_together_are_ranged_together(tmp_path: Path) -> Non
         "mask": np.zeros((1, 6), np.float32),
     }
     assert set(c.validate_feeds(step)) == {"past", "new", "mask"}
+
+
+def test_an_empty_cache_is_taken_where_a_concat_extends_it(tmp_path: Path) -> None:
+    """A decoder's first step has no cache: past 0, a total of the new tokens alone. The
+    probe's sizes start at 1, so the package refused the first step ('size 0 outside the
+    allowed range [1, 1024]'). A dim a Concat extends is tried empty, with the total one
+    less; the new tokens, concatenated too, are not taken empty where the outputs then
+    contradict their dims (keys of past + 0 rows against a mask of 1)."""
+    c = _probed(_kv_step(), tmp_path)
+    assert (c.dims["past"].min, c.dims["new"].min, c.dims["total"].min) == (0, 1, 1)
+    note = c.dim_origins["past"].note
+    assert note.endswith(
+        "min 0 (with new=1, total=1): a Concat extends the input along 'past', and the "
+        "reference takes it empty (a decoder's first step, on an empty cache)"
+    )
+    assert c.dim_origins["total"].note.endswith("; min 1 with past=0, as an empty past takes it")
+    first = {
+        "past": np.zeros((1, 0, 4), np.float32),
+        "new": np.zeros((1, 1, 4), np.float32),
+        "mask": np.zeros((1, 1), np.float32),
+    }
+    assert set(c.validate_feeds(first)) == {"past", "new", "mask"}
+    assert concatenated_dims(tmp_path / "norm" / "model.onnx", c) == ["past", "new"]
+
+
+def test_a_decoder_s_data_gives_opts_one_feed_has_and_widens_to_its_empty_cache(
+    tmp_path: Path,
+) -> None:
+    """Generation data: prompts on an empty cache (past 0) and steps of one token. Each
+    dim's most common size (past 0, new 1, total 7) is no feed's, and the reference refused
+    it: the probe started over at 128 and the data's past 0 was then refused ('outside the
+    allowed range'), so the build stopped. The opts are now the sizes most feeds have
+    together (never a 0), and the ranges reach every size of the data."""
+    model, record = normalize_model(_kv_step(), "m.onnx")
+    contract = extract_contract(model, {}, record["named_dims"])
+    path = save_model(model, tmp_path / "norm")
+    feeds = [(0, 7, 7), (0, 7, 7), (0, 5, 5), (6, 1, 7), (6, 1, 7), (6, 1, 7), (9, 1, 10)]
+    observed = {d: [f[i] for f in feeds] for i, d in enumerate(("past", "new", "total"))}
+    c = range_dims(path, contract, resolve_domains(contract, {}), "m.onnx", observed=observed)
+    assert {d: c.dims[d].opt for d in observed} == {"past": 6, "new": 1, "total": 7}
+    assert c.dims["past"].min == 0 and c.dims["new"].max >= 7 and c.dims["total"].max >= 10
+    assert c.dim_origins["past"].note.startswith(
+        "opt 6: the sizes 3 of the user's 7 feeds have together;"
+    )
 
 
 def _sliced_kv_step(one_new: bool = False) -> onnx.ModelProto:
@@ -559,15 +610,15 @@ def test_sizes_whose_outputs_contradict_their_declared_dims_are_not_taken(
     under the same mask (which ran) is rejected too: the lengths range together, as for
     `_kv_step`, instead of past 1..128 beside total 256..2048 (a GPT-2 export did)."""
     c = _probed(_sliced_kv_step(one_new=True), tmp_path / "one")
-    assert c.dims["past"] == DimRange(min=1, opt=128, max=1024)
-    assert c.dims["total"] == DimRange(min=2, opt=129, max=1025)  # moved by one amount
+    assert c.dims["past"] == DimRange(min=0, opt=128, max=1024)  # empty: the first step
+    assert c.dims["total"] == DimRange(min=1, opt=129, max=1025)  # moved by one amount
     note = c.dim_origins["total"].note
     assert "output 'y' came back with 129 on axis 1, which it declares as input dim " in note
     assert "'total', given 224" in note and "contradict the dims they declare" in note
 
     c = _probed(_sliced_kv_step(), tmp_path / "many")
-    assert c.dims["past"] == DimRange(min=1, opt=128, max=1024)
-    assert c.dims["total"] == DimRange(min=2, opt=256, max=2048)
+    assert c.dims["past"] == DimRange(min=0, opt=128, max=1024)
+    assert c.dims["total"] == DimRange(min=1, opt=256, max=2048)
     assert "contradict" not in c.dim_origins["total"].note
 
 

@@ -62,7 +62,7 @@ class NormalizeKind(Kind[NormalizeNode]):
     # a time-major recurrent input's axis 0 is no batch, and sizes whose outputs contradict
     # a batch dim are rejections (probe.py `_first_consistent`), and a step holds on both
     # sides of opt
-    version = "23"
+    version = "24"
 
     def key(self, node: NormalizeNode, ctx: NodeContext) -> KeyMaterial:
         cfg = ctx.config
