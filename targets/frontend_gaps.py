@@ -47,6 +47,10 @@ sequence cut to its length (2026-12-05).
 or RNN given other activations for its reverse direction (Relu forward, Tanh reverse) with
 the forward ones on both (1.2 off), with no error (2026-12-06).
 
+**Resize's half_pixel_symmetric (opset 19; TVM).** TVM's Relax frontend (0.27) stops the
+import ("Unsupported coordinate_transformation_mode"): refused up front, as not applicable,
+instead of recorded as a failed build (2026-12-06).
+
 **A strided MaxPool with auto_pad SAME_LOWER (TVM).** TVM (0.27) gives it another output
 size than ONNX asks (ceil(input / stride)): 3 rows of a 7-row input at stride 2 where ONNX
 Runtime gives 4 (2026-12-06). Convolutions and AveragePools with SAME_LOWER agree.
@@ -281,6 +285,17 @@ def shaped_conv_transposes(model: onnx.ModelProto) -> list[str]:
     return _named([n for n in _all_nodes(model, "ConvTranspose") if _attr(n, "output_shape")])
 
 
+def symmetric_half_pixel_resizes(model: onnx.ModelProto) -> list[str]:
+    """Resize nodes whose coordinate_transformation_mode is half_pixel_symmetric (opset 19)."""
+    return _named(
+        [
+            n
+            for n in _all_nodes(model, "Resize")
+            if (a := _attr(n, "coordinate_transformation_mode")) and a.s == b"half_pixel_symmetric"
+        ]
+    )
+
+
 def strided_same_lower_max_pools(model: onnx.ModelProto) -> list[str]:
     """MaxPool nodes with auto_pad SAME_LOWER and a stride over 1 on some axis."""
     found = []
@@ -318,5 +333,6 @@ def tvm_gaps(model: onnx.ModelProto) -> list[str]:
         (aspect_kept_resizes, "ignores the keep_aspect_ratio_policy of Resize {}, and resizes to the sizes given"),
         (one_sided_isinfs, "ignores detect_positive/detect_negative of IsInf {}, and detects both infinities"),
         (strided_same_lower_max_pools, "pads MaxPool {} (auto_pad SAME_LOWER, strided) to another output size"),
+        (symmetric_half_pixel_resizes, "does not implement Resize {}'s coordinate_transformation_mode half_pixel_symmetric (it stops the import)"),
     )  # fmt: skip
     return [text.format(found[:5]) for check, text in checks if (found := check(model))]

@@ -148,6 +148,28 @@ def _off(got: list[np.ndarray], want: dict[str, np.ndarray]) -> float:
     )  # fmt: skip
 
 
+def test_a_half_pixel_symmetric_resize_is_found_and_tvm_refuses_it(tmp_path: Path) -> None:
+    """TVM's import stops at Resize's half_pixel_symmetric (opset 19): the backend refuses
+    the model as not applicable before it converts it, instead of failing the build."""
+
+    def resize(mode: str) -> onnx.ModelProto:
+        scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+        node = helper.make_node(
+            "Resize", ["x", "", "scales"], ["y"], mode="linear",
+            coordinate_transformation_mode=mode,
+        )  # fmt: skip
+        return _model(node, {"x": [1, 2, 4, 6]}, ["y"], [scales], 19)
+
+    shown, twin = resize("half_pixel_symmetric"), resize("half_pixel")
+    assert any("half_pixel_symmetric" in why for why in tvm_gaps(shown)), tvm_gaps(shown)
+    assert tvm_gaps(twin) == []
+    feeds = _feeds(twin)
+    path = save(twin, tmp_path / "twin")
+    assert _off(_tvm(path, feeds), reference(path, [feeds])[0]) < 1e-5
+    with pytest.raises(Exception, match="half_pixel_symmetric"):
+        _tvm(save(shown, tmp_path / "shown"), feeds)
+
+
 @pytest.mark.parametrize("detect", ["detect_positive", "detect_negative"])
 def test_a_one_sided_isinf_is_found_and_tvm_shows_it(tmp_path: Path, detect: str) -> None:
     """TVM detects both infinities whatever IsInf's attributes say (a model that masks -inf
