@@ -132,7 +132,7 @@ def _digest(model_path: Path) -> str:
 
 class TvmBackend(Backend):
     name = "tvm"
-    version = "11"  # 2: fp16 convolutions and matrix products sum in float32; 3: names that
+    version = "12"  # 2: fp16 convolutions and matrix products sum in float32; 3: names that
     # are not C identifiers are renamed for TVM (a remembered failure is not reused); 4: an
     # already-quantized source, 4-bit or 8-bit-float weights and forms the frontend does not
     # implement are not applicable; 5: ONNX's own Attention (opset 23) is unsupported; 6:
@@ -143,7 +143,9 @@ class TvmBackend(Backend):
     # a Pow's integer exponent is cast to its float base's type, a MaxPool's unread Indices
     # output left out (both refused), a shape cast to int64 where TVM takes none, a OneHot's
     # float64 cast to its values' type; a graph in order is not noted as out of order; a
-    # strided SAME_LOWER MaxPool is not applicable
+    # strided SAME_LOWER MaxPool is not applicable; 12: a Slice's bounds and a Where's
+    # condition do not make a shape (GPT-2's masked scores were cast to int64); Resize's
+    # half_pixel_symmetric is not applicable
     targets = frozenset({"cpu", "arm", "gpu"})
     options_cls = TvmOptions
 

@@ -255,12 +255,25 @@ def _empty_resize_inputs_absent(model: Any) -> Any:
 
 # ops TVM's ONNX frontend (0.27) lets read a shape (its `shape_compatible_ops`): it refuses
 # every other op a shape reaches ("cannot handle ShapeExpr inputs"); the first group returns a
-# shape again, the others a tensor
-_SHAPE_KEEPING = frozenset({"Concat", "Where", "Slice", "Squeeze"})
-_SHAPE_READING = _SHAPE_KEEPING | {
+# shape again where a shape is its data (the inputs named; None: all of them), not where one
+# only indexes it (a Slice of a constant by a length, GPT-2's causal mask: its output, and
+# the Where over the attention scores that reads it, are tensors), the others a tensor
+_SHAPE_KEEPING: dict[str, tuple[int, ...] | None] = {
+    "Concat": None,
+    "Where": (1, 2),
+    "Slice": (0,),
+    "Squeeze": (0,),
+}
+_SHAPE_READING = set(_SHAPE_KEEPING) | {
     "Reshape", "Resize", "ConstantOfShape", "Gather", "Shape", "Expand", "Equal", "Cast",
     "CastLike",
 }  # fmt: skip
+
+
+def _data(node: Any) -> set[str]:
+    """The inputs of a _SHAPE_KEEPING `node` whose values its output carries."""
+    which = _SHAPE_KEEPING[node.op_type]
+    return {v for i, v in enumerate(node.input) if which is None or i in which}
 
 
 def _read_values(graph: Any) -> set[str]:
@@ -280,7 +293,8 @@ def _tvm_forms(model: Any) -> Any:
     - a MaxPool whose Indices output nothing reads: that output left out. TVM computes no
       indices and refused every MaxPool that names them ("Missing outputs during
       conversion. Expected 2 but Got 1"), read or not.
-    - a shape (a Shape's output, kept through Concat, Where, Slice, Squeeze) that reaches an
+    - a shape (a Shape's output, kept through Concat, Where, Slice, Squeeze as their data,
+      not as a Slice's bounds or a Where's condition) that reaches an
       op TVM takes no shape in (`Add`, `Mul`, `Identity`...) or a graph output: cast to
       int64 on the way, which makes it a tensor. A symbolic model failed its dynamic import
       ("cannot handle ShapeExpr inputs": built static only) and one that returns a shape
@@ -320,7 +334,7 @@ def _tvm_forms(model: Any) -> Any:
             casts.extend(
                 (k, i, onnx.TensorProto.INT64) for i, v in enumerate(n.input) if v in shapes
             )
-        if n.op_type == "Shape" or (n.op_type in _SHAPE_KEEPING and shapes & set(n.input)):
+        if n.op_type == "Shape" or (n.op_type in _SHAPE_KEEPING and shapes & _data(n)):
             shapes.update(n.output[:1])
     returned = [o.name for o in graph.output if o.name in shapes]
     if not pools and not casts and not returned and not hot_casts:

@@ -570,6 +570,46 @@ def test_shape_arithmetic_and_a_returned_shape_build_dynamic(tmp_path: Path) -> 
     assert not any("topological order" in n for n in result.notes)  # it was in order
 
 
+def test_a_mask_sliced_to_a_length_is_no_shape(tmp_path: Path) -> None:
+    """GPT-2's attention slices its causal-mask buffer to the keys' length (a Slice of a
+    constant whose ends come from a Shape) and masks the scores with it (Where), then adds
+    the attention mask. The Slice and the Where were taken for shapes, since a shape reached
+    their inputs, and the scores cast to int64 on their way to the Add: TVM refused the
+    model ("Binary operators must have the same datatype"), which has no shape in it: a
+    dynamic build failed, and a static one ran at the opt shape only."""
+    if not HAVE_TVM:
+        pytest.skip("apache-tvm is not installed")
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["length"]),
+        helper.make_node("Slice", ["causal", "zero", "length", "zero"], ["mask"]),
+        helper.make_node("Where", ["mask", "x", "low"], ["masked"]),
+        helper.make_node("Add", ["masked", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "sliced_mask",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 1])],
+        [
+            onnx.numpy_helper.from_array((np.arange(16) % 3 > 0).reshape(16, 1), "causal"),
+            onnx.numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
+            onnx.numpy_helper.from_array(np.array(-100.0, np.float32), "low"),
+        ],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path)
+    out, result, contract, _ = build_tvm(path, "cpu", tmp_path)
+    assert result.runtime.shapes == "dynamic", result.notes
+    x = np.random.default_rng(3).normal(0, 1, (7, 1)).astype(np.float32)
+    with open_runner("tvm", out, result.runtime, contract, threads=1) as runner:
+        got = runner.run({"x": x})["y"]
+    want = reference(path, [{"x": x}])[0]["y"]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert (want < -90).sum() == 3  # rows 0, 3 and 6 masked: not a vacuous comparison
+
+
 def test_only_a_graph_out_of_order_is_sorted_and_noted() -> None:
     """A graph in a valid order is left as it is, though a level-by-level sort would reorder
     it (the note "not in topological order" was on artifacts of graphs that were); one with
