@@ -10,9 +10,10 @@ into every graph and subgraph that reads it. What the graph says, strongest firs
   0..256, one-hot by comparison): an integer interval;
 - selector: an `If` condition tests the input for equality with a constant (`sr == 16000`):
   that constant, so every sample takes the same, intended branch;
-- lengths: the input gives the sequence lengths of an LSTM, GRU, RNN or ReverseSequence:
-  1 up to its sequence's length (a number, or a symbolic dim of the inputs: each feed's
-  size of it);
+- lengths: the input gives the sequence lengths of an LSTM, GRU, RNN or ReverseSequence,
+  or is compared with an axis' positions (`arange(T) < lengths[:, None]`, the padding mask
+  of a speech or text encoder): 1 up to that length (a number, or a symbolic dim of the
+  inputs: each feed's size of it);
 - flag: an integer input compared with 0 or 1, negated (`Not`, `1 - x`) or cast to bool:
   {0, 1}.
 
@@ -70,6 +71,7 @@ class _Graph:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
         self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}
         self.shapes: dict[str, list[int]] = {}
         self.values: dict[str, np.ndarray] = {}
         self._propagated: dict[str, list[int | str]] | None = None
@@ -86,6 +88,7 @@ class _Graph:
             if int(np.prod(init.dims)) <= _MAX_CONST:
                 self.values[init.name] = numpy_helper.to_array(init)
         for node in graph.node:
+            self.producer.update((o, node) for o in node.output if o)
             for i, name in enumerate(node.input):
                 if name:
                     self.consumers.setdefault(name, []).append((node, i))
@@ -260,6 +263,67 @@ def _lengths(g: _Graph, node: onnx.NodeProto, dims: set[str]) -> _Finding | None
     return None
 
 
+# ops between a length and what it is compared with that keep its values (and a Range's
+# positions, broadcast to the batch)
+_CARRIES = frozenset({"Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Flatten"})
+_COMPARISONS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual"})
+
+
+def _source(g: _Graph, name: str, through: frozenset[str] = _CARRIES) -> onnx.NodeProto | None:
+    """The node that makes `name`, past the ops of `through` (first input)."""
+    node = g.producer.get(name)
+    for _ in range(_MAX_DEPTH):
+        if node is None or node.op_type not in through:
+            return node
+        node = g.producer.get(node.input[0])
+    return None
+
+
+def _positions(g: _Graph, name: str) -> int | str | None:
+    """Where `name` holds the positions 0, 1, ... of an axis (a Range from 0 by 1, past
+    Unsqueeze, Expand, Cast ...), that axis' length: a number, or the name of the symbolic
+    dim a Shape read it from; None otherwise."""
+    made = _source(g, name)
+    if made is None or made.op_type != "Range" or len(made.input) != 3:
+        return None
+    start, delta = (g.values.get(made.input[i]) for i in (0, 2))
+    if start is None or delta is None or start.size != 1 or delta.size != 1:
+        return None
+    if float(start.reshape(-1)[0]) != 0 or float(delta.reshape(-1)[0]) != 1:
+        return None
+    limit = g.values.get(made.input[1])
+    if limit is not None and limit.size == 1:
+        return int(limit.reshape(-1)[0])
+    # Gather(Shape(x), k), or Shape(x, start=k, end=k + 1) (torch.export's sym_size): x's axis k
+    picked, k = _source(g, made.input[1]), 0
+    if picked is not None and picked.op_type == "Gather" and len(picked.input) == 2:
+        index = g.values.get(picked.input[1])
+        if index is None or index.size != 1:
+            return None
+        picked, k = _source(g, picked.input[0]), int(index.reshape(-1)[0])
+    if picked is None or picked.op_type != "Shape" or k < 0:
+        return None
+    dims = g.propagated_dims(picked.input[0])
+    axis = k + next((a.i for a in picked.attribute if a.name == "start"), 0)
+    dim = dims[axis] if 0 <= axis < len(dims) else None
+    return dim if (isinstance(dim, str) and dim) or (isinstance(dim, int) and dim > 0) else None
+
+
+def _compared_lengths(g: _Graph, node: onnx.NodeProto, i: int, dims: set[str]) -> _Finding | None:
+    """A length compared with an axis' positions (`arange(T) < lengths[:, None]`: the mask
+    a padded batch's lengths make): 1 up to that axis' length, a number or a symbolic dim of
+    the inputs (then each feed's size of it)."""
+    length = _positions(g, node.input[1 - i])
+    label = f"lengths compared with positions by {node.op_type} '{node.name or node.output[0]}'"
+    if isinstance(length, int):
+        why = f"{label}, of an axis {length} long"
+        return _Finding(_INDEX, ValueDomain(low=1, high=length, source=why))
+    if isinstance(length, str) and length in dims:
+        why = f"{label}, of an axis '{length}' long"
+        return _Finding(_INDEX, ValueDomain(low=1, high=2**31 - 1, high_dim=length, source=why))
+    return None
+
+
 def _findings(g: _Graph, spec: TensorSpec, dims: set[str]) -> Iterator[_Finding]:
     integral = np.dtype(spec.dtype).kind in "iu"
     for node, i in g.reach(spec.name):
@@ -272,6 +336,8 @@ def _findings(g: _Graph, spec: TensorSpec, dims: set[str]) -> Iterator[_Finding]
             found = _one_hot(g, node)
         elif node.op_type == "Equal":
             found = _equal(g, node, i, integral)
+        elif node.op_type in _COMPARISONS and integral and len(node.input) == 2:
+            found = _compared_lengths(g, node, i, dims)
         elif integral:
             found = _flag(g, node, i)
         if found is not None:

@@ -316,3 +316,57 @@ def test_reverse_sequence_lengths_end_at_the_time_axis() -> None:
     d = _infer(m)["lens"]
     assert (d.low, d.high_dim) == (1, "t") and "ReverseSequence 'rev'" in d.source
     assert _runs(m, resolve_domains(_inferred(m), {}))
+
+
+class _MaskedMean(__import__("torch").nn.Module):
+    """A padded batch's mean over its valid frames: `arange(T) < lengths[:, None]`."""
+
+    def forward(self, x, lengths):  # type: ignore[no-untyped-def]
+        import torch
+
+        mask = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+        return (x * mask[..., None]).sum(1) / lengths[:, None]
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_lengths_compared_with_positions_end_at_that_axis(tmp_path, dynamo: bool) -> None:
+    """A speech or text encoder's lengths make its padding mask by comparison with the
+    positions of the time axis. The int default 0..9 left all but 9 of 224 frames padding
+    in every generated feed; they now run 1..the time axis' length, in each feed."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "masked.onnx"
+    x, lengths = torch.randn(2, 5, 3), torch.tensor([5, 3])
+    dynamic = {"x": {0: "b", 1: "t"}, "lengths": {0: "b"}}
+    options = {"dynamic_shapes": {"x": {0: torch.export.Dim("b"), 1: torch.export.Dim("t")},
+                                  "lengths": {0: torch.export.Dim("b")}}} if dynamo else {
+        "dynamic_axes": dynamic}  # fmt: skip
+    torch.onnx.export(_MaskedMean(), (x, lengths), str(path), input_names=["x", "lengths"],
+                      output_names=["y"], dynamo=dynamo, **options)  # fmt: skip
+    m = onnx.load(str(path))
+    c = _inferred(m)
+    d = next(t.domain for t in c.inputs if t.name == "lengths")
+    time_dim = next(t for t in c.inputs if t.name == "x").shape[1]
+    assert d is not None and (d.low, d.high_dim) == (1, time_dim), d
+    assert "lengths compared with positions by Less" in d.source
+    c.dims = {time_dim: DimRange(opt=7), c.inputs[0].shape[0]: DimRange(opt=16)}
+    feeds = generate_feeds(c, 4, 0, resolve_domains(c, {}))
+    lens = np.concatenate([f["lengths"] for f in feeds])
+    assert lens.min() >= 1 and lens.max() == 7 and len(set(lens.tolist())) > 3
+
+
+def test_lengths_compared_with_the_positions_of_a_fixed_axis_end_there() -> None:
+    nodes = [
+        helper.make_node("Range", ["zero", "ten", "one"], ["pos"]),
+        helper.make_node("Unsqueeze", ["lens", "axis1"], ["lens2"]),
+        helper.make_node("Greater", ["lens2", "pos"], ["mask"], name="valid"),
+        helper.make_node("Cast", ["mask"], ["y"], to=TensorProto.FLOAT),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in (("zero", 0), ("ten", 10), ("one", 1))
+    ] + [numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    lens = helper.make_tensor_value_info("lens", TensorProto.INT64, ["b"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 10])
+    d = _infer(_model(nodes, [lens], [y], inits))["lens"]
+    assert (d.low, d.high, d.high_dim) == (1, 10, "")
+    assert d.source == "lengths compared with positions by Greater 'valid', of an axis 10 long"
