@@ -44,7 +44,7 @@ from compiler.core.records import (
     ParityRecord,
     VerifyOutput,
 )
-from compiler.core.settings import RuntimeSettings
+from compiler.core.settings import OpenVinoSettings, RuntimeSettings
 from compiler.core.task import score_task, task_decides, verdict
 from compiler.core.tolerance import ParityPolicy
 from compiler.measure.throughput import accepted, measure_throughput
@@ -201,7 +201,21 @@ def verify_artifact(
             # seen twice): which samples run on it does not depend on how fast it compiled
             outs = [_run_synced(runner, feed) for feed in inputs]
             record = judge_outputs(outs, ref_outputs, contract, precision, parity, labels, scores)
-            note = "; ".join(n for n in (note, _saturation_note(requirements, host)) if n)
+            static = ""
+            if (
+                record.status == "passed"
+                and isinstance(runtime, OpenVinoSettings)
+                and runtime.static_shapes
+                and contract.input_dims()
+            ):
+                again = _on_shape_compiles(runner, inputs)
+                second = judge_outputs(
+                    again, ref_outputs, contract, precision, parity, labels, scores
+                )
+                if second.status == "failed":
+                    record, static = second, _STATIC_FAILED
+            saturation = _saturation_note(requirements, host)
+            note = "; ".join(n for n in (note, static, saturation) if n)
             record = record.model_copy(update={"mode": mode, "note": note, "host": on})
             timing = None
             if measure_latency and mode == "native":
@@ -242,6 +256,26 @@ def _run_synced(runner: Runner, feed: Feeds) -> dict[str, np.ndarray]:
     out = runner.run(feed)
     runner.sync()
     return out
+
+
+_STATIC_FAILED = (
+    "failed on the compiles OpenVINO made for the samples' shapes (a shape seen twice gets "
+    "one, as in serving); the model as built passed. OpenVINO folds what a fixed shape "
+    "makes constant, and there computed otherwise (T5's position bias added to its mask "
+    "term, (1 - mask) * -3.4e38, was lost)"
+)
+
+
+def _on_shape_compiles(runner: Runner, inputs: list[Feeds]) -> list[dict[str, np.ndarray]]:
+    """Each sample's outputs once its shape has a compile of its own (OpenVINO's static
+    shapes: a shape seen twice, up to the artifact's limit): run, wait for that compile,
+    run again. The first pass ran on the model as built until a shape came back, and a
+    shape met once never ran on its own compile, which serving switches to."""
+    outs = []
+    for feed in inputs:
+        _run_synced(runner, feed)
+        outs.append(_run_synced(runner, feed))
+    return outs
 
 
 @dataclass(frozen=True)

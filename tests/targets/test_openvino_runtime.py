@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from compiler.core.contract import Contract
@@ -320,3 +321,87 @@ def test_magika_f32_matches(tmp_path: Path) -> None:
     feeds = [_magika_feed(f) for f in files if f.exists()]
     pairs = _f32_outputs("magika_standard_v3_3.onnx", feeds, tmp_path)
     assert [int(np.argmax(g)) for g, _ in pairs] == [int(np.argmax(r)) for _, r in pairs]
+
+
+def _bias_plus_mask_term() -> onnx.ModelProto:
+    """T5's attention weights, in small: a bias computed from the length alone (positions x
+    0.25, constant once the shape is fixed) plus the mask term (1 - mask) x -3.4e38, then a
+    softmax. OpenVINO (2026.4) computes it right as built and, compiled for a fixed shape,
+    folds the bias into the mask term's constant, where it is lost: the weights come out
+    uniform over the unmasked positions."""
+    h = onnx.helper
+    nodes = [
+        h.make_node("Shape", ["m"], ["s"]),
+        h.make_node("Gather", ["s", "one_i"], ["n"]),
+        h.make_node("Range", ["zero_i", "n", "one_i"], ["r"]),
+        h.make_node("Cast", ["r"], ["rf"], to=onnx.TensorProto.FLOAT),
+        h.make_node("Mul", ["rf", "step"], ["bias1"]),
+        h.make_node("Unsqueeze", ["bias1", "zero_axis"], ["bias"]),
+        h.make_node("Cast", ["m"], ["mf"], to=onnx.TensorProto.FLOAT),
+        h.make_node("Sub", ["one", "mf"], ["inverse"]),
+        h.make_node("Mul", ["inverse", "low"], ["term"]),
+        h.make_node("Add", ["bias", "term"], ["logits"]),
+        h.make_node("Softmax", ["logits"], ["y"], axis=-1),
+    ]
+    consts = {
+        "one": np.array(1.0, np.float32),
+        "low": np.array(np.finfo(np.float32).min, np.float32),
+        "one_i": np.array(1, np.int64),
+        "zero_i": np.array(0, np.int64),
+        "step": np.array(0.25, np.float32),
+        "zero_axis": np.array([0], np.int64),
+    }
+    graph = h.make_graph(
+        nodes,
+        "bias_plus_mask_term",
+        [h.make_tensor_value_info("m", onnx.TensorProto.INT64, ["b", "n"])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "n"])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_parity_covers_the_compiles_serving_makes_for_a_shape(tmp_path: Path, samples: int) -> None:
+    """A shape seen twice gets a static compile of its own, and serving runs it; parity ran
+    the first samples as built, and a shape met once or twice never on its compile. One or
+    two samples passed where serving's third call would be wrong: each sample now also runs
+    on its shape's compile, and the artifact fails there, saying so."""
+    from compiler.core.policies import LatencyPolicy
+    from compiler.core.tolerance import ParityPolicy
+    from compiler.measure.verify import verify_artifact
+
+    src = save(_bias_plus_mask_term(), tmp_path / "src")
+    result, out, contract = build_openvino(src, tmp_path)
+    mask = np.array([[1, 0, 1, 1, 0, 1, 1, 1]], np.int64)
+    feeds = [{"m": mask} for _ in range(samples)]
+    with open_runner("openvino", out, result.runtime, contract) as runner:
+        as_built = runner.run(feeds[0])["y"]
+        for _ in range(2):
+            runner.run(feeds[0])
+            runner.sync()
+        on_its_compile = runner.run(feeds[0])["y"]
+    want = reference(src, feeds[:1])[0]["y"]
+    np.testing.assert_allclose(as_built, want, rtol=1e-5)
+    unmasked = on_its_compile[0, mask[0] == 1]
+    assert np.allclose(unmasked, 1 / 6) and not np.allclose(want[0, mask[0] == 1], 1 / 6)
+    done = verify_artifact(
+        backend="openvino",
+        runtime=result.runtime,
+        requirements=result.requirements,
+        portable=False,
+        artifact_dir=out,
+        precision="fp32",
+        contract=contract,
+        inputs=feeds,
+        ref_outputs=reference(src, feeds),
+        ref_model=src,
+        parity=ParityPolicy(),
+        latency=LatencyPolicy(warmup=2, runs=2, max_seconds=0.5, block_ms=2, settle_ms=1),
+        host=probe_host(),
+        measure_latency=False,
+    )
+    assert done.parity.status == "failed"
+    assert "failed on the compiles OpenVINO made for the samples' shapes" in done.parity.note
