@@ -387,6 +387,9 @@ class VerifyOutput(_Record):
     kind: Literal["verify"] = "verify"
     parity: ParityRecord
     latency: LatencyRecord | None = None
+    # the runtime settings the verdict holds for, where they are not the built ones (an
+    # OpenVINO artifact right only as built: static_shapes 0; compiler/measure/verify.py)
+    runtime: RuntimeSettingsField | None = None
 
 
 NodeOutput = Annotated[

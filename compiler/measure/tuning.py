@@ -1,8 +1,9 @@
 """Runtime settings chosen by measurement: a short sweep per artifact at build.
 
 A handful of candidates (ONNX Runtime: intra-op threads, spinning, execution mode; OpenVINO:
-the THROUGHPUT hint with its streams, threads, and for a model with dynamic input dims a
-compile per input shape, `static_shapes`), each timed against the artifact's default
+the THROUGHPUT hint with its streams, threads, and for a model with dynamic input dims the
+model as built instead of a compile per input shape, `static_shapes`, never the other way),
+each timed against the artifact's default
 settings by the latency method (each in a worker of its own, paired ABBA blocks, the
 speedup's distribution-free interval). A candidate is adopted only when its interval's lower
 bound is above 1, so noise never picks one; the best such estimate wins. Nothing is adopted
@@ -49,9 +50,6 @@ __all__ = [
 
 TUNABLE = ("onnxruntime", "openvino")  # the backends with settings worth a sweep
 ADOPT_ABOVE = 1.0  # a candidate's interval must lie above this to replace the default
-# OpenVINO: the input shapes a dynamic model's runner compiles static when its settings say
-# none (targets/openvino/runtime.py: a compile and its memory per shape, once)
-STATIC_SHAPES = 2
 _MIN_BLOCKS_S = 0.3  # the least timed-block budget a candidate gets
 
 
@@ -122,9 +120,11 @@ def candidates(
             for n in sorted({1, cpus}):
                 if n != (default.num_threads or cores):  # 0: one per core
                     tried.append((f"num_threads={n}", _with(default, n_ov=n)))
-        if dynamic:  # the other way: as built where shapes compile static, and back
-            n = 0 if default.static_shapes else STATIC_SHAPES
-            tried.append((f"static_shapes={n}", dataclasses.replace(default, static_shapes=n)))
+        # as built where shapes compile static; never the other way: a compile for one shape
+        # is not what the verdict judged where the settings have none (verify turns them
+        # off where they compute otherwise: compiler/measure/verify.py `_judged_per_shape`)
+        if dynamic and default.static_shapes:
+            tried.append(("static_shapes=0", dataclasses.replace(default, static_shapes=0)))
     return tried
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,33 +187,32 @@ def verify_artifact(
     # imports); keyed by the runtime on the model's content and config, removed after
     blobs = tempfile.TemporaryDirectory(prefix="compile-pkg-blobs-")
     cache = Path(blobs.name) if backend == "openvino" else None
-    try:
-        runner = open_runner(
-            backend,
-            artifact_dir,
-            runtime,
-            contract,
-            threads=latency.threads or None,
-            cache_dir=cache,
+
+    def open_again(settings: RuntimeSettings) -> Runner:
+        threads = latency.threads or None
+        return open_runner(
+            backend, artifact_dir, settings, contract, threads=threads, cache_dir=cache
         )
+
+    try:
+        runner = open_again(runtime)
         with runner:
             # each run's background work done before the next (OpenVINO's compile for a shape
             # seen twice): which samples run on it does not depend on how fast it compiled
             outs = [_run_synced(runner, feed) for feed in inputs]
             record = judge_outputs(outs, ref_outputs, contract, precision, parity, labels, scores)
-            static = ""
-            if (
-                record.status == "passed"
-                and isinstance(runtime, OpenVinoSettings)
-                and runtime.static_shapes
-                and contract.input_dims()
-            ):
-                again = _on_shape_compiles(runner, inputs)
-                second = judge_outputs(
-                    again, ref_outputs, contract, precision, parity, labels, scores
-                )
-                if second.status == "failed":
-                    record, static = second, _STATIC_FAILED
+            static, served = "", runtime
+            if isinstance(runtime, OpenVinoSettings) and runtime.static_shapes:
+                if contract.input_dims() and record.status in ("passed", "failed"):
+
+                    def judged(outs: list[dict[str, np.ndarray]]) -> ParityRecord:
+                        return judge_outputs(
+                            outs, ref_outputs, contract, precision, parity, labels, scores
+                        )
+
+                    record, static, served = _judged_per_shape(
+                        runner, record, runtime, judged, inputs, open_again
+                    )
             saturation = _saturation_note(requirements, host)
             note = "; ".join(n for n in (note, static, saturation) if n)
             record = record.model_copy(update={"mode": mode, "note": note, "host": on})
@@ -221,7 +220,7 @@ def verify_artifact(
             if measure_latency and mode == "native":
                 runner.close()  # the timing workers load their own; this one would sit idle
                 artifact = Contender(
-                    str(artifact_dir.name), backend, artifact_dir, runtime, cache_dir=cache
+                    str(artifact_dir.name), backend, artifact_dir, served, cache_dir=cache
                 )
                 timing = _timing(artifact, record, inputs, contract, ref_model, latency, on, serve)
     except Exception as exc:  # a runtime failing on this artifact is a verdict, not a crash
@@ -232,7 +231,8 @@ def verify_artifact(
         return VerifyOutput(parity=record)
     finally:
         blobs.cleanup()
-    return VerifyOutput(parity=record, latency=timing)
+    changed = served if served != runtime else None
+    return VerifyOutput(parity=record, latency=timing, runtime=changed)
 
 
 def _saturation_note(requirements: Requirements, host: HostInfo) -> str:
@@ -258,12 +258,48 @@ def _run_synced(runner: Runner, feed: Feeds) -> dict[str, np.ndarray]:
     return out
 
 
+_FOLDS = (
+    "OpenVINO folds what a fixed shape makes constant, and there computed otherwise (T5's "
+    "position bias added to its mask term, (1 - mask) * -3.4e38, was lost)"
+)
 _STATIC_FAILED = (
     "failed on the compiles OpenVINO made for the samples' shapes (a shape seen twice gets "
-    "one, as in serving); the model as built passed. OpenVINO folds what a fixed shape "
-    "makes constant, and there computed otherwise (T5's position bias added to its mask "
-    "term, (1 - mask) * -3.4e38, was lost)"
+    f"one, as in serving), and as built too; {_FOLDS}"
 )
+_STATIC_OFF = (
+    "passed as built, with OpenVINO's compiles for a shape off (static_shapes 0 in its "
+    "runtime settings): on those compiles (a shape seen twice gets one) the samples failed; "
+    f"{_FOLDS}"
+)
+
+
+def _judged_per_shape(
+    runner: Runner,
+    record: ParityRecord,
+    runtime: OpenVinoSettings,
+    judged: Callable[[list[dict[str, np.ndarray]]], ParityRecord],
+    inputs: list[Feeds],
+    open_again: Callable[[RuntimeSettings], Runner],
+) -> tuple[ParityRecord, str, RuntimeSettings]:
+    """The verdict on an OpenVINO artifact that compiles a shape seen twice on its own, a
+    note, and the runtime settings it holds for. A verdict that passed is judged again with
+    every sample on its shape's compile (`_on_shape_compiles`); where that fails, or the
+    verdict failed, the samples run on the model as built alone: passing there, the artifact
+    is served so (static_shapes 0) and says why; failing, the failure stands."""
+    if record.status == "passed":
+        on_compiles = judged(_on_shape_compiles(runner, inputs))
+        if on_compiles.status != "failed":
+            return record, "", runtime
+    else:
+        on_compiles = record
+    as_built = dataclasses.replace(runtime, static_shapes=0)
+    with open_again(as_built) as plain:
+        alone = judged([_run_synced(plain, feed) for feed in inputs])
+    if alone.status == "passed":
+        return alone, _STATIC_OFF, as_built
+    if record.status == "passed":  # it failed on the compiles alone: say so
+        return on_compiles, _STATIC_FAILED, runtime
+    return record, "", runtime
 
 
 def _on_shape_compiles(runner: Runner, inputs: list[Feeds]) -> list[dict[str, np.ndarray]]:

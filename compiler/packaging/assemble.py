@@ -159,6 +159,8 @@ def _artifact(
     if not ver.ok:
         return entry, ArtifactMeasurements(parity=[ParityRecord(status="error", reason=ver.reason)])
     measured = ver.expect(VerifyOutput)
+    if measured.runtime is not None:  # the settings its verdict holds for
+        entry = entry.model_copy(update={"runtime": measured.runtime})
     latency = [measured.latency] if measured.latency else []
     return entry, ArtifactMeasurements(parity=[measured.parity], latency=latency)
 

@@ -274,10 +274,11 @@ def test_candidates_differ_from_the_default_in_one_setting() -> None:
     for _, s in tried:
         diff = [f.name for f in dataclasses.fields(s) if getattr(s, f.name) != getattr(ov, f.name)]
         assert len(diff) == 1
-    # a model with dynamic input dims: its shapes compiled static, or back to the model as built
+    # a model with dynamic input dims: back to the model as built where its shapes compile
+    # static, never the other way (the verdict judged no compile for one shape there, and
+    # turns them off where they compute otherwise)
     dynamic = candidates(ov, pinned_threads=True, cpus=2, cores=2, dynamic=True)
-    assert [n for n, _ in dynamic] == ["performance_hint=THROUGHPUT", "static_shapes=2"]
-    assert dynamic[1][1].static_shapes == 2
+    assert [n for n, _ in dynamic] == ["performance_hint=THROUGHPUT"]
     static = dataclasses.replace(ov, static_shapes=2)
     back = candidates(static, pinned_threads=True, cpus=2, cores=2, dynamic=True)
     assert [n for n, _ in back] == ["performance_hint=THROUGHPUT", "static_shapes=0"]

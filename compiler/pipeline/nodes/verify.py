@@ -66,7 +66,7 @@ class VerifyKind(Kind[VerifyNode]):
     # hosts read the record; 27: the reference's own NaN and infinities agree where the
     # artifact holds them (parity.py); 28: index outputs are judged by decided agreement
     # with the reference's scores (reference.py writes them)
-    version = "28"
+    version = "29"
 
     def key(self, node: VerifyNode, ctx: NodeContext) -> KeyMaterial:
         h = ctx.host
