@@ -252,14 +252,19 @@ def _lengths(g: _Graph, node: onnx.NodeProto, dims: set[str]) -> _Finding | None
     shape = g.propagated_dims(node.input[0])
     if axis >= len(shape):
         return None
-    time = shape[axis]
     label = f"sequence lengths of {node.op_type} '{node.name or node.output[0]}'"
-    if isinstance(time, int) and time > 0:
-        why = f"{label}, whose input is {time} steps long"
-        return _Finding(_INDEX, ValueDomain(low=1, high=time, source=why))
-    if isinstance(time, str) and time in dims:
-        why = f"{label}, whose input is '{time}' steps long"
-        return _Finding(_INDEX, ValueDomain(low=1, high=2**31 - 1, high_dim=time, source=why))
+    return _up_to(shape[axis], dims, label, "whose input is {} steps long")
+
+
+def _up_to(length: int | str | None, dims: set[str], label: str, what: str) -> _Finding | None:
+    """Lengths 1..`length`: a number, or a symbolic dim of the inputs (each feed's size of
+    it); the source says `label`, then `what` with the length in its {}."""
+    if isinstance(length, int) and length > 0:
+        why = f"{label}, {what.format(length)}"
+        return _Finding(_INDEX, ValueDomain(low=1, high=length, source=why))
+    if isinstance(length, str) and length in dims:
+        why = f"{label}, {what.format(repr(length))}"
+        return _Finding(_INDEX, ValueDomain(low=1, high=2**31 - 1, high_dim=length, source=why))
     return None
 
 
@@ -313,15 +318,8 @@ def _compared_lengths(g: _Graph, node: onnx.NodeProto, i: int, dims: set[str]) -
     """A length compared with an axis' positions (`arange(T) < lengths[:, None]`: the mask
     a padded batch's lengths make): 1 up to that axis' length, a number or a symbolic dim of
     the inputs (then each feed's size of it)."""
-    length = _positions(g, node.input[1 - i])
     label = f"lengths compared with positions by {node.op_type} '{node.name or node.output[0]}'"
-    if isinstance(length, int):
-        why = f"{label}, of an axis {length} long"
-        return _Finding(_INDEX, ValueDomain(low=1, high=length, source=why))
-    if isinstance(length, str) and length in dims:
-        why = f"{label}, of an axis '{length}' long"
-        return _Finding(_INDEX, ValueDomain(low=1, high=2**31 - 1, high_dim=length, source=why))
-    return None
+    return _up_to(_positions(g, node.input[1 - i]), dims, label, "of an axis {} long")
 
 
 def _findings(g: _Graph, spec: TensorSpec, dims: set[str]) -> Iterator[_Finding]:

@@ -14,6 +14,7 @@ import pytest
 from compiler.core.contract import Contract
 from compiler.core.errors import BackendUnavailable
 from compiler.core.host import probe_host
+from compiler.core.records import VerifyOutput
 from targets.base import BuildResult
 from targets.runner import open_runner
 from tests.models import SHARED_MODELS, shared_model
@@ -208,19 +209,16 @@ def test_a_latency_worker_compiles_its_shape_static_in_the_warm_up(
         assert len(w.block(3, settle_s=0.0)) == 3
 
 
-def test_verify_s_timing_workers_import_what_its_parity_run_compiled(tmp_path: Path) -> None:
-    """One artifact's verification shares a compiled-model cache between its processes: the
-    latency worker loads the model as built and its shape's static compile from blobs the
-    parity run wrote, and nothing of the cache is left after."""
+def _verified(
+    src: Path, built: tuple[BuildResult, Path, Contract], feeds: list[Feeds], **kw: bool
+) -> VerifyOutput:
+    """`verify_artifact` on an fp32 OpenVINO artifact of `src`, with a short latency policy."""
     from compiler.core.policies import LatencyPolicy
     from compiler.core.tolerance import ParityPolicy
     from compiler.measure.verify import verify_artifact
 
-    src = save(conv_net(), tmp_path / "src")
-    result, out, contract = build_openvino(src, tmp_path)
-    feeds = smooth_images(3, seed=5)
-    before = set(Path(tempfile.gettempdir()).glob("compile-pkg-blobs-*"))
-    done = verify_artifact(
+    result, out, contract = built
+    return verify_artifact(
         backend="openvino",
         runtime=result.runtime,
         requirements=result.requirements,
@@ -234,7 +232,19 @@ def test_verify_s_timing_workers_import_what_its_parity_run_compiled(tmp_path: P
         parity=ParityPolicy(),
         latency=LatencyPolicy(warmup=2, runs=2, max_seconds=0.5, block_ms=2, settle_ms=1),
         host=probe_host(),
+        **kw,
     )
+
+
+def test_verify_s_timing_workers_import_what_its_parity_run_compiled(tmp_path: Path) -> None:
+    """One artifact's verification shares a compiled-model cache between its processes: the
+    latency worker loads the model as built and its shape's static compile from blobs the
+    parity run wrote, and nothing of the cache is left after."""
+    src = save(conv_net(), tmp_path / "src")
+    built = build_openvino(src, tmp_path)
+    feeds = smooth_images(3, seed=5)
+    before = set(Path(tempfile.gettempdir()).glob("compile-pkg-blobs-*"))
+    done = _verified(src, built, feeds)
     assert done.parity.status == "passed" and done.latency is not None
     assert done.latency.runner["loaded_from_cache"] is True
     assert done.latency.runner["static_shapes"] == "x 1x3x32x32"
@@ -371,10 +381,6 @@ def test_parity_covers_the_compiles_serving_makes_for_a_shape(tmp_path: Path, sa
     on the compile). Each sample now also runs on its shape's compile; failing there and
     passing as built alone, the artifact passes with those compiles off (static_shapes 0 in
     the settings it is served with), and says why."""
-    from compiler.core.policies import LatencyPolicy
-    from compiler.core.tolerance import ParityPolicy
-    from compiler.measure.verify import verify_artifact
-
     src = save(_bias_plus_mask_term(), tmp_path / "src")
     result, out, contract = build_openvino(src, tmp_path)
     mask = np.array([[1, 0, 1, 1, 0, 1, 1, 1]], np.int64)
@@ -389,22 +395,7 @@ def test_parity_covers_the_compiles_serving_makes_for_a_shape(tmp_path: Path, sa
     np.testing.assert_allclose(as_built, want, rtol=1e-5)
     unmasked = on_its_compile[0, mask[0] == 1]
     assert np.allclose(unmasked, 1 / 6) and not np.allclose(want[0, mask[0] == 1], 1 / 6)
-    done = verify_artifact(
-        backend="openvino",
-        runtime=result.runtime,
-        requirements=result.requirements,
-        portable=False,
-        artifact_dir=out,
-        precision="fp32",
-        contract=contract,
-        inputs=feeds,
-        ref_outputs=reference(src, feeds),
-        ref_model=src,
-        parity=ParityPolicy(),
-        latency=LatencyPolicy(warmup=2, runs=2, max_seconds=0.5, block_ms=2, settle_ms=1),
-        host=probe_host(),
-        measure_latency=False,
-    )
+    done = _verified(src, (result, out, contract), feeds, measure_latency=False)
     assert done.parity.status == "passed"
     assert "passed as built, with OpenVINO's compiles for a shape off" in done.parity.note
     assert done.runtime is not None and done.runtime.static_shapes == 0
