@@ -317,9 +317,15 @@ def _positions(g: _Graph, name: str) -> int | str | None:
 def _compared_lengths(g: _Graph, node: onnx.NodeProto, i: int, dims: set[str]) -> _Finding | None:
     """A length compared with an axis' positions (`arange(T) < lengths[:, None]`: the mask
     a padded batch's lengths make): 1 up to that axis' length, a number or a symbolic dim of
-    the inputs (then each feed's size of it)."""
+    the inputs (then each feed's size of it). An axis of a length shape inference does not
+    tie to an input dim (after a Conv: 'unk__0') gives 1..9, the integers' default less 0:
+    a length of 0 masks every position, and a mean over none is NaN."""
     label = f"lengths compared with positions by {node.op_type} '{node.name or node.output[0]}'"
-    return _up_to(_positions(g, node.input[1 - i]), dims, label, "of an axis {} long")
+    length = _positions(g, node.input[1 - i])
+    if isinstance(length, str) and length not in dims:
+        why = f"{label}, of an axis whose length is no input dim's: 1..9, none empty"
+        return _Finding(_INDEX, ValueDomain(low=1, high=9, source=why))
+    return _up_to(length, dims, label, "of an axis {} long")
 
 
 def _findings(g: _Graph, spec: TensorSpec, dims: set[str]) -> Iterator[_Finding]:

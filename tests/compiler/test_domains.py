@@ -370,3 +370,31 @@ def test_lengths_compared_with_the_positions_of_a_fixed_axis_end_there() -> None
     d = _infer(_model(nodes, [lens], [y], inits))["lens"]
     assert (d.low, d.high, d.high_dim) == (1, 10, "")
     assert d.source == "lengths compared with positions by Greater 'valid', of an axis 10 long"
+
+
+def test_lengths_compared_with_positions_of_an_axis_no_input_dim_names_are_never_0() -> None:
+    """After a Conv, shape inference names the time axis apart ('unk__0'): no input dim
+    bounds the lengths. Lengths of 0 (the int default's) masked every frame, and the mean
+    over none made NaN: the default build stopped. They now draw 1..9."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1]),
+        helper.make_node("Shape", ["h"], ["shape"]),
+        helper.make_node("Gather", ["shape", "two"], ["t"]),
+        helper.make_node("Range", ["zero", "t", "one"], ["pos"]),
+        helper.make_node("Unsqueeze", ["lens", "axis1"], ["lens2"]),
+        helper.make_node("GreaterOrEqual", ["pos", "lens2"], ["pad"], name="padding"),
+        helper.make_node("Cast", ["pad"], ["y"], to=TensorProto.FLOAT),
+    ]
+    inits = [numpy_helper.from_array(np.ones((2, 3, 3), np.float32), "w")] + [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in (("two", 2), ("zero", 0), ("one", 1))
+    ]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "frames"]),
+        helper.make_tensor_value_info("lens", TensorProto.INT64, ["b"]),
+    ]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t"])
+    d = _infer(_model(nodes, inputs, [y], inits))["lens"]
+    assert (d.low, d.high, d.high_dim) == (1, 9, "")
+    assert "GreaterOrEqual 'padding', of an axis whose length is no input dim's" in d.source
