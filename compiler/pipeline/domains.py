@@ -286,8 +286,7 @@ def _source(g: _Graph, name: str, through: frozenset[str] = _CARRIES) -> onnx.No
 
 def _positions(g: _Graph, name: str) -> int | str | None:
     """Where `name` holds the positions 0, 1, ... of an axis (a Range from 0 by 1, past
-    Unsqueeze, Expand, Cast ...), that axis' length: a number, or the name of the symbolic
-    dim a Shape read it from; None otherwise."""
+    Unsqueeze, Expand, Cast ...), that axis' length (`_length`); None otherwise."""
     made = _source(g, name)
     if made is None or made.op_type != "Range" or len(made.input) != 3:
         return None
@@ -296,30 +295,37 @@ def _positions(g: _Graph, name: str) -> int | str | None:
         return None
     if float(start.reshape(-1)[0]) != 0 or float(delta.reshape(-1)[0]) != 1:
         return None
-    limit = g.values.get(made.input[1])
+    return _length(g, made.input[1])
+
+
+def _length(g: _Graph, name: str) -> int | str:
+    """The length `name` holds: a number, the name of the symbolic dim a Shape read it from
+    (Gather(Shape(x), k), or torch.export's Shape(x, start=k, end=k + 1)), or '' where
+    neither is known (the lengths' own max, a size computed otherwise)."""
+    limit = g.values.get(name)
     if limit is not None and limit.size == 1:
         return int(limit.reshape(-1)[0])
-    # Gather(Shape(x), k), or Shape(x, start=k, end=k + 1) (torch.export's sym_size): x's axis k
-    picked, k = _source(g, made.input[1]), 0
+    picked, k = _source(g, name), 0
     if picked is not None and picked.op_type == "Gather" and len(picked.input) == 2:
         index = g.values.get(picked.input[1])
         if index is None or index.size != 1:
-            return None
+            return ""
         picked, k = _source(g, picked.input[0]), int(index.reshape(-1)[0])
     if picked is None or picked.op_type != "Shape" or k < 0:
-        return None
+        return ""
     dims = g.propagated_dims(picked.input[0])
     axis = k + next((a.i for a in picked.attribute if a.name == "start"), 0)
-    dim = dims[axis] if 0 <= axis < len(dims) else None
-    return dim if (isinstance(dim, str) and dim) or (isinstance(dim, int) and dim > 0) else None
+    dim = dims[axis] if 0 <= axis < len(dims) else ""
+    return dim if (isinstance(dim, str) and dim) or (isinstance(dim, int) and dim > 0) else ""
 
 
 def _compared_lengths(g: _Graph, node: onnx.NodeProto, i: int, dims: set[str]) -> _Finding | None:
     """A length compared with an axis' positions (`arange(T) < lengths[:, None]`: the mask
     a padded batch's lengths make): 1 up to that axis' length, a number or a symbolic dim of
-    the inputs (then each feed's size of it). An axis of a length shape inference does not
-    tie to an input dim (after a Conv: 'unk__0') gives 1..9, the integers' default less 0:
-    a length of 0 masks every position, and a mean over none is NaN."""
+    the inputs (then each feed's size of it). An axis of a length no input dim gives (after
+    a Conv, shape inference names it 'unk__0'; the lengths' own max) gives 1..9, the
+    integers' default less 0: a length of 0 masks every position, and a mean over none is
+    NaN."""
     label = f"lengths compared with positions by {node.op_type} '{node.name or node.output[0]}'"
     length = _positions(g, node.input[1 - i])
     if isinstance(length, str) and length not in dims:

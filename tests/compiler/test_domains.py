@@ -372,14 +372,23 @@ def test_lengths_compared_with_the_positions_of_a_fixed_axis_end_there() -> None
     assert d.source == "lengths compared with positions by Greater 'valid', of an axis 10 long"
 
 
-def test_lengths_compared_with_positions_of_an_axis_no_input_dim_names_are_never_0() -> None:
-    """After a Conv, shape inference names the time axis apart ('unk__0'): no input dim
-    bounds the lengths. Lengths of 0 (the int default's) masked every frame, and the mean
-    over none made NaN: the default build stopped. They now draw 1..9."""
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1]),
+@pytest.mark.parametrize("limit", ["conv", "max"])
+def test_lengths_compared_with_positions_of_an_axis_no_input_dim_names_are_never_0(
+    limit: str,
+) -> None:
+    """After a Conv, shape inference names the time axis apart ('unk__0'), and a mask as
+    long as the longest length has no input dim at all: nothing bounds the lengths. Lengths
+    of 0 (the int default's) masked every frame, and the mean over none made NaN: the
+    default build stopped. They now draw 1..9."""
+    length = [
         helper.make_node("Shape", ["h"], ["shape"]),
         helper.make_node("Gather", ["shape", "two"], ["t"]),
+    ]
+    if limit == "max":
+        length = [helper.make_node("ReduceMax", ["lens"], ["t"], keepdims=0)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1]),
+        *length,
         helper.make_node("Range", ["zero", "t", "one"], ["pos"]),
         helper.make_node("Unsqueeze", ["lens", "axis1"], ["lens2"]),
         helper.make_node("GreaterOrEqual", ["pos", "lens2"], ["pad"], name="padding"),
