@@ -55,6 +55,7 @@ from passes.base import (
     PassConfig,
     PassContext,
     PassResult,
+    half_precision,
     node_reads,
     op_histogram,
     sort_topologically,
@@ -326,8 +327,9 @@ class Fp16Pass(Pass[Fp16Config]):
     # copies of the outer tensors (_branch_holders, _float32_reads); 6: the converted model's
     # load check runs ONNX Runtime's basic optimizations, not all (a crash in its layout
     # optimizers); 7: an output that is an initializer is read through an Identity (_named),
-    # one that passes an input through is left out while converting
-    version = "7"
+    # one that passes an input through is left out while converting; 8: a source already in
+    # fp16 is left as it is
+    version = "8"
     config_cls = Fp16Config
     precision: ClassVar[str | None] = "fp16"
     uses_calibration: ClassVar[bool] = True
@@ -367,6 +369,13 @@ class Fp16Pass(Pass[Fp16Config]):
         return out
 
     def _run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        if half_precision(model) == "fp16":
+            # converted already (ONNX Runtime's converter, keep_io_types: its casts at the
+            # interface are named graph_input_cast0 ...): converting again named its new
+            # casts the same, and ONNX Runtime refused the model ("two nodes with same node
+            # name"), failing an fp16 BERT's TVM fp16 artifact
+            why = "the source's weights are fp16 already: the model is left as it is"
+            return PassResult(model=model, record={"already_fp16": why})
         model = _named(model)
         # an input passed through as an output is left out while converting: keep_io_types
         # casts it in and back out under its own name, defined twice (ONNX Runtime refused)

@@ -5,7 +5,8 @@ Each input is followed through value-preserving ops (Cast, Reshape, Unsqueeze, E
 into every graph and subgraph that reads it. What the graph says, strongest first:
 
 - indices: the input selects rows of a table (`Gather`, `GatherElements` and
-  `ScatterElements` indices: 0..rows-1 along their axis, where its size is known), is one-hot
+  `ScatterElements` indices: 0..rows-1 along their axis, where its size is known; the word,
+  segment and position ids of ONNX Runtime's fused `EmbedLayerNormalization`), is one-hot
   encoded (`OneHot`: 0..depth-1), or is compared with many constants (`Equal` against
   0..256, one-hot by comparison): an integer interval;
 - selector: an `If` condition tests the input for equality with a constant (`sr == 16000`):
@@ -14,8 +15,8 @@ into every graph and subgraph that reads it. What the graph says, strongest firs
   or is compared with an axis' positions (`arange(T) < lengths[:, None]`, the padding mask
   of a speech or text encoder): 1 up to that length (a number, or a symbolic dim of the
   inputs: each feed's size of it);
-- flag: an integer input compared with 0 or 1, negated (`Not`, `1 - x`) or cast to bool:
-  {0, 1}.
+- flag: an integer input compared with 0 or 1, negated (`Not`, `1 - x`) or cast to bool,
+  or a fused `EmbedLayerNormalization`'s attention mask: {0, 1}.
 
 Inputs the graph says nothing about keep their dtype's default (compiler/pipeline/data.py).
 """
@@ -334,6 +335,28 @@ def _compared_lengths(g: _Graph, node: onnx.NodeProto, i: int, dims: set[str]) -
     return _up_to(length, dims, label, "of an axis {} long")
 
 
+# ONNX Runtime's fused ops (com.microsoft: its transformer optimizer writes them, and models
+# shipped optimized hold them) that look rows up in a table: (op, input) -> the table's input
+_EMBEDDINGS = {
+    ("EmbedLayerNormalization", 0): 2,  # input_ids -> word_embedding
+    ("EmbedLayerNormalization", 1): 4,  # segment_ids -> segment_embedding
+    ("EmbedLayerNormalization", 8): 3,  # position_ids -> position_embedding
+}
+_MASKS = {("EmbedLayerNormalization", 7)}  # an attention mask: 1 keeps a token, 0 pads it
+
+
+def _embedding(g: _Graph, node: onnx.NodeProto, table: int) -> _Finding | None:
+    """Indices into a fused op's table (`_EMBEDDINGS`): 0..rows-1 where its rows are known."""
+    shape = g.shapes.get(node.input[table], []) if len(node.input) > table else []
+    if not shape or shape[0] <= 0:
+        return None
+    why = (
+        f"indices into {node.op_type} '{node.name or node.output[0]}' table "
+        f"'{node.input[table]}' of {shape[0]} rows"
+    )
+    return _Finding(_INDEX, ValueDomain(low=0, high=shape[0] - 1, source=why))
+
+
 def _findings(g: _Graph, spec: TensorSpec, dims: set[str]) -> Iterator[_Finding]:
     integral = np.dtype(spec.dtype).kind in "iu"
     for node, i in g.reach(spec.name):
@@ -348,6 +371,11 @@ def _findings(g: _Graph, spec: TensorSpec, dims: set[str]) -> Iterator[_Finding]
             found = _equal(g, node, i, integral)
         elif node.op_type in _COMPARISONS and integral and len(node.input) == 2:
             found = _compared_lengths(g, node, i, dims)
+        elif (node.op_type, i) in _EMBEDDINGS and node.domain == "com.microsoft":
+            found = _embedding(g, node, _EMBEDDINGS[node.op_type, i])
+        elif (node.op_type, i) in _MASKS and node.domain == "com.microsoft":
+            why = f"the attention mask of {node.op_type} '{node.name or node.output[0]}'"
+            found = _Finding(_FLAG, ValueDomain(values=[0, 1], source=why))
         elif integral:
             found = _flag(g, node, i)
         if found is not None:

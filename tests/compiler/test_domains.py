@@ -407,3 +407,41 @@ def test_lengths_compared_with_positions_of_an_axis_no_input_dim_names_are_never
     d = _infer(_model(nodes, inputs, [y], inits))["lens"]
     assert (d.low, d.high, d.high_dim) == (1, 9, "")
     assert "GreaterOrEqual 'padding', of an axis whose length is no input dim's" in d.source
+
+
+def test_a_fused_embedding_s_ids_and_mask_take_its_tables() -> None:
+    """ONNX Runtime's transformer optimizer fuses BERT's embeddings into one
+    com.microsoft EmbedLayerNormalization. Its token type ids drew the int default 0..9
+    against a table of 2 rows, every size failed ('input index out of range'), and the
+    default build of the fused model stopped with 'no size the model accepts'."""
+    tables = {"words": 50, "positions": 16, "segments": 2}
+    inits = [
+        numpy_helper.from_array(np.zeros((rows, 4), np.float32), name)
+        for name, rows in tables.items()
+    ] + [numpy_helper.from_array(np.ones(4, np.float32), n) for n in ("gamma", "beta")]
+    nodes = [
+        helper.make_node("Cast", [name], [f"{name}32"], to=TensorProto.INT32)
+        for name in ("ids", "types", "mask")
+    ]
+    nodes.append(
+        helper.make_node(
+            "EmbedLayerNormalization",
+            ["ids32", "types32", "words", "positions", "segments", "gamma", "beta", "mask32"],
+            ["y", "mask_index"],
+            name="embed",
+            domain="com.microsoft",
+        )
+    )
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "s"])
+        for n in ("ids", "types", "mask")
+    ]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 4])
+    graph = helper.make_graph(nodes, "g", inputs, [y], inits)
+    m = helper.make_model(graph, opset_imports=[*OPSET, helper.make_opsetid("com.microsoft", 1)])
+    d = _infer(m)
+    assert (d["ids"].low, d["ids"].high) == (0, 49)
+    assert (d["types"].low, d["types"].high) == (0, 1)
+    assert "table 'segments' of 2 rows" in d["types"].source
+    assert d["mask"].values == [0, 1]
+    assert _runs(m, resolve_domains(_inferred(m), {}))

@@ -345,3 +345,17 @@ def test_outputs_that_are_an_initializer_or_an_input_convert(tmp_path: Path) -> 
     got = parity(model, out, feeds)
     assert got["anchors"].max_abs_err < 1e-3 and got["y"].max_abs_err < 1e-2
     assert got["x"].max_abs_err == 0
+
+
+def test_a_model_in_fp16_already_is_left_as_it_is(tmp_path: Path) -> None:
+    """A model ONNX Runtime's converter made fp16 with keep_io_types (a shipped fp16 BERT):
+    converting it again named its new interface casts as the first conversion had
+    (graph_output_cast0), and ONNX Runtime refused the result ("two nodes with same node
+    name"), failing its TVM fp16 artifact."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = convert_float_to_float16(small_cnn(), keep_io_types=True)
+    assert any(n.name == "graph_output_cast0" for n in half.graph.node)
+    result = _fp16(half, tmp_path)
+    assert result.model.SerializeToString() == half.SerializeToString()
+    assert "fp16 already" in result.record["already_fp16"]
