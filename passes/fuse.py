@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import onnx
 from pydantic import Field
 
@@ -43,7 +44,7 @@ from passes.base import (
     op_histogram,
 )
 from passes.graph_facts import graph_facts
-from passes.ort_tools import quiet
+from passes.ort_tools import quiet, run_model
 
 __all__ = ["FUSED_OPS", "FuseConfig", "FusePass"]
 
@@ -114,11 +115,13 @@ def _ort_optimized(
 
 class FusePass(Pass[FuseConfig]):
     name = "fuse"
-    version = "6"  # 3: fused_ops in the record, transformer: require; 4: ONNX Runtime's own
+    version = "7"  # 3: fused_ops in the record, transformer: require; 4: ONNX Runtime's own
     # default-domain ops (SimplifiedLayerNormalization) pass its check (ONNX's does not know them);
     # 5: attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py); 6: no
-    # growth by constant folding (module docstring)
+    # growth by constant folding (module docstring); 7: transformer fusions that change the
+    # outputs on the calibration feeds are dropped (`_changed_outputs`)
     config_cls = FuseConfig
+    uses_calibration: ClassVar[bool] = True  # the feeds the fusions are checked on
 
     def libraries(self) -> dict[str, str]:
         import onnxruntime as ort
@@ -163,7 +166,14 @@ class FusePass(Pass[FuseConfig]):
             return PassResult(model=out, record=record)
         # ONNX Runtime's own recipe: basic first (folding), then the Python fusions.
         out = _ort_optimize(model, "basic", disabled, ctx.workdir)
-        out, record["transformer"] = self._transformer_fusions(out, layer_norm)
+        fused, record["transformer"] = self._transformer_fusions(out, layer_norm)
+        feeds = ctx.calibration()[:_CHECK_FEEDS]
+        if fused is not out and (changed := _changed_outputs(out, fused, feeds)):
+            record["transformer"] = {
+                "skipped": f"transformer fusions changed the outputs ({changed}); kept the graph"
+            }
+        else:
+            out = fused
         if cfg.level == "extended":
             out = _ort_optimize(out, "extended", disabled, ctx.workdir)
         after = op_histogram(out)
@@ -206,6 +216,41 @@ class FusePass(Pass[FuseConfig]):
                 "skipped": "transformer fusions changed the model interface; kept the graph"
             }
         return optimizer.model, {"model_type": cfg.transformer_model_type, "fused": fused}
+
+
+_CHECK_FEEDS = 2  # feeds the fused graph is run on beside the graph before
+_CHANGED = 1e-4  # relative L2 error of an output that the fusions changed, not reordered
+
+
+def _changed_outputs(
+    before: onnx.ModelProto, after: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
+) -> str:
+    """Which outputs the transformer fusions changed, on `feeds`: beyond float reordering
+    (relative L2 error over `_CHANGED`), or in shape; '' where none did. The fusions match
+    patterns by op type: a ConvNeXt LayerNorm over channels (ReduceMean on axis 1 of NCHW)
+    became a SimplifiedLayerNormalization over axis 1 and on, which normalizes channels,
+    height and width together (relative L2 error 0.018 on its logits)."""
+    if not feeds:
+        return ""
+    changed = []
+    for want, got in zip(run_model(before, feeds), run_model(after, feeds), strict=True):
+        for name, w in want.items():
+            g = got.get(name)
+            if g is None or g.shape != w.shape:
+                changed.append(f"'{name}': shape {None if g is None else g.shape} for {w.shape}")
+                continue
+            if w.dtype.kind != "f":
+                if not np.array_equal(g, w):
+                    changed.append(f"'{name}': other values")
+                continue
+            w64, g64 = w.astype(np.float64), g.astype(np.float64)
+            scale = float(np.linalg.norm(w64[np.isfinite(w64)])) or 1.0
+            both = np.isfinite(w64) & np.isfinite(g64)
+            if not np.array_equal(np.isfinite(w64), np.isfinite(g64)):
+                changed.append(f"'{name}': other non-finite values")
+            elif (err := float(np.linalg.norm(w64[both] - g64[both])) / scale) > _CHANGED:
+                changed.append(f"'{name}': relative L2 error {err:.2g}")
+    return "; ".join(dict.fromkeys(changed))
 
 
 def _interface(model: onnx.ModelProto) -> list[tuple[str, int, int]]:

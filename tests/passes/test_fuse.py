@@ -139,3 +139,51 @@ def test_constant_folding_that_grows_the_model_is_left_to_the_runtime(tmp_path: 
     assert out.ByteSize() < model.ByteSize() + 2**16, out.ByteSize()
     assert "Expand" in op_histogram(out)
     assert all(m.max_abs_err <= 1e-5 for m in parity(model, out, feeds).values())
+
+
+def _channels_first_layer_norm() -> onnx.ModelProto:
+    """ConvNeXt's LayerNorm over channels, written out on NCHW (Hugging Face's
+    ConvNextLayerNorm, channels_first): the mean and variance over axis 1 only."""
+    rng = np.random.default_rng(5)
+    consts = {
+        "w": rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32),
+        "two": np.array(2.0, np.float32),
+        "eps": np.array(1e-6, np.float32),
+        "gamma": rng.normal(1, 0.1, (8, 1, 1)).astype(np.float32),
+        "beta": rng.normal(0, 0.1, (8, 1, 1)).astype(np.float32),
+        "axes": np.array([1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["h", "axes"], ["mean"], keepdims=1),
+        helper.make_node("Sub", ["h", "mean"], ["centred"]),
+        helper.make_node("Pow", ["centred", "two"], ["squared"]),
+        helper.make_node("ReduceMean", ["squared", "axes"], ["var"], keepdims=1),
+        helper.make_node("Add", ["var", "eps"], ["var_eps"]),
+        helper.make_node("Sqrt", ["var_eps"], ["std"]),
+        helper.make_node("Div", ["centred", "std"], ["normed"]),
+        helper.make_node("Mul", ["normed", "gamma"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "beta"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "channels_first_layer_norm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_transformer_fusions_that_change_the_outputs_are_dropped(tmp_path: Path) -> None:
+    """ONNX Runtime's transformer fusions matched ConvNeXt's LayerNorm over channels by its
+    ops and made it a SimplifiedLayerNormalization over axis 1 and on (channels, height and
+    width together): the ort-fp32 artifact of a ConvNeXt failed parity (relative L2 error
+    0.018 on its logits). Checked on the calibration feeds, those fusions are dropped."""
+    model = _channels_first_layer_norm()
+    feeds = [{"x": f["x"][:, :3, :8, :8]} for f in smooth_images(2)]
+    result = FusePass(FuseConfig())(model, context(model, tmp_path, feeds))
+    skipped = result.record["transformer"]["skipped"]
+    assert skipped.startswith("transformer fusions changed the outputs ('y': relative L2 error")
+    assert "SimplifiedLayerNormalization" not in op_histogram(result.model)
+    assert parity(model, result.model, feeds)["y"].max_abs_err <= FP32_ATOL
