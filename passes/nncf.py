@@ -169,8 +169,9 @@ class NncfPass(Pass[NncfConfig]):
     # after (ORT's quantizer put an If before the If whose output its branch reads); 17:
     # attention as the dynamo exporter and tf2onnx write it is found (graph_facts.py); 18:
     # value_info sizes the model's own run contradicts are dropped first (ort_tools.py); 19:
-    # the gate judges index outputs by decided agreement with the reference's scores
-    version = "19"
+    # the gate judges index outputs by decided agreement with the reference's scores; 20: the
+    # refusal of a graph holding ops outside the ONNX domain names them
+    version = "20"
     config_cls = NncfConfig
     # NNCF's CPU target is the same for x86-64 and aarch64: the cpu and arm variants share it.
     target_dependent: ClassVar[bool] = False
@@ -288,8 +289,11 @@ class NncfPass(Pass[NncfConfig]):
             with quiet("", "nncf"):
                 return nncf.quantize(model, nncf.Dataset(feeds), **kwargs)
         except nncf.ValidationError as exc:  # a pattern or type that matches nothing, ...
+            # or a graph it cannot read: ONNX Runtime's fused ops (an optimized BERT's
+            # EmbedLayerNormalization) left "does not contain input edge connected to 0 port"
             msg = " ".join(str(exc).split())
-            raise PassError(f"nncf refused the model or its options: {msg}") from exc
+            hint = _foreign_ops(model)
+            raise PassError(f"nncf refused the model or its options: {msg}{hint}") from exc
         except Exception as exc:  # NNCF's own failure on a graph it does not handle
             msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             raise PassError(f"nncf failed on the model ({msg}){_foreign_ops(model)}") from exc

@@ -256,6 +256,40 @@ def test_a_graph_nncf_fails_on_names_its_foreign_ops(tmp_path: Path) -> None:
         _nncf(_scaled_matmul(cast=False), tmp_path / "plain", feeds=feeds)
 
 
+def test_a_graph_nncf_refuses_names_its_foreign_ops(tmp_path: Path) -> None:
+    """ONNX Runtime's fused Attention (an optimized BERT's) before a MatMul: NNCF refuses the
+    graph ("does not contain input edge connected to 0 port ID"), and the error names the
+    ops outside the ONNX domain and what to use instead."""
+    rng = np.random.default_rng(0)
+    h = onnx.helper
+    weights = {
+        "qkv_w": rng.normal(size=(16, 48)).astype(np.float32),
+        "qkv_b": np.zeros(48, np.float32),
+        "w2": rng.normal(size=(16, 16)).astype(np.float32),
+    }
+    nodes = [
+        h.make_node(
+            "Attention", ["x", "qkv_w", "qkv_b"], ["a"], domain="com.microsoft", num_heads=2
+        ),
+        h.make_node("MatMul", ["a", "w2"], ["y"]),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "fused_attention",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 16])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 16])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    opsets = [h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)]
+    feeds = [{"x": rng.normal(size=(1, 8, 16)).astype(np.float32)} for _ in range(8)]
+    with pytest.raises(
+        PassError,
+        match=r"nncf refused the model or its options: .*; the model holds ops outside the "
+        r"ONNX domain \(com\.microsoft\.Attention\).*ort-int8",
+    ):
+        _nncf(h.make_model(graph, opset_imports=opsets), tmp_path, feeds=feeds)
+
+
 def test_overflow_fix_everywhere_makes_7_bit_weights(tmp_path: Path) -> None:
     """NNCF's default fixes the first layer's weights to 7 bits, `enable` every layer's: the
     flavour read off the graph (targets/int8_flavour.py) is then the AVX2-safe one."""
