@@ -297,14 +297,13 @@ def _first_consistent(
 _STATED_MAX = 8  # elements: a shape or a few sizes, not a table
 
 
-def stated_sizes(model_path: Path) -> list[int]:
+def stated_sizes(model: onnx.ModelProto) -> list[int]:
     """Sizes the graph itself states: the integers, 2..MAX_FACTOR x the largest candidate,
     of its small integer constants (shapes given to Reshape or Expand, slice ends), most
     often stated first, less those in CANDIDATES. TorchScript's exporter bakes the traced
     length into such a shape where a module computes one from it (nn.MultiheadAttention's
     view to [length, batch x heads, head size]): the model then runs at that length only,
     which is none of the candidates."""
-    model = onnx.load(str(model_path), load_external_data=False)
     counts: dict[int, int] = {}
     for t in constant_tensors(model):
         if (
@@ -326,13 +325,13 @@ _STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
 _KEEPS_AXIS_1 = frozenset({"Identity", "Cast", "Slice"})  # a layer's slice of a state
 
 
-def _state_batches(model_path: Path, contract: Contract) -> list[str]:
+def _state_batches(model: onnx.ModelProto, contract: Contract) -> list[str]:
     """The input dims on axis 1 of an input that reaches a recurrent op's initial state (in
     the main graph, directly or through an Identity, Cast or Slice): that op's batch, which
     the model takes only at its input's batch. A streaming LSTM whose states come in as
     inputs named their batch apart ([1, hb, 16]): the rank-sum search had to reach 1 (the
     last candidate) for every state at once and spent its 600 runs first."""
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    graph = model.graph
     made_by = {o: n for n in graph.node for o in n.output}
     shapes = {t.name: t.shape for t in contract.inputs}
     found: list[str] = []
@@ -350,13 +349,12 @@ def _state_batches(model_path: Path, contract: Contract) -> list[str]:
 _KEEPS_AXES = frozenset({"Identity", "Cast"})
 
 
-def concatenated_dims(model_path: Path, contract: Contract) -> list[str]:
+def concatenated_dims(model: onnx.ModelProto, contract: Contract) -> list[str]:
     """The input dims a Concat extends: a symbolic dim of an input that reaches a Concat
     (directly or through an Identity or Cast, in the main graph or a subgraph) as the axis
     it concatenates on. A decoder's cache, [batch, heads, past, head size], concatenated
     with the new keys: its first step has none (past 0), which the probe's sizes, 1 and up,
     never try."""
-    model = onnx.load(str(model_path), load_external_data=False)
     made_by = {o: n for n in nodes(model.graph) for o in n.output}
     shapes = {t.name: t.shape for t in contract.inputs}
     found: list[str] = []
@@ -794,6 +792,7 @@ def range_dims(
     if not dims and not configured and not batch:
         return contract
     prober = _Prober(model_path, contract, domains, where, session)
+    model = onnx.load(str(model_path), load_external_data=False)  # the graph, read once
     found: dict[str, int] | None = {}
     stated_opt, stated, inconsistent, refound = False, [], "", ""
     ran: Mapping[str, int] = {}
@@ -804,17 +803,17 @@ def range_dims(
         found = data_opts
     elif dims:
         batch_opt = min((contract.dims[d].opt for d in batch), default=1)
-        seed = {d: batch_opt for d in _state_batches(model_path, contract) if d in dims}
+        seed = {d: batch_opt for d in _state_batches(model, contract) if d in dims}
         try:
             found = _first_accepted(prober, dims, seed)
-            if found is None and (stated := stated_sizes(model_path)):
+            if found is None and (stated := stated_sizes(model)):
                 found = _first_accepted(prober, dims, None, stated)
                 stated_opt = found is not None
             if found is not None and not stated_opt:
                 ran = found
                 found, inconsistent, blocked = _consistent(prober, found)
                 if blocked and not stated:
-                    stated = stated_sizes(model_path)
+                    stated = stated_sizes(model)
                 if blocked and (again := _first_consistent(prober, dims, seed, stated)):
                     found, stated_opt = again
                     refound = (
@@ -858,7 +857,7 @@ def range_dims(
         probes = searched + prober.runs - before
         origins[d] = DimOrigin(source="probed", probes=probes, note=note)
     equal = _range_coupled(prober, found, ranges, origins)
-    _range_empty(prober, concatenated_dims(model_path, contract), dims, ranges, origins)
+    _range_empty(prober, concatenated_dims(model, contract), dims, ranges, origins)
     for d in seen:  # the data's sizes widen the ends (after the coupled dims moved)
         opt = found[d] if from_data else None
         ranges[d], note = _reaching(ranges[d], seen[d], origins[d].note, opt, how)

@@ -551,7 +551,7 @@ def test_an_empty_cache_is_taken_where_a_concat_extends_it(tmp_path: Path) -> No
         "mask": np.zeros((1, 1), np.float32),
     }
     assert set(c.validate_feeds(first)) == {"past", "new", "mask"}
-    assert concatenated_dims(tmp_path / "norm" / "model.onnx", c) == ["past", "new"]
+    assert concatenated_dims(onnx.load(tmp_path / "norm" / "model.onnx"), c) == ["past", "new"]
 
 
 def test_a_decoder_s_data_gives_opts_one_feed_has_and_widens_to_its_empty_cache(
